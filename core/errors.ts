@@ -1,0 +1,179 @@
+/**
+ * Errors raised by block nodes: one {@linkcode BlockError} class carrying an
+ * errno-like code, the node name and the byte range, so callers can branch on
+ * `err.code` and people can read `err.message`.
+ *
+ * @module
+ */
+
+/** The errno-like codes a block operation can fail with. */
+export type ErrnoCode =
+  | "EIO"
+  | "ENOSPC"
+  | "EINVAL"
+  | "EPERM"
+  | "EROFS"
+  | "ENOTSUP"
+  | "ENOMEM"
+  | "EFBIG"
+  | "ENOENT"
+  | "EACCES"
+  | "EAGAIN"
+  | "EBUSY"
+  | "EEXIST"
+  | "ENOMEDIUM"
+  | "ECANCELED"
+  | "E2BIG"
+  | "ERANGE";
+
+/** Linux errno numbers for each code (what blkdebug's `errno` option takes). */
+export const ERRNO_NUMBERS: Readonly<Record<ErrnoCode, number>> = {
+  EPERM: 1,
+  ENOENT: 2,
+  EIO: 5,
+  E2BIG: 7,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EBUSY: 16,
+  EEXIST: 17,
+  EINVAL: 22,
+  EFBIG: 27,
+  ENOSPC: 28,
+  EROFS: 30,
+  ERANGE: 34,
+  ENOTSUP: 95,
+  ENOMEDIUM: 123,
+  ECANCELED: 125,
+};
+
+/** strerror(3) text for each code, as qemu-io prints it. */
+export const ERRNO_MESSAGES: Readonly<Record<ErrnoCode, string>> = {
+  EPERM: "Operation not permitted",
+  ENOENT: "No such file or directory",
+  EIO: "Input/output error",
+  E2BIG: "Argument list too long",
+  EAGAIN: "Resource temporarily unavailable",
+  ENOMEM: "Cannot allocate memory",
+  EACCES: "Permission denied",
+  EBUSY: "Device or resource busy",
+  EEXIST: "File exists",
+  EINVAL: "Invalid argument",
+  EFBIG: "File too large",
+  ENOSPC: "No space left on device",
+  EROFS: "Read-only file system",
+  ERANGE: "Numerical result out of range",
+  ENOTSUP: "Operation not supported",
+  ENOMEDIUM: "No medium found",
+  ECANCELED: "Operation canceled",
+};
+
+/**
+ * Looks up the code for an errno number or name (`5`, `"5"`, `"EIO"`).
+ *
+ * @example
+ * ```ts
+ * import { errnoCode } from "./errors.ts";
+ * console.log(errnoCode(28)); // "ENOSPC"
+ * ```
+ */
+export function errnoCode(value: number | string): ErrnoCode | undefined {
+  if (typeof value === "string") {
+    const upper = value.trim().toUpperCase();
+    if (upper in ERRNO_NUMBERS) return upper as ErrnoCode;
+    if (!/^\d+$/.test(upper)) return undefined;
+    value = Number(upper);
+  }
+  for (const [code, num] of Object.entries(ERRNO_NUMBERS)) {
+    if (num === value) return code as ErrnoCode;
+  }
+  return undefined;
+}
+
+/** Where a {@linkcode BlockError} happened. */
+export interface BlockErrorDetails {
+  /** Node name of the node that failed. */
+  node?: string;
+  /** Byte offset of the failing request. */
+  offset?: number;
+  /** Byte length of the failing request. */
+  length?: number;
+  /** The underlying error. */
+  cause?: unknown;
+}
+
+/**
+ * The error every block operation throws.
+ *
+ * @example
+ * ```ts
+ * import { BlockError } from "./errors.ts";
+ * const err = new BlockError("EROFS", "Cannot write 512 bytes at offset 0: image is read-only");
+ * console.log(err.code, err.errno); // EROFS 30
+ * ```
+ */
+export class BlockError extends Error {
+  /** errno-like code, e.g. `"EIO"`. */
+  readonly code: ErrnoCode;
+  /** Node name, when known. */
+  readonly node?: string;
+  /** Byte offset, when the error is about a request. */
+  readonly offset?: number;
+  /** Byte length, when the error is about a request. */
+  readonly length?: number;
+
+  /** Creates an error with a code, a message and optional details. */
+  constructor(code: ErrnoCode, message: string, details: BlockErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = "BlockError";
+    this.code = code;
+    this.node = details.node;
+    this.offset = details.offset;
+    this.length = details.length;
+  }
+
+  /** The Linux errno number for {@linkcode BlockError.code}. */
+  get errno(): number {
+    return ERRNO_NUMBERS[this.code];
+  }
+
+  /** strerror(3) text for the code ("Input/output error"). */
+  get strerror(): string {
+    return ERRNO_MESSAGES[this.code];
+  }
+}
+
+/**
+ * Raised when an image's metadata is inconsistent. Callers that want to tell
+ * corruption apart from I/O errors catch this subclass.
+ */
+export class CorruptImageError extends BlockError {
+  /** Creates a corruption error (code EIO). */
+  constructor(message: string, details: BlockErrorDetails = {}) {
+    super("EIO", message, details);
+    this.name = "CorruptImageError";
+  }
+}
+
+/**
+ * Converts any thrown value into a {@linkcode BlockError}, mapping Deno and
+ * Node file-system errors to their errno codes.
+ */
+export function toBlockError(
+  err: unknown,
+  context: string,
+  details: BlockErrorDetails = {},
+): BlockError {
+  if (err instanceof BlockError) return err;
+  const e = err as { code?: string; message?: string; name?: string };
+  let code: ErrnoCode = "EIO";
+  const known = typeof e?.code === "string" ? errnoCode(e.code) : undefined;
+  if (known) code = known;
+  else if (e?.name === "NotFound") code = "ENOENT";
+  else if (e?.name === "PermissionDenied") code = "EACCES";
+  else if (e?.name === "AlreadyExists") code = "EEXIST";
+  else if (e?.code === "EOPNOTSUPP") code = "ENOTSUP";
+  else if (e?.code === "EWOULDBLOCK") code = "EAGAIN";
+  const why = ERRNO_MESSAGES[code];
+  return new BlockError(code, `${context}: ${why}`, { ...details, cause: err });
+}

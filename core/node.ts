@@ -1,0 +1,755 @@
+/**
+ * The block node (QEMU's BlockDriverState): a driver instance with its
+ * children, and the request path every operation goes through. The generic
+ * work is done here once — bounds and overflow checks, alignment padding
+ * with read-modify-write, splitting at the driver's max transfer, serialising
+ * overlapping requests, FUA emulation, flush bookkeeping, BLKDBG event
+ * delivery — so drivers never repeat it.
+ *
+ * @module
+ */
+
+import { BlockError } from "./errors.ts";
+import type { BlkdebugEvent } from "./events.ts";
+import type {
+  BlockDriver,
+  BlockLimits,
+  BlockStatus,
+  ChildRole,
+  DriverInstance,
+  RequestInfo,
+  RequestOp,
+  RequestOptions,
+  TruncateOptions,
+  WriteOptions,
+  WriteZeroesOptions,
+} from "./types.ts";
+
+/** Sector size for {@linkcode BlockNode.read} and {@linkcode BlockNode.write}. */
+export const SECTOR_SIZE = 512;
+
+/** Largest offset or length a request may have (QEMU's BDRV_MAX_LENGTH). */
+export const MAX_LENGTH = 2 ** 53 - 2 ** 32;
+
+const ZERO_CHUNK = 1 << 20;
+
+/** Counters every node keeps; benchmarks and tests read them. */
+export interface NodeStats {
+  /** Read requests served. */
+  reads: number;
+  /** Write requests served (including FUA and RMW writes). */
+  writes: number;
+  /** Bytes read. */
+  bytesRead: number;
+  /** Bytes written. */
+  bytesWritten: number;
+  /** Write-zeroes requests. */
+  writeZeroes: number;
+  /** Discard requests. */
+  discards: number;
+  /** Flush requests received. */
+  flushRequests: number;
+  /** Flushes that reached this node's driver (`flush` callback ran). */
+  flushes: number;
+  /** Flush requests skipped because nothing was written since the last one. */
+  flushesSkipped: number;
+}
+
+/** What a node listener receives. */
+export type NodeEvent =
+  | {
+    /** A BLKDBG event raised by this node's driver. */
+    kind: "blkdbg";
+    /** The event name. */
+    event: BlkdebugEvent;
+    /** The node that raised it. */
+    node: BlockNode;
+    /** `performance.now()` when it was raised. */
+    time: number;
+    /** The request that raised it. */
+    req?: RequestInfo;
+  }
+  | {
+    /** A flush that reached this node's driver. */
+    kind: "flush";
+    /** The flushed node. */
+    node: BlockNode;
+    /** `performance.now()` when it started. */
+    time: number;
+    /** The request that caused it. */
+    req?: RequestInfo;
+  };
+
+/** Receives node events; see {@linkcode BlockNode.addListener}. */
+export type NodeListener = (event: NodeEvent) => void;
+
+interface Tracked {
+  start: number;
+  end: number;
+  write: boolean;
+  waiters: (() => void)[] | null;
+}
+
+let nextRequestId = 1;
+
+/** Makes a {@linkcode RequestInfo} for a request entering the graph. */
+export function newRequest(node: string, op: RequestOp, offset: number, length: number): RequestInfo {
+  return { id: nextRequestId++, op, node, offset, length };
+}
+
+/** How a node was configured; fixed at open. */
+export interface NodeConfig {
+  /** Unique node name. */
+  name: string;
+  /** The driver. */
+  driver: BlockDriver;
+  /** Options the node was opened with (children removed). */
+  options: Record<string, unknown>;
+  /** Read-only node. */
+  readOnly: boolean;
+  /** Flush never reaches the driver (cache.no-flush / cache=unsafe). */
+  noFlush?: boolean;
+  /** Every write is FUA (cache=writethrough / directsync). */
+  writeThrough?: boolean;
+}
+
+/**
+ * One node of a block graph. Open nodes with `open()` from `mod.ts`; drivers
+ * build them through the core.
+ *
+ * @example
+ * ```ts
+ * import { open } from "../mod.ts";
+ * await using node = await open({ driver: "memory", size: 1 << 20 });
+ * await node.pwrite(0, new Uint8Array(512).fill(0xab));
+ * const buf = new Uint8Array(512);
+ * await node.pread(0, buf);
+ * console.log(buf[0]); // 171
+ * ```
+ */
+export class BlockNode {
+  /** Unique node name (QEMU's node-name). */
+  readonly name: string;
+  /** The driver that serves this node. */
+  readonly driver: BlockDriver;
+  /** Options the node was opened with (children removed). */
+  readonly options: Readonly<Record<string, unknown>>;
+  /** Children by role. */
+  readonly children: Map<ChildRole, BlockNode> = new Map();
+  /** Counters for benchmarks and tests. */
+  readonly stats: NodeStats = {
+    reads: 0,
+    writes: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
+    writeZeroes: 0,
+    discards: 0,
+    flushRequests: 0,
+    flushes: 0,
+    flushesSkipped: 0,
+  };
+  /** Raw image whose format was guessed: writes that would change the guess are refused. */
+  probed = false;
+
+  #inst: DriverInstance = {};
+  #readOnly: boolean;
+  #noFlush: boolean;
+  #writeThrough: boolean;
+  #limits: BlockLimits = defaultLimits();
+  #inflight: Tracked[] = [];
+  #writeGen = 0;
+  #flushedGen = 0;
+  #flushing: Promise<void> | null = null;
+  #listeners: NodeListener[] = [];
+  #closed = false;
+  #onClose: (() => void)[] = [];
+
+  /** Creates an unopened node; the core attaches the driver instance. */
+  constructor(config: NodeConfig) {
+    this.name = config.name;
+    this.driver = config.driver;
+    this.options = config.options;
+    this.#readOnly = config.readOnly;
+    this.#noFlush = config.noFlush ?? false;
+    this.#writeThrough = config.writeThrough ?? false;
+  }
+
+  /** Attaches the driver instance (done once by the opener). */
+  attach(inst: DriverInstance): void {
+    this.#inst = inst;
+    this.refreshLimits();
+  }
+
+  /** The driver instance serving this node. */
+  get instance(): DriverInstance {
+    return this.#inst;
+  }
+
+  /** Re-reads the driver's limits (after it changes them). */
+  refreshLimits(): void {
+    const l = { ...defaultLimits(), ...this.#inst.limits };
+    if (!Number.isInteger(l.requestAlignment) || l.requestAlignment < 1 || (l.requestAlignment & (l.requestAlignment - 1)) !== 0) {
+      throw new BlockError("EINVAL", `Node '${this.name}': request alignment ${l.requestAlignment} is not a power of two`, { node: this.name });
+    }
+    this.#limits = l;
+  }
+
+  /** The limits in force (after defaults). */
+  get limits(): Readonly<BlockLimits> {
+    return this.#limits;
+  }
+
+  /** The node refuses writes. */
+  get readOnly(): boolean {
+    return this.#readOnly;
+  }
+
+  /** The `file` child, if any. */
+  get file(): BlockNode | undefined {
+    return this.children.get("file");
+  }
+
+  /** The `backing` child, if any. */
+  get backing(): BlockNode | undefined {
+    return this.children.get("backing");
+  }
+
+  /** The child a filter passes requests to (`file`, else `image`). */
+  get primaryChild(): BlockNode | undefined {
+    return this.children.get("file") ?? this.children.get("image");
+  }
+
+  /** Writes that grow the node are allowed and reads past the end give zeros. */
+  get growable(): boolean {
+    if (this.driver.kind === "protocol") return true;
+    if (this.driver.kind === "filter") return this.primaryChild?.growable ?? false;
+    return false;
+  }
+
+  /** Current length in bytes. */
+  get length(): number {
+    if (this.#inst.getLength) return this.#inst.getLength();
+    const child = this.primaryChild;
+    if (child) return child.length;
+    return 0;
+  }
+
+  /** Whether the node has been closed. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  // ---- listeners and events -------------------------------------------
+
+  /** Calls `fn` for every BLKDBG event this node raises and every flush it performs. */
+  addListener(fn: NodeListener): () => void {
+    this.#listeners = [...this.#listeners, fn];
+    return () => this.removeListener(fn);
+  }
+
+  /** Stops calling `fn`. */
+  removeListener(fn: NodeListener): void {
+    this.#listeners = this.#listeners.filter((l) => l !== fn);
+  }
+
+  /**
+   * Raises a BLKDBG event, as QEMU's `BLKDBG_EVENT(bs->file, ev)`: listeners
+   * of this node see it, and it is delivered to the `file` child (or the first
+   * node below it whose driver handles events, such as blkdebug).
+   */
+  event(event: BlkdebugEvent, req?: RequestInfo): Promise<void> | void {
+    if (this.#listeners.length) this.#notify({ kind: "blkdbg", event, node: this, time: performance.now(), req });
+    const file = this.children.get("file");
+    if (file) return file.debugEvent(event, req);
+  }
+
+  /**
+   * Delivers an event to this node (QEMU's `bdrv_debug_event(bs, ev)`): the
+   * first node from here down the primary-child chain that handles events
+   * gets it.
+   */
+  debugEvent(event: BlkdebugEvent, req?: RequestInfo): Promise<void> | void {
+    // deno-lint-ignore no-this-alias
+    let n: BlockNode | undefined = this;
+    while (n && !n.#inst.debugEvent) n = n.primaryChild;
+    if (n) return n.#inst.debugEvent!(event, req);
+  }
+
+  #notify(e: NodeEvent): void {
+    for (const l of this.#listeners) l(e);
+  }
+
+  // ---- checks -----------------------------------------------------------
+
+  #fail(code: "EIO" | "EINVAL" | "EROFS" | "ENOSPC", what: string, offset: number, length: number, why: string): never {
+    throw new BlockError(code, `Cannot ${what} ${length} bytes at offset ${offset} on node '${this.name}': ${why}`, {
+      node: this.name,
+      offset,
+      length,
+    });
+  }
+
+  #check(what: string, offset: number, length: number, write: boolean): void {
+    if (this.#closed) this.#fail("EIO", what, offset, length, "node is closed");
+    if (!Number.isSafeInteger(offset) || offset < 0) this.#fail("EINVAL", what, offset, length, "offset must be a non-negative integer");
+    if (!Number.isSafeInteger(length) || length < 0) this.#fail("EINVAL", what, offset, length, "length must be a non-negative integer");
+    if (offset > MAX_LENGTH || length > MAX_LENGTH - offset) this.#fail("EINVAL", what, offset, length, "request exceeds the maximum image size");
+    if (write && this.#readOnly) this.#fail("EROFS", what, offset, length, "node is read-only");
+    if (!this.growable) {
+      const len = this.length;
+      if (offset + length > len) this.#fail("EIO", what, offset, length, `request goes past the end of the image (length ${len})`);
+    }
+  }
+
+  // ---- request tracking (serialisation) --------------------------------
+
+  /** Waits for overlapping conflicting requests, then registers this one. */
+  #track(start: number, end: number, write: boolean): Tracked | Promise<Tracked> {
+    for (const t of this.#inflight) {
+      if (t.start < end && start < t.end && (write || t.write)) {
+        return new Promise<void>((resolve) => (t.waiters ??= []).push(resolve)).then(() => this.#track(start, end, write));
+      }
+    }
+    const t: Tracked = { start, end, write, waiters: null };
+    this.#inflight.push(t);
+    return t;
+  }
+
+  #untrack(t: Tracked): void {
+    const i = this.#inflight.indexOf(t);
+    if (i >= 0) this.#inflight.splice(i, 1);
+    if (t.waiters) for (const w of t.waiters) w();
+  }
+
+  // ---- read ---------------------------------------------------------------
+
+  /** Reads `buf.length` bytes at `offset` into `buf`. */
+  async pread(offset: number, buf: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+    const length = buf.length;
+    this.#check("read", offset, length, false);
+    if (length === 0) return;
+    const req = opts.req ?? newRequest(this.name, "read", offset, length);
+    const align = this.#limits.requestAlignment;
+    const start = offset - (offset % align);
+    const end = roundUp(offset + length, align);
+    let t = this.#track(start, end, false);
+    if (t instanceof Promise) t = await t;
+    try {
+      if (start === offset && end === offset + length) {
+        await this.#readAligned(offset, buf, req);
+      } else {
+        const bounce = new Uint8Array(end - start);
+        await this.#readAligned(start, bounce, req);
+        buf.set(bounce.subarray(offset - start, offset - start + length));
+      }
+    } finally {
+      this.#untrack(t);
+    }
+    this.stats.reads++;
+    this.stats.bytesRead += length;
+  }
+
+  async #readAligned(offset: number, buf: Uint8Array, req: RequestInfo): Promise<void> {
+    // Reads past the end of a growable node read zeros (QEMU's bdrv_aligned_preadv).
+    let n = buf.length;
+    if (this.growable) {
+      const len = this.length;
+      const avail = Math.max(0, Math.min(n, len - offset));
+      if (avail < n) {
+        buf.fill(0, avail);
+        if (avail === 0) return;
+        n = Math.min(n, roundUp(avail, this.#limits.requestAlignment));
+        if (n < buf.length) buf = buf.subarray(0, n);
+      }
+    }
+    const max = this.#limits.maxTransfer;
+    if (!max || n <= max) return this.#readOne(offset, buf, req);
+    for (let done = 0; done < n; done += max) {
+      await this.#readOne(offset + done, buf.subarray(done, Math.min(n, done + max)), req);
+    }
+  }
+
+  #readOne(offset: number, buf: Uint8Array, req: RequestInfo): Promise<void> | void {
+    const inst = this.#inst;
+    if (inst.pread) return inst.pread(offset, buf, { req });
+    const child = this.#passThrough("read", offset, buf.length);
+    return child.pread(offset, buf, { req });
+  }
+
+  #passThrough(what: string, offset: number, length: number): BlockNode {
+    const child = this.driver.kind === "filter" ? this.primaryChild : undefined;
+    if (!child) {
+      throw new BlockError("ENOTSUP", `Cannot ${what} ${length} bytes at offset ${offset} on node '${this.name}': driver '${this.driver.name}' does not support it`, {
+        node: this.name,
+        offset,
+        length,
+      });
+    }
+    return child;
+  }
+
+  /** Reads `buf.length / 512` sectors starting at `sector`. */
+  read(sector: number, buf: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+    return this.pread(sectorOffset(sector, buf.length, "read"), buf, opts);
+  }
+
+  // ---- write --------------------------------------------------------------
+
+  /** Writes `data` at `offset`. */
+  async pwrite(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    const length = data.length;
+    this.#check("write", offset, length, true);
+    if (length === 0) return;
+    const req = opts.req ?? newRequest(this.name, "write", offset, length);
+    if (this.probed && offset < SECTOR_SIZE) this.#checkProbedWrite(offset, data);
+    const fua = (opts.fua ?? false) || this.#writeThrough;
+    const align = this.#limits.requestAlignment;
+    const start = offset - (offset % align);
+    const end = roundUp(offset + length, align);
+    let t = this.#track(start, end, true);
+    if (t instanceof Promise) t = await t;
+    try {
+      if (start === offset && end === offset + length) {
+        await this.#writeAligned(offset, data, fua, req);
+      } else {
+        await this.#writePadded(offset, data, start, end, fua, req);
+      }
+    } finally {
+      this.#untrack(t);
+    }
+    this.stats.writes++;
+    this.stats.bytesWritten += length;
+  }
+
+  async #writePadded(offset: number, data: Uint8Array, start: number, end: number, fua: boolean, req: RequestInfo): Promise<void> {
+    const align = this.#limits.requestAlignment;
+    const bounce = new Uint8Array(end - start);
+    const headLen = offset - start;
+    const tailStart = offset + data.length;
+    if (headLen) {
+      await this.debugEvent("pwritev_rmw_head", req);
+      await this.#readAligned(start, bounce.subarray(0, align), req);
+      await this.debugEvent("pwritev_rmw_after_head", req);
+    }
+    if (tailStart < end && (end - align >= start + align || !headLen)) {
+      await this.debugEvent("pwritev_rmw_tail", req);
+      await this.#readAligned(end - align, bounce.subarray(bounce.length - align), req);
+      await this.debugEvent("pwritev_rmw_after_tail", req);
+    }
+    bounce.set(data, headLen);
+    await this.#writeAligned(start, bounce, fua, req);
+  }
+
+  async #writeAligned(offset: number, data: Uint8Array, fua: boolean, req: RequestInfo): Promise<void> {
+    await this.debugEvent("pwritev", req);
+    const max = this.#limits.maxTransfer;
+    const nativeFua = fua && (this.#inst.supportsFua ?? false);
+    if (!max || data.length <= max) {
+      await this.#writeOne(offset, data, nativeFua, req);
+    } else {
+      for (let done = 0; done < data.length; done += max) {
+        await this.#writeOne(offset + done, data.subarray(done, Math.min(data.length, done + max)), nativeFua, req);
+      }
+    }
+    this.#writeGen++;
+    await this.debugEvent("pwritev_done", req);
+    if (fua && !nativeFua) await this.flush({ req });
+  }
+
+  #writeOne(offset: number, data: Uint8Array, fua: boolean, req: RequestInfo): Promise<void> | void {
+    const inst = this.#inst;
+    if (inst.pwrite) return inst.pwrite(offset, data, { fua, req });
+    const child = this.#passThrough("write", offset, data.length);
+    return child.pwrite(offset, data, { fua, req });
+  }
+
+  #checkProbedWrite(offset: number, data: Uint8Array): void {
+    // Like QEMU's raw_probe_write: a probed raw image may not start to look
+    // like another format, or the next open would interpret guest data.
+    const head = new Uint8Array(SECTOR_SIZE);
+    const n = Math.min(data.length, SECTOR_SIZE - offset);
+    head.set(data.subarray(0, n), offset);
+    const guess = probeHook?.(head);
+    if (guess && guess !== "raw") {
+      throw new BlockError(
+        "EPERM",
+        `Cannot write to the first sector of '${this.name}': the image format was probed as raw and the new data would make it look like ${guess}; open it with an explicit format (driver=raw)`,
+        { node: this.name, offset, length: data.length },
+      );
+    }
+  }
+
+  /** Writes whole 512-byte sectors starting at `sector`. */
+  write(sector: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    return this.pwrite(sectorOffset(sector, data.length, "write"), data, opts);
+  }
+
+  /** Writes `data` at `offset`, then flushes; resolves when both are done. */
+  async pwriteSync(offset: number, data: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+    await this.pwrite(offset, data, opts);
+    await this.flush(opts);
+  }
+
+  // ---- write zeroes and discard ----------------------------------------
+
+  /** Makes `[offset, offset+length)` read as zeros. */
+  async pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions = {}): Promise<void> {
+    this.#check("write zeroes to", offset, length, true);
+    if (length === 0) return;
+    const req = opts.req ?? newRequest(this.name, "write-zeroes", offset, length);
+    const fua = (opts.fua ?? false) || this.#writeThrough;
+    let t = this.#track(offset, offset + length, true);
+    if (t instanceof Promise) t = await t;
+    try {
+      await this.debugEvent("pwritev_zero", req);
+      await this.#zeroes(offset, length, { ...opts, fua: fua && (this.#inst.supportsFua ?? false), req });
+      this.#writeGen++;
+    } finally {
+      this.#untrack(t);
+    }
+    this.stats.writeZeroes++;
+    if (fua && !this.#inst.supportsFua) await this.flush({ req });
+  }
+
+  async #zeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
+    const inst = this.#inst;
+    const max = this.#limits.maxWriteZero || Number.MAX_SAFE_INTEGER;
+    const align = this.#limits.requestAlignment;
+    if (inst.pwriteZeroes) {
+      // Unaligned head and tail are written as zero buffers through the padded write path.
+      const s = roundUp(offset, align);
+      const e = Math.max(s, (offset + length) - ((offset + length) % align));
+      if (s > offset) await this.#zeroBuffers(offset, Math.min(s, offset + length) - offset, opts);
+      for (let o = s; o < e; o += max) await inst.pwriteZeroes(o, Math.min(max, e - o), opts);
+      if (e < offset + length && e >= s) await this.#zeroBuffers(e, offset + length - e, opts);
+      return;
+    }
+    if (this.driver.kind === "filter" && this.primaryChild) {
+      return this.primaryChild.pwriteZeroes(offset, length, opts);
+    }
+    if (opts.noFallback) {
+      throw new BlockError("ENOTSUP", `Cannot write zeroes to ${length} bytes at offset ${offset} on node '${this.name}': no fast path and fallback disallowed`, {
+        node: this.name,
+        offset,
+        length,
+      });
+    }
+    await this.#zeroBuffers(offset, length, opts);
+  }
+
+  async #zeroBuffers(offset: number, length: number, opts: WriteOptions): Promise<void> {
+    const align = this.#limits.requestAlignment;
+    const zero = new Uint8Array(Math.min(length, ZERO_CHUNK));
+    for (let done = 0; done < length;) {
+      const n = Math.min(zero.length, length - done);
+      const o = offset + done;
+      const s = o - (o % align);
+      const e = roundUp(o + n, align);
+      if (s === o && e === o + n) await this.#writeAligned(o, zero.subarray(0, n), false, opts.req!);
+      else await this.#writePadded(o, zero.subarray(0, n), s, e, false, opts.req!);
+      done += n;
+    }
+  }
+
+  /** Discards a range; afterwards its content is unspecified (advisory). */
+  async pdiscard(offset: number, length: number, opts: RequestOptions = {}): Promise<void> {
+    this.#check("discard", offset, length, true);
+    if (length === 0) return;
+    const req = opts.req ?? newRequest(this.name, "discard", offset, length);
+    let t = this.#track(offset, offset + length, true);
+    if (t instanceof Promise) t = await t;
+    try {
+      const inst = this.#inst;
+      if (inst.pdiscard) {
+        const max = this.#limits.maxDiscard || Number.MAX_SAFE_INTEGER;
+        for (let o = offset; o < offset + length; o += max) await inst.pdiscard(o, Math.min(max, offset + length - o), { req });
+      } else if (this.driver.kind === "filter" && this.primaryChild) {
+        await this.primaryChild.pdiscard(offset, length, { req });
+      }
+      this.#writeGen++;
+    } finally {
+      this.#untrack(t);
+    }
+    this.stats.discards++;
+  }
+
+  // ---- flush ------------------------------------------------------------
+
+  /**
+   * Flushes: writes back driver caches (flush_to_os), makes this node's
+   * writes durable (flush_to_disk, skipped when nothing was written since the
+   * last flush), then flushes the writable children.
+   */
+  flush(opts: RequestOptions = {}): Promise<void> {
+    if (this.#closed) {
+      return Promise.reject(new BlockError("EIO", `Cannot flush node '${this.name}': node is closed`, { node: this.name }));
+    }
+    // Flushes of one node run one at a time; a flush that arrives while one
+    // runs waits for it and then runs itself (it may cover newer writes).
+    const prev = this.#flushing;
+    const run = (prev ? prev.catch(() => {}).then(() => this.#flushNow(opts)) : this.#flushNow(opts));
+    const mine = run.finally(() => {
+      if (this.#flushing === mine) this.#flushing = null;
+    });
+    this.#flushing = mine;
+    return mine;
+  }
+
+  async #flushNow(opts: RequestOptions): Promise<void> {
+    const req = opts.req ?? newRequest(this.name, "flush", 0, 0);
+    this.stats.flushRequests++;
+    const inst = this.#inst;
+    if (inst.flushToOs) {
+      await this.debugEvent("flush_to_os", req);
+      await inst.flushToOs({ req });
+    }
+    const gen = this.#writeGen;
+    if (inst.flush) {
+      if (this.#noFlush || gen === this.#flushedGen) {
+        this.stats.flushesSkipped++;
+      } else {
+        await this.debugEvent("flush_to_disk", req);
+        if (this.#listeners.length) this.#notify({ kind: "flush", node: this, time: performance.now(), req });
+        await inst.flush({ req });
+        this.stats.flushes++;
+        this.#flushedGen = gen;
+      }
+    }
+    for (const [role, child] of this.children) {
+      if (role === "backing" || child.readOnly) continue;
+      await child.flush({ req });
+    }
+  }
+
+  /** Number of flushes that reached a driver on this node and every node below it. */
+  get flushCount(): number {
+    let n = this.stats.flushes;
+    for (const c of new Set(this.children.values())) n += c.flushCount;
+    return n;
+  }
+
+  // ---- status, length, truncate, close ----------------------------------
+
+  /**
+   * Reports the allocation state of the extent starting at `offset` (at most
+   * `length` bytes; the result's `length` says how far the state holds).
+   */
+  async blockStatus(offset: number, length: number, opts: RequestOptions = {}): Promise<BlockStatus> {
+    this.#check("query block status of", offset, length, false);
+    const end = this.length;
+    if (offset >= end || length === 0) {
+      return { offset, length: 0, data: false, zero: true, allocated: false, depth: 0 };
+    }
+    length = Math.min(length, end - offset);
+    const req = opts.req ?? newRequest(this.name, "block-status", offset, length);
+    const inst = this.#inst;
+    if (inst.blockStatus) {
+      const st = await inst.blockStatus(offset, length, { req });
+      return { ...st, offset, length: Math.max(1, Math.min(st.length, length)) };
+    }
+    if (this.driver.kind === "filter" && this.primaryChild) return this.primaryChild.blockStatus(offset, length, { req });
+    return { offset, length, data: true, zero: false, allocated: true, depth: 0, hostOffset: offset, file: this };
+  }
+
+  /** Length in bytes. */
+  getLength(): Promise<number> {
+    return Promise.resolve(this.length);
+  }
+
+  /** Changes the length of the node. */
+  async truncate(length: number, opts: TruncateOptions = {}): Promise<void> {
+    if (!Number.isSafeInteger(length) || length < 0 || length > MAX_LENGTH) {
+      throw new BlockError("EINVAL", `Cannot resize node '${this.name}' to ${length} bytes: size must be a non-negative integer below ${MAX_LENGTH}`, {
+        node: this.name,
+      });
+    }
+    if (this.#readOnly) {
+      throw new BlockError("EROFS", `Cannot resize node '${this.name}' to ${length} bytes: node is read-only`, { node: this.name });
+    }
+    const req = opts.req ?? newRequest(this.name, "truncate", length, 0);
+    const inst = this.#inst;
+    let t = this.#track(0, MAX_LENGTH, true);
+    if (t instanceof Promise) t = await t;
+    try {
+      if (inst.truncate) await inst.truncate(length, { ...opts, req });
+      else if (this.driver.kind === "filter" && this.primaryChild) await this.primaryChild.truncate(length, { ...opts, req });
+      else {
+        throw new BlockError("ENOTSUP", `Cannot resize node '${this.name}': driver '${this.driver.name}' does not support resizing`, { node: this.name });
+      }
+      this.#writeGen++;
+    } finally {
+      this.#untrack(t);
+    }
+  }
+
+  /** Driver-specific information (for `info`). */
+  async info(): Promise<Record<string, unknown>> {
+    return (await this.#inst.info?.()) ?? {};
+  }
+
+  /** Registers a callback run when the node closes (used by the graph registry). */
+  onClose(fn: () => void): void {
+    this.#onClose.push(fn);
+  }
+
+  /**
+   * Closes the node: waits for requests in flight, writes back driver caches,
+   * closes the driver, then closes the children.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    while (this.#inflight.length) {
+      const t = this.#inflight[0];
+      await new Promise<void>((resolve) => (t.waiters ??= []).push(resolve));
+    }
+    if (this.#flushing) await this.#flushing.catch(() => {});
+    let error: unknown;
+    try {
+      await this.#inst.close?.();
+    } catch (e) {
+      error = e;
+    }
+    this.#closed = true;
+    for (const fn of this.#onClose) fn();
+    for (const child of new Set(this.children.values())) {
+      try {
+        await child.close();
+      } catch (e) {
+        error ??= e;
+      }
+    }
+    if (error) throw error;
+  }
+
+  /** Closes the node (`await using`). */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+function defaultLimits(): BlockLimits {
+  return { requestAlignment: 1, maxTransfer: 0, optWriteZero: 0, maxWriteZero: 0, optDiscard: 0, maxDiscard: 0 };
+}
+
+/** Rounds `n` up to a multiple of `align`. */
+export function roundUp(n: number, align: number): number {
+  const r = n % align;
+  return r === 0 ? n : n + align - r;
+}
+
+function sectorOffset(sector: number, bytes: number, what: string): number {
+  if (!Number.isSafeInteger(sector) || sector < 0) {
+    throw new BlockError("EINVAL", `Cannot ${what} at sector ${sector}: sector must be a non-negative integer`);
+  }
+  if (bytes % SECTOR_SIZE !== 0) {
+    throw new BlockError("EINVAL", `Cannot ${what} ${bytes} bytes at sector ${sector}: length must be a multiple of ${SECTOR_SIZE}`);
+  }
+  return sector * SECTOR_SIZE;
+}
+
+let probeHook: ((head: Uint8Array) => string | undefined) | undefined;
+
+/** Installs the format prober used to guard probed raw images (done by the registry). */
+export function setProbeHook(fn: (head: Uint8Array) => string | undefined): void {
+  probeHook = fn;
+}

@@ -1,0 +1,257 @@
+/**
+ * Opening a graph: turns a spec (object, dotted string, `json:` filename or
+ * plain filename) into connected {@linkcode BlockNode}s, probes formats,
+ * hands out unique node names and creates images.
+ *
+ * @module
+ */
+
+import { BlockError, toBlockError } from "./errors.ts";
+import { BlockNode } from "./node.ts";
+import { optBool, type Options, optString } from "./options.ts";
+import { driverForPrefix, getDriver, PROBE_BYTES, probeFormat } from "./registry.ts";
+import { type BlockSpec, isPlainObject, normaliseSpec } from "./spec.ts";
+import type { BlockDriver, ChildRole, OpenContext } from "./types.ts";
+
+const nodes = new Map<string, BlockNode>();
+let generated = 0;
+
+/** Looks up an open node by name. */
+export function findNode(name: string): BlockNode | undefined {
+  return nodes.get(name);
+}
+
+/** Names of all open nodes. */
+export function nodeNames(): string[] {
+  return [...nodes.keys()];
+}
+
+/** Options that apply to every node (not passed to drivers). */
+const GENERIC_KEYS = ["driver", "node-name", "read-only", "auto-read-only", "cache", "discard", "detect-zeroes", "force-share"];
+
+/** Options for {@linkcode open}. */
+export interface OpenOptions {
+  /** Open every node read-only. */
+  readOnly?: boolean;
+  /** Format to use instead of probing a plain filename (`"qcow2"`, `"raw"`). */
+  format?: string;
+  /** Cache mode for the whole graph: writeback (default), writethrough, none, directsync, unsafe. */
+  cache?: string;
+}
+
+interface CacheFlags {
+  direct: boolean;
+  noFlush: boolean;
+  writeThrough: boolean;
+}
+
+/** Parses a cache mode name into flags (QEMU's `-drive cache=`). */
+export function parseCacheMode(mode: string): CacheFlags {
+  switch (mode) {
+    case "writeback":
+      return { direct: false, noFlush: false, writeThrough: false };
+    case "writethrough":
+      return { direct: false, noFlush: false, writeThrough: true };
+    case "none":
+      return { direct: true, noFlush: false, writeThrough: false };
+    case "directsync":
+      return { direct: true, noFlush: false, writeThrough: true };
+    case "unsafe":
+      return { direct: false, noFlush: true, writeThrough: false };
+    default:
+      throw new BlockError("EINVAL", `Invalid cache mode '${mode}': expected writeback, writethrough, none, directsync or unsafe`);
+  }
+}
+
+/**
+ * Opens a block graph from a spec.
+ *
+ * @example
+ * ```ts
+ * import { open } from "../mod.ts";
+ * await using disk = await open("driver=memory,size=1M");
+ * console.log(disk.length); // 1048576
+ * ```
+ */
+export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}): Promise<BlockNode> {
+  if (spec instanceof BlockNode) return spec;
+  let options = normaliseSpec(spec);
+  if (opts.format && options.driver === undefined) {
+    options = { driver: opts.format, file: { driver: "file", filename: options.filename }, ...withoutKey(options, "filename") };
+  }
+  const cache = opts.cache ? parseCacheMode(opts.cache) : undefined;
+  return await openNode(options, { readOnly: opts.readOnly ?? false, cache, probe: true, top: true });
+}
+
+interface OpenState {
+  readOnly: boolean;
+  cache?: CacheFlags;
+  probe: boolean;
+  top: boolean;
+}
+
+function withoutKey(o: Options, key: string): Options {
+  const { [key]: _drop, ...rest } = o;
+  return rest;
+}
+
+async function openNode(input: Options | string | BlockNode, state: OpenState): Promise<BlockNode> {
+  if (input instanceof BlockNode) return input;
+  let options: Options = typeof input === "string" ? normaliseSpec(input) : input;
+  if (!isPlainObject(options)) throw new BlockError("EINVAL", `Invalid block spec: ${JSON.stringify(input)}`);
+
+  // A filename with a protocol prefix (json:, blkdebug:, nbd://) expands into options.
+  const filename = typeof options.filename === "string" ? options.filename : undefined;
+  if (filename !== undefined && options.driver === undefined) {
+    if (filename.startsWith("json:")) return openNode({ ...normaliseSpec(filename), ...withoutKey(options, "filename") }, state);
+    const prefixed = driverForPrefix(filename);
+    if (prefixed?.parseFilename) {
+      return openNode({ driver: prefixed.name, ...prefixed.parseFilename(filename), ...withoutKey(options, "filename") }, state);
+    }
+    if (state.probe) return openProbed(filename, options, state);
+    options = { ...options, driver: "file" };
+  }
+  const driverName = optString(options, "driver", "(any)");
+  if (!driverName) throw new BlockError("EINVAL", `Invalid block spec ${JSON.stringify(options)}: 'driver' is missing`);
+  const driver = getDriver(driverName);
+
+  // A format node given only `filename` gets a file child for it.
+  if (driver.kind !== "protocol" && filename !== undefined && options.file === undefined) {
+    options = { ...withoutKey(options, "filename"), file: { driver: "file", filename } };
+  }
+
+  const readOnly = state.readOnly || (optBool(options, "read-only", driverName) ?? false);
+  let cache = state.cache;
+  const cacheOpt = options.cache;
+  if (typeof cacheOpt === "string") cache = parseCacheMode(cacheOpt);
+  else if (isPlainObject(cacheOpt)) {
+    cache = {
+      direct: optBool(cacheOpt, "direct", driverName) ?? cache?.direct ?? false,
+      noFlush: optBool(cacheOpt, "no-flush", driverName) ?? cache?.noFlush ?? false,
+      writeThrough: cache?.writeThrough ?? false,
+    };
+  }
+
+  const childKeys = new Set<string>(["file", "backing", "data-file", ...(driver.childKeys ?? [])]);
+  const childSpecs = new Map<string, unknown>();
+  const driverOptions: Options = {};
+  for (const [k, v] of Object.entries(options)) {
+    if (GENERIC_KEYS.includes(k)) continue;
+    if (childKeys.has(k) && driver.kind !== "protocol") childSpecs.set(k, v);
+    else driverOptions[k] = v;
+  }
+  if (driver.kind === "protocol" && cache?.direct && driverOptions["cache.direct"] === undefined) {
+    driverOptions["cache.direct"] = true;
+  }
+
+  let name = optString(options, "node-name", driverName);
+  if (name !== undefined) {
+    if (!/^[A-Za-z][A-Za-z0-9_.-]{0,31}$/.test(name)) {
+      throw new BlockError("EINVAL", `Invalid node-name '${name}': it must start with a letter and hold only letters, digits, '-', '.' and '_' (at most 32 characters)`);
+    }
+    if (nodes.has(name)) throw new BlockError("EEXIST", `Duplicate node name '${name}': a node with that name is already open`);
+  } else {
+    do name = `#block${String(++generated).padStart(3, "0")}`; while (nodes.has(name));
+  }
+
+  const node = new BlockNode({
+    name,
+    driver,
+    options: driverOptions,
+    readOnly,
+    noFlush: cache?.noFlush,
+    writeThrough: state.top ? cache?.writeThrough : false,
+  });
+  nodes.set(name, node);
+  node.onClose(() => nodes.delete(name!));
+  const ctx: OpenContext = {
+    node,
+    options: driverOptions,
+    readOnly,
+    async openChild(role: ChildRole, spec?: unknown, copts = {}) {
+      const s = spec ?? childSpecs.get(role);
+      if (s === undefined || s === null) {
+        if (copts.optional) return undefined;
+        throw new BlockError("EINVAL", `Driver '${driverName}' needs a '${role}' child: give '${role}' (for example ${role}.driver=file,${role}.filename=IMAGE)`);
+      }
+      const child = await openNode(s as Options | string | BlockNode, {
+        readOnly: copts.readOnly ?? readOnly,
+        cache: { direct: cache?.direct ?? false, noFlush: cache?.noFlush ?? false, writeThrough: false },
+        probe: copts.probe ?? false,
+        top: false,
+      });
+      node.children.set(role, child);
+      return child;
+    },
+  };
+  try {
+    node.attach(await driver.open(ctx));
+  } catch (e) {
+    for (const c of node.children.values()) await c.close().catch(() => {});
+    nodes.delete(name);
+    throw e;
+  }
+  return node;
+}
+
+async function openProbed(filename: string, options: Options, state: OpenState): Promise<BlockNode> {
+  const file = await openNode({ driver: "file", filename, ...pickCache(options) }, { ...state, top: false, probe: false });
+  let driver: BlockDriver;
+  try {
+    const head = new Uint8Array(Math.min(PROBE_BYTES, file.length));
+    await file.pread(0, head);
+    driver = probeFormat(head, filename);
+  } catch (e) {
+    await file.close();
+    throw toBlockError(e, `Cannot probe the format of '${filename}'`);
+  }
+  const rest = withoutKey(options, "filename");
+  try {
+    const node = await openNode({ ...rest, driver: driver.name, file }, state);
+    if (driver.name === "raw") node.probed = true;
+    return node;
+  } catch (e) {
+    if (!file.closed) await file.close();
+    throw e;
+  }
+}
+
+function pickCache(options: Options): Options {
+  return options.cache === undefined ? {} : { cache: options.cache };
+}
+
+/** Options for {@linkcode createImage}. */
+export interface CreateOptions {
+  /** Format options (`cluster_size`, `compat`, `backing_file`, ...). */
+  options?: Record<string, string | number | boolean>;
+  /** Protocol node options for the new file (e.g. `{driver: "memory"}`); default a host file. */
+  file?: Options | BlockNode;
+}
+
+/**
+ * Creates an image: an empty file of the format's layout and virtual `size`.
+ *
+ * @example
+ * ```ts
+ * import { createImage, open } from "../mod.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".img" });
+ * await createImage(path, "raw", 1 << 20);
+ * await using img = await open(path);
+ * console.log(img.length); // 1048576
+ * await Deno.remove(path);
+ * ```
+ */
+export async function createImage(filename: string, format: string, size: number, opts: CreateOptions = {}): Promise<void> {
+  const driver = getDriver(format);
+  if (!driver.create) throw new BlockError("ENOTSUP", `Cannot create '${filename}': format '${format}' does not support image creation`);
+  if (!Number.isSafeInteger(size) || size < 0) throw new BlockError("EINVAL", `Cannot create '${filename}': invalid size ${size}`);
+  const fileSpec = opts.file ?? { driver: "file", filename, create: true };
+  const file = await openNode(fileSpec as Options | BlockNode, { readOnly: false, probe: false, top: false });
+  try {
+    if (file.length > 0) await file.truncate(0);
+    await driver.create({ file, size, options: opts.options ?? {}, filename });
+    await file.flush();
+  } finally {
+    if (!(opts.file instanceof BlockNode)) await file.close();
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * Reading driver options: typed getters that accept QEMU's spellings
+ * (`on`/`off`, size suffixes) and name the option and value when they fail,
+ * and a check that rejects unknown keys.
+ *
+ * @module
+ */
+
+import { BlockError } from "./errors.ts";
+
+/** Options as a driver receives them. */
+export type Options = Record<string, unknown>;
+
+function bad(driver: string, key: string, value: unknown, expected: string): never {
+  throw new BlockError("EINVAL", `Invalid value '${String(value)}' for option '${key}' of driver '${driver}': expected ${expected}`);
+}
+
+/** Reads a string option. */
+export function optString(opts: Options, key: string, driver: string): string | undefined {
+  const v = opts[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === "string") return v;
+  if (typeof v === "number" || typeof v === "boolean") return String(v);
+  return bad(driver, key, JSON.stringify(v), "a string");
+}
+
+/** Reads a boolean option (`true`/`false`, `on`/`off`, `yes`/`no`, `1`/`0`). */
+export function optBool(opts: Options, key: string, driver: string): boolean | undefined {
+  const v = opts[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === "boolean") return v;
+  const s = String(v).toLowerCase();
+  if (["on", "true", "yes", "1"].includes(s)) return true;
+  if (["off", "false", "no", "0"].includes(s)) return false;
+  return bad(driver, key, v, "on or off");
+}
+
+/** Reads a non-negative integer option. */
+export function optInt(opts: Options, key: string, driver: string): number | undefined {
+  const v = opts[key];
+  if (v === undefined || v === null) return undefined;
+  const n = typeof v === "number" ? v : typeof v === "string" && /^\s*\d+\s*$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n < 0) return bad(driver, key, v, "a non-negative integer");
+  return n;
+}
+
+/** Reads a non-negative number option (may be fractional). */
+export function optNumber(opts: Options, key: string, driver: string): number | undefined {
+  const v = opts[key];
+  if (v === undefined || v === null) return undefined;
+  const n = typeof v === "number" ? v : typeof v === "string" && v.trim() !== "" ? Number(v) : NaN;
+  if (!Number.isFinite(n) || n < 0) return bad(driver, key, v, "a non-negative number");
+  return n;
+}
+
+/** Reads a size option: bytes, or a number with a k/M/G/T/P/E suffix (powers of 1024). */
+export function optSize(opts: Options, key: string, driver: string): number | undefined {
+  const v = opts[key];
+  if (v === undefined || v === null) return undefined;
+  const n = parseSize(v);
+  if (n === undefined) return bad(driver, key, v, "a size such as 65536, 64k, 1M or 10G");
+  return n;
+}
+
+const SUFFIX: Record<string, number> = { "": 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
+
+/**
+ * Parses a size with an optional binary suffix, as qemu-img does
+ * (`512`, `64k`, `1.5M`, `10G`). Returns undefined when it is not a size.
+ *
+ * @example
+ * ```ts
+ * import { parseSize } from "./options.ts";
+ * console.log(parseSize("64k")); // 65536
+ * ```
+ */
+export function parseSize(value: unknown, defaultSuffix = ""): number | undefined {
+  if (typeof value === "number") return Number.isSafeInteger(value) && value >= 0 ? value : undefined;
+  if (typeof value !== "string") return undefined;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([bkmgtpe]?)(?:i?b)?\s*$/i.exec(value);
+  if (!m) return undefined;
+  const unit = SUFFIX[(m[2] || defaultSuffix).toLowerCase()];
+  const n = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(Math.round(n)) || Math.round(n) !== n && unit === 1) return undefined;
+  return Math.round(n);
+}
+
+/** Reads an option that must be one of `choices`. */
+export function optEnum<T extends string>(opts: Options, key: string, driver: string, choices: readonly T[]): T | undefined {
+  const v = optString(opts, key, driver);
+  if (v === undefined) return undefined;
+  if (!(choices as readonly string[]).includes(v)) return bad(driver, key, v, `one of ${choices.join(", ")}`);
+  return v as T;
+}
+
+/** Throws if `opts` has a key that is not in `known`. */
+export function checkKnownOptions(opts: Options, known: readonly string[], driver: string): void {
+  for (const key of Object.keys(opts)) {
+    if (!known.includes(key)) {
+      throw new BlockError("EINVAL", `Unknown option '${key}' for driver '${driver}' (known options: ${known.join(", ") || "none"})`);
+    }
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * The driver registry and format probing. Built-in drivers register
+ * themselves when imported; user code plugs in its own driver with
+ * {@linkcode registerDriver}.
+ *
+ * @module
+ */
+
+import { BlockError } from "./errors.ts";
+import { setProbeHook } from "./node.ts";
+import type { BlockDriver } from "./types.ts";
+
+const drivers = new Map<string, BlockDriver>();
+
+/**
+ * Adds a driver to the registry (replacing one of the same name).
+ *
+ * @example
+ * ```ts
+ * import { registerDriver } from "./registry.ts";
+ * registerDriver({
+ *   name: "null-co",
+ *   kind: "protocol",
+ *   open: () => Promise.resolve({ getLength: () => 1 << 30, pread: (_o, buf) => void buf.fill(0) }),
+ * });
+ * ```
+ */
+export function registerDriver(driver: BlockDriver): void {
+  drivers.set(driver.name, driver);
+}
+
+/** Looks up a driver by name; unknown names are a clear EINVAL. */
+export function getDriver(name: string): BlockDriver {
+  const d = drivers.get(name);
+  if (!d) {
+    throw new BlockError("EINVAL", `Unknown driver '${name}' (known drivers: ${[...drivers.keys()].sort().join(", ")})`);
+  }
+  return d;
+}
+
+/** Names of all registered drivers. */
+export function driverNames(): string[] {
+  return [...drivers.keys()].sort();
+}
+
+/** The driver whose filename prefix (`blkdebug:`, `nbd://`) `filename` starts with. */
+export function driverForPrefix(filename: string): BlockDriver | undefined {
+  const m = /^([a-z][a-z0-9+-]*):/.exec(filename);
+  if (!m) return undefined;
+  for (const d of drivers.values()) {
+    if (d.protocolPrefix === m[1] || (d.protocolPrefix && m[1].startsWith(d.protocolPrefix + "+"))) return d;
+  }
+  return undefined;
+}
+
+/** Bytes a prober looks at. */
+export const PROBE_BYTES = 2048;
+
+/**
+ * Guesses the format of an image from its first bytes; `raw` when no format
+ * claims it (QEMU's `bdrv_probe_all`).
+ */
+export function probeFormat(head: Uint8Array, filename?: string): BlockDriver {
+  let best: BlockDriver | undefined;
+  let bestScore = 0;
+  for (const d of drivers.values()) {
+    if (d.kind !== "format" || !d.probe) continue;
+    const score = d.probe(head, filename);
+    if (score > bestScore) {
+      bestScore = score;
+      best = d;
+    }
+  }
+  return best ?? getDriver("raw");
+}
+
+setProbeHook((head) => probeFormat(head).name);

@@ -1,0 +1,194 @@
+/**
+ * The driver interface: what a protocol, format or filter driver implements.
+ * Every callback is optional; the core ({@linkcode BlockNode}) does bounds
+ * checks, alignment, serialisation, FUA emulation and flush bookkeeping once,
+ * and a filter that leaves a callback out passes that operation to its child.
+ *
+ * @module
+ */
+
+import type { BlkdebugEvent } from "./events.ts";
+import type { BlockNode } from "./node.ts";
+
+/** Roles a child can have under its parent (QEMU's child names). */
+export type ChildRole = "file" | "backing" | "data-file" | "image" | string;
+
+/** What kind of node a driver makes. */
+export type DriverKind = "protocol" | "format" | "filter";
+
+/** The operations a request can be. */
+export type RequestOp =
+  | "read"
+  | "write"
+  | "write-zeroes"
+  | "discard"
+  | "flush"
+  | "block-status"
+  | "truncate";
+
+/**
+ * One request as it travels down the graph. A parent driver passes the
+ * request it is serving to its children, so an event or an error deep in the
+ * graph can name the top-level request that caused it.
+ */
+export interface RequestInfo {
+  /** Process-wide request number. */
+  readonly id: number;
+  /** What the top-level request was. */
+  readonly op: RequestOp;
+  /** Node the request entered the graph at. */
+  readonly node: string;
+  /** Byte offset of the top-level request. */
+  readonly offset: number;
+  /** Byte length of the top-level request. */
+  readonly length: number;
+}
+
+/** Per-request options for writes. */
+export interface WriteOptions {
+  /** Force unit access: the data is durable when the write resolves. */
+  fua?: boolean;
+  /** The request this write serves (set by parent drivers). */
+  req?: RequestInfo;
+}
+
+/** Per-request options for reads and other operations. */
+export interface RequestOptions {
+  /** The request this operation serves (set by parent drivers). */
+  req?: RequestInfo;
+}
+
+/** Options for write-zeroes. */
+export interface WriteZeroesOptions extends WriteOptions {
+  /** The range may be deallocated, as long as it reads back as zeros. */
+  mayUnmap?: boolean;
+  /** Fail with ENOTSUP instead of writing zero buffers when no fast path exists. */
+  noFallback?: boolean;
+}
+
+/** Options for truncate. */
+export interface TruncateOptions extends RequestOptions {
+  /** Preallocation for the grown part: off (default), metadata, falloc, full. */
+  prealloc?: "off" | "metadata" | "falloc" | "full";
+}
+
+/** Size limits a driver declares; the core splits and pads requests to fit. */
+export interface BlockLimits {
+  /** Reads and writes are padded to multiples of this (power of two). */
+  requestAlignment: number;
+  /** Largest read or write passed to the driver in one call (0 = no limit). */
+  maxTransfer: number;
+  /** Preferred write-zeroes granularity (0 = none). */
+  optWriteZero: number;
+  /** Largest write-zeroes passed in one call (0 = no limit). */
+  maxWriteZero: number;
+  /** Preferred discard granularity (0 = none). */
+  optDiscard: number;
+  /** Largest discard passed in one call (0 = no limit). */
+  maxDiscard: number;
+}
+
+/** Allocation state of a range, as `blockStatus` reports it. */
+export interface BlockStatus {
+  /** Start of the extent (the requested offset). */
+  offset: number;
+  /** Length of the extent; at least 1 byte, at most the requested length. */
+  length: number;
+  /** The range holds data (QEMU's BDRV_BLOCK_DATA). */
+  data: boolean;
+  /** The range reads as zeros (BDRV_BLOCK_ZERO). */
+  zero: boolean;
+  /** This node (not a backing file) defines the content (BDRV_BLOCK_ALLOCATED). */
+  allocated: boolean;
+  /** How many backing layers down the content comes from (0 = this node). */
+  depth?: number;
+  /** Where the data lives in {@linkcode BlockStatus.file}, when known. */
+  hostOffset?: number;
+  /** The protocol node holding the data at `hostOffset`. */
+  file?: BlockNode;
+  /** The range is compressed (qcow2). */
+  compressed?: boolean;
+}
+
+/** Driver callbacks as the driver sees them (mirror of the node's operations). */
+export interface DriverInstance {
+  /** Limits for this node; missing fields default (alignment 1, no limits). */
+  limits?: Partial<BlockLimits>;
+  /** Handles FUA itself; otherwise the core follows a FUA write with a flush. */
+  supportsFua?: boolean;
+  /** Reads `buf.length` bytes at `offset` into `buf`. */
+  pread?(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void;
+  /** Writes `data` at `offset`. */
+  pwrite?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
+  /** Makes `[offset, offset+length)` read as zeros. */
+  pwriteZeroes?(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> | void;
+  /** Discards a range (advisory: content afterwards is unspecified). */
+  pdiscard?(offset: number, length: number, opts: RequestOptions): Promise<void> | void;
+  /** Writes back driver caches to the children (QEMU's flush_to_os). */
+  flushToOs?(opts: RequestOptions): Promise<void> | void;
+  /** Makes everything written durable (QEMU's flush_to_disk); protocol nodes. */
+  flush?(opts: RequestOptions): Promise<void> | void;
+  /** Reports the allocation state of the extent starting at `offset`. */
+  blockStatus?(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> | BlockStatus;
+  /** Current length in bytes. */
+  getLength?(): number;
+  /** Changes the length. */
+  truncate?(length: number, opts: TruncateOptions): Promise<void> | void;
+  /** Releases resources (children are closed by the core afterwards). */
+  close?(): Promise<void> | void;
+  /** Receives a BLKDBG event raised by a parent on this node (blkdebug). */
+  debugEvent?(event: BlkdebugEvent, req: RequestInfo | undefined): Promise<void> | void;
+  /** Driver-specific information for `info` (format-specific data). */
+  info?(): Promise<Record<string, unknown>> | Record<string, unknown>;
+}
+
+/** Everything a driver's `open` gets. */
+export interface OpenContext {
+  /** The node being opened (children can be attached through it). */
+  readonly node: BlockNode;
+  /** The node's options, with children's options removed. */
+  readonly options: Record<string, unknown>;
+  /** The node is opened read-only. */
+  readonly readOnly: boolean;
+  /**
+   * Opens a child from the child spec found under `role` in the parent's
+   * options (or `spec` when given) and attaches it.
+   */
+  openChild(
+    role: ChildRole,
+    spec?: unknown,
+    opts?: { readOnly?: boolean; probe?: boolean; optional?: boolean },
+  ): Promise<BlockNode | undefined>;
+}
+
+/** Everything a driver's `create` gets. */
+export interface CreateContext {
+  /** The protocol node the image is written to (already empty). */
+  readonly file: BlockNode;
+  /** Virtual size in bytes. */
+  readonly size: number;
+  /** Format options (`cluster_size`, `compat`, ...), values as given. */
+  readonly options: Record<string, string | number | boolean>;
+  /** Filename of the image, when it is a host file. */
+  readonly filename?: string;
+}
+
+/** A block driver: a name, a kind, and how to open (and create) nodes. */
+export interface BlockDriver {
+  /** Driver name as in QEMU (`"qcow2"`, `"file"`, `"blkdebug"`). */
+  readonly name: string;
+  /** Protocol, format or filter. */
+  readonly kind: DriverKind;
+  /** Scores how much `head` (the first bytes of a file) looks like this format. */
+  probe?(head: Uint8Array, filename?: string): number;
+  /** Filename prefix this protocol or filter parses (`"blkdebug"`, `"nbd"`). */
+  readonly protocolPrefix?: string;
+  /** Turns a prefixed filename into options. */
+  parseFilename?(filename: string): Record<string, unknown>;
+  /** Option keys that name children (default: `file`). */
+  readonly childKeys?: readonly string[];
+  /** Opens a node: returns the instance whose callbacks serve requests. */
+  open(ctx: OpenContext): Promise<DriverInstance>;
+  /** Writes a new, empty image of this format onto `ctx.file`. */
+  create?(ctx: CreateContext): Promise<void>;
+}

@@ -1,0 +1,87 @@
+/**
+ * The `raw` format driver: the guest sees its file child as is, or a window
+ * of it (QEMU's `offset` and `size` options). A write past the end of a
+ * window is ENOSPC; the core refuses requests past the node's length.
+ *
+ * @module
+ */
+
+import { BlockError } from "../core/errors.ts";
+import { checkKnownOptions, optSize } from "../core/options.ts";
+import { registerDriver } from "../core/registry.ts";
+import type { BlockDriver, BlockNode, DriverInstance } from "../mod.ts";
+
+/** The raw format driver. */
+export const rawDriver: BlockDriver = {
+  name: "raw",
+  kind: "format",
+  probe: () => 1,
+  async open(ctx): Promise<DriverInstance> {
+    checkKnownOptions(ctx.options, ["offset", "size"], "raw");
+    const offset = optSize(ctx.options, "offset", "raw") ?? 0;
+    const fixedSize = optSize(ctx.options, "size", "raw");
+    const file = (await ctx.openChild("file")) as BlockNode;
+    const name = ctx.node.name;
+    if (offset > file.length) {
+      throw new BlockError("EINVAL", `Invalid option 'offset' of driver 'raw': offset ${offset} is past the end of the file (${file.length} bytes)`, { node: name });
+    }
+    if (fixedSize !== undefined && offset + fixedSize > file.length && file.readOnly) {
+      throw new BlockError("EINVAL", `Invalid option 'size' of driver 'raw': offset + size (${offset + fixedSize}) is past the end of the file (${file.length} bytes)`, { node: name });
+    }
+    const windowed = fixedSize !== undefined || offset > 0;
+    const length = () => fixedSize ?? Math.max(0, file.length - offset);
+    const checkWindow = (what: string, off: number, len: number) => {
+      if (windowed && off + len > length()) {
+        throw new BlockError("ENOSPC", `Cannot ${what} ${len} bytes at offset ${off} on node '${name}': past the end of the raw window (${length()} bytes)`, {
+          node: name,
+          offset: off,
+          length: len,
+        });
+      }
+    };
+    const inst: DriverInstance = {
+      getLength: length,
+      supportsFua: true,
+      pread: (off, buf, o) => file.pread(off + offset, buf, o),
+      pwrite(off, data, o) {
+        checkWindow("write", off, data.length);
+        return file.pwrite(off + offset, data, o);
+      },
+      pwriteZeroes(off, len, o) {
+        checkWindow("write zeroes to", off, len);
+        return file.pwriteZeroes(off + offset, len, o);
+      },
+      pdiscard: (off, len, o) => file.pdiscard(off + offset, len, o),
+      async blockStatus(off, len, o) {
+        const st = await file.blockStatus(off + offset, len, o);
+        return { ...st, offset: off, allocated: true, depth: 0, hostOffset: off + offset, file: st.file ?? file };
+      },
+      truncate(newLength, o) {
+        if (windowed) {
+          throw new BlockError("ENOTSUP", `Cannot resize node '${name}': a raw node with 'offset' or 'size' has a fixed window`, { node: name });
+        }
+        return file.truncate(newLength, o);
+      },
+      info: () => ({}),
+    };
+    return inst;
+  },
+  async create(ctx): Promise<void> {
+    const prealloc = String(ctx.options.preallocation ?? "off");
+    const known = ["preallocation", "size"];
+    for (const k of Object.keys(ctx.options)) {
+      if (!known.includes(k)) throw new BlockError("EINVAL", `Unknown option '${k}' for format 'raw' (known options: ${known.join(", ")})`);
+    }
+    if (!["off", "falloc", "full"].includes(prealloc)) {
+      throw new BlockError("EINVAL", `Invalid value '${prealloc}' for option 'preallocation' of format 'raw': expected off, falloc or full`);
+    }
+    if (prealloc === "full") {
+      await ctx.file.pwriteZeroes(0, ctx.size);
+      if (ctx.file.length < ctx.size) await ctx.file.truncate(ctx.size);
+    } else {
+      await ctx.file.truncate(ctx.size, { prealloc: prealloc as "off" | "falloc" });
+    }
+  },
+};
+
+registerDriver(rawDriver);

@@ -1,0 +1,33 @@
+/**
+ * blkgraph: a block-driver framework for Deno. Open a graph of block nodes
+ * (protocol nodes such as `file` and `memory`, filters, and formats such as
+ * `raw`), then read, write, flush and query it through one API.
+ *
+ * @example
+ * ```ts
+ * import { createImage, open } from "./mod.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".img" });
+ * await createImage(path, "raw", 1 << 20);
+ * await using img = await open({ driver: "raw", file: { driver: "file", filename: path } });
+ * await img.pwrite(4096, new Uint8Array(4096).fill(0x5a));
+ * await img.flush();
+ * const back = new Uint8Array(4096);
+ * await img.pread(4096, back);
+ * console.log(back[0] === 0x5a); // true
+ * await Deno.remove(path);
+ * ```
+ *
+ * @module
+ */
+
+export * from "./core/errors.ts";
+export * from "./core/events.ts";
+export type * from "./core/types.ts";
+export { BlockNode, MAX_LENGTH, newRequest, type NodeEvent, type NodeListener, type NodeStats, SECTOR_SIZE } from "./core/node.ts";
+export { driverNames, getDriver, probeFormat, registerDriver } from "./core/registry.ts";
+export { type BlockSpec, looksDotted, normaliseSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";
+export { createImage, type CreateOptions, findNode, nodeNames, open, type OpenOptions, parseCacheMode } from "./core/open.ts";
+export { parseSize } from "./core/options.ts";
+export { fileDriver } from "./drivers/file.ts";
+export { memoryDriver } from "./drivers/memory.ts";
+export { rawDriver } from "./drivers/raw.ts";

@@ -189,7 +189,9 @@ export class BlockNode {
   refreshLimits(): void {
     const l = { ...defaultLimits(), ...this.#inst.limits };
     if (!Number.isInteger(l.requestAlignment) || l.requestAlignment < 1 || (l.requestAlignment & (l.requestAlignment - 1)) !== 0) {
-      throw new BlockError("EINVAL", `Node '${this.name}': request alignment ${l.requestAlignment} is not a power of two`, { node: this.name });
+      throw new BlockError("EINVAL", `Node '${this.name}': request alignment ${l.requestAlignment} is not a power of two`, {
+        node: this.name,
+      });
     }
     this.#limits = l;
   }
@@ -293,7 +295,9 @@ export class BlockNode {
     if (this.#closed) this.#fail("EIO", what, offset, length, "node is closed");
     if (!Number.isSafeInteger(offset) || offset < 0) this.#fail("EINVAL", what, offset, length, "offset must be a non-negative integer");
     if (!Number.isSafeInteger(length) || length < 0) this.#fail("EINVAL", what, offset, length, "length must be a non-negative integer");
-    if (offset > MAX_LENGTH || length > MAX_LENGTH - offset) this.#fail("EINVAL", what, offset, length, "request exceeds the maximum image size");
+    if (offset > MAX_LENGTH || length > MAX_LENGTH - offset) {
+      this.#fail("EINVAL", what, offset, length, "request exceeds the maximum image size");
+    }
     if (write && this.#readOnly) this.#fail("EROFS", what, offset, length, "node is read-only");
     if (!this.growable) {
       const len = this.length;
@@ -318,7 +322,7 @@ export class BlockNode {
   #untrack(t: Tracked): void {
     const i = this.#inflight.indexOf(t);
     if (i >= 0) this.#inflight.splice(i, 1);
-    if (t.waiters) for (const w of t.waiters) w();
+    if (t.waiters) { for (const w of t.waiters) w(); }
   }
 
   // ---- read ---------------------------------------------------------------
@@ -379,18 +383,22 @@ export class BlockNode {
   #passThrough(what: string, offset: number, length: number): BlockNode {
     const child = this.driver.kind === "filter" ? this.primaryChild : undefined;
     if (!child) {
-      throw new BlockError("ENOTSUP", `Cannot ${what} ${length} bytes at offset ${offset} on node '${this.name}': driver '${this.driver.name}' does not support it`, {
-        node: this.name,
-        offset,
-        length,
-      });
+      throw new BlockError(
+        "ENOTSUP",
+        `Cannot ${what} ${length} bytes at offset ${offset} on node '${this.name}': driver '${this.driver.name}' does not support it`,
+        {
+          node: this.name,
+          offset,
+          length,
+        },
+      );
     }
     return child;
   }
 
   /** Reads `buf.length / 512` sectors starting at `sector`. */
-  read(sector: number, buf: Uint8Array, opts: RequestOptions = {}): Promise<void> {
-    return this.pread(sectorOffset(sector, buf.length, "read"), buf, opts);
+  async read(sector: number, buf: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+    return await this.pread(sectorOffset(sector, buf.length, "read"), buf, opts);
   }
 
   // ---- write --------------------------------------------------------------
@@ -480,8 +488,8 @@ export class BlockNode {
   }
 
   /** Writes whole 512-byte sectors starting at `sector`. */
-  write(sector: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
-    return this.pwrite(sectorOffset(sector, data.length, "write"), data, opts);
+  async write(sector: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    return await this.pwrite(sectorOffset(sector, data.length, "write"), data, opts);
   }
 
   /** Writes `data` at `offset`, then flushes; resolves when both are done. */
@@ -528,11 +536,15 @@ export class BlockNode {
       return this.primaryChild.pwriteZeroes(offset, length, opts);
     }
     if (opts.noFallback) {
-      throw new BlockError("ENOTSUP", `Cannot write zeroes to ${length} bytes at offset ${offset} on node '${this.name}': no fast path and fallback disallowed`, {
-        node: this.name,
-        offset,
-        length,
-      });
+      throw new BlockError(
+        "ENOTSUP",
+        `Cannot write zeroes to ${length} bytes at offset ${offset} on node '${this.name}': no fast path and fallback disallowed`,
+        {
+          node: this.name,
+          offset,
+          length,
+        },
+      );
     }
     await this.#zeroBuffers(offset, length, opts);
   }
@@ -587,7 +599,7 @@ export class BlockNode {
     // Flushes of one node run one at a time; a flush that arrives while one
     // runs waits for it and then runs itself (it may cover newer writes).
     const prev = this.#flushing;
-    const run = (prev ? prev.catch(() => {}).then(() => this.#flushNow(opts)) : this.#flushNow(opts));
+    const run = prev ? prev.catch(() => {}).then(() => this.#flushNow(opts)) : this.#flushNow(opts);
     const mine = run.finally(() => {
       if (this.#flushing === mine) this.#flushing = null;
     });
@@ -659,9 +671,13 @@ export class BlockNode {
   /** Changes the length of the node. */
   async truncate(length: number, opts: TruncateOptions = {}): Promise<void> {
     if (!Number.isSafeInteger(length) || length < 0 || length > MAX_LENGTH) {
-      throw new BlockError("EINVAL", `Cannot resize node '${this.name}' to ${length} bytes: size must be a non-negative integer below ${MAX_LENGTH}`, {
-        node: this.name,
-      });
+      throw new BlockError(
+        "EINVAL",
+        `Cannot resize node '${this.name}' to ${length} bytes: size must be a non-negative integer below ${MAX_LENGTH}`,
+        {
+          node: this.name,
+        },
+      );
     }
     if (this.#readOnly) {
       throw new BlockError("EROFS", `Cannot resize node '${this.name}' to ${length} bytes: node is read-only`, { node: this.name });
@@ -674,7 +690,9 @@ export class BlockNode {
       if (inst.truncate) await inst.truncate(length, { ...opts, req });
       else if (this.driver.kind === "filter" && this.primaryChild) await this.primaryChild.truncate(length, { ...opts, req });
       else {
-        throw new BlockError("ENOTSUP", `Cannot resize node '${this.name}': driver '${this.driver.name}' does not support resizing`, { node: this.name });
+        throw new BlockError("ENOTSUP", `Cannot resize node '${this.name}': driver '${this.driver.name}' does not support resizing`, {
+          node: this.name,
+        });
       }
       this.#writeGen++;
     } finally {

@@ -147,7 +147,10 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
   let name = optString(options, "node-name", driverName);
   if (name !== undefined) {
     if (!/^[A-Za-z][A-Za-z0-9_.-]{0,31}$/.test(name)) {
-      throw new BlockError("EINVAL", `Invalid node-name '${name}': it must start with a letter and hold only letters, digits, '-', '.' and '_' (at most 32 characters)`);
+      throw new BlockError(
+        "EINVAL",
+        `Invalid node-name '${name}': it must start with a letter and hold only letters, digits, '-', '.' and '_' (at most 32 characters)`,
+      );
     }
     if (nodes.has(name)) throw new BlockError("EEXIST", `Duplicate node name '${name}': a node with that name is already open`);
   } else {
@@ -172,7 +175,10 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
       const s = spec ?? childSpecs.get(role);
       if (s === undefined || s === null) {
         if (copts.optional) return undefined;
-        throw new BlockError("EINVAL", `Driver '${driverName}' needs a '${role}' child: give '${role}' (for example ${role}.driver=file,${role}.filename=IMAGE)`);
+        throw new BlockError(
+          "EINVAL",
+          `Driver '${driverName}' needs a '${role}' child: give '${role}' (for example ${role}.driver=file,${role}.filename=IMAGE)`,
+        );
       }
       const child = await openNode(s as Options | string | BlockNode, {
         readOnly: copts.readOnly ?? readOnly,

@@ -25,7 +25,9 @@ export const memoryDriver: BlockDriver = {
     let length = 0;
     const grow = (need: number) => {
       if (need > MAX_MEMORY) {
-        throw new BlockError("ENOSPC", `Cannot grow memory node '${ctx.node.name}' to ${need} bytes: limit is ${MAX_MEMORY}`, { node: ctx.node.name });
+        throw new BlockError("ENOSPC", `Cannot grow memory node '${ctx.node.name}' to ${need} bytes: limit is ${MAX_MEMORY}`, {
+          node: ctx.node.name,
+        });
       }
       if (need > data.length) {
         const next = new Uint8Array(Math.min(MAX_MEMORY, Math.max(need, data.length * 2, 65536)));

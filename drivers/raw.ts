@@ -23,20 +23,32 @@ export const rawDriver: BlockDriver = {
     const file = (await ctx.openChild("file")) as BlockNode;
     const name = ctx.node.name;
     if (offset > file.length) {
-      throw new BlockError("EINVAL", `Invalid option 'offset' of driver 'raw': offset ${offset} is past the end of the file (${file.length} bytes)`, { node: name });
+      throw new BlockError(
+        "EINVAL",
+        `Invalid option 'offset' of driver 'raw': offset ${offset} is past the end of the file (${file.length} bytes)`,
+        { node: name },
+      );
     }
     if (fixedSize !== undefined && offset + fixedSize > file.length && file.readOnly) {
-      throw new BlockError("EINVAL", `Invalid option 'size' of driver 'raw': offset + size (${offset + fixedSize}) is past the end of the file (${file.length} bytes)`, { node: name });
+      throw new BlockError(
+        "EINVAL",
+        `Invalid option 'size' of driver 'raw': offset + size (${offset + fixedSize}) is past the end of the file (${file.length} bytes)`,
+        { node: name },
+      );
     }
     const windowed = fixedSize !== undefined || offset > 0;
     const length = () => fixedSize ?? Math.max(0, file.length - offset);
     const checkWindow = (what: string, off: number, len: number) => {
       if (windowed && off + len > length()) {
-        throw new BlockError("ENOSPC", `Cannot ${what} ${len} bytes at offset ${off} on node '${name}': past the end of the raw window (${length()} bytes)`, {
-          node: name,
-          offset: off,
-          length: len,
-        });
+        throw new BlockError(
+          "ENOSPC",
+          `Cannot ${what} ${len} bytes at offset ${off} on node '${name}': past the end of the raw window (${length()} bytes)`,
+          {
+            node: name,
+            offset: off,
+            length: len,
+          },
+        );
       }
     };
     const inst: DriverInstance = {
@@ -58,7 +70,9 @@ export const rawDriver: BlockDriver = {
       },
       truncate(newLength, o) {
         if (windowed) {
-          throw new BlockError("ENOTSUP", `Cannot resize node '${name}': a raw node with 'offset' or 'size' has a fixed window`, { node: name });
+          throw new BlockError("ENOTSUP", `Cannot resize node '${name}': a raw node with 'offset' or 'size' has a fixed window`, {
+            node: name,
+          });
         }
         return file.truncate(newLength, o);
       },
@@ -73,7 +87,10 @@ export const rawDriver: BlockDriver = {
       if (!known.includes(k)) throw new BlockError("EINVAL", `Unknown option '${k}' for format 'raw' (known options: ${known.join(", ")})`);
     }
     if (!["off", "falloc", "full"].includes(prealloc)) {
-      throw new BlockError("EINVAL", `Invalid value '${prealloc}' for option 'preallocation' of format 'raw': expected off, falloc or full`);
+      throw new BlockError(
+        "EINVAL",
+        `Invalid value '${prealloc}' for option 'preallocation' of format 'raw': expected off, falloc or full`,
+      );
     }
     if (prealloc === "full") {
       await ctx.file.pwriteZeroes(0, ctx.size);

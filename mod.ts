@@ -31,3 +31,8 @@ export { parseSize } from "./core/options.ts";
 export { fileDriver } from "./drivers/file.ts";
 export { memoryDriver } from "./drivers/memory.ts";
 export { rawDriver } from "./drivers/raw.ts";
+export * from "./filters/recorder.ts";
+export * from "./filters/crash/mod.ts";
+export * from "./filters/blkdebug.ts";
+export * from "./filters/throttle.ts";
+export * from "./drivers/qcow2/mod.ts";

@@ -299,7 +299,7 @@ export class BlockNode {
       this.#fail("EINVAL", what, offset, length, "request exceeds the maximum image size");
     }
     if (write && this.#readOnly) this.#fail("EROFS", what, offset, length, "node is read-only");
-    if (!this.growable) {
+    if (!this.growable && !this.#inst.checksBounds) {
       const len = this.length;
       if (offset + length > len) this.#fail("EIO", what, offset, length, `request goes past the end of the image (length ${len})`);
     }

@@ -189,6 +189,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
       node.children.set(role, child);
       return child;
     },
+    childSpec: (role: ChildRole) => childSpecs.get(role),
   };
   try {
     node.attach(await driver.open(ctx));

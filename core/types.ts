@@ -114,6 +114,12 @@ export interface BlockStatus {
 export interface DriverInstance {
   /** Limits for this node; missing fields default (alignment 1, no limits). */
   limits?: Partial<BlockLimits>;
+  /**
+   * The driver checks requests against its length itself (the core then
+   * skips its past-the-end check); raw windows use it to fail writes with
+   * ENOSPC as QEMU's raw format does.
+   */
+  checksBounds?: boolean;
   /** Handles FUA itself; otherwise the core follows a FUA write with a flush. */
   supportsFua?: boolean;
   /** Reads `buf.length` bytes at `offset` into `buf`. */
@@ -159,6 +165,11 @@ export interface OpenContext {
     spec?: unknown,
     opts?: { readOnly?: boolean; probe?: boolean; optional?: boolean },
   ): Promise<BlockNode | undefined>;
+  /**
+   * The child spec given under `role` as is: undefined when absent, null when
+   * the child was explicitly disabled (`backing: null`).
+   */
+  childSpec?(role: ChildRole): unknown;
 }
 
 /** Everything a driver's `create` gets. */

@@ -38,10 +38,10 @@ export const rawDriver: BlockDriver = {
     }
     const windowed = fixedSize !== undefined || offset > 0;
     const length = () => fixedSize ?? Math.max(0, file.length - offset);
-    const checkWindow = (what: string, off: number, len: number) => {
+    const checkWindow = (what: string, off: number, len: number, code: "EIO" | "ENOSPC" = "ENOSPC") => {
       if (windowed && off + len > length()) {
         throw new BlockError(
-          "ENOSPC",
+          code,
           `Cannot ${what} ${len} bytes at offset ${off} on node '${name}': past the end of the raw window (${length()} bytes)`,
           {
             node: name,
@@ -54,7 +54,11 @@ export const rawDriver: BlockDriver = {
     const inst: DriverInstance = {
       getLength: length,
       supportsFua: true,
-      pread: (off, buf, o) => file.pread(off + offset, buf, o),
+      checksBounds: windowed,
+      pread(off, buf, o) {
+        checkWindow("read", off, buf.length, "EIO");
+        return file.pread(off + offset, buf, o);
+      },
       pwrite(off, data, o) {
         checkWindow("write", off, data.length);
         return file.pwrite(off + offset, data, o);
@@ -63,8 +67,12 @@ export const rawDriver: BlockDriver = {
         checkWindow("write zeroes to", off, len);
         return file.pwriteZeroes(off + offset, len, o);
       },
-      pdiscard: (off, len, o) => file.pdiscard(off + offset, len, o),
+      pdiscard(off, len, o) {
+        checkWindow("discard", off, len);
+        return file.pdiscard(off + offset, len, o);
+      },
       async blockStatus(off, len, o) {
+        len = Math.min(len, length() - off);
         const st = await file.blockStatus(off + offset, len, o);
         return { ...st, offset: off, allocated: true, depth: 0, hostOffset: off + offset, file: st.file ?? file };
       },

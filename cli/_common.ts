@@ -1,0 +1,287 @@
+/**
+ * Shared plumbing for the `blkgraph` verbs: the output sink, argument parsing
+ * with `--help`, image opening (`-f`, `--image-opts`, `json:`, dotted specs),
+ * size arguments and qemu's number formats.
+ *
+ * @module
+ */
+
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { BlockError } from "../core/errors.ts";
+import type { BlockNode } from "../core/node.ts";
+import { open } from "../core/open.ts";
+import { parseSize } from "../core/options.ts";
+import { looksDotted, parseDotted } from "../core/spec.ts";
+
+/** Where a verb writes its output; tests pass collecting functions. */
+export interface CliIO {
+  /** Writes text to standard output (no newline added). */
+  stdout(s: string): void;
+  /** Writes text to standard error (no newline added). */
+  stderr(s: string): void;
+  /** Standard output is a terminal (progress bars redraw in place). */
+  isTTY?: boolean;
+  /** Reads one line of input (without the newline); null at end of input. */
+  readLine?(): Promise<string | null>;
+}
+
+/** One verb of the command line. */
+export interface Verb {
+  /** Name on the command line (`info`, `check`). */
+  readonly name: string;
+  /** One-line description for `blkgraph --help`. */
+  readonly summary: string;
+  /** Runs the verb and resolves to its exit code. */
+  run(args: string[], io: CliIO): Promise<number>;
+}
+
+/** An error the CLI reports as `blkgraph: <message>` with an exit code. */
+export class CliError extends Error {
+  /** Exit code to return. */
+  readonly exitCode: number;
+  /** Creates an error with a message and an exit code (default 1). */
+  constructor(message: string, exitCode = 1) {
+    super(message);
+    this.name = "CliError";
+    this.exitCode = exitCode;
+  }
+}
+
+/** Option table as `node:util` parseArgs takes it. */
+export type OptionTable = NonNullable<ParseArgsConfig["options"]>;
+
+/** Parsed flags: strings, booleans or (for `multiple`) arrays of them. */
+export type Flags = Record<string, string | boolean | (string | boolean)[] | undefined>;
+
+/** Result of {@linkcode parseVerbArgs}: flags and positionals, or null after `--help`. */
+export interface ParsedArgs {
+  /** Option values by long name. */
+  values: Flags;
+  /** Positional arguments. */
+  positionals: string[];
+}
+
+/**
+ * Parses a verb's arguments; prints `usage` and returns null for `-h/--help`.
+ * Unknown or malformed options are a {@linkcode CliError} naming the option.
+ */
+export function parseVerbArgs(args: string[], options: OptionTable, usage: string, io: CliIO): ParsedArgs | null {
+  let parsed;
+  // `--trace` alone means "trace to stdout"; parseArgs needs a value for it.
+  args = args.map((a) => (a === "--trace" ? "--trace=-" : a));
+  try {
+    parsed = parseArgs({ args, options: { help: { type: "boolean", short: "h" }, ...options }, allowPositionals: true, strict: true });
+  } catch (e) {
+    throw new CliError(`${(e as Error).message.replace(/\. To specify.*$/s, "")}\nTry '--help' for more information.`);
+  }
+  if (parsed.values.help) {
+    io.stdout(usage.endsWith("\n") ? usage : usage + "\n");
+    return null;
+  }
+  return { values: parsed.values as Flags, positionals: parsed.positionals };
+}
+
+/** Reads a string flag (the last one when repeated). */
+export function flagString(values: Flags, name: string): string | undefined {
+  const v = values[name];
+  if (Array.isArray(v)) return v.length ? String(v[v.length - 1]) : undefined;
+  return typeof v === "string" ? v : undefined;
+}
+
+/** Reads a repeatable string flag as a list. */
+export function flagList(values: Flags, name: string): string[] {
+  const v = values[name];
+  if (v === undefined) return [];
+  return (Array.isArray(v) ? v : [v]).map(String);
+}
+
+/** Parses a size argument with k/M/G/T suffixes; a clear error otherwise. */
+export function sizeArg(text: string, what = "size"): number {
+  const n = parseSize(text);
+  if (n === undefined) {
+    throw new CliError(`Invalid ${what} '${text}': expected a number with an optional k, M, G, T, P or E suffix`);
+  }
+  return n;
+}
+
+/** Parses an integer argument (decimal or 0x hex). */
+export function intArg(text: string, what: string): number {
+  const n = /^0x[0-9a-f]+$/i.test(text) ? parseInt(text, 16) : /^-?\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n)) throw new CliError(`Invalid ${what} '${text}': expected an integer`);
+  return n;
+}
+
+/** How to open an image from the command line. */
+export interface ImageArgs {
+  /** Format (`-f`); probed when absent. */
+  format?: string;
+  /** The filename is a dotted option string (`--image-opts`). */
+  imageOpts?: boolean;
+  /** Open read-only. */
+  readOnly?: boolean;
+  /** Cache mode (`-t`). */
+  cache?: string;
+}
+
+/**
+ * Opens an image named on the command line: a filename (format from `-f` or
+ * probed), a `json:{...}` filename, a dotted spec, or (with `--image-opts`)
+ * dotted options.
+ */
+export async function openImage(filename: string, opts: ImageArgs = {}): Promise<BlockNode> {
+  const cache = opts.cache;
+  try {
+    if (opts.imageOpts || looksDotted(filename)) {
+      const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
+      return await open(spec, { readOnly: opts.readOnly, cache });
+    }
+    if (filename.startsWith("json:")) return await open(filename, { readOnly: opts.readOnly, cache });
+    return await open(filename, { format: opts.format, readOnly: opts.readOnly, cache });
+  } catch (e) {
+    throw new CliError(`Could not open '${filename}': ${(e as Error).message}`);
+  }
+}
+
+/** Standard image flags every verb accepts (`-f`, `--image-opts`, `-U`, `-t`, `-T`). */
+export const IMAGE_FLAGS: OptionTable = {
+  format: { type: "string", short: "f" },
+  "image-opts": { type: "boolean" },
+  "force-share": { type: "boolean", short: "U" },
+  cache: { type: "string", short: "t" },
+  "src-cache": { type: "string", short: "T" },
+  quiet: { type: "boolean", short: "q" },
+  "object": { type: "string", multiple: true },
+};
+
+/** Reads `-f`/`--image-opts`/`-t` from parsed flags. */
+export function imageArgs(values: Flags, readOnly: boolean): ImageArgs {
+  return {
+    format: flagString(values, "format"),
+    imageOpts: values["image-opts"] === true,
+    readOnly,
+    cache: flagString(values, "cache"),
+  };
+}
+
+/** Requires exactly `n` positionals (or between `min` and `n`). */
+export function needPositionals(positionals: string[], min: number, max: number, what: string): void {
+  if (positionals.length < min) throw new CliError(`Expecting ${what}\nTry '--help' for more information.`);
+  if (positionals.length > max) throw new CliError(`Unexpected argument '${positionals[max]}'\nTry '--help' for more information.`);
+}
+
+/** The `-f` flag must name a registered format, so typos fail early. */
+export function checkOutputFormat(values: Flags): void {
+  const o = flagString(values, "output");
+  if (o !== undefined && o !== "human" && o !== "json") {
+    throw new CliError(`--output must be used with human or json as argument.`);
+  }
+}
+
+const UNITS = ["", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+
+/** qemu's `size_to_str`: three significant digits and a binary unit ("64 MiB", "1.5 KiB"). */
+export function sizeToStr(n: number): string {
+  let i = 0;
+  // frexp(val / (1000/1024)) picks the unit so the shown value stays below 1000.
+  while (i < UNITS.length - 1 && n / (1000 / 1024) >= 2 ** (10 * (i + 1))) i++;
+  const v = n / 2 ** (10 * i);
+  let s = Number(v.toPrecision(3)).toString();
+  if (s.includes("e")) s = v.toFixed(0);
+  return `${s} ${UNITS[i] || "B"}`;
+}
+
+/**
+ * printf's `%.Nf`: like `toFixed`, but an exact tie rounds to even as glibc
+ * does (1.0625 → "1.062"), where `toFixed` rounds it up.
+ */
+export function cFixed(x: number, digits: number): string {
+  const scale = 10 ** digits;
+  const scaled = x * scale;
+  if (Number.isSafeInteger(Math.floor(scaled)) && scaled - Math.floor(scaled) === 0.5 && scaled / scale === x) {
+    const lo = Math.floor(scaled);
+    return ((lo % 2 === 0 ? lo : lo + 1) / scale).toFixed(digits);
+  }
+  return x.toFixed(digits);
+}
+
+/** qemu-io's `cvtstr`: "64 KiB", "1.500 KiB", "435.791371 bytes". */
+export function cvtstr(value: number): string {
+  const units: [number, string][] = [[2 ** 60, " EiB"], [2 ** 50, " PiB"], [2 ** 40, " TiB"], [2 ** 30, " GiB"], [2 ** 20, " MiB"], [
+    2 ** 10,
+    " KiB",
+  ]];
+  let suffix = " bytes";
+  let precise = true;
+  for (const [div, s] of units) {
+    if (value >= div) {
+      value /= div;
+      suffix = s;
+      precise = false;
+      break;
+    }
+  }
+  const f = cFixed(value, 6);
+  const trim = f.indexOf(".000");
+  if (trim >= 0) return f.slice(0, trim) + suffix;
+  if (precise) return f + suffix;
+  return cFixed(value, 3) + suffix;
+}
+
+/** Formats an error for the user: the message of a BlockError or CliError. */
+export function errorMessage(e: unknown): string {
+  if (e instanceof BlockError || e instanceof CliError) return e.message;
+  if (e instanceof Error) return e.message;
+  return String(e);
+}
+
+/** Collects every node of a graph (each once), top first. */
+export function graphNodes(top: BlockNode): BlockNode[] {
+  const seen = new Set<BlockNode>();
+  const walk = (n: BlockNode) => {
+    if (seen.has(n)) return;
+    seen.add(n);
+    for (const c of n.children.values()) walk(c);
+  };
+  walk(top);
+  return [...seen];
+}
+
+/** The format node a user means: the top node, below any filters. */
+export function formatNode(top: BlockNode): BlockNode {
+  let n: BlockNode | undefined = top;
+  while (n && n.driver.kind === "filter") n = n.primaryChild;
+  return n ?? top;
+}
+
+/** The protocol node holding the image's bytes (first `file` chain leaf). */
+export function protocolNode(top: BlockNode): BlockNode {
+  let n = top;
+  while (n.driver.kind !== "protocol") {
+    const c = n.primaryChild;
+    if (!c) break;
+    n = c;
+  }
+  return n;
+}
+
+/** Tells whether a buffer holds only zero bytes. */
+export function isZero(buf: Uint8Array): boolean {
+  const words = buf.byteOffset % 4 === 0 ? new Uint32Array(buf.buffer, buf.byteOffset, buf.length >>> 2) : undefined;
+  let i = 0;
+  if (words) {
+    for (let w = 0; w < words.length; w++) if (words[w] !== 0) return false;
+    i = words.length * 4;
+  }
+  for (; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+/** Runs a verb, turning a thrown error into `blkgraph: <message>` on stderr and an exit code. */
+export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise<number> {
+  try {
+    return await verb.run(args, io);
+  } catch (e) {
+    io.stderr(`blkgraph: ${errorMessage(e)}\n`);
+    return e instanceof CliError ? e.exitCode : 1;
+  }
+}

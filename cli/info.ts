@@ -1,0 +1,170 @@
+/**
+ * `blkgraph info`: what `qemu-img info` prints, in human or JSON form, with
+ * the same field names, shapes and key order as qemu-img 7.2.
+ *
+ * @module
+ */
+
+import type { BlockNode } from "../core/node.ts";
+import {
+  checkOutputFormat,
+  CliError,
+  type CliIO,
+  flagString,
+  formatNode,
+  IMAGE_FLAGS,
+  imageArgs,
+  needPositionals,
+  openImage,
+  parseVerbArgs,
+  protocolNode,
+  sizeToStr,
+  type Verb,
+} from "./_common.ts";
+
+const USAGE = `Usage: blkgraph info [-f fmt] [--output=human|json] [--backing-chain] [--image-opts] [-U] filename
+
+Prints what qemu-img info prints: format, virtual and disk size, backing
+file and format-specific information.
+`;
+
+/** One image's information, keyed as qemu-img's ImageInfo. */
+export type ImageInfo = Record<string, unknown>;
+
+/** Gathers qemu-img-info fields for an open node (`filename` as the user named it). */
+export async function imageInfo(top: BlockNode, filename: string): Promise<ImageInfo> {
+  const node = formatNode(top);
+  const extra = await node.info();
+  const out: ImageInfo = {};
+  const backingName = str(extra["backing-filename"]) ?? str(extra.backingFile) ?? str(extra["backing_file"]);
+  const backingFmt = str(extra["backing-filename-format"]) ?? str(extra.backingFormat);
+  if (backingName !== undefined && backingFmt !== undefined) out["backing-filename-format"] = backingFmt;
+  out["virtual-size"] = node.length;
+  out.filename = filename;
+  const clusterSize = num(extra["cluster-size"]) ?? num(extra.clusterSize);
+  if (clusterSize !== undefined) out["cluster-size"] = clusterSize;
+  out.format = node.driver.name;
+  const actual = actualSize(node);
+  if (actual !== undefined) out["actual-size"] = actual;
+  const fs = formatSpecific(node.driver.name, extra);
+  if (fs) out["format-specific"] = fs;
+  if (backingName !== undefined) {
+    out["full-backing-filename"] = str(extra["full-backing-filename"]) ?? fullBackingName(node, backingName);
+    out["backing-filename"] = backingName;
+  }
+  out["dirty-flag"] = extra["dirty-flag"] === true || extra.dirty === true;
+  return out;
+}
+
+function str(v: unknown): string | undefined {
+  return typeof v === "string" ? v : undefined;
+}
+
+function num(v: unknown): number | undefined {
+  return typeof v === "number" ? v : undefined;
+}
+
+function formatSpecific(format: string, extra: Record<string, unknown>): Record<string, unknown> | undefined {
+  const fs = extra["format-specific"];
+  if (fs && typeof fs === "object") return fs as Record<string, unknown>;
+  if (extra.data && typeof extra.data === "object" && typeof extra.type === "string") return { type: extra.type, data: extra.data };
+  return format === "qcow2" && "compat" in extra ? { type: format, data: extra } : undefined;
+}
+
+function fullBackingName(node: BlockNode, backing: string): string {
+  if (backing.startsWith("/") || backing.includes(":")) return backing;
+  const own = protocolNode(node).options.filename;
+  if (typeof own !== "string" || !own.includes("/")) return backing;
+  return own.slice(0, own.lastIndexOf("/") + 1) + backing;
+}
+
+/** Bytes the image occupies on the host (st_blocks * 512), when it is a host file. */
+export function actualSize(node: BlockNode): number | undefined {
+  const p = protocolNode(node);
+  const name = p.options.filename;
+  if (p.driver.name !== "file" || typeof name !== "string") return undefined;
+  try {
+    const st = Deno.statSync(name);
+    return st.blocks !== null ? st.blocks * 512 : st.size;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Formats one image's information as qemu-img's human output. */
+export function formatInfoHuman(info: ImageInfo): string {
+  const lines = [
+    `image: ${info.filename}`,
+    `file format: ${info.format}`,
+    `virtual size: ${sizeToStr(info["virtual-size"] as number)} (${info["virtual-size"]} bytes)`,
+    `disk size: ${info["actual-size"] === undefined ? "unavailable" : sizeToStr(info["actual-size"] as number)}`,
+  ];
+  if (info["cluster-size"] !== undefined) lines.push(`cluster_size: ${info["cluster-size"]}`);
+  if (info["backing-filename"] !== undefined) {
+    const b = info["backing-filename"];
+    const full = info["full-backing-filename"];
+    lines.push(`backing file: ${b}${full !== undefined && full !== b ? ` (actual path: ${full})` : ""}`);
+    if (info["backing-filename-format"] !== undefined) lines.push(`backing file format: ${info["backing-filename-format"]}`);
+  }
+  if (info["dirty-flag"] === true) lines.push("cleanly shut down: no");
+  const fs = info["format-specific"] as { data?: unknown } | undefined;
+  if (fs?.data && typeof fs.data === "object") {
+    lines.push("Format specific information:");
+    dumpHuman(fs.data as Record<string, unknown>, 1, lines);
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** qemu's QObject dump: keys with '-' shown as spaces, nested values indented by 4. */
+export function dumpHuman(obj: Record<string, unknown> | unknown[], depth: number, lines: string[]): void {
+  const pad = "    ".repeat(depth);
+  const entries: [string, unknown][] = Array.isArray(obj) ? obj.map((v, i) => [`[${i}]`, v]) : Object.entries(obj);
+  for (const [k, v] of entries) {
+    const key = k.replaceAll("-", " ");
+    if (v !== null && typeof v === "object") {
+      lines.push(`${pad}${key}:`);
+      dumpHuman(v as Record<string, unknown>, depth + 1, lines);
+    } else {
+      lines.push(`${pad}${key}: ${v}`);
+    }
+  }
+}
+
+/** Renders JSON the way qemu does: 4-space indent, `": "` separators. */
+export function qemuJson(v: unknown): string {
+  return JSON.stringify(v, null, 4);
+}
+
+async function run(args: string[], io: CliIO): Promise<number> {
+  const p = parseVerbArgs(args, { ...IMAGE_FLAGS, output: { type: "string" }, "backing-chain": { type: "boolean" } }, USAGE, io);
+  if (!p) return 0;
+  checkOutputFormat(p.values);
+  needPositionals(p.positionals, 1, 1, "filename");
+  const filename = p.positionals[0];
+  const json = flagString(p.values, "output") === "json";
+  const node = await openImage(filename, imageArgs(p.values, true));
+  try {
+    const chain: ImageInfo[] = [];
+    let n: BlockNode | undefined = formatNode(node);
+    let name = filename;
+    while (n) {
+      const info = await imageInfo(n, name);
+      chain.push(info);
+      if (p.values["backing-chain"] !== true) break;
+      n = formatNode(n).backing;
+      if (n) {
+        const full = info["full-backing-filename"];
+        if (typeof full !== "string") throw new CliError(`Cannot follow the backing chain of '${name}': backing file name unknown`);
+        name = full;
+      }
+    }
+    if (json) io.stdout(qemuJson(p.values["backing-chain"] === true ? chain : chain[0]) + "\n");
+    else io.stdout(chain.map(formatInfoHuman).join("\n"));
+  } finally {
+    await node.close();
+  }
+  return 0;
+}
+
+/** The `info` verb. */
+export const infoVerb: Verb = { name: "info", summary: "show information about an image", run };

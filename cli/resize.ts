@@ -1,0 +1,68 @@
+/**
+ * `blkgraph resize`: qemu-img resize (`[+|-]size`, "Image resized."). Growing
+ * works for every format that can truncate; shrinking a raw image needs
+ * `--shrink`, and qcow2 images are never shrunk.
+ *
+ * @module
+ */
+
+import {
+  CliError,
+  type CliIO,
+  flagString,
+  formatNode,
+  IMAGE_FLAGS,
+  imageArgs,
+  needPositionals,
+  openImage,
+  parseVerbArgs,
+  sizeArg,
+  type Verb,
+} from "./_common.ts";
+
+const USAGE = `Usage: blkgraph resize [-f fmt] [--shrink] [--preallocation=mode] [-q] [--image-opts] filename [+|-]size
+
+Changes the virtual size of an image. '+size' grows it by size, '-size'
+shrinks it (raw only, with --shrink).
+`;
+
+async function run(args: string[], io: CliIO): Promise<number> {
+  // A negative size ("-1M") is an operand, not an option.
+  const last = args[args.length - 1];
+  if (last !== undefined && /^-\d/.test(last) && !args.includes("--")) args = [...args.slice(0, -1), "--", last];
+  const p = parseVerbArgs(args, { ...IMAGE_FLAGS, shrink: { type: "boolean" }, preallocation: { type: "string" } }, USAGE, io);
+  if (!p) return 0;
+  needPositionals(p.positionals, 2, 2, "a filename and a size");
+  const [filename, sizeText] = p.positionals;
+  const rel = sizeText[0] === "+" || sizeText[0] === "-" ? sizeText[0] : "";
+  const amount = sizeArg(rel ? sizeText.slice(1) : sizeText, "image size");
+  const top = await openImage(filename, imageArgs(p.values, false));
+  try {
+    const node = formatNode(top);
+    const cur = node.length;
+    const size = rel === "+" ? cur + amount : rel === "-" ? cur - amount : amount;
+    if (size < 0) throw new CliError(`New image size must be positive (current size ${cur}, requested change -${amount})`);
+    if (size < cur) {
+      if (node.driver.name === "qcow2") {
+        throw new CliError(`Cannot shrink qcow2 image '${filename}' from ${cur} to ${size} bytes: shrinking qcow2 images is not supported`);
+      }
+      if (p.values.shrink !== true) throw new CliError("Use the --shrink option to perform a shrink operation.");
+      io.stderr(
+        "blkgraph: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n",
+      );
+    }
+    const prealloc = flagString(p.values, "preallocation") as "off" | "metadata" | "falloc" | "full" | undefined;
+    if (prealloc !== undefined && !["off", "metadata", "falloc", "full"].includes(prealloc)) {
+      throw new CliError(`Invalid preallocation mode '${prealloc}': expected off, metadata, falloc or full`);
+    }
+    await node.truncate(size, { prealloc });
+    await top.flush();
+  } finally {
+    await top.close();
+  }
+  if (p.values.quiet !== true) io.stdout("Image resized.\n");
+  return 0;
+}
+
+/** The `resize` verb. */
+export const resizeVerb: Verb = { name: "resize", summary: "change the virtual size of an image", run };

@@ -1,0 +1,107 @@
+/**
+ * The on-disk refcounts as check reads and repairs them: the refcount table
+ * and a cache of refcount blocks, with dirty tracking for repairs.
+ *
+ * Private to `check.ts`.
+ *
+ * @module
+ */
+
+import type { BlockNode } from "../../core/node.ts";
+import { getRefcount, HI, setRefcount } from "./_check_tables.ts";
+
+/** One cached refcount block. */
+export interface RefBlock {
+  /** The block's bytes. */
+  bytes: Uint8Array;
+  /** A view on `bytes`. */
+  view: DataView;
+  /** Changed since read. */
+  dirty: boolean;
+}
+
+/** Reads (and on repair writes) the refcounts stored in the image. */
+export class DiskRefcounts {
+  #file: BlockNode;
+  #cs: number;
+  #order: number;
+  #table: Uint8Array = new Uint8Array(0);
+  #view: DataView = new DataView(this.#table.buffer);
+  #blocks = new Map<number, RefBlock>();
+  /** Refcounts per refcount block. */
+  readonly perBlock: number;
+
+  /** Prepares to read refcounts of 2^`order` bits in clusters of `cs` bytes. */
+  constructor(file: BlockNode, cs: number, order: number) {
+    this.#file = file;
+    this.#cs = cs;
+    this.#order = order;
+    this.perBlock = (cs * 8) / 2 ** order;
+  }
+
+  /** (Re)reads the refcount table and forgets cached blocks. */
+  async load(offset: number, clusters: number): Promise<void> {
+    this.#table = new Uint8Array(clusters * this.#cs);
+    await this.#file.pread(offset, this.#table);
+    this.#view = new DataView(this.#table.buffer);
+    this.#blocks.clear();
+  }
+
+  /** Number of refcount table entries. */
+  get entries(): number {
+    return this.#table.length / 8;
+  }
+
+  /** The high and low 32 bits of refcount table entry `i`. */
+  entry(i: number): [number, number] {
+    return [this.#view.getUint32(i * 8), this.#view.getUint32(i * 8 + 4)];
+  }
+
+  #blockOffset(index: number): number {
+    return this.#view.getUint32(index * 8) * HI + ((this.#view.getUint32(index * 8 + 4) & 0xfffffe00) >>> 0);
+  }
+
+  /** Refcount block `index`, or null when there is none; throws when its offset is unusable. */
+  async block(index: number): Promise<RefBlock | null> {
+    const cached = this.#blocks.get(index);
+    if (cached) return cached;
+    if (index >= this.entries) return null;
+    const offset = this.#blockOffset(index);
+    if (offset === 0) return null;
+    if (offset % this.#cs !== 0) throw new Error("Input/output error");
+    const bytes = new Uint8Array(this.#cs);
+    await this.#file.pread(offset, bytes);
+    const b: RefBlock = { bytes, view: new DataView(bytes.buffer), dirty: false };
+    this.#blocks.set(index, b);
+    return b;
+  }
+
+  /** Refcount `k` of a block. */
+  read(b: RefBlock, k: number): number {
+    return getRefcount(b.bytes, b.view, k, this.#order);
+  }
+
+  /** Changes refcount `k` of a block (written by {@linkcode DiskRefcounts.writeDirty}). */
+  write(b: RefBlock, k: number, value: number): void {
+    setRefcount(b.bytes, b.view, k, this.#order, value);
+    b.dirty = true;
+  }
+
+  /** The on-disk refcount of `cluster` (0 without a refcount block). */
+  async get(cluster: number): Promise<number> {
+    const b = await this.block(Math.floor(cluster / this.perBlock));
+    return b ? this.read(b, cluster % this.perBlock) : 0;
+  }
+
+  /** Writes the changed blocks back and flushes. */
+  async writeDirty(): Promise<void> {
+    let wrote = false;
+    for (const [index, b] of this.#blocks) {
+      if (!b.dirty) continue;
+      await this.#file.pwrite(this.#blockOffset(index), b.bytes);
+      b.dirty = false;
+      wrote = true;
+    }
+    if (wrote) await this.#file.flush();
+  }
+}

@@ -1,0 +1,499 @@
+/**
+ * The qcow2 consistency check, following QEMU's `qcow2_check_refcounts`
+ * (block/qcow2-refcount.c): count the references to every host cluster by
+ * walking the header, the active and snapshot L1/L2 tables, the snapshot
+ * table, the refcount structures, the crypto header and the bitmaps; compare
+ * with the on-disk refcounts; optionally fix leaks, fix corruptions, rebuild
+ * the refcount structure, and fix OFLAG_COPIED.
+ *
+ * Private to `check.ts`; messages and counters follow QEMU's wording.
+ *
+ * @module
+ */
+
+import type { BlockNode } from "../../core/node.ts";
+import {
+  AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
+  EXT_BITMAPS,
+  EXT_CRYPTO,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_EXTL2,
+  type Qcow2Header,
+} from "./header.ts";
+import { entryHex, entryOffset, hex, HI, parseBitmapDirectory, parseSnapshotTable, RefArray, type SnapshotEntry } from "./_check_tables.ts";
+import { checkOflagCopied } from "./_check_oflag.ts";
+import { rebuildRefcountStructure } from "./_check_rebuild.ts";
+import { DiskRefcounts, type RefBlock } from "./_check_refcounts.ts";
+
+/** Counters of one check run (QEMU's BdrvCheckResult). */
+export interface Counters {
+  corruptions: number;
+  leaks: number;
+  checkErrors: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  imageEndOffset: number;
+  totalClusters: number;
+  allocatedClusters: number;
+  fragmentedClusters: number;
+  compressedClusters: number;
+}
+
+/** Fresh zeroed counters. */
+export function zeroCounters(): Counters {
+  return {
+    corruptions: 0,
+    leaks: 0,
+    checkErrors: 0,
+    corruptionsFixed: 0,
+    leaksFixed: 0,
+    imageEndOffset: 0,
+    totalClusters: 0,
+    allocatedClusters: 0,
+    fragmentedClusters: 0,
+    compressedClusters: 0,
+  };
+}
+
+/** Repair flags (QEMU's BDRV_FIX_LEAKS and BDRV_FIX_ERRORS). */
+export interface Fix {
+  leaks: boolean;
+  errors: boolean;
+}
+
+const FIX_NONE: Fix = { leaks: false, errors: false };
+const MAX_L1_ENTRIES = 0x2000000 / 8;
+
+/** One check of one image file. */
+export class Checker {
+  res: Counters = zeroCounters();
+  readonly messages: string[];
+  #file: BlockNode;
+  #h: Qcow2Header;
+  #cs: number;
+  #cb: number;
+  #refMax: number;
+  #extL2: boolean;
+  #dataFile: boolean;
+  #dataFileRaw: boolean;
+  #disk: DiskRefcounts;
+  #ref: RefArray;
+  #snapshots: SnapshotEntry[] = [];
+  #snapshotsSize = 0;
+  #rebuild = false;
+  #highest = 0;
+
+  /** Prepares a check of `file` whose header is `h`. */
+  constructor(file: BlockNode, h: Qcow2Header, messages: string[]) {
+    this.#file = file;
+    this.#h = h;
+    this.messages = messages;
+    this.#cb = h.clusterBits;
+    this.#cs = 2 ** h.clusterBits;
+    this.#refMax = 2 ** (2 ** h.refcountOrder) - 1;
+    this.#disk = new DiskRefcounts(file, this.#cs, h.refcountOrder);
+    this.#extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
+    this.#dataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0;
+    this.#dataFileRaw = this.#dataFile && (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0;
+    this.#ref = new RefArray(Math.ceil(file.length / this.#cs));
+  }
+
+  #say(line: string): void {
+    this.messages.push(line);
+  }
+
+  async #read(offset: number, length: number): Promise<Uint8Array> {
+    const buf = new Uint8Array(length);
+    await this.#file.pread(offset, buf);
+    return buf;
+  }
+
+  /** Reads the snapshot table (QEMU's qcow2_check_read_snapshot_table). */
+  async readSnapshots(): Promise<void> {
+    const h = this.#h;
+    if (h.nbSnapshots === 0) return;
+    // Entries are at most 40 + 64K extra + 2 * 64K names; read in growing steps.
+    let want = Math.min(h.nbSnapshots * 1024, this.#file.length - h.snapshotsOffset);
+    for (;;) {
+      const buf = await this.#read(h.snapshotsOffset, Math.max(0, want));
+      const parsed = parseSnapshotTable(buf, h.nbSnapshots);
+      if (typeof parsed !== "string") {
+        this.#snapshots = parsed.entries;
+        this.#snapshotsSize = parsed.size;
+        return;
+      }
+      const left = this.#file.length - h.snapshotsOffset;
+      if (want >= left) {
+        this.#say(`ERROR failed to read the snapshot table: ${parsed}`);
+        this.res.checkErrors++;
+        return;
+      }
+      want = Math.min(left, want * 4);
+    }
+  }
+
+  /** Runs QEMU's qcow2_check_refcounts with the given repair flags. */
+  async checkRefcounts(fix: Fix): Promise<void> {
+    const h = this.#h;
+    this.res.totalClusters = Math.ceil(h.size / this.#cs);
+    await this.#disk.load(h.refcountTableOffset, h.refcountTableClusters);
+    await this.#calculate(fix);
+    const preCompare = { ...this.res };
+    await this.#compare(FIX_NONE);
+    if (this.#rebuild && fix.errors) {
+      const old = { ...this.res };
+      this.#say("Rebuilding refcount structure");
+      await rebuildRefcountStructure(this.#file, h, this.#ref);
+      this.res.corruptions = 0;
+      this.res.leaks = 0;
+      this.#rebuild = false;
+      this.#ref.clear();
+      await this.#disk.load(h.refcountTableOffset, h.refcountTableClusters);
+      const keep = { ...this.res };
+      await this.#calculate(FIX_NONE);
+      // The walk above counted the fragmentation figures a second time.
+      Object.assign(this.res, {
+        allocatedClusters: keep.allocatedClusters,
+        fragmentedClusters: keep.fragmentedClusters,
+        compressedClusters: keep.compressedClusters,
+      });
+      let freshLeaks = 0;
+      if (fix.leaks) {
+        const saved = { ...this.res };
+        this.res = zeroCounters();
+        await this.#compare({ leaks: true, errors: false });
+        if (this.#rebuild) this.#say("ERROR rebuilt refcount structure is still broken");
+        freshLeaks = this.res.leaks;
+        this.res = saved;
+      }
+      if (this.res.corruptions < old.corruptions) this.res.corruptionsFixed += old.corruptions - this.res.corruptions;
+      if (this.res.leaks < old.leaks) this.res.leaksFixed += old.leaks - this.res.leaks;
+      this.res.leaks += freshLeaks;
+    } else if (fix.leaks || fix.errors) {
+      if (this.#rebuild) {
+        this.#say("ERROR need to rebuild refcount structures");
+        this.res.checkErrors++;
+        return;
+      }
+      if (this.res.leaks || this.res.corruptions) {
+        this.res = preCompare;
+        await this.#compare(fix);
+      }
+    }
+    const r = this.res;
+    const repair = fix.errors || (fix.leaks && !r.checkErrors && !r.corruptions && !r.leaks);
+    await checkOflagCopied(this.#file, h, this.#disk, r, (line) => this.#say(line), repair);
+    this.res.imageEndOffset = (this.#highest + 1) * this.#cs;
+  }
+
+  // ---- reference counting (calculate_refcounts) --------------------------
+
+  #inc(offset: number, size: number): void {
+    if (size <= 0) return;
+    const cs = this.#cs;
+    if (offset + size - this.#file.length >= cs) {
+      this.#say(
+        `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${hex(offset)} size 0x${
+          hex(size)
+        }`,
+      );
+      this.res.corruptions++;
+      return;
+    }
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + size - 1) / cs);
+    for (let k = first; k <= last; k++) {
+      const r = this.#ref.get(k);
+      if (r >= this.#refMax) {
+        this.#say(`ERROR: overflow cluster offset=0x${hex(k * cs)}`);
+        this.#say(
+          "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing",
+        );
+        this.res.corruptions++;
+        continue;
+      }
+      this.#ref.set(k, r + 1);
+    }
+  }
+
+  async #calculate(fix: Fix): Promise<void> {
+    const h = this.#h;
+    const cs = this.#cs;
+    this.#inc(0, cs);
+    await this.#checkL1(h.l1TableOffset, h.l1Size, true, fix);
+    if (this.#dataFile && h.nbSnapshots) {
+      this.#say(`ERROR ${h.nbSnapshots} snapshots in image with data file`);
+      this.res.corruptions++;
+    }
+    for (const sn of this.#snapshots) {
+      if (sn.l1Offset % cs !== 0) {
+        this.#say(
+          `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${
+            sharpHex(sn.l1Offset)
+          }: L1 table is not cluster aligned; snapshot table entry corrupted`,
+        );
+        this.res.corruptions++;
+        continue;
+      }
+      if (sn.l1Size > MAX_L1_ENTRIES) {
+        this.#say(
+          `ERROR snapshot ${sn.id} (${sn.name}) l1_size=${sharpHex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`,
+        );
+        this.res.corruptions++;
+        continue;
+      }
+      await this.#checkL1(sn.l1Offset, sn.l1Size, false, fix);
+    }
+    this.#inc(h.snapshotsOffset, this.#snapshotsSize);
+    this.#inc(h.refcountTableOffset, h.refcountTableClusters * cs);
+    const crypto = h.extensions.find((e) => e.type === EXT_CRYPTO);
+    if (crypto && crypto.data.length >= 16) {
+      const v = new DataView(crypto.data.buffer, crypto.data.byteOffset, crypto.data.byteLength);
+      this.#inc(v.getUint32(0) * HI + v.getUint32(4), v.getUint32(8) * HI + v.getUint32(12));
+    }
+    await this.#countBitmaps();
+    await this.#checkRefblocks(fix);
+  }
+
+  async #checkL1(offset: number, size: number, active: boolean, fix: Fix): Promise<void> {
+    this.#inc(offset, size * 8);
+    if (size === 0) return;
+    let l1: Uint8Array;
+    try {
+      l1 = await this.#read(offset, size * 8);
+    } catch {
+      this.#say("ERROR: I/O error in check_refcounts_l1");
+      this.res.checkErrors++;
+      return;
+    }
+    const view = new DataView(l1.buffer);
+    for (let i = 0; i < size; i++) {
+      const at = i * 8;
+      const l2Offset = entryOffset(view, at);
+      if (!l2Offset) continue;
+      if (view.getUint32(at) & 0x7f000000 || view.getUint32(at + 4) & 0x1ff) {
+        this.#say(`ERROR found L1 entry with reserved bits set: ${entryHex(view, at)}`);
+        this.res.corruptions++;
+      }
+      this.#inc(l2Offset, this.#cs);
+      if (l2Offset % this.#cs !== 0) {
+        this.#say(`ERROR l2_offset=${hex(l2Offset)}: Table is not cluster aligned; L1 entry corrupted`);
+        this.res.corruptions++;
+      }
+      await this.#checkL2(l2Offset, active, fix);
+    }
+  }
+
+  async #checkL2(l2Offset: number, fragInfo: boolean, _fix: Fix): Promise<void> {
+    const cs = this.#cs;
+    let table: Uint8Array;
+    try {
+      table = await this.#read(l2Offset, cs);
+    } catch {
+      this.#say("ERROR: I/O error in check_refcounts_l2");
+      this.res.checkErrors++;
+      return;
+    }
+    const view = new DataView(table.buffer);
+    const step = this.#extL2 ? 16 : 8;
+    const csizeShift = 62 - (this.#cb - 8);
+    const hiOffsetMask = 2 ** (csizeShift - 32) - 1;
+    const csizeMask = 2 ** (this.#cb - 8) - 1;
+    let nextContiguous = 0;
+    for (let i = 0, at = 0; at < cs; i++, at += step) {
+      const hi = view.getUint32(at);
+      const lo = view.getUint32(at + 4);
+      const bmAlloc = this.#extL2 ? view.getUint32(at + 12) : 0;
+      const bmZero = this.#extL2 ? view.getUint32(at + 8) : 0;
+      if (hi & 0x40000000) {
+        // Compressed cluster.
+        if (hi & 0x80000000) {
+          const coffset = (hi & hiOffsetMask) * HI + lo;
+          this.#say(`ERROR: coffset=0x${hex(coffset)}: copied flag must never be set for compressed clusters`);
+          this.res.corruptions++;
+        }
+        if (this.#dataFile) {
+          this.#say(`ERROR compressed cluster ${i} with data file, entry=0x${entryHex(view, at)}`);
+          this.res.corruptions++;
+          continue;
+        }
+        if (bmAlloc || bmZero) {
+          this.#say(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${entryHex(view, at)}`);
+          this.res.corruptions++;
+          continue;
+        }
+        const coffset = (hi & hiOffsetMask) * HI + lo;
+        const sectors = ((hi >>> (csizeShift - 32)) & csizeMask) + 1;
+        this.#inc(coffset, sectors * 512 - (coffset % 512));
+        if (fragInfo) {
+          this.res.allocatedClusters++;
+          this.res.compressedClusters++;
+          this.res.fragmentedClusters++;
+        }
+        continue;
+      }
+      if (hi & 0x3f000000 || lo & 0x1fe) {
+        this.#say(`ERROR found l2 entry with reserved bits set: ${entryHex(view, at)}`);
+        this.res.corruptions++;
+      }
+      const offset = (hi & 0x00ffffff) * HI + ((lo & 0xfffffe00) >>> 0);
+      const zeroFlag = !this.#extL2 && (lo & 1) !== 0;
+      if (!offset) {
+        // ZERO_PLAIN, or unallocated (or a raw data file's identity mapping).
+        if (!zeroFlag && !(this.#dataFileRaw) && bmAlloc) {
+          this.#say("ERROR: Unallocated cluster has non-zero subcluster allocation map");
+          this.res.corruptions++;
+        }
+        if (zeroFlag || !this.#dataFileRaw) continue;
+      }
+      // NORMAL or ZERO_ALLOC.
+      if (bmZero & bmAlloc) {
+        this.#say(`ERROR offset=${hex(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
+        this.res.corruptions++;
+      }
+      if (offset % cs !== 0) {
+        this.res.corruptions++;
+        const hasData = this.#extL2 ? bmAlloc !== 0 : !zeroFlag;
+        this.#say(
+          hasData
+            ? `ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`
+            : `ERROR offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
+        );
+      }
+      if (fragInfo) {
+        this.res.allocatedClusters++;
+        if (nextContiguous && offset !== nextContiguous) this.res.fragmentedClusters++;
+        nextContiguous = offset + cs;
+      }
+      if (!this.#dataFile) this.#inc(offset, cs);
+    }
+  }
+
+  async #countBitmaps(): Promise<void> {
+    const h = this.#h;
+    const ext = h.extensions.find((e) => e.type === EXT_BITMAPS);
+    if (!ext || !(h.autoclearFeatures & AUTOCLEAR_BITMAPS) || ext.data.length < 24) return;
+    const v = new DataView(ext.data.buffer, ext.data.byteOffset, ext.data.byteLength);
+    const count = v.getUint32(0);
+    const dirSize = v.getUint32(8) * HI + v.getUint32(12);
+    const dirOffset = v.getUint32(16) * HI + v.getUint32(20);
+    if (count === 0) return;
+    this.#inc(dirOffset, dirSize);
+    if (dirOffset + dirSize > this.#file.length || dirSize > 64 * 1024 * 1024) {
+      this.#say(`ERROR: bitmap directory at offset 0x${hex(dirOffset)} (${dirSize} bytes) lies past the end of the file`);
+      this.res.checkErrors++;
+      return;
+    }
+    const dir = parseBitmapDirectory(await this.#read(dirOffset, dirSize), count);
+    if (typeof dir === "string") {
+      this.#say(`ERROR: ${dir}`);
+      this.res.checkErrors++;
+      return;
+    }
+    for (const bm of dir) {
+      this.#inc(bm.tableOffset, bm.tableSize * 8);
+      if (bm.tableOffset + bm.tableSize * 8 > this.#file.length) continue;
+      const table = await this.#read(bm.tableOffset, bm.tableSize * 8);
+      const tv = new DataView(table.buffer);
+      for (let at = 0; at < table.length; at += 8) {
+        const off = entryOffset(tv, at);
+        if (off) this.#inc(off, this.#cs);
+      }
+    }
+  }
+
+  async #checkRefblocks(fix: Fix): Promise<void> {
+    const cs = this.#cs;
+    for (let i = 0; i < this.#disk.entries; i++) {
+      const [hi, lo] = this.#disk.entry(i);
+      const offset = hi * HI + ((lo & 0xfffffe00) >>> 0);
+      if (lo & 0x1ff) {
+        this.#say(`ERROR refcount table entry ${i} has reserved bits set`);
+        this.res.corruptions++;
+        this.#rebuild = true;
+        continue;
+      }
+      if (offset % cs !== 0) {
+        this.#say(`ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`);
+        this.res.corruptions++;
+        this.#rebuild = true;
+        continue;
+      }
+      const cluster = offset / cs;
+      if (cluster >= this.#ref.size) {
+        this.res.corruptions++;
+        this.#say(`${fix.errors ? "Repairing" : "ERROR"} refcount block ${i} is outside image`);
+        if (fix.errors) {
+          try {
+            await this.#file.truncate(offset + cs);
+            this.#ref.grow(cluster + 1);
+            this.res.corruptions--;
+            this.res.corruptionsFixed++;
+            this.#inc(offset, cs);
+          } catch (e) {
+            this.#say(`ERROR could not resize image: ${(e as Error).message}`);
+            this.#rebuild = true;
+          }
+        }
+        continue;
+      }
+      if (offset !== 0) {
+        this.#inc(offset, cs);
+        const r = this.#ref.get(cluster);
+        if (r !== 1) {
+          this.#say(`ERROR refcount block ${i} refcount=${r}`);
+          this.res.corruptions++;
+          this.#rebuild = true;
+        }
+      }
+    }
+  }
+
+  // ---- comparison with the on-disk refcounts (compare_refcounts) ----------
+
+  async #compare(fix: Fix): Promise<void> {
+    const disk = this.#disk;
+    const per = disk.perBlock;
+    const cs = this.#cs;
+    this.#highest = 0;
+    const n = this.#ref.size;
+    for (let base = 0; base < n; base += per) {
+      const end = Math.min(n, base + per);
+      let b: RefBlock | null;
+      try {
+        b = await disk.block(base / per);
+      } catch (e) {
+        for (let i = base; i < end; i++) this.#say(`Can't get refcount for cluster ${i}: ${(e as Error).message}`);
+        this.res.checkErrors += end - base;
+        continue;
+      }
+      for (let i = base; i < end; i++) {
+        const r1 = b ? disk.read(b, i - base) : 0;
+        const r2 = this.#ref.get(i);
+        if (r1 > 0 || r2 > 0) this.#highest = i;
+        if (r1 === r2) continue;
+        let fixed: "leaksFixed" | "corruptionsFixed" | undefined;
+        if (r1 === 0) this.#rebuild = true;
+        else if (r1 > r2 && fix.leaks) fixed = "leaksFixed";
+        else if (r1 < r2 && fix.errors) fixed = "corruptionsFixed";
+        this.#say(`${fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked"} cluster ${i} refcount=${r1} reference=${r2}`);
+        if (fixed && b && r2 <= this.#refMax) {
+          disk.write(b, i - base, r2);
+          // QEMU discards a cluster whose refcount drops to zero (QCOW2_DISCARD_ALWAYS).
+          if (r2 === 0) await this.#file.pdiscard(i * cs, Math.min(cs, Math.max(0, this.#file.length - i * cs)));
+          this.res[fixed]++;
+          continue;
+        }
+        if (r1 < r2) this.res.corruptions++;
+        else this.res.leaks++;
+      }
+    }
+    await disk.writeDirty();
+  }
+}
+
+/** C's `%#x`: "0" for zero, else "0x" and the digits. */
+function sharpHex(n: number): string {
+  return n === 0 ? "0" : `0x${n.toString(16)}`;
+}

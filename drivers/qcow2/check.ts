@@ -1,0 +1,234 @@
+/**
+ * qcow2 check and repair, as `qemu-img check [-r leaks|all]` does it: count
+ * the references to every host cluster, compare them with the refcounts on
+ * disk, report leaks (refcount too high: wasted space) and corruptions
+ * (refcount too low, misaligned or out-of-file tables, OFLAG_COPIED wrong),
+ * and on request fix them, rebuilding the refcount structure when it is
+ * itself broken. Works on the image's *file* node, which must not be open as
+ * qcow2 for writing elsewhere.
+ *
+ * @module
+ */
+
+import { BlockError } from "../../core/errors.ts";
+import type { BlockNode } from "../../core/node.ts";
+import { Checker, type Counters, type Fix, zeroCounters } from "./_checker.ts";
+import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_CLUSTER_BITS, parseHeader, type Qcow2Header, V2_HEADER_LENGTH } from "./header.ts";
+
+/**
+ * What a check found; the fields mean what `qemu-img check --output=json`'s
+ * fields of the same name (kebab-case there) mean.
+ */
+export interface CheckResult {
+  /** Inconsistencies that can corrupt data (`corruptions`). */
+  corruptions: number;
+  /** Clusters with a refcount higher than their references (`leaks`). */
+  leaks: number;
+  /** Errors that stopped parts of the check (`check-errors`). */
+  checkErrors: number;
+  /** Corruptions repaired (`corruptions-fixed`). */
+  corruptionsFixed: number;
+  /** Leaks repaired (`leaks-fixed`). */
+  leaksFixed: number;
+  /** End of the last used host cluster (`image-end-offset`). */
+  imageEndOffset: number;
+  /** Guest clusters of the virtual disk (`total-clusters`). */
+  totalClusters: number;
+  /** Guest clusters allocated in this image (`allocated-clusters`). */
+  allocatedClusters: number;
+  /** Allocated clusters not contiguous with their predecessor (`fragmented-clusters`). */
+  fragmentedClusters: number;
+  /** Compressed clusters (`compressed-clusters`). */
+  compressedClusters: number;
+  /** The lines qemu-img prints on stderr ("Leaked cluster 5 refcount=1 reference=0", ...). */
+  messages: string[];
+}
+
+/** Options for {@linkcode checkQcow2}. */
+export interface CheckOptions {
+  /** Repair: `leaks` drops leaked refcounts, `all` also fixes corruptions. */
+  repair?: "leaks" | "all";
+}
+
+async function readHeader(file: BlockNode): Promise<Qcow2Header> {
+  const head = new Uint8Array(V2_HEADER_LENGTH);
+  await file.pread(0, head);
+  const bits = new DataView(head.buffer).getUint32(20);
+  const size = 2 ** Math.min(Math.max(bits, 9), MAX_CLUSTER_BITS);
+  const buf = new Uint8Array(Math.max(V2_HEADER_LENGTH, Math.min(size, file.length)));
+  await file.pread(0, buf);
+  return parseHeader(buf, file.length);
+}
+
+/** One pass of QEMU's qcow2_co_check_locked. */
+async function checkOnce(file: BlockNode, fix: Fix, messages: string[]): Promise<Counters> {
+  const h = await readHeader(file);
+  const checker = new Checker(file, h, messages);
+  await checker.readSnapshots();
+  const snapshotErrors = checker.res.checkErrors;
+  checker.res.checkErrors = 0;
+  await checker.checkRefcounts(fix);
+  const res = checker.res;
+  res.checkErrors += snapshotErrors;
+  if ((fix.leaks || fix.errors) && res.checkErrors === 0 && res.corruptions === 0 && h.version === 3) {
+    // qcow2_mark_clean and qcow2_mark_consistent.
+    const bits = h.incompatibleFeatures & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT);
+    if (bits !== h.incompatibleFeatures) {
+      const field = new Uint8Array(8);
+      const v = new DataView(field.buffer);
+      v.setUint32(0, Math.floor(bits / 2 ** 32));
+      v.setUint32(4, bits % 2 ** 32);
+      await file.flush();
+      await file.pwrite(72, field);
+      await file.flush();
+    }
+  }
+  return res;
+}
+
+/**
+ * Checks a qcow2 image's metadata, optionally repairing it. After a repair
+ * that fixed something, the image is checked again and that second result
+ * is returned with the fixed counts (as qemu-img does).
+ *
+ * @example
+ * ```ts
+ * import { open } from "../../mod.ts";
+ * import { checkQcow2, checkExitCode } from "./check.ts";
+ * await using file = await open({ driver: "file", filename: "disk.qcow2" }, { readOnly: true });
+ * const result = await checkQcow2(file, {});
+ * console.log(checkExitCode(result)); // 0 when clean
+ * ```
+ */
+export async function checkQcow2(file: BlockNode, opts: CheckOptions = {}): Promise<CheckResult> {
+  const fix: Fix = { leaks: opts.repair !== undefined, errors: opts.repair === "all" };
+  if (opts.repair && file.readOnly) {
+    throw new BlockError("EROFS", `Cannot repair node '${file.name}': it is opened read-only`, { node: file.name });
+  }
+  const messages: string[] = [];
+  let res = await checkOnce(file, fix, messages);
+  if (res.leaksFixed || res.corruptionsFixed) {
+    const fixedLeaks = res.leaksFixed;
+    const fixedCorruptions = res.corruptionsFixed;
+    res = await checkOnce(file, { leaks: false, errors: false }, messages);
+    res.leaksFixed = fixedLeaks;
+    res.corruptionsFixed = fixedCorruptions;
+  }
+  return { ...zeroCounters(), ...res, messages };
+}
+
+/**
+ * Repairs everything that can be repaired (`qemu-img check -r all`): what
+ * opening a dirty image (lazy refcounts) needs. Clears the dirty and corrupt
+ * bits when the image ends up consistent.
+ *
+ * @example
+ * ```ts
+ * import { open } from "../../mod.ts";
+ * import { repairImage } from "./check.ts";
+ * await using file = await open({ driver: "file", filename: "disk.qcow2" });
+ * const result = await repairImage(file);
+ * console.log(result.corruptions); // 0
+ * ```
+ */
+export function repairImage(file: BlockNode): Promise<CheckResult> {
+  return checkQcow2(file, { repair: "all" });
+}
+
+/**
+ * qemu-img check's exit code for a result: 0 clean, 1 check errors,
+ * 2 corruptions, 3 leaks only.
+ *
+ * @example
+ * ```ts
+ * import { checkExitCode } from "./check.ts";
+ * console.log(checkExitCode({ corruptions: 0, leaks: 2, checkErrors: 0 })); // 3
+ * ```
+ */
+export function checkExitCode(result: Pick<CheckResult, "corruptions" | "leaks" | "checkErrors">): number {
+  if (result.checkErrors) return 1;
+  if (result.corruptions) return 2;
+  if (result.leaks) return 3;
+  return 0;
+}
+
+/**
+ * Formats a result as `qemu-img check` prints it (stdout part), including
+ * the repair summary when something was fixed.
+ *
+ * @example
+ * ```ts
+ * import { formatCheckHuman } from "./check.ts";
+ * const text = formatCheckHuman({
+ *   corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
+ *   imageEndOffset: 262144, totalClusters: 16, allocatedClusters: 0,
+ *   fragmentedClusters: 0, compressedClusters: 0, messages: [],
+ * }, "disk.qcow2");
+ * console.log(text); // No errors were found on the image.\nImage end offset: 262144\n
+ * ```
+ */
+export function formatCheckHuman(result: CheckResult, _filename: string): string {
+  let out = "";
+  if (result.corruptionsFixed || result.leaksFixed) {
+    out += "The following inconsistencies were found and repaired:\n\n" +
+      `    ${result.leaksFixed} leaked clusters\n` +
+      `    ${result.corruptionsFixed} corruptions\n\n` +
+      "Double checking the fixed image now...\n";
+  }
+  if (!(result.corruptions || result.leaks || result.checkErrors)) {
+    out += "No errors were found on the image.\n";
+  } else {
+    if (result.corruptions) {
+      out += `\n${result.corruptions} errors were found on the image.\n` +
+        "Data may be corrupted, or further writes to the image may corrupt it.\n";
+    }
+    if (result.leaks) {
+      out += `\n${result.leaks} leaked clusters were found on the image.\n` +
+        "This means waste of disk space, but no harm to data.\n";
+    }
+    if (result.checkErrors) out += `\n${result.checkErrors} internal errors have occurred during the check.\n`;
+  }
+  if (result.totalClusters !== 0 && result.allocatedClusters !== 0) {
+    const a = result.allocatedClusters;
+    out += `${a}/${result.totalClusters} = ${(a * 100 / result.totalClusters).toFixed(2)}% allocated, ` +
+      `${(result.fragmentedClusters * 100 / a).toFixed(2)}% fragmented, ` +
+      `${(result.compressedClusters * 100 / a).toFixed(2)}% compressed clusters\n`;
+  }
+  if (result.imageEndOffset) out += `Image end offset: ${result.imageEndOffset}\n`;
+  return out;
+}
+
+/**
+ * The result as `qemu-img check --output=json` prints it (zero counters left
+ * out, as qemu-img does).
+ *
+ * @example
+ * ```ts
+ * import { checkResultJson } from "./check.ts";
+ * const json = checkResultJson({
+ *   corruptions: 0, leaks: 1, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
+ *   imageEndOffset: 262144, totalClusters: 16, allocatedClusters: 0,
+ *   fragmentedClusters: 0, compressedClusters: 0, messages: [],
+ * }, "disk.qcow2");
+ * console.log(json.leaks); // 1
+ * ```
+ */
+export function checkResultJson(result: CheckResult, filename: string): Record<string, string | number> {
+  const out: Record<string, string | number> = {};
+  const put = (key: string, v: number) => {
+    if (v) out[key] = v;
+  };
+  put("image-end-offset", result.imageEndOffset);
+  put("total-clusters", result.totalClusters);
+  put("allocated-clusters", result.allocatedClusters);
+  put("fragmented-clusters", result.fragmentedClusters);
+  put("compressed-clusters", result.compressedClusters);
+  out["check-errors"] = result.checkErrors;
+  put("leaks", result.leaks);
+  put("leaks-fixed", result.leaksFixed);
+  put("corruptions", result.corruptions);
+  put("corruptions-fixed", result.corruptionsFixed);
+  out.filename = filename;
+  out.format = "qcow2";
+  return out;
+}

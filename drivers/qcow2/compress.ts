@@ -1,0 +1,109 @@
+/**
+ * Compressed cluster codecs: raw deflate (compression type 0, QEMU's zlib
+ * with a 4 KiB window) and zstd (type 1), both through `node:zlib`.
+ *
+ * A compressed cluster on disk is followed by padding up to a sector
+ * boundary; deflate stops at its final block, and for zstd the frames are
+ * measured from their headers so that padding is never fed to the decoder.
+ *
+ * @module
+ */
+
+import { deflateRawSync, inflateRawSync, zstdCompressSync, zstdDecompressSync } from "node:zlib";
+import { CorruptImageError } from "../../core/errors.ts";
+
+/** Compression type 0: raw deflate. */
+export const COMPRESSION_ZLIB = 0;
+/** Compression type 1: zstd. */
+export const COMPRESSION_ZSTD = 1;
+
+/** Names of the compression types, as `qemu-img info` prints them. */
+export const COMPRESSION_NAMES: readonly string[] = ["zlib", "zstd"];
+
+/**
+ * Decompresses one cluster (`clusterSize` bytes) from `input`, which may
+ * carry trailing padding. Throws {@linkcode CorruptImageError} on bad data.
+ *
+ * @example
+ * ```ts
+ * import { compressCluster, decompressCluster } from "./compress.ts";
+ * const c = compressCluster(new Uint8Array(4096).fill(1), 0)!;
+ * console.log(decompressCluster(c, 4096, 0)[0]); // 1
+ * ```
+ */
+export function decompressCluster(input: Uint8Array, clusterSize: number, type: number): Uint8Array {
+  let out: Uint8Array;
+  try {
+    if (type === COMPRESSION_ZSTD) out = zstdFrames(input, clusterSize);
+    else out = inflateRawSync(input, { windowBits: 12, maxOutputLength: clusterSize });
+  } catch (e) {
+    throw new CorruptImageError(`Cannot decompress a ${COMPRESSION_NAMES[type] ?? type} compressed cluster: ${(e as Error).message}`, {
+      cause: e,
+    });
+  }
+  if (out.length !== clusterSize) {
+    throw new CorruptImageError(`Compressed cluster decompresses to ${out.length} bytes, expected ${clusterSize}`);
+  }
+  return out;
+}
+
+/**
+ * Compresses one cluster; returns undefined when the result would not be
+ * smaller than the cluster (QEMU then writes it uncompressed).
+ */
+export function compressCluster(data: Uint8Array, type: number): Uint8Array | undefined {
+  const out = type === COMPRESSION_ZSTD ? zstdCompressSync(data) : deflateRawSync(data, { windowBits: 12, memLevel: 9 });
+  const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+  return bytes.length < data.length ? bytes : undefined;
+}
+
+/** Decodes zstd frames one by one until `want` bytes are produced. */
+function zstdFrames(input: Uint8Array, want: number): Uint8Array {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  let at = 0;
+  while (total < want) {
+    const end = zstdFrameEnd(input, at);
+    const part = zstdDecompressSync(input.subarray(at, end));
+    parts.push(part);
+    total += part.length;
+    at = end;
+  }
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(total);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** Returns the offset just past the zstd frame starting at `at`. */
+function zstdFrameEnd(buf: Uint8Array, at: number): number {
+  const need = (n: number) => {
+    if (n > buf.length) throw new Error(`zstd frame at ${at} is truncated`);
+  };
+  need(at + 5);
+  const magic = buf[at] | (buf[at + 1] << 8) | (buf[at + 2] << 16) | (buf[at + 3] << 24);
+  if (magic >>> 0 !== 0xfd2fb528) throw new Error(`bad zstd frame magic 0x${(magic >>> 0).toString(16)}`);
+  const fhd = buf[at + 4];
+  const single = (fhd >> 5) & 1;
+  const dictBytes = [0, 1, 2, 4][fhd & 3];
+  const fcsFlag = fhd >> 6;
+  const fcsBytes = fcsFlag === 0 ? single : [1, 2, 4, 8][fcsFlag];
+  let p = at + 5 + (single ? 0 : 1) + dictBytes + fcsBytes;
+  for (;;) {
+    need(p + 3);
+    const bh = buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16);
+    const last = bh & 1;
+    const type = (bh >> 1) & 3;
+    const size = bh >> 3;
+    p += 3 + (type === 1 ? 1 : size);
+    need(p);
+    if (last) break;
+  }
+  if ((fhd >> 2) & 1) p += 4;
+  need(p);
+  return p;
+}

@@ -1,0 +1,197 @@
+/**
+ * Guest-to-host mapping through the L1 and L2 tables: decoding L2 entries
+ * (standard, compressed descriptors, the zero flag, extended L2 subcluster
+ * bitmaps) into extents of one kind, QEMU's qcow2_get_host_offset.
+ *
+ * @module
+ */
+
+import { CorruptImageError } from "../../core/errors.ts";
+import type { RequestInfo } from "../../core/types.ts";
+import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, type Qcow2State } from "./state.ts";
+
+/** The range is not allocated in this image (reads from the backing file or zeros). */
+export const K_UNALLOC = 0;
+/** The range reads as zeros (zero flag or subcluster zero bit). */
+export const K_ZERO = 1;
+/** The range is data at {@linkcode Mapping.host} in the data file. */
+export const K_NORMAL = 2;
+/** The range is one compressed cluster. */
+export const K_COMPRESSED = 3;
+
+/** An extent of one kind, as {@linkcode mapSync} finds it. Reused between calls. */
+export interface Mapping {
+  /** One of K_UNALLOC, K_ZERO, K_NORMAL, K_COMPRESSED. */
+  kind: number;
+  /** Host offset of the first byte (K_NORMAL), or of the compressed data. */
+  host: number;
+  /** Bytes of compressed data (K_COMPRESSED). */
+  compressedBytes: number;
+  /** Length of the extent in bytes. */
+  bytes: number;
+  /** Every cluster of a K_NORMAL extent has the COPIED flag (overwrite in place). */
+  copied: boolean;
+  /** L2 table offset the extent was found in (0 = no table). */
+  l2Offset: number;
+}
+
+/** Makes an empty mapping record. */
+export function newMapping(): Mapping {
+  return { kind: K_UNALLOC, host: 0, compressedBytes: 0, bytes: 0, copied: false, l2Offset: 0 };
+}
+
+/** Decodes a compressed cluster descriptor (entry at byte `at`) into `m`. */
+export function decodeCompressed(st: Qcow2State, view: DataView, at: number, m: Mapping): void {
+  const x = 62 - (st.clusterBits - 8);
+  const hi = view.getUint32(at) & 0x3fffffff;
+  const lo = view.getUint32(at + 4);
+  const hostBitsHi = x - 32;
+  const host = (hi & ((1 << hostBitsHi) - 1)) * 0x100000000 + lo;
+  const sectors = (hi >>> hostBitsHi) + 1;
+  m.host = host;
+  m.compressedBytes = sectors * 512 - (host % 512);
+}
+
+/**
+ * Maps `[offset, offset + maxBytes)` from cached tables: fills `m` with the
+ * first extent of one kind and returns true, or returns false when the L2
+ * table is not cached (call {@linkcode map}).
+ */
+export function mapSync(st: Qcow2State, offset: number, maxBytes: number, m: Mapping): boolean {
+  const l1i = Math.floor(offset / st.l2Span);
+  const inTable = offset - l1i * st.l2Span;
+  const toTableEnd = st.l2Span - inTable;
+  m.copied = false;
+  m.compressedBytes = 0;
+  m.host = 0;
+  if (l1i >= st.l1Size) {
+    m.kind = K_UNALLOC;
+    m.bytes = Math.min(maxBytes, toTableEnd);
+    m.l2Offset = 0;
+    return true;
+  }
+  const l2Off = st.l1Offset(l1i);
+  m.l2Offset = l2Off;
+  if (l2Off === 0) {
+    m.kind = K_UNALLOC;
+    m.bytes = Math.min(maxBytes, toTableEnd);
+    return true;
+  }
+  const e = st.l2Cache.get(l2Off);
+  if (!e) return false;
+  const limit = Math.min(maxBytes, toTableEnd);
+  return st.extL2 ? mapExtended(st, e.view, inTable, limit, m) : mapStandard(st, e.view, inTable, limit, m);
+}
+
+function corrupt(st: Qcow2State, what: string): never {
+  throw new CorruptImageError(`Corrupt qcow2 image: ${what}`, { node: st.node.name });
+}
+
+function mapStandard(st: Qcow2State, view: DataView, inTable: number, limit: number, m: Mapping): boolean {
+  const cs = st.cs;
+  let idx = Math.floor(inTable / cs);
+  const inCluster = inTable - idx * cs;
+  let at = idx * 8;
+  let hi = view.getUint32(at);
+  let lo = view.getUint32(at + 4);
+  let bytes = cs - inCluster;
+  if (hi & HI_COMPRESSED) {
+    m.kind = K_COMPRESSED;
+    decodeCompressed(st, view, at, m);
+    m.bytes = Math.min(bytes, limit);
+    return true;
+  }
+  const host = entryOffset(view, at);
+  const zero = st.header.version >= 3 && (lo & LO_ZERO) !== 0;
+  const kind = zero ? K_ZERO : host === 0 && !(st.externalData && hi & HI_COPIED) ? K_UNALLOC : K_NORMAL;
+  if (kind === K_NORMAL && host % cs !== 0) corrupt(st, `cluster allocation offset 0x${host.toString(16)} unaligned (L2 index ${idx})`);
+  const copied = (hi & HI_COPIED) !== 0;
+  let nextHost = host + cs;
+  while (bytes < limit && ++idx < st.l2Entries) {
+    at += 8;
+    hi = view.getUint32(at);
+    lo = view.getUint32(at + 4);
+    if (hi & HI_COMPRESSED) break;
+    const h = entryOffset(view, at);
+    const z = st.header.version >= 3 && (lo & LO_ZERO) !== 0;
+    const k = z ? K_ZERO : h === 0 && !(st.externalData && hi & HI_COPIED) ? K_UNALLOC : K_NORMAL;
+    if (k !== kind) break;
+    if (kind === K_NORMAL && (h !== nextHost || ((hi & HI_COPIED) !== 0) !== copied)) break;
+    nextHost += cs;
+    bytes += cs;
+  }
+  m.kind = kind;
+  m.host = kind === K_NORMAL ? host + inCluster : 0;
+  m.copied = copied;
+  m.bytes = Math.min(bytes, limit);
+  return true;
+}
+
+function subKind(st: Qcow2State, view: DataView, at: number, sub: number, idx: number): number {
+  const zeroBits = view.getUint32(at + 8);
+  const allocBits = view.getUint32(at + 12);
+  const bit = 1 << sub;
+  if (zeroBits & bit) {
+    if (allocBits & bit) corrupt(st, `subcluster ${sub} of L2 entry ${idx} is both allocated and zero`);
+    return K_ZERO;
+  }
+  return allocBits & bit ? K_NORMAL : K_UNALLOC;
+}
+
+function mapExtended(st: Qcow2State, view: DataView, inTable: number, limit: number, m: Mapping): boolean {
+  const cs = st.cs;
+  const ss = st.subSize;
+  let idx = Math.floor(inTable / cs);
+  const inCluster = inTable - idx * cs;
+  let at = idx * 16;
+  const hi = view.getUint32(at);
+  if (hi & HI_COMPRESSED) {
+    m.kind = K_COMPRESSED;
+    decodeCompressed(st, view, at, m);
+    m.bytes = Math.min(cs - inCluster, limit);
+    return true;
+  }
+  let host = entryOffset(view, at);
+  let sub = Math.floor(inCluster / ss);
+  const kind = subKind(st, view, at, sub, idx);
+  if (kind === K_NORMAL && ((host === 0 && !(st.externalData && hi & HI_COPIED)) || host % cs !== 0)) corrupt(st, `cluster offset 0x${host.toString(16)} invalid (L2 index ${idx})`);
+  const copied = (hi & HI_COPIED) !== 0;
+  const startHost = host + inCluster;
+  let bytes = (sub + 1) * ss - inCluster;
+  for (;;) {
+    if (bytes >= limit) break;
+    sub++;
+    if (sub === 32) {
+      if (++idx >= st.l2Entries) break;
+      at += 16;
+      const h2 = view.getUint32(at);
+      if (h2 & HI_COMPRESSED) break;
+      const nh = entryOffset(view, at);
+      if (kind === K_NORMAL && (nh !== host + cs || ((h2 & HI_COPIED) !== 0) !== copied)) break;
+      host = nh;
+      sub = 0;
+    }
+    if (subKind(st, view, at, sub, idx) !== kind) break;
+    bytes += ss;
+  }
+  m.kind = kind;
+  m.host = kind === K_NORMAL ? startHost : 0;
+  m.copied = copied;
+  m.bytes = Math.min(bytes, limit);
+  return true;
+}
+
+/** Maps an extent, loading the L2 table when it is not cached. */
+export async function map(st: Qcow2State, offset: number, maxBytes: number, m: Mapping, req: RequestInfo | undefined): Promise<void> {
+  if (mapSync(st, offset, maxBytes, m)) return;
+  const l1i = Math.floor(offset / st.l2Span);
+  await st.loadL2(m.l2Offset, l1i, req);
+  if (!mapSync(st, offset, maxBytes, m)) {
+    // Evicted at once (cache of size < 1 in effect): load and map from the buffer directly.
+    const e = await st.loadL2(m.l2Offset, l1i, req);
+    const inTable = offset - l1i * st.l2Span;
+    const limit = Math.min(maxBytes, st.l2Span - inTable);
+    if (st.extL2) mapExtended(st, e.view, inTable, limit, m);
+    else mapStandard(st, e.view, inTable, limit, m);
+  }
+}

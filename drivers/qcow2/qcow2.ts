@@ -1,0 +1,375 @@
+/**
+ * The qcow2 format driver: opening (header validation, backing and data file
+ * children, cache sizing, dirty-image repair, autoclear bits) and the
+ * request callbacks. Reads and overwrites of allocated clusters whose L2
+ * table is cached run without the metadata lock and without allocations of
+ * their own; everything that changes metadata runs under the lock.
+ *
+ * Options (QEMU names): `l2-cache-size`, `refcount-cache-size`,
+ * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
+ * `metadata-sync`), `x-wrong-order` (tests only); children `file`,
+ * `backing` (null disables it), `data-file`.
+ *
+ * @module
+ */
+
+import { BlockError } from "../../core/errors.ts";
+import type { BlockNode } from "../../core/node.ts";
+import { checkKnownOptions, optBool, optEnum, optSize } from "../../core/options.ts";
+import { registerDriver } from "../../core/registry.ts";
+import type {
+  BlockDriver,
+  BlockStatus,
+  DriverInstance,
+  OpenContext,
+  RequestOptions,
+  TruncateOptions,
+  WriteOptions,
+  WriteZeroesOptions,
+} from "../../core/types.ts";
+import { repairImage } from "./check.ts";
+import { COMPRESSION_NAMES } from "./compress.ts";
+import {
+  AUTOCLEAR_DATA_FILE_RAW,
+  clusterSize,
+  COMPAT_LAZY_REFCOUNTS,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_DIRTY,
+  INCOMPAT_EXTL2,
+  parseHeader,
+  QCOW2_MAGIC,
+  type Qcow2Header,
+} from "./header.ts";
+import { K_NORMAL, mapSync, newMapping } from "./l2.ts";
+import { blockStatus, readGuest } from "./read.ts";
+import { resize } from "./resize.ts";
+import { type MetadataMode, Qcow2State, type WrongOrder } from "./state.ts";
+import { writeLocked, zeroOrDiscard } from "./write.ts";
+import { markClean, relieveCaches, writeback, writeFeatureWord } from "./writeback.ts";
+
+const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
+const ZERO_CHUNK = 1 << 20;
+
+/** The driver instance of an open qcow2 node. */
+export class Qcow2Instance implements DriverInstance {
+  #st: Qcow2State;
+  #m = newMapping();
+  #closed = false;
+
+  /** Wraps an opened image state. */
+  constructor(st: Qcow2State) {
+    this.#st = st;
+  }
+
+  /** The image header as currently in force (size, L1 and refcount table updated). */
+  get header(): Readonly<Qcow2Header> {
+    return this.#st.header;
+  }
+
+  /** Cluster size in bytes. */
+  get clusterSize(): number {
+    return this.#st.cs;
+  }
+
+  /** The metadata mode in force (`lazy` when lazy refcounts are on). */
+  get metadataMode(): MetadataMode {
+    return this.#st.mode;
+  }
+
+  /** Current virtual size. */
+  getLength(): number {
+    return this.#st.header.size;
+  }
+
+  /** Reads guest data. */
+  pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
+    return readGuest(this.#st, offset, buf, opts.req);
+  }
+
+  /** Writes guest data: in place without the lock when possible, else under the lock. */
+  async pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+    const st = this.#st;
+    const m = this.#m;
+    if (mapSync(st, offset, data.length, m) && m.kind === K_NORMAL && m.copied && m.bytes === data.length) {
+      const host = m.host;
+      const p = st.event("write_aio", opts.req);
+      if (p) await p;
+      st.ioInFlight++;
+      try {
+        await st.data.pwrite(host, data, { req: opts.req });
+      } finally {
+        st.ioInFlight--;
+      }
+      return;
+    }
+    await st.lock.run(async () => {
+      await writeLocked(st, offset, data, opts.req);
+      await relieveCaches(st, opts.req);
+    });
+  }
+
+  /** Write-zeroes: the zero flag for whole clusters (v3), zero buffers otherwise. */
+  async pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
+    const st = this.#st;
+    const end = offset + length;
+    const cs = st.cs;
+    const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
+    const s = Math.ceil(offset / cs) * cs;
+    if (st.header.version < 3 || s >= alignedEnd) {
+      return this.#zeroBuffers(offset, length, opts);
+    }
+    if (s > offset) await this.#zeroBuffers(offset, s - offset, opts);
+    await st.lock.run(async () => {
+      await zeroOrDiscard(st, s, alignedEnd - s, { discard: false, unmap: opts.mayUnmap ?? false }, opts.req);
+      await relieveCaches(st, opts.req);
+    });
+    if (alignedEnd < end) await this.#zeroBuffers(alignedEnd, end - alignedEnd, opts);
+  }
+
+  async #zeroBuffers(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
+    if (opts.noFallback) {
+      throw new BlockError("ENOTSUP", `Cannot write zeroes to ${length} bytes at offset ${offset}: no fast path for partial clusters`, {
+        node: this.#st.node.name,
+        offset,
+        length,
+      });
+    }
+    const zero = new Uint8Array(Math.min(length, ZERO_CHUNK));
+    for (let done = 0; done < length; done += zero.length) {
+      const n = Math.min(zero.length, length - done);
+      await this.pwrite(offset + done, zero.subarray(0, n), { req: opts.req });
+    }
+  }
+
+  /** Discards whole clusters (partial clusters are left alone, as QEMU does). */
+  async pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
+    const st = this.#st;
+    const cs = st.cs;
+    const end = offset + length;
+    const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
+    const s = Math.ceil(offset / cs) * cs;
+    if (s >= alignedEnd) return;
+    await st.lock.run(async () => {
+      await zeroOrDiscard(st, s, alignedEnd - s, { discard: true, unmap: true }, opts.req);
+      await relieveCaches(st, opts.req);
+    });
+  }
+
+  /** Allocation state of the extent at `offset`. */
+  blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
+    return blockStatus(this.#st, offset, length, opts.req);
+  }
+
+  /** Writes back the metadata caches in dependency order. */
+  flushToOs(opts: RequestOptions): Promise<void> {
+    const st = this.#st;
+    if (!st.hasDirtyMetadata) return Promise.resolve();
+    return st.lock.run(() => writeback(st, opts.req));
+  }
+
+  /** Grows the image. */
+  truncate(length: number, opts: TruncateOptions): Promise<void> {
+    const st = this.#st;
+    if (opts.prealloc && opts.prealloc !== "off") {
+      throw new BlockError("ENOTSUP", `Cannot resize qcow2 image with preallocation '${opts.prealloc}': only 'off' is supported`, {
+        node: st.node.name,
+      });
+    }
+    return st.lock.run(() => resize(st, length, opts.req));
+  }
+
+  /** Writes everything back and clears the dirty bit of a lazy-refcounts image. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const st = this.#st;
+    if (st.node.readOnly) return;
+    await st.lock.run(async () => {
+      await writeback(st, undefined);
+      if (st.markedDirty) await markClean(st, undefined);
+    });
+  }
+
+  /** Format-specific information shaped like `qemu-img info --output=json`. */
+  info(): Record<string, unknown> {
+    const h = this.#st.header;
+    const data: Record<string, unknown> = {
+      compat: h.version === 3 ? "1.1" : "0.10",
+      "compression-type": COMPRESSION_NAMES[h.compressionType],
+      "lazy-refcounts": (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0,
+      "refcount-bits": 2 ** h.refcountOrder,
+      corrupt: (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0,
+      "extended-l2": (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0,
+    };
+    if (h.version === 2) {
+      delete data["lazy-refcounts"];
+      delete data.corrupt;
+      delete data["extended-l2"];
+      delete data["compression-type"];
+    }
+    if (h.dataFile !== undefined) {
+      data["data-file"] = h.dataFile;
+      data["data-file-raw"] = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0;
+    }
+    const out: Record<string, unknown> = {
+      "format-specific": { type: "qcow2", data },
+      "cluster-size": clusterSize(h),
+      "virtual-size": h.size,
+      "dirty-flag": (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0,
+    };
+    if (h.backingFile !== undefined) out["backing-filename"] = h.backingFile;
+    if (h.backingFormat !== undefined) out["backing-filename-format"] = h.backingFormat;
+    return out;
+  }
+}
+
+function dirOf(path: string): string {
+  const i = path.lastIndexOf("/");
+  return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
+}
+
+function resolvePath(base: string | undefined, name: string): string {
+  if (name.startsWith("/") || base === undefined || /^[a-z][a-z0-9+.-]*:/i.test(name)) return name;
+  return `${dirOf(base)}/${name}`;
+}
+
+async function readHeader(file: BlockNode): Promise<Qcow2Header> {
+  const head = new Uint8Array(Math.min(file.length, 65536));
+  await file.pread(0, head);
+  if (head.length >= 24) {
+    const bits = new DataView(head.buffer).getUint32(20);
+    if (bits > 16 && bits <= 21 && file.length > head.length) {
+      const full = new Uint8Array(Math.min(file.length, 2 ** bits));
+      await file.pread(0, full);
+      return parseHeader(full, file.length);
+    }
+  }
+  return parseHeader(head, file.length);
+}
+
+function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
+  const o = ctx.options;
+  const cs = clusterSize(h);
+  const entryBytes = h.incompatibleFeatures & INCOMPAT_EXTL2 ? 16 : 8;
+  const full = Math.ceil(h.size / cs) * entryBytes;
+  const total = optSize(o, "cache-size", "qcow2");
+  let l2 = optSize(o, "l2-cache-size", "qcow2");
+  let rb = optSize(o, "refcount-cache-size", "qcow2");
+  if (total !== undefined && l2 === undefined && rb === undefined) {
+    l2 = Math.min(full, Math.floor((total * 4) / 5));
+    rb = total - l2;
+  } else if (total !== undefined && l2 !== undefined && rb === undefined) rb = Math.max(0, total - l2);
+  else if (total !== undefined && rb !== undefined && l2 === undefined) l2 = Math.max(0, total - rb);
+  l2 ??= Math.min(full, 32 << 20);
+  rb ??= Math.max(Math.floor(l2 / 4), 4 * cs);
+  return { l2: Math.max(2, Math.ceil(l2 / cs)), rb: Math.max(4, Math.ceil(rb / cs)) };
+}
+
+async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode | undefined> {
+  const given = ctx.childSpec?.("backing");
+  if (given === null) return undefined;
+  if (given !== undefined) return await ctx.openChild("backing", undefined, { readOnly: true });
+  if (h.backingFile === undefined) return undefined;
+  const filename = resolvePath(file.options.filename as string | undefined, h.backingFile);
+  const spec = h.backingFormat ? { driver: h.backingFormat, file: { driver: "file", filename } } : { filename };
+  return await ctx.openChild("backing", spec, { readOnly: true, probe: true });
+}
+
+async function openDataFile(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode> {
+  const given = ctx.childSpec?.("data-file");
+  if (!(h.incompatibleFeatures & INCOMPAT_DATA_FILE)) {
+    if (given !== undefined && given !== null) {
+      throw new BlockError("EINVAL", "Invalid option 'data-file' of driver 'qcow2': the image does not use an external data file");
+    }
+    return file;
+  }
+  if (given !== undefined && given !== null) return (await ctx.openChild("data-file"))!;
+  if (h.dataFile === undefined) {
+    throw new BlockError("EINVAL", "Could not open data file: the image needs an external data file but names none; give 'data-file'");
+  }
+  const filename = resolvePath(file.options.filename as string | undefined, h.dataFile);
+  return (await ctx.openChild("data-file", { driver: "file", filename }))!;
+}
+
+async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
+  checkKnownOptions(ctx.options, OPTIONS, "qcow2");
+  const file = (await ctx.openChild("file"))!;
+  let h = await readHeader(file);
+  const rw = !ctx.readOnly;
+  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && rw) {
+    throw new BlockError(
+      "EACCES",
+      "qcow2: Image is corrupt; cannot be opened read/write (open it read-only, or repair it with check -r all)",
+      {
+        node: ctx.node.name,
+      },
+    );
+  }
+  const lazyOpt = optBool(ctx.options, "lazy-refcounts", "qcow2");
+  const lazy = lazyOpt ?? (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
+  if (lazy && h.version < 3) {
+    throw new BlockError("EINVAL", "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level (compat=1.1)");
+  }
+  const modeOpt = optEnum(ctx.options, "metadata-mode", "qcow2", ["ordered", "metadata-sync"] as const);
+  const mode: MetadataMode = lazy ? "lazy" : modeOpt ?? "ordered";
+  const wrongOrder = optEnum(ctx.options, "x-wrong-order", "qcow2", ["none", "l2-before-refblock"] as const) ?? "none";
+  if (rw && h.incompatibleFeatures & INCOMPAT_DIRTY) {
+    // Refcounts may be stale (lazy refcounts and a crash): rebuild them.
+    await repairImage(file);
+    h = await readHeader(file);
+    if (h.incompatibleFeatures & INCOMPAT_DIRTY) {
+      throw new BlockError("EIO", "qcow2: Could not repair the dirty image; run check -r all", { node: ctx.node.name });
+    }
+  }
+  const backing = await openBacking(ctx, h, file);
+  const data = await openDataFile(ctx, h, file);
+  const cs = clusterSize(h);
+  const l1 = new Uint8Array(h.l1Size * 8);
+  if (l1.length) await file.pread(h.l1TableOffset, l1);
+  const rtBytes = new Uint8Array(h.refcountTableClusters * cs);
+  await file.pread(h.refcountTableOffset, rtBytes);
+  const rtView = new DataView(rtBytes.buffer);
+  const reftable = new Float64Array(rtBytes.length / 8);
+  for (let i = 0; i < reftable.length; i++) {
+    reftable[i] = (rtView.getUint32(i * 8) * 0x100000000) + ((rtView.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
+  }
+  const tables = cacheTables(ctx, h);
+  const st = new Qcow2State({
+    header: h,
+    node: ctx.node,
+    file,
+    data,
+    backing,
+    l1,
+    reftable,
+    mode,
+    wrongOrder: wrongOrder as WrongOrder,
+    l2CacheTables: tables.l2,
+    rbCacheTables: tables.rb,
+  });
+  if (rw) {
+    // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
+    // ones) are cleared, so a program that maintains them knows their data
+    // is stale.
+    if (h.autoclearFeatures !== 0) {
+      h.autoclearFeatures = 0;
+      await writeFeatureWord(st, 88, 0, undefined);
+    }
+  }
+  return new Qcow2Instance(st);
+}
+
+/** The qcow2 format driver. */
+export const qcow2Driver: BlockDriver = {
+  name: "qcow2",
+  kind: "format",
+  probe(head: Uint8Array): number {
+    if (head.length < 8) return 0;
+    const v = new DataView(head.buffer, head.byteOffset, head.byteLength);
+    return v.getUint32(0) === QCOW2_MAGIC && v.getUint32(4) >= 2 ? 100 : 0;
+  },
+  open: openQcow2,
+};
+
+registerDriver(qcow2Driver);

@@ -1,0 +1,278 @@
+/**
+ * Refcounts: reading and writing entries of any width (1 to 64 bits),
+ * cluster allocation, refcount block allocation (a new block describes
+ * itself when it falls inside the range it covers) and refcount table growth.
+ *
+ * Refcount blocks live in {@linkcode Qcow2State.rbCache}; updates only mark
+ * them dirty, and the write-back in `writeback.ts` writes them before any
+ * L2 entry that depends on them. New refcount blocks and a grown refcount
+ * table are written (and flushed) before they are hooked in.
+ *
+ * @module
+ */
+
+import { BlockError, CorruptImageError } from "../../core/errors.ts";
+import type { RequestInfo } from "../../core/types.ts";
+import type { CacheEntry } from "./cache.ts";
+import { MAX_REFTABLE_BYTES } from "./header.ts";
+import type { Qcow2State } from "./state.ts";
+
+/** Reads entry `i` of a refcount block. */
+export function readEntry(view: DataView, bits: number, i: number): number {
+  switch (bits) {
+    case 16:
+      return view.getUint16(i * 2);
+    case 8:
+      return view.getUint8(i);
+    case 32:
+      return view.getUint32(i * 4);
+    case 64:
+      return view.getUint32(i * 8) * 0x100000000 + view.getUint32(i * 8 + 4);
+    default: {
+      const perByte = 8 / bits;
+      const byte = view.getUint8(Math.floor(i / perByte));
+      return (byte >> (bits * (i % perByte))) & ((1 << bits) - 1);
+    }
+  }
+}
+
+/** Writes entry `i` of a refcount block. */
+export function writeEntry(view: DataView, bits: number, i: number, value: number): void {
+  switch (bits) {
+    case 16:
+      return view.setUint16(i * 2, value);
+    case 8:
+      return view.setUint8(i, value);
+    case 32:
+      return view.setUint32(i * 4, value);
+    case 64:
+      view.setUint32(i * 8, Math.floor(value / 0x100000000));
+      return view.setUint32(i * 8 + 4, value % 0x100000000);
+    default: {
+      const perByte = 8 / bits;
+      const at = Math.floor(i / perByte);
+      const shift = bits * (i % perByte);
+      const mask = ((1 << bits) - 1) << shift;
+      view.setUint8(at, (view.getUint8(at) & ~mask) | (value << shift));
+    }
+  }
+}
+
+/** Largest refcount a width can hold. */
+export function maxRefcount(bits: number): number {
+  return bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits - 1;
+}
+
+async function loadBlock(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<CacheEntry> {
+  const hit = st.rbCache.get(offset);
+  if (hit) return hit;
+  if (offset % st.cs !== 0) {
+    throw new CorruptImageError(`Corrupt qcow2 image: refcount block offset 0x${offset.toString(16)} unaligned`, { node: st.node.name });
+  }
+  const p = st.event("refblock_load", req);
+  if (p) await p;
+  const buf = new Uint8Array(st.cs);
+  await st.file.pread(offset, buf, { req });
+  return st.rbCache.insert(offset, buf);
+}
+
+/** Refcount of cluster `c` when its block is cached (or absent); -1 when a load is needed. */
+export function peekRefcount(st: Qcow2State, c: number): number {
+  const rt = Math.floor(c / st.perBlock);
+  if (rt >= st.reftable.length) return 0;
+  const off = st.reftable[rt];
+  if (off === 0) return 0;
+  const e = st.rbCache.get(off);
+  if (!e) return -1;
+  return readEntry(e.view, st.refBits, c - rt * st.perBlock);
+}
+
+/** Refcount of cluster index `c`. */
+export async function getRefcount(st: Qcow2State, c: number, req: RequestInfo | undefined): Promise<number> {
+  const v = peekRefcount(st, c);
+  if (v >= 0) return v;
+  const rt = Math.floor(c / st.perBlock);
+  const e = await loadBlock(st, st.reftable[rt], req);
+  return readEntry(e.view, st.refBits, c - rt * st.perBlock);
+}
+
+/** Adds `delta` to the refcount of cluster index `c` (allocating its refcount block if needed). */
+export async function updateRefcount(st: Qcow2State, c: number, delta: number, req: RequestInfo | undefined): Promise<number> {
+  const rt = Math.floor(c / st.perBlock);
+  if (rt >= st.reftable.length || st.reftable[rt] === 0) {
+    if (delta < 0) {
+      throw new CorruptImageError(`Corrupt qcow2 image: cannot decrease the refcount of cluster ${c}: it has no refcount block`, {
+        node: st.node.name,
+      });
+    }
+    await ensureRefblock(st, rt, req);
+  }
+  const e = await loadBlock(st, st.reftable[rt], req);
+  const i = c - rt * st.perBlock;
+  const old = readEntry(e.view, st.refBits, i);
+  const v = old + delta;
+  if (v < 0) {
+    throw new CorruptImageError(`Corrupt qcow2 image: refcount of cluster ${c} would drop below zero`, { node: st.node.name });
+  }
+  if (v > maxRefcount(st.refBits)) {
+    throw new BlockError("ERANGE", `Refcount of cluster ${c} would exceed ${maxRefcount(st.refBits)} (refcount_bits ${st.refBits})`, {
+      node: st.node.name,
+    });
+  }
+  writeEntry(e.view, st.refBits, i, v);
+  st.rbCache.markDirty(e);
+  if (v === 0 && c < st.freeHint) st.freeHint = c;
+  return v;
+}
+
+/** Finds `n` contiguous free clusters (refcount 0, not reserved) and returns the first index. */
+export async function findFree(st: Qcow2State, n: number, req: RequestInfo | undefined): Promise<number> {
+  let start = st.freeHint;
+  let c = start;
+  while (c - start < n) {
+    let rc = st.reserved.has(c) ? 1 : peekRefcount(st, c);
+    if (rc < 0) rc = await getRefcount(st, c, req);
+    c++;
+    if (rc !== 0) start = c;
+  }
+  return start;
+}
+
+/**
+ * Allocates `n` contiguous clusters in the image file with refcount 1 and
+ * returns the host offset of the first (QEMU's qcow2_alloc_clusters).
+ */
+export async function allocClusters(st: Qcow2State, n: number, req: RequestInfo | undefined): Promise<number> {
+  const p = st.event("cluster_alloc", req);
+  if (p) await p;
+  const start = await findFree(st, n, req);
+  for (let c = start; c < start + n; c++) st.reserved.add(c);
+  try {
+    for (let c = start; c < start + n; c++) await updateRefcount(st, c, 1, req);
+  } finally {
+    for (let c = start; c < start + n; c++) st.reserved.delete(c);
+  }
+  if (st.freeHint === start) st.freeHint = start + n;
+  return start * st.cs;
+}
+
+/** Allocates a refcount block for refcount-table index `rt` and hooks it in. */
+async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | undefined): Promise<void> {
+  if (rt >= st.reftable.length) await growReftable(st, rt + 1, req);
+  if (st.reftable[rt] !== 0) return;
+  let p = st.event("refblock_alloc", req);
+  if (p) await p;
+  const b = await findFree(st, 1, req);
+  st.reserved.add(b);
+  const buf = new Uint8Array(st.cs);
+  try {
+    if (Math.floor(b / st.perBlock) === rt) {
+      // The block covers its own cluster: it describes itself.
+      writeEntry(new DataView(buf.buffer), st.refBits, b - rt * st.perBlock, 1);
+    } else {
+      await updateRefcount(st, b, 1, req);
+    }
+  } finally {
+    st.reserved.delete(b);
+  }
+  const off = b * st.cs;
+  p = st.event("refblock_alloc_write", req);
+  if (p) await p;
+  if (st.growingReftable) {
+    // Written with the new table, before the switch.
+    st.rbCache.insert(off, buf, true, true);
+  } else {
+    // A new table is durable before it is hooked in.
+    await st.file.pwrite(off, buf, { req });
+    await st.file.flush({ req });
+    st.rbCache.insert(off, buf);
+  }
+  p = st.event("refblock_alloc_hookup", req);
+  if (p) await p;
+  st.reftable[rt] = off;
+  st.reftableDirty.add(rt);
+  if (!st.growingReftable && st.mode === "metadata-sync") {
+    await st.writeRefblocks(req);
+    await st.file.flush({ req });
+  }
+}
+
+/**
+ * Replaces the refcount table with a larger one (at least `entries`
+ * entries): the new table and any refcount blocks it needs are written and
+ * flushed, the header is switched to it, then the old table is freed.
+ */
+async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | undefined): Promise<void> {
+  if (st.growingReftable) {
+    throw new BlockError("EFBIG", `Cannot grow the refcount table to ${entries} entries: growth already in progress`, {
+      node: st.node.name,
+    });
+  }
+  let p = st.event("reftable_grow", req);
+  if (p) await p;
+  const oldOffset = st.header.refcountTableOffset;
+  const oldClusters = st.header.refcountTableClusters;
+  const old = st.reftable;
+  const perTable = st.cs / 8;
+  // Room for the blocks covering the new table itself.
+  let clusters = Math.ceil(Math.max(entries + 2, Math.ceil(old.length * 1.5)) / perTable);
+  if (clusters * st.cs > MAX_REFTABLE_BYTES) {
+    throw new BlockError("EFBIG", `Cannot grow the refcount table to ${clusters} clusters: the limit is ${MAX_REFTABLE_BYTES} bytes`, {
+      node: st.node.name,
+    });
+  }
+  const start = await findFree(st, clusters, req);
+  const needed = Math.floor((start + clusters) / st.perBlock) + 2;
+  if (needed > clusters * perTable) clusters = Math.ceil(needed / perTable);
+  const table = new Float64Array(clusters * perTable);
+  table.set(old);
+  // Flush what the old table describes first, so the new table's content is current.
+  await st.writeRefblocks(req);
+  st.growingReftable = true;
+  st.reftable = table;
+  try {
+    for (let c = start; c < start + clusters; c++) st.reserved.add(c);
+    for (let c = start; c < start + clusters; c++) await updateRefcount(st, c, 1, req);
+    p = st.event("refblock_alloc_write_blocks", req);
+    if (p) await p;
+    await st.writeRefblocks(req);
+  } catch (e) {
+    st.reftable = old;
+    st.growingReftable = false;
+    throw e;
+  } finally {
+    for (let c = start; c < start + clusters; c++) st.reserved.delete(c);
+  }
+  p = st.event("refblock_alloc_write_table", req);
+  if (p) await p;
+  const bytes = new Uint8Array(clusters * st.cs);
+  const view = new DataView(bytes.buffer);
+  for (let i = 0; i < table.length; i++) if (table[i]) view.setBigUint64(i * 8, BigInt(table[i]));
+  const newOffset = start * st.cs;
+  await st.file.pwrite(newOffset, bytes, { req });
+  await st.file.flush({ req });
+  p = st.event("refblock_alloc_switch_table", req);
+  if (p) await p;
+  const hdr = new Uint8Array(12);
+  const hv = new DataView(hdr.buffer);
+  hv.setBigUint64(0, BigInt(newOffset));
+  hv.setUint32(8, clusters);
+  await st.file.pwrite(48, hdr, { req });
+  await st.file.flush({ req });
+  st.header.refcountTableOffset = newOffset;
+  st.header.refcountTableClusters = clusters;
+  st.reftableDirty.clear();
+  st.growingReftable = false;
+  // The old table is unreferenced on disk now.
+  for (let c = oldOffset / st.cs; c < oldOffset / st.cs + oldClusters; c++) await updateRefcount(st, c, -1, req);
+}
+
+/** Drops one reference to the host cluster at `offset` (QEMU's qcow2_free_clusters). */
+export async function freeCluster(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<number> {
+  const p = st.event("cluster_free", req);
+  if (p) await p;
+  const c = Math.floor(offset / st.cs);
+  const v = await updateRefcount(st, c, -1, req);
+  if (v === 0) st.l2Cache.drop(c * st.cs);
+  return v;
+}

@@ -1,0 +1,78 @@
+/**
+ * Growing a qcow2 image: a larger L1 table is written and flushed, the header
+ * is switched to it, then the old table is freed; then the new virtual size
+ * is written to the header. Shrinking is not supported.
+ *
+ * @module
+ */
+
+import { BlockError } from "../../core/errors.ts";
+import type { RequestInfo } from "../../core/types.ts";
+import { l1EntriesFor, MAX_L1_BYTES } from "./header.ts";
+import { allocClusters } from "./refcount.ts";
+import type { Qcow2State } from "./state.ts";
+import { writeback } from "./writeback.ts";
+
+/** Grows the active L1 table to at least `minEntries` entries (metadata lock held). */
+export async function growL1(st: Qcow2State, minEntries: number, req: RequestInfo | undefined): Promise<void> {
+  if (minEntries <= st.l1Size) return;
+  let entries = Math.max(minEntries, Math.floor((st.l1Size * 3) / 2));
+  entries = Math.min(entries, MAX_L1_BYTES / 8);
+  if (entries < minEntries) {
+    throw new BlockError("EFBIG", `Cannot grow the L1 table to ${minEntries} entries: the limit is ${MAX_L1_BYTES / 8}`, {
+      node: st.node.name,
+    });
+  }
+  // Everything the old table points at is on disk before the copy is made.
+  await writeback(st, req);
+  let p = st.event("l1_grow_alloc_table", req);
+  if (p) await p;
+  const clusters = Math.ceil((entries * 8) / st.cs);
+  const newOffset = await allocClusters(st, clusters, req);
+  await st.writeRefblocks(req);
+  const table = new Uint8Array(clusters * st.cs);
+  table.set(st.l1);
+  p = st.event("l1_grow_write_table", req);
+  if (p) await p;
+  await st.file.pwrite(newOffset, table, { req });
+  await st.file.flush({ req });
+  p = st.event("l1_grow_activate_table", req);
+  if (p) await p;
+  const hdr = new Uint8Array(12);
+  const hv = new DataView(hdr.buffer);
+  hv.setUint32(0, entries);
+  hv.setBigUint64(4, BigInt(newOffset));
+  await st.file.pwrite(36, hdr, { req });
+  await st.file.flush({ req });
+  const oldOffset = st.header.l1TableOffset;
+  const oldClusters = Math.ceil((st.l1Size * 8) / st.cs);
+  st.l1 = table.subarray(0, entries * 8);
+  st.l1View = new DataView(table.buffer, 0, entries * 8);
+  st.header.l1Size = entries;
+  st.header.l1TableOffset = newOffset;
+  if (oldOffset !== 0) { for (let i = 0; i < oldClusters; i++) st.pendingFree.push(oldOffset + i * st.cs); }
+  await writeback(st, req);
+}
+
+/** Changes the virtual size (grow only; metadata lock held). */
+export async function resize(st: Qcow2State, size: number, req: RequestInfo | undefined): Promise<void> {
+  const old = st.header.size;
+  if (size < old) {
+    throw new BlockError(
+      "ENOTSUP",
+      `Cannot shrink qcow2 image '${st.node.name}' from ${old} to ${size} bytes: shrinking is not supported`,
+      {
+        node: st.node.name,
+      },
+    );
+  }
+  if (size === old) return;
+  await growL1(st, l1EntriesFor(st.header, size), req);
+  await writeback(st, req);
+  await st.flushFiles(req);
+  const buf = new Uint8Array(8);
+  new DataView(buf.buffer).setBigUint64(0, BigInt(size));
+  await st.file.pwrite(24, buf, { req });
+  await st.file.flush({ req });
+  st.header.size = size;
+}

@@ -1,0 +1,283 @@
+/**
+ * The state of one open qcow2 image shared by the cluster-mapping, refcount,
+ * read and write modules: geometry, the in-memory L1 table, the metadata
+ * caches, the metadata lock, and the write-back of dirty metadata in an order
+ * that keeps the image consistent after a crash at any point.
+ *
+ * Write-back order (mode `ordered`): refcount blocks are written, then one
+ * flush makes them and all guest/COW data durable; then L2 tables are
+ * written; if any L1 entry points at a new table, a flush makes the tables
+ * durable before the L1 entries are written. Clusters whose last reference
+ * was removed are only freed once that removal is durable.
+ *
+ * @module
+ */
+
+import { CorruptImageError } from "../../core/errors.ts";
+import type { BlkdebugEvent } from "../../core/events.ts";
+import type { BlockNode } from "../../core/node.ts";
+import type { RequestInfo } from "../../core/types.ts";
+import { MetaCache } from "./cache.ts";
+import { INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
+
+/** How metadata reaches the disk. */
+export type MetadataMode = "ordered" | "metadata-sync" | "lazy";
+
+/** Test-only deliberate ordering bugs (for the crash explorer). */
+export type WrongOrder = "none" | "l2-before-refblock";
+
+/** L1/L2 flag: refcount is exactly one (QCOW_OFLAG_COPIED), in the high word. */
+export const HI_COPIED = 0x80000000;
+/** L2 flag: compressed cluster (QCOW_OFLAG_COMPRESSED), in the high word. */
+export const HI_COMPRESSED = 0x40000000;
+/** L2 flag: reads as zeros (QCOW_OFLAG_ZERO), in the low word. */
+export const LO_ZERO = 1;
+
+/** Reads the offset bits (9..55) of an L1/L2 entry at byte `at`. */
+export function entryOffset(view: DataView, at: number): number {
+  return (view.getUint32(at) & 0x00ffffff) * 0x100000000 + ((view.getUint32(at + 4) & 0xfffffe00) >>> 0);
+}
+
+/** Writes an L1/L2 entry from an offset and flag words. */
+export function setEntry(view: DataView, at: number, offset: number, hiFlags: number, loFlags: number): void {
+  view.setUint32(at, ((Math.floor(offset / 0x100000000) & 0x00ffffff) | hiFlags) >>> 0);
+  view.setUint32(at + 4, ((offset % 0x100000000) | loFlags) >>> 0);
+}
+
+/** A promise-chain mutex around metadata operations. */
+export class Mutex {
+  #tail: Promise<void> = Promise.resolve();
+  #held = false;
+
+  /** Whether an operation holds the lock. */
+  get held(): boolean {
+    return this.#held;
+  }
+
+  /** Runs `fn` when every earlier holder is done. */
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const prev = this.#tail;
+    let release!: () => void;
+    this.#tail = new Promise<void>((r) => (release = r));
+    await prev;
+    this.#held = true;
+    try {
+      return await fn();
+    } finally {
+      this.#held = false;
+      release();
+    }
+  }
+}
+
+/** Everything the qcow2 modules share about one open image. */
+export class Qcow2State {
+  /** The parsed header (kept current: size, L1, refcount table). */
+  header: Qcow2Header;
+  /** The qcow2 node itself (events are raised on it). */
+  readonly node: BlockNode;
+  /** The image file. */
+  readonly file: BlockNode;
+  /** Where guest data lives: the data-file child or the image file. */
+  readonly data: BlockNode;
+  /** The backing node, if any. */
+  readonly backing?: BlockNode;
+  /** Cluster size in bytes. */
+  readonly cs: number;
+  /** log2 of the cluster size. */
+  readonly clusterBits: number;
+  /** Extended L2 entries (16 bytes, 32 subclusters). */
+  readonly extL2: boolean;
+  /** Bytes per L2 entry. */
+  readonly entryBytes: number;
+  /** Entries per L2 table. */
+  readonly l2Entries: number;
+  /** Guest bytes mapped by one L2 table. */
+  readonly l2Span: number;
+  /** Subcluster size (cluster size without extended L2). */
+  readonly subSize: number;
+  /** Guest data is in an external data file (host offset = guest offset, no refcounts). */
+  readonly externalData: boolean;
+  /** Metadata write mode. */
+  readonly mode: MetadataMode;
+  /** Deliberate ordering bug for tests. */
+  readonly wrongOrder: WrongOrder;
+  /** The active L1 table (raw big-endian entries). */
+  l1: Uint8Array;
+  /** View of {@linkcode Qcow2State.l1}. */
+  l1View: DataView;
+  /** L1 indexes changed in memory and not yet written. */
+  readonly l1Dirty: Set<number> = new Set();
+  /** L2 table cache. */
+  readonly l2Cache: MetaCache;
+  /** Refcount block cache. */
+  readonly rbCache: MetaCache;
+  /** Refcount table (offsets of refcount blocks, 0 = none). */
+  reftable: Float64Array;
+  /** Refcount table entries changed in memory and not yet written. */
+  readonly reftableDirty: Set<number> = new Set();
+  /** Refcount entries per refcount block. */
+  readonly perBlock: number;
+  /** Refcount width in bits. */
+  readonly refBits: number;
+  /** Lowest cluster index that may be free. */
+  freeHint = 0;
+  /** Clusters chosen for an allocation in progress (not yet counted). */
+  readonly reserved: Set<number> = new Set();
+  /** Host clusters (offsets) whose last reference was removed, freed after write-back. */
+  pendingFree: number[] = [];
+  /** Data reads and writes running outside the lock. */
+  ioInFlight = 0;
+  /** The metadata lock. */
+  readonly lock: Mutex = new Mutex();
+  /** The reftable is being replaced: hookups stay in memory. */
+  growingReftable = false;
+  /** The dirty bit has been set on disk by this open (lazy refcounts). */
+  markedDirty = false;
+  /** Last decompressed cluster (host descriptor key and content). */
+  lastCompressed: { key: number; data: Uint8Array } | undefined;
+
+  /** Sets up the state from a validated header and its L1 and refcount tables. */
+  constructor(init: {
+    header: Qcow2Header;
+    node: BlockNode;
+    file: BlockNode;
+    data: BlockNode;
+    backing?: BlockNode;
+    l1: Uint8Array;
+    reftable: Float64Array;
+    mode: MetadataMode;
+    wrongOrder: WrongOrder;
+    l2CacheTables: number;
+    rbCacheTables: number;
+  }) {
+    const h = init.header;
+    this.header = h;
+    this.node = init.node;
+    this.file = init.file;
+    this.data = init.data;
+    this.backing = init.backing;
+    this.externalData = init.data !== init.file;
+    this.clusterBits = h.clusterBits;
+    this.cs = 2 ** h.clusterBits;
+    this.extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
+    this.entryBytes = this.extL2 ? 16 : 8;
+    this.l2Entries = this.cs / this.entryBytes;
+    this.l2Span = this.l2Entries * this.cs;
+    this.subSize = this.extL2 ? this.cs / 32 : this.cs;
+    this.mode = init.mode;
+    this.wrongOrder = init.wrongOrder;
+    this.l1 = init.l1;
+    this.l1View = new DataView(init.l1.buffer, init.l1.byteOffset, init.l1.byteLength);
+    this.reftable = init.reftable;
+    this.refBits = 2 ** h.refcountOrder;
+    this.perBlock = (this.cs * 8) / this.refBits;
+    this.l2Cache = new MetaCache(init.l2CacheTables);
+    this.rbCache = new MetaCache(init.rbCacheTables);
+  }
+
+  /** Raises a BLKDBG event on the node; resolves when a breakpoint (if any) releases it. */
+  event(name: BlkdebugEvent, req: RequestInfo | undefined): Promise<void> | void {
+    return this.node.event(name, req);
+  }
+
+  /** Number of entries in the active L1 table. */
+  get l1Size(): number {
+    return this.l1.length / 8;
+  }
+
+  /** Offset of the L2 table for L1 index `i` (0 = none). */
+  l1Offset(i: number): number {
+    return entryOffset(this.l1View, i * 8);
+  }
+
+  /** The L1 entry at `i` has the COPIED flag. */
+  l1Copied(i: number): boolean {
+    return (this.l1View.getUint32(i * 8) & HI_COPIED) !== 0;
+  }
+
+  /** Loads (or finds cached) the L2 table at `offset`. */
+  async loadL2(offset: number, l1Index: number, req: RequestInfo | undefined): Promise<import("./cache.ts").CacheEntry> {
+    const hit = this.l2Cache.get(offset);
+    if (hit) return hit;
+    if (offset % this.cs !== 0) {
+      throw new CorruptImageError(`Corrupt qcow2 image: L2 table offset 0x${offset.toString(16)} unaligned (L1 index ${l1Index})`, {
+        node: this.node.name,
+      });
+    }
+    const p = this.event("l2_load", req);
+    if (p) await p;
+    const buf = new Uint8Array(this.cs);
+    await this.file.pread(offset, buf, { req });
+    return this.l2Cache.insert(offset, buf);
+  }
+
+  /** Flushes the image file (and the data file when it is separate). */
+  async flushFiles(req: RequestInfo | undefined): Promise<void> {
+    if (this.externalData && !this.data.readOnly) await this.data.flush({ req });
+    await this.file.flush({ req });
+  }
+
+  /** The metadata caches hold unwritten changes. */
+  get hasDirtyMetadata(): boolean {
+    return this.l2Cache.dirtyCount > 0 || this.rbCache.dirtyCount > 0 || this.l1Dirty.size > 0 || this.reftableDirty.size > 0 ||
+      this.pendingFree.length > 0;
+  }
+
+  /** Writes dirty refcount blocks and refcount table entries (no flush). */
+  async writeRefblocks(req: RequestInfo | undefined): Promise<boolean> {
+    const dirty = this.rbCache.dirtyEntries();
+    for (const e of dirty) {
+      const p = this.event("refblock_update_part", req);
+      if (p) await p;
+      await this.file.pwrite(e.offset, e.buf, { req });
+      this.rbCache.markClean(e);
+    }
+    let wrote = dirty.length > 0;
+    if (this.reftableDirty.size && !this.growingReftable) {
+      const rt = this.reftable;
+      await this.#writeEntries(this.header.refcountTableOffset, rt.length, this.reftableDirty, (i) => BigInt(rt[i]), req);
+      wrote = true;
+    }
+    return wrote;
+  }
+
+  /** Writes dirty L2 tables (no flush). Returns whether one of them was new. */
+  async writeL2Tables(req: RequestInfo | undefined): Promise<boolean> {
+    let anyNew = false;
+    for (const e of this.l2Cache.dirtyEntries()) {
+      const p = this.event("l2_update", req);
+      if (p) await p;
+      if (e.isNew) anyNew = true;
+      await this.file.pwrite(e.offset, e.buf, { req });
+      this.l2Cache.markClean(e);
+    }
+    return anyNew;
+  }
+
+  /** Writes dirty L1 entries, one 512-byte chunk of the table each (no flush). */
+  async writeL1(req: RequestInfo | undefined): Promise<void> {
+    if (!this.l1Dirty.size) return;
+    await this.#writeEntries(this.header.l1TableOffset, this.l1Size, this.l1Dirty, (i) => this.l1View.getBigUint64(i * 8), req);
+  }
+
+  async #writeEntries(
+    tableOffset: number,
+    tableEntries: number,
+    dirty: Set<number>,
+    value: (i: number) => bigint,
+    req: RequestInfo | undefined,
+  ): Promise<void> {
+    const chunks = new Set<number>();
+    for (const i of dirty) chunks.add(Math.floor(i / 64));
+    dirty.clear();
+    for (const c of [...chunks].sort((a, b) => a - b)) {
+      const first = c * 64;
+      const n = Math.min(64, tableEntries - first);
+      const buf = new Uint8Array(n * 8);
+      const view = new DataView(buf.buffer);
+      for (let k = 0; k < n; k++) view.setBigUint64(k * 8, value(first + k));
+      await this.file.pwrite(tableOffset + first * 8, buf, { req });
+    }
+  }
+}

@@ -1,0 +1,314 @@
+/**
+ * The qcow2 write path (run under the metadata lock): L2 table allocation
+ * and copy-on-write of shared tables, cluster allocation with copy-on-write
+ * of partial clusters from the old content (backing file, zeros, shared or
+ * compressed clusters), in-place overwrite of COPIED clusters, and
+ * write-zeroes and discard through the zero flag.
+ *
+ * Data is written before the L2 entries that expose it are changed (in the
+ * cache); the write-back in `writeback.ts` orders what reaches the disk.
+ *
+ * @module
+ */
+
+import type { RequestInfo } from "../../core/types.ts";
+import type { CacheEntry } from "./cache.ts";
+import { decodeCompressed, newMapping } from "./l2.ts";
+import { readGuest } from "./read.ts";
+import { allocClusters } from "./refcount.ts";
+import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, type Qcow2State, setEntry } from "./state.ts";
+import { markDirty } from "./writeback.ts";
+
+const ALL = 0xffffffff;
+
+/** Returns a COPIED L2 table for L1 index `l1i`, allocating or copying it; the entry comes back pinned. */
+export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInfo | undefined): Promise<CacheEntry> {
+  const off = st.l1Offset(l1i);
+  if (off !== 0 && st.l1Copied(l1i)) {
+    const e = await st.loadL2(off, l1i, req);
+    e.pins++;
+    return e;
+  }
+  let buf: Uint8Array;
+  if (off !== 0) {
+    const p = st.event("l2_alloc_cow_read", req);
+    if (p) await p;
+    buf = (await st.loadL2(off, l1i, req)).buf.slice();
+  } else {
+    buf = new Uint8Array(st.cs);
+  }
+  const newOff = await allocClusters(st, 1, req);
+  let p = st.event("l2_alloc_write", req);
+  if (p) await p;
+  const e = st.l2Cache.insert(newOff, buf, true, true);
+  e.pins++;
+  p = st.event("l1_update", req);
+  if (p) await p;
+  setEntry(st.l1View, l1i * 8, newOff, HI_COPIED, 0);
+  st.l1Dirty.add(l1i);
+  if (off !== 0) st.pendingFree.push(off);
+  return e;
+}
+
+/** Queues the host clusters an L2 entry references for freeing (shared, compressed or preallocated). */
+function releaseEntry(st: Qcow2State, view: DataView, at: number): void {
+  if (st.externalData) return;
+  const hi = view.getUint32(at);
+  if (hi & HI_COMPRESSED) {
+    const m = newMapping();
+    decodeCompressed(st, view, at, m);
+    const first = Math.floor(m.host / st.cs);
+    const last = Math.floor((m.host + m.compressedBytes - 1) / st.cs);
+    for (let c = first; c <= last; c++) st.pendingFree.push(c * st.cs);
+    return;
+  }
+  const host = entryOffset(view, at);
+  if (host !== 0) st.pendingFree.push(host);
+}
+
+/** What a write must do with one cluster. */
+const INPLACE = 0;
+const WIDEN = 1;
+const NEWALLOC = 2;
+
+function touchedMask(st: Qcow2State, from: number, to: number): number {
+  // Subclusters of one cluster touched by [from, to) (offsets within the cluster).
+  const a = Math.floor(from / st.subSize);
+  const b = Math.ceil(to / st.subSize);
+  return b - a >= 32 ? ALL : ((((1 << (b - a)) >>> 0) - 1) << a) >>> 0;
+}
+
+function classify(st: Qcow2State, view: DataView, idx: number, from: number, to: number): number {
+  const at = idx * st.entryBytes;
+  const hi = view.getUint32(at);
+  if (hi & HI_COMPRESSED) return NEWALLOC;
+  const host = entryOffset(view, at);
+  if (!(hi & HI_COPIED) || (host === 0 && !st.externalData)) return NEWALLOC;
+  if (st.extL2) {
+    const mask = touchedMask(st, from, to);
+    const zero = view.getUint32(at + 8);
+    const alloc = view.getUint32(at + 12);
+    return (alloc & mask) >>> 0 === mask && (zero & mask) === 0 ? INPLACE : WIDEN;
+  }
+  if (st.header.version >= 3 && view.getUint32(at + 4) & LO_ZERO) return WIDEN;
+  return INPLACE;
+}
+
+/** Writes `data` at guest `offset` (metadata lock held). */
+export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Array, req: RequestInfo | undefined): Promise<void> {
+  await markDirty(st, req);
+  const end = offset + data.length;
+  let cur = offset;
+  while (cur < end) {
+    const l1i = Math.floor(cur / st.l2Span);
+    const base = l1i * st.l2Span;
+    const chunkEnd = Math.min(end, base + st.l2Span);
+    const e = await getL2ForWrite(st, l1i, req);
+    try {
+      while (cur < chunkEnd) {
+        const idx = Math.floor((cur - base) / st.cs);
+        const cStart = base + idx * st.cs;
+        const segEnd = Math.min(chunkEnd, cStart + st.cs);
+        const kind = classify(st, e.view, idx, cur - cStart, segEnd - cStart);
+        if (kind === INPLACE) {
+          cur = await writeInPlace(st, e, base, cur, chunkEnd, data, offset, req);
+        } else if (kind === WIDEN) {
+          await writeWiden(st, e, idx, cStart, cur, segEnd, data.subarray(cur - offset, segEnd - offset), req);
+          cur = segEnd;
+        } else {
+          cur = await writeNew(st, e, base, cur, chunkEnd, data, offset, req);
+        }
+      }
+    } finally {
+      e.pins--;
+    }
+  }
+}
+
+async function writeInPlace(
+  st: Qcow2State,
+  e: CacheEntry,
+  base: number,
+  cur: number,
+  chunkEnd: number,
+  data: Uint8Array,
+  dataOffset: number,
+  req: RequestInfo | undefined,
+): Promise<number> {
+  // Extend over following clusters that are in place and contiguous on the host.
+  let idx = Math.floor((cur - base) / st.cs);
+  const host = entryOffset(e.view, idx * st.entryBytes) + (cur - base - idx * st.cs);
+  let end = Math.min(chunkEnd, base + (idx + 1) * st.cs);
+  let nextHost = entryOffset(e.view, idx * st.entryBytes) + st.cs;
+  while (end < chunkEnd) {
+    idx++;
+    const segEnd = Math.min(chunkEnd, end + st.cs);
+    if (classify(st, e.view, idx, 0, segEnd - end) !== INPLACE || entryOffset(e.view, idx * st.entryBytes) !== nextHost) break;
+    nextHost += st.cs;
+    end = segEnd;
+  }
+  const p = st.event("write_aio", req);
+  if (p) await p;
+  await st.data.pwrite(host, data.subarray(cur - dataOffset, end - dataOffset), { req });
+  return end;
+}
+
+async function writeWiden(
+  st: Qcow2State,
+  e: CacheEntry,
+  idx: number,
+  cStart: number,
+  from: number,
+  to: number,
+  part: Uint8Array,
+  req: RequestInfo | undefined,
+): Promise<void> {
+  // A COPIED cluster whose touched (sub)clusters are not allocated: fill them
+  // from their current content, write in place, then mark them allocated.
+  const ss = st.subSize;
+  const wStart = cStart + Math.floor((from - cStart) / ss) * ss;
+  const wEnd = cStart + Math.ceil((to - cStart) / ss) * ss;
+  const buf = new Uint8Array(wEnd - wStart);
+  if (from > wStart || to < wEnd) {
+    const p = st.event("cow_read", req);
+    if (p) await p;
+    if (from > wStart) await readGuest(st, wStart, buf.subarray(0, from - wStart), req);
+    if (to < wEnd) await readGuest(st, to, buf.subarray(to - wStart), req);
+  }
+  buf.set(part, from - wStart);
+  const at = idx * st.entryBytes;
+  const host = entryOffset(e.view, at);
+  let p = st.event("write_aio", req);
+  if (p) await p;
+  await st.data.pwrite(host + (wStart - cStart), buf, { req });
+  p = st.event("l2_update", req);
+  if (p) await p;
+  if (st.extL2) {
+    const mask = touchedMask(st, wStart - cStart, wEnd - cStart);
+    e.view.setUint32(at + 8, (e.view.getUint32(at + 8) & ~mask) >>> 0);
+    e.view.setUint32(at + 12, (e.view.getUint32(at + 12) | mask) >>> 0);
+  } else {
+    setEntry(e.view, at, host, HI_COPIED, 0);
+  }
+  st.l2Cache.markDirty(e);
+}
+
+async function writeNew(
+  st: Qcow2State,
+  e: CacheEntry,
+  base: number,
+  cur: number,
+  chunkEnd: number,
+  data: Uint8Array,
+  dataOffset: number,
+  req: RequestInfo | undefined,
+): Promise<number> {
+  const first = Math.floor((cur - base) / st.cs);
+  let last = first;
+  while (base + (last + 1) * st.cs < chunkEnd) {
+    const s = base + (last + 1) * st.cs;
+    if (classify(st, e.view, last + 1, 0, Math.min(chunkEnd, s + st.cs) - s) !== NEWALLOC) break;
+    last++;
+  }
+  const k = last - first + 1;
+  const gStart = base + first * st.cs;
+  const gEnd = gStart + k * st.cs;
+  const segEnd = Math.min(chunkEnd, gEnd);
+  const host = st.externalData ? gStart : await allocClusters(st, k, req);
+  const part = data.subarray(cur - dataOffset, segEnd - dataOffset);
+  let out = part;
+  const cow = cur > gStart || segEnd < gEnd;
+  if (cow) {
+    out = new Uint8Array(gEnd - gStart);
+    const p = st.event("cow_read", req);
+    if (p) await p;
+    if (cur > gStart) await readGuest(st, gStart, out.subarray(0, cur - gStart), req);
+    if (segEnd < gEnd) await readGuest(st, segEnd, out.subarray(segEnd - gStart), req);
+    out.set(part, cur - gStart);
+  }
+  let p = st.event("write_aio", req);
+  if (p) await p;
+  if (cow) {
+    p = st.event("cow_write", req);
+    if (p) await p;
+  }
+  await st.data.pwrite(cow ? host : host + (cur - gStart), out, { req });
+  p = st.event("l2_update", req);
+  if (p) await p;
+  for (let i = 0; i < k; i++) {
+    const at = (first + i) * st.entryBytes;
+    releaseEntry(st, e.view, at);
+    setEntry(e.view, at, host + i * st.cs, HI_COPIED, 0);
+    if (st.extL2) {
+      e.view.setUint32(at + 8, 0);
+      e.view.setUint32(at + 12, ALL);
+    }
+  }
+  st.l2Cache.markDirty(e);
+  return segEnd;
+}
+
+/**
+ * Makes whole clusters `[offset, offset + length)` read as zeros (v3 zero
+ * flag, `discard` false) or discards them (`discard` true: v3 zero flag when
+ * the old content must stay hidden, v2 deallocation). Metadata lock held.
+ */
+export async function zeroOrDiscard(
+  st: Qcow2State,
+  offset: number,
+  length: number,
+  opts: { discard: boolean; unmap: boolean },
+  req: RequestInfo | undefined,
+): Promise<void> {
+  await markDirty(st, req);
+  const end = offset + length;
+  const v3 = st.header.version >= 3;
+  let cur = offset;
+  while (cur < end) {
+    const l1i = Math.floor(cur / st.l2Span);
+    const base = l1i * st.l2Span;
+    const chunkEnd = Math.min(end, base + st.l2Span);
+    const hasTable = l1i < st.l1Size && st.l1Offset(l1i) !== 0;
+    if (!hasTable && (!st.backing || (opts.discard && !v3))) {
+      cur = chunkEnd;
+      continue; // unallocated, and nothing below to hide
+    }
+    const e = await getL2ForWrite(st, l1i, req);
+    try {
+      for (let idx = Math.floor((cur - base) / st.cs); base + idx * st.cs < chunkEnd; idx++) {
+        zeroEntry(st, e, idx * st.entryBytes, v3, opts);
+      }
+      const p = st.event("l2_update", req);
+      if (p) await p;
+      st.l2Cache.markDirty(e);
+    } finally {
+      e.pins--;
+    }
+    cur = chunkEnd;
+  }
+}
+
+function zeroEntry(st: Qcow2State, e: CacheEntry, at: number, v3: boolean, opts: { discard: boolean; unmap: boolean }): void {
+  const view = e.view;
+  const hi = view.getUint32(at);
+  const host = entryOffset(view, at);
+  const compressed = (hi & HI_COMPRESSED) !== 0;
+  const copied = (hi & HI_COPIED) !== 0;
+  const allocated = compressed || host !== 0 || (st.externalData && copied);
+  let keep = false;
+  let zero: boolean;
+  if (opts.discard) {
+    zero = v3 && (st.backing !== undefined || allocated);
+  } else {
+    zero = true;
+    keep = !opts.unmap && !compressed && allocated && copied;
+  }
+  if (!keep && allocated) releaseEntry(st, view, at);
+  if (st.extL2) {
+    setEntry(view, at, keep ? host : 0, keep ? HI_COPIED : 0, 0);
+    view.setUint32(at + 8, zero ? ALL : 0);
+    view.setUint32(at + 12, 0);
+  } else {
+    setEntry(view, at, keep ? host : 0, keep ? HI_COPIED : 0, zero ? LO_ZERO : 0);
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * Write-back of dirty qcow2 metadata in dependency order, and the dirty bit
+ * of lazy refcounts.
+ *
+ * - `ordered`: refcount blocks are written; one flush makes them and the
+ *   guest/COW data durable; L2 tables are written; when an L1 entry points at
+ *   a new L2 table a flush precedes the L1 write. Freed clusters are counted
+ *   down only after a flush made the removal of their last reference durable.
+ * - `metadata-sync`: the same order, with a flush after every step; run at
+ *   the end of every metadata operation.
+ * - `lazy` (lazy refcounts): L2 and L1 do not wait for refcount blocks; the
+ *   dirty bit set on the first write covers stale refcounts after a crash.
+ * - `x-wrong-order=l2-before-refblock` (tests only): L2 tables and L1 are
+ *   written before the refcount blocks are durable.
+ *
+ * @module
+ */
+
+import type { RequestInfo } from "../../core/types.ts";
+import { INCOMPAT_DIRTY } from "./header.ts";
+import { freeCluster } from "./refcount.ts";
+import type { Qcow2State } from "./state.ts";
+
+/** Writes all dirty metadata back to the image file in a crash-safe order. */
+export async function writeback(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
+  if (!st.hasDirtyMetadata) return;
+  const sync = st.mode === "metadata-sync";
+  const hasL2 = st.l2Cache.dirtyCount > 0 || st.l1Dirty.size > 0;
+  if (st.wrongOrder === "l2-before-refblock") {
+    await st.writeL2Tables(req);
+    await st.writeL1(req);
+    await st.writeRefblocks(req);
+  } else if (st.mode === "lazy") {
+    if (hasL2) {
+      await st.flushFiles(req); // guest data before the L2 entries exposing it
+      const anyNew = await st.writeL2Tables(req);
+      if (anyNew && st.l1Dirty.size) await st.file.flush({ req });
+      await st.writeL1(req);
+    }
+    await st.writeRefblocks(req);
+  } else {
+    const wroteRefs = await st.writeRefblocks(req);
+    if (hasL2) {
+      // Refcounts and guest data are durable before any L2 entry that uses them.
+      await st.flushFiles(req);
+      const anyNew = await st.writeL2Tables(req);
+      if (st.l1Dirty.size) {
+        if (anyNew || sync) await st.file.flush({ req });
+        await st.writeL1(req);
+      }
+      if (sync) await st.file.flush({ req });
+    } else if (wroteRefs && sync) {
+      await st.file.flush({ req });
+    }
+  }
+  await applyPendingFrees(st, req);
+}
+
+/** Counts down clusters whose last reference is gone, once that removal is durable. */
+async function applyPendingFrees(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
+  if (!st.pendingFree.length || st.ioInFlight > 0) return;
+  const frees = st.pendingFree;
+  st.pendingFree = [];
+  await st.file.flush({ req });
+  const released: number[] = [];
+  for (const off of frees) {
+    if ((await freeCluster(st, off, req)) === 0) released.push(off);
+  }
+  await st.writeRefblocks(req);
+  if (st.mode === "metadata-sync") await st.file.flush({ req });
+  // Give the space back to the host (QEMU passes discards of freed clusters down).
+  for (const off of released) {
+    if (off + st.cs <= st.file.length) await st.file.pdiscard(off, st.cs, { req }).catch(() => {});
+  }
+}
+
+/** Runs write-back when a cache has grown past its capacity, then trims it. */
+export async function relieveCaches(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
+  if (st.mode === "metadata-sync" || st.l2Cache.overfull || st.rbCache.overfull) {
+    await writeback(st, req);
+  }
+  st.l2Cache.trim();
+  st.rbCache.trim();
+}
+
+/** Sets the dirty bit before the first change of a lazy-refcounts image. */
+export async function markDirty(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
+  if (st.mode !== "lazy" || st.markedDirty) return;
+  st.header.incompatibleFeatures |= INCOMPAT_DIRTY;
+  await writeFeatureWord(st, 72, st.header.incompatibleFeatures, req);
+  st.markedDirty = true;
+}
+
+/** Clears the dirty bit after everything is written back and flushed. */
+export async function markClean(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
+  if (!(st.header.incompatibleFeatures & INCOMPAT_DIRTY)) return;
+  await writeback(st, req);
+  await st.flushFiles(req);
+  st.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
+  await writeFeatureWord(st, 72, st.header.incompatibleFeatures, req);
+  st.markedDirty = false;
+}
+
+/** Writes one 64-bit header feature word (72 incompatible, 80 compatible, 88 autoclear) and flushes. */
+export async function writeFeatureWord(st: Qcow2State, at: number, value: number, req: RequestInfo | undefined): Promise<void> {
+  const buf = new Uint8Array(8);
+  new DataView(buf.buffer).setBigUint64(0, BigInt(value));
+  await st.file.pwrite(at, buf, { req });
+  await st.file.flush({ req });
+}

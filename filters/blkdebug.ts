@@ -1,0 +1,484 @@
+/**
+ * The `blkdebug` filter (QEMU's block/blkdebug.c): sits under a format node
+ * as its `file` child, receives the BLKDBG events the format raises, and
+ * injects errors, moves a small state machine, suspends requests at
+ * breakpoints and traces events — for testing error paths.
+ *
+ * Options (as QEMU): `config` (path of an ini file with `[inject-error]` and
+ * `[set-state]` sections), inline `inject-error` / `set-state` rule lists,
+ * `align`, `max-transfer`, `opt-write-zero`, `max-write-zero`,
+ * `opt-discard`, `max-discard`, `take-child-perms`, `share-child-perms`.
+ * The child is `image` (or `file`). Filename syntax: `blkdebug:CONFIG:IMAGE`.
+ *
+ * @example
+ * ```ts
+ * import { open } from "../mod.ts";
+ * await using img = await open({
+ *   driver: "raw",
+ *   file: {
+ *     driver: "blkdebug",
+ *     "inject-error": [{ event: "l2_update", errno: "ENOSPC", once: true }],
+ *     image: { driver: "memory", size: 65536 },
+ *   },
+ * });
+ * await img.event("l2_update"); // arms the rule
+ * await img.pwrite(0, new Uint8Array(512)).catch((e) => console.log(e.code)); // ENOSPC
+ * ```
+ *
+ * @module
+ */
+
+import { BlockError, ERRNO_MESSAGES } from "../core/errors.ts";
+import { type BlkdebugEvent, isBlkdebugEvent } from "../core/events.ts";
+import type { BlockNode } from "../core/node.ts";
+import { checkKnownOptions } from "../core/options.ts";
+import { registerDriver } from "../core/registry.ts";
+import type {
+  BlockDriver,
+  BlockLimits,
+  BlockStatus,
+  DriverInstance,
+  OpenContext,
+  RequestInfo,
+  RequestOptions,
+  WriteOptions,
+  WriteZeroesOptions,
+} from "../core/types.ts";
+import {
+  BLKDEBUG_OPTIONS,
+  type BlkdebugIoType,
+  type BlkdebugRule,
+  type InjectErrorRule,
+  IOTYPE_BIT,
+  normaliseEventName,
+  readBlkdebugAlign,
+  readBlkdebugLimits,
+  readBlkdebugRules,
+} from "./_blkdebug_config.ts";
+import { type BlkdebugTraceListener, type BlkdebugTraceRecord, formatTraceRecord, type TraceLogOptions } from "./_blkdebug_trace.ts";
+
+export {
+  BLKDEBUG_IO_TYPES,
+  type BlkdebugIoType,
+  type BlkdebugRule,
+  type InjectErrorRule,
+  parseBlkdebugConfig,
+  type SetStateRule,
+} from "./_blkdebug_config.ts";
+export { type BlkdebugTraceListener, type BlkdebugTraceRecord, formatTraceRecord, type TraceLogOptions } from "./_blkdebug_trace.ts";
+
+interface BreakRule {
+  readonly action: "break";
+  readonly event: BlkdebugEvent;
+  readonly state: 0;
+  readonly tag: string;
+}
+
+type AnyRule = BlkdebugRule | BreakRule;
+
+interface Suspended {
+  tag: string;
+  resume: () => void;
+}
+
+/**
+ * A blkdebug node's driver instance: rules, state, breakpoints and tracing.
+ * Get it with {@linkcode getBlkdebug} from any node above it.
+ */
+export class BlkdebugFilter implements DriverInstance {
+  /** Limits from the `align`, `max-transfer`, ... options. */
+  readonly limits: Partial<BlockLimits>;
+  #name: string;
+  #child: BlockNode;
+  #state = 1;
+  #rules = new Map<BlkdebugEvent, AnyRule[]>();
+  #active: InjectErrorRule[] = [];
+  #activeEvent: BlkdebugEvent | undefined;
+  #suspended: Suspended[] = [];
+  #waiters = new Map<string, (() => void)[]>();
+  #listeners: BlkdebugTraceListener[] = [];
+
+  /** Builds the instance over `child` with `rules` (done by the driver's open). */
+  constructor(name: string, child: BlockNode, rules: readonly BlkdebugRule[], limits: Partial<BlockLimits>) {
+    this.#name = name;
+    this.#child = child;
+    this.limits = limits;
+    for (const r of rules) this.#addRule(r);
+  }
+
+  /** The current state of the state machine (starts at 1). */
+  get state(): number {
+    return this.#state;
+  }
+
+  /** Name of the blkdebug node. */
+  get nodeName(): string {
+    return this.#name;
+  }
+
+  #addRule(r: AnyRule): void {
+    // Copy on change: debugEvent may be iterating the old list.
+    this.#rules.set(r.event, [...(this.#rules.get(r.event) ?? []), r]);
+  }
+
+  #removeRule(r: AnyRule): void {
+    const list = this.#rules.get(r.event);
+    if (!list) return;
+    const next = list.filter((x) => x !== r);
+    if (next.length) this.#rules.set(r.event, next);
+    else this.#rules.delete(r.event);
+  }
+
+  // ---- events -----------------------------------------------------------
+
+  /** Receives a BLKDBG event: arms inject rules, runs set-state rules, suspends at breakpoints. */
+  debugEvent(event: BlkdebugEvent, req: RequestInfo | undefined): Promise<void> | void {
+    const rules = this.#rules.get(event);
+    let suspend: string[] | undefined;
+    if (rules) {
+      const old = this.#state;
+      let next = old;
+      let armed = 0;
+      for (const r of rules) {
+        if (r.state !== 0 && r.state !== old) continue;
+        if (r.action === "inject-error") {
+          // As QEMU: the first matching inject rule of an event replaces the armed set.
+          if (armed++ === 0) {
+            this.#active = [];
+            this.#activeEvent = event;
+          }
+          this.#active.push(r);
+        } else if (r.action === "set-state") {
+          next = r.newState;
+        } else {
+          (suspend ??= []).push(r.tag);
+          this.#removeRule(r);
+        }
+      }
+      this.#state = next;
+    }
+    if (this.#listeners.length) this.#trace({ kind: "event", node: this.#name, time: performance.now(), event, req, state: this.#state });
+    if (suspend) return this.#suspend(suspend);
+  }
+
+  async #suspend(tags: string[]): Promise<void> {
+    for (const tag of tags) {
+      await new Promise<void>((resolve) => {
+        this.#suspended.push({ tag, resume: resolve });
+        const waiters = this.#waiters.get(tag);
+        if (waiters) {
+          this.#waiters.delete(tag);
+          for (const w of waiters) w();
+        }
+      });
+    }
+  }
+
+  // ---- breakpoints ------------------------------------------------------
+
+  /** Sets a breakpoint: the next request raising `event` is suspended under `tag`. */
+  break(eventName: string, tag: string): void {
+    const event = normaliseEventName(eventName);
+    if (!isBlkdebugEvent(event)) {
+      throw new BlockError("EINVAL", `Cannot set breakpoint '${tag}' on node '${this.#name}': unknown event '${event}'`, {
+        node: this.#name,
+      });
+    }
+    this.#addRule({ action: "break", event, state: 0, tag });
+  }
+
+  /** Resolves once a request is suspended at `tag` (at once if one already is). */
+  waitBreak(tag: string): Promise<void> {
+    if (this.isSuspended(tag)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const list = this.#waiters.get(tag);
+      if (list) list.push(resolve);
+      else this.#waiters.set(tag, [resolve]);
+    });
+  }
+
+  /** Resumes the request suspended at `tag`; ENOENT when there is none. */
+  resume(tag: string): void {
+    const i = this.#suspended.findIndex((s) => s.tag === tag);
+    if (i < 0) {
+      throw new BlockError("ENOENT", `Cannot resume '${tag}' on node '${this.#name}': no request is suspended at that tag`, {
+        node: this.#name,
+      });
+    }
+    const [s] = this.#suspended.splice(i, 1);
+    s.resume();
+  }
+
+  /** Removes breakpoints named `tag` and resumes requests suspended there; ENOENT when there are none. */
+  removeBreak(tag: string): void {
+    let found = false;
+    for (const s of this.#suspended.filter((x) => x.tag === tag)) {
+      this.#suspended.splice(this.#suspended.indexOf(s), 1);
+      s.resume();
+      found = true;
+    }
+    for (const list of [...this.#rules.values()]) {
+      for (const r of list) {
+        if (r.action === "break" && r.tag === tag) {
+          this.#removeRule(r);
+          found = true;
+        }
+      }
+    }
+    if (!found) {
+      throw new BlockError(
+        "ENOENT",
+        `Cannot remove breakpoint '${tag}' on node '${this.#name}': no breakpoint or suspended request has that tag`,
+        {
+          node: this.#name,
+        },
+      );
+    }
+  }
+
+  /** Tells whether a request is suspended at `tag`. */
+  isSuspended(tag: string): boolean {
+    return this.#suspended.some((s) => s.tag === tag);
+  }
+
+  // ---- tracing ----------------------------------------------------------
+
+  /** Calls `fn` for every event, flush and injected error; returns a function that stops it. */
+  addTraceListener(fn: BlkdebugTraceListener): () => void {
+    this.#listeners = [...this.#listeners, fn];
+    return () => {
+      this.#listeners = this.#listeners.filter((l) => l !== fn);
+    };
+  }
+
+  #trace(r: BlkdebugTraceRecord): void {
+    for (const l of this.#listeners) l(r);
+  }
+
+  // ---- error injection --------------------------------------------------
+
+  /** Fails the request when an armed rule matches; undefined when it may proceed. */
+  #inject(type: BlkdebugIoType, offset: number, bytes: number): Promise<never> | undefined {
+    const bit = IOTYPE_BIT[type];
+    let rule: InjectErrorRule | undefined;
+    for (const r of this.#active) {
+      if ((r.iotypeMask & bit) === 0) continue;
+      if (r.offset === -1 || (bytes > 0 && r.offset >= offset && r.offset < offset + bytes)) {
+        rule = r;
+        break;
+      }
+    }
+    if (!rule) return undefined;
+    const event = this.#activeEvent!;
+    if (rule.once) {
+      this.#active = this.#active.filter((r) => r !== rule);
+      this.#removeRule(rule);
+    }
+    if (this.#listeners.length) {
+      this.#trace({
+        kind: "error",
+        node: this.#name,
+        time: performance.now(),
+        event,
+        state: this.#state,
+        code: rule.code,
+        op: type,
+        offset,
+        length: bytes,
+      });
+    }
+    const what = type === "flush" ? "flush" : `${type} ${bytes} bytes at offset ${offset} on`;
+    const err = new BlockError(
+      rule.code,
+      `Cannot ${what} node '${this.#name}': ${ERRNO_MESSAGES[rule.code]} (injected by blkdebug rule for event ${event})`,
+      { node: this.#name, offset, length: bytes },
+    );
+    if (rule.immediately) throw err;
+    // QEMU yields to the event loop before failing a request that is not `immediately`.
+    return new Promise((_, reject) => setTimeout(() => reject(err), 0));
+  }
+
+  // ---- requests ---------------------------------------------------------
+
+  /** Reads from the child unless an armed rule fails the read. */
+  pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void {
+    if (this.#active.length) {
+      const f = this.#inject("read", offset, buf.length);
+      if (f) return f;
+    }
+    return this.#child.pread(offset, buf, opts);
+  }
+
+  /** Writes to the child unless an armed rule fails the write. */
+  pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void {
+    if (this.#active.length) {
+      const f = this.#inject("write", offset, data.length);
+      if (f) return f;
+    }
+    return this.#child.pwrite(offset, data, opts);
+  }
+
+  /** Writes zeroes through the child unless an armed rule fails it. */
+  pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> | void {
+    if (this.#active.length) {
+      const f = this.#inject("write-zeroes", offset, length);
+      if (f) return f;
+    }
+    return this.#child.pwriteZeroes(offset, length, opts);
+  }
+
+  /** Discards through the child unless an armed rule fails it. */
+  pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> | void {
+    if (this.#active.length) {
+      const f = this.#inject("discard", offset, length);
+      if (f) return f;
+    }
+    return this.#child.pdiscard(offset, length, opts);
+  }
+
+  /** Traces the flush and fails it when an armed rule matches; the core then flushes the child. */
+  flushToOs(opts: RequestOptions): Promise<void> | void {
+    if (this.#listeners.length) {
+      this.#trace({ kind: "flush", node: this.#name, time: performance.now(), req: opts.req, state: this.#state });
+    }
+    if (this.#active.length) return this.#inject("flush", 0, 0);
+  }
+
+  /** Block status of the child unless an armed `block-status` rule fails it. */
+  blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
+    if (this.#active.length) {
+      const f = this.#inject("block-status", offset, length);
+      if (f) return f;
+    }
+    return this.#child.blockStatus(offset, length, opts);
+  }
+
+  /** Resumes every suspended request so close does not hang. */
+  close(): void {
+    for (const s of this.#suspended.splice(0)) s.resume();
+  }
+}
+
+async function openBlkdebug(ctx: OpenContext): Promise<DriverInstance> {
+  const o = ctx.options;
+  checkKnownOptions(o, BLKDEBUG_OPTIONS, "blkdebug");
+  const rules = await readBlkdebugRules(o);
+  const align = readBlkdebugAlign(o);
+  const child = (await ctx.openChild("image", undefined, { optional: true })) ??
+    (await ctx.openChild("file", undefined, { optional: true }));
+  if (!child) {
+    throw new BlockError(
+      "EINVAL",
+      `Driver 'blkdebug' needs an 'image' child: give 'image' (for example image.driver=file,image.filename=IMAGE)`,
+    );
+  }
+  const limits = readBlkdebugLimits(o, Math.max(align, child.limits.requestAlignment));
+  return new BlkdebugFilter(ctx.node.name, child, rules, limits);
+}
+
+/** The blkdebug filter driver. */
+export const blkdebugDriver: BlockDriver = {
+  name: "blkdebug",
+  kind: "filter",
+  protocolPrefix: "blkdebug",
+  childKeys: ["image"],
+  parseFilename(filename: string): Record<string, unknown> {
+    const rest = filename.slice("blkdebug:".length);
+    const colon = rest.indexOf(":");
+    if (!filename.startsWith("blkdebug:") || colon < 0) {
+      throw new BlockError(
+        "EINVAL",
+        `Invalid blkdebug filename '${filename}': blkdebug requires both config file and image path (blkdebug:CONFIG:IMAGE)`,
+      );
+    }
+    const config = rest.slice(0, colon);
+    const out: Record<string, unknown> = { image: { filename: rest.slice(colon + 1) } };
+    if (config) out.config = config;
+    return out;
+  },
+  open: openBlkdebug,
+};
+
+registerDriver(blkdebugDriver);
+
+/** Finds the blkdebug instance at or below `node` (primary children first), if any. */
+export function findBlkdebug(node: BlockNode): BlkdebugFilter | undefined {
+  const seen = new Set<BlockNode>();
+  const queue = [node];
+  while (queue.length) {
+    const n = queue.shift()!;
+    if (seen.has(n)) continue;
+    seen.add(n);
+    if (n.instance instanceof BlkdebugFilter) return n.instance;
+    const primary = n.primaryChild;
+    if (primary) queue.unshift(primary);
+    for (const c of n.children.values()) if (c !== primary) queue.push(c);
+  }
+  return undefined;
+}
+
+/**
+ * Finds the blkdebug instance at or below `node`; ENOENT when the graph has none.
+ *
+ * @example
+ * ```ts
+ * import { getBlkdebug, open } from "../mod.ts";
+ * await using img = await open({ driver: "raw", file: { driver: "blkdebug", image: { driver: "memory", size: 4096 } } });
+ * const dbg = getBlkdebug(img);
+ * dbg.break("pwritev", "A");
+ * const write = img.pwrite(0, new Uint8Array(512));
+ * await dbg.waitBreak("A");
+ * dbg.resume("A");
+ * await write;
+ * ```
+ */
+export function getBlkdebug(node: BlockNode): BlkdebugFilter {
+  const f = findBlkdebug(node);
+  if (!f) throw new BlockError("ENOENT", `No blkdebug node at or below node '${node.name}'`, { node: node.name });
+  return f;
+}
+
+/** Sets a breakpoint on the blkdebug node below `node` (qemu-io `break EVENT TAG`). */
+export function blkdebugBreak(node: BlockNode, event: string, tag: string): void {
+  getBlkdebug(node).break(event, tag);
+}
+
+/** Waits until a request is suspended at `tag` (qemu-io `wait_break TAG`). */
+export function blkdebugWaitBreak(node: BlockNode, tag: string): Promise<void> {
+  return getBlkdebug(node).waitBreak(tag);
+}
+
+/** Resumes the request suspended at `tag` (qemu-io `resume TAG`). */
+export function blkdebugResume(node: BlockNode, tag: string): void {
+  getBlkdebug(node).resume(tag);
+}
+
+/** Removes breakpoint `tag` and resumes requests held there (qemu-io `remove_break TAG`). */
+export function blkdebugRemoveBreak(node: BlockNode, tag: string): void {
+  getBlkdebug(node).removeBreak(tag);
+}
+
+/** Tells whether a request is suspended at `tag` below `node`. */
+export function blkdebugIsSuspended(node: BlockNode, tag: string): boolean {
+  return getBlkdebug(node).isSuspended(tag);
+}
+
+/**
+ * Logs every record of the blkdebug node below `node` as text or JSON lines;
+ * returns a function that stops logging.
+ *
+ * @example
+ * ```ts
+ * import { createTraceLog, open } from "../mod.ts";
+ * await using img = await open({ driver: "raw", file: { driver: "blkdebug", image: { driver: "memory", size: 4096 } } });
+ * const lines: string[] = [];
+ * const stop = createTraceLog(img, { format: "json", write: (l) => lines.push(l) });
+ * await img.event("l2_load");
+ * stop();
+ * console.log(JSON.parse(lines[0]).event); // "l2_load"
+ * ```
+ */
+export function createTraceLog(node: BlockNode, opts: TraceLogOptions): () => void {
+  const format = opts.format ?? "text";
+  return getBlkdebug(node).addTraceListener((r) => opts.write(formatTraceRecord(r, format)));
+}

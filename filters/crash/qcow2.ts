@@ -1,0 +1,308 @@
+/**
+ * Crash exploration for qcow2: records a guest workload through the graph
+ * `recorder(guest) → qcow2 → recorder(host) → memory`, then explores the
+ * host log's crash states with three oracles — structure (our
+ * `checkQcow2`, plus `qemu-img check` on a sample), recovery (write into
+ * every allocated cluster, close, check again) and durability (every byte
+ * the guest flushed is still there).
+ *
+ * @example
+ * ```ts ignore
+ * import { exploreQcow2, QCOW2_WORKLOADS } from "./qcow2.ts";
+ * const dir = await Deno.makeTempDir();
+ * const r = await exploreQcow2(QCOW2_WORKLOADS[0], "ordered", { dir, explore: { maxStates: 50 } });
+ * console.log(r.states, r.failures.length);
+ * ```
+ *
+ * @module
+ */
+
+import type { BlockNode } from "../../core/node.ts";
+import { createImage, open } from "../../core/open.ts";
+import { getDriver } from "../../core/registry.ts";
+import { checkExitCode, checkQcow2, repairImage } from "../../drivers/qcow2/check.ts";
+import "../../drivers/file.ts";
+import "../../drivers/memory.ts";
+import "../../drivers/qcow2/mod.ts";
+import "../../drivers/raw.ts";
+import { getRecorder, type RecordedOp } from "../recorder.ts";
+import { stateNode } from "./_capture.ts";
+import { rng } from "./_image.ts";
+import { type CrashOracle, durabilityOracle, type FormatSpec, qcow2Dirty, qemuImgStructure, readGuest, recoveryOracle } from "./oracles.ts";
+import { runCrashExploration, type RunOptions, type RunResult } from "./run.ts";
+
+/** How the qcow2 driver orders its metadata writes. */
+export type Qcow2CrashMode = "metadata-sync" | "ordered" | "lazy";
+
+/** The modes every workload is explored in. */
+export const QCOW2_MODES: readonly Qcow2CrashMode[] = ["metadata-sync", "ordered", "lazy"];
+
+/** A guest workload to explore. */
+export interface CrashWorkload {
+  /** Name in reports. */
+  name: string;
+  /** Virtual size in bytes. */
+  size: number;
+  /** Extra qcow2 creation options (`refcount_bits`, ...); cluster size is 512 unless given. */
+  create?: Record<string, string | number | boolean>;
+  /** Content of a raw backing file (makes the image an overlay). */
+  backing?: Uint8Array;
+  /** Issues the guest requests. */
+  run(guest: BlockNode, rand: () => number): Promise<void>;
+}
+
+/** A recorded workload, ready to explore. */
+export interface RecordedQcow2 {
+  /** Host image bytes before the workload. */
+  base: Uint8Array;
+  /** Requests qcow2 sent to its file. */
+  hostLog: RecordedOp[];
+  /** Requests the guest sent to qcow2. */
+  guestLog: RecordedOp[];
+  /** What the guest saw before the workload. */
+  guestBase: Uint8Array;
+  /** How to open a state. */
+  format: FormatSpec;
+  /** Cluster size of the image. */
+  clusterSize: number;
+}
+
+function openOptions(mode: Qcow2CrashMode, wrongOrder: boolean): Record<string, unknown> {
+  const o: Record<string, unknown> = mode === "lazy" ? { "lazy-refcounts": "on" } : { "metadata-mode": mode };
+  if (wrongOrder) o["x-wrong-order"] = "l2-before-refblock";
+  return o;
+}
+
+async function allBytes(node: BlockNode): Promise<Uint8Array> {
+  const out = new Uint8Array(node.length);
+  if (out.length) await node.pread(0, out);
+  return out;
+}
+
+/**
+ * Creates the image on `host` with our `createImage`, or, where the qcow2
+ * driver cannot create images, with `qemu-img create` and a copy.
+ */
+async function createQcow2(
+  host: BlockNode,
+  workload: CrashWorkload,
+  createOpts: Record<string, string | number | boolean>,
+  dir: string,
+): Promise<void> {
+  if (getDriver("qcow2").create) {
+    await createImage(`${workload.name}.qcow2`, "qcow2", workload.size, { options: createOpts, file: host });
+    return;
+  }
+  const path = `${dir}/${workload.name}-${crypto.randomUUID()}.qcow2`;
+  const o = Object.entries(createOpts).map(([k, v]) => `${k}=${v}`).join(",");
+  const r = await new Deno.Command("qemu-img", { args: ["create", "-f", "qcow2", "-o", o, path, String(workload.size)], stderr: "piped" })
+    .output();
+  if (!r.success) throw new Error(`qemu-img create failed: ${new TextDecoder().decode(r.stderr)}`);
+  try {
+    const bytes = await Deno.readFile(path);
+    await host.pwrite(0, bytes);
+    await host.flush();
+  } finally {
+    await Deno.remove(path).catch(() => {});
+  }
+}
+
+/** Runs `workload` in `mode` through recorders and returns both logs. */
+export async function recordQcow2(
+  workload: CrashWorkload,
+  mode: Qcow2CrashMode,
+  opts: { dir: string; seed?: number; wrongOrder?: boolean; unsafeHost?: boolean },
+): Promise<RecordedQcow2> {
+  const clusterSize = Number(workload.create?.cluster_size ?? 512);
+  const createOpts: Record<string, string | number | boolean> = { cluster_size: clusterSize, ...workload.create };
+  if (mode === "lazy") createOpts.lazy_refcounts = "on";
+  let guestBase = new Uint8Array(workload.size);
+  if (workload.backing) {
+    const path = `${opts.dir}/${workload.name}-backing.raw`;
+    await Deno.writeFile(path, workload.backing);
+    createOpts.backing_file = path;
+    createOpts.backing_fmt = "raw";
+    guestBase = workload.backing.slice(0, workload.size);
+  }
+  // An unsafe host (cache.no-flush) never passes a flush on: the oracles must notice.
+  const host = await open({ driver: "recorder", ...(opts.unsafeHost ? { cache: { "no-flush": true } } : {}), file: { driver: "memory" } });
+  let guest: BlockNode | undefined;
+  try {
+    await createQcow2(host, workload, createOpts, opts.dir);
+    const base = await allBytes(host);
+    const hostRec = getRecorder(host);
+    hostRec.clear();
+    const format: FormatSpec = { driver: "qcow2", options: openOptions(mode, opts.wrongOrder ?? false) };
+    guest = await open({ driver: "recorder", file: { ...format.options, driver: "qcow2", file: host } });
+    await workload.run(guest, rng(opts.seed ?? 1));
+    const guestLog = [...getRecorder(guest).log];
+    const hostLog = [...hostRec.log];
+    return { base, hostLog, guestLog, guestBase, format: { driver: "qcow2", options: openOptions(mode, false) }, clusterSize };
+  } finally {
+    if (guest) await guest.close();
+    else await host.close();
+  }
+}
+
+/** Our structure check: clean or leaks only; a dirty image must repair to clean. */
+export async function qcow2Structure(bytes: Uint8Array): Promise<string | undefined> {
+  const file = await stateNode(bytes);
+  try {
+    if (qcow2Dirty(bytes)) {
+      const r = await repairImage(file);
+      if (r.corruptions || r.leaks || r.checkErrors) {
+        return `dirty image did not repair to clean: ${r.corruptions} corruptions, ${r.leaks} leaks, ${r.checkErrors} check errors (${
+          r.messages.slice(0, 3).join("; ")
+        })`;
+      }
+      return undefined;
+    }
+    const r = await checkQcow2(file);
+    const code = checkExitCode(r);
+    if (code === 0 || code === 3) return undefined;
+    return `checkQcow2: ${r.corruptions} corruptions, ${r.checkErrors} check errors (${r.messages.slice(0, 3).join("; ")})`;
+  } catch (e) {
+    return `checkQcow2 failed: ${e instanceof Error ? e.message : String(e)}`;
+  } finally {
+    await file.close();
+  }
+}
+
+/** Options for {@linkcode exploreQcow2}. */
+export interface Qcow2ExploreOptions {
+  /** Directory for temp files (backing files, qemu-img check states). */
+  dir: string;
+  /** Workload seed (default 1). */
+  seed?: number;
+  /** Use the deliberately wrong write order (`x-wrong-order=l2-before-refblock`). */
+  wrongOrder?: boolean;
+  /** Drop every flush below qcow2 (`cache.no-flush` on the host recorder), to show the oracles catch it. */
+  unsafeHost?: boolean;
+  /** Run `qemu-img check` on every n-th state (0 = never; default 0). */
+  qemuEvery?: number;
+  /** Run the recovery oracle on every n-th state (default 1). */
+  recoveryEvery?: number;
+  /** Exploration options (seed, sample size, state limit, ...). */
+  explore?: RunOptions;
+}
+
+/** The oracles for a recorded qcow2 workload. */
+export function qcow2Oracles(rec: RecordedQcow2, opts: Qcow2ExploreOptions): CrashOracle[] {
+  const oracles: CrashOracle[] = [{ name: "structure", check: (bytes) => qcow2Structure(bytes) }];
+  if (opts.qemuEvery) oracles.push({ name: "qemu-img-check", every: opts.qemuEvery, check: (bytes) => qemuImgStructure(bytes, opts.dir) });
+  const recovery = recoveryOracle(rec.format, qcow2Structure, rec.clusterSize);
+  oracles.push({ ...recovery, every: opts.recoveryEvery ?? 1 });
+  oracles.push(durabilityOracle({ guestLog: rec.guestLog, guestBase: rec.guestBase, read: (bytes) => readGuest(bytes, rec.format) }));
+  return oracles;
+}
+
+/** A dedup key per crash point: the guest requests started and finished by then. */
+function guestKey(guestLog: readonly RecordedOp[]): (t: number) => string {
+  return (t) => {
+    let started = 0;
+    let done = 0;
+    for (const op of guestLog) {
+      if (op.submit <= t) started++;
+      if (op.complete !== undefined && op.complete <= t) done++;
+    }
+    return `${started}/${done}`;
+  };
+}
+
+/** Records `workload` in `mode` and explores its crash states with all qcow2 oracles. */
+export async function exploreQcow2(workload: CrashWorkload, mode: Qcow2CrashMode, opts: Qcow2ExploreOptions): Promise<RunResult> {
+  const rec = await recordQcow2(workload, mode, opts);
+  const extraPoints = rec.guestLog.filter((o) => o.op === "flush" && o.complete !== undefined).map((o) => o.complete!);
+  return await runCrashExploration(rec.base, rec.hostLog, qcow2Oracles(rec, opts), {
+    ...opts.explore,
+    extraPoints,
+    pointKey: guestKey(rec.guestLog),
+  });
+}
+
+function fill(n: number, byte: number): Uint8Array {
+  return new Uint8Array(n).fill(byte);
+}
+
+/** The standard workloads (512-byte clusters keep table growth cheap). */
+export const QCOW2_WORKLOADS: readonly CrashWorkload[] = [
+  {
+    name: "random-grow",
+    size: 64 * 1024,
+    async run(g, rand) {
+      for (let i = 0; i < 8; i++) {
+        const len = 1 + Math.floor(rand() * 1500);
+        const off = Math.floor(rand() * (g.length - len));
+        await g.pwrite(off, fill(len, 0x10 + i));
+        if (i % 3 === 2) await g.flush();
+      }
+      await g.flush();
+    },
+  },
+  {
+    name: "sequential",
+    size: 64 * 1024,
+    async run(g) {
+      for (let i = 0; i < 8; i++) {
+        await g.pwrite(i * 700, fill(700, 0x20 + i));
+        if (i % 3 === 2) await g.flush();
+      }
+      await g.flush();
+    },
+  },
+  {
+    name: "overwrite",
+    size: 64 * 1024,
+    async run(g) {
+      await g.pwrite(0, fill(4096, 0x31));
+      await g.flush();
+      await g.pwrite(300, fill(1000, 0x32));
+      await g.pwrite(2048, fill(512, 0x33));
+      await g.flush();
+      await g.pwrite(0, fill(4096, 0x34));
+    },
+  },
+  {
+    name: "zero-discard",
+    size: 64 * 1024,
+    async run(g) {
+      await g.pwrite(0, fill(8192, 0x41));
+      await g.flush();
+      await g.pwriteZeroes(1024, 1024, { mayUnmap: true });
+      await g.pdiscard(4096, 2048);
+      await g.pwrite(6144, fill(512, 0x42));
+      await g.flush();
+      await g.pwriteZeroes(0, 512);
+    },
+  },
+  {
+    name: "grow-tables",
+    size: 64 * 1024,
+    create: { refcount_bits: 64 },
+    async run(g) {
+      // 512-byte clusters: an L2 table maps 32 KiB, a 64-bit refcount block
+      // covers 64 clusters and the one-cluster refcount table 2 MiB of file.
+      await g.pwrite(0, fill(1024, 0x51));
+      await g.pwrite(40 * 1024, fill(1024, 0x52)); // second L2 table
+      await g.flush();
+      await g.truncate(4 << 20); // L1 grows
+      await g.pwrite(3 << 20, fill(2048, 0x53)); // L2 under the new L1
+      await g.flush();
+      await g.pwrite(1 << 20, fill(2 << 20, 0x54)); // past 2 MiB of file: the refcount table grows
+      await g.flush();
+    },
+  },
+  {
+    name: "backing",
+    size: 64 * 1024,
+    backing: fill(64 * 1024, 0x61),
+    async run(g) {
+      await g.pwrite(100, fill(300, 0x62)); // COW from the backing file
+      await g.pwrite(5000, fill(2000, 0x63));
+      await g.flush();
+      await g.pwrite(600, fill(100, 0x64));
+      await g.pwriteZeroes(8192, 1024);
+      await g.flush();
+    },
+  },
+];

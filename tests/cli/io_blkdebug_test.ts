@@ -1,0 +1,45 @@
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import { run, runOk, skipUnless, tempDir } from "../_helpers/qemu.ts";
+import { cli, normaliseTimes } from "./_run.ts";
+
+function spec(format: string, path: string): string {
+  return `json:${JSON.stringify({ driver: format, file: { driver: "blkdebug", image: { driver: "file", filename: path } } })}`;
+}
+
+async function same(format: string, cmds: string[]): Promise<void> {
+  await using d = await tempDir();
+  const a = `${d.path}/a.img`;
+  const b = `${d.path}/b.img`;
+  for (const p of [a, b]) await runOk("qemu-img", ["create", "-q", "-f", format, p, "4M"]);
+  const c = cmds.flatMap((x) => ["-c", x]);
+  const q = await run("qemu-io", [...c, spec(format, a)]);
+  const ours = await cli(["io", ...c, spec(format, b)]);
+  assertEquals(normaliseTimes(ours.stdout), normaliseTimes(q.stdout));
+  assertEquals(ours.code, q.code);
+}
+
+Deno.test({
+  name: "io break/wait_break/resume on raw over blkdebug print what qemu-io prints",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  fn: () => same("raw", ["break pwritev A", "aio_write -P 3 0 512", "wait_break A", "resume A", "aio_flush", "read -P 3 0 512"]),
+});
+
+Deno.test({
+  name: "io break on a qcow2 metadata event suspends the allocating write",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  fn: () => same("qcow2", ["break cluster_alloc A", "aio_write -P 4 0 64k", "wait_break A", "resume A", "aio_flush", "read -P 4 0 64k"]),
+});
+
+Deno.test({
+  name: "io breakpoint errors match qemu-io (unknown tag, unknown event)",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  fn: () => same("raw", ["resume B", "remove_break X", "break nosuch A", "break pwritev A", "remove_break A"]),
+});
+
+Deno.test("io break without a blkdebug node fails with Operation not supported", async () => {
+  await using d = await tempDir();
+  const path = `${d.path}/a.raw`;
+  await Deno.writeFile(path, new Uint8Array(4096));
+  const r = await cli(["io", "-f", "raw", "-c", "break pwritev A", path]);
+  assertEquals([r.code, r.stdout], [1, "Could not set breakpoint: Operation not supported\n"]);
+});

@@ -1,0 +1,78 @@
+import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { VERBS } from "../../cli/main.ts";
+import { run, tempDir } from "../_helpers/qemu.ts";
+import { cli } from "./_run.ts";
+
+Deno.test("main() lists every verb in --help", async () => {
+  const r = await cli(["--help"]);
+  assertEquals(r.code, 0);
+  for (const v of VERBS) ok(r.stdout.includes(`  ${v.name} `), v.name);
+});
+
+Deno.test("main() accepts --help on every verb", async () => {
+  for (const v of VERBS) {
+    const r = await cli([v.name, "--help"]);
+    assertEquals(r.code, 0, v.name);
+    ok(r.stdout.includes("Usage: blkgraph"), v.name);
+  }
+});
+
+Deno.test("main() reports an unknown verb on stderr and exits 1", async () => {
+  const r = await cli(["frobnicate"]);
+  assertEquals(r.code, 1);
+  ok(r.stderr.startsWith("blkgraph: Command not found: frobnicate"));
+});
+
+Deno.test("main() prints errors as 'blkgraph: <message>' and exits non-zero", async () => {
+  const r = await cli(["info", "/nonexistent/disk.img"]);
+  assertEquals(r.code, 1);
+  ok(r.stderr.startsWith("blkgraph: Could not open '/nonexistent/disk.img': "), r.stderr);
+  ok(r.stderr.includes("No such file or directory"), r.stderr);
+});
+
+Deno.test("main() rejects unknown options with a hint", async () => {
+  const r = await cli(["info", "--bogus", "x"]);
+  assertEquals(r.code, 1);
+  ok(r.stderr.includes("--bogus"), r.stderr);
+  ok(r.stderr.includes("--help"), r.stderr);
+});
+
+Deno.test("main() refuses unsupported verbs clearly", async () => {
+  const r = await cli(["commit", "x.qcow2"]);
+  assertEquals(r.code, 1);
+  assertEquals(r.stderr, "blkgraph: 'commit' is not supported yet\n");
+});
+
+Deno.test("cli/main.ts runs as a subprocess and sets the exit code", async () => {
+  await using d = await tempDir();
+  const path = `${d.path}/x.raw`;
+  const created = await run(Deno.execPath(), [
+    "run",
+    "-A",
+    new URL("../../cli/main.ts", import.meta.url).pathname,
+    "create",
+    "-f",
+    "raw",
+    path,
+    "64k",
+  ]);
+  assertEquals(created.stdout, `Formatting '${path}', fmt=raw size=65536\n`);
+  assertEquals(created.code, 0);
+  const bad = await run(Deno.execPath(), ["run", "-A", new URL("../../cli/main.ts", import.meta.url).pathname, "check", path]);
+  assertEquals(bad.code, 63);
+  assertEquals(bad.stderr, "blkgraph: This image format does not support checks\n");
+});
+
+Deno.test("blkgraph io reads commands from stdin at a qemu-io> prompt (subprocess)", async () => {
+  await using d = await tempDir();
+  const path = `${d.path}/x.raw`;
+  await Deno.writeFile(path, new Uint8Array(65536));
+  const main = new URL("../../cli/main.ts", import.meta.url).pathname;
+  const r = await run(Deno.execPath(), ["run", "-A", main, "io", "-f", "raw", path], {
+    stdin: "write -P 7 0 512\nread -P 7 0 512\nlength\n",
+  });
+  assertEquals(r.code, 0, r.stderr);
+  ok(r.stdout.startsWith("qemu-io> wrote 512/512 bytes at offset 0\n"), r.stdout);
+  ok(r.stdout.includes("qemu-io> read 512/512 bytes at offset 0\n"), r.stdout);
+  ok(r.stdout.includes("qemu-io> 64 KiB\nqemu-io> \n"), r.stdout);
+});

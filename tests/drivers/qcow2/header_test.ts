@@ -1,0 +1,260 @@
+// Header validation, case by case as QEMU's iotest 080 ("qcow2 format input
+// validation tests"): each test patches one field of a valid header in
+// memory and checks parseHeader() fails with the right code and a message
+// that names the field.
+import assert from "node:assert/strict";
+import { BlockError } from "../../../core/errors.ts";
+import { parseHeader, type Qcow2Header, serializeHeader } from "../../../drivers/qcow2/header.ts";
+import { runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
+
+const CS = 65536;
+const FILE_LENGTH = 4 * CS;
+
+function validHeader(): Qcow2Header {
+  return {
+    version: 3,
+    backingFileOffset: 0,
+    backingFileSize: 0,
+    clusterBits: 16,
+    size: 64 << 20,
+    cryptMethod: 0,
+    l1Size: 1,
+    l1TableOffset: 3 * CS,
+    refcountTableOffset: CS,
+    refcountTableClusters: 1,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    incompatibleFeatures: 0,
+    compatibleFeatures: 0,
+    autoclearFeatures: 0,
+    refcountOrder: 4,
+    headerLength: 112,
+    compressionType: 0,
+    extensions: [],
+  };
+}
+
+/** Serialises the valid header, applies `patch`, and returns the error parseHeader throws. */
+function rejection(patch: (v: DataView) => void): BlockError {
+  const buf = serializeHeader(validHeader(), CS);
+  patch(new DataView(buf.buffer));
+  try {
+    parseHeader(buf, FILE_LENGTH);
+  } catch (e) {
+    assert.ok(e instanceof BlockError, `expected a BlockError, got ${e}`);
+    return e;
+  }
+  assert.fail("parseHeader() accepted an invalid header");
+}
+
+interface Case {
+  name: string;
+  patch: (v: DataView) => void;
+  code: string;
+  field: RegExp;
+}
+
+const CASES: Case[] = [
+  { name: "a bad magic", patch: (v) => v.setUint32(0, 0x12345678), code: "EINVAL", field: /magic/ },
+  { name: "version 1", patch: (v) => v.setUint32(4, 1), code: "ENOTSUP", field: /version 1/ },
+  { name: "version 4", patch: (v) => v.setUint32(4, 4), code: "ENOTSUP", field: /version 4/ },
+  { name: "a huge header length (0xffffffff)", patch: (v) => v.setUint32(100, 0xffffffff), code: "EINVAL", field: /header_length/ },
+  { name: "a huge header length (0x7fffffff)", patch: (v) => v.setUint32(100, 0x7fffffff), code: "EINVAL", field: /header_length/ },
+  { name: "a header length below 104", patch: (v) => v.setUint32(100, 100), code: "EINVAL", field: /header_length/ },
+  { name: "cluster_bits 8", patch: (v) => v.setUint32(20, 8), code: "EINVAL", field: /cluster_bits/ },
+  { name: "cluster_bits 22", patch: (v) => v.setUint32(20, 22), code: "EINVAL", field: /cluster_bits/ },
+  {
+    name: "a huge unknown header extension before the backing file name",
+    patch: (v) => {
+      v.setBigUint64(8, 116n);
+      v.setUint32(112, 0x12345678);
+      v.setUint32(116, 0x7fffffff);
+    },
+    code: "EINVAL",
+    field: /extension/,
+  },
+  {
+    name: "a huge unknown header extension",
+    patch: (v) => {
+      v.setUint32(112, 0x12345678);
+      v.setUint32(116, 0x7fffffff);
+    },
+    code: "EINVAL",
+    field: /extension/i,
+  },
+  {
+    name: "a backing file offset past 2^53",
+    patch: (v) => v.setBigUint64(8, 0xffffffffffffffffn),
+    code: "EFBIG",
+    field: /backing_file_offset/,
+  },
+  {
+    name: "a huge refcount table size (0xffffffff clusters)",
+    patch: (v) => v.setUint32(56, 0xffffffff),
+    code: "EFBIG",
+    field: /refcount_table_clusters/,
+  },
+  {
+    name: "a refcount table just over the limit (0x20001 clusters)",
+    patch: (v) => v.setUint32(56, 0x20001),
+    code: "EFBIG",
+    field: /refcount_table_clusters/,
+  },
+  { name: "an empty refcount table", patch: (v) => v.setUint32(56, 0), code: "EINVAL", field: /refcount_table_clusters/ },
+  {
+    name: "a misaligned refcount table offset",
+    patch: (v) => v.setBigUint64(48, 0x10200n),
+    code: "EINVAL",
+    field: /reference count table offset/,
+  },
+  {
+    name: "a huge refcount table offset",
+    patch: (v) => {
+      v.setBigUint64(48, 0xffffffffffff0000n);
+      v.setUint32(56, 0x7f);
+    },
+    code: "EFBIG",
+    field: /refcount_table_offset/,
+  },
+  {
+    name: "a refcount table past the end of the file",
+    patch: (v) => v.setBigUint64(48, 0x100000n),
+    code: "EINVAL",
+    field: /reference count table offset.*past the end of the file/,
+  },
+  { name: "nb_snapshots 0xffffffff", patch: (v) => v.setUint32(60, 0xffffffff), code: "EFBIG", field: /nb_snapshots/ },
+  { name: "nb_snapshots 0x7fffffff", patch: (v) => v.setUint32(60, 0x7fffffff), code: "EFBIG", field: /nb_snapshots/ },
+  {
+    name: "a huge snapshot table offset",
+    patch: (v) => {
+      v.setBigUint64(64, 0xffffffffffff0000n);
+      v.setUint32(60, 0xffff);
+    },
+    code: "EFBIG",
+    field: /snapshots_offset/,
+  },
+  {
+    name: "a misaligned snapshot table offset",
+    patch: (v) => {
+      v.setBigUint64(64, 0x12345n);
+      v.setUint32(60, 1);
+    },
+    code: "EINVAL",
+    field: /snapshot table offset/,
+  },
+  {
+    name: "a snapshot table past the end of the file",
+    patch: (v) => {
+      v.setBigUint64(64, 0x100000n);
+      v.setUint32(60, 1);
+    },
+    code: "EINVAL",
+    field: /snapshot table offset.*past the end of the file/,
+  },
+  { name: "l1_size 0xffffffff", patch: (v) => v.setUint32(36, 0xffffffff), code: "EFBIG", field: /l1_size/ },
+  { name: "l1_size 0x7fffffff", patch: (v) => v.setUint32(36, 0x7fffffff), code: "EFBIG", field: /l1_size/ },
+  {
+    name: "a huge L1 table offset",
+    patch: (v) => {
+      v.setBigUint64(40, 0x7fffffffffff0000n);
+      v.setUint32(36, 0xffff);
+    },
+    code: "EFBIG",
+    field: /l1_table_offset/,
+  },
+  {
+    name: "a misaligned L1 table offset",
+    patch: (v) => v.setBigUint64(40, 0x30200n),
+    code: "EINVAL",
+    field: /L1 table offset/,
+  },
+  {
+    name: "an L1 table past the end of the file",
+    patch: (v) => v.setBigUint64(40, 0x40000n),
+    code: "EINVAL",
+    field: /L1 table offset.*past the end of the file/,
+  },
+  { name: "an L1 table too small for the virtual size", patch: (v) => v.setUint32(36, 0), code: "EINVAL", field: /l1_size 0/ },
+  { name: "refcount_order 7", patch: (v) => v.setUint32(96, 7), code: "EINVAL", field: /refcount_order/ },
+  {
+    name: "a backing file name size past the cluster",
+    patch: (v) => {
+      v.setBigUint64(8, 0x1000n);
+      v.setUint32(16, 0xffffffff);
+    },
+    code: "EINVAL",
+    field: /backing_file_size/,
+  },
+  {
+    name: "a backing file offset past the first cluster",
+    patch: (v) => {
+      v.setBigUint64(8, 0x20000n);
+      v.setUint32(16, 4);
+    },
+    code: "EINVAL",
+    field: /backing file offset/,
+  },
+  { name: "an unknown incompatible feature bit", patch: (v) => v.setBigUint64(72, 1n << 20n), code: "ENOTSUP", field: /feature.*bit 20/ },
+  {
+    name: "an incompatible feature bit above 32",
+    patch: (v) => v.setBigUint64(72, 1n << 40n),
+    code: "ENOTSUP",
+    field: /feature.*bit 40/,
+  },
+  { name: "AES encryption (crypt_method 1)", patch: (v) => v.setUint32(32, 1), code: "ENOTSUP", field: /crypt_method 1/ },
+  { name: "LUKS encryption (crypt_method 2)", patch: (v) => v.setUint32(32, 2), code: "ENOTSUP", field: /crypt_method 2/ },
+  { name: "an unknown encryption method", patch: (v) => v.setUint32(32, 3), code: "EINVAL", field: /encryption method/ },
+  { name: "a virtual size past 2^53", patch: (v) => v.setBigUint64(24, 0xffffffffffffffffn), code: "EFBIG", field: /size/ },
+  { name: "compression_type 2", patch: (v) => v.setUint8(104, 2), code: "ENOTSUP", field: /compression_type/ },
+  {
+    name: "compression_type 1 without the incompatible bit",
+    patch: (v) => v.setUint8(104, 1),
+    code: "EINVAL",
+    field: /compression_type 1/,
+  },
+  {
+    name: "extended L2 entries with clusters below 16k",
+    patch: (v) => {
+      v.setBigUint64(72, 16n);
+      v.setUint32(20, 12);
+    },
+    code: "EINVAL",
+    field: /cluster_bits 12/,
+  },
+];
+
+for (const c of CASES) {
+  Deno.test(`parseHeader() rejects ${c.name}`, () => {
+    const err = rejection(c.patch);
+    assert.equal(err.code, c.code, err.message);
+    assert.match(err.message, c.field);
+  });
+}
+
+Deno.test("parseHeader() accepts the unpatched header", () => {
+  const h = parseHeader(serializeHeader(validHeader(), CS), FILE_LENGTH);
+  assert.equal(h.size, 64 << 20);
+  assert.equal(h.l1TableOffset, 3 * CS);
+});
+
+Deno.test("parseHeader() rejects a file shorter than 72 bytes", () => {
+  assert.throws(() => parseHeader(new Uint8Array(16), 16), (e: unknown) => e instanceof BlockError && e.code === "EINVAL");
+});
+
+Deno.test({
+  name: "parseHeader() reads a header written by qemu-img (backing file, backing format, cluster size)",
+  ignore: skipUnless("qemu-img"),
+  async fn() {
+    await using dir = await tempDir();
+    const base = `${dir.path}/base.qcow2`;
+    const top = `${dir.path}/top.qcow2`;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", base, "64M"]);
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", "-b", "base.qcow2", "-F", "qcow2", top]);
+    const bytes = await Deno.readFile(top);
+    const h = parseHeader(bytes.subarray(0, 4096), bytes.length);
+    assert.equal(h.clusterBits, 12);
+    assert.equal(h.size, 64 << 20);
+    assert.equal(h.backingFile, "base.qcow2");
+    assert.equal(h.backingFormat, "qcow2");
+  },
+});

@@ -1,0 +1,19 @@
+import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+
+const EXAMPLES = [
+  "create_write_image.ts",
+  "read_qemu_image.ts",
+  "filter_chain_trace_error.ts",
+  "throttled_copy_progress.ts",
+  "convert_raw_to_compressed.ts",
+];
+
+for (const name of EXAMPLES) {
+  Deno.test(`examples/${name} runs to completion`, async () => {
+    const path = new URL(`../examples/${name}`, import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", path], stdout: "piped", stderr: "piped" }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 0, stderr);
+    ok(new TextDecoder().decode(out.stdout).length > 0);
+  });
+}

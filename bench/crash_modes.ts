@@ -42,33 +42,52 @@ async function create(path: string, lazy: boolean, size: number): Promise<void> 
   if (!r.success) throw new Error(`qemu-img create failed: ${new TextDecoder().decode(r.stderr)}`);
 }
 
+const FLUSH_EVERY = 16;
+
+async function timed(count: number, file: { flushCount: number }, body: (i: number) => Promise<void>): Promise<Omit<Phase, "name">> {
+  const f0 = file.flushCount;
+  const t0 = performance.now();
+  for (let i = 0; i < count; i++) await body(i);
+  const secs = (performance.now() - t0) / 1000;
+  return { rate: count / secs, flushesPer1000: ((file.flushCount - f0) * 1000) / count };
+}
+
 async function ours(path: string, mode: string, count: number): Promise<Phase[]> {
-  await create(path, mode === "lazy", count * CLUSTER);
-  const img = await open({ ...openOptions(mode), driver: "qcow2", file: { driver: "file", filename: path } });
-  const file = img.file!;
   const buf = new Uint8Array(REQ).fill(0x5a);
   const phases: Phase[] = [];
+  const spec = { ...openOptions(mode), driver: "qcow2", file: { driver: "file", filename: path } };
+  await create(path, mode === "lazy", count * CLUSTER);
+  let img = await open(spec);
   try {
-    for (const name of ["allocating write", "overwrite", "read"]) {
-      const f0 = file.flushCount;
-      const t0 = performance.now();
-      for (let i = 0; i < count; i++) {
-        if (name === "read") await img.pread(i * CLUSTER, buf);
-        else await img.pwrite(i * CLUSTER, buf);
-      }
-      if (name !== "read") await img.flush();
-      const secs = (performance.now() - t0) / 1000;
-      phases.push({ name, rate: count / secs, flushesPer1000: ((file.flushCount - f0) * 1000) / count });
-    }
+    const last = async (i: number) => {
+      if (i === count - 1) await img.flush();
+    };
+    phases.push({ name: "allocating write", ...await timed(count, img.file!, (i) => img.pwrite(i * CLUSTER, buf).then(() => last(i))) });
+    phases.push({ name: "overwrite", ...await timed(count, img.file!, (i) => img.pwrite(i * CLUSTER, buf).then(() => last(i))) });
+    phases.push({ name: "read", ...await timed(count, img.file!, (i) => img.pread(i * CLUSTER, buf)) });
+  } finally {
+    await img.close();
+  }
+  await create(path, mode === "lazy", count * CLUSTER);
+  img = await open(spec);
+  try {
+    const name = `allocating write, flush every ${FLUSH_EVERY}`;
+    phases.push({
+      name,
+      ...await timed(count, img.file!, async (i) => {
+        await img.pwrite(i * CLUSTER, buf);
+        if ((i + 1) % FLUSH_EVERY === 0) await img.flush();
+      }),
+    });
   } finally {
     await img.close();
   }
   return phases;
 }
 
-async function qemuFlushes(path: string, count: number, write: boolean): Promise<number | undefined> {
+async function qemuFlushes(path: string, count: number, write: boolean, extra: string[]): Promise<number | undefined> {
   const args = ["-f", "-c", "-e", "trace=fdatasync", "qemu-img", "bench", "-f", "qcow2", "-t", "writeback", "-i", "threads", "-d", "1"];
-  args.push("-c", String(count), "-s", "4k", "-S", "64k", ...(write ? ["-w"] : []), path);
+  args.push("-c", String(count), "-s", "4k", "-S", "64k", ...(write ? ["-w"] : []), ...extra, path);
   try {
     const out = await new Deno.Command("strace", { args, stdout: "piped", stderr: "piped" }).output();
     const text = new TextDecoder().decode(out.stderr);
@@ -95,17 +114,34 @@ export async function run(opts: BenchOptions): Promise<BenchTable> {
     for (const lazy of [false, true]) {
       const path = `${opts.dir}/qemu.qcow2`;
       const label = `qemu-img bench${lazy ? " lazy" : ""}`;
-      for (const [name, write] of [["allocating write", true], ["overwrite", true], ["read", false]] as const) {
-        if (name === "allocating write") await create(path, lazy, count * CLUSTER);
+      const phases: [string, boolean, string[]][] = [
+        ["allocating write", true, []],
+        ["overwrite", true, []],
+        ["read", false, []],
+        [`allocating write, flush every ${FLUSH_EVERY}`, true, [`--flush-interval=${FLUSH_EVERY}`]],
+      ];
+      for (const [name, write, extra] of phases) {
+        if (name.startsWith("allocating write")) await create(path, lazy, count * CLUSTER);
         // The fdatasync count comes from a separate run of the same phase on a copy in the same state.
         const copy = `${opts.dir}/qemu-copy.qcow2`;
         await Deno.copyFile(path, copy);
-        const r = await qemuImgBench(path, { format: "qcow2", count, size: REQ, step: CLUSTER, write, depth: 1, aio: "threads" });
-        const syncs = await qemuFlushes(copy, count, write);
+        const r = await qemuImgBench(path, {
+          format: "qcow2",
+          count,
+          size: REQ,
+          step: CLUSTER,
+          write,
+          depth: 1,
+          aio: "threads",
+          extraArgs: extra,
+        });
+        const syncs = await qemuFlushes(copy, count, write, extra);
         await Deno.remove(copy);
         rows.push([label, name, fmtRate(r.iops), syncs === undefined ? "n/a" : ((syncs * 1000) / count).toFixed(1)]);
         if (name === "allocating write" && !lazy) {
-          notes.push(`QEMU: \`${r.command}\`; lazy rows: image created with \`-o lazy_refcounts=on\`.`);
+          notes.push(
+            `QEMU: \`${r.command}\` (and \`--flush-interval=${FLUSH_EVERY}\`); lazy rows: image created with \`-o lazy_refcounts=on\`.`,
+          );
           notes.push("QEMU's flushes: fdatasync calls counted by `strace -f -c -e trace=fdatasync` on the same command.");
         }
       }

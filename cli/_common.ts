@@ -169,7 +169,7 @@ export function needPositionals(positionals: string[], min: number, max: number,
   if (positionals.length > max) throw new CliError(`Unexpected argument '${positionals[max]}'\nTry '--help' for more information.`);
 }
 
-/** The `-f` flag must name a registered format, so typos fail early. */
+/** `--output` must be `human` or `json` (qemu-img's message otherwise). */
 export function checkOutputFormat(values: Flags): void {
   const o = flagString(values, "output");
   if (o !== undefined && o !== "human" && o !== "json") {

@@ -35,6 +35,29 @@ errors, 1 check not completed, 2 corruptions, 3 leaked clusters only,
 63 the format does not support checks.
 `;
 
+/** Key order of qemu-img 7.2's `check --output=json` (its QDict's iteration order). */
+const JSON_ORDER = [
+  "image-end-offset",
+  "compressed-clusters",
+  "total-clusters",
+  "corruptions",
+  "corruptions-fixed",
+  "check-errors",
+  "leaks",
+  "leaks-fixed",
+  "allocated-clusters",
+  "filename",
+  "format",
+  "fragmented-clusters",
+];
+
+function qemuOrder(o: Record<string, string | number>): Record<string, string | number> {
+  const out: Record<string, string | number> = {};
+  for (const k of JSON_ORDER) if (k in o) out[k] = o[k];
+  for (const k of Object.keys(o)) if (!(k in out)) out[k] = o[k];
+  return out;
+}
+
 /** Opens the node a check runs on: the qcow2 image's file node, or the format node of anything else. */
 async function openForCheck(
   filename: string,
@@ -80,7 +103,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
     const result = await checkQcow2(file, { repair });
     for (const m of result.messages) io.stderr(m.endsWith("\n") ? m : m + "\n");
     const code = checkExitCode(result);
-    if (flagString(p.values, "output") === "json") io.stdout(qemuJson(checkResultJson(result, filename)) + "\n");
+    if (flagString(p.values, "output") === "json") io.stdout(qemuJson(qemuOrder(checkResultJson(result, filename))) + "\n");
     else if (p.values.quiet !== true) io.stdout(formatCheckHuman(result, filename));
     return code;
   } finally {

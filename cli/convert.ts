@@ -15,10 +15,12 @@ import {
   flagList,
   flagString,
   formatNode,
+  intArg,
   isZero,
   needPositionals,
   openImage,
   parseVerbArgs,
+  sizeArg,
   type Verb,
 } from "./_common.ts";
 import { parseCreateOptions } from "./create.ts";
@@ -36,6 +38,7 @@ only what the sources allocate themselves.
 `;
 
 const CHUNK = 2 << 20;
+/** qemu-img convert's default `-S`: zero runs of at least 4 KiB stay holes. */
 const SPARSE = 4096;
 
 /** Ranges `[start, end)` of `data` holding non-zero bytes, at `gran` granularity, adjacent ones merged. */
@@ -66,6 +69,8 @@ export interface CopyOptions {
   topOnly?: boolean;
   /** Requests in flight (out-of-order writes, `-W`). */
   parallel?: number;
+  /** Zero runs of at least this many bytes are not written (`-S`; 0 = write everything). */
+  sparse?: number;
   /** Called with the bytes processed so far. */
   progress?: (done: number) => void;
 }
@@ -88,7 +93,16 @@ export async function copyImage(src: BlockNode, dst: BlockNode, dstOffset: numbe
   }
   let next = 0;
   let done = 0;
-  const zeroOut = (off: number, n: number) => opts.existingTarget ? dst.pwriteZeroes(dstOffset + off, n, { mayUnmap: true }) : undefined;
+  const sparse = opts.sparse ?? SPARSE;
+  const zeroBuf = sparse === 0 ? new Uint8Array(chunk) : undefined;
+  const zeroOut = async (off: number, n: number) => {
+    if (zeroBuf) {
+      // -S 0: a fully allocated target, zeros written as data.
+      for (let at = 0; at < n; at += zeroBuf.length) {
+        await dst.pwrite(dstOffset + off + at, zeroBuf.subarray(0, Math.min(zeroBuf.length, n - at)));
+      }
+    } else if (opts.existingTarget) await dst.pwriteZeroes(dstOffset + off, n, { mayUnmap: true });
+  };
   const one = async (buf: Uint8Array) => {
     while (next < length) {
       // Claim one chunk before awaiting, so parallel workers never overlap.
@@ -105,13 +119,14 @@ export async function copyImage(src: BlockNode, dst: BlockNode, dstOffset: numbe
         } else {
           const data = buf.subarray(0, n);
           await src.pread(off, data);
-          if (isZero(data)) await zeroOut(off, n);
+          if (sparse === 0) await dst.pwrite(dstOffset + off, data);
+          else if (isZero(data)) await zeroOut(off, n);
           else if (opts.compress && off % chunk === 0 && (n === chunk || off + n === length)) {
             await inst.pwriteCompressed!(dstOffset + off, data);
           } else {
             // Like qemu-img's -S 4k: zero runs inside the data stay holes.
             let at = 0;
-            for (const [s, e] of nonZeroRuns(data, SPARSE)) {
+            for (const [s, e] of nonZeroRuns(data, sparse)) {
               if (s > at) await zeroOut(off + at, s - at);
               await dst.pwrite(dstOffset + off + s, data.subarray(s, e));
               at = e;
@@ -200,6 +215,12 @@ async function run(args: string[], io: CliIO): Promise<number> {
     if (existing && formatNode(dst).length < total) {
       throw new CliError(`The target '${dstName}' (${formatNode(dst).length} bytes) is smaller than the sources (${total} bytes)`);
     }
+    const sText = flagString(p.values, "sparse");
+    const sparse = sText === undefined ? SPARSE : sizeArg(sText, "sparse size");
+    if (sparse % 512 !== 0) throw new CliError(`Invalid sparse size '${sText}': it must be a multiple of 512`);
+    const mText = flagString(p.values, "coroutines");
+    const coroutines = mText === undefined ? 8 : intArg(mText, "number of coroutines");
+    if (coroutines < 1 || coroutines > 16) throw new CliError(`Invalid number of coroutines '${mText}': it must be between 1 and 16`);
     const showProgress = p.values.progress === true && p.values.quiet !== true;
     let lastShown = -1;
     const progress = (done: number) => {
@@ -218,7 +239,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
         compress: p.values.compress === true,
         existingTarget: existing,
         topOnly: backing !== undefined,
-        parallel: p.values["out-of-order"] === true ? 8 : 1,
+        parallel: p.values["out-of-order"] === true ? coroutines : 1,
+        sparse,
         progress: showProgress ? (d) => progress(offset + d) : undefined,
       });
       base += node.length;

@@ -32,6 +32,7 @@ const MODES = ["ordered", "metadata-sync"] as const;
 /** What one demo run measured. */
 interface ModeRun {
   mode: string;
+  graph: string;
   ms: number;
   events: string[];
   flushes: number;
@@ -66,21 +67,58 @@ async function runMode(path: string, format: string, mode: string): Promise<Mode
   }
   const ms = performance.now() - t0;
   const flushes = img.flushCount - flushes0;
+  const graph = graphLine(img);
   await img.close();
-  return { mode, ms, events, flushes };
+  return { mode, graph, ms, events, flushes };
 }
 
-function describe(r: ModeRun): string {
-  const counts = new Map<string, number>();
-  for (const e of r.events) counts.set(e, (counts.get(e) ?? 0) + 1);
-  const sorted = [...counts].sort((a, b) => b[1] - a[1]);
-  const first = r.events.slice(0, 8).join(" → ");
-  const lines = [
-    `  mode=${r.mode.padEnd(14)} ${r.events.length} events, ${r.flushes} flushes to disk, ${r.ms.toFixed(1)} ms`,
-    `    first: ${first || "(none)"}${r.events.length > 8 ? " → …" : ""}`,
-    `    counts: ${sorted.map(([e, n]) => `${e}×${n}`).join("  ") || "(none)"}`,
-  ];
-  return lines.join("\n") + "\n";
+function graphLine(img: BlockNode): string {
+  const parts: string[] = [];
+  for (let n: BlockNode | undefined = img; n; n = n.primaryChild) parts.push(`${n.driver.name} (${n.name})`);
+  return parts.join(" → ");
+}
+
+/** The modes side by side: totals, then each event's count per mode. */
+function describe(runs: ModeRun[]): string {
+  const w = Math.max(14, ...runs.map((r) => r.mode.length + 2));
+  const col = (s: string | number) => String(s).padStart(w);
+  let out = `     ${"".padEnd(22)}${runs.map((r) => col(r.mode)).join("")}\n`;
+  out += `     ${"events raised".padEnd(22)}${runs.map((r) => col(r.events.length)).join("")}\n`;
+  out += `     ${"flushes to disk".padEnd(22)}${runs.map((r) => col(r.flushes)).join("")}\n`;
+  out += `     ${"time".padEnd(22)}${runs.map((r) => col(`${r.ms.toFixed(1)} ms`)).join("")}\n`;
+  const counts = runs.map((r) => {
+    const m = new Map<string, number>();
+    for (const e of r.events) m.set(e, (m.get(e) ?? 0) + 1);
+    return m;
+  });
+  const names = [...new Set(runs.flatMap((r) => r.events))];
+  names.sort((a, b) => (counts[0].get(b) ?? 0) - (counts[0].get(a) ?? 0));
+  out += `\n     events by name:\n`;
+  for (const name of names) out += `       ${name.padEnd(20)}${counts.map((c) => col(c.get(name) ?? 0)).join("")}\n`;
+  const first = runs[0].events.slice(0, 9);
+  out += `\n     first events (${runs[0].mode}):\n       ${first.join(" → ")}${runs[0].events.length > first.length ? " → …" : ""}\n`;
+  return out;
+}
+
+/** Writes through a blkdebug rule that fails the first L2 update; returns what happened. */
+async function injectError(path: string): Promise<string> {
+  await createImage(path, "qcow2", SIZE);
+  const img = await open({
+    driver: "qcow2",
+    file: {
+      driver: "blkdebug",
+      "inject-error": [{ event: "l2_update", errno: "EIO", once: true }],
+      image: { driver: "file", filename: path },
+    },
+  });
+  let what = "write + flush succeeded (the rule did not fire)";
+  try {
+    await workload(img);
+  } catch (e) {
+    what = `write + flush failed: ${(e as Error).message}`;
+  }
+  await img.close().catch(() => {});
+  return what;
 }
 
 async function qemuCheck(path: string): Promise<string | undefined> {
@@ -101,29 +139,45 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const keep = args.includes("--keep");
   const format = driverNames().includes("qcow2") ? "qcow2" : "raw";
   const dir = await Deno.makeTempDir({ prefix: "blkgraph-demo-" });
-  const indent = (s: string) => s.replace(/^(?=.)/gm, "    ");
+  const indent = (s: string) => s.replace(/^(?=.)/gm, "     ");
   try {
-    io.stdout(`blkgraph demo: ${format} → blkdebug → file, in ${dir}\n\n`);
+    io.stdout(`blkgraph demo: a ${format} image over blkdebug, in ${dir}\n\n`);
     if (format !== "qcow2") io.stdout("(the qcow2 driver is not registered; showing raw, which raises no metadata events)\n\n");
-    io.stdout(`1. Write 4 MiB in 40 writes of 100 KiB, each starting mid-cluster, then flush.\n`);
-    io.stdout(`   BLKDBG events the ${format} driver raised, and flushes that reached the disk:\n`);
+    const runs: ModeRun[] = [];
     let last = "";
     for (const mode of format === "qcow2" ? MODES : ["-"]) {
-      const path = `${dir}/demo-${mode === "-" ? "raw" : mode}.${format}`;
-      io.stdout(describe(await runMode(path, format, mode)));
-      last = path;
+      last = `${dir}/demo-${mode === "-" ? "raw" : mode}.${format}`;
+      runs.push(await runMode(last, format, mode));
     }
-    io.stdout(`\n2. blkgraph check ${last.slice(dir.length + 1)}\n`);
+    io.stdout(`1. Graph: ${runs[0].graph}\n`);
+    io.stdout(`   Workload: 40 writes of 100 KiB, each starting mid-cluster (4 MiB), then one flush.\n`);
+    io.stdout(`   The same workload in each metadata mode — BLKDBG events the ${format} driver raised\n`);
+    io.stdout(`   and flushes that reached the disk:\n\n`);
+    io.stdout(describe(runs));
+    let step = 2;
+    if (format === "qcow2") {
+      last = `${dir}/demo-error.qcow2`;
+      io.stdout(`\n${step++}. Error injection: a blkdebug rule fails the first l2_update with EIO (once).\n`);
+      io.stdout(`     ${await injectError(last)}\n`);
+      io.stdout(`     The metadata is written back in dependency order, so the image stays consistent:\n`);
+    }
+    const name = last.slice(dir.length + 1);
+    io.stdout(`\n${step++}. blkgraph check ${name}\n`);
     const out: string[] = [];
     const sink: CliIO = { stdout: (s) => out.push(s), stderr: (s) => out.push(s) };
     const code = await invokeVerb(checkVerb, [last], sink);
-    io.stdout(indent(out.join("")) + `    (exit code ${code})\n`);
+    io.stdout(indent(out.join("")) + `     (exit code ${code})\n`);
     out.length = 0;
-    io.stdout(`\n3. blkgraph info ${last.slice(dir.length + 1)}\n`);
+    io.stdout(`\n${step++}. blkgraph info ${name}\n`);
     await invokeVerb(infoVerb, [last], sink);
-    io.stdout(indent(out.join("").replace(last, last.slice(dir.length + 1))));
+    io.stdout(indent(out.join("").replace(last, name)));
     const q = format === "qcow2" ? await qemuCheck(last) : undefined;
-    io.stdout(`\n4. qemu-img check: ${q ?? "(qemu-img not installed, or not a qcow2 image; skipped)"}\n`);
+    io.stdout(
+      `\n${step++}. qemu-img check ${name} (the reference implementation):\n     ${
+        q ?? "(skipped: qemu-img is not installed, or the image is not qcow2)"
+      }\n`,
+    );
+    io.stdout(`\nNext: 'deno task blkgraph --help' lists the qemu-img / qemu-io style verbs.\n`);
   } finally {
     if (keep) io.stdout(`\nKept ${dir}\n`);
     else await Deno.remove(dir, { recursive: true });

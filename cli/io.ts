@@ -122,6 +122,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       cache: flagString(p.values, "cache") ?? (p.values.nocache === true ? "none" : undefined),
     });
     s.filename = name;
+    s.warnIfProbed(name);
     if (s.traceTarget !== undefined) s.trace = startTrace(s.node, s.traceTarget, io);
   }
   const cmds = flagList(p.values, "cmd");

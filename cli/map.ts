@@ -82,7 +82,10 @@ export async function chainStatus(top: BlockNode, offset: number, bytes: number)
     };
     if (st.hostOffset !== undefined && !st.compressed && st.allocated) {
       e.offset = st.hostOffset;
-      const f = st.file?.options.filename;
+      // Below filters (blkdebug, throttle) the host file is further down.
+      let host = st.file;
+      while (host && typeof host.options.filename !== "string") host = host.primaryChild;
+      const f = host?.options.filename;
       // qemu joins a relative backing name to a bare image name without "./".
       if (typeof f === "string") e.filename = f.startsWith("./") ? f.slice(2) : f;
     }

@@ -8,7 +8,7 @@
 
 import { open } from "../core/open.ts";
 import { parseHeader, serializeHeader } from "../drivers/qcow2/header.ts";
-import { type CliIO, CliError, flagString, IMAGE_FLAGS, needPositionals, parseVerbArgs, type Verb } from "./_common.ts";
+import { CliError, type CliIO, flagString, IMAGE_FLAGS, needPositionals, parseVerbArgs, type Verb } from "./_common.ts";
 
 const USAGE = `Usage: blkgraph rebase -u -b backing_file [-F backing_fmt] [-f fmt] [-q] filename
 
@@ -42,13 +42,18 @@ export async function rebaseUnsafe(filename: string, backing: string | undefined
 }
 
 async function run(args: string[], io: CliIO): Promise<number> {
-  const p = parseVerbArgs(args, {
-    ...IMAGE_FLAGS,
-    unsafe: { type: "boolean", short: "u" },
-    backing: { type: "string", short: "b" },
-    "backing-format": { type: "string", short: "F" },
-    progress: { type: "boolean", short: "p" },
-  }, USAGE, io);
+  const p = parseVerbArgs(
+    args,
+    {
+      ...IMAGE_FLAGS,
+      unsafe: { type: "boolean", short: "u" },
+      backing: { type: "string", short: "b" },
+      "backing-format": { type: "string", short: "F" },
+      progress: { type: "boolean", short: "p" },
+    },
+    USAGE,
+    io,
+  );
   if (!p) return 0;
   needPositionals(p.positionals, 1, 1, "filename");
   if (p.values.unsafe !== true) throw new CliError("'rebase' without -u (safe mode) is not supported yet");

@@ -277,6 +277,16 @@ export class BlockNode {
     if (n) return n.#inst.debugEvent!(event, req);
   }
 
+  /**
+   * Raises a request-path event (pwritev*, flush_to_*) on this node's own
+   * driver only, as QEMU's `bdrv_debug_event(bs, ev)`: a blkdebug node sees
+   * the events of its own requests once, not again from every node above it.
+   */
+  #ownEvent(event: BlkdebugEvent, req: RequestInfo): Promise<void> | void {
+    const inst = this.#inst;
+    if (inst.debugEvent) return inst.debugEvent(event, req);
+  }
+
   #notify(e: NodeEvent): void {
     for (const l of this.#listeners) l(e);
   }
@@ -435,21 +445,21 @@ export class BlockNode {
     const headLen = offset - start;
     const tailStart = offset + data.length;
     if (headLen) {
-      await this.debugEvent("pwritev_rmw_head", req);
+      await this.#ownEvent("pwritev_rmw_head", req);
       await this.#readAligned(start, bounce.subarray(0, align), req);
-      await this.debugEvent("pwritev_rmw_after_head", req);
+      await this.#ownEvent("pwritev_rmw_after_head", req);
     }
     if (tailStart < end && (end - align >= start + align || !headLen)) {
-      await this.debugEvent("pwritev_rmw_tail", req);
+      await this.#ownEvent("pwritev_rmw_tail", req);
       await this.#readAligned(end - align, bounce.subarray(bounce.length - align), req);
-      await this.debugEvent("pwritev_rmw_after_tail", req);
+      await this.#ownEvent("pwritev_rmw_after_tail", req);
     }
     bounce.set(data, headLen);
     await this.#writeAligned(start, bounce, fua, req);
   }
 
   async #writeAligned(offset: number, data: Uint8Array, fua: boolean, req: RequestInfo): Promise<void> {
-    await this.debugEvent("pwritev", req);
+    await this.#ownEvent("pwritev", req);
     const max = this.#limits.maxTransfer;
     const nativeFua = fua && (this.#inst.supportsFua ?? false);
     if (!max || data.length <= max) {
@@ -460,7 +470,7 @@ export class BlockNode {
       }
     }
     this.#writeGen++;
-    await this.debugEvent("pwritev_done", req);
+    await this.#ownEvent("pwritev_done", req);
     if (fua && !nativeFua) await this.flush({ req });
   }
 
@@ -509,7 +519,7 @@ export class BlockNode {
     let t = this.#track(offset, offset + length, true);
     if (t instanceof Promise) t = await t;
     try {
-      await this.debugEvent("pwritev_zero", req);
+      await this.#ownEvent("pwritev_zero", req);
       await this.#zeroes(offset, length, { ...opts, fua: fua && (this.#inst.supportsFua ?? false), req });
       this.#writeGen++;
     } finally {
@@ -612,7 +622,7 @@ export class BlockNode {
     this.stats.flushRequests++;
     const inst = this.#inst;
     if (inst.flushToOs) {
-      await this.debugEvent("flush_to_os", req);
+      await this.#ownEvent("flush_to_os", req);
       await inst.flushToOs({ req });
     }
     const gen = this.#writeGen;
@@ -620,7 +630,7 @@ export class BlockNode {
       if (this.#noFlush || gen === this.#flushedGen) {
         this.stats.flushesSkipped++;
       } else {
-        await this.debugEvent("flush_to_disk", req);
+        await this.#ownEvent("flush_to_disk", req);
         if (this.#listeners.length) this.#notify({ kind: "flush", node: this, time: performance.now(), req });
         await inst.flush({ req });
         this.stats.flushes++;

@@ -77,7 +77,14 @@ export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}):
   if (spec instanceof BlockNode) return spec;
   let options = normaliseSpec(spec);
   if (opts.format && options.driver === undefined) {
-    options = { driver: opts.format, file: { driver: "file", filename: options.filename }, ...withoutKey(options, "filename") };
+    // A prefixed filename (blkdebug:CONFIG:IMAGE, nbd://) opens its own driver under the format.
+    const fname = options.filename;
+    const prefixed = typeof fname === "string" && !fname.startsWith("json:") && driverForPrefix(fname) !== undefined;
+    options = {
+      driver: opts.format,
+      file: prefixed ? { filename: fname } : { driver: "file", filename: fname },
+      ...withoutKey(options, "filename"),
+    };
   }
   const cache = opts.cache ? parseCacheMode(opts.cache) : undefined;
   return await openNode(options, { readOnly: opts.readOnly ?? false, cache, probe: true, top: true });

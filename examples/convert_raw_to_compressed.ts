@@ -20,20 +20,21 @@ try {
   const src = await open({ driver: "raw", file: { driver: "file", filename: `${dir}/in.raw` } }, { readOnly: true });
   const dst = await open(`${dir}/out.qcow2`);
   const inst = dst.instance as { pwriteCompressed?(offset: number, data: Uint8Array): Promise<void> };
-  if (!inst.pwriteCompressed) throw new Error("this qcow2 driver cannot write compressed clusters");
+  const write = inst.pwriteCompressed?.bind(inst) ?? ((off: number, data: Uint8Array) => dst.pwrite(off, data));
+  if (!inst.pwriteCompressed) console.log("(this qcow2 driver cannot write compressed clusters: writing them plain)");
 
   const cluster = new Uint8Array(65536);
   let written = 0;
   for (let off = 0; off < size; off += cluster.length) {
     await src.pread(off, cluster);
     if (cluster.every((b) => b === 0)) continue;
-    await inst.pwriteCompressed(off, cluster);
+    await write(off, cluster);
     written++;
   }
   await dst.flush();
   const check = new Uint8Array(size);
   await dst.pread(0, check);
-  console.log(`copy identical: ${check.every((b, i) => b === raw[i])}; ${written} clusters compressed`);
+  console.log(`copy identical: ${check.every((b, i) => b === raw[i])}; ${written} clusters written`);
   await src.close();
   await dst.close();
   console.log(`raw ${size} bytes -> qcow2 ${(await Deno.stat(`${dir}/out.qcow2`)).size} bytes`);

@@ -80,6 +80,16 @@ export class IoSession {
     this.io.stdout(s);
   }
 
+  /** Prints qemu-io's warning when a writable image's format was probed as raw. */
+  warnIfProbed(name: string): void {
+    if (!this.node?.probed || this.node.readOnly) return;
+    this.io.stderr(
+      `WARNING: Image format was not specified for '${name}' and probing guessed raw.\n` +
+        "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +
+        "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+    );
+  }
+
   /** Waits for every aio request. */
   async drain(): Promise<void> {
     while (this.pending.size) await Promise.all([...this.pending]);

@@ -216,6 +216,7 @@ const open: IoCommand = {
       return false;
     }
     s.filename = name;
+    s.warnIfProbed(name);
     if (s.traceTarget !== undefined) s.trace = startTrace(s.node, s.traceTarget, s.io);
     return true;
   },

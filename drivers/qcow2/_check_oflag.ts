@@ -9,7 +9,7 @@
  */
 
 import type { BlockNode } from "../../core/node.ts";
-import { AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
+import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
 import type { Counters } from "./_checker.ts";
 import type { DiskRefcounts } from "./_check_refcounts.ts";
 import { entryHex, entryOffset } from "./_check_tables.ts";
@@ -29,7 +29,6 @@ export async function checkOflagCopied(
   const cs = 2 ** h.clusterBits;
   const extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
   const dataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0;
-  const dataFileRaw = dataFile && (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0;
   const step = extL2 ? 16 : 8;
   const l1 = new Uint8Array(h.l1Size * 8);
   await file.pread(h.l1TableOffset, l1);
@@ -62,7 +61,8 @@ export async function checkOflagCopied(
       const ehi = tv.getUint32(at);
       if (ehi & 0x40000000) continue; // compressed
       const offset = entryOffset(tv, at);
-      if (!offset && (!dataFileRaw || (!extL2 && tv.getUint32(at + 4) & 1))) continue; // unallocated or zero
+      // Offset 0 is unallocated or zero, except for a data file's first cluster (COPIED set).
+      if (!offset && (!dataFile || !(ehi & COPIED) || (!extL2 && tv.getUint32(at + 4) & 1))) continue;
       let rc = 1;
       if (!dataFile) {
         try {

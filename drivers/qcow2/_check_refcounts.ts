@@ -30,6 +30,8 @@ export class DiskRefcounts {
   #blocks = new Map<number, RefBlock>();
   /** Refcounts per refcount block. */
   readonly perBlock: number;
+  /** Called when a refcount block offset is unusable (QEMU's qcow2_signal_corruption). */
+  onCorrupt?: (what: string) => void;
 
   /** Prepares to read refcounts of 2^`order` bits in clusters of `cs` bytes. */
   constructor(file: BlockNode, cs: number, order: number) {
@@ -68,7 +70,10 @@ export class DiskRefcounts {
     if (index >= this.entries) return null;
     const offset = this.#blockOffset(index);
     if (offset === 0) return null;
-    if (offset % this.#cs !== 0) throw new Error("Input/output error");
+    if (offset % this.#cs !== 0) {
+      this.onCorrupt?.(`Refblock offset 0x${offset.toString(16)} unaligned (reftable index: ${index ? `0x${index.toString(16)}` : "0"})`);
+      throw new Error("Input/output error");
+    }
     const bytes = new Uint8Array(this.#cs);
     await this.#file.pread(offset, bytes);
     const b: RefBlock = { bytes, view: new DataView(bytes.buffer), dirty: false };

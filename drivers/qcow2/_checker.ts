@@ -14,9 +14,9 @@
 import type { BlockNode } from "../../core/node.ts";
 import {
   AUTOCLEAR_BITMAPS,
-  AUTOCLEAR_DATA_FILE_RAW,
   EXT_BITMAPS,
   EXT_CRYPTO,
+  INCOMPAT_CORRUPT,
   INCOMPAT_DATA_FILE,
   INCOMPAT_EXTL2,
   type Qcow2Header,
@@ -76,12 +76,12 @@ export class Checker {
   #refMax: number;
   #extL2: boolean;
   #dataFile: boolean;
-  #dataFileRaw: boolean;
   #disk: DiskRefcounts;
   #ref: RefArray;
   #snapshots: SnapshotEntry[] = [];
   #snapshotsSize = 0;
   #rebuild = false;
+  #corruptSignalled = false;
   #highest = 0;
 
   /** Prepares a check of `file` whose header is `h`. */
@@ -93,10 +93,25 @@ export class Checker {
     this.#cs = 2 ** h.clusterBits;
     this.#refMax = 2 ** (2 ** h.refcountOrder) - 1;
     this.#disk = new DiskRefcounts(file, this.#cs, h.refcountOrder);
+    this.#disk.onCorrupt = (what) => this.#signalCorruption(what);
     this.#extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
     this.#dataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0;
-    this.#dataFileRaw = this.#dataFile && (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0;
     this.#ref = new RefArray(Math.ceil(file.length / this.#cs));
+  }
+
+  /**
+   * QEMU's qcow2_signal_corruption: reported once; on a writable image the
+   * corrupt bit is set (cleared again when a repair leaves no corruption).
+   */
+  #signalCorruption(what: string): void {
+    if (this.#corruptSignalled) return;
+    this.#corruptSignalled = true;
+    if (this.#file.readOnly || this.#h.version < 3) {
+      this.#say(`qcow2: Image is corrupt: ${what}; further non-fatal corruption events will be suppressed`);
+      return;
+    }
+    this.#say(`qcow2: Marking image as corrupt: ${what}; further corruption events will be suppressed`);
+    this.#h.incompatibleFeatures |= INCOMPAT_CORRUPT;
   }
 
   #say(line: string): void {
@@ -270,8 +285,9 @@ export class Checker {
     const view = new DataView(l1.buffer);
     for (let i = 0; i < size; i++) {
       const at = i * 8;
+      // QEMU skips only all-zero entries: reserved bits alone send it to an L2 table at offset 0.
+      if (!view.getUint32(at) && !view.getUint32(at + 4)) continue;
       const l2Offset = entryOffset(view, at);
-      if (!l2Offset) continue;
       if (view.getUint32(at) & 0x7f000000 || view.getUint32(at + 4) & 0x1ff) {
         this.#say(`ERROR found L1 entry with reserved bits set: ${entryHex(view, at)}`);
         this.res.corruptions++;
@@ -285,7 +301,7 @@ export class Checker {
     }
   }
 
-  async #checkL2(l2Offset: number, fragInfo: boolean, _fix: Fix): Promise<void> {
+  async #checkL2(l2Offset: number, fragInfo: boolean, fix: Fix): Promise<void> {
     const cs = this.#cs;
     let table: Uint8Array;
     try {
@@ -309,8 +325,7 @@ export class Checker {
       if (hi & 0x40000000) {
         // Compressed cluster.
         if (hi & 0x80000000) {
-          const coffset = (hi & hiOffsetMask) * HI + lo;
-          this.#say(`ERROR: coffset=0x${hex(coffset)}: copied flag must never be set for compressed clusters`);
+          this.#say(`ERROR: coffset=0x${joinHex(hi & hiOffsetMask, lo)}: copied flag must never be set for compressed clusters`);
           this.res.corruptions++;
         }
         if (this.#dataFile) {
@@ -323,9 +338,17 @@ export class Checker {
           this.res.corruptions++;
           continue;
         }
-        const coffset = (hi & hiOffsetMask) * HI + lo;
         const sectors = ((hi >>> (csizeShift - 32)) & csizeMask) + 1;
-        this.#inc(coffset, sectors * 512 - (coffset % 512));
+        const csize = sectors * 512 - (lo & 511);
+        if ((hi & hiOffsetMask) >= 0x200000) {
+          // Past 2^53: past the end of any file (the message needs exact digits).
+          this.#say(
+            `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${
+              joinHex(hi & hiOffsetMask, lo)
+            } size 0x${hex(csize)}`,
+          );
+          this.res.corruptions++;
+        } else this.#inc((hi & hiOffsetMask) * HI + lo, csize);
         if (fragInfo) {
           this.res.allocatedClusters++;
           this.res.compressedClusters++;
@@ -339,13 +362,13 @@ export class Checker {
       }
       const offset = (hi & 0x00ffffff) * HI + ((lo & 0xfffffe00) >>> 0);
       const zeroFlag = !this.#extL2 && (lo & 1) !== 0;
-      if (!offset) {
-        // ZERO_PLAIN, or unallocated (or a raw data file's identity mapping).
-        if (!zeroFlag && !(this.#dataFileRaw) && bmAlloc) {
+      if (!offset && (zeroFlag || !this.#dataFile || !(hi & 0x80000000))) {
+        // ZERO_PLAIN or UNALLOCATED (offset 0 is a data file's first cluster only with COPIED).
+        if (!zeroFlag && bmAlloc) {
           this.#say("ERROR: Unallocated cluster has non-zero subcluster allocation map");
           this.res.corruptions++;
         }
-        if (zeroFlag || !this.#dataFileRaw) continue;
+        continue;
       }
       // NORMAL or ZERO_ALLOC.
       if (bmZero & bmAlloc) {
@@ -355,11 +378,16 @@ export class Checker {
       if (offset % cs !== 0) {
         this.res.corruptions++;
         const hasData = this.#extL2 ? bmAlloc !== 0 : !zeroFlag;
-        this.#say(
-          hasData
-            ? `ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`
-            : `ERROR offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
-        );
+        if (hasData) this.#say(`ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`);
+        else {
+          this.#say(
+            `${fix.errors ? "Repairing" : "ERROR"} offset=${
+              hex(offset)
+            }: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
+          );
+          // The repair makes it a plain zero cluster (no offset) and does not count it.
+          if (fix.errors && await this.#writeL2Entry(l2Offset + at, this.#extL2 ? 0 : 1)) continue;
+        }
       }
       if (fragInfo) {
         this.res.allocatedClusters++;
@@ -368,6 +396,23 @@ export class Checker {
       }
       if (!this.#dataFile) this.#inc(offset, cs);
     }
+  }
+
+  /** Rewrites the 64-bit entry at `offset` (QEMU's repair of misaligned preallocated clusters). */
+  async #writeL2Entry(offset: number, value: number): Promise<boolean> {
+    const entry = new Uint8Array(8);
+    new DataView(entry.buffer).setUint32(4, value);
+    try {
+      await this.#file.pwrite(offset, entry);
+      await this.#file.flush();
+    } catch (e) {
+      this.#say(`ERROR: Failed to overwrite L2 table entry: ${(e as Error).message}`);
+      this.res.checkErrors++;
+      return false;
+    }
+    this.res.corruptions--;
+    this.res.corruptionsFixed++;
+    return true;
   }
 
   async #countBitmaps(): Promise<void> {
@@ -491,6 +536,11 @@ export class Checker {
     }
     await disk.writeDirty();
   }
+}
+
+/** Hexadecimal of a 64-bit value given as two 32-bit halves. */
+function joinHex(hi: number, lo: number): string {
+  return hi ? hi.toString(16) + lo.toString(16).padStart(8, "0") : lo.toString(16);
 }
 
 /** C's `%#x`: "0" for zero, else "0x" and the digits. */

@@ -61,8 +61,9 @@ async function readHeader(file: BlockNode): Promise<Qcow2Header> {
 }
 
 /** One pass of QEMU's qcow2_co_check_locked. */
-async function checkOnce(file: BlockNode, fix: Fix, messages: string[]): Promise<Counters> {
+async function checkOnce(file: BlockNode, fix: Fix, messages: string[], repairing: boolean): Promise<Counters> {
   const h = await readHeader(file);
+  const original = h.incompatibleFeatures;
   const checker = new Checker(file, h, messages);
   await checker.readSnapshots();
   const snapshotErrors = checker.res.checkErrors;
@@ -70,18 +71,19 @@ async function checkOnce(file: BlockNode, fix: Fix, messages: string[]): Promise
   await checker.checkRefcounts(fix);
   const res = checker.res;
   res.checkErrors += snapshotErrors;
-  if ((fix.leaks || fix.errors) && res.checkErrors === 0 && res.corruptions === 0 && h.version === 3) {
-    // qcow2_mark_clean and qcow2_mark_consistent.
-    const bits = h.incompatibleFeatures & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT);
-    if (bits !== h.incompatibleFeatures) {
-      const field = new Uint8Array(8);
-      const v = new DataView(field.buffer);
-      v.setUint32(0, Math.floor(bits / 2 ** 32));
-      v.setUint32(4, bits % 2 ** 32);
-      await file.flush();
-      await file.pwrite(72, field);
-      await file.flush();
-    }
+  // The corrupt bit may have been set on the way (qcow2_mark_corrupt); a repair
+  // that leaves the image consistent clears it and the dirty bit
+  // (qcow2_mark_clean, qcow2_mark_consistent).
+  let bits = h.incompatibleFeatures;
+  if (repairing && res.checkErrors === 0 && res.corruptions === 0) bits &= ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT);
+  if (bits !== original && h.version === 3 && !file.readOnly) {
+    const field = new Uint8Array(8);
+    const v = new DataView(field.buffer);
+    v.setUint32(0, Math.floor(bits / 2 ** 32));
+    v.setUint32(4, bits % 2 ** 32);
+    await file.flush();
+    await file.pwrite(72, field);
+    await file.flush();
   }
   return res;
 }
@@ -106,11 +108,13 @@ export async function checkQcow2(file: BlockNode, opts: CheckOptions = {}): Prom
     throw new BlockError("EROFS", `Cannot repair node '${file.name}': it is opened read-only`, { node: file.name });
   }
   const messages: string[] = [];
-  let res = await checkOnce(file, fix, messages);
+  const repairing = opts.repair !== undefined;
+  let res = await checkOnce(file, fix, messages, repairing);
   if (res.leaksFixed || res.corruptionsFixed) {
     const fixedLeaks = res.leaksFixed;
     const fixedCorruptions = res.corruptionsFixed;
-    res = await checkOnce(file, { leaks: false, errors: false }, messages);
+    // The double check also clears the corrupt bit when the repair worked.
+    res = await checkOnce(file, { leaks: false, errors: false }, messages, repairing);
     res.leaksFixed = fixedLeaks;
     res.corruptionsFixed = fixedCorruptions;
   }

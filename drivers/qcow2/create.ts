@@ -1,15 +1,14 @@
 /**
- * qcow2 image creation, laid out as `qemu-img create -f qcow2` lays it out:
- * header in cluster 0, refcount table in cluster 1, first refcount block in
- * cluster 2, the L1 table from cluster 3 (sized for the virtual size), then
- * (with `preallocation`) L2 tables and data clusters, one L2 table's worth at
- * a time. Refcount blocks needed on the way are placed where QEMU's
- * allocator puts them: right after the range being allocated.
+ * qcow2 image creation, laid out byte for byte as `qemu-img create -f qcow2`
+ * lays it out (see `_create_layout.ts`): header in cluster 0, refcount
+ * table in cluster 1, first refcount block in cluster 2, the L1 table from
+ * cluster 3 (sized for the virtual size), then the preallocated L2 tables
+ * and data. The header carries QEMU's feature name table (version 3,
+ * clusters over 4 KiB) and the backing format and data file extensions.
  *
- * Known differences from QEMU: with `preallocation=falloc|full` QEMU moves
- * the refcount table (it preallocates refcount structures for the whole
- * file); here the layout is the `metadata` one plus preallocated data. An
- * image that outgrows a one-cluster refcount table gets a larger table after
+ * Known differences from QEMU: `preallocation=falloc` leaves the data
+ * clusters sparse (the file driver has no fallocate); an image whose
+ * metadata outgrows a one-cluster refcount table gets a larger table after
  * the allocated clusters (QEMU places it differently). Encryption: ENOTSUP.
  *
  * @module
@@ -34,7 +33,7 @@ import {
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
 } from "./header.ts";
-import { setRefcount } from "./_check_tables.ts";
+import { planLayout } from "./_create_layout.ts";
 
 const KNOWN = [
   "size",
@@ -52,9 +51,8 @@ const KNOWN = [
   "data_file_raw",
 ];
 const PREALLOC = ["off", "metadata", "falloc", "full"] as const;
-type Prealloc = typeof PREALLOC[number];
-const COPIED_HI = 0x80000000;
-const INT_MAX = 2 ** 31 - 1;
+/** A preallocation mode. */
+export type Qcow2Prealloc = typeof PREALLOC[number];
 
 /** The validated creation options. */
 export interface Qcow2CreateOptions {
@@ -69,7 +67,7 @@ export interface Qcow2CreateOptions {
   /** Lazy refcounts (compatible feature bit 0). */
   lazyRefcounts: boolean;
   /** Preallocation mode. */
-  preallocation: Prealloc;
+  preallocation: Qcow2Prealloc;
   /** Backing file name, stored as given. */
   backingFile?: string;
   /** Backing file format. */
@@ -143,7 +141,7 @@ export function parseCreateOptions(size: number, input: Record<string, string | 
   if (!(PREALLOC as readonly string[]).includes(preRaw)) {
     fail(`Invalid parameter '${preRaw}' for option 'preallocation' (expected off, metadata, falloc or full)`);
   }
-  let preallocation = preRaw as Prealloc;
+  let preallocation = preRaw as Qcow2Prealloc;
   const backingFile = optText(options, "backing_file");
   const backingFormat = optText(options, "backing_fmt");
   if (backingFile !== undefined && preallocation !== "off" && !extendedL2) {
@@ -199,49 +197,6 @@ export function parseCreateOptions(size: number, input: Record<string, string | 
   };
 }
 
-/** Sequential cluster allocator with QEMU's refcount block placement. */
-class Allocator {
-  next = 0;
-  reftable: number[] = [];
-  reftableCluster = 1;
-  reftableClusters = 1;
-  freed = new Set<number>();
-  readonly perBlock: number;
-  readonly cs: number;
-
-  constructor(cs: number, refcountBits: number) {
-    this.cs = cs;
-    this.perBlock = (cs * 8) / refcountBits;
-  }
-
-  alloc(n: number): number {
-    const start = this.next;
-    this.next += n;
-    for (let c = start; c < start + n; c++) this.#cover(c);
-    return start;
-  }
-
-  #cover(c: number): void {
-    const idx = Math.floor(c / this.perBlock);
-    if (idx >= (this.reftableClusters * this.cs) / 8) this.#growTable(idx);
-    if (this.reftable[idx]) return;
-    const b = this.next++;
-    this.reftable[idx] = b;
-    if (Math.floor(b / this.perBlock) !== idx) this.#cover(b);
-  }
-
-  #growTable(idx: number): void {
-    const old = this.reftableCluster;
-    const oldClusters = this.reftableClusters;
-    const clusters = Math.max(Math.ceil(((idx + 1) * 8) / this.cs), oldClusters * 2);
-    this.reftableClusters = clusters;
-    this.reftableCluster = this.next;
-    this.next += clusters;
-    for (let c = this.reftableCluster; c < this.reftableCluster + clusters; c++) this.#cover(c);
-    for (let c = old; c < old + oldClusters; c++) this.freed.add(c);
-  }
-}
-
 async function backingSize(o: Qcow2CreateOptions, filename: string | undefined): Promise<number> {
   const name = o.backingFile!;
   const path = name.startsWith("/") || !filename ? name : `${dirOf(filename)}/${name}`;
@@ -268,11 +223,6 @@ function dirOf(path: string): string {
   return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
 }
 
-function putEntry(view: DataView, at: number, offset: number): void {
-  view.setUint32(at, (COPIED_HI | Math.floor(offset / 2 ** 32)) >>> 0);
-  view.setUint32(at + 4, offset % 2 ** 32);
-}
-
 /**
  * Writes a new, empty qcow2 image onto `ctx.file` (QEMU's options:
  * `cluster_size`, `compat`, `refcount_bits`, `lazy_refcounts`,
@@ -293,61 +243,32 @@ export async function createQcow2(ctx: CreateContext): Promise<void> {
   if (o.size === 0 && o.backingFile !== undefined) o.size = await backingSize(o, ctx.filename);
   const file = ctx.file;
   const cs = o.clusterSize;
-  const clusterBits = Math.log2(cs);
-  const entryBytes = o.extendedL2 ? 16 : 8;
-  const l2Entries = cs / entryBytes;
-  const guestClusters = Math.ceil(o.size / cs);
-  const l1Size = Math.ceil(guestClusters / l2Entries);
-
-  const a = new Allocator(cs, o.refcountBits);
-  a.reftable[0] = 2; // header, refcount table, first refcount block
-  a.alloc(3);
-  const l1Clusters = Math.ceil((l1Size * 8) / cs);
-  const l1Cluster = l1Size ? a.alloc(l1Clusters) : 0;
-  const l1 = new Uint8Array(l1Size * 8);
-  const l1View = new DataView(l1.buffer);
-  const l2Tables: [number, Uint8Array][] = [];
-  let dataEnd = 0;
-  if (o.preallocation !== "off") {
-    const maxChunk = Math.floor(INT_MAX / cs);
-    for (let i = 0; i < l1Size; i++) {
-      const l2Cluster = a.alloc(1);
-      putEntry(l1View, i * 8, l2Cluster * cs);
-      const table = new Uint8Array(cs);
-      const tv = new DataView(table.buffer);
-      const g0 = i * l2Entries;
-      const gEnd = Math.min(guestClusters, g0 + l2Entries);
-      for (let g = g0; g < gEnd;) {
-        const n = Math.min(maxChunk, gEnd - g);
-        // With an external data file, host offsets are guest offsets.
-        const host = o.dataFile !== undefined ? g : a.alloc(n);
-        for (let k = 0; k < n; k++) putEntry(tv, (g - g0 + k) * entryBytes, (host + k) * cs);
-        if (o.dataFile === undefined) dataEnd = Math.max(dataEnd, (host + n) * cs);
-        g += n;
-      }
-      l2Tables.push([l2Cluster, table]);
-    }
-  }
-
-  const refOrder = Math.log2(o.refcountBits);
+  const layout = planLayout({
+    size: o.size,
+    clusterSize: cs,
+    refcountBits: o.refcountBits,
+    extendedL2: o.extendedL2,
+    preallocation: o.preallocation,
+    dataFile: o.dataFile !== undefined,
+  });
   const h: Qcow2Header = {
     version: o.version,
     backingFileOffset: 0,
     backingFileSize: 0,
-    clusterBits,
+    clusterBits: Math.log2(cs),
     size: o.size,
     cryptMethod: 0,
-    l1Size,
-    l1TableOffset: l1Cluster * cs,
-    refcountTableOffset: a.reftableCluster * cs,
-    refcountTableClusters: a.reftableClusters,
+    l1Size: layout.l1Size,
+    l1TableOffset: layout.l1Offset,
+    refcountTableOffset: layout.reftableOffset,
+    refcountTableClusters: layout.reftableClusters,
     nbSnapshots: 0,
     snapshotsOffset: 0,
     incompatibleFeatures: (o.extendedL2 ? INCOMPAT_EXTL2 : 0) | (o.compressionType === "zstd" ? INCOMPAT_COMPRESSION : 0) |
       (o.dataFile !== undefined ? INCOMPAT_DATA_FILE : 0),
     compatibleFeatures: o.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0,
     autoclearFeatures: o.dataFileRaw ? AUTOCLEAR_DATA_FILE_RAW : 0,
-    refcountOrder: refOrder,
+    refcountOrder: Math.log2(o.refcountBits),
     headerLength: o.version === 3 ? V3_HEADER_LENGTH : V2_HEADER_LENGTH,
     compressionType: o.compressionType === "zstd" ? 1 : 0,
     extensions: [],
@@ -357,31 +278,13 @@ export async function createQcow2(ctx: CreateContext): Promise<void> {
   };
   const header = serializeHeader(h, cs);
 
-  // Refcount table and blocks: every allocated cluster has refcount 1.
-  const reftable = new Uint8Array(a.reftableClusters * cs);
-  const rtView = new DataView(reftable.buffer);
-  const blocks: [number, Uint8Array][] = [];
-  a.reftable.forEach((cluster, idx) => {
-    if (!cluster) return;
-    rtView.setUint32(idx * 8, Math.floor((cluster * cs) / 2 ** 32));
-    rtView.setUint32(idx * 8 + 4, (cluster * cs) % 2 ** 32);
-    const block = new Uint8Array(cs);
-    const bv = new DataView(block.buffer);
-    const first = idx * a.perBlock;
-    for (let k = 0; k < a.perBlock && first + k < a.next; k++) {
-      if (!a.freed.has(first + k)) setRefcount(block, bv, k, refOrder, 1);
-    }
-    blocks.push([cluster, block]);
-  });
-
   await file.pwrite(0, header);
-  await file.pwrite(a.reftableCluster * cs, reftable);
-  for (const [cluster, block] of blocks) await file.pwrite(cluster * cs, block);
-  if (l1Size) await file.pwrite(l1Cluster * cs, l1);
-  for (const [cluster, table] of l2Tables) await file.pwrite(cluster * cs, table);
-  if (dataEnd > file.length) {
-    if (o.preallocation === "full") await file.pwriteZeroes(file.length, dataEnd - file.length);
-    else await file.truncate(dataEnd, { prealloc: o.preallocation === "falloc" ? "falloc" : "off" });
+  for (const [offset, table] of layout.tables) await file.pwrite(offset, table);
+  if (layout.l1Size) await file.pwrite(layout.l1Offset, layout.l1);
+  const data = layout.data;
+  if (data && o.preallocation === "full") await file.pwriteZeroes(data.offset, data.length);
+  else if (data && data.offset + data.length > file.length) {
+    await file.truncate(data.offset + data.length, { prealloc: o.preallocation === "falloc" ? "falloc" : "off" });
   }
   if (o.dataFile !== undefined) await createDataFile(o);
 }

@@ -154,7 +154,9 @@ function mapExtended(st: Qcow2State, view: DataView, inTable: number, limit: num
   let host = entryOffset(view, at);
   let sub = Math.floor(inCluster / ss);
   const kind = subKind(st, view, at, sub, idx);
-  if (kind === K_NORMAL && ((host === 0 && !(st.externalData && hi & HI_COPIED)) || host % cs !== 0)) corrupt(st, `cluster offset 0x${host.toString(16)} invalid (L2 index ${idx})`);
+  if (kind === K_NORMAL && ((host === 0 && !(st.externalData && hi & HI_COPIED)) || host % cs !== 0)) {
+    corrupt(st, `cluster offset 0x${host.toString(16)} invalid (L2 index ${idx})`);
+  }
   const copied = (hi & HI_COPIED) !== 0;
   const startHost = host + inCluster;
   let bytes = (sub + 1) * ss - inCluster;

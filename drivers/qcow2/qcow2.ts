@@ -28,7 +28,9 @@ import type {
   WriteZeroesOptions,
 } from "../../core/types.ts";
 import { repairImage } from "./check.ts";
+import { createQcow2 } from "./create.ts";
 import { COMPRESSION_NAMES } from "./compress.ts";
+import { writeCompressedLocked } from "./compressed.ts";
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   clusterSize,
@@ -93,10 +95,10 @@ export class Qcow2Instance implements DriverInstance {
     const m = this.#m;
     if (mapSync(st, offset, data.length, m) && m.kind === K_NORMAL && m.copied && m.bytes === data.length) {
       const host = m.host;
-      const p = st.event("write_aio", opts.req);
-      if (p) await p;
       st.ioInFlight++;
       try {
+        const p = st.event("write_aio", opts.req);
+        if (p) await p;
         await st.data.pwrite(host, data, { req: opts.req });
       } finally {
         st.ioInFlight--;
@@ -105,6 +107,22 @@ export class Qcow2Instance implements DriverInstance {
     }
     await st.lock.run(async () => {
       await writeLocked(st, offset, data, opts.req);
+      await relieveCaches(st, opts.req);
+    });
+  }
+
+  /**
+   * Writes one whole cluster compressed (the last cluster may be short when
+   * the image ends there); falls back to a normal write when compression
+   * does not save space. Used by `convert -c`.
+   */
+  pwriteCompressed(offset: number, data: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+    const st = this.#st;
+    if (st.node.readOnly) {
+      throw new BlockError("EROFS", `Cannot write ${data.length} bytes at offset ${offset}: image is read-only`, { node: st.node.name });
+    }
+    return st.lock.run(async () => {
+      await writeCompressedLocked(st, offset, data, opts.req);
       await relieveCaches(st, opts.req);
     });
   }
@@ -229,6 +247,14 @@ function dirOf(path: string): string {
   return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
 }
 
+/** The host filename under a node (through filters such as a recorder), if any. */
+function filenameOf(node: BlockNode): string | undefined {
+  for (let n: BlockNode | undefined = node; n; n = n.primaryChild) {
+    if (typeof n.options.filename === "string") return n.options.filename;
+  }
+  return undefined;
+}
+
 function resolvePath(base: string | undefined, name: string): string {
   if (name.startsWith("/") || base === undefined || /^[a-z][a-z0-9+.-]*:/i.test(name)) return name;
   return `${dirOf(base)}/${name}`;
@@ -271,7 +297,7 @@ async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockNode): P
   if (given === null) return undefined;
   if (given !== undefined) return await ctx.openChild("backing", undefined, { readOnly: true });
   if (h.backingFile === undefined) return undefined;
-  const filename = resolvePath(file.options.filename as string | undefined, h.backingFile);
+  const filename = resolvePath(filenameOf(file), h.backingFile);
   const spec = h.backingFormat ? { driver: h.backingFormat, file: { driver: "file", filename } } : { filename };
   return await ctx.openChild("backing", spec, { readOnly: true, probe: true });
 }
@@ -288,7 +314,7 @@ async function openDataFile(ctx: OpenContext, h: Qcow2Header, file: BlockNode): 
   if (h.dataFile === undefined) {
     throw new BlockError("EINVAL", "Could not open data file: the image needs an external data file but names none; give 'data-file'");
   }
-  const filename = resolvePath(file.options.filename as string | undefined, h.dataFile);
+  const filename = resolvePath(filenameOf(file), h.dataFile);
   return (await ctx.openChild("data-file", { driver: "file", filename }))!;
 }
 
@@ -327,6 +353,8 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   const cs = clusterSize(h);
   const l1 = new Uint8Array(h.l1Size * 8);
   if (l1.length) await file.pread(h.l1TableOffset, l1);
+  const ev = ctx.node.event("reftable_load", undefined);
+  if (ev) await ev;
   const rtBytes = new Uint8Array(h.refcountTableClusters * cs);
   await file.pread(h.refcountTableOffset, rtBytes);
   const rtView = new DataView(rtBytes.buffer);
@@ -370,6 +398,7 @@ export const qcow2Driver: BlockDriver = {
     return v.getUint32(0) === QCOW2_MAGIC && v.getUint32(4) >= 2 ? 100 : 0;
   },
   open: openQcow2,
+  create: createQcow2,
 };
 
 registerDriver(qcow2Driver);

@@ -29,11 +29,17 @@ export async function readCompressed(st: Qcow2State, m: Mapping, req: RequestInf
   if (cached && cached.key === m.host) return cached.data;
   const p = st.event("read_compressed", req);
   if (p) await p;
-  const n = Math.max(0, Math.min(m.compressedBytes, st.file.length - m.host));
+  const host = m.host;
+  const n = Math.max(0, Math.min(m.compressedBytes, st.file.length - host));
   const raw = new Uint8Array(n);
-  if (n) await st.file.pread(m.host, raw, { req });
+  st.ioInFlight++;
+  try {
+    if (n) await st.file.pread(host, raw, { req });
+  } finally {
+    st.ioInFlight--;
+  }
   const data = decompressCluster(raw, st.cs, st.header.compressionType);
-  st.lastCompressed = { key: m.host, data };
+  st.lastCompressed = { key: host, data };
   return data;
 }
 
@@ -45,10 +51,10 @@ export async function readGuest(st: Qcow2State, offset: number, buf: Uint8Array,
   // Fast path: one extent fully mapped from cached tables.
   if (mapSync(st, offset, len, scratch) && scratch.bytes === len && scratch.kind === K_NORMAL) {
     const host = scratch.host;
-    const p = st.event("read_aio", req);
-    if (p) await p;
     st.ioInFlight++;
     try {
+      const p = st.event("read_aio", req);
+      if (p) await p;
       await st.data.pread(host, buf, { req });
     } finally {
       st.ioInFlight--;
@@ -64,11 +70,12 @@ export async function readGuest(st: Qcow2State, offset: number, buf: Uint8Array,
     const part = buf.subarray(done, done + n);
     switch (m.kind) {
       case K_NORMAL: {
-        const p = st.event("read_aio", req);
-        if (p) await p;
+        const host = m.host;
         st.ioInFlight++;
         try {
-          await st.data.pread(m.host, part, { req });
+          const p = st.event("read_aio", req);
+          if (p) await p;
+          await st.data.pread(host, part, { req });
         } finally {
           st.ioInFlight--;
         }

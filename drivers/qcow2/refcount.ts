@@ -273,6 +273,9 @@ export async function freeCluster(st: Qcow2State, offset: number, req: RequestIn
   if (p) await p;
   const c = Math.floor(offset / st.cs);
   const v = await updateRefcount(st, c, -1, req);
-  if (v === 0) st.l2Cache.drop(c * st.cs);
+  if (v === 0) {
+    st.l2Cache.drop(c * st.cs);
+    if (Math.floor(st.freeByteOffset / st.cs) === c) st.freeByteOffset = 0;
+  }
   return v;
 }

@@ -134,6 +134,8 @@ export class Qcow2State {
   growingReftable = false;
   /** The dirty bit has been set on disk by this open (lazy refcounts). */
   markedDirty = false;
+  /** Next free byte for compressed data in a partly used cluster (0 = none). */
+  freeByteOffset = 0;
   /** Last decompressed cluster (host descriptor key and content). */
   lastCompressed: { key: number; data: Uint8Array } | undefined;
 

@@ -29,6 +29,7 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
     e.pins++;
     return e;
   }
+  const newOff = await allocClusters(st, 1, req);
   let buf: Uint8Array;
   if (off !== 0) {
     const p = st.event("l2_alloc_cow_read", req);
@@ -37,7 +38,6 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
   } else {
     buf = new Uint8Array(st.cs);
   }
-  const newOff = await allocClusters(st, 1, req);
   let p = st.event("l2_alloc_write", req);
   if (p) await p;
   const e = st.l2Cache.insert(newOff, buf, true, true);
@@ -51,7 +51,7 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
 }
 
 /** Queues the host clusters an L2 entry references for freeing (shared, compressed or preallocated). */
-function releaseEntry(st: Qcow2State, view: DataView, at: number): void {
+export function releaseEntry(st: Qcow2State, view: DataView, at: number): void {
   if (st.externalData) return;
   const hi = view.getUint32(at);
   if (hi & HI_COMPRESSED) {
@@ -178,11 +178,9 @@ async function writeWiden(
   buf.set(part, from - wStart);
   const at = idx * st.entryBytes;
   const host = entryOffset(e.view, at);
-  let p = st.event("write_aio", req);
+  const p = st.event("write_aio", req);
   if (p) await p;
   await st.data.pwrite(host + (wStart - cStart), buf, { req });
-  p = st.event("l2_update", req);
-  if (p) await p;
   if (st.extL2) {
     const mask = touchedMask(st, wStart - cStart, wEnd - cStart);
     e.view.setUint32(at + 8, (e.view.getUint32(at + 8) & ~mask) >>> 0);
@@ -226,15 +224,10 @@ async function writeNew(
     if (segEnd < gEnd) await readGuest(st, segEnd, out.subarray(segEnd - gStart), req);
     out.set(part, cur - gStart);
   }
-  let p = st.event("write_aio", req);
+  // Guest data and COW regions go out in one write (QEMU's merged COW).
+  const p = st.event(cow ? "cow_write" : "write_aio", req);
   if (p) await p;
-  if (cow) {
-    p = st.event("cow_write", req);
-    if (p) await p;
-  }
   await st.data.pwrite(cow ? host : host + (cur - gStart), out, { req });
-  p = st.event("l2_update", req);
-  if (p) await p;
   for (let i = 0; i < k; i++) {
     const at = (first + i) * st.entryBytes;
     releaseEntry(st, e.view, at);
@@ -278,8 +271,6 @@ export async function zeroOrDiscard(
       for (let idx = Math.floor((cur - base) / st.cs); base + idx * st.cs < chunkEnd; idx++) {
         zeroEntry(st, e, idx * st.entryBytes, v3, opts);
       }
-      const p = st.event("l2_update", req);
-      if (p) await p;
       st.l2Cache.markDirty(e);
     } finally {
       e.pins--;

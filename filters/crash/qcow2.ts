@@ -144,6 +144,12 @@ export async function recordQcow2(
   }
 }
 
+/** The first few check messages, errors before leaks. */
+function summary(messages: readonly string[]): string {
+  const errors = messages.filter((m) => !m.startsWith("Leaked"));
+  return [...errors, ...messages.filter((m) => m.startsWith("Leaked"))].slice(0, 3).join("; ");
+}
+
 /** Our structure check: clean or leaks only; a dirty image must repair to clean. */
 export async function qcow2Structure(bytes: Uint8Array): Promise<string | undefined> {
   const file = await stateNode(bytes);
@@ -152,7 +158,7 @@ export async function qcow2Structure(bytes: Uint8Array): Promise<string | undefi
       const r = await repairImage(file);
       if (r.corruptions || r.leaks || r.checkErrors) {
         return `dirty image did not repair to clean: ${r.corruptions} corruptions, ${r.leaks} leaks, ${r.checkErrors} check errors (${
-          r.messages.slice(0, 3).join("; ")
+          summary(r.messages)
         })`;
       }
       return undefined;
@@ -160,7 +166,7 @@ export async function qcow2Structure(bytes: Uint8Array): Promise<string | undefi
     const r = await checkQcow2(file);
     const code = checkExitCode(r);
     if (code === 0 || code === 3) return undefined;
-    return `checkQcow2: ${r.corruptions} corruptions, ${r.checkErrors} check errors (${r.messages.slice(0, 3).join("; ")})`;
+    return `checkQcow2: ${r.corruptions} corruptions, ${r.checkErrors} check errors (${summary(r.messages)})`;
   } catch (e) {
     return `checkQcow2 failed: ${e instanceof Error ? e.message : String(e)}`;
   } finally {

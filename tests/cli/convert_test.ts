@@ -33,7 +33,10 @@ Deno.test({
     await runOk("qemu-io", ["-c", "write -P 5 2M 64k", `${d.path}/out.qcow2`]);
     const r = await cli(["convert", "-n", "-f", "raw", "-O", "qcow2", `${d.path}/in.raw`, `${d.path}/out.qcow2`]);
     assertEquals(r.code, 0, r.stderr);
-    assertEquals((await run("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", `${d.path}/in.raw`, `${d.path}/out.qcow2`])).stdout, "Images are identical.\n");
+    assertEquals(
+      (await run("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", `${d.path}/in.raw`, `${d.path}/out.qcow2`])).stdout,
+      "Images are identical.\n",
+    );
     assertEquals((await run("qemu-img", ["check", `${d.path}/out.qcow2`])).code, 0);
   },
 });

@@ -163,3 +163,16 @@ Deno.test("io --trace prints flushes as they happen", async () => {
   assertEquals(r.code, 0);
   assertEquals(/ flush /.test(r.stdout), true, r.stdout);
 });
+
+Deno.test({
+  name: "io warns like qemu-io when a writable image is probed as raw",
+  ignore: skipUnless("qemu-io"),
+  async fn() {
+    await using d = await tempDir();
+    const path = await rawImage(d.path, 65536);
+    const q = await run("qemu-io", ["-c", "length", path]);
+    const ours = await cli(["io", "-c", "length", path]);
+    assertEquals([ours.stdout, ours.stderr], [q.stdout, q.stderr]);
+    assertEquals((await cli(["io", "-r", "-c", "length", path])).stderr, "");
+  },
+});

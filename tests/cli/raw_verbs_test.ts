@@ -169,6 +169,18 @@ Deno.test("convert raw to raw copies the data and skips zero ranges", async () =
   ok(st.blocks !== null && st.blocks * 512 < 2 << 20, `target is sparse (${st.blocks} blocks)`);
 });
 
+Deno.test("convert -S 0 writes a fully allocated target", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/s.raw`;
+  const dst = `${d.path}/d.raw`;
+  await filled(src, 1 << 20, [[0, 4096, 1]]);
+  const r = await cli(["convert", "-S", "0", "-f", "raw", "-O", "raw", src, dst]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(await Deno.readFile(dst), await Deno.readFile(src));
+  const st = await Deno.stat(dst);
+  ok(st.blocks !== null && st.blocks * 512 >= 1 << 20, `target is fully allocated (${st.blocks} blocks)`);
+});
+
 Deno.test("convert -p prints qemu-img's progress line", async () => {
   await using d = await tempDir();
   const src = `${d.path}/s.raw`;
@@ -214,4 +226,69 @@ Deno.test("dotted specs and json: filenames name a whole graph", async () => {
   const opts = await cli(["info", "--image-opts", `driver=raw,file.filename=${path}`]);
   assertEquals(opts.code, 0, opts.stderr);
   ok(opts.stdout.includes("virtual size: 64 KiB (65536 bytes)"));
+});
+
+Deno.test({
+  name: "map, measure and io alloc/map on a sparse raw file match qemu-img and qemu-io",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  async fn() {
+    await using d = await tempDir();
+    const path = `${d.path}/sparse.raw`;
+    await runOk("qemu-img", ["create", "-q", "-f", "raw", path, "4M"]);
+    await runOk("qemu-io", ["-f", "raw", "-c", "write -P 1 0 4k", "-c", "write -P 2 1M 64k", path]);
+    const strip = (s: string) => s.replaceAll(/, "compressed": (true|false)/g, "");
+    for (const args of [["map"], ["map", "--output=json"], ["measure", "-O", "qcow2"]]) {
+      const q = await runOk("qemu-img", [...args, "-f", "raw", path]);
+      assertEquals(strip((await cli([...args, "-f", "raw", path])).stdout), q.stdout, args.join(" "));
+    }
+    const cmds = ["-c", "alloc 0 4M", "-c", "map"];
+    assertEquals((await cli(["io", "-f", "raw", ...cmds, path])).stdout, (await runOk("qemu-io", ["-f", "raw", ...cmds, path])).stdout);
+  },
+});
+
+Deno.test({
+  name: "bench prints the same request summary lines as qemu-img bench",
+  ignore: skipUnless("qemu-img"),
+  async fn() {
+    await using d = await tempDir();
+    const path = `${d.path}/r.raw`;
+    await filled(path, 1 << 20, []);
+    for (
+      const args of [["-c", "100"], [
+        "-c",
+        "100",
+        "-d",
+        "2",
+        "-s",
+        "512",
+        "-S",
+        "1024",
+        "-o",
+        "4096",
+        "-w",
+        "--flush-interval=10",
+        "--no-drain",
+      ]]
+    ) {
+      const q = await runOk("qemu-img", ["bench", ...args, "-f", "raw", path]);
+      const ours = await cli(["bench", ...args, "-f", "raw", path]);
+      const norm = (s: string) =>
+        s.replace(/Run completed in \d+\.\d+ seconds\./, "Run completed in T seconds.").replace(/Flushes issued: \d+\n/, "");
+      assertEquals(norm(ours.stdout), norm(q.stdout), args.join(" "));
+    }
+  },
+});
+
+Deno.test("convert -W -m 4 (out of order, parallel) produces an identical copy", async () => {
+  await using d = await tempDir();
+  const data = new Uint8Array(9 << 20);
+  let x = 12345;
+  for (let i = 0; i < data.length; i += 4096) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    if (x % 3) data.fill(x & 0xff, i, i + 4096);
+  }
+  await Deno.writeFile(`${d.path}/s.raw`, data);
+  const r = await cli(["convert", "-W", "-m", "4", "-f", "raw", "-O", "raw", `${d.path}/s.raw`, `${d.path}/d.raw`]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(await Deno.readFile(`${d.path}/d.raw`), data);
 });

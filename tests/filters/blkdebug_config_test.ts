@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { BlockError, getBlkdebug, open, parseBlkdebugConfig } from "../../mod.ts";
+import { skipUnless } from "../_helpers/qemu.ts";
 
 function rejectsWith(fn: () => unknown, code: string, text: string): void {
   assert.throws(fn, (e: unknown) => e instanceof BlockError && e.code === code && e.message.includes(text));
@@ -160,3 +161,73 @@ Deno.test("parseBlkdebugConfig() accepts QEMU's older dotted event spellings", (
   );
   assert.deepEqual(rules.map((r) => r.event), ["refblock_alloc_hookup", "l1_grow_alloc_table"]);
 });
+
+Deno.test("open(blkdebug:CONFIG:IMAGE, {format}) puts the format over the blkdebug node", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/c.cfg`, '[inject-error]\nevent = "l2_update"\nerrno = "28"\n');
+    await Deno.writeFile(`${dir}/d.img`, new Uint8Array(4096));
+    await using img = await open(`blkdebug:${dir}/c.cfg:${dir}/d.img`, { format: "raw" });
+    assert.equal(img.driver.name, "raw");
+    assert.equal(img.file?.driver.name, "blkdebug");
+    await img.event("l2_update");
+    await assert.rejects(img.pwrite(0, new Uint8Array(512)), { code: "ENOSPC" });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+async function outcomes(cfg: string, cmds: [string, number, number][], ours: boolean): Promise<string[]> {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/c.cfg`, cfg);
+    await Deno.writeFile(`${dir}/d.img`, new Uint8Array(65536));
+    const target = `blkdebug:${dir}/c.cfg:${dir}/d.img`;
+    if (!ours) {
+      const args = ["-f", "raw", ...cmds.flatMap(([op, off, len]) => ["-c", `${op} ${off} ${len}`]), target];
+      const out = new TextDecoder().decode((await new Deno.Command("qemu-io", { args, stdout: "piped", stderr: "piped" }).output()).stdout);
+      return out.split("\n").filter((l) => /^(wrote|read) |failed:/.test(l)).map((l) => (/failed: (.*)$/.exec(l)?.[1] ?? "ok"));
+    }
+    // qemu-io opens images writethrough by default.
+    await using img = await open(target, { format: "raw", cache: "writethrough" });
+    const res: string[] = [];
+    for (const [op, off, len] of cmds) {
+      const p = op === "write" ? img.pwrite(off, new Uint8Array(len)) : img.pread(off, new Uint8Array(len));
+      res.push(await p.then(() => "ok", (e: BlockError) => e.strerror));
+    }
+    return res;
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const differential: [string, string, [string, number, number][]][] = [
+  ["once", '[inject-error]\nevent = "pwritev"\nerrno = "28"\nonce = "on"\n', [["write", 0, 512], ["write", 0, 512], ["read", 0, 512]]],
+  ["sector", '[inject-error]\nevent = "pwritev"\nsector = "8"\n', [["write", 0, 512], ["write", 4096, 512], ["read", 4096, 512], [
+    "read",
+    0,
+    512,
+  ]]],
+  ["iotype", '[inject-error]\nevent = "pwritev_done"\niotype = "read"\nerrno = "13"\n', [["read", 0, 512], ["write", 0, 512], [
+    "read",
+    0,
+    512,
+  ], ["write", 512, 512]]],
+  [
+    "state",
+    '[inject-error]\nevent = "pwritev_done"\nstate = "2"\n[set-state]\nevent = "pwritev_done"\nstate = "1"\nnew_state = "2"\n',
+    [["write", 0, 512], ["read", 0, 512], ["write", 0, 512], ["read", 0, 512]],
+  ],
+];
+
+for (const [what, cfg, cmds] of differential) {
+  Deno.test({
+    name: `blkdebug matches qemu-io on a raw image: ${what}`,
+    ignore: skipUnless("qemu-io"),
+    async fn() {
+      const theirs = await outcomes(cfg, cmds, false);
+      assert.equal(theirs.length, cmds.length);
+      assert.deepEqual(await outcomes(cfg, cmds, true), theirs);
+    },
+  });
+}

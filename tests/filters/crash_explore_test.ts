@@ -10,7 +10,7 @@ import type { RunOptions } from "../../filters/crash/run.ts";
 import { hasTool, tempDir } from "../_helpers/qemu.ts";
 
 /** Small enough that all workloads × modes stay well under a minute. */
-const BOUNDED: RunOptions = { maxStates: 120, maxExhaustive: 6, samples: 8, maxTornCuts: 2, maxFailures: 1 };
+const BOUNDED: RunOptions = { maxStates: 250, maxExhaustive: 8, samples: 16, maxTornCuts: 2, maxFailures: 1 };
 
 for (const w of QCOW2_WORKLOADS) {
   Deno.test(`exploreQcow2() finds no failing crash state: ${w.name}`, async () => {
@@ -44,4 +44,21 @@ Deno.test("exploreQcow2() catches flushed guest data lost when the host drops fl
   const durability = r.failures.find((f) => f.oracle === "durability");
   console.log(`unsafe host: ${r.states} states, ${r.failures.length} failures; durability: ${durability?.message}`);
   assert.ok(durability, `no durability failure among ${r.states} states`);
+});
+
+// Known qcow2 bug found by the full exploration (`deno run -A bench/crash_explore.ts --workload grow-tables`):
+// in ordered and metadata-sync modes the refcount table is rewritten in the same flush epoch as the new
+// refcount blocks it points to, so a crash can keep the table and lose a block (cluster 3712: refcount 0,
+// reference 1). Un-ignore once drivers/qcow2 flushes new refcount blocks before the table entry.
+Deno.test({
+  name: "exploreQcow2() finds no failing crash state in grow-tables explored in depth",
+  ignore: true,
+  async fn() {
+    await using dir = await tempDir();
+    const w = QCOW2_WORKLOADS.find((w) => w.name === "grow-tables")!;
+    for (const mode of ["ordered", "metadata-sync"] as const) {
+      const r = await exploreQcow2(w, mode, { dir: dir.path, explore: { maxStates: 700, samples: 64, maxFailures: 1 } });
+      assert.deepEqual(r.failures.map((f) => `${mode}: ${f.message} ${JSON.stringify(f.replay?.filter((op) => !op.durable))}`), []);
+    }
+  },
 });

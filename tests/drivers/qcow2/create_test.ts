@@ -1,7 +1,7 @@
 // createQcow2() against qemu-img create: same bytes for the same options,
 // clean by `qemu-img check`, and the options visible in `qemu-img info`.
 import assert from "node:assert/strict";
-import { BlockError, open } from "../../../mod.ts";
+import { BlockError, createImage, open } from "../../../mod.ts";
 import { createQcow2 } from "../../../drivers/qcow2/create.ts";
 import { qemuCheck, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 
@@ -37,6 +37,14 @@ const SAME_AS_QEMU: [string, number, Opts][] = [
   ["preallocation=metadata", 64 << 20, { preallocation: "metadata", cluster_size: "4096" }],
   ["preallocation=metadata with 512-byte clusters", 4 << 20, { preallocation: "metadata", cluster_size: "512" }],
   ["preallocation=metadata with extended L2 entries", 1 << 20, { preallocation: "metadata", cluster_size: "16k", extended_l2: "on" }],
+  ["preallocation=falloc (new refcount area, L2 in the old table)", 64 << 20, { preallocation: "falloc" }],
+  ["preallocation=falloc with 512-byte clusters and 64-bit refcounts", 16 << 20, {
+    preallocation: "falloc",
+    cluster_size: "512",
+    refcount_bits: "64",
+  }],
+  ["preallocation=falloc, size 0", 0, { preallocation: "falloc" }],
+  ["preallocation=full", 4 << 20, { preallocation: "full", cluster_size: "4k" }],
 ];
 
 for (const [name, size, options] of SAME_AS_QEMU) {
@@ -162,6 +170,17 @@ Deno.test({
       assert.equal(check.json["allocated-clusters"], 64);
       assert.ok((await Deno.stat(path)).size >= 4 << 20);
     }
+  },
+});
+
+Deno.test({
+  name: 'createImage(path, "qcow2") goes through createQcow2',
+  ignore: skipUnless("qemu-img", "cmp"),
+  async fn() {
+    await using dir = await tempDir();
+    await createImage(`${dir.path}/ours.qcow2`, "qcow2", 256 << 20, { options: { cluster_size: "128k", lazy_refcounts: "on" } });
+    await qemuCreate(`${dir.path}/theirs.qcow2`, 256 << 20, { cluster_size: "128k", lazy_refcounts: "on" });
+    await runOk("cmp", [`${dir.path}/ours.qcow2`, `${dir.path}/theirs.qcow2`]);
   },
 });
 

@@ -1,5 +1,13 @@
 import assert from "node:assert/strict";
-import { type CrashState, crashStateAt, exploreCrashStates, type ExploreOptions, type RecordedOp, replayRecipe } from "../../../mod.ts";
+import {
+  crashPoints,
+  type CrashState,
+  crashStateAt,
+  exploreCrashStates,
+  type ExploreOptions,
+  type RecordedOp,
+  replayRecipe,
+} from "../../../mod.ts";
 
 /** Builds a log by hand: each entry completes before the next is submitted. */
 function seqLog(...ops: Partial<RecordedOp>[]): RecordedOp[] {
@@ -123,4 +131,11 @@ Deno.test("exploreCrashStates() lets a file grow by a lost write without its dat
   ]]);
   const ext = states.find((s) => s.kind === "extend")!;
   assert.deepEqual(replayRecipe(new Uint8Array(0), seqLog(w(0, 512, 1)), ext), new Uint8Array(512));
+});
+
+Deno.test("crashPoints() gives flush submissions and completions, every k-th request and the end", () => {
+  const log = seqLog(w(0, 512, 1), flush, w(512, 512, 2), w(1024, 512, 3));
+  assert.deepEqual(crashPoints(log), [3, 4, 8]);
+  assert.deepEqual(crashPoints(log, 2), [3, 4, 8]);
+  assert.deepEqual(crashPoints(log, 1), [2, 3, 4, 6, 8]);
 });

@@ -1,0 +1,86 @@
+/**
+ * Compressed cluster writes (`pwriteCompressed`, used by `convert -c`):
+ * the cluster is compressed with the image's compression type and packed
+ * into partly used host clusters (QEMU's qcow2_alloc_bytes); every
+ * compressed cluster holds one reference to each host cluster it touches.
+ *
+ * @module
+ */
+
+import { BlockError } from "../../core/errors.ts";
+import type { RequestInfo } from "../../core/types.ts";
+import { compressCluster } from "./compress.ts";
+import { allocClusters, getRefcount, updateRefcount } from "./refcount.ts";
+import { HI_COMPRESSED, type Qcow2State } from "./state.ts";
+import { getL2ForWrite, releaseEntry, writeLocked } from "./write.ts";
+import { markDirty } from "./writeback.ts";
+
+/** Allocates `len` bytes for compressed data and returns their host offset. */
+async function allocBytes(st: Qcow2State, len: number, req: RequestInfo | undefined): Promise<number> {
+  const p = st.event("cluster_alloc_bytes", req);
+  if (p) await p;
+  const cs = st.cs;
+  st.lastCompressed = undefined;
+  const off = st.freeByteOffset;
+  if (off !== 0 && (off % cs) + len <= cs && (await getRefcount(st, Math.floor(off / cs), req)) > 0) {
+    await updateRefcount(st, Math.floor(off / cs), 1, req);
+    st.freeByteOffset = (off + len) % cs === 0 ? 0 : off + len;
+    return off;
+  }
+  const n = Math.ceil(len / cs);
+  const host = await allocClusters(st, n, req);
+  st.freeByteOffset = (host + len) % cs === 0 ? 0 : host + len;
+  return host;
+}
+
+/**
+ * Writes one whole cluster compressed at guest `offset` (cluster aligned;
+ * `data` is one cluster, or the shorter tail of the image). Writes it
+ * uncompressed when compression does not make it smaller. Metadata lock held.
+ */
+export async function writeCompressedLocked(st: Qcow2State, offset: number, data: Uint8Array, req: RequestInfo | undefined): Promise<void> {
+  const cs = st.cs;
+  if (offset % cs !== 0 || data.length > cs || (data.length < cs && offset + data.length !== st.header.size)) {
+    throw new BlockError(
+      "EINVAL",
+      `Cannot write ${data.length} compressed bytes at offset ${offset}: compressed writes take one whole cluster (${cs} bytes)`,
+      {
+        node: st.node.name,
+        offset,
+        length: data.length,
+      },
+    );
+  }
+  if (st.externalData) {
+    throw new BlockError("ENOTSUP", "Cannot write compressed clusters to an image with an external data file", { node: st.node.name });
+  }
+  let full = data;
+  if (data.length < cs) {
+    full = new Uint8Array(cs);
+    full.set(data);
+  }
+  const packed = compressCluster(full, st.header.compressionType);
+  if (!packed) return writeLocked(st, offset, data, req);
+  await markDirty(st, req);
+  const l1i = Math.floor(offset / st.l2Span);
+  const e = await getL2ForWrite(st, l1i, req);
+  try {
+    const host = await allocBytes(st, packed.length, req);
+    let p = st.event("write_compressed", req);
+    if (p) await p;
+    await st.file.pwrite(host, packed, { req });
+    p = st.event("l2_update_compressed", req);
+    if (p) await p;
+    const at = Math.floor((offset - l1i * st.l2Span) / cs) * st.entryBytes;
+    releaseEntry(st, e.view, at);
+    const x = 62 - (st.clusterBits - 8);
+    const extra = Math.floor((host + packed.length - 1) / 512) - Math.floor(host / 512);
+    const hostHi = Math.floor(host / 0x100000000);
+    e.view.setUint32(at, (HI_COMPRESSED | (extra << (x - 32)) | hostHi) >>> 0);
+    e.view.setUint32(at + 4, host % 0x100000000);
+    if (st.extL2) e.view.setBigUint64(at + 8, 0n);
+    st.l2Cache.markDirty(e);
+  } finally {
+    e.pins--;
+  }
+}

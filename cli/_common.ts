@@ -130,6 +130,7 @@ export interface ImageArgs {
  */
 export async function openImage(filename: string, opts: ImageArgs = {}): Promise<BlockNode> {
   const cache = opts.cache;
+  if (opts.imageOpts && opts.format) throw new CliError("--image-opts and --format are mutually exclusive");
   try {
     if (opts.imageOpts || looksDotted(filename)) {
       const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
@@ -163,7 +164,7 @@ export function imageArgs(values: Flags, readOnly: boolean): ImageArgs {
   };
 }
 
-/** Requires exactly `n` positionals (or between `min` and `n`). */
+/** Requires between `min` and `max` positional arguments; `what` names them in the error. */
 export function needPositionals(positionals: string[], min: number, max: number, what: string): void {
   if (positionals.length < min) throw new CliError(`Expecting ${what}\nTry '--help' for more information.`);
   if (positionals.length > max) throw new CliError(`Unexpected argument '${positionals[max]}'\nTry '--help' for more information.`);

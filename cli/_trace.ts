@@ -22,7 +22,8 @@ export function formatTraceLine(e: NodeEvent, t0: number): string {
   const what = e.kind === "blkdbg" ? e.event : "flush";
   const r = e.req;
   const req = r ? ` req=${r.id} ${r.op} ${r.offset}+${r.length}` : "";
-  return `[${(e.time - t0).toFixed(3).padStart(9)} ms] ${e.node.name.padEnd(10)} ${what.padEnd(22)}${req}\n`;
+  const node = `${e.node.driver.name} ${e.node.name}`;
+  return `[${(e.time - t0).toFixed(3).padStart(9)} ms] ${node.padEnd(18)} ${what.padEnd(22)}${req}\n`;
 }
 
 /** Formats one node event as a JSON object (one line). */

@@ -119,11 +119,11 @@ export async function copyImage(src: BlockNode, dst: BlockNode, dstOffset: numbe
         } else {
           const data = buf.subarray(0, n);
           await src.pread(off, data);
-          if (sparse === 0) await dst.pwrite(dstOffset + off, data);
+          const wholeCluster = off % chunk === 0 && (n === chunk || off + n === length);
+          if (opts.compress && wholeCluster && !isZero(data)) await inst.pwriteCompressed!(dstOffset + off, data);
+          else if (sparse === 0) await dst.pwrite(dstOffset + off, data);
           else if (isZero(data)) await zeroOut(off, n);
-          else if (opts.compress && off % chunk === 0 && (n === chunk || off + n === length)) {
-            await inst.pwriteCompressed!(dstOffset + off, data);
-          } else {
+          else {
             // Like qemu-img's -S 4k: zero runs inside the data stay holes.
             let at = 0;
             for (const [s, e] of nonZeroRuns(data, sparse)) {

@@ -6,6 +6,7 @@
  */
 
 import type { BlockNode } from "../core/node.ts";
+import { formatSnapshotTable, readSnapshots, type SnapshotInfo } from "./_snapshots.ts";
 import {
   checkOutputFormat,
   CliError,
@@ -36,6 +37,8 @@ export async function imageInfo(top: BlockNode, filename: string): Promise<Image
   const node = formatNode(top);
   const extra = await node.info();
   const out: ImageInfo = {};
+  const snapshots = await readSnapshots(node);
+  if (snapshots.length) out.snapshots = snapshots;
   const backingName = str(extra["backing-filename"]) ?? str(extra.backingFile) ?? str(extra["backing_file"]);
   const backingFmt = str(extra["backing-filename-format"]) ?? str(extra.backingFormat);
   if (backingName !== undefined && backingFmt !== undefined) out["backing-filename-format"] = backingFmt;
@@ -100,13 +103,15 @@ export function formatInfoHuman(info: ImageInfo): string {
     `disk size: ${info["actual-size"] === undefined ? "unavailable" : sizeToStr(info["actual-size"] as number)}`,
   ];
   if (info["cluster-size"] !== undefined) lines.push(`cluster_size: ${info["cluster-size"]}`);
+  if (info["dirty-flag"] === true) lines.push("cleanly shut down: no");
   if (info["backing-filename"] !== undefined) {
     const b = info["backing-filename"];
     const full = info["full-backing-filename"];
     lines.push(`backing file: ${b}${full !== undefined && full !== b ? ` (actual path: ${full})` : ""}`);
     if (info["backing-filename-format"] !== undefined) lines.push(`backing file format: ${info["backing-filename-format"]}`);
   }
-  if (info["dirty-flag"] === true) lines.push("cleanly shut down: no");
+  const snaps = info.snapshots as SnapshotInfo[] | undefined;
+  if (snaps?.length) lines.push("Snapshot list:", ...formatSnapshotTable(snaps).trimEnd().split("\n"));
   const fs = info["format-specific"] as { data?: unknown } | undefined;
   if (fs?.data && typeof fs.data === "object") {
     lines.push("Format specific information:");

@@ -27,7 +27,8 @@ import { measureVerb } from "./measure.ts";
 import { rebaseVerb } from "./rebase.ts";
 import { resizeVerb } from "./resize.ts";
 import { snapshotVerb } from "./snapshot.ts";
-import { amendVerb, commitVerb } from "./unsupported.ts";
+import { amendVerb } from "./amend.ts";
+import { commitVerb } from "./commit.ts";
 
 /** Every verb, in the order `--help` lists them. */
 export const VERBS: readonly Verb[] = [

@@ -17,6 +17,7 @@ import {
   parseVerbArgs,
   type Verb,
 } from "./_common.ts";
+import { formatSnapshotTable, readSnapshots } from "./_snapshots.ts";
 
 const USAGE = `Usage: blkgraph snapshot [-l | -a snapshot | -c snapshot | -d snapshot] [-f fmt] [-q] [-U] [--image-opts] filename
 
@@ -43,12 +44,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
   }
   const node = await openImage(p.positionals[0], imageArgs(p.values, true));
   try {
-    const info = await formatNode(node).info();
-    const snaps = Array.isArray(info.snapshots) ? info.snapshots as Record<string, unknown>[] : [];
-    if (snaps.length) {
-      io.stdout("Snapshot list:\nID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n");
-      for (const s of snaps) io.stdout(`${String(s.id ?? "").padEnd(10)}${String(s.name ?? "").padEnd(18)}\n`);
-    }
+    const snaps = await readSnapshots(formatNode(node));
+    if (snaps.length) io.stdout("Snapshot list:\n" + formatSnapshotTable(snaps));
   } finally {
     await node.close();
   }

@@ -51,6 +51,11 @@ const read: IoCommand = {
     const n = nums(s, operands);
     if (!n) return false;
     const [offset, count] = n;
+    if (flags.has("b")) {
+      // -b: the VM state area, which no blkgraph driver has.
+      s.print("read failed: Operation not supported\n");
+      return false;
+    }
     const buf = new Uint8Array(count);
     const t0 = performance.now();
     try {
@@ -94,6 +99,10 @@ const write: IoCommand = {
     const n = nums(s, operands);
     if (!n) return false;
     const [offset, count] = n;
+    if (flags.has("b")) {
+      s.print("write failed: Operation not supported\n");
+      return false;
+    }
     const zero = flags.has("z");
     if (zero && flags.has("P")) {
       s.print("-z and -P cannot be specified at the same time\n");

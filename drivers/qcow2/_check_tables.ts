@@ -24,6 +24,11 @@ export function entryHex(view: DataView, at: number): string {
   return hi ? hi.toString(16) + lo.toString(16).padStart(8, "0") : lo.toString(16);
 }
 
+/** Hexadecimal of a 64-bit value given as two 32-bit halves (exact past 2^53). */
+export function joinHex(hi: number, lo: number): string {
+  return hi ? hi.toString(16) + lo.toString(16).padStart(8, "0") : lo.toString(16);
+}
+
 /** A number as hexadecimal without prefix. */
 export function hex(n: number): string {
   return n.toString(16);
@@ -76,15 +81,28 @@ export function setRefcount(block: Uint8Array, view: DataView, i: number, order:
   }
 }
 
-/** The refcounts check expects, one per host cluster; grows on demand. */
-export class RefArray {
-  #data: Float64Array;
-  #size: number;
+type Counts = Uint8Array | Uint16Array | Uint32Array | Float64Array;
 
-  /** Makes an array for `size` clusters, all zero. */
-  constructor(size: number) {
+/**
+ * The refcounts check expects, one per host cluster; grows on demand. Each
+ * entry is as wide as the image's refcounts (values never exceed them).
+ */
+export class RefArray {
+  #data: Counts;
+  #size: number;
+  #make: (n: number) => Counts;
+
+  /** Makes an array for `size` clusters, all zero, for refcounts of 2^`order` bits. */
+  constructor(size: number, order = 6) {
+    this.#make = order <= 3
+      ? (n) => new Uint8Array(n)
+      : order === 4
+      ? (n) => new Uint16Array(n)
+      : order === 5
+      ? (n) => new Uint32Array(n)
+      : (n) => new Float64Array(n);
     this.#size = size;
-    this.#data = new Float64Array(Math.max(16, size));
+    this.#data = this.#make(Math.max(16, size));
   }
 
   /** Number of clusters covered (QEMU's nb_clusters). */
@@ -107,7 +125,7 @@ export class RefArray {
   grow(size: number): void {
     if (size <= this.#size) return;
     if (size > this.#data.length) {
-      const next = new Float64Array(Math.max(size, this.#data.length * 2));
+      const next = this.#make(Math.max(size, this.#data.length * 2));
       next.set(this.#data.subarray(0, this.#size));
       this.#data = next;
     }

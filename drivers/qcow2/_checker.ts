@@ -21,7 +21,8 @@ import {
   INCOMPAT_EXTL2,
   type Qcow2Header,
 } from "./header.ts";
-import { entryHex, entryOffset, hex, HI, parseBitmapDirectory, parseSnapshotTable, RefArray, type SnapshotEntry } from "./_check_tables.ts";
+import { entryOffset, hex, HI, parseBitmapDirectory, parseSnapshotTable, RefArray, type SnapshotEntry } from "./_check_tables.ts";
+import { checkL1, type WalkContext } from "./_check_l2.ts";
 import { checkOflagCopied } from "./_check_oflag.ts";
 import { rebuildRefcountStructure } from "./_check_rebuild.ts";
 import { DiskRefcounts, type RefBlock } from "./_check_refcounts.ts";
@@ -64,6 +65,7 @@ export interface Fix {
 
 const FIX_NONE: Fix = { leaks: false, errors: false };
 const MAX_L1_ENTRIES = 0x2000000 / 8;
+const MAX_SNAPSHOT_TABLE = 64 * 1024 * 1024;
 
 /** One check of one image file. */
 export class Checker {
@@ -72,7 +74,6 @@ export class Checker {
   #file: BlockNode;
   #h: Qcow2Header;
   #cs: number;
-  #cb: number;
   #refMax: number;
   #extL2: boolean;
   #dataFile: boolean;
@@ -82,6 +83,7 @@ export class Checker {
   #snapshotsSize = 0;
   #rebuild = false;
   #corruptSignalled = false;
+  #walk: WalkContext;
   #highest = 0;
 
   /** Prepares a check of `file` whose header is `h`. */
@@ -89,14 +91,27 @@ export class Checker {
     this.#file = file;
     this.#h = h;
     this.messages = messages;
-    this.#cb = h.clusterBits;
     this.#cs = 2 ** h.clusterBits;
     this.#refMax = 2 ** (2 ** h.refcountOrder) - 1;
     this.#disk = new DiskRefcounts(file, this.#cs, h.refcountOrder);
     this.#disk.onCorrupt = (what) => this.#signalCorruption(what);
     this.#extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
     this.#dataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0;
-    this.#ref = new RefArray(Math.ceil(file.length / this.#cs));
+    this.#ref = new RefArray(Math.ceil(file.length / this.#cs), h.refcountOrder);
+    // deno-lint-ignore no-this-alias
+    const self = this;
+    this.#walk = {
+      file,
+      cs: this.#cs,
+      clusterBits: h.clusterBits,
+      extL2: this.#extL2,
+      dataFile: this.#dataFile,
+      get res() {
+        return self.res;
+      },
+      say: (line) => this.#say(line),
+      inc: (offset, size) => this.#inc(offset, size),
+    };
   }
 
   /**
@@ -128,23 +143,22 @@ export class Checker {
   async readSnapshots(): Promise<void> {
     const h = this.#h;
     if (h.nbSnapshots === 0) return;
-    // Entries are at most 40 + 64K extra + 2 * 64K names; read in growing steps.
-    let want = Math.min(h.nbSnapshots * 1024, this.#file.length - h.snapshotsOffset);
+    // Entries are variable-sized; read in growing steps, at most QEMU's 64 MiB limit.
+    const limit = Math.min(MAX_SNAPSHOT_TABLE, this.#file.length - h.snapshotsOffset);
+    let want = Math.min(h.nbSnapshots * 1024, limit);
     for (;;) {
-      const buf = await this.#read(h.snapshotsOffset, Math.max(0, want));
-      const parsed = parseSnapshotTable(buf, h.nbSnapshots);
+      const parsed = parseSnapshotTable(await this.#read(h.snapshotsOffset, Math.max(0, want)), h.nbSnapshots);
       if (typeof parsed !== "string") {
         this.#snapshots = parsed.entries;
         this.#snapshotsSize = parsed.size;
         return;
       }
-      const left = this.#file.length - h.snapshotsOffset;
-      if (want >= left) {
+      if (want >= limit) {
         this.#say(`ERROR failed to read the snapshot table: ${parsed}`);
         this.res.checkErrors++;
         return;
       }
-      want = Math.min(left, want * 4);
+      want = Math.min(limit, want * 4);
     }
   }
 
@@ -236,7 +250,7 @@ export class Checker {
     const h = this.#h;
     const cs = this.#cs;
     this.#inc(0, cs);
-    await this.#checkL1(h.l1TableOffset, h.l1Size, true, fix);
+    await checkL1(this.#walk, h.l1TableOffset, h.l1Size, true, fix);
     if (this.#dataFile && h.nbSnapshots) {
       this.#say(`ERROR ${h.nbSnapshots} snapshots in image with data file`);
       this.res.corruptions++;
@@ -258,7 +272,7 @@ export class Checker {
         this.res.corruptions++;
         continue;
       }
-      await this.#checkL1(sn.l1Offset, sn.l1Size, false, fix);
+      await checkL1(this.#walk, sn.l1Offset, sn.l1Size, false, fix);
     }
     this.#inc(h.snapshotsOffset, this.#snapshotsSize);
     this.#inc(h.refcountTableOffset, h.refcountTableClusters * cs);
@@ -269,150 +283,6 @@ export class Checker {
     }
     await this.#countBitmaps();
     await this.#checkRefblocks(fix);
-  }
-
-  async #checkL1(offset: number, size: number, active: boolean, fix: Fix): Promise<void> {
-    this.#inc(offset, size * 8);
-    if (size === 0) return;
-    let l1: Uint8Array;
-    try {
-      l1 = await this.#read(offset, size * 8);
-    } catch {
-      this.#say("ERROR: I/O error in check_refcounts_l1");
-      this.res.checkErrors++;
-      return;
-    }
-    const view = new DataView(l1.buffer);
-    for (let i = 0; i < size; i++) {
-      const at = i * 8;
-      // QEMU skips only all-zero entries: reserved bits alone send it to an L2 table at offset 0.
-      if (!view.getUint32(at) && !view.getUint32(at + 4)) continue;
-      const l2Offset = entryOffset(view, at);
-      if (view.getUint32(at) & 0x7f000000 || view.getUint32(at + 4) & 0x1ff) {
-        this.#say(`ERROR found L1 entry with reserved bits set: ${entryHex(view, at)}`);
-        this.res.corruptions++;
-      }
-      this.#inc(l2Offset, this.#cs);
-      if (l2Offset % this.#cs !== 0) {
-        this.#say(`ERROR l2_offset=${hex(l2Offset)}: Table is not cluster aligned; L1 entry corrupted`);
-        this.res.corruptions++;
-      }
-      await this.#checkL2(l2Offset, active, fix);
-    }
-  }
-
-  async #checkL2(l2Offset: number, fragInfo: boolean, fix: Fix): Promise<void> {
-    const cs = this.#cs;
-    let table: Uint8Array;
-    try {
-      table = await this.#read(l2Offset, cs);
-    } catch {
-      this.#say("ERROR: I/O error in check_refcounts_l2");
-      this.res.checkErrors++;
-      return;
-    }
-    const view = new DataView(table.buffer);
-    const step = this.#extL2 ? 16 : 8;
-    const csizeShift = 62 - (this.#cb - 8);
-    const hiOffsetMask = 2 ** (csizeShift - 32) - 1;
-    const csizeMask = 2 ** (this.#cb - 8) - 1;
-    let nextContiguous = 0;
-    for (let i = 0, at = 0; at < cs; i++, at += step) {
-      const hi = view.getUint32(at);
-      const lo = view.getUint32(at + 4);
-      const bmAlloc = this.#extL2 ? view.getUint32(at + 12) : 0;
-      const bmZero = this.#extL2 ? view.getUint32(at + 8) : 0;
-      if (hi & 0x40000000) {
-        // Compressed cluster.
-        if (hi & 0x80000000) {
-          this.#say(`ERROR: coffset=0x${joinHex(hi & hiOffsetMask, lo)}: copied flag must never be set for compressed clusters`);
-          this.res.corruptions++;
-        }
-        if (this.#dataFile) {
-          this.#say(`ERROR compressed cluster ${i} with data file, entry=0x${entryHex(view, at)}`);
-          this.res.corruptions++;
-          continue;
-        }
-        if (bmAlloc || bmZero) {
-          this.#say(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${entryHex(view, at)}`);
-          this.res.corruptions++;
-          continue;
-        }
-        const sectors = ((hi >>> (csizeShift - 32)) & csizeMask) + 1;
-        const csize = sectors * 512 - (lo & 511);
-        if ((hi & hiOffsetMask) >= 0x200000) {
-          // Past 2^53: past the end of any file (the message needs exact digits).
-          this.#say(
-            `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${
-              joinHex(hi & hiOffsetMask, lo)
-            } size 0x${hex(csize)}`,
-          );
-          this.res.corruptions++;
-        } else this.#inc((hi & hiOffsetMask) * HI + lo, csize);
-        if (fragInfo) {
-          this.res.allocatedClusters++;
-          this.res.compressedClusters++;
-          this.res.fragmentedClusters++;
-        }
-        continue;
-      }
-      if (hi & 0x3f000000 || lo & 0x1fe) {
-        this.#say(`ERROR found l2 entry with reserved bits set: ${entryHex(view, at)}`);
-        this.res.corruptions++;
-      }
-      const offset = (hi & 0x00ffffff) * HI + ((lo & 0xfffffe00) >>> 0);
-      const zeroFlag = !this.#extL2 && (lo & 1) !== 0;
-      if (!offset && (zeroFlag || !this.#dataFile || !(hi & 0x80000000))) {
-        // ZERO_PLAIN or UNALLOCATED (offset 0 is a data file's first cluster only with COPIED).
-        if (!zeroFlag && bmAlloc) {
-          this.#say("ERROR: Unallocated cluster has non-zero subcluster allocation map");
-          this.res.corruptions++;
-        }
-        continue;
-      }
-      // NORMAL or ZERO_ALLOC.
-      if (bmZero & bmAlloc) {
-        this.#say(`ERROR offset=${hex(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
-        this.res.corruptions++;
-      }
-      if (offset % cs !== 0) {
-        this.res.corruptions++;
-        const hasData = this.#extL2 ? bmAlloc !== 0 : !zeroFlag;
-        if (hasData) this.#say(`ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`);
-        else {
-          this.#say(
-            `${fix.errors ? "Repairing" : "ERROR"} offset=${
-              hex(offset)
-            }: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
-          );
-          // The repair makes it a plain zero cluster (no offset) and does not count it.
-          if (fix.errors && await this.#writeL2Entry(l2Offset + at, this.#extL2 ? 0 : 1)) continue;
-        }
-      }
-      if (fragInfo) {
-        this.res.allocatedClusters++;
-        if (nextContiguous && offset !== nextContiguous) this.res.fragmentedClusters++;
-        nextContiguous = offset + cs;
-      }
-      if (!this.#dataFile) this.#inc(offset, cs);
-    }
-  }
-
-  /** Rewrites the 64-bit entry at `offset` (QEMU's repair of misaligned preallocated clusters). */
-  async #writeL2Entry(offset: number, value: number): Promise<boolean> {
-    const entry = new Uint8Array(8);
-    new DataView(entry.buffer).setUint32(4, value);
-    try {
-      await this.#file.pwrite(offset, entry);
-      await this.#file.flush();
-    } catch (e) {
-      this.#say(`ERROR: Failed to overwrite L2 table entry: ${(e as Error).message}`);
-      this.res.checkErrors++;
-      return false;
-    }
-    this.res.corruptions--;
-    this.res.corruptionsFixed++;
-    return true;
   }
 
   async #countBitmaps(): Promise<void> {
@@ -536,11 +406,6 @@ export class Checker {
     }
     await disk.writeDirty();
   }
-}
-
-/** Hexadecimal of a 64-bit value given as two 32-bit halves. */
-function joinHex(hi: number, lo: number): string {
-  return hi ? hi.toString(16) + lo.toString(16).padStart(8, "0") : lo.toString(16);
 }
 
 /** C's `%#x`: "0" for zero, else "0x" and the digits. */

@@ -47,10 +47,33 @@ export interface Layout {
   reftableOffset: number;
   /** Refcount table length in clusters. */
   reftableClusters: number;
-  /** Refcount table and blocks, L2 tables: byte offset and content. */
+  /** Refcount table and blocks: byte offset and content. */
   tables: [number, Uint8Array][];
+  /** Preallocated L2 tables, encoded on demand by {@linkcode encodeL2}. */
+  l2: L2Plan[];
   /** Preallocated data clusters in the image file: byte range. */
   data?: { offset: number; length: number };
+}
+
+/** One preallocated L2 table: where it goes and the runs of entries it maps. */
+export interface L2Plan {
+  /** Byte offset of the table. */
+  offset: number;
+  /** Runs of entries: first entry index, first host cluster, count. */
+  runs: [number, number, number][];
+}
+
+/**
+ * Encodes an L2 table into `buf` (one cluster, zeroed here): entries with
+ * COPIED and consecutive host offsets per run.
+ */
+export function encodeL2(plan: L2Plan, buf: Uint8Array, cs: number, extendedL2: boolean): void {
+  buf.fill(0);
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const step = extendedL2 ? 16 : 8;
+  for (const [first, host, n] of plan.runs) {
+    for (let k = 0; k < n; k++) putEntry(view, (first + k) * step, (host + k) * cs);
+  }
 }
 
 /** Sequential cluster allocator with QEMU's refcount block placement. */
@@ -175,13 +198,13 @@ export function planLayout(o: LayoutInput): Layout {
   const l1Cluster = l1Size ? a.alloc(Math.ceil((l1Size * 8) / cs)) : 0;
   const l1 = new Uint8Array(l1Size * 8);
   const l1View = new DataView(l1.buffer);
-  const tables: [number, Uint8Array][] = [];
+  const l2: L2Plan[] = [];
   let data: Layout["data"];
-  const newL2 = (i: number, cluster: number): DataView => {
+  const newL2 = (i: number, cluster: number): L2Plan => {
     putEntry(l1View, i * 8, cluster * cs);
-    const table = new Uint8Array(cs);
-    tables.push([cluster * cs, table]);
-    return new DataView(table.buffer);
+    const plan: L2Plan = { offset: cluster * cs, runs: [] };
+    l2.push(plan);
+    return plan;
   };
 
   if (o.preallocation === "metadata" || (o.preallocation !== "off" && o.dataFile)) {
@@ -189,7 +212,7 @@ export function planLayout(o: LayoutInput): Layout {
     const maxChunk = Math.floor(INT_MAX / cs);
     let first = -1;
     for (let i = 0; i < l1Size; i++) {
-      const tv = newL2(i, a.alloc(1));
+      const plan = newL2(i, a.alloc(1));
       const g0 = i * l2Entries;
       const gEnd = Math.min(guestClusters, g0 + l2Entries);
       for (let g = g0; g < gEnd;) {
@@ -197,7 +220,7 @@ export function planLayout(o: LayoutInput): Layout {
         // With an external data file, host offsets are guest offsets.
         const host = o.dataFile ? g : a.alloc(n);
         if (first < 0 && !o.dataFile) first = host;
-        for (let k = 0; k < n; k++) putEntry(tv, (g - g0 + k) * entryBytes, (host + k) * cs);
+        plan.runs.push([g - g0, host, n]);
         g += n;
       }
     }
@@ -207,10 +230,9 @@ export function planLayout(o: LayoutInput): Layout {
     a.next = dataStart + guestClusters;
     if (guestClusters) data = { offset: dataStart * cs, length: guestClusters * cs };
     for (let i = 0; i < l1Size; i++) {
-      const tv = newL2(i, a.allocOne());
+      const plan = newL2(i, a.allocOne());
       const g0 = i * l2Entries;
-      const gEnd = Math.min(guestClusters, g0 + l2Entries);
-      for (let g = g0; g < gEnd; g++) putEntry(tv, (g - g0) * entryBytes, (dataStart + g) * cs);
+      plan.runs.push([0, dataStart + g0, Math.min(guestClusters, g0 + l2Entries) - g0]);
     }
   }
 
@@ -237,7 +259,8 @@ export function planLayout(o: LayoutInput): Layout {
     l1,
     reftableOffset: a.reftableCluster * cs,
     reftableClusters: a.reftableClusters,
-    tables: [...stale, [a.reftableCluster * cs, reftable], ...blocks, ...tables],
+    tables: [...stale, [a.reftableCluster * cs, reftable], ...blocks],
+    l2,
     data,
   };
 }

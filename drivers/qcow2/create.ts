@@ -33,7 +33,7 @@ import {
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
 } from "./header.ts";
-import { planLayout } from "./_create_layout.ts";
+import { encodeL2, planLayout } from "./_create_layout.ts";
 
 const KNOWN = [
   "size",
@@ -281,6 +281,11 @@ export async function createQcow2(ctx: CreateContext): Promise<void> {
   await file.pwrite(0, header);
   for (const [offset, table] of layout.tables) await file.pwrite(offset, table);
   if (layout.l1Size) await file.pwrite(layout.l1Offset, layout.l1);
+  const l2 = new Uint8Array(cs);
+  for (const plan of layout.l2) {
+    encodeL2(plan, l2, cs, o.extendedL2);
+    await file.pwrite(plan.offset, l2);
+  }
   const data = layout.data;
   if (data && o.preallocation === "full") await file.pwriteZeroes(data.offset, data.length);
   else if (data && data.offset + data.length > file.length) {

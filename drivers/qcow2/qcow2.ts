@@ -215,20 +215,16 @@ export class Qcow2Instance implements DriverInstance {
     const data: Record<string, unknown> = {
       compat: h.version === 3 ? "1.1" : "0.10",
       "compression-type": COMPRESSION_NAMES[h.compressionType],
-      "lazy-refcounts": (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0,
-      "refcount-bits": 2 ** h.refcountOrder,
-      corrupt: (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0,
-      "extended-l2": (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0,
     };
-    if (h.version === 2) {
-      delete data["lazy-refcounts"];
-      delete data.corrupt;
-      delete data["extended-l2"];
-      delete data["compression-type"];
-    }
+    if (h.version === 3) data["lazy-refcounts"] = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
+    data["refcount-bits"] = 2 ** h.refcountOrder;
     if (h.dataFile !== undefined) {
       data["data-file"] = h.dataFile;
       data["data-file-raw"] = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0;
+    }
+    if (h.version === 3) {
+      data.corrupt = (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0;
+      data["extended-l2"] = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
     }
     const out: Record<string, unknown> = {
       "format-specific": { type: "qcow2", data },

@@ -66,8 +66,13 @@ export function maxRefcount(bits: number): number {
 async function loadBlock(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<CacheEntry> {
   const hit = st.rbCache.get(offset);
   if (hit) return hit;
-  if (offset % st.cs !== 0) {
-    throw new CorruptImageError(`Corrupt qcow2 image: refcount block offset 0x${offset.toString(16)} unaligned`, { node: st.node.name });
+  if (offset % st.cs !== 0 || offset >= st.file.length) {
+    throw new CorruptImageError(
+      `Corrupt qcow2 image: refcount block offset 0x${
+        offset.toString(16)
+      } is unaligned or past the end of the file (${st.file.length} bytes)`,
+      { node: st.node.name },
+    );
   }
   const p = st.event("refblock_load", req);
   if (p) await p;

@@ -202,10 +202,13 @@ export class Qcow2State {
   async loadL2(offset: number, l1Index: number, req: RequestInfo | undefined): Promise<import("./cache.ts").CacheEntry> {
     const hit = this.l2Cache.get(offset);
     if (hit) return hit;
-    if (offset % this.cs !== 0) {
-      throw new CorruptImageError(`Corrupt qcow2 image: L2 table offset 0x${offset.toString(16)} unaligned (L1 index ${l1Index})`, {
-        node: this.node.name,
-      });
+    if (offset % this.cs !== 0 || offset >= this.file.length) {
+      throw new CorruptImageError(
+        `Corrupt qcow2 image: L2 table offset 0x${
+          offset.toString(16)
+        } (L1 index ${l1Index}) is unaligned or past the end of the file (${this.file.length} bytes)`,
+        { node: this.node.name },
+      );
     }
     const p = this.event("l2_load", req);
     if (p) await p;
@@ -237,6 +240,11 @@ export class Qcow2State {
     }
     let wrote = dirty.length > 0;
     if (this.reftableDirty.size && !this.growingReftable) {
+      // A refcount block that was just hooked in may be counted by one of the
+      // blocks written above: that count must be durable before the table
+      // entry makes the new block part of the image (QEMU flushes the
+      // refcount cache before hooking a block up, too).
+      if (dirty.length) await this.file.flush({ req });
       const rt = this.reftable;
       await this.#writeEntries(this.header.refcountTableOffset, rt.length, this.reftableDirty, (i) => BigInt(rt[i]), req);
       wrote = true;

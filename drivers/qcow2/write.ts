@@ -70,6 +70,7 @@ export function releaseEntry(st: Qcow2State, view: DataView, at: number): void {
 const INPLACE = 0;
 const WIDEN = 1;
 const NEWALLOC = 2;
+const NEWSUB = 3;
 
 function touchedMask(st: Qcow2State, from: number, to: number): number {
   // Subclusters of one cluster touched by [from, to) (offsets within the cluster).
@@ -83,6 +84,9 @@ function classify(st: Qcow2State, view: DataView, idx: number, from: number, to:
   const hi = view.getUint32(at);
   if (hi & HI_COMPRESSED) return NEWALLOC;
   const host = entryOffset(view, at);
+  // Extended L2: a partial write to an unallocated cluster allocates it but
+  // only writes (and marks allocated) the subclusters it touches.
+  if (st.extL2 && host === 0 && !(hi & HI_COPIED) && (from > 0 || to < st.cs)) return NEWSUB;
   if (!(hi & HI_COPIED) || (host === 0 && !st.externalData)) return NEWALLOC;
   if (st.extL2) {
     const mask = touchedMask(st, from, to);
@@ -112,7 +116,12 @@ export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Arr
         const kind = classify(st, e.view, idx, cur - cStart, segEnd - cStart);
         if (kind === INPLACE) {
           cur = await writeInPlace(st, e, base, cur, chunkEnd, data, offset, req);
-        } else if (kind === WIDEN) {
+        } else if (kind === WIDEN || kind === NEWSUB) {
+          if (kind === NEWSUB) {
+            const host = st.externalData ? cStart : await allocClusters(st, 1, req);
+            setEntry(e.view, idx * st.entryBytes, host, HI_COPIED, 0);
+            e.view.setUint32(idx * st.entryBytes + 12, 0);
+          }
           await writeWiden(st, e, idx, cStart, cur, segEnd, data.subarray(cur - offset, segEnd - offset), req);
           cur = segEnd;
         } else {

@@ -43,3 +43,36 @@ Deno.test("io break without a blkdebug node fails with Operation not supported",
   const r = await cli(["io", "-f", "raw", "-c", "break pwritev A", path]);
   assertEquals([r.code, r.stdout], [1, "Could not set breakpoint: Operation not supported\n"]);
 });
+
+Deno.test({
+  name: "io --image-opts names a qcow2 → blkdebug → throttle → file graph on the command line",
+  ignore: skipUnless("qemu-img"),
+  async fn() {
+    await using d = await tempDir();
+    const path = `${d.path}/g.qcow2`;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", path, "4M"]);
+    const opts = "driver=qcow2,file.driver=blkdebug,file.image.driver=throttle,file.image.limits.iops-total=100000," +
+      `file.image.file.driver=file,file.image.file.filename=${path}`;
+    const r = await cli([
+      "io",
+      "--image-opts",
+      "-c",
+      "break cluster_alloc A",
+      "-c",
+      "aio_write -P 5 0 64k",
+      "-c",
+      "wait_break A",
+      "-c",
+      "resume A",
+      "-c",
+      "aio_flush",
+      "-c",
+      "flush",
+      opts,
+    ]);
+    assertEquals(r.code, 0, r.stdout + r.stderr);
+    const back = await run("qemu-io", ["-c", "read -P 5 0 64k", path]);
+    assertEquals(back.stdout.startsWith("read 65536/65536 bytes at offset 0\n"), true, back.stdout);
+    assertEquals((await run("qemu-img", ["check", path])).code, 0);
+  },
+});

@@ -92,7 +92,15 @@ Deno.test({
   ignore: skipUnless("qemu-io"),
   fn: () =>
     withDirs(async (dir) => {
-      const { q, ours } = await both(dir, ["read 2M 512", "write 0 12x", "nosuchcmd", "read 0", "length"]);
+      const { q, ours } = await both(dir, [
+        "read 2M 512",
+        "write 0 12x",
+        "nosuchcmd",
+        "read 0",
+        "read -b 0 512",
+        "write -b 0 512",
+        "length",
+      ]);
       assertEquals(ours.stdout, q.stdout);
       assertEquals(ours.stderr, q.stderr);
       assertEquals(ours.code, q.code);

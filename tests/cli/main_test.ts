@@ -37,10 +37,12 @@ Deno.test("main() rejects unknown options with a hint", async () => {
   ok(r.stderr.includes("--help"), r.stderr);
 });
 
-Deno.test("main() refuses unsupported verbs clearly", async () => {
-  const r = await cli(["commit", "x.qcow2"]);
+Deno.test("main() refuses unsupported modes clearly", async () => {
+  const r = await cli(["snapshot", "-a", "s1", "x.qcow2"]);
   assertEquals(r.code, 1);
-  assertEquals(r.stderr, "blkgraph: 'commit' is not supported yet\n");
+  assertEquals(r.stderr, "blkgraph: 'snapshot -a' is not supported yet\n");
+  const c = await cli(["rebase", "-b", "base.qcow2", "-F", "qcow2", "x.qcow2"]);
+  assertEquals(c.stderr, "blkgraph: 'rebase' without -u (safe mode) is not supported yet\n");
 });
 
 Deno.test("cli/main.ts runs as a subprocess and sets the exit code", async () => {
@@ -75,4 +77,24 @@ Deno.test("blkgraph io reads commands from stdin at a qemu-io> prompt (subproces
   ok(r.stdout.startsWith("qemu-io> wrote 512/512 bytes at offset 0\n"), r.stdout);
   ok(r.stdout.includes("qemu-io> read 512/512 bytes at offset 0\n"), r.stdout);
   ok(r.stdout.includes("qemu-io> 64 KiB\nqemu-io> \n"), r.stdout);
+});
+
+Deno.test("verbs reject bad arguments with a message naming the value", async () => {
+  await using d = await tempDir();
+  const path = `${d.path}/x.raw`;
+  await Deno.writeFile(path, new Uint8Array(65536));
+  const cases: [string[], string][] = [
+    [["create", "-f", "raw", `${d.path}/y.raw`, "12Q"], "blkgraph: Invalid image size '12Q'"],
+    [["create", "-f", "nosuchfmt", `${d.path}/y.raw`, "1M"], "blkgraph: Unknown driver 'nosuchfmt'"],
+    [["measure", "-O", "vmdk", "--size", "1G"], "blkgraph: Format 'vmdk' does not support size measurement"],
+    [["resize", "-f", "raw", path, "-1M"], "blkgraph: New image size must be positive"],
+    [["bench", "--flush-interval=4", "-f", "raw", path], "blkgraph: --flush-interval is only available in write tests"],
+    [["info", "--output=xml", path], "blkgraph: --output must be used with human or json as argument."],
+    [["check", "-r", "some", path], "blkgraph: Unknown option value for -r (expecting 'leaks' or 'all'): some"],
+  ];
+  for (const [args, msg] of cases) {
+    const r = await cli(args);
+    ok(r.code !== 0, args.join(" "));
+    ok(r.stderr.startsWith(msg), `${args.join(" ")}: ${r.stderr}`);
+  }
 });

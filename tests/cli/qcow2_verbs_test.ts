@@ -263,3 +263,80 @@ Deno.test({
     assertEquals((await run("qemu-img", ["check", b])).code, 0);
   },
 });
+
+Deno.test({
+  name: "snapshot -l and info list internal snapshots made by qemu-img, as qemu-img does",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const path = `${d.path}/s.qcow2`;
+    await qcow2(path, "16M", ["write -P 1 0 64k"]);
+    await runOk("qemu-img", ["snapshot", "-c", "first", path]);
+    await runOk("qemu-io", ["-c", "write -P 2 0 64k", path]);
+    await runOk("qemu-img", ["snapshot", "-c", "second one", path]);
+    for (const args of [["snapshot", "-l"], ["info"], ["info", "--output=json"]]) {
+      const q = await runOk("qemu-img", [...args, path]);
+      assertEquals((await cli([...args, path])).stdout, q.stdout, args.join(" "));
+    }
+  },
+});
+
+Deno.test({
+  name: "info reports a dirty lazy-refcounts image as qemu-img does",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const path = `${d.path}/dirty.qcow2`;
+    await qcow2(path, "16M", [], ["-o", "lazy_refcounts=on"]);
+    const img = await Deno.readFile(path);
+    img[79] |= 1; // incompatible feature bit 0: dirty
+    await Deno.writeFile(path, img);
+    for (const args of [["info", "-U"], ["info", "-U", "--output=json"]]) {
+      const q = await runOk("qemu-img", [...args, path]);
+      assertEquals((await cli([...args, path])).stdout, q.stdout, args.join(" "));
+    }
+  },
+});
+
+Deno.test({
+  name: "commit copies the overlay into its backing file as qemu-img commit does",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    for (const who of ["q", "o"]) {
+      await qcow2(`${d.path}/${who}-base.qcow2`, "8M", ["write -P 1 0 1M"]);
+      await runOk("qemu-img", ["create", "-q", "-f", "qcow2", "-b", `${who}-base.qcow2`, "-F", "qcow2", `${d.path}/${who}-top.qcow2`]);
+      await runOk("qemu-io", ["-c", "write -P 2 512k 1M", "-c", "write -z 4k 4k", "-c", "write -z 2M 64k", `${d.path}/${who}-top.qcow2`]);
+    }
+    await Deno.copyFile(`${d.path}/o-top.qcow2`, `${d.path}/before.qcow2`);
+    const q = await runOk("qemu-img", ["commit", `${d.path}/q-top.qcow2`]);
+    const ours = await cli(["commit", `${d.path}/o-top.qcow2`]);
+    assertEquals([ours.code, ours.stdout], [0, q.stdout]);
+    assertEquals(
+      (await run("qemu-img", ["compare", `${d.path}/q-base.qcow2`, `${d.path}/o-base.qcow2`])).stdout,
+      "Images are identical.\n",
+    );
+    assertEquals((await run("qemu-img", ["check", `${d.path}/o-base.qcow2`])).code, 0);
+    assertEquals((await run("qemu-img", ["compare", `${d.path}/o-top.qcow2`, `${d.path}/q-top.qcow2`])).stdout, "Images are identical.\n");
+    const none = await cli(["commit", `${d.path}/o-base.qcow2`]);
+    assertEquals([none.code, none.stderr], [1, "blkgraph: Image does not have a backing file\n"]);
+  },
+});
+
+Deno.test({
+  name: "amend -o lazy_refcounts toggles the header bit exactly as qemu-img amend does",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    await qcow2(`${d.path}/q.qcow2`, "16M", ["write -P 1 0 64k"]);
+    await Deno.copyFile(`${d.path}/q.qcow2`, `${d.path}/o.qcow2`);
+    for (const v of ["on", "off"]) {
+      await runOk("qemu-img", ["amend", "-o", `lazy_refcounts=${v}`, `${d.path}/q.qcow2`]);
+      const r = await cli(["amend", "-o", `lazy_refcounts=${v}`, `${d.path}/o.qcow2`]);
+      assertEquals(r.code, 0, r.stderr);
+      assertEquals(await Deno.readFile(`${d.path}/o.qcow2`), await Deno.readFile(`${d.path}/q.qcow2`), v);
+    }
+    const bad = await cli(["amend", "-o", "cluster_size=4k", `${d.path}/o.qcow2`]);
+    assertEquals(bad.stderr, "blkgraph: Invalid parameter 'cluster_size'\nThis option is only supported for image creation\n");
+  },
+});

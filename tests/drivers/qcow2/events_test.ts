@@ -155,3 +155,21 @@ Deno.test({
     assert.ok(data >= 0 && l2 > data && flushBetween(log, data, l2), `order ${data} ${l2}`);
   },
 });
+
+Deno.test({
+  name: "qcow2 growing the L1 table raises l1_grow_alloc_table, l1_grow_write_table, l1_grow_activate_table",
+  ignore,
+  async fn() {
+    await using dir = await tempDir();
+    const path = `${dir.path}/g.qcow2`;
+    await qemuCreate(path, "1M", "cluster_size=4k");
+    await using node = await openQcow2(path);
+    const seen = collect(node);
+    await node.truncate(4 * 2 ** 30);
+    assert.deepEqual(seen.events.filter((e) => e.startsWith("l1_grow")), [
+      "l1_grow_alloc_table",
+      "l1_grow_write_table",
+      "l1_grow_activate_table",
+    ]);
+  },
+});

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { BlockError, open } from "../../../mod.ts";
+import { BlockError, CorruptImageError, open } from "../../../mod.ts";
 import { runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 import { firstDiff, openQcow2, qemuCreate, qemuIo, readAll, toRaw } from "./_util.ts";
 
@@ -191,29 +191,23 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "qcow2 info() reports format-specific data like qemu-img info",
-  ignore,
-  async fn() {
-    await using dir = await tempDir();
-    const path = `${dir.path}/i.qcow2`;
-    await qemuCreate(path, "1M", "cluster_size=4k,refcount_bits=64,compression_type=zstd");
-    await using node = await openQcow2(path, {}, true);
-    const info = await node.info();
-    assert.deepEqual(info["cluster-size"], 4096);
-    assert.deepEqual(info["format-specific"], {
-      type: "qcow2",
-      data: {
-        compat: "1.1",
-        "compression-type": "zstd",
-        "lazy-refcounts": false,
-        "refcount-bits": 64,
-        corrupt: false,
-        "extended-l2": false,
-      },
-    });
-  },
-});
+for (const o of ["cluster_size=4k,refcount_bits=64,compression_type=zstd", "compat=0.10", "lazy_refcounts=on,extended_l2=on"]) {
+  Deno.test({
+    name: `qcow2 info() reports the same format-specific data as qemu-img info (${o})`,
+    ignore,
+    async fn() {
+      await using dir = await tempDir();
+      const path = `${dir.path}/i.qcow2`;
+      await qemuCreate(path, "1M", o);
+      const qemu = JSON.parse((await runOk("qemu-img", ["info", "--output=json", path])).stdout);
+      await using node = await openQcow2(path, {}, true);
+      const info = await node.info();
+      assert.deepEqual(info["format-specific"], qemu["format-specific"]);
+      assert.equal(info["cluster-size"], qemu["cluster-size"]);
+      assert.equal(info["virtual-size"], qemu["virtual-size"]);
+    },
+  });
+}
 
 Deno.test({
   name: "qcow2 open() rejects an unknown option by name",
@@ -263,6 +257,22 @@ Deno.test({
     await assert.rejects(
       () => openQcow2(path, {}, true),
       (e) => e instanceof BlockError && e.code === "ENOTSUP" && e.message.includes("bit 40"),
+    );
+  },
+});
+
+Deno.test({
+  name: "qcow2 pread() reports an L2 table offset past the end of the file as a corrupt image",
+  ignore,
+  async fn() {
+    await using dir = await tempDir();
+    const path = `${dir.path}/x.qcow2`;
+    await qemuCreate(path, "1M");
+    await setHeaderWord(path, 0x30000, 0x8000000010000000n); // L1[0] of a fresh 64 KiB-cluster image
+    await using node = await openQcow2(path, {}, true);
+    await assert.rejects(
+      () => node.pread(0, new Uint8Array(512)),
+      (e) => e instanceof CorruptImageError && e.message.includes("L2 table offset"),
     );
   },
 });

@@ -79,6 +79,7 @@ async function exercise(shape: Shape, seed: number): Promise<void> {
 
 const SHAPES: Shape[] = [
   { o: "cluster_size=512", mode: "ordered", size: 4 * MiB },
+  { o: "cluster_size=64k", mode: "ordered", backing: true, size: 3 * MiB + 4608 },
   { o: "cluster_size=4k", mode: "ordered", backing: true },
   { o: "cluster_size=64k", mode: "ordered", backing: true },
   { o: "cluster_size=2M", mode: "ordered", size: 16 * MiB, ops: 60 },
@@ -342,5 +343,29 @@ Deno.test({
     out = await qemuIo(path, "read -P 0x11 0 2M");
     assert.equal(out.includes("Pattern verification failed"), false, out);
     await assertClean(path);
+  },
+});
+
+Deno.test({
+  name: "qcow2 partial writes with extended L2 allocate only the touched subclusters",
+  ignore,
+  async fn() {
+    await using dir = await tempDir();
+    const base = `${dir.path}/b.qcow2`;
+    const top = `${dir.path}/t.qcow2`;
+    await qemuCreate(base, "1M");
+    await qemuIo(base, "write -P 0x42 0 1M");
+    await qemuCreate(top, "1M", "extended_l2=on,cluster_size=64k", base);
+    {
+      await using node = await openQcow2(top);
+      await node.pwrite(2048 + 100, new Uint8Array(1000).fill(7)); // inside subcluster 1 (2 KiB subclusters)
+      const inside = await node.blockStatus(2048, 2048);
+      const after = await node.blockStatus(4096, 4096);
+      assert.deepEqual([inside.allocated, inside.length], [true, 2048]);
+      assert.deepEqual([after.allocated, after.depth], [false, 1]);
+    }
+    await assertClean(top);
+    const out = await qemuIo(top, "read -P 0x42 0 2148", "read -P 7 2148 1000", "read -P 0x42 3148 62388");
+    assert.equal(out.includes("Pattern verification failed"), false, out);
   },
 });

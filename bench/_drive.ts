@@ -71,6 +71,13 @@ export function parseStraceSummary(text: string): SyscallCounts {
   return counts;
 }
 
+/** The total number of calls. */
+export function totalCalls(c: SyscallCounts): number {
+  let n = 0;
+  for (const v of c.values()) n += v;
+  return n;
+}
+
 /** Sums the counts of the named syscalls. */
 export function sumCalls(c: SyscallCounts, names: readonly string[]): number {
   let n = 0;
@@ -80,7 +87,7 @@ export function sumCalls(c: SyscallCounts, names: readonly string[]): number {
 
 /** The syscalls that flush a file. */
 export const FLUSH_CALLS = ["fdatasync", "fsync"] as const;
-/** The syscalls that move data or allocate space in a file. */
+/** The syscalls that move data to or from a file, allocate space in it or flush it (with `-i threads`; not eventfd reads/writes). */
 export const IO_CALLS = [
   "pread64",
   "pwrite64",
@@ -88,15 +95,10 @@ export const IO_CALLS = [
   "pwritev",
   "preadv2",
   "pwritev2",
-  "read",
-  "write",
   "fallocate",
   "ftruncate",
   "fdatasync",
   "fsync",
-  "io_uring_enter",
-  "io_submit",
-  "io_getevents",
 ] as const;
 
 /** Tells whether strace is installed. */

@@ -29,6 +29,7 @@ import {
   steppedOffsets,
   straceCounts,
   sumCalls,
+  totalCalls,
   writeFilledFile,
 } from "./_drive.ts";
 import { benchArgs } from "./_qemu.ts";
@@ -75,6 +76,7 @@ interface QemuResult {
   command: string;
   flushes?: number;
   ioCalls?: number;
+  allCalls?: number;
   requests?: number;
 }
 
@@ -191,6 +193,7 @@ async function qemuRef(
     const counts = await straceCounts("qemu-img", benchArgs(path, o, "threads"), `${dir}/strace.txt`);
     out.flushes = sumCalls(counts, FLUSH_CALLS);
     out.ioCalls = sumCalls(counts, IO_CALLS);
+    out.allCalls = totalCalls(counts);
     out.requests = o.count;
   }
   return out;
@@ -209,7 +212,8 @@ const COLUMNS = [
   "qemu flushes",
   "per 1000 req",
   "blkgraph file syscalls/req",
-  "qemu I/O syscalls/req",
+  "qemu file syscalls/req",
+  "qemu all syscalls/req",
 ];
 
 /** Runs the qcow2 benchmarks. */
@@ -249,6 +253,7 @@ export async function run(o: BenchOptions): Promise<BenchTable[]> {
         q?.flushes !== undefined ? per1000(q.flushes, q.requests!) : "n/a",
         (r.syscalls / r.requests).toFixed(2),
         q?.ioCalls !== undefined ? (q.ioCalls / q.requests!).toFixed(2) : "n/a",
+        q?.allCalls !== undefined ? (q.allCalls / q.requests!).toFixed(2) : "n/a",
       ]);
     }
   }
@@ -265,8 +270,9 @@ export async function run(o: BenchOptions): Promise<BenchTable[]> {
       "qemu has no metadata-sync mode: its `ordered` figure is plain qcow2 (cache dependencies), its `lazy refcounts` figure runs on an image " +
       "with lazy_refcounts=on.",
       `QEMU's flushes and I/O syscalls are counted with \`strace -f -c\` in one extra run with \`-i threads\` (io_uring flushes are invisible to ` +
-      `strace), at most ${STRACE_MAX} requests for non-allocating workloads; "I/O syscalls" are pread/pwrite(v), fallocate, ftruncate and ` +
-      "fdatasync. blkgraph's syscalls are the requests that reached the `file` node (each one positional syscall).",
+      `strace), at most ${STRACE_MAX} requests for non-allocating workloads; "file syscalls" are pread/pwrite(v), fallocate, ftruncate and ` +
+      "fdatasync; \"all\" adds the thread pool's futex and eventfd traffic and the process start-up. blkgraph's file syscalls are the " +
+      "requests that reached the `file` node (each one synchronous positional syscall, no thread pool).",
       ...checks,
       ...[...commands].map((c) => `\`${c}\``),
     ],

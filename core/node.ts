@@ -634,13 +634,13 @@ export class BlockNode {
         if (this.#listeners.length) this.#notify({ kind: "flush", node: this, time: performance.now(), req });
         await inst.flush({ req });
         this.stats.flushes++;
-        this.#flushedGen = gen;
       }
     }
     for (const [role, child] of this.children) {
       if (role === "backing" || child.readOnly) continue;
       await child.flush({ req });
     }
+    this.#flushedGen = gen;
   }
 
   /** Number of flushes that reached a driver on this node and every node below it. */
@@ -721,8 +721,10 @@ export class BlockNode {
   }
 
   /**
-   * Closes the node: waits for requests in flight, writes back driver caches,
-   * closes the driver, then closes the children.
+   * Closes the node: waits for requests in flight, flushes what was written
+   * since the last flush (ignoring a flush error, as QEMU does), closes the
+   * driver, then closes the children. The first error of a driver's close is
+   * thrown after everything is closed.
    */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -732,10 +734,15 @@ export class BlockNode {
     }
     if (this.#flushing) await this.#flushing.catch(() => {});
     let error: unknown;
+    // Like QEMU's bdrv_close: what was written is flushed before the driver
+    // lets go (its own close may write more; each child flushes on its
+    // close). As in QEMU, a failing flush does not stop the close: callers
+    // who need to know flush before closing.
+    if (!this.#readOnly && this.#writeGen !== this.#flushedGen) await this.flush().catch(() => {});
     try {
       await this.#inst.close?.();
     } catch (e) {
-      error = e;
+      error ??= e;
     }
     this.#closed = true;
     for (const fn of this.#onClose) fn();

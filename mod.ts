@@ -26,8 +26,17 @@ export type * from "./core/types.ts";
 export { BlockNode, MAX_LENGTH, newRequest, type NodeEvent, type NodeListener, type NodeStats, SECTOR_SIZE } from "./core/node.ts";
 export { driverNames, getDriver, probeFormat, registerDriver } from "./core/registry.ts";
 export { type BlockSpec, looksDotted, normaliseSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";
-export { createImage, type CreateOptions, findNode, nodeNames, open, type OpenOptions, parseCacheMode } from "./core/open.ts";
-export { parseSize } from "./core/options.ts";
+export {
+  type CacheFlags,
+  createImage,
+  type CreateOptions,
+  findNode,
+  nodeNames,
+  open,
+  type OpenOptions,
+  parseCacheMode,
+} from "./core/open.ts";
+export { type Options, parseSize } from "./core/options.ts";
 export { fileDriver } from "./drivers/file.ts";
 export { memoryDriver } from "./drivers/memory.ts";
 export { rawDriver } from "./drivers/raw.ts";

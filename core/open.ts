@@ -39,9 +39,13 @@ export interface OpenOptions {
   cache?: string;
 }
 
-interface CacheFlags {
+/** Flags a cache mode stands for. */
+export interface CacheFlags {
+  /** Bypass the host page cache (O_DIRECT). */
   direct: boolean;
+  /** Flushes never reach the disk. */
   noFlush: boolean;
+  /** Every write is FUA. */
   writeThrough: boolean;
 }
 

@@ -11,6 +11,17 @@
 
 import { BlockError } from "./errors.ts";
 import type { BlkdebugEvent } from "./events.ts";
+import {
+  MAX_LENGTH,
+  newRequest,
+  type NodeConfig,
+  type NodeEvent,
+  type NodeListener,
+  type NodeStats,
+  roundUp,
+  SECTOR_SIZE,
+} from "./request.ts";
+import { RequestTracker } from "./_tracker.ts";
 import type {
   BlockDriver,
   BlockLimits,
@@ -18,100 +29,24 @@ import type {
   ChildRole,
   DriverInstance,
   RequestInfo,
-  RequestOp,
   RequestOptions,
   TruncateOptions,
   WriteOptions,
   WriteZeroesOptions,
 } from "./types.ts";
 
-/** Sector size for {@linkcode BlockNode.read} and {@linkcode BlockNode.write}. */
-export const SECTOR_SIZE = 512;
-
-/** Largest offset or length a request may have (QEMU's BDRV_MAX_LENGTH). */
-export const MAX_LENGTH = 2 ** 53 - 2 ** 32;
+export {
+  MAX_LENGTH,
+  newRequest,
+  type NodeConfig,
+  type NodeEvent,
+  type NodeListener,
+  type NodeStats,
+  roundUp,
+  SECTOR_SIZE,
+} from "./request.ts";
 
 const ZERO_CHUNK = 1 << 20;
-
-/** Counters every node keeps; benchmarks and tests read them. */
-export interface NodeStats {
-  /** Read requests served. */
-  reads: number;
-  /** Write requests served (including FUA and RMW writes). */
-  writes: number;
-  /** Bytes read. */
-  bytesRead: number;
-  /** Bytes written. */
-  bytesWritten: number;
-  /** Write-zeroes requests. */
-  writeZeroes: number;
-  /** Discard requests. */
-  discards: number;
-  /** Flush requests received. */
-  flushRequests: number;
-  /** Flushes that reached this node's driver (`flush` callback ran). */
-  flushes: number;
-  /** Flush requests skipped because nothing was written since the last one. */
-  flushesSkipped: number;
-}
-
-/** What a node listener receives. */
-export type NodeEvent =
-  | {
-    /** A BLKDBG event raised by this node's driver. */
-    kind: "blkdbg";
-    /** The event name. */
-    event: BlkdebugEvent;
-    /** The node that raised it. */
-    node: BlockNode;
-    /** `performance.now()` when it was raised. */
-    time: number;
-    /** The request that raised it. */
-    req?: RequestInfo;
-  }
-  | {
-    /** A flush that reached this node's driver. */
-    kind: "flush";
-    /** The flushed node. */
-    node: BlockNode;
-    /** `performance.now()` when it started. */
-    time: number;
-    /** The request that caused it. */
-    req?: RequestInfo;
-  };
-
-/** Receives node events; see {@linkcode BlockNode.addListener}. */
-export type NodeListener = (event: NodeEvent) => void;
-
-interface Tracked {
-  start: number;
-  end: number;
-  write: boolean;
-  waiters: (() => void)[] | null;
-}
-
-let nextRequestId = 1;
-
-/** Makes a {@linkcode RequestInfo} for a request entering the graph. */
-export function newRequest(node: string, op: RequestOp, offset: number, length: number): RequestInfo {
-  return { id: nextRequestId++, op, node, offset, length };
-}
-
-/** How a node was configured; fixed at open. */
-export interface NodeConfig {
-  /** Unique node name. */
-  name: string;
-  /** The driver. */
-  driver: BlockDriver;
-  /** Options the node was opened with (children removed). */
-  options: Record<string, unknown>;
-  /** Read-only node. */
-  readOnly: boolean;
-  /** Flush never reaches the driver (cache.no-flush / cache=unsafe). */
-  noFlush?: boolean;
-  /** Every write is FUA (cache=writethrough / directsync). */
-  writeThrough?: boolean;
-}
 
 /**
  * One node of a block graph. Open nodes with `open()` from `mod.ts`; drivers
@@ -156,7 +91,7 @@ export class BlockNode {
   #noFlush: boolean;
   #writeThrough: boolean;
   #limits: BlockLimits = defaultLimits();
-  #inflight: Tracked[] = [];
+  #tracker: RequestTracker = new RequestTracker();
   #writeGen = 0;
   #flushedGen = 0;
   #flushing: Promise<void> | null = null;
@@ -315,26 +250,6 @@ export class BlockNode {
     }
   }
 
-  // ---- request tracking (serialisation) --------------------------------
-
-  /** Waits for overlapping conflicting requests, then registers this one. */
-  #track(start: number, end: number, write: boolean): Tracked | Promise<Tracked> {
-    for (const t of this.#inflight) {
-      if (t.start < end && start < t.end && (write || t.write)) {
-        return new Promise<void>((resolve) => (t.waiters ??= []).push(resolve)).then(() => this.#track(start, end, write));
-      }
-    }
-    const t: Tracked = { start, end, write, waiters: null };
-    this.#inflight.push(t);
-    return t;
-  }
-
-  #untrack(t: Tracked): void {
-    const i = this.#inflight.indexOf(t);
-    if (i >= 0) this.#inflight.splice(i, 1);
-    if (t.waiters) { for (const w of t.waiters) w(); }
-  }
-
   // ---- read ---------------------------------------------------------------
 
   /** Reads `buf.length` bytes at `offset` into `buf`. */
@@ -346,7 +261,7 @@ export class BlockNode {
     const align = this.#limits.requestAlignment;
     const start = offset - (offset % align);
     const end = roundUp(offset + length, align);
-    let t = this.#track(start, end, false);
+    let t = this.#tracker.track(start, end, false);
     if (t instanceof Promise) t = await t;
     try {
       if (start === offset && end === offset + length) {
@@ -357,7 +272,7 @@ export class BlockNode {
         buf.set(bounce.subarray(offset - start, offset - start + length));
       }
     } finally {
-      this.#untrack(t);
+      this.#tracker.untrack(t);
     }
     this.stats.reads++;
     this.stats.bytesRead += length;
@@ -424,7 +339,7 @@ export class BlockNode {
     const align = this.#limits.requestAlignment;
     const start = offset - (offset % align);
     const end = roundUp(offset + length, align);
-    let t = this.#track(start, end, true);
+    let t = this.#tracker.track(start, end, true);
     if (t instanceof Promise) t = await t;
     try {
       if (start === offset && end === offset + length) {
@@ -433,7 +348,7 @@ export class BlockNode {
         await this.#writePadded(offset, data, start, end, fua, req);
       }
     } finally {
-      this.#untrack(t);
+      this.#tracker.untrack(t);
     }
     this.stats.writes++;
     this.stats.bytesWritten += length;
@@ -516,14 +431,14 @@ export class BlockNode {
     if (length === 0) return;
     const req = opts.req ?? newRequest(this.name, "write-zeroes", offset, length);
     const fua = (opts.fua ?? false) || this.#writeThrough;
-    let t = this.#track(offset, offset + length, true);
+    let t = this.#tracker.track(offset, offset + length, true);
     if (t instanceof Promise) t = await t;
     try {
       await this.#ownEvent("pwritev_zero", req);
       await this.#zeroes(offset, length, { ...opts, fua: fua && (this.#inst.supportsFua ?? false), req });
       this.#writeGen++;
     } finally {
-      this.#untrack(t);
+      this.#tracker.untrack(t);
     }
     this.stats.writeZeroes++;
     if (fua && !this.#inst.supportsFua) await this.flush({ req });
@@ -578,7 +493,7 @@ export class BlockNode {
     this.#check("discard", offset, length, true);
     if (length === 0) return;
     const req = opts.req ?? newRequest(this.name, "discard", offset, length);
-    let t = this.#track(offset, offset + length, true);
+    let t = this.#tracker.track(offset, offset + length, true);
     if (t instanceof Promise) t = await t;
     try {
       const inst = this.#inst;
@@ -590,7 +505,7 @@ export class BlockNode {
       }
       this.#writeGen++;
     } finally {
-      this.#untrack(t);
+      this.#tracker.untrack(t);
     }
     this.stats.discards++;
   }
@@ -694,7 +609,7 @@ export class BlockNode {
     }
     const req = opts.req ?? newRequest(this.name, "truncate", length, 0);
     const inst = this.#inst;
-    let t = this.#track(0, MAX_LENGTH, true);
+    let t = this.#tracker.track(0, MAX_LENGTH, true);
     if (t instanceof Promise) t = await t;
     try {
       if (inst.truncate) await inst.truncate(length, { ...opts, req });
@@ -706,7 +621,7 @@ export class BlockNode {
       }
       this.#writeGen++;
     } finally {
-      this.#untrack(t);
+      this.#tracker.untrack(t);
     }
   }
 
@@ -728,10 +643,7 @@ export class BlockNode {
    */
   async close(): Promise<void> {
     if (this.#closed) return;
-    while (this.#inflight.length) {
-      const t = this.#inflight[0];
-      await new Promise<void>((resolve) => (t.waiters ??= []).push(resolve));
-    }
+    await this.#tracker.drain();
     if (this.#flushing) await this.#flushing.catch(() => {});
     let error: unknown;
     // Like QEMU's bdrv_close: what was written is flushed before the driver
@@ -764,12 +676,6 @@ export class BlockNode {
 
 function defaultLimits(): BlockLimits {
   return { requestAlignment: 1, maxTransfer: 0, optWriteZero: 0, maxWriteZero: 0, optDiscard: 0, maxDiscard: 0 };
-}
-
-/** Rounds `n` up to a multiple of `align`. */
-export function roundUp(n: number, align: number): number {
-  const r = n % align;
-  return r === 0 ? n : n + align - r;
 }
 
 function sectorOffset(sector: number, bytes: number, what: string): number {

@@ -1,0 +1,96 @@
+/**
+ * What travels with a request and what a node reports: request records,
+ * node counters, listener events and node configuration, plus the size
+ * constants of the request path.
+ *
+ * @module
+ */
+
+import type { BlkdebugEvent } from "./events.ts";
+import type { BlockNode } from "./node.ts";
+import type { BlockDriver, RequestInfo, RequestOp } from "./types.ts";
+
+/** Sector size for {@linkcode BlockNode.read} and {@linkcode BlockNode.write}. */
+export const SECTOR_SIZE = 512;
+
+/** Largest offset or length a request may have (QEMU's BDRV_MAX_LENGTH). */
+export const MAX_LENGTH = 2 ** 53 - 2 ** 32;
+
+/** Counters every node keeps; benchmarks and tests read them. */
+export interface NodeStats {
+  /** Read requests served. */
+  reads: number;
+  /** Write requests served (including FUA and RMW writes). */
+  writes: number;
+  /** Bytes read. */
+  bytesRead: number;
+  /** Bytes written. */
+  bytesWritten: number;
+  /** Write-zeroes requests. */
+  writeZeroes: number;
+  /** Discard requests. */
+  discards: number;
+  /** Flush requests received. */
+  flushRequests: number;
+  /** Flushes that reached this node's driver (`flush` callback ran). */
+  flushes: number;
+  /** Flush requests skipped because nothing was written since the last one. */
+  flushesSkipped: number;
+}
+
+/** What a node listener receives. */
+export type NodeEvent =
+  | {
+    /** A BLKDBG event raised by this node's driver. */
+    kind: "blkdbg";
+    /** The event name. */
+    event: BlkdebugEvent;
+    /** The node that raised it. */
+    node: BlockNode;
+    /** `performance.now()` when it was raised. */
+    time: number;
+    /** The request that raised it. */
+    req?: RequestInfo;
+  }
+  | {
+    /** A flush that reached this node's driver. */
+    kind: "flush";
+    /** The flushed node. */
+    node: BlockNode;
+    /** `performance.now()` when it started. */
+    time: number;
+    /** The request that caused it. */
+    req?: RequestInfo;
+  };
+
+/** Receives node events; see {@linkcode BlockNode.addListener}. */
+export type NodeListener = (event: NodeEvent) => void;
+
+let nextRequestId = 1;
+
+/** Makes a {@linkcode RequestInfo} for a request entering the graph. */
+export function newRequest(node: string, op: RequestOp, offset: number, length: number): RequestInfo {
+  return { id: nextRequestId++, op, node, offset, length };
+}
+
+/** How a node was configured; fixed at open. */
+export interface NodeConfig {
+  /** Unique node name. */
+  name: string;
+  /** The driver. */
+  driver: BlockDriver;
+  /** Options the node was opened with (children removed). */
+  options: Record<string, unknown>;
+  /** Read-only node. */
+  readOnly: boolean;
+  /** Flush never reaches the driver (cache.no-flush / cache=unsafe). */
+  noFlush?: boolean;
+  /** Every write is FUA (cache=writethrough / directsync). */
+  writeThrough?: boolean;
+}
+
+/** Rounds `n` up to a multiple of `align`. */
+export function roundUp(n: number, align: number): number {
+  const r = n % align;
+  return r === 0 ? n : n + align - r;
+}

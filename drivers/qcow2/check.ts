@@ -7,6 +7,14 @@
  * itself broken. Works on the image's *file* node, which must not be open as
  * qcow2 for writing elsewhere.
  *
+ * Where this differs from qemu-img 7.2 on purpose: a repair whose rebuild
+ * QEMU refuses (it marks the image corrupt and then cannot write the new
+ * refcount blocks, "Check failed") is carried out here; `-r` on an image
+ * with persistent bitmaps keeps its internal snapshots (qemu-img drops the
+ * snapshot table there, because its check-mode open skips snapshots before
+ * rewriting the header). Freed clusters are discarded on the file node,
+ * which for the `file` driver is a no-op (QEMU punches holes).
+ *
  * @module
  */
 

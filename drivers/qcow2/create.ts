@@ -6,10 +6,12 @@
  * and data. The header carries QEMU's feature name table (version 3,
  * clusters over 4 KiB) and the backing format and data file extensions.
  *
- * Known differences from QEMU: `preallocation=falloc` leaves the data
- * clusters sparse (the file driver has no fallocate); an image whose
- * metadata outgrows a one-cluster refcount table gets a larger table after
- * the allocated clusters (QEMU places it differently). Encryption: ENOTSUP.
+ * `preallocation=falloc|full` is passed to the file node's truncate, which
+ * allocates (or writes zeros over) the data clusters. Known difference from
+ * QEMU: an image whose metadata outgrows a one-cluster refcount table (only
+ * with small clusters and large sizes, e.g. 512-byte clusters beyond about
+ * 8 MiB of metadata) gets a larger table after the allocated clusters,
+ * where QEMU places it differently. Encryption: ENOTSUP.
  *
  * @module
  */
@@ -111,6 +113,12 @@ export function parseCreateOptions(size: number, input: Record<string, string | 
     }
     if (!KNOWN.includes(key)) fail(`Unknown option '${k}' for format 'qcow2' (known options: ${KNOWN.join(", ")})`);
     options[key] = v;
+  }
+  // `-o size=...` counts when no size was given otherwise.
+  if (size === 0 && options.size !== undefined) {
+    const given = parseSize(options.size);
+    if (given === undefined) fail(`Invalid image size '${String(options.size)}' (option 'size')`);
+    size = given;
   }
   if (!Number.isSafeInteger(size) || size < 0) fail(`Invalid image size ${size}`);
   if (size % 512 !== 0) fail(`Image size must be a multiple of 512 bytes (size ${size})`);
@@ -279,17 +287,18 @@ export async function createQcow2(ctx: CreateContext): Promise<void> {
   const header = serializeHeader(h, cs);
 
   await file.pwrite(0, header);
+  // Grow the file over the data clusters first, so the file node preallocates
+  // them (falloc, full); metadata preallocation only needs them inside the file.
+  const data = layout.data;
+  if (data && data.offset + data.length > file.length) {
+    await file.truncate(data.offset + data.length, { prealloc: o.preallocation === "metadata" ? "off" : o.preallocation });
+  }
   for (const [offset, table] of layout.tables) await file.pwrite(offset, table);
   if (layout.l1Size) await file.pwrite(layout.l1Offset, layout.l1);
   const l2 = new Uint8Array(cs);
   for (const plan of layout.l2) {
     encodeL2(plan, l2, cs, o.extendedL2);
     await file.pwrite(plan.offset, l2);
-  }
-  const data = layout.data;
-  if (data && o.preallocation === "full") await file.pwriteZeroes(data.offset, data.length);
-  else if (data && data.offset + data.length > file.length) {
-    await file.truncate(data.offset + data.length, { prealloc: o.preallocation === "falloc" ? "falloc" : "off" });
   }
   if (o.dataFile !== undefined) await createDataFile(o);
 }

@@ -11,6 +11,7 @@
  * @module
  */
 
+import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./cache.ts";
 import { decodeCompressed, newMapping } from "./l2.ts";
@@ -96,6 +97,20 @@ function classify(st: Qcow2State, view: DataView, idx: number, from: number, to:
   }
   if (st.header.version >= 3 && view.getUint32(at + 4) & LO_ZERO) return WIDEN;
   return INPLACE;
+}
+
+/**
+ * True when the clusters `first .. first+k-1` of an L2 table read as zeros
+ * before the write: no backing file, no external data file or subclusters,
+ * and no host cluster behind them.
+ */
+function zeroAround(st: Qcow2State, view: DataView, first: number, k: number): boolean {
+  if (st.backing || st.extL2 || st.externalData) return false;
+  for (let i = first; i < first + k; i++) {
+    const at = i * st.entryBytes;
+    if (view.getUint32(at) & HI_COMPRESSED || entryOffset(view, at) !== 0) return false;
+  }
+  return true;
 }
 
 /** Writes `data` at guest `offset` (metadata lock held). */
@@ -221,11 +236,31 @@ async function writeNew(
   const gStart = base + first * st.cs;
   const gEnd = gStart + k * st.cs;
   const segEnd = Math.min(chunkEnd, gEnd);
+  // Clusters that were unallocated in an image without a backing file read
+  // as zeros around the guest data; when they land past the end of the host
+  // file, that space reads as zeros already, so only the guest data is
+  // written (QEMU writes zeroes with BDRV_REQ_NO_FALLBACK there instead).
+  const endBefore = st.data.length;
   const host = st.externalData ? gStart : await allocClusters(st, k, req);
   const part = data.subarray(cur - dataOffset, segEnd - dataOffset);
   let out = part;
   const cow = cur > gStart || segEnd < gEnd;
-  if (cow) {
+  let written = false;
+  if (cow && host >= endBefore && zeroAround(st, e.view, first, k)) {
+    const p = st.event("write_aio", req);
+    if (p) await p;
+    await st.data.pwrite(host + (cur - gStart), part, { req });
+    // Cover the whole run, as a file of full clusters, where that is cheap.
+    if (segEnd < gEnd) {
+      try {
+        await st.data.pwriteZeroes(host + (segEnd - gStart), gEnd - segEnd, { noFallback: true, req });
+      } catch (err) {
+        // Without a fast path the tail stays a hole past the end: it reads as zeros.
+        if (!(err instanceof BlockError && err.code === "ENOTSUP")) throw err;
+      }
+    }
+    written = true;
+  } else if (cow) {
     out = new Uint8Array(gEnd - gStart);
     const p = st.event("cow_read", req);
     if (p) await p;
@@ -234,9 +269,11 @@ async function writeNew(
     out.set(part, cur - gStart);
   }
   // Guest data and COW regions go out in one write (QEMU's merged COW).
-  const p = st.event(cow ? "cow_write" : "write_aio", req);
-  if (p) await p;
-  await st.data.pwrite(cow ? host : host + (cur - gStart), out, { req });
+  if (!written) {
+    const p = st.event(cow ? "cow_write" : "write_aio", req);
+    if (p) await p;
+    await st.data.pwrite(cow ? host : host + (cur - gStart), out, { req });
+  }
   for (let i = 0; i < k; i++) {
     const at = (first + i) * st.entryBytes;
     releaseEntry(st, e.view, at);

@@ -3,7 +3,7 @@
 // memory and checks parseHeader() fails with the right code and a message
 // that names the field.
 import assert from "node:assert/strict";
-import { BlockError } from "../../../core/errors.ts";
+import { BlockError, open } from "../../../mod.ts";
 import { parseHeader, type Qcow2Header, serializeHeader } from "../../../drivers/qcow2/header.ts";
 import { runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 
@@ -257,4 +257,21 @@ Deno.test({
     assert.equal(h.backingFile, "base.qcow2");
     assert.equal(h.backingFormat, "qcow2");
   },
+});
+
+Deno.test("open() of a qcow2 file with a bad header fails with parseHeader()'s error", async () => {
+  await using dir = await tempDir();
+  for (const c of CASES.filter((c) => !c.name.startsWith("a bad magic"))) {
+    const buf = serializeHeader(validHeader(), CS);
+    c.patch(new DataView(buf.buffer));
+    const path = `${dir.path}/bad.qcow2`;
+    const file = new Uint8Array(FILE_LENGTH);
+    file.set(buf);
+    await Deno.writeFile(path, file);
+    await assert.rejects(open({ driver: "qcow2", file: { driver: "file", filename: path } }, { readOnly: true }), (e: unknown) => {
+      assert.ok(e instanceof BlockError, `${c.name}: ${e}`);
+      assert.equal(e.code, c.code, `${c.name}: ${e.message}`);
+      return true;
+    });
+  }
 });

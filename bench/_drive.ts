@@ -145,3 +145,16 @@ export async function writeFilledFile(path: string, size: number): Promise<void>
     f.close();
   }
 }
+
+/**
+ * fdatasyncs a file, so that every overwrite run starts without the dirty
+ * page-cache backlog of the previous one.
+ */
+export async function syncFile(path: string): Promise<void> {
+  const f = await Deno.open(path, { read: true, write: true });
+  try {
+    await f.syncData();
+  } finally {
+    f.close();
+  }
+}

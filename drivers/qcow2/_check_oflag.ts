@@ -65,10 +65,15 @@ export async function checkOflagCopied(
       if (!offset && (!dataFile || !(ehi & COPIED) || (!extL2 && tv.getUint32(at + 4) & 1))) continue;
       let rc = 1;
       if (!dataFile) {
-        try {
-          rc = await disk.get(Math.floor(offset / cs));
-        } catch {
-          continue;
+        const c = Math.floor(offset / cs);
+        const known = disk.peek(c); // no await per entry when the block is loaded
+        if (known !== undefined) rc = known;
+        else {
+          try {
+            rc = await disk.get(c);
+          } catch {
+            continue;
+          }
         }
       }
       if ((rc === 1) !== ((ehi & COPIED) !== 0)) {

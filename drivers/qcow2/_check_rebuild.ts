@@ -1,8 +1,13 @@
 /**
- * Rebuilding the refcount structure (QEMU's rebuild_refcount_structure):
- * new refcount blocks and a new refcount table, written from the counted
- * references after the last used cluster, then the header is pointed at
- * them. The old structure is left leaked; check frees it afterwards.
+ * Rebuilding the refcount structure, as QEMU's rebuild_refcount_structure
+ * (block/qcow2-refcount.c, QEMU 7.1+) does it: every refcount block range
+ * that has a used cluster gets a new refcount block in the first free
+ * cluster at or after the start of that range (so it is written after all
+ * the refcounts it holds are final), written as a slice of the counted
+ * references; then the new table goes into the first free run of clusters,
+ * the blocks covering it are rewritten, and this repeats until the table
+ * stops growing. Finally the header is pointed at the new table. The old
+ * structure is left leaked; check frees it afterwards.
  *
  * Private to `check.ts`.
  *
@@ -13,51 +18,92 @@ import type { BlockNode } from "../../core/node.ts";
 import type { Qcow2Header } from "./header.ts";
 import { HI, type RefArray, setRefcount } from "./_check_tables.ts";
 
+interface State {
+  file: BlockNode;
+  ref: RefArray;
+  cs: number;
+  order: number;
+  per: number;
+  /** New refcount table entries (cluster index of each block, 0 = none). */
+  table: number[];
+  /** Entries the table has room for (whole clusters). */
+  entries: number;
+}
+
+/** QEMU's alloc_clusters_imrt: first run of `count` free clusters from `first.value`; marks them used. */
+function allocClusters(s: State, count: number, first: { value: number }): number {
+  let cluster = first.value;
+  let free = 0;
+  let firstGap = true;
+  for (; cluster < s.ref.size && free < count; cluster++) {
+    if (!s.ref.get(cluster)) {
+      free++;
+      if (firstGap) {
+        first.value = cluster;
+        firstGap = false;
+      }
+    } else free = 0;
+  }
+  if (free < count) s.ref.grow(cluster + count - free);
+  cluster -= free;
+  for (let i = 0; i < count; i++) s.ref.set(cluster + i, 1);
+  return cluster;
+}
+
+/** QEMU's rebuild_refcounts_write_refblocks; returns whether the table grew. */
+async function writeRefblocks(s: State, firstCluster: number, endCluster: number): Promise<boolean> {
+  const first = { value: 0 };
+  let grown = false;
+  const block = new Uint8Array(s.cs);
+  const view = new DataView(block.buffer);
+  for (let cluster = firstCluster; cluster < endCluster; cluster++) {
+    if (!s.ref.get(cluster)) continue;
+    const index = Math.floor(cluster / s.per);
+    const start = index * s.per;
+    let at = index < s.entries ? s.table[index] : 0;
+    if (!at) {
+      // Never inside a refcount block range already written.
+      if (first.value < start) first.value = start;
+      at = allocClusters(s, 1, first);
+      if (at >= endCluster) endCluster = at + 1;
+      if (s.entries <= index) {
+        s.entries = Math.ceil(((index + 1) * 8) / s.cs) * (s.cs / 8);
+        grown = true;
+      }
+      s.table[index] = at;
+    }
+    block.fill(0);
+    for (let k = 0; k < s.per && start + k < s.ref.size; k++) {
+      const r = s.ref.get(start + k);
+      if (r) setRefcount(block, view, k, s.order, r);
+    }
+    await s.file.pwrite(at * s.cs, block);
+    cluster = start + s.per - 1;
+  }
+  return grown;
+}
+
 /** Writes a new refcount structure for the refcounts in `ref`; updates `h`. */
 export async function rebuildRefcountStructure(file: BlockNode, h: Qcow2Header, ref: RefArray): Promise<void> {
   const cs = 2 ** h.clusterBits;
-  const order = h.refcountOrder;
-  const refMax = 2 ** (2 ** order) - 1;
-  const per = (cs * 8) / 2 ** order;
-  let start = ref.size;
-  while (start > 1 && ref.get(start - 1) === 0) start--;
-  const used = new Set<number>();
-  for (let i = 0; i < ref.size; i++) if (ref.get(i)) used.add(Math.floor(i / per));
-  // Fixed point: the new blocks and table need refcounts themselves.
-  let need = new Set(used);
+  const s: State = { file, ref, cs, order: h.refcountOrder, per: (cs * 8) / 2 ** h.refcountOrder, table: [], entries: 0 };
+  let grown = await writeRefblocks(s, 0, ref.size);
+  let tableCluster = 0;
   let tableClusters = 0;
-  for (;;) {
-    const end = start + need.size + tableClusters;
-    const next = new Set(used);
-    for (let c = start; c < end; c++) next.add(Math.floor(c / per));
-    let maxIndex = 0;
-    for (const i of next) maxIndex = Math.max(maxIndex, i);
-    const t = Math.ceil(((maxIndex + 1) * 8) / cs);
-    if (next.size === need.size && t === tableClusters) break;
-    need = next;
-    tableClusters = t;
+  while (grown) {
+    tableClusters = Math.ceil((s.entries * 8) / cs);
+    tableCluster = allocClusters(s, tableClusters, { value: 0 });
+    grown = await writeRefblocks(s, tableCluster, tableCluster + tableClusters);
   }
-  const end = start + need.size + tableClusters;
-  for (let c = start; c < end; c++) ref.set(c, 1);
-  const table = new Uint8Array(tableClusters * cs);
+  const table = new Uint8Array(s.entries * 8);
   const tv = new DataView(table.buffer);
-  let at = start;
-  for (const index of [...need].sort((a, b) => a - b)) {
-    const bytes = new Uint8Array(cs);
-    const view = new DataView(bytes.buffer);
-    const first = index * per;
-    for (let k = 0; k < per && first + k < ref.size; k++) {
-      const r = ref.get(first + k);
-      if (r) setRefcount(bytes, view, k, order, Math.min(r, refMax));
-    }
-    await file.pwrite(at * cs, bytes);
-    tv.setUint32(index * 8, Math.floor((at * cs) / HI));
-    tv.setUint32(index * 8 + 4, (at * cs) % HI);
-    at++;
-  }
-  const tableOffset = at * cs;
+  s.table.forEach((cluster, i) => {
+    if (!cluster) return;
+    tv.setUint32(i * 8, Math.floor((cluster * cs) / HI));
+    tv.setUint32(i * 8 + 4, (cluster * cs) % HI);
+  });
+  const tableOffset = tableCluster * cs;
   await file.pwrite(tableOffset, table);
-  await file.flush();
   // refcount_table_offset and refcount_table_clusters in one write.
   const hdr = new Uint8Array(12);
   const hv = new DataView(hdr.buffer);

@@ -92,6 +92,18 @@ export class DiskRefcounts {
     b.dirty = true;
   }
 
+  /**
+   * The on-disk refcount of `cluster` without I/O: undefined when its block
+   * still has to be read (then use {@linkcode DiskRefcounts.get}).
+   */
+  peek(cluster: number): number | undefined {
+    const index = Math.floor(cluster / this.perBlock);
+    const b = this.#blocks.get(index);
+    if (b) return this.read(b, cluster % this.perBlock);
+    if (index >= this.entries || this.#blockOffset(index) === 0) return 0;
+    return undefined;
+  }
+
   /** The on-disk refcount of `cluster` (0 without a refcount block). */
   async get(cluster: number): Promise<number> {
     const b = await this.block(Math.floor(cluster / this.perBlock));

@@ -11,6 +11,7 @@
  * @module
  */
 
+import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import {
   AUTOCLEAR_BITMAPS,
@@ -29,15 +30,25 @@ import { DiskRefcounts, type RefBlock } from "./_check_refcounts.ts";
 
 /** Counters of one check run (QEMU's BdrvCheckResult). */
 export interface Counters {
+  /** Refcounts too low and other metadata errors. */
   corruptions: number;
+  /** Refcounts too high. */
   leaks: number;
+  /** Errors that stopped part of the check. */
   checkErrors: number;
+  /** Corruptions repaired. */
   corruptionsFixed: number;
+  /** Leaks repaired. */
   leaksFixed: number;
+  /** End of the last used host cluster. */
   imageEndOffset: number;
+  /** Guest clusters of the virtual disk. */
   totalClusters: number;
+  /** Guest clusters allocated. */
   allocatedClusters: number;
+  /** Allocated clusters not following their predecessor. */
   fragmentedClusters: number;
+  /** Compressed clusters. */
   compressedClusters: number;
 }
 
@@ -59,7 +70,9 @@ export function zeroCounters(): Counters {
 
 /** Repair flags (QEMU's BDRV_FIX_LEAKS and BDRV_FIX_ERRORS). */
 export interface Fix {
+  /** Drop refcounts that are too high. */
   leaks: boolean;
+  /** Fix everything else too (rebuilding the refcount structure if needed). */
   errors: boolean;
 }
 
@@ -69,7 +82,9 @@ const MAX_SNAPSHOT_TABLE = 64 * 1024 * 1024;
 
 /** One check of one image file. */
 export class Checker {
+  /** The counters of the current pass. */
   res: Counters = zeroCounters();
+  /** Lines reported so far (qemu-img's stderr). */
   readonly messages: string[];
   #file: BlockNode;
   #h: Qcow2Header;
@@ -121,12 +136,12 @@ export class Checker {
   #signalCorruption(what: string): void {
     if (this.#corruptSignalled) return;
     this.#corruptSignalled = true;
-    if (this.#file.readOnly || this.#h.version < 3) {
+    if (this.#file.readOnly) {
       this.#say(`qcow2: Image is corrupt: ${what}; further non-fatal corruption events will be suppressed`);
       return;
     }
     this.#say(`qcow2: Marking image as corrupt: ${what}; further corruption events will be suppressed`);
-    this.#h.incompatibleFeatures |= INCOMPAT_CORRUPT;
+    this.#h.incompatibleFeatures |= INCOMPAT_CORRUPT; // written back for version 3 only
   }
 
   #say(line: string): void {
@@ -347,7 +362,7 @@ export class Checker {
             this.res.corruptionsFixed++;
             this.#inc(offset, cs);
           } catch (e) {
-            this.#say(`ERROR could not resize image: ${(e as Error).message}`);
+            this.#say(`ERROR could not resize image: ${e instanceof BlockError ? e.strerror : (e as Error).message}`);
             this.#rebuild = true;
           }
         }

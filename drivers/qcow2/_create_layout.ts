@@ -1,13 +1,12 @@
 /**
- * Where `createQcow2` puts every cluster, computed the way QEMU's allocator
- * places them during `qcow2_co_create` + `qcow2_co_truncate`: header,
- * refcount table and first refcount block in clusters 0-2, the L1 table
- * from cluster 3, refcount blocks right after the range whose allocation
- * needed them, and for preallocation either one L2 table then its data
- * clusters at a time (`metadata`), or (`falloc`, `full`) a new refcount
- * area sized for the whole image followed by the data clusters, with L2
- * tables in the freed old refcount table and after the data
- * (QEMU's qcow2_refcount_area).
+ * Where `createQcow2` puts every cluster, as `qemu-img create` does
+ * (qcow2_co_create, then qcow2_co_truncate to the virtual size), using the
+ * allocator model in `_create_alloc.ts`: header, refcount table and first
+ * refcount block in clusters 0-2, the L1 table from cluster 3, then for
+ * `preallocation=metadata` one L2 table and its data clusters at a time
+ * (preallocate_co), or for `falloc`/`full` a refcount area sized for the
+ * whole image, the data clusters after it, and the L2 tables wherever the
+ * allocator finds room (the freed old refcount table first).
  *
  * Private to `create.ts`.
  *
@@ -15,6 +14,7 @@
  */
 
 import { setRefcount } from "./_check_tables.ts";
+import { QemuAllocator } from "./_create_alloc.ts";
 
 const INT_MAX = 2 ** 31 - 1;
 const COPIED_HI = 0x80000000;
@@ -47,12 +47,24 @@ export interface Layout {
   reftableOffset: number;
   /** Refcount table length in clusters. */
   reftableClusters: number;
-  /** Refcount table and blocks: byte offset and content. */
+  /** Refcount tables (replaced ones first, then the current one): byte offset and content. */
   tables: [number, Uint8Array][];
+  /** Refcount blocks, encoded on demand by `encodeBlock`. */
+  blocks: RefblockPlan[];
+  /** Encodes a refcount block into `buf` (one cluster). */
+  encodeBlock(plan: RefblockPlan, buf: Uint8Array): void;
   /** Preallocated L2 tables, encoded on demand by {@linkcode encodeL2}. */
   l2: L2Plan[];
   /** Preallocated data clusters in the image file: byte range. */
   data?: { offset: number; length: number };
+}
+
+/** One refcount block: where it goes and which refcount table entry it is. */
+export interface RefblockPlan {
+  /** Byte offset of the block. */
+  offset: number;
+  /** Its index in the refcount table. */
+  index: number;
 }
 
 /** One preallocated L2 table: where it goes and the runs of entries it maps. */
@@ -74,99 +86,6 @@ export function encodeL2(plan: L2Plan, buf: Uint8Array, cs: number, extendedL2: 
   for (const [first, host, n] of plan.runs) {
     for (let k = 0; k < n; k++) putEntry(view, (first + k) * step, (host + k) * cs);
   }
-}
-
-/** Sequential cluster allocator with QEMU's refcount block placement. */
-class Allocator {
-  next = 0;
-  reftable: number[] = [];
-  reftableCluster = 1;
-  reftableClusters = 1;
-  readonly freed = new Set<number>();
-  /** The table refcountArea replaced: QEMU frees it without zeroing it. */
-  oldTable?: { cluster: number; clusters: number; entries: number[] };
-  readonly perBlock: number;
-  readonly cs: number;
-
-  constructor(cs: number, refcountBits: number) {
-    this.cs = cs;
-    this.perBlock = (cs * 8) / refcountBits;
-  }
-
-  /** Allocates `n` contiguous clusters at the end. */
-  alloc(n: number): number {
-    const start = this.next;
-    this.next += n;
-    for (let c = start; c < start + n; c++) this.#cover(c);
-    return start;
-  }
-
-  /** Allocates one cluster, reusing the lowest freed one first (QEMU's free_cluster_index). */
-  allocOne(): number {
-    if (this.freed.size === 0) return this.alloc(1);
-    const c = Math.min(...this.freed);
-    this.freed.delete(c);
-    return c;
-  }
-
-  #cover(c: number): void {
-    const idx = Math.floor(c / this.perBlock);
-    if (idx >= (this.reftableClusters * this.cs) / 8) this.#growTable(idx);
-    if (this.reftable[idx]) return;
-    const b = this.next++;
-    this.reftable[idx] = b;
-    if (Math.floor(b / this.perBlock) !== idx) this.#cover(b);
-  }
-
-  #growTable(idx: number): void {
-    // Not QEMU's placement (it rarely matters: 16 TB of file with 64k clusters).
-    const old = this.reftableCluster;
-    const oldClusters = this.reftableClusters;
-    const clusters = Math.max(Math.ceil(((idx + 1) * 8) / this.cs), oldClusters * 2);
-    this.reftableClusters = clusters;
-    this.reftableCluster = this.next;
-    this.next += clusters;
-    for (let c = this.reftableCluster; c < this.reftableCluster + clusters; c++) this.#cover(c);
-    for (let c = old; c < old + oldClusters; c++) this.freed.add(c);
-  }
-
-  /**
-   * QEMU's qcow2_refcount_area: refcount blocks and a new exact-size table
-   * covering `extra` more clusters after the current end; frees the old
-   * table. Returns the first cluster after the area.
-   */
-  refcountArea(extra: number): number {
-    const start = this.next;
-    const blocks = refblockCount(start + extra, this.cs, this.perBlock);
-    const perTableCluster = this.cs / 8;
-    const tableClusters = Math.ceil(blocks / perTableCluster);
-    this.oldTable = { cluster: this.reftableCluster, clusters: this.reftableClusters, entries: [...this.reftable] };
-    let at = start;
-    for (let i = Math.floor(start / this.perBlock); i < blocks; i++) if (!this.reftable[i]) this.reftable[i] = at++;
-    const old = this.reftableCluster;
-    const oldClusters = this.reftableClusters;
-    this.reftableCluster = at;
-    this.reftableClusters = tableClusters;
-    this.next = at + tableClusters;
-    for (let c = old; c < old + oldClusters; c++) this.freed.add(c);
-    return this.next;
-  }
-}
-
-/** QEMU's qcow2_refcount_metadata_size fixed point: refcount blocks for `clusters` plus themselves. */
-function refblockCount(clusters: number, cs: number, perBlock: number): number {
-  const perTableCluster = cs / 8;
-  let table = 0;
-  let blocks = 0;
-  let n = 0;
-  let last;
-  do {
-    last = n;
-    blocks = Math.ceil((clusters + table + blocks) / perBlock);
-    table = Math.ceil(blocks / perTableCluster);
-    n = clusters + blocks + table;
-  } while (n !== last);
-  return blocks;
 }
 
 function putEntry(view: DataView, at: number, offset: number): void {
@@ -192,9 +111,8 @@ export function planLayout(o: LayoutInput): Layout {
   const l2Entries = cs / entryBytes;
   const guestClusters = Math.ceil(o.size / cs);
   const l1Size = Math.ceil(guestClusters / l2Entries);
-  const a = new Allocator(cs, o.refcountBits);
-  a.reftable[0] = 2; // header, refcount table, first refcount block
-  a.alloc(3);
+  const a = new QemuAllocator(cs, o.refcountBits);
+  a.alloc(3); // header, refcount table, first refcount block
   const l1Cluster = l1Size ? a.alloc(Math.ceil((l1Size * 8) / cs)) : 0;
   const l1 = new Uint8Array(l1Size * 8);
   const l1View = new DataView(l1.buffer);
@@ -211,6 +129,7 @@ export function planLayout(o: LayoutInput): Layout {
     // preallocate_co: per L2 table, the table then its data (limited to INT_MAX bytes a chunk).
     const maxChunk = Math.floor(INT_MAX / cs);
     let first = -1;
+    let end = 0;
     for (let i = 0; i < l1Size; i++) {
       const plan = newL2(i, a.alloc(1));
       const g0 = i * l2Entries;
@@ -219,47 +138,56 @@ export function planLayout(o: LayoutInput): Layout {
         const n = Math.min(maxChunk, gEnd - g);
         // With an external data file, host offsets are guest offsets.
         const host = o.dataFile ? g : a.alloc(n);
-        if (first < 0 && !o.dataFile) first = host;
+        if (!o.dataFile) {
+          if (first < 0) first = host;
+          end = Math.max(end, host + n);
+        }
         plan.runs.push([g - g0, host, n]);
         g += n;
       }
     }
-    if (first >= 0) data = { offset: first * cs, length: (a.next - first) * cs };
+    if (first >= 0) data = { offset: first * cs, length: (end - first) * cs };
   } else if (o.preallocation !== "off") {
-    const dataStart = a.refcountArea(guestClusters + Math.ceil(guestClusters / l2Entries) + 1);
-    a.next = dataStart + guestClusters;
+    // qcow2_co_truncate with falloc/full: a refcount area sized for the data
+    // and its L2 tables, then the data, then the L2 tables where they fit.
+    const dataStart = a.refcountArea(a.end, guestClusters + Math.ceil(guestClusters / l2Entries) + 1, true);
+    a.allocAt(dataStart, guestClusters);
     if (guestClusters) data = { offset: dataStart * cs, length: guestClusters * cs };
     for (let i = 0; i < l1Size; i++) {
-      const plan = newL2(i, a.allocOne());
+      const plan = newL2(i, a.alloc(1));
       const g0 = i * l2Entries;
       plan.runs.push([0, dataStart + g0, Math.min(guestClusters, g0 + l2Entries) - g0]);
     }
   }
 
-  // Refcount table and blocks: every allocated cluster not freed has refcount 1.
+  // Refcount table and blocks; replaced tables first (QEMU leaves their bytes).
   const order = Math.log2(o.refcountBits);
-  const stale: [number, Uint8Array][] = a.oldTable
-    ? [[a.oldTable.cluster * cs, encodeTable(a.oldTable.entries, a.oldTable.clusters, cs)]]
-    : [];
-  const reftable = encodeTable(a.reftable, a.reftableClusters, cs);
-  const blocks: [number, Uint8Array][] = [];
-  a.reftable.forEach((cluster, idx) => {
-    if (!cluster) return;
-    const block = new Uint8Array(cs);
-    const bv = new DataView(block.buffer);
-    const first = idx * a.perBlock;
-    for (let k = 0; k < a.perBlock && first + k < a.next; k++) {
-      if (!a.freed.has(first + k)) setRefcount(block, bv, k, order, 1);
-    }
-    blocks.push([cluster * cs, block]);
+  const perTableCluster = cs / 8;
+  const stale: [number, Uint8Array][] = a.stale.map((t) => [t.cluster * cs, encodeTable(t.entries, t.clusters, cs)]);
+  const reftable = encodeTable(a.table, a.tableEntries / perTableCluster, cs);
+  const last = a.end;
+  const blocks: RefblockPlan[] = [];
+  a.table.forEach((cluster, index) => {
+    if (cluster && index < a.tableEntries) blocks.push({ offset: cluster * cs, index });
   });
+  const encodeBlock = (plan: RefblockPlan, buf: Uint8Array): void => {
+    buf.fill(0);
+    const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    const first = plan.index * a.perBlock;
+    for (let k = 0; k < a.perBlock && first + k < last; k++) {
+      const r = a.refcount(first + k);
+      if (r) setRefcount(buf, view, k, order, r);
+    }
+  };
   return {
     l1Size,
     l1Offset: l1Cluster * cs,
     l1,
-    reftableOffset: a.reftableCluster * cs,
-    reftableClusters: a.reftableClusters,
-    tables: [...stale, [a.reftableCluster * cs, reftable], ...blocks],
+    reftableOffset: a.tableCluster * cs,
+    reftableClusters: a.tableEntries / perTableCluster,
+    tables: [...stale, [a.tableCluster * cs, reftable]],
+    blocks,
+    encodeBlock,
     l2,
     data,
   };

@@ -45,6 +45,8 @@ const SAME_AS_QEMU: [string, number, Opts][] = [
   }],
   ["preallocation=falloc, size 0", 0, { preallocation: "falloc" }],
   ["preallocation=full", 4 << 20, { preallocation: "full", cluster_size: "4k" }],
+  ["a refcount table that must grow (512-byte clusters, 64 GiB)", 64 * 2 ** 30, { cluster_size: "512" }],
+  ["a refcount table that must grow, with metadata preallocation", 64 << 20, { cluster_size: "512", preallocation: "metadata" }],
 ];
 
 for (const [name, size, options] of SAME_AS_QEMU) {
@@ -227,6 +229,7 @@ const BAD: [string, number, Opts, string, RegExp][] = [
   ["data_file with compat=0.10", 1 << 20, { data_file: "d.raw", compat: "0.10" }, "EINVAL", /External data files/],
   ["an unknown option", 1 << 20, { clustersize: "64k" }, "EINVAL", /'clustersize'/],
   ["encryption", 1 << 20, { "encrypt.format": "luks" }, "ENOTSUP", /encrypt\.format/],
+  ["a size whose L1 table would pass 32 MiB", 2 ** 40, { cluster_size: "512" }, "EFBIG", /too large.*larger cluster size/],
 ];
 
 for (const [name, size, options, code, message] of BAD) {

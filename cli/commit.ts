@@ -1,9 +1,8 @@
 /**
  * `blkgraph commit`: qemu-img commit into the direct backing file. Copies
- * every range the overlay allocates itself into its backing file. The
- * overlay is not emptied afterwards (as with qemu-img's `-d`): the qcow2
- * driver has no "make empty" (a full discard) yet. It reads the same as
- * before, since the backing file now holds the same data.
+ * every range the overlay allocates itself into its backing file, then
+ * empties the overlay (qcow2's make-empty: every cluster is dropped, so it
+ * reads through to the backing file) unless `-d` is given.
  *
  * @module
  */
@@ -14,9 +13,8 @@ import { CliError, type CliIO, flagString, IMAGE_FLAGS, isZero, needPositionals,
 
 const USAGE = `Usage: blkgraph commit [-q] [-f fmt] [-t cache] [-d] [-p] filename
 
-Commits the changes recorded in an overlay image into its backing file.
-The overlay keeps its clusters (as with -d): emptying it is not supported
-yet; it reads the same as before.
+Commits the changes recorded in an overlay image into its backing file,
+then empties the overlay (-d keeps its clusters).
 `;
 
 const CHUNK = 2 << 20;
@@ -88,15 +86,25 @@ async function run(args: string[], io: CliIO): Promise<number> {
       );
     }
     await commitInto(top, base);
-    if (p.values.keep !== true && p.values.quiet !== true) {
-      io.stderr("blkgraph: note: the overlay keeps its clusters (emptying it is not supported yet); it reads the same as before\n");
-    }
   } finally {
     if (top) await top.close();
     else await base.close();
   }
+  if (p.values.keep !== true) await emptyOverlay(filename, fmt);
   if (p.values.quiet !== true) io.stdout("Image committed.\n");
   return 0;
+}
+
+/** Drops every cluster of the overlay so it reads through to its backing file. */
+async function emptyOverlay(filename: string, format: string): Promise<void> {
+  const overlay = await open({ driver: format, file: { driver: "file", filename }, backing: null });
+  try {
+    const inst = overlay.instance as { makeEmpty?: () => Promise<void> };
+    if (!inst.makeEmpty) throw new CliError(`Cannot empty '${filename}': format '${format}' cannot drop its clusters`);
+    await inst.makeEmpty();
+  } finally {
+    await overlay.close();
+  }
 }
 
 /** The `commit` verb. */

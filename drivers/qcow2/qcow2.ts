@@ -174,6 +174,23 @@ export class Qcow2Instance implements DriverInstance {
     });
   }
 
+  /**
+   * Drops every cluster of the active layer, so the image reads from its
+   * backing file (or as zeros) everywhere — QEMU's `qcow2_make_empty`, used
+   * by `commit` to empty the overlay.
+   */
+  async makeEmpty(opts: RequestOptions = {}): Promise<void> {
+    const st = this.#st;
+    if (st.node.readOnly) {
+      throw new BlockError("EROFS", `Cannot empty node '${st.node.name}': node is read-only`, { node: st.node.name });
+    }
+    const size = Math.ceil(st.header.size / st.cs) * st.cs;
+    await st.lock.run(async () => {
+      await zeroOrDiscard(st, 0, size, { discard: true, unmap: true, full: true }, opts.req);
+      await relieveCaches(st, opts.req);
+    });
+  }
+
   /** Allocation state of the extent at `offset`. */
   blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
     return blockStatus(this.#st, offset, length, opts.req);

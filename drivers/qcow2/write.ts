@@ -296,7 +296,7 @@ export async function zeroOrDiscard(
   st: Qcow2State,
   offset: number,
   length: number,
-  opts: { discard: boolean; unmap: boolean },
+  opts: { discard: boolean; unmap: boolean; full?: boolean },
   req: RequestInfo | undefined,
 ): Promise<void> {
   await markDirty(st, req);
@@ -308,7 +308,7 @@ export async function zeroOrDiscard(
     const base = l1i * st.l2Span;
     const chunkEnd = Math.min(end, base + st.l2Span);
     const hasTable = l1i < st.l1Size && st.l1Offset(l1i) !== 0;
-    if (!hasTable && (!st.backing || (opts.discard && !v3))) {
+    if (!hasTable && (!st.backing || (opts.discard && (!v3 || opts.full)))) {
       cur = chunkEnd;
       continue; // unallocated, and nothing below to hide
     }
@@ -325,7 +325,13 @@ export async function zeroOrDiscard(
   }
 }
 
-function zeroEntry(st: Qcow2State, e: CacheEntry, at: number, v3: boolean, opts: { discard: boolean; unmap: boolean }): void {
+function zeroEntry(
+  st: Qcow2State,
+  e: CacheEntry,
+  at: number,
+  v3: boolean,
+  opts: { discard: boolean; unmap: boolean; full?: boolean },
+): void {
   const view = e.view;
   const hi = view.getUint32(at);
   const host = entryOffset(view, at);
@@ -335,7 +341,9 @@ function zeroEntry(st: Qcow2State, e: CacheEntry, at: number, v3: boolean, opts:
   let keep = false;
   let zero: boolean;
   if (opts.discard) {
-    zero = v3 && (st.backing !== undefined || allocated);
+    // A full discard makes the cluster unallocated (reads from the backing
+    // file again), as QEMU's full_discard does for make_empty.
+    zero = !opts.full && v3 && (st.backing !== undefined || allocated);
   } else {
     zero = true;
     keep = !opts.unmap && !compressed && allocated && copied;

@@ -299,7 +299,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "commit copies the overlay into its backing file as qemu-img commit does",
+  name: "commit copies the overlay into its backing file and empties it as qemu-img commit does",
   ignore: QEMU,
   async fn() {
     await using d = await tempDir();
@@ -318,6 +318,11 @@ Deno.test({
     );
     assertEquals((await run("qemu-img", ["check", `${d.path}/o-base.qcow2`])).code, 0);
     assertEquals((await run("qemu-img", ["compare", `${d.path}/o-top.qcow2`, `${d.path}/q-top.qcow2`])).stdout, "Images are identical.\n");
+    // Like qemu-img, the overlay is emptied: it allocates nothing of its own any more.
+    const mapOf = async (f: string) =>
+      (await runOk("qemu-img", ["map", "--output=json", "-U", `${d.path}/${f}`])).stdout.replaceAll(/"offset": \d+/g, "");
+    assertEquals(await mapOf("o-top.qcow2"), await mapOf("q-top.qcow2"));
+    assertEquals((await run("qemu-img", ["check", `${d.path}/o-top.qcow2`])).code, 0);
     const none = await cli(["commit", `${d.path}/o-base.qcow2`]);
     assertEquals([none.code, none.stderr], [1, "blkgraph: Image does not have a backing file\n"]);
   },

@@ -27,27 +27,7 @@ import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_CLUSTER_BITS, parseHeader, type Q
  * What a check found; the fields mean what `qemu-img check --output=json`'s
  * fields of the same name (kebab-case there) mean.
  */
-export interface CheckResult {
-  /** Inconsistencies that can corrupt data (`corruptions`). */
-  corruptions: number;
-  /** Clusters with a refcount higher than their references (`leaks`). */
-  leaks: number;
-  /** Errors that stopped parts of the check (`check-errors`). */
-  checkErrors: number;
-  /** Corruptions repaired (`corruptions-fixed`). */
-  corruptionsFixed: number;
-  /** Leaks repaired (`leaks-fixed`). */
-  leaksFixed: number;
-  /** End of the last used host cluster (`image-end-offset`). */
-  imageEndOffset: number;
-  /** Guest clusters of the virtual disk (`total-clusters`). */
-  totalClusters: number;
-  /** Guest clusters allocated in this image (`allocated-clusters`). */
-  allocatedClusters: number;
-  /** Allocated clusters not contiguous with their predecessor (`fragmented-clusters`). */
-  fragmentedClusters: number;
-  /** Compressed clusters (`compressed-clusters`). */
-  compressedClusters: number;
+export interface CheckResult extends Counters {
   /** The lines qemu-img prints on stderr ("Leaked cluster 5 refcount=1 reference=0", ...). */
   messages: string[];
 }

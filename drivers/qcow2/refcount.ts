@@ -134,12 +134,19 @@ export async function updateRefcount(st: Qcow2State, c: number, delta: number, r
 export async function findFree(st: Qcow2State, n: number, req: RequestInfo | undefined): Promise<number> {
   let start = st.freeHint;
   let c = start;
+  // The first cluster that is free or only reserved: nothing below it is
+  // free, so later searches start there (without this, every allocation
+  // rescanned the clusters the previous ones had taken).
+  let candidate = -1;
   while (c - start < n) {
-    let rc = st.reserved.has(c) ? 1 : peekRefcount(st, c);
+    const reserved = st.reserved.has(c);
+    let rc = reserved ? 1 : peekRefcount(st, c);
     if (rc < 0) rc = await getRefcount(st, c, req);
+    if (candidate < 0 && (reserved || rc === 0)) candidate = c;
     c++;
     if (rc !== 0) start = c;
   }
+  st.freeHint = candidate < 0 ? start : candidate;
   return start;
 }
 

@@ -273,7 +273,7 @@ export async function run(o: BenchOptions): Promise<BenchTable[]> {
     rows,
     notes: [
       `Median of ${runs} run(s) per figure; flush and syscall counts are from one run (timed requests plus close). The image is ` +
-      "fdatasynced before every overwrite run (ours and QEMU's), so each starts on clean page-cache pages.",
+      "fdatasynced before every overwrite run (ours and QEMU's), so each starts without the dirty page-cache backlog of the previous one.",
       "blkgraph offsets are uniformly random and aligned; qemu-img bench strides 7919 requests per step (wrapping). " +
       "Allocating writes go to offsets 0, 64 KiB, 128 KiB, ... on a freshly created image on both sides " +
       `(metadata-sync: the first ${SYNC_ALLOC_MAX} of them, its rate is bound by two fdatasyncs per request).`,

@@ -27,7 +27,8 @@ export async function findBenchModules(only?: string): Promise<string[]> {
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    args: Deno.args,
+    // `deno task bench -- --only x` passes the "--" through.
+    args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
     options: {
       quick: { type: "boolean", default: false },
       runs: { type: "string", default: "5" },

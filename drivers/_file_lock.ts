@@ -112,3 +112,13 @@ export function lockOfd(libc: Libc, fd: number, perm: number, shared: number): L
   }
   return undefined;
 }
+
+/**
+ * Drops every OFD lock `fd`'s open file description holds. Called before
+ * close: a child process forked elsewhere in this process may still share
+ * the description for a moment (between fork and exec), and a lock that
+ * close alone would leave on it makes the next opener see a conflict.
+ */
+export function unlockOfd(libc: Libc, fd: number): void {
+  libc.fcntlLock(fd, F_OFD_SETLK, flockStruct(F_UNLCK, 0, 0));
+}

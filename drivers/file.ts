@@ -61,7 +61,7 @@ import {
   SEEK_END,
   SEEK_HOLE,
 } from "./_file_libc.ts";
-import { lockOfd, permsFor } from "./_file_lock.ts";
+import { lockOfd, permsFor, unlockOfd } from "./_file_lock.ts";
 
 const KNOWN = [
   "filename",
@@ -143,7 +143,16 @@ function openLibc(libc: Libc, filename: string, readOnly: boolean, create: boole
     }
     throw errnoError(-fd, `Cannot open '${filename}'${readOnly ? " read-only" : ""}`, { node });
   }
-  return { fd, libc, release: () => libc.close(fd), lockKind: "none" };
+  const h: Handle = {
+    fd,
+    libc,
+    lockKind: "none",
+    release: () => {
+      if (h.lockKind === "ofd") unlockOfd(libc, fd);
+      libc.close(fd);
+    },
+  };
+  return h;
 }
 
 function lockImage(h: Handle, filename: string, readOnly: boolean, locking: "auto" | "on" | "off", node: string): void {
@@ -187,6 +196,8 @@ function lockImage(h: Handle, filename: string, readOnly: boolean, locking: "aut
     try {
       release();
     } finally {
+      // Unlock first: a forked child may share the description (see unlockOfd).
+      lockFile.unlockSync();
       lockFile.close();
     }
   };

@@ -121,6 +121,8 @@ export interface ImageArgs {
   readOnly?: boolean;
   /** Cache mode (`-t`). */
   cache?: string;
+  /** Do not open the backing chain of a plain filename (qemu-img info's BDRV_O_NO_BACKING). */
+  noBacking?: boolean;
 }
 
 /**
@@ -137,7 +139,8 @@ export async function openImage(filename: string, opts: ImageArgs = {}): Promise
       return await open(spec, { readOnly: opts.readOnly, cache });
     }
     if (filename.startsWith("json:")) return await open(filename, { readOnly: opts.readOnly, cache });
-    return await open(filename, { format: opts.format, readOnly: opts.readOnly, cache });
+    const spec = opts.noBacking ? { filename, backing: null } : filename;
+    return await open(spec, { format: opts.format, readOnly: opts.readOnly, cache });
   } catch (e) {
     throw new CliError(`Could not open '${filename}': ${(e as Error).message}`);
   }

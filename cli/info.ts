@@ -147,7 +147,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
   needPositionals(p.positionals, 1, 1, "filename");
   const filename = p.positionals[0];
   const json = flagString(p.values, "output") === "json";
-  const node = await openImage(filename, imageArgs(p.values, true));
+  // Like qemu-img info, a missing backing file does not stop plain info.
+  const chainWanted = p.values["backing-chain"] === true;
+  const node = await openImage(filename, { ...imageArgs(p.values, true), noBacking: !chainWanted });
   try {
     const chain: ImageInfo[] = [];
     let n: BlockNode | undefined = formatNode(node);

@@ -312,7 +312,12 @@ async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockNode): P
   if (h.backingFile === undefined) return undefined;
   const filename = resolvePath(filenameOf(file), h.backingFile);
   const spec = h.backingFormat ? { driver: h.backingFormat, file: { driver: "file", filename } } : { filename };
-  return await ctx.openChild("backing", spec, { readOnly: true, probe: true });
+  try {
+    return await ctx.openChild("backing", spec, { readOnly: true, probe: true });
+  } catch (e) {
+    if (!(e instanceof BlockError)) throw e;
+    throw new BlockError(e.code, `Could not open backing file '${h.backingFile}': ${e.message}`, { node: ctx.node.name, cause: e });
+  }
 }
 
 async function openDataFile(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode> {

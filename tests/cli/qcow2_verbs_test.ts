@@ -345,3 +345,21 @@ Deno.test({
     assertEquals(bad.stderr, "blkgraph: Invalid parameter 'cluster_size'\nThis option is only supported for image creation\n");
   },
 });
+
+Deno.test({
+  name: "info works on an image whose backing file is missing, as qemu-img info does",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const top = `${d.path}/top.qcow2`;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", "-u", "-b", `${d.path}/gone.qcow2`, "-F", "qcow2", top, "1M"]);
+    for (const args of [["--output=json"], ["--output=human"]]) {
+      const q = await runOk("qemu-img", ["info", ...args, top]);
+      const ours = await cli(["info", ...args, top]);
+      assertEquals([ours.code, ours.stdout], [0, q.stdout], args.join(" "));
+    }
+    const io = await cli(["io", "-c", "read 0 512", top]);
+    assertEquals(io.code, 1);
+    assertEquals(/Could not open backing file '.*gone\.qcow2'/.test(io.stderr), true, io.stderr);
+  },
+});

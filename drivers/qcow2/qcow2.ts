@@ -85,15 +85,28 @@ export class Qcow2Instance implements DriverInstance {
   }
 
   /** Reads guest data. */
-  pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
-    return readGuest(this.#st, offset, buf, opts.req);
+  async pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
+    try {
+      await readGuest(this.#st, offset, buf, opts.req);
+    } catch (e) {
+      await this.#st.signalCorruption(e);
+      throw e;
+    }
   }
 
   /** Writes guest data: in place without the lock when possible, else under the lock. */
   async pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
+    st.refuseIfCorrupt();
     const m = this.#m;
-    if (mapSync(st, offset, data.length, m) && m.kind === K_NORMAL && m.copied && m.bytes === data.length) {
+    let mapped: boolean;
+    try {
+      mapped = mapSync(st, offset, data.length, m);
+    } catch (e) {
+      await st.signalCorruption(e);
+      throw e;
+    }
+    if (mapped && m.kind === K_NORMAL && m.copied && m.bytes === data.length) {
       const host = m.host;
       st.ioInFlight++;
       try {
@@ -105,7 +118,7 @@ export class Qcow2Instance implements DriverInstance {
       }
       return;
     }
-    await st.lock.run(async () => {
+    await st.change(async () => {
       await writeLocked(st, offset, data, opts.req);
       await relieveCaches(st, opts.req);
     });
@@ -121,7 +134,7 @@ export class Qcow2Instance implements DriverInstance {
     if (st.node.readOnly) {
       throw new BlockError("EROFS", `Cannot write ${data.length} bytes at offset ${offset}: image is read-only`, { node: st.node.name });
     }
-    return st.lock.run(async () => {
+    return st.change(async () => {
       await writeCompressedLocked(st, offset, data, opts.req);
       await relieveCaches(st, opts.req);
     });
@@ -138,7 +151,7 @@ export class Qcow2Instance implements DriverInstance {
       return this.#zeroBuffers(offset, length, opts);
     }
     if (s > offset) await this.#zeroBuffers(offset, s - offset, opts);
-    await st.lock.run(async () => {
+    await st.change(async () => {
       await zeroOrDiscard(st, s, alignedEnd - s, { discard: false, unmap: opts.mayUnmap ?? false }, opts.req);
       await relieveCaches(st, opts.req);
     });
@@ -168,7 +181,7 @@ export class Qcow2Instance implements DriverInstance {
     const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
     const s = Math.ceil(offset / cs) * cs;
     if (s >= alignedEnd) return;
-    await st.lock.run(async () => {
+    await st.change(async () => {
       await zeroOrDiscard(st, s, alignedEnd - s, { discard: true, unmap: true }, opts.req);
       await relieveCaches(st, opts.req);
     });
@@ -185,7 +198,7 @@ export class Qcow2Instance implements DriverInstance {
       throw new BlockError("EROFS", `Cannot empty node '${st.node.name}': node is read-only`, { node: st.node.name });
     }
     const size = Math.ceil(st.header.size / st.cs) * st.cs;
-    await st.lock.run(async () => {
+    await st.change(async () => {
       await zeroOrDiscard(st, 0, size, { discard: true, unmap: true, full: true }, opts.req);
       await relieveCaches(st, opts.req);
     });
@@ -200,7 +213,7 @@ export class Qcow2Instance implements DriverInstance {
   flushToOs(opts: RequestOptions): Promise<void> {
     const st = this.#st;
     if (!st.hasDirtyMetadata) return Promise.resolve();
-    return st.lock.run(() => writeback(st, opts.req));
+    return st.change(() => writeback(st, opts.req));
   }
 
   /** Grows the image. */
@@ -211,7 +224,7 @@ export class Qcow2Instance implements DriverInstance {
         node: st.node.name,
       });
     }
-    return st.lock.run(() => resize(st, length, opts.req));
+    return st.change(() => resize(st, length, opts.req));
   }
 
   /** Writes everything back and clears the dirty bit of a lazy-refcounts image. */
@@ -219,7 +232,8 @@ export class Qcow2Instance implements DriverInstance {
     if (this.#closed) return;
     this.#closed = true;
     const st = this.#st;
-    if (st.node.readOnly) return;
+    // A corrupt image keeps what is on disk: writing cached metadata back could spread the damage.
+    if (st.node.readOnly || st.corrupt) return;
     await st.lock.run(async () => {
       await writeback(st, undefined);
       if (st.markedDirty) await markClean(st, undefined);

@@ -13,12 +13,12 @@
  * @module
  */
 
-import { CorruptImageError } from "../../core/errors.ts";
+import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { BlkdebugEvent } from "../../core/events.ts";
 import type { BlockNode } from "../../core/node.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { MetaCache } from "./cache.ts";
-import { INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
+import { INCOMPAT_CORRUPT, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
 
 /** How metadata reaches the disk. */
 export type MetadataMode = "ordered" | "metadata-sync" | "lazy";
@@ -134,6 +134,8 @@ export class Qcow2State {
   growingReftable = false;
   /** The dirty bit has been set on disk by this open (lazy refcounts). */
   markedDirty = false;
+  /** Corruption was found while the image was open read-write: it refuses changes. */
+  corrupt = false;
   /** Next free byte for compressed data in a partly used cluster (0 = none). */
   freeByteOffset = 0;
   /** Last decompressed cluster (host descriptor key and content). */
@@ -227,6 +229,54 @@ export class Qcow2State {
   get hasDirtyMetadata(): boolean {
     return this.l2Cache.dirtyCount > 0 || this.rbCache.dirtyCount > 0 || this.l1Dirty.size > 0 || this.reftableDirty.size > 0 ||
       this.pendingFree.length > 0;
+  }
+
+  /**
+   * Runs a metadata-changing operation under the lock. Corruption found on
+   * the way marks the image corrupt on disk and refuses every later change
+   * (QEMU's qcow2_signal_corruption), so a damaged image is not damaged
+   * further; `check -r all` repairs it.
+   */
+  async change<T>(fn: () => Promise<T>): Promise<T> {
+    this.refuseIfCorrupt();
+    return await this.lock.run(async () => {
+      this.refuseIfCorrupt();
+      try {
+        return await fn();
+      } catch (e) {
+        await this.signalCorruption(e);
+        throw e;
+      }
+    });
+  }
+
+  /** Throws EIO when the image was marked corrupt while open. */
+  refuseIfCorrupt(): void {
+    if (this.corrupt) {
+      throw new BlockError(
+        "EIO",
+        `Cannot change node '${this.node.name}': corruption was found and the image is marked corrupt; repair it with 'blkgraph check -r all'`,
+        { node: this.node.name },
+      );
+    }
+  }
+
+  /**
+   * When `err` is a corruption and the image is open read-write, marks the
+   * image corrupt (in memory and in the header's incompatible features).
+   */
+  async signalCorruption(err: unknown): Promise<void> {
+    if (!(err instanceof CorruptImageError) || this.node.readOnly || this.corrupt) return;
+    this.corrupt = true;
+    this.header.incompatibleFeatures |= INCOMPAT_CORRUPT;
+    const word = new Uint8Array(8);
+    new DataView(word.buffer).setBigUint64(0, BigInt(this.header.incompatibleFeatures));
+    try {
+      await this.file.pwrite(72, word);
+      await this.file.flush();
+    } catch {
+      // The in-memory flag still refuses changes; the original error is what the caller sees.
+    }
   }
 
   /** Writes dirty refcount blocks and refcount table entries (no flush). */

@@ -6,6 +6,12 @@
  * overlapping requests, FUA emulation, flush bookkeeping, BLKDBG event
  * delivery — so drivers never repeat it.
  *
+ * The file is longer than the house ~500 lines on purpose: every operation
+ * shares the node's private state (limits, request tracker, write
+ * generations, listeners), and splitting the class would mean exposing it.
+ * Request records and node types live in `request.ts`, range serialisation
+ * in `_tracker.ts`.
+ *
  * @module
  */
 

@@ -123,6 +123,8 @@ export interface ImageArgs {
   cache?: string;
   /** Do not open the backing chain of a plain filename (qemu-img info's BDRV_O_NO_BACKING). */
   noBacking?: boolean;
+  /** `-U`: open read-only even while another process writes the image. */
+  forceShare?: boolean;
 }
 
 /**
@@ -132,15 +134,17 @@ export interface ImageArgs {
  */
 export async function openImage(filename: string, opts: ImageArgs = {}): Promise<BlockNode> {
   const cache = opts.cache;
+  // -U only means something for read-only opens (qemu-img refuses it on writes).
+  const forceShare = (opts.forceShare ?? false) && (opts.readOnly ?? false);
   if (opts.imageOpts && opts.format) throw new CliError("--image-opts and --format are mutually exclusive");
   try {
     if (opts.imageOpts || looksDotted(filename)) {
       const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
-      return await open(spec, { readOnly: opts.readOnly, cache });
+      return await open(spec, { readOnly: opts.readOnly, cache, forceShare });
     }
-    if (filename.startsWith("json:")) return await open(filename, { readOnly: opts.readOnly, cache });
+    if (filename.startsWith("json:")) return await open(filename, { readOnly: opts.readOnly, cache, forceShare });
     const spec = opts.noBacking ? { filename, backing: null } : filename;
-    return await open(spec, { format: opts.format, readOnly: opts.readOnly, cache });
+    return await open(spec, { format: opts.format, readOnly: opts.readOnly, cache, forceShare });
   } catch (e) {
     throw new CliError(`Could not open '${filename}': ${(e as Error).message}`);
   }
@@ -164,6 +168,7 @@ export function imageArgs(values: Flags, readOnly: boolean): ImageArgs {
     imageOpts: values["image-opts"] === true,
     readOnly,
     cache: flagString(values, "cache"),
+    forceShare: values["force-share"] === true,
   };
 }
 

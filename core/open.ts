@@ -37,6 +37,12 @@ export interface OpenOptions {
   format?: string;
   /** Cache mode for the whole graph: writeback (default), writethrough, none, directsync, unsafe. */
   cache?: string;
+  /**
+   * Open read-only while letting others write the image (QEMU's
+   * `force-share`, qemu-img's `-U`). Without it a read-only open takes
+   * QEMU's "consistent read" lock and refuses to share "write", as QEMU does.
+   */
+  forceShare?: boolean;
 }
 
 /** Flags a cache mode stands for. */
@@ -91,11 +97,12 @@ export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}):
     };
   }
   const cache = opts.cache ? parseCacheMode(opts.cache) : undefined;
-  return await openNode(options, { readOnly: opts.readOnly ?? false, cache, probe: true, top: true });
+  return await openNode(options, { readOnly: opts.readOnly ?? false, cache, probe: true, top: true, forceShare: opts.forceShare ?? false });
 }
 
 interface OpenState {
   readOnly: boolean;
+  forceShare?: boolean;
   cache?: CacheFlags;
   probe: boolean;
   top: boolean;
@@ -132,6 +139,14 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
   }
 
   const readOnly = state.readOnly || (optBool(options, "read-only", driverName) ?? false);
+  const forceShareOpt = optBool(options, "force-share", driverName);
+  if (forceShareOpt && !readOnly) {
+    throw new BlockError(
+      "EINVAL",
+      `Invalid option 'force-share' of node '${options["node-name"] ?? driverName}': force-share=on can only be used with read-only images`,
+    );
+  }
+  const forceShare = readOnly && (forceShareOpt ?? state.forceShare ?? false);
   let cache = state.cache;
   const cacheOpt = options.cache;
   if (typeof cacheOpt === "string") cache = parseCacheMode(cacheOpt);
@@ -182,6 +197,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     node,
     options: driverOptions,
     readOnly,
+    forceShare,
     async openChild(role: ChildRole, spec?: unknown, copts = {}) {
       const s = spec ?? childSpecs.get(role);
       if (s === undefined || s === null) {
@@ -193,6 +209,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
       }
       const child = await openNode(s as Options | string | BlockNode, {
         readOnly: copts.readOnly ?? readOnly,
+        forceShare,
         cache: { direct: cache?.direct ?? false, noFlush: cache?.noFlush ?? false, writeThrough: false },
         probe: copts.probe ?? false,
         top: false,

@@ -157,6 +157,11 @@ export interface OpenContext {
   /** The node is opened read-only. */
   readonly readOnly: boolean;
   /**
+   * Read-only node that lets others write the image meanwhile (QEMU's
+   * `force-share`, qemu-img's `-U`): protocol drivers share every permission.
+   */
+  readonly forceShare?: boolean;
+  /**
    * Opens a child from the child spec found under `role` in the parent's
    * options (or `spec` when given) and attaches it.
    */

@@ -44,9 +44,13 @@ export interface LockFailure {
   errno: number;
 }
 
-/** Permissions (used, shared) a node takes. */
-export function permsFor(readOnly: boolean): { perm: number; shared: number } {
-  if (readOnly) return { perm: Perm.CONSISTENT_READ, shared: ALL_PERMS };
+/**
+ * Permissions (used, shared) a node takes, as QEMU's: a reader needs a
+ * consistent view, so it does not share "write" unless it forces sharing
+ * (`force-share`, qemu-img `-U`).
+ */
+export function permsFor(readOnly: boolean, forceShare = false): { perm: number; shared: number } {
+  if (readOnly) return { perm: Perm.CONSISTENT_READ, shared: forceShare ? ALL_PERMS : ALL_PERMS & ~Perm.WRITE };
   return { perm: Perm.CONSISTENT_READ | Perm.WRITE | Perm.RESIZE, shared: Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED };
 }
 

@@ -121,7 +121,7 @@ function openFile(ctx: OpenContext): DriverInstance {
   }
   const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : openNodeFs(filename, ctx.readOnly, create, name);
   try {
-    lockImage(h, filename, ctx.readOnly, locking, name);
+    lockImage(h, filename, ctx.readOnly, ctx.forceShare ?? false, locking, name);
   } catch (e) {
     h.release();
     throw e;
@@ -155,7 +155,14 @@ function openLibc(libc: Libc, filename: string, readOnly: boolean, create: boole
   return h;
 }
 
-function lockImage(h: Handle, filename: string, readOnly: boolean, locking: "auto" | "on" | "off", node: string): void {
+function lockImage(
+  h: Handle,
+  filename: string,
+  readOnly: boolean,
+  forceShare: boolean,
+  locking: "auto" | "on" | "off",
+  node: string,
+): void {
   if (locking === "off") return;
   const what = readOnly ? "reading" : "writing";
   const busy = (detail: string) =>
@@ -165,7 +172,7 @@ function lockImage(h: Handle, filename: string, readOnly: boolean, locking: "aut
       { node },
     );
   if (h.libc) {
-    const { perm, shared } = permsFor(readOnly);
+    const { perm, shared } = permsFor(readOnly, forceShare);
     const fail = lockOfd(h.libc, h.fd, perm, shared);
     if (!fail) {
       h.lockKind = "ofd";
@@ -175,13 +182,14 @@ function lockImage(h: Handle, filename: string, readOnly: boolean, locking: "aut
     if (fail.kind === "unsupported" && locking === "auto") return;
     throw errnoError(fail.errno, `Cannot lock '${filename}' (locking=${locking}): ${fail.detail}`, { node });
   }
-  // Without FFI: flock keeps blkgraph processes apart (QEMU does not see it).
-  // Readers share everything, as with OFD locks, so they take no flock.
-  if (readOnly) return;
+  // Without FFI: flock keeps blkgraph processes apart (QEMU does not see it):
+  // writers take it exclusive, readers shared (so reader and writer
+  // conflict, as with OFD locks), and force-share readers not at all.
+  if (readOnly && forceShare) return;
   let lockFile: Deno.FsFile | undefined;
   try {
     lockFile = Deno.openSync(filename, { read: true });
-    if (!lockFile.tryLockSync(true)) {
+    if (!lockFile.tryLockSync(!readOnly)) {
       lockFile.close();
       throw busy("flock is held");
     }

@@ -318,11 +318,32 @@ Deno.test("closing a node releases its lock", async () => {
   });
 });
 
-Deno.test("read-only nodes share the image with a writer", async () => {
+Deno.test("a read-only node does not share writing with a writer, as QEMU's readers", async () => {
   await withFile(MiB, async (path) => {
     await using _w = await openFile(path);
-    await using r = await open({ driver: "file", filename: path }, { readOnly: true });
+    await assert.rejects(
+      open({ driver: "file", filename: path }, { readOnly: true }),
+      (e: BlockError) => e.code === "EBUSY" && /Failed to get shared "write" lock/.test(e.message),
+    );
+  });
+});
+
+Deno.test("a read-only node with force-share opens an image a writer holds", async () => {
+  await withFile(MiB, async (path) => {
+    await using _w = await openFile(path);
+    await using r = await open({ driver: "file", filename: path }, { readOnly: true, forceShare: true });
     assert.equal(r.length, MiB);
+    await using r2 = await open({ driver: "file", filename: path, "read-only": true, "force-share": true });
+    assert.equal(r2.length, MiB);
+  });
+});
+
+Deno.test("force-share on a writable node is refused", async () => {
+  await withFile(MiB, async (path) => {
+    await assert.rejects(
+      open({ driver: "file", filename: path, "force-share": true }),
+      /force-share=on can only be used with read-only images/,
+    );
   });
 });
 
@@ -362,11 +383,19 @@ Deno.test("locking=on takes the QEMU lock bytes", async () => {
   });
 });
 
-Deno.test("qemu-io can read an image blkgraph holds read-only, and write it", { ignore: skipUnless("qemu-io") }, async () => {
+Deno.test("qemu-io can read an image blkgraph holds read-only, but not write it", { ignore: skipUnless("qemu-io") }, async () => {
   await withFile(MiB, async (path) => {
-    await using _n = await open({ driver: "file", filename: path }, { readOnly: true });
-    const r = await run("qemu-io", ["-f", "raw", "-c", "write -P 0x33 0 512", path]);
-    assert.equal(r.code, 0, r.stderr);
+    {
+      await using _n = await open({ driver: "file", filename: path }, { readOnly: true });
+      const r = await run("qemu-io", ["-r", "-f", "raw", "-c", "read 0 512", path]);
+      assert.equal(r.code, 0, r.stderr);
+      const w = await run("qemu-io", ["-f", "raw", "-c", "write -P 0x33 0 512", path]);
+      assert.notEqual(w.code, 0);
+      assert.match(w.stderr, /Failed to get "write" lock/);
+    }
+    await using _shared = await open({ driver: "file", filename: path }, { readOnly: true, forceShare: true });
+    const w = await run("qemu-io", ["-f", "raw", "-c", "write -P 0x33 0 512", path]);
+    assert.equal(w.code, 0, w.stderr);
   });
 });
 

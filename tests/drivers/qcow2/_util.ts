@@ -92,3 +92,21 @@ export class Mirror {
     else this.data.set(bytes, offset);
   }
 }
+
+/**
+ * Makes a base image written by qemu-io commands and a qcow2 overlay on it
+ * (`dir/b.qcow2` under `dir/<top>`), both with qemu-img; returns their paths.
+ */
+export async function qemuOverlay(
+  dir: string,
+  size: string,
+  baseCmds: string[],
+  topOpts = "",
+  top = "t.qcow2",
+): Promise<{ base: string; top: string }> {
+  const base = `${dir}/b.qcow2`;
+  await qemuCreate(base, size);
+  await qemuIo(base, ...baseCmds);
+  await qemuCreate(`${dir}/${top}`, size, topOpts, base);
+  return { base, top: `${dir}/${top}` };
+}

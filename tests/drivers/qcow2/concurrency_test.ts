@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { skipUnless, tempDir } from "../../_helpers/qemu.ts";
-import { assertClean, assertSameAsRaw, firstDiff, lcg, Mirror, openQcow2, qemuCreate, qemuIo, readAll, toRaw } from "./_util.ts";
+import { assertClean, assertSameAsRaw, firstDiff, lcg, Mirror, openQcow2, qemuCreate, qemuOverlay, readAll, toRaw } from "./_util.ts";
 
 const ignore = skipUnless("qemu-img", "qemu-io");
 
@@ -39,11 +39,7 @@ Deno.test({
   ignore,
   async fn() {
     await using dir = await tempDir();
-    const base = `${dir.path}/b.qcow2`;
-    const path = `${dir.path}/t.qcow2`;
-    await qemuCreate(base, "1M");
-    await qemuIo(base, "write -P 0x5a 0 1M");
-    await qemuCreate(path, "1M", "cluster_size=64k", base);
+    const { top: path } = await qemuOverlay(dir.path, "1M", ["write -P 0x5a 0 1M"], "cluster_size=64k");
     await toRaw(path, `${dir.path}/start.raw`);
     const mirror = new Mirror(await Deno.readFile(`${dir.path}/start.raw`));
     {

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { type BlkdebugEvent, type BlockNode, getRecorder, open, type RecordedOp } from "../../../mod.ts";
 import { skipUnless, tempDir } from "../../_helpers/qemu.ts";
-import { openQcow2, qemuCreate, qemuIo } from "./_util.ts";
+import { openQcow2, qemuCreate, qemuIo, qemuOverlay } from "./_util.ts";
 
 const ignore = skipUnless("qemu-img", "qemu-io");
 
@@ -47,11 +47,7 @@ Deno.test({
   ignore,
   async fn() {
     await using dir = await tempDir();
-    const base = `${dir.path}/b.qcow2`;
-    const top = `${dir.path}/t.qcow2`;
-    await qemuCreate(base, "1M");
-    await qemuIo(base, "write -P 0x11 0 1M");
-    await qemuCreate(top, "1M", "", base);
+    const { top } = await qemuOverlay(dir.path, "1M", ["write -P 0x11 0 1M"]);
     await using node = await openQcow2(top);
     const seen = collect(node);
     await node.pwrite(1000, new Uint8Array(100).fill(2));
@@ -65,11 +61,7 @@ Deno.test({
   ignore,
   async fn() {
     await using dir = await tempDir();
-    const base = `${dir.path}/b.qcow2`;
-    const top = `${dir.path}/t.qcow2`;
-    await qemuCreate(base, "1M");
-    await qemuIo(base, "write -P 0x11 0 1M");
-    await qemuCreate(top, "1M", "", base);
+    const { top } = await qemuOverlay(dir.path, "1M", ["write -P 0x11 0 1M"]);
     await qemuIo(top, "write -P 0x22 0 64k");
     await using node = await openQcow2(top, {}, true);
     const seen = collect(node);

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
-import { assertClean, assertSameAsRaw, Mirror, openQcow2, qemuCreate, qemuIo } from "./_util.ts";
+import { assertClean, assertSameAsRaw, Mirror, openQcow2, qemuCreate, qemuIo, qemuOverlay } from "./_util.ts";
 
 const ignore = skipUnless("qemu-img", "qemu-io");
 const KiB = 1024;
@@ -66,11 +66,7 @@ Deno.test({
   ignore,
   async fn() {
     await using dir = await tempDir();
-    const base = `${dir.path}/b.qcow2`;
-    const top = `${dir.path}/t.qcow2`;
-    await qemuCreate(base, "2M");
-    await qemuIo(base, "write -P 1 0 512k", "write -z 1M 128k");
-    await qemuCreate(top, "2M", "", base);
+    const { top } = await qemuOverlay(dir.path, "2M", ["write -P 1 0 512k", "write -z 1M 128k"]);
     await qemuIo(top, "write -P 2 256k 128k", "write -z 448k 64k", "discard 0 64k");
     const map = JSON.parse((await runOk("qemu-img", ["map", "--output=json", top])).stdout) as {
       start: number;

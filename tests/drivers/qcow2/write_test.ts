@@ -8,7 +8,19 @@
 import assert from "node:assert/strict";
 import { BlockError, type BlockNode, type Qcow2Instance } from "../../../mod.ts";
 import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
-import { assertClean, assertSameAsRaw, firstDiff, lcg, Mirror, openQcow2, qemuCreate, qemuIo, readAll, toRaw } from "./_util.ts";
+import {
+  assertClean,
+  assertSameAsRaw,
+  firstDiff,
+  lcg,
+  Mirror,
+  openQcow2,
+  qemuCreate,
+  qemuIo,
+  qemuOverlay,
+  readAll,
+  toRaw,
+} from "./_util.ts";
 
 const ignore = skipUnless("qemu-img", "qemu-io");
 const MiB = 1024 * 1024;
@@ -163,11 +175,7 @@ Deno.test({
   ignore,
   async fn() {
     await using dir = await tempDir();
-    const base = `${dir.path}/b.qcow2`;
-    const top = `${dir.path}/t.qcow2`;
-    await qemuCreate(base, "1M");
-    await qemuIo(base, "write -P 0x42 0 1M");
-    await qemuCreate(top, "1M", "compat=0.10", base);
+    const { top } = await qemuOverlay(dir.path, "1M", ["write -P 0x42 0 1M"], "compat=0.10");
     await using node = await openQcow2(top);
     await node.pwrite(0, new Uint8Array(65536).fill(1));
     await node.pdiscard(0, 65536);
@@ -351,11 +359,7 @@ Deno.test({
   ignore,
   async fn() {
     await using dir = await tempDir();
-    const base = `${dir.path}/b.qcow2`;
-    const top = `${dir.path}/t.qcow2`;
-    await qemuCreate(base, "1M");
-    await qemuIo(base, "write -P 0x42 0 1M");
-    await qemuCreate(top, "1M", "extended_l2=on,cluster_size=64k", base);
+    const { top } = await qemuOverlay(dir.path, "1M", ["write -P 0x42 0 1M"], "extended_l2=on,cluster_size=64k");
     {
       await using node = await openQcow2(top);
       await node.pwrite(2048 + 100, new Uint8Array(1000).fill(7)); // inside subcluster 1 (2 KiB subclusters)

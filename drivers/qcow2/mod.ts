@@ -19,4 +19,4 @@
 export { qcow2Driver, Qcow2Instance } from "./qcow2.ts";
 export * from "./header.ts";
 export { compressCluster, COMPRESSION_NAMES, decompressCluster } from "./compress.ts";
-export type { MetadataMode, WrongOrder } from "./state.ts";
+export type { MetadataMode, WrongOrder } from "./_state.ts";

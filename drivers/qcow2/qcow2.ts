@@ -30,7 +30,7 @@ import type {
 import { repairImage } from "./check.ts";
 import { createQcow2 } from "./create.ts";
 import { COMPRESSION_NAMES } from "./compress.ts";
-import { writeCompressedLocked } from "./compressed.ts";
+import { writeCompressedLocked } from "./_write_compressed.ts";
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   clusterSize,
@@ -43,12 +43,12 @@ import {
   QCOW2_MAGIC,
   type Qcow2Header,
 } from "./header.ts";
-import { K_NORMAL, mapSync, newMapping } from "./l2.ts";
-import { blockStatus, readGuest } from "./read.ts";
-import { resize } from "./resize.ts";
-import { type MetadataMode, Qcow2State, type WrongOrder } from "./state.ts";
-import { writeLocked, zeroOrDiscard } from "./write.ts";
-import { markClean, relieveCaches, writeback, writeFeatureWord } from "./writeback.ts";
+import { K_NORMAL, mapSync, newMapping } from "./_l2.ts";
+import { blockStatus, readGuest } from "./_read.ts";
+import { resize } from "./_resize.ts";
+import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
+import { writeLocked, zeroOrDiscard } from "./_write.ts";
+import { markClean, relieveCaches, writeback, writeFeatureWord } from "./_writeback.ts";
 
 const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
 const ZERO_CHUNK = 1 << 20;

@@ -1,8 +1,8 @@
 /** Unit tests of the qcow2 metadata cache and refcount entry codecs. */
 
 import assert from "node:assert/strict";
-import { MetaCache } from "../../../drivers/qcow2/cache.ts";
-import { maxRefcount, readEntry, writeEntry } from "../../../drivers/qcow2/refcount.ts";
+import { MetaCache } from "../../../drivers/qcow2/_cache.ts";
+import { maxRefcount, readEntry, writeEntry } from "../../../drivers/qcow2/_refcount.ts";
 
 Deno.test("MetaCache.insert() evicts the least recently used clean table", () => {
   const c = new MetaCache(2);

@@ -13,9 +13,9 @@
 
 import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
-import type { CacheEntry } from "./cache.ts";
+import type { CacheEntry } from "./_cache.ts";
 import { MAX_REFTABLE_BYTES } from "./header.ts";
-import type { Qcow2State } from "./state.ts";
+import type { Qcow2State } from "./_state.ts";
 
 /** Reads entry `i` of a refcount block. */
 export function readEntry(view: DataView, bits: number, i: number): number {

@@ -13,12 +13,12 @@
 
 import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
-import type { CacheEntry } from "./cache.ts";
-import { decodeCompressed, newMapping } from "./l2.ts";
-import { readGuest } from "./read.ts";
-import { allocClusters } from "./refcount.ts";
-import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, type Qcow2State, setEntry } from "./state.ts";
-import { markDirty } from "./writeback.ts";
+import type { CacheEntry } from "./_cache.ts";
+import { decodeCompressed, newMapping } from "./_l2.ts";
+import { readGuest } from "./_read.ts";
+import { allocClusters } from "./_refcount.ts";
+import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, type Qcow2State, setEntry } from "./_state.ts";
+import { markDirty } from "./_writeback.ts";
 
 const ALL = 0xffffffff;
 

@@ -9,9 +9,9 @@
 import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { l1EntriesFor, MAX_L1_BYTES } from "./header.ts";
-import { allocClusters } from "./refcount.ts";
-import type { Qcow2State } from "./state.ts";
-import { writeback } from "./writeback.ts";
+import { allocClusters } from "./_refcount.ts";
+import type { Qcow2State } from "./_state.ts";
+import { writeback } from "./_writeback.ts";
 
 /** Grows the active L1 table to at least `minEntries` entries (metadata lock held). */
 export async function growL1(st: Qcow2State, minEntries: number, req: RequestInfo | undefined): Promise<void> {

@@ -18,8 +18,8 @@
 
 import type { RequestInfo } from "../../core/types.ts";
 import { INCOMPAT_DIRTY } from "./header.ts";
-import { freeCluster } from "./refcount.ts";
-import type { Qcow2State } from "./state.ts";
+import { freeCluster } from "./_refcount.ts";
+import type { Qcow2State } from "./_state.ts";
 
 /** Writes all dirty metadata back to the image file in a crash-safe order. */
 export async function writeback(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {

@@ -8,8 +8,8 @@
 
 import type { BlockStatus, RequestInfo } from "../../core/types.ts";
 import { decompressCluster } from "./compress.ts";
-import { K_COMPRESSED, K_NORMAL, K_UNALLOC, K_ZERO, map, type Mapping, mapSync, newMapping } from "./l2.ts";
-import type { Qcow2State } from "./state.ts";
+import { K_COMPRESSED, K_NORMAL, K_UNALLOC, K_ZERO, map, type Mapping, mapSync, newMapping } from "./_l2.ts";
+import type { Qcow2State } from "./_state.ts";
 
 /** Reads from the backing node, with zeros past its end (or without a backing node). */
 export async function readBacking(st: Qcow2State, offset: number, buf: Uint8Array, req: RequestInfo | undefined): Promise<void> {

@@ -17,7 +17,7 @@ import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { BlkdebugEvent } from "../../core/events.ts";
 import type { BlockNode } from "../../core/node.ts";
 import type { RequestInfo } from "../../core/types.ts";
-import { MetaCache } from "./cache.ts";
+import { MetaCache } from "./_cache.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
 
 /** How metadata reaches the disk. */
@@ -201,7 +201,7 @@ export class Qcow2State {
   }
 
   /** Loads (or finds cached) the L2 table at `offset`. */
-  async loadL2(offset: number, l1Index: number, req: RequestInfo | undefined): Promise<import("./cache.ts").CacheEntry> {
+  async loadL2(offset: number, l1Index: number, req: RequestInfo | undefined): Promise<import("./_cache.ts").CacheEntry> {
     const hit = this.l2Cache.get(offset);
     if (hit) return hit;
     if (offset % this.cs !== 0 || offset >= this.file.length) {

@@ -10,10 +10,10 @@
 import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { compressCluster } from "./compress.ts";
-import { allocClusters, getRefcount, updateRefcount } from "./refcount.ts";
-import { HI_COMPRESSED, type Qcow2State } from "./state.ts";
-import { getL2ForWrite, releaseEntry, writeLocked } from "./write.ts";
-import { markDirty } from "./writeback.ts";
+import { allocClusters, getRefcount, updateRefcount } from "./_refcount.ts";
+import { HI_COMPRESSED, type Qcow2State } from "./_state.ts";
+import { getL2ForWrite, releaseEntry, writeLocked } from "./_write.ts";
+import { markDirty } from "./_writeback.ts";
 
 /** Allocates `len` bytes for compressed data and returns their host offset. */
 async function allocBytes(st: Qcow2State, len: number, req: RequestInfo | undefined): Promise<number> {

@@ -63,22 +63,9 @@ export function maxRefcount(bits: number): number {
   return bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits - 1;
 }
 
-async function loadBlock(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<CacheEntry> {
-  const hit = st.rbCache.get(offset);
-  if (hit) return hit;
-  if (offset % st.cs !== 0 || offset >= st.file.length) {
-    throw new CorruptImageError(
-      `Corrupt qcow2 image: refcount block offset 0x${
-        offset.toString(16)
-      } is unaligned or past the end of the file (${st.file.length} bytes)`,
-      { node: st.node.name },
-    );
-  }
-  const p = st.event("refblock_load", req);
-  if (p) await p;
-  const buf = new Uint8Array(st.cs);
-  await st.file.pread(offset, buf, { req });
-  return st.rbCache.insert(offset, buf);
+/** Loads the refcount block at `offset`, pinned: release it. */
+function loadBlock(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<CacheEntry> {
+  return st.loadTable(st.rbCache, offset, `refcount block offset 0x${offset.toString(16)}`, "refblock_load", req);
 }
 
 /** Refcount of cluster `c` when its block is cached (or absent); -1 when a load is needed. */
@@ -98,7 +85,11 @@ export async function getRefcount(st: Qcow2State, c: number, req: RequestInfo | 
   if (v >= 0) return v;
   const rt = Math.floor(c / st.perBlock);
   const e = await loadBlock(st, st.reftable[rt], req);
-  return readEntry(e.view, st.refBits, c - rt * st.perBlock);
+  try {
+    return readEntry(e.view, st.refBits, c - rt * st.perBlock);
+  } finally {
+    st.rbCache.release(e);
+  }
 }
 
 /** Adds `delta` to the refcount of cluster index `c` (allocating its refcount block if needed). */
@@ -113,21 +104,25 @@ export async function updateRefcount(st: Qcow2State, c: number, delta: number, r
     await ensureRefblock(st, rt, req);
   }
   const e = await loadBlock(st, st.reftable[rt], req);
-  const i = c - rt * st.perBlock;
-  const old = readEntry(e.view, st.refBits, i);
-  const v = old + delta;
-  if (v < 0) {
-    throw new CorruptImageError(`Corrupt qcow2 image: refcount of cluster ${c} would drop below zero`, { node: st.node.name });
+  try {
+    const i = c - rt * st.perBlock;
+    const old = readEntry(e.view, st.refBits, i);
+    const v = old + delta;
+    if (v < 0) {
+      throw new CorruptImageError(`Corrupt qcow2 image: refcount of cluster ${c} would drop below zero`, { node: st.node.name });
+    }
+    if (v > maxRefcount(st.refBits)) {
+      throw new BlockError("ERANGE", `Refcount of cluster ${c} would exceed ${maxRefcount(st.refBits)} (refcount_bits ${st.refBits})`, {
+        node: st.node.name,
+      });
+    }
+    writeEntry(e.view, st.refBits, i, v);
+    st.rbCache.markDirty(e);
+    if (v === 0 && c < st.freeHint) st.freeHint = c;
+    return v;
+  } finally {
+    st.rbCache.release(e);
   }
-  if (v > maxRefcount(st.refBits)) {
-    throw new BlockError("ERANGE", `Refcount of cluster ${c} would exceed ${maxRefcount(st.refBits)} (refcount_bits ${st.refBits})`, {
-      node: st.node.name,
-    });
-  }
-  writeEntry(e.view, st.refBits, i, v);
-  st.rbCache.markDirty(e);
-  if (v === 0 && c < st.freeHint) st.freeHint = c;
-  return v;
 }
 
 /** Finds `n` contiguous free clusters (refcount 0, not reserved) and returns the first index. */
@@ -192,7 +187,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | und
   if (p) await p;
   if (st.growingReftable) {
     // Written with the new table, before the switch.
-    st.rbCache.insert(off, buf, true, true);
+    st.rbCache.insert(off, buf, { dirty: true, isNew: true });
   } else {
     // A new table is durable before it is hooked in.
     await st.file.pwrite(off, buf, { req });

@@ -17,7 +17,7 @@ import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { BlkdebugEvent } from "../../core/events.ts";
 import type { BlockNode } from "../../core/node.ts";
 import type { RequestInfo } from "../../core/types.ts";
-import { MetaCache } from "./_cache.ts";
+import { type CacheEntry, MetaCache } from "./_cache.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
 
 /** How metadata reaches the disk. */
@@ -200,23 +200,30 @@ export class Qcow2State {
     return (this.l1View.getUint32(i * 8) & HI_COPIED) !== 0;
   }
 
-  /** Loads (or finds cached) the L2 table at `offset`. */
-  async loadL2(offset: number, l1Index: number, req: RequestInfo | undefined): Promise<import("./_cache.ts").CacheEntry> {
-    const hit = this.l2Cache.get(offset);
-    if (hit) return hit;
-    if (offset % this.cs !== 0 || offset >= this.file.length) {
-      throw new CorruptImageError(
-        `Corrupt qcow2 image: L2 table offset 0x${
-          offset.toString(16)
-        } (L1 index ${l1Index}) is unaligned or past the end of the file (${this.file.length} bytes)`,
-        { node: this.node.name },
-      );
-    }
-    const p = this.event("l2_load", req);
-    if (p) await p;
-    const buf = new Uint8Array(this.cs);
-    await this.file.pread(offset, buf, { req });
-    return this.l2Cache.insert(offset, buf);
+  /** Loads (or finds cached) the L2 table at `offset`; the entry comes back pinned: release it. */
+  loadL2(offset: number, l1Index: number, req: RequestInfo | undefined): Promise<CacheEntry> {
+    return this.loadTable(this.l2Cache, offset, `L2 table offset 0x${offset.toString(16)} (L1 index ${l1Index})`, "l2_load", req);
+  }
+
+  /**
+   * Loads a metadata table through `cache` (QEMU's qcow2_cache_get): a hit
+   * is pinned at once; a miss validates the offset, raises `event`, reads
+   * the cluster and inserts it pinned. The caller releases the entry.
+   */
+  loadTable(cache: MetaCache, offset: number, what: string, event: BlkdebugEvent, req: RequestInfo | undefined): Promise<CacheEntry> {
+    return cache.load(offset, async () => {
+      if (offset % this.cs !== 0 || offset >= this.file.length) {
+        throw new CorruptImageError(
+          `Corrupt qcow2 image: ${what} is unaligned or past the end of the file (${this.file.length} bytes)`,
+          { node: this.node.name },
+        );
+      }
+      const p = this.event(event, req);
+      if (p) await p;
+      const buf = new Uint8Array(this.cs);
+      await this.file.pread(offset, buf, { req });
+      return buf;
+    });
   }
 
   /** Flushes the image file (and the data file when it is separate). */

@@ -81,6 +81,6 @@ export async function writeCompressedLocked(st: Qcow2State, offset: number, data
     if (st.extL2) e.view.setBigUint64(at + 8, 0n);
     st.l2Cache.markDirty(e);
   } finally {
-    e.pins--;
+    st.l2Cache.release(e);
   }
 }

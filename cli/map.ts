@@ -12,7 +12,6 @@ import {
   CliError,
   type CliIO,
   flagString,
-  formatNode,
   IMAGE_FLAGS,
   imageArgs,
   needPositionals,
@@ -54,43 +53,32 @@ export interface MapEntry {
 const CHUNK = 1 << 30;
 
 /**
- * Block status of `[offset, offset+bytes)` through the backing chain, as
- * qemu-img map's get_block_status: a range this node does not allocate is
- * looked up in the backing file (depth + 1); past the backing file's end
- * it reads as zeros.
+ * Block status of `[offset, offset+bytes)` through the backing chain as
+ * qemu-img map's get_block_status sees it: the node's block status already
+ * walks the chain (depth, present); this adds the host file name.
  */
 export async function chainStatus(top: BlockNode, offset: number, bytes: number): Promise<MapEntry> {
-  let node: BlockNode = formatNode(top);
-  let depth = 0;
-  for (;;) {
-    const st = await node.blockStatus(offset, bytes);
-    const backing: BlockNode | undefined = formatNode(node).backing;
-    if (!st.allocated && backing && offset < backing.length) {
-      bytes = Math.min(st.length, backing.length - offset);
-      node = formatNode(backing);
-      depth++;
-      continue;
-    }
-    const e: MapEntry = {
-      start: offset,
-      length: st.length,
-      depth,
-      present: st.allocated,
-      zero: st.zero || !st.allocated,
-      data: st.allocated && st.data,
-      compressed: st.compressed ?? false,
-    };
-    if (st.hostOffset !== undefined && !st.compressed && st.allocated) {
-      e.offset = st.hostOffset;
-      // Below filters (blkdebug, throttle) the host file is further down.
-      let host = st.file;
-      while (host && typeof host.options.filename !== "string") host = host.primaryChild;
-      const f = host?.options.filename;
-      // qemu joins a relative backing name to a bare image name without "./".
-      if (typeof f === "string") e.filename = f.startsWith("./") ? f.slice(2) : f;
-    }
-    return e;
+  const st = await top.blockStatus(offset, bytes);
+  const present = st.present ?? st.allocated;
+  const e: MapEntry = {
+    start: offset,
+    length: st.length,
+    depth: st.depth ?? 0,
+    present,
+    zero: st.zero || !present,
+    data: present && st.data,
+    compressed: st.compressed ?? false,
+  };
+  if (st.hostOffset !== undefined && !st.compressed && present) {
+    e.offset = st.hostOffset;
+    // Below filters (blkdebug, throttle) the host file is further down.
+    let host = st.file;
+    while (host && typeof host.options.filename !== "string") host = host.primaryChild;
+    const f = host?.options.filename;
+    // qemu joins a relative backing name to a bare image name without "./".
+    if (typeof f === "string") e.filename = f.startsWith("./") ? f.slice(2) : f;
   }
+  return e;
 }
 
 function mergeable(a: MapEntry, b: MapEntry): boolean {

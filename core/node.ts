@@ -29,11 +29,15 @@ import {
 } from "./request.ts";
 import { RequestTracker } from "./_tracker.ts";
 import type {
+  AmendOptions,
   BlockDriver,
   BlockLimits,
   BlockStatus,
+  CheckOptions,
+  CheckResult,
   ChildRole,
   DriverInstance,
+  FormatOptions,
   RequestInfo,
   RequestOptions,
   TruncateOptions,
@@ -341,6 +345,7 @@ export class BlockNode {
     if (length === 0) return;
     const req = opts.req ?? newRequest(this.name, "write", offset, length);
     if (this.probed && offset < SECTOR_SIZE) this.#checkProbedWrite(offset, data);
+    if (opts.compressed) return this.#writeCompressed(offset, data, req);
     const fua = (opts.fua ?? false) || this.#writeThrough;
     const align = this.#limits.requestAlignment;
     const start = offset - (offset % align);
@@ -393,6 +398,33 @@ export class BlockNode {
     this.#writeGen++;
     await this.#ownEvent("pwritev_done", req);
     if (fua && !nativeFua) await this.flush({ req });
+  }
+
+  async #writeCompressed(offset: number, data: Uint8Array, req: RequestInfo): Promise<void> {
+    const inst = this.#inst;
+    const child = this.driver.kind === "filter" ? this.primaryChild : undefined;
+    if (!inst.pwriteCompressed && !child) {
+      throw new BlockError(
+        "ENOTSUP",
+        `Cannot write ${data.length} compressed bytes at offset ${offset} on node '${this.name}': compression not supported by driver '${this.driver.name}'`,
+        { node: this.name, offset, length: data.length },
+      );
+    }
+    let t = this.#tracker.track(offset, offset + data.length, true);
+    if (t instanceof Promise) t = await t;
+    try {
+      await this.#ownEvent("pwritev", req);
+      const o = { req, compressed: true };
+      if (inst.pwriteCompressed) await inst.pwriteCompressed(offset, data, o);
+      else if (inst.pwrite) await inst.pwrite(offset, data, o); // a filter forwards the flag
+      else await child!.pwrite(offset, data, o);
+      this.#writeGen++;
+      await this.#ownEvent("pwritev_done", req);
+    } finally {
+      this.#tracker.untrack(t);
+    }
+    this.stats.writes++;
+    this.stats.bytesWritten += data.length;
   }
 
   #writeOne(offset: number, data: Uint8Array, fua: boolean, req: RequestInfo): Promise<void> | void {
@@ -581,7 +613,7 @@ export class BlockNode {
     this.#check("query block status of", offset, length, false);
     const end = this.length;
     if (offset >= end || length === 0) {
-      return { offset, length: 0, data: false, zero: true, allocated: false, depth: 0 };
+      return { offset, length: 0, data: false, zero: true, allocated: false, present: false, depth: 0 };
     }
     length = Math.min(length, end - offset);
     const req = opts.req ?? newRequest(this.name, "block-status", offset, length);
@@ -591,7 +623,7 @@ export class BlockNode {
       return { ...st, offset, length: Math.max(1, Math.min(st.length, length)) };
     }
     if (this.driver.kind === "filter" && this.primaryChild) return this.primaryChild.blockStatus(offset, length, { req });
-    return { offset, length, data: true, zero: false, allocated: true, depth: 0, hostOffset: offset, file: this };
+    return { offset, length, data: true, zero: false, allocated: true, present: true, depth: 0, hostOffset: offset, file: this };
   }
 
   /** Length in bytes. */
@@ -631,9 +663,119 @@ export class BlockNode {
     }
   }
 
-  /** Driver-specific information (for `info`). */
+  // ---- image operations (qemu-img verbs) -------------------------------
+
+  /**
+   * The node that serves image operation `key`: this node or the first one
+   * down through filters whose driver implements it (a format node under a
+   * throttle or blkdebug filter serves `makeEmpty`, `amend`, ...).
+   */
+  #implementer(key: keyof DriverInstance): BlockNode | undefined {
+    // deno-lint-ignore no-this-alias
+    let n: BlockNode | undefined = this;
+    while (n && n.#inst[key] === undefined) n = n.driver.kind === "filter" ? n.primaryChild : undefined;
+    return n;
+  }
+
+  async #imageOp<T>(key: keyof DriverInstance, what: string, write: boolean, fn: (inst: DriverInstance) => Promise<T> | T): Promise<T> {
+    const n = this.#implementer(key);
+    if (!n) {
+      throw new BlockError("ENOTSUP", `Cannot ${what} node '${this.name}': driver '${formatDriverName(this)}' does not support it`, {
+        node: this.name,
+      });
+    }
+    if (n.#closed) throw new BlockError("EIO", `Cannot ${what} node '${n.name}': node is closed`, { node: n.name });
+    if (write && n.#readOnly) throw new BlockError("EROFS", `Cannot ${what} node '${n.name}': node is read-only`, { node: n.name });
+    let t = n.#tracker.track(0, MAX_LENGTH, true);
+    if (t instanceof Promise) t = await t;
+    try {
+      const r = await fn(n.#inst);
+      if (write) n.#writeGen++;
+      return r;
+    } finally {
+      n.#tracker.untrack(t);
+    }
+  }
+
+  /** Drops all data of the image's top layer so it reads from its backing file (or as zeros); `commit` uses it. */
+  makeEmpty(opts: RequestOptions = {}): Promise<void> {
+    const req = opts.req ?? newRequest(this.name, "discard", 0, this.length);
+    return this.#imageOp("makeEmpty", "empty", true, (i) => i.makeEmpty!({ req }));
+  }
+
+  /** Changes format options of the open image in place (qemu-img amend). */
+  amend(options: FormatOptions, opts: AmendOptions = {}): Promise<void> {
+    return this.#imageOp("amend", "amend", true, (i) => i.amend!(options, opts));
+  }
+
+  /** Records a new backing file name and format in the image; `undefined` removes it (qemu-img rebase -u). */
+  changeBackingFile(name: string | undefined, format: string | undefined): Promise<void> {
+    return this.#imageOp("changeBackingFile", "change the backing file of", true, (i) => i.changeBackingFile!(name, format));
+  }
+
+  /**
+   * Checks the image's metadata through the graph as opened (filters below
+   * the format node see the check's I/O), optionally repairing it.
+   */
+  check(opts: CheckOptions = {}): Promise<CheckResult> {
+    if (!this.#implementer("check")) {
+      return Promise.reject(new BlockError("ENOTSUP", "This image format does not support checks", { node: this.name }));
+    }
+    return this.#imageOp("check", "check", opts.repair !== undefined, (i) => i.check!(opts));
+  }
+
+  // ---- breakpoints (QEMU's bdrv_debug_breakpoint & co.) -----------------
+
+  /** The first node down the primary-child chain whose driver offers breakpoints (QEMU's bdrv_find_debug_node). */
+  #debugNode(): DriverInstance {
+    // deno-lint-ignore no-this-alias
+    let n: BlockNode | undefined = this;
+    while (n && !n.#inst.debugBreakpoint) n = n.primaryChild;
+    if (!n) {
+      throw new BlockError("ENOTSUP", `No node at or below '${this.name}' supports breakpoints (add a blkdebug node)`, { node: this.name });
+    }
+    return n.#inst;
+  }
+
+  /** Suspends the next request that raises `event` below this node, tagging it `tag` (qemu-io `break`). */
+  debugBreak(event: string, tag: string): void {
+    this.#debugNode().debugBreakpoint!(event, tag);
+  }
+
+  /** Removes breakpoint `tag` and resumes requests held there (qemu-io `remove_break`). */
+  debugRemoveBreak(tag: string): void {
+    this.#debugNode().debugRemoveBreakpoint!(tag);
+  }
+
+  /** Resumes the request suspended at `tag` (qemu-io `resume`). */
+  debugResume(tag: string): void {
+    this.#debugNode().debugResume!(tag);
+  }
+
+  /** Whether a request is suspended at `tag`. */
+  debugIsSuspended(tag: string): boolean {
+    return this.#debugNode().debugIsSuspended!(tag);
+  }
+
+  /** Resolves when a request is suspended at `tag` (qemu-io `wait_break`). */
+  debugWaitBreak(tag: string): Promise<void> {
+    return this.#debugNode().debugWaitBreak!(tag);
+  }
+
+  /** Driver-specific information (for `info`), from this node or the first one below its filters that has some. */
   async info(): Promise<Record<string, unknown>> {
-    return (await this.#inst.info?.()) ?? {};
+    const n = this.#implementer("info");
+    return n ? await n.#inst.info!() : {};
+  }
+
+  /** A compressed write (`{ compressed: true }`) on this node reaches a driver that supports it. */
+  get supportsCompressedWrites(): boolean {
+    return this.#implementer("pwriteCompressed") !== undefined;
+  }
+
+  /** The name of the format driver a user thinks of: this node's, or the first one's below its filters. */
+  get formatName(): string {
+    return formatDriverName(this);
   }
 
   /** Registers a callback run when the node closes (used by the graph registry). */
@@ -678,6 +820,13 @@ export class BlockNode {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/** The driver name a user thinks of for `node`: the format below any filters. */
+function formatDriverName(node: BlockNode): string {
+  let n: BlockNode | undefined = node;
+  while (n && n.driver.kind === "filter") n = n.primaryChild;
+  return (n ?? node).driver.name;
 }
 
 function defaultLimits(): BlockLimits {

@@ -43,6 +43,12 @@ export interface OpenOptions {
    * QEMU's "consistent read" lock and refuses to share "write", as QEMU does.
    */
   forceShare?: boolean;
+  /**
+   * Open for a consistency check (qemu-img check's BDRV_O_CHECK): format
+   * drivers open images they would refuse or repair at open (corrupt bit,
+   * dirty refcounts) and change nothing until asked to repair.
+   */
+  check?: boolean;
 }
 
 /** Flags a cache mode stands for. */
@@ -97,11 +103,19 @@ export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}):
     };
   }
   const cache = opts.cache ? parseCacheMode(opts.cache) : undefined;
-  return await openNode(options, { readOnly: opts.readOnly ?? false, cache, probe: true, top: true, forceShare: opts.forceShare ?? false });
+  return await openNode(options, {
+    readOnly: opts.readOnly ?? false,
+    cache,
+    probe: true,
+    top: true,
+    forceShare: opts.forceShare ?? false,
+    check: opts.check ?? false,
+  });
 }
 
 interface OpenState {
   readOnly: boolean;
+  check?: boolean;
   forceShare?: boolean;
   cache?: CacheFlags;
   probe: boolean;
@@ -198,6 +212,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     options: driverOptions,
     readOnly,
     forceShare,
+    check: state.check,
     async openChild(role: ChildRole, spec?: unknown, copts = {}) {
       const s = spec ?? childSpecs.get(role);
       if (s === undefined || s === null) {

@@ -48,6 +48,13 @@ export interface RequestInfo {
 export interface WriteOptions {
   /** Force unit access: the data is durable when the write resolves. */
   fua?: boolean;
+  /**
+   * Write the data compressed (QEMU's BDRV_REQ_WRITE_COMPRESSED): one whole
+   * cluster at a cluster-aligned offset (or the image's shorter last
+   * cluster). The node dispatches it to the driver's `pwriteCompressed`;
+   * filters pass it down; other drivers refuse it with ENOTSUP.
+   */
+  compressed?: boolean;
   /** The request this write serves (set by parent drivers). */
   req?: RequestInfo;
 }
@@ -100,7 +107,14 @@ export interface BlockStatus {
   zero: boolean;
   /** This node (not a backing file) defines the content (BDRV_BLOCK_ALLOCATED). */
   allocated: boolean;
-  /** How many backing layers down the content comes from (0 = this node). */
+  /**
+   * Some layer of the backing chain (this node or one below it) defines the
+   * content — qemu-img map's `present`. False for a range that is a hole in
+   * every layer; a zero cluster in a backing file is present at its depth.
+   * Absent means the same as `allocated`.
+   */
+  present?: boolean;
+  /** How many backing layers down the content comes from (0 = this node; the bottom layer when none defines it). */
   depth?: number;
   /** Where the data lives in {@linkcode BlockStatus.file}, when known. */
   hostOffset?: number;
@@ -108,6 +122,50 @@ export interface BlockStatus {
   file?: BlockNode;
   /** The range is compressed (qcow2). */
   compressed?: boolean;
+}
+
+/** Options for a consistency check. */
+export interface CheckOptions {
+  /** Repair: `leaks` drops leaked references, `all` also fixes corruptions. */
+  repair?: "leaks" | "all";
+}
+
+/**
+ * What a consistency check found (QEMU's BdrvCheckResult); the fields mean
+ * what `qemu-img check --output=json`'s kebab-case fields mean.
+ */
+export interface CheckResult {
+  /** Refcounts too low and other metadata errors. */
+  corruptions: number;
+  /** Refcounts too high (wasted space). */
+  leaks: number;
+  /** Errors that stopped part of the check. */
+  checkErrors: number;
+  /** Corruptions repaired. */
+  corruptionsFixed: number;
+  /** Leaks repaired. */
+  leaksFixed: number;
+  /** End of the last used host cluster. */
+  imageEndOffset: number;
+  /** Guest clusters of the virtual disk. */
+  totalClusters: number;
+  /** Guest clusters allocated. */
+  allocatedClusters: number;
+  /** Allocated clusters not following their predecessor. */
+  fragmentedClusters: number;
+  /** Compressed clusters. */
+  compressedClusters: number;
+  /** What the check reported, one line each ("Leaked cluster 5 refcount=1 reference=0"). */
+  messages: string[];
+}
+
+/** Format options as `qemu-img create -o` / `amend -o` give them. */
+export type FormatOptions = Record<string, string | number | boolean>;
+
+/** Options for {@linkcode DriverInstance.amend}. */
+export interface AmendOptions {
+  /** Allow changes that lose information (qemu-img amend `--force`). */
+  force?: boolean;
 }
 
 /** Driver callbacks as the driver sees them (mirror of the node's operations). */
@@ -126,6 +184,8 @@ export interface DriverInstance {
   pread?(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void;
   /** Writes `data` at `offset`. */
   pwrite?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
+  /** Writes one cluster compressed (a write with `compressed`; the node checks bounds and permissions). */
+  pwriteCompressed?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
   /** Makes `[offset, offset+length)` read as zeros. */
   pwriteZeroes?(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> | void;
   /** Discards a range (advisory: content afterwards is unspecified). */
@@ -146,6 +206,24 @@ export interface DriverInstance {
   debugEvent?(event: BlkdebugEvent, req: RequestInfo | undefined): Promise<void> | void;
   /** Driver-specific information for `info` (format-specific data). */
   info?(): Promise<Record<string, unknown>> | Record<string, unknown>;
+  /** Drops all data of this layer, so it reads from its backing file or as zeros (QEMU's bdrv_make_empty). */
+  makeEmpty?(opts: RequestOptions): Promise<void> | void;
+  /** Changes format options of the open image in place (qemu-img amend). */
+  amend?(options: FormatOptions, opts: AmendOptions): Promise<void> | void;
+  /** Records a new backing file name and format in the image (QEMU's bdrv_change_backing_file; `undefined` removes it). */
+  changeBackingFile?(name: string | undefined, format: string | undefined): Promise<void> | void;
+  /** Checks (and optionally repairs) the image's metadata (QEMU's bdrv_check). */
+  check?(opts: CheckOptions): Promise<CheckResult>;
+  /** Suspends the next request that raises `event`, tagging it `tag` (blkdebug breakpoints). */
+  debugBreakpoint?(event: string, tag: string): void;
+  /** Removes breakpoint `tag` and resumes requests held there. */
+  debugRemoveBreakpoint?(tag: string): void;
+  /** Resumes the request suspended at `tag`. */
+  debugResume?(tag: string): void;
+  /** Whether a request is suspended at `tag`. */
+  debugIsSuspended?(tag: string): boolean;
+  /** Resolves when a request is suspended at `tag`. */
+  debugWaitBreak?(tag: string): Promise<void>;
 }
 
 /** Everything a driver's `open` gets. */
@@ -175,6 +253,12 @@ export interface OpenContext {
    * the child was explicitly disabled (`backing: null`).
    */
   childSpec?(role: ChildRole): unknown;
+  /**
+   * Opened for a consistency check (QEMU's BDRV_O_CHECK, `qemu-img check`):
+   * the driver opens images it would otherwise refuse (corrupt bit set, dirty
+   * refcounts) without repairing or changing anything at open.
+   */
+  readonly check?: boolean;
 }
 
 /** Everything a driver's `create` gets. */
@@ -207,4 +291,26 @@ export interface BlockDriver {
   open(ctx: OpenContext): Promise<DriverInstance>;
   /** Writes a new, empty image of this format onto `ctx.file`. */
   create?(ctx: CreateContext): Promise<void>;
+  /** Computes the size an image of this format needs (qemu-img measure). */
+  measure?(input: MeasureInput): Promise<MeasureResult> | MeasureResult;
+}
+
+/** What {@linkcode BlockDriver.measure} is asked about. */
+export interface MeasureInput {
+  /** Virtual size of the new image. */
+  size: number;
+  /** Format options of the new image (`cluster_size`, ...). */
+  options: FormatOptions;
+  /** The image whose data would be converted into it, if any (its allocation is counted). */
+  source?: BlockNode;
+}
+
+/** The answer of {@linkcode BlockDriver.measure} (qemu-img measure's fields). */
+export interface MeasureResult {
+  /** Bytes the image needs for the source's data. */
+  required: number;
+  /** Bytes of the image fully allocated. */
+  fullyAllocated: number;
+  /** Bytes of persistent bitmaps to copy (qcow2 with `--bitmaps`), when counted. */
+  bitmaps?: number;
 }

@@ -9,7 +9,8 @@
 import { BlockError } from "../core/errors.ts";
 import { checkKnownOptions, optSize } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
-import type { BlockDriver, BlockNode, DriverInstance } from "../mod.ts";
+import type { BlockNode } from "../core/node.ts";
+import type { BlockDriver, DriverInstance, FormatOptions } from "../core/types.ts";
 
 /** The raw format driver. */
 export const rawDriver: BlockDriver = {
@@ -89,17 +90,7 @@ export const rawDriver: BlockDriver = {
     return inst;
   },
   async create(ctx): Promise<void> {
-    const prealloc = String(ctx.options.preallocation ?? "off");
-    const known = ["preallocation", "size"];
-    for (const k of Object.keys(ctx.options)) {
-      if (!known.includes(k)) throw new BlockError("EINVAL", `Unknown option '${k}' for format 'raw' (known options: ${known.join(", ")})`);
-    }
-    if (!["off", "falloc", "full"].includes(prealloc)) {
-      throw new BlockError(
-        "EINVAL",
-        `Invalid value '${prealloc}' for option 'preallocation' of format 'raw': expected off, falloc or full`,
-      );
-    }
+    const prealloc = checkRawOptions(ctx.options);
     if (prealloc === "full") {
       await ctx.file.pwriteZeroes(0, ctx.size);
       if (ctx.file.length < ctx.size) await ctx.file.truncate(ctx.size);
@@ -107,6 +98,28 @@ export const rawDriver: BlockDriver = {
       await ctx.file.truncate(ctx.size, { prealloc: prealloc as "off" | "falloc" });
     }
   },
+  measure(input) {
+    checkRawOptions(input.options);
+    // qemu's raw_measure: the virtual size, whatever the source allocates.
+    const n = Math.ceil(input.size / 512) * 512;
+    return { required: n, fullyAllocated: n };
+  },
 };
+
+/** Validates raw creation options; returns the preallocation mode. */
+function checkRawOptions(options: FormatOptions): string {
+  const prealloc = String(options.preallocation ?? "off");
+  const known = ["preallocation", "size"];
+  for (const k of Object.keys(options)) {
+    if (!known.includes(k)) throw new BlockError("EINVAL", `Unknown option '${k}' for format 'raw' (known options: ${known.join(", ")})`);
+  }
+  if (!["off", "falloc", "full"].includes(prealloc)) {
+    throw new BlockError(
+      "EINVAL",
+      `Invalid value '${prealloc}' for option 'preallocation' of format 'raw': expected off, falloc or full`,
+    );
+  }
+  return prealloc;
+}
 
 registerDriver(rawDriver);

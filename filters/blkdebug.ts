@@ -177,10 +177,10 @@ export class BlkdebugFilter implements DriverInstance {
   // ---- breakpoints ------------------------------------------------------
 
   /** Sets a breakpoint: the next request raising `event` is suspended under `tag`. */
-  break(eventName: string, tag: string): void {
+  debugBreakpoint(eventName: string, tag: string): void {
     const event = normaliseEventName(eventName);
     if (!isBlkdebugEvent(event)) {
-      throw new BlockError("EINVAL", `Cannot set breakpoint '${tag}' on node '${this.#name}': unknown event '${event}'`, {
+      throw new BlockError("ENOENT", `Cannot set breakpoint '${tag}' on node '${this.#name}': unknown event '${event}'`, {
         node: this.#name,
       });
     }
@@ -188,8 +188,8 @@ export class BlkdebugFilter implements DriverInstance {
   }
 
   /** Resolves once a request is suspended at `tag` (at once if one already is). */
-  waitBreak(tag: string): Promise<void> {
-    if (this.isSuspended(tag)) return Promise.resolve();
+  debugWaitBreak(tag: string): Promise<void> {
+    if (this.debugIsSuspended(tag)) return Promise.resolve();
     return new Promise((resolve) => {
       const list = this.#waiters.get(tag);
       if (list) list.push(resolve);
@@ -198,7 +198,7 @@ export class BlkdebugFilter implements DriverInstance {
   }
 
   /** Resumes the request suspended at `tag`; ENOENT when there is none. */
-  resume(tag: string): void {
+  debugResume(tag: string): void {
     const i = this.#suspended.findIndex((s) => s.tag === tag);
     if (i < 0) {
       throw new BlockError("ENOENT", `Cannot resume '${tag}' on node '${this.#name}': no request is suspended at that tag`, {
@@ -210,7 +210,7 @@ export class BlkdebugFilter implements DriverInstance {
   }
 
   /** Removes breakpoints named `tag` and resumes requests suspended there; ENOENT when there are none. */
-  removeBreak(tag: string): void {
+  debugRemoveBreakpoint(tag: string): void {
     let found = false;
     for (const s of this.#suspended.filter((x) => x.tag === tag)) {
       this.#suspended.splice(this.#suspended.indexOf(s), 1);
@@ -237,7 +237,7 @@ export class BlkdebugFilter implements DriverInstance {
   }
 
   /** Tells whether a request is suspended at `tag`. */
-  isSuspended(tag: string): boolean {
+  debugIsSuspended(tag: string): boolean {
     return this.#suspended.some((s) => s.tag === tag);
   }
 
@@ -425,10 +425,11 @@ export function findBlkdebug(node: BlockNode): BlkdebugFilter | undefined {
  * import { getBlkdebug, open } from "../mod.ts";
  * await using img = await open({ driver: "raw", file: { driver: "blkdebug", image: { driver: "memory", size: 4096 } } });
  * const dbg = getBlkdebug(img);
- * dbg.break("pwritev", "A");
+ * console.log(dbg.state); // 1
+ * img.debugBreak("pwritev", "A"); // breakpoints go through the node: the first blkdebug below gets them
  * const write = img.pwrite(0, new Uint8Array(512));
- * await dbg.waitBreak("A");
- * dbg.resume("A");
+ * await img.debugWaitBreak("A");
+ * img.debugResume("A");
  * await write;
  * ```
  */
@@ -436,31 +437,6 @@ export function getBlkdebug(node: BlockNode): BlkdebugFilter {
   const f = findBlkdebug(node);
   if (!f) throw new BlockError("ENOENT", `No blkdebug node at or below node '${node.name}'`, { node: node.name });
   return f;
-}
-
-/** Sets a breakpoint on the blkdebug node below `node` (qemu-io `break EVENT TAG`). */
-export function blkdebugBreak(node: BlockNode, event: string, tag: string): void {
-  getBlkdebug(node).break(event, tag);
-}
-
-/** Waits until a request is suspended at `tag` (qemu-io `wait_break TAG`). */
-export function blkdebugWaitBreak(node: BlockNode, tag: string): Promise<void> {
-  return getBlkdebug(node).waitBreak(tag);
-}
-
-/** Resumes the request suspended at `tag` (qemu-io `resume TAG`). */
-export function blkdebugResume(node: BlockNode, tag: string): void {
-  getBlkdebug(node).resume(tag);
-}
-
-/** Removes breakpoint `tag` and resumes requests held there (qemu-io `remove_break TAG`). */
-export function blkdebugRemoveBreak(node: BlockNode, tag: string): void {
-  getBlkdebug(node).removeBreak(tag);
-}
-
-/** Tells whether a request is suspended at `tag` below `node`. */
-export function blkdebugIsSuspended(node: BlockNode, tag: string): boolean {
-  return getBlkdebug(node).isSuspended(tag);
 }
 
 /**

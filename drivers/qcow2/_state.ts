@@ -99,7 +99,7 @@ export class Qcow2State {
   /** Guest data is in an external data file (host offset = guest offset, no refcounts). */
   readonly externalData: boolean;
   /** Metadata write mode. */
-  readonly mode: MetadataMode;
+  mode: MetadataMode;
   /** Deliberate ordering bug for tests. */
   readonly wrongOrder: WrongOrder;
   /** The active L1 table (raw big-endian entries). */
@@ -178,6 +178,26 @@ export class Qcow2State {
     this.perBlock = (this.cs * 8) / this.refBits;
     this.l2Cache = new MetaCache(init.l2CacheTables);
     this.rbCache = new MetaCache(init.rbCacheTables);
+  }
+
+  /**
+   * Replaces the header and tables with what is on disk now (after a repair
+   * rewrote them): caches, pending frees and allocation hints start over.
+   */
+  reset(header: Qcow2Header, l1: Uint8Array, reftable: Float64Array): void {
+    this.header = header;
+    this.l1 = l1;
+    this.l1View = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
+    this.reftable = reftable;
+    this.l1Dirty.clear();
+    this.reftableDirty.clear();
+    this.l2Cache.clear();
+    this.rbCache.clear();
+    this.pendingFree = [];
+    this.freeHint = 0;
+    this.freeByteOffset = 0;
+    this.lastCompressed = undefined;
+    this.corrupt = false;
   }
 
   /** Raises a BLKDBG event on the node; resolves when a breakpoint (if any) releases it. */

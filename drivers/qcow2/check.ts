@@ -20,23 +20,11 @@
 
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
+import type { CheckOptions, CheckResult } from "../../core/types.ts";
 import { Checker, type Counters, type Fix, zeroCounters } from "./_checker.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_CLUSTER_BITS, parseHeader, type Qcow2Header, V2_HEADER_LENGTH } from "./header.ts";
 
-/**
- * What a check found; the fields mean what `qemu-img check --output=json`'s
- * fields of the same name (kebab-case there) mean.
- */
-export interface CheckResult extends Counters {
-  /** The lines qemu-img prints on stderr ("Leaked cluster 5 refcount=1 reference=0", ...). */
-  messages: string[];
-}
-
-/** Options for {@linkcode checkQcow2}. */
-export interface CheckOptions {
-  /** Repair: `leaks` drops leaked refcounts, `all` also fixes corruptions. */
-  repair?: "leaks" | "all";
-}
+export type { CheckOptions, CheckResult } from "../../core/types.ts";
 
 async function readHeader(file: BlockNode): Promise<Qcow2Header> {
   const head = new Uint8Array(V2_HEADER_LENGTH);
@@ -142,85 +130,4 @@ export function checkExitCode(result: Pick<CheckResult, "corruptions" | "leaks" 
   if (result.corruptions) return 2;
   if (result.leaks) return 3;
   return 0;
-}
-
-/**
- * Formats a result as `qemu-img check` prints it (stdout part), including
- * the repair summary when something was fixed.
- *
- * @example
- * ```ts
- * import { formatCheckHuman } from "./check.ts";
- * const text = formatCheckHuman({
- *   corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
- *   imageEndOffset: 262144, totalClusters: 16, allocatedClusters: 0,
- *   fragmentedClusters: 0, compressedClusters: 0, messages: [],
- * }, "disk.qcow2");
- * console.log(text); // No errors were found on the image.\nImage end offset: 262144\n
- * ```
- */
-export function formatCheckHuman(result: CheckResult, _filename: string): string {
-  let out = "";
-  if (result.corruptionsFixed || result.leaksFixed) {
-    out += "The following inconsistencies were found and repaired:\n\n" +
-      `    ${result.leaksFixed} leaked clusters\n` +
-      `    ${result.corruptionsFixed} corruptions\n\n` +
-      "Double checking the fixed image now...\n";
-  }
-  if (!(result.corruptions || result.leaks || result.checkErrors)) {
-    out += "No errors were found on the image.\n";
-  } else {
-    if (result.corruptions) {
-      out += `\n${result.corruptions} errors were found on the image.\n` +
-        "Data may be corrupted, or further writes to the image may corrupt it.\n";
-    }
-    if (result.leaks) {
-      out += `\n${result.leaks} leaked clusters were found on the image.\n` +
-        "This means waste of disk space, but no harm to data.\n";
-    }
-    if (result.checkErrors) out += `\n${result.checkErrors} internal errors have occurred during the check.\n`;
-  }
-  if (result.totalClusters !== 0 && result.allocatedClusters !== 0) {
-    const a = result.allocatedClusters;
-    out += `${a}/${result.totalClusters} = ${(a * 100 / result.totalClusters).toFixed(2)}% allocated, ` +
-      `${(result.fragmentedClusters * 100 / a).toFixed(2)}% fragmented, ` +
-      `${(result.compressedClusters * 100 / a).toFixed(2)}% compressed clusters\n`;
-  }
-  if (result.imageEndOffset) out += `Image end offset: ${result.imageEndOffset}\n`;
-  return out;
-}
-
-/**
- * The result as `qemu-img check --output=json` prints it (zero counters left
- * out, as qemu-img does).
- *
- * @example
- * ```ts
- * import { checkResultJson } from "./check.ts";
- * const json = checkResultJson({
- *   corruptions: 0, leaks: 1, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
- *   imageEndOffset: 262144, totalClusters: 16, allocatedClusters: 0,
- *   fragmentedClusters: 0, compressedClusters: 0, messages: [],
- * }, "disk.qcow2");
- * console.log(json.leaks); // 1
- * ```
- */
-export function checkResultJson(result: CheckResult, filename: string): Record<string, string | number> {
-  const out: Record<string, string | number> = {};
-  const put = (key: string, v: number) => {
-    if (v) out[key] = v;
-  };
-  put("image-end-offset", result.imageEndOffset);
-  put("total-clusters", result.totalClusters);
-  put("allocated-clusters", result.allocatedClusters);
-  put("fragmented-clusters", result.fragmentedClusters);
-  put("compressed-clusters", result.compressedClusters);
-  out["check-errors"] = result.checkErrors;
-  put("leaks", result.leaks);
-  put("leaks-fixed", result.leaksFixed);
-  put("corruptions", result.corruptions);
-  put("corruptions-fixed", result.corruptionsFixed);
-  out.filename = filename;
-  out.format = "qcow2";
-  return out;
 }

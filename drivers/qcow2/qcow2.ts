@@ -18,9 +18,13 @@ import type { BlockNode } from "../../core/node.ts";
 import { checkKnownOptions, optBool, optEnum, optSize } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type {
+  AmendOptions,
   BlockDriver,
   BlockStatus,
+  CheckOptions,
+  CheckResult,
   DriverInstance,
+  FormatOptions,
   OpenContext,
   RequestOptions,
   TruncateOptions,
@@ -29,6 +33,7 @@ import type {
 } from "../../core/types.ts";
 import { repairImage } from "./check.ts";
 import { createQcow2 } from "./create.ts";
+import { measureQcow2 } from "./measure.ts";
 import { COMPRESSION_NAMES } from "./compress.ts";
 import { writeCompressedLocked } from "./_write_compressed.ts";
 import {
@@ -48,6 +53,7 @@ import { blockStatus, readGuest } from "./_read.ts";
 import { resize } from "./_resize.ts";
 import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
+import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
 import { markClean, relieveCaches, writeback, writeFeatureWord } from "./_writeback.ts";
 
 const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
@@ -129,11 +135,9 @@ export class Qcow2Instance implements DriverInstance {
    * the image ends there); falls back to a normal write when compression
    * does not save space. Used by `convert -c`.
    */
-  pwriteCompressed(offset: number, data: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+  pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
-    if (st.node.readOnly) {
-      throw new BlockError("EROFS", `Cannot write ${data.length} bytes at offset ${offset}: image is read-only`, { node: st.node.name });
-    }
+    st.refuseIfCorrupt();
     return st.change(async () => {
       await writeCompressedLocked(st, offset, data, opts.req);
       await relieveCaches(st, opts.req);
@@ -192,15 +196,33 @@ export class Qcow2Instance implements DriverInstance {
    * backing file (or as zeros) everywhere — QEMU's `qcow2_make_empty`, used
    * by `commit` to empty the overlay.
    */
-  async makeEmpty(opts: RequestOptions = {}): Promise<void> {
+  async makeEmpty(opts: RequestOptions): Promise<void> {
     const st = this.#st;
-    if (st.node.readOnly) {
-      throw new BlockError("EROFS", `Cannot empty node '${st.node.name}': node is read-only`, { node: st.node.name });
-    }
+    st.refuseIfCorrupt();
     const size = Math.ceil(st.header.size / st.cs) * st.cs;
     await st.change(async () => {
       await zeroOrDiscard(st, 0, size, { discard: true, unmap: true, full: true }, opts.req);
       await relieveCaches(st, opts.req);
+    });
+  }
+
+  /** qemu-img amend: changes format options of the open image. */
+  amend(options: FormatOptions, opts: AmendOptions): Promise<void> {
+    return amendQcow2(this.#st, options, opts);
+  }
+
+  /** Records a new backing file name and format in the header (qemu-img rebase -u). */
+  changeBackingFile(name: string | undefined, format: string | undefined): Promise<void> {
+    return changeBackingFileQcow2(this.#st, name, format);
+  }
+
+  /** Checks (and repairs) the image through this node's file child; a repair reloads the tables. */
+  check(opts: CheckOptions): Promise<CheckResult> {
+    const st = this.#st;
+    return checkQcow2Node(st, opts, async () => {
+      const h = await readHeader(st.file);
+      const { l1, reftable } = await readTables(st.node, st.file, h);
+      st.reset(h, l1, reftable);
     });
   }
 
@@ -350,12 +372,29 @@ async function openDataFile(ctx: OpenContext, h: Qcow2Header, file: BlockNode): 
   return (await ctx.openChild("data-file", { driver: "file", filename }))!;
 }
 
+/** Reads the active L1 table and the refcount table the header points at. */
+async function readTables(node: BlockNode, file: BlockNode, h: Qcow2Header): Promise<{ l1: Uint8Array; reftable: Float64Array }> {
+  const l1 = new Uint8Array(h.l1Size * 8);
+  if (l1.length) await file.pread(h.l1TableOffset, l1);
+  const ev = node.event("reftable_load", undefined);
+  if (ev) await ev;
+  const rtBytes = new Uint8Array(h.refcountTableClusters * clusterSize(h));
+  await file.pread(h.refcountTableOffset, rtBytes);
+  const rtView = new DataView(rtBytes.buffer);
+  const reftable = new Float64Array(rtBytes.length / 8);
+  for (let i = 0; i < reftable.length; i++) {
+    reftable[i] = (rtView.getUint32(i * 8) * 0x100000000) + ((rtView.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
+  }
+  return { l1, reftable };
+}
+
 async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   checkKnownOptions(ctx.options, OPTIONS, "qcow2");
   const file = (await ctx.openChild("file"))!;
   let h = await readHeader(file);
   const rw = !ctx.readOnly;
-  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && rw) {
+  const checking = ctx.check ?? false;
+  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && rw && !checking) {
     throw new BlockError(
       "EACCES",
       "qcow2: Image is corrupt; cannot be opened read/write (open it read-only, or repair it with check -r all)",
@@ -372,7 +411,7 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   const modeOpt = optEnum(ctx.options, "metadata-mode", "qcow2", ["ordered", "metadata-sync"] as const);
   const mode: MetadataMode = lazy ? "lazy" : modeOpt ?? "ordered";
   const wrongOrder = optEnum(ctx.options, "x-wrong-order", "qcow2", ["none", "l2-before-refblock"] as const) ?? "none";
-  if (rw && h.incompatibleFeatures & INCOMPAT_DIRTY) {
+  if (rw && !checking && h.incompatibleFeatures & INCOMPAT_DIRTY) {
     // Refcounts may be stale (lazy refcounts and a crash): rebuild them.
     await repairImage(file);
     h = await readHeader(file);
@@ -382,18 +421,7 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   }
   const backing = await openBacking(ctx, h, file);
   const data = await openDataFile(ctx, h, file);
-  const cs = clusterSize(h);
-  const l1 = new Uint8Array(h.l1Size * 8);
-  if (l1.length) await file.pread(h.l1TableOffset, l1);
-  const ev = ctx.node.event("reftable_load", undefined);
-  if (ev) await ev;
-  const rtBytes = new Uint8Array(h.refcountTableClusters * cs);
-  await file.pread(h.refcountTableOffset, rtBytes);
-  const rtView = new DataView(rtBytes.buffer);
-  const reftable = new Float64Array(rtBytes.length / 8);
-  for (let i = 0; i < reftable.length; i++) {
-    reftable[i] = (rtView.getUint32(i * 8) * 0x100000000) + ((rtView.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
-  }
+  const { l1, reftable } = await readTables(ctx.node, file, h);
   const tables = cacheTables(ctx, h);
   const st = new Qcow2State({
     header: h,
@@ -408,7 +436,7 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     l2CacheTables: tables.l2,
     rbCacheTables: tables.rb,
   });
-  if (rw) {
+  if (rw && !checking) {
     // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
     // ones) are cleared, so a program that maintains them knows their data
     // is stale.
@@ -431,6 +459,7 @@ export const qcow2Driver: BlockDriver = {
   },
   open: openQcow2,
   create: createQcow2,
+  measure: measureQcow2,
 };
 
 registerDriver(qcow2Driver);

@@ -139,7 +139,32 @@ export const gateDriver: BlockDriver = {
   },
 };
 
+/** Reads and writes a `test-count` node passed down, keyed by its `tag` option. */
+export const counts: Map<string, { reads: number; writes: number }> = new Map();
+
+/** A filter that counts the reads and writes passing through it (option: tag). */
+export const countDriver: BlockDriver = {
+  name: "test-count",
+  kind: "filter",
+  async open(ctx): Promise<DriverInstance> {
+    const file = (await ctx.openChild("file")) as BlockNode;
+    const c = { reads: 0, writes: 0 };
+    counts.set(String(ctx.options.tag ?? "count"), c);
+    return {
+      pread(o, b, opts) {
+        c.reads++;
+        return file.pread(o, b, opts);
+      },
+      pwrite(o, d, opts) {
+        c.writes++;
+        return file.pwrite(o, d, opts);
+      },
+    };
+  },
+};
+
 registerDriver(spyDriver);
 registerDriver(passDriver);
 registerDriver(eventFormatDriver);
 registerDriver(gateDriver);
+registerDriver(countDriver);

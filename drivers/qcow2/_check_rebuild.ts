@@ -17,6 +17,7 @@
 import type { BlockNode } from "../../core/node.ts";
 import type { Qcow2Header } from "./header.ts";
 import { HI, type RefArray, setRefcount } from "./_check_tables.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 
 interface State {
   file: BlockNode;
@@ -104,14 +105,12 @@ export async function rebuildRefcountStructure(file: BlockNode, h: Qcow2Header, 
   });
   const tableOffset = tableCluster * cs;
   await file.pwrite(tableOffset, table);
-  // refcount_table_offset and refcount_table_clusters in one write.
-  const hdr = new Uint8Array(12);
-  const hv = new DataView(hdr.buffer);
-  hv.setUint32(0, Math.floor(tableOffset / HI));
-  hv.setUint32(4, tableOffset % HI);
-  hv.setUint32(8, tableClusters);
-  await file.pwrite(48, hdr);
+  // The new table is durable before the header points at it; both pointer fields change in one write.
   await file.flush();
+  await writeHeaderFields(file, { ...h, refcountTableOffset: tableOffset, refcountTableClusters: tableClusters }, [
+    "refcountTableOffset",
+    "refcountTableClusters",
+  ]);
   h.refcountTableOffset = tableOffset;
   h.refcountTableClusters = tableClusters;
   ref.grow(Math.ceil(file.length / cs));

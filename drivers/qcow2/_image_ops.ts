@@ -11,7 +11,8 @@
 import { BlockError } from "../../core/errors.ts";
 import type { AmendOptions, CheckOptions, CheckResult, FormatOptions } from "../../core/types.ts";
 import { checkQcow2 } from "./check.ts";
-import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, type Qcow2Header, serializeHeader } from "./header.ts";
+import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, type Qcow2Header } from "./header.ts";
+import { serializeHeader } from "./_header_write.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markClean, writeback } from "./_writeback.ts";
 

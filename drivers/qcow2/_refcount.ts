@@ -16,6 +16,7 @@ import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
 import { MAX_REFTABLE_BYTES } from "./header.ts";
 import type { Qcow2State } from "./_state.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 
 /** Reads entry `i` of a refcount block. */
 export function readEntry(view: DataView, bits: number, i: number): number {
@@ -260,12 +261,9 @@ async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | 
   await st.file.flush({ req });
   p = st.event("refblock_alloc_switch_table", req);
   if (p) await p;
-  const hdr = new Uint8Array(12);
-  const hv = new DataView(hdr.buffer);
-  hv.setBigUint64(0, BigInt(newOffset));
-  hv.setUint32(8, clusters);
-  await st.file.pwrite(48, hdr, { req });
-  await st.file.flush({ req });
+  // refcount_table_offset and refcount_table_clusters change in one write.
+  const next = { ...st.header, refcountTableOffset: newOffset, refcountTableClusters: clusters };
+  await writeHeaderFields(st.file, next, ["refcountTableOffset", "refcountTableClusters"], req);
   st.header.refcountTableOffset = newOffset;
   st.header.refcountTableClusters = clusters;
   st.reftableDirty.clear();

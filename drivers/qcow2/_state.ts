@@ -19,6 +19,7 @@ import type { BlockNode } from "../../core/node.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { type CacheEntry, MetaCache } from "./_cache.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 
 /** How metadata reaches the disk. */
 export type MetadataMode = "ordered" | "metadata-sync" | "lazy";
@@ -296,11 +297,8 @@ export class Qcow2State {
     if (!(err instanceof CorruptImageError) || this.node.readOnly || this.corrupt) return;
     this.corrupt = true;
     this.header.incompatibleFeatures |= INCOMPAT_CORRUPT;
-    const word = new Uint8Array(8);
-    new DataView(word.buffer).setBigUint64(0, BigInt(this.header.incompatibleFeatures));
     try {
-      await this.file.pwrite(72, word);
-      await this.file.flush();
+      await writeHeaderFields(this.file, this.header, ["incompatibleFeatures"]);
     } catch {
       // The in-memory flag still refuses changes; the original error is what the caller sees.
     }

@@ -22,23 +22,14 @@ import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import type { CheckOptions, CheckResult } from "../../core/types.ts";
 import { Checker, type Counters, type Fix, zeroCounters } from "./_checker.ts";
-import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_CLUSTER_BITS, parseHeader, type Qcow2Header, V2_HEADER_LENGTH } from "./header.ts";
+import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, readHeaderFrom } from "./header.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 
 export type { CheckOptions, CheckResult } from "../../core/types.ts";
 
-async function readHeader(file: BlockNode): Promise<Qcow2Header> {
-  const head = new Uint8Array(V2_HEADER_LENGTH);
-  await file.pread(0, head);
-  const bits = new DataView(head.buffer).getUint32(20);
-  const size = 2 ** Math.min(Math.max(bits, 9), MAX_CLUSTER_BITS);
-  const buf = new Uint8Array(Math.max(V2_HEADER_LENGTH, Math.min(size, file.length)));
-  await file.pread(0, buf);
-  return parseHeader(buf, file.length);
-}
-
 /** One pass of QEMU's qcow2_co_check_locked. */
 async function checkOnce(file: BlockNode, fix: Fix, messages: string[], repairing: boolean): Promise<Counters> {
-  const h = await readHeader(file);
+  const h = await readHeaderFrom(file);
   const original = h.incompatibleFeatures;
   const checker = new Checker(file, h, messages);
   await checker.readSnapshots();
@@ -53,13 +44,8 @@ async function checkOnce(file: BlockNode, fix: Fix, messages: string[], repairin
   let bits = h.incompatibleFeatures;
   if (repairing && res.checkErrors === 0 && res.corruptions === 0) bits &= ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT);
   if (bits !== original && h.version === 3 && !file.readOnly) {
-    const field = new Uint8Array(8);
-    const v = new DataView(field.buffer);
-    v.setUint32(0, Math.floor(bits / 2 ** 32));
-    v.setUint32(4, bits % 2 ** 32);
     await file.flush();
-    await file.pwrite(72, field);
-    await file.flush();
+    await writeHeaderFields(file, { ...h, incompatibleFeatures: bits }, ["incompatibleFeatures"]);
   }
   return res;
 }

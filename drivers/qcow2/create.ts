@@ -28,13 +28,12 @@ import {
   MAX_CLUSTER_BITS,
   MAX_L1_BYTES,
   MIN_CLUSTER_BITS,
-  parseHeader,
   type Qcow2Header,
-  serializeHeader,
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
 } from "./header.ts";
 import { encodeL2, planLayout } from "./_create_layout.ts";
+import { serializeHeader } from "./_header_write.ts";
 
 const KNOWN = [
   "size",
@@ -220,14 +219,13 @@ async function backingSize(o: Qcow2CreateOptions, filename: string | undefined):
   const path = name.startsWith("/") || !filename ? name : `${dirOf(filename)}/${name}`;
   let node: BlockNode | undefined;
   try {
-    if (o.backingFormat === "qcow2") {
-      // Read the size from the header, so creation does not need the qcow2 driver.
-      node = await open({ driver: "file", filename: path }, { readOnly: true });
-      const head = new Uint8Array(Math.min(node.length, 2 ** MAX_CLUSTER_BITS));
-      await node.pread(0, head);
-      return parseHeader(head, node.length).size;
-    }
-    node = await open({ driver: o.backingFormat, file: { driver: "file", filename: path } }, { readOnly: true });
+    // The backing file's own chain is not needed for its size (qemu-img's BDRV_O_NO_BACKING).
+    const spec = {
+      driver: o.backingFormat,
+      file: { driver: "file", filename: path },
+      ...(o.backingFormat === "qcow2" ? { backing: null } : {}),
+    };
+    node = await open(spec, { readOnly: true });
     return node.length;
   } catch (e) {
     throw new BlockError("EINVAL", `Could not open backing file '${name}' to get its size: ${(e as Error).message}`, { cause: e });

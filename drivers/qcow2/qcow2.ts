@@ -44,9 +44,9 @@ import {
   INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
-  parseHeader,
   QCOW2_MAGIC,
   type Qcow2Header,
+  readHeaderFrom,
 } from "./header.ts";
 import { K_NORMAL, mapSync, newMapping } from "./_l2.ts";
 import { blockStatus, readGuest } from "./_read.ts";
@@ -54,7 +54,8 @@ import { resize } from "./_resize.ts";
 import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
-import { markClean, relieveCaches, writeback, writeFeatureWord } from "./_writeback.ts";
+import { markClean, relieveCaches, writeback } from "./_writeback.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 
 const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
 const ZERO_CHUNK = 1 << 20;
@@ -220,7 +221,7 @@ export class Qcow2Instance implements DriverInstance {
   check(opts: CheckOptions): Promise<CheckResult> {
     const st = this.#st;
     return checkQcow2Node(st, opts, async () => {
-      const h = await readHeader(st.file);
+      const h = await readHeaderFrom(st.file);
       const { l1, reftable } = await readTables(st.node, st.file, h);
       st.reset(h, l1, reftable);
     });
@@ -309,20 +310,6 @@ function resolvePath(base: string | undefined, name: string): string {
   return `${dirOf(base)}/${name}`;
 }
 
-async function readHeader(file: BlockNode): Promise<Qcow2Header> {
-  const head = new Uint8Array(Math.min(file.length, 65536));
-  await file.pread(0, head);
-  if (head.length >= 24) {
-    const bits = new DataView(head.buffer).getUint32(20);
-    if (bits > 16 && bits <= 21 && file.length > head.length) {
-      const full = new Uint8Array(Math.min(file.length, 2 ** bits));
-      await file.pread(0, full);
-      return parseHeader(full, file.length);
-    }
-  }
-  return parseHeader(head, file.length);
-}
-
 function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
   const o = ctx.options;
   const cs = clusterSize(h);
@@ -391,7 +378,7 @@ async function readTables(node: BlockNode, file: BlockNode, h: Qcow2Header): Pro
 async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   checkKnownOptions(ctx.options, OPTIONS, "qcow2");
   const file = (await ctx.openChild("file"))!;
-  let h = await readHeader(file);
+  let h = await readHeaderFrom(file);
   const rw = !ctx.readOnly;
   const checking = ctx.check ?? false;
   if (h.incompatibleFeatures & INCOMPAT_CORRUPT && rw && !checking) {
@@ -414,7 +401,7 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   if (rw && !checking && h.incompatibleFeatures & INCOMPAT_DIRTY) {
     // Refcounts may be stale (lazy refcounts and a crash): rebuild them.
     await repairImage(file);
-    h = await readHeader(file);
+    h = await readHeaderFrom(file);
     if (h.incompatibleFeatures & INCOMPAT_DIRTY) {
       throw new BlockError("EIO", "qcow2: Could not repair the dirty image; run check -r all", { node: ctx.node.name });
     }
@@ -440,9 +427,10 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
     // ones) are cleared, so a program that maintains them knows their data
     // is stale.
-    if (h.autoclearFeatures !== 0) {
+    if (h.autoclearFeatures !== 0 || h.featureHigh?.autoclear) {
       h.autoclearFeatures = 0;
-      await writeFeatureWord(st, 88, 0, undefined);
+      if (h.featureHigh) h.featureHigh.autoclear = 0;
+      await writeHeaderFields(file, h, ["autoclearFeatures"]);
     }
   }
   return new Qcow2Instance(st);

@@ -230,6 +230,13 @@ function readField(view: DataView, f: HeaderField): { value: number; hi: number 
   return { value: hi < 2 ** 21 ? hi * 2 ** 32 + lo : FAR_OFFSET + (lo % 2 ** 21), hi };
 }
 
+/** What each 64-bit offset field points at (for "... offset invalid" errors). */
+const OFFSET_NAMES: Partial<Record<HeaderFieldKey, string>> = {
+  l1TableOffset: "Active L1 table",
+  refcountTableOffset: "Reference count table",
+  snapshotsOffset: "Snapshot table",
+};
+
 /** A 64-bit field is at least 2^53 (not exactly representable). */
 function isFar(view: DataView, f: HeaderField): boolean {
   return f.size === 8 && view.getUint32(f.offset) >= 2 ** 21;
@@ -381,6 +388,14 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
       continue;
     }
     if (f.key === "size" && isFar(view, f)) throw new BlockError("EFBIG", "Image size too large: size is at least 2^53");
+    if (f.size === 8 && hi >= 2 ** 31 && OFFSET_NAMES[f.key]) {
+      // QEMU's validate_table_offset: past INT64_MAX is invalid, used or not.
+      throw invalid(
+        `${OFFSET_NAMES[f.key]} offset invalid: ${f.name} 0x${hi.toString(16)}${
+          view.getUint32(f.offset + 4).toString(16).padStart(8, "0")
+        }`,
+      );
+    }
     if (f.key === "compressionType") {
       if (value > 1) throw new BlockError("ENOTSUP", `Unknown compression type ${value} (compression_type must be 0 (zlib) or 1 (zstd))`);
       h.compressionType = value as 0 | 1;
@@ -461,12 +476,13 @@ function validateFields(h: Qcow2Header, cs: number, fileLength: number): void {
   checkTable("reference count table", h.refcountTableOffset, h.refcountTableClusters * cs, cs, fileLength);
   // Snapshot table.
   if (h.nbSnapshots > MAX_SNAPSHOTS) throw new BlockError("EFBIG", `Too many snapshots: nb_snapshots ${h.nbSnapshots}`);
-  if (h.nbSnapshots > 0) checkTable("snapshot table", h.snapshotsOffset, 1, cs, fileLength);
+  // Alignment is checked even for an empty table, as QEMU's validate_table_offset does.
+  checkTable("snapshot table", h.snapshotsOffset, h.nbSnapshots > 0 ? 1 : 0, cs, fileLength);
   // Active L1 table.
   if (h.l1Size * 8 > MAX_L1_BYTES) throw new BlockError("EFBIG", `Active L1 table too large: l1_size ${h.l1Size}`);
   const needed = l1EntriesFor(h, h.size);
   if (h.l1Size < needed) throw invalid(`L1 table is too small: l1_size ${h.l1Size}, size ${h.size} needs ${needed}`);
-  if (h.l1Size > 0) checkTable("L1 table", h.l1TableOffset, h.l1Size * 8, cs, fileLength);
+  checkTable("L1 table", h.l1TableOffset, h.l1Size * 8, cs, fileLength);
 }
 
 /**

@@ -40,6 +40,7 @@ import type {
   FormatOptions,
   RequestInfo,
   RequestOptions,
+  SnapshotInfo,
   TruncateOptions,
   WriteOptions,
   WriteZeroesOptions,
@@ -722,6 +723,55 @@ export class BlockNode {
       return Promise.reject(new BlockError("ENOTSUP", "This image format does not support checks", { node: this.name }));
     }
     return this.#imageOp("check", "check", opts.repair !== undefined, (i) => i.check!(opts));
+  }
+
+  // ---- internal snapshots (QEMU's bdrv_snapshot_*) ----------------------
+
+  /**
+   * The node serving snapshot operations: the first one down the
+   * primary-child chain whose driver has them (QEMU's bdrv_snapshot_fallback:
+   * raw and filters pass them to their file child, an rbd node serves them).
+   */
+  #snapshotNode(key: keyof DriverInstance): BlockNode | undefined {
+    // deno-lint-ignore no-this-alias
+    let n: BlockNode | undefined = this;
+    while (n && n.#inst[key] === undefined) n = n.primaryChild;
+    return n;
+  }
+
+  /** The image's internal snapshots (empty when its format has none). */
+  async snapshotList(): Promise<SnapshotInfo[]> {
+    const n = this.#snapshotNode("snapshotList");
+    return n ? await n.#inst.snapshotList!() : [];
+  }
+
+  async #snapshotOp(key: "snapshotCreate" | "snapshotDelete" | "snapshotGoto", what: string, arg: SnapshotInfo | string): Promise<void> {
+    const n = this.#snapshotNode(key);
+    if (!n) {
+      throw new BlockError(
+        "ENOTSUP",
+        `Cannot ${what} on node '${this.name}': format '${formatDriverName(this)}' has no internal snapshots`,
+        {
+          node: this.name,
+        },
+      );
+    }
+    await n.#imageOp(key, what, true, (i) => (i[key] as (a: SnapshotInfo | string) => Promise<void> | void)(arg));
+  }
+
+  /** Creates an internal snapshot (qemu-img snapshot -c). */
+  snapshotCreate(info: SnapshotInfo): Promise<void> {
+    return this.#snapshotOp("snapshotCreate", "create a snapshot", info);
+  }
+
+  /** Deletes an internal snapshot by ID or name (qemu-img snapshot -d). */
+  snapshotDelete(idOrName: string): Promise<void> {
+    return this.#snapshotOp("snapshotDelete", "delete a snapshot", idOrName);
+  }
+
+  /** Reverts the image to an internal snapshot by ID or name (qemu-img snapshot -a). */
+  snapshotGoto(idOrName: string): Promise<void> {
+    return this.#snapshotOp("snapshotGoto", "apply a snapshot", idOrName);
   }
 
   // ---- breakpoints (QEMU's bdrv_debug_breakpoint & co.) -----------------

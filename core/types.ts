@@ -159,6 +159,24 @@ export interface CheckResult {
   messages: string[];
 }
 
+/** One internal snapshot of an image (QEMU's QEMUSnapshotInfo). */
+export interface SnapshotInfo {
+  /** Snapshot ID (unique in the image). */
+  id: string;
+  /** Snapshot name (tag). */
+  name: string;
+  /** Size of the saved VM state in bytes. */
+  vmStateSize: number;
+  /** Creation time, seconds since the epoch. */
+  dateSec: number;
+  /** Creation time, nanoseconds part. */
+  dateNsec: number;
+  /** VM clock at creation, nanoseconds. */
+  vmClockNsec: number;
+  /** Guest instructions executed at creation, when recorded. */
+  icount?: number;
+}
+
 /** Format options as `qemu-img create -o` / `amend -o` give them. */
 export type FormatOptions = Record<string, string | number | boolean>;
 
@@ -214,6 +232,14 @@ export interface DriverInstance {
   changeBackingFile?(name: string | undefined, format: string | undefined): Promise<void> | void;
   /** Checks (and optionally repairs) the image's metadata (QEMU's bdrv_check). */
   check?(opts: CheckOptions): Promise<CheckResult>;
+  /** Lists the image's internal snapshots (QEMU's bdrv_snapshot_list). */
+  snapshotList?(): Promise<SnapshotInfo[]> | SnapshotInfo[];
+  /** Creates an internal snapshot of the current state (`id` empty: the driver picks one). */
+  snapshotCreate?(info: SnapshotInfo): Promise<void> | void;
+  /** Deletes the snapshot whose ID or name is `idOrName`. */
+  snapshotDelete?(idOrName: string): Promise<void> | void;
+  /** Reverts the image to the snapshot whose ID or name is `idOrName`. */
+  snapshotGoto?(idOrName: string): Promise<void> | void;
   /** Suspends the next request that raises `event`, tagging it `tag` (blkdebug breakpoints). */
   debugBreakpoint?(event: string, tag: string): void;
   /** Removes breakpoint `tag` and resumes requests held there. */

@@ -16,7 +16,8 @@
 
 import type { BlockNode } from "../../core/node.ts";
 import type { Qcow2Header } from "./header.ts";
-import { HI, type RefArray, setRefcount } from "./_check_tables.ts";
+import type { RefArray } from "./_check_refarray.ts";
+import { HI, writeRefcount } from "./_entries.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 
 interface State {
@@ -76,7 +77,7 @@ async function writeRefblocks(s: State, firstCluster: number, endCluster: number
     block.fill(0);
     for (let k = 0; k < s.per && start + k < s.ref.size; k++) {
       const r = s.ref.get(start + k);
-      if (r) setRefcount(block, view, k, s.order, r);
+      if (r) writeRefcount(view, 2 ** s.order, k, r);
     }
     await s.file.pwrite(at * s.cs, block);
     cluster = start + s.per - 1;

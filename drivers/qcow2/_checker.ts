@@ -22,7 +22,10 @@ import {
   INCOMPAT_EXTL2,
   type Qcow2Header,
 } from "./header.ts";
-import { entryOffset, hex, HI, parseBitmapDirectory, parseSnapshotTable, RefArray, type SnapshotEntry } from "./_check_tables.ts";
+import { RefArray } from "./_check_refarray.ts";
+import { entryOffset, hex, HI, OFFSET_LO_MASK } from "./_entries.ts";
+import { parseBitmapDirectory, type SnapshotEntry } from "./_tables.ts";
+import { readSnapshotTableFrom } from "./_snapshot.ts";
 import { checkL1, type WalkContext } from "./_check_l2.ts";
 import { checkOflagCopied } from "./_check_oflag.ts";
 import { rebuildRefcountStructure } from "./_check_rebuild.ts";
@@ -78,7 +81,6 @@ export interface Fix {
 
 const FIX_NONE: Fix = { leaks: false, errors: false };
 const MAX_L1_ENTRIES = 0x2000000 / 8;
-const MAX_SNAPSHOT_TABLE = 64 * 1024 * 1024;
 
 /** One check of one image file. */
 export class Checker {
@@ -156,25 +158,14 @@ export class Checker {
 
   /** Reads the snapshot table (QEMU's qcow2_check_read_snapshot_table). */
   async readSnapshots(): Promise<void> {
-    const h = this.#h;
-    if (h.nbSnapshots === 0) return;
-    // Entries are variable-sized; read in growing steps, at most QEMU's 64 MiB limit.
-    const limit = Math.min(MAX_SNAPSHOT_TABLE, this.#file.length - h.snapshotsOffset);
-    let want = Math.min(h.nbSnapshots * 1024, limit);
-    for (;;) {
-      const parsed = parseSnapshotTable(await this.#read(h.snapshotsOffset, Math.max(0, want)), h.nbSnapshots);
-      if (typeof parsed !== "string") {
-        this.#snapshots = parsed.entries;
-        this.#snapshotsSize = parsed.size;
-        return;
-      }
-      if (want >= limit) {
-        this.#say(`ERROR failed to read the snapshot table: ${parsed}`);
-        this.res.checkErrors++;
-        return;
-      }
-      want = Math.min(limit, want * 4);
+    const parsed = await readSnapshotTableFrom(this.#file, this.#h);
+    if (typeof parsed === "string") {
+      this.#say(`ERROR failed to read the snapshot table: ${parsed}`);
+      this.res.checkErrors++;
+      return;
     }
+    this.#snapshots = parsed.entries;
+    this.#snapshotsSize = parsed.size;
   }
 
   /** Runs QEMU's qcow2_check_refcounts with the given repair flags. */
@@ -337,7 +328,7 @@ export class Checker {
     const cs = this.#cs;
     for (let i = 0; i < this.#disk.entries; i++) {
       const [hi, lo] = this.#disk.entry(i);
-      const offset = hi * HI + ((lo & 0xfffffe00) >>> 0);
+      const offset = hi * HI + ((lo & OFFSET_LO_MASK) >>> 0);
       if (lo & 0x1ff) {
         this.#say(`ERROR refcount table entry ${i} has reserved bits set`);
         this.res.corruptions++;

@@ -8,7 +8,8 @@
 
 import { CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
-import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, type Qcow2State } from "./_state.ts";
+import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO } from "./_entries.ts";
+import type { Qcow2State } from "./_state.ts";
 
 /** The range is not allocated in this image (reads from the backing file or zeros). */
 export const K_UNALLOC = 0;

@@ -15,54 +15,9 @@ import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
 import { MAX_REFTABLE_BYTES } from "./header.ts";
+import { maxRefcount, readRefcount, writeRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { writeHeaderFields } from "./_header_write.ts";
-
-/** Reads entry `i` of a refcount block. */
-export function readEntry(view: DataView, bits: number, i: number): number {
-  switch (bits) {
-    case 16:
-      return view.getUint16(i * 2);
-    case 8:
-      return view.getUint8(i);
-    case 32:
-      return view.getUint32(i * 4);
-    case 64:
-      return view.getUint32(i * 8) * 0x100000000 + view.getUint32(i * 8 + 4);
-    default: {
-      const perByte = 8 / bits;
-      const byte = view.getUint8(Math.floor(i / perByte));
-      return (byte >> (bits * (i % perByte))) & ((1 << bits) - 1);
-    }
-  }
-}
-
-/** Writes entry `i` of a refcount block. */
-export function writeEntry(view: DataView, bits: number, i: number, value: number): void {
-  switch (bits) {
-    case 16:
-      return view.setUint16(i * 2, value);
-    case 8:
-      return view.setUint8(i, value);
-    case 32:
-      return view.setUint32(i * 4, value);
-    case 64:
-      view.setUint32(i * 8, Math.floor(value / 0x100000000));
-      return view.setUint32(i * 8 + 4, value % 0x100000000);
-    default: {
-      const perByte = 8 / bits;
-      const at = Math.floor(i / perByte);
-      const shift = bits * (i % perByte);
-      const mask = ((1 << bits) - 1) << shift;
-      view.setUint8(at, (view.getUint8(at) & ~mask) | (value << shift));
-    }
-  }
-}
-
-/** Largest refcount a width can hold. */
-export function maxRefcount(bits: number): number {
-  return bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits - 1;
-}
 
 /** Loads the refcount block at `offset`, pinned: release it. */
 function loadBlock(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<CacheEntry> {
@@ -77,7 +32,7 @@ export function peekRefcount(st: Qcow2State, c: number): number {
   if (off === 0) return 0;
   const e = st.rbCache.get(off);
   if (!e) return -1;
-  return readEntry(e.view, st.refBits, c - rt * st.perBlock);
+  return readRefcount(e.view, st.refBits, c - rt * st.perBlock);
 }
 
 /** Refcount of cluster index `c`. */
@@ -87,7 +42,7 @@ export async function getRefcount(st: Qcow2State, c: number, req: RequestInfo | 
   const rt = Math.floor(c / st.perBlock);
   const e = await loadBlock(st, st.reftable[rt], req);
   try {
-    return readEntry(e.view, st.refBits, c - rt * st.perBlock);
+    return readRefcount(e.view, st.refBits, c - rt * st.perBlock);
   } finally {
     st.rbCache.release(e);
   }
@@ -107,7 +62,7 @@ export async function updateRefcount(st: Qcow2State, c: number, delta: number, r
   const e = await loadBlock(st, st.reftable[rt], req);
   try {
     const i = c - rt * st.perBlock;
-    const old = readEntry(e.view, st.refBits, i);
+    const old = readRefcount(e.view, st.refBits, i);
     const v = old + delta;
     if (v < 0) {
       throw new CorruptImageError(`Corrupt qcow2 image: refcount of cluster ${c} would drop below zero`, { node: st.node.name });
@@ -117,7 +72,7 @@ export async function updateRefcount(st: Qcow2State, c: number, delta: number, r
         node: st.node.name,
       });
     }
-    writeEntry(e.view, st.refBits, i, v);
+    writeRefcount(e.view, st.refBits, i, v);
     st.rbCache.markDirty(e);
     if (v === 0 && c < st.freeHint) st.freeHint = c;
     return v;
@@ -176,7 +131,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | und
   try {
     if (Math.floor(b / st.perBlock) === rt) {
       // The block covers its own cluster: it describes itself.
-      writeEntry(new DataView(buf.buffer), st.refBits, b - rt * st.perBlock, 1);
+      writeRefcount(new DataView(buf.buffer), st.refBits, b - rt * st.perBlock, 1);
     } else {
       await updateRefcount(st, b, 1, req);
     }

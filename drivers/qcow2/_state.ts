@@ -18,6 +18,7 @@ import type { BlkdebugEvent } from "../../core/events.ts";
 import type { BlockNode } from "../../core/node.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { type CacheEntry, MetaCache } from "./_cache.ts";
+import { entryOffset, HI_COPIED, l2EntrySize } from "./_entries.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 
@@ -26,24 +27,6 @@ export type MetadataMode = "ordered" | "metadata-sync" | "lazy";
 
 /** Test-only deliberate ordering bugs (for the crash explorer). */
 export type WrongOrder = "none" | "l2-before-refblock";
-
-/** L1/L2 flag: refcount is exactly one (QCOW_OFLAG_COPIED), in the high word. */
-export const HI_COPIED = 0x80000000;
-/** L2 flag: compressed cluster (QCOW_OFLAG_COMPRESSED), in the high word. */
-export const HI_COMPRESSED = 0x40000000;
-/** L2 flag: reads as zeros (QCOW_OFLAG_ZERO), in the low word. */
-export const LO_ZERO = 1;
-
-/** Reads the offset bits (9..55) of an L1/L2 entry at byte `at`. */
-export function entryOffset(view: DataView, at: number): number {
-  return (view.getUint32(at) & 0x00ffffff) * 0x100000000 + ((view.getUint32(at + 4) & 0xfffffe00) >>> 0);
-}
-
-/** Writes an L1/L2 entry from an offset and flag words. */
-export function setEntry(view: DataView, at: number, offset: number, hiFlags: number, loFlags: number): void {
-  view.setUint32(at, ((Math.floor(offset / 0x100000000) & 0x00ffffff) | hiFlags) >>> 0);
-  view.setUint32(at + 4, ((offset % 0x100000000) | loFlags) >>> 0);
-}
 
 /** A promise-chain mutex around metadata operations. */
 export class Mutex {
@@ -166,7 +149,7 @@ export class Qcow2State {
     this.clusterBits = h.clusterBits;
     this.cs = 2 ** h.clusterBits;
     this.extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
-    this.entryBytes = this.extL2 ? 16 : 8;
+    this.entryBytes = l2EntrySize(this.extL2);
     this.l2Entries = this.cs / this.entryBytes;
     this.l2Span = this.l2Entries * this.cs;
     this.subSize = this.extL2 ? this.cs / 32 : this.cs;

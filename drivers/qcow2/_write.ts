@@ -17,7 +17,8 @@ import type { CacheEntry } from "./_cache.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
 import { readGuest } from "./_read.ts";
 import { allocClusters } from "./_refcount.ts";
-import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, type Qcow2State, setEntry } from "./_state.ts";
+import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
+import type { Qcow2State } from "./_state.ts";
 import { markDirty } from "./_writeback.ts";
 
 const ALL = 0xffffffff;

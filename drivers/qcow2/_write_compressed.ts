@@ -11,7 +11,8 @@ import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { compressCluster } from "./compress.ts";
 import { allocClusters, getRefcount, updateRefcount } from "./_refcount.ts";
-import { HI_COMPRESSED, type Qcow2State } from "./_state.ts";
+import { HI_COMPRESSED } from "./_entries.ts";
+import type { Qcow2State } from "./_state.ts";
 import { getL2ForWrite, releaseEntry, writeLocked } from "./_write.ts";
 import { markDirty } from "./_writeback.ts";
 

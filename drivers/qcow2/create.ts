@@ -34,6 +34,7 @@ import {
 } from "./header.ts";
 import { encodeL2, planLayout } from "./_create_layout.ts";
 import { serializeHeader } from "./_header_write.ts";
+import { l2EntrySize } from "./_entries.ts";
 
 const KNOWN = [
   "size",
@@ -188,7 +189,7 @@ export function parseCreateOptions(size: number, input: Record<string, string | 
     fail("Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)");
   }
   // qcow2_grow_l1_table refuses an active L1 table over 32 MiB (EFBIG).
-  const l2Entries = clusterSize! / (extendedL2 ? 16 : 8);
+  const l2Entries = clusterSize! / l2EntrySize(extendedL2);
   const l1Entries = Math.ceil(Math.ceil(size / clusterSize!) / l2Entries);
   if (l1Entries * 8 > MAX_L1_BYTES) {
     throw new BlockError(

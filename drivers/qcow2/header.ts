@@ -309,7 +309,7 @@ export function clusterSize(h: Qcow2Header): number {
 
 /** Bytes per L2 entry: 8, or 16 with extended L2 entries. */
 export function l2EntryBytes(h: Qcow2Header): number {
-  return h.incompatibleFeatures & INCOMPAT_EXTL2 ? 16 : 8;
+  return (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0 ? 16 : 8; // l2EntrySize() of _entries.ts
 }
 
 /** Number of L1 entries needed to map `size` bytes. */

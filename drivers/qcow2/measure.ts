@@ -9,6 +9,7 @@
 import type { MeasureInput, MeasureResult } from "../../core/types.ts";
 import { refblockCount } from "./_create_alloc.ts";
 import { parseCreateOptions } from "./create.ts";
+import { l2EntrySize } from "./_entries.ts";
 
 /** Layout parameters of a qcow2 image being measured. */
 export interface Qcow2Layout {
@@ -48,7 +49,7 @@ export function refcountMetadataSize(clusters: number, clusterSize: number, refc
 export function qcow2FullSize(size: number, l: Qcow2Layout): number {
   const cs = l.clusterSize;
   const aligned = roundUp(size, cs);
-  const l2e = l.extendedL2 ? 16 : 8;
+  const l2e = l2EntrySize(l.extendedL2);
   let meta = cs; // header
   const nl2e = roundUp(aligned / cs, cs / l2e);
   meta += nl2e * l2e;

@@ -27,6 +27,7 @@ import type {
   FormatOptions,
   OpenContext,
   RequestOptions,
+  SnapshotInfo,
   TruncateOptions,
   WriteOptions,
   WriteZeroesOptions,
@@ -44,6 +45,7 @@ import {
   INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
+  l2EntryBytes,
   QCOW2_MAGIC,
   type Qcow2Header,
   readHeaderFrom,
@@ -54,8 +56,10 @@ import { resize } from "./_resize.ts";
 import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
+import { listSnapshots } from "./_snapshot.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
+import { entryOffset } from "./_entries.ts";
 
 const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
 const ZERO_CHUNK = 1 << 20;
@@ -227,6 +231,11 @@ export class Qcow2Instance implements DriverInstance {
     });
   }
 
+  /** The internal snapshots in the snapshot table. */
+  snapshotList(): Promise<SnapshotInfo[]> {
+    return listSnapshots(this.#st);
+  }
+
   /** Allocation state of the extent at `offset`. */
   blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
     return blockStatus(this.#st, offset, length, opts.req);
@@ -313,7 +322,7 @@ function resolvePath(base: string | undefined, name: string): string {
 function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
   const o = ctx.options;
   const cs = clusterSize(h);
-  const entryBytes = h.incompatibleFeatures & INCOMPAT_EXTL2 ? 16 : 8;
+  const entryBytes = l2EntryBytes(h);
   const full = Math.ceil(h.size / cs) * entryBytes;
   const total = optSize(o, "cache-size", "qcow2");
   let l2 = optSize(o, "l2-cache-size", "qcow2");
@@ -370,7 +379,7 @@ async function readTables(node: BlockNode, file: BlockNode, h: Qcow2Header): Pro
   const rtView = new DataView(rtBytes.buffer);
   const reftable = new Float64Array(rtBytes.length / 8);
   for (let i = 0; i < reftable.length; i++) {
-    reftable[i] = (rtView.getUint32(i * 8) * 0x100000000) + ((rtView.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
+    reftable[i] = entryOffset(rtView, i * 8);
   }
   return { l1, reftable };
 }

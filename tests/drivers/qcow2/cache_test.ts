@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { MetaCache } from "../../../drivers/qcow2/_cache.ts";
-import { maxRefcount, readEntry, writeEntry } from "../../../drivers/qcow2/_refcount.ts";
+import { maxRefcount, readRefcount, writeRefcount } from "../../../drivers/qcow2/_entries.ts";
 
 Deno.test("MetaCache.insert() evicts the least recently used clean table", () => {
   const c = new MetaCache(2);
@@ -75,17 +75,17 @@ Deno.test("MetaCache.release() of an unpinned table is an internal error", () =>
 });
 
 for (const bits of [1, 2, 4, 8, 16, 32, 64]) {
-  Deno.test(`readEntry() and writeEntry() round-trip ${bits}-bit refcounts without touching neighbours`, () => {
+  Deno.test(`readRefcount() and writeRefcount() round-trip ${bits}-bit refcounts without touching neighbours`, () => {
     const buf = new Uint8Array(64);
     const view = new DataView(buf.buffer);
     const n = (64 * 8) / bits;
     const max = maxRefcount(bits);
-    for (let i = 0; i < n; i++) writeEntry(view, bits, i, i % 3 === 0 ? max : i % (max + 1));
-    for (let i = 0; i < n; i++) assert.equal(readEntry(view, bits, i), i % 3 === 0 ? max : i % (max + 1));
+    for (let i = 0; i < n; i++) writeRefcount(view, bits, i, i % 3 === 0 ? max : i % (max + 1));
+    for (let i = 0; i < n; i++) assert.equal(readRefcount(view, bits, i), i % 3 === 0 ? max : i % (max + 1));
   });
 }
 
-Deno.test("readEntry() uses QEMU's bit order for sub-byte refcounts (lowest bits first)", () => {
+Deno.test("readRefcount() uses QEMU's bit order for sub-byte refcounts (lowest bits first)", () => {
   const view = new DataView(new Uint8Array([0b10_01_00_11]).buffer);
-  assert.deepEqual([0, 1, 2, 3].map((i) => readEntry(view, 2, i)), [3, 0, 1, 2]);
+  assert.deepEqual([0, 1, 2, 3].map((i) => readRefcount(view, 2, i)), [3, 0, 1, 2]);
 });

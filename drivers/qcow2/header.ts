@@ -216,9 +216,12 @@ export function headerField(key: HeaderFieldKey): HeaderField {
 export const FAR_OFFSET = 2 ** 52;
 
 /** The feature words' high 32 bits (no known feature lives there). */
-interface FeatureHigh {
+export interface FeatureHigh {
+  /** Bits 32..63 of incompatible_features. */
   incompatible: number;
+  /** Bits 32..63 of compatible_features. */
   compatible: number;
+  /** Bits 32..63 of autoclear_features. */
   autoclear: number;
 }
 

@@ -42,6 +42,8 @@ export interface TraceGraphNode {
   kind: string;
   /** Thread id of the node's first lane. */
   tid: number;
+  /** Thread ids of all the node's lanes (the first is `tid`). */
+  lanes: number[];
   /** Children by role. */
   children: { role: string; node: string }[];
 }
@@ -304,6 +306,7 @@ export function traceTo(node: BlockNode | readonly BlockNode[], sink: TraceSink)
         driver: tr.node.driver.name,
         kind: tr.node.driver.kind,
         tid: tr.lanes[0].tid,
+        lanes: tr.lanes.map((l) => l.tid),
         children: [...tr.node.children].filter(([, c]) => index.has(c)).map(([role, c]) => ({ role, node: c.name })),
       }));
       write(`\n],"otherData":${JSON.stringify({ blkgraph: { version: 1, graph } })}}\n`);

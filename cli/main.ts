@@ -29,6 +29,7 @@ import { resizeVerb } from "./resize.ts";
 import { snapshotVerb } from "./snapshot.ts";
 import { amendVerb } from "./amend.ts";
 import { commitVerb } from "./commit.ts";
+import { reportVerb } from "./report.ts";
 
 /** Every verb, in the order `--help` lists them. */
 export const VERBS: readonly Verb[] = [
@@ -43,6 +44,7 @@ export const VERBS: readonly Verb[] = [
   mapVerb,
   measureVerb,
   rebaseVerb,
+  reportVerb,
   resizeVerb,
   snapshotVerb,
   ioVerb,

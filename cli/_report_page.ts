@@ -15,7 +15,7 @@ body{font:13px/1.4 system-ui,sans-serif;margin:16px 24px;color:#222;background:#
 h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:22px 0 6px;border-bottom:1px solid #ddd}
 h3{font-size:14px;margin:14px 0 4px}
 table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}
-th{background:#f4f4f4}td.l,th.l{text-align:left}tr.fail td{background:#fde8e8}tr.pass td{background:#eef8ee}
+th{background:#f4f4f4}td.l,th.l{text-align:left}.epochs td:last-child{text-align:left}tr.fail td{background:#fde8e8}tr.pass td{background:#eef8ee}
 .muted{color:#777}.legend span{display:inline-block;margin-right:12px}.legend i{display:inline-block;width:11px;height:11px;margin-right:4px;vertical-align:-1px}
 svg text{font:11px system-ui,sans-serif}svg .label{font-weight:600}svg .ticklabel{fill:#666;font-size:10px}
 svg .tick{stroke:#eee}svg .rowline{stroke:#f0f0f0}svg .edge{stroke:#999;fill:none}

@@ -21,13 +21,14 @@ svg text{font:11px system-ui,sans-serif}svg .label{font-weight:600}svg .ticklabe
 svg .tick{stroke:#eee}svg .rowline{stroke:#f0f0f0}svg .edge{stroke:#999;fill:none}
 svg .node rect{fill:#f7f7ff;stroke:#557}svg .node .drv{font-weight:700}
 .zoomable{border:1px solid #ddd;cursor:grab;user-select:none;display:block}
-.zoombar button{margin-right:4px}.mono{font-family:ui-monospace,monospace}
+.zoombar button{margin-right:4px}.verdict.fail{color:#b00;font-weight:700}.verdict.pass{color:#2e7d32}.mono{font-family:ui-monospace,monospace}
 `;
 
 /** The zoom script (no dependencies; runs on every `svg.zoomable`). */
 const SCRIPT = `
 (function(){
   function fmt(unit,v){
+    if(unit==="clock")return String(v);
     if(unit==="bytes"){var u=["B","KiB","MiB","GiB","TiB"],i=0;while(Math.abs(v)>=1024&&i<u.length-1){v/=1024;i++}
       return (Number.isInteger(v)?v:v.toFixed(v<10?2:1))+" "+u[i];}
     if(v<1000)return (v<10?v.toFixed(2):v.toFixed(0))+" \\u00b5s";

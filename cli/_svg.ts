@@ -115,7 +115,7 @@ export interface ZoomRow {
  * axis units; the plot's transform maps them to pixels). The axis ticks are
  * drawn here and redrawn by the script after a zoom.
  */
-export function zoomSvg(id: string, rows: ZoomRow[], opts: { lo: number; hi: number; width?: number; unit: "us" | "bytes" }): string {
+export function zoomSvg(id: string, rows: ZoomRow[], opts: { lo: number; hi: number; width?: number; unit: "us" | "bytes" | "clock" }): string {
   const width = opts.width ?? 1200;
   const plotW = width - LABEL_W - 10;
   const axisH = 22;
@@ -130,7 +130,7 @@ export function zoomSvg(id: string, rows: ZoomRow[], opts: { lo: number; hi: num
     plot += el("g", { transform: `translate(0,${y})` }, r.marks);
     y += r.height;
   }
-  const fmt = opts.unit === "us" ? micros : bytes;
+  const fmt = opts.unit === "us" ? micros : opts.unit === "bytes" ? bytes : (v: number) => String(v);
   const axis = ticks(opts.lo, hi).map((t) => {
     const x = LABEL_W + (t - opts.lo) * k;
     return el("line", { x1: x, x2: x, y1: axisH - 4, y2: y, class: "tick" }) + el("text", { x: x + 2, y: axisH - 7, class: "ticklabel" }, esc(fmt(t)));

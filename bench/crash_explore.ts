@@ -58,6 +58,9 @@ console.log(`## Crash exploration${values["wrong-order"] ? " (x-wrong-order=l2-b
 console.log(crashTable(runs).trimEnd());
 console.log(`\n${settings}; total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 if (values.report) {
-  await Deno.writeTextFile(values.report, renderCrashReport(runs, { settings: settings + (values["wrong-order"] ? "; x-wrong-order=l2-before-refblock" : "") }));
+  await Deno.writeTextFile(
+    values.report,
+    renderCrashReport(runs, { settings: settings + (values["wrong-order"] ? "; x-wrong-order=l2-before-refblock" : "") }),
+  );
   console.log(`report: ${values.report}`);
 }

@@ -84,12 +84,25 @@ export function failureTimeline(id: string, log: readonly RecordedOp[], f: Crash
       "stroke-width": 0.5,
       "vector-effect": "non-scaling-stroke",
     };
-    const title = el("title", {}, esc(`#${i} ${op.op} ${op.offset}+${op.length}${op.fua ? " FUA" : ""} [${op.submit}–${op.complete ?? "…"}]: ${fates[i]}`));
+    const title = el(
+      "title",
+      {},
+      esc(`#${i} ${op.op} ${op.offset}+${op.length}${op.fua ? " FUA" : ""} [${op.submit}–${op.complete ?? "…"}]: ${fates[i]}`),
+    );
     if (op.op === "flush") flushes += el("rect", attrs, title);
     else writes += el("rect", attrs, title);
   });
   const line = (cls: string) =>
-    el("line", { class: cls, x1: crash, x2: crash, y1: 0, y2: ROW_H, stroke: "#d00000", "stroke-width": 2, "vector-effect": "non-scaling-stroke" }, el("title", {}, `crash at clock ${crash}`));
+    el("line", {
+      class: cls,
+      x1: crash,
+      x2: crash,
+      y1: 0,
+      y2: ROW_H,
+      stroke: "#d00000",
+      "stroke-width": 2,
+      "vector-effect": "non-scaling-stroke",
+    }, el("title", {}, `crash at clock ${crash}`));
   const rows: ZoomRow[] = [
     { label: "flushes", height: ROW_H, marks: flushes + line("crashpoint") },
     { label: "writes, discards, truncates", height: ROW_H, marks: writes + line("crashpoint") },
@@ -129,7 +142,11 @@ export function renderCrashReport(runs: readonly CrashRun[], opts: { title?: str
     String(r.failures.length),
     r.seconds.toFixed(1),
   ]);
-  const summary = table(["workload", "mode", "states", ...oracles.map(esc), "failures", "seconds"], rows, (i) => (runs[i].failures.length ? "fail" : "pass"));
+  const summary = table(
+    ["workload", "mode", "states", ...oracles.map(esc), "failures", "seconds"],
+    rows,
+    (i) => (runs[i].failures.length ? "fail" : "pass"),
+  );
   let details = "";
   let n = 0;
   for (const r of runs) {
@@ -142,7 +159,9 @@ export function renderCrashReport(runs: readonly CrashRun[], opts: { title?: str
 <p class="message">${esc(f.message)}</p>
 <p class="muted">Minimal state: crash at clock ${rec.crashPoint}; ${rec.applied.length} crash-epoch ops kept${
         rec.torn ? `, op ${rec.torn.op} torn at ${rec.torn.bytes} bytes` : ""
-      }; ${dropped.length} dropped (${dropped.length ? esc(dropped.map((i) => `#${i}`).join(" ")) : "none"}); replay the ${f.replay?.length ?? 0} ops below on the base image in order.</p>
+      }; ${dropped.length} dropped (${dropped.length ? esc(dropped.map((i) => `#${i}`).join(" ")) : "none"}); replay the ${
+        f.replay?.length ?? 0
+      } ops below on the base image in order.</p>
 ${zoomBar(id)}${failureTimeline(id, r.log, f)}
 ${replayTable(r.log, f)}</div>`;
     }
@@ -151,7 +170,13 @@ ${replayTable(r.log, f)}</div>`;
 ${opts.settings ? `<p class="muted" id="settings">${esc(opts.settings)}</p>` : ""}
 <h2>States per workload and mode</h2><div id="summary">${summary}</div>
 <h2>Failing states</h2>
-${legend((Object.keys(FATE_COLOURS) as OpFate[]).map((k) => [k === "after" ? "after the crash" : k === "kept" ? "kept (crash epoch)" : k, FATE_COLOURS[k]]))}
+${
+    legend(
+      (Object.keys(FATE_COLOURS) as OpFate[]).map((
+        k,
+      ) => [k === "after" ? "after the crash" : k === "kept" ? "kept (crash epoch)" : k, FATE_COLOURS[k]]),
+    )
+  }
 <div id="failures">${details || '<p class="muted">No state failed an oracle.</p>'}</div>`;
   return page(title, body);
 }

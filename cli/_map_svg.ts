@@ -13,7 +13,7 @@ import type { BlockNode } from "../core/node.ts";
 import type { MetadataExtent } from "../core/types.ts";
 import { formatNode } from "./_common.ts";
 import { bytes, cls, el, esc, KIND_COLOURS, LAYER_COLOURS } from "./_svg.ts";
-import { mapExtents, type MapEntry } from "./map.ts";
+import { type MapEntry, mapExtents } from "./map.ts";
 
 const W = 900;
 const LEFT = 10;
@@ -127,7 +127,14 @@ export function mapSvg(entries: readonly MapEntry[], layers: readonly MapLayer[]
     // Guest × host plot: a diagonal segment per data extent.
     let plot = el("rect", { x: LEFT, y: 0, width: W, height: PLOT_H, fill: "#fafafa", stroke: "#ccc" });
     for (const m of layer.metadata) {
-      plot += el("rect", { class: `metaband kind-${cls(m.kind)}`, x: LEFT, y: PLOT_H - (m.offset + m.length) / fl * PLOT_H, width: 6, height: Math.max(0.5, m.length / fl * PLOT_H), fill: KIND_COLOURS[m.kind] ?? "#444" });
+      plot += el("rect", {
+        class: `metaband kind-${cls(m.kind)}`,
+        x: LEFT,
+        y: PLOT_H - (m.offset + m.length) / fl * PLOT_H,
+        width: 6,
+        height: Math.max(0.5, m.length / fl * PLOT_H),
+        fill: KIND_COLOURS[m.kind] ?? "#444",
+      });
     }
     for (const e of data) {
       plot += el("line", {
@@ -143,21 +150,39 @@ export function mapSvg(entries: readonly MapEntry[], layers: readonly MapLayer[]
     parts += el(
       "g",
       { class: `plot layer-${layer.depth}`, transform: `translate(0,${y})` },
-      el("text", { x: LEFT, y: 12, class: "label" }, esc(`layer ${layer.depth}: guest offset (x) → host offset (y), ${data.length} data extents`)) +
+      el(
+        "text",
+        { x: LEFT, y: 12, class: "label" },
+        esc(`layer ${layer.depth}: guest offset (x) → host offset (y), ${data.length} data extents`),
+      ) +
         el("g", { transform: "translate(0,16)" }, plot),
     );
     y += PLOT_H + 36;
   }
-  const legendItems = [...[...kinds].map((k) => [k, KIND_COLOURS[k] ?? "#444"]), ...layers.map((l) => [`data, layer ${l.depth}`, LAYER_COLOURS[l.depth % LAYER_COLOURS.length]]), ["free / unallocated", KIND_COLOURS.free]];
+  const legendItems = [
+    ...[...kinds].map((k) => [k, KIND_COLOURS[k] ?? "#444"]),
+    ...layers.map((l) => [`data, layer ${l.depth}`, LAYER_COLOURS[l.depth % LAYER_COLOURS.length]]),
+    ["free / unallocated", KIND_COLOURS.free],
+  ];
   let legend = "";
   legendItems.forEach(([name, colour], i) => {
     const x = LEFT + (i % 5) * 180, ly = Math.floor(i / 5) * 16;
-    legend += el("g", { class: "legend-item", transform: `translate(${x},${ly})` }, el("rect", { width: 11, height: 11, fill: colour, stroke: "#999" }) + el("text", { x: 15, y: 10 }, esc(name)));
+    legend += el(
+      "g",
+      { class: "legend-item", transform: `translate(${x},${ly})` },
+      el("rect", { width: 11, height: 11, fill: colour, stroke: "#999" }) + el("text", { x: 15, y: 10 }, esc(name)),
+    );
   });
   parts += el("g", { class: "legend", transform: `translate(0,${y})` }, legend);
   y += Math.ceil(legendItems.length / 5) * 16 + 10;
   const style = "<style>text{font:11px system-ui,sans-serif}.title{font-size:13px;font-weight:700}.label{font-weight:600}</style>";
-  return el("svg", { xmlns: "http://www.w3.org/2000/svg", class: "allocation-map", width: W + 2 * LEFT, height: y, viewBox: `0 0 ${W + 2 * LEFT} ${y}` }, style + parts);
+  return el("svg", {
+    xmlns: "http://www.w3.org/2000/svg",
+    class: "allocation-map",
+    width: W + 2 * LEFT,
+    height: y,
+    viewBox: `0 0 ${W + 2 * LEFT} ${y}`,
+  }, style + parts);
 }
 
 /** Maps the whole image under `node` and draws it. */

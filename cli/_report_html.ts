@@ -122,7 +122,12 @@ export function timelineSvg(report: TraceReport): { svg: string; drawn: number; 
       );
     }
     lanes.forEach((marks, lane) =>
-      rows.push({ label: lane ? `  · lane ${lane + 1}` : `${n.driver} ${n.name}`, height: LANE_H, marks, labelClass: lane ? "lane" : "nodelabel" })
+      rows.push({
+        label: lane ? `  · lane ${lane + 1}` : `${n.driver} ${n.name}`,
+        height: LANE_H,
+        marks,
+        labelClass: lane ? "lane" : "nodelabel",
+      })
     );
   }
   return { svg: zoomSvg("timeline", rows, { lo: 0, hi: report.duration, unit: "us" }), drawn, total };
@@ -174,26 +179,36 @@ export function epochSection(n: ReportNode, lo: number, hi: number): string {
       }, el("title", {}, esc(`flush ${e.index}: ${micros(e.flush.dur)}, made ${e.writes.length} writes durable`)));
     }
     for (const w of e.writes) {
-      writes += el("rect", {
-        class: `write epoch-${e.flush ? e.index : "pending"}`,
-        "data-epoch": e.flush ? e.index : "pending",
-        x: w.ts,
-        y: 2,
-        width: w.dur,
-        height: LANE_H - 4,
-        fill: epochColour(e),
-        stroke: epochColour(e),
-        "vector-effect": "non-scaling-stroke",
-      }, el("title", {}, esc(`${w.name} ${w.offset}+${w.length} · ${e.flush ? `durable with flush ${e.index}` : "not durable at the end"}`)));
+      writes += el(
+        "rect",
+        {
+          class: `write epoch-${e.flush ? e.index : "pending"}`,
+          "data-epoch": e.flush ? e.index : "pending",
+          x: w.ts,
+          y: 2,
+          width: w.dur,
+          height: LANE_H - 4,
+          fill: epochColour(e),
+          stroke: epochColour(e),
+          "vector-effect": "non-scaling-stroke",
+        },
+        el("title", {}, esc(`${w.name} ${w.offset}+${w.length} · ${e.flush ? `durable with flush ${e.index}` : "not durable at the end"}`)),
+      );
     }
   }
-  const svg = zoomSvg(id, [{ label: "flushes", height: LANE_H, marks: flushes }, { label: "writes by epoch", height: LANE_H, marks: writes }], {
+  const svg = zoomSvg(id, [{ label: "flushes", height: LANE_H, marks: flushes }, {
+    label: "writes by epoch",
+    height: LANE_H,
+    marks: writes,
+  }], {
     lo,
     hi,
     unit: "us",
   });
   const rows = epochs.map((e) => {
-    const list = e.writes.slice(0, 6).map((w) => `${w.name} ${w.offset}+${w.length}${w.req !== undefined ? ` (req ${w.req})` : ""}`).join(", ");
+    const list = e.writes.slice(0, 6).map((w) => `${w.name} ${w.offset}+${w.length}${w.req !== undefined ? ` (req ${w.req})` : ""}`).join(
+      ", ",
+    );
     return [
       e.flush ? String(e.index) : "after the last flush",
       e.flush ? esc(micros(e.flush.ts)) : "—",
@@ -204,7 +219,8 @@ export function epochSection(n: ReportNode, lo: number, hi: number): string {
     ];
   });
   return `<div class="epochs" data-node="${esc(n.name)}"><h3>${esc(`${n.driver} ${n.name}`)}</h3>${zoomBar(id)}${svg}` +
-    table(["flush", "at", "issued by", "writes made durable", "bytes", "writes"], rows, (i) => epochs[i].flush ? undefined : "pending") + `</div>`;
+    table(["flush", "at", "issued by", "writes made durable", "bytes", "writes"], rows, (i) => epochs[i].flush ? undefined : "pending") +
+    `</div>`;
 }
 
 /** Options for {@linkcode renderTraceReport}. */
@@ -223,10 +239,17 @@ export function renderTraceReport(report: TraceReport, opts: TraceReportOptions 
   const cats = [...new Set(report.nodes.flatMap((n) => n.instants.map((i) => i.cat)))];
   const epochs = report.nodes.map((n) => epochSection(n, 0, report.duration)).filter(Boolean);
   const body = `<h1>${esc(title)}</h1>
-<p class="muted" id="summary">${report.nodes.length} nodes · ${tl.total} spans · ${report.events - tl.total} instant events · ${esc(micros(report.duration))}</p>
+<p class="muted" id="summary">${report.nodes.length} nodes · ${tl.total} spans · ${report.events - tl.total} instant events · ${
+    esc(micros(report.duration))
+  }</p>
 <h2>Graph</h2>${graphSvg(report.nodes)}
 <h2>Timeline</h2>
-${legend([...ops.map((o): [string, string] => [o, OP_COLOURS[o] ?? "#888"]), ...cats.map((c): [string, string] => [`${c} event`, INSTANT_COLOURS[c] ?? "#000"])])}
+${
+    legend([
+      ...ops.map((o): [string, string] => [o, OP_COLOURS[o] ?? "#888"]),
+      ...cats.map((c): [string, string] => [`${c} event`, INSTANT_COLOURS[c] ?? "#000"]),
+    ])
+  }
 ${zoomBar("timeline")}${tl.svg}
 ${tl.drawn < tl.total ? `<p class="muted">Drawn: the first ${tl.drawn} of ${tl.total} spans.</p>` : ""}
 <h2>Requests per node</h2>${statsTable(report)}

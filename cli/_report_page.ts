@@ -78,7 +78,9 @@ export function zoomBar(id: string): string {
 
 /** A legend of coloured swatches. */
 export function legend(entries: [string, string][]): string {
-  return `<div class="legend">${entries.map(([name, colour]) => `<span><i style="background:${esc(colour)}"></i>${esc(name)}</span>`).join("")}</div>`;
+  return `<div class="legend">${
+    entries.map(([name, colour]) => `<span><i style="background:${esc(colour)}"></i>${esc(name)}</span>`).join("")
+  }</div>`;
 }
 
 /** A table: header cells and rows of cells (markup); the first column is left-aligned. */

@@ -115,7 +115,11 @@ export interface ZoomRow {
  * axis units; the plot's transform maps them to pixels). The axis ticks are
  * drawn here and redrawn by the script after a zoom.
  */
-export function zoomSvg(id: string, rows: ZoomRow[], opts: { lo: number; hi: number; width?: number; unit: "us" | "bytes" | "clock" }): string {
+export function zoomSvg(
+  id: string,
+  rows: ZoomRow[],
+  opts: { lo: number; hi: number; width?: number; unit: "us" | "bytes" | "clock" },
+): string {
   const width = opts.width ?? 1200;
   const plotW = width - LABEL_W - 10;
   const axisH = 22;
@@ -133,7 +137,8 @@ export function zoomSvg(id: string, rows: ZoomRow[], opts: { lo: number; hi: num
   const fmt = opts.unit === "us" ? micros : opts.unit === "bytes" ? bytes : (v: number) => String(v);
   const axis = ticks(opts.lo, hi).map((t) => {
     const x = LABEL_W + (t - opts.lo) * k;
-    return el("line", { x1: x, x2: x, y1: axisH - 4, y2: y, class: "tick" }) + el("text", { x: x + 2, y: axisH - 7, class: "ticklabel" }, esc(fmt(t)));
+    return el("line", { x1: x, x2: x, y1: axisH - 4, y2: y, class: "tick" }) +
+      el("text", { x: x + 2, y: axisH - 7, class: "ticklabel" }, esc(fmt(t)));
   }).join("");
   return el(
     "svg",
@@ -151,7 +156,11 @@ export function zoomSvg(id: string, rows: ZoomRow[], opts: { lo: number; hi: num
       "data-axis-h": axisH,
     },
     el("g", { class: "axis" }, axis) +
-      el("svg", { x: LABEL_W, y: 0, width: plotW, height: y, class: "plotclip" }, el("g", { class: "plot", transform: `scale(${k},1) translate(${-opts.lo},0)` }, plot)) +
+      el(
+        "svg",
+        { x: LABEL_W, y: 0, width: plotW, height: y, class: "plotclip" },
+        el("g", { class: "plot", transform: `scale(${k},1) translate(${-opts.lo},0)` }, plot),
+      ) +
       el("g", { class: "labels" }, labels),
   );
 }

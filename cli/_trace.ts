@@ -41,7 +41,13 @@ export const TRACE_FLAGS: OptionTable = {
 
 /** Formats one node event as a human-readable trace line. */
 export function formatTraceLine(e: NodeEvent, t0: number): string {
-  const what = e.kind === "blkdbg" ? e.event : e.kind === "inject" ? `inject ${e.code}` : e.kind === "throttle" ? `throttle ${e.phase}` : e.kind;
+  const what = e.kind === "blkdbg"
+    ? e.event
+    : e.kind === "inject"
+    ? `inject ${e.code}`
+    : e.kind === "throttle"
+    ? `throttle ${e.phase}`
+    : e.kind;
   const r = e.req;
   const req = r ? ` req=${r.id} ${r.op} ${r.offset}+${r.length}` : "";
   const node = `${e.node.driver.name} ${e.node.name}`;

@@ -202,7 +202,15 @@ export function traceTo(node: BlockNode | readonly BlockNode[], sink: TraceSink)
     return undefined;
   };
 
-  const begin = (t: number, key: string, time: number, name: string, cat: string, reqId: number | undefined, args: Record<string, unknown>) => {
+  const begin = (
+    t: number,
+    key: string,
+    time: number,
+    name: string,
+    cat: string,
+    reqId: number | undefined,
+    args: Record<string, unknown>,
+  ) => {
     let lane = laneOf(t, reqId);
     if (lane === undefined) {
       lane = tracks[t].lanes.findIndex((l) => l.stack.length === 0);
@@ -229,7 +237,16 @@ export function traceTo(node: BlockNode | readonly BlockNode[], sink: TraceSink)
     }
     stack.splice(at, 1);
     const args = extra ? { ...span.args, ...extra } : span.args;
-    hold({ name: span.name, cat: span.cat, ph: "X", ts: span.begin, dur: Math.max(0, us(end - span.begin)), pid: PID, tid: track.lanes[span.lane].tid, args });
+    hold({
+      name: span.name,
+      cat: span.cat,
+      ph: "X",
+      ts: span.begin,
+      dur: Math.max(0, us(end - span.begin)),
+      pid: PID,
+      tid: track.lanes[span.lane].tid,
+      args,
+    });
   };
 
   const end = (key: string, time: number, extra?: Record<string, unknown>) => {

@@ -11,10 +11,21 @@
 
 import { readDmLogWrites } from "../filters/crash/dm_log_writes.ts";
 import { type CrashOracle, qemuImgStructure, recoveryOracle } from "../filters/crash/oracles.ts";
-import { exploreQcow2, type Qcow2CrashMode, qcow2Structure, QCOW2_MODES, QCOW2_WORKLOADS } from "../filters/crash/qcow2.ts";
+import { exploreQcow2, QCOW2_MODES, QCOW2_WORKLOADS, type Qcow2CrashMode, qcow2Structure } from "../filters/crash/qcow2.ts";
 import { runCrashExploration, type RunOptions } from "../filters/crash/run.ts";
 import { type CrashRun, renderCrashReport } from "./_crash_report.ts";
-import { CliError, type CliIO, type Flags, flagList, flagString, intArg, needPositionals, parseVerbArgs, sizeArg, type Verb } from "./_common.ts";
+import {
+  CliError,
+  type CliIO,
+  flagList,
+  type Flags,
+  flagString,
+  intArg,
+  needPositionals,
+  parseVerbArgs,
+  sizeArg,
+  type Verb,
+} from "./_common.ts";
 
 const USAGE = `Usage: blkgraph crash-explore [--workload=NAME]... [--mode=MODE]... [--wrong-order] [--unsafe-host]
                              [--seed=N] [--samples=N] [--max-states=N] [--max-exhaustive=N] [--torn-cuts=N]
@@ -61,7 +72,9 @@ export async function exploreBuiltIn(opts: BuiltInOptions, onRun?: (r: CrashRun)
     if (!names.includes(w)) throw new CliError(`Unknown workload '${w}': expected one of ${names.join(", ")}`);
   }
   for (const m of opts.modes ?? []) {
-    if (!(QCOW2_MODES as readonly string[]).includes(m)) throw new CliError(`Unknown mode '${m}': expected one of ${QCOW2_MODES.join(", ")}`);
+    if (!(QCOW2_MODES as readonly string[]).includes(m)) {
+      throw new CliError(`Unknown mode '${m}': expected one of ${QCOW2_MODES.join(", ")}`);
+    }
   }
   const runs: CrashRun[] = [];
   for (const w of QCOW2_WORKLOADS) {
@@ -108,7 +121,15 @@ export async function exploreLog(
   oracles.push(recoveryOracle({ driver: "qcow2" }, qcow2Structure, bits >= 9 && bits <= 21 ? 2 ** bits : 65536));
   const start = performance.now();
   const r = await runCrashExploration(base, log, oracles, opts.explore);
-  return { workload: name, mode: "recorded", states: r.states, checks: r.checks, failures: r.failures, seconds: (performance.now() - start) / 1000, log };
+  return {
+    workload: name,
+    mode: "recorded",
+    states: r.states,
+    checks: r.checks,
+    failures: r.failures,
+    seconds: (performance.now() - start) / 1000,
+    log,
+  };
 }
 
 /** The markdown table of runs, and each failure's minimal replay. */
@@ -123,7 +144,9 @@ export function crashTable(runs: readonly CrashRun[]): string {
       const durable = (f.replay?.length ?? 0) - chosen.length;
       details.push(
         `- ${r.workload} / ${r.mode} (state ${f.index}, ${f.kind}): ${f.oracle}: ${f.message}\n` +
-          `  minimal replay: the ${durable} durable ops of crash point ${(f.minimal ?? f.recipe).crashPoint} plus ${JSON.stringify(chosen)}`,
+          `  minimal replay: the ${durable} durable ops of crash point ${(f.minimal ?? f.recipe).crashPoint} plus ${
+            JSON.stringify(chosen)
+          }`,
       );
     }
   }
@@ -177,7 +200,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const qemuEvery = num(v, "qemu-every", 0);
   const dir = await Deno.makeTempDir({ prefix: "blkgraph-crash-" });
   let runs: CrashRun[];
-  let settings = `seed ${seed}, samples ${explore.samples}, max states ${explore.maxStates}, max exhaustive ${explore.maxExhaustive}, torn cuts ${explore.maxTornCuts}`;
+  let settings =
+    `seed ${seed}, samples ${explore.samples}, max states ${explore.maxStates}, max exhaustive ${explore.maxExhaustive}, torn cuts ${explore.maxTornCuts}`;
   try {
     const logPath = flagString(v, "log");
     if (logPath !== undefined) {
@@ -190,9 +214,19 @@ async function run(args: string[], io: CliIO): Promise<number> {
       };
       const basePath = flagString(v, "base");
       const sizeText = flagString(v, "size");
-      if (basePath === undefined && sizeText === undefined) throw new CliError("--log needs the image before the log: give --base=IMAGE or --size=SIZE");
+      if (basePath === undefined && sizeText === undefined) {
+        throw new CliError("--log needs the image before the log: give --base=IMAGE or --size=SIZE");
+      }
       const base = basePath !== undefined ? await read(basePath, "base image") : new Uint8Array(sizeArg(sizeText!, "--size"));
-      runs = [await exploreLog(logPath, await read(logPath, "log"), { base, format: flagString(v, "format") ?? "qcow2", qemuEvery, explore, dir })];
+      runs = [
+        await exploreLog(logPath, await read(logPath, "log"), {
+          base,
+          format: flagString(v, "format") ?? "qcow2",
+          qemuEvery,
+          explore,
+          dir,
+        }),
+      ];
       settings += `; log ${logPath} over ${basePath ?? `${base.length} zero bytes`}`;
     } else {
       const wrongOrder = v["wrong-order"] === true;
@@ -224,4 +258,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `crash-explore` verb. */
-export const crashExploreVerb: Verb = { name: "crash-explore", summary: "explore crash states of qcow2 workloads or a dm-log-writes log", run };
+export const crashExploreVerb: Verb = {
+  name: "crash-explore",
+  summary: "explore crash states of qcow2 workloads or a dm-log-writes log",
+  run,
+};

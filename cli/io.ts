@@ -16,7 +16,8 @@ import { getopt, type IoCommand, IoSession, splitWords } from "./io_commands/_se
 /** Every io command. */
 export const IO_COMMANDS: readonly IoCommand[] = [...RW_COMMANDS, ...MISC_COMMANDS, ...BLKDEBUG_COMMANDS];
 
-const USAGE = `Usage: blkgraph io [-c cmd]... [-f fmt] [--image-opts] [-r] [-t cache] [-n] [-U] [--trace[=FILE]] [--trace-format=text|json|chrome] [file]
+const USAGE =
+  `Usage: blkgraph io [-c cmd]... [-f fmt] [--image-opts] [-r] [-t cache] [-n] [-U] [--trace[=FILE]] [--trace-format=text|json|chrome] [file]
 
 qemu-io's command language: each -c runs one command (read, write, readv,
 writev, aio_read, aio_write, aio_flush, flush, discard, alloc, map, length,

@@ -9,7 +9,17 @@
  */
 
 import { BlockError } from "../core/errors.ts";
-import { CliError, type CliIO, flagString, IMAGE_FLAGS, imageArgs, needPositionals, openImage, parseVerbArgs, type Verb } from "./_common.ts";
+import {
+  CliError,
+  type CliIO,
+  flagString,
+  IMAGE_FLAGS,
+  imageArgs,
+  needPositionals,
+  openImage,
+  parseVerbArgs,
+  type Verb,
+} from "./_common.ts";
 import { renderMapSvg } from "./_map_svg.ts";
 import { renderTraceReport } from "./_report_html.ts";
 import { parseTraceReport } from "./_report_model.ts";
@@ -25,7 +35,12 @@ Without -o the page goes to standard output.
 `;
 
 async function run(args: string[], io: CliIO): Promise<number> {
-  const p = parseVerbArgs(args, { ...IMAGE_FLAGS, output: { type: "string", short: "o" }, title: { type: "string" }, image: { type: "string" } }, USAGE, io);
+  const p = parseVerbArgs(
+    args,
+    { ...IMAGE_FLAGS, output: { type: "string", short: "o" }, title: { type: "string" }, image: { type: "string" } },
+    USAGE,
+    io,
+  );
   if (!p) return 0;
   needPositionals(p.positionals, 1, 1, "a trace file");
   const tracePath = p.positionals[0];

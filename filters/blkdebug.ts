@@ -277,7 +277,9 @@ export class BlkdebugFilter implements DriverInstance {
       this.#removeRule(rule);
     }
     const node = this.#node;
-    if (node.listening) node.emit({ kind: "inject", node, time: performance.now(), req, op: type, offset, length: bytes, code: rule.code, event });
+    if (node.listening) {
+      node.emit({ kind: "inject", node, time: performance.now(), req, op: type, offset, length: bytes, code: rule.code, event });
+    }
     if (this.#listeners.length) {
       this.#trace({
         kind: "error",

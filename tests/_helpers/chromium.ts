@@ -68,7 +68,13 @@ export async function openPage(width = 1280, height = 900): Promise<Page> {
   if (!bin) throw new Error("chromium is not installed");
   const profile = await Deno.makeTempDir({ prefix: "blkgraph-chromium-" });
   const child = new Deno.Command(bin, {
-    args: [...headlessFlags(profile), "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", `--window-size=${width},${height}`, "about:blank"],
+    args: [
+      ...headlessFlags(profile),
+      "--remote-debugging-address=127.0.0.1",
+      "--remote-debugging-port=0",
+      `--window-size=${width},${height}`,
+      "about:blank",
+    ],
     stdin: "null",
     stdout: "null",
     stderr: "piped",

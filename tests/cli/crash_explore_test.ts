@@ -35,7 +35,9 @@ Deno.test("crash-explore --wrong-order fails (exit 1) on the state the library f
   const html = await Deno.readTextFile(report);
   assert.match(html, new RegExp(`<tr class="fail"><td class="l">sequential</td><td>ordered</td><td>${lib.states}</td>`));
   assert.ok(html.includes(`<span class="verdict fail">FAIL</span> (${lib.checks[f.oracle]} checks)`), "the failing oracle's verdict");
-  const section = html.slice(html.indexOf(`<div class="failure" data-workload="sequential" data-mode="ordered" data-oracle="${f.oracle}">`));
+  const section = html.slice(
+    html.indexOf(`<div class="failure" data-workload="sequential" data-mode="ordered" data-oracle="${f.oracle}">`),
+  );
   assert.ok(section.length < html.length, "the failing state has a section");
   const replay = section.slice(section.indexOf('<div class="replay">'), section.indexOf("</table></div>"));
   assert.equal(count(replay, /<tr><td class="l">/g), f.replay!.length);
@@ -66,7 +68,8 @@ Deno.test("crash-explore passes every oracle without the wrong order (exit 0) an
 });
 
 Deno.test({
-  name: "crash-explore --log explores a dm-log-writes log QEMU's blklogwrites recorded under its qcow2, and catches a device that drops flushes",
+  name:
+    "crash-explore --log explores a dm-log-writes log QEMU's blklogwrites recorded under its qcow2, and catches a device that drops flushes",
   ignore: skipUnless("qemu-img", "qemu-io"),
   async fn() {
     await using dir = await tempDir();
@@ -77,7 +80,18 @@ Deno.test({
     await Deno.copyFile(img, base);
     await Deno.writeFile(log, new Uint8Array(0));
     await runOk("qemu-io", [
-      "-c", "write -P 1 0 8k", "-c", "flush", "-c", "write -P 2 64k 4k", "-c", "write -P 3 512k 4k", "-c", "flush", "-c", "write -P 4 4k 4k",
+      "-c",
+      "write -P 1 0 8k",
+      "-c",
+      "flush",
+      "-c",
+      "write -P 2 64k 4k",
+      "-c",
+      "write -P 3 512k 4k",
+      "-c",
+      "flush",
+      "-c",
+      "write -P 4 4k 4k",
       "--image-opts",
       `driver=qcow2,file.driver=blklogwrites,file.file.driver=file,file.file.filename=${img},file.log.driver=file,file.log.filename=${log}`,
     ]); // deno-fmt-ignore
@@ -92,7 +106,13 @@ Deno.test({
     await Deno.writeFile(noFlush, writeDmLogWrites(ops.filter((o) => o.op !== "flush")));
     const bad = await cli(["crash-explore", `--log=${noFlush}`, `--base=${base}`, "-f", "qcow2", `--report=${report}`]);
     assert.equal(bad.code, 1, bad.stdout + bad.stderr);
-    assert.equal(count(await Deno.readTextFile(report), /<div class="failure" data-workload="[^"]*noflush\.log" data-mode="recorded" data-oracle="structure">/g), 1);
+    assert.equal(
+      count(
+        await Deno.readTextFile(report),
+        /<div class="failure" data-workload="[^"]*noflush\.log" data-mode="recorded" data-oracle="structure">/g,
+      ),
+      1,
+    );
   },
 });
 
@@ -110,7 +130,22 @@ Deno.test("bench/crash_explore.ts --report writes the crash report", async () =>
   const report = `${dir.path}/bench.html`;
   const path = new URL("../../bench/crash_explore.ts", import.meta.url).pathname;
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", path, "--workload", "sequential", "--max-states", "200", "--samples", "8", "--qemu-every", "0", "--wrong-order", "--report", report],
+    args: [
+      "run",
+      "-A",
+      path,
+      "--workload",
+      "sequential",
+      "--max-states",
+      "200",
+      "--samples",
+      "8",
+      "--qemu-every",
+      "0",
+      "--wrong-order",
+      "--report",
+      report,
+    ],
     stdout: "piped",
     stderr: "piped",
   }).output();

@@ -43,11 +43,20 @@ Deno.test({
     assert.equal(r.code, 0, r.stderr);
     const svg = r.stdout;
     const qemu: QemuMap[] = JSON.parse((await runOk("qemu-img", ["map", "--output=json", top])).stdout);
-    const guest = [...svg.matchAll(/<rect class="guest [^"]*"[^>]*data-start="(\d+)" data-length="(\d+)"/g)].map((m) => [Number(m[1]), Number(m[2])]);
+    const guest = [...svg.matchAll(/<rect class="guest [^"]*"[^>]*data-start="(\d+)" data-length="(\d+)"/g)].map((
+      m,
+    ) => [Number(m[1]), Number(m[2])]);
     assert.deepEqual(guest, qemu.map((e) => [e.start, e.length]));
     for (const depth of [0, 1]) {
-      const plot = svg.slice(svg.indexOf(`<g class="plot layer-${depth}"`), svg.indexOf("</g></g>", svg.indexOf(`<g class="plot layer-${depth}"`)));
-      assert.equal(count(plot, /<line class="extent"/g), qemu.filter((e) => e.depth === depth && e.data && e.offset !== undefined).length, `layer ${depth}`);
+      const plot = svg.slice(
+        svg.indexOf(`<g class="plot layer-${depth}"`),
+        svg.indexOf("</g></g>", svg.indexOf(`<g class="plot layer-${depth}"`)),
+      );
+      assert.equal(
+        count(plot, /<line class="extent"/g),
+        qemu.filter((e) => e.depth === depth && e.data && e.offset !== undefined).length,
+        `layer ${depth}`,
+      );
     }
     assert.match(svg, /layer 0: qcow2 [^<]*top\.qcow2/);
     assert.match(svg, /layer 1: qcow2 [^<]*base\.qcow2/);
@@ -66,12 +75,16 @@ Deno.test({
     for (const [depth, ext] of layers.entries()) {
       const at = svg.indexOf(`<g class="host-strip layer-${depth}"`);
       const strip = svg.slice(at, svg.indexOf("</g></g>", at));
-      const drawn = [...strip.matchAll(/<rect class="meta kind-([a-z0-9-]+)"[^>]*data-offset="(\d+)" data-length="(\d+)"/g)].map((m) => [m[1], Number(m[2]), Number(m[3])]);
+      const drawn = [...strip.matchAll(/<rect class="meta kind-([a-z0-9-]+)"[^>]*data-offset="(\d+)" data-length="(\d+)"/g)].map((
+        m,
+      ) => [m[1], Number(m[2]), Number(m[3])]);
       assert.deepEqual(drawn, ext.map((e) => [e.kind, e.offset, e.length]), `layer ${depth}`);
     }
     assert.ok(layers[1].some((e) => e.kind === "snapshot-table"), "the base layer has a snapshot table");
     const fills = new Map<string, Set<string>>();
-    for (const m of svg.matchAll(/<rect class="meta kind-([a-z0-9-]+)"[^>]*fill="(#[0-9a-f]{6})"/g)) (fills.get(m[1]) ?? fills.set(m[1], new Set()).get(m[1])!).add(m[2]);
+    for (const m of svg.matchAll(/<rect class="meta kind-([a-z0-9-]+)"[^>]*fill="(#[0-9a-f]{6})"/g)) {
+      (fills.get(m[1]) ?? fills.set(m[1], new Set()).get(m[1])!).add(m[2]);
+    }
     assert.ok([...fills.values()].every((f) => f.size === 1), "one colour per kind");
     const colours = [...fills.values()].map((f) => [...f][0]);
     assert.equal(new Set(colours).size, colours.length, "kinds have distinct colours");

@@ -41,7 +41,9 @@ function durableWrites(doc: Doc, node: string): number {
   const on = doc.traceEvents.filter((e) => e.ph === "X" && tids.has(e.tid) && !e.args?.error);
   const flushes = on.filter((e) => e.cat === "flush");
   const last = Math.max(...flushes.map((f) => f.ts));
-  return on.filter((e) => e.cat === "request" && ["write", "write-zeroes", "discard", "truncate"].includes(e.name) && e.ts + e.dur! <= last && !e.args?.fua).length;
+  return on.filter((e) =>
+    e.cat === "request" && ["write", "write-zeroes", "discard", "truncate"].includes(e.name) && e.ts + e.dur! <= last && !e.args?.fua
+  ).length;
 }
 
 Deno.test("report writes a self-contained page: no network, no external scripts or styles", async () => {
@@ -72,7 +74,9 @@ Deno.test("report's per-node table counts each operation as the trace does", asy
   for (const n of doc.otherData.blkgraph.graph) {
     const tids = new Set(n.lanes);
     const ops = new Map<string, number>();
-    for (const e of doc.traceEvents) if (e.ph === "X" && tids.has(e.tid) && e.cat !== "throttle") ops.set(e.name, (ops.get(e.name) ?? 0) + 1);
+    for (const e of doc.traceEvents) {
+      if (e.ph === "X" && tids.has(e.tid) && e.cat !== "throttle") ops.set(e.name, (ops.get(e.name) ?? 0) + 1);
+    }
     for (const [op, c] of ops) {
       assert.ok(stats.includes(`<td class="l">${n.driver} ${n.name}</td><td>${op}</td><td>${c}</td>`), `${n.name} ${op} ${c}`);
     }

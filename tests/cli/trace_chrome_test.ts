@@ -110,7 +110,11 @@ Deno.test("traceTo() marks a throttle wait as a span nested in the throttle node
 Deno.test("traceTo() marks a blkdebug injection and the failed request's error", async () => {
   await using img = await open({
     driver: "raw",
-    file: { driver: "blkdebug", "inject-error": [{ event: "pwritev", errno: "EIO", once: true }], image: { driver: "memory", size: 65536 } },
+    file: {
+      driver: "blkdebug",
+      "inject-error": [{ event: "pwritev", errno: "EIO", once: true }],
+      image: { driver: "memory", size: 65536 },
+    },
   });
   const doc = await traced(img, () => img.pwrite(0, new Uint8Array(512)).catch(() => {}));
   const inj = doc.traceEvents.filter((e) => e.cat === "inject");
@@ -160,7 +164,11 @@ Deno.test("traceTo() moves a span that outlives the span it nested under to a la
 
 Deno.test("traceTo() ends spans still open at stop() and marks them unfinished", async () => {
   await using img = await open({ driver: "raw", file: { driver: "blkdebug", image: { driver: "memory", size: 65536 } } });
-  const dbg = img.file!.instance as unknown as { break(e: string, t: string): void; waitBreak(t: string): Promise<void>; resume(t: string): void };
+  const dbg = img.file!.instance as unknown as {
+    break(e: string, t: string): void;
+    waitBreak(t: string): Promise<void>;
+    resume(t: string): void;
+  };
   let json = "";
   const t = traceTo(img, (s) => void (json += s));
   dbg.break("pwritev", "A");
@@ -210,7 +218,10 @@ Deno.test("convert and bench --trace-format=chrome write valid traces of every g
   assert.equal(r2.code, 0, r2.stderr);
   const d2: Doc = JSON.parse(await Deno.readTextFile(t2));
   assert.deepEqual(validateTrace(d2, { strict: true }), []);
-  assert.equal(d2.traceEvents.filter((e) => e.ph === "X" && e.name === "write" && e.tid === d2.otherData.blkgraph.graph[0].tid).length > 0, true);
+  assert.equal(
+    d2.traceEvents.filter((e) => e.ph === "X" && e.name === "write" && e.tid === d2.otherData.blkgraph.graph[0].tid).length > 0,
+    true,
+  );
 });
 
 Deno.test("--trace-format is checked: chrome needs a file, unknown formats and a format without --trace are refused", async () => {

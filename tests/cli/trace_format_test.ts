@@ -33,8 +33,16 @@ const broken: [string, unknown[], RegExp, boolean?][] = [
   ["a missing name", [...meta, { ph: "X", ts: 0, dur: 1, pid: 1, tid: 1 }], /string name/],
   ["a missing tid", [...meta, { name: "x", ph: "X", ts: 0, dur: 1, pid: 1 }], /needs a tid/],
   ["an E without a B", [...meta, { name: "x", ph: "E", ts: 0, pid: 1, tid: 1 }], /without a matching B/],
-  ["an E closing another name", [...meta, { name: "a", ph: "B", ts: 0, pid: 1, tid: 1 }, { name: "b", ph: "E", ts: 1, pid: 1, tid: 1 }], /closes B/],
-  ["B/E going back in time", [...meta, { name: "a", ph: "B", ts: 5, pid: 1, tid: 1 }, { name: "a", ph: "E", ts: 1, pid: 1, tid: 1 }], /goes back/],
+  [
+    "an E closing another name",
+    [...meta, { name: "a", ph: "B", ts: 0, pid: 1, tid: 1 }, { name: "b", ph: "E", ts: 1, pid: 1, tid: 1 }],
+    /closes B/,
+  ],
+  [
+    "B/E going back in time",
+    [...meta, { name: "a", ph: "B", ts: 5, pid: 1, tid: 1 }, { name: "a", ph: "E", ts: 1, pid: 1, tid: 1 }],
+    /goes back/,
+  ],
   ["spans that overlap without nesting", [
     ...meta,
     { name: "a", ph: "X", ts: 0, dur: 10, pid: 1, tid: 1 },
@@ -43,7 +51,12 @@ const broken: [string, unknown[], RegExp, boolean?][] = [
   ["a thread_name without a name", [{ name: "thread_name", ph: "M", pid: 1, tid: 1, args: {} }], /needs args.name/],
   ["an instant scope that does not exist", [...meta, { name: "x", ph: "i", s: "z", ts: 0, pid: 1, tid: 1 }], /scope/],
   ["an unfinished B (strict)", [...meta, { name: "a", ph: "B", ts: 0, pid: 1, tid: 1 }], /never end/, true],
-  ["ts going back in file order (strict)", [...meta, { name: "a", ph: "i", ts: 5, pid: 1, tid: 1 }, { name: "b", ph: "i", ts: 1, pid: 1, tid: 1 }], /goes back/, true],
+  [
+    "ts going back in file order (strict)",
+    [...meta, { name: "a", ph: "i", ts: 5, pid: 1, tid: 1 }, { name: "b", ph: "i", ts: 1, pid: 1, tid: 1 }],
+    /goes back/,
+    true,
+  ],
   ["a thread without a thread_name (strict)", [{ name: "a", ph: "i", ts: 5, pid: 1, tid: 7 }], /no thread_name/, true],
 ];
 

@@ -95,7 +95,11 @@ Deno.test("throttle reports a wait as a throttle begin/end pair inside the reque
 Deno.test("blkdebug reports an injected error as an inject event naming the code, op and arming event", async () => {
   await using img = await open({
     driver: "raw",
-    file: { driver: "blkdebug", "inject-error": [{ event: "pwritev", errno: "ENOSPC", once: true }], image: { driver: "memory", size: 65536 } },
+    file: {
+      driver: "blkdebug",
+      "inject-error": [{ event: "pwritev", errno: "ENOSPC", once: true }],
+      image: { driver: "memory", size: 65536 },
+    },
   });
   const dbg = img.file!;
   const seen = listen([dbg]);

@@ -71,7 +71,20 @@ Deno.test({
     const union = new Set([...meta, ...data]);
     assert.deepEqual([...union].sort((a, b) => a - b), [...(await refcounted(path))].sort((a, b) => a - b));
     const kinds = new Set(ext.map((e) => e.kind));
-    for (const k of ["header", "l1", "l2", "refcount-table", "refcount-block", "snapshot-table", "snapshot-l1", "bitmap-directory", "bitmap-table", "bitmap-data"]) {
+    for (
+      const k of [
+        "header",
+        "l1",
+        "l2",
+        "refcount-table",
+        "refcount-block",
+        "snapshot-table",
+        "snapshot-l1",
+        "bitmap-directory",
+        "bitmap-table",
+        "bitmap-data",
+      ]
+    ) {
       assert.ok(kinds.has(k), `${k} is listed`);
     }
     assert.deepEqual(ext.filter((e) => e.kind === "header"), [{ kind: "header", offset: 0, length: cs, label: "header and extensions" }]);
@@ -107,7 +120,10 @@ Deno.test({
 
 Deno.test("metadataExtents() is ENOTSUP on a node whose driver keeps no metadata map, and a filter asks its child", async () => {
   await using raw = await open({ driver: "raw", file: { driver: "memory", size: 65536 } });
-  await assert.rejects(raw.metadataExtents(), (e: Error & { code?: string }) => e.code === "ENOTSUP" && /does not support it/.test(e.message));
+  await assert.rejects(
+    raw.metadataExtents(),
+    (e: Error & { code?: string }) => e.code === "ENOTSUP" && /does not support it/.test(e.message),
+  );
   await using dir = await tempDir();
   const path = `${dir.path}/f.qcow2`;
   await createImage(path, "qcow2", 1 << 20);

@@ -144,9 +144,16 @@ export function traceTo(node: BlockNode | readonly BlockNode[], sink: TraceSink)
   let first = true;
   let stopped = false;
 
+  // Output goes to the sink in chunks of about 64 KiB (and at stop()): one
+  // sink call per event would cost a system call per event for a file.
+  let chunk = "";
   const out = (e: TraceEvent) => {
-    write((first ? "\n" : ",\n") + JSON.stringify(e));
+    chunk += (first ? "\n" : ",\n") + JSON.stringify(e);
     first = false;
+    if (chunk.length >= 1 << 16) {
+      write(chunk);
+      chunk = "";
+    }
   };
   const ts = (time: number) => us((time - t0) * 1000);
 
@@ -179,6 +186,7 @@ export function traceTo(node: BlockNode | readonly BlockNode[], sink: TraceSink)
   };
   /** Writes held events that start before `mark`, in timestamp order. */
   const release = (mark: number) => {
+    if (!held.length) return;
     const ready = held.filter((e) => e.ts! < mark);
     if (!ready.length) return;
     held = held.filter((e) => e.ts! >= mark);
@@ -326,7 +334,7 @@ export function traceTo(node: BlockNode | readonly BlockNode[], sink: TraceSink)
         lanes: tr.lanes.map((l) => l.tid),
         children: [...tr.node.children].filter(([, c]) => index.has(c)).map(([role, c]) => ({ role, node: c.name })),
       }));
-      write(`\n],"otherData":${JSON.stringify({ blkgraph: { version: 1, graph } })}}\n`);
+      write(chunk + `\n],"otherData":${JSON.stringify({ blkgraph: { version: 1, graph } })}}\n`);
     },
   };
 }

@@ -164,18 +164,13 @@ Deno.test("traceTo() moves a span that outlives the span it nested under to a la
 
 Deno.test("traceTo() ends spans still open at stop() and marks them unfinished", async () => {
   await using img = await open({ driver: "raw", file: { driver: "blkdebug", image: { driver: "memory", size: 65536 } } });
-  const dbg = img.file!.instance as unknown as {
-    break(e: string, t: string): void;
-    waitBreak(t: string): Promise<void>;
-    resume(t: string): void;
-  };
   let json = "";
   const t = traceTo(img, (s) => void (json += s));
-  dbg.break("pwritev", "A");
+  img.debugBreak("pwritev", "A");
   const w = img.pwrite(0, new Uint8Array(512));
-  await dbg.waitBreak("A");
+  await img.debugWaitBreak("A");
   t.stop();
-  dbg.resume("A");
+  img.debugResume("A");
   await w;
   const doc: Doc = JSON.parse(json);
   assert.deepEqual(validateTrace(doc, { strict: true }), []);

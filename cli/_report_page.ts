@@ -36,7 +36,7 @@ const SCRIPT = `
   }
   function ticks(lo,hi,n){var span=hi-lo;if(!(span>0))return[lo];var raw=span/n,mag=Math.pow(10,Math.floor(Math.log10(raw)));
     var steps=[1,2,5,10].map(function(m){return m*mag}),step=steps.find(function(s){return s>=raw});var out=[];
-    for(var t=Math.ceil(lo/step)*step;t<=hi+step*1e-9;t+=step)out.push(Number(t.toPrecision(12)));return out;}
+    for(var t=Math.ceil(lo/step)*step;t<=hi+step*1e-9;t+=step)out.push(Number(t.toPrecision(12))+0);return out;}
   var NS="http://www.w3.org/2000/svg";
   function setup(svg){
     var lo=+svg.dataset.lo,hi=+svg.dataset.hi,L=+svg.dataset.labelW,W=+svg.dataset.plotW,A=+svg.dataset.axisH,unit=svg.dataset.unit;

@@ -23,11 +23,11 @@ import {
   type Verb,
 } from "./_common.ts";
 import { parseCreateOptions } from "./create.ts";
-import { startTrace, type Trace, traceTarget } from "./_trace.ts";
+import { startTrace, type Trace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
 
 const USAGE = `Usage: blkgraph convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]
                         [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num]
-                        [--image-opts] [--target-image-opts] [-U] [--trace[=FILE]] filename [filename2 [...]] output_filename
+                        [--image-opts] [--target-image-opts] [-U] [--trace[=FILE]] [--trace-format=F] filename [filename2 [...]] output_filename
 
 Converts (copies) images. Zero and unallocated ranges are skipped; -c
 writes compressed clusters (qcow2), -p shows progress, -n writes into an
@@ -60,13 +60,14 @@ async function run(args: string[], io: CliIO): Promise<number> {
       "target-image-opts": { type: "boolean" },
       "force-share": { type: "boolean", short: "U" },
       object: { type: "string", multiple: true },
-      trace: { type: "string" },
+      ...TRACE_FLAGS,
     },
     USAGE,
     io,
   );
   if (!p) return 0;
   needPositionals(p.positionals, 2, Infinity, "at least one source and a target filename");
+  const target = traceFlags(p.values);
   const srcNames = p.positionals.slice(0, -1);
   const dstName = p.positionals[p.positionals.length - 1];
   const outFmt = flagString(p.values, "output-format") ?? "raw";
@@ -103,8 +104,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       imageOpts: p.values["target-image-opts"] === true,
       cache: flagString(p.values, "cache"),
     });
-    const target = traceTarget(flagString(p.values, "trace"));
-    if (target !== undefined) { for (const n of [...srcs, dst]) traces.push(startTrace(n, target === true ? true : `${target}`, io)); }
+    if (target !== undefined) traces.push(startTrace([...srcs, dst], { ...target, io }));
     if (existing && dst.length < total) {
       throw new CliError(`The target '${dstName}' (${dst.length} bytes) is smaller than the sources (${total} bytes)`);
     }

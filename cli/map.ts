@@ -1,12 +1,14 @@
 /**
  * `blkgraph map`: qemu-img map's extent list (human or JSON), walking the
  * backing chain for unallocated ranges and merging adjacent extents the way
- * qemu-img does.
+ * qemu-img does; or (`--output=svg`) the picture of it: guest offsets against
+ * host offsets per backing-chain layer, metadata clusters coloured by kind.
  *
  * @module
  */
 
 import type { BlockNode } from "../core/node.ts";
+import { renderMapSvg } from "./_map_svg.ts";
 import {
   checkOutputFormat,
   CliError,
@@ -21,11 +23,14 @@ import {
   type Verb,
 } from "./_common.ts";
 
-const USAGE = `Usage: blkgraph map [-f fmt] [--output=human|json] [--start-offset=N] [--max-length=N] [--image-opts] [-U] filename
+const USAGE = `Usage: blkgraph map [-f fmt] [--output=human|json|svg] [--start-offset=N] [--max-length=N] [--image-opts] [-U] filename
 
 Prints the image's extents as qemu-img map does: for each range whether it
 holds data, reads as zeros, which layer of the backing chain defines it and
-where it lives in the host file.
+where it lives in the host file. --output=svg draws the whole image instead:
+guest offsets coloured by layer, each layer's host file with its metadata
+clusters (header, L1, L2, refcount table and blocks, snapshots, bitmaps)
+coloured by kind, and guest against host offsets.
 `;
 
 /** One extent of `map` output (qemu-img's MapEntry). */
@@ -145,11 +150,16 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io,
   );
   if (!p) return 0;
-  checkOutputFormat(p.values);
+  const svg = flagString(p.values, "output") === "svg";
+  if (!svg) checkOutputFormat(p.values);
   needPositionals(p.positionals, 1, 1, "filename");
   const json = flagString(p.values, "output") === "json";
   const node = await openImage(p.positionals[0], imageArgs(p.values, true));
   try {
+    if (svg) {
+      io.stdout(await renderMapSvg(node, { title: p.positionals[0] }) + "\n");
+      return 0;
+    }
     const startText = flagString(p.values, "start-offset");
     const maxText = flagString(p.values, "max-length");
     const start = startText ? sizeArg(startText, "start offset") : 0;

@@ -38,7 +38,9 @@ import type {
   ChildRole,
   DriverInstance,
   FormatOptions,
+  MetadataExtent,
   RequestInfo,
+  RequestOp,
   RequestOptions,
   SnapshotInfo,
   TruncateOptions,
@@ -189,7 +191,11 @@ export class BlockNode {
 
   // ---- listeners and events -------------------------------------------
 
-  /** Calls `fn` for every BLKDBG event this node raises and every flush it performs. */
+  /**
+   * Calls `fn` for every BLKDBG event this node raises, every flush it
+   * performs, the begin and end of every request it serves, and its
+   * filter's own events (throttle waits, injected errors).
+   */
   addListener(fn: NodeListener): () => void {
     this.#listeners = [...this.#listeners, fn];
     return () => this.removeListener(fn);
@@ -237,6 +243,31 @@ export class BlockNode {
     for (const l of this.#listeners) l(e);
   }
 
+  /** Some listener is attached: a filter tests this before it builds an event for {@linkcode BlockNode.emit}. */
+  get listening(): boolean {
+    return this.#listeners.length > 0;
+  }
+
+  /** Reports a filter's own event (a throttle wait, an injected error) to this node's listeners. */
+  emit(e: NodeEvent): void {
+    this.#notify(e);
+  }
+
+  /** Reports a request's begin and end to the listeners; called only when there are some. */
+  async #span<T>(op: RequestOp, offset: number, length: number, opts: WriteOptions, run: (o: WriteOptions) => Promise<T>): Promise<T> {
+    const req = opts.req ?? newRequest(this.name, op, offset, length);
+    const base = { kind: "request", op, offset, length, node: this, req } as const;
+    this.#notify({ ...base, phase: "begin", time: performance.now(), fua: opts.fua || undefined });
+    try {
+      const r = await run(opts.req ? opts : { ...opts, req });
+      this.#notify({ ...base, phase: "end", time: performance.now() });
+      return r;
+    } catch (error) {
+      this.#notify({ ...base, phase: "end", time: performance.now(), error });
+      throw error;
+    }
+  }
+
   // ---- checks -----------------------------------------------------------
 
   #fail(code: "EIO" | "EINVAL" | "EROFS" | "ENOSPC", what: string, offset: number, length: number, why: string): never {
@@ -264,7 +295,12 @@ export class BlockNode {
   // ---- read ---------------------------------------------------------------
 
   /** Reads `buf.length` bytes at `offset` into `buf`. */
-  async pread(offset: number, buf: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+  pread(offset: number, buf: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("read", offset, buf.length, opts, (o) => this.#pread(offset, buf, o));
+    return this.#pread(offset, buf, opts);
+  }
+
+  async #pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
     const length = buf.length;
     this.#check("read", offset, length, false);
     if (length === 0) return;
@@ -340,7 +376,12 @@ export class BlockNode {
   // ---- write --------------------------------------------------------------
 
   /** Writes `data` at `offset`. */
-  async pwrite(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+  pwrite(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("write", offset, data.length, opts, (o) => this.#pwrite(offset, data, o));
+    return this.#pwrite(offset, data, opts);
+  }
+
+  async #pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const length = data.length;
     this.#check("write", offset, length, true);
     if (length === 0) return;
@@ -465,7 +506,12 @@ export class BlockNode {
   // ---- write zeroes and discard ----------------------------------------
 
   /** Makes `[offset, offset+length)` read as zeros. */
-  async pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions = {}): Promise<void> {
+  pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("write-zeroes", offset, length, opts, (o) => this.#pwriteZeroes(offset, length, o));
+    return this.#pwriteZeroes(offset, length, opts);
+  }
+
+  async #pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     this.#check("write zeroes to", offset, length, true);
     if (length === 0) return;
     const req = opts.req ?? newRequest(this.name, "write-zeroes", offset, length);
@@ -528,7 +574,12 @@ export class BlockNode {
   }
 
   /** Discards a range; afterwards its content is unspecified (advisory). */
-  async pdiscard(offset: number, length: number, opts: RequestOptions = {}): Promise<void> {
+  pdiscard(offset: number, length: number, opts: RequestOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("discard", offset, length, opts, (o) => this.#pdiscard(offset, length, o));
+    return this.#pdiscard(offset, length, opts);
+  }
+
+  async #pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     this.#check("discard", offset, length, true);
     if (length === 0) return;
     const req = opts.req ?? newRequest(this.name, "discard", offset, length);
@@ -557,6 +608,11 @@ export class BlockNode {
    * last flush), then flushes the writable children.
    */
   flush(opts: RequestOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("flush", 0, 0, opts, (o) => this.#flush(o));
+    return this.#flush(opts);
+  }
+
+  #flush(opts: RequestOptions): Promise<void> {
     if (this.#closed) {
       return Promise.reject(new BlockError("EIO", `Cannot flush node '${this.name}': node is closed`, { node: this.name }));
     }
@@ -610,7 +666,12 @@ export class BlockNode {
    * Reports the allocation state of the extent starting at `offset` (at most
    * `length` bytes; the result's `length` says how far the state holds).
    */
-  async blockStatus(offset: number, length: number, opts: RequestOptions = {}): Promise<BlockStatus> {
+  blockStatus(offset: number, length: number, opts: RequestOptions = {}): Promise<BlockStatus> {
+    if (this.#listeners.length) return this.#span("block-status", offset, length, opts, (o) => this.#blockStatus(offset, length, o));
+    return this.#blockStatus(offset, length, opts);
+  }
+
+  async #blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
     this.#check("query block status of", offset, length, false);
     const end = this.length;
     if (offset >= end || length === 0) {
@@ -633,7 +694,12 @@ export class BlockNode {
   }
 
   /** Changes the length of the node. */
-  async truncate(length: number, opts: TruncateOptions = {}): Promise<void> {
+  truncate(length: number, opts: TruncateOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("truncate", length, 0, opts, (o) => this.#truncate(length, o));
+    return this.#truncate(length, opts);
+  }
+
+  async #truncate(length: number, opts: TruncateOptions): Promise<void> {
     if (!Number.isSafeInteger(length) || length < 0 || length > MAX_LENGTH) {
       throw new BlockError(
         "EINVAL",
@@ -810,6 +876,15 @@ export class BlockNode {
   /** Resolves when a request is suspended at `tag` (qemu-io `wait_break`). */
   debugWaitBreak(tag: string): Promise<void> {
     return this.#debugNode().debugWaitBreak!(tag);
+  }
+
+  /**
+   * Where the format keeps its metadata in its file (qcow2: header, L1 and
+   * L2 tables, refcount table and blocks, snapshots, bitmaps), sorted by
+   * offset; from this node or the first one below its filters that has it.
+   */
+  metadataExtents(): Promise<MetadataExtent[]> {
+    return this.#imageOp("metadataExtents", "list the metadata of", false, (i) => i.metadataExtents!());
   }
 
   /** Driver-specific information (for `info`), from this node or the first one below its filters that has some. */

@@ -61,6 +61,64 @@ export type NodeEvent =
     time: number;
     /** The request that caused it. */
     req?: RequestInfo;
+  }
+  | {
+    /** A request entering (`begin`) or leaving (`end`) this node. */
+    kind: "request";
+    /** `begin` when the operation was called, `end` when it resolved or failed. */
+    phase: "begin" | "end";
+    /** The operation at this node. */
+    op: RequestOp;
+    /** Byte offset at this node (the new length for truncate). */
+    offset: number;
+    /** Byte length at this node. */
+    length: number;
+    /** The node. */
+    node: BlockNode;
+    /** The top-level request this one serves (its `id` ties the spans of all nodes together). */
+    req: RequestInfo;
+    /** `performance.now()` of the phase. */
+    time: number;
+    /** A FUA write (begin only). */
+    fua?: boolean;
+    /** What the request failed with (end only). */
+    error?: unknown;
+  }
+  | {
+    /** A throttle node holding a request back until its group's budget admits it. */
+    kind: "throttle";
+    /** `begin` when the wait started, `end` when the request was let through. */
+    phase: "begin" | "end";
+    /** The throttle node. */
+    node: BlockNode;
+    /** `performance.now()` of the phase. */
+    time: number;
+    /** The request held back. */
+    req?: RequestInfo;
+    /** Bytes the request is accounted for. */
+    bytes: number;
+    /** Counted against the write budget (writes, write-zeroes, discards). */
+    write: boolean;
+  }
+  | {
+    /** A blkdebug node failing a request by an armed inject-error rule. */
+    kind: "inject";
+    /** The blkdebug node. */
+    node: BlockNode;
+    /** `performance.now()` when the rule fired. */
+    time: number;
+    /** The failed request. */
+    req?: RequestInfo;
+    /** The failed operation (blkdebug's iotype name). */
+    op: string;
+    /** Offset of the failed request at this node. */
+    offset: number;
+    /** Length of the failed request at this node. */
+    length: number;
+    /** The errno code injected. */
+    code: string;
+    /** The event whose rule was armed. */
+    event: BlkdebugEvent;
   };
 
 /** Receives node events; see {@linkcode BlockNode.addListener}. */

@@ -186,6 +186,37 @@ export interface AmendOptions {
   force?: boolean;
 }
 
+/**
+ * Kinds of metadata a format keeps in its file (qcow2's names; other formats
+ * may add their own).
+ */
+export type MetadataKind =
+  | "header"
+  | "l1"
+  | "l2"
+  | "refcount-table"
+  | "refcount-block"
+  | "snapshot-table"
+  | "snapshot-l1"
+  | "snapshot-l2"
+  | "bitmap-directory"
+  | "bitmap-table"
+  | "bitmap-data"
+  | "crypto-header"
+  | string;
+
+/** One stretch of a format's metadata in its file. */
+export interface MetadataExtent {
+  /** What the bytes hold. */
+  kind: MetadataKind;
+  /** Byte offset in the format's `file` child. */
+  offset: number;
+  /** Length in bytes (whole clusters for qcow2). */
+  length: number;
+  /** What it belongs to, for people ("L2 table 3", "snapshot 'before'"). */
+  label?: string;
+}
+
 /** Driver callbacks as the driver sees them (mirror of the node's operations). */
 export interface DriverInstance {
   /** Limits for this node; missing fields default (alignment 1, no limits). */
@@ -222,6 +253,8 @@ export interface DriverInstance {
   close?(): Promise<void> | void;
   /** Receives a BLKDBG event raised by a parent on this node (blkdebug). */
   debugEvent?(event: BlkdebugEvent, req: RequestInfo | undefined): Promise<void> | void;
+  /** Where the format's metadata lies in its file, sorted by offset (for `map --output=svg`). */
+  metadataExtents?(): Promise<MetadataExtent[]> | MetadataExtent[];
   /** Driver-specific information for `info` (format-specific data). */
   info?(): Promise<Record<string, unknown>> | Record<string, unknown>;
   /** Drops all data of this layer, so it reads from its backing file or as zeros (QEMU's bdrv_make_empty). */

@@ -89,6 +89,7 @@ export class BlkdebugFilter implements DriverInstance {
   /** Limits from the `align`, `max-transfer`, ... options. */
   readonly limits: Partial<BlockLimits>;
   #name: string;
+  #node: BlockNode;
   #child: BlockNode;
   #state = 1;
   #rules = new Map<BlkdebugEvent, AnyRule[]>();
@@ -98,9 +99,10 @@ export class BlkdebugFilter implements DriverInstance {
   #waiters = new Map<string, (() => void)[]>();
   #listeners: BlkdebugTraceListener[] = [];
 
-  /** Builds the instance over `child` with `rules` (done by the driver's open). */
-  constructor(name: string, child: BlockNode, rules: readonly BlkdebugRule[], limits: Partial<BlockLimits>) {
-    this.#name = name;
+  /** Builds the instance of `node` over `child` with `rules` (done by the driver's open). */
+  constructor(node: BlockNode, child: BlockNode, rules: readonly BlkdebugRule[], limits: Partial<BlockLimits>) {
+    this.#name = node.name;
+    this.#node = node;
     this.#child = child;
     this.limits = limits;
     for (const r of rules) this.#addRule(r);
@@ -258,7 +260,7 @@ export class BlkdebugFilter implements DriverInstance {
   // ---- error injection --------------------------------------------------
 
   /** Fails the request when an armed rule matches; undefined when it may proceed. */
-  #inject(type: BlkdebugIoType, offset: number, bytes: number): Promise<never> | undefined {
+  #inject(type: BlkdebugIoType, offset: number, bytes: number, req: RequestInfo | undefined): Promise<never> | undefined {
     const bit = IOTYPE_BIT[type];
     let rule: InjectErrorRule | undefined;
     for (const r of this.#active) {
@@ -273,6 +275,10 @@ export class BlkdebugFilter implements DriverInstance {
     if (rule.once) {
       this.#active = this.#active.filter((r) => r !== rule);
       this.#removeRule(rule);
+    }
+    const node = this.#node;
+    if (node.listening) {
+      node.emit({ kind: "inject", node, time: performance.now(), req, op: type, offset, length: bytes, code: rule.code, event });
     }
     if (this.#listeners.length) {
       this.#trace({
@@ -303,7 +309,7 @@ export class BlkdebugFilter implements DriverInstance {
   /** Reads from the child unless an armed rule fails the read. */
   pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void {
     if (this.#active.length) {
-      const f = this.#inject("read", offset, buf.length);
+      const f = this.#inject("read", offset, buf.length, opts.req);
       if (f) return f;
     }
     return this.#child.pread(offset, buf, opts);
@@ -312,7 +318,7 @@ export class BlkdebugFilter implements DriverInstance {
   /** Writes to the child unless an armed rule fails the write. */
   pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void {
     if (this.#active.length) {
-      const f = this.#inject("write", offset, data.length);
+      const f = this.#inject("write", offset, data.length, opts.req);
       if (f) return f;
     }
     return this.#child.pwrite(offset, data, opts);
@@ -321,7 +327,7 @@ export class BlkdebugFilter implements DriverInstance {
   /** Writes zeroes through the child unless an armed rule fails it. */
   pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> | void {
     if (this.#active.length) {
-      const f = this.#inject("write-zeroes", offset, length);
+      const f = this.#inject("write-zeroes", offset, length, opts.req);
       if (f) return f;
     }
     return this.#child.pwriteZeroes(offset, length, opts);
@@ -330,7 +336,7 @@ export class BlkdebugFilter implements DriverInstance {
   /** Discards through the child unless an armed rule fails it. */
   pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> | void {
     if (this.#active.length) {
-      const f = this.#inject("discard", offset, length);
+      const f = this.#inject("discard", offset, length, opts.req);
       if (f) return f;
     }
     return this.#child.pdiscard(offset, length, opts);
@@ -341,13 +347,13 @@ export class BlkdebugFilter implements DriverInstance {
     if (this.#listeners.length) {
       this.#trace({ kind: "flush", node: this.#name, time: performance.now(), req: opts.req, state: this.#state });
     }
-    if (this.#active.length) return this.#inject("flush", 0, 0);
+    if (this.#active.length) return this.#inject("flush", 0, 0, opts.req);
   }
 
   /** Block status of the child unless an armed `block-status` rule fails it. */
   blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
     if (this.#active.length) {
-      const f = this.#inject("block-status", offset, length);
+      const f = this.#inject("block-status", offset, length, opts.req);
       if (f) return f;
     }
     return this.#child.blockStatus(offset, length, opts);
@@ -373,7 +379,7 @@ async function openBlkdebug(ctx: OpenContext): Promise<DriverInstance> {
     );
   }
   const limits = readBlkdebugLimits(o, Math.max(align, child.limits.requestAlignment));
-  return new BlkdebugFilter(ctx.node.name, child, rules, limits);
+  return new BlkdebugFilter(ctx.node, child, rules, limits);
 }
 
 /** The blkdebug filter driver. */

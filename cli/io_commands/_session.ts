@@ -10,7 +10,7 @@ import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import { type CliIO, cvtstr } from "../_common.ts";
 import { parseSize } from "../../core/options.ts";
-import type { Trace } from "../_trace.ts";
+import type { Trace, TraceTarget } from "../_trace.ts";
 
 /** A command's parsed flags: flag letter to value (`true` for plain flags). */
 export type IoFlags = Map<string, string | true>;
@@ -64,7 +64,7 @@ export class IoSession {
   /** `quit` was given. */
   quit = false;
   /** Trace target for newly opened images (`--trace`). */
-  traceTarget: string | true | undefined;
+  traceTarget: TraceTarget | undefined;
   /** The trace of the open image. */
   trace: Trace | undefined;
   /** The command table (set by the io verb). */

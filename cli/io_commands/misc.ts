@@ -217,7 +217,7 @@ const open: IoCommand = {
     }
     s.filename = name;
     s.warnIfProbed(name);
-    if (s.traceTarget !== undefined) s.trace = startTrace(s.node, s.traceTarget, s.io);
+    if (s.traceTarget !== undefined) s.trace = startTrace(s.node, { ...s.traceTarget, io: s.io });
     return true;
   },
 };

@@ -25,6 +25,7 @@ import type {
   CheckResult,
   DriverInstance,
   FormatOptions,
+  MetadataExtent,
   OpenContext,
   RequestOptions,
   SnapshotInfo,
@@ -60,6 +61,7 @@ import { listSnapshots } from "./_snapshot.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { entryOffset } from "./_entries.ts";
+import { metadataExtents } from "./_metadata_map.ts";
 
 const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
 const ZERO_CHUNK = 1 << 20;
@@ -270,6 +272,11 @@ export class Qcow2Instance implements DriverInstance {
       await writeback(st, undefined);
       if (st.markedDirty) await markClean(st, undefined);
     });
+  }
+
+  /** Where the image's metadata lies in its file (drivers/qcow2/_metadata_map.ts). */
+  metadataExtents(): Promise<MetadataExtent[]> {
+    return metadataExtents(this.#st);
   }
 
   /** Format-specific information shaped like `qemu-img info --output=json`. */

@@ -13,7 +13,7 @@ import type { BlockNode } from "../core/node.ts";
 import type { MetadataExtent } from "../core/types.ts";
 import { formatNode } from "./_common.ts";
 import { bytes, cls, el, esc, KIND_COLOURS, LAYER_COLOURS } from "./_svg.ts";
-import { type MapEntry, mapExtents } from "./map.ts";
+import { type MapEntry, mapExtents } from "./_map_extents.ts";
 
 const W = 900;
 const LEFT = 10;

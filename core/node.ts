@@ -17,28 +17,23 @@
 
 import { BlockError } from "./errors.ts";
 import type { BlkdebugEvent } from "./events.ts";
-import {
-  MAX_LENGTH,
-  newRequest,
-  type NodeConfig,
-  type NodeEvent,
-  type NodeListener,
-  type NodeStats,
-  roundUp,
-  SECTOR_SIZE,
-} from "./request.ts";
+import { MAX_LENGTH, newRequest, type NodeConfigOf, type NodeEventOf, type NodeListenerOf, roundUp, SECTOR_SIZE } from "./request.ts";
+import type { NodeStats } from "./request.ts";
 import { RequestTracker } from "./_tracker.ts";
 import type {
   AmendOptions,
-  BlockDriver,
+  BlockDriverOf,
   BlockLimits,
-  BlockStatus,
+  BlockStatusOf,
   CheckOptions,
   CheckResult,
   ChildRole,
-  DriverInstance,
+  CreateContextOf,
+  DriverInstanceOf,
   FormatOptions,
+  MeasureInputOf,
   MetadataExtent,
+  OpenContextOf,
   RequestInfo,
   RequestOp,
   RequestOptions,
@@ -48,16 +43,24 @@ import type {
   WriteZeroesOptions,
 } from "./types.ts";
 
-export {
-  MAX_LENGTH,
-  newRequest,
-  type NodeConfig,
-  type NodeEvent,
-  type NodeListener,
-  type NodeStats,
-  roundUp,
-  SECTOR_SIZE,
-} from "./request.ts";
+/** Driver callbacks as the driver sees them (mirror of the node's operations); see `DriverInstanceOf` in `core/types.ts`. */
+export type DriverInstance = DriverInstanceOf<BlockNode>;
+/** A block driver: a name, a kind, and how to open (and create) nodes. */
+export type BlockDriver = BlockDriverOf<BlockNode>;
+/** Everything a driver's `open` gets. */
+export type OpenContext = OpenContextOf<BlockNode>;
+/** Everything a driver's `create` gets. */
+export type CreateContext = CreateContextOf<BlockNode>;
+/** Allocation state of a range, as `blockStatus` reports it. */
+export type BlockStatus = BlockStatusOf<BlockNode>;
+/** What `BlockDriver.measure` is asked about. */
+export type MeasureInput = MeasureInputOf<BlockNode>;
+/** What a node listener receives. */
+export type NodeEvent = NodeEventOf<BlockNode>;
+/** Receives node events; see {@linkcode BlockNode.addListener}. */
+export type NodeListener = NodeListenerOf<BlockNode>;
+/** How a node was configured; fixed at open. */
+export type NodeConfig = NodeConfigOf<BlockNode>;
 
 const ZERO_CHUNK = 1 << 20;
 

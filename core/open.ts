@@ -11,7 +11,8 @@ import { BlockNode } from "./node.ts";
 import { optBool, type Options, optString } from "./options.ts";
 import { driverForPrefix, getDriver, PROBE_BYTES, probeFormat } from "./registry.ts";
 import { type BlockSpec, isPlainObject, normaliseSpec } from "./spec.ts";
-import type { BlockDriver, ChildRole, OpenContext } from "./types.ts";
+import type { ChildRole } from "./types.ts";
+import type { BlockDriver, OpenContext } from "./node.ts";
 
 const nodes = new Map<string, BlockNode>();
 let generated = 0;

@@ -8,7 +8,7 @@
 
 import { BlockError } from "./errors.ts";
 import { setProbeHook } from "./node.ts";
-import type { BlockDriver } from "./types.ts";
+import type { BlockDriver } from "./node.ts";
 
 const drivers = new Map<string, BlockDriver>();
 

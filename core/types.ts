@@ -1,14 +1,18 @@
 /**
  * The driver interface: what a protocol, format or filter driver implements.
- * Every callback is optional; the core ({@linkcode BlockNode}) does bounds
+ * Every callback is optional; the core (`BlockNode`) does bounds
  * checks, alignment, serialisation, FUA emulation and flush bookkeeping once,
  * and a filter that leaves a callback out passes that operation to its child.
+ *
+ * The interfaces that mention a node take it as a type parameter `N`, so
+ * this module depends on nothing; `core/node.ts` binds them to `BlockNode`
+ * (`DriverInstance`, `BlockDriver`, `OpenContext`, ...), the names drivers
+ * use.
  *
  * @module
  */
 
 import type { BlkdebugEvent } from "./events.ts";
-import type { BlockNode } from "./node.ts";
 
 /** Roles a child can have under its parent (QEMU's child names). */
 export type ChildRole = "file" | "backing" | "data-file" | "image" | string;
@@ -96,7 +100,7 @@ export interface BlockLimits {
 }
 
 /** Allocation state of a range, as `blockStatus` reports it. */
-export interface BlockStatus {
+export interface BlockStatusOf<N> {
   /** Start of the extent (the requested offset). */
   offset: number;
   /** Length of the extent; at least 1 byte, at most the requested length. */
@@ -119,7 +123,7 @@ export interface BlockStatus {
   /** Where the data lives in {@linkcode BlockStatus.file}, when known. */
   hostOffset?: number;
   /** The protocol node holding the data at `hostOffset`. */
-  file?: BlockNode;
+  file?: N;
   /** The range is compressed (qcow2). */
   compressed?: boolean;
 }
@@ -218,7 +222,7 @@ export interface MetadataExtent {
 }
 
 /** Driver callbacks as the driver sees them (mirror of the node's operations). */
-export interface DriverInstance {
+export interface DriverInstanceOf<N> {
   /** Limits for this node; missing fields default (alignment 1, no limits). */
   limits?: Partial<BlockLimits>;
   /**
@@ -244,7 +248,7 @@ export interface DriverInstance {
   /** Makes everything written durable (QEMU's flush_to_disk); protocol nodes. */
   flush?(opts: RequestOptions): Promise<void> | void;
   /** Reports the allocation state of the extent starting at `offset`. */
-  blockStatus?(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> | BlockStatus;
+  blockStatus?(offset: number, length: number, opts: RequestOptions): Promise<BlockStatusOf<N>> | BlockStatusOf<N>;
   /** Current length in bytes. */
   getLength?(): number;
   /** Changes the length. */
@@ -286,9 +290,9 @@ export interface DriverInstance {
 }
 
 /** Everything a driver's `open` gets. */
-export interface OpenContext {
+export interface OpenContextOf<N> {
   /** The node being opened (children can be attached through it). */
-  readonly node: BlockNode;
+  readonly node: N;
   /** The node's options, with children's options removed. */
   readonly options: Record<string, unknown>;
   /** The node is opened read-only. */
@@ -306,7 +310,7 @@ export interface OpenContext {
     role: ChildRole,
     spec?: unknown,
     opts?: { readOnly?: boolean; probe?: boolean; optional?: boolean },
-  ): Promise<BlockNode | undefined>;
+  ): Promise<N | undefined>;
   /**
    * The child spec given under `role` as is: undefined when absent, null when
    * the child was explicitly disabled (`backing: null`).
@@ -321,9 +325,9 @@ export interface OpenContext {
 }
 
 /** Everything a driver's `create` gets. */
-export interface CreateContext {
+export interface CreateContextOf<N> {
   /** The protocol node the image is written to (already empty). */
-  readonly file: BlockNode;
+  readonly file: N;
   /** Virtual size in bytes. */
   readonly size: number;
   /** Format options (`cluster_size`, `compat`, ...), values as given. */
@@ -333,7 +337,7 @@ export interface CreateContext {
 }
 
 /** A block driver: a name, a kind, and how to open (and create) nodes. */
-export interface BlockDriver {
+export interface BlockDriverOf<N> {
   /** Driver name as in QEMU (`"qcow2"`, `"file"`, `"blkdebug"`). */
   readonly name: string;
   /** Protocol, format or filter. */
@@ -347,21 +351,21 @@ export interface BlockDriver {
   /** Option keys that name children (default: `file`). */
   readonly childKeys?: readonly string[];
   /** Opens a node: returns the instance whose callbacks serve requests. */
-  open(ctx: OpenContext): Promise<DriverInstance>;
+  open(ctx: OpenContextOf<N>): Promise<DriverInstanceOf<N>>;
   /** Writes a new, empty image of this format onto `ctx.file`. */
-  create?(ctx: CreateContext): Promise<void>;
+  create?(ctx: CreateContextOf<N>): Promise<void>;
   /** Computes the size an image of this format needs (qemu-img measure). */
-  measure?(input: MeasureInput): Promise<MeasureResult> | MeasureResult;
+  measure?(input: MeasureInputOf<N>): Promise<MeasureResult> | MeasureResult;
 }
 
 /** What {@linkcode BlockDriver.measure} is asked about. */
-export interface MeasureInput {
+export interface MeasureInputOf<N> {
   /** Virtual size of the new image. */
   size: number;
   /** Format options of the new image (`cluster_size`, ...). */
   options: FormatOptions;
   /** The image whose data would be converted into it, if any (its allocation is counted). */
-  source?: BlockNode;
+  source?: N;
 }
 
 /** The answer of {@linkcode BlockDriver.measure} (qemu-img measure's fields). */

@@ -10,7 +10,8 @@ import { BlockError } from "../core/errors.ts";
 import { checkKnownOptions, optSize } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
 import type { BlockNode } from "../core/node.ts";
-import type { BlockDriver, DriverInstance, FormatOptions } from "../core/types.ts";
+import type { FormatOptions } from "../core/types.ts";
+import type { BlockDriver, DriverInstance } from "../core/node.ts";
 
 /** The raw format driver. */
 export const rawDriver: BlockDriver = {

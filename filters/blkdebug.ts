@@ -33,17 +33,8 @@ import { type BlkdebugEvent, isBlkdebugEvent } from "../core/events.ts";
 import type { BlockNode } from "../core/node.ts";
 import { checkKnownOptions } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
-import type {
-  BlockDriver,
-  BlockLimits,
-  BlockStatus,
-  DriverInstance,
-  OpenContext,
-  RequestInfo,
-  RequestOptions,
-  WriteOptions,
-  WriteZeroesOptions,
-} from "../core/types.ts";
+import type { BlockLimits, RequestInfo, RequestOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../core/node.ts";
 import {
   BLKDEBUG_OPTIONS,
   type BlkdebugIoType,

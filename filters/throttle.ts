@@ -27,7 +27,8 @@ import type { BlockNode } from "../core/node.ts";
 import { checkKnownOptions, optString } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
 import { isPlainObject } from "../core/spec.ts";
-import type { BlockDriver, DriverInstance, OpenContext, RequestOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { RequestOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
 import type { Clock } from "./_clock.ts";
 import { createThrottleGroup, forgetThrottleGroup, getThrottleGroup, ThrottleGroup, type ThrottleGroupMember } from "./_throttle_group.ts";
 

@@ -8,7 +8,7 @@
 import { formatNode, openImage } from "../_common.ts";
 import { startTrace } from "../_trace.ts";
 import { dumpHuman } from "../info.ts";
-import { chainStatus } from "../map.ts";
+import { chainStatus } from "../_map_extents.ts";
 import { cvtstr } from "../_common.ts";
 import { cvtnum, type IoCommand, report, strerror, usage, usageLine } from "./_session.ts";
 

@@ -10,7 +10,7 @@
  */
 
 import type { BlockNode } from "../../core/node.ts";
-import type { Counters, Fix } from "./_checker.ts";
+import type { Counters, Fix } from "./_check_types.ts";
 import { entryHex, entryOffset, hex, HI, joinHex, l2EntrySize, OFFSET_HI_MASK, OFFSET_LO_MASK } from "./_entries.ts";
 
 /** What the walk needs from the checker. */

@@ -10,7 +10,7 @@
 
 import type { BlockNode } from "../../core/node.ts";
 import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
-import type { Counters } from "./_checker.ts";
+import type { Counters } from "./_check_types.ts";
 import type { DiskRefcounts } from "./_check_refcounts.ts";
 import { entryHex, entryOffset, l2EntrySize } from "./_entries.ts";
 

@@ -23,6 +23,7 @@ import {
   type Qcow2Header,
 } from "./header.ts";
 import { RefArray } from "./_check_refarray.ts";
+import { type Counters, type Fix, zeroCounters } from "./_check_types.ts";
 import { entryOffset, hex, HI, OFFSET_LO_MASK } from "./_entries.ts";
 import { parseBitmapDirectory, type SnapshotEntry } from "./_tables.ts";
 import { readSnapshotTableFrom } from "./_snapshot.ts";
@@ -30,54 +31,6 @@ import { checkL1, type WalkContext } from "./_check_l2.ts";
 import { checkOflagCopied } from "./_check_oflag.ts";
 import { rebuildRefcountStructure } from "./_check_rebuild.ts";
 import { DiskRefcounts, type RefBlock } from "./_check_refcounts.ts";
-
-/** Counters of one check run (QEMU's BdrvCheckResult). */
-export interface Counters {
-  /** Refcounts too low and other metadata errors. */
-  corruptions: number;
-  /** Refcounts too high. */
-  leaks: number;
-  /** Errors that stopped part of the check. */
-  checkErrors: number;
-  /** Corruptions repaired. */
-  corruptionsFixed: number;
-  /** Leaks repaired. */
-  leaksFixed: number;
-  /** End of the last used host cluster. */
-  imageEndOffset: number;
-  /** Guest clusters of the virtual disk. */
-  totalClusters: number;
-  /** Guest clusters allocated. */
-  allocatedClusters: number;
-  /** Allocated clusters not following their predecessor. */
-  fragmentedClusters: number;
-  /** Compressed clusters. */
-  compressedClusters: number;
-}
-
-/** Fresh zeroed counters. */
-export function zeroCounters(): Counters {
-  return {
-    corruptions: 0,
-    leaks: 0,
-    checkErrors: 0,
-    corruptionsFixed: 0,
-    leaksFixed: 0,
-    imageEndOffset: 0,
-    totalClusters: 0,
-    allocatedClusters: 0,
-    fragmentedClusters: 0,
-    compressedClusters: 0,
-  };
-}
-
-/** Repair flags (QEMU's BDRV_FIX_LEAKS and BDRV_FIX_ERRORS). */
-export interface Fix {
-  /** Drop refcounts that are too high. */
-  leaks: boolean;
-  /** Fix everything else too (rebuilding the refcount structure if needed). */
-  errors: boolean;
-}
 
 const FIX_NONE: Fix = { leaks: false, errors: false };
 const MAX_L1_ENTRIES = 0x2000000 / 8;

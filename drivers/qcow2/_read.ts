@@ -6,7 +6,8 @@
  * @module
  */
 
-import type { BlockStatus, RequestInfo } from "../../core/types.ts";
+import type { RequestInfo } from "../../core/types.ts";
+import type { BlockStatus } from "../../core/node.ts";
 import { decompressCluster } from "./compress.ts";
 import { K_COMPRESSED, K_NORMAL, K_UNALLOC, K_ZERO, map, type Mapping, mapSync, newMapping } from "./_l2.ts";
 import type { Qcow2State } from "./_state.ts";

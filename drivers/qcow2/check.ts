@@ -21,7 +21,8 @@
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import type { CheckOptions, CheckResult } from "../../core/types.ts";
-import { Checker, type Counters, type Fix, zeroCounters } from "./_checker.ts";
+import { Checker } from "./_checker.ts";
+import { type Counters, type Fix, zeroCounters } from "./_check_types.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, readHeaderFrom } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 

@@ -18,7 +18,7 @@ import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import { open } from "../../core/open.ts";
 import { optBool, parseSize } from "../../core/options.ts";
-import type { CreateContext } from "../../core/types.ts";
+import type { CreateContext } from "../../core/node.ts";
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,

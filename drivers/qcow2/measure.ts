@@ -6,7 +6,8 @@
  * @module
  */
 
-import type { MeasureInput, MeasureResult } from "../../core/types.ts";
+import type { MeasureResult } from "../../core/types.ts";
+import type { MeasureInput } from "../../core/node.ts";
 import { refblockCount } from "./_create_alloc.ts";
 import { parseCreateOptions } from "./create.ts";
 import { l2EntrySize } from "./_entries.ts";

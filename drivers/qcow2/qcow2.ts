@@ -19,20 +19,17 @@ import { checkKnownOptions, optBool, optEnum, optSize } from "../../core/options
 import { registerDriver } from "../../core/registry.ts";
 import type {
   AmendOptions,
-  BlockDriver,
-  BlockStatus,
   CheckOptions,
   CheckResult,
-  DriverInstance,
   FormatOptions,
   MetadataExtent,
-  OpenContext,
   RequestOptions,
   SnapshotInfo,
   TruncateOptions,
   WriteOptions,
   WriteZeroesOptions,
 } from "../../core/types.ts";
+import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../../core/node.ts";
 import { repairImage } from "./check.ts";
 import { createQcow2 } from "./create.ts";
 import { measureQcow2 } from "./measure.ts";

@@ -99,8 +99,8 @@ export class BlockNode {
     flushes: 0,
     flushesSkipped: 0,
   };
-  /** Raw image whose format was guessed: writes that would change the guess are refused. */
-  probed = false;
+  /** The format of this node was guessed from the image's first bytes (QEMU's `bs->probed`). */
+  readonly probed: boolean;
 
   #inst: DriverInstance = {};
   #readOnly: boolean;
@@ -123,6 +123,7 @@ export class BlockNode {
     this.#readOnly = config.readOnly;
     this.#noFlush = config.noFlush ?? false;
     this.#writeThrough = config.writeThrough ?? false;
+    this.probed = config.probed ?? false;
   }
 
   /** Attaches the driver instance (done once by the opener). */
@@ -167,9 +168,9 @@ export class BlockNode {
     return this.children.get("backing");
   }
 
-  /** The child a filter passes requests to (`file`, else `image`). */
+  /** The child requests pass to and events walk down to: the driver's `primaryChildRole` (default `file`). */
   get primaryChild(): BlockNode | undefined {
-    return this.children.get("file") ?? this.children.get("image");
+    return this.children.get(this.driver.primaryChildRole ?? "file");
   }
 
   /** Writes that grow the node are allowed and reads past the end give zeros. */
@@ -389,7 +390,6 @@ export class BlockNode {
     this.#check("write", offset, length, true);
     if (length === 0) return;
     const req = opts.req ?? newRequest(this.name, "write", offset, length);
-    if (this.probed && offset < SECTOR_SIZE) this.#checkProbedWrite(offset, data);
     if (opts.compressed) return this.#writeCompressed(offset, data, req);
     const fua = (opts.fua ?? false) || this.#writeThrough;
     const align = this.#limits.requestAlignment;
@@ -477,22 +477,6 @@ export class BlockNode {
     if (inst.pwrite) return inst.pwrite(offset, data, { fua, req });
     const child = this.#passThrough("write", offset, data.length);
     return child.pwrite(offset, data, { fua, req });
-  }
-
-  #checkProbedWrite(offset: number, data: Uint8Array): void {
-    // Like QEMU's raw_probe_write: a probed raw image may not start to look
-    // like another format, or the next open would interpret guest data.
-    const head = new Uint8Array(SECTOR_SIZE);
-    const n = Math.min(data.length, SECTOR_SIZE - offset);
-    head.set(data.subarray(0, n), offset);
-    const guess = probeHook?.(head);
-    if (guess && guess !== "raw") {
-      throw new BlockError(
-        "EPERM",
-        `Cannot write to the first sector of '${this.name}': the image format was probed as raw and the new data would make it look like ${guess}; open it with an explicit format (driver=raw)`,
-        { node: this.name, offset, length: data.length },
-      );
-    }
   }
 
   /** Writes whole 512-byte sectors starting at `sector`. */
@@ -969,11 +953,4 @@ function sectorOffset(sector: number, bytes: number, what: string): number {
     throw new BlockError("EINVAL", `Cannot ${what} ${bytes} bytes at sector ${sector}: length must be a multiple of ${SECTOR_SIZE}`);
   }
   return sector * SECTOR_SIZE;
-}
-
-let probeHook: ((head: Uint8Array) => string | undefined) | undefined;
-
-/** Installs the format prober used to guard probed raw images (done by the registry). */
-export function setProbeHook(fn: (head: Uint8Array) => string | undefined): void {
-  probeHook = fn;
 }

@@ -116,6 +116,8 @@ export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}):
 
 interface OpenState {
   readOnly: boolean;
+  /** The node being opened got its driver from probing. */
+  probed?: boolean;
   check?: boolean;
   forceShare?: boolean;
   cache?: CacheFlags;
@@ -205,6 +207,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     readOnly,
     noFlush: cache?.noFlush,
     writeThrough: state.top ? cache?.writeThrough : false,
+    probed: state.probed,
   });
   nodes.set(name, node);
   node.onClose(() => nodes.delete(name!));
@@ -214,6 +217,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     readOnly,
     forceShare,
     check: state.check,
+    probed: state.probed ?? false,
     async openChild(role: ChildRole, spec?: unknown, copts = {}) {
       const s = spec ?? childSpecs.get(role);
       if (s === undefined || s === null) {
@@ -258,9 +262,7 @@ async function openProbed(filename: string, options: Options, state: OpenState):
   }
   const rest = withoutKey(options, "filename");
   try {
-    const node = await openNode({ ...rest, driver: driver.name, file }, state);
-    if (driver.name === "raw") node.probed = true;
-    return node;
+    return await openNode({ ...rest, driver: driver.name, file }, { ...state, probed: true });
   } catch (e) {
     if (!file.closed) await file.close();
     throw e;

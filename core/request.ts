@@ -144,6 +144,8 @@ export interface NodeConfigOf<N> {
   noFlush?: boolean;
   /** Every write is FUA (cache=writethrough / directsync). */
   writeThrough?: boolean;
+  /** The format was guessed from the image's first bytes. */
+  probed?: boolean;
 }
 
 /** Rounds `n` up to a multiple of `align`. */

@@ -322,6 +322,8 @@ export interface OpenContextOf<N> {
    * refcounts) without repairing or changing anything at open.
    */
   readonly check?: boolean;
+  /** The driver was chosen by probing the image's first bytes (QEMU's `bs->probed`). */
+  readonly probed?: boolean;
 }
 
 /** Everything a driver's `create` gets. */
@@ -350,6 +352,11 @@ export interface BlockDriverOf<N> {
   parseFilename?(filename: string): Record<string, unknown>;
   /** Option keys that name children (default: `file`). */
   readonly childKeys?: readonly string[];
+  /**
+   * The child a filter passes requests to and BLKDBG events and breakpoints
+   * walk down to (QEMU's primary child); default `file` (blkdebug: `image`).
+   */
+  readonly primaryChildRole?: ChildRole;
   /** Opens a node: returns the instance whose callbacks serve requests. */
   open(ctx: OpenContextOf<N>): Promise<DriverInstanceOf<N>>;
   /** Writes a new, empty image of this format onto `ctx.file`. */

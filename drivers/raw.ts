@@ -8,7 +8,7 @@
 
 import { BlockError } from "../core/errors.ts";
 import { checkKnownOptions, optSize } from "../core/options.ts";
-import { registerDriver } from "../core/registry.ts";
+import { probeFormat, registerDriver } from "../core/registry.ts";
 import type { BlockNode } from "../core/node.ts";
 import type { FormatOptions } from "../core/types.ts";
 import type { BlockDriver, DriverInstance } from "../core/node.ts";
@@ -63,6 +63,7 @@ export const rawDriver: BlockDriver = {
       },
       pwrite(off, data, o) {
         checkWindow("write", off, data.length);
+        if (ctx.probed && off < SECTOR) refuseFormatChange(name, off, data);
         return file.pwrite(off + offset, data, o);
       },
       pwriteZeroes(off, len, o) {
@@ -106,6 +107,26 @@ export const rawDriver: BlockDriver = {
     return { required: n, fullyAllocated: n };
   },
 };
+
+const SECTOR = 512;
+
+/**
+ * QEMU's raw_probe_write: a raw image whose format was probed may not get a
+ * first sector that probes as another format, or the next open would
+ * interpret guest data as that format's metadata.
+ */
+function refuseFormatChange(name: string, offset: number, data: Uint8Array): void {
+  const head = new Uint8Array(SECTOR);
+  head.set(data.subarray(0, Math.min(data.length, SECTOR - offset)), offset);
+  const guess = probeFormat(head).name;
+  if (guess !== "raw") {
+    throw new BlockError(
+      "EPERM",
+      `Cannot write to the first sector of '${name}': the image format was probed as raw and the new data would make it look like ${guess}; open it with an explicit format (driver=raw)`,
+      { node: name, offset, length: data.length },
+    );
+  }
+}
 
 /** Validates raw creation options; returns the preallocation mode. */
 function checkRawOptions(options: FormatOptions): string {

@@ -361,8 +361,8 @@ async function openBlkdebug(ctx: OpenContext): Promise<DriverInstance> {
   checkKnownOptions(o, BLKDEBUG_OPTIONS, "blkdebug");
   const rules = await readBlkdebugRules(o);
   const align = readBlkdebugAlign(o);
-  const child = (await ctx.openChild("image", undefined, { optional: true })) ??
-    (await ctx.openChild("file", undefined, { optional: true }));
+  // The image may be given as `image` (QEMU's name) or `file`; it is always attached as `image`.
+  const child = await ctx.openChild("image", ctx.childSpec?.("image") ?? ctx.childSpec?.("file"), { optional: true });
   if (!child) {
     throw new BlockError(
       "EINVAL",
@@ -379,6 +379,7 @@ export const blkdebugDriver: BlockDriver = {
   kind: "filter",
   protocolPrefix: "blkdebug",
   childKeys: ["image"],
+  primaryChildRole: "image",
   parseFilename(filename: string): Record<string, unknown> {
     const rest = filename.slice("blkdebug:".length);
     const colon = rest.indexOf(":");

@@ -82,7 +82,7 @@ export class IoSession {
 
   /** Prints qemu-io's warning when a writable image's format was probed as raw. */
   warnIfProbed(name: string): void {
-    if (!this.node?.probed || this.node.readOnly) return;
+    if (!this.node?.probed || this.node.driver.name !== "raw" || this.node.readOnly) return;
     this.io.stderr(
       `WARNING: Image format was not specified for '${name}' and probing guessed raw.\n` +
         "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +

@@ -18,6 +18,7 @@ import { MAX_REFTABLE_BYTES } from "./header.ts";
 import { maxRefcount, readRefcount, writeRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { writeHeaderFields } from "./_header_write.ts";
+import { checkTableAllocation, OL_REFCOUNT_BLOCK, preWriteOverlapCheck } from "./_overlap.ts";
 
 /** Loads the refcount block at `offset`, pinned: release it. */
 function loadBlock(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<CacheEntry> {
@@ -126,6 +127,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | und
   let p = st.event("refblock_alloc", req);
   if (p) await p;
   const b = await findFree(st, 1, req);
+  await checkTableAllocation(st, "refcount block", b * st.cs);
   st.reserved.add(b);
   const buf = new Uint8Array(st.cs);
   try {
@@ -146,6 +148,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | und
     st.rbCache.insert(off, buf, { dirty: true, isNew: true });
   } else {
     // A new table is durable before it is hooked in.
+    await preWriteOverlapCheck(st, OL_REFCOUNT_BLOCK, off, st.cs, false);
     await st.file.pwrite(off, buf, { req });
     await st.file.flush({ req });
     st.rbCache.insert(off, buf);
@@ -154,6 +157,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | und
   if (p) await p;
   st.reftable[rt] = off;
   st.reftableDirty.add(rt);
+  st.metadataMoved();
   if (!st.growingReftable && st.mode === "metadata-sync") {
     await st.writeRefblocks(req);
     await st.file.flush({ req });
@@ -193,6 +197,7 @@ async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | 
   await st.writeRefblocks(req);
   st.growingReftable = true;
   st.reftable = table;
+  st.metadataMoved();
   try {
     for (let c = start; c < start + clusters; c++) st.reserved.add(c);
     for (let c = start; c < start + clusters; c++) await updateRefcount(st, c, 1, req);
@@ -202,6 +207,7 @@ async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | 
   } catch (e) {
     st.reftable = old;
     st.growingReftable = false;
+    st.metadataMoved();
     throw e;
   } finally {
     for (let c = start; c < start + clusters; c++) st.reserved.delete(c);
@@ -212,6 +218,7 @@ async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | 
   const view = new DataView(bytes.buffer);
   for (let i = 0; i < table.length; i++) if (table[i]) view.setBigUint64(i * 8, BigInt(table[i]));
   const newOffset = start * st.cs;
+  await preWriteOverlapCheck(st, 0, newOffset, bytes.length, false);
   await st.file.pwrite(newOffset, bytes, { req });
   await st.file.flush({ req });
   p = st.event("refblock_alloc_switch_table", req);
@@ -221,6 +228,7 @@ async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | 
   await writeHeaderFields(st.file, next, ["refcountTableOffset", "refcountTableClusters"], req);
   st.header.refcountTableOffset = newOffset;
   st.header.refcountTableClusters = clusters;
+  st.metadataMoved();
   st.reftableDirty.clear();
   st.growingReftable = false;
   // The old table is unreferenced on disk now.

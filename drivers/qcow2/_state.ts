@@ -21,6 +21,7 @@ import { type CacheEntry, MetaCache } from "./_cache.ts";
 import { entryOffset, HI_COPIED, l2EntrySize } from "./_entries.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
+import { OL_ACTIVE_L1, OL_ACTIVE_L2, OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE, preWriteOverlapCheck } from "./_overlap.ts";
 
 /** How metadata reaches the disk. */
 export type MetadataMode = "ordered" | "metadata-sync" | "lazy";
@@ -124,6 +125,14 @@ export class Qcow2State {
   freeByteOffset = 0;
   /** Last decompressed cluster (host descriptor key and content). */
   lastCompressed: { key: number; data: Uint8Array } | undefined;
+  /** Metadata structures writes are checked against (QEMU's `overlap-check`; OL_* bits of `_overlap.ts`). */
+  readonly overlapChecks: number;
+  /**
+   * Bumped by {@linkcode Qcow2State.metadataMoved} whenever an L1 entry or a
+   * refcount table entry changes, or a table moves: the overlap checks
+   * rebuild their index of metadata clusters then.
+   */
+  metadataGen = 0;
 
   /** Sets up the state from a validated header and its L1 and refcount tables. */
   constructor(init: {
@@ -138,6 +147,7 @@ export class Qcow2State {
     wrongOrder: WrongOrder;
     l2CacheTables: number;
     rbCacheTables: number;
+    overlapChecks: number;
   }) {
     const h = init.header;
     this.header = h;
@@ -162,6 +172,12 @@ export class Qcow2State {
     this.perBlock = (this.cs * 8) / this.refBits;
     this.l2Cache = new MetaCache(init.l2CacheTables);
     this.rbCache = new MetaCache(init.rbCacheTables);
+    this.overlapChecks = init.overlapChecks;
+  }
+
+  /** Says that the L1 table, the refcount table or a table pointer in the header changed (call after every such change). */
+  metadataMoved(): void {
+    this.metadataGen++;
   }
 
   /**
@@ -182,6 +198,7 @@ export class Qcow2State {
     this.freeByteOffset = 0;
     this.lastCompressed = undefined;
     this.corrupt = false;
+    this.metadataMoved();
   }
 
   /** Raises a BLKDBG event on the node; resolves when a breakpoint (if any) releases it. */
@@ -293,6 +310,7 @@ export class Qcow2State {
     for (const e of dirty) {
       const p = this.event("refblock_update_part", req);
       if (p) await p;
+      await preWriteOverlapCheck(this, OL_REFCOUNT_BLOCK, e.offset, e.buf.length, false);
       await this.file.pwrite(e.offset, e.buf, { req });
       this.rbCache.markClean(e);
     }
@@ -304,7 +322,14 @@ export class Qcow2State {
       // refcount cache before hooking a block up, too).
       if (dirty.length) await this.file.flush({ req });
       const rt = this.reftable;
-      await this.#writeEntries(this.header.refcountTableOffset, rt.length, this.reftableDirty, (i) => BigInt(rt[i]), req);
+      await this.#writeEntries(
+        this.header.refcountTableOffset,
+        rt.length,
+        this.reftableDirty,
+        (i) => BigInt(rt[i]),
+        OL_REFCOUNT_TABLE,
+        req,
+      );
       wrote = true;
     }
     return wrote;
@@ -317,6 +342,7 @@ export class Qcow2State {
       const p = this.event("l2_update", req);
       if (p) await p;
       if (e.isNew) anyNew = true;
+      await preWriteOverlapCheck(this, OL_ACTIVE_L2, e.offset, e.buf.length, false);
       await this.file.pwrite(e.offset, e.buf, { req });
       this.l2Cache.markClean(e);
     }
@@ -326,7 +352,14 @@ export class Qcow2State {
   /** Writes dirty L1 entries, one 512-byte chunk of the table each (no flush). */
   async writeL1(req: RequestInfo | undefined): Promise<void> {
     if (!this.l1Dirty.size) return;
-    await this.#writeEntries(this.header.l1TableOffset, this.l1Size, this.l1Dirty, (i) => this.l1View.getBigUint64(i * 8), req);
+    await this.#writeEntries(
+      this.header.l1TableOffset,
+      this.l1Size,
+      this.l1Dirty,
+      (i) => this.l1View.getBigUint64(i * 8),
+      OL_ACTIVE_L1,
+      req,
+    );
   }
 
   async #writeEntries(
@@ -334,6 +367,7 @@ export class Qcow2State {
     tableEntries: number,
     dirty: Set<number>,
     value: (i: number) => bigint,
+    ign: number,
     req: RequestInfo | undefined,
   ): Promise<void> {
     const chunks = new Set<number>();
@@ -345,6 +379,7 @@ export class Qcow2State {
       const buf = new Uint8Array(n * 8);
       const view = new DataView(buf.buffer);
       for (let k = 0; k < n; k++) view.setBigUint64(k * 8, value(first + k));
+      await preWriteOverlapCheck(this, ign, tableOffset + first * 8, buf.length, false);
       await this.file.pwrite(tableOffset + first * 8, buf, { req });
     }
   }

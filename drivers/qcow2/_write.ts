@@ -16,10 +16,11 @@ import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
 import { readGuest } from "./_read.ts";
-import { allocClusters } from "./_refcount.ts";
+import { allocClusters, updateRefcount } from "./_refcount.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markDirty } from "./_writeback.ts";
+import { checkTableAllocation, OL_ACTIVE_L2, preWriteOverlapCheck } from "./_overlap.ts";
 
 const ALL = 0xffffffff;
 
@@ -28,6 +29,10 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
   const off = st.l1Offset(l1i);
   if (off !== 0 && st.l1Copied(l1i)) return await st.loadL2(off, l1i, req);
   const newOff = await allocClusters(st, 1, req);
+  // QEMU's l2_allocate: a table at offset 0 means broken refcounts; the new
+  // table is checked as its cache flush would check it.
+  await checkTableAllocation(st, "L2 table", newOff);
+  await preWriteOverlapCheck(st, OL_ACTIVE_L2, newOff, st.cs, false);
   let buf: Uint8Array;
   if (off !== 0) {
     const p = st.event("l2_alloc_cow_read", req);
@@ -45,6 +50,7 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
   if (p) await p;
   setEntry(st.l1View, l1i * 8, newOff, HI_COPIED, 0);
   st.l1Dirty.add(l1i);
+  st.metadataMoved();
   if (off !== 0) st.pendingFree.push(off);
   return e;
 }
@@ -171,6 +177,7 @@ async function writeInPlace(
   }
   const p = st.event("write_aio", req);
   if (p) await p;
+  await preWriteOverlapCheck(st, 0, host, end - cur, true);
   await st.data.pwrite(host, data.subarray(cur - dataOffset, end - dataOffset), { req });
   return end;
 }
@@ -202,6 +209,7 @@ async function writeWiden(
   const host = entryOffset(e.view, at);
   const p = st.event("write_aio", req);
   if (p) await p;
+  await preWriteOverlapCheck(st, 0, host + (wStart - cStart), buf.length, true);
   await st.data.pwrite(host + (wStart - cStart), buf, { req });
   if (st.extL2) {
     const mask = touchedMask(st, wStart - cStart, wEnd - cStart);
@@ -240,7 +248,54 @@ async function writeNew(
   // written (QEMU writes zeroes with BDRV_REQ_NO_FALLBACK there instead).
   const endBefore = st.data.length;
   const host = st.externalData ? gStart : await allocClusters(st, k, req);
-  const part = data.subarray(cur - dataOffset, segEnd - dataOffset);
+  try {
+    // QEMU checks the data write (and its COW) against the metadata first.
+    await preWriteOverlapCheck(st, 0, host, k * st.cs, true);
+    await writeNewData(
+      st,
+      e,
+      { host, gStart, gEnd, cur, segEnd, first, k, endBefore },
+      data.subarray(cur - dataOffset, segEnd - dataOffset),
+      req,
+    );
+  } catch (err) {
+    // The clusters are referenced by nothing yet: give them back, so a
+    // failed write (ENOSPC, EIO) neither leaks them nor pushes the next
+    // allocation further out (QEMU's qcow2_alloc_cluster_abort). Not after
+    // an overlap: the image is marked corrupt and its refcounts are suspect.
+    if (!st.externalData && !st.corrupt) {
+      for (let c = host / st.cs; c < host / st.cs + k; c++) await updateRefcount(st, c, -1, req);
+    }
+    throw err;
+  }
+  for (let i = 0; i < k; i++) {
+    const at = (first + i) * st.entryBytes;
+    releaseEntry(st, e.view, at);
+    setEntry(e.view, at, host + i * st.cs, HI_COPIED, 0);
+    if (st.extL2) {
+      e.view.setUint32(at + 8, 0);
+      e.view.setUint32(at + 12, ALL);
+    }
+  }
+  st.l2Cache.markDirty(e);
+  return segEnd;
+}
+
+/** Where {@linkcode writeNew} puts a run of new clusters. */
+interface NewRun {
+  host: number;
+  gStart: number;
+  gEnd: number;
+  cur: number;
+  segEnd: number;
+  first: number;
+  k: number;
+  endBefore: number;
+}
+
+/** Writes the guest data of a run of new clusters with its copy-on-write around it. */
+async function writeNewData(st: Qcow2State, e: CacheEntry, r: NewRun, part: Uint8Array, req: RequestInfo | undefined): Promise<void> {
+  const { host, gStart, gEnd, cur, segEnd, first, k, endBefore } = r;
   let out = part;
   const cow = cur > gStart || segEnd < gEnd;
   let written = false;
@@ -272,17 +327,6 @@ async function writeNew(
     if (p) await p;
     await st.data.pwrite(cow ? host : host + (cur - gStart), out, { req });
   }
-  for (let i = 0; i < k; i++) {
-    const at = (first + i) * st.entryBytes;
-    releaseEntry(st, e.view, at);
-    setEntry(e.view, at, host + i * st.cs, HI_COPIED, 0);
-    if (st.extL2) {
-      e.view.setUint32(at + 8, 0);
-      e.view.setUint32(at + 12, ALL);
-    }
-  }
-  st.l2Cache.markDirty(e);
-  return segEnd;
 }
 
 /**

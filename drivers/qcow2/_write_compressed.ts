@@ -15,6 +15,7 @@ import { HI_COMPRESSED } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { getL2ForWrite, releaseEntry, writeLocked } from "./_write.ts";
 import { markDirty } from "./_writeback.ts";
+import { preWriteOverlapCheck } from "./_overlap.ts";
 
 /** Allocates `len` bytes for compressed data and returns their host offset. */
 async function allocBytes(st: Qcow2State, len: number, req: RequestInfo | undefined): Promise<number> {
@@ -69,6 +70,7 @@ export async function writeCompressedLocked(st: Qcow2State, offset: number, data
     const host = await allocBytes(st, packed.length, req);
     let p = st.event("write_compressed", req);
     if (p) await p;
+    await preWriteOverlapCheck(st, 0, host, packed.length, true);
     await st.file.pwrite(host, packed, { req });
     p = st.event("l2_update_compressed", req);
     if (p) await p;

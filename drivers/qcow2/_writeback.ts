@@ -21,6 +21,7 @@ import { INCOMPAT_DIRTY } from "./header.ts";
 import { freeCluster } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import { writeHeaderFields } from "./_header_write.ts";
+import { overlapsMetadata } from "./_overlap.ts";
 
 /** Writes all dirty metadata back to the image file in a crash-safe order. */
 export async function writeback(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
@@ -70,8 +71,11 @@ async function applyPendingFrees(st: Qcow2State, req: RequestInfo | undefined): 
   await st.writeRefblocks(req);
   if (st.mode === "metadata-sync") await st.file.flush({ req });
   // Give the space back to the host (QEMU passes discards of freed clusters down).
+  // A freed cluster that is still metadata (its refcount was wrong) keeps
+  // its bytes: the discard is advisory, punching a hole there is not.
   for (const off of released) {
-    if (off + st.cs <= st.file.length) await st.file.pdiscard(off, st.cs, { req }).catch(() => {});
+    if (off + st.cs > st.file.length || await overlapsMetadata(st, off, st.cs)) continue;
+    await st.file.pdiscard(off, st.cs, { req }).catch(() => {});
   }
 }
 

@@ -59,8 +59,17 @@ import { markClean, relieveCaches, writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { entryOffset } from "./_entries.ts";
 import { metadataExtents } from "./_metadata_map.ts";
+import { initOverlapChecks, OVERLAP_OPTIONS, parseOverlapOptions, preWriteOverlapCheck } from "./_overlap.ts";
 
-const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
+const OPTIONS = [
+  "l2-cache-size",
+  "refcount-cache-size",
+  "cache-size",
+  "lazy-refcounts",
+  "metadata-mode",
+  "x-wrong-order",
+  ...OVERLAP_OPTIONS,
+];
 const ZERO_CHUNK = 1 << 20;
 
 /** The driver instance of an open qcow2 node. */
@@ -122,6 +131,7 @@ export class Qcow2Instance implements DriverInstance {
       try {
         const p = st.event("write_aio", opts.req);
         if (p) await p;
+        await preWriteOverlapCheck(st, 0, host, data.length, true);
         await st.data.pwrite(host, data, { req: opts.req });
       } finally {
         st.ioInFlight--;
@@ -435,7 +445,10 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     wrongOrder: wrongOrder as WrongOrder,
     l2CacheTables: tables.l2,
     rbCacheTables: tables.rb,
+    overlapChecks: parseOverlapOptions(ctx.options),
   });
+  // Before the autoclear bits go: a valid bitmap directory is metadata to protect.
+  if (rw && !checking) await initOverlapChecks(st);
   if (rw && !checking) {
     // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
     // ones) are cleared, so a program that maintains them knows their data

@@ -9,6 +9,7 @@
 
 import type { BlockNode } from "../../core/node.ts";
 import { entryOffset, readRefcount, writeRefcount } from "./_entries.ts";
+import { readPadded } from "./_check_types.ts";
 
 /** One cached refcount block. */
 export interface RefBlock {
@@ -75,7 +76,7 @@ export class DiskRefcounts {
       throw new Error("Input/output error");
     }
     const bytes = new Uint8Array(this.#cs);
-    await this.#file.pread(offset, bytes);
+    await readPadded(this.#file, offset, bytes);
     const b: RefBlock = { bytes, view: new DataView(bytes.buffer), dirty: false };
     this.#blocks.set(index, b);
     return b;

@@ -31,11 +31,12 @@ export async function readCompressed(st: Qcow2State, m: Mapping, req: RequestInf
   const p = st.event("read_compressed", req);
   if (p) await p;
   const host = m.host;
+  // Past the end of the file the data reads as zeros, as QEMU's read there does.
   const n = Math.max(0, Math.min(m.compressedBytes, st.file.length - host));
-  const raw = new Uint8Array(n);
+  const raw = new Uint8Array(m.compressedBytes);
   st.ioInFlight++;
   try {
-    if (n) await st.file.pread(host, raw, { req });
+    if (n) await st.file.pread(host, raw.subarray(0, n), { req });
   } finally {
     st.ioInFlight--;
   }

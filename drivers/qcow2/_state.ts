@@ -206,6 +206,14 @@ export class Qcow2State {
     return this.node.event(name, req);
   }
 
+  /**
+   * The virtual size: the header's size rounded down to whole 512-byte
+   * sectors, as QEMU reads it (`bs->total_sectors = size / 512`).
+   */
+  get size(): number {
+    return Math.floor(this.header.size / 512) * 512;
+  }
+
   /** Number of entries in the active L1 table. */
   get l1Size(): number {
     return this.l1.length / 8;

@@ -14,7 +14,7 @@
 import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
-import { decodeCompressed, newMapping } from "./_l2.ts";
+import { checkDataFileOffset, decodeCompressed, newMapping } from "./_l2.ts";
 import { readGuest } from "./_read.ts";
 import { allocClusters, updateRefcount } from "./_refcount.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
@@ -133,6 +133,7 @@ export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Arr
         const cStart = base + idx * st.cs;
         const segEnd = Math.min(chunkEnd, cStart + st.cs);
         const kind = classify(st, e.view, idx, cur - cStart, segEnd - cStart);
+        if (kind === INPLACE || kind === WIDEN) checkDataFileOffset(st, entryOffset(e.view, idx * st.entryBytes), cStart, idx);
         if (kind === INPLACE) {
           cur = await writeInPlace(st, e, base, cur, chunkEnd, data, offset, req);
         } else if (kind === WIDEN || kind === NEWSUB) {
@@ -172,6 +173,7 @@ async function writeInPlace(
     idx++;
     const segEnd = Math.min(chunkEnd, end + st.cs);
     if (classify(st, e.view, idx, 0, segEnd - end) !== INPLACE || entryOffset(e.view, idx * st.entryBytes) !== nextHost) break;
+    checkDataFileOffset(st, nextHost, base + idx * st.cs, idx);
     nextHost += st.cs;
     end = segEnd;
   }

@@ -42,7 +42,7 @@ async function allocBytes(st: Qcow2State, len: number, req: RequestInfo | undefi
  */
 export async function writeCompressedLocked(st: Qcow2State, offset: number, data: Uint8Array, req: RequestInfo | undefined): Promise<void> {
   const cs = st.cs;
-  if (offset % cs !== 0 || data.length > cs || (data.length < cs && offset + data.length !== st.header.size)) {
+  if (offset % cs !== 0 || data.length > cs || (data.length < cs && offset + data.length !== st.size)) {
     throw new BlockError(
       "EINVAL",
       `Cannot write ${data.length} compressed bytes at offset ${offset}: compressed writes take one whole cluster (${cs} bytes)`,

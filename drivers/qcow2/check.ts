@@ -29,10 +29,10 @@ import { writeHeaderFields } from "./_header_write.ts";
 export type { CheckOptions, CheckResult } from "../../core/types.ts";
 
 /** One pass of QEMU's qcow2_co_check_locked. */
-async function checkOnce(file: BlockNode, fix: Fix, messages: string[], repairing: boolean): Promise<Counters> {
+async function checkOnce(file: BlockNode, fix: Fix, say: (line: string) => void, repairing: boolean): Promise<Counters> {
   const h = await readHeaderFrom(file);
   const original = h.incompatibleFeatures;
-  const checker = new Checker(file, h, messages);
+  const checker = new Checker(file, h, say);
   await checker.readSnapshots();
   const snapshotErrors = checker.res.checkErrors;
   checker.res.checkErrors = 0;
@@ -70,14 +70,16 @@ export async function checkQcow2(file: BlockNode, opts: CheckOptions = {}): Prom
   if (opts.repair && file.readOnly) {
     throw new BlockError("EROFS", `Cannot repair node '${file.name}': it is opened read-only`, { node: file.name });
   }
+  // Lines go to `onMessage` as they come (a damaged image can give millions); without it they are collected.
   const messages: string[] = [];
+  const say = opts.onMessage ?? ((line: string) => void messages.push(line));
   const repairing = opts.repair !== undefined;
-  let res = await checkOnce(file, fix, messages, repairing);
+  let res = await checkOnce(file, fix, say, repairing);
   if (res.leaksFixed || res.corruptionsFixed) {
     const fixedLeaks = res.leaksFixed;
     const fixedCorruptions = res.corruptionsFixed;
     // The double check also clears the corrupt bit when the repair worked.
-    res = await checkOnce(file, { leaks: false, errors: false }, messages, repairing);
+    res = await checkOnce(file, { leaks: false, errors: false }, say, repairing);
     res.leaksFixed = fixedLeaks;
     res.corruptionsFixed = fixedCorruptions;
   }

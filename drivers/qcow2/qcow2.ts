@@ -13,6 +13,7 @@
  * @module
  */
 
+import { AsyncLocalStorage } from "node:async_hooks";
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import { checkKnownOptions, optBool, optEnum, optSize } from "../../core/options.ts";
@@ -100,7 +101,7 @@ export class Qcow2Instance implements DriverInstance {
 
   /** Current virtual size. */
   getLength(): number {
-    return this.#st.header.size;
+    return this.#st.size;
   }
 
   /** Reads guest data. */
@@ -163,7 +164,7 @@ export class Qcow2Instance implements DriverInstance {
     const st = this.#st;
     const end = offset + length;
     const cs = st.cs;
-    const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
+    const alignedEnd = end >= st.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
     const s = Math.ceil(offset / cs) * cs;
     if (st.header.version < 3 || s >= alignedEnd) {
       return this.#zeroBuffers(offset, length, opts);
@@ -196,7 +197,7 @@ export class Qcow2Instance implements DriverInstance {
     const st = this.#st;
     const cs = st.cs;
     const end = offset + length;
-    const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
+    const alignedEnd = end >= st.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
     const s = Math.ceil(offset / cs) * cs;
     if (s >= alignedEnd) return;
     await st.change(async () => {
@@ -213,7 +214,7 @@ export class Qcow2Instance implements DriverInstance {
   async makeEmpty(opts: RequestOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
-    const size = Math.ceil(st.header.size / st.cs) * st.cs;
+    const size = Math.ceil(st.size / st.cs) * st.cs;
     await st.change(async () => {
       await zeroOrDiscard(st, 0, size, { discard: true, unmap: true, full: true }, opts.req);
       await relieveCaches(st, opts.req);
@@ -306,7 +307,7 @@ export class Qcow2Instance implements DriverInstance {
     const out: Record<string, unknown> = {
       "format-specific": { type: "qcow2", data },
       "cluster-size": clusterSize(h),
-      "virtual-size": h.size,
+      "virtual-size": this.#st.size,
       "dirty-flag": (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0,
     };
     if (h.backingFile !== undefined) out["backing-filename"] = h.backingFile;
@@ -351,15 +352,38 @@ function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number
   return { l2: Math.max(2, Math.ceil(l2 / cs)), rb: Math.max(4, Math.ceil(rb / cs)) };
 }
 
+/** The images whose backing chains are being opened in this async context (file identities), to find loops. */
+const openingChain = new AsyncLocalStorage<readonly string[]>();
+
+/** What makes a host file the same file (device and inode), or undefined for other protocols and missing files. */
+async function fileIdentity(path: string | undefined): Promise<string | undefined> {
+  if (path === undefined) return undefined;
+  try {
+    const s = await Deno.stat(path);
+    return s.dev !== null && s.ino !== null ? `${s.dev}:${s.ino}` : await Deno.realPath(path);
+  } catch {
+    return undefined;
+  }
+}
+
 async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode | undefined> {
   const given = ctx.childSpec?.("backing");
   if (given === null) return undefined;
   if (given !== undefined) return await ctx.openChild("backing", undefined, { readOnly: true });
-  if (h.backingFile === undefined) return undefined;
+  // An empty name is no backing file (QEMU's bdrv_open_backing_file).
+  if (h.backingFile === undefined || h.backingFile === "") return undefined;
   const filename = resolvePath(filenameOf(file), h.backingFile);
+  // A chain that comes back to an image already being opened would open
+  // forever: refuse it, with qemu-img's words (iotest 043).
+  const self = await fileIdentity(filenameOf(file));
+  const chain = [...(openingChain.getStore() ?? []), ...(self ? [self] : [])];
+  const target = await fileIdentity(filename);
+  if (target !== undefined && chain.includes(target)) {
+    throw new BlockError("EINVAL", `Backing file '${h.backingFile}' creates an infinite loop.`, { node: ctx.node.name });
+  }
   const spec = h.backingFormat ? { driver: h.backingFormat, file: { driver: "file", filename } } : { filename };
   try {
-    return await ctx.openChild("backing", spec, { readOnly: true, probe: true });
+    return await openingChain.run(chain, () => ctx.openChild("backing", spec, { readOnly: true, probe: true }));
   } catch (e) {
     if (!(e instanceof BlockError)) throw e;
     throw new BlockError(e.code, `Could not open backing file '${h.backingFile}': ${e.message}`, { node: ctx.node.name, cause: e });

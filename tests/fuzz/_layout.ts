@@ -62,12 +62,15 @@ function entryOffsetExact(d: DataView, at: number): number {
 export function layoutOf(img: Uint8Array): Layout {
   const d = new DataView(img.buffer, img.byteOffset, img.byteLength);
   const version = u32(d, 4);
-  const clusterBits = u32(d, 20);
+  // A mutated header may say anything: fall back to sane values where it does not parse.
+  const rawBits = u32(d, 20);
+  const clusterBits = rawBits >= 9 && rawBits <= 21 ? rawBits : 16;
   const cs = 2 ** clusterBits;
-  const headerLength = version >= 3 ? u32(d, 100) : 72;
+  const headerLength = version >= 3 ? Math.min(u32(d, 100), cs) : 72;
   const incompat = version >= 3 ? u32(d, 76) : 0;
   const extL2 = (incompat & 16) !== 0;
-  const refcountBits = version >= 3 ? 2 ** u32(d, 96) : 16;
+  const order = version >= 3 ? u32(d, 96) : 4;
+  const refcountBits = order <= 6 ? 2 ** order : 16;
   const out: Layout = {
     fileLength: img.length,
     version,

@@ -1,0 +1,268 @@
+/**
+ * One fuzz case from start to verdict: the mutated image is written next to
+ * copies of its seed's companion files; QEMU converts it to raw (the
+ * reference reading); blkgraph reads, writes, checks and repairs copies of it
+ * in the child process; qemu-io does the same writes on another copy; QEMU
+ * reads what blkgraph wrote; the outcome is classified.
+ *
+ * Classes (the first that applies wins): `wrong-readback` (a write reported
+ * success and reads back wrong, through blkgraph or through QEMU),
+ * `bad-repair` (blkgraph's repair says the image is consistent and
+ * `qemu-img check` finds corruption), `differs` (both accepted the image and
+ * read it differently), `exception` (anything but a BlockError), `hang`,
+ * `memory`, `blockerror` (blkgraph refused with a BlockError), `clean`.
+ *
+ * @module
+ */
+
+import { gzipSync } from "node:zlib";
+import { applyMutations, mutate, type Mutation, Rng } from "./_mutate.ts";
+import { type Runner, type RunResult, runTool } from "./_proc.ts";
+import type { CaseReply, CaseRequest, CaseWrite, Outcome } from "./_runner.ts";
+import type { Seed } from "./_seeds.ts";
+
+/** The comparison window (bytes from guest offset 0). */
+export const WINDOW = 8 << 20;
+
+/** Everything needed to replay a case. */
+export interface CaseSpec {
+  /** Case number. */
+  id: number;
+  /** Seed family. */
+  family: string;
+  /** Mutations applied to the seed image. */
+  mutations: Mutation[];
+  /** Writes (guest offset, length, pattern). */
+  writes: CaseWrite[];
+  /** Run blkgraph's check on the image. */
+  check: boolean;
+  /** Run blkgraph's `check -r all` on a copy (then `qemu-img check`). */
+  repair: boolean;
+}
+
+/** The verdict on one case. */
+export interface Verdict {
+  /** The case. */
+  spec: CaseSpec;
+  /** Outcome class. */
+  cls: string;
+  /** What happened, for grouping (class and normalised message). */
+  signature: string;
+  /** Detail lines. */
+  detail: string[];
+  /** QEMU accepted the image (its conversion worked). */
+  qemuAccepted: boolean;
+  /** blkgraph accepted the image (open and read worked). */
+  oursAccepted: boolean;
+  /** qemu-io's writes: ok, failed, or not run. */
+  qemuWrites: "ok" | "failed" | "skipped";
+  /** Wall time, ms. */
+  ms: number;
+  /** Peak resident memory of blkgraph's side, bytes. */
+  rssPeak: number;
+  /** BlockError messages blkgraph gave (normalised). */
+  errors: string[];
+}
+
+/** A 32-bit mix of the run seed and case number. */
+export function caseSeed(seed: number, id: number): number {
+  let h = (seed ^ 0x9e3779b9) >>> 0;
+  h = Math.imul(h ^ id, 0x85ebca6b) >>> 0;
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35) >>> 0;
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+/** Generates case `id` of a run. */
+export function generateCase(
+  seed: number,
+  id: number,
+  seeds: Seed[],
+  images: Map<string, Uint8Array>,
+): { spec: CaseSpec; image: Uint8Array } {
+  const r = new Rng(caseSeed(seed, id));
+  const s = r.pick(seeds);
+  const base = images.get(s.family.name)!;
+  const { image, mutations } = mutate(r, base);
+  const size = Number(new DataView(base.buffer, base.byteOffset).getBigUint64(24));
+  const cs = 2 ** new DataView(base.buffer, base.byteOffset).getUint32(20);
+  const writes: CaseWrite[] = [];
+  const n = 1 + r.int(3);
+  for (let i = 0; i < n; i++) {
+    const len = r.chance(0.5) ? Math.min(cs, 65536) : 1 + r.int(Math.min(2 * cs, 131072));
+    const aligned = r.chance(0.6);
+    const max = Math.max(1, size - len);
+    let off = r.int(max);
+    if (aligned) off = Math.min(max - 1, Math.floor(off / Math.min(cs, 65536)) * Math.min(cs, 65536));
+    writes.push({ off: Math.max(0, off), len, byte: 1 + r.int(255) });
+  }
+  return { spec: { id, family: s.family.name, mutations, writes, check: r.chance(0.35), repair: r.chance(0.25) }, image };
+}
+
+/** Rebuilds a case's image from its seed. */
+export function caseImage(spec: CaseSpec, images: Map<string, Uint8Array>): Uint8Array {
+  return applyMutations(images.get(spec.family)!, spec.mutations);
+}
+
+/** Per-worker directories. */
+export interface WorkDirs {
+  /** Root of this worker's directories. */
+  root: string;
+}
+
+async function populate(dir: string, seed: Seed, image: Uint8Array): Promise<void> {
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeFile(`${dir}/img.qcow2`, image);
+  for (const c of seed.companions) await Deno.copyFile(`${seed.dir}/${c}`, `${dir}/${c}`);
+}
+
+function norm(message: string): string {
+  return message.replace(/0x[0-9a-f]+/gi, "N").replace(/\d+/g, "N").replace(/'[^']*'/g, "'…'").slice(0, 160);
+}
+
+function blockErrors(o: (Outcome | undefined)[]): string[] {
+  return o.filter((x) => x?.error && x.error.code).map((x) => `${x!.error!.code}: ${norm(x!.error!.message)}`);
+}
+
+function exceptions(o: (Outcome | undefined)[]): string[] {
+  return o.filter((x) => x?.error && !x.error.code).map((x) => `${x!.error!.name}: ${norm(x!.error!.message)}`);
+}
+
+/**
+ * What QEMU reads in the window (`qemu-img dd` of the first WINDOW bytes, which
+ * stops at the virtual size): a raw file, or why QEMU refused the image.
+ */
+async function qemuRead(dir: string, nice: number): Promise<{ raw?: string; why?: string }> {
+  const raw = `${dir}/out.raw`;
+  const args = ["dd", "-U", "-f", "qcow2", "-O", "raw", "bs=65536", `count=${WINDOW / 65536}`, "if=img.qcow2", "of=out.raw"];
+  const r = await runTool("qemu-img", args, { seconds: 30, asMb: 4096, cwd: dir, nice });
+  if (r.code !== 0) return { why: r.timedOut ? "qemu-img dd timed out" : r.stderr.trim().split("\n")[0] };
+  return { raw };
+}
+
+function ioCommands(writes: CaseWrite[]): string[] {
+  return writes.flatMap((w) => ["-c", `write -P ${w.byte} ${w.off} ${w.len}`, "-c", `read -P ${w.byte} ${w.off} ${w.len}`]);
+}
+
+/** Bytes of `raw` at the successful writes that are not the written pattern (first offset), or undefined. */
+async function wrongInRaw(raw: string, writes: CaseWrite[], ok: boolean[]): Promise<number | undefined> {
+  const data = await Deno.readFile(raw);
+  const exp = new Map<number, number>();
+  writes.forEach((w, i) => {
+    for (let o = w.off; o < w.off + w.len; o++) {
+      if (ok[i]) exp.set(o, w.byte);
+      else exp.delete(o);
+    }
+  });
+  for (const [o, b] of exp) if (o < data.length && data[o] !== b) return o;
+  return undefined;
+}
+
+/** Runs one case end to end. */
+export async function runOneCase(
+  spec: CaseSpec,
+  image: Uint8Array,
+  seed: Seed,
+  runner: Runner,
+  dirs: WorkDirs,
+  opts: { qemu: boolean; budgetMs: number; budgetMb: number; nice: number },
+): Promise<Verdict> {
+  const t0 = performance.now();
+  const A = `${dirs.root}/A`, B = `${dirs.root}/B`, C = `${dirs.root}/C`, D = `${dirs.root}/D`;
+  await populate(A, seed, image);
+  await populate(B, seed, image);
+  if (spec.repair) await populate(D, seed, image);
+  const detail: string[] = [];
+  let q: { raw?: string; why?: string } = {};
+  if (opts.qemu) {
+    q = await qemuRead(A, opts.nice);
+    if (q.why) detail.push(`qemu: ${q.why}`);
+  }
+  const req: CaseRequest = {
+    id: spec.id,
+    ro: `${A}/img.qcow2`,
+    window: WINDOW,
+    qemuRaw: q.raw,
+    rw: `${B}/img.qcow2`,
+    writes: spec.writes,
+    check: spec.check ? `${A}/img.qcow2` : undefined,
+    repair: spec.repair ? `${D}/img.qcow2` : undefined,
+  };
+  const res: RunResult = await runner.run(req, opts.budgetMs, opts.budgetMb);
+  const rep = res.reply as (CaseReply & { writesUsed?: CaseWrite[] }) | undefined;
+  const verdict: Verdict = {
+    spec,
+    cls: "clean",
+    signature: "clean",
+    detail,
+    qemuAccepted: q.raw !== undefined,
+    oursAccepted: !!rep?.open.ok && !!rep.read?.ok,
+    qemuWrites: "skipped",
+    ms: 0,
+    rssPeak: res.rssPeak,
+    errors: [],
+  };
+  const set = (cls: string, sig: string, line: string) => {
+    const rank = ["wrong-readback", "bad-repair", "differs", "exception", "hang", "memory", "blockerror", "clean"];
+    if (rank.indexOf(cls) < rank.indexOf(verdict.cls)) {
+      verdict.cls = cls;
+      verdict.signature = `${cls}: ${sig}`;
+    }
+    detail.push(line);
+  };
+  if (!rep) {
+    set(
+      res.killed === "crash" ? "exception" : res.killed!,
+      res.killed!,
+      `${res.killed} after ${Math.round(res.ms)} ms, rss ${res.rssPeak >> 20} MiB; ${res.stderr ?? ""}`,
+    );
+    verdict.ms = performance.now() - t0;
+    return verdict;
+  }
+  const outcomes = [rep.open, rep.read, rep.rwOpen, ...(rep.writes ?? []), rep.close, rep.reopen, rep.check, rep.repair];
+  verdict.errors = blockErrors(outcomes);
+  for (const e of exceptions(outcomes)) set("exception", e, e);
+  for (const e of verdict.errors) set("blockerror", e, e);
+  if (rep.diffAt !== undefined && rep.diffAt >= 0) {
+    set("differs", "read differs from qemu-img convert", `read differs from QEMU at guest offset ${rep.diffAt}`);
+  }
+  if (rep.readbackWrong !== undefined) {
+    set("wrong-readback", "write reads back wrong (same open)", `readback wrong at ${rep.readbackWrong}`);
+  }
+  if (rep.reopenWrong !== undefined) {
+    set("wrong-readback", "write reads back wrong after reopen", `reopen readback wrong at ${rep.reopenWrong}`);
+  }
+  const writes = rep.writesUsed ?? spec.writes;
+  const okWrites = (rep.writes ?? []).map((w) => w.ok);
+  if (opts.qemu && okWrites.some(Boolean) && rep.close?.ok) {
+    // What QEMU reads where blkgraph wrote.
+    const qb = await qemuRead(B, opts.nice);
+    if (qb.raw) {
+      const wrong = await wrongInRaw(qb.raw, writes, okWrites);
+      if (wrong !== undefined) set("wrong-readback", "QEMU reads blkgraph's write wrong", `QEMU reads blkgraph's write wrong at ${wrong}`);
+    } else if (q.raw) detail.push(`QEMU no longer opens the image after blkgraph wrote: ${qb.why}`);
+  }
+  if (opts.qemu && q.raw && writes.length) {
+    await populate(C, seed, image);
+    const r = await runTool("qemu-io", [...ioCommands(writes), "img.qcow2"], { seconds: 30, asMb: 4096, cwd: C, nice: opts.nice });
+    const failed = r.code !== 0 || /failed|verification/.test(r.stdout);
+    verdict.qemuWrites = failed ? "failed" : "ok";
+    if (failed) {
+      detail.push(`qemu-io: ${(r.stdout + r.stderr).split("\n").filter((l) => /fail|corrupt|verification/i.test(l))[0] ?? r.code}`);
+    }
+  }
+  if (opts.qemu && spec.repair && rep.repair?.ok && rep.repair.corruptions === 0 && rep.repair.checkErrors === 0) {
+    const r = await runTool("qemu-img", ["check", "-U", "-f", "qcow2", "img.qcow2"], { seconds: 30, asMb: 4096, cwd: D, nice: opts.nice });
+    if (r.code === 2) {
+      set("bad-repair", "qemu-img check finds corruption after blkgraph's repair", `after repair: ${r.stdout.split("\n")[0]}`);
+    }
+  }
+  verdict.ms = performance.now() - t0;
+  return verdict;
+}
+
+/** The mutated image, gzip-compressed (what a finding keeps). */
+export function packImage(image: Uint8Array): Uint8Array {
+  return gzipSync(image);
+}

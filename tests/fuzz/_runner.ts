@@ -1,0 +1,284 @@
+/**
+ * The fuzzer's child process: runs blkgraph's side of each case it reads
+ * from standard input (one JSON line per case) and answers one JSON line per
+ * case on standard output. The parent gives every case a time and memory
+ * budget and kills this process when it is exceeded, so a hang or an
+ * out-of-memory is a finding, not a dead fuzzer.
+ *
+ * blkgraph's side of a case: open the mutated image read-only and read a
+ * window of it (compared with QEMU's conversion when QEMU accepted the
+ * image); open a copy read-write, write patterns and read each back, flush,
+ * close, reopen and read them back again; check a copy, and repair another
+ * with `check -r all`.
+ *
+ * Run by `fuzz.ts`; not a test on its own.
+ *
+ * @module
+ */
+
+import { BlockError, type BlockNode, open } from "../../mod.ts";
+
+/** One write of a case. */
+export interface CaseWrite {
+  /** Guest offset. */
+  off: number;
+  /** Length in bytes. */
+  len: number;
+  /** Pattern byte. */
+  byte: number;
+}
+
+/** What the parent asks for one case. */
+export interface CaseRequest {
+  /** Case number. */
+  id: number;
+  /** Image to open read-only and read. */
+  ro: string;
+  /** Bytes to read from offset 0 (the comparison window). */
+  window: number;
+  /** QEMU's reading of the window (a raw file), when QEMU accepted the image. */
+  qemuRaw?: string;
+  /** Image copy to write. */
+  rw?: string;
+  /** The writes. */
+  writes: CaseWrite[];
+  /** Image copy to check read-only. */
+  check?: string;
+  /** Image copy to repair (`check -r all`). */
+  repair?: string;
+}
+
+/** How one step ended. */
+export interface Outcome {
+  /** Finished without an error. */
+  ok: boolean;
+  /** The error: class name, errno code for a BlockError, message. */
+  error?: { name: string; code?: string; message: string; stack?: string };
+}
+
+/** What blkgraph did with one case. */
+export interface CaseReply {
+  /** Case number. */
+  id: number;
+  /** Read-only open. */
+  open: Outcome;
+  /** Virtual size blkgraph reports. */
+  size?: number;
+  /** Reading the window. */
+  read?: Outcome;
+  /** First byte where blkgraph's read differs from QEMU's (-1: identical; undefined: not compared). */
+  diffAt?: number;
+  /** Read-write open. */
+  rwOpen?: Outcome;
+  /** Each write. */
+  writes?: Outcome[];
+  /** A write that reported success read back wrong (first differing guest offset), in the same open. */
+  readbackWrong?: number;
+  /** Flush and close after the writes. */
+  close?: Outcome;
+  /** After reopening: a successful write reads back wrong at this offset. */
+  reopenWrong?: number;
+  /** The reopen itself. */
+  reopen?: Outcome;
+  /** check (read-only). */
+  check?: Outcome & { corruptions?: number; leaks?: number; checkErrors?: number };
+  /** check -r all. */
+  repair?: Outcome & { corruptions?: number; leaks?: number; checkErrors?: number; fixed?: number };
+  /** Peak resident set size seen by this process, bytes. */
+  rss: number;
+}
+
+function outcome(e: unknown): Outcome {
+  if (e instanceof BlockError) return { ok: false, error: { name: e.name, code: e.code, message: e.message } };
+  const err = e instanceof Error ? e : new Error(String(e));
+  return { ok: false, error: { name: err.name, message: err.message, stack: err.stack?.split("\n").slice(0, 6).join("\n") } };
+}
+
+function spec(path: string, readOnly: boolean): Record<string, unknown> {
+  return { driver: "qcow2", file: { driver: "file", filename: path, locking: "off", ...(readOnly ? {} : {}) } };
+}
+
+async function openImage(path: string, readOnly: boolean): Promise<BlockNode> {
+  return await open(spec(path, readOnly), { readOnly, forceShare: readOnly });
+}
+
+async function readOnlyPart(req: CaseRequest, rep: CaseReply): Promise<void> {
+  let node: BlockNode;
+  try {
+    node = await openImage(req.ro, true);
+  } catch (e) {
+    rep.open = outcome(e);
+    return;
+  }
+  rep.open = { ok: true };
+  try {
+    rep.size = node.length;
+    const n = Math.min(req.window, node.length);
+    const buf = new Uint8Array(n);
+    try {
+      await node.pread(0, buf);
+      rep.read = { ok: true };
+    } catch (e) {
+      rep.read = outcome(e);
+      return;
+    }
+    if (req.qemuRaw) {
+      const q = await Deno.readFile(req.qemuRaw);
+      const m = Math.min(q.length, buf.length);
+      let at = -1;
+      for (let i = 0; i < m; i++) {
+        if (q[i] !== buf[i]) {
+          at = i;
+          break;
+        }
+      }
+      if (at < 0 && q.length !== buf.length) at = m;
+      rep.diffAt = at;
+    }
+  } finally {
+    await node.close().catch(() => {});
+  }
+}
+
+/** Expected bytes of successful writes (later writes win; bytes a failed write touched are unknown). */
+function expectation(writes: CaseWrite[], results: Outcome[]): Map<number, number> {
+  const exp = new Map<number, number>();
+  writes.forEach((w, i) => {
+    for (let o = w.off; o < w.off + w.len; o++) {
+      if (results[i]?.ok) exp.set(o, w.byte);
+      else exp.delete(o);
+    }
+  });
+  return exp;
+}
+
+async function firstWrong(node: BlockNode, writes: CaseWrite[], exp: Map<number, number>): Promise<number | undefined> {
+  for (const w of writes) {
+    const buf = new Uint8Array(w.len);
+    await node.pread(w.off, buf);
+    for (let i = 0; i < w.len; i++) {
+      const want = exp.get(w.off + i);
+      if (want !== undefined && buf[i] !== want) return w.off + i;
+    }
+  }
+  return undefined;
+}
+
+async function writePart(req: CaseRequest, rep: CaseReply): Promise<void> {
+  if (!req.rw) return;
+  let node: BlockNode;
+  try {
+    node = await openImage(req.rw, false);
+  } catch (e) {
+    rep.rwOpen = outcome(e);
+    return;
+  }
+  rep.rwOpen = { ok: true };
+  rep.writes = [];
+  let closed = false;
+  try {
+    const writes = req.writes.filter((w) => w.off + w.len <= node.length);
+    for (const w of writes) {
+      try {
+        await node.pwrite(w.off, new Uint8Array(w.len).fill(w.byte));
+        rep.writes.push({ ok: true });
+      } catch (e) {
+        rep.writes.push(outcome(e));
+      }
+    }
+    const exp = expectation(writes, rep.writes);
+    try {
+      rep.readbackWrong = await firstWrong(node, writes, exp);
+    } catch (e) {
+      // Reading back what was written must work when the writes worked.
+      if (rep.writes.some((w) => w.ok)) rep.readbackWrong = -2;
+      void e;
+    }
+    try {
+      await node.flush();
+      closed = true;
+      await node.close();
+      rep.close = { ok: true };
+    } catch (e) {
+      rep.close = outcome(e);
+    }
+    if (!rep.close.ok) return;
+    // Reopen and read back: what was reported written is in the image.
+    let again: BlockNode;
+    try {
+      again = await openImage(req.rw, true);
+      rep.reopen = { ok: true };
+    } catch (e) {
+      rep.reopen = outcome(e);
+      return;
+    }
+    try {
+      rep.reopenWrong = await firstWrong(again, writes, exp);
+    } catch (e) {
+      rep.reopen = outcome(e);
+    } finally {
+      await again.close().catch(() => {});
+    }
+    (req as { writes: CaseWrite[] }).writes = writes;
+  } finally {
+    if (!closed) await node.close().catch(() => {});
+  }
+}
+
+async function checkPart(path: string | undefined, repair: boolean): Promise<CaseReply["check"] | undefined> {
+  if (!path) return undefined;
+  let node: BlockNode;
+  try {
+    node = await open(spec(path, !repair), { readOnly: !repair, check: true, forceShare: !repair });
+  } catch (e) {
+    return outcome(e);
+  }
+  try {
+    const r = await node.check(repair ? { repair: "all" } : {});
+    return {
+      ok: true,
+      corruptions: r.corruptions,
+      leaks: r.leaks,
+      checkErrors: r.checkErrors,
+      ...(repair ? { fixed: r.corruptionsFixed + r.leaksFixed } : {}),
+    };
+  } catch (e) {
+    return outcome(e);
+  } finally {
+    await node.close().catch(() => {});
+  }
+}
+
+/** Runs blkgraph's side of one case. */
+export async function runCase(req: CaseRequest): Promise<CaseReply> {
+  const rep: CaseReply = { id: req.id, open: { ok: false }, rss: 0 };
+  await readOnlyPart(req, rep);
+  await writePart(req, rep);
+  rep.check = await checkPart(req.check, false);
+  rep.repair = await checkPart(req.repair, true);
+  rep.rss = Deno.memoryUsage().rss;
+  return rep;
+}
+
+if (import.meta.main) {
+  const enc = new TextEncoder();
+  const dec = new TextDecoder();
+  let pending = "";
+  for await (const chunk of Deno.stdin.readable) {
+    pending += dec.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      if (!line.trim()) continue;
+      const req = JSON.parse(line) as CaseRequest;
+      let rep: CaseReply;
+      try {
+        rep = await runCase(req);
+      } catch (e) {
+        rep = { id: req.id, open: outcome(e), rss: Deno.memoryUsage().rss };
+      }
+      await Deno.stdout.write(enc.encode(JSON.stringify({ ...rep, writesUsed: req.writes }) + "\n"));
+    }
+  }
+}

@@ -315,6 +315,14 @@ export class Checker {
         this.#say(`${fix.errors ? "Repairing" : "ERROR"} refcount block ${i} is outside image`);
         if (fix.errors) {
           try {
+            // QEMU grows the file to the block, wherever the entry points; a
+            // block far past the end is a broken pointer, not a file cut
+            // short by a crash: growing a small image to terabytes would only
+            // make every later check count those clusters. The refcount
+            // structure is rebuilt instead.
+            if (offset + cs > 2 * this.#file.length + this.#disk.perBlock * cs) {
+              throw new BlockError("EFBIG", `File too large (the block at offset 0x${hex(offset)} lies far past the end of the file)`);
+            }
             await this.#file.truncate(offset + cs);
             this.#ref.grow(cluster + 1);
             this.res.corruptions--;

@@ -56,8 +56,12 @@ export interface Verdict {
   oursAccepted: boolean;
   /** qemu-io's writes: ok, failed, or not run. */
   qemuWrites: "ok" | "failed" | "skipped";
+  /** Ran with the QEMU differential. */
+  deep?: boolean;
   /** Wall time, ms. */
   ms: number;
+  /** CPU time of blkgraph's side, ms. */
+  cpuMs: number;
   /** Peak resident memory of blkgraph's side, bytes. */
   rssPeak: number;
   /** BlockError messages blkgraph gave (normalised). */
@@ -96,7 +100,7 @@ export function generateCase(
     if (aligned) off = Math.min(max - 1, Math.floor(off / Math.min(cs, 65536)) * Math.min(cs, 65536));
     writes.push({ off: Math.max(0, off), len, byte: 1 + r.int(255) });
   }
-  return { spec: { id, family: s.family.name, mutations, writes, check: r.chance(0.35), repair: r.chance(0.25) }, image };
+  return { spec: { id, family: s.family.name, mutations, writes, check: true, repair: r.chance(0.25) }, image };
 }
 
 /** Rebuilds a case's image from its seed. */
@@ -159,7 +163,93 @@ async function wrongInRaw(raw: string, writes: CaseWrite[], ok: boolean[]): Prom
   return undefined;
 }
 
-/** Runs one case end to end. */
+/** A verdict under construction; `set` raises its class when `cls` ranks higher. */
+function newVerdict(spec: CaseSpec, res: Pick<RunResult, "cpuMs" | "rssPeak">, qemuAccepted: boolean): Verdict & {
+  set(cls: string, sig: string, line: string): void;
+} {
+  const v = {
+    spec,
+    cls: "clean",
+    signature: "clean",
+    detail: [] as string[],
+    qemuAccepted,
+    oursAccepted: false,
+    qemuWrites: "skipped" as Verdict["qemuWrites"],
+    ms: 0,
+    cpuMs: res.cpuMs ?? 0,
+    rssPeak: res.rssPeak,
+    errors: [] as string[],
+    set(cls: string, sig: string, line: string) {
+      if (RANK.indexOf(cls) < RANK.indexOf(v.cls)) {
+        v.cls = cls;
+        v.signature = `${cls}: ${sig}`;
+      }
+      v.detail.push(line);
+    },
+  };
+  return v;
+}
+
+const RANK = ["wrong-readback", "bad-repair", "differs", "exception", "hang", "memory", "readback-on-corrupt", "blockerror", "clean"];
+
+/** Judges what blkgraph did (the reply, or why there is none): every class but the QEMU-side ones. */
+export function judge(spec: CaseSpec, res: RunResult, qemuAccepted: boolean, detail: string[] = []): Verdict & {
+  set(cls: string, sig: string, line: string): void;
+} {
+  const v = newVerdict(spec, res, qemuAccepted);
+  v.detail.push(...detail);
+  const rep = res.reply;
+  if (!rep) {
+    const why = res.killed ?? "crash";
+    v.set(
+      why === "crash" ? "exception" : why,
+      why,
+      `${why} after ${Math.round(res.ms)} ms (wall), rss ${res.rssPeak >> 20} MiB; ${res.stderr ?? ""}`,
+    );
+    return v;
+  }
+  v.oursAccepted = rep.open.ok && !!rep.read?.ok;
+  const outcomes = [rep.open, rep.read, rep.rwOpen, ...(rep.writes ?? []), rep.close, rep.reopen, rep.check, rep.repair];
+  v.errors = blockErrors(outcomes);
+  for (const e of exceptions(outcomes)) v.set("exception", e, e);
+  for (const e of v.errors) v.set("blockerror", e, e);
+  if (rep.diffAt !== undefined && rep.diffAt >= 0) {
+    v.set("differs", "read differs from qemu-img convert", `read differs from QEMU at guest offset ${rep.diffAt}`);
+  }
+  // An image whose refcounts already say that clusters in use are free
+  // (check finds corruptions) can get those clusters allocated again, by
+  // QEMU as by blkgraph: a write there may land on other guest data. That
+  // is told apart from a write going wrong on a consistent image.
+  const inconsistent = (rep.check?.corruptions ?? 0) > 0 || (rep.check?.checkErrors ?? 0) > 0;
+  const wrong = inconsistent ? "readback-on-corrupt" : "wrong-readback";
+  if (rep.readbackWrong !== undefined) {
+    v.set(wrong, "write reads back wrong (same open)", `readback wrong at ${rep.readbackWrong}`);
+  }
+  if (rep.reopenWrong !== undefined) {
+    v.set(wrong, "write reads back wrong after reopen", `reopen readback wrong at ${rep.reopenWrong}`);
+  }
+  return v;
+}
+
+/** Writes the case's files into a fresh `dirs.root/A`, `B` and (for a repair) `D`; returns blkgraph's request. */
+export async function prepareCase(spec: CaseSpec, image: Uint8Array, seed: Seed, root: string, qemuRaw?: string): Promise<CaseRequest> {
+  const A = `${root}/A`, B = `${root}/B`, D = `${root}/D`;
+  if (qemuRaw === undefined) await populate(A, seed, image); // else A holds the image and QEMU's reading of it already
+  await populate(B, seed, image);
+  if (spec.repair) await populate(D, seed, image);
+  return {
+    id: spec.id,
+    ro: `${A}/img.qcow2`,
+    window: WINDOW,
+    qemuRaw,
+    rw: `${B}/img.qcow2`,
+    writes: spec.writes,
+    check: `${A}/img.qcow2`,
+    repair: spec.repair ? `${D}/img.qcow2` : undefined,
+  };
+}
+
+/** Runs one case end to end, with QEMU as the reference when `opts.qemu`. */
 export async function runOneCase(
   spec: CaseSpec,
   image: Uint8Array,
@@ -171,95 +261,66 @@ export async function runOneCase(
   const t0 = performance.now();
   const A = `${dirs.root}/A`, B = `${dirs.root}/B`, C = `${dirs.root}/C`, D = `${dirs.root}/D`;
   await populate(A, seed, image);
-  await populate(B, seed, image);
-  if (spec.repair) await populate(D, seed, image);
   const detail: string[] = [];
   let q: { raw?: string; why?: string } = {};
   if (opts.qemu) {
     q = await qemuRead(A, opts.nice);
     if (q.why) detail.push(`qemu: ${q.why}`);
   }
-  const req: CaseRequest = {
-    id: spec.id,
-    ro: `${A}/img.qcow2`,
-    window: WINDOW,
-    qemuRaw: q.raw,
-    rw: `${B}/img.qcow2`,
-    writes: spec.writes,
-    check: spec.check ? `${A}/img.qcow2` : undefined,
-    repair: spec.repair ? `${D}/img.qcow2` : undefined,
-  };
+  const req = await prepareCase(spec, image, seed, dirs.root, q.raw);
   const res: RunResult = await runner.run(req, opts.budgetMs, opts.budgetMb);
-  const rep = res.reply as (CaseReply & { writesUsed?: CaseWrite[] }) | undefined;
-  const verdict: Verdict = {
-    spec,
-    cls: "clean",
-    signature: "clean",
-    detail,
-    qemuAccepted: q.raw !== undefined,
-    oursAccepted: !!rep?.open.ok && !!rep.read?.ok,
-    qemuWrites: "skipped",
-    ms: 0,
-    rssPeak: res.rssPeak,
-    errors: [],
-  };
-  const set = (cls: string, sig: string, line: string) => {
-    const rank = ["wrong-readback", "bad-repair", "differs", "exception", "hang", "memory", "blockerror", "clean"];
-    if (rank.indexOf(cls) < rank.indexOf(verdict.cls)) {
-      verdict.cls = cls;
-      verdict.signature = `${cls}: ${sig}`;
-    }
-    detail.push(line);
-  };
-  if (!rep) {
-    set(
-      res.killed === "crash" ? "exception" : res.killed!,
-      res.killed!,
-      `${res.killed} after ${Math.round(res.ms)} ms, rss ${res.rssPeak >> 20} MiB; ${res.stderr ?? ""}`,
-    );
-    verdict.ms = performance.now() - t0;
-    return verdict;
-  }
-  const outcomes = [rep.open, rep.read, rep.rwOpen, ...(rep.writes ?? []), rep.close, rep.reopen, rep.check, rep.repair];
-  verdict.errors = blockErrors(outcomes);
-  for (const e of exceptions(outcomes)) set("exception", e, e);
-  for (const e of verdict.errors) set("blockerror", e, e);
-  if (rep.diffAt !== undefined && rep.diffAt >= 0) {
-    set("differs", "read differs from qemu-img convert", `read differs from QEMU at guest offset ${rep.diffAt}`);
-  }
-  if (rep.readbackWrong !== undefined) {
-    set("wrong-readback", "write reads back wrong (same open)", `readback wrong at ${rep.readbackWrong}`);
-  }
-  if (rep.reopenWrong !== undefined) {
-    set("wrong-readback", "write reads back wrong after reopen", `reopen readback wrong at ${rep.reopenWrong}`);
+  const v = judge(spec, res, q.raw !== undefined, detail);
+  v.deep = opts.qemu;
+  const rep = res.reply;
+  if (!rep || !opts.qemu) {
+    v.ms = performance.now() - t0;
+    return v;
   }
   const writes = rep.writesUsed ?? spec.writes;
   const okWrites = (rep.writes ?? []).map((w) => w.ok);
-  if (opts.qemu && okWrites.some(Boolean) && rep.close?.ok) {
+  if (okWrites.some(Boolean) && rep.close?.ok) {
     // What QEMU reads where blkgraph wrote.
     const qb = await qemuRead(B, opts.nice);
     if (qb.raw) {
       const wrong = await wrongInRaw(qb.raw, writes, okWrites);
-      if (wrong !== undefined) set("wrong-readback", "QEMU reads blkgraph's write wrong", `QEMU reads blkgraph's write wrong at ${wrong}`);
-    } else if (q.raw) detail.push(`QEMU no longer opens the image after blkgraph wrote: ${qb.why}`);
+      const inconsistent = (rep.check?.corruptions ?? 0) > 0 || (rep.check?.checkErrors ?? 0) > 0;
+      if (wrong !== undefined) {
+        v.set(
+          inconsistent ? "readback-on-corrupt" : "wrong-readback",
+          "QEMU reads blkgraph's write wrong",
+          `QEMU reads blkgraph's write wrong at ${wrong}`,
+        );
+      }
+    } else if (q.raw) v.detail.push(`QEMU no longer opens the image after blkgraph wrote: ${qb.why}`);
   }
-  if (opts.qemu && q.raw && writes.length) {
+  if (q.raw && writes.length) {
     await populate(C, seed, image);
     const r = await runTool("qemu-io", [...ioCommands(writes), "img.qcow2"], { seconds: 30, asMb: 4096, cwd: C, nice: opts.nice });
     const failed = r.code !== 0 || /failed|verification/.test(r.stdout);
-    verdict.qemuWrites = failed ? "failed" : "ok";
+    v.qemuWrites = failed ? "failed" : "ok";
+    if (!failed && (v.cls === "wrong-readback" || v.cls === "readback-on-corrupt")) {
+      // Does QEMU lose a write on this image too? Read back, after all the writes, those no later write overlaps.
+      const last = writes.filter((w, i) => !writes.slice(i + 1).some((x) => x.off < w.off + w.len && w.off < x.off + x.len));
+      const again = await runTool("qemu-io", ["-r", ...last.flatMap((w) => ["-c", `read -P ${w.byte} ${w.off} ${w.len}`]), "img.qcow2"], {
+        seconds: 30,
+        asMb: 4096,
+        cwd: C,
+        nice: opts.nice,
+      });
+      v.detail.push(/verification failed/.test(again.stdout) ? "QEMU loses a write on this image too" : "QEMU reads every write back");
+    }
     if (failed) {
-      detail.push(`qemu-io: ${(r.stdout + r.stderr).split("\n").filter((l) => /fail|corrupt|verification/i.test(l))[0] ?? r.code}`);
+      v.detail.push(`qemu-io: ${(r.stdout + r.stderr).split("\n").filter((l) => /fail|corrupt|verification/i.test(l))[0] ?? r.code}`);
     }
   }
-  if (opts.qemu && spec.repair && rep.repair?.ok && rep.repair.corruptions === 0 && rep.repair.checkErrors === 0) {
+  if (spec.repair && rep.repair?.ok && rep.repair.corruptions === 0 && rep.repair.checkErrors === 0) {
     const r = await runTool("qemu-img", ["check", "-U", "-f", "qcow2", "img.qcow2"], { seconds: 30, asMb: 4096, cwd: D, nice: opts.nice });
     if (r.code === 2) {
-      set("bad-repair", "qemu-img check finds corruption after blkgraph's repair", `after repair: ${r.stdout.split("\n")[0]}`);
+      v.set("bad-repair", "qemu-img check finds corruption after blkgraph's repair", `after repair: ${r.stdout.split("\n")[0]}`);
     }
   }
-  verdict.ms = performance.now() - t0;
-  return verdict;
+  v.ms = performance.now() - t0;
+  return v;
 }
 
 /** The mutated image, gzip-compressed (what a finding keeps). */

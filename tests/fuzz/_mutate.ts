@@ -233,8 +233,14 @@ export function mutateOnce(r: Rng, img: Uint8Array, l: Layout): Mutation {
     const c = l.regions.filter((g) => kinds.includes(g.kind));
     return c.length ? r.pick(c) : undefined;
   };
+  // Weights: most mutations hit tables (so most images still open and the
+  // read, write and check paths run); a few hit the header.
+  const WEIGHTS = [2, 0, 0, 1, 1, 1, 6, 0, 0, 2, 1, 3, 0, 2, 2, 1, 2, 1, 1, 1];
+  const total = WEIGHTS.reduce((a, b) => a + b, 0);
   for (let tries = 0; tries < 20; tries++) {
-    const what = r.int(20);
+    let roll = r.int(total);
+    let what = 0;
+    while (roll >= WEIGHTS[what]) roll -= WEIGHTS[what++];
     switch (what) {
       case 0:
       case 1:

@@ -20,11 +20,25 @@ export interface RunResult {
   stderr?: string;
   /** Wall time of the case, ms. */
   ms: number;
+  /** CPU time of blkgraph's side, ms. */
+  cpuMs?: number;
   /** Peak resident memory seen, bytes. */
   rssPeak: number;
 }
 
-const RUNNER = new URL("./_runner.ts", import.meta.url).pathname;
+const CHILD = new URL("./_child.ts", import.meta.url).pathname;
+
+/** CPU time (user + system) of a process so far, ms (0 when it is gone). */
+function cpuMsOf(pid: number): number {
+  try {
+    const s = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+  } catch {
+    return 0;
+  }
+}
 
 function rssOf(pid: number): number {
   try {
@@ -51,7 +65,7 @@ export class Runner {
   }
 
   #start(): void {
-    const args = ["run", "-A", "--quiet", `--v8-flags=--max-old-space-size=${this.#heapMb}`, RUNNER];
+    const args = ["run", "-A", "--quiet", `--v8-flags=--max-old-space-size=${this.#heapMb}`, CHILD];
     const cmd = this.#nice ? "nice" : Deno.execPath();
     const full = this.#nice ? ["-n", String(this.#nice), Deno.execPath(), ...args] : args;
     this.#child = new Deno.Command(cmd, { args: full, stdin: "piped", stdout: "piped", stderr: "piped" }).spawn();
@@ -73,16 +87,29 @@ export class Runner {
     return this.#child?.pid;
   }
 
-  /** Runs one case within `budgetMs` and `budgetMb` of resident memory. */
-  async run(req: CaseRequest, budgetMs: number, budgetMb: number): Promise<RunResult> {
+  /** Sends one JSON line to the child (starting it if needed). */
+  async send(message: unknown): Promise<void> {
     if (!this.#child) this.#start();
-    const child = this.#child!;
+    const w = this.#child!.stdin.getWriter();
+    await w.write(new TextEncoder().encode(JSON.stringify(message) + "\n"));
+    w.releaseLock();
+  }
+
+  /**
+   * Waits for the child's next line within `budgetMs` of CPU time (the
+   * machine may be shared: wall time is only capped at ten times that) and
+   * `budgetMb` of resident memory; kills the child when either runs out.
+   */
+  async read(
+    budgetMs: number,
+    budgetMb: number,
+  ): Promise<{ line?: string; killed?: RunResult["killed"]; stderr?: string; ms: number; cpuMs: number; rssPeak: number }> {
+    const child = this.#child;
+    if (!child) return { killed: "crash", stderr: "not running", ms: 0, cpuMs: 0, rssPeak: 0 };
     const t0 = performance.now();
+    const cpu0 = cpuMsOf(child.pid);
     let rssPeak = rssOf(child.pid);
     let killed: RunResult["killed"];
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(JSON.stringify(req) + "\n"));
-    w.releaseLock();
     const kill = (why: "hang" | "memory") => {
       if (killed) return;
       killed = why;
@@ -94,8 +121,9 @@ export class Runner {
       const rss = rssOf(child.pid);
       if (rss > rssPeak) rssPeak = rss;
       if (rss > budgetMb * 1024 * 1024) kill("memory");
+      if (cpuMsOf(child.pid) - cpu0 > budgetMs) kill("hang");
     }, 20);
-    const timer = setTimeout(() => kill("hang"), budgetMs);
+    const timer = setTimeout(() => kill("hang"), budgetMs * 10);
     let line: string | undefined;
     try {
       const r = await this.#lines!.read();
@@ -107,16 +135,21 @@ export class Runner {
       clearTimeout(timer);
     }
     const ms = performance.now() - t0;
-    if (line !== undefined && !killed) {
-      const reply = JSON.parse(line) as CaseReply;
-      rssPeak = Math.max(rssPeak, reply.rss);
-      return { reply, ms, rssPeak };
-    }
+    if (line !== undefined && !killed) return { line, ms, cpuMs: cpuMsOf(child.pid) - cpu0, rssPeak };
     await child.status.catch(() => {});
     const stderr = this.#stderr.join("\n");
     this.#child = undefined;
     if (!killed) killed = /heap limit|out of memory|Allocation failed/i.test(stderr) ? "memory" : "crash";
-    return { killed, stderr, ms, rssPeak };
+    return { killed, stderr, ms, cpuMs: budgetMs, rssPeak };
+  }
+
+  /** Runs one case (`_runner.ts` runCase in the child) within the budgets. */
+  async run(req: CaseRequest, budgetMs: number, budgetMb: number): Promise<RunResult> {
+    await this.send({ case: req });
+    const r = await this.read(budgetMs, budgetMb);
+    if (r.line === undefined) return { killed: r.killed, stderr: r.stderr, ms: r.ms, rssPeak: r.rssPeak };
+    const reply = JSON.parse(r.line).reply as CaseReply;
+    return { reply, ms: r.ms, rssPeak: Math.max(r.rssPeak, reply.rss), cpuMs: r.cpuMs };
   }
 
   /** Stops the child. */

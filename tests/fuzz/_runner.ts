@@ -1,9 +1,8 @@
 /**
- * The fuzzer's child process: runs blkgraph's side of each case it reads
- * from standard input (one JSON line per case) and answers one JSON line per
- * case on standard output. The parent gives every case a time and memory
- * budget and kills this process when it is exceeded, so a hang or an
- * out-of-memory is a finding, not a dead fuzzer.
+ * blkgraph's side of a fuzz case, as the child process (`_child.ts`) runs
+ * it; the parent gives every case a time and memory budget and kills the
+ * child when it is exceeded, so a hang or an out-of-memory is a finding,
+ * not a dead fuzzer.
  *
  * blkgraph's side of a case: open the mutated image read-only and read a
  * window of it (compared with QEMU's conversion when QEMU accepted the
@@ -11,7 +10,7 @@
  * close, reopen and read them back again; check a copy, and repair another
  * with `check -r all`.
  *
- * Run by `fuzz.ts`; not a test on its own.
+ * Run in the child process (`_child.ts`); not a test on its own.
  *
  * @module
  */
@@ -72,6 +71,8 @@ export interface CaseReply {
   rwOpen?: Outcome;
   /** Each write. */
   writes?: Outcome[];
+  /** The writes done (those inside the image's length). */
+  writesUsed?: CaseWrite[];
   /** A write that reported success read back wrong (first differing guest offset), in the same open. */
   readbackWrong?: number;
   /** Flush and close after the writes. */
@@ -152,8 +153,10 @@ function expectation(writes: CaseWrite[], results: Outcome[]): Map<number, numbe
   return exp;
 }
 
-async function firstWrong(node: BlockNode, writes: CaseWrite[], exp: Map<number, number>): Promise<number | undefined> {
-  for (const w of writes) {
+/** Reads back the ranges of the successful writes; the first guest offset that is not what was written, if any. */
+async function firstWrong(node: BlockNode, writes: CaseWrite[], results: Outcome[], exp: Map<number, number>): Promise<number | undefined> {
+  for (const [i, w] of writes.entries()) {
+    if (!results[i]?.ok) continue;
     const buf = new Uint8Array(w.len);
     await node.pread(w.off, buf);
     for (let i = 0; i < w.len; i++) {
@@ -178,6 +181,7 @@ async function writePart(req: CaseRequest, rep: CaseReply): Promise<void> {
   let closed = false;
   try {
     const writes = req.writes.filter((w) => w.off + w.len <= node.length);
+    rep.writesUsed = writes;
     for (const w of writes) {
       try {
         await node.pwrite(w.off, new Uint8Array(w.len).fill(w.byte));
@@ -188,11 +192,10 @@ async function writePart(req: CaseRequest, rep: CaseReply): Promise<void> {
     }
     const exp = expectation(writes, rep.writes);
     try {
-      rep.readbackWrong = await firstWrong(node, writes, exp);
-    } catch (e) {
-      // Reading back what was written must work when the writes worked.
-      if (rep.writes.some((w) => w.ok)) rep.readbackWrong = -2;
-      void e;
+      rep.readbackWrong = await firstWrong(node, writes, rep.writes, exp);
+    } catch {
+      // Reading back what was written must work when the writes worked (-2: the read failed).
+      rep.readbackWrong = -2;
     }
     try {
       await node.flush();
@@ -213,13 +216,12 @@ async function writePart(req: CaseRequest, rep: CaseReply): Promise<void> {
       return;
     }
     try {
-      rep.reopenWrong = await firstWrong(again, writes, exp);
+      rep.reopenWrong = await firstWrong(again, writes, rep.writes, exp);
     } catch (e) {
       rep.reopen = outcome(e);
     } finally {
       await again.close().catch(() => {});
     }
-    (req as { writes: CaseWrite[] }).writes = writes;
   } finally {
     if (!closed) await node.close().catch(() => {});
   }
@@ -258,27 +260,4 @@ export async function runCase(req: CaseRequest): Promise<CaseReply> {
   rep.repair = await checkPart(req.repair, true);
   rep.rss = Deno.memoryUsage().rss;
   return rep;
-}
-
-if (import.meta.main) {
-  const enc = new TextEncoder();
-  const dec = new TextDecoder();
-  let pending = "";
-  for await (const chunk of Deno.stdin.readable) {
-    pending += dec.decode(chunk, { stream: true });
-    let nl: number;
-    while ((nl = pending.indexOf("\n")) >= 0) {
-      const line = pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
-      if (!line.trim()) continue;
-      const req = JSON.parse(line) as CaseRequest;
-      let rep: CaseReply;
-      try {
-        rep = await runCase(req);
-      } catch (e) {
-        rep = { id: req.id, open: outcome(e), rss: Deno.memoryUsage().rss };
-      }
-      await Deno.stdout.write(enc.encode(JSON.stringify({ ...rep, writesUsed: req.writes }) + "\n"));
-    }
-  }
 }

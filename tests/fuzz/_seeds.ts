@@ -160,9 +160,9 @@ async function buildWithBlkgraph(f: Family, dir: string): Promise<string[]> {
 async function runIo(path: string, cmds: string[], compressed: boolean): Promise<void> {
   await using node = await open(path);
   for (const c of cmds) {
-    const m = /^write (-P (0x[0-9a-f]+)|-z) (\d+)k (\d+)k$/.exec(c)!;
-    const off = Number(m[3]) * 1024;
-    const len = Number(m[4]) * 1024;
+    const m = /^write (-P (0x[0-9a-f]+)|-z) (\d+[kM]?) (\d+[kM]?)$/.exec(c)!;
+    const off = parseSizeText(m[3]);
+    const len = parseSizeText(m[4]);
     if (m[1] === "-z") await node.pwriteZeroes(off, len);
     else if (compressed) {
       const cs = (await node.info())["cluster-size"] as number;

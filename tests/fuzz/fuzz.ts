@@ -19,7 +19,7 @@
 
 import { parseArgs } from "node:util";
 import { hasTool } from "../_helpers/qemu.ts";
-import { caseImage, type CaseSpec, generateCase, packImage, runOneCase, type Verdict } from "./_case.ts";
+import { caseImage, type CaseSpec, generateCase, judge, packImage, runOneCase, type Verdict } from "./_case.ts";
 import { Runner } from "./_proc.ts";
 import { buildSeeds, type Seed } from "./_seeds.ts";
 
@@ -47,6 +47,8 @@ export interface FuzzOptions {
   nice: number;
   /** Print progress. */
   progress: boolean;
+  /** Every this many cases (by number) runs with the QEMU differential; the others run blkgraph only. */
+  deepEvery: number;
   /** Where seeds are built (and reused). */
   seedDir: string;
 }
@@ -55,6 +57,10 @@ export interface FuzzOptions {
 export interface FuzzSummary {
   /** Cases run. */
   cases: number;
+  /** Cases run with the QEMU differential. */
+  deep: number;
+  /** Cases per class among those. */
+  deepClasses: Record<string, number>;
   /** Cases per class. */
   classes: Record<string, number>;
   /** Cases per family and class. */
@@ -63,16 +69,22 @@ export interface FuzzSummary {
   findings: Record<string, { count: number; first: number }>;
   /** BlockError messages (normalised) with counts. */
   blockErrors: Record<string, number>;
-  /** QEMU accepted / blkgraph accepted counts. */
-  accepted: { qemu: number; ours: number; both: number; qemuOnly: number; oursOnly: number };
+  /** Among the cases with the QEMU differential: QEMU accepted, blkgraph accepted, ...; `oursFast`: blkgraph accepted, other cases. */
+  accepted: { qemu: number; ours: number; both: number; qemuOnly: number; oursOnly: number; oursFast: number };
   /** qemu-io write outcomes where QEMU accepted the image: ours ok / qemu ok pairs. */
   writes: Record<string, number>;
   /** Wall time, s. */
   seconds: number;
-  /** Slowest case, ms, and its number. */
+  /** Slowest case (CPU time of blkgraph's side), ms, and its number. */
   slowest: { ms: number; id: number };
   /** Highest peak RSS, MiB, and its case. */
   maxRss: { mb: number; id: number };
+}
+
+/** A scratch directory, in memory (/dev/shm) where there is one: cases write and flush a lot of small files. */
+async function scratchDir(prefix: string): Promise<string> {
+  const shm = await Deno.stat("/dev/shm").then((s) => s.isDirectory, () => false);
+  return await Deno.makeTempDir({ prefix, dir: shm ? "/dev/shm" : undefined });
 }
 
 const FINDING = new Set(["wrong-readback", "bad-repair", "differs", "exception", "hang", "memory"]);
@@ -102,41 +114,92 @@ export async function fuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   const bySeed = new Map(seeds.map((s) => [s.family.name, s]));
   const sum: FuzzSummary = {
     cases: 0,
+    deep: 0,
+    deepClasses: {},
     classes: {},
     families: {},
     findings: {},
     blockErrors: {},
-    accepted: { qemu: 0, ours: 0, both: 0, qemuOnly: 0, oursOnly: 0 },
+    accepted: { qemu: 0, ours: 0, both: 0, qemuOnly: 0, oursOnly: 0, oursFast: 0 },
     writes: {},
     seconds: 0,
     slowest: { ms: 0, id: -1 },
     maxRss: { mb: 0, id: -1 },
   };
-  const work = await Deno.makeTempDir({ prefix: "blkgraph-fuzz-" });
+  const work = await scratchDir("blkgraph-fuzz-");
   let next = opts.start;
   const end = opts.start + opts.cases;
   const results = opts.out ? await Deno.open(`${opts.out}/results.jsonl`, { create: true, append: true }) : undefined;
   const enc = new TextEncoder();
+
+  const finish = async (v: Verdict, image: Uint8Array) => {
+    record(sum, v);
+    if (results) {
+      const line = {
+        id: v.spec.id,
+        f: v.spec.family,
+        c: v.cls,
+        s: v.signature,
+        q: v.qemuAccepted ? 1 : 0,
+        ms: Math.round(v.ms),
+        cpu: Math.round(v.cpuMs),
+        mb: v.rssPeak >> 20,
+      };
+      await results.write(enc.encode(JSON.stringify(line) + "\n"));
+    }
+    if (FINDING.has(v.cls) && opts.out) await saveFinding(opts.out, v, image);
+    if (opts.progress && (sum.cases % 500 === 0 || FINDING.has(v.cls))) {
+      console.error(
+        FINDING.has(v.cls) ? `case ${v.spec.id} (${v.spec.family}): ${v.signature}` : `${sum.cases} cases, ${JSON.stringify(sum.classes)}`,
+      );
+    }
+  };
+  const fastBatch = async (runner: Runner, ids: number[], root: string) => {
+    let pending = ids;
+    while (pending.length) {
+      await runner.send({ batch: { seed: opts.seed, ids: pending, seeds, root } });
+      let current = -1;
+      for (;;) {
+        const r = await runner.read(opts.budgetMs, opts.budgetMb);
+        if (r.line === undefined) {
+          // Killed (hang, memory) or died: that case is the finding; go on after it.
+          const id = current >= 0 ? current : pending[0];
+          const { spec, image } = generateCase(opts.seed, id, seeds, images);
+          const v = judge(spec, { killed: r.killed, stderr: r.stderr, ms: r.ms, rssPeak: r.rssPeak, cpuMs: r.cpuMs }, false);
+          v.ms = r.ms;
+          await finish(v, image);
+          pending = pending.slice(pending.indexOf(id) + 1);
+          break;
+        }
+        if (r.line.startsWith("B ")) {
+          current = Number(r.line.slice(2));
+          continue;
+        }
+        const msg = JSON.parse(r.line) as { done?: boolean; verdict?: Verdict };
+        if (msg.done) {
+          pending = [];
+          break;
+        }
+        const v = msg.verdict!;
+        v.cpuMs = r.cpuMs;
+        v.rssPeak = Math.max(v.rssPeak, r.rssPeak);
+        await finish(v, FINDING.has(v.cls) ? caseImage(v.spec, images) : new Uint8Array(0));
+      }
+    }
+  };
   const worker = async (w: number) => {
     const runner = new Runner({ heapMb: Math.min(opts.budgetMb, 2048), nice: opts.nice });
+    const root = `${work}/w${w}`;
     try {
       while (next < end) {
-        const id = next++;
-        const { spec, image } = generateCase(opts.seed, id, seeds, images);
-        const v = await runOneCase(spec, image, bySeed.get(spec.family)!, runner, { root: `${work}/w${w}` }, opts);
-        record(sum, v);
-        if (results) {
-          await results.write(
-            enc.encode(JSON.stringify({ id, f: spec.family, c: v.cls, s: v.signature, ms: Math.round(v.ms), mb: v.rssPeak >> 20 }) + "\n"),
-          );
+        const ids: number[] = [];
+        while (ids.length < 50 && next < end) ids.push(next++);
+        const deep = opts.qemu ? ids.filter((id) => id % opts.deepEvery === 0) : [];
+        for (const id of deep) {
+          const { spec, image } = generateCase(opts.seed, id, seeds, images);
+          await finish(await runOneCase(spec, image, bySeed.get(spec.family)!, runner, { root }, opts), image);
         }
-        if (FINDING.has(v.cls) && opts.out) await saveFinding(opts.out, v, image);
-        if (opts.progress && (sum.cases % 100 === 0 || FINDING.has(v.cls))) {
-          const line = FINDING.has(v.cls)
-            ? `case ${id} (${spec.family}): ${v.signature}`
-            : `${sum.cases} cases, ${JSON.stringify(sum.classes)}`;
-          console.error(line);
-        }
+        await fastBatch(runner, ids.filter((id) => !deep.includes(id)), `${root}/fast`);
       }
     } finally {
       await runner.stop();
@@ -155,6 +218,10 @@ export async function fuzz(opts: FuzzOptions): Promise<FuzzSummary> {
 function record(sum: FuzzSummary, v: Verdict): void {
   sum.cases++;
   sum.classes[v.cls] = (sum.classes[v.cls] ?? 0) + 1;
+  if (v.deep) {
+    sum.deep++;
+    sum.deepClasses[v.cls] = (sum.deepClasses[v.cls] ?? 0) + 1;
+  }
   const f = (sum.families[v.spec.family] ??= {});
   f[v.cls] = (f[v.cls] ?? 0) + 1;
   if (FINDING.has(v.cls)) {
@@ -162,16 +229,18 @@ function record(sum: FuzzSummary, v: Verdict): void {
     e.count++;
   }
   for (const m of new Set(v.errors)) sum.blockErrors[m] = (sum.blockErrors[m] ?? 0) + 1;
-  if (v.qemuAccepted) sum.accepted.qemu++;
-  if (v.oursAccepted) sum.accepted.ours++;
-  if (v.qemuAccepted && v.oursAccepted) sum.accepted.both++;
-  if (v.qemuAccepted && !v.oursAccepted) sum.accepted.qemuOnly++;
-  if (!v.qemuAccepted && v.oursAccepted) sum.accepted.oursOnly++;
+  if (v.deep) {
+    if (v.qemuAccepted) sum.accepted.qemu++;
+    if (v.oursAccepted) sum.accepted.ours++;
+    if (v.qemuAccepted && v.oursAccepted) sum.accepted.both++;
+    if (v.qemuAccepted && !v.oursAccepted) sum.accepted.qemuOnly++;
+    if (!v.qemuAccepted && v.oursAccepted) sum.accepted.oursOnly++;
+  } else if (v.oursAccepted) sum.accepted.oursFast++;
   if (v.qemuWrites !== "skipped") {
     const key = `qemu ${v.qemuWrites}, blkgraph ${v.errors.some((e) => /write|Cannot change/i.test(e)) ? "refused" : "wrote"}`;
     sum.writes[key] = (sum.writes[key] ?? 0) + 1;
   }
-  if (v.ms > sum.slowest.ms) sum.slowest = { ms: Math.round(v.ms), id: v.spec.id };
+  if (v.cpuMs > sum.slowest.ms) sum.slowest = { ms: Math.round(v.cpuMs), id: v.spec.id };
   if (v.rssPeak >> 20 > sum.maxRss.mb) sum.maxRss = { mb: v.rssPeak >> 20, id: v.spec.id };
 }
 
@@ -179,7 +248,7 @@ function record(sum: FuzzSummary, v: Verdict): void {
 export async function replay(path: string, opts: FuzzOptions): Promise<Verdict> {
   const spec = JSON.parse(await Deno.readTextFile(path)) as CaseSpec;
   const { seeds, images } = await loadSeeds({ ...opts, families: [spec.family] });
-  const work = await Deno.makeTempDir({ prefix: "blkgraph-fuzz-replay-" });
+  const work = await scratchDir("blkgraph-fuzz-replay-");
   const runner = new Runner({ heapMb: Math.min(opts.budgetMb, 2048), nice: opts.nice });
   try {
     return await runOneCase(spec, caseImage(spec, images), seeds[0], runner, { root: work }, opts);
@@ -193,7 +262,7 @@ export async function replay(path: string, opts: FuzzOptions): Promise<Verdict> 
 export async function minimize(path: string, opts: FuzzOptions): Promise<CaseSpec> {
   let spec = JSON.parse(await Deno.readTextFile(path)) as CaseSpec & { signature?: string };
   const { seeds, images } = await loadSeeds({ ...opts, families: [spec.family] });
-  const work = await Deno.makeTempDir({ prefix: "blkgraph-fuzz-min-" });
+  const work = await scratchDir("blkgraph-fuzz-min-");
   const runner = new Runner({ heapMb: Math.min(opts.budgetMb, 2048), nice: opts.nice });
   const run = (s: CaseSpec) => runOneCase(s, caseImage(s, images), seeds[0], runner, { root: work }, opts);
   try {
@@ -220,14 +289,19 @@ export async function minimize(path: string, opts: FuzzOptions): Promise<CaseSpe
 
 /** Prints a summary as a few tables. */
 export function printSummary(s: FuzzSummary): string {
-  const lines = [`${s.cases} cases in ${s.seconds.toFixed(0)} s`, "", "| class | cases |", "|---|---|"];
-  for (const [k, v] of Object.entries(s.classes).sort((a, b) => b[1] - a[1])) lines.push(`| ${k} | ${v} |`);
+  const lines = [
+    `${s.cases} cases in ${s.seconds.toFixed(0)} s, ${s.deep} of them with the QEMU differential`,
+    "",
+    "| class | cases | with QEMU |",
+    "|---|---|---|",
+  ];
+  for (const [k, v] of Object.entries(s.classes).sort((a, b) => b[1] - a[1])) lines.push(`| ${k} | ${v} | ${s.deepClasses[k] ?? 0} |`);
   lines.push(
     "",
     `accepted: QEMU ${s.accepted.qemu}, blkgraph ${s.accepted.ours}, both ${s.accepted.both}, QEMU only ${s.accepted.qemuOnly}, blkgraph only ${s.accepted.oursOnly}`,
   );
   lines.push(`writes where QEMU accepted the image: ${JSON.stringify(s.writes)}`);
-  lines.push(`slowest case ${s.slowest.ms} ms (case ${s.slowest.id}); highest RSS ${s.maxRss.mb} MiB (case ${s.maxRss.id})`);
+  lines.push(`slowest case ${s.slowest.ms} ms of CPU (case ${s.slowest.id}); highest RSS ${s.maxRss.mb} MiB (case ${s.maxRss.id})`);
   if (Object.keys(s.findings).length) {
     lines.push("", "findings:");
     for (const [k, v] of Object.entries(s.findings)) lines.push(`  ${v.count} × ${k} (first: case ${v.first})`);
@@ -256,6 +330,7 @@ if (import.meta.main) {
       replay: { type: "string" },
       minimize: { type: "string" },
       json: { type: "boolean", default: false },
+      "deep-every": { type: "string", default: "5" },
     },
   });
   const qemu = !values["no-qemu"] && hasTool("qemu-img") && hasTool("qemu-io");
@@ -271,6 +346,7 @@ if (import.meta.main) {
     families: values.families?.split(","),
     nice: Number(values.nice),
     progress: !values.quiet,
+    deepEvery: Math.max(1, Number(values["deep-every"])),
     seedDir: values["seed-dir"]!,
   };
   if (values.replay || values.minimize) {

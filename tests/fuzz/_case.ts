@@ -18,7 +18,7 @@
 import { gzipSync } from "node:zlib";
 import { applyMutations, mutate, type Mutation, Rng } from "./_mutate.ts";
 import { type Runner, type RunResult, runTool } from "./_proc.ts";
-import type { CaseReply, CaseRequest, CaseWrite, Outcome } from "./_runner.ts";
+import type { CaseRequest, CaseWrite, Outcome } from "./_runner.ts";
 import type { Seed } from "./_seeds.ts";
 
 /** The comparison window (bytes from guest offset 0). */

@@ -12,6 +12,7 @@
  * @module
  */
 
+import { createHash } from "node:crypto";
 import { createImage, open, readHeaderFrom, serializeHeader } from "../../mod.ts";
 
 /** One family of seed images. */
@@ -200,4 +201,10 @@ export async function buildSeeds(root: string, opts: { qemu: boolean; only?: str
     seeds.push({ family: f, dir, companions });
   }
   return seeds;
+}
+
+/** Where seeds are cached between runs: named by a hash of the family definitions, so a changed family is rebuilt. */
+export function seedCacheDir(): string {
+  const hash = createHash("sha256").update(JSON.stringify(FAMILIES)).digest("hex").slice(0, 12);
+  return `${Deno.env.get("TMPDIR") ?? "/tmp"}/blkgraph-fuzz-seeds-${hash}`;
 }

@@ -21,7 +21,7 @@ import { parseArgs } from "node:util";
 import { hasTool } from "../_helpers/qemu.ts";
 import { caseImage, type CaseSpec, generateCase, judge, packImage, runOneCase, type Verdict } from "./_case.ts";
 import { Runner } from "./_proc.ts";
-import { buildSeeds, type Seed } from "./_seeds.ts";
+import { buildSeeds, type Seed, seedCacheDir } from "./_seeds.ts";
 
 /** Options of one fuzz run. */
 export interface FuzzOptions {
@@ -326,7 +326,7 @@ if (import.meta.main) {
       families: { type: "string" },
       nice: { type: "string", default: "10" },
       quiet: { type: "boolean", default: false },
-      "seed-dir": { type: "string", default: "/tmp/blkgraph-fuzz-seeds" },
+      "seed-dir": { type: "string", default: seedCacheDir() },
       replay: { type: "string" },
       minimize: { type: "string" },
       json: { type: "boolean", default: false },

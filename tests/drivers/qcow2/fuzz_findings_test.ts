@@ -1,0 +1,126 @@
+/**
+ * Bugs the qcow2 fuzzer found (issue 9.17), one test each, compared with
+ * QEMU where it is installed: an external data file's L2 entry that does
+ * not map a guest cluster to itself; a header size that is not a multiple of
+ * 512 (QEMU reads whole sectors) and a create size that is not (qemu-img
+ * rounds up); a write that fails with ENOSPC (its clusters go back, the next
+ * write works).
+ */
+
+import assert from "node:assert/strict";
+import { BlockError, CorruptImageError, createImage, open } from "../../../mod.ts";
+import { hasTool, run, tempDir } from "../../_helpers/qemu.ts";
+
+function corruptBit(img: Uint8Array): boolean {
+  return (new DataView(img.buffer).getUint32(76) & 2) !== 0;
+}
+
+/** An image with an external data file (4 KiB clusters), guest clusters 0..3 written, and guest cluster 1 mapped at data-file cluster 3. */
+async function crossedDataFile(dir: string): Promise<string> {
+  const path = `${dir}/a.qcow2`;
+  await createImage(path, "qcow2", 1 << 20, { options: { data_file: `${dir}/a.raw`, cluster_size: 4096 } });
+  {
+    await using node = await open({ driver: "qcow2", file: { driver: "file", filename: path } });
+    for (let c = 0; c < 4; c++) await node.pwrite(c * 4096, new Uint8Array(4096).fill(c + 1));
+  }
+  const img = await Deno.readFile(path);
+  const v = new DataView(img.buffer);
+  const l2 = Number(v.getBigUint64(Number(v.getBigUint64(40))) & 0x00fffffffffffe00n);
+  v.setBigUint64(l2 + 8, (1n << 63n) | 0x3000n);
+  await Deno.writeFile(path, img);
+  return path;
+}
+
+Deno.test("qcow2 pread() through an external data file L2 entry that is not the guest offset is a corruption, as QEMU says", async () => {
+  await using d = await tempDir();
+  const path = await crossedDataFile(d.path);
+  const copy = `${d.path}/q.qcow2`;
+  await Deno.copyFile(path, copy);
+  let err: unknown;
+  {
+    await using node = await open({ driver: "qcow2", file: { driver: "file", filename: path } });
+    err = await node.pread(4096, new Uint8Array(4096)).then(() => undefined, (e) => e);
+  }
+  assert.ok(err instanceof CorruptImageError, String(err));
+  const what = "External data file host cluster offset 0x3000 does not match guest cluster offset: 0x1000, L2 index: 0x1";
+  assert.ok(err.message.includes(what), err.message);
+  assert.ok(corruptBit(await Deno.readFile(path)));
+  if (hasTool("qemu-io")) {
+    const r = await run("qemu-io", ["-c", "read 4k 4k", copy]);
+    assert.match(r.stdout, /read failed: Input\/output error/);
+    assert.ok(r.stderr.includes(what), r.stderr);
+  }
+});
+
+Deno.test("qcow2 pwrite() through a crossed external data file entry is refused, not written over another guest cluster", async () => {
+  await using d = await tempDir();
+  const path = await crossedDataFile(d.path);
+  {
+    await using node = await open({ driver: "qcow2", file: { driver: "file", filename: path } });
+    const err = await node.pwrite(4096, new Uint8Array(4096).fill(7)).then(() => undefined, (e) => e);
+    assert.ok(err instanceof CorruptImageError, String(err));
+  }
+  // Guest cluster 3's data is untouched (QEMU 7.2 writes it here, then fails the read).
+  const data = await Deno.readFile(`${d.path}/a.raw`);
+  assert.ok(data.subarray(0x3000, 0x4000).every((b) => b === 4));
+});
+
+Deno.test("qcow2 open() rounds a header size that is not a multiple of 512 down to whole sectors, as QEMU does", async () => {
+  await using d = await tempDir();
+  const path = `${d.path}/s.qcow2`;
+  await createImage(path, "qcow2", 1024);
+  const img = await Deno.readFile(path);
+  new DataView(img.buffer).setBigUint64(24, 1000n);
+  await Deno.writeFile(path, img);
+  await using node = await open(path, { readOnly: true });
+  assert.equal(node.length, 512);
+  assert.equal((await node.info())["virtual-size"], 512);
+  await assert.rejects(node.pread(512, new Uint8Array(488)), BlockError);
+  if (hasTool("qemu-img")) {
+    const info = JSON.parse((await run("qemu-img", ["info", "-U", "--output=json", path])).stdout);
+    assert.equal(info["virtual-size"], node.length);
+  }
+});
+
+Deno.test("qcow2 create rounds a size that is not a multiple of 512 up, as qemu-img create does", async () => {
+  await using d = await tempDir();
+  const path = `${d.path}/c.qcow2`;
+  await createImage(path, "qcow2", 1000);
+  await using node = await open(path, { readOnly: true });
+  assert.equal(node.length, 1024);
+  if (hasTool("qemu-img")) {
+    const q = `${d.path}/q.qcow2`;
+    await run("qemu-img", ["create", "-q", "-f", "qcow2", q, "1000"]);
+    const info = JSON.parse((await run("qemu-img", ["info", "--output=json", q])).stdout);
+    assert.equal(info["virtual-size"], node.length);
+  }
+});
+
+Deno.test("qcow2 pwrite() that fails with ENOSPC gives its clusters back: nothing leaks and the next write works", async () => {
+  await using d = await tempDir();
+  const path = `${d.path}/e.qcow2`;
+  await createImage(path, "qcow2", 1 << 20);
+  // blkdebug fails the first data write with ENOSPC.
+  const conf = `${d.path}/b.conf`;
+  await Deno.writeTextFile(conf, '[inject-error]\nevent = "write_aio"\nerrno = "28"\nonce = "on"\n');
+  {
+    await using node = await open({
+      driver: "qcow2",
+      file: { driver: "blkdebug", config: conf, image: { driver: "file", filename: path } },
+    });
+    const err = await node.pwrite(0, new Uint8Array(65536).fill(1)).then(() => undefined, (e) => e);
+    assert.ok(err instanceof BlockError && err.code === "ENOSPC", String(err));
+    await node.pwrite(65536, new Uint8Array(65536).fill(2));
+    const back = new Uint8Array(65536);
+    await node.pread(65536, back);
+    assert.ok(back.every((b) => b === 2));
+  }
+  await using file = await open({ driver: "file", filename: path }, { readOnly: true });
+  const r = await (await open({ driver: "qcow2", file }, { readOnly: true, check: true })).check();
+  assert.equal(r.leaks, 0, r.messages.join("\n"));
+  assert.equal(r.corruptions, 0, r.messages.join("\n"));
+  if (hasTool("qemu-img")) {
+    const q = await run("qemu-img", ["check", "-U", path]);
+    assert.equal(q.code, 0, q.stdout + q.stderr);
+  }
+});

@@ -104,8 +104,19 @@ export class Qcow2Instance implements DriverInstance {
     return this.#st.size;
   }
 
-  /** Reads guest data. */
+  /**
+   * Reads guest data. After corruption was found read-write, reads fail too
+   * (QEMU makes the node unusable): the tables in memory may be what was
+   * refused; the image reads again when opened read-only.
+   */
   async pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
+    if (this.#st.corrupt) {
+      throw new BlockError(
+        "EIO",
+        `Cannot read node '${this.#st.node.name}': corruption was found and the image is marked corrupt; open it read-only to read it, or repair it with 'blkgraph check -r all'`,
+        { node: this.#st.node.name, offset, length: buf.length },
+      );
+    }
     try {
       await readGuest(this.#st, offset, buf, opts.req);
     } catch (e) {

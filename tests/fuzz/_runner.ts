@@ -193,9 +193,10 @@ async function writePart(req: CaseRequest, rep: CaseReply): Promise<void> {
     const exp = expectation(writes, rep.writes);
     try {
       rep.readbackWrong = await firstWrong(node, writes, rep.writes, exp);
-    } catch {
-      // Reading back what was written must work when the writes worked (-2: the read failed).
-      rep.readbackWrong = -2;
+    } catch (e) {
+      // Reading back what was written must work when the writes worked (-2: the read failed), unless
+      // a later write found corruption: the node then refuses reads, and the reopen below reads back.
+      if (!(e instanceof BlockError && /marked corrupt/.test(e.message))) rep.readbackWrong = -2;
     }
     try {
       await node.flush();

@@ -259,3 +259,24 @@ Deno.test({
     await expectOverlap(path, "Preventing invalid write on metadata (overlaps with bitmap directory)");
   },
 });
+
+Deno.test("qcow2 fails reads after an overlap marked the image corrupt (QEMU's node becomes unusable); read-only it reads", async () => {
+  await using d = await tempDir();
+  const path = `${d.path}/x.qcow2`;
+  await createImage(path, "qcow2", 1 << 20);
+  await zeroHeaderRefcount(path);
+  {
+    await using img = await open(fileSpec(path));
+    await assert.rejects(img.pwrite(65536, new Uint8Array(65536).fill(0x11)), CorruptImageError);
+    await assert.rejects(img.pread(65536, new Uint8Array(65536)), (e: BlockError) => e.code === "EIO" && /marked corrupt/.test(e.message));
+  }
+  if (hasTool("qemu-io")) {
+    const copy = `${d.path}/q.qcow2`;
+    await createImage(copy, "qcow2", 1 << 20);
+    await zeroHeaderRefcount(copy);
+    const r = await run("qemu-io", ["-c", "write -P 0x11 64k 64k", "-c", "read -P 0x11 64k 64k", copy]);
+    assert.match(r.stdout, /write failed: Input\/output error\nread failed: /);
+  }
+  await using ro = await open(path, { readOnly: true });
+  await ro.pread(65536, new Uint8Array(65536));
+});

@@ -290,7 +290,7 @@ export function mutateOnce(r: Rng, img: Uint8Array, l: Layout): Mutation {
             return { label: `extension 0x${e.type.toString(16)} length := ${len}`, patches: [patch(e.offset + 4, be(BigInt(len), 4))] };
           }
           default: {
-            const at = e.offset + 8 + r.int(Math.max(1, e.length));
+            const at = e.offset + 8 + r.int(Math.max(1, Math.min(e.length, l.cs)));
             return {
               label: `extension 0x${e.type.toString(16)} byte @${at} := random`,
               patches: [patch(at, new Uint8Array([r.int(256)]))],
@@ -467,7 +467,9 @@ export function mutate(r: Rng, seed: Uint8Array): { image: Uint8Array; mutations
   const out: Mutation[] = [];
   for (let i = 0; i < n; i++) {
     const l = layoutOf(img);
-    const m = resolve(img, mutateOnce(r, img, l));
+    const raw = resolve(img, mutateOnce(r, img, l));
+    // A patch aimed by an already mutated length field may land far out: keep the file near its size.
+    const m = { ...raw, patches: raw.patches.filter((p) => p.at <= img.length + l.cs) };
     out.push(m);
     img = applyMutations(img, [m]);
   }

@@ -12,6 +12,7 @@
 import assert from "node:assert/strict";
 import { BlockError, type CheckResult, createImage, open } from "../../../mod.ts";
 import { RefArray } from "../../../drivers/qcow2/_check_refarray.ts";
+import { DiskRefcounts } from "../../../drivers/qcow2/_check_refcounts.ts";
 import { hasTool, run, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 
 async function check(path: string, repair?: "all"): Promise<CheckResult> {
@@ -165,4 +166,25 @@ Deno.test({
     assert.ok(r.corruptions >= 1, r.messages.join("\n"));
     assert.ok(r.messages.some((l) => /bitmap 'b0' has an invalid directory entry/.test(l)), r.messages.join("\n"));
   },
+});
+
+Deno.test("DiskRefcounts keeps a few MiB of refcount blocks whatever the image's size, writing changed ones back", async () => {
+  // 64 KiB clusters (64 blocks fit in 4 MiB): a refcount table of 80 entries pointing at 80 blocks (clusters 100..179).
+  const cs = 65536;
+  await using file = await open({ driver: "memory", size: 200 * cs });
+  const table = new Uint8Array(cs);
+  const tv = new DataView(table.buffer);
+  for (let i = 0; i < 80; i++) tv.setBigUint64(i * 8, BigInt((100 + i) * cs));
+  await file.pwrite(cs, table);
+  const disk = new DiskRefcounts(file, cs, 4);
+  await disk.load(cs, 1);
+  const first = (await disk.block(0))!;
+  disk.write(first, 3, 7);
+  for (let i = 1; i < 80; i++) await disk.block(i);
+  assert.equal(disk.cached, 64);
+  // Block 0 left the cache: its change is on disk already.
+  const back = new Uint8Array(2);
+  await file.pread(100 * cs + 6, back);
+  assert.equal(new DataView(back.buffer).getUint16(0), 7);
+  assert.equal(await disk.get(3), 7, "read again from the file");
 });

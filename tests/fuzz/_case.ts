@@ -6,11 +6,16 @@
  * reads what blkgraph wrote; the outcome is classified.
  *
  * Classes (the first that applies wins): `wrong-readback` (a write reported
- * success and reads back wrong, through blkgraph or through QEMU),
+ * success and reads back wrong, through blkgraph or through QEMU, on an
+ * image check finds consistent), `corrupted-by-write` (`qemu-img check`
+ * finds corruption or leaks after blkgraph's writes to such an image),
  * `bad-repair` (blkgraph's repair says the image is consistent and
  * `qemu-img check` finds corruption), `differs` (both accepted the image and
  * read it differently), `exception` (anything but a BlockError), `hang`,
- * `memory`, `blockerror` (blkgraph refused with a BlockError), `clean`.
+ * `memory`, `readback-on-corrupt` (a write reads back wrong on an image
+ * whose refcounts check finds inconsistent: QEMU allocates the same in-use
+ * clusters, see tests/fuzz/README.md), `blockerror` (blkgraph refused with a
+ * BlockError), `clean`.
  *
  * @module
  */
@@ -145,6 +150,28 @@ async function qemuRead(dir: string, nice: number): Promise<{ raw?: string; why?
   return { raw };
 }
 
+/** qemu-img check's corruption and leak counts (JSON output), or undefined when it could not check. */
+async function qemuCheckCounts(dir: string, name: string, nice: number): Promise<{ corruptions: number; leaks: number } | undefined> {
+  const c = await runTool("qemu-img", ["check", "-U", "--output=json", "-f", "qcow2", name], { seconds: 30, asMb: 4096, cwd: dir, nice });
+  try {
+    const j = JSON.parse(c.stdout);
+    return { corruptions: j.corruptions ?? 0, leaks: j.leaks ?? 0 };
+  } catch {
+    return undefined;
+  }
+}
+
+/** The counts of the original image (in `dir`) extended to `length` with its autoclear bits cleared. */
+async function referenceCounts(dir: string, length: number, nice: number): Promise<{ corruptions: number; leaks: number } | undefined> {
+  const img = await Deno.readFile(`${dir}/img.qcow2`);
+  const out = new Uint8Array(Math.max(length, img.length));
+  out.set(img);
+  const v = new DataView(out.buffer);
+  if (v.getUint32(4) >= 3 && out.length >= 96) v.setBigUint64(88, 0n);
+  await Deno.writeFile(`${dir}/ref.qcow2`, out);
+  return await qemuCheckCounts(dir, "ref.qcow2", nice);
+}
+
 function ioCommands(writes: CaseWrite[]): string[] {
   return writes.flatMap((w) => ["-c", `write -P ${w.byte} ${w.off} ${w.len}`, "-c", `read -P ${w.byte} ${w.off} ${w.len}`]);
 }
@@ -190,7 +217,7 @@ function newVerdict(spec: CaseSpec, res: Pick<RunResult, "cpuMs" | "rssPeak">, q
   return v;
 }
 
-const RANK = ["wrong-readback", "bad-repair", "differs", "exception", "hang", "memory", "readback-on-corrupt", "blockerror", "clean"];
+const RANK = ["wrong-readback", "corrupted-by-write", "bad-repair", "differs", "exception", "hang", "memory", "readback-on-corrupt", "blockerror", "clean"];
 
 /** Judges what blkgraph did (the reply, or why there is none): every class but the QEMU-side ones. */
 export function judge(spec: CaseSpec, res: RunResult, qemuAccepted: boolean, detail: string[] = []): Verdict & {
@@ -279,6 +306,21 @@ export async function runOneCase(
   const writes = rep.writesUsed ?? spec.writes;
   const okWrites = (rep.writes ?? []).map((w) => w.ok);
   if (okWrites.some(Boolean) && rep.close?.ok) {
+    // An image check found consistent stays consistent through blkgraph's writes (qemu-img check says so).
+    const consistent = rep.check?.ok && rep.check.corruptions === 0 && rep.check.leaks === 0 && rep.check.checkErrors === 0;
+    if (consistent) {
+      const after = await qemuCheckCounts(B, "img.qcow2", opts.nice);
+      if (after && (after.corruptions > 0 || after.leaks > 0)) {
+        // What was there before the writes, as QEMU sees it once the file is as long and the autoclear
+        // bits are cleared (blkgraph's read-write open clears them: QEMU then ignores the bitmaps, whose
+        // clusters it counts as leaked) — refcounts past the old end of the file count from then on.
+        const before = await referenceCounts(A, (await Deno.stat(`${B}/img.qcow2`)).size, opts.nice);
+        if (!before || after.corruptions > before.corruptions || after.leaks > before.leaks) {
+          const what = after.corruptions > (before?.corruptions ?? 0) ? "corruption" : "leaks";
+          v.set("corrupted-by-write", `qemu-img check finds ${what} after blkgraph's writes`, `after writes: ${JSON.stringify(after)}, before: ${JSON.stringify(before)}`);
+        }
+      }
+    }
     // What QEMU reads where blkgraph wrote.
     const qb = await qemuRead(B, opts.nice);
     if (qb.raw) {

@@ -87,7 +87,7 @@ async function scratchDir(prefix: string): Promise<string> {
   return await Deno.makeTempDir({ prefix, dir: shm ? "/dev/shm" : undefined });
 }
 
-const FINDING = new Set(["wrong-readback", "bad-repair", "differs", "exception", "hang", "memory"]);
+const FINDING = new Set(["wrong-readback", "corrupted-by-write", "bad-repair", "differs", "exception", "hang", "memory"]);
 
 async function loadSeeds(opts: FuzzOptions): Promise<{ seeds: Seed[]; images: Map<string, Uint8Array> }> {
   await Deno.mkdir(opts.seedDir, { recursive: true });
@@ -140,7 +140,7 @@ export async function fuzz(opts: FuzzOptions): Promise<FuzzSummary> {
         f: v.spec.family,
         c: v.cls,
         s: v.signature,
-        q: v.qemuAccepted ? 1 : 0,
+        ...(v.deep ? { q: v.qemuAccepted ? 1 : 0, o: v.oursAccepted ? 1 : 0, qw: v.qemuWrites, d: v.detail.slice(0, 3) } : {}),
         ms: Math.round(v.ms),
         cpu: Math.round(v.cpuMs),
         mb: v.rssPeak >> 20,

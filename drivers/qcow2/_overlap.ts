@@ -409,3 +409,16 @@ export async function checkTableAllocation(st: OverlapTarget, what: "L2 table" |
 export async function overlapsMetadata(st: OverlapTarget, offset: number, size: number): Promise<boolean> {
   return (await findOverlap(st, 0, offset, size)) !== 0;
 }
+
+/** The structures whose clusters only move when their pointer moves (never freed while in use). */
+const FIXED = OL_MAIN_HEADER | OL_ACTIVE_L1 | OL_REFCOUNT_TABLE | OL_REFCOUNT_BLOCK;
+
+/**
+ * True when the cluster at `offset` is the header, the active L1 table, the
+ * refcount table or a refcount block: a last reference to it that goes away
+ * (a wrong L1 or L2 entry pointed there) must not free it, or the next
+ * allocation would be handed live metadata.
+ */
+export async function isFixedMetadata(st: OverlapTarget, offset: number): Promise<boolean> {
+  return (await findOverlap(st, ~FIXED, offset, st.cs)) !== 0;
+}

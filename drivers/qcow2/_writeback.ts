@@ -18,10 +18,10 @@
 
 import type { RequestInfo } from "../../core/types.ts";
 import { INCOMPAT_DIRTY } from "./header.ts";
-import { freeCluster } from "./_refcount.ts";
+import { freeCluster, getRefcount } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import { writeHeaderFields } from "./_header_write.ts";
-import { overlapsMetadata } from "./_overlap.ts";
+import { isFixedMetadata, overlapsMetadata } from "./_overlap.ts";
 
 /** Writes all dirty metadata back to the image file in a crash-safe order. */
 export async function writeback(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
@@ -66,6 +66,9 @@ async function applyPendingFrees(st: Qcow2State, req: RequestInfo | undefined): 
   await st.file.flush({ req });
   const released: number[] = [];
   for (const off of frees) {
+    // A wrong entry's last reference to live metadata (QEMU frees it, and
+    // then hands the cluster out again): the metadata keeps its refcount.
+    if ((await getRefcount(st, Math.floor(off / st.cs), req)) === 1 && await isFixedMetadata(st, off)) continue;
     if ((await freeCluster(st, off, req)) === 0) released.push(off);
   }
   await st.writeRefblocks(req);

@@ -217,7 +217,18 @@ function newVerdict(spec: CaseSpec, res: Pick<RunResult, "cpuMs" | "rssPeak">, q
   return v;
 }
 
-const RANK = ["wrong-readback", "corrupted-by-write", "bad-repair", "differs", "exception", "hang", "memory", "readback-on-corrupt", "blockerror", "clean"];
+const RANK = [
+  "wrong-readback",
+  "corrupted-by-write",
+  "bad-repair",
+  "differs",
+  "exception",
+  "hang",
+  "memory",
+  "readback-on-corrupt",
+  "blockerror",
+  "clean",
+];
 
 /** Judges what blkgraph did (the reply, or why there is none): every class but the QEMU-side ones. */
 export function judge(spec: CaseSpec, res: RunResult, qemuAccepted: boolean, detail: string[] = []): Verdict & {
@@ -317,7 +328,11 @@ export async function runOneCase(
         const before = await referenceCounts(A, (await Deno.stat(`${B}/img.qcow2`)).size, opts.nice);
         if (!before || after.corruptions > before.corruptions || after.leaks > before.leaks) {
           const what = after.corruptions > (before?.corruptions ?? 0) ? "corruption" : "leaks";
-          v.set("corrupted-by-write", `qemu-img check finds ${what} after blkgraph's writes`, `after writes: ${JSON.stringify(after)}, before: ${JSON.stringify(before)}`);
+          v.set(
+            "corrupted-by-write",
+            `qemu-img check finds ${what} after blkgraph's writes`,
+            `after writes: ${JSON.stringify(after)}, before: ${JSON.stringify(before)}`,
+          );
         }
       }
     }

@@ -126,7 +126,8 @@ Deno.test("qcow2 pwrite() that fails with ENOSPC gives its clusters back: nothin
 });
 
 Deno.test({
-  name: "qcow2 open() accepts or refuses each 64-bit header field at 2^53 and past as QEMU does (tables past the file's end: refused, naming them)",
+  name:
+    "qcow2 open() accepts or refuses each 64-bit header field at 2^53 and past as QEMU does (tables past the file's end: refused, naming them)",
   ignore: skipUnless("qemu-io"),
   async fn() {
     await using d = await tempDir();
@@ -160,9 +161,12 @@ Deno.test({
         const qemu = q.code === 0 && !/failed|can't open/.test(q.stdout + q.stderr);
         // QEMU reads an L1 or refcount table past the end of the file as zeros; blkgraph refuses
         // it on purpose (only damage puts a table there), with an error naming the table.
-        const deliberate = !ours && qemu && /^Invalid (L1|reference count) table offset \d+: the table .* extends past the end of the file/.test(why);
+        const deliberate = !ours && qemu &&
+          /^Invalid (L1|reference count) table offset \d+: the table .* extends past the end of the file/.test(why);
         if (ours !== qemu && !deliberate) {
-          differs.push(`${name} = 0x${value.toString(16)}: blkgraph ${ours ? "opens" : `refuses (${why})`}, QEMU ${qemu ? "opens" : "refuses"}`);
+          differs.push(
+            `${name} = 0x${value.toString(16)}: blkgraph ${ours ? "opens" : `refuses (${why})`}, QEMU ${qemu ? "opens" : "refuses"}`,
+          );
         }
       }
     }

@@ -105,6 +105,15 @@ export function checkDataFileOffset(st: Qcow2State, host: number, guest: number,
   );
 }
 
+/**
+ * Version 2 images have no zero flag: an L2 entry with it set is a
+ * corruption for QEMU (qcow2_get_host_offset), on reads and on writes.
+ */
+export function checkV2ZeroFlag(st: Qcow2State, lo: number, idx: number, l2Offset: number): void {
+  if (st.header.version >= 3 || !(lo & LO_ZERO)) return;
+  corrupt(st, `Zero cluster entry found in pre-v3 image (L2 offset: ${sharp(l2Offset)}, L2 index: ${sharp(idx)})`);
+}
+
 function sharp(n: number): string {
   return n === 0 ? "0" : `0x${n.toString(16)}`;
 }
@@ -124,6 +133,7 @@ function mapStandard(st: Qcow2State, view: DataView, base: number, inTable: numb
     return true;
   }
   const host = entryOffset(view, at);
+  checkV2ZeroFlag(st, lo, idx, m.l2Offset);
   const zero = st.header.version >= 3 && (lo & LO_ZERO) !== 0;
   const kind = zero ? K_ZERO : host === 0 && !(st.externalData && hi & HI_COPIED) ? K_UNALLOC : K_NORMAL;
   if (kind === K_NORMAL && host % cs !== 0) corrupt(st, `cluster allocation offset 0x${host.toString(16)} unaligned (L2 index ${idx})`);
@@ -135,6 +145,7 @@ function mapStandard(st: Qcow2State, view: DataView, base: number, inTable: numb
     hi = view.getUint32(at);
     lo = view.getUint32(at + 4);
     if (hi & HI_COMPRESSED) break;
+    if (st.header.version < 3 && lo & LO_ZERO) break; // reported when mapped on its own
     const h = entryOffset(view, at);
     const z = st.header.version >= 3 && (lo & LO_ZERO) !== 0;
     const k = z ? K_ZERO : h === 0 && !(st.externalData && hi & HI_COPIED) ? K_UNALLOC : K_NORMAL;

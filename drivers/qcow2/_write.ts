@@ -14,7 +14,7 @@
 import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
-import { checkDataFileOffset, decodeCompressed, newMapping } from "./_l2.ts";
+import { checkDataFileOffset, checkV2ZeroFlag, decodeCompressed, newMapping } from "./_l2.ts";
 import { readGuest } from "./_read.ts";
 import { allocClusters, updateRefcount } from "./_refcount.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
@@ -132,6 +132,9 @@ export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Arr
         const idx = Math.floor((cur - base) / st.cs);
         const cStart = base + idx * st.cs;
         const segEnd = Math.min(chunkEnd, cStart + st.cs);
+        if (!(e.view.getUint32(idx * st.entryBytes) & HI_COMPRESSED)) {
+          checkV2ZeroFlag(st, e.view.getUint32(idx * st.entryBytes + 4), idx, e.offset);
+        }
         const kind = classify(st, e.view, idx, cur - cStart, segEnd - cStart);
         if (kind === INPLACE || kind === WIDEN) checkDataFileOffset(st, entryOffset(e.view, idx * st.entryBytes), cStart, idx);
         if (kind === INPLACE) {

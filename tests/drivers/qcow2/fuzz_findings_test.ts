@@ -173,3 +173,31 @@ Deno.test({
     assert.deepEqual(differs, []);
   },
 });
+
+Deno.test("qcow2 reads and writes through a zero flag in a version 2 image as a corruption, as QEMU does", async () => {
+  await using d = await tempDir();
+  const path = `${d.path}/v2.qcow2`;
+  await createImage(path, "qcow2", 1 << 20, { options: { compat: "0.10" } });
+  {
+    await using node = await open(path);
+    await node.pwrite(0, new Uint8Array(131072).fill(1));
+  }
+  const img = await Deno.readFile(path);
+  const v = new DataView(img.buffer);
+  const l2 = Number(v.getBigUint64(Number(v.getBigUint64(40))) & 0x00fffffffffffe00n);
+  v.setBigUint64(l2 + 8, v.getBigUint64(l2 + 8) | 1n);
+  await Deno.writeFile(path, img);
+  const what = `Zero cluster entry found in pre-v3 image (L2 offset: 0x${l2.toString(16)}, L2 index: 0x1)`;
+  {
+    await using ro = await open(path, { readOnly: true });
+    await ro.pread(0, new Uint8Array(65536)); // cluster 0 is fine
+    const err = await ro.pread(65536, new Uint8Array(4096)).then(() => undefined, (e) => e);
+    assert.ok(err instanceof CorruptImageError && err.message.includes(what), String(err));
+  }
+  if (hasTool("qemu-io")) {
+    const r = await run("qemu-io", ["-r", "-c", "read 64k 4k", path]);
+    assert.ok(r.stderr.includes(what), r.stderr);
+  }
+  await using rw = await open(path);
+  await assert.rejects(rw.pwrite(65536, new Uint8Array(4096).fill(2)), CorruptImageError);
+});

@@ -35,7 +35,15 @@ export {
   type NodeListener,
   type OpenContext,
 } from "./core/node.ts";
-export { MAX_LENGTH, newRequest, type NodeStats, SECTOR_SIZE } from "./core/request.ts";
+export {
+  MAX_LENGTH,
+  newRequest,
+  type NodeConfigOf,
+  type NodeEventOf,
+  type NodeListenerOf,
+  type NodeStats,
+  SECTOR_SIZE,
+} from "./core/request.ts";
 export { driverNames, getDriver, probeFormat, registerDriver } from "./core/registry.ts";
 export { type BlockSpec, looksDotted, normaliseSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";
 export {

@@ -30,6 +30,7 @@ import type {
   ChildRole,
   CreateContextOf,
   DriverInstanceOf,
+  FilterCall,
   FormatOptions,
   MeasureInputOf,
   MetadataExtent,
@@ -355,7 +356,14 @@ export class BlockNode {
     const inst = this.#inst;
     if (inst.pread) return inst.pread(offset, buf, { req });
     const child = this.#passThrough("read", offset, buf.length);
+    if (inst.intercept) return inst.intercept({ op: "read", offset, length: buf.length, req }, () => child.pread(offset, buf, { req }));
     return child.pread(offset, buf, { req });
+  }
+
+  /** Passes a request to the primary child through the filter's `intercept` hook, if it has one. */
+  #forward<T>(call: FilterCall, next: () => Promise<T>): Promise<T> {
+    const inst = this.#inst;
+    return inst.intercept ? inst.intercept(call, next) : next();
   }
 
   #passThrough(what: string, offset: number, length: number): BlockNode {
@@ -464,7 +472,8 @@ export class BlockNode {
       const o = { req, compressed: true };
       if (inst.pwriteCompressed) await inst.pwriteCompressed(offset, data, o);
       else if (inst.pwrite) await inst.pwrite(offset, data, o); // a filter forwards the flag
-      else await child!.pwrite(offset, data, o);
+      else {await this.#forward({ op: "write", offset, length: data.length, data, compressed: true, req }, () =>
+          child!.pwrite(offset, data, o));}
       this.#writeGen++;
       await this.#ownEvent("pwritev_done", req);
     } finally {
@@ -478,7 +487,7 @@ export class BlockNode {
     const inst = this.#inst;
     if (inst.pwrite) return inst.pwrite(offset, data, { fua, req });
     const child = this.#passThrough("write", offset, data.length);
-    return child.pwrite(offset, data, { fua, req });
+    return this.#forward({ op: "write", offset, length: data.length, data, fua, req }, () => child.pwrite(offset, data, { fua, req }));
   }
 
   /** Writes whole 512-byte sectors starting at `sector`. */
@@ -531,8 +540,12 @@ export class BlockNode {
       if (e < offset + length && e >= s) await this.#zeroBuffers(e, offset + length - e, opts);
       return;
     }
-    if (this.driver.kind === "filter" && this.primaryChild) {
-      return this.primaryChild.pwriteZeroes(offset, length, opts);
+    const child = this.driver.kind === "filter" ? this.primaryChild : undefined;
+    if (child) {
+      return this.#forward(
+        { op: "write-zeroes", offset, length, fua: opts.fua, req: opts.req },
+        () => child.pwriteZeroes(offset, length, opts),
+      );
     }
     if (opts.noFallback) {
       throw new BlockError(
@@ -580,7 +593,8 @@ export class BlockNode {
         const max = this.#limits.maxDiscard || Number.MAX_SAFE_INTEGER;
         for (let o = offset; o < offset + length; o += max) await inst.pdiscard(o, Math.min(max, offset + length - o), { req });
       } else if (this.driver.kind === "filter" && this.primaryChild) {
-        await this.primaryChild.pdiscard(offset, length, { req });
+        const child = this.primaryChild;
+        await this.#forward({ op: "discard", offset, length, req }, () => child.pdiscard(offset, length, { req }));
       }
       this.#writeGen++;
     } finally {
@@ -633,10 +647,10 @@ export class BlockNode {
 
   async #flushSteps(req: RequestInfo, chain: BlockNode[]): Promise<void> {
     const inst = this.#inst;
-    if (inst.flushToOs) {
-      await this.#ownEvent("flush_to_os", req);
-      await inst.flushToOs({ req });
-    }
+    // flush_to_os is raised on every flush, as QEMU raises BLKDBG_FLUSH_TO_OS whether or not the driver writes anything back.
+    const ev = this.#ownEvent("flush_to_os", req);
+    if (ev) await ev;
+    if (inst.flushToOs) await inst.flushToOs({ req });
     const gen = this.#writeGen;
     if (inst.flush) {
       if (this.#noFlush || gen === this.#flushedGen) {
@@ -655,10 +669,17 @@ export class BlockNode {
         for (const n of chain) n.stats.flushes++;
       }
     }
-    for (const [role, child] of this.children) {
-      if (role === "backing" || child.readOnly) continue;
-      await child.flush({ req });
-    }
+    const flushChildren = async () => {
+      for (const [role, child] of this.children) {
+        if (role === "backing" || child.readOnly) continue;
+        await child.flush({ req });
+      }
+    };
+    // A filter's intercept sees a flush as QEMU's filters see flush_to_disk: only
+    // when it can reach a disk (not cache.no-flush) and something was written since the last one.
+    if (this.driver.kind === "filter" && !this.#noFlush && gen !== this.#flushedGen) {
+      await this.#forward({ op: "flush", offset: 0, length: 0, req }, flushChildren);
+    } else await flushChildren();
     this.#flushedGen = gen;
   }
 
@@ -693,7 +714,8 @@ export class BlockNode {
       const st = await inst.blockStatus(offset, length, { req });
       return { ...st, offset, length: Math.max(1, Math.min(st.length, length)) };
     }
-    if (this.driver.kind === "filter" && this.primaryChild) return this.primaryChild.blockStatus(offset, length, { req });
+    const child = this.driver.kind === "filter" ? this.primaryChild : undefined;
+    if (child) return this.#forward({ op: "block-status", offset, length, req }, () => child.blockStatus(offset, length, { req }));
     return { offset, length, data: true, zero: false, allocated: true, present: true, depth: 0, hostOffset: offset, file: this };
   }
 
@@ -727,8 +749,10 @@ export class BlockNode {
     if (t instanceof Promise) t = await t;
     try {
       if (inst.truncate) await inst.truncate(length, { ...opts, req });
-      else if (this.driver.kind === "filter" && this.primaryChild) await this.primaryChild.truncate(length, { ...opts, req });
-      else {
+      else if (this.driver.kind === "filter" && this.primaryChild) {
+        const child = this.primaryChild;
+        await this.#forward({ op: "truncate", offset: length, length: 0, req }, () => child.truncate(length, { ...opts, req }));
+      } else {
         throw new BlockError("ENOTSUP", `Cannot resize node '${this.name}': driver '${this.driver.name}' does not support resizing`, {
           node: this.name,
         });
@@ -756,7 +780,7 @@ export class BlockNode {
   async #imageOp<T>(key: keyof DriverInstance, what: string, write: boolean, fn: (inst: DriverInstance) => Promise<T> | T): Promise<T> {
     const n = this.#implementer(key);
     if (!n) {
-      throw new BlockError("ENOTSUP", `Cannot ${what} node '${this.name}': driver '${formatDriverName(this)}' does not support it`, {
+      throw new BlockError("ENOTSUP", `Cannot ${what} node '${this.name}': driver '${this.formatName}' does not support it`, {
         node: this.name,
       });
     }
@@ -825,7 +849,7 @@ export class BlockNode {
     if (!n) {
       throw new BlockError(
         "ENOTSUP",
-        `Cannot ${what} on node '${this.name}': format '${formatDriverName(this)}' has no internal snapshots`,
+        `Cannot ${what} on node '${this.name}': format '${this.formatName}' has no internal snapshots`,
         {
           node: this.name,
         },
@@ -909,7 +933,15 @@ export class BlockNode {
 
   /** The name of the format driver a user thinks of: this node's, or the first one's below its filters. */
   get formatName(): string {
-    return formatDriverName(this);
+    return this.formatNode.driver.name;
+  }
+
+  /** The node a user thinks of as the image: this node, or the first one below its filters. */
+  get formatNode(): BlockNode {
+    // deno-lint-ignore no-this-alias
+    let n: BlockNode = this;
+    while (n.driver.kind === "filter" && n.primaryChild) n = n.primaryChild;
+    return n;
   }
 
   /** Registers a callback run when the node closes (used by the graph registry). */
@@ -958,13 +990,6 @@ export class BlockNode {
 
 /** For each flush request, the nodes flushing on its behalf right now (outermost first). */
 const flushChains = new WeakMap<RequestInfo, BlockNode[]>();
-
-/** The driver name a user thinks of for `node`: the format below any filters. */
-function formatDriverName(node: BlockNode): string {
-  let n: BlockNode | undefined = node;
-  while (n && n.driver.kind === "filter") n = n.primaryChild;
-  return (n ?? node).driver.name;
-}
 
 function defaultLimits(): BlockLimits {
   return { requestAlignment: 1, maxTransfer: 0, optWriteZero: 0, maxWriteZero: 0, optDiscard: 0, maxDiscard: 0 };

@@ -128,6 +128,28 @@ export interface BlockStatusOf<N> {
   compressed?: boolean;
 }
 
+/**
+ * A request passing through a filter, as its `intercept` hook sees it
+ * (nbdkit's `next` pattern): what it is and where; the filter calls `next()`
+ * to pass it on unchanged, or fails it, delays it, or logs around it.
+ */
+export interface FilterCall {
+  /** The operation at this node. */
+  readonly op: RequestOp;
+  /** Byte offset (the new length for `truncate`; 0 for `flush`). */
+  readonly offset: number;
+  /** Byte length (0 for `flush` and `truncate`). */
+  readonly length: number;
+  /** The data of a write. */
+  readonly data?: Uint8Array;
+  /** A FUA write or write-zeroes. */
+  readonly fua?: boolean;
+  /** A compressed write. */
+  readonly compressed?: boolean;
+  /** The top-level request it serves. */
+  readonly req?: RequestInfo;
+}
+
 /** Options for a consistency check. */
 export interface CheckOptions {
   /** Repair: `leaks` drops leaked references, `all` also fixes corruptions. */
@@ -233,6 +255,13 @@ export interface DriverInstanceOf<N> {
   checksBounds?: boolean;
   /** Handles FUA itself; otherwise the core follows a FUA write with a flush. */
   supportsFua?: boolean;
+  /**
+   * A filter's one hook around every request it passes to its primary
+   * child (read, write, write-zeroes, discard, flush, block status,
+   * truncate): call `next()` to pass it on. Operations the filter implements
+   * itself (`pread`, ...) do not come here.
+   */
+  intercept?<T>(call: FilterCall, next: () => Promise<T>): Promise<T>;
   /** Reads `buf.length` bytes at `offset` into `buf`. */
   pread?(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void;
   /** Writes `data` at `offset`. */

@@ -45,3 +45,4 @@ export * from "./filters/crash/mod.ts";
 export * from "./filters/blkdebug.ts";
 export * from "./filters/throttle.ts";
 export * from "./drivers/qcow2/mod.ts";
+export * from "./drivers/nbd/mod.ts";

@@ -198,7 +198,9 @@ const dec = new TextDecoder("utf-8", { fatal: true });
 /** Encodes a protocol string, refusing NUL bytes and strings over 4096 bytes. */
 export function encodeString(s: string, what: string): Uint8Array {
   const b = enc.encode(s);
-  if (b.length > MAX_STRING) throw new BlockError("EINVAL", `Invalid ${what}: ${b.length} bytes is longer than the NBD limit of ${MAX_STRING}`);
+  if (b.length > MAX_STRING) {
+    throw new BlockError("EINVAL", `Invalid ${what}: ${b.length} bytes is longer than the NBD limit of ${MAX_STRING}`);
+  }
   if (b.includes(0)) throw new BlockError("EINVAL", `Invalid ${what} ${JSON.stringify(s)}: NBD strings cannot contain NUL`);
   return b;
 }

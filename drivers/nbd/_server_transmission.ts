@@ -111,7 +111,13 @@ export class TransmissionSession {
         if (type === CMD.WRITE) {
           if (length > this.#exp.maxPayload) {
             // The payload cannot be skipped cheaply: answer, then drop the connection.
-            this.#replyError(type, cookieHi, cookieLo, NBD_ERR.EINVAL, `Write of ${length} bytes exceeds the maximum payload of ${this.#exp.maxPayload}`);
+            this.#replyError(
+              type,
+              cookieHi,
+              cookieLo,
+              NBD_ERR.EINVAL,
+              `Write of ${length} bytes exceeds the maximum payload of ${this.#exp.maxPayload}`,
+            );
             end = "protocol-error";
             break;
           }
@@ -120,7 +126,8 @@ export class TransmissionSession {
         }
         const cost = type === CMD.READ || type === CMD.WRITE ? Math.min(length, this.#exp.maxPayload) + SMALL_COST : SMALL_COST;
         while (
-          this.#inflight >= MAX_REQUESTS_IN_FLIGHT || (this.#inflight > 0 && this.#inflightBytes + this.#writer.queuedBytes + cost > MAX_BYTES_IN_FLIGHT)
+          this.#inflight >= MAX_REQUESTS_IN_FLIGHT ||
+          (this.#inflight > 0 && this.#inflightBytes + this.#writer.queuedBytes + cost > MAX_BYTES_IN_FLIGHT)
         ) {
           await this.#nextCompletion();
         }
@@ -232,7 +239,10 @@ export class TransmissionSession {
     if (writes && exp.readOnly) throw new RequestError(NBD_ERR.EPERM, `${cmdName(type)} on a read-only export`);
     if (offset > exp.size || length > exp.size - offset) {
       const err = type === CMD.WRITE || type === CMD.WRITE_ZEROES ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL;
-      throw new RequestError(err, `${cmdName(type)} of ${length} bytes at offset ${offset} goes past the end of the export (size ${exp.size})`);
+      throw new RequestError(
+        err,
+        `${cmdName(type)} of ${length} bytes at offset ${offset} goes past the end of the export (size ${exp.size})`,
+      );
     }
     if (type === CMD.READ && length > exp.maxPayload) {
       throw new RequestError(NBD_ERR.EINVAL, `Read of ${length} bytes exceeds the maximum payload of ${exp.maxPayload}`);
@@ -337,7 +347,15 @@ export class TransmissionSession {
       if (one) extents = [{ length: Math.min(extents[0].length, length), flags: extents[0].flags }];
       const b = new Uint8Array(CHUNK_HEADER_SIZE + 4 + 8 * extents.length);
       const dv = view(b);
-      encodeChunkHeader(dv, 0, i === this.#contexts.length - 1 ? REPLY_FLAG_DONE : 0, REPLY_TYPE.BLOCK_STATUS, hi, lo, 4 + 8 * extents.length);
+      encodeChunkHeader(
+        dv,
+        0,
+        i === this.#contexts.length - 1 ? REPLY_FLAG_DONE : 0,
+        REPLY_TYPE.BLOCK_STATUS,
+        hi,
+        lo,
+        4 + 8 * extents.length,
+      );
       dv.setUint32(CHUNK_HEADER_SIZE, id);
       extents.forEach((e, k) => {
         dv.setUint32(CHUNK_HEADER_SIZE + 4 + 8 * k, e.length);

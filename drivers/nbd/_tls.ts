@@ -66,7 +66,10 @@ function readPem(dir: string, name: string, required: boolean, id: string): stri
 export function defineTlsCreds(id: string, opts: TlsCredsOptions): void {
   if (creds.has(id)) throw new BlockError("EEXIST", `Duplicate object id '${id}': TLS credentials with that id are already defined`);
   if (opts.endpoint !== "server" && opts.endpoint !== "client") {
-    throw new BlockError("EINVAL", `Invalid value '${String(opts.endpoint)}' for 'endpoint' of TLS credentials '${id}': expected server or client`);
+    throw new BlockError(
+      "EINVAL",
+      `Invalid value '${String(opts.endpoint)}' for 'endpoint' of TLS credentials '${id}': expected server or client`,
+    );
   }
   const server = opts.endpoint === "server";
   const verifyPeer = opts.verifyPeer ?? true;
@@ -87,9 +90,17 @@ export function hasTlsCreds(id: string): boolean {
 /** The credentials `id`, checked to be for `endpoint`. */
 export function getTlsCreds(id: string, endpoint: "server" | "client"): TlsCreds {
   const c = creds.get(id);
-  if (!c) throw new BlockError("EINVAL", `No TLS credentials with id '${id}' (define them with --object tls-creds-x509,id=${id},dir=DIR,endpoint=${endpoint})`);
+  if (!c) {
+    throw new BlockError(
+      "EINVAL",
+      `No TLS credentials with id '${id}' (define them with --object tls-creds-x509,id=${id},dir=DIR,endpoint=${endpoint})`,
+    );
+  }
   if (c.endpoint !== endpoint) {
-    throw new BlockError("EINVAL", `TLS credentials '${id}' are for endpoint '${c.endpoint}', but the ${endpoint} needs endpoint=${endpoint}`);
+    throw new BlockError(
+      "EINVAL",
+      `TLS credentials '${id}' are for endpoint '${c.endpoint}', but the ${endpoint} needs endpoint=${endpoint}`,
+    );
   }
   return c;
 }

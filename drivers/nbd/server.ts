@@ -118,10 +118,14 @@ function exportConfig(node: BlockNode, opts: NbdServeOptions): ExportConfig {
   }
   for (const c of extra) if (!c.name.startsWith("qemu:dirty-bitmap:")) contexts.push(c);
   const max = opts.maxConnections ?? 0;
-  if (!Number.isSafeInteger(max) || max < 0) throw new BlockError("EINVAL", `Invalid maxConnections ${max}: expected a non-negative integer`);
+  if (!Number.isSafeInteger(max) || max < 0) {
+    throw new BlockError("EINVAL", `Invalid maxConnections ${max}: expected a non-negative integer`);
+  }
   const multiConn = opts.multiConn ?? max !== 1;
   const discard = opts.discard ?? "ignore";
-  if (discard !== "ignore" && discard !== "unmap") throw new BlockError("EINVAL", `Invalid discard mode '${discard}': expected ignore or unmap`);
+  if (discard !== "ignore" && discard !== "unmap") {
+    throw new BlockError("EINVAL", `Invalid discard mode '${discard}': expected ignore or unmap`);
+  }
   const detectZeroes = opts.detectZeroes ?? "off";
   if (!["off", "on", "unmap"].includes(detectZeroes)) {
     throw new BlockError("EINVAL", `Invalid detect-zeroes mode '${detectZeroes}': expected off, on or unmap`);

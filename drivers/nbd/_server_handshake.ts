@@ -60,7 +60,7 @@ export interface ExportConfig {
   readonly contexts: readonly MetaContextProvider[];
   /** Refuse writes. */
   readonly readOnly: boolean;
-  /** Discards and write-zeroes may unmap (`--discard=unmap`). */
+  /** TRIM reaches the node (`--discard=unmap`); otherwise it is acknowledged and ignored. */
   readonly unmap: boolean;
   /** `--detect-zeroes`. */
   readonly detectZeroes: "off" | "on" | "unmap";

@@ -189,7 +189,8 @@ export class TransmissionSession {
           if (length) {
             await this.#node.pwriteZeroes(offset, length, {
               fua,
-              mayUnmap: this.#exp.unmap && (flags & CMD_FLAG.NO_HOLE) === 0,
+              // As qemu-nbd: without NO_HOLE the range may be unmapped whatever --discard says (that only governs TRIM).
+              mayUnmap: (flags & CMD_FLAG.NO_HOLE) === 0,
               noFallback: (flags & CMD_FLAG.FAST_ZERO) !== 0,
             });
           }
@@ -323,7 +324,7 @@ export class TransmissionSession {
     if (!data.length) return;
     const dz = this.#exp.detectZeroes;
     if (dz !== "off" && isZero(data)) {
-      await this.#node.pwriteZeroes(offset, data.length, { fua, mayUnmap: dz === "unmap" && this.#exp.unmap });
+      await this.#node.pwriteZeroes(offset, data.length, { fua, mayUnmap: dz === "unmap" });
       return;
     }
     await this.#node.pwrite(offset, data, { fua });

@@ -56,7 +56,7 @@ export interface NbdServeOptions {
   persistent?: boolean;
   /** Advertise NBD_FLAG_CAN_MULTI_CONN; default: when more than one client may connect (as qemu-nbd). */
   multiConn?: boolean;
-  /** `--discard`: `ignore` (default, as qemu-nbd) drops trims; `unmap` passes them and lets write-zeroes unmap. */
+  /** `--discard`: `ignore` (default, as qemu-nbd) acknowledges trims without discarding; `unmap` passes them on. */
   discard?: "ignore" | "unmap";
   /** `--detect-zeroes`: writes of zeros become write-zeroes (`unmap` also unmaps, with `discard: "unmap"`). */
   detectZeroes?: "off" | "on" | "unmap";

@@ -6,13 +6,7 @@
  * @module
  */
 
-import {
-  encodeOption,
-  FLAG_C_FIXED_NEWSTYLE,
-  FLAG_C_NO_ZEROES,
-  OPT_REPLY_MAGIC,
-  view,
-} from "../../../drivers/nbd/_protocol.ts";
+import { encodeOption, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, OPT_REPLY_MAGIC, view } from "../../../drivers/nbd/_protocol.ts";
 
 const CLI = new URL("../../../cli/main.ts", import.meta.url).pathname;
 

@@ -331,7 +331,8 @@ Deno.test("serveNbd() answers NBD_CMD_BLOCK_STATUS per selected context, with RE
     await c.write(request(CMD.BLOCK_STATUS, 0, 1 << 20, 1));
     const a = await chunk(c);
     const b = await chunk(c);
-    const ext = (p: Uint8Array) => Array.from({ length: (p.length - 4) / 8 }, (_, i) => [view(p).getUint32(4 + 8 * i), view(p).getUint32(8 + 8 * i)]);
+    const ext = (p: Uint8Array) =>
+      Array.from({ length: (p.length - 4) / 8 }, (_, i) => [view(p).getUint32(4 + 8 * i), view(p).getUint32(8 + 8 * i)]);
     assertEquals(ext(a.payload), [[65536, 3], [65536, 0], [(1 << 20) - 131072, 3]]);
     assertEquals(ext(b.payload), [[1 << 20, 1]]);
     assertEquals(b.flags & REPLY_FLAG_DONE, REPLY_FLAG_DONE);

@@ -63,6 +63,7 @@ const KNOWN = [
   "path",
   "reconnect-delay",
   "open-timeout",
+  "backing",
 ];
 
 /**
@@ -73,10 +74,24 @@ const KNOWN = [
  * ```ts
  * import { parseNbdFilename } from "./client.ts";
  * console.log(parseNbdFilename("nbd+unix:///disk?socket=/tmp/s"));
- * // { "server.type": "unix", "server.path": "/tmp/s", export: "disk" }
+ * // { "server.type": "unix", "server.path": "/tmp/s", export: "disk", filename: "nbd+unix:///disk?socket=/tmp/s" }
  * ```
  */
 export function parseNbdFilename(filename: string): Record<string, unknown> {
+  const o = parseNbdUri(filename);
+  return { ...o, filename: canonicalName(o) };
+}
+
+/** QEMU's canonical name of an NBD node (what `qemu-img info` and `map` print). */
+function canonicalName(o: Record<string, unknown>): string {
+  const exp = String(o.export ?? "");
+  const e = exp ? "/" + encodeURIComponent(exp).replaceAll("%2F", "/") : "";
+  if (o["server.type"] === "unix") return `nbd+unix://${e}?socket=${o["server.path"]}`;
+  const host = String(o["server.host"]);
+  return `nbd://${host.includes(":") ? `[${host}]` : host}:${o["server.port"] ?? 10809}${e}`;
+}
+
+function parseNbdUri(filename: string): Record<string, unknown> {
   const bad = (why: string): never => {
     throw new BlockError("EINVAL", `Invalid NBD filename '${filename}': ${why}`);
   };
@@ -124,11 +139,19 @@ export const nbdDriver: BlockDriver = {
   parseFilename: parseNbdFilename,
   async open(ctx): Promise<DriverInstance> {
     let o = ctx.options;
+    // Dotted keys arrive nested ({server: {type, path}}): flatten them back.
+    if (o.server !== null && typeof o.server === "object") {
+      const { server, ...rest } = o;
+      o = { ...rest, ...Object.fromEntries(Object.entries(server as Record<string, unknown>).map(([k, v]) => [`server.${k}`, v])) };
+    }
     if (typeof o.filename === "string") {
       const { filename, ...rest } = o;
-      o = { ...parseNbdFilename(filename as string), ...rest };
+      o = { ...parseNbdUri(filename as string), ...rest };
     }
     checkKnownOptions(o, KNOWN, "nbd");
+    if (o.backing !== undefined && o.backing !== null) {
+      throw new BlockError("EINVAL", "Invalid option 'backing' for driver 'nbd': a protocol node has no backing file");
+    }
     const path = optString(o, "server.path", "nbd") ?? optString(o, "path", "nbd");
     const type = optEnum(o, "server.type", "nbd", ["inet", "unix"] as const) ?? (path !== undefined ? "unix" : "inet");
     const exportName = optString(o, "export", "nbd") ?? "";

@@ -180,7 +180,8 @@ function uriOf(addr: NbdAddress, name: string): string {
   const n = encodeURIComponent(name).replaceAll("%2F", "/");
   if (addr.transport === "unix") return `nbd+unix:///${n}?socket=${encodeURIComponent(addr.path).replaceAll("%2F", "/")}`;
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
-  return `nbd://${host}:${addr.port}/${n}`;
+  // Like QEMU's canonical names: no trailing slash for the default export.
+  return `nbd://${host}:${addr.port}${n ? "/" + n : ""}`;
 }
 
 /**

@@ -13,7 +13,7 @@ import { open } from "../core/open.ts";
 import type { BlockNode } from "../core/node.ts";
 import { serveNbd } from "../drivers/nbd/server.ts";
 import { defineTlsCreds } from "../drivers/nbd/_tls.ts";
-import { CliError, type CliIO, flagList, flagString, intArg, openImage, parseVerbArgs, sizeArg, type Verb } from "./_common.ts";
+import { CliError, type CliIO, flagList, flagString, intArg, openImage, parseVerbArgs, type Verb } from "./_common.ts";
 
 const USAGE = `Usage: blkgraph nbd [OPTIONS] FILE
 
@@ -110,22 +110,25 @@ function choice<T extends string>(v: string | undefined, what: string, choices: 
 
 async function forkServer(args: string[], io: CliIO): Promise<number> {
   const main = new URL("./main.ts", import.meta.url).pathname;
+  // Like qemu-nbd --fork: the parent returns once the child listens; the child then keeps no standard streams.
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", main, "nbd", ...args.filter((a) => a !== "--fork")],
     env: { BLKGRAPH_NBD_FORKED: "1" },
     stdin: "null",
     stdout: "piped",
-    stderr: "inherit",
+    stderr: "piped",
   }).spawn();
+  const errText = new Response(child.stderr).text();
   const reader = child.stdout.getReader();
   const first = await reader.read();
   reader.releaseLock();
   if (first.done || !new TextDecoder().decode(first.value).startsWith("ready")) {
     const st = await child.status;
-    io.stderr(`blkgraph: the forked server did not start\n`);
+    io.stderr(await errText);
     return st.code || 1;
   }
   await child.stdout.cancel().catch(() => {});
+  await child.stderr.cancel().catch(() => {});
   child.unref();
   return 0;
 }
@@ -179,7 +182,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
   let server;
   try {
     if (offsetText !== undefined) {
-      const offset = sizeArg(offsetText, "offset");
+      // qemu-nbd takes a plain byte count here ("Invalid offset '512k'").
+      const offset = /^\d+$/.test(offsetText) ? Number(offsetText) : NaN;
+      if (!Number.isSafeInteger(offset)) throw new CliError(`Invalid offset '${offsetText}'`);
       node = await open({ driver: "raw", offset, size: Math.max(0, node.length - offset), file: node }, { readOnly });
     }
     server = await serveNbd(node, {
@@ -209,6 +214,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
   if (v.verbose) io.stderr(`blkgraph nbd: serving ${server.uri}\n`);
   if (Deno.env.get("BLKGRAPH_NBD_FORKED") === "1") {
     await Deno.stdout.write(new TextEncoder().encode("ready\n"));
+    // The parent stops reading both pipes now: nothing more may go to them.
+    io = { stdout: () => {}, stderr: () => {} };
   }
   const stop = () => void server.close().catch(() => {});
   const signals: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];

@@ -2,7 +2,8 @@
  * TLS for NBD's in-band `NBD_OPT_STARTTLS` upgrade. Deno's own
  * `Deno.startTls` is client-side only, so the server wraps the accepted
  * socket in a Node `Duplex` and runs `node:tls`'s `TLSSocket({isServer:
- * true})` over it; the client uses `Deno.startTls`. Credentials follow
+ * true})` over it; the client runs `tls.connect({socket})` the same way
+ * (`Deno.startTls` works on TCP only and sends no client certificate). Credentials follow
  * QEMU's `tls-creds-x509` object: a directory holding `ca-cert.pem`,
  * `server-cert.pem`, `server-key.pem` (and the client's `client-cert.pem`,
  * `client-key.pem`).
@@ -214,11 +215,22 @@ export function serverTls(conn: ByteStream, c: TlsCreds): Promise<ByteStream> {
   });
 }
 
-/** Runs the client side of a TLS handshake on a Deno connection. */
-export async function clientTls(conn: Deno.Conn, c: TlsCreds, hostname: string): Promise<Deno.Conn> {
-  try {
-    return await Deno.startTls(conn as Deno.TcpConn, { hostname, caCerts: c.ca ? [c.ca] : undefined });
-  } catch (e) {
-    throw new BlockError("EACCES", `TLS handshake with '${hostname}' failed: ${(e as Error).message}`);
-  }
+/** Runs the client side of a TLS handshake over `conn` (with the client certificate when the credentials have one). */
+export function clientTls(conn: ByteStream, c: TlsCreds, hostname: string): Promise<ByteStream> {
+  const t = tls.connect({
+    socket: duplexOf(conn),
+    servername: /^[\d.]+$|:/.test(hostname) ? undefined : hostname,
+    host: hostname,
+    ca: c.ca,
+    cert: c.cert,
+    key: c.key,
+    minVersion: "TLSv1.2",
+  });
+  return new Promise((resolve, reject) => {
+    t.once("secureConnect", () => resolve(streamOf(t)));
+    t.once("error", (e) => {
+      t.destroy();
+      reject(new BlockError("EACCES", `TLS handshake with '${hostname}' failed: ${e.message}`));
+    });
+  });
 }

@@ -183,7 +183,7 @@ export const nbdDriver: BlockDriver = {
         export: exportName,
         contexts: ["base:allocation", "qemu:allocation-depth"],
         server: uri,
-        startTls: creds ? (s) => clientTls(s as Deno.Conn, creds, tlsHost) : undefined,
+        startTls: creds ? (s) => clientTls(s, creds, tlsHost) : undefined,
       });
       c = new ClientConnection(info, uri);
     } catch (e) {

@@ -244,7 +244,8 @@ Deno.test({
   async fn() {
     await using dir = await tempDir("blkgraph-nbd-c-");
     const s = await nbdkit(sockPath(dir.path, "k"), ["--filter=delay", "memory", "1M", "rdelay=20"]);
-    const node = await open(s.uri);
+    // An explicit format: probing would read (and wait 20 s).
+    const node = await open(s.uri, { format: "raw" });
     const reads = Array.from({ length: 8 }, (_, i) => node.pread(i * 4096, new Uint8Array(4096)).then(() => "ok", (e) => e));
     // Give the reads time to reach nbdkit (they must fail with EIO whether they did or not).
     await new Promise((r) => setTimeout(r, 50));

@@ -475,3 +475,29 @@ Deno.test("serveNbd() passes FUA, trims with discard=unmap and refuses FAST_ZERO
     c.close();
   }, { driver: "raw", file: { driver: "test-nozero", size: 1 << 20 } });
 });
+
+Deno.test("serveNbd() with maxConnections leaves further clients waiting until a slot frees", async () => {
+  await withServer({ maxConnections: 1 }, async (s, _n, sock) => {
+    const a = await RawClient.unix(sock);
+    await go(a, false);
+    const b = await RawClient.unix(sock);
+    // A round trip on A: the accept loop has had its turns, and still only A was accepted.
+    await a.write(request(CMD.FLUSH, 0, 0, 1));
+    assertEquals(await simple(a), [0, 1]);
+    assertEquals(s.stats.accepted, 1);
+    a.close();
+    await b.greet();
+    assertEquals(s.stats.accepted, 2);
+    b.close();
+  });
+});
+
+Deno.test("serveNbd() without persistence stops after its last client leaves", async () => {
+  await withServer({ persistent: false }, async (s, node, sock) => {
+    const a = await RawClient.unix(sock);
+    await go(a, false);
+    a.close();
+    await s.finished;
+    ok(node.closed);
+  });
+});

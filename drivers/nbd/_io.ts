@@ -118,17 +118,19 @@ export class SocketReader {
   }
 }
 
-const COALESCE = 256 << 10;
-const DIRECT = 64 << 10;
+/** Batches are coalesced into buffers of this size (one socket write each). */
+const COALESCE = 1 << 20;
 
 /**
- * Queued writer: `send()` never blocks; messages queued while a write is in
- * progress go out together in the next one (small messages coalesced into
- * one buffer, large ones written as they are).
+ * Queued writer: `send()` never blocks. A message sent while the socket is
+ * idle is written as it is (no copy); messages queued while a write is in
+ * progress go out together in the next write, coalesced into one buffer —
+ * a memcpy is cheaper than a socket write per message.
  */
 export class SocketWriter {
   #conn: ByteStream;
   #queue: Uint8Array[] = [];
+  #done: ((() => void) | undefined)[] = [];
   #queued = 0;
   #running = false;
   #error: unknown = undefined;
@@ -150,10 +152,14 @@ export class SocketWriter {
     return this.#error;
   }
 
-  /** Queues a message; writing starts at once when the socket is idle. */
-  send(b: Uint8Array): void {
-    if (this.#error !== undefined) return;
+  /** Queues a message; writing starts at once when the socket is idle. `written` runs once `b` may be reused. */
+  send(b: Uint8Array, written?: () => void): void {
+    if (this.#error !== undefined) {
+      written?.();
+      return;
+    }
     this.#queue.push(b);
+    this.#done.push(written);
     this.#queued += b.length;
     if (!this.#running) void this.#run();
   }
@@ -169,25 +175,37 @@ export class SocketWriter {
     try {
       while (this.#queue.length) {
         const batch = this.#queue;
+        const done = this.#done;
         this.#queue = [];
+        this.#done = [];
+        if (batch.length === 1) {
+          await this.#writeAll(batch[0]);
+          this.#queued -= batch[0].length;
+          done[0]?.();
+          continue;
+        }
         let fill = 0;
-        for (const b of batch) {
-          if (b.length >= DIRECT || fill + b.length > COALESCE) {
-            if (fill) await this.#writeAll(this.#scratch.subarray(0, fill));
+        for (let i = 0; i < batch.length; i++) {
+          const b = batch[i];
+          if (fill + b.length > COALESCE && fill) {
+            await this.#writeAll(this.#scratch.subarray(0, fill));
             fill = 0;
           }
-          if (b.length >= DIRECT) await this.#writeAll(b);
+          if (b.length >= COALESCE) await this.#writeAll(b);
           else {
             this.#scratch.set(b, fill);
             fill += b.length;
           }
           this.#queued -= b.length;
+          done[i]?.();
         }
         if (fill) await this.#writeAll(this.#scratch.subarray(0, fill));
       }
     } catch (e) {
       this.#error = e;
+      for (const d of this.#done) d?.();
       this.#queue = [];
+      this.#done = [];
       this.#queued = 0;
     } finally {
       this.#running = false;

@@ -64,6 +64,9 @@ const KNOWN = [
   "reconnect-delay",
   "open-timeout",
   "backing",
+  // Host-cache flags mean nothing for a socket (QEMU ignores them for nbd too).
+  "cache.direct",
+  "cache.no-flush",
 ];
 
 /**

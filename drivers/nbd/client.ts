@@ -134,7 +134,21 @@ function parseNbdUri(filename: string): Record<string, unknown> {
   return { "server.type": "inet", "server.host": hp![1].replace(/^\[|\]$/g, ""), "server.port": hp![2] ?? "10809", export: exp };
 }
 
-/** The NBD client protocol driver. */
+/**
+ * The NBD client protocol driver (registered as `nbd`).
+ *
+ * @example
+ * ```ts
+ * import { open, serveNbd } from "../../mod.ts";
+ * const dir = await Deno.makeTempDir();
+ * const server = await serveNbd(await open({ driver: "memory", size: 65536 }), { socket: `${dir}/s.sock`, closeNode: true });
+ * const node = await open({ driver: "nbd", server: { type: "unix", path: `${dir}/s.sock` } });
+ * console.log(node.driver.name, node.length); // nbd 65536
+ * await node.close();
+ * await server.close();
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
 export const nbdDriver: BlockDriver = {
   name: "nbd",
   kind: "protocol",

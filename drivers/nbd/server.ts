@@ -187,6 +187,18 @@ function uriOf(addr: NbdAddress, name: string): string {
 /**
  * Serves `node` over NBD until {@linkcode NbdServer.close} (or, when not
  * persistent, until the last client leaves).
+ *
+ * @example
+ * ```ts
+ * import { open } from "../../mod.ts";
+ * import { serveNbd } from "./server.ts";
+ * const dir = await Deno.makeTempDir();
+ * const disk = await open({ driver: "memory", size: 1 << 20 });
+ * const server = await serveNbd(disk, { socket: `${dir}/disk.sock`, name: "disk", allocationDepth: true, closeNode: true });
+ * console.log(server.uri); // nbd+unix:///disk?socket=/tmp/.../disk.sock
+ * await server.close();
+ * await Deno.remove(dir, { recursive: true });
+ * ```
  */
 export async function serveNbd(node: BlockNode, opts: NbdServeOptions = {}): Promise<NbdServer> {
   const exp = exportConfig(node, opts);

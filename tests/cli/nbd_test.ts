@@ -257,3 +257,22 @@ async function makeCerts(d: string): Promise<void> {
     await Deno.copyFile(`${d}/ca-cert.pem`, `${d}/${who}/ca-cert.pem`);
   }
 }
+
+Deno.test({
+  name: "blkgraph nbd: --image-opts exports a graph with a filter (raw over blkdebug over file)",
+  ignore: QEMU,
+  async fn() {
+    await using dir = await tempDir("blkgraph-nbd-cli-");
+    const img = await raw(dir.path);
+    await runOk("qemu-io", ["-f", "raw", "-c", "write -P 0x66 64k 64k", img]);
+    const spec = `driver=raw,file.driver=blkdebug,file.image.driver=file,file.image.filename=${img}`;
+    const s = await blkgraphNbd(sockPath(dir.path), ["-t", "--image-opts"], spec);
+    try {
+      const r = await runOk("qemu-io", ["-f", "raw", "-c", "read -P 0x66 64k 64k", "-c", "write -P 0x67 0 4k", s.uri]);
+      ok(r.stdout.includes("read 65536/65536"));
+    } finally {
+      await s.stop();
+    }
+    ok((await runOk("qemu-io", ["-f", "raw", "-c", "read -P 0x67 0 4k", img])).stdout.includes("read 4096/4096"));
+  },
+});

@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { type BlockNode, open, registerDriver, serveNbd } from "../../../mod.ts";
+import { BlockError, type BlockNode, open, registerDriver, serveNbd } from "../../../mod.ts";
 import type { NbdServeOptions, NbdServer } from "../../../drivers/nbd/server.ts";
 import {
   CMD,
@@ -500,4 +500,42 @@ Deno.test("serveNbd() without persistence stops after its last client leaves", a
     await s.finished;
     ok(node.closed);
   });
+});
+
+// Reads fail with EIO from 64 KiB on.
+registerDriver({
+  name: "test-faulty",
+  kind: "protocol",
+  open() {
+    return Promise.resolve({
+      getLength: () => 1 << 20,
+      pread: (o: number, b: Uint8Array) => {
+        if (o + b.length > 65536) throw new BlockError("EIO", `Cannot read ${b.length} bytes at offset ${o}: injected`);
+        b.fill(1);
+      },
+    });
+  },
+});
+
+Deno.test("serveNbd() answers a failing read with an error chunk (structured) or an error without payload (simple), then goes on", async () => {
+  await withServer({ readOnly: true }, async (_s, _n, sock) => {
+    const c = await RawClient.unix(sock);
+    await go(c, true);
+    await c.write(request(CMD.READ, 61440, 8192, 1));
+    const e = await chunk(c);
+    assertEquals([e.type, e.flags, e.cookie, view(e.payload).getUint32(0)], [REPLY_TYPE.ERROR, REPLY_FLAG_DONE, 1, 5]);
+    ok(new TextDecoder().decode(e.payload.subarray(6)).includes("injected"));
+    await c.write(request(CMD.READ, 0, 4096, 2));
+    const d = await chunk(c);
+    assertEquals([d.type, d.payload.length, d.payload[8]], [REPLY_TYPE.OFFSET_DATA, 8 + 4096, 1]);
+    c.close();
+    const s2 = await RawClient.unix(sock);
+    await go(s2, false);
+    await s2.write(request(CMD.READ, 61440, 8192, 3));
+    assertEquals(await simple(s2), [5, 3]);
+    await s2.write(request(CMD.READ, 0, 16, 4));
+    assertEquals(await simple(s2), [0, 4]);
+    assertEquals((await s2.read(16))![0], 1);
+    s2.close();
+  }, { driver: "test-faulty" });
 });

@@ -11,7 +11,10 @@
  *   server's backing chain allocates report `allocated: false` (QEMU's
  *   `x-dirty-bitmap=qemu:allocation-depth` trick); by default the node is
  *   allocated everywhere like any protocol node, with `depth` taken from the
- *   server when offered.
+ *   server when offered;
+ * - `reconnect-delay`, `open-timeout`, `cache.direct`, `cache.no-flush`:
+ *   accepted and ignored (the node does not reconnect: when the server goes
+ *   away, requests fail with EIO naming it).
  *
  * Filenames: `nbd://host[:port]/export`, `nbd+tcp://…`,
  * `nbd+unix:///export?socket=PATH`, and QEMU's legacy

@@ -23,7 +23,19 @@
 export * from "./core/errors.ts";
 export * from "./core/events.ts";
 export type * from "./core/types.ts";
-export { BlockNode, MAX_LENGTH, newRequest, type NodeEvent, type NodeListener, type NodeStats, SECTOR_SIZE } from "./core/node.ts";
+export {
+  type BlockDriver,
+  BlockNode,
+  type BlockStatus,
+  type CreateContext,
+  type DriverInstance,
+  type MeasureInput,
+  type NodeConfig,
+  type NodeEvent,
+  type NodeListener,
+  type OpenContext,
+} from "./core/node.ts";
+export { MAX_LENGTH, newRequest, type NodeStats, SECTOR_SIZE } from "./core/request.ts";
 export { driverNames, getDriver, probeFormat, registerDriver } from "./core/registry.ts";
 export { type BlockSpec, looksDotted, normaliseSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";
 export {
@@ -46,3 +58,4 @@ export * from "./filters/blkdebug.ts";
 export * from "./filters/throttle.ts";
 export * from "./drivers/qcow2/mod.ts";
 export * from "./drivers/nbd/mod.ts";
+export { type TraceEvent, type TraceGraphNode, type Tracer, type TraceSink, traceTo } from "./cli/_trace_events.ts";

@@ -2,15 +2,18 @@
  * Large crash-state exploration of qcow2: every workload in every metadata
  * mode (and, with `--wrong-order`, the deliberately broken order), printed as
  * a markdown table workload × mode → states, checks, failures. The first
- * failure of each row is printed with its minimal replayable op list.
+ * failure of each row is printed with its minimal replayable op list; with
+ * `--report FILE` the HTML crash report (each oracle's verdict, failing
+ * states' replays on the flush-epoch timeline) is written too.
  *
- *     deno run -A bench/crash_explore.ts [--seed 1] [--samples 64] [--max-states 2000] [--qemu-every 10] [--wrong-order]
+ *     deno run -A bench/crash_explore.ts [--seed 1] [--samples 64] [--max-states 2000] [--qemu-every 10] [--wrong-order] [--report report.html]
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
-import { exploreQcow2, QCOW2_MODES, QCOW2_WORKLOADS } from "../filters/crash/qcow2.ts";
+import { renderCrashReport } from "../cli/_crash_report.ts";
+import { crashTable, exploreBuiltIn } from "../cli/crash_explore.ts";
 
 const { values } = parseArgs({
   options: {
@@ -22,56 +25,42 @@ const { values } = parseArgs({
     "torn-cuts": { type: "string", default: "3" },
     "wrong-order": { type: "boolean", default: false },
     workload: { type: "string" },
+    report: { type: "string" },
   },
 });
 
 const dir = await Deno.makeTempDir({ prefix: "blkgraph-crash-" });
-const rows: string[] = [];
-const details: string[] = [];
 const t0 = performance.now();
+const seed = Number(values.seed);
+let runs;
 try {
-  for (const w of QCOW2_WORKLOADS) {
-    if (values.workload && w.name !== values.workload) continue;
-    for (const mode of QCOW2_MODES) {
-      const start = performance.now();
-      const r = await exploreQcow2(w, mode, {
-        dir,
-        seed: Number(values.seed),
-        wrongOrder: values["wrong-order"],
-        qemuEvery: Number(values["qemu-every"]),
-        explore: {
-          seed: Number(values.seed),
-          samples: Number(values.samples),
-          maxStates: Number(values["max-states"]),
-          maxExhaustive: Number(values["max-exhaustive"]),
-          maxTornCuts: Number(values["torn-cuts"]),
-          maxFailures: 1,
-        },
-      });
-      const secs = ((performance.now() - start) / 1000).toFixed(1);
-      const checks = Object.entries(r.checks).map(([k, v]) => `${k} ${v}`).join(", ");
-      rows.push(`| ${w.name} | ${mode} | ${r.states} | ${checks} | ${r.failures.length} | ${secs} |`);
-      for (const f of r.failures) {
-        const chosen = f.replay!.filter((op) => !op.durable);
-        const durable = f.replay!.length - chosen.length;
-        details.push(
-          `- ${w.name} / ${mode} (state ${f.index}, ${f.kind}): ${f.oracle}: ${f.message}\n` +
-            `  minimal replay: the ${durable} durable ops of crash point ${f.minimal!.crashPoint} plus ${JSON.stringify(chosen)}`,
-        );
-      }
-    }
-  }
+  runs = await exploreBuiltIn({
+    workloads: values.workload ? [values.workload] : [],
+    wrongOrder: values["wrong-order"],
+    seed,
+    qemuEvery: Number(values["qemu-every"]),
+    dir,
+    explore: {
+      seed,
+      samples: Number(values.samples),
+      maxStates: Number(values["max-states"]),
+      maxExhaustive: Number(values["max-exhaustive"]),
+      maxTornCuts: Number(values["torn-cuts"]),
+      maxFailures: 1,
+    },
+  });
 } finally {
   await Deno.remove(dir, { recursive: true }).catch(() => {});
 }
 
+const settings = `seed ${values.seed}, samples ${values.samples}, max states ${values["max-states"]}`;
 console.log(`## Crash exploration${values["wrong-order"] ? " (x-wrong-order=l2-before-refblock)" : ""}\n`);
-console.log("| workload | mode | states | checks | failures | seconds |");
-console.log("|---|---|---:|---|---:|---:|");
-for (const r of rows) console.log(r);
-console.log(
-  `\nseed ${values.seed}, samples ${values.samples}, max states ${values["max-states"]}; total ${
-    ((performance.now() - t0) / 1000).toFixed(1)
-  } s`,
-);
-if (details.length) console.log(`\n${details.join("\n")}`);
+console.log(crashTable(runs).trimEnd());
+console.log(`\n${settings}; total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+if (values.report) {
+  await Deno.writeTextFile(
+    values.report,
+    renderCrashReport(runs, { settings: settings + (values["wrong-order"] ? "; x-wrong-order=l2-before-refblock" : "") }),
+  );
+  console.log(`report: ${values.report}`);
+}

@@ -125,6 +125,8 @@ export interface ImageArgs {
   noBacking?: boolean;
   /** `-U`: open read-only even while another process writes the image. */
   forceShare?: boolean;
+  /** Open for a consistency check (qemu-img check). */
+  check?: boolean;
 }
 
 /**
@@ -140,11 +142,11 @@ export async function openImage(filename: string, opts: ImageArgs = {}): Promise
   try {
     if (opts.imageOpts || looksDotted(filename)) {
       const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
-      return await open(spec, { readOnly: opts.readOnly, cache, forceShare });
+      return await open(spec, { readOnly: opts.readOnly, cache, forceShare, check: opts.check });
     }
-    if (filename.startsWith("json:")) return await open(filename, { readOnly: opts.readOnly, cache, forceShare });
+    if (filename.startsWith("json:")) return await open(filename, { readOnly: opts.readOnly, cache, forceShare, check: opts.check });
     const spec = opts.noBacking ? { filename, backing: null } : filename;
-    return await open(spec, { format: opts.format, readOnly: opts.readOnly, cache, forceShare });
+    return await open(spec, { format: opts.format, readOnly: opts.readOnly, cache, forceShare, check: opts.check });
   } catch (e) {
     throw new CliError(`Could not open '${filename}': ${(e as Error).message}`);
   }
@@ -273,17 +275,7 @@ export function protocolNode(top: BlockNode): BlockNode {
   return n;
 }
 
-/** Tells whether a buffer holds only zero bytes. */
-export function isZero(buf: Uint8Array): boolean {
-  const words = buf.byteOffset % 4 === 0 ? new Uint32Array(buf.buffer, buf.byteOffset, buf.length >>> 2) : undefined;
-  let i = 0;
-  if (words) {
-    for (let w = 0; w < words.length; w++) if (words[w] !== 0) return false;
-    i = words.length * 4;
-  }
-  for (; i < buf.length; i++) if (buf[i] !== 0) return false;
-  return true;
-}
+export { isZero } from "../core/_bytes.ts";
 
 /** Runs a verb, turning a thrown error into `blkgraph: <message>` on stderr and an exit code. */
 export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise<number> {

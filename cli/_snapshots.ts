@@ -1,12 +1,11 @@
 /**
- * Internal snapshots of a qcow2 image, read from its snapshot table, for
- * `info` and `snapshot -l` (the fields and table layout of qemu-img).
+ * Internal snapshots as `info` and `snapshot -l` print them (qemu-img's JSON
+ * keys and table layout), from the node's snapshot list.
  *
  * @module
  */
 
 import type { BlockNode } from "../core/node.ts";
-import type { Qcow2Header } from "../drivers/qcow2/header.ts";
 import { sizeToStr } from "./_common.ts";
 
 /** One snapshot, keyed as qemu-img info's JSON `snapshots` entries. */
@@ -29,47 +28,20 @@ export interface SnapshotInfo {
   "vm-state-size": number;
 }
 
-const SNAPSHOT_HEADER = 40;
-const decoder = new TextDecoder();
-
-function u64(v: DataView, at: number): number {
-  return v.getUint32(at) * 2 ** 32 + v.getUint32(at + 4);
-}
-
-/** Reads the snapshot table of a qcow2 format node (empty for other formats). */
+/** The image's internal snapshots with qemu-img info's JSON keys (empty when its format has none). */
 export async function readSnapshots(node: BlockNode): Promise<SnapshotInfo[]> {
-  const h = (node.instance as { header?: Qcow2Header }).header;
-  const file = node.file;
-  if (node.driver.name !== "qcow2" || !h || !file || !h.nbSnapshots) return [];
-  const out: SnapshotInfo[] = [];
-  let at = h.snapshotsOffset;
-  for (let i = 0; i < h.nbSnapshots; i++) {
-    const head = new Uint8Array(SNAPSHOT_HEADER);
-    await file.pread(at, head);
-    const v = new DataView(head.buffer);
-    const idLen = v.getUint16(12);
-    const nameLen = v.getUint16(14);
-    const extraLen = v.getUint32(36);
-    const rest = new Uint8Array(extraLen + idLen + nameLen);
-    await file.pread(at + SNAPSHOT_HEADER, rest);
-    const ev = new DataView(rest.buffer);
-    const clock = u64(v, 24);
+  return (await node.snapshotList()).map((sn) => {
     const info: SnapshotInfo = {
-      "vm-clock-nsec": clock % 1e9,
-      name: decoder.decode(rest.subarray(extraLen + idLen)),
-      "date-sec": v.getUint32(16),
-      "date-nsec": v.getUint32(20),
-      "vm-clock-sec": Math.floor(clock / 1e9),
-      id: decoder.decode(rest.subarray(extraLen, extraLen + idLen)),
-      "vm-state-size": extraLen >= 8 ? u64(ev, 0) : v.getUint32(32),
+      "vm-clock-nsec": sn.vmClockNsec % 1e9,
+      name: sn.name,
+      "date-sec": sn.dateSec,
+      "date-nsec": sn.dateNsec,
+      "vm-clock-sec": Math.floor(sn.vmClockNsec / 1e9),
+      id: sn.id,
+      "vm-state-size": sn.vmStateSize,
     };
-    // icount is recorded when the extra data has room for it (all ones = unknown).
-    if (extraLen >= 24 && !(ev.getUint32(16) === 0xffffffff && ev.getUint32(20) === 0xffffffff)) {
-      out.push({ icount: u64(ev, 16), ...info });
-    } else out.push(info);
-    at = Math.ceil((at + SNAPSHOT_HEADER + rest.length) / 8) * 8;
-  }
-  return out;
+    return sn.icount === undefined ? info : { icount: sn.icount, ...info };
+  });
 }
 
 const pad2 = (n: number) => String(n).padStart(2, "0");

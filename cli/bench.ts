@@ -21,10 +21,10 @@ import {
   sizeArg,
   type Verb,
 } from "./_common.ts";
-import { startTrace, traceTarget } from "./_trace.ts";
+import { startTrace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
 
 const USAGE = `Usage: blkgraph bench [-c count] [-d depth] [-f fmt] [--flush-interval=n] [--no-drain] [-o offset]
-                      [--pattern=byte] [-q] [-s size] [-S step] [-t cache] [-w] [-U] [--trace[=FILE]] filename
+                      [--pattern=byte] [-q] [-s size] [-S step] [-t cache] [-w] [-U] [--trace[=FILE]] [--trace-format=text|json|chrome] filename
 
 Runs a simple I/O benchmark (defaults as qemu-img bench: 75000 requests
 of 4096 bytes, 64 in parallel, step = size). -w writes instead of reading.
@@ -68,7 +68,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       "no-drain": { type: "boolean" },
       native: { type: "boolean", short: "n" },
       aio: { type: "string", short: "i" },
-      trace: { type: "string" },
+      ...TRACE_FLAGS,
     },
     USAGE,
     io,
@@ -95,8 +95,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
   };
   if (params.flushInterval && !params.write) throw new CliError("--flush-interval is only available in write tests");
   const node = await openImage(p.positionals[0], imageArgs(p.values, !params.write));
-  const target = traceTarget(flagString(p.values, "trace"));
-  const trace = target === undefined ? undefined : startTrace(node, target, io);
+  const target = traceFlags(p.values);
+  const trace = target === undefined ? undefined : startTrace(node, { ...target, io });
   try {
     // qemu-img bench prints these lines even with -q; so do we.
     const kind = params.write ? "write" : "read";

@@ -7,23 +7,19 @@
  * @module
  */
 
-import { open } from "../core/open.ts";
-import { probeFormat } from "../core/registry.ts";
-import { looksDotted } from "../core/spec.ts";
-import type { BlockNode } from "../core/node.ts";
-import { checkExitCode, checkQcow2, checkResultJson, formatCheckHuman } from "../drivers/qcow2/check.ts";
+import { BlockError } from "../core/errors.ts";
+import type { CheckResult } from "../core/types.ts";
+import { checkExitCode } from "../drivers/qcow2/check.ts";
 import {
   checkOutputFormat,
   CliError,
   type CliIO,
   flagString,
-  formatNode,
   IMAGE_FLAGS,
   imageArgs,
   needPositionals,
   openImage,
   parseVerbArgs,
-  protocolNode,
   type Verb,
 } from "./_common.ts";
 import { qemuJson } from "./info.ts";
@@ -58,34 +54,6 @@ function qemuOrder(o: Record<string, string | number>): Record<string, string | 
   return out;
 }
 
-/** Opens the node a check runs on: the qcow2 image's file node, or the format node of anything else. */
-async function openForCheck(
-  filename: string,
-  format: string | undefined,
-  imageOpts: boolean,
-  writable: boolean,
-): Promise<{ top: BlockNode; file: BlockNode; format: string }> {
-  if (imageOpts || looksDotted(filename) || filename.startsWith("json:")) {
-    const top = await openImage(filename, { imageOpts, readOnly: !writable });
-    const fmt = formatNode(top);
-    return { top, file: protocolNode(fmt), format: fmt.driver.name };
-  }
-  let file: BlockNode;
-  try {
-    file = await open({ driver: "file", filename }, { readOnly: !writable });
-  } catch (e) {
-    throw new CliError(`Could not open '${filename}': ${(e as Error).message}`);
-  }
-  if (!format) {
-    const head = new Uint8Array(Math.min(2048, file.length));
-    await file.pread(0, head);
-    // The qcow2 magic "QFI\xfb" is recognised even before a qcow2 driver is registered.
-    const magic = head.length >= 4 && head[0] === 0x51 && head[1] === 0x46 && head[2] === 0x49 && head[3] === 0xfb;
-    format = magic ? "qcow2" : probeFormat(head, filename).name;
-  }
-  return { top: file, file, format };
-}
-
 async function run(args: string[], io: CliIO): Promise<number> {
   const p = parseVerbArgs(args, { ...IMAGE_FLAGS, output: { type: "string" }, repair: { type: "string", short: "r" } }, USAGE, io);
   if (!p) return 0;
@@ -96,19 +64,106 @@ async function run(args: string[], io: CliIO): Promise<number> {
     throw new CliError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${repair}`);
   }
   const filename = p.positionals[0];
-  const args0 = imageArgs(p.values, repair === undefined);
-  const { top, file, format } = await openForCheck(filename, args0.format, args0.imageOpts ?? false, repair !== undefined);
+  // The check runs on the graph as named, filters included (qemu-img check's BDRV_O_CHECK open).
+  const top = await openImage(filename, { ...imageArgs(p.values, repair === undefined), check: true });
   try {
-    if (format !== "qcow2") throw new CliError("This image format does not support checks", 63);
-    const result = await checkQcow2(file, { repair });
+    let result;
+    try {
+      result = await top.check({ repair });
+    } catch (e) {
+      if (e instanceof BlockError && e.code === "ENOTSUP") throw new CliError("This image format does not support checks", 63);
+      throw e;
+    }
     for (const m of result.messages) io.stderr(m.endsWith("\n") ? m : m + "\n");
     const code = checkExitCode(result);
-    if (flagString(p.values, "output") === "json") io.stdout(qemuJson(qemuOrder(checkResultJson(result, filename))) + "\n");
-    else if (p.values.quiet !== true) io.stdout(formatCheckHuman(result, filename));
+    if (flagString(p.values, "output") === "json") {
+      io.stdout(qemuJson(qemuOrder(checkResultJson(result, filename, top.formatName))) + "\n");
+    } else if (p.values.quiet !== true) io.stdout(formatCheckHuman(result, filename));
     return code;
   } finally {
     await top.close();
   }
+}
+
+/**
+ * Formats a result as `qemu-img check` prints it (stdout part), including
+ * the repair summary when something was fixed.
+ *
+ * @example
+ * ```ts
+ * import { formatCheckHuman } from "./check.ts";
+ * const text = formatCheckHuman({
+ *   corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
+ *   imageEndOffset: 262144, totalClusters: 16, allocatedClusters: 0,
+ *   fragmentedClusters: 0, compressedClusters: 0, messages: [],
+ * }, "disk.qcow2");
+ * console.log(text); // No errors were found on the image.\nImage end offset: 262144\n
+ * ```
+ */
+export function formatCheckHuman(result: CheckResult, _filename: string): string {
+  let out = "";
+  if (result.corruptionsFixed || result.leaksFixed) {
+    out += "The following inconsistencies were found and repaired:\n\n" +
+      `    ${result.leaksFixed} leaked clusters\n` +
+      `    ${result.corruptionsFixed} corruptions\n\n` +
+      "Double checking the fixed image now...\n";
+  }
+  if (!(result.corruptions || result.leaks || result.checkErrors)) {
+    out += "No errors were found on the image.\n";
+  } else {
+    if (result.corruptions) {
+      out += `\n${result.corruptions} errors were found on the image.\n` +
+        "Data may be corrupted, or further writes to the image may corrupt it.\n";
+    }
+    if (result.leaks) {
+      out += `\n${result.leaks} leaked clusters were found on the image.\n` +
+        "This means waste of disk space, but no harm to data.\n";
+    }
+    if (result.checkErrors) out += `\n${result.checkErrors} internal errors have occurred during the check.\n`;
+  }
+  if (result.totalClusters !== 0 && result.allocatedClusters !== 0) {
+    const a = result.allocatedClusters;
+    out += `${a}/${result.totalClusters} = ${(a * 100 / result.totalClusters).toFixed(2)}% allocated, ` +
+      `${(result.fragmentedClusters * 100 / a).toFixed(2)}% fragmented, ` +
+      `${(result.compressedClusters * 100 / a).toFixed(2)}% compressed clusters\n`;
+  }
+  if (result.imageEndOffset) out += `Image end offset: ${result.imageEndOffset}\n`;
+  return out;
+}
+
+/**
+ * The result as `qemu-img check --output=json` prints it (zero counters left
+ * out, as qemu-img does).
+ *
+ * @example
+ * ```ts
+ * import { checkResultJson } from "./check.ts";
+ * const json = checkResultJson({
+ *   corruptions: 0, leaks: 1, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
+ *   imageEndOffset: 262144, totalClusters: 16, allocatedClusters: 0,
+ *   fragmentedClusters: 0, compressedClusters: 0, messages: [],
+ * }, "disk.qcow2");
+ * console.log(json.leaks); // 1
+ * ```
+ */
+export function checkResultJson(result: CheckResult, filename: string, format = "qcow2"): Record<string, string | number> {
+  const out: Record<string, string | number> = {};
+  const put = (key: string, v: number) => {
+    if (v) out[key] = v;
+  };
+  put("image-end-offset", result.imageEndOffset);
+  put("total-clusters", result.totalClusters);
+  put("allocated-clusters", result.allocatedClusters);
+  put("fragmented-clusters", result.fragmentedClusters);
+  put("compressed-clusters", result.compressedClusters);
+  out["check-errors"] = result.checkErrors;
+  put("leaks", result.leaks);
+  put("leaks-fixed", result.leaksFixed);
+  put("corruptions", result.corruptions);
+  put("corruptions-fixed", result.corruptionsFixed);
+  out.filename = filename;
+  out.format = format;
+  return out;
 }
 
 /** The `check` verb. */

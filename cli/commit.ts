@@ -99,9 +99,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
 async function emptyOverlay(filename: string, format: string): Promise<void> {
   const overlay = await open({ driver: format, file: { driver: "file", filename }, backing: null });
   try {
-    const inst = overlay.instance as { makeEmpty?: () => Promise<void> };
-    if (!inst.makeEmpty) throw new CliError(`Cannot empty '${filename}': format '${format}' cannot drop its clusters`);
-    await inst.makeEmpty();
+    await overlay.makeEmpty();
   } finally {
     await overlay.close();
   }

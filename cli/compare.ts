@@ -19,7 +19,7 @@ import {
   parseVerbArgs,
   type Verb,
 } from "./_common.ts";
-import { chainStatus } from "./map.ts";
+import { chainStatus } from "./_map_extents.ts";
 
 const USAGE = `Usage: blkgraph compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
 

@@ -7,7 +7,7 @@
  */
 
 import { type CliIO, errorMessage, flagList, flagString, needPositionals, openImage, parseVerbArgs, type Verb } from "./_common.ts";
-import { startTrace, traceTarget } from "./_trace.ts";
+import { startTrace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
 import { BLKDEBUG_COMMANDS } from "./io_commands/blkdebug.ts";
 import { MISC_COMMANDS } from "./io_commands/misc.ts";
 import { RW_COMMANDS } from "./io_commands/rw.ts";
@@ -16,7 +16,8 @@ import { getopt, type IoCommand, IoSession, splitWords } from "./io_commands/_se
 /** Every io command. */
 export const IO_COMMANDS: readonly IoCommand[] = [...RW_COMMANDS, ...MISC_COMMANDS, ...BLKDEBUG_COMMANDS];
 
-const USAGE = `Usage: blkgraph io [-c cmd]... [-f fmt] [--image-opts] [-r] [-t cache] [-n] [-U] [--trace[=FILE]] [file]
+const USAGE =
+  `Usage: blkgraph io [-c cmd]... [-f fmt] [--image-opts] [-r] [-t cache] [-n] [-U] [--trace[=FILE]] [--trace-format=text|json|chrome] [file]
 
 qemu-io's command language: each -c runs one command (read, write, readv,
 writev, aio_read, aio_write, aio_flush, flush, discard, alloc, map, length,
@@ -102,6 +103,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       discard: { type: "string", short: "d" },
       misalign: { type: "boolean", short: "m" },
       "native-aio": { type: "boolean", short: "k" },
+      ...TRACE_FLAGS,
       trace: { type: "string", short: "T" },
       object: { type: "string", multiple: true },
     },
@@ -112,7 +114,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   needPositionals(p.positionals, 0, 1, "at most one filename");
   const s = new IoSession(io);
   s.commands = IO_COMMANDS;
-  s.traceTarget = traceTarget(flagString(p.values, "trace"));
+  s.traceTarget = traceFlags(p.values);
   if (p.positionals.length) {
     const name = p.positionals[0];
     s.node = await openImage(name, {
@@ -123,7 +125,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
     });
     s.filename = name;
     s.warnIfProbed(name);
-    if (s.traceTarget !== undefined) s.trace = startTrace(s.node, s.traceTarget, io);
+    if (s.traceTarget !== undefined) s.trace = startTrace(s.node, { ...s.traceTarget, io });
   }
   const cmds = flagList(p.values, "cmd");
   await runSession(s, cmds.length ? cmds : undefined);

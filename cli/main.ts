@@ -30,6 +30,8 @@ import { resizeVerb } from "./resize.ts";
 import { snapshotVerb } from "./snapshot.ts";
 import { amendVerb } from "./amend.ts";
 import { commitVerb } from "./commit.ts";
+import { reportVerb } from "./report.ts";
+import { crashExploreVerb } from "./crash_explore.ts";
 
 /** Every verb, in the order `--help` lists them. */
 export const VERBS: readonly Verb[] = [
@@ -39,12 +41,14 @@ export const VERBS: readonly Verb[] = [
   commitVerb,
   compareVerb,
   convertVerb,
+  crashExploreVerb,
   createVerb,
   infoVerb,
   mapVerb,
   measureVerb,
   nbdVerb,
   rebaseVerb,
+  reportVerb,
   resizeVerb,
   snapshotVerb,
   ioVerb,

@@ -17,40 +17,50 @@
 
 import { BlockError } from "./errors.ts";
 import type { BlkdebugEvent } from "./events.ts";
-import {
-  MAX_LENGTH,
-  newRequest,
-  type NodeConfig,
-  type NodeEvent,
-  type NodeListener,
-  type NodeStats,
-  roundUp,
-  SECTOR_SIZE,
-} from "./request.ts";
+import { MAX_LENGTH, newRequest, type NodeConfigOf, type NodeEventOf, type NodeListenerOf, roundUp, SECTOR_SIZE } from "./request.ts";
+import type { NodeStats } from "./request.ts";
 import { RequestTracker } from "./_tracker.ts";
 import type {
-  BlockDriver,
+  AmendOptions,
+  BlockDriverOf,
   BlockLimits,
-  BlockStatus,
+  BlockStatusOf,
+  CheckOptions,
+  CheckResult,
   ChildRole,
-  DriverInstance,
+  CreateContextOf,
+  DriverInstanceOf,
+  FormatOptions,
+  MeasureInputOf,
+  MetadataExtent,
+  OpenContextOf,
   RequestInfo,
+  RequestOp,
   RequestOptions,
+  SnapshotInfo,
   TruncateOptions,
   WriteOptions,
   WriteZeroesOptions,
 } from "./types.ts";
 
-export {
-  MAX_LENGTH,
-  newRequest,
-  type NodeConfig,
-  type NodeEvent,
-  type NodeListener,
-  type NodeStats,
-  roundUp,
-  SECTOR_SIZE,
-} from "./request.ts";
+/** Driver callbacks as the driver sees them (mirror of the node's operations); see `DriverInstanceOf` in `core/types.ts`. */
+export type DriverInstance = DriverInstanceOf<BlockNode>;
+/** A block driver: a name, a kind, and how to open (and create) nodes. */
+export type BlockDriver = BlockDriverOf<BlockNode>;
+/** Everything a driver's `open` gets. */
+export type OpenContext = OpenContextOf<BlockNode>;
+/** Everything a driver's `create` gets. */
+export type CreateContext = CreateContextOf<BlockNode>;
+/** Allocation state of a range, as `blockStatus` reports it. */
+export type BlockStatus = BlockStatusOf<BlockNode>;
+/** What `BlockDriver.measure` is asked about. */
+export type MeasureInput = MeasureInputOf<BlockNode>;
+/** What a node listener receives. */
+export type NodeEvent = NodeEventOf<BlockNode>;
+/** Receives node events; see {@linkcode BlockNode.addListener}. */
+export type NodeListener = NodeListenerOf<BlockNode>;
+/** How a node was configured; fixed at open. */
+export type NodeConfig = NodeConfigOf<BlockNode>;
 
 const ZERO_CHUNK = 1 << 20;
 
@@ -89,8 +99,8 @@ export class BlockNode {
     flushes: 0,
     flushesSkipped: 0,
   };
-  /** Raw image whose format was guessed: writes that would change the guess are refused. */
-  probed = false;
+  /** The format of this node was guessed from the image's first bytes (QEMU's `bs->probed`). */
+  readonly probed: boolean;
 
   #inst: DriverInstance = {};
   #readOnly: boolean;
@@ -113,6 +123,7 @@ export class BlockNode {
     this.#readOnly = config.readOnly;
     this.#noFlush = config.noFlush ?? false;
     this.#writeThrough = config.writeThrough ?? false;
+    this.probed = config.probed ?? false;
   }
 
   /** Attaches the driver instance (done once by the opener). */
@@ -157,9 +168,9 @@ export class BlockNode {
     return this.children.get("backing");
   }
 
-  /** The child a filter passes requests to (`file`, else `image`). */
+  /** The child requests pass to and events walk down to: the driver's `primaryChildRole` (default `file`). */
   get primaryChild(): BlockNode | undefined {
-    return this.children.get("file") ?? this.children.get("image");
+    return this.children.get(this.driver.primaryChildRole ?? "file");
   }
 
   /** Writes that grow the node are allowed and reads past the end give zeros. */
@@ -184,7 +195,11 @@ export class BlockNode {
 
   // ---- listeners and events -------------------------------------------
 
-  /** Calls `fn` for every BLKDBG event this node raises and every flush it performs. */
+  /**
+   * Calls `fn` for every BLKDBG event this node raises, every flush it
+   * performs, the begin and end of every request it serves, and its
+   * filter's own events (throttle waits, injected errors).
+   */
   addListener(fn: NodeListener): () => void {
     this.#listeners = [...this.#listeners, fn];
     return () => this.removeListener(fn);
@@ -232,6 +247,31 @@ export class BlockNode {
     for (const l of this.#listeners) l(e);
   }
 
+  /** Some listener is attached: a filter tests this before it builds an event for {@linkcode BlockNode.emit}. */
+  get listening(): boolean {
+    return this.#listeners.length > 0;
+  }
+
+  /** Reports a filter's own event (a throttle wait, an injected error) to this node's listeners. */
+  emit(e: NodeEvent): void {
+    this.#notify(e);
+  }
+
+  /** Reports a request's begin and end to the listeners; called only when there are some. */
+  async #span<T>(op: RequestOp, offset: number, length: number, opts: WriteOptions, run: (o: WriteOptions) => Promise<T>): Promise<T> {
+    const req = opts.req ?? newRequest(this.name, op, offset, length);
+    const base = { kind: "request", op, offset, length, node: this, req } as const;
+    this.#notify({ ...base, phase: "begin", time: performance.now(), fua: opts.fua || undefined });
+    try {
+      const r = await run(opts.req ? opts : { ...opts, req });
+      this.#notify({ ...base, phase: "end", time: performance.now() });
+      return r;
+    } catch (error) {
+      this.#notify({ ...base, phase: "end", time: performance.now(), error });
+      throw error;
+    }
+  }
+
   // ---- checks -----------------------------------------------------------
 
   #fail(code: "EIO" | "EINVAL" | "EROFS" | "ENOSPC", what: string, offset: number, length: number, why: string): never {
@@ -259,7 +299,12 @@ export class BlockNode {
   // ---- read ---------------------------------------------------------------
 
   /** Reads `buf.length` bytes at `offset` into `buf`. */
-  async pread(offset: number, buf: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+  pread(offset: number, buf: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("read", offset, buf.length, opts, (o) => this.#pread(offset, buf, o));
+    return this.#pread(offset, buf, opts);
+  }
+
+  async #pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
     const length = buf.length;
     this.#check("read", offset, length, false);
     if (length === 0) return;
@@ -335,12 +380,17 @@ export class BlockNode {
   // ---- write --------------------------------------------------------------
 
   /** Writes `data` at `offset`. */
-  async pwrite(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+  pwrite(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("write", offset, data.length, opts, (o) => this.#pwrite(offset, data, o));
+    return this.#pwrite(offset, data, opts);
+  }
+
+  async #pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const length = data.length;
     this.#check("write", offset, length, true);
     if (length === 0) return;
     const req = opts.req ?? newRequest(this.name, "write", offset, length);
-    if (this.probed && offset < SECTOR_SIZE) this.#checkProbedWrite(offset, data);
+    if (opts.compressed) return this.#writeCompressed(offset, data, req);
     const fua = (opts.fua ?? false) || this.#writeThrough;
     const align = this.#limits.requestAlignment;
     const start = offset - (offset % align);
@@ -395,27 +445,38 @@ export class BlockNode {
     if (fua && !nativeFua) await this.flush({ req });
   }
 
+  async #writeCompressed(offset: number, data: Uint8Array, req: RequestInfo): Promise<void> {
+    const inst = this.#inst;
+    const child = this.driver.kind === "filter" ? this.primaryChild : undefined;
+    if (!inst.pwriteCompressed && !child) {
+      throw new BlockError(
+        "ENOTSUP",
+        `Cannot write ${data.length} compressed bytes at offset ${offset} on node '${this.name}': compression not supported by driver '${this.driver.name}'`,
+        { node: this.name, offset, length: data.length },
+      );
+    }
+    let t = this.#tracker.track(offset, offset + data.length, true);
+    if (t instanceof Promise) t = await t;
+    try {
+      await this.#ownEvent("pwritev", req);
+      const o = { req, compressed: true };
+      if (inst.pwriteCompressed) await inst.pwriteCompressed(offset, data, o);
+      else if (inst.pwrite) await inst.pwrite(offset, data, o); // a filter forwards the flag
+      else await child!.pwrite(offset, data, o);
+      this.#writeGen++;
+      await this.#ownEvent("pwritev_done", req);
+    } finally {
+      this.#tracker.untrack(t);
+    }
+    this.stats.writes++;
+    this.stats.bytesWritten += data.length;
+  }
+
   #writeOne(offset: number, data: Uint8Array, fua: boolean, req: RequestInfo): Promise<void> | void {
     const inst = this.#inst;
     if (inst.pwrite) return inst.pwrite(offset, data, { fua, req });
     const child = this.#passThrough("write", offset, data.length);
     return child.pwrite(offset, data, { fua, req });
-  }
-
-  #checkProbedWrite(offset: number, data: Uint8Array): void {
-    // Like QEMU's raw_probe_write: a probed raw image may not start to look
-    // like another format, or the next open would interpret guest data.
-    const head = new Uint8Array(SECTOR_SIZE);
-    const n = Math.min(data.length, SECTOR_SIZE - offset);
-    head.set(data.subarray(0, n), offset);
-    const guess = probeHook?.(head);
-    if (guess && guess !== "raw") {
-      throw new BlockError(
-        "EPERM",
-        `Cannot write to the first sector of '${this.name}': the image format was probed as raw and the new data would make it look like ${guess}; open it with an explicit format (driver=raw)`,
-        { node: this.name, offset, length: data.length },
-      );
-    }
   }
 
   /** Writes whole 512-byte sectors starting at `sector`. */
@@ -432,7 +493,12 @@ export class BlockNode {
   // ---- write zeroes and discard ----------------------------------------
 
   /** Makes `[offset, offset+length)` read as zeros. */
-  async pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions = {}): Promise<void> {
+  pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("write-zeroes", offset, length, opts, (o) => this.#pwriteZeroes(offset, length, o));
+    return this.#pwriteZeroes(offset, length, opts);
+  }
+
+  async #pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     this.#check("write zeroes to", offset, length, true);
     if (length === 0) return;
     const req = opts.req ?? newRequest(this.name, "write-zeroes", offset, length);
@@ -495,7 +561,12 @@ export class BlockNode {
   }
 
   /** Discards a range; afterwards its content is unspecified (advisory). */
-  async pdiscard(offset: number, length: number, opts: RequestOptions = {}): Promise<void> {
+  pdiscard(offset: number, length: number, opts: RequestOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("discard", offset, length, opts, (o) => this.#pdiscard(offset, length, o));
+    return this.#pdiscard(offset, length, opts);
+  }
+
+  async #pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     this.#check("discard", offset, length, true);
     if (length === 0) return;
     const req = opts.req ?? newRequest(this.name, "discard", offset, length);
@@ -524,6 +595,11 @@ export class BlockNode {
    * last flush), then flushes the writable children.
    */
   flush(opts: RequestOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("flush", 0, 0, opts, (o) => this.#flush(o));
+    return this.#flush(opts);
+  }
+
+  #flush(opts: RequestOptions): Promise<void> {
     if (this.#closed) {
       return Promise.reject(new BlockError("EIO", `Cannot flush node '${this.name}': node is closed`, { node: this.name }));
     }
@@ -577,11 +653,16 @@ export class BlockNode {
    * Reports the allocation state of the extent starting at `offset` (at most
    * `length` bytes; the result's `length` says how far the state holds).
    */
-  async blockStatus(offset: number, length: number, opts: RequestOptions = {}): Promise<BlockStatus> {
+  blockStatus(offset: number, length: number, opts: RequestOptions = {}): Promise<BlockStatus> {
+    if (this.#listeners.length) return this.#span("block-status", offset, length, opts, (o) => this.#blockStatus(offset, length, o));
+    return this.#blockStatus(offset, length, opts);
+  }
+
+  async #blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
     this.#check("query block status of", offset, length, false);
     const end = this.length;
     if (offset >= end || length === 0) {
-      return { offset, length: 0, data: false, zero: true, allocated: false, depth: 0 };
+      return { offset, length: 0, data: false, zero: true, allocated: false, present: false, depth: 0 };
     }
     length = Math.min(length, end - offset);
     const req = opts.req ?? newRequest(this.name, "block-status", offset, length);
@@ -591,7 +672,7 @@ export class BlockNode {
       return { ...st, offset, length: Math.max(1, Math.min(st.length, length)) };
     }
     if (this.driver.kind === "filter" && this.primaryChild) return this.primaryChild.blockStatus(offset, length, { req });
-    return { offset, length, data: true, zero: false, allocated: true, depth: 0, hostOffset: offset, file: this };
+    return { offset, length, data: true, zero: false, allocated: true, present: true, depth: 0, hostOffset: offset, file: this };
   }
 
   /** Length in bytes. */
@@ -600,7 +681,12 @@ export class BlockNode {
   }
 
   /** Changes the length of the node. */
-  async truncate(length: number, opts: TruncateOptions = {}): Promise<void> {
+  truncate(length: number, opts: TruncateOptions = {}): Promise<void> {
+    if (this.#listeners.length) return this.#span("truncate", length, 0, opts, (o) => this.#truncate(length, o));
+    return this.#truncate(length, opts);
+  }
+
+  async #truncate(length: number, opts: TruncateOptions): Promise<void> {
     if (!Number.isSafeInteger(length) || length < 0 || length > MAX_LENGTH) {
       throw new BlockError(
         "EINVAL",
@@ -631,9 +717,177 @@ export class BlockNode {
     }
   }
 
-  /** Driver-specific information (for `info`). */
+  // ---- image operations (qemu-img verbs) -------------------------------
+
+  /**
+   * The node that serves image operation `key`: this node or the first one
+   * down through filters whose driver implements it (a format node under a
+   * throttle or blkdebug filter serves `makeEmpty`, `amend`, ...).
+   */
+  #implementer(key: keyof DriverInstance): BlockNode | undefined {
+    // deno-lint-ignore no-this-alias
+    let n: BlockNode | undefined = this;
+    while (n && n.#inst[key] === undefined) n = n.driver.kind === "filter" ? n.primaryChild : undefined;
+    return n;
+  }
+
+  async #imageOp<T>(key: keyof DriverInstance, what: string, write: boolean, fn: (inst: DriverInstance) => Promise<T> | T): Promise<T> {
+    const n = this.#implementer(key);
+    if (!n) {
+      throw new BlockError("ENOTSUP", `Cannot ${what} node '${this.name}': driver '${formatDriverName(this)}' does not support it`, {
+        node: this.name,
+      });
+    }
+    if (n.#closed) throw new BlockError("EIO", `Cannot ${what} node '${n.name}': node is closed`, { node: n.name });
+    if (write && n.#readOnly) throw new BlockError("EROFS", `Cannot ${what} node '${n.name}': node is read-only`, { node: n.name });
+    let t = n.#tracker.track(0, MAX_LENGTH, true);
+    if (t instanceof Promise) t = await t;
+    try {
+      const r = await fn(n.#inst);
+      if (write) n.#writeGen++;
+      return r;
+    } finally {
+      n.#tracker.untrack(t);
+    }
+  }
+
+  /** Drops all data of the image's top layer so it reads from its backing file (or as zeros); `commit` uses it. */
+  makeEmpty(opts: RequestOptions = {}): Promise<void> {
+    const req = opts.req ?? newRequest(this.name, "discard", 0, this.length);
+    return this.#imageOp("makeEmpty", "empty", true, (i) => i.makeEmpty!({ req }));
+  }
+
+  /** Changes format options of the open image in place (qemu-img amend). */
+  amend(options: FormatOptions, opts: AmendOptions = {}): Promise<void> {
+    return this.#imageOp("amend", "amend", true, (i) => i.amend!(options, opts));
+  }
+
+  /** Records a new backing file name and format in the image; `undefined` removes it (qemu-img rebase -u). */
+  changeBackingFile(name: string | undefined, format: string | undefined): Promise<void> {
+    return this.#imageOp("changeBackingFile", "change the backing file of", true, (i) => i.changeBackingFile!(name, format));
+  }
+
+  /**
+   * Checks the image's metadata through the graph as opened (filters below
+   * the format node see the check's I/O), optionally repairing it.
+   */
+  check(opts: CheckOptions = {}): Promise<CheckResult> {
+    if (!this.#implementer("check")) {
+      return Promise.reject(new BlockError("ENOTSUP", "This image format does not support checks", { node: this.name }));
+    }
+    return this.#imageOp("check", "check", opts.repair !== undefined, (i) => i.check!(opts));
+  }
+
+  // ---- internal snapshots (QEMU's bdrv_snapshot_*) ----------------------
+
+  /**
+   * The node serving snapshot operations: the first one down the
+   * primary-child chain whose driver has them (QEMU's bdrv_snapshot_fallback:
+   * raw and filters pass them to their file child, an rbd node serves them).
+   */
+  #snapshotNode(key: keyof DriverInstance): BlockNode | undefined {
+    // deno-lint-ignore no-this-alias
+    let n: BlockNode | undefined = this;
+    while (n && n.#inst[key] === undefined) n = n.primaryChild;
+    return n;
+  }
+
+  /** The image's internal snapshots (empty when its format has none). */
+  async snapshotList(): Promise<SnapshotInfo[]> {
+    const n = this.#snapshotNode("snapshotList");
+    return n ? await n.#inst.snapshotList!() : [];
+  }
+
+  async #snapshotOp(key: "snapshotCreate" | "snapshotDelete" | "snapshotGoto", what: string, arg: SnapshotInfo | string): Promise<void> {
+    const n = this.#snapshotNode(key);
+    if (!n) {
+      throw new BlockError(
+        "ENOTSUP",
+        `Cannot ${what} on node '${this.name}': format '${formatDriverName(this)}' has no internal snapshots`,
+        {
+          node: this.name,
+        },
+      );
+    }
+    await n.#imageOp(key, what, true, (i) => (i[key] as (a: SnapshotInfo | string) => Promise<void> | void)(arg));
+  }
+
+  /** Creates an internal snapshot (qemu-img snapshot -c). */
+  snapshotCreate(info: SnapshotInfo): Promise<void> {
+    return this.#snapshotOp("snapshotCreate", "create a snapshot", info);
+  }
+
+  /** Deletes an internal snapshot by ID or name (qemu-img snapshot -d). */
+  snapshotDelete(idOrName: string): Promise<void> {
+    return this.#snapshotOp("snapshotDelete", "delete a snapshot", idOrName);
+  }
+
+  /** Reverts the image to an internal snapshot by ID or name (qemu-img snapshot -a). */
+  snapshotGoto(idOrName: string): Promise<void> {
+    return this.#snapshotOp("snapshotGoto", "apply a snapshot", idOrName);
+  }
+
+  // ---- breakpoints (QEMU's bdrv_debug_breakpoint & co.) -----------------
+
+  /** The first node down the primary-child chain whose driver offers breakpoints (QEMU's bdrv_find_debug_node). */
+  #debugNode(): DriverInstance {
+    // deno-lint-ignore no-this-alias
+    let n: BlockNode | undefined = this;
+    while (n && !n.#inst.debugBreakpoint) n = n.primaryChild;
+    if (!n) {
+      throw new BlockError("ENOTSUP", `No node at or below '${this.name}' supports breakpoints (add a blkdebug node)`, { node: this.name });
+    }
+    return n.#inst;
+  }
+
+  /** Suspends the next request that raises `event` below this node, tagging it `tag` (qemu-io `break`). */
+  debugBreak(event: string, tag: string): void {
+    this.#debugNode().debugBreakpoint!(event, tag);
+  }
+
+  /** Removes breakpoint `tag` and resumes requests held there (qemu-io `remove_break`). */
+  debugRemoveBreak(tag: string): void {
+    this.#debugNode().debugRemoveBreakpoint!(tag);
+  }
+
+  /** Resumes the request suspended at `tag` (qemu-io `resume`). */
+  debugResume(tag: string): void {
+    this.#debugNode().debugResume!(tag);
+  }
+
+  /** Whether a request is suspended at `tag`. */
+  debugIsSuspended(tag: string): boolean {
+    return this.#debugNode().debugIsSuspended!(tag);
+  }
+
+  /** Resolves when a request is suspended at `tag` (qemu-io `wait_break`). */
+  debugWaitBreak(tag: string): Promise<void> {
+    return this.#debugNode().debugWaitBreak!(tag);
+  }
+
+  /**
+   * Where the format keeps its metadata in its file (qcow2: header, L1 and
+   * L2 tables, refcount table and blocks, snapshots, bitmaps), sorted by
+   * offset; from this node or the first one below its filters that has it.
+   */
+  metadataExtents(): Promise<MetadataExtent[]> {
+    return this.#imageOp("metadataExtents", "list the metadata of", false, (i) => i.metadataExtents!());
+  }
+
+  /** Driver-specific information (for `info`), from this node or the first one below its filters that has some. */
   async info(): Promise<Record<string, unknown>> {
-    return (await this.#inst.info?.()) ?? {};
+    const n = this.#implementer("info");
+    return n ? await n.#inst.info!() : {};
+  }
+
+  /** A compressed write (`{ compressed: true }`) on this node reaches a driver that supports it. */
+  get supportsCompressedWrites(): boolean {
+    return this.#implementer("pwriteCompressed") !== undefined;
+  }
+
+  /** The name of the format driver a user thinks of: this node's, or the first one's below its filters. */
+  get formatName(): string {
+    return formatDriverName(this);
   }
 
   /** Registers a callback run when the node closes (used by the graph registry). */
@@ -680,6 +934,13 @@ export class BlockNode {
   }
 }
 
+/** The driver name a user thinks of for `node`: the format below any filters. */
+function formatDriverName(node: BlockNode): string {
+  let n: BlockNode | undefined = node;
+  while (n && n.driver.kind === "filter") n = n.primaryChild;
+  return (n ?? node).driver.name;
+}
+
 function defaultLimits(): BlockLimits {
   return { requestAlignment: 1, maxTransfer: 0, optWriteZero: 0, maxWriteZero: 0, optDiscard: 0, maxDiscard: 0 };
 }
@@ -692,11 +953,4 @@ function sectorOffset(sector: number, bytes: number, what: string): number {
     throw new BlockError("EINVAL", `Cannot ${what} ${bytes} bytes at sector ${sector}: length must be a multiple of ${SECTOR_SIZE}`);
   }
   return sector * SECTOR_SIZE;
-}
-
-let probeHook: ((head: Uint8Array) => string | undefined) | undefined;
-
-/** Installs the format prober used to guard probed raw images (done by the registry). */
-export function setProbeHook(fn: (head: Uint8Array) => string | undefined): void {
-  probeHook = fn;
 }

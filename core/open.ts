@@ -11,7 +11,8 @@ import { BlockNode } from "./node.ts";
 import { optBool, type Options, optString } from "./options.ts";
 import { driverForPrefix, getDriver, PROBE_BYTES, probeFormat } from "./registry.ts";
 import { type BlockSpec, isPlainObject, normaliseSpec } from "./spec.ts";
-import type { BlockDriver, ChildRole, OpenContext } from "./types.ts";
+import type { ChildRole } from "./types.ts";
+import type { BlockDriver, OpenContext } from "./node.ts";
 
 const nodes = new Map<string, BlockNode>();
 let generated = 0;
@@ -43,6 +44,12 @@ export interface OpenOptions {
    * QEMU's "consistent read" lock and refuses to share "write", as QEMU does.
    */
   forceShare?: boolean;
+  /**
+   * Open for a consistency check (qemu-img check's BDRV_O_CHECK): format
+   * drivers open images they would refuse or repair at open (corrupt bit,
+   * dirty refcounts) and change nothing until asked to repair.
+   */
+  check?: boolean;
 }
 
 /** Flags a cache mode stands for. */
@@ -97,11 +104,21 @@ export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}):
     };
   }
   const cache = opts.cache ? parseCacheMode(opts.cache) : undefined;
-  return await openNode(options, { readOnly: opts.readOnly ?? false, cache, probe: true, top: true, forceShare: opts.forceShare ?? false });
+  return await openNode(options, {
+    readOnly: opts.readOnly ?? false,
+    cache,
+    probe: true,
+    top: true,
+    forceShare: opts.forceShare ?? false,
+    check: opts.check ?? false,
+  });
 }
 
 interface OpenState {
   readOnly: boolean;
+  /** The node being opened got its driver from probing. */
+  probed?: boolean;
+  check?: boolean;
   forceShare?: boolean;
   cache?: CacheFlags;
   probe: boolean;
@@ -193,6 +210,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     readOnly,
     noFlush: cache?.noFlush,
     writeThrough: state.top ? cache?.writeThrough : false,
+    probed: state.probed,
   });
   nodes.set(name, node);
   node.onClose(() => nodes.delete(name!));
@@ -201,6 +219,8 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     options: driverOptions,
     readOnly,
     forceShare,
+    check: state.check,
+    probed: state.probed ?? false,
     async openChild(role: ChildRole, spec?: unknown, copts = {}) {
       const s = spec ?? childSpecs.get(role);
       if (s === undefined || s === null) {
@@ -245,9 +265,7 @@ async function openProbed(filename: string, options: Options, state: OpenState, 
   }
   const rest = withoutKey(options, "filename");
   try {
-    const node = await openNode({ ...rest, driver: driver.name, file }, state);
-    if (driver.name === "raw") node.probed = true;
-    return node;
+    return await openNode({ ...rest, driver: driver.name, file }, { ...state, probed: true });
   } catch (e) {
     if (!file.closed) await file.close();
     throw e;

@@ -7,8 +7,7 @@
  */
 
 import { BlockError } from "./errors.ts";
-import { setProbeHook } from "./node.ts";
-import type { BlockDriver } from "./types.ts";
+import type { BlockDriver } from "./node.ts";
 
 const drivers = new Map<string, BlockDriver>();
 
@@ -73,5 +72,3 @@ export function probeFormat(head: Uint8Array, filename?: string): BlockDriver {
   }
   return best ?? getDriver("raw");
 }
-
-setProbeHook((head) => probeFormat(head).name);

@@ -7,10 +7,9 @@
  */
 
 import type { BlkdebugEvent } from "./events.ts";
-import type { BlockNode } from "./node.ts";
-import type { BlockDriver, RequestInfo, RequestOp } from "./types.ts";
+import type { BlockDriverOf, RequestInfo, RequestOp } from "./types.ts";
 
-/** Sector size for {@linkcode BlockNode.read} and {@linkcode BlockNode.write}. */
+/** Sector size for `BlockNode.read` and `BlockNode.write`. */
 export const SECTOR_SIZE = 512;
 
 /** Largest offset or length a request may have (QEMU's BDRV_MAX_LENGTH). */
@@ -39,14 +38,14 @@ export interface NodeStats {
 }
 
 /** What a node listener receives. */
-export type NodeEvent =
+export type NodeEventOf<N> =
   | {
     /** A BLKDBG event raised by this node's driver. */
     kind: "blkdbg";
     /** The event name. */
     event: BlkdebugEvent;
     /** The node that raised it. */
-    node: BlockNode;
+    node: N;
     /** `performance.now()` when it was raised. */
     time: number;
     /** The request that raised it. */
@@ -56,15 +55,73 @@ export type NodeEvent =
     /** A flush that reached this node's driver. */
     kind: "flush";
     /** The flushed node. */
-    node: BlockNode;
+    node: N;
     /** `performance.now()` when it started. */
     time: number;
     /** The request that caused it. */
     req?: RequestInfo;
+  }
+  | {
+    /** A request entering (`begin`) or leaving (`end`) this node. */
+    kind: "request";
+    /** `begin` when the operation was called, `end` when it resolved or failed. */
+    phase: "begin" | "end";
+    /** The operation at this node. */
+    op: RequestOp;
+    /** Byte offset at this node (the new length for truncate). */
+    offset: number;
+    /** Byte length at this node. */
+    length: number;
+    /** The node. */
+    node: N;
+    /** The top-level request this one serves (its `id` ties the spans of all nodes together). */
+    req: RequestInfo;
+    /** `performance.now()` of the phase. */
+    time: number;
+    /** A FUA write (begin only). */
+    fua?: boolean;
+    /** What the request failed with (end only). */
+    error?: unknown;
+  }
+  | {
+    /** A throttle node holding a request back until its group's budget admits it. */
+    kind: "throttle";
+    /** `begin` when the wait started, `end` when the request was let through. */
+    phase: "begin" | "end";
+    /** The throttle node. */
+    node: N;
+    /** `performance.now()` of the phase. */
+    time: number;
+    /** The request held back. */
+    req?: RequestInfo;
+    /** Bytes the request is accounted for. */
+    bytes: number;
+    /** Counted against the write budget (writes, write-zeroes, discards). */
+    write: boolean;
+  }
+  | {
+    /** A blkdebug node failing a request by an armed inject-error rule. */
+    kind: "inject";
+    /** The blkdebug node. */
+    node: N;
+    /** `performance.now()` when the rule fired. */
+    time: number;
+    /** The failed request. */
+    req?: RequestInfo;
+    /** The failed operation (blkdebug's iotype name). */
+    op: string;
+    /** Offset of the failed request at this node. */
+    offset: number;
+    /** Length of the failed request at this node. */
+    length: number;
+    /** The errno code injected. */
+    code: string;
+    /** The event whose rule was armed. */
+    event: BlkdebugEvent;
   };
 
-/** Receives node events; see {@linkcode BlockNode.addListener}. */
-export type NodeListener = (event: NodeEvent) => void;
+/** Receives node events (`BlockNode.addListener`). */
+export type NodeListenerOf<N> = (event: NodeEventOf<N>) => void;
 
 let nextRequestId = 1;
 
@@ -74,11 +131,11 @@ export function newRequest(node: string, op: RequestOp, offset: number, length: 
 }
 
 /** How a node was configured; fixed at open. */
-export interface NodeConfig {
+export interface NodeConfigOf<N> {
   /** Unique node name. */
   name: string;
   /** The driver. */
-  driver: BlockDriver;
+  driver: BlockDriverOf<N>;
   /** Options the node was opened with (children removed). */
   options: Record<string, unknown>;
   /** Read-only node. */
@@ -87,6 +144,8 @@ export interface NodeConfig {
   noFlush?: boolean;
   /** Every write is FUA (cache=writethrough / directsync). */
   writeThrough?: boolean;
+  /** The format was guessed from the image's first bytes. */
+  probed?: boolean;
 }
 
 /** Rounds `n` up to a multiple of `align`. */

@@ -1,14 +1,18 @@
 /**
  * The driver interface: what a protocol, format or filter driver implements.
- * Every callback is optional; the core ({@linkcode BlockNode}) does bounds
+ * Every callback is optional; the core (`BlockNode`) does bounds
  * checks, alignment, serialisation, FUA emulation and flush bookkeeping once,
  * and a filter that leaves a callback out passes that operation to its child.
+ *
+ * The interfaces that mention a node take it as a type parameter `N`, so
+ * this module depends on nothing; `core/node.ts` binds them to `BlockNode`
+ * (`DriverInstance`, `BlockDriver`, `OpenContext`, ...), the names drivers
+ * use.
  *
  * @module
  */
 
 import type { BlkdebugEvent } from "./events.ts";
-import type { BlockNode } from "./node.ts";
 
 /** Roles a child can have under its parent (QEMU's child names). */
 export type ChildRole = "file" | "backing" | "data-file" | "image" | string;
@@ -48,6 +52,13 @@ export interface RequestInfo {
 export interface WriteOptions {
   /** Force unit access: the data is durable when the write resolves. */
   fua?: boolean;
+  /**
+   * Write the data compressed (QEMU's BDRV_REQ_WRITE_COMPRESSED): one whole
+   * cluster at a cluster-aligned offset (or the image's shorter last
+   * cluster). The node dispatches it to the driver's `pwriteCompressed`;
+   * filters pass it down; other drivers refuse it with ENOTSUP.
+   */
+  compressed?: boolean;
   /** The request this write serves (set by parent drivers). */
   req?: RequestInfo;
 }
@@ -89,7 +100,7 @@ export interface BlockLimits {
 }
 
 /** Allocation state of a range, as `blockStatus` reports it. */
-export interface BlockStatus {
+export interface BlockStatusOf<N> {
   /** Start of the extent (the requested offset). */
   offset: number;
   /** Length of the extent; at least 1 byte, at most the requested length. */
@@ -100,18 +111,118 @@ export interface BlockStatus {
   zero: boolean;
   /** This node (not a backing file) defines the content (BDRV_BLOCK_ALLOCATED). */
   allocated: boolean;
-  /** How many backing layers down the content comes from (0 = this node). */
+  /**
+   * Some layer of the backing chain (this node or one below it) defines the
+   * content — qemu-img map's `present`. False for a range that is a hole in
+   * every layer; a zero cluster in a backing file is present at its depth.
+   * Absent means the same as `allocated`.
+   */
+  present?: boolean;
+  /** How many backing layers down the content comes from (0 = this node; the bottom layer when none defines it). */
   depth?: number;
   /** Where the data lives in {@linkcode BlockStatus.file}, when known. */
   hostOffset?: number;
   /** The protocol node holding the data at `hostOffset`. */
-  file?: BlockNode;
+  file?: N;
   /** The range is compressed (qcow2). */
   compressed?: boolean;
 }
 
+/** Options for a consistency check. */
+export interface CheckOptions {
+  /** Repair: `leaks` drops leaked references, `all` also fixes corruptions. */
+  repair?: "leaks" | "all";
+}
+
+/**
+ * What a consistency check found (QEMU's BdrvCheckResult); the fields mean
+ * what `qemu-img check --output=json`'s kebab-case fields mean.
+ */
+export interface CheckResult {
+  /** Refcounts too low and other metadata errors. */
+  corruptions: number;
+  /** Refcounts too high (wasted space). */
+  leaks: number;
+  /** Errors that stopped part of the check. */
+  checkErrors: number;
+  /** Corruptions repaired. */
+  corruptionsFixed: number;
+  /** Leaks repaired. */
+  leaksFixed: number;
+  /** End of the last used host cluster. */
+  imageEndOffset: number;
+  /** Guest clusters of the virtual disk. */
+  totalClusters: number;
+  /** Guest clusters allocated. */
+  allocatedClusters: number;
+  /** Allocated clusters not following their predecessor. */
+  fragmentedClusters: number;
+  /** Compressed clusters. */
+  compressedClusters: number;
+  /** What the check reported, one line each ("Leaked cluster 5 refcount=1 reference=0"). */
+  messages: string[];
+}
+
+/** One internal snapshot of an image (QEMU's QEMUSnapshotInfo). */
+export interface SnapshotInfo {
+  /** Snapshot ID (unique in the image). */
+  id: string;
+  /** Snapshot name (tag). */
+  name: string;
+  /** Size of the saved VM state in bytes. */
+  vmStateSize: number;
+  /** Creation time, seconds since the epoch. */
+  dateSec: number;
+  /** Creation time, nanoseconds part. */
+  dateNsec: number;
+  /** VM clock at creation, nanoseconds. */
+  vmClockNsec: number;
+  /** Guest instructions executed at creation, when recorded. */
+  icount?: number;
+}
+
+/** Format options as `qemu-img create -o` / `amend -o` give them. */
+export type FormatOptions = Record<string, string | number | boolean>;
+
+/** Options for {@linkcode DriverInstance.amend}. */
+export interface AmendOptions {
+  /** Allow changes that lose information (qemu-img amend `--force`). */
+  force?: boolean;
+}
+
+/**
+ * Kinds of metadata a format keeps in its file (qcow2's names; other formats
+ * may add their own).
+ */
+export type MetadataKind =
+  | "header"
+  | "l1"
+  | "l2"
+  | "refcount-table"
+  | "refcount-block"
+  | "snapshot-table"
+  | "snapshot-l1"
+  | "snapshot-l2"
+  | "bitmap-directory"
+  | "bitmap-table"
+  | "bitmap-data"
+  | "crypto-header"
+  | string;
+
+/** One stretch of a format's metadata in its file. */
+export interface MetadataExtent {
+  /** What the bytes hold. */
+  kind: MetadataKind;
+  /** Byte offset in the format's `file` child. */
+  offset: number;
+  /** Length in bytes (whole clusters for qcow2). */
+  length: number;
+  /** What it belongs to, for people ("L2 table 3", "snapshot 'before'"). */
+  label?: string;
+}
+
 /** Driver callbacks as the driver sees them (mirror of the node's operations). */
-export interface DriverInstance {
+export interface DriverInstanceOf<N> {
   /** Limits for this node; missing fields default (alignment 1, no limits). */
   limits?: Partial<BlockLimits>;
   /**
@@ -126,6 +237,8 @@ export interface DriverInstance {
   pread?(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void;
   /** Writes `data` at `offset`. */
   pwrite?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
+  /** Writes one cluster compressed (a write with `compressed`; the node checks bounds and permissions). */
+  pwriteCompressed?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
   /** Makes `[offset, offset+length)` read as zeros. */
   pwriteZeroes?(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> | void;
   /** Discards a range (advisory: content afterwards is unspecified). */
@@ -135,7 +248,7 @@ export interface DriverInstance {
   /** Makes everything written durable (QEMU's flush_to_disk); protocol nodes. */
   flush?(opts: RequestOptions): Promise<void> | void;
   /** Reports the allocation state of the extent starting at `offset`. */
-  blockStatus?(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> | BlockStatus;
+  blockStatus?(offset: number, length: number, opts: RequestOptions): Promise<BlockStatusOf<N>> | BlockStatusOf<N>;
   /** Current length in bytes. */
   getLength?(): number;
   /** Changes the length. */
@@ -144,14 +257,42 @@ export interface DriverInstance {
   close?(): Promise<void> | void;
   /** Receives a BLKDBG event raised by a parent on this node (blkdebug). */
   debugEvent?(event: BlkdebugEvent, req: RequestInfo | undefined): Promise<void> | void;
+  /** Where the format's metadata lies in its file, sorted by offset (for `map --output=svg`). */
+  metadataExtents?(): Promise<MetadataExtent[]> | MetadataExtent[];
   /** Driver-specific information for `info` (format-specific data). */
   info?(): Promise<Record<string, unknown>> | Record<string, unknown>;
+  /** Drops all data of this layer, so it reads from its backing file or as zeros (QEMU's bdrv_make_empty). */
+  makeEmpty?(opts: RequestOptions): Promise<void> | void;
+  /** Changes format options of the open image in place (qemu-img amend). */
+  amend?(options: FormatOptions, opts: AmendOptions): Promise<void> | void;
+  /** Records a new backing file name and format in the image (QEMU's bdrv_change_backing_file; `undefined` removes it). */
+  changeBackingFile?(name: string | undefined, format: string | undefined): Promise<void> | void;
+  /** Checks (and optionally repairs) the image's metadata (QEMU's bdrv_check). */
+  check?(opts: CheckOptions): Promise<CheckResult>;
+  /** Lists the image's internal snapshots (QEMU's bdrv_snapshot_list). */
+  snapshotList?(): Promise<SnapshotInfo[]> | SnapshotInfo[];
+  /** Creates an internal snapshot of the current state (`id` empty: the driver picks one). */
+  snapshotCreate?(info: SnapshotInfo): Promise<void> | void;
+  /** Deletes the snapshot whose ID or name is `idOrName`. */
+  snapshotDelete?(idOrName: string): Promise<void> | void;
+  /** Reverts the image to the snapshot whose ID or name is `idOrName`. */
+  snapshotGoto?(idOrName: string): Promise<void> | void;
+  /** Suspends the next request that raises `event`, tagging it `tag` (blkdebug breakpoints). */
+  debugBreakpoint?(event: string, tag: string): void;
+  /** Removes breakpoint `tag` and resumes requests held there. */
+  debugRemoveBreakpoint?(tag: string): void;
+  /** Resumes the request suspended at `tag`. */
+  debugResume?(tag: string): void;
+  /** Whether a request is suspended at `tag`. */
+  debugIsSuspended?(tag: string): boolean;
+  /** Resolves when a request is suspended at `tag`. */
+  debugWaitBreak?(tag: string): Promise<void>;
 }
 
 /** Everything a driver's `open` gets. */
-export interface OpenContext {
+export interface OpenContextOf<N> {
   /** The node being opened (children can be attached through it). */
-  readonly node: BlockNode;
+  readonly node: N;
   /** The node's options, with children's options removed. */
   readonly options: Record<string, unknown>;
   /** The node is opened read-only. */
@@ -169,18 +310,26 @@ export interface OpenContext {
     role: ChildRole,
     spec?: unknown,
     opts?: { readOnly?: boolean; probe?: boolean; optional?: boolean },
-  ): Promise<BlockNode | undefined>;
+  ): Promise<N | undefined>;
   /**
    * The child spec given under `role` as is: undefined when absent, null when
    * the child was explicitly disabled (`backing: null`).
    */
   childSpec?(role: ChildRole): unknown;
+  /**
+   * Opened for a consistency check (QEMU's BDRV_O_CHECK, `qemu-img check`):
+   * the driver opens images it would otherwise refuse (corrupt bit set, dirty
+   * refcounts) without repairing or changing anything at open.
+   */
+  readonly check?: boolean;
+  /** The driver was chosen by probing the image's first bytes (QEMU's `bs->probed`). */
+  readonly probed?: boolean;
 }
 
 /** Everything a driver's `create` gets. */
-export interface CreateContext {
+export interface CreateContextOf<N> {
   /** The protocol node the image is written to (already empty). */
-  readonly file: BlockNode;
+  readonly file: N;
   /** Virtual size in bytes. */
   readonly size: number;
   /** Format options (`cluster_size`, `compat`, ...), values as given. */
@@ -190,7 +339,7 @@ export interface CreateContext {
 }
 
 /** A block driver: a name, a kind, and how to open (and create) nodes. */
-export interface BlockDriver {
+export interface BlockDriverOf<N> {
   /** Driver name as in QEMU (`"qcow2"`, `"file"`, `"blkdebug"`). */
   readonly name: string;
   /** Protocol, format or filter. */
@@ -203,8 +352,35 @@ export interface BlockDriver {
   parseFilename?(filename: string): Record<string, unknown>;
   /** Option keys that name children (default: `file`). */
   readonly childKeys?: readonly string[];
+  /**
+   * The child a filter passes requests to and BLKDBG events and breakpoints
+   * walk down to (QEMU's primary child); default `file` (blkdebug: `image`).
+   */
+  readonly primaryChildRole?: ChildRole;
   /** Opens a node: returns the instance whose callbacks serve requests. */
-  open(ctx: OpenContext): Promise<DriverInstance>;
+  open(ctx: OpenContextOf<N>): Promise<DriverInstanceOf<N>>;
   /** Writes a new, empty image of this format onto `ctx.file`. */
-  create?(ctx: CreateContext): Promise<void>;
+  create?(ctx: CreateContextOf<N>): Promise<void>;
+  /** Computes the size an image of this format needs (qemu-img measure). */
+  measure?(input: MeasureInputOf<N>): Promise<MeasureResult> | MeasureResult;
+}
+
+/** What {@linkcode BlockDriver.measure} is asked about. */
+export interface MeasureInputOf<N> {
+  /** Virtual size of the new image. */
+  size: number;
+  /** Format options of the new image (`cluster_size`, ...). */
+  options: FormatOptions;
+  /** The image whose data would be converted into it, if any (its allocation is counted). */
+  source?: N;
+}
+
+/** The answer of {@linkcode BlockDriver.measure} (qemu-img measure's fields). */
+export interface MeasureResult {
+  /** Bytes the image needs for the source's data. */
+  required: number;
+  /** Bytes of the image fully allocated. */
+  fullyAllocated: number;
+  /** Bytes of persistent bitmaps to copy (qcow2 with `--bitmaps`), when counted. */
+  bitmaps?: number;
 }

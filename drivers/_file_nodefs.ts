@@ -8,7 +8,8 @@
 
 import * as fs from "node:fs";
 import { BlockError, toBlockError } from "../core/errors.ts";
-import type { DriverInstance, TruncateOptions } from "../core/types.ts";
+import type { TruncateOptions } from "../core/types.ts";
+import type { DriverInstance } from "../core/node.ts";
 import { Errno, errnoError, type Libc } from "./_file_libc.ts";
 
 const ZERO_CHUNK = 1 << 20;

@@ -41,7 +41,8 @@ import { BlockError, toBlockError } from "../core/errors.ts";
 import { checkKnownOptions, optBool, optEnum, optString } from "../core/options.ts";
 import type { BlockNode } from "../core/node.ts";
 import { registerDriver } from "../core/registry.ts";
-import type { BlockDriver, BlockStatus, DriverInstance, OpenContext, TruncateOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { TruncateOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../core/node.ts";
 import { checkPrealloc, type Handle, nodeFsInstance, openNodeFs } from "./_file_nodefs.ts";
 import {
   alignedBuffer,

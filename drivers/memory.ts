@@ -9,7 +9,7 @@
 import { BlockError } from "../core/errors.ts";
 import { checkKnownOptions, optSize } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
-import type { BlockDriver, DriverInstance } from "../core/types.ts";
+import type { BlockDriver, DriverInstance } from "../core/node.ts";
 
 /** Largest memory node (1 GiB per node keeps tests honest about memory). */
 const MAX_MEMORY = 2 ** 32;

@@ -8,8 +8,10 @@
 
 import { BlockError } from "../core/errors.ts";
 import { checkKnownOptions, optSize } from "../core/options.ts";
-import { registerDriver } from "../core/registry.ts";
-import type { BlockDriver, BlockNode, DriverInstance } from "../mod.ts";
+import { probeFormat, registerDriver } from "../core/registry.ts";
+import type { BlockNode } from "../core/node.ts";
+import type { FormatOptions } from "../core/types.ts";
+import type { BlockDriver, DriverInstance } from "../core/node.ts";
 
 /** The raw format driver. */
 export const rawDriver: BlockDriver = {
@@ -61,6 +63,7 @@ export const rawDriver: BlockDriver = {
       },
       pwrite(off, data, o) {
         checkWindow("write", off, data.length);
+        if (ctx.probed && off < SECTOR) refuseFormatChange(name, off, data);
         return file.pwrite(off + offset, data, o);
       },
       pwriteZeroes(off, len, o) {
@@ -89,17 +92,7 @@ export const rawDriver: BlockDriver = {
     return inst;
   },
   async create(ctx): Promise<void> {
-    const prealloc = String(ctx.options.preallocation ?? "off");
-    const known = ["preallocation", "size"];
-    for (const k of Object.keys(ctx.options)) {
-      if (!known.includes(k)) throw new BlockError("EINVAL", `Unknown option '${k}' for format 'raw' (known options: ${known.join(", ")})`);
-    }
-    if (!["off", "falloc", "full"].includes(prealloc)) {
-      throw new BlockError(
-        "EINVAL",
-        `Invalid value '${prealloc}' for option 'preallocation' of format 'raw': expected off, falloc or full`,
-      );
-    }
+    const prealloc = checkRawOptions(ctx.options);
     if (prealloc === "full") {
       await ctx.file.pwriteZeroes(0, ctx.size);
       if (ctx.file.length < ctx.size) await ctx.file.truncate(ctx.size);
@@ -107,6 +100,48 @@ export const rawDriver: BlockDriver = {
       await ctx.file.truncate(ctx.size, { prealloc: prealloc as "off" | "falloc" });
     }
   },
+  measure(input) {
+    checkRawOptions(input.options);
+    // qemu's raw_measure: the virtual size, whatever the source allocates.
+    const n = Math.ceil(input.size / 512) * 512;
+    return { required: n, fullyAllocated: n };
+  },
 };
+
+const SECTOR = 512;
+
+/**
+ * QEMU's raw_probe_write: a raw image whose format was probed may not get a
+ * first sector that probes as another format, or the next open would
+ * interpret guest data as that format's metadata.
+ */
+function refuseFormatChange(name: string, offset: number, data: Uint8Array): void {
+  const head = new Uint8Array(SECTOR);
+  head.set(data.subarray(0, Math.min(data.length, SECTOR - offset)), offset);
+  const guess = probeFormat(head).name;
+  if (guess !== "raw") {
+    throw new BlockError(
+      "EPERM",
+      `Cannot write to the first sector of '${name}': the image format was probed as raw and the new data would make it look like ${guess}; open it with an explicit format (driver=raw)`,
+      { node: name, offset, length: data.length },
+    );
+  }
+}
+
+/** Validates raw creation options; returns the preallocation mode. */
+function checkRawOptions(options: FormatOptions): string {
+  const prealloc = String(options.preallocation ?? "off");
+  const known = ["preallocation", "size"];
+  for (const k of Object.keys(options)) {
+    if (!known.includes(k)) throw new BlockError("EINVAL", `Unknown option '${k}' for format 'raw' (known options: ${known.join(", ")})`);
+  }
+  if (!["off", "falloc", "full"].includes(prealloc)) {
+    throw new BlockError(
+      "EINVAL",
+      `Invalid value '${prealloc}' for option 'preallocation' of format 'raw': expected off, falloc or full`,
+    );
+  }
+  return prealloc;
+}
 
 registerDriver(rawDriver);

@@ -33,17 +33,8 @@ import { type BlkdebugEvent, isBlkdebugEvent } from "../core/events.ts";
 import type { BlockNode } from "../core/node.ts";
 import { checkKnownOptions } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
-import type {
-  BlockDriver,
-  BlockLimits,
-  BlockStatus,
-  DriverInstance,
-  OpenContext,
-  RequestInfo,
-  RequestOptions,
-  WriteOptions,
-  WriteZeroesOptions,
-} from "../core/types.ts";
+import type { BlockLimits, RequestInfo, RequestOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../core/node.ts";
 import {
   BLKDEBUG_OPTIONS,
   type BlkdebugIoType,
@@ -89,6 +80,7 @@ export class BlkdebugFilter implements DriverInstance {
   /** Limits from the `align`, `max-transfer`, ... options. */
   readonly limits: Partial<BlockLimits>;
   #name: string;
+  #node: BlockNode;
   #child: BlockNode;
   #state = 1;
   #rules = new Map<BlkdebugEvent, AnyRule[]>();
@@ -98,9 +90,10 @@ export class BlkdebugFilter implements DriverInstance {
   #waiters = new Map<string, (() => void)[]>();
   #listeners: BlkdebugTraceListener[] = [];
 
-  /** Builds the instance over `child` with `rules` (done by the driver's open). */
-  constructor(name: string, child: BlockNode, rules: readonly BlkdebugRule[], limits: Partial<BlockLimits>) {
-    this.#name = name;
+  /** Builds the instance of `node` over `child` with `rules` (done by the driver's open). */
+  constructor(node: BlockNode, child: BlockNode, rules: readonly BlkdebugRule[], limits: Partial<BlockLimits>) {
+    this.#name = node.name;
+    this.#node = node;
     this.#child = child;
     this.limits = limits;
     for (const r of rules) this.#addRule(r);
@@ -177,10 +170,10 @@ export class BlkdebugFilter implements DriverInstance {
   // ---- breakpoints ------------------------------------------------------
 
   /** Sets a breakpoint: the next request raising `event` is suspended under `tag`. */
-  break(eventName: string, tag: string): void {
+  debugBreakpoint(eventName: string, tag: string): void {
     const event = normaliseEventName(eventName);
     if (!isBlkdebugEvent(event)) {
-      throw new BlockError("EINVAL", `Cannot set breakpoint '${tag}' on node '${this.#name}': unknown event '${event}'`, {
+      throw new BlockError("ENOENT", `Cannot set breakpoint '${tag}' on node '${this.#name}': unknown event '${event}'`, {
         node: this.#name,
       });
     }
@@ -188,8 +181,8 @@ export class BlkdebugFilter implements DriverInstance {
   }
 
   /** Resolves once a request is suspended at `tag` (at once if one already is). */
-  waitBreak(tag: string): Promise<void> {
-    if (this.isSuspended(tag)) return Promise.resolve();
+  debugWaitBreak(tag: string): Promise<void> {
+    if (this.debugIsSuspended(tag)) return Promise.resolve();
     return new Promise((resolve) => {
       const list = this.#waiters.get(tag);
       if (list) list.push(resolve);
@@ -198,7 +191,7 @@ export class BlkdebugFilter implements DriverInstance {
   }
 
   /** Resumes the request suspended at `tag`; ENOENT when there is none. */
-  resume(tag: string): void {
+  debugResume(tag: string): void {
     const i = this.#suspended.findIndex((s) => s.tag === tag);
     if (i < 0) {
       throw new BlockError("ENOENT", `Cannot resume '${tag}' on node '${this.#name}': no request is suspended at that tag`, {
@@ -210,7 +203,7 @@ export class BlkdebugFilter implements DriverInstance {
   }
 
   /** Removes breakpoints named `tag` and resumes requests suspended there; ENOENT when there are none. */
-  removeBreak(tag: string): void {
+  debugRemoveBreakpoint(tag: string): void {
     let found = false;
     for (const s of this.#suspended.filter((x) => x.tag === tag)) {
       this.#suspended.splice(this.#suspended.indexOf(s), 1);
@@ -237,7 +230,7 @@ export class BlkdebugFilter implements DriverInstance {
   }
 
   /** Tells whether a request is suspended at `tag`. */
-  isSuspended(tag: string): boolean {
+  debugIsSuspended(tag: string): boolean {
     return this.#suspended.some((s) => s.tag === tag);
   }
 
@@ -258,7 +251,7 @@ export class BlkdebugFilter implements DriverInstance {
   // ---- error injection --------------------------------------------------
 
   /** Fails the request when an armed rule matches; undefined when it may proceed. */
-  #inject(type: BlkdebugIoType, offset: number, bytes: number): Promise<never> | undefined {
+  #inject(type: BlkdebugIoType, offset: number, bytes: number, req: RequestInfo | undefined): Promise<never> | undefined {
     const bit = IOTYPE_BIT[type];
     let rule: InjectErrorRule | undefined;
     for (const r of this.#active) {
@@ -273,6 +266,10 @@ export class BlkdebugFilter implements DriverInstance {
     if (rule.once) {
       this.#active = this.#active.filter((r) => r !== rule);
       this.#removeRule(rule);
+    }
+    const node = this.#node;
+    if (node.listening) {
+      node.emit({ kind: "inject", node, time: performance.now(), req, op: type, offset, length: bytes, code: rule.code, event });
     }
     if (this.#listeners.length) {
       this.#trace({
@@ -303,7 +300,7 @@ export class BlkdebugFilter implements DriverInstance {
   /** Reads from the child unless an armed rule fails the read. */
   pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void {
     if (this.#active.length) {
-      const f = this.#inject("read", offset, buf.length);
+      const f = this.#inject("read", offset, buf.length, opts.req);
       if (f) return f;
     }
     return this.#child.pread(offset, buf, opts);
@@ -312,7 +309,7 @@ export class BlkdebugFilter implements DriverInstance {
   /** Writes to the child unless an armed rule fails the write. */
   pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void {
     if (this.#active.length) {
-      const f = this.#inject("write", offset, data.length);
+      const f = this.#inject("write", offset, data.length, opts.req);
       if (f) return f;
     }
     return this.#child.pwrite(offset, data, opts);
@@ -321,7 +318,7 @@ export class BlkdebugFilter implements DriverInstance {
   /** Writes zeroes through the child unless an armed rule fails it. */
   pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> | void {
     if (this.#active.length) {
-      const f = this.#inject("write-zeroes", offset, length);
+      const f = this.#inject("write-zeroes", offset, length, opts.req);
       if (f) return f;
     }
     return this.#child.pwriteZeroes(offset, length, opts);
@@ -330,7 +327,7 @@ export class BlkdebugFilter implements DriverInstance {
   /** Discards through the child unless an armed rule fails it. */
   pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> | void {
     if (this.#active.length) {
-      const f = this.#inject("discard", offset, length);
+      const f = this.#inject("discard", offset, length, opts.req);
       if (f) return f;
     }
     return this.#child.pdiscard(offset, length, opts);
@@ -341,13 +338,13 @@ export class BlkdebugFilter implements DriverInstance {
     if (this.#listeners.length) {
       this.#trace({ kind: "flush", node: this.#name, time: performance.now(), req: opts.req, state: this.#state });
     }
-    if (this.#active.length) return this.#inject("flush", 0, 0);
+    if (this.#active.length) return this.#inject("flush", 0, 0, opts.req);
   }
 
   /** Block status of the child unless an armed `block-status` rule fails it. */
   blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
     if (this.#active.length) {
-      const f = this.#inject("block-status", offset, length);
+      const f = this.#inject("block-status", offset, length, opts.req);
       if (f) return f;
     }
     return this.#child.blockStatus(offset, length, opts);
@@ -364,8 +361,8 @@ async function openBlkdebug(ctx: OpenContext): Promise<DriverInstance> {
   checkKnownOptions(o, BLKDEBUG_OPTIONS, "blkdebug");
   const rules = await readBlkdebugRules(o);
   const align = readBlkdebugAlign(o);
-  const child = (await ctx.openChild("image", undefined, { optional: true })) ??
-    (await ctx.openChild("file", undefined, { optional: true }));
+  // The image may be given as `image` (QEMU's name) or `file`; it is always attached as `image`.
+  const child = await ctx.openChild("image", ctx.childSpec?.("image") ?? ctx.childSpec?.("file"), { optional: true });
   if (!child) {
     throw new BlockError(
       "EINVAL",
@@ -373,7 +370,7 @@ async function openBlkdebug(ctx: OpenContext): Promise<DriverInstance> {
     );
   }
   const limits = readBlkdebugLimits(o, Math.max(align, child.limits.requestAlignment));
-  return new BlkdebugFilter(ctx.node.name, child, rules, limits);
+  return new BlkdebugFilter(ctx.node, child, rules, limits);
 }
 
 /** The blkdebug filter driver. */
@@ -382,6 +379,7 @@ export const blkdebugDriver: BlockDriver = {
   kind: "filter",
   protocolPrefix: "blkdebug",
   childKeys: ["image"],
+  primaryChildRole: "image",
   parseFilename(filename: string): Record<string, unknown> {
     const rest = filename.slice("blkdebug:".length);
     const colon = rest.indexOf(":");
@@ -425,10 +423,11 @@ export function findBlkdebug(node: BlockNode): BlkdebugFilter | undefined {
  * import { getBlkdebug, open } from "../mod.ts";
  * await using img = await open({ driver: "raw", file: { driver: "blkdebug", image: { driver: "memory", size: 4096 } } });
  * const dbg = getBlkdebug(img);
- * dbg.break("pwritev", "A");
+ * console.log(dbg.state); // 1
+ * img.debugBreak("pwritev", "A"); // breakpoints go through the node: the first blkdebug below gets them
  * const write = img.pwrite(0, new Uint8Array(512));
- * await dbg.waitBreak("A");
- * dbg.resume("A");
+ * await img.debugWaitBreak("A");
+ * img.debugResume("A");
  * await write;
  * ```
  */
@@ -436,31 +435,6 @@ export function getBlkdebug(node: BlockNode): BlkdebugFilter {
   const f = findBlkdebug(node);
   if (!f) throw new BlockError("ENOENT", `No blkdebug node at or below node '${node.name}'`, { node: node.name });
   return f;
-}
-
-/** Sets a breakpoint on the blkdebug node below `node` (qemu-io `break EVENT TAG`). */
-export function blkdebugBreak(node: BlockNode, event: string, tag: string): void {
-  getBlkdebug(node).break(event, tag);
-}
-
-/** Waits until a request is suspended at `tag` (qemu-io `wait_break TAG`). */
-export function blkdebugWaitBreak(node: BlockNode, tag: string): Promise<void> {
-  return getBlkdebug(node).waitBreak(tag);
-}
-
-/** Resumes the request suspended at `tag` (qemu-io `resume TAG`). */
-export function blkdebugResume(node: BlockNode, tag: string): void {
-  getBlkdebug(node).resume(tag);
-}
-
-/** Removes breakpoint `tag` and resumes requests held there (qemu-io `remove_break TAG`). */
-export function blkdebugRemoveBreak(node: BlockNode, tag: string): void {
-  getBlkdebug(node).removeBreak(tag);
-}
-
-/** Tells whether a request is suspended at `tag` below `node`. */
-export function blkdebugIsSuspended(node: BlockNode, tag: string): boolean {
-  return getBlkdebug(node).isSuspended(tag);
 }
 
 /**

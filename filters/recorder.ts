@@ -29,7 +29,8 @@ import { BlockError } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { checkKnownOptions } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
-import type { BlockDriver, DriverInstance, RequestOptions, TruncateOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { RequestOptions, TruncateOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { BlockDriver, DriverInstance } from "../core/node.ts";
 
 /** The kinds of operation a recorder logs. */
 export type RecordedKind = "write" | "write-zeroes" | "discard" | "flush" | "truncate" | "mark";

@@ -5,7 +5,8 @@
  * group: either a named one (`throttle-group: "tg0"`, made with
  * {@linkcode createThrottleGroup}) shared by several nodes, or a private one
  * from inline `limits`. Flush is not throttled. A node without limits costs
- * next to nothing per request.
+ * next to nothing per request. Node listeners see each wait as a
+ * `{kind: "throttle", phase: "begin" | "end"}` pair.
  *
  * @example
  * ```ts
@@ -26,7 +27,8 @@ import type { BlockNode } from "../core/node.ts";
 import { checkKnownOptions, optString } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
 import { isPlainObject } from "../core/spec.ts";
-import type { BlockDriver, DriverInstance, OpenContext, RequestOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { RequestOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
 import type { Clock } from "./_clock.ts";
 import { createThrottleGroup, forgetThrottleGroup, getThrottleGroup, ThrottleGroup, type ThrottleGroupMember } from "./_throttle_group.ts";
 
@@ -54,43 +56,54 @@ export class ThrottleFilter implements DriverInstance {
   /** The group whose budget this node draws on. */
   readonly group: ThrottleGroup;
   #member: ThrottleGroupMember;
+  #node: BlockNode;
   #child: BlockNode;
   #ownsGroup: boolean;
 
-  /** Joins `group` as node `name` over `child` (done by the driver's open). */
-  constructor(name: string, child: BlockNode, group: ThrottleGroup, ownsGroup: boolean) {
+  /** Joins `group` as `node` over `child` (done by the driver's open). */
+  constructor(node: BlockNode, child: BlockNode, group: ThrottleGroup, ownsGroup: boolean) {
     this.group = group;
+    this.#node = node;
     this.#child = child;
     this.#ownsGroup = ownsGroup;
-    this.#member = group.join(name);
+    this.#member = group.join(node.name);
   }
 
   /** Reads once the group's budget admits it. */
   pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
     const w = this.group.intercept(this.#member, buf.length, false);
     if (w === undefined) return this.#child.pread(offset, buf, opts);
-    return w.then(() => this.#child.pread(offset, buf, opts));
+    return this.#waited(w, buf.length, false, opts).then(() => this.#child.pread(offset, buf, opts));
   }
 
   /** Writes once the group's budget admits it. */
   pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const w = this.group.intercept(this.#member, data.length, true);
     if (w === undefined) return this.#child.pwrite(offset, data, opts);
-    return w.then(() => this.#child.pwrite(offset, data, opts));
+    return this.#waited(w, data.length, true, opts).then(() => this.#child.pwrite(offset, data, opts));
   }
 
   /** Writes zeroes once admitted (counted as a write of `length` bytes, as QEMU). */
   pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     const w = this.group.intercept(this.#member, length, true);
     if (w === undefined) return this.#child.pwriteZeroes(offset, length, opts);
-    return w.then(() => this.#child.pwriteZeroes(offset, length, opts));
+    return this.#waited(w, length, true, opts).then(() => this.#child.pwriteZeroes(offset, length, opts));
   }
 
   /** Discards once admitted (counted as a write of `length` bytes, as QEMU). */
   pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     const w = this.group.intercept(this.#member, length, true);
     if (w === undefined) return this.#child.pdiscard(offset, length, opts);
-    return w.then(() => this.#child.pdiscard(offset, length, opts));
+    return this.#waited(w, length, true, opts).then(() => this.#child.pdiscard(offset, length, opts));
+  }
+
+  /** The wait `w`, reported to the node's listeners as a throttle begin/end pair. */
+  #waited(w: Promise<void>, bytes: number, write: boolean, opts: RequestOptions): Promise<void> {
+    const node = this.#node;
+    if (!node.listening) return w;
+    const req = opts.req;
+    node.emit({ kind: "throttle", phase: "begin", node, time: performance.now(), req, bytes, write });
+    return w.finally(() => node.emit({ kind: "throttle", phase: "end", node, time: performance.now(), req, bytes, write }));
   }
 
   /** Leaves the group (a private group is dropped with it). */
@@ -151,7 +164,7 @@ async function openThrottle(ctx: OpenContext): Promise<DriverInstance> {
     // A private group, not in the registry.
     group = new ThrottleGroup(`#${ctx.node.name}`, (limits as Record<string, unknown> | undefined) ?? {}, clock);
   }
-  return new ThrottleFilter(ctx.node.name, child!, group, owns);
+  return new ThrottleFilter(ctx.node, child!, group, owns);
 }
 
 /** The throttle filter driver. */

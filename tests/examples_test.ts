@@ -7,6 +7,7 @@ const EXAMPLES = [
   "throttled_copy_progress.ts",
   "convert_raw_to_compressed.ts",
   "nbd_serve_and_read.ts",
+  "trace_requests_chrome.ts",
 ];
 
 for (const name of EXAMPLES) {

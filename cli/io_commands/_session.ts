@@ -10,7 +10,7 @@ import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import { type CliIO, cvtstr } from "../_common.ts";
 import { parseSize } from "../../core/options.ts";
-import type { Trace } from "../_trace.ts";
+import type { Trace, TraceTarget } from "../_trace.ts";
 
 /** A command's parsed flags: flag letter to value (`true` for plain flags). */
 export type IoFlags = Map<string, string | true>;
@@ -64,7 +64,7 @@ export class IoSession {
   /** `quit` was given. */
   quit = false;
   /** Trace target for newly opened images (`--trace`). */
-  traceTarget: string | true | undefined;
+  traceTarget: TraceTarget | undefined;
   /** The trace of the open image. */
   trace: Trace | undefined;
   /** The command table (set by the io verb). */
@@ -82,7 +82,7 @@ export class IoSession {
 
   /** Prints qemu-io's warning when a writable image's format was probed as raw. */
   warnIfProbed(name: string): void {
-    if (!this.node?.probed || this.node.readOnly) return;
+    if (!this.node?.probed || this.node.driver.name !== "raw" || this.node.readOnly) return;
     this.io.stderr(
       `WARNING: Image format was not specified for '${name}' and probing guessed raw.\n` +
         "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +

@@ -1,36 +1,15 @@
 /**
  * qemu-io's blkdebug commands: break, wait_break, resume and remove_break.
- * They act on the first node down the graph whose driver offers
- * breakpoints (the blkdebug filter).
+ * They go through the node's breakpoint operations, which act on the first
+ * node down the primary-child chain whose driver offers breakpoints (the
+ * blkdebug filter), as QEMU's bdrv_find_debug_node does.
  *
  * @module
  */
 
-import { isBlkdebugEvent } from "../../core/events.ts";
+import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
-import { graphNodes } from "../_common.ts";
 import type { IoCommand, IoSession } from "./_session.ts";
-
-/** The breakpoint API a blkdebug instance offers. */
-export interface BreakpointApi {
-  /** Suspends the next request that raises `event`, tagging it `tag`. */
-  break(event: string, tag: string): void;
-  /** Resolves when a request is suspended at `tag`. */
-  waitBreak(tag: string): Promise<void>;
-  /** Resumes the request suspended at `tag`. */
-  resume(tag: string): void;
-  /** Removes the breakpoint `tag`. */
-  removeBreak(tag: string): void;
-}
-
-/** Finds the breakpoint API in the graph under `top`. */
-export function findBreakpoints(top: BlockNode): BreakpointApi | undefined {
-  for (const n of graphNodes(top)) {
-    const inst = n.instance as Partial<BreakpointApi>;
-    if (typeof inst.break === "function" && typeof inst.resume === "function") return inst as BreakpointApi;
-  }
-  return undefined;
-}
 
 /** qemu-io's failure line for each command ("Could not set breakpoint: ..."). */
 function failLine(what: string, tag: string, why: string): string {
@@ -40,16 +19,23 @@ function failLine(what: string, tag: string, why: string): string {
   return `${what} failed: ${why}\n`;
 }
 
-function api(s: IoSession, what: string, tag: string): BreakpointApi | undefined {
-  const a = findBreakpoints(s.node!);
-  if (!a) s.print(failLine(what, tag, "Operation not supported"));
-  return a;
-}
-
 function fail(s: IoSession, what: string, tag: string, e: unknown): false {
-  const msg = (e as { strerror?: string }).strerror ?? (e as Error).message;
+  // No breakpoint-capable node below: qemu-io's -ENOTSUP.
+  const msg = e instanceof BlockError && e.code === "ENOTSUP"
+    ? "Operation not supported"
+    : (e as { strerror?: string }).strerror ?? (e as Error).message;
   s.print(failLine(what, tag, msg));
   return false;
+}
+
+/** Runs one breakpoint operation on the session's node, printing qemu-io's failure line. */
+async function op(s: IoSession, what: string, tag: string, fn: (n: BlockNode) => Promise<void> | void): Promise<boolean> {
+  try {
+    await fn(s.node!);
+    return true;
+  } catch (e) {
+    return fail(s, what, tag, e);
+  }
 }
 
 const brk: IoCommand = {
@@ -60,18 +46,7 @@ const brk: IoCommand = {
   argmax: 2,
   needsFile: true,
   run(s, _f, [event, tag]) {
-    const a = api(s, "break", tag);
-    if (!a) return Promise.resolve(false);
-    if (!isBlkdebugEvent(event)) {
-      s.print(failLine("break", tag, "No such file or directory"));
-      return Promise.resolve(false);
-    }
-    try {
-      a.break(event, tag);
-    } catch (e) {
-      return Promise.resolve(fail(s, "break", tag, e));
-    }
-    return Promise.resolve(true);
+    return op(s, "break", tag, (n) => n.debugBreak(event, tag));
   },
 };
 
@@ -83,13 +58,7 @@ const waitBreak: IoCommand = {
   argmax: 1,
   needsFile: true,
   async run(s, _f, [tag]) {
-    const a = api(s, "wait_break", tag);
-    if (!a) return false;
-    try {
-      await a.waitBreak(tag);
-    } catch (e) {
-      return fail(s, "wait_break", tag, e);
-    }
+    if (!(await op(s, "wait_break", tag, (n) => n.debugWaitBreak(tag)))) return false;
     s.print(`blkdebug: Suspended request '${tag}'\n`);
     return true;
   },
@@ -103,13 +72,7 @@ const resume: IoCommand = {
   argmax: 1,
   needsFile: true,
   async run(s, _f, [tag]) {
-    const a = api(s, "resume", tag);
-    if (!a) return false;
-    try {
-      a.resume(tag);
-    } catch (e) {
-      return fail(s, "resume", tag, e);
-    }
+    if (!(await op(s, "resume", tag, (n) => n.debugResume(tag)))) return false;
     s.print(`blkdebug: Resuming request '${tag}'\n`);
     // Let the resumed request run on, as qemu-io's main loop does.
     await new Promise((r) => setTimeout(r, 0));
@@ -125,14 +88,7 @@ const removeBreak: IoCommand = {
   argmax: 1,
   needsFile: true,
   run(s, _f, [tag]) {
-    const a = api(s, "remove_break", tag);
-    if (!a) return Promise.resolve(false);
-    try {
-      a.removeBreak(tag);
-    } catch (e) {
-      return Promise.resolve(fail(s, "remove_break", tag, e));
-    }
-    return Promise.resolve(true);
+    return op(s, "remove_break", tag, (n) => n.debugRemoveBreak(tag));
   },
 };
 

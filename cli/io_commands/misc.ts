@@ -8,7 +8,7 @@
 import { formatNode, openImage } from "../_common.ts";
 import { startTrace } from "../_trace.ts";
 import { dumpHuman } from "../info.ts";
-import { chainStatus } from "../map.ts";
+import { chainStatus } from "../_map_extents.ts";
 import { cvtstr } from "../_common.ts";
 import { cvtnum, type IoCommand, report, strerror, usage, usageLine } from "./_session.ts";
 
@@ -217,7 +217,7 @@ const open: IoCommand = {
     }
     s.filename = name;
     s.warnIfProbed(name);
-    if (s.traceTarget !== undefined) s.trace = startTrace(s.node, s.traceTarget, s.io);
+    if (s.traceTarget !== undefined) s.trace = startTrace(s.node, { ...s.traceTarget, io: s.io });
     return true;
   },
 };

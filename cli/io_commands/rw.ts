@@ -5,12 +5,7 @@
  * @module
  */
 
-import { formatNode } from "../_common.ts";
 import { cvtnum, dumpBuffer, type IoCommand, type IoFlags, type IoSession, parsePattern, report, strerror, usage } from "./_session.ts";
-
-interface CompressingInstance {
-  pwriteCompressed?(offset: number, data: Uint8Array): Promise<void> | void;
-}
 
 function pattern(s: IoSession, flags: IoFlags, def: number): number | undefined {
   const p = flags.get("P");
@@ -125,16 +120,7 @@ const write: IoCommand = {
         await node.pwriteZeroes(offset, count, { mayUnmap: flags.has("u"), noFallback: flags.has("n"), fua: flags.has("f") });
       } else {
         const data = new Uint8Array(count).fill(byte);
-        if (flags.has("c")) {
-          const inst = formatNode(node).instance as CompressingInstance;
-          if (typeof inst.pwriteCompressed !== "function") {
-            s.print(`write failed: Operation not supported\n`);
-            return false;
-          }
-          await inst.pwriteCompressed(offset, data);
-        } else {
-          await node.pwrite(offset, data, { fua: flags.has("f") });
-        }
+        await node.pwrite(offset, data, { fua: flags.has("f"), compressed: flags.has("c") });
       }
     } catch (e) {
       s.print(`write failed: ${strerror(e)}\n`);

@@ -45,7 +45,7 @@
 import { BlockError, toBlockError } from "../../core/errors.ts";
 import { checkKnownOptions, optBool, optEnum, optInt, optString } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
-import type { BlockDriver, BlockStatus, DriverInstance } from "../../core/types.ts";
+import type { BlockDriver, BlockStatus, DriverInstance } from "../../core/node.ts";
 import { ClientConnection } from "./_client_conn.ts";
 import { clientNegotiate } from "./_client_handshake.ts";
 import { CMD, CMD_FLAG, STATE_HOLE, STATE_ZERO, TF } from "./_protocol.ts";

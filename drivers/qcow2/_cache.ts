@@ -9,8 +9,18 @@
  * L2 tables, L1) and calls {@linkcode MetaCache.trim}. That keeps the
  * ordering rules in one place and lets many allocations share one flush.
  *
+ * Pin discipline (QEMU's `qcow2_cache_get`/`qcow2_cache_put`): code that
+ * uses an entry across an `await` holds a pin, taken in the same synchronous
+ * step as the lookup ({@linkcode MetaCache.acquire}, or `insert` with
+ * `pin`), and gives it back with {@linkcode MetaCache.release}. A pinned
+ * entry is never evicted. {@linkcode MetaCache.get} is for synchronous use
+ * only: after any `await` its entry may be gone. Marking an entry dirty that
+ * is no longer cached is a loud internal error, never a silently lost update.
+ *
  * @module
  */
+
+import { BlockError } from "../../core/errors.ts";
 
 /** One cached table. */
 export interface CacheEntry {
@@ -48,32 +58,57 @@ export class MetaCache {
     return this.#map.size;
   }
 
-  /** Looks up a table and marks it recently used. */
+  /**
+   * Looks up a table and marks it recently used, without pinning it: use the
+   * entry synchronously (before any `await`) or call
+   * {@linkcode MetaCache.acquire} instead.
+   */
   get(offset: number): CacheEntry | undefined {
     const e = this.#map.get(offset);
     if (e) e.used = ++this.#tick;
     return e;
   }
 
+  /** Looks up a table and pins it in the same step; undefined when not cached. */
+  acquire(offset: number): CacheEntry | undefined {
+    const e = this.#map.get(offset);
+    if (e) {
+      e.used = ++this.#tick;
+      e.pins++;
+    }
+    return e;
+  }
+
+  /** Gives back a pin taken by {@linkcode MetaCache.acquire} or `insert` with `pin`. */
+  release(e: CacheEntry): void {
+    if (e.pins <= 0) {
+      throw new BlockError("EIO", `Internal error: metadata table at offset 0x${e.offset.toString(16)} released more often than pinned`);
+    }
+    e.pins--;
+  }
+
   /**
    * Adds a table; if one is already cached at `offset` (a concurrent load won
-   * the race) the cached one is kept and returned. Evicts clean LRU entries
-   * beyond the capacity.
+   * the race) the cached one is kept and returned. With `pin`, the returned
+   * entry is pinned in the same step. Evicts clean LRU entries beyond the
+   * capacity.
    */
-  insert(offset: number, buf: Uint8Array, dirty = false, isNew = false): CacheEntry {
+  insert(offset: number, buf: Uint8Array, opts: { dirty?: boolean; isNew?: boolean; pin?: boolean } = {}): CacheEntry {
     const old = this.#map.get(offset);
     if (old) {
       old.used = ++this.#tick;
+      if (opts.pin) old.pins++;
       return old;
     }
+    const dirty = opts.dirty ?? false;
     const e: CacheEntry = {
       offset,
       buf,
       view: new DataView(buf.buffer, buf.byteOffset, buf.byteLength),
       dirty,
-      isNew,
+      isNew: opts.isNew ?? false,
       used: ++this.#tick,
-      pins: 0,
+      pins: opts.pin ? 1 : 0,
     };
     this.#map.set(offset, e);
     if (dirty) this.#dirtyCount++;
@@ -81,8 +116,26 @@ export class MetaCache {
     return e;
   }
 
+  /**
+   * Loads a table through the cache: a hit is pinned at once; on a miss
+   * `read` fetches it and the inserted entry comes back pinned. The caller
+   * releases it.
+   */
+  async load(offset: number, read: () => Promise<Uint8Array>): Promise<CacheEntry> {
+    const hit = this.acquire(offset);
+    if (hit) return hit;
+    const buf = await read();
+    return this.insert(offset, buf, { pin: true });
+  }
+
   /** Marks an entry dirty (it stays cached until written back). */
   markDirty(e: CacheEntry): void {
+    if (this.#map.get(e.offset) !== e) {
+      throw new BlockError(
+        "EIO",
+        `Internal error: metadata table at offset 0x${e.offset.toString(16)} was changed after it left the cache (it was not pinned)`,
+      );
+    }
     if (!e.dirty) {
       e.dirty = true;
       this.#dirtyCount++;

@@ -10,8 +10,8 @@
  */
 
 import type { BlockNode } from "../../core/node.ts";
-import type { Counters, Fix } from "./_checker.ts";
-import { entryHex, entryOffset, hex, HI, joinHex } from "./_check_tables.ts";
+import type { Counters, Fix } from "./_check_types.ts";
+import { entryHex, entryOffset, hex, HI, joinHex, l2EntrySize, OFFSET_HI_MASK, OFFSET_LO_MASK } from "./_entries.ts";
 
 /** What the walk needs from the checker. */
 export interface WalkContext {
@@ -77,7 +77,7 @@ async function checkL2(ctx: WalkContext, l2Offset: number, fragInfo: boolean, fi
     return;
   }
   const view = new DataView(table.buffer);
-  const step = ctx.extL2 ? 16 : 8;
+  const step = l2EntrySize(ctx.extL2);
   const csizeShift = 62 - (ctx.clusterBits - 8);
   const hiOffsetMask = 2 ** (csizeShift - 32) - 1;
   const csizeMask = 2 ** (ctx.clusterBits - 8) - 1;
@@ -125,7 +125,7 @@ async function checkL2(ctx: WalkContext, l2Offset: number, fragInfo: boolean, fi
       ctx.say(`ERROR found l2 entry with reserved bits set: ${entryHex(view, at)}`);
       ctx.res.corruptions++;
     }
-    const offset = (hi & 0x00ffffff) * HI + ((lo & 0xfffffe00) >>> 0);
+    const offset = (hi & OFFSET_HI_MASK) * HI + ((lo & OFFSET_LO_MASK) >>> 0);
     const zeroFlag = !ctx.extL2 && (lo & 1) !== 0;
     if (!offset && (zeroFlag || !ctx.dataFile || !(hi & 0x80000000))) {
       // ZERO_PLAIN or UNALLOCATED (offset 0 is a data file's first cluster only with COPIED).

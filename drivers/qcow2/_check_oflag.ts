@@ -10,9 +10,9 @@
 
 import type { BlockNode } from "../../core/node.ts";
 import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
-import type { Counters } from "./_checker.ts";
+import type { Counters } from "./_check_types.ts";
 import type { DiskRefcounts } from "./_check_refcounts.ts";
-import { entryHex, entryOffset } from "./_check_tables.ts";
+import { entryHex, entryOffset, l2EntrySize } from "./_entries.ts";
 
 const COPIED = 0x80000000;
 
@@ -29,7 +29,7 @@ export async function checkOflagCopied(
   const cs = 2 ** h.clusterBits;
   const extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
   const dataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0;
-  const step = extL2 ? 16 : 8;
+  const step = l2EntrySize(extL2);
   const l1 = new Uint8Array(h.l1Size * 8);
   await file.pread(h.l1TableOffset, l1);
   const l1v = new DataView(l1.buffer);

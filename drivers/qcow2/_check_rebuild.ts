@@ -16,7 +16,9 @@
 
 import type { BlockNode } from "../../core/node.ts";
 import type { Qcow2Header } from "./header.ts";
-import { HI, type RefArray, setRefcount } from "./_check_tables.ts";
+import type { RefArray } from "./_check_refarray.ts";
+import { HI, writeRefcount } from "./_entries.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 
 interface State {
   file: BlockNode;
@@ -75,7 +77,7 @@ async function writeRefblocks(s: State, firstCluster: number, endCluster: number
     block.fill(0);
     for (let k = 0; k < s.per && start + k < s.ref.size; k++) {
       const r = s.ref.get(start + k);
-      if (r) setRefcount(block, view, k, s.order, r);
+      if (r) writeRefcount(view, 2 ** s.order, k, r);
     }
     await s.file.pwrite(at * s.cs, block);
     cluster = start + s.per - 1;
@@ -104,14 +106,12 @@ export async function rebuildRefcountStructure(file: BlockNode, h: Qcow2Header, 
   });
   const tableOffset = tableCluster * cs;
   await file.pwrite(tableOffset, table);
-  // refcount_table_offset and refcount_table_clusters in one write.
-  const hdr = new Uint8Array(12);
-  const hv = new DataView(hdr.buffer);
-  hv.setUint32(0, Math.floor(tableOffset / HI));
-  hv.setUint32(4, tableOffset % HI);
-  hv.setUint32(8, tableClusters);
-  await file.pwrite(48, hdr);
+  // The new table is durable before the header points at it; both pointer fields change in one write.
   await file.flush();
+  await writeHeaderFields(file, { ...h, refcountTableOffset: tableOffset, refcountTableClusters: tableClusters }, [
+    "refcountTableOffset",
+    "refcountTableClusters",
+  ]);
   h.refcountTableOffset = tableOffset;
   h.refcountTableClusters = tableClusters;
   ref.grow(Math.ceil(file.length / cs));

@@ -8,7 +8,7 @@
  */
 
 import type { BlockNode } from "../../core/node.ts";
-import { getRefcount, HI, setRefcount } from "./_check_tables.ts";
+import { entryOffset, readRefcount, writeRefcount } from "./_entries.ts";
 
 /** One cached refcount block. */
 export interface RefBlock {
@@ -60,7 +60,7 @@ export class DiskRefcounts {
   }
 
   #blockOffset(index: number): number {
-    return this.#view.getUint32(index * 8) * HI + ((this.#view.getUint32(index * 8 + 4) & 0xfffffe00) >>> 0);
+    return entryOffset(this.#view, index * 8);
   }
 
   /** Refcount block `index`, or null when there is none; throws when its offset is unusable. */
@@ -83,12 +83,12 @@ export class DiskRefcounts {
 
   /** Refcount `k` of a block. */
   read(b: RefBlock, k: number): number {
-    return getRefcount(b.bytes, b.view, k, this.#order);
+    return readRefcount(b.view, 2 ** this.#order, k);
   }
 
   /** Changes refcount `k` of a block (written by {@linkcode DiskRefcounts.writeDirty}). */
   write(b: RefBlock, k: number, value: number): void {
-    setRefcount(b.bytes, b.view, k, this.#order, value);
+    writeRefcount(b.view, 2 ** this.#order, k, value);
     b.dirty = true;
   }
 

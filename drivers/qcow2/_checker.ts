@@ -22,63 +22,18 @@ import {
   INCOMPAT_EXTL2,
   type Qcow2Header,
 } from "./header.ts";
-import { entryOffset, hex, HI, parseBitmapDirectory, parseSnapshotTable, RefArray, type SnapshotEntry } from "./_check_tables.ts";
+import { RefArray } from "./_check_refarray.ts";
+import { type Counters, type Fix, zeroCounters } from "./_check_types.ts";
+import { entryOffset, hex, HI, OFFSET_LO_MASK } from "./_entries.ts";
+import { parseBitmapDirectory, type SnapshotEntry } from "./_tables.ts";
+import { readSnapshotTableFrom } from "./_snapshot.ts";
 import { checkL1, type WalkContext } from "./_check_l2.ts";
 import { checkOflagCopied } from "./_check_oflag.ts";
 import { rebuildRefcountStructure } from "./_check_rebuild.ts";
 import { DiskRefcounts, type RefBlock } from "./_check_refcounts.ts";
 
-/** Counters of one check run (QEMU's BdrvCheckResult). */
-export interface Counters {
-  /** Refcounts too low and other metadata errors. */
-  corruptions: number;
-  /** Refcounts too high. */
-  leaks: number;
-  /** Errors that stopped part of the check. */
-  checkErrors: number;
-  /** Corruptions repaired. */
-  corruptionsFixed: number;
-  /** Leaks repaired. */
-  leaksFixed: number;
-  /** End of the last used host cluster. */
-  imageEndOffset: number;
-  /** Guest clusters of the virtual disk. */
-  totalClusters: number;
-  /** Guest clusters allocated. */
-  allocatedClusters: number;
-  /** Allocated clusters not following their predecessor. */
-  fragmentedClusters: number;
-  /** Compressed clusters. */
-  compressedClusters: number;
-}
-
-/** Fresh zeroed counters. */
-export function zeroCounters(): Counters {
-  return {
-    corruptions: 0,
-    leaks: 0,
-    checkErrors: 0,
-    corruptionsFixed: 0,
-    leaksFixed: 0,
-    imageEndOffset: 0,
-    totalClusters: 0,
-    allocatedClusters: 0,
-    fragmentedClusters: 0,
-    compressedClusters: 0,
-  };
-}
-
-/** Repair flags (QEMU's BDRV_FIX_LEAKS and BDRV_FIX_ERRORS). */
-export interface Fix {
-  /** Drop refcounts that are too high. */
-  leaks: boolean;
-  /** Fix everything else too (rebuilding the refcount structure if needed). */
-  errors: boolean;
-}
-
 const FIX_NONE: Fix = { leaks: false, errors: false };
 const MAX_L1_ENTRIES = 0x2000000 / 8;
-const MAX_SNAPSHOT_TABLE = 64 * 1024 * 1024;
 
 /** One check of one image file. */
 export class Checker {
@@ -156,25 +111,14 @@ export class Checker {
 
   /** Reads the snapshot table (QEMU's qcow2_check_read_snapshot_table). */
   async readSnapshots(): Promise<void> {
-    const h = this.#h;
-    if (h.nbSnapshots === 0) return;
-    // Entries are variable-sized; read in growing steps, at most QEMU's 64 MiB limit.
-    const limit = Math.min(MAX_SNAPSHOT_TABLE, this.#file.length - h.snapshotsOffset);
-    let want = Math.min(h.nbSnapshots * 1024, limit);
-    for (;;) {
-      const parsed = parseSnapshotTable(await this.#read(h.snapshotsOffset, Math.max(0, want)), h.nbSnapshots);
-      if (typeof parsed !== "string") {
-        this.#snapshots = parsed.entries;
-        this.#snapshotsSize = parsed.size;
-        return;
-      }
-      if (want >= limit) {
-        this.#say(`ERROR failed to read the snapshot table: ${parsed}`);
-        this.res.checkErrors++;
-        return;
-      }
-      want = Math.min(limit, want * 4);
+    const parsed = await readSnapshotTableFrom(this.#file, this.#h);
+    if (typeof parsed === "string") {
+      this.#say(`ERROR failed to read the snapshot table: ${parsed}`);
+      this.res.checkErrors++;
+      return;
     }
+    this.#snapshots = parsed.entries;
+    this.#snapshotsSize = parsed.size;
   }
 
   /** Runs QEMU's qcow2_check_refcounts with the given repair flags. */
@@ -337,7 +281,7 @@ export class Checker {
     const cs = this.#cs;
     for (let i = 0; i < this.#disk.entries; i++) {
       const [hi, lo] = this.#disk.entry(i);
-      const offset = hi * HI + ((lo & 0xfffffe00) >>> 0);
+      const offset = hi * HI + ((lo & OFFSET_LO_MASK) >>> 0);
       if (lo & 0x1ff) {
         this.#say(`ERROR refcount table entry ${i} has reserved bits set`);
         this.res.corruptions++;

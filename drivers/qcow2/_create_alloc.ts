@@ -163,7 +163,7 @@ export class QemuAllocator {
 }
 
 /** QEMU's qcow2_refcount_metadata_size fixed point: refcount blocks for `clusters` plus themselves. */
-function refblockCount(clusters: number, cs: number, perBlock: number, generous: boolean): number {
+export function refblockCount(clusters: number, cs: number, perBlock: number, generous: boolean): number {
   const perTableCluster = cs / 8;
   let table = 0;
   let blocks = 0;

@@ -13,7 +13,7 @@
  * @module
  */
 
-import { setRefcount } from "./_check_tables.ts";
+import { l2EntrySize, writeRefcount } from "./_entries.ts";
 import { QemuAllocator } from "./_create_alloc.ts";
 
 const INT_MAX = 2 ** 31 - 1;
@@ -82,7 +82,7 @@ export interface L2Plan {
 export function encodeL2(plan: L2Plan, buf: Uint8Array, cs: number, extendedL2: boolean): void {
   buf.fill(0);
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const step = extendedL2 ? 16 : 8;
+  const step = l2EntrySize(extendedL2);
   for (const [first, host, n] of plan.runs) {
     for (let k = 0; k < n; k++) putEntry(view, (first + k) * step, (host + k) * cs);
   }
@@ -107,7 +107,7 @@ function encodeTable(entries: number[], clusters: number, cs: number): Uint8Arra
 /** Computes the metadata of a new image. */
 export function planLayout(o: LayoutInput): Layout {
   const cs = o.clusterSize;
-  const entryBytes = o.extendedL2 ? 16 : 8;
+  const entryBytes = l2EntrySize(o.extendedL2);
   const l2Entries = cs / entryBytes;
   const guestClusters = Math.ceil(o.size / cs);
   const l1Size = Math.ceil(guestClusters / l2Entries);
@@ -176,7 +176,7 @@ export function planLayout(o: LayoutInput): Layout {
     const first = plan.index * a.perBlock;
     for (let k = 0; k < a.perBlock && first + k < last; k++) {
       const r = a.refcount(first + k);
-      if (r) setRefcount(buf, view, k, order, r);
+      if (r) writeRefcount(view, 2 ** order, k, r);
     }
   };
   return {

@@ -8,7 +8,8 @@
 
 import { CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
-import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, type Qcow2State } from "./_state.ts";
+import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO } from "./_entries.ts";
+import type { Qcow2State } from "./_state.ts";
 
 /** The range is not allocated in this image (reads from the backing file or zeros). */
 export const K_UNALLOC = 0;
@@ -187,13 +188,14 @@ function mapExtended(st: Qcow2State, view: DataView, inTable: number, limit: num
 export async function map(st: Qcow2State, offset: number, maxBytes: number, m: Mapping, req: RequestInfo | undefined): Promise<void> {
   if (mapSync(st, offset, maxBytes, m)) return;
   const l1i = Math.floor(offset / st.l2Span);
-  await st.loadL2(m.l2Offset, l1i, req);
-  if (!mapSync(st, offset, maxBytes, m)) {
-    // Evicted at once (cache of size < 1 in effect): load and map from the buffer directly.
-    const e = await st.loadL2(m.l2Offset, l1i, req);
+  // Map from the pinned entry itself: a concurrent load may evict it from the cache at once.
+  const e = await st.loadL2(m.l2Offset, l1i, req);
+  try {
     const inTable = offset - l1i * st.l2Span;
     const limit = Math.min(maxBytes, st.l2Span - inTable);
     if (st.extL2) mapExtended(st, e.view, inTable, limit, m);
     else mapStandard(st, e.view, inTable, limit, m);
+  } finally {
+    st.l2Cache.release(e);
   }
 }

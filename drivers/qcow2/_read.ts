@@ -6,7 +6,8 @@
  * @module
  */
 
-import type { BlockStatus, RequestInfo } from "../../core/types.ts";
+import type { RequestInfo } from "../../core/types.ts";
+import type { BlockStatus } from "../../core/node.ts";
 import { decompressCluster } from "./compress.ts";
 import { K_COMPRESSED, K_NORMAL, K_UNALLOC, K_ZERO, map, type Mapping, mapSync, newMapping } from "./_l2.ts";
 import type { Qcow2State } from "./_state.ts";
@@ -105,14 +106,16 @@ export async function blockStatus(st: Qcow2State, offset: number, length: number
   const n = m.bytes;
   switch (m.kind) {
     case K_NORMAL:
-      return { offset, length: n, data: true, zero: false, allocated: true, depth: 0, hostOffset: m.host, file: st.data };
+      return { offset, length: n, data: true, zero: false, allocated: true, present: true, depth: 0, hostOffset: m.host, file: st.data };
     case K_ZERO:
-      return { offset, length: n, data: false, zero: true, allocated: true, depth: 0 };
+      return { offset, length: n, data: false, zero: true, allocated: true, present: true, depth: 0 };
     case K_COMPRESSED:
-      return { offset, length: n, data: true, zero: false, allocated: true, depth: 0, compressed: true };
+      return { offset, length: n, data: true, zero: false, allocated: true, present: true, depth: 0, compressed: true };
   }
   const b = st.backing;
-  if (!b || offset >= b.length) return { offset, length: n, data: false, zero: true, allocated: false, depth: b ? 1 : 0 };
+  if (!b || offset >= b.length) {
+    return { offset, length: n, data: false, zero: true, allocated: false, present: false, depth: b ? 1 : 0 };
+  }
   const s = await b.blockStatus(offset, Math.min(n, b.length - offset), { req });
   return {
     offset,
@@ -120,6 +123,7 @@ export async function blockStatus(st: Qcow2State, offset: number, length: number
     data: s.data,
     zero: s.zero,
     allocated: false,
+    present: s.present ?? s.allocated,
     depth: (s.depth ?? 0) + 1,
     hostOffset: s.hostOffset,
     file: s.file,

@@ -15,70 +15,13 @@ import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
 import { MAX_REFTABLE_BYTES } from "./header.ts";
+import { maxRefcount, readRefcount, writeRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 
-/** Reads entry `i` of a refcount block. */
-export function readEntry(view: DataView, bits: number, i: number): number {
-  switch (bits) {
-    case 16:
-      return view.getUint16(i * 2);
-    case 8:
-      return view.getUint8(i);
-    case 32:
-      return view.getUint32(i * 4);
-    case 64:
-      return view.getUint32(i * 8) * 0x100000000 + view.getUint32(i * 8 + 4);
-    default: {
-      const perByte = 8 / bits;
-      const byte = view.getUint8(Math.floor(i / perByte));
-      return (byte >> (bits * (i % perByte))) & ((1 << bits) - 1);
-    }
-  }
-}
-
-/** Writes entry `i` of a refcount block. */
-export function writeEntry(view: DataView, bits: number, i: number, value: number): void {
-  switch (bits) {
-    case 16:
-      return view.setUint16(i * 2, value);
-    case 8:
-      return view.setUint8(i, value);
-    case 32:
-      return view.setUint32(i * 4, value);
-    case 64:
-      view.setUint32(i * 8, Math.floor(value / 0x100000000));
-      return view.setUint32(i * 8 + 4, value % 0x100000000);
-    default: {
-      const perByte = 8 / bits;
-      const at = Math.floor(i / perByte);
-      const shift = bits * (i % perByte);
-      const mask = ((1 << bits) - 1) << shift;
-      view.setUint8(at, (view.getUint8(at) & ~mask) | (value << shift));
-    }
-  }
-}
-
-/** Largest refcount a width can hold. */
-export function maxRefcount(bits: number): number {
-  return bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits - 1;
-}
-
-async function loadBlock(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<CacheEntry> {
-  const hit = st.rbCache.get(offset);
-  if (hit) return hit;
-  if (offset % st.cs !== 0 || offset >= st.file.length) {
-    throw new CorruptImageError(
-      `Corrupt qcow2 image: refcount block offset 0x${
-        offset.toString(16)
-      } is unaligned or past the end of the file (${st.file.length} bytes)`,
-      { node: st.node.name },
-    );
-  }
-  const p = st.event("refblock_load", req);
-  if (p) await p;
-  const buf = new Uint8Array(st.cs);
-  await st.file.pread(offset, buf, { req });
-  return st.rbCache.insert(offset, buf);
+/** Loads the refcount block at `offset`, pinned: release it. */
+function loadBlock(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<CacheEntry> {
+  return st.loadTable(st.rbCache, offset, `refcount block offset 0x${offset.toString(16)}`, "refblock_load", req);
 }
 
 /** Refcount of cluster `c` when its block is cached (or absent); -1 when a load is needed. */
@@ -89,7 +32,7 @@ export function peekRefcount(st: Qcow2State, c: number): number {
   if (off === 0) return 0;
   const e = st.rbCache.get(off);
   if (!e) return -1;
-  return readEntry(e.view, st.refBits, c - rt * st.perBlock);
+  return readRefcount(e.view, st.refBits, c - rt * st.perBlock);
 }
 
 /** Refcount of cluster index `c`. */
@@ -98,7 +41,11 @@ export async function getRefcount(st: Qcow2State, c: number, req: RequestInfo | 
   if (v >= 0) return v;
   const rt = Math.floor(c / st.perBlock);
   const e = await loadBlock(st, st.reftable[rt], req);
-  return readEntry(e.view, st.refBits, c - rt * st.perBlock);
+  try {
+    return readRefcount(e.view, st.refBits, c - rt * st.perBlock);
+  } finally {
+    st.rbCache.release(e);
+  }
 }
 
 /** Adds `delta` to the refcount of cluster index `c` (allocating its refcount block if needed). */
@@ -113,21 +60,25 @@ export async function updateRefcount(st: Qcow2State, c: number, delta: number, r
     await ensureRefblock(st, rt, req);
   }
   const e = await loadBlock(st, st.reftable[rt], req);
-  const i = c - rt * st.perBlock;
-  const old = readEntry(e.view, st.refBits, i);
-  const v = old + delta;
-  if (v < 0) {
-    throw new CorruptImageError(`Corrupt qcow2 image: refcount of cluster ${c} would drop below zero`, { node: st.node.name });
+  try {
+    const i = c - rt * st.perBlock;
+    const old = readRefcount(e.view, st.refBits, i);
+    const v = old + delta;
+    if (v < 0) {
+      throw new CorruptImageError(`Corrupt qcow2 image: refcount of cluster ${c} would drop below zero`, { node: st.node.name });
+    }
+    if (v > maxRefcount(st.refBits)) {
+      throw new BlockError("ERANGE", `Refcount of cluster ${c} would exceed ${maxRefcount(st.refBits)} (refcount_bits ${st.refBits})`, {
+        node: st.node.name,
+      });
+    }
+    writeRefcount(e.view, st.refBits, i, v);
+    st.rbCache.markDirty(e);
+    if (v === 0 && c < st.freeHint) st.freeHint = c;
+    return v;
+  } finally {
+    st.rbCache.release(e);
   }
-  if (v > maxRefcount(st.refBits)) {
-    throw new BlockError("ERANGE", `Refcount of cluster ${c} would exceed ${maxRefcount(st.refBits)} (refcount_bits ${st.refBits})`, {
-      node: st.node.name,
-    });
-  }
-  writeEntry(e.view, st.refBits, i, v);
-  st.rbCache.markDirty(e);
-  if (v === 0 && c < st.freeHint) st.freeHint = c;
-  return v;
 }
 
 /** Finds `n` contiguous free clusters (refcount 0, not reserved) and returns the first index. */
@@ -180,7 +131,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | und
   try {
     if (Math.floor(b / st.perBlock) === rt) {
       // The block covers its own cluster: it describes itself.
-      writeEntry(new DataView(buf.buffer), st.refBits, b - rt * st.perBlock, 1);
+      writeRefcount(new DataView(buf.buffer), st.refBits, b - rt * st.perBlock, 1);
     } else {
       await updateRefcount(st, b, 1, req);
     }
@@ -192,7 +143,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | und
   if (p) await p;
   if (st.growingReftable) {
     // Written with the new table, before the switch.
-    st.rbCache.insert(off, buf, true, true);
+    st.rbCache.insert(off, buf, { dirty: true, isNew: true });
   } else {
     // A new table is durable before it is hooked in.
     await st.file.pwrite(off, buf, { req });
@@ -265,12 +216,9 @@ async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | 
   await st.file.flush({ req });
   p = st.event("refblock_alloc_switch_table", req);
   if (p) await p;
-  const hdr = new Uint8Array(12);
-  const hv = new DataView(hdr.buffer);
-  hv.setBigUint64(0, BigInt(newOffset));
-  hv.setUint32(8, clusters);
-  await st.file.pwrite(48, hdr, { req });
-  await st.file.flush({ req });
+  // refcount_table_offset and refcount_table_clusters change in one write.
+  const next = { ...st.header, refcountTableOffset: newOffset, refcountTableClusters: clusters };
+  await writeHeaderFields(st.file, next, ["refcountTableOffset", "refcountTableClusters"], req);
   st.header.refcountTableOffset = newOffset;
   st.header.refcountTableClusters = clusters;
   st.reftableDirty.clear();

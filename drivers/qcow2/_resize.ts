@@ -12,6 +12,7 @@ import { l1EntriesFor, MAX_L1_BYTES } from "./header.ts";
 import { allocClusters } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import { writeback } from "./_writeback.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 
 /** Grows the active L1 table to at least `minEntries` entries (metadata lock held). */
 export async function growL1(st: Qcow2State, minEntries: number, req: RequestInfo | undefined): Promise<void> {
@@ -38,12 +39,8 @@ export async function growL1(st: Qcow2State, minEntries: number, req: RequestInf
   await st.file.flush({ req });
   p = st.event("l1_grow_activate_table", req);
   if (p) await p;
-  const hdr = new Uint8Array(12);
-  const hv = new DataView(hdr.buffer);
-  hv.setUint32(0, entries);
-  hv.setBigUint64(4, BigInt(newOffset));
-  await st.file.pwrite(36, hdr, { req });
-  await st.file.flush({ req });
+  // l1_size and l1_table_offset change in one write.
+  await writeHeaderFields(st.file, { ...st.header, l1Size: entries, l1TableOffset: newOffset }, ["l1Size", "l1TableOffset"], req);
   const oldOffset = st.header.l1TableOffset;
   const oldClusters = Math.ceil((st.l1Size * 8) / st.cs);
   st.l1 = table.subarray(0, entries * 8);
@@ -70,9 +67,6 @@ export async function resize(st: Qcow2State, size: number, req: RequestInfo | un
   await growL1(st, l1EntriesFor(st.header, size), req);
   await writeback(st, req);
   await st.flushFiles(req);
-  const buf = new Uint8Array(8);
-  new DataView(buf.buffer).setBigUint64(0, BigInt(size));
-  await st.file.pwrite(24, buf, { req });
-  await st.file.flush({ req });
+  await writeHeaderFields(st.file, { ...st.header, size }, ["size"], req);
   st.header.size = size;
 }

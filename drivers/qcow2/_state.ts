@@ -17,32 +17,16 @@ import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { BlkdebugEvent } from "../../core/events.ts";
 import type { BlockNode } from "../../core/node.ts";
 import type { RequestInfo } from "../../core/types.ts";
-import { MetaCache } from "./_cache.ts";
+import { type CacheEntry, MetaCache } from "./_cache.ts";
+import { entryOffset, HI_COPIED, l2EntrySize } from "./_entries.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 
 /** How metadata reaches the disk. */
 export type MetadataMode = "ordered" | "metadata-sync" | "lazy";
 
 /** Test-only deliberate ordering bugs (for the crash explorer). */
 export type WrongOrder = "none" | "l2-before-refblock";
-
-/** L1/L2 flag: refcount is exactly one (QCOW_OFLAG_COPIED), in the high word. */
-export const HI_COPIED = 0x80000000;
-/** L2 flag: compressed cluster (QCOW_OFLAG_COMPRESSED), in the high word. */
-export const HI_COMPRESSED = 0x40000000;
-/** L2 flag: reads as zeros (QCOW_OFLAG_ZERO), in the low word. */
-export const LO_ZERO = 1;
-
-/** Reads the offset bits (9..55) of an L1/L2 entry at byte `at`. */
-export function entryOffset(view: DataView, at: number): number {
-  return (view.getUint32(at) & 0x00ffffff) * 0x100000000 + ((view.getUint32(at + 4) & 0xfffffe00) >>> 0);
-}
-
-/** Writes an L1/L2 entry from an offset and flag words. */
-export function setEntry(view: DataView, at: number, offset: number, hiFlags: number, loFlags: number): void {
-  view.setUint32(at, ((Math.floor(offset / 0x100000000) & 0x00ffffff) | hiFlags) >>> 0);
-  view.setUint32(at + 4, ((offset % 0x100000000) | loFlags) >>> 0);
-}
 
 /** A promise-chain mutex around metadata operations. */
 export class Mutex {
@@ -99,7 +83,7 @@ export class Qcow2State {
   /** Guest data is in an external data file (host offset = guest offset, no refcounts). */
   readonly externalData: boolean;
   /** Metadata write mode. */
-  readonly mode: MetadataMode;
+  mode: MetadataMode;
   /** Deliberate ordering bug for tests. */
   readonly wrongOrder: WrongOrder;
   /** The active L1 table (raw big-endian entries). */
@@ -165,7 +149,7 @@ export class Qcow2State {
     this.clusterBits = h.clusterBits;
     this.cs = 2 ** h.clusterBits;
     this.extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
-    this.entryBytes = this.extL2 ? 16 : 8;
+    this.entryBytes = l2EntrySize(this.extL2);
     this.l2Entries = this.cs / this.entryBytes;
     this.l2Span = this.l2Entries * this.cs;
     this.subSize = this.extL2 ? this.cs / 32 : this.cs;
@@ -178,6 +162,26 @@ export class Qcow2State {
     this.perBlock = (this.cs * 8) / this.refBits;
     this.l2Cache = new MetaCache(init.l2CacheTables);
     this.rbCache = new MetaCache(init.rbCacheTables);
+  }
+
+  /**
+   * Replaces the header and tables with what is on disk now (after a repair
+   * rewrote them): caches, pending frees and allocation hints start over.
+   */
+  reset(header: Qcow2Header, l1: Uint8Array, reftable: Float64Array): void {
+    this.header = header;
+    this.l1 = l1;
+    this.l1View = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
+    this.reftable = reftable;
+    this.l1Dirty.clear();
+    this.reftableDirty.clear();
+    this.l2Cache.clear();
+    this.rbCache.clear();
+    this.pendingFree = [];
+    this.freeHint = 0;
+    this.freeByteOffset = 0;
+    this.lastCompressed = undefined;
+    this.corrupt = false;
   }
 
   /** Raises a BLKDBG event on the node; resolves when a breakpoint (if any) releases it. */
@@ -200,23 +204,30 @@ export class Qcow2State {
     return (this.l1View.getUint32(i * 8) & HI_COPIED) !== 0;
   }
 
-  /** Loads (or finds cached) the L2 table at `offset`. */
-  async loadL2(offset: number, l1Index: number, req: RequestInfo | undefined): Promise<import("./_cache.ts").CacheEntry> {
-    const hit = this.l2Cache.get(offset);
-    if (hit) return hit;
-    if (offset % this.cs !== 0 || offset >= this.file.length) {
-      throw new CorruptImageError(
-        `Corrupt qcow2 image: L2 table offset 0x${
-          offset.toString(16)
-        } (L1 index ${l1Index}) is unaligned or past the end of the file (${this.file.length} bytes)`,
-        { node: this.node.name },
-      );
-    }
-    const p = this.event("l2_load", req);
-    if (p) await p;
-    const buf = new Uint8Array(this.cs);
-    await this.file.pread(offset, buf, { req });
-    return this.l2Cache.insert(offset, buf);
+  /** Loads (or finds cached) the L2 table at `offset`; the entry comes back pinned: release it. */
+  loadL2(offset: number, l1Index: number, req: RequestInfo | undefined): Promise<CacheEntry> {
+    return this.loadTable(this.l2Cache, offset, `L2 table offset 0x${offset.toString(16)} (L1 index ${l1Index})`, "l2_load", req);
+  }
+
+  /**
+   * Loads a metadata table through `cache` (QEMU's qcow2_cache_get): a hit
+   * is pinned at once; a miss validates the offset, raises `event`, reads
+   * the cluster and inserts it pinned. The caller releases the entry.
+   */
+  loadTable(cache: MetaCache, offset: number, what: string, event: BlkdebugEvent, req: RequestInfo | undefined): Promise<CacheEntry> {
+    return cache.load(offset, async () => {
+      if (offset % this.cs !== 0 || offset >= this.file.length) {
+        throw new CorruptImageError(
+          `Corrupt qcow2 image: ${what} is unaligned or past the end of the file (${this.file.length} bytes)`,
+          { node: this.node.name },
+        );
+      }
+      const p = this.event(event, req);
+      if (p) await p;
+      const buf = new Uint8Array(this.cs);
+      await this.file.pread(offset, buf, { req });
+      return buf;
+    });
   }
 
   /** Flushes the image file (and the data file when it is separate). */
@@ -269,11 +280,8 @@ export class Qcow2State {
     if (!(err instanceof CorruptImageError) || this.node.readOnly || this.corrupt) return;
     this.corrupt = true;
     this.header.incompatibleFeatures |= INCOMPAT_CORRUPT;
-    const word = new Uint8Array(8);
-    new DataView(word.buffer).setBigUint64(0, BigInt(this.header.incompatibleFeatures));
     try {
-      await this.file.pwrite(72, word);
-      await this.file.flush();
+      await writeHeaderFields(this.file, this.header, ["incompatibleFeatures"]);
     } catch {
       // The in-memory flag still refuses changes; the original error is what the caller sees.
     }

@@ -17,7 +17,8 @@ import type { CacheEntry } from "./_cache.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
 import { readGuest } from "./_read.ts";
 import { allocClusters } from "./_refcount.ts";
-import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, type Qcow2State, setEntry } from "./_state.ts";
+import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
+import type { Qcow2State } from "./_state.ts";
 import { markDirty } from "./_writeback.ts";
 
 const ALL = 0xffffffff;
@@ -25,24 +26,21 @@ const ALL = 0xffffffff;
 /** Returns a COPIED L2 table for L1 index `l1i`, allocating or copying it; the entry comes back pinned. */
 export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInfo | undefined): Promise<CacheEntry> {
   const off = st.l1Offset(l1i);
-  if (off !== 0 && st.l1Copied(l1i)) {
-    const e = await st.loadL2(off, l1i, req);
-    e.pins++;
-    return e;
-  }
+  if (off !== 0 && st.l1Copied(l1i)) return await st.loadL2(off, l1i, req);
   const newOff = await allocClusters(st, 1, req);
   let buf: Uint8Array;
   if (off !== 0) {
     const p = st.event("l2_alloc_cow_read", req);
     if (p) await p;
-    buf = (await st.loadL2(off, l1i, req)).buf.slice();
+    const old = await st.loadL2(off, l1i, req);
+    buf = old.buf.slice();
+    st.l2Cache.release(old);
   } else {
     buf = new Uint8Array(st.cs);
   }
   let p = st.event("l2_alloc_write", req);
   if (p) await p;
-  const e = st.l2Cache.insert(newOff, buf, true, true);
-  e.pins++;
+  const e = st.l2Cache.insert(newOff, buf, { dirty: true, isNew: true, pin: true });
   p = st.event("l1_update", req);
   if (p) await p;
   setEntry(st.l1View, l1i * 8, newOff, HI_COPIED, 0);
@@ -144,7 +142,7 @@ export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Arr
         }
       }
     } finally {
-      e.pins--;
+      st.l2Cache.release(e);
     }
   }
 }
@@ -319,7 +317,7 @@ export async function zeroOrDiscard(
       }
       st.l2Cache.markDirty(e);
     } finally {
-      e.pins--;
+      st.l2Cache.release(e);
     }
     cur = chunkEnd;
   }

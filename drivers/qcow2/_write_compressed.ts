@@ -11,7 +11,8 @@ import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { compressCluster } from "./compress.ts";
 import { allocClusters, getRefcount, updateRefcount } from "./_refcount.ts";
-import { HI_COMPRESSED, type Qcow2State } from "./_state.ts";
+import { HI_COMPRESSED } from "./_entries.ts";
+import type { Qcow2State } from "./_state.ts";
 import { getL2ForWrite, releaseEntry, writeLocked } from "./_write.ts";
 import { markDirty } from "./_writeback.ts";
 
@@ -81,6 +82,6 @@ export async function writeCompressedLocked(st: Qcow2State, offset: number, data
     if (st.extL2) e.view.setBigUint64(at + 8, 0n);
     st.l2Cache.markDirty(e);
   } finally {
-    e.pins--;
+    st.l2Cache.release(e);
   }
 }

@@ -20,6 +20,7 @@ import type { RequestInfo } from "../../core/types.ts";
 import { INCOMPAT_DIRTY } from "./header.ts";
 import { freeCluster } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 
 /** Writes all dirty metadata back to the image file in a crash-safe order. */
 export async function writeback(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
@@ -87,7 +88,7 @@ export async function relieveCaches(st: Qcow2State, req: RequestInfo | undefined
 export async function markDirty(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
   if (st.mode !== "lazy" || st.markedDirty) return;
   st.header.incompatibleFeatures |= INCOMPAT_DIRTY;
-  await writeFeatureWord(st, 72, st.header.incompatibleFeatures, req);
+  await writeHeaderFields(st.file, st.header, ["incompatibleFeatures"], req);
   st.markedDirty = true;
 }
 
@@ -97,14 +98,6 @@ export async function markClean(st: Qcow2State, req: RequestInfo | undefined): P
   await writeback(st, req);
   await st.flushFiles(req);
   st.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
-  await writeFeatureWord(st, 72, st.header.incompatibleFeatures, req);
+  await writeHeaderFields(st.file, st.header, ["incompatibleFeatures"], req);
   st.markedDirty = false;
-}
-
-/** Writes one 64-bit header feature word (72 incompatible, 80 compatible, 88 autoclear) and flushes. */
-export async function writeFeatureWord(st: Qcow2State, at: number, value: number, req: RequestInfo | undefined): Promise<void> {
-  const buf = new Uint8Array(8);
-  new DataView(buf.buffer).setBigUint64(0, BigInt(value));
-  await st.file.pwrite(at, buf, { req });
-  await st.file.flush({ req });
 }

@@ -20,37 +20,17 @@
 
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
-import { Checker, type Counters, type Fix, zeroCounters } from "./_checker.ts";
-import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_CLUSTER_BITS, parseHeader, type Qcow2Header, V2_HEADER_LENGTH } from "./header.ts";
+import type { CheckOptions, CheckResult } from "../../core/types.ts";
+import { Checker } from "./_checker.ts";
+import { type Counters, type Fix, zeroCounters } from "./_check_types.ts";
+import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, readHeaderFrom } from "./header.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 
-/**
- * What a check found; the fields mean what `qemu-img check --output=json`'s
- * fields of the same name (kebab-case there) mean.
- */
-export interface CheckResult extends Counters {
-  /** The lines qemu-img prints on stderr ("Leaked cluster 5 refcount=1 reference=0", ...). */
-  messages: string[];
-}
-
-/** Options for {@linkcode checkQcow2}. */
-export interface CheckOptions {
-  /** Repair: `leaks` drops leaked refcounts, `all` also fixes corruptions. */
-  repair?: "leaks" | "all";
-}
-
-async function readHeader(file: BlockNode): Promise<Qcow2Header> {
-  const head = new Uint8Array(V2_HEADER_LENGTH);
-  await file.pread(0, head);
-  const bits = new DataView(head.buffer).getUint32(20);
-  const size = 2 ** Math.min(Math.max(bits, 9), MAX_CLUSTER_BITS);
-  const buf = new Uint8Array(Math.max(V2_HEADER_LENGTH, Math.min(size, file.length)));
-  await file.pread(0, buf);
-  return parseHeader(buf, file.length);
-}
+export type { CheckOptions, CheckResult } from "../../core/types.ts";
 
 /** One pass of QEMU's qcow2_co_check_locked. */
 async function checkOnce(file: BlockNode, fix: Fix, messages: string[], repairing: boolean): Promise<Counters> {
-  const h = await readHeader(file);
+  const h = await readHeaderFrom(file);
   const original = h.incompatibleFeatures;
   const checker = new Checker(file, h, messages);
   await checker.readSnapshots();
@@ -65,13 +45,8 @@ async function checkOnce(file: BlockNode, fix: Fix, messages: string[], repairin
   let bits = h.incompatibleFeatures;
   if (repairing && res.checkErrors === 0 && res.corruptions === 0) bits &= ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT);
   if (bits !== original && h.version === 3 && !file.readOnly) {
-    const field = new Uint8Array(8);
-    const v = new DataView(field.buffer);
-    v.setUint32(0, Math.floor(bits / 2 ** 32));
-    v.setUint32(4, bits % 2 ** 32);
     await file.flush();
-    await file.pwrite(72, field);
-    await file.flush();
+    await writeHeaderFields(file, { ...h, incompatibleFeatures: bits }, ["incompatibleFeatures"]);
   }
   return res;
 }
@@ -142,85 +117,4 @@ export function checkExitCode(result: Pick<CheckResult, "corruptions" | "leaks" 
   if (result.corruptions) return 2;
   if (result.leaks) return 3;
   return 0;
-}
-
-/**
- * Formats a result as `qemu-img check` prints it (stdout part), including
- * the repair summary when something was fixed.
- *
- * @example
- * ```ts
- * import { formatCheckHuman } from "./check.ts";
- * const text = formatCheckHuman({
- *   corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
- *   imageEndOffset: 262144, totalClusters: 16, allocatedClusters: 0,
- *   fragmentedClusters: 0, compressedClusters: 0, messages: [],
- * }, "disk.qcow2");
- * console.log(text); // No errors were found on the image.\nImage end offset: 262144\n
- * ```
- */
-export function formatCheckHuman(result: CheckResult, _filename: string): string {
-  let out = "";
-  if (result.corruptionsFixed || result.leaksFixed) {
-    out += "The following inconsistencies were found and repaired:\n\n" +
-      `    ${result.leaksFixed} leaked clusters\n` +
-      `    ${result.corruptionsFixed} corruptions\n\n` +
-      "Double checking the fixed image now...\n";
-  }
-  if (!(result.corruptions || result.leaks || result.checkErrors)) {
-    out += "No errors were found on the image.\n";
-  } else {
-    if (result.corruptions) {
-      out += `\n${result.corruptions} errors were found on the image.\n` +
-        "Data may be corrupted, or further writes to the image may corrupt it.\n";
-    }
-    if (result.leaks) {
-      out += `\n${result.leaks} leaked clusters were found on the image.\n` +
-        "This means waste of disk space, but no harm to data.\n";
-    }
-    if (result.checkErrors) out += `\n${result.checkErrors} internal errors have occurred during the check.\n`;
-  }
-  if (result.totalClusters !== 0 && result.allocatedClusters !== 0) {
-    const a = result.allocatedClusters;
-    out += `${a}/${result.totalClusters} = ${(a * 100 / result.totalClusters).toFixed(2)}% allocated, ` +
-      `${(result.fragmentedClusters * 100 / a).toFixed(2)}% fragmented, ` +
-      `${(result.compressedClusters * 100 / a).toFixed(2)}% compressed clusters\n`;
-  }
-  if (result.imageEndOffset) out += `Image end offset: ${result.imageEndOffset}\n`;
-  return out;
-}
-
-/**
- * The result as `qemu-img check --output=json` prints it (zero counters left
- * out, as qemu-img does).
- *
- * @example
- * ```ts
- * import { checkResultJson } from "./check.ts";
- * const json = checkResultJson({
- *   corruptions: 0, leaks: 1, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
- *   imageEndOffset: 262144, totalClusters: 16, allocatedClusters: 0,
- *   fragmentedClusters: 0, compressedClusters: 0, messages: [],
- * }, "disk.qcow2");
- * console.log(json.leaks); // 1
- * ```
- */
-export function checkResultJson(result: CheckResult, filename: string): Record<string, string | number> {
-  const out: Record<string, string | number> = {};
-  const put = (key: string, v: number) => {
-    if (v) out[key] = v;
-  };
-  put("image-end-offset", result.imageEndOffset);
-  put("total-clusters", result.totalClusters);
-  put("allocated-clusters", result.allocatedClusters);
-  put("fragmented-clusters", result.fragmentedClusters);
-  put("compressed-clusters", result.compressedClusters);
-  out["check-errors"] = result.checkErrors;
-  put("leaks", result.leaks);
-  put("leaks-fixed", result.leaksFixed);
-  put("corruptions", result.corruptions);
-  put("corruptions-fixed", result.corruptionsFixed);
-  out.filename = filename;
-  out.format = "qcow2";
-  return out;
 }

@@ -18,7 +18,7 @@ import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import { open } from "../../core/open.ts";
 import { optBool, parseSize } from "../../core/options.ts";
-import type { CreateContext } from "../../core/types.ts";
+import type { CreateContext } from "../../core/node.ts";
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -28,13 +28,13 @@ import {
   MAX_CLUSTER_BITS,
   MAX_L1_BYTES,
   MIN_CLUSTER_BITS,
-  parseHeader,
   type Qcow2Header,
-  serializeHeader,
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
 } from "./header.ts";
 import { encodeL2, planLayout } from "./_create_layout.ts";
+import { serializeHeader } from "./_header_write.ts";
+import { l2EntrySize } from "./_entries.ts";
 
 const KNOWN = [
   "size",
@@ -189,7 +189,7 @@ export function parseCreateOptions(size: number, input: Record<string, string | 
     fail("Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)");
   }
   // qcow2_grow_l1_table refuses an active L1 table over 32 MiB (EFBIG).
-  const l2Entries = clusterSize! / (extendedL2 ? 16 : 8);
+  const l2Entries = clusterSize! / l2EntrySize(extendedL2);
   const l1Entries = Math.ceil(Math.ceil(size / clusterSize!) / l2Entries);
   if (l1Entries * 8 > MAX_L1_BYTES) {
     throw new BlockError(
@@ -220,14 +220,13 @@ async function backingSize(o: Qcow2CreateOptions, filename: string | undefined):
   const path = name.startsWith("/") || !filename ? name : `${dirOf(filename)}/${name}`;
   let node: BlockNode | undefined;
   try {
-    if (o.backingFormat === "qcow2") {
-      // Read the size from the header, so creation does not need the qcow2 driver.
-      node = await open({ driver: "file", filename: path }, { readOnly: true });
-      const head = new Uint8Array(Math.min(node.length, 2 ** MAX_CLUSTER_BITS));
-      await node.pread(0, head);
-      return parseHeader(head, node.length).size;
-    }
-    node = await open({ driver: o.backingFormat, file: { driver: "file", filename: path } }, { readOnly: true });
+    // The backing file's own chain is not needed for its size (qemu-img's BDRV_O_NO_BACKING).
+    const spec = {
+      driver: o.backingFormat,
+      file: { driver: "file", filename: path },
+      ...(o.backingFormat === "qcow2" ? { backing: null } : {}),
+    };
+    node = await open(spec, { readOnly: true });
     return node.length;
   } catch (e) {
     throw new BlockError("EINVAL", `Could not open backing file '${name}' to get its size: ${(e as Error).message}`, { cause: e });

@@ -12,6 +12,8 @@
  */
 
 import { BlockError } from "../../core/errors.ts";
+import type { BlockNode } from "../../core/node.ts";
+import type { RequestInfo } from "../../core/types.ts";
 
 /** The magic at offset 0: `QFI\xfb`. */
 export const QCOW2_MAGIC = 0x514649fb;
@@ -115,6 +117,8 @@ export interface Qcow2Header {
   compressionType: 0 | 1;
   /** All extensions in file order, including unknown ones (preserved on rewrite). */
   extensions: HeaderExtension[];
+  /** High 32 bits of the feature words (unknown to this implementation; kept on rewrite). */
+  featureHigh?: FeatureHigh;
   /** Backing file name. */
   backingFile?: string;
   /** Backing file format (from the backing format extension). */
@@ -135,18 +139,110 @@ export interface FeatureName {
 
 const FEATURE_ENTRY = 48;
 const decoder = new TextDecoder();
-const encoder = new TextEncoder();
 
-function invalid(message: string): BlockError {
+/** An EINVAL naming what is wrong with a header. */
+export function invalid(message: string): BlockError {
   return new BlockError("EINVAL", message);
 }
 
-function u64(view: DataView, at: number, field: string): number {
-  const v = view.getBigUint64(at);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new BlockError("EFBIG", `Invalid qcow2 header: ${field} ${v} is too large`);
-  }
-  return Number(v);
+/** A numeric field of the fixed header part: where it is, how wide, from which version on. */
+export interface HeaderField {
+  /** Property of {@linkcode Qcow2Header} it decodes into. */
+  readonly key: HeaderFieldKey;
+  /** Field name in `docs/interop/qcow2.txt` (used in error messages). */
+  readonly name: string;
+  /** Byte offset in the header. */
+  readonly offset: number;
+  /** Width in bytes (big-endian). */
+  readonly size: 1 | 4 | 8;
+  /** First header version that has it. */
+  readonly since: 2 | 3;
+}
+
+/** The numeric header properties that come straight from a field. */
+export type HeaderFieldKey =
+  | "version"
+  | "backingFileOffset"
+  | "backingFileSize"
+  | "clusterBits"
+  | "size"
+  | "cryptMethod"
+  | "l1Size"
+  | "l1TableOffset"
+  | "refcountTableOffset"
+  | "refcountTableClusters"
+  | "nbSnapshots"
+  | "snapshotsOffset"
+  | "incompatibleFeatures"
+  | "compatibleFeatures"
+  | "autoclearFeatures"
+  | "refcountOrder"
+  | "headerLength"
+  | "compressionType";
+
+/** The fixed header, field by field (qcow2.txt "Header"); offset 0 is the magic. */
+export const HEADER_FIELDS: readonly HeaderField[] = [
+  { key: "version", name: "version", offset: 4, size: 4, since: 2 },
+  { key: "backingFileOffset", name: "backing_file_offset", offset: 8, size: 8, since: 2 },
+  { key: "backingFileSize", name: "backing_file_size", offset: 16, size: 4, since: 2 },
+  { key: "clusterBits", name: "cluster_bits", offset: 20, size: 4, since: 2 },
+  { key: "size", name: "size", offset: 24, size: 8, since: 2 },
+  { key: "cryptMethod", name: "crypt_method", offset: 32, size: 4, since: 2 },
+  { key: "l1Size", name: "l1_size", offset: 36, size: 4, since: 2 },
+  { key: "l1TableOffset", name: "l1_table_offset", offset: 40, size: 8, since: 2 },
+  { key: "refcountTableOffset", name: "refcount_table_offset", offset: 48, size: 8, since: 2 },
+  { key: "refcountTableClusters", name: "refcount_table_clusters", offset: 56, size: 4, since: 2 },
+  { key: "nbSnapshots", name: "nb_snapshots", offset: 60, size: 4, since: 2 },
+  { key: "snapshotsOffset", name: "snapshots_offset", offset: 64, size: 8, since: 2 },
+  { key: "incompatibleFeatures", name: "incompatible_features", offset: 72, size: 8, since: 3 },
+  { key: "compatibleFeatures", name: "compatible_features", offset: 80, size: 8, since: 3 },
+  { key: "autoclearFeatures", name: "autoclear_features", offset: 88, size: 8, since: 3 },
+  { key: "refcountOrder", name: "refcount_order", offset: 96, size: 4, since: 3 },
+  { key: "headerLength", name: "header_length", offset: 100, size: 4, since: 3 },
+  { key: "compressionType", name: "compression_type", offset: 104, size: 1, since: 3 },
+];
+
+/** The field table entry for `key`. */
+export function headerField(key: HeaderFieldKey): HeaderField {
+  return HEADER_FIELDS.find((f) => f.key === key)!;
+}
+
+/**
+ * 64-bit offsets at or past 2^53 cannot lie in any file and do not fit a
+ * number exactly: they decode to this value plus their low 21 bits, so the
+ * cluster alignment checks still see the real low bits and the "past the end
+ * of the file" checks refuse them where the table is used, as QEMU does.
+ */
+export const FAR_OFFSET = 2 ** 52;
+
+/** The feature words' high 32 bits (no known feature lives there). */
+export interface FeatureHigh {
+  /** Bits 32..63 of incompatible_features. */
+  incompatible: number;
+  /** Bits 32..63 of compatible_features. */
+  compatible: number;
+  /** Bits 32..63 of autoclear_features. */
+  autoclear: number;
+}
+
+function readField(view: DataView, f: HeaderField): { value: number; hi: number } {
+  if (f.size === 1) return { value: view.getUint8(f.offset), hi: 0 };
+  if (f.size === 4) return { value: view.getUint32(f.offset), hi: 0 };
+  const hi = view.getUint32(f.offset);
+  const lo = view.getUint32(f.offset + 4);
+  return { value: hi < 2 ** 21 ? hi * 2 ** 32 + lo : FAR_OFFSET + (lo % 2 ** 21), hi };
+}
+
+/** What each 64-bit offset field points at (for "... offset invalid" errors). */
+const OFFSET_NAMES: Partial<Record<HeaderFieldKey, string>> = {
+  l1TableOffset: "Active L1 table",
+  refcountTableOffset: "Reference count table",
+  snapshotsOffset: "Snapshot table",
+};
+
+/** A 64-bit field is at least 2^53 (not exactly representable). */
+function isFar(view: DataView, f: HeaderField): boolean {
+  return f.size === 8 && view.getUint32(f.offset) >= 2 ** 21;
 }
 
 function checkTable(
@@ -195,32 +291,14 @@ export const QEMU_FEATURE_NAMES: readonly FeatureName[] = [
   { type: 2, bit: 1, name: "raw external data" },
 ];
 
-/**
- * Encodes a feature name table extension.
- *
- * @example
- * ```ts
- * import { QEMU_FEATURE_NAMES, serializeFeatureTable } from "./header.ts";
- * console.log(serializeFeatureTable(QEMU_FEATURE_NAMES).length); // 384
- * ```
- */
-export function serializeFeatureTable(features: readonly FeatureName[]): Uint8Array {
-  const out = new Uint8Array(features.length * FEATURE_ENTRY);
-  features.forEach((f, i) => {
-    out[i * FEATURE_ENTRY] = f.type;
-    out[i * FEATURE_ENTRY + 1] = f.bit;
-    out.set(encoder.encode(f.name).subarray(0, FEATURE_ENTRY - 2), i * FEATURE_ENTRY + 2);
-  });
-  return out;
-}
-
-/** Describes unknown incompatible bits, using names from the feature table. */
-function describeUnknownIncompat(bits: number, extensions: HeaderExtension[]): string {
+/** Describes unknown incompatible bits (low and high 32-bit halves), using names from the feature table. */
+function describeUnknownIncompat(lo: number, hi: number, extensions: HeaderExtension[]): string {
   const table = extensions.find((e) => e.type === EXT_FEATURE_TABLE);
   const names = table ? parseFeatureTable(table.data) : [];
   const parts: string[] = [];
   for (let bit = 0; bit < 64; bit++) {
-    if (Math.floor(bits / 2 ** bit) % 2 === 0) continue;
+    const word = bit < 32 ? lo : hi;
+    if (((word >>> (bit % 32)) & 1) === 0) continue;
     const named = names.find((f) => f.type === 0 && f.bit === bit);
     parts.push(named ? `bit ${bit} (${named.name})` : `bit ${bit}`);
   }
@@ -234,7 +312,7 @@ export function clusterSize(h: Qcow2Header): number {
 
 /** Bytes per L2 entry: 8, or 16 with extended L2 entries. */
 export function l2EntryBytes(h: Qcow2Header): number {
-  return h.incompatibleFeatures & INCOMPAT_EXTL2 ? 16 : 8;
+  return (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0 ? 16 : 8; // l2EntrySize() of _entries.ts
 }
 
 /** Number of L1 entries needed to map `size` bytes. */
@@ -275,17 +353,17 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
   const cs = 2 ** clusterBits;
   const h: Qcow2Header = {
     version,
-    backingFileOffset: u64(view, 8, "backing_file_offset"),
-    backingFileSize: view.getUint32(16),
+    backingFileOffset: 0,
+    backingFileSize: 0,
     clusterBits,
-    size: u64(view, 24, "size"),
-    cryptMethod: view.getUint32(32),
-    l1Size: view.getUint32(36),
-    l1TableOffset: u64(view, 40, "l1_table_offset"),
-    refcountTableOffset: u64(view, 48, "refcount_table_offset"),
-    refcountTableClusters: view.getUint32(56),
-    nbSnapshots: view.getUint32(60),
-    snapshotsOffset: u64(view, 64, "snapshots_offset"),
+    size: 0,
+    cryptMethod: 0,
+    l1Size: 0,
+    l1TableOffset: 0,
+    refcountTableOffset: 0,
+    refcountTableClusters: 0,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
     incompatibleFeatures: 0,
     compatibleFeatures: 0,
     autoclearFeatures: 0,
@@ -296,20 +374,39 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
   };
   if (version === 3) {
     if (buf.length < 104) throw invalid(`qcow2 header too short: need 104 bytes, got ${buf.length}`);
-    h.incompatibleFeatures = u64(view, 72, "incompatible_features");
-    h.compatibleFeatures = u64(view, 80, "compatible_features");
-    h.autoclearFeatures = u64(view, 88, "autoclear_features");
-    h.refcountOrder = view.getUint32(96);
-    h.headerLength = view.getUint32(100);
-    if (h.headerLength < 104) throw invalid(`qcow2 header too short: header_length ${h.headerLength} (minimum 104)`);
-    if (h.headerLength > cs) throw invalid(`qcow2 header exceeds cluster size: header_length ${h.headerLength} > ${cs}`);
-    if (h.headerLength > buf.length) throw invalid(`qcow2 header_length ${h.headerLength} exceeds the ${buf.length} bytes read`);
-    if (h.headerLength > 104) {
-      const ct = buf[104];
-      if (ct > 1) throw new BlockError("ENOTSUP", `Unknown compression type ${ct} (compression_type must be 0 (zlib) or 1 (zstd))`);
-      h.compressionType = ct as 0 | 1;
-    }
+    const len = view.getUint32(100);
+    if (len < 104) throw invalid(`qcow2 header too short: header_length ${len} (minimum 104)`);
+    if (len > cs) throw invalid(`qcow2 header exceeds cluster size: header_length ${len} > ${cs}`);
+    if (len > buf.length) throw invalid(`qcow2 header_length ${len} exceeds the ${buf.length} bytes read`);
   }
+  const high: FeatureHigh = { incompatible: 0, compatible: 0, autoclear: 0 };
+  for (const f of HEADER_FIELDS) {
+    if (f.since > version || f.key === "version" || f.key === "clusterBits") continue;
+    if (f.key === "compressionType" && view.getUint32(100) <= 104) continue; // absent: zlib
+    const { value, hi } = readField(view, f);
+    if (f.key === "incompatibleFeatures" || f.key === "compatibleFeatures" || f.key === "autoclearFeatures") {
+      // Every known feature bit is below 32; the high half is kept aside exactly.
+      h[f.key] = view.getUint32(f.offset + 4);
+      high[f.key === "incompatibleFeatures" ? "incompatible" : f.key === "compatibleFeatures" ? "compatible" : "autoclear"] = hi;
+      continue;
+    }
+    if (f.key === "size" && isFar(view, f)) throw new BlockError("EFBIG", "Image size too large: size is at least 2^53");
+    if (f.size === 8 && hi >= 2 ** 31 && OFFSET_NAMES[f.key]) {
+      // QEMU's validate_table_offset: past INT64_MAX is invalid, used or not.
+      throw invalid(
+        `${OFFSET_NAMES[f.key]} offset invalid: ${f.name} 0x${hi.toString(16)}${
+          view.getUint32(f.offset + 4).toString(16).padStart(8, "0")
+        }`,
+      );
+    }
+    if (f.key === "compressionType") {
+      if (value > 1) throw new BlockError("ENOTSUP", `Unknown compression type ${value} (compression_type must be 0 (zlib) or 1 (zstd))`);
+      h.compressionType = value as 0 | 1;
+      continue;
+    }
+    (h as unknown as Record<HeaderFieldKey, number>)[f.key] = value;
+  }
+  if (high.incompatible || high.compatible || high.autoclear) h.featureHigh = high;
   if (fileLength < Math.min(cs, h.headerLength)) {
     throw invalid(`Image file is too short (${fileLength} bytes) for its qcow2 header`);
   }
@@ -352,10 +449,10 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
 }
 
 function validateFields(h: Qcow2Header, cs: number, fileLength: number): void {
-  const unknown = h.incompatibleFeatures - (h.incompatibleFeatures & INCOMPAT_KNOWN);
-  if (unknown !== 0 || h.incompatibleFeatures > 0xffffffff) {
-    const bits = h.incompatibleFeatures > 0xffffffff ? h.incompatibleFeatures : unknown;
-    throw new BlockError("ENOTSUP", `Unsupported qcow2 feature(s): ${describeUnknownIncompat(bits, h.extensions)}`);
+  const unknown = (h.incompatibleFeatures & ~INCOMPAT_KNOWN) >>> 0;
+  const unknownHigh = h.featureHigh?.incompatible ?? 0;
+  if (unknown !== 0 || unknownHigh !== 0) {
+    throw new BlockError("ENOTSUP", `Unsupported qcow2 feature(s): ${describeUnknownIncompat(unknown, unknownHigh, h.extensions)}`);
   }
   if (h.cryptMethod > 2) throw invalid(`Unsupported encryption method: ${h.cryptMethod}`);
   if (h.cryptMethod !== 0) {
@@ -382,95 +479,40 @@ function validateFields(h: Qcow2Header, cs: number, fileLength: number): void {
   checkTable("reference count table", h.refcountTableOffset, h.refcountTableClusters * cs, cs, fileLength);
   // Snapshot table.
   if (h.nbSnapshots > MAX_SNAPSHOTS) throw new BlockError("EFBIG", `Too many snapshots: nb_snapshots ${h.nbSnapshots}`);
-  if (h.nbSnapshots > 0) checkTable("snapshot table", h.snapshotsOffset, 1, cs, fileLength);
+  // Alignment is checked even for an empty table, as QEMU's validate_table_offset does.
+  checkTable("snapshot table", h.snapshotsOffset, h.nbSnapshots > 0 ? 1 : 0, cs, fileLength);
   // Active L1 table.
   if (h.l1Size * 8 > MAX_L1_BYTES) throw new BlockError("EFBIG", `Active L1 table too large: l1_size ${h.l1Size}`);
   const needed = l1EntriesFor(h, h.size);
   if (h.l1Size < needed) throw invalid(`L1 table is too small: l1_size ${h.l1Size}, size ${h.size} needs ${needed}`);
-  if (h.l1Size > 0) checkTable("L1 table", h.l1TableOffset, h.l1Size * 8, cs, fileLength);
+  checkTable("L1 table", h.l1TableOffset, h.l1Size * 8, cs, fileLength);
 }
 
 /**
- * Serialises a header, its extensions and the backing file name into one
- * cluster (`clusterSize` bytes, zero padded). The backing format and data
- * file extensions are written from `backingFormat` and `dataFile`, a feature
- * table is generated for version 3 (left out when it does not fit), and every
- * other extension in `extensions` is kept in order. `backingFileOffset` and
- * `backingFileSize` are recomputed. Throws EINVAL if it does not fit.
+ * Reads and validates the header of the qcow2 image on `file`: the first
+ * cluster (the header, its extensions and the backing file name live there).
  *
  * @example
  * ```ts
- * import { parseHeader, serializeHeader, type Qcow2Header } from "./header.ts";
- * const h: Qcow2Header = {
- *   version: 3, backingFileOffset: 0, backingFileSize: 0, clusterBits: 16, size: 1 << 20,
- *   cryptMethod: 0, l1Size: 1, l1TableOffset: 0x30000, refcountTableOffset: 0x10000,
- *   refcountTableClusters: 1, nbSnapshots: 0, snapshotsOffset: 0, incompatibleFeatures: 0,
- *   compatibleFeatures: 0, autoclearFeatures: 0, refcountOrder: 4, headerLength: 112,
- *   compressionType: 0, extensions: [],
- * };
- * const bytes = serializeHeader(h, 65536);
- * console.log(parseHeader(bytes, 0x40000).size); // 1048576
+ * import { createImage, open } from "../../mod.ts";
+ * import { readHeaderFrom } from "./header.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
+ * await createImage(path, "qcow2", 1 << 20);
+ * await using file = await open({ driver: "file", filename: path }, { readOnly: true });
+ * console.log((await readHeaderFrom(file)).size); // 1048576
+ * await Deno.remove(path);
  * ```
  */
-export function serializeHeader(h: Qcow2Header, clusterSize: number): Uint8Array {
-  const withTable = serializeInto(h, clusterSize, true);
-  if (withTable) return withTable;
-  const without = serializeInto(h, clusterSize, false);
-  if (without) return without;
-  throw invalid(`Cannot write qcow2 header: header, extensions and backing file name do not fit in one cluster (${clusterSize} bytes)`);
-}
-
-function serializeInto(h: Qcow2Header, cs: number, featureTable: boolean): Uint8Array | undefined {
-  const exts: HeaderExtension[] = [];
-  if (h.backingFormat !== undefined && h.backingFile !== undefined) {
-    exts.push({ type: EXT_BACKING_FORMAT, data: encoder.encode(h.backingFormat) });
+export async function readHeaderFrom(file: BlockNode, req?: RequestInfo): Promise<Qcow2Header> {
+  const first = new Uint8Array(Math.min(file.length, 4096));
+  await file.pread(0, first, { req });
+  let buf = first;
+  if (first.length >= 24) {
+    const bits = new DataView(first.buffer).getUint32(20);
+    if (bits >= MIN_CLUSTER_BITS && bits <= MAX_CLUSTER_BITS && Math.min(2 ** bits, file.length) > first.length) {
+      buf = new Uint8Array(Math.min(2 ** bits, file.length));
+      await file.pread(0, buf, { req });
+    }
   }
-  // QEMU's order: backing format, then data file, then the feature table.
-  if (h.dataFile !== undefined) exts.push({ type: EXT_DATA_FILE, data: encoder.encode(h.dataFile) });
-  // QEMU writes no feature table for clusters of 4 KiB or less (checked against qemu-img 7.2).
-  if (h.version === 3 && featureTable && cs > 4096) exts.push({ type: EXT_FEATURE_TABLE, data: serializeFeatureTable(QEMU_FEATURE_NAMES) });
-  for (const e of h.extensions) {
-    if (e.type === EXT_DATA_FILE || e.type === EXT_BACKING_FORMAT || e.type === EXT_FEATURE_TABLE || e.type === EXT_END) continue;
-    exts.push(e);
-  }
-  const headerLength = h.version === 3 ? V3_HEADER_LENGTH : V2_HEADER_LENGTH;
-  let extBytes = 8; // end marker
-  for (const e of exts) extBytes += 8 + Math.ceil(e.data.length / 8) * 8;
-  const name = h.backingFile !== undefined ? encoder.encode(h.backingFile) : new Uint8Array(0);
-  if (name.length > MAX_BACKING_NAME) throw invalid(`Backing file name too long: ${name.length} bytes (maximum ${MAX_BACKING_NAME})`);
-  const nameOffset = headerLength + extBytes;
-  if (nameOffset + name.length > cs) return undefined;
-  const out = new Uint8Array(cs);
-  const view = new DataView(out.buffer);
-  view.setUint32(0, QCOW2_MAGIC);
-  view.setUint32(4, h.version);
-  view.setBigUint64(8, BigInt(h.backingFile !== undefined ? nameOffset : 0));
-  view.setUint32(16, name.length);
-  view.setUint32(20, h.clusterBits);
-  view.setBigUint64(24, BigInt(h.size));
-  view.setUint32(32, h.cryptMethod);
-  view.setUint32(36, h.l1Size);
-  view.setBigUint64(40, BigInt(h.l1TableOffset));
-  view.setBigUint64(48, BigInt(h.refcountTableOffset));
-  view.setUint32(56, h.refcountTableClusters);
-  view.setUint32(60, h.nbSnapshots);
-  view.setBigUint64(64, BigInt(h.snapshotsOffset));
-  if (h.version === 3) {
-    view.setBigUint64(72, BigInt(h.incompatibleFeatures));
-    view.setBigUint64(80, BigInt(h.compatibleFeatures));
-    view.setBigUint64(88, BigInt(h.autoclearFeatures));
-    view.setUint32(96, h.refcountOrder);
-    view.setUint32(100, headerLength);
-    out[104] = h.compressionType;
-  }
-  let at = headerLength;
-  for (const e of exts) {
-    view.setUint32(at, e.type);
-    view.setUint32(at + 4, e.data.length);
-    out.set(e.data, at + 8);
-    at += 8 + Math.ceil(e.data.length / 8) * 8;
-  }
-  // End marker: 8 zero bytes, already there.
-  out.set(name, nameOffset);
-  return out;
+  return parseHeader(buf, file.length);
 }

@@ -18,17 +18,21 @@ import type { BlockNode } from "../../core/node.ts";
 import { checkKnownOptions, optBool, optEnum, optSize } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type {
-  BlockDriver,
-  BlockStatus,
-  DriverInstance,
-  OpenContext,
+  AmendOptions,
+  CheckOptions,
+  CheckResult,
+  FormatOptions,
+  MetadataExtent,
   RequestOptions,
+  SnapshotInfo,
   TruncateOptions,
   WriteOptions,
   WriteZeroesOptions,
 } from "../../core/types.ts";
+import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../../core/node.ts";
 import { repairImage } from "./check.ts";
 import { createQcow2 } from "./create.ts";
+import { measureQcow2 } from "./measure.ts";
 import { COMPRESSION_NAMES } from "./compress.ts";
 import { writeCompressedLocked } from "./_write_compressed.ts";
 import {
@@ -39,16 +43,22 @@ import {
   INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
-  parseHeader,
+  l2EntryBytes,
   QCOW2_MAGIC,
   type Qcow2Header,
+  readHeaderFrom,
 } from "./header.ts";
 import { K_NORMAL, mapSync, newMapping } from "./_l2.ts";
 import { blockStatus, readGuest } from "./_read.ts";
 import { resize } from "./_resize.ts";
 import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
-import { markClean, relieveCaches, writeback, writeFeatureWord } from "./_writeback.ts";
+import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
+import { listSnapshots } from "./_snapshot.ts";
+import { markClean, relieveCaches, writeback } from "./_writeback.ts";
+import { writeHeaderFields } from "./_header_write.ts";
+import { entryOffset } from "./_entries.ts";
+import { metadataExtents } from "./_metadata_map.ts";
 
 const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
 const ZERO_CHUNK = 1 << 20;
@@ -129,11 +139,9 @@ export class Qcow2Instance implements DriverInstance {
    * the image ends there); falls back to a normal write when compression
    * does not save space. Used by `convert -c`.
    */
-  pwriteCompressed(offset: number, data: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+  pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
-    if (st.node.readOnly) {
-      throw new BlockError("EROFS", `Cannot write ${data.length} bytes at offset ${offset}: image is read-only`, { node: st.node.name });
-    }
+    st.refuseIfCorrupt();
     return st.change(async () => {
       await writeCompressedLocked(st, offset, data, opts.req);
       await relieveCaches(st, opts.req);
@@ -192,16 +200,39 @@ export class Qcow2Instance implements DriverInstance {
    * backing file (or as zeros) everywhere — QEMU's `qcow2_make_empty`, used
    * by `commit` to empty the overlay.
    */
-  async makeEmpty(opts: RequestOptions = {}): Promise<void> {
+  async makeEmpty(opts: RequestOptions): Promise<void> {
     const st = this.#st;
-    if (st.node.readOnly) {
-      throw new BlockError("EROFS", `Cannot empty node '${st.node.name}': node is read-only`, { node: st.node.name });
-    }
+    st.refuseIfCorrupt();
     const size = Math.ceil(st.header.size / st.cs) * st.cs;
     await st.change(async () => {
       await zeroOrDiscard(st, 0, size, { discard: true, unmap: true, full: true }, opts.req);
       await relieveCaches(st, opts.req);
     });
+  }
+
+  /** qemu-img amend: changes format options of the open image. */
+  amend(options: FormatOptions, opts: AmendOptions): Promise<void> {
+    return amendQcow2(this.#st, options, opts);
+  }
+
+  /** Records a new backing file name and format in the header (qemu-img rebase -u). */
+  changeBackingFile(name: string | undefined, format: string | undefined): Promise<void> {
+    return changeBackingFileQcow2(this.#st, name, format);
+  }
+
+  /** Checks (and repairs) the image through this node's file child; a repair reloads the tables. */
+  check(opts: CheckOptions): Promise<CheckResult> {
+    const st = this.#st;
+    return checkQcow2Node(st, opts, async () => {
+      const h = await readHeaderFrom(st.file);
+      const { l1, reftable } = await readTables(st.node, st.file, h);
+      st.reset(h, l1, reftable);
+    });
+  }
+
+  /** The internal snapshots in the snapshot table. */
+  snapshotList(): Promise<SnapshotInfo[]> {
+    return listSnapshots(this.#st);
   }
 
   /** Allocation state of the extent at `offset`. */
@@ -238,6 +269,11 @@ export class Qcow2Instance implements DriverInstance {
       await writeback(st, undefined);
       if (st.markedDirty) await markClean(st, undefined);
     });
+  }
+
+  /** Where the image's metadata lies in its file (drivers/qcow2/_metadata_map.ts). */
+  metadataExtents(): Promise<MetadataExtent[]> {
+    return metadataExtents(this.#st);
   }
 
   /** Format-specific information shaped like `qemu-img info --output=json`. */
@@ -287,24 +323,10 @@ function resolvePath(base: string | undefined, name: string): string {
   return `${dirOf(base)}/${name}`;
 }
 
-async function readHeader(file: BlockNode): Promise<Qcow2Header> {
-  const head = new Uint8Array(Math.min(file.length, 65536));
-  await file.pread(0, head);
-  if (head.length >= 24) {
-    const bits = new DataView(head.buffer).getUint32(20);
-    if (bits > 16 && bits <= 21 && file.length > head.length) {
-      const full = new Uint8Array(Math.min(file.length, 2 ** bits));
-      await file.pread(0, full);
-      return parseHeader(full, file.length);
-    }
-  }
-  return parseHeader(head, file.length);
-}
-
 function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
   const o = ctx.options;
   const cs = clusterSize(h);
-  const entryBytes = h.incompatibleFeatures & INCOMPAT_EXTL2 ? 16 : 8;
+  const entryBytes = l2EntryBytes(h);
   const full = Math.ceil(h.size / cs) * entryBytes;
   const total = optSize(o, "cache-size", "qcow2");
   let l2 = optSize(o, "l2-cache-size", "qcow2");
@@ -350,12 +372,29 @@ async function openDataFile(ctx: OpenContext, h: Qcow2Header, file: BlockNode): 
   return (await ctx.openChild("data-file", { driver: "file", filename }))!;
 }
 
+/** Reads the active L1 table and the refcount table the header points at. */
+async function readTables(node: BlockNode, file: BlockNode, h: Qcow2Header): Promise<{ l1: Uint8Array; reftable: Float64Array }> {
+  const l1 = new Uint8Array(h.l1Size * 8);
+  if (l1.length) await file.pread(h.l1TableOffset, l1);
+  const ev = node.event("reftable_load", undefined);
+  if (ev) await ev;
+  const rtBytes = new Uint8Array(h.refcountTableClusters * clusterSize(h));
+  await file.pread(h.refcountTableOffset, rtBytes);
+  const rtView = new DataView(rtBytes.buffer);
+  const reftable = new Float64Array(rtBytes.length / 8);
+  for (let i = 0; i < reftable.length; i++) {
+    reftable[i] = entryOffset(rtView, i * 8);
+  }
+  return { l1, reftable };
+}
+
 async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   checkKnownOptions(ctx.options, OPTIONS, "qcow2");
   const file = (await ctx.openChild("file"))!;
-  let h = await readHeader(file);
+  let h = await readHeaderFrom(file);
   const rw = !ctx.readOnly;
-  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && rw) {
+  const checking = ctx.check ?? false;
+  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && rw && !checking) {
     throw new BlockError(
       "EACCES",
       "qcow2: Image is corrupt; cannot be opened read/write (open it read-only, or repair it with check -r all)",
@@ -372,28 +411,17 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   const modeOpt = optEnum(ctx.options, "metadata-mode", "qcow2", ["ordered", "metadata-sync"] as const);
   const mode: MetadataMode = lazy ? "lazy" : modeOpt ?? "ordered";
   const wrongOrder = optEnum(ctx.options, "x-wrong-order", "qcow2", ["none", "l2-before-refblock"] as const) ?? "none";
-  if (rw && h.incompatibleFeatures & INCOMPAT_DIRTY) {
+  if (rw && !checking && h.incompatibleFeatures & INCOMPAT_DIRTY) {
     // Refcounts may be stale (lazy refcounts and a crash): rebuild them.
     await repairImage(file);
-    h = await readHeader(file);
+    h = await readHeaderFrom(file);
     if (h.incompatibleFeatures & INCOMPAT_DIRTY) {
       throw new BlockError("EIO", "qcow2: Could not repair the dirty image; run check -r all", { node: ctx.node.name });
     }
   }
   const backing = await openBacking(ctx, h, file);
   const data = await openDataFile(ctx, h, file);
-  const cs = clusterSize(h);
-  const l1 = new Uint8Array(h.l1Size * 8);
-  if (l1.length) await file.pread(h.l1TableOffset, l1);
-  const ev = ctx.node.event("reftable_load", undefined);
-  if (ev) await ev;
-  const rtBytes = new Uint8Array(h.refcountTableClusters * cs);
-  await file.pread(h.refcountTableOffset, rtBytes);
-  const rtView = new DataView(rtBytes.buffer);
-  const reftable = new Float64Array(rtBytes.length / 8);
-  for (let i = 0; i < reftable.length; i++) {
-    reftable[i] = (rtView.getUint32(i * 8) * 0x100000000) + ((rtView.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
-  }
+  const { l1, reftable } = await readTables(ctx.node, file, h);
   const tables = cacheTables(ctx, h);
   const st = new Qcow2State({
     header: h,
@@ -408,13 +436,14 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     l2CacheTables: tables.l2,
     rbCacheTables: tables.rb,
   });
-  if (rw) {
+  if (rw && !checking) {
     // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
     // ones) are cleared, so a program that maintains them knows their data
     // is stale.
-    if (h.autoclearFeatures !== 0) {
+    if (h.autoclearFeatures !== 0 || h.featureHigh?.autoclear) {
       h.autoclearFeatures = 0;
-      await writeFeatureWord(st, 88, 0, undefined);
+      if (h.featureHigh) h.featureHigh.autoclear = 0;
+      await writeHeaderFields(file, h, ["autoclearFeatures"]);
     }
   }
   return new Qcow2Instance(st);
@@ -431,6 +460,7 @@ export const qcow2Driver: BlockDriver = {
   },
   open: openQcow2,
   create: createQcow2,
+  measure: measureQcow2,
 };
 
 registerDriver(qcow2Driver);

@@ -11,7 +11,7 @@ import type { BlockNode } from "../../core/node.ts";
 import { open } from "../../core/open.ts";
 import { registerDriver } from "../../core/registry.ts";
 import "../../drivers/memory.ts";
-import type { BlockDriver, DriverInstance } from "../../core/types.ts";
+import type { BlockDriver, DriverInstance } from "../../core/node.ts";
 
 const captured = new WeakMap<BlockNode, { bytes?: Uint8Array }>();
 

@@ -15,6 +15,7 @@ import type { RecordedOp } from "../recorder.ts";
 import { capturedBytes, stateNode } from "./_capture.ts";
 import { WorkImage } from "./_image.ts";
 import { classify, type CrashRecipe } from "./explorer.ts";
+import { headerField, INCOMPAT_DIRTY } from "../../drivers/qcow2/header.ts";
 
 /** Judges one crash state. */
 export interface CrashOracle {
@@ -196,7 +197,9 @@ export async function qemuImgCheck(bytes: Uint8Array, format: string, dir: strin
 export function qcow2Dirty(bytes: Uint8Array): boolean {
   if (bytes.length < 80) return false;
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  return v.getUint32(4) >= 3 && (v.getUint32(76) & 1) === 1;
+  const version = v.getUint32(headerField("version").offset);
+  // The low half of the 64-bit incompatible feature word holds the dirty bit.
+  return version >= 3 && (v.getUint32(headerField("incompatibleFeatures").offset + 4) & INCOMPAT_DIRTY) !== 0;
 }
 
 /**

@@ -215,15 +215,22 @@ function guestKey(guestLog: readonly RecordedOp[]): (t: number) => string {
   };
 }
 
+/** What {@linkcode exploreQcow2} found, with the recording it explored (for reports). */
+export interface Qcow2ExploreResult extends RunResult {
+  /** The recorded workload: base image, host and guest logs. */
+  recorded: RecordedQcow2;
+}
+
 /** Records `workload` in `mode` and explores its crash states with all qcow2 oracles. */
-export async function exploreQcow2(workload: CrashWorkload, mode: Qcow2CrashMode, opts: Qcow2ExploreOptions): Promise<RunResult> {
+export async function exploreQcow2(workload: CrashWorkload, mode: Qcow2CrashMode, opts: Qcow2ExploreOptions): Promise<Qcow2ExploreResult> {
   const rec = await recordQcow2(workload, mode, opts);
   const extraPoints = rec.guestLog.filter((o) => o.op === "flush" && o.complete !== undefined).map((o) => o.complete!);
-  return await runCrashExploration(rec.base, rec.hostLog, qcow2Oracles(rec, opts), {
+  const r = await runCrashExploration(rec.base, rec.hostLog, qcow2Oracles(rec, opts), {
     ...opts.explore,
     extraPoints,
     pointKey: guestKey(rec.guestLog),
   });
+  return { ...r, recorded: rec };
 }
 
 function fill(n: number, byte: number): Uint8Array {

@@ -90,6 +90,81 @@ export const eventFormatDriver: BlockDriver = {
   },
 };
 
+/** A gate: holds the first read of exactly `offset`/`length` bytes until released. */
+export class Gate {
+  #armed: { offset: number; length: number } | undefined;
+  #onReached!: () => void;
+  #onRelease!: () => void;
+  #released = new Promise<void>((r) => (this.#onRelease = r));
+  /** Resolves when an armed read has reached the gate (and is held). */
+  readonly reached: Promise<void> = new Promise<void>((r) => (this.#onReached = r));
+
+  /** Arms the gate for the next read of `length` bytes at `offset`. */
+  arm(offset: number, length: number): void {
+    this.#armed = { offset, length };
+  }
+
+  /** Lets the held read continue. */
+  release(): void {
+    this.#onRelease();
+  }
+
+  /** Holds a read if it is the armed one. */
+  async pass(offset: number, length: number): Promise<void> {
+    const a = this.#armed;
+    if (!a || a.offset !== offset || a.length !== length) return;
+    this.#armed = undefined;
+    this.#onReached();
+    await this.#released;
+  }
+}
+
+/** Gates of `test-gate` nodes, keyed by the `tag` option. */
+export const gates: Map<string, Gate> = new Map();
+
+/** A filter whose reads can be held at a {@linkcode Gate} (deterministic interleavings); option: tag. */
+export const gateDriver: BlockDriver = {
+  name: "test-gate",
+  kind: "filter",
+  async open(ctx): Promise<DriverInstance> {
+    const file = (await ctx.openChild("file")) as BlockNode;
+    const gate = new Gate();
+    gates.set(String(ctx.options.tag ?? "gate"), gate);
+    return {
+      async pread(o, b, opts) {
+        await gate.pass(o, b.length);
+        await file.pread(o, b, opts);
+      },
+    };
+  },
+};
+
+/** Reads and writes a `test-count` node passed down, keyed by its `tag` option. */
+export const counts: Map<string, { reads: number; writes: number }> = new Map();
+
+/** A filter that counts the reads and writes passing through it (option: tag). */
+export const countDriver: BlockDriver = {
+  name: "test-count",
+  kind: "filter",
+  async open(ctx): Promise<DriverInstance> {
+    const file = (await ctx.openChild("file")) as BlockNode;
+    const c = { reads: 0, writes: 0 };
+    counts.set(String(ctx.options.tag ?? "count"), c);
+    return {
+      pread(o, b, opts) {
+        c.reads++;
+        return file.pread(o, b, opts);
+      },
+      pwrite(o, d, opts) {
+        c.writes++;
+        return file.pwrite(o, d, opts);
+      },
+    };
+  },
+};
+
 registerDriver(spyDriver);
 registerDriver(passDriver);
 registerDriver(eventFormatDriver);
+registerDriver(gateDriver);
+registerDriver(countDriver);

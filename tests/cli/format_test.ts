@@ -1,7 +1,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { cFixed, cvtstr, sizeToStr } from "../../cli/_common.ts";
 import { dumpBuffer, splitWords, timestr } from "../../cli/io_commands/_session.ts";
-import { nonZeroRuns } from "../../cli/convert.ts";
+import { nonZeroRuns } from "../../core/_bytes.ts";
 
 Deno.test("cvtstr() formats sizes as qemu-io does", () => {
   assertEquals(cvtstr(0), "0 bytes");

@@ -86,7 +86,8 @@ Deno.test("verbs reject bad arguments with a message naming the value", async ()
   const cases: [string[], string][] = [
     [["create", "-f", "raw", `${d.path}/y.raw`, "12Q"], "blkgraph: Invalid image size '12Q'"],
     [["create", "-f", "nosuchfmt", `${d.path}/y.raw`, "1M"], "blkgraph: Unknown driver 'nosuchfmt'"],
-    [["measure", "-O", "vmdk", "--size", "1G"], "blkgraph: Format 'vmdk' does not support size measurement"],
+    [["measure", "-O", "vmdk", "--size", "1G"], "blkgraph: Unknown file format 'vmdk'"],
+    [["measure", "-O", "file", "--size", "1G"], "blkgraph: Block driver 'file' does not support size measurement"],
     [["resize", "-f", "raw", path, "-1M"], "blkgraph: New image size must be positive"],
     [["bench", "--flush-interval=4", "-f", "raw", path], "blkgraph: --flush-interval is only available in write tests"],
     [["info", "--output=xml", path], "blkgraph: --output must be used with human or json as argument."],

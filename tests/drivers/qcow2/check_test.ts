@@ -3,7 +3,8 @@
 // repairs; repairs leave the guest data unchanged.
 import assert from "node:assert/strict";
 import { open } from "../../../mod.ts";
-import { checkExitCode, checkQcow2, type CheckResult, formatCheckHuman, repairImage } from "../../../drivers/qcow2/check.ts";
+import { checkExitCode, checkQcow2, type CheckResult, repairImage } from "../../../drivers/qcow2/check.ts";
+import { formatCheckHuman } from "../../../cli/check.ts";
 import { qemuCheck, run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 
 const QEMU = skipUnless("qemu-img", "qemu-io");

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { BlockError, type Qcow2Instance } from "../../../mod.ts";
+import { BlockError } from "../../../mod.ts";
 import { skipUnless, tempDir } from "../../_helpers/qemu.ts";
 import { assertClean, assertSameAsRaw, Mirror, openQcow2, qemuCreate } from "./_util.ts";
 
@@ -22,11 +22,10 @@ for (const type of ["zlib", "zstd"]) {
       const mirror = new Mirror(new Uint8Array(size));
       {
         await using node = await openQcow2(path);
-        const inst = node.instance as Qcow2Instance;
         for (let c = 0; c < 64; c++) {
           const d = new Uint8Array(4096);
           for (let i = 0; i < d.length; i++) d[i] = (c * 7 + (i >> 6)) & 0xff;
-          await inst.pwriteCompressed(c * 4096, d);
+          await node.pwrite(c * 4096, d, { compressed: true });
           mirror.write(c * 4096, d);
         }
         // Overwrite some: plain partial writes (copy-on-write from compressed data) and compressed again.
@@ -34,7 +33,7 @@ for (const type of ["zlib", "zstd"]) {
         await node.pwrite(4096 * 3 + 50, d);
         mirror.write(4096 * 3 + 50, d);
         const again = new Uint8Array(4096).fill(0x31);
-        await inst.pwriteCompressed(4096 * 5, again);
+        await node.pwrite(4096 * 5, again, { compressed: true });
         mirror.write(4096 * 5, again);
         assert.equal((await node.blockStatus(0, 4096)).compressed, true);
       }
@@ -53,7 +52,9 @@ Deno.test({
     const path = `${dir.path}/e.qcow2`;
     await qemuCreate(path, "1M");
     await using node = await openQcow2(path);
-    const inst = node.instance as Qcow2Instance;
-    await assert.rejects(() => inst.pwriteCompressed(512, new Uint8Array(65536)), (e) => e instanceof BlockError && e.code === "EINVAL");
+    await assert.rejects(
+      () => node.pwrite(512, new Uint8Array(65536), { compressed: true }),
+      (e) => e instanceof BlockError && e.code === "EINVAL",
+    );
   },
 });

@@ -3,9 +3,10 @@
 // memory and checks parseHeader() fails with the right code and a message
 // that names the field.
 import assert from "node:assert/strict";
-import { BlockError, open } from "../../../mod.ts";
-import { parseHeader, type Qcow2Header, serializeHeader } from "../../../drivers/qcow2/header.ts";
-import { runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
+import { BlockError, createImage, open } from "../../../mod.ts";
+import { parseHeader, type Qcow2Header } from "../../../drivers/qcow2/header.ts";
+import { serializeHeader } from "../../../drivers/qcow2/_header_write.ts";
+import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 
 const CS = 65536;
 const FILE_LENGTH = 4 * CS;
@@ -85,8 +86,8 @@ const CASES: Case[] = [
   {
     name: "a backing file offset past 2^53",
     patch: (v) => v.setBigUint64(8, 0xffffffffffffffffn),
-    code: "EFBIG",
-    field: /backing_file_offset/,
+    code: "EINVAL", // QEMU: "Invalid backing file offset" (-EINVAL)
+    field: /Invalid backing file offset/,
   },
   {
     name: "a huge refcount table size (0xffffffff clusters)",
@@ -113,8 +114,8 @@ const CASES: Case[] = [
       v.setBigUint64(48, 0xffffffffffff0000n);
       v.setUint32(56, 0x7f);
     },
-    code: "EFBIG",
-    field: /refcount_table_offset/,
+    code: "EINVAL", // QEMU: "Reference count table offset invalid" (validate_table_offset's -EINVAL)
+    field: /Reference count table offset invalid: refcount_table_offset 0xffffffffffff0000/,
   },
   {
     name: "a refcount table past the end of the file",
@@ -130,8 +131,8 @@ const CASES: Case[] = [
       v.setBigUint64(64, 0xffffffffffff0000n);
       v.setUint32(60, 0xffff);
     },
-    code: "EFBIG",
-    field: /snapshots_offset/,
+    code: "EINVAL", // QEMU: "Snapshot table offset invalid"
+    field: /Snapshot table offset invalid: snapshots_offset 0xffffffffffff0000/,
   },
   {
     name: "a misaligned snapshot table offset",
@@ -159,8 +160,8 @@ const CASES: Case[] = [
       v.setBigUint64(40, 0x7fffffffffff0000n);
       v.setUint32(36, 0xffff);
     },
-    code: "EFBIG",
-    field: /l1_table_offset/,
+    code: "EINVAL", // QEMU: "Active L1 table offset invalid"
+    field: /L1 table offset.*past the end of the file/,
   },
   {
     name: "a misaligned L1 table offset",
@@ -274,4 +275,84 @@ Deno.test("open() of a qcow2 file with a bad header fails with parseHeader()'s e
       return true;
     });
   }
+});
+
+/** A real image from blkgraph's create with one header field patched; `qemu-img info` exit code on it. */
+async function patchedImage(dir: string, name: string, patch: (v: DataView) => void): Promise<string> {
+  const path = `${dir}/${name}.qcow2`;
+  await createImage(path, "qcow2", 1 << 20);
+  const bytes = await Deno.readFile(path);
+  patch(new DataView(bytes.buffer));
+  await Deno.writeFile(path, bytes);
+  return path;
+}
+
+const QEMU_IMG = skipUnless("qemu-img");
+
+Deno.test({
+  name: "parseHeader() accepts and keeps compatible and autoclear feature bits above bit 53, as qemu-img does",
+  ignore: QEMU_IMG,
+  async fn() {
+    await using dir = await tempDir();
+    const path = await patchedImage(dir.path, "hi", (v) => {
+      v.setUint32(80, 0x80000000); // compatible bit 63
+      v.setUint32(88, 0x00400000); // autoclear bit 54
+    });
+    assert.equal((await run("qemu-img", ["info", path])).code, 0);
+    const bytes = await Deno.readFile(path);
+    const h = parseHeader(bytes.subarray(0, CS), bytes.length);
+    assert.deepEqual(h.featureHigh, { incompatible: 0, compatible: 0x80000000, autoclear: 0x00400000 });
+    const again = new DataView(serializeHeader(h, CS).buffer);
+    assert.equal(again.getUint32(80), 0x80000000, "the unknown compatible bit is written back");
+    {
+      await using rw = await open(path);
+      assert.equal(rw.length, 1 << 20);
+    }
+    const after = new DataView((await Deno.readFile(path)).buffer);
+    assert.deepEqual(
+      [after.getUint32(80), after.getUint32(88), after.getUint32(92)],
+      [0x80000000, 0, 0],
+      "autoclear cleared on a read-write open",
+    );
+  },
+});
+
+Deno.test({
+  name: "parseHeader() names an unknown incompatible feature bit above bit 32 and qemu-img refuses it too",
+  ignore: QEMU_IMG,
+  async fn() {
+    await using dir = await tempDir();
+    const path = await patchedImage(dir.path, "inc", (v) => v.setUint32(72, 1 << 8)); // bit 40
+    assert.notEqual((await run("qemu-img", ["info", path])).code, 0);
+    const bytes = await Deno.readFile(path);
+    assert.throws(
+      () => parseHeader(bytes.subarray(0, CS), bytes.length),
+      (e: unknown) => e instanceof BlockError && e.code === "ENOTSUP" && /bit 40/.test(e.message),
+    );
+  },
+});
+
+Deno.test({
+  name: "parseHeader() accepts an aligned snapshot table offset between 2^53 and 2^63 when there are no snapshots, as qemu-img does",
+  ignore: QEMU_IMG,
+  async fn() {
+    await using dir = await tempDir();
+    const ok = await patchedImage(dir.path, "snap", (v) => v.setBigUint64(64, 0x7fffffffffff0000n));
+    assert.equal((await run("qemu-img", ["info", ok])).code, 0);
+    {
+      await using node = await open(ok, { readOnly: true });
+      assert.equal(node.length, 1 << 20);
+    }
+    // Unaligned, or past 2^63: qemu-img says "Snapshot table offset invalid", and so do we.
+    for (const [name, value] of [["unaligned", 0x7fffffffffff0200n], ["past 2^63", 0xffffffffffff0000n]] as const) {
+      const bad = await patchedImage(dir.path, `snap-${name.replace(/\W/g, "")}`, (v) => v.setBigUint64(64, value));
+      assert.match((await run("qemu-img", ["info", bad])).stderr, /Snapshot table offset invalid/);
+      const bytes = await Deno.readFile(bad);
+      assert.throws(
+        () => parseHeader(bytes.subarray(0, CS), bytes.length),
+        (e: unknown) => e instanceof BlockError && e.code === "EINVAL",
+        name,
+      );
+    }
+  },
 });

@@ -1,0 +1,18 @@
+import assert from "node:assert/strict";
+import { findImportCycles } from "./_helpers/import_cycles.ts";
+
+Deno.test("the modules reachable from mod.ts, cli/main.ts and bench/run.ts import each other without cycles", async () => {
+  const root = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+  assert.deepEqual(await findImportCycles(root), []);
+});
+
+Deno.test("findImportCycles() reports a cycle it is given", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/a.ts`, 'import type { B } from "./b.ts";\nexport type A = B | 1;\n');
+    await Deno.writeTextFile(`${dir}/b.ts`, 'import type { A } from "./a.ts";\nexport type B = A | 2;\n');
+    assert.deepEqual(await findImportCycles(dir, ["a.ts"]), [["a.ts", "b.ts"]]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

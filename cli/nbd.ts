@@ -179,8 +179,11 @@ async function run(args: string[], io: CliIO): Promise<number> {
     readOnly,
     cache,
   });
+  // The pid file exists before the socket does: whoever sees the socket can read the pid.
+  const pidFile = flagString(v, "pid-file");
   let server;
   try {
+    if (pidFile) await Deno.writeTextFile(pidFile, `${Deno.pid}\n`);
     if (offsetText !== undefined) {
       // qemu-nbd takes a plain byte count here ("Invalid offset '512k'").
       const offset = /^\d+$/.test(offsetText) ? Number(offsetText) : NaN;
@@ -206,11 +209,10 @@ async function run(args: string[], io: CliIO): Promise<number> {
     });
   } catch (e) {
     await node.close().catch(() => {});
+    if (pidFile) await Deno.remove(pidFile).catch(() => {});
     if (e instanceof BlockError) throw new CliError(e.message);
     throw e;
   }
-  const pidFile = flagString(v, "pid-file");
-  if (pidFile) await Deno.writeTextFile(pidFile, `${Deno.pid}\n`);
   if (v.verbose) io.stderr(`blkgraph nbd: serving ${server.uri}\n`);
   if (Deno.env.get("BLKGRAPH_NBD_FORKED") === "1") {
     await Deno.stdout.write(new TextEncoder().encode("ready\n"));

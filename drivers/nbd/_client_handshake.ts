@@ -9,9 +9,6 @@
 import { BlockError } from "../../core/errors.ts";
 import { type ByteStream, SocketReader, SocketWriter } from "./_io.ts";
 import {
-  encodeInfoRequest,
-  encodeMetaContextRequest,
-  encodeOption,
   encodeString,
   FLAG_C_FIXED_NEWSTYLE,
   FLAG_C_NO_ZEROES,
@@ -28,6 +25,7 @@ import {
   REP,
   view,
 } from "./_protocol.ts";
+import { encodeInfoRequest, encodeMetaContextRequest, encodeOption } from "./_handshake_codecs.ts";
 
 /** What the client learnt about the export. */
 export interface ExportInfo {

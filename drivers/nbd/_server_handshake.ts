@@ -10,22 +10,13 @@ import type { BlockNode } from "../../core/node.ts";
 import { type ByteStream, SocketReader, SocketWriter } from "./_io.ts";
 import { matchList, matchSet, type MetaContextProvider } from "./_meta.ts";
 import {
-  concat,
-  decodeInfoRequest,
-  decodeMetaContextRequest,
   decodeString,
-  encodeGreeting,
-  encodeInfoBlockSize,
-  encodeInfoExport,
-  encodeInfoString,
-  encodeOptionReply,
   FLAG_C_FIXED_NEWSTYLE,
   FLAG_C_NO_ZEROES,
   FLAG_FIXED_NEWSTYLE,
   FLAG_NO_ZEROES,
   IHAVEOPT,
   INFO,
-  lengthPrefixed,
   MAX_OPTION_LENGTH,
   NbdProtocolError,
   OPT,
@@ -35,6 +26,17 @@ import {
   TF,
   view,
 } from "./_protocol.ts";
+import {
+  concat,
+  decodeInfoRequest,
+  decodeMetaContextRequest,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeOptionReply,
+  lengthPrefixed,
+} from "./_handshake_codecs.ts";
 
 /** One export as the server offers it. */
 export interface ExportConfig {

@@ -6,7 +6,8 @@
  * @module
  */
 
-import { encodeOption, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, OPT_REPLY_MAGIC, view } from "../../../drivers/nbd/_protocol.ts";
+import { FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, OPT_REPLY_MAGIC, view } from "../../../drivers/nbd/_protocol.ts";
+import { encodeOption } from "../../../drivers/nbd/_handshake_codecs.ts";
 
 const CLI = new URL("../../../cli/main.ts", import.meta.url).pathname;
 

@@ -5,18 +5,8 @@
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { open, serveNbd } from "../../../mod.ts";
-import {
-  CMD,
-  CMD_FLAG,
-  concat,
-  encodeInfoRequest,
-  encodeMetaContextRequest,
-  encodeOption,
-  encodeRequest,
-  INFO,
-  OPT,
-  view,
-} from "../../../drivers/nbd/_protocol.ts";
+import { CMD, CMD_FLAG, encodeRequest, INFO, OPT, view } from "../../../drivers/nbd/_protocol.ts";
+import { concat, encodeInfoRequest, encodeMetaContextRequest, encodeOption } from "../../../drivers/nbd/_handshake_codecs.ts";
 import { tempDir } from "../../_helpers/qemu.ts";
 import { sockPath } from "./_helpers.ts";
 

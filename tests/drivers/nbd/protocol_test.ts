@@ -1,12 +1,8 @@
 import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
 import {
   CMD,
-  decodeInfoRequest,
-  decodeMetaContextRequest,
   decodeRequest,
   encodeErrorChunk,
-  encodeInfoRequest,
-  encodeMetaContextRequest,
   encodeRequest,
   fromNbdError,
   getU64,
@@ -15,6 +11,12 @@ import {
   toNbdError,
   view,
 } from "../../../drivers/nbd/_protocol.ts";
+import {
+  decodeInfoRequest,
+  decodeMetaContextRequest,
+  encodeInfoRequest,
+  encodeMetaContextRequest,
+} from "../../../drivers/nbd/_handshake_codecs.ts";
 
 Deno.test("decodeInfoRequest() round-trips and returns null for every truncation", () => {
   const b = encodeInfoRequest("disk", [3, 2]);

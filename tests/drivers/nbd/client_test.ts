@@ -175,7 +175,8 @@ Deno.test({
       const theirs = await run("qemu-io", ["-f", "qcow2", ...cmds, s.uri]);
       assertEquals(normaliseTimes(ours.stdout + ours.stderr), normaliseTimes(theirs.stdout + theirs.stderr));
       ok(ours.stdout.includes("read 131072/131072 bytes at offset 65536"));
-      assertEquals((await run("qemu-img", ["check", "-U", img])).code, 0);
+      const check = await run("qemu-img", ["check", "-U", img]);
+      assertEquals(check.code, 0, check.stdout + check.stderr);
     } finally {
       await s.stop();
     }

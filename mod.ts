@@ -65,4 +65,5 @@ export * from "./filters/crash/mod.ts";
 export * from "./filters/blkdebug.ts";
 export * from "./filters/throttle.ts";
 export * from "./drivers/qcow2/mod.ts";
+export * from "./drivers/nbd/mod.ts";
 export { type TraceEvent, type TraceGraphNode, type Tracer, type TraceSink, traceTo } from "./cli/_trace_events.ts";

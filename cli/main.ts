@@ -24,6 +24,7 @@ import { infoVerb } from "./info.ts";
 import { ioVerb } from "./io.ts";
 import { mapVerb } from "./map.ts";
 import { measureVerb } from "./measure.ts";
+import { nbdVerb } from "./nbd.ts";
 import { rebaseVerb } from "./rebase.ts";
 import { resizeVerb } from "./resize.ts";
 import { snapshotVerb } from "./snapshot.ts";
@@ -45,6 +46,7 @@ export const VERBS: readonly Verb[] = [
   infoVerb,
   mapVerb,
   measureVerb,
+  nbdVerb,
   rebaseVerb,
   reportVerb,
   resizeVerb,

@@ -141,7 +141,10 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     if (filename.startsWith("json:")) return openNode({ ...normaliseSpec(filename), ...withoutKey(options, "filename") }, state);
     const prefixed = driverForPrefix(filename);
     if (prefixed?.parseFilename) {
-      return openNode({ driver: prefixed.name, ...prefixed.parseFilename(filename), ...withoutKey(options, "filename") }, state);
+      const parsed = { driver: prefixed.name, ...prefixed.parseFilename(filename) };
+      // A protocol URL (nbd://) gets a probed format on top, as QEMU's `qemu-img info nbd://…` shows raw or qcow2.
+      if (state.probe && prefixed.kind === "protocol") return openProbed(filename, options, state, { ...parsed, ...pickCache(options) });
+      return openNode({ ...parsed, ...withoutKey(options, "filename") }, state);
     }
     if (state.probe) return openProbed(filename, options, state);
     options = { ...options, driver: "file" };
@@ -249,8 +252,8 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
   return node;
 }
 
-async function openProbed(filename: string, options: Options, state: OpenState): Promise<BlockNode> {
-  const file = await openNode({ driver: "file", filename, ...pickCache(options) }, { ...state, top: false, probe: false });
+async function openProbed(filename: string, options: Options, state: OpenState, fileSpec?: Options): Promise<BlockNode> {
+  const file = await openNode(fileSpec ?? { driver: "file", filename, ...pickCache(options) }, { ...state, top: false, probe: false });
   let driver: BlockDriver;
   try {
     const head = new Uint8Array(Math.min(PROBE_BYTES, file.length));

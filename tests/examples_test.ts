@@ -6,6 +6,7 @@ const EXAMPLES = [
   "filter_chain_trace_error.ts",
   "throttled_copy_progress.ts",
   "convert_raw_to_compressed.ts",
+  "nbd_serve_and_read.ts",
   "trace_requests_chrome.ts",
 ];
 

@@ -102,6 +102,14 @@ export class BlockNode {
   };
   /** The format of this node was guessed from the image's first bytes (QEMU's `bs->probed`). */
   readonly probed: boolean;
+  /**
+   * Requests made on this node directly may go past its end, so a protocol
+   * node grows when written past it (QEMU's `blk_set_allow_write_beyond_eof`;
+   * `createImage` sets it while it writes a new image). Off by default:
+   * reading or writing past the end of the node you hold is EIO, as through
+   * QEMU's BlockBackend; parents' requests keep QEMU's internal zero-fill.
+   */
+  allowBeyondEof = false;
 
   #inst: DriverInstance = {};
   #readOnly: boolean;
@@ -112,6 +120,7 @@ export class BlockNode {
   #writeGen = 0;
   #flushedGen = 0;
   #driverFlushes = 0;
+  #parents = 0;
   #flushing: Promise<void> | null = null;
   #listeners: NodeListener[] = [];
   #closed = false;
@@ -132,6 +141,14 @@ export class BlockNode {
   attach(inst: DriverInstance): void {
     this.#inst = inst;
     this.refreshLimits();
+  }
+
+  /** Attaches `child` under `role` (done by the opener); the child then serves a parent. */
+  attachChild(role: ChildRole, child: BlockNode): void {
+    const old = this.children.get(role);
+    if (old) old.#parents--;
+    this.children.set(role, child);
+    child.#parents++;
   }
 
   /** The driver instance serving this node. */
@@ -285,6 +302,12 @@ export class BlockNode {
     });
   }
 
+  /**
+   * Validates a request. On a node no parent holds (the node a user holds,
+   * QEMU's BlockBackend), a request may not go past the end even of a
+   * growable node, unless `allowBeyondEof` is set; under a parent, a
+   * protocol node keeps QEMU's internal zero-fill and growth.
+   */
   #check(what: string, offset: number, length: number, write: boolean): void {
     if (this.#closed) this.#fail("EIO", what, offset, length, "node is closed");
     if (!Number.isSafeInteger(offset) || offset < 0) this.#fail("EINVAL", what, offset, length, "offset must be a non-negative integer");
@@ -293,7 +316,7 @@ export class BlockNode {
       this.#fail("EINVAL", what, offset, length, "request exceeds the maximum image size");
     }
     if (write && this.#readOnly) this.#fail("EROFS", what, offset, length, "node is read-only");
-    if (!this.growable && !this.#inst.checksBounds) {
+    if ((!this.growable || (this.#parents === 0 && !this.allowBeyondEof)) && !this.#inst.checksBounds) {
       const len = this.length;
       if (offset + length > len) this.#fail("EIO", what, offset, length, `request goes past the end of the image (length ${len})`);
     }
@@ -748,8 +771,15 @@ export class BlockNode {
     let t = this.#tracker.track(0, MAX_LENGTH, true);
     if (t instanceof Promise) t = await t;
     try {
-      if (inst.truncate) await inst.truncate(length, { ...opts, req });
-      else if (this.driver.kind === "filter" && this.primaryChild) {
+      const old = this.length;
+      if (inst.truncate) {
+        // QEMU's bdrv_co_truncate: a backing file longer than the old size would show
+        // through in the new area, so that part must read as zeros (BDRV_REQ_ZERO_WRITE).
+        const backing = this.backing;
+        const zeroFill = length > old && backing && backing.length > old ? Math.min(length, backing.length) - old : 0;
+        await inst.truncate(length, { ...opts, req, ...(zeroFill ? { zeroFill } : {}) });
+        if (zeroFill) await this.#zeroes(old, zeroFill, { req, noFallback: true });
+      } else if (this.driver.kind === "filter" && this.primaryChild) {
         const child = this.primaryChild;
         await this.#forward({ op: "truncate", offset: length, length: 0, req }, () => child.truncate(length, { ...opts, req }));
       } else {

@@ -237,7 +237,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
         probe: copts.probe ?? false,
         top: false,
       });
-      node.children.set(role, child);
+      node.attachChild(role, child);
       return child;
     },
     childSpec: (role: ChildRole) => childSpecs.get(role),
@@ -303,11 +303,14 @@ export async function createImage(filename: string, format: string, size: number
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError("EINVAL", `Cannot create '${filename}': invalid size ${size}`);
   const fileSpec = opts.file ?? { driver: "file", filename, create: true };
   const file = await openNode(fileSpec as Options | BlockNode, { readOnly: false, probe: false, top: false });
+  const allowed = file.allowBeyondEof;
+  file.allowBeyondEof = true; // the new image is written past the end of the empty file
   try {
     if (file.length > 0) await file.truncate(0);
     await driver.create({ file, size, options: opts.options ?? {}, filename });
     await file.flush();
   } finally {
+    file.allowBeyondEof = allowed;
     if (!(opts.file instanceof BlockNode)) await file.close();
   }
 }

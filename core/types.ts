@@ -81,6 +81,13 @@ export interface WriteZeroesOptions extends WriteOptions {
 export interface TruncateOptions extends RequestOptions {
   /** Preallocation for the grown part: off (default), metadata, falloc, full. */
   prealloc?: "off" | "metadata" | "falloc" | "full";
+  /**
+   * Set by the core when the first `zeroFill` bytes of the grown part must
+   * read as zeros (a longer backing file would show through): the core
+   * zeroes them after the resize without falling back to writing zero
+   * buffers, so a driver that cannot must refuse before changing anything.
+   */
+  zeroFill?: number;
 }
 
 /** Size limits a driver declares; the core splits and pads requests to fit. */

@@ -103,12 +103,31 @@ Deno.test("BlockNode.snapshotCreate() flushes what was written before the snapsh
   assert.deepEqual(seen.get("flush"), ["flush", "create x"]);
 });
 
-Deno.test("BlockNode snapshot operations are ENOTSUP where no node has snapshots, naming the node", async () => {
+Deno.test("BlockNode snapshot changes are ENOTSUP where no node has snapshots, and the list is empty", async () => {
   await using top = await open({ driver: "raw", file: { driver: "memory", size: 4096 } });
   assert.equal(top.snapshotNode(), undefined);
-  await assert.rejects(top.snapshotList(), (e: BlockError) => e.code === "ENOTSUP" && /list snapshots on node/.test(e.message));
-  await assert.rejects(top.snapshotCreate(info("s")), (e: BlockError) => e.code === "ENOTSUP" && /create snapshot 's'/.test(e.message));
+  assert.deepEqual(await top.snapshotList(), []);
+  await assert.rejects(
+    top.snapshotCreate(info("s")),
+    (e: BlockError) => e.code === "ENOTSUP" && /has no internal snapshots/.test(e.message),
+  );
   await assert.rejects(top.snapshotGoto("s"), (e: BlockError) => e.code === "ENOTSUP");
+});
+
+Deno.test("BlockNode: a node that only lists snapshots refuses to change them instead of passing the change below", async () => {
+  registerDriver({
+    name: "test-list-only",
+    kind: "format",
+    async open(ctx) {
+      const file = (await ctx.openChild("file"))!;
+      return { getLength: () => file.length, pread: (o, b) => file.pread(o, b), snapshotList: () => [info("inner")] };
+    },
+  });
+  await using top = await open({ driver: "test-list-only", file: { driver: "test-snap", tag: "list-only" } });
+  assert.equal(top.snapshotNode(), top);
+  assert.deepEqual((await top.snapshotList()).map((s) => s.name), ["inner"]);
+  await assert.rejects(top.snapshotCreate(info("s")), (e: BlockError) => e.code === "ENOTSUP" && /cannot create them/.test(e.message));
+  assert.deepEqual(seen.get("list-only"), []);
 });
 
 Deno.test("BlockNode snapshot changes on a read-only node are EROFS; listing works", async () => {

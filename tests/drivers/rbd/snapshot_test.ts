@@ -122,3 +122,16 @@ Deno.test({ name: "reading from @snap sees the snapshot, as qemu-io does, while 
   const q = await run("qemu-io", ["-f", "raw", "-r", "-c", "read -P 0x51 0 1M", rbdFilename(conf, `${image}@s1`)]);
   assert.doesNotMatch(q.stdout, /verification failed/);
 });
+
+Deno.test({ name: "snapshot -c on a qcow2 image on rbd is the qcow2's business: no RBD snapshot is taken", ignore }, async () => {
+  const conf = await cephConf();
+  const image = imageName();
+  const name = rbdFilename(conf, image);
+  await ok(["create", "-q", "-f", "qcow2", name, "4M"]);
+  const r = await cli(["snapshot", "-c", "s1", name]);
+  if (r.code === 0) {
+    // A qcow2 driver with internal snapshots: the snapshot is in the qcow2, as qemu-img makes it.
+    assert.match(await ok(["snapshot", "-l", name]), /s1/);
+  } else assert.match(r.stderr, /driver 'qcow2' cannot create snapshots yet/);
+  assert.deepEqual(await snapNames(conf, image), []);
+});

@@ -241,6 +241,9 @@ watch_owner() {
   flock 9
   stop_cluster
   purge_dir
+  # The directory was this owner's alone (tests name it for their process).
+  rm -f "$dir/.lock"
+  rmdir "$dir" 2>/dev/null || true
 }
 
 purge_dir() {

@@ -857,40 +857,51 @@ export class BlockNode {
   // ---- internal snapshots (QEMU's bdrv_snapshot_*) ----------------------
 
   /**
-   * The node serving snapshot operations: the first one down the
-   * primary-child chain whose driver has them (QEMU's bdrv_snapshot_fallback:
-   * raw and filters pass them to their file child, an rbd node serves them).
+   * The node serving snapshot operations (QEMU's bdrv_snapshot_fallback):
+   * this node when its driver has any snapshot callback, else the same
+   * search on its primary child — raw and filters pass them to their file,
+   * an rbd node serves them — as long as no other child holds data (a
+   * `data-file` child stops the search, as QEMU refuses that fallback).
+   * A node with some of the callbacks serves all four: a qcow2 node that
+   * lists its snapshots but cannot create one refuses, rather than letting
+   * the request reach the protocol node below it.
    */
-  #snapshotNode(key: keyof DriverInstance): BlockNode | undefined {
+  snapshotNode(): BlockNode | undefined {
     // deno-lint-ignore no-this-alias
     let n: BlockNode | undefined = this;
-    while (n && n.#inst[key] === undefined) n = n.primaryChild;
-    return n;
+    while (n) {
+      const i: DriverInstance = n.#inst;
+      if (i.snapshotList || i.snapshotCreate || i.snapshotDelete || i.snapshotGoto) return n;
+      const child: BlockNode | undefined = n.primaryChild;
+      if (!child) return undefined;
+      for (const [role, c] of n.children) if (c !== child && role !== "backing") return undefined;
+      n = child;
+    }
+    return undefined;
   }
 
   /** The image's internal snapshots (empty when its format has none). */
   async snapshotList(): Promise<SnapshotInfo[]> {
-    const n = this.#snapshotNode("snapshotList");
-    return n ? await n.#inst.snapshotList!() : [];
+    const n = this.snapshotNode();
+    return n && n.#inst.snapshotList ? await n.#inst.snapshotList() : [];
   }
 
   async #snapshotOp(key: "snapshotCreate" | "snapshotDelete" | "snapshotGoto", what: string, arg: SnapshotInfo | string): Promise<void> {
-    const n = this.#snapshotNode(key);
-    if (!n) {
-      throw new BlockError(
-        "ENOTSUP",
-        `Cannot ${what} on node '${this.name}': format '${this.formatName}' has no internal snapshots`,
-        {
-          node: this.name,
-        },
-      );
+    const n = this.snapshotNode();
+    if (!n || !n.#inst[key]) {
+      const why = n
+        ? `node '${n.name}' (driver '${n.driver.name}') has snapshots but cannot ${what.replace(/ a snapshot$/, "")} them`
+        : `format '${this.formatName}' has no internal snapshots`;
+      throw new BlockError("ENOTSUP", `Cannot ${what} on node '${this.name}': ${why}`, { node: this.name });
     }
     await n.#imageOp(key, what, true, (i) => (i[key] as (a: SnapshotInfo | string) => Promise<void> | void)(arg));
   }
 
-  /** Creates an internal snapshot (qemu-img snapshot -c). */
-  snapshotCreate(info: SnapshotInfo): Promise<void> {
-    return this.#snapshotOp("snapshotCreate", "create a snapshot", info);
+  /** Creates an internal snapshot (qemu-img snapshot -c); what was written before is flushed first, so the snapshot holds it. */
+  async snapshotCreate(info: SnapshotInfo): Promise<void> {
+    const n = this.snapshotNode();
+    if (n && n.#inst.snapshotCreate && !this.#readOnly) await this.flush();
+    return await this.#snapshotOp("snapshotCreate", "create a snapshot", info);
   }
 
   /** Deletes an internal snapshot by ID or name (qemu-img snapshot -d). */

@@ -301,8 +301,15 @@ export async function createImage(filename: string, format: string, size: number
   const driver = getDriver(format);
   if (!driver.create) throw new BlockError("ENOTSUP", `Cannot create '${filename}': format '${format}' does not support image creation`);
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError("EINVAL", `Cannot create '${filename}': invalid size ${size}`);
-  const fileSpec = opts.file ?? { driver: "file", filename, create: true };
-  const file = await openNode(fileSpec as Options | BlockNode, { readOnly: false, probe: false, top: false });
+  let fileSpec: Options | BlockNode = opts.file ?? { driver: "file", filename, create: true };
+  const protocol = opts.file ? undefined : driverForPrefix(filename);
+  if (protocol?.createFile && protocol.parseFilename) {
+    // Not a host file: the protocol creates its object (an RBD image) first.
+    const parsed = protocol.parseFilename(filename);
+    await protocol.createFile(parsed, size);
+    fileSpec = { driver: protocol.name, ...parsed };
+  }
+  const file = await openNode(fileSpec, { readOnly: false, probe: false, top: false });
   const allowed = file.allowBeyondEof;
   file.allowBeyondEof = true; // the new image is written past the end of the empty file
   try {

@@ -393,6 +393,14 @@ export interface BlockDriverOf<N> {
    * walk down to (QEMU's primary child); default `file` (blkdebug: `image`).
    */
   readonly primaryChildRole?: ChildRole;
+  /**
+   * Creates the object a new image is written to, for protocols that are
+   * not host files (QEMU's protocol-level create: an RBD image, say).
+   * `options` are what {@linkcode BlockDriverOf.parseFilename} made of the
+   * target name; `size` is the size to create it with. Fails with EEXIST
+   * when the object exists.
+   */
+  createFile?(options: Record<string, unknown>, size: number): Promise<void>;
   /** Opens a node: returns the instance whose callbacks serve requests. */
   open(ctx: OpenContextOf<N>): Promise<DriverInstanceOf<N>>;
   /** Writes a new, empty image of this format onto `ctx.file`. */

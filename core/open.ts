@@ -141,7 +141,10 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     if (filename.startsWith("json:")) return openNode({ ...normaliseSpec(filename), ...withoutKey(options, "filename") }, state);
     const prefixed = driverForPrefix(filename);
     if (prefixed?.parseFilename) {
-      return openNode({ driver: prefixed.name, ...prefixed.parseFilename(filename), ...withoutKey(options, "filename") }, state);
+      const parsed = { driver: prefixed.name, ...prefixed.parseFilename(filename) };
+      // A protocol URL (nbd://) gets a probed format on top, as QEMU's `qemu-img info nbd://…` shows raw or qcow2.
+      if (state.probe && prefixed.kind === "protocol") return openProbed(filename, options, state, { ...parsed, ...pickCache(options) });
+      return openNode({ ...parsed, ...withoutKey(options, "filename") }, state);
     }
     if (state.probe) return openProbed(filename, options, state);
     options = { ...options, driver: "file" };
@@ -234,7 +237,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
         probe: copts.probe ?? false,
         top: false,
       });
-      node.children.set(role, child);
+      node.attachChild(role, child);
       return child;
     },
     childSpec: (role: ChildRole) => childSpecs.get(role),
@@ -249,8 +252,8 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
   return node;
 }
 
-async function openProbed(filename: string, options: Options, state: OpenState): Promise<BlockNode> {
-  const file = await openNode({ driver: "file", filename, ...pickCache(options) }, { ...state, top: false, probe: false });
+async function openProbed(filename: string, options: Options, state: OpenState, fileSpec?: Options): Promise<BlockNode> {
+  const file = await openNode(fileSpec ?? { driver: "file", filename, ...pickCache(options) }, { ...state, top: false, probe: false });
   let driver: BlockDriver;
   try {
     const head = new Uint8Array(Math.min(PROBE_BYTES, file.length));
@@ -298,13 +301,23 @@ export async function createImage(filename: string, format: string, size: number
   const driver = getDriver(format);
   if (!driver.create) throw new BlockError("ENOTSUP", `Cannot create '${filename}': format '${format}' does not support image creation`);
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError("EINVAL", `Cannot create '${filename}': invalid size ${size}`);
-  const fileSpec = opts.file ?? { driver: "file", filename, create: true };
-  const file = await openNode(fileSpec as Options | BlockNode, { readOnly: false, probe: false, top: false });
+  let fileSpec: Options | BlockNode = opts.file ?? { driver: "file", filename, create: true };
+  const protocol = opts.file ? undefined : driverForPrefix(filename);
+  if (protocol?.createFile && protocol.parseFilename) {
+    // Not a host file: the protocol creates its object (an RBD image) first.
+    const parsed = protocol.parseFilename(filename);
+    await protocol.createFile(parsed, size);
+    fileSpec = { driver: protocol.name, ...parsed };
+  }
+  const file = await openNode(fileSpec, { readOnly: false, probe: false, top: false });
+  const allowed = file.allowBeyondEof;
+  file.allowBeyondEof = true; // the new image is written past the end of the empty file
   try {
     if (file.length > 0) await file.truncate(0);
     await driver.create({ file, size, options: opts.options ?? {}, filename });
     await file.flush();
   } finally {
+    file.allowBeyondEof = allowed;
     if (!(opts.file instanceof BlockNode)) await file.close();
   }
 }

@@ -6,7 +6,8 @@
  * readSync/writeSync with a position (1 µs). Figures in bench/README.md.
  *
  * Options (QEMU's names):
- * - `filename` (required); `create` (create the file if missing);
+ * - `filename` (required); `create` (create the file if missing, and let
+ *   writes on the node itself go past the end);
  * - `locking` = `auto` (default) | `on` | `off`: QEMU-compatible OFD byte
  *   locks with FFI (qemu-img and blkgraph see each other), `flock` without.
  *   A conflict is `EBUSY` ("in use"; QEMU passes EAGAIN, which reads as
@@ -121,6 +122,8 @@ function openFile(ctx: OpenContext): DriverInstance {
     );
   }
   const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : openNodeFs(filename, ctx.readOnly, create, name);
+  // A file opened to be created is written past its end by design (QEMU's allow_write_beyond_eof for image creation).
+  if (create) ctx.node.allowBeyondEof = true;
   try {
     lockImage(h, filename, ctx.readOnly, ctx.forceShare ?? false, locking, name);
   } catch (e) {

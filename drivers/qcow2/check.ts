@@ -74,6 +74,23 @@ export async function checkQcow2(file: BlockNode, opts: CheckOptions = {}): Prom
   const messages: string[] = [];
   const say = opts.onMessage ?? ((line: string) => void messages.push(line));
   const repairing = opts.repair !== undefined;
+  // The checker writes the file as the qcow2 driver would (a repair may add refcount blocks past its end).
+  const allowed = file.allowBeyondEof;
+  file.allowBeyondEof = true;
+  try {
+    return await checkWith(file, fix, say, messages, repairing);
+  } finally {
+    file.allowBeyondEof = allowed;
+  }
+}
+
+async function checkWith(
+  file: BlockNode,
+  fix: Fix,
+  say: (line: string) => void,
+  messages: string[],
+  repairing: boolean,
+): Promise<CheckResult> {
   let res = await checkOnce(file, fix, say, repairing);
   if (res.leaksFixed || res.corruptionsFixed) {
     const fixedLeaks = res.leaksFixed;

@@ -81,7 +81,11 @@ function patch(at: number, bytes: Uint8Array): { at: number; hex: string } {
 
 /** Applies mutations to an image, returning the new bytes. */
 export function applyMutations(img: Uint8Array, muts: readonly Mutation[]): Uint8Array {
-  let out = img.slice();
+  return applyInPlace(img.slice(), muts);
+}
+
+/** Applies mutations to `out` itself (a new buffer only when the file grows or shrinks). */
+function applyInPlace(out: Uint8Array, muts: readonly Mutation[]): Uint8Array {
   for (const m of muts) {
     for (const p of m.patches) {
       const b = bytesOf(p.hex);
@@ -463,7 +467,7 @@ function resolve(img: Uint8Array, m: Mutation): Mutation {
 /** 1–8 mutations of `seed`, each aimed at the layout as the previous ones left it. */
 export function mutate(r: Rng, seed: Uint8Array): { image: Uint8Array; mutations: Mutation[] } {
   const n = 1 + r.int(8);
-  let img = seed;
+  let img: Uint8Array = seed.slice();
   const out: Mutation[] = [];
   for (let i = 0; i < n; i++) {
     const l = layoutOf(img);
@@ -471,7 +475,7 @@ export function mutate(r: Rng, seed: Uint8Array): { image: Uint8Array; mutations
     // A patch aimed by an already mutated length field may land far out: keep the file near its size.
     const m = { ...raw, patches: raw.patches.filter((p) => p.at <= img.length + l.cs) };
     out.push(m);
-    img = applyMutations(img, [m]);
+    img = applyInPlace(img, [m]);
   }
   return { image: img, mutations: out };
 }

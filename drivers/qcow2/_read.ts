@@ -6,6 +6,7 @@
  * @module
  */
 
+import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { BlockStatus } from "../../core/node.ts";
 import { decompressCluster } from "./compress.ts";
@@ -40,7 +41,17 @@ export async function readCompressed(st: Qcow2State, m: Mapping, req: RequestInf
   } finally {
     st.ioInFlight--;
   }
-  const data = decompressCluster(raw, st.cs, st.header.compressionType);
+  let data: Uint8Array;
+  try {
+    data = decompressCluster(raw, st.cs, st.header.compressionType);
+  } catch (e) {
+    // Name the cluster: where its compressed data lies (the L2 entry's descriptor).
+    if (!(e instanceof BlockError)) throw e;
+    throw new BlockError(e.code, `${e.message} (compressed data at host offset 0x${host.toString(16)}, ${m.compressedBytes} bytes)`, {
+      node: st.node.name,
+      cause: e,
+    });
+  }
   st.lastCompressed = { key: host, data };
   return data;
 }

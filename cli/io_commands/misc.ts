@@ -10,7 +10,7 @@ import { startTrace } from "../_trace.ts";
 import { dumpHuman } from "../info.ts";
 import { chainStatus } from "../_map_extents.ts";
 import { cvtstr } from "../_common.ts";
-import { cvtnum, type IoCommand, report, strerror, usage, usageLine , failed} from "./_session.ts";
+import { cvtnum, failed, type IoCommand, report, strerror, usage, usageLine } from "./_session.ts";
 
 const flush: IoCommand = {
   name: "flush",

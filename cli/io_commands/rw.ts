@@ -5,7 +5,18 @@
  * @module
  */
 
-import { cvtnum, dumpBuffer, type IoCommand, type IoFlags, type IoSession, parsePattern, report, strerror, usage , failed} from "./_session.ts";
+import {
+  cvtnum,
+  dumpBuffer,
+  failed,
+  type IoCommand,
+  type IoFlags,
+  type IoSession,
+  parsePattern,
+  report,
+  strerror,
+  usage,
+} from "./_session.ts";
 
 function pattern(s: IoSession, flags: IoFlags, def: number): number | undefined {
   const p = flags.get("P");

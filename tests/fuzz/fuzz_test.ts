@@ -13,7 +13,7 @@ import { hasTool } from "../_helpers/qemu.ts";
 import { fuzz, printSummary } from "./fuzz.ts";
 import { seedCacheDir } from "./_seeds.ts";
 
-const CASES = Number(Deno.env.get("BLKGRAPH_FUZZ_CASES") ?? 1500);
+const CASES = Number(Deno.env.get("BLKGRAPH_FUZZ_CASES") ?? 2000);
 
 Deno.test(`fuzz: ${CASES} seeded cases end clean or with a BlockError, within their budgets`, async () => {
   const qemu = hasTool("qemu-img") && hasTool("qemu-io");

@@ -7,8 +7,10 @@
  *
  * Options (QEMU names): `l2-cache-size`, `refcount-cache-size`,
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
- * `metadata-sync`), `x-wrong-order` (tests only); children `file`,
- * `backing` (null disables it), `data-file`.
+ * `metadata-sync`), `overlap-check` (`none`, `constant`, `cached` default,
+ * `all`, or an object with `template` and per-structure booleans: see
+ * `_overlap.ts`), `x-wrong-order` (tests only); children `file`, `backing`
+ * (null disables it), `data-file`.
  *
  * @module
  */

@@ -39,6 +39,7 @@ async function checkOnce(file: BlockNode, fix: Fix, say: (line: string) => void,
   await checker.checkRefcounts(fix);
   const res = checker.res;
   res.checkErrors += snapshotErrors;
+  res.corruptions += checker.snapshotCorruptions;
   // The corrupt bit may have been set on the way (qcow2_mark_corrupt); a repair
   // that leaves the image consistent clears it and the dirty bit
   // (qcow2_mark_clean, qcow2_mark_consistent).

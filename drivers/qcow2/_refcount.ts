@@ -117,7 +117,31 @@ export async function allocClusters(st: Qcow2State, n: number, req: RequestInfo 
     for (let c = start; c < start + n; c++) st.reserved.delete(c);
   }
   if (st.freeHint === start) st.freeHint = start + n;
+  for (let c = start; c < start + n; c++) dropQueuedFree(st, c * st.cs);
   return start * st.cs;
+}
+
+/** Index of the queued frees (pendingFree only grows between write-backs): offset -> count, built incrementally. */
+const queued = new WeakMap<Qcow2State, { list: number[]; upTo: number; count: Map<number, number> }>();
+
+/**
+ * A cluster just allocated (its refcount was 0) that is also queued to be
+ * freed had a reference its refcount never counted (a damaged image): the
+ * queued free would take the new owner's count and let the cluster be
+ * discarded under it. The new allocation is its only counted user, so the
+ * queued free goes (`releaseEntry` does the same for the other order).
+ */
+function dropQueuedFree(st: Qcow2State, offset: number): void {
+  const list = st.pendingFree;
+  if (!list.length) return;
+  let q = queued.get(st);
+  if (!q || q.list !== list) queued.set(st, q = { list, upTo: 0, count: new Map() });
+  for (; q.upTo < list.length; q.upTo++) q.count.set(list[q.upTo], (q.count.get(list[q.upTo]) ?? 0) + 1);
+  const n = q.count.get(offset);
+  if (!n) return;
+  q.count.set(offset, n - 1);
+  list.splice(list.indexOf(offset), 1);
+  q.upTo--;
 }
 
 /** Allocates a refcount block for refcount-table index `rt` and hooks it in. */

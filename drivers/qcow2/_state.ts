@@ -175,6 +175,23 @@ export class Qcow2State {
     this.overlapChecks = init.overlapChecks;
   }
 
+  /**
+   * Host clusters of the image file guest data was written to since freed
+   * clusters were last given back (null: too many to track). The write-back
+   * does not discard those: a cluster freed while an entry written since
+   * points at it (its refcount counted one of two references, a damaged
+   * image) keeps its data, as in QEMU, which never discards such frees.
+   */
+  recentData: Set<number> | null = new Set();
+
+  /** Records guest data written to `[host, host + length)` of the image file (not the external data file). */
+  noteDataWrite(host: number, length: number): void {
+    if (this.externalData || !this.recentData || length <= 0) return;
+    const last = Math.floor((host + length - 1) / this.cs);
+    for (let c = Math.floor(host / this.cs); c <= last; c++) this.recentData.add(c);
+    if (this.recentData.size > 1 << 16) this.recentData = null;
+  }
+
   /** Says that the L1 table, the refcount table or a table pointer in the header changed (call after every such change). */
   metadataMoved(): void {
     this.metadataGen++;

@@ -55,20 +55,29 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
   return e;
 }
 
-/** Queues the host clusters an L2 entry references for freeing (shared, compressed or preallocated). */
-export function releaseEntry(st: Qcow2State, view: DataView, at: number): void {
+/**
+ * Queues the host clusters an L2 entry references for freeing (shared,
+ * compressed or preallocated). `fresh` is a run of host clusters just
+ * allocated to replace it: an old entry pointing into it had a reference
+ * its refcount never counted (a damaged image), and freeing it would take
+ * the new data's count (and discard its cluster), so it is not queued.
+ */
+export function releaseEntry(st: Qcow2State, view: DataView, at: number, fresh?: { first: number; end: number }): void {
   if (st.externalData) return;
+  const queue = (c: number) => {
+    if (!fresh || c < fresh.first || c >= fresh.end) st.pendingFree.push(c * st.cs);
+  };
   const hi = view.getUint32(at);
   if (hi & HI_COMPRESSED) {
     const m = newMapping();
     decodeCompressed(st, view, at, m);
     const first = Math.floor(m.host / st.cs);
     const last = Math.floor((m.host + m.compressedBytes - 1) / st.cs);
-    for (let c = first; c <= last; c++) st.pendingFree.push(c * st.cs);
+    for (let c = first; c <= last; c++) queue(c);
     return;
   }
   const host = entryOffset(view, at);
-  if (host !== 0) st.pendingFree.push(host);
+  if (host !== 0) queue(Math.floor(host / st.cs));
 }
 
 /** What a write must do with one cluster. */
@@ -183,6 +192,7 @@ async function writeInPlace(
   const p = st.event("write_aio", req);
   if (p) await p;
   await preWriteOverlapCheck(st, 0, host, end - cur, true);
+  st.noteDataWrite(host, end - cur);
   await st.data.pwrite(host, data.subarray(cur - dataOffset, end - dataOffset), { req });
   return end;
 }
@@ -215,6 +225,7 @@ async function writeWiden(
   const p = st.event("write_aio", req);
   if (p) await p;
   await preWriteOverlapCheck(st, 0, host + (wStart - cStart), buf.length, true);
+  st.noteDataWrite(host + (wStart - cStart), buf.length);
   await st.data.pwrite(host + (wStart - cStart), buf, { req });
   if (st.extL2) {
     const mask = touchedMask(st, wStart - cStart, wEnd - cStart);
@@ -256,6 +267,7 @@ async function writeNew(
   try {
     // QEMU checks the data write (and its COW) against the metadata first.
     await preWriteOverlapCheck(st, 0, host, k * st.cs, true);
+    st.noteDataWrite(host, k * st.cs);
     await writeNewData(
       st,
       e,
@@ -275,7 +287,7 @@ async function writeNew(
   }
   for (let i = 0; i < k; i++) {
     const at = (first + i) * st.entryBytes;
-    releaseEntry(st, e.view, at);
+    releaseEntry(st, e.view, at, { first: host / st.cs, end: host / st.cs + k });
     setEntry(e.view, at, host + i * st.cs, HI_COPIED, 0);
     if (st.extL2) {
       e.view.setUint32(at + 8, 0);

@@ -71,11 +71,12 @@ export async function writeCompressedLocked(st: Qcow2State, offset: number, data
     let p = st.event("write_compressed", req);
     if (p) await p;
     await preWriteOverlapCheck(st, 0, host, packed.length, true);
+    st.noteDataWrite(host, packed.length);
     await st.file.pwrite(host, packed, { req });
     p = st.event("l2_update_compressed", req);
     if (p) await p;
     const at = Math.floor((offset - l1i * st.l2Span) / cs) * st.entryBytes;
-    releaseEntry(st, e.view, at);
+    releaseEntry(st, e.view, at, { first: Math.floor(host / cs), end: Math.floor((host + packed.length - 1) / cs) + 1 });
     const x = 62 - (st.clusterBits - 8);
     const extra = Math.floor((host + packed.length - 1) / 512) - Math.floor(host / 512);
     const hostHi = Math.floor(host / 0x100000000);

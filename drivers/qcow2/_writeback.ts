@@ -76,7 +76,12 @@ async function applyPendingFrees(st: Qcow2State, req: RequestInfo | undefined): 
   // Give the space back to the host (QEMU passes discards of freed clusters down).
   // A freed cluster that is still metadata (its refcount was wrong) keeps
   // its bytes: the discard is advisory, punching a hole there is not.
+  // So does a cluster guest data was written to since the last time: an
+  // entry written since may still point at it (see Qcow2State.recentData).
+  const recent = st.recentData;
+  st.recentData = new Set();
   for (const off of released) {
+    if (!recent || recent.has(Math.floor(off / st.cs))) continue;
     if (off + st.cs > st.file.length || await overlapsMetadata(st, off, st.cs)) continue;
     await st.file.pdiscard(off, st.cs, { req }).catch(() => {});
   }

@@ -146,6 +146,7 @@ export class Qcow2Instance implements DriverInstance {
         const p = st.event("write_aio", opts.req);
         if (p) await p;
         await preWriteOverlapCheck(st, 0, host, data.length, true);
+        st.noteDataWrite(host, data.length);
         await st.data.pwrite(host, data, { req: opts.req });
       } finally {
         st.ioInFlight--;

@@ -201,3 +201,41 @@ Deno.test("qcow2 reads and writes through a zero flag in a version 2 image as a 
   await using rw = await open(path);
   await assert.rejects(rw.pwrite(65536, new Uint8Array(4096).fill(2)), CorruptImageError);
 });
+
+Deno.test("qcow2 keeps a write whose cluster an older, uncounted reference gives back (refcount 0 under compressed data)", async () => {
+  await using d = await tempDir();
+  const path = `${d.path}/c.qcow2`;
+  await createImage(path, "qcow2", 1 << 20, { options: { cluster_size: 4096 } });
+  {
+    // Guest clusters 0..3 compressed: their data is packed into one host cluster.
+    await using node = await open(path);
+    for (let c = 0; c < 4; c++) await node.pwrite(c * 4096, new Uint8Array(4096).fill(0x10 + c), { compressed: true });
+  }
+  const img = await Deno.readFile(path);
+  const v = new DataView(img.buffer);
+  const l2 = Number(v.getBigUint64(Number(v.getBigUint64(40))) & 0x00fffffffffffe00n);
+  const host = Number(v.getBigUint64(l2) & ((1n << 54n) - 1n));
+  const cluster = Math.floor(host / 4096);
+  const rb = Number(v.getBigUint64(Number(v.getBigUint64(48))));
+  v.setUint16(rb + cluster * 2, 0); // the packed cluster looks free
+  await Deno.writeFile(path, img);
+  const copy = `${d.path}/q.qcow2`;
+  await Deno.copyFile(path, copy);
+  {
+    await using node = await open(path);
+    // Cluster 8 gets the packed cluster (first free), then guest cluster 1's compressed data
+    // (in that cluster too) is overwritten: its release must not discard guest cluster 8's data.
+    await node.pwrite(8 * 4096, new Uint8Array(4096).fill(0x88));
+    await node.pwrite(1 * 4096, new Uint8Array(4096).fill(0x11));
+  }
+  await using ro = await open(path, { readOnly: true });
+  const back = new Uint8Array(4096);
+  await ro.pread(8 * 4096, back);
+  assert.ok(back.every((b) => b === 0x88), `guest cluster 8 reads ${back[0]}`);
+  if (hasTool("qemu-io")) {
+    const r = await run("qemu-io", ["-c", "write -P 0x88 32k 4k", "-c", "write -P 0x11 4k 4k", copy]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const again = await run("qemu-io", ["-r", "-c", "read -P 0x88 32k 4k", copy]);
+    assert.match(again.stdout, /read 4096\/4096/, "QEMU keeps it too");
+  }
+});

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { BlockError, createImage, open, readHeaderFrom, serializeHeader } from "../../../mod.ts";
 import { hasTool, run, tempDir } from "../../_helpers/qemu.ts";
+import { cli } from "../../cli/_run.ts";
 
 /** Rewrites an image's backing file name (and format) in place. */
 async function setBacking(path: string, name: string | undefined, format = "qcow2"): Promise<void> {
@@ -111,4 +112,15 @@ Deno.test("qcow2 open() ends a backing file name at its first NUL byte, as QEMU'
     const info = JSON.parse((await run("qemu-img", ["info", "-U", "--output=json", t])).stdout);
     assert.equal(info["backing-filename"], "b.qcow2");
   }
+});
+
+Deno.test("blkgraph info --backing-chain of a looping chain says only which file loops, as qemu-img does (iotest 043)", async () => {
+  await using d = await tempDir();
+  const t = `${d.path}/t.qcow2`;
+  await createImage(t, "qcow2", 1 << 20);
+  await setBacking(t, t);
+  const r = await cli(["info", "--backing-chain", t]);
+  assert.equal(r.code, 1);
+  assert.equal(r.stderr, `blkgraph: Backing file '${t}' creates an infinite loop.\n`);
+  if (hasTool("qemu-img")) assert.equal(r.stderr.replace(/^blkgraph: /, ""), `${await qemuLoopLine(t)}\n`);
 });

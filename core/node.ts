@@ -39,6 +39,7 @@ import type {
   RequestOp,
   RequestOptions,
   SnapshotInfo,
+  SyncIo,
   TruncateOptions,
   WriteOptions,
   WriteZeroesOptions,
@@ -149,6 +150,11 @@ export class BlockNode {
     if (old) old.#parents--;
     this.children.set(role, child);
     child.#parents++;
+  }
+
+  /** Another node holds this one as a child. */
+  get hasParents(): boolean {
+    return this.#parents > 0;
   }
 
   /** The driver instance serving this node. */
@@ -959,6 +965,28 @@ export class BlockNode {
    */
   metadataExtents(): Promise<MetadataExtent[]> {
     return this.#imageOp("metadataExtents", "list the metadata of", false, (i) => i.metadataExtents!());
+  }
+
+  /** Synchronous I/O of a protocol node whose driver offers it (for the exit write-back); undefined otherwise. */
+  get syncIo(): SyncIo | undefined {
+    return this.driver.kind === "protocol" && !this.#closed ? this.#inst.syncIo : undefined;
+  }
+
+  /**
+   * The last-chance write-back at `Deno.exit()` with the node still open
+   * (the `unload` event runs no async code): the driver writes back what it
+   * caches synchronously, and a protocol node makes its writes durable.
+   * Returns false when that could not be done safely.
+   */
+  exitSync(): boolean {
+    if (this.#closed || this.#readOnly) return true;
+    const ok = this.#inst.exitSync?.() ?? true;
+    const io = this.syncIo;
+    if (io && this.#writeGen !== this.#flushedGen && !this.#noFlush) {
+      io.flush();
+      this.#flushedGen = this.#writeGen;
+    }
+    return ok;
   }
 
   /** Driver-specific information (for `info`), from this node or the first one below its filters that has some. */

@@ -157,6 +157,18 @@ export interface FilterCall {
   readonly req?: RequestInfo;
 }
 
+/**
+ * Synchronous I/O a protocol driver can offer for the last-chance
+ * write-back when the process exits through `Deno.exit()` (the `unload`
+ * event runs no async code).
+ */
+export interface SyncIo {
+  /** Writes `data` at `offset` now. */
+  pwrite(offset: number, data: Uint8Array): void;
+  /** Makes what was written durable now. */
+  flush(): void;
+}
+
 /** Options for a consistency check. */
 export interface CheckOptions {
   /** Repair: `leaks` drops leaked references, `all` also fixes corruptions. */
@@ -271,6 +283,14 @@ export interface DriverInstanceOf<N> {
   intercept?<T>(call: FilterCall, next: () => Promise<T>): Promise<T>;
   /** Reads `buf.length` bytes at `offset` into `buf`. */
   pread?(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void;
+  /** Synchronous I/O for the exit write-back (protocol drivers whose I/O is synchronous: `file`). */
+  readonly syncIo?: SyncIo;
+  /**
+   * At `Deno.exit()` with the node still open: writes back what the driver
+   * caches, synchronously. Returns false when it could not do so safely
+   * (the data is then lost as in a crash; the image stays consistent).
+   */
+  exitSync?(): boolean;
   /** Writes `data` at `offset`. */
   pwrite?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
   /** Writes one cluster compressed (a write with `compressed`; the node checks bounds and permissions). */

@@ -407,6 +407,17 @@ function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, 
       const r = libc.fdatasync(fd);
       if (r < 0) throw errnoError(-r, `Cannot flush '${filename}'`, { node: name });
     },
+    // Buffered I/O is synchronous FFI already: the exit write-back can use it (O_DIRECT needs aligned bounce buffers: not offered).
+    syncIo: direct ? undefined : {
+      pwrite(offset: number, data: Uint8Array): void {
+        writeAt(offset, data);
+        if (offset + data.length > size) size = offset + data.length;
+      },
+      flush(): void {
+        const r = libc.fdatasync(fd);
+        if (r < 0) throw errnoError(-r, `Cannot flush '${filename}'`, { node: name });
+      },
+    },
     truncate(length: number, opts: TruncateOptions): void {
       const prealloc = checkPrealloc(opts, filename, length, name);
       const old = size;

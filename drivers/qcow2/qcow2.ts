@@ -55,6 +55,7 @@ import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
 import { listSnapshots } from "./_snapshot.ts";
+import { exitWriteback } from "./_exit.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { entryOffset } from "./_entries.ts";
@@ -228,6 +229,11 @@ export class Qcow2Instance implements DriverInstance {
       const { l1, reftable } = await readTables(st.node, st.file, h);
       st.reset(h, l1, reftable);
     });
+  }
+
+  /** Writes cached metadata back synchronously at `Deno.exit()`, when that is safe (see `_exit.ts`). */
+  exitSync(): boolean {
+    return exitWriteback(this.#st) !== "not-safe";
   }
 
   /** The internal snapshots in the snapshot table. */

@@ -57,6 +57,7 @@ export {
   parseCacheMode,
 } from "./core/open.ts";
 export { type Options, parseSize } from "./core/options.ts";
+export { copyImage, type CopyOptions } from "./core/copy.ts";
 export { fileDriver } from "./drivers/file.ts";
 export { memoryDriver } from "./drivers/memory.ts";
 export { rawDriver } from "./drivers/raw.ts";

@@ -188,9 +188,14 @@ export class Qcow2Instance implements DriverInstance {
     return end >= st.header.size ? Math.ceil(end / st.cs) * st.cs : end;
   }
 
-  /** Discards whole clusters (the core passes only those, as QEMU does). */
+  /**
+   * Discards whole clusters (the core passes only those, as QEMU does). A v2
+   * image with a backing file keeps its data: it has no zero flag, and
+   * deallocating would show the backing file there (QEMU skips it too).
+   */
   async pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     const st = this.#st;
+    if (st.header.version < 3 && st.backing) return;
     await st.change(async () => {
       await zeroOrDiscard(st, offset, this.#clusterEnd(offset + length) - offset, { discard: true, unmap: true }, opts.req);
       await relieveCaches(st, opts.req);

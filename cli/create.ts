@@ -41,6 +41,19 @@ const QCOW2_DEFAULTS: Record<string, string> = {
   refcount_bits: "16",
 };
 
+/** Order in which qemu-img prints luks creation options. */
+const LUKS_ORDER = [
+  "size",
+  "key-secret",
+  "cipher-alg",
+  "cipher-mode",
+  "ivgen-alg",
+  "ivgen-hash-alg",
+  "hash-alg",
+  "iter-time",
+  "preallocation",
+];
+
 /** Parses `-o a=b,c=d` lists (repeatable; `,,` escapes a comma) into flat options. */
 export function parseCreateOptions(lists: string[]): Record<string, string> {
   const out: Record<string, string> = {};
@@ -68,6 +81,8 @@ export function formattingLine(filename: string, format: string, size: number, o
     for (const [k, v] of Object.entries(QCOW2_DEFAULTS)) shown[k] ??= v;
     shown.cluster_size = String(sizeArg(shown.cluster_size, "cluster_size"));
     order = QCOW2_ORDER;
+  } else if (format === "luks") {
+    order = LUKS_ORDER;
   } else {
     order = ["size", "backing_file", "backing_fmt", "preallocation"];
   }

@@ -14,11 +14,11 @@
  */
 
 import { BlockError, toBlockError } from "../../core/errors.ts";
-import type { BlockDriver, BlockNode, DriverInstance } from "../../core/node.ts";
+import type { BlockDriver, BlockNode, BlockStatus, DriverInstance } from "../../core/node.ts";
 import { checkKnownOptions, optInt, optString } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import { getSecret } from "../../core/secrets.ts";
-import type { AmendOptions, BlockStatus, FormatOptions, RequestOptions, TruncateOptions, WriteOptions } from "../../core/types.ts";
+import type { AmendOptions, FormatOptions, RequestOptions, TruncateOptions, WriteOptions } from "../../core/types.ts";
 import { keyLength, parseCipherAlg, parseCipherMode, parseHashAlg, parseIvgenAlg } from "../_crypto/algorithms.ts";
 import { CipherPool } from "../_crypto/cipher_pool.ts";
 import { type CryptoIO, LuksVolume } from "../_crypto/luks.ts";

@@ -11,18 +11,23 @@
 import nodeCrypto from "node:crypto";
 import { BlockError } from "../../core/errors.ts";
 import { DIGEST_LENGTH, type HashAlg } from "./algorithms.ts";
+import { sha1Small, sha256Small } from "./_sha_small.ts";
 
 function diffuse(hash: HashAlg, buf: Uint8Array): void {
   const dlen = DIGEST_LENGTH[hash];
-  const prefix = new Uint8Array(4);
-  const view = new DataView(prefix.buffer);
+  const small = hash === "sha256" ? sha256Small : hash === "sha1" ? sha1Small : undefined;
+  const input = new Uint8Array(4 + dlen);
+  const view = new DataView(input.buffer);
   for (let i = 0, off = 0; off < buf.length; i++, off += dlen) {
     const n = Math.min(dlen, buf.length - off);
     view.setUint32(0, i);
-    const d = nodeCrypto.createHash(hash).update(prefix).update(buf.subarray(off, off + n)).digest();
+    input.set(buf.subarray(off, off + n), 4);
+    const block = input.subarray(0, 4 + n);
+    const d = small ? small(block) : nodeCrypto.createHash(hash).update(block).digest();
     buf.set(d.subarray(0, n), off);
     d.fill(0);
   }
+  input.fill(0);
 }
 
 function xorInto(dst: Uint8Array, src: Uint8Array): void {

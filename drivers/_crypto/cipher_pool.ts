@@ -68,29 +68,46 @@ interface Slot {
  */
 export class CipherPool {
   #local: SectorCipher;
+  #spec: CipherSpec;
+  #key: Uint8Array | undefined;
+  #threads: number;
   #slots: Slot[] = [];
   #waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
   #nextId = 0;
   #closed = false;
 
-  /** Starts the workers (`threads`, default {@linkcode setCryptoThreads}'s) for `spec` with `key` (copied). */
+  /**
+   * A pool for `spec` with `key` (copied) and `threads` workers (default
+   * {@linkcode setCryptoThreads}'s). The workers start with the first
+   * request large enough to share, so an image that only ever sees small
+   * requests never pays for them.
+   */
   constructor(spec: CipherSpec, key: Uint8Array, opts: { threads?: number } = {}) {
     this.#local = new SectorCipher(spec, key);
-    const n = opts.threads ?? wantedThreads();
-    for (let i = 0; i < n; i++) {
+    this.#spec = { ...spec };
+    this.#threads = opts.threads ?? wantedThreads();
+    // Kept (and zeroed on close) only until the workers have their own copies.
+    if (this.#threads > 0) this.#key = key.slice();
+  }
+
+  /** Worker threads the pool uses (started on first need). */
+  get threads(): number {
+    return this.#threads;
+  }
+
+  #start(): void {
+    const key = this.#key!;
+    for (let i = 0; i < this.#threads; i++) {
       const worker = new Worker(new URL("./_cipher_worker.ts", import.meta.url));
       const buffer = new SharedArrayBuffer(JOB_MAX);
-      worker.postMessage({ type: "init", spec, key: key.slice(), buffer } satisfies CipherWorkerRequest);
+      worker.postMessage({ type: "init", spec: this.#spec, key: key.slice(), buffer } satisfies CipherWorkerRequest);
       worker.on("message", (m: CipherWorkerReply) => this.#done(m));
       worker.on("error", (e: Error) => this.#failAll(e));
       worker.unref();
       this.#slots.push({ worker, shared: new Uint8Array(buffer), busy: false });
     }
-  }
-
-  /** Worker threads in the pool. */
-  get threads(): number {
-    return this.#slots.length;
+    key.fill(0);
+    this.#key = undefined;
   }
 
   /** Encrypts whole sectors in place (the first one numbered `sector`). */
@@ -105,6 +122,7 @@ export class CipherPool {
 
   async #run(data: Uint8Array, sector: number, encrypt: boolean): Promise<void> {
     if (this.#closed) throw new BlockError("EIO", "The cipher pool is closed (image closed)");
+    if (data.length >= POOL_SPLIT_MIN && this.#key) this.#start();
     const idle = data.length >= POOL_SPLIT_MIN ? this.#slots.filter((s) => !s.busy) : [];
     if (!idle.length) {
       this.#local[encrypt ? "encrypt" : "decrypt"](data, sector);
@@ -161,6 +179,8 @@ export class CipherPool {
     if (this.#closed) return;
     this.#closed = true;
     this.#local.destroy();
+    this.#key?.fill(0);
+    this.#key = undefined;
     for (const s of this.#slots) {
       s.shared.fill(0);
       s.worker.postMessage({ type: "stop" } satisfies CipherWorkerRequest);

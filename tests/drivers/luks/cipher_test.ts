@@ -197,3 +197,14 @@ Deno.test("afSplit() output merges back with afMerge(); any changed stripe chang
   const s1 = afSplit("sha1", key, 3);
   assert.deepEqual(afMerge("sha1", s1, 64, 3), key);
 });
+
+Deno.test("sha256Small() and sha1Small() equal node:crypto's digests for every input length up to one block", async () => {
+  const { sha1Small, sha256Small, SMALL_MAX } = await import("../../../drivers/_crypto/_sha_small.ts");
+  for (let n = 0; n <= SMALL_MAX; n++) {
+    for (let round = 0; round < 4; round++) {
+      const data = new Uint8Array(nodeCrypto.randomBytes(n));
+      assert.equal(toHex(sha256Small(data)), nodeCrypto.createHash("sha256").update(data).digest("hex"), `sha256 of ${n} bytes`);
+      assert.equal(toHex(sha1Small(data)), nodeCrypto.createHash("sha1").update(data).digest("hex"), `sha1 of ${n} bytes`);
+    }
+  }
+});

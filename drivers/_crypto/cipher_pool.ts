@@ -1,14 +1,16 @@
 /**
  * Sector encryption on worker threads (`node:worker_threads`), for the
- * requests where a second core pays: a request of at least
- * {@linkcode POOL_SPLIT_MIN} bytes is cut at a sector boundary, idle workers
- * take parts while the calling thread does its own part, and the request
- * completes when all parts are done. Smaller requests, and requests that
- * find every worker busy, run on the calling thread: a round trip to a
- * worker costs tens of microseconds, as much as encrypting 16 KiB.
+ * requests where a second core pays. A request of at least
+ * {@linkcode POOL_SPLIT_MIN} bytes is cut into pieces; the calling thread
+ * claims pieces from the front and encrypts them in place, the workers claim
+ * pieces from the back half (copied into a shared buffer) — claims are one
+ * compare-and-swap on a shared word, so nobody waits for a thread the
+ * scheduler has not run yet: on a busy machine the calling thread simply
+ * does more of the pieces itself. Smaller requests, and requests that arrive
+ * while the shared buffer is in use, run on the calling thread.
  *
- * Each worker has its own {@linkcode SectorCipher} (the key is sent once
- * and zeroed on both sides) and a shared buffer the data is copied through.
+ * Each worker has its own {@linkcode SectorCipher}; the key is sent once and
+ * zeroed on both sides.
  *
  * @module
  */
@@ -16,13 +18,15 @@
 import { Worker } from "node:worker_threads";
 import { BlockError } from "../../core/errors.ts";
 import type { CipherSpec } from "./algorithms.ts";
-import type { CipherWorkerReply, CipherWorkerRequest } from "./_cipher_worker.ts";
+import { CTL, CTL_BYTES, type CipherWorkerInit } from "./_cipher_worker.ts";
 import { LUKS_SECTOR_SIZE, SectorCipher } from "./sector_cipher.ts";
 
-/** Requests at least this long are shared with idle workers. */
-export const POOL_SPLIT_MIN = 128 * 1024;
-/** Largest part a worker takes in one job (its shared buffer). */
-const JOB_MAX = 1 << 20;
+/** Requests at least this long are shared with the workers. */
+export const POOL_SPLIT_MIN = 64 * 1024;
+/** Largest window of a request shared in one go (its back half fits the shared buffer). */
+const WINDOW = 2 << 20;
+/** Smallest piece. */
+const MIN_PIECE = 16 * 1024;
 
 let threads: number | undefined;
 
@@ -41,12 +45,6 @@ function wantedThreads(): number {
   if (threads !== undefined) return threads;
   const cpus = globalThis.navigator?.hardwareConcurrency ?? 1;
   return Math.max(0, Math.min(2, cpus - 1));
-}
-
-interface Slot {
-  worker: Worker;
-  shared: Uint8Array;
-  busy: boolean;
 }
 
 /**
@@ -71,9 +69,12 @@ export class CipherPool {
   #spec: CipherSpec;
   #key: Uint8Array | undefined;
   #threads: number;
-  #slots: Slot[] = [];
-  #waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
-  #nextId = 0;
+  #workers: Worker[] = [];
+  #shared: SharedArrayBuffer | undefined;
+  #ctl: Int32Array | undefined;
+  #data: Uint8Array | undefined;
+  #gen = 0;
+  #busy = false;
   #closed = false;
 
   /**
@@ -97,14 +98,14 @@ export class CipherPool {
 
   #start(): void {
     const key = this.#key!;
+    this.#shared = new SharedArrayBuffer(CTL_BYTES + WINDOW / 2 + MIN_PIECE);
+    this.#ctl = new Int32Array(this.#shared, 0, CTL_BYTES / 4);
+    this.#data = new Uint8Array(this.#shared, CTL_BYTES);
     for (let i = 0; i < this.#threads; i++) {
       const worker = new Worker(new URL("./_cipher_worker.ts", import.meta.url));
-      const buffer = new SharedArrayBuffer(JOB_MAX);
-      worker.postMessage({ type: "init", spec: this.#spec, key: key.slice(), buffer } satisfies CipherWorkerRequest);
-      worker.on("message", (m: CipherWorkerReply) => this.#done(m));
-      worker.on("error", (e: Error) => this.#failAll(e));
+      worker.postMessage({ spec: this.#spec, key: key.slice(), buffer: this.#shared } satisfies CipherWorkerInit);
       worker.unref();
-      this.#slots.push({ worker, shared: new Uint8Array(buffer), busy: false });
+      this.#workers.push(worker);
     }
     key.fill(0);
     this.#key = undefined;
@@ -122,56 +123,53 @@ export class CipherPool {
 
   async #run(data: Uint8Array, sector: number, encrypt: boolean): Promise<void> {
     if (this.#closed) throw new BlockError("EIO", "The cipher pool is closed (image closed)");
-    if (data.length >= POOL_SPLIT_MIN && this.#key) this.#start();
-    const idle = data.length >= POOL_SPLIT_MIN ? this.#slots.filter((s) => !s.busy) : [];
-    if (!idle.length) {
+    if (data.length < POOL_SPLIT_MIN || this.#threads === 0 || this.#busy) {
       this.#local[encrypt ? "encrypt" : "decrypt"](data, sector);
       return;
     }
-    const sectors = data.length / LUKS_SECTOR_SIZE;
-    const per = Math.min(JOB_MAX / LUKS_SECTOR_SIZE, Math.ceil(sectors / (idle.length + 1)));
-    const jobs: Promise<void>[] = [];
-    let at = 0;
-    for (const slot of idle) {
-      const n = Math.min(per, sectors - at);
-      if (n <= 0) break;
-      jobs.push(this.#job(slot, data.subarray(at * LUKS_SECTOR_SIZE, (at + n) * LUKS_SECTOR_SIZE), sector + at, encrypt));
-      at += n;
-    }
-    // The calling thread does the rest meanwhile.
-    if (at < sectors) this.#local[encrypt ? "encrypt" : "decrypt"](data.subarray(at * LUKS_SECTOR_SIZE), sector + at);
-    await Promise.all(jobs);
-  }
-
-  async #job(slot: Slot, part: Uint8Array, sector: number, encrypt: boolean): Promise<void> {
-    slot.busy = true;
-    slot.worker.ref();
-    slot.shared.set(part);
-    const id = ++this.#nextId;
+    this.#busy = true;
     try {
-      await new Promise<void>((resolve, reject) => {
-        this.#waiting.set(id, { resolve, reject });
-        slot.worker.postMessage({ type: "job", id, length: part.length, sector, encrypt } satisfies CipherWorkerRequest);
-      });
-      part.set(slot.shared.subarray(0, part.length));
+      if (this.#key) this.#start();
+      for (let off = 0; off < data.length; off += WINDOW) {
+        await this.#window(data.subarray(off, Math.min(data.length, off + WINDOW)), sector + off / LUKS_SECTOR_SIZE, encrypt);
+      }
     } finally {
-      slot.shared.fill(0, 0, part.length);
-      slot.busy = false;
-      slot.worker.unref();
+      this.#busy = false;
     }
   }
 
-  #done(m: CipherWorkerReply): void {
-    const w = this.#waiting.get(m.id);
-    if (!w) return;
-    this.#waiting.delete(m.id);
-    if (m.error) w.reject(new BlockError("EIO", `Sector encryption failed on a worker thread: ${m.error}`));
-    else w.resolve();
-  }
-
-  #failAll(e: Error): void {
-    for (const w of this.#waiting.values()) w.reject(new BlockError("EIO", `A crypto worker thread failed: ${e.message}`));
-    this.#waiting.clear();
+  /** One window: the calling thread takes pieces from the front, the workers from the back half. */
+  async #window(data: Uint8Array, sector: number, encrypt: boolean): Promise<void> {
+    const ctl = this.#ctl!;
+    const piece = Math.max(MIN_PIECE, Math.ceil(data.length / 32 / LUKS_SECTOR_SIZE) * LUKS_SECTOR_SIZE);
+    const n = Math.ceil(data.length / piece);
+    const split = n >> 1;
+    this.#data!.set(data.subarray(split * piece));
+    ctl[CTL.SECTOR_LO] = sector % 0x1_0000_0000;
+    ctl[CTL.SECTOR_HI] = Math.floor(sector / 0x1_0000_0000);
+    ctl[CTL.LENGTH] = data.length;
+    ctl[CTL.SPLIT] = split;
+    ctl[CTL.PIECE_BYTES] = piece;
+    ctl[CTL.ENCRYPT] = encrypt ? 1 : 0;
+    Atomics.store(ctl, CTL.DONE, 0);
+    this.#gen = (this.#gen + 1) & 0xffff;
+    Atomics.store(ctl, CTL.CLAIM, (this.#gen << 16) | (n << 8));
+    Atomics.notify(ctl, CTL.CLAIM);
+    for (;;) {
+      const v = Atomics.load(ctl, CTL.CLAIM);
+      const front = v & 0xff;
+      if (front >= ((v >>> 8) & 0xff)) break;
+      if (Atomics.compareExchange(ctl, CTL.CLAIM, v, v + 1) !== v) continue;
+      const p = data.subarray(front * piece, Math.min(data.length, (front + 1) * piece));
+      this.#local[encrypt ? "encrypt" : "decrypt"](p, sector + (front * piece) / LUKS_SECTOR_SIZE);
+    }
+    const back = (Atomics.load(ctl, CTL.CLAIM) >>> 8) & 0xff;
+    const theirs = n - back;
+    for (let done = Atomics.load(ctl, CTL.DONE); done < theirs; done = Atomics.load(ctl, CTL.DONE)) {
+      const w = Atomics.waitAsync(ctl, CTL.DONE, done);
+      if (w.async) await w.value;
+    }
+    if (theirs) data.set(this.#data!.subarray((back - split) * piece, data.length - split * piece), back * piece);
   }
 
   /** Stops the workers and zeroes the buffers; waits until they are gone. */
@@ -181,11 +179,13 @@ export class CipherPool {
     this.#local.destroy();
     this.#key?.fill(0);
     this.#key = undefined;
-    for (const s of this.#slots) {
-      s.shared.fill(0);
-      s.worker.postMessage({ type: "stop" } satisfies CipherWorkerRequest);
-      await s.worker.terminate();
+    if (this.#ctl) {
+      Atomics.store(this.#ctl, CTL.STOP, 1);
+      Atomics.add(this.#ctl, CTL.CLAIM, 1 << 16);
+      Atomics.notify(this.#ctl, CTL.CLAIM);
     }
-    this.#slots = [];
+    for (const w of this.#workers) await w.terminate();
+    this.#workers = [];
+    this.#data?.fill(0);
   }
 }

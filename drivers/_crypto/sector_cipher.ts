@@ -12,7 +12,8 @@
  *
  * - XTS: the tweak of every sector is one ECB call over the batch's IVs
  *   (key 2); then one pass XORs each block with its tweak (multiplying the
- *   tweak by α as it goes), one ECB call (key 1) and one more XOR pass.
+ *   tweak by α as it goes), one ECB call (key 1) and a second pass that
+ *   recomputes the tweaks and XORs them in again.
  * - CBC decryption: one ECB call, then each block is XORed with the
  *   previous ciphertext block (or the sector's IV).
  * - CBC encryption is serial within a sector, but sectors are independent:
@@ -24,8 +25,8 @@
  *   through one ECB call and are XORed in.
  *
  * Key bytes given to the constructor are copied into `node:crypto`'s cipher
- * objects; the caller zeroes its own copy. Scratch buffers that held tweaks
- * are zeroed by {@linkcode SectorCipher.destroy}.
+ * objects; the caller zeroes its own copy. The scratch buffer (which held
+ * tweaked data) is zeroed by {@linkcode SectorCipher.destroy}.
  *
  * @module
  */
@@ -105,7 +106,6 @@ export class SectorCipher {
   #cbc?: NodeCipher;
   #cbcLast = new Uint32Array(4);
   #scratch = new Uint8Array(0);
-  #scratch2 = new Uint8Array(0);
   #destroyed = false;
 
   /** Makes the cipher for `spec` with `key` (keyLength(spec) bytes; copied). */
@@ -150,10 +150,8 @@ export class SectorCipher {
   /** Drops the cipher objects and zeroes the scratch buffers; the cipher cannot be used afterwards. */
   destroy(): void {
     this.#scratch.fill(0);
-    this.#scratch2.fill(0);
     this.#cbcLast.fill(0);
     this.#scratch = new Uint8Array(0);
-    this.#scratch2 = new Uint8Array(0);
     this.#destroyed = true;
   }
 
@@ -172,11 +170,7 @@ export class SectorCipher {
     }
   }
 
-  #scratchOf(n: number, second = false): Uint8Array {
-    if (second) {
-      if (this.#scratch2.length < n) this.#scratch2 = new Uint8Array(Math.max(n, 4096));
-      return this.#scratch2.subarray(0, n);
-    }
+  #scratchOf(n: number): Uint8Array {
     if (this.#scratch.length < n) this.#scratch = new Uint8Array(Math.max(n, 4096));
     return this.#scratch.subarray(0, n);
   }
@@ -214,16 +208,12 @@ export class SectorCipher {
     const bps = this.sectorSize / BLOCK;
     const t0 = words(aligned(this.#tweak!.encrypt(this.#ivs(sector, n))));
     const w = words(data);
+    // Pass 1: x = data ^ tweak (tweaks multiplied by α block by block); pass 2 recomputes them.
     const x8 = this.#scratchOf(data.length);
     const x = words(x8);
-    const tw = words(this.#scratchOf(data.length, true));
     for (let s = 0, i = 0; s < n; s++) {
       let a = t0[s * 4], b = t0[s * 4 + 1], c = t0[s * 4 + 2], d = t0[s * 4 + 3];
       for (let j = 0; j < bps; j++, i += 4) {
-        tw[i] = a;
-        tw[i + 1] = b;
-        tw[i + 2] = c;
-        tw[i + 3] = d;
         x[i] = w[i] ^ a;
         x[i + 1] = w[i + 1] ^ b;
         x[i + 2] = w[i + 2] ^ c;
@@ -237,7 +227,20 @@ export class SectorCipher {
       }
     }
     const y = words(aligned(enc ? this.#main.encrypt(x8) : this.#main.decrypt(x8)));
-    for (let i = 0; i < w.length; i++) w[i] = y[i] ^ tw[i];
+    for (let s = 0, i = 0; s < n; s++) {
+      let a = t0[s * 4], b = t0[s * 4 + 1], c = t0[s * 4 + 2], d = t0[s * 4 + 3];
+      for (let j = 0; j < bps; j++, i += 4) {
+        w[i] = y[i] ^ a;
+        w[i + 1] = y[i + 1] ^ b;
+        w[i + 2] = y[i + 2] ^ c;
+        w[i + 3] = y[i + 3] ^ d;
+        const carry = d >>> 31;
+        d = (d << 1) | (c >>> 31);
+        c = (c << 1) | (b >>> 31);
+        b = (b << 1) | (a >>> 31);
+        a = (a << 1) ^ (carry * 0x87);
+      }
+    }
   }
 
   #cbcDecrypt(data: Uint8Array, sector: number): void {

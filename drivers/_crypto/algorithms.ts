@@ -125,26 +125,50 @@ export function parseHashAlg(value: string, option = "hash-alg"): HashAlg {
   throw new BlockError("EINVAL", `Parameter '${option}' does not accept value '${value}'`);
 }
 
+/** Key sizes (bytes) QEMU's LUKS code knows for each header cipher name. */
+const LUKS_CIPHER_SIZES: Readonly<Record<string, readonly number[]>> = {
+  aes: [16, 24, 32],
+  cast5: [16],
+  serpent: [16, 24, 32],
+  twofish: [16, 24, 32],
+};
+
 /**
- * The cipher behind a LUKS header's `cipher-name` and `key-bytes` (`aes`
- * with 64 key bytes in XTS mode is aes-256). Names QEMU knows but
- * `node:crypto` cannot run are ENOTSUP, others EINVAL, each naming the field.
+ * QEMU's name for the cipher behind a LUKS header's `cipher-name` and
+ * `key-bytes` (`aes` with 64 key bytes in XTS mode is `aes-256`; `twofish`
+ * with 16 is `twofish-128`). Combinations QEMU does not know are ENOTSUP
+ * naming both fields.
  */
-export function cipherFromHeader(name: string, mode: CipherMode, keyBytes: number): CipherAlg {
+export function cipherNameFromHeader(name: string, mode: CipherMode, keyBytes: number): string {
   const per = mode === "xts" ? keyBytes / 2 : keyBytes;
-  if (name === "aes") {
-    const alg = CIPHER_ALGS.find((a) => CIPHER_KEY_LENGTH[a] === per);
-    if (alg) return alg;
-  } else if (["cast5", "serpent", "twofish"].includes(name)) {
-    throw new BlockError(
-      "ENOTSUP",
-      `Cannot use LUKS cipher-name '${name}': node:crypto has no ${name} cipher (only aes images can be opened here)`,
-    );
-  }
+  if (LUKS_CIPHER_SIZES[name]?.includes(per)) return `${name}-${per * 8}`;
   throw new BlockError("ENOTSUP", `Algorithm ${name} with key size ${per} bytes not supported (LUKS fields cipher-name and key-bytes)`);
 }
 
-/** Splits a header `cipher-mode` string (`cbc-essiv:sha256`) into mode, IV generator and IV hash. */
+/** The cipher this implementation runs for a QEMU cipher name, or undefined (cast5, serpent, twofish). */
+export function runnableCipher(qemuName: string): CipherAlg | undefined {
+  return (CIPHER_ALGS as readonly string[]).includes(qemuName) ? qemuName as CipherAlg : undefined;
+}
+
+/** The ENOTSUP error for a cipher QEMU knows but node:crypto cannot run. */
+export function unavailableCipher(qemuName: string): BlockError {
+  const family = qemuName.split("-")[0];
+  return new BlockError(
+    "ENOTSUP",
+    `Cannot use LUKS cipher '${qemuName}': node:crypto has no ${family} cipher (only aes images can be read or written here)`,
+  );
+}
+
+/**
+ * Splits a header `cipher-mode` string (`cbc-essiv:sha256`) into mode, IV
+ * generator and IV hash; names this implementation lacks are ENOTSUP.
+ *
+ * @example
+ * ```ts
+ * import { parseModeSpec } from "./algorithms.ts";
+ * console.log(parseModeSpec("cbc-essiv:sha256")); // { mode: "cbc", ivgen: "essiv", ivgenHash: "sha256" }
+ * ```
+ */
 export function parseModeSpec(text: string): { mode: CipherMode; ivgen: IvgenAlg; ivgenHash?: HashAlg } {
   const dash = text.indexOf("-");
   if (dash < 0) throw new BlockError("EINVAL", `Unexpected cipher mode string format ${text} (LUKS field cipher-mode)`);

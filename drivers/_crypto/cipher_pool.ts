@@ -18,7 +18,7 @@
 import { Worker } from "node:worker_threads";
 import { BlockError } from "../../core/errors.ts";
 import type { CipherSpec } from "./algorithms.ts";
-import { CTL, CTL_BYTES, type CipherWorkerInit } from "./_cipher_worker.ts";
+import { type CipherWorkerInit, CTL, CTL_BYTES } from "./_cipher_worker.ts";
 import { LUKS_SECTOR_SIZE, SectorCipher } from "./sector_cipher.ts";
 
 /** Requests at least this long are shared with the workers. */
@@ -103,7 +103,10 @@ export class CipherPool {
     this.#data = new Uint8Array(this.#shared, CTL_BYTES);
     for (let i = 0; i < this.#threads; i++) {
       const worker = new Worker(new URL("./_cipher_worker.ts", import.meta.url));
-      worker.postMessage({ spec: this.#spec, key: key.slice(), buffer: this.#shared } satisfies CipherWorkerInit);
+      const copy = key.slice();
+      worker.postMessage({ spec: this.#spec, key: copy, buffer: this.#shared } satisfies CipherWorkerInit);
+      copy.fill(0); // postMessage cloned it; the worker zeroes its clone
+
       worker.unref();
       this.#workers.push(worker);
     }
@@ -128,12 +131,15 @@ export class CipherPool {
       return;
     }
     this.#busy = true;
+    if (this.#key) this.#start();
+    // Atomics.waitAsync alone does not keep the event loop alive: referenced workers do, while a job runs.
+    for (const w of this.#workers) w.ref();
     try {
-      if (this.#key) this.#start();
       for (let off = 0; off < data.length; off += WINDOW) {
         await this.#window(data.subarray(off, Math.min(data.length, off + WINDOW)), sector + off / LUKS_SECTOR_SIZE, encrypt);
       }
     } finally {
+      for (const w of this.#workers) w.unref();
       this.#busy = false;
     }
   }

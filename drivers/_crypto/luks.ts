@@ -17,7 +17,7 @@
 import nodeCrypto from "node:crypto";
 import { BlockError } from "../../core/errors.ts";
 import { afMerge, afSplit } from "./afsplit.ts";
-import { type CipherSpec, essivCipher, type HashAlg, keyLength, modeSpecString } from "./algorithms.ts";
+import { type CipherSpec, essivCipher, type HashAlg, keyLength, modeSpecString, unavailableCipher } from "./algorithms.ts";
 import {
   decodeLuksHeader,
   encodeLuksHeader,
@@ -207,9 +207,15 @@ export class LuksVolume {
     return this.header.keyslots.filter((s) => s.active === LUKS_KEY_ENABLED).length;
   }
 
+  /** How sectors are encrypted; ENOTSUP for a cipher node:crypto lacks (cast5, serpent, twofish). */
+  get spec(): CipherSpec {
+    if (!this.layout.spec) throw unavailableCipher(this.layout.cipherAlg);
+    return this.layout.spec;
+  }
+
   /** A cipher for the payload (or key material) with `key`. */
   cipher(key: Uint8Array): SectorCipher {
-    return new SectorCipher(this.layout.spec, key);
+    return new SectorCipher(this.spec, key);
   }
 
   /** The master key if `password` opens slot `i`, else undefined (also for an inactive slot). */
@@ -245,6 +251,7 @@ export class LuksVolume {
    * none does.
    */
   async unlock(password: Uint8Array): Promise<Uint8Array> {
+    void this.spec; // a cipher node:crypto lacks is refused before any PBKDF2
     const tries = this.header.keyslots.map((_, i) => this.loadKey(i, password));
     const keys = await Promise.all(tries);
     const found = keys.find((k) => k !== undefined);
@@ -377,8 +384,8 @@ export class LuksVolume {
   /** The header as `qemu-img info` prints it (format-specific data, QEMU's key order). */
   info(): Record<string, unknown> {
     const h = this.header;
-    const s = this.layout.spec;
-    const out: Record<string, unknown> = { "ivgen-alg": s.ivgen, "hash-alg": this.layout.hash, "cipher-alg": s.alg, uuid: h.uuid };
+    const s = this.layout;
+    const out: Record<string, unknown> = { "ivgen-alg": s.ivgen, "hash-alg": s.hash, "cipher-alg": s.cipherAlg, uuid: h.uuid };
     if (s.ivgen === "essiv") out["ivgen-hash-alg"] = s.ivgenHash;
     out["cipher-mode"] = s.mode;
     out.slots = h.keyslots.map((k) =>

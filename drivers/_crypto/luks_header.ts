@@ -14,7 +14,17 @@
  */
 
 import { BlockError } from "../../core/errors.ts";
-import { cipherFromHeader, type CipherSpec, essivCipher, HASH_ALGS, type HashAlg, parseModeSpec } from "./algorithms.ts";
+import {
+  type CipherMode,
+  cipherNameFromHeader,
+  type CipherSpec,
+  essivCipher,
+  HASH_ALGS,
+  type HashAlg,
+  type IvgenAlg,
+  parseModeSpec,
+  runnableCipher,
+} from "./algorithms.ts";
 import { MAX_PBKDF2_ITERATIONS } from "./pbkdf.ts";
 import { LUKS_SECTOR_SIZE } from "./sector_cipher.ts";
 
@@ -179,7 +189,23 @@ export function decodeLuksHeader(bytes: Uint8Array): DecodedHeader {
   return { header, unterminated, magic };
 }
 
-/** Encodes a header into 592 bytes. */
+/**
+ * Encodes a header into 592 bytes.
+ *
+ * @example
+ * ```ts
+ * import { decodeLuksHeader, encodeLuksHeader, isLuks, qemuKeyslotOffset, qemuPayloadOffset, validateLuksHeader } from "./luks_header.ts";
+ * const bytes = encodeLuksHeader({
+ *   version: 1, cipherName: "aes", cipherMode: "xts-plain64", hashSpec: "sha256",
+ *   payloadOffset: qemuPayloadOffset(64), keyBytes: 64,
+ *   mkDigest: new Uint8Array(20), mkDigestSalt: new Uint8Array(32), mkDigestIter: 1000, uuid: crypto.randomUUID(),
+ *   keyslots: Array.from({ length: 8 }, (_, i) => ({
+ *     active: 0xdead, iterations: 0, salt: new Uint8Array(32), keyMaterialOffset: qemuKeyslotOffset(64, i), stripes: 4000,
+ *   })),
+ * });
+ * console.log(isLuks(bytes), validateLuksHeader(decodeLuksHeader(bytes), 4 << 20).payloadOffset); // true 2068480
+ * ```
+ */
 export function encodeLuksHeader(h: LuksHeader): Uint8Array {
   const out = new Uint8Array(LUKS_HEADER_SIZE);
   const view = new DataView(out.buffer);
@@ -203,8 +229,16 @@ export function keyslotSectors(keyBytes: number, stripes: number): number {
 
 /** What a valid header means. */
 export interface LuksLayout {
-  /** How sectors are encrypted. */
-  spec: CipherSpec;
+  /** QEMU's name of the cipher (`aes-256`, also `twofish-128` and others this implementation cannot run). */
+  cipherAlg: string;
+  /** Cipher mode. */
+  mode: CipherMode;
+  /** IV generator. */
+  ivgen: IvgenAlg;
+  /** Hash named in the cipher mode (`essiv:sha256`). */
+  ivgenHash?: HashAlg;
+  /** How sectors are encrypted; undefined when node:crypto lacks the cipher (the header can still be described). */
+  spec?: CipherSpec;
   /** Hash of PBKDF2 and the AF splitter. */
   hash: HashAlg;
   /** Payload start in bytes. */
@@ -235,8 +269,9 @@ export function validateLuksHeader(d: DecodedHeader, areaSize: number): LuksLayo
   }
   if (h.keyBytes < 16 || h.keyBytes > 64) bad(`field key-bytes is ${h.keyBytes}, expected 16 to 64`);
   const m = parseModeSpec(h.cipherMode);
-  const alg = cipherFromHeader(h.cipherName, m.mode, h.keyBytes);
-  if (m.ivgen === "essiv") essivCipher(alg, m.ivgenHash!);
+  const cipherAlg = cipherNameFromHeader(h.cipherName, m.mode, h.keyBytes);
+  const alg = runnableCipher(cipherAlg);
+  if (alg && m.ivgen === "essiv") essivCipher(alg, m.ivgenHash!);
   if (h.mkDigestIter < 1 || h.mkDigestIter > MAX_PBKDF2_ITERATIONS) {
     bad(`field mk-digest-iter is ${h.mkDigestIter}, expected 1 to ${MAX_PBKDF2_ITERATIONS}`);
   }
@@ -277,7 +312,15 @@ export function validateLuksHeader(d: DecodedHeader, areaSize: number): LuksLayo
       }
     }
   }
-  return { spec: { alg, mode: m.mode, ivgen: m.ivgen, ivgenHash: m.ivgenHash }, hash: h.hashSpec as HashAlg, payloadOffset: payload };
+  return {
+    cipherAlg,
+    mode: m.mode,
+    ivgen: m.ivgen,
+    ivgenHash: m.ivgenHash,
+    spec: alg ? { alg, mode: m.mode, ivgen: m.ivgen, ivgenHash: m.ivgenHash } : undefined,
+    hash: h.hashSpec as HashAlg,
+    payloadOffset: payload,
+  };
 }
 
 /** Key slot i's key material offset (sectors) in QEMU's layout for `keyBytes`-byte keys. */

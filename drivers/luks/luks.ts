@@ -232,7 +232,7 @@ export const luksDriver: BlockDriver = {
       password.fill(0);
     }
     try {
-      return new LuksInstance(file, volume, { pool: new CipherPool(volume.layout.spec, key), secretId, name: ctx.node.name });
+      return new LuksInstance(file, volume, { pool: new CipherPool(volume.spec, key), secretId, name: ctx.node.name });
     } finally {
       key.fill(0);
     }

@@ -170,3 +170,17 @@ Deno.test({
     assert.ok(buf.every((b) => b === 0xa5));
   },
 });
+
+Deno.test({
+  name: "luks: a twofish image from qemu-img is described as qemu-img info does, and refused by name when opened for I/O",
+  ignore,
+  async fn() {
+    await using dir = await tempDir();
+    const path = `${dir.path}/twofish.luks`;
+    await qemuCreateLuks(path, 1024 * KiB, "cipher-alg=twofish-128");
+    const { cli } = await import("../../cli/_run.ts");
+    const ours = await cli(["info", "--output=json", path]);
+    assert.equal(ours.stdout, (await runOk("qemu-img", ["info", "--output=json", path])).stdout);
+    await assert.rejects(openLuks(path), /Cannot use LUKS cipher 'twofish-128': node:crypto has no twofish cipher/);
+  },
+});

@@ -20,6 +20,15 @@ compression_type, extended_l2, preallocation, data_file).
 
 /** Order in which qemu-img prints qcow2 creation options. */
 const QCOW2_ORDER = [
+  "encryption",
+  "encrypt.format",
+  "encrypt.key-secret",
+  "encrypt.cipher-alg",
+  "encrypt.cipher-mode",
+  "encrypt.ivgen-alg",
+  "encrypt.ivgen-hash-alg",
+  "encrypt.hash-alg",
+  "encrypt.iter-time",
   "cluster_size",
   "extended_l2",
   "preallocation",

@@ -17,10 +17,11 @@ import { BlockError, toBlockError } from "../../core/errors.ts";
 import type { BlockDriver, BlockNode, BlockStatus, DriverInstance } from "../../core/node.ts";
 import { checkKnownOptions, optInt, optString } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
-import { getSecret } from "../../core/secrets.ts";
 import type { AmendOptions, FormatOptions, RequestOptions, TruncateOptions, WriteOptions } from "../../core/types.ts";
 import { keyLength, parseCipherAlg, parseCipherMode, parseHashAlg, parseIvgenAlg } from "../_crypto/algorithms.ts";
 import { CipherPool } from "../_crypto/cipher_pool.ts";
+import { passphrase } from "../_crypto/passphrase.ts";
+import { amendLuks } from "../_crypto/amend.ts";
 import { type CryptoIO, LuksVolume } from "../_crypto/luks.ts";
 import { isLuks, qemuPayloadOffset } from "../_crypto/luks_header.ts";
 import { LUKS_SECTOR_SIZE } from "../_crypto/sector_cipher.ts";
@@ -42,27 +43,6 @@ const CREATE_OPTIONS = [
   "preallocation",
   "size",
 ];
-/** Amend options (qemu-img amend -f luks -o help). */
-const AMEND_OPTIONS = ["state", "keyslot", "new-secret", "old-secret", "iter-time"];
-
-/**
- * A secret's bytes as QEMU uses a passphrase: valid UTF-8, up to its first
- * NUL (QEMU passes it on as a C string). Zero it after use.
- */
-export function passphrase(id: string, option: string): Uint8Array {
-  const raw = getSecret(id, option);
-  try {
-    new TextDecoder("utf-8", { fatal: true }).decode(raw);
-  } catch {
-    raw.fill(0);
-    throw new BlockError("EINVAL", `Data from secret ${id} is not valid UTF-8`);
-  }
-  const nul = raw.indexOf(0);
-  if (nul < 0) return raw;
-  const cut = raw.slice(0, nul);
-  raw.fill(0);
-  return cut;
-}
 
 /** The CryptoIO of a standalone image: its file node. */
 export function fileCryptoIO(file: BlockNode): CryptoIO {
@@ -165,43 +145,9 @@ export class LuksInstance implements DriverInstance {
 
   /** Adds or erases key slots (qemu-img amend -o state=active|inactive,...). */
   amend(options: FormatOptions, opts: AmendOptions): Promise<void> {
-    const run = this.#amending.then(() => this.#amend(options, opts.force ?? false));
+    const run = this.#amending.then(() => amendLuks(this.volume, options, { unlockSecret: this.#secretId, force: opts.force }));
     this.#amending = run.catch(() => {});
     return run;
-  }
-
-  async #amend(options: FormatOptions, force: boolean): Promise<void> {
-    for (const k of Object.keys(options)) {
-      if (!AMEND_OPTIONS.includes(k)) {
-        throw new BlockError("EINVAL", `Invalid parameter '${k}' (luks amend options: ${AMEND_OPTIONS.join(", ")})`);
-      }
-    }
-    const state = optString(options, "state", "luks");
-    if (state !== "active" && state !== "inactive") {
-      throw new BlockError(
-        "EINVAL",
-        state === undefined ? "Parameter 'state' is missing" : `Parameter 'state' does not accept value '${state}'`,
-      );
-    }
-    const keyslot = optInt(options, "keyslot", "luks");
-    const iterTime = positiveInt(options, "iter-time", "luks amend");
-    const secrets: Uint8Array[] = [];
-    const pass = (key: string) => {
-      const id = optString(options, key, "luks");
-      if (id === undefined) return undefined;
-      const p = passphrase(id, key);
-      secrets.push(p);
-      return p;
-    };
-    try {
-      const newPassword = pass("new-secret");
-      const oldPassword = pass("old-secret");
-      const unlockPassword = state === "active" && this.#secretId ? passphrase(this.#secretId, "key-secret") : undefined;
-      if (unlockPassword) secrets.push(unlockPassword);
-      await this.volume.amend({ state, keyslot, newPassword, oldPassword, unlockPassword, iterTime, force });
-    } finally {
-      for (const s of secrets) s.fill(0);
-    }
   }
 
   /** Stops the worker threads and forgets the key. */

@@ -8,6 +8,8 @@
 import assert from "node:assert/strict";
 import { exploreLuks, LUKS_WORKLOADS, luksHeaderCheck } from "../../../filters/crash/luks.ts";
 import type { RunOptions } from "../../../filters/crash/run.ts";
+import { exploreQcow2, QCOW2_ENCRYPTED_WORKLOADS, QCOW2_MODES } from "../../../filters/crash/qcow2.ts";
+import { tempDir } from "../../_helpers/qemu.ts";
 
 const BOUNDED: RunOptions = { maxStates: 200, maxExhaustive: 8, samples: 12, maxTornCuts: 2, maxFailures: 1, everyK: 1 };
 
@@ -47,3 +49,15 @@ Deno.test("luksHeaderCheck() rejects a changed header area and a header the pass
     removeSecret(rec.format.options!["key-secret"] as string);
   }
 });
+
+for (const w of QCOW2_ENCRYPTED_WORKLOADS) {
+  Deno.test(`exploreQcow2() finds no failing crash state in an encrypted image: ${w.name}`, async () => {
+    await using dir = await tempDir();
+    for (const mode of QCOW2_MODES) {
+      const r = await exploreQcow2(w, mode, { dir: dir.path, recoveryEvery: 3, explore: BOUNDED });
+      console.log(`${w.name} × ${mode}: ${r.states} states checked (${JSON.stringify(r.checks)})`);
+      assert.deepEqual(r.failures.map((f) => `${mode}: ${f.oracle}: ${f.message} ${JSON.stringify(f.replay)}`), []);
+      assert.ok(r.states > 10, `explored ${r.states} states`);
+    }
+  });
+}

@@ -59,10 +59,12 @@ async function timeQemuIo(path: string, cmds: string[]): Promise<number> {
   const args = ["--object", OBJECT, "--image-opts", spec(path)];
   const t0 = performance.now();
   const child = new Deno.Command("qemu-io", { args, stdin: "piped", stdout: "piped", stderr: "piped" }).spawn();
+  // Collect the output while feeding the commands, or a full stdout pipe stops qemu-io.
+  const output = child.output();
   const w = child.stdin.getWriter();
   await w.write(new TextEncoder().encode(cmds.join("\n") + "\nquit\n"));
   await w.close();
-  const out = await child.output();
+  const out = await output;
   const seconds = (performance.now() - t0) / 1000;
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   if (!out.success || /error|failed|can't open/i.test(text)) throw new Error(`qemu-io failed: ${text.slice(0, 500)}`);

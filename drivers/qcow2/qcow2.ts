@@ -7,7 +7,8 @@
  *
  * Options (QEMU names): `l2-cache-size`, `refcount-cache-size`,
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
- * `metadata-sync`), `x-wrong-order` (tests only); children `file`,
+ * `metadata-sync`), `x-wrong-order` (tests only), `encrypt.key-secret` and
+ * `encrypt.format` (encrypted images, see `_crypto.ts`); children `file`,
  * `backing` (null disables it), `data-file`.
  *
  * @module

@@ -86,6 +86,13 @@ export function parseVerbArgs(args: string[], options: OptionTable, usage: strin
 
 /** Ids of the objects `--object` defined during the verb now running (removed when it ends). */
 const verbObjects: string[] = [];
+/** Object types a verb defines itself (nbd: `tls-creds-x509`). */
+const verbObjectTypes = new Set<string>();
+
+/** Declares an `--object` type that the verb handling it defines itself; the common `--object` handling leaves it alone. */
+export function verbObjectType(type: string): void {
+  verbObjectTypes.add(type);
+}
 
 /**
  * Defines QEMU objects given with `--object` (secrets: `secret,id=sec0,data=...`)
@@ -94,6 +101,8 @@ const verbObjects: string[] = [];
  */
 export function applyObjects(args: readonly string[]): void {
   for (const a of args) {
+    const type = /^(?:qom-type=)?([^,=]+)(?:,|$)/.exec(a)?.[1] ?? /(?:^|,)qom-type=([^,]+)/.exec(a)?.[1];
+    if (type !== undefined && verbObjectTypes.has(type)) continue;
     try {
       verbObjects.push(defineObject(a));
     } catch (e) {

@@ -57,6 +57,7 @@ export {
   parseCacheMode,
 } from "./core/open.ts";
 export { type Options, parseSize } from "./core/options.ts";
+export { copyImage, type CopyOptions } from "./core/copy.ts";
 export { fileDriver } from "./drivers/file.ts";
 export { memoryDriver } from "./drivers/memory.ts";
 export { rawDriver } from "./drivers/raw.ts";
@@ -67,4 +68,6 @@ export * from "./filters/blkdebug.ts";
 export * from "./filters/throttle.ts";
 export * from "./drivers/qcow2/mod.ts";
 export * from "./drivers/nbd/mod.ts";
+export * from "./drivers/luks/mod.ts";
+export { defineObject, defineSecret, getSecret, hasSecret, removeSecret, type SecretFormat, type SecretOptions } from "./core/secrets.ts";
 export { type TraceEvent, type TraceGraphNode, type Tracer, type TraceSink, traceTo } from "./cli/_trace_events.ts";

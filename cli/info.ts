@@ -52,10 +52,10 @@ export async function imageInfo(top: BlockNode, filename: string): Promise<Image
   if (actual !== undefined) out["actual-size"] = actual;
   const fs = formatSpecific(node.driver.name, extra);
   if (fs) out["format-specific"] = fs;
-  if (backingName !== undefined) {
-    out["full-backing-filename"] = str(extra["full-backing-filename"]) ?? fullBackingName(node, backingName);
-    out["backing-filename"] = backingName;
-  }
+  if (backingName !== undefined) out["full-backing-filename"] = str(extra["full-backing-filename"]) ?? fullBackingName(node, backingName);
+  // qemu-img's key order (a QDict's): encrypted sits between the two backing names.
+  if (extra.encrypted === true) out.encrypted = true;
+  if (backingName !== undefined) out["backing-filename"] = backingName;
   out["dirty-flag"] = extra["dirty-flag"] === true || extra.dirty === true;
   return out;
 }
@@ -103,6 +103,7 @@ export function formatInfoHuman(info: ImageInfo): string {
     `virtual size: ${sizeToStr(info["virtual-size"] as number)} (${info["virtual-size"]} bytes)`,
     `disk size: ${info["actual-size"] === undefined ? "unavailable" : sizeToStr(info["actual-size"] as number)}`,
   ];
+  if (info.encrypted === true) lines.push("encrypted: yes");
   if (info["cluster-size"] !== undefined) lines.push(`cluster_size: ${info["cluster-size"]}`);
   if (info["dirty-flag"] === true) lines.push("cleanly shut down: no");
   if (info["backing-filename"] !== undefined) {
@@ -152,7 +153,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const chainWanted = p.values["backing-chain"] === true;
   let node: BlockNode;
   try {
-    node = await openImage(filename, { ...imageArgs(p.values, true), noBacking: !chainWanted });
+    // Like qemu-img info (BDRV_O_NO_IO), an encrypted image opens without its key.
+    node = await openImage(filename, { ...imageArgs(p.values, true), noBacking: !chainWanted, noIo: true });
   } catch (e) {
     // A chain that loops: qemu-img info --backing-chain says only which file does it (iotest 043).
     const m = e instanceof BlockError || e instanceof CliError ? e.message : "";

@@ -306,11 +306,15 @@ export class Qcow2State {
     });
   }
 
-  /** Throws EIO when the image was marked corrupt while open. */
+  /**
+   * Throws ENOMEDIUM when the image was marked corrupt while open: QEMU
+   * detaches the driver then (`bs->drv = NULL`), and every later request
+   * fails with "No medium found".
+   */
   refuseIfCorrupt(): void {
     if (this.corrupt) {
       throw new BlockError(
-        "EIO",
+        "ENOMEDIUM",
         `Cannot change node '${this.node.name}': corruption was found and the image is marked corrupt; repair it with 'blkgraph check -r all'`,
         { node: this.node.name },
       );

@@ -118,13 +118,14 @@ export class Qcow2Instance implements DriverInstance {
 
   /**
    * Reads guest data. After corruption was found read-write, reads fail too
-   * (QEMU makes the node unusable): the tables in memory may be what was
-   * refused; the image reads again when opened read-only.
+   * with ENOMEDIUM (QEMU detaches the driver: "No medium found"): the
+   * tables in memory may be what was refused; the image reads again when
+   * opened read-only.
    */
   async pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
     if (this.#st.corrupt) {
       throw new BlockError(
-        "EIO",
+        "ENOMEDIUM",
         `Cannot read node '${this.#st.node.name}': corruption was found and the image is marked corrupt; open it read-only to read it, or repair it with 'blkgraph check -r all'`,
         { node: this.#st.node.name, offset, length: buf.length },
       );
@@ -284,10 +285,14 @@ export class Qcow2Instance implements DriverInstance {
     return blockStatus(this.#st, offset, length, opts.req);
   }
 
-  /** Writes back the metadata caches in dependency order. */
+  /**
+   * Writes back the metadata caches in dependency order. Once the image was
+   * marked corrupt there is nothing to write (QEMU's flush of a node without
+   * its driver succeeds and writes nothing).
+   */
   flushToOs(opts: RequestOptions): Promise<void> {
     const st = this.#st;
-    if (!st.hasDirtyMetadata) return Promise.resolve();
+    if (!st.hasDirtyMetadata || st.corrupt) return Promise.resolve();
     return st.change(() => writeback(st, opts.req));
   }
 

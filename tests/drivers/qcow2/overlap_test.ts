@@ -13,6 +13,7 @@ import { BlockError, CorruptImageError, createImage, open } from "../../../mod.t
 import { hasTool, run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 import { layoutOf, regionOf } from "../../fuzz/_layout.ts";
 import { parseOverlapOptions } from "../../../drivers/qcow2/_overlap.ts";
+import { cli } from "../../cli/_run.ts";
 
 /** A 1 MiB qcow2 image (64 KiB clusters) with guest cluster 0 written, made by blkgraph. */
 async function makeImage(path: string, opts: Record<string, string> = {}): Promise<void> {
@@ -266,7 +267,7 @@ Deno.test({
   },
 });
 
-Deno.test("qcow2 fails reads after an overlap marked the image corrupt (QEMU's node becomes unusable); read-only it reads", async () => {
+Deno.test("qcow2 fails reads with ENOMEDIUM after an overlap marked the image corrupt (QEMU detaches the driver); read-only it reads", async () => {
   await using d = await tempDir();
   const path = `${d.path}/x.qcow2`;
   await createImage(path, "qcow2", 1 << 20);
@@ -274,7 +275,10 @@ Deno.test("qcow2 fails reads after an overlap marked the image corrupt (QEMU's n
   {
     await using img = await open(fileSpec(path));
     await assert.rejects(img.pwrite(65536, new Uint8Array(65536).fill(0x11)), CorruptImageError);
-    await assert.rejects(img.pread(65536, new Uint8Array(65536)), (e: BlockError) => e.code === "EIO" && /marked corrupt/.test(e.message));
+    await assert.rejects(
+      img.pread(65536, new Uint8Array(65536)),
+      (e: BlockError) => e.code === "ENOMEDIUM" && /marked corrupt/.test(e.message),
+    );
   }
   if (hasTool("qemu-io")) {
     const copy = `${d.path}/q.qcow2`;
@@ -285,4 +289,27 @@ Deno.test("qcow2 fails reads after an overlap marked the image corrupt (QEMU's n
   }
   await using ro = await open(path, { readOnly: true });
   await ro.pread(65536, new Uint8Array(65536));
+});
+
+Deno.test({
+  name: "blkgraph io prints what qemu-io prints for the issue 9.16 reproducer, and both leave the same bytes",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  async fn() {
+    await using d = await tempDir();
+    const ours = `${d.path}/ours.qcow2`;
+    const theirs = `${d.path}/theirs.qcow2`;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", ours, "1M"]);
+    await zeroHeaderRefcount(ours);
+    await Deno.copyFile(ours, theirs);
+    // After the refusal the node is unusable: ENOMEDIUM for every request, a flush that does nothing.
+    const cmds = ["write -P 0x11 64k 64k", "read -P 0x11 64k 64k", "write -P 0x11 0 512", "flush", "discard 0 64k", "write -z 0 64k"];
+    const args = cmds.flatMap((c) => ["-c", c]);
+    const q = await run("qemu-io", [...args, theirs]);
+    const b = await cli(["io", ...args, ours]);
+    assert.match(q.stdout, /^write failed: Input\/output error\nread failed: No medium found\n/);
+    assert.equal(b.stdout, q.stdout);
+    assert.equal(b.stderr, q.stderr);
+    assert.equal(b.code, q.code);
+    assert.deepEqual(await Deno.readFile(ours), await Deno.readFile(theirs));
+  },
 });

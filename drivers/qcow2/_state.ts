@@ -122,6 +122,12 @@ export class Qcow2State {
   markedDirty = false;
   /** Corruption was found while the image was open read-write: it refuses changes. */
   corrupt = false;
+  /**
+   * A change that completed left metadata in the caches (cleared when a
+   * change, such as the write-back itself, leaves none): if corruption
+   * stops the write-back, a flush must say those writes are lost.
+   */
+  unwrittenChanges = false;
   /** Next free byte for compressed data in a partly used cluster (0 = none). */
   freeByteOffset = 0;
   /** Last decompressed cluster (host descriptor key and content). */
@@ -298,7 +304,9 @@ export class Qcow2State {
     return await this.lock.run(async () => {
       this.refuseIfCorrupt();
       try {
-        return await fn();
+        const r = await fn();
+        this.unwrittenChanges = this.hasDirtyMetadata;
+        return r;
       } catch (e) {
         await this.signalCorruption(e);
         throw e;

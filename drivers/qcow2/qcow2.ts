@@ -287,11 +287,21 @@ export class Qcow2Instance implements DriverInstance {
 
   /**
    * Writes back the metadata caches in dependency order. Once the image was
-   * marked corrupt there is nothing to write (QEMU's flush of a node without
-   * its driver succeeds and writes nothing).
+   * marked corrupt nothing is written: the flush succeeds when no completed
+   * write waited for the write-back (QEMU's flush of a node without its
+   * driver succeeds), and fails when one did (its data is not reachable).
    */
   flushToOs(opts: RequestOptions): Promise<void> {
     const st = this.#st;
+    if (st.corrupt && st.unwrittenChanges) {
+      return Promise.reject(
+        new BlockError(
+          "EIO",
+          `Cannot flush node '${st.node.name}': the image was marked corrupt before the metadata of earlier writes was written; those writes are lost`,
+          { node: st.node.name },
+        ),
+      );
+    }
     if (!st.hasDirtyMetadata || st.corrupt) return Promise.resolve();
     return st.change(() => writeback(st, opts.req));
   }

@@ -24,7 +24,7 @@ import { gzipSync } from "node:zlib";
 import { applyMutations, mutate, type Mutation, Rng } from "./_mutate.ts";
 import { type Runner, type RunResult, runTool } from "./_proc.ts";
 import type { CaseRequest, CaseWrite, Outcome } from "./_runner.ts";
-import type { Seed } from "./_seeds.ts";
+import { qemuImage, type Seed } from "./_seeds.ts";
 
 /** The comparison window (bytes from guest offset 0). */
 export const WINDOW = 8 << 20;
@@ -142,17 +142,29 @@ function exceptions(o: (Outcome | undefined)[]): string[] {
  * What QEMU reads in the window (`qemu-img dd` of the first WINDOW bytes, which
  * stops at the virtual size): a raw file, or why QEMU refused the image.
  */
-async function qemuRead(dir: string, nice: number): Promise<{ raw?: string; why?: string }> {
+async function qemuRead(dir: string, nice: number, enc: boolean | undefined): Promise<{ raw?: string; why?: string }> {
   const raw = `${dir}/out.raw`;
-  const args = ["dd", "-U", "-f", "qcow2", "-O", "raw", "bs=65536", `count=${WINDOW / 65536}`, "if=img.qcow2", "of=out.raw"];
+  const img = qemuImage("img.qcow2", enc);
+  const args = ["dd", "-U", ...img.pre, ...fmt(enc), "-O", "raw", "bs=65536", `count=${WINDOW / 65536}`, `if=${img.name}`, "of=out.raw"];
   const r = await runTool("qemu-img", args, { seconds: 30, asMb: 4096, cwd: dir, nice });
   if (r.code !== 0) return { why: r.timedOut ? "qemu-img dd timed out" : r.stderr.trim().split("\n")[0] };
   return { raw };
 }
 
 /** qemu-img check's corruption and leak counts (JSON output), or undefined when it could not check. */
-async function qemuCheckCounts(dir: string, name: string, nice: number): Promise<{ corruptions: number; leaks: number } | undefined> {
-  const c = await runTool("qemu-img", ["check", "-U", "--output=json", "-f", "qcow2", name], { seconds: 30, asMb: 4096, cwd: dir, nice });
+async function qemuCheckCounts(
+  dir: string,
+  name: string,
+  nice: number,
+  enc: boolean | undefined,
+): Promise<{ corruptions: number; leaks: number } | undefined> {
+  const img = qemuImage(name, enc);
+  const c = await runTool("qemu-img", ["check", "-U", ...img.pre, "--output=json", ...fmt(enc), img.name], {
+    seconds: 30,
+    asMb: 4096,
+    cwd: dir,
+    nice,
+  });
   try {
     const j = JSON.parse(c.stdout);
     return { corruptions: j.corruptions ?? 0, leaks: j.leaks ?? 0 };
@@ -162,14 +174,24 @@ async function qemuCheckCounts(dir: string, name: string, nice: number): Promise
 }
 
 /** The counts of the original image (in `dir`) extended to `length` with its autoclear bits cleared. */
-async function referenceCounts(dir: string, length: number, nice: number): Promise<{ corruptions: number; leaks: number } | undefined> {
+async function referenceCounts(
+  dir: string,
+  length: number,
+  nice: number,
+  enc: boolean | undefined,
+): Promise<{ corruptions: number; leaks: number } | undefined> {
   const img = await Deno.readFile(`${dir}/img.qcow2`);
   const out = new Uint8Array(Math.max(length, img.length));
   out.set(img);
   const v = new DataView(out.buffer);
   if (v.getUint32(4) >= 3 && out.length >= 96) v.setBigUint64(88, 0n);
   await Deno.writeFile(`${dir}/ref.qcow2`, out);
-  return await qemuCheckCounts(dir, "ref.qcow2", nice);
+  return await qemuCheckCounts(dir, "ref.qcow2", nice, enc);
+}
+
+/** `-f qcow2`, but not with a `json:` name (it names the driver). */
+function fmt(enc: boolean | undefined): string[] {
+  return enc ? [] : ["-f", "qcow2"];
 }
 
 function ioCommands(writes: CaseWrite[]): string[] {
@@ -284,6 +306,7 @@ export async function prepareCase(spec: CaseSpec, image: Uint8Array, seed: Seed,
     writes: spec.writes,
     check: `${A}/img.qcow2`,
     repair: spec.repair ? `${D}/img.qcow2` : undefined,
+    encrypted: seed.family.encrypted,
   };
 }
 
@@ -299,10 +322,12 @@ export async function runOneCase(
   const t0 = performance.now();
   const A = `${dirs.root}/A`, B = `${dirs.root}/B`, C = `${dirs.root}/C`, D = `${dirs.root}/D`;
   await populate(A, seed, image);
+  const enc = seed.family.encrypted;
+  const cImg = qemuImage("img.qcow2", enc);
   const detail: string[] = [];
   let q: { raw?: string; why?: string } = {};
   if (opts.qemu) {
-    q = await qemuRead(A, opts.nice);
+    q = await qemuRead(A, opts.nice, enc);
     if (q.why) detail.push(`qemu: ${q.why}`);
   }
   const req = await prepareCase(spec, image, seed, dirs.root, q.raw);
@@ -320,12 +345,12 @@ export async function runOneCase(
     // An image check found consistent stays consistent through blkgraph's writes (qemu-img check says so).
     const consistent = rep.check?.ok && rep.check.corruptions === 0 && rep.check.leaks === 0 && rep.check.checkErrors === 0;
     if (consistent) {
-      const after = await qemuCheckCounts(B, "img.qcow2", opts.nice);
+      const after = await qemuCheckCounts(B, "img.qcow2", opts.nice, enc);
       if (after && (after.corruptions > 0 || after.leaks > 0)) {
         // What was there before the writes, as QEMU sees it once the file is as long and the autoclear
         // bits are cleared (blkgraph's read-write open clears them: QEMU then ignores the bitmaps, whose
         // clusters it counts as leaked) — refcounts past the old end of the file count from then on.
-        const before = await referenceCounts(A, (await Deno.stat(`${B}/img.qcow2`)).size, opts.nice);
+        const before = await referenceCounts(A, (await Deno.stat(`${B}/img.qcow2`)).size, opts.nice, enc);
         if (!before || after.corruptions > before.corruptions || after.leaks > before.leaks) {
           const what = after.corruptions > (before?.corruptions ?? 0) ? "corruption" : "leaks";
           v.set(
@@ -337,7 +362,7 @@ export async function runOneCase(
       }
     }
     // What QEMU reads where blkgraph wrote.
-    const qb = await qemuRead(B, opts.nice);
+    const qb = await qemuRead(B, opts.nice, enc);
     if (qb.raw) {
       const wrong = await wrongInRaw(qb.raw, writes, okWrites);
       const inconsistent = (rep.check?.corruptions ?? 0) > 0 || (rep.check?.checkErrors ?? 0) > 0;
@@ -352,13 +377,23 @@ export async function runOneCase(
   }
   if (q.raw && writes.length) {
     await populate(C, seed, image);
-    const r = await runTool("qemu-io", [...ioCommands(writes), "img.qcow2"], { seconds: 30, asMb: 4096, cwd: C, nice: opts.nice });
+    const r = await runTool("qemu-io", [...cImg.pre, ...ioCommands(writes), cImg.name], {
+      seconds: 30,
+      asMb: 4096,
+      cwd: C,
+      nice: opts.nice,
+    });
     const failed = r.code !== 0 || /failed|verification/.test(r.stdout);
     v.qemuWrites = failed ? "failed" : "ok";
     if (!failed && (v.cls === "wrong-readback" || v.cls === "readback-on-corrupt")) {
       // Does QEMU lose a write on this image too? Read back, after all the writes, those no later write overlaps.
       const last = writes.filter((w, i) => !writes.slice(i + 1).some((x) => x.off < w.off + w.len && w.off < x.off + x.len));
-      const again = await runTool("qemu-io", ["-r", ...last.flatMap((w) => ["-c", `read -P ${w.byte} ${w.off} ${w.len}`]), "img.qcow2"], {
+      const again = await runTool("qemu-io", [
+        "-r",
+        ...cImg.pre,
+        ...last.flatMap((w) => ["-c", `read -P ${w.byte} ${w.off} ${w.len}`]),
+        cImg.name,
+      ], {
         seconds: 30,
         asMb: 4096,
         cwd: C,
@@ -371,7 +406,12 @@ export async function runOneCase(
     }
   }
   if (spec.repair && rep.repair?.ok && rep.repair.corruptions === 0 && rep.repair.checkErrors === 0) {
-    const r = await runTool("qemu-img", ["check", "-U", "-f", "qcow2", "img.qcow2"], { seconds: 30, asMb: 4096, cwd: D, nice: opts.nice });
+    const r = await runTool("qemu-img", ["check", "-U", ...cImg.pre, ...fmt(enc), cImg.name], {
+      seconds: 30,
+      asMb: 4096,
+      cwd: D,
+      nice: opts.nice,
+    });
     if (r.code === 2) {
       v.set("bad-repair", "qemu-img check finds corruption after blkgraph's repair", `after repair: ${r.stdout.split("\n")[0]}`);
     }

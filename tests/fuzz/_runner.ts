@@ -15,7 +15,8 @@
  * @module
  */
 
-import { BlockError, type BlockNode, open } from "../../mod.ts";
+import { BlockError, type BlockNode, defineObject, hasSecret, open } from "../../mod.ts";
+import { FUZZ_SECRET } from "./_seeds.ts";
 
 /** One write of a case. */
 export interface CaseWrite {
@@ -45,6 +46,8 @@ export interface CaseRequest {
   check?: string;
   /** Image copy to repair (`check -r all`). */
   repair?: string;
+  /** The image is encrypted: opens pass `encrypt.key-secret` (the secret {@linkcode FUZZ_SECRET}). */
+  encrypted?: boolean;
 }
 
 /** How one step ended. */
@@ -95,18 +98,19 @@ function outcome(e: unknown): Outcome {
   return { ok: false, error: { name: err.name, message: err.message, stack: err.stack?.split("\n").slice(0, 6).join("\n") } };
 }
 
-function spec(path: string, readOnly: boolean): Record<string, unknown> {
-  return { driver: "qcow2", file: { driver: "file", filename: path, locking: "off", ...(readOnly ? {} : {}) } };
+function spec(path: string, encrypted: boolean | undefined): Record<string, unknown> {
+  const key = encrypted ? { "encrypt.key-secret": FUZZ_SECRET.id } : {};
+  return { driver: "qcow2", ...key, file: { driver: "file", filename: path, locking: "off" } };
 }
 
-async function openImage(path: string, readOnly: boolean): Promise<BlockNode> {
-  return await open(spec(path, readOnly), { readOnly, forceShare: readOnly });
+async function openImage(path: string, readOnly: boolean, encrypted: boolean | undefined): Promise<BlockNode> {
+  return await open(spec(path, encrypted), { readOnly, forceShare: readOnly });
 }
 
 async function readOnlyPart(req: CaseRequest, rep: CaseReply): Promise<void> {
   let node: BlockNode;
   try {
-    node = await openImage(req.ro, true);
+    node = await openImage(req.ro, true, req.encrypted);
   } catch (e) {
     rep.open = outcome(e);
     return;
@@ -171,7 +175,7 @@ async function writePart(req: CaseRequest, rep: CaseReply): Promise<void> {
   if (!req.rw) return;
   let node: BlockNode;
   try {
-    node = await openImage(req.rw, false);
+    node = await openImage(req.rw, false, req.encrypted);
   } catch (e) {
     rep.rwOpen = outcome(e);
     return;
@@ -210,7 +214,7 @@ async function writePart(req: CaseRequest, rep: CaseReply): Promise<void> {
     // Reopen and read back: what was reported written is in the image.
     let again: BlockNode;
     try {
-      again = await openImage(req.rw, true);
+      again = await openImage(req.rw, true, req.encrypted);
       rep.reopen = { ok: true };
     } catch (e) {
       rep.reopen = outcome(e);
@@ -228,11 +232,15 @@ async function writePart(req: CaseRequest, rep: CaseReply): Promise<void> {
   }
 }
 
-async function checkPart(path: string | undefined, repair: boolean): Promise<CaseReply["check"] | undefined> {
+async function checkPart(
+  path: string | undefined,
+  repair: boolean,
+  encrypted: boolean | undefined,
+): Promise<CaseReply["check"] | undefined> {
   if (!path) return undefined;
   let node: BlockNode;
   try {
-    node = await open(spec(path, !repair), { readOnly: !repair, check: true, forceShare: !repair });
+    node = await open(spec(path, encrypted), { readOnly: !repair, check: true, forceShare: !repair });
   } catch (e) {
     return outcome(e);
   }
@@ -255,10 +263,11 @@ async function checkPart(path: string | undefined, repair: boolean): Promise<Cas
 /** Runs blkgraph's side of one case. */
 export async function runCase(req: CaseRequest): Promise<CaseReply> {
   const rep: CaseReply = { id: req.id, open: { ok: false }, rss: 0 };
+  if (req.encrypted && !hasSecret(FUZZ_SECRET.id)) defineObject(FUZZ_SECRET.object);
   await readOnlyPart(req, rep);
   await writePart(req, rep);
-  rep.check = await checkPart(req.check, false);
-  rep.repair = await checkPart(req.repair, true);
+  rep.check = await checkPart(req.check, false, req.encrypted);
+  rep.repair = await checkPart(req.repair, true, req.encrypted);
   rep.rss = Deno.memoryUsage().rss;
   return rep;
 }

@@ -2,7 +2,8 @@
  * Seed images for the qcow2 fuzzer, one per family: versions 2 and 3,
  * cluster sizes 512 B to 2 MiB, every refcount width, extended L2 entries,
  * zlib and zstd compressed clusters, a backing chain, external data files,
- * internal snapshots, persistent bitmaps, lazy refcounts and a dirty image.
+ * internal snapshots, persistent bitmaps, lazy refcounts, a dirty image and
+ * LUKS encryption (the secret is {@linkcode FUZZ_SECRET}).
  * qemu-img and qemu-io make them (the reference writer); without QEMU the
  * families blkgraph can make itself are made by blkgraph.
  *
@@ -35,6 +36,22 @@ export interface Family {
   bitmaps?: string[];
   /** End with a killed qemu-io (lazy refcounts: the dirty bit stays set). */
   kill?: boolean;
+  /** Encrypted: every open passes `encrypt.key-secret` = {@linkcode FUZZ_SECRET}. */
+  encrypted?: boolean;
+}
+
+/** The secret of the encrypted family: QEMU's `--object` argument and its id. */
+export const FUZZ_SECRET = { id: "fzsec", object: "secret,id=fzsec,data=fuzz-passphrase" } as const;
+
+/**
+ * How a QEMU tool names image `name` (relative to its working directory):
+ * the name itself, or for an encrypted image `--object` arguments and a
+ * `json:` name carrying `encrypt.key-secret`.
+ */
+export function qemuImage(name: string, encrypted: boolean | undefined): { pre: string[]; name: string } {
+  if (!encrypted) return { pre: [], name };
+  const json = { driver: "qcow2", file: { driver: "file", filename: name }, "encrypt.key-secret": FUZZ_SECRET.id };
+  return { pre: ["--object", FUZZ_SECRET.object], name: `json:${JSON.stringify(json)}` };
 }
 
 const W = ["write -P 0x11 0 64k", "write -P 0x22 192k 100k", "write -P 0x33 700k 4k", "write -z 400k 64k"];
@@ -66,6 +83,14 @@ export const FAMILIES: readonly Family[] = [
   { name: "bitmaps", o: "", size: "1M", io: W, bitmaps: ["b0", "b1"] },
   { name: "lazy", o: "lazy_refcounts=on,cluster_size=4k", size: "1M", io: W },
   { name: "dirty", o: "lazy_refcounts=on", size: "1M", io: W, kill: true },
+  // LUKS with a short iteration time: every open derives the key again.
+  {
+    name: "luks",
+    o: `encrypt.format=luks,encrypt.key-secret=${FUZZ_SECRET.id},encrypt.iter-time=10,cluster_size=4k`,
+    size: "1M",
+    io: W,
+    encrypted: true,
+  },
 ];
 
 /** A built seed. */
@@ -79,7 +104,11 @@ export interface Seed {
 }
 
 async function sh(cmd: string, args: string[], cwd: string): Promise<void> {
-  const out = await new Deno.Command(cmd, { args, cwd, stdout: "null", stderr: "piped" }).output();
+  let out = await new Deno.Command(cmd, { args, cwd, stdout: "null", stderr: "piped" }).output();
+  // QEMU's PBKDF2 calibration gives up when a busy machine's thread CPU clock shows no time: try again.
+  for (let i = 0; i < 5 && !out.success && /Unable to get accurate CPU usage/.test(new TextDecoder().decode(out.stderr)); i++) {
+    out = await new Deno.Command(cmd, { args, cwd, stdout: "null", stderr: "piped" }).output();
+  }
   if (!out.success && !(cmd === "qemu-io" && out.signal === "SIGKILL")) {
     throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
   }
@@ -107,6 +136,12 @@ async function buildWithQemu(f: Family, dir: string): Promise<string[]> {
     await Deno.remove(`${dir}/src.raw`);
     return companions;
   }
+  if (f.encrypted) {
+    const img = qemuImage("img.qcow2", true);
+    await sh("qemu-img", [...create.slice(0, 1), ...img.pre, ...create.slice(1), "img.qcow2", f.size], dir);
+    await sh("qemu-io", [...img.pre, ...ioArgs(f.io), img.name], dir);
+    return companions;
+  }
   await sh("qemu-img", [...create, "img.qcow2", f.size], dir);
   for (const b of f.bitmaps ?? []) await sh("qemu-img", ["bitmap", "--add", "img.qcow2", b], dir);
   if (f.snapshots) {
@@ -122,7 +157,7 @@ async function buildWithQemu(f: Family, dir: string): Promise<string[]> {
   return companions;
 }
 
-const blkgraphMakes = (f: Family) => !f.snapshots && !f.bitmaps && !f.kill;
+const blkgraphMakes = (f: Family) => !f.snapshots && !f.bitmaps && !f.kill && !f.encrypted;
 
 function parseSizeText(s: string): number {
   const m = /^(\d+)([kKmM]?)$/.exec(s)!;

@@ -4,12 +4,13 @@
  * not map a guest cluster to itself; a header size that is not a multiple of
  * 512 (QEMU reads whole sectors) and a create size that is not (qemu-img
  * rounds up); a write that fails with ENOSPC (its clusters go back, the next
- * write works).
+ * write works); a LUKS header area reaching past the end of the file.
  */
 
 import assert from "node:assert/strict";
 import { BlockError, CorruptImageError, createImage, open } from "../../../mod.ts";
-import { hasTool, run, skipUnless, tempDir } from "../../_helpers/qemu.ts";
+import { hasTool, run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
+import { PASS0, QEMU_SECRETS, qemuImgKeyslots, testSecrets } from "../luks/_util.ts";
 
 function corruptBit(img: Uint8Array): boolean {
   return (new DataView(img.buffer).getUint32(76) & 2) !== 0;
@@ -238,4 +239,35 @@ Deno.test("qcow2 keeps a write whose cluster an older, uncounted reference gives
     const again = await run("qemu-io", ["-r", "-c", "read -P 0x88 32k 4k", copy]);
     assert.match(again.stdout, /read 4096\/4096/, "QEMU keeps it too");
   }
+});
+
+Deno.test({
+  name: "qcow2 opens an encrypted image whose LUKS header area reaches past the end of the file, as QEMU does",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  async fn() {
+    await using d = await tempDir();
+    const path = `${d.path}/e.qcow2`;
+    const o = "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10,cluster_size=4k";
+    const r = await qemuImgKeyslots(["create", "-q", "-f", "qcow2", ...QEMU_SECRETS, "-o", o, path, "1M"]);
+    assert.equal(r.code, 0, r.stderr);
+    const qspec = `json:${JSON.stringify({ driver: "qcow2", "encrypt.key-secret": "sec0", file: { driver: "file", filename: path } })}`;
+    await runOk("qemu-io", [...QEMU_SECRETS, "-c", "write -P 0x5a 0 64k", qspec]);
+    // The crypto header extension (the header extensions start at header_length): its length := 4 × the file.
+    const img = await Deno.readFile(path);
+    const v = new DataView(img.buffer);
+    let at = v.getUint32(100);
+    while (v.getUint32(at) !== 0x0537be77) at += 8 + Math.ceil(v.getUint32(at + 4) / 8) * 8;
+    v.setBigUint64(at + 16, BigInt(img.length * 4));
+    await Deno.writeFile(path, img);
+    const q = await run("qemu-io", ["-r", ...QEMU_SECRETS, "-c", "read -P 0x5a 0 64k", qspec]);
+    assert.equal(q.code, 0, q.stdout + q.stderr);
+    assert.doesNotMatch(q.stdout, /fail/);
+    testSecrets();
+    await using node = await open({ driver: "qcow2", "encrypt.key-secret": "sec0", file: { driver: "file", filename: path } }, {
+      readOnly: true,
+    });
+    const buf = new Uint8Array(65536);
+    await node.pread(0, buf);
+    assert.ok(buf.every((b) => b === 0x5a), `read back with passphrase ${PASS0}`);
+  },
 });

@@ -313,3 +313,23 @@ Deno.test({
     assert.deepEqual(await Deno.readFile(ours), await Deno.readFile(theirs));
   },
 });
+
+Deno.test("qcow2 flush fails after an overlap when completed writes still waited for their metadata (they are lost), and succeeds when none did", async () => {
+  await using d = await tempDir();
+  const path = `${d.path}/x.qcow2`;
+  await makeImage(path);
+  await pointEntryAt(path, regionOf(layoutOf(await Deno.readFile(path)), "l1")!.offset);
+  const saved = await Deno.readFile(path);
+  {
+    await using img = await open(fileSpec(path));
+    await img.pwrite(131072, new Uint8Array(4096).fill(0x33)); // a new cluster: its L2 entry waits in the cache
+    await assert.rejects(img.pwrite(65536, new Uint8Array(4096).fill(0x22)), CorruptImageError);
+    await assert.rejects(img.flush(), (e: BlockError) => e.code === "EIO" && /those writes are lost/.test(e.message));
+  }
+  await Deno.writeFile(path, saved);
+  {
+    await using img = await open(fileSpec(path));
+    await assert.rejects(img.pwrite(65536, new Uint8Array(4096).fill(0x22)), CorruptImageError);
+    await img.flush();
+  }
+});

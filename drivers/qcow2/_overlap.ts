@@ -389,6 +389,10 @@ async function corruption(st: OverlapTarget, what: string, offset?: number, leng
  * which goes to the external data file when there is one (never checked).
  */
 export async function preWriteOverlapCheck(st: OverlapTarget, ign: number, offset: number, size: number, dataFile: boolean): Promise<void> {
+  if (!Number.isSafeInteger(offset + size)) {
+    // An L2 entry (or a table pointer) past 2^53 bytes: the write cannot land there (QEMU: the file system's EFBIG).
+    throw new BlockError("EFBIG", `Cannot write ${size} bytes at host offset ${offset}: past 2^53 bytes`, { offset, length: size });
+  }
   if (dataFile && st.externalData) return;
   const bit = await findOverlap(st, ign, offset, size);
   if (!bit) return;

@@ -59,11 +59,14 @@ export async function readCompressed(st: Qcow2State, m: Mapping, req: RequestInf
 
 const scratch = newMapping();
 
+/** Host offsets past this are past the end of any file (and not exact as numbers). */
+const MAX_HOST = Number.MAX_SAFE_INTEGER;
+
 /** Reads guest bytes `[offset, offset + buf.length)` through the current mapping. */
 export async function readGuest(st: Qcow2State, offset: number, buf: Uint8Array, req: RequestInfo | undefined): Promise<void> {
   const len = buf.length;
   // Fast path: one extent fully mapped from cached tables.
-  if (mapSync(st, offset, len, scratch) && scratch.bytes === len && scratch.kind === K_NORMAL) {
+  if (mapSync(st, offset, len, scratch) && scratch.bytes === len && scratch.kind === K_NORMAL && scratch.host + len <= MAX_HOST) {
     const host = scratch.host;
     st.ioInFlight++;
     try {
@@ -86,6 +89,17 @@ export async function readGuest(st: Qcow2State, offset: number, buf: Uint8Array,
     switch (m.kind) {
       case K_NORMAL: {
         const host = m.host;
+        if (host + n > MAX_HOST) {
+          // Past 2^53 bytes, so past the end of any file: QEMU reads zeros there (encrypted, they decrypt to noise).
+          if (st.crypto) {
+            throw new BlockError("EIO", `Cannot read guest offset ${off}: its cluster lies at host offset ${host}, past 2^53 bytes`, {
+              node: st.node.name,
+              offset: off,
+            });
+          }
+          part.fill(0);
+          break;
+        }
         st.ioInFlight++;
         try {
           const p = st.event("read_aio", req);

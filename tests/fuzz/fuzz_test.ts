@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { hasTool } from "../_helpers/qemu.ts";
 import { fuzz, printSummary } from "./fuzz.ts";
 import { seedCacheDir } from "./_seeds.ts";
+import { caseSeed } from "./_case.ts";
 
 const CASES = Number(Deno.env.get("BLKGRAPH_FUZZ_CASES") ?? 2000);
 
@@ -36,4 +37,13 @@ Deno.test(`fuzz: ${CASES} seeded cases end clean or with a BlockError, within th
   // The run reaches deep: many images open and get written, not only header refusals.
   assert.ok((s.classes.clean ?? 0) > CASES / 10, report);
   if (qemu) assert.ok(s.accepted.both > 0, report);
+});
+
+Deno.test("caseSeed() gives campaigns with neighbouring seeds different cases", () => {
+  for (const [a, b] of [[2025, 2026], [1, 2], [7, 100]]) {
+    const first = new Set(Array.from({ length: 20000 }, (_, id) => caseSeed(a, id)));
+    assert.equal(first.size, 20000, "one seed's cases are distinct");
+    const shared = Array.from({ length: 20000 }, (_, id) => caseSeed(b, id)).filter((h) => first.has(h)).length;
+    assert.ok(shared < 10, `seeds ${a} and ${b} share ${shared} of 20000 case seeds`);
+  }
 });

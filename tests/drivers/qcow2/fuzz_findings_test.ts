@@ -4,12 +4,14 @@
  * not map a guest cluster to itself; a header size that is not a multiple of
  * 512 (QEMU reads whole sectors) and a create size that is not (qemu-img
  * rounds up); a write that fails with ENOSPC (its clusters go back, the next
- * write works); a LUKS header area reaching past the end of the file.
+ * write works); a LUKS header area reaching past the end of the file; an
+ * L2 entry pointing past 2^53 bytes.
  */
 
 import assert from "node:assert/strict";
 import { BlockError, CorruptImageError, createImage, open } from "../../../mod.ts";
 import { hasTool, run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
+import { cli, normaliseTimes } from "../../cli/_run.ts";
 import { PASS0, QEMU_SECRETS, qemuImgKeyslots, testSecrets } from "../luks/_util.ts";
 
 function corruptBit(img: Uint8Array): boolean {
@@ -270,4 +272,31 @@ Deno.test({
     await node.pread(0, buf);
     assert.ok(buf.every((b) => b === 0x5a), `read back with passphrase ${PASS0}`);
   },
+});
+
+Deno.test("qcow2 reads a cluster an L2 entry puts past 2^53 bytes as zeros and refuses writes there with EFBIG, as qemu-io does", async () => {
+  // Fuzzer seed 2025 case 281 (v3-512, l1[5] := 0x16ffe): the core refused the read with "offset must be a non-negative integer".
+  await using d = await tempDir();
+  const path = `${d.path}/big.qcow2`;
+  await createImage(path, "qcow2", 1 << 20);
+  {
+    await using node = await open(path);
+    await node.pwrite(0, new Uint8Array(131072).fill(1));
+  }
+  const img = await Deno.readFile(path);
+  const v = new DataView(img.buffer);
+  const l2 = Number(v.getBigUint64(Number(v.getBigUint64(40))) & 0x00fffffffffffe00n);
+  v.setBigUint64(l2 + 8, (1n << 63n) | (0x22n << 48n)); // guest cluster 1 at host 0x22000000000000 (> 2^53)
+  await Deno.writeFile(path, img);
+  await Deno.writeFile(`${path}.q`, img);
+  const cmds = ["read -P 0 64k 64k", "write -P 9 64k 4k", "read -P 1 0 64k"].flatMap((c) => ["-c", c]);
+  const ours = await cli(["io", ...cmds, path]);
+  assert.match(
+    ours.stdout,
+    /^read 65536\/65536 bytes at offset 65536\n.*\nwrite failed: File too large\nread 65536\/65536 bytes at offset 0\n/,
+  );
+  if (hasTool("qemu-io")) {
+    const q = await run("qemu-io", [...cmds, `${path}.q`]);
+    assert.equal(normaliseTimes(ours.stdout), normaliseTimes(q.stdout));
+  }
 });

@@ -28,7 +28,7 @@
  *
  * @example
  * ```ts
- * import { open } from "../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
  * const path = await Deno.makeTempFile();
  * {
  *   await using f = await open({ driver: "file", filename: path, create: true });

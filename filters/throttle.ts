@@ -10,7 +10,7 @@
  *
  * @example
  * ```ts
- * import { open } from "../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
  * await using disk = await open({
  *   driver: "throttle",
  *   limits: { "iops-total": 1000 },

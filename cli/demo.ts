@@ -168,9 +168,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io.stdout(indent(out.join("").replace(last, name)));
     const q = await qemuCheck(last);
     io.stdout(
-      `\n${step++}. qemu-img check ${name} (the reference implementation):\n     ${
-        q ?? "(skipped: qemu-img is not installed)"
-      }\n`,
+      `\n${step++}. qemu-img check ${name} (the reference implementation):\n     ${q ?? "(skipped: qemu-img is not installed)"}\n`,
     );
     io.stdout(`\nNext: 'deno task blkgraph --help' lists the qemu-img / qemu-io style verbs.\n`);
   } finally {

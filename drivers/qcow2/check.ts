@@ -59,7 +59,7 @@ async function checkOnce(file: BlockNode, fix: Fix, say: (line: string) => void,
  *
  * @example
  * ```ts
- * import { createImage, open } from "../../mod.ts";
+ * import { createImage, open } from "@blkgraph/blkgraph";
  * import { checkExitCode, checkQcow2 } from "./check.ts";
  * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
  * await createImage(path, "qcow2", 1 << 20);
@@ -116,7 +116,7 @@ async function checkWith(
  *
  * @example
  * ```ts
- * import { createImage, open } from "../../mod.ts";
+ * import { createImage, open } from "@blkgraph/blkgraph";
  * import { repairImage } from "./check.ts";
  * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
  * await createImage(path, "qcow2", 1 << 20);

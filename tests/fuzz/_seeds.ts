@@ -14,7 +14,8 @@
  */
 
 import { createHash } from "node:crypto";
-import { createImage, open, readHeaderFrom, serializeHeader } from "../../mod.ts";
+import { createImage, open } from "../../mod.ts";
+import { readHeaderFrom, serializeHeader } from "../../drivers/qcow2/mod.ts";
 
 /** One family of seed images. */
 export interface Family {

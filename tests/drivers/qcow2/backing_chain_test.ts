@@ -7,7 +7,8 @@
  */
 
 import assert from "node:assert/strict";
-import { BlockError, createImage, open, readHeaderFrom, serializeHeader } from "../../../mod.ts";
+import { BlockError, createImage, open } from "../../../mod.ts";
+import { readHeaderFrom, serializeHeader } from "../../../drivers/qcow2/mod.ts";
 import { hasTool, run, tempDir } from "../../_helpers/qemu.ts";
 import { cli } from "../../cli/_run.ts";
 

@@ -10,7 +10,8 @@
 
 import assert from "node:assert/strict";
 import { deflateRawSync, zstdCompressSync, zstdDecompressSync } from "node:zlib";
-import { BlockError, CorruptImageError, createImage, decompressCluster, open } from "../../../mod.ts";
+import { BlockError, CorruptImageError, createImage, open } from "../../../mod.ts";
+import { decompressCluster } from "../../../drivers/qcow2/mod.ts";
 import { hasTool, run, tempDir } from "../../_helpers/qemu.ts";
 
 const CS = 65536;

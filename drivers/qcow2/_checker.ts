@@ -236,10 +236,12 @@ export class Checker {
       this.res.corruptions++;
     }
     for (const sn of this.#snapshots) {
-      if (sn.l1Offset % cs !== 0) {
+      // Past 2^53 the rounded number hides the low bits: the exact value decides (and is printed).
+      const exact = sn.l1OffsetExact;
+      if (exact !== undefined ? exact % BigInt(cs) !== 0n : sn.l1Offset % cs !== 0) {
         this.#say(
           `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${
-            sharpHex(sn.l1Offset)
+            exact !== undefined ? `0x${exact.toString(16)}` : sharpHex(sn.l1Offset)
           }: L1 table is not cluster aligned; snapshot table entry corrupted`,
         );
         this.res.corruptions++;

@@ -5,7 +5,8 @@
  * 512 (QEMU reads whole sectors) and a create size that is not (qemu-img
  * rounds up); a write that fails with ENOSPC (its clusters go back, the next
  * write works); a LUKS header area reaching past the end of the file; an
- * L2 entry pointing past 2^53 bytes.
+ * L2 entry pointing past 2^53 bytes; a snapshot L1 offset past 2^53 whose
+ * low bits make it unaligned.
  */
 
 import assert from "node:assert/strict";
@@ -299,4 +300,27 @@ Deno.test("qcow2 reads a cluster an L2 entry puts past 2^53 bytes as zeros and r
     const q = await run("qemu-io", [...cmds, `${path}.q`]);
     assert.equal(normaliseTimes(ours.stdout), normaliseTimes(q.stdout));
   }
+});
+
+Deno.test("check reports a snapshot L1 offset past 2^53 that is not cluster aligned, as qemu-img check does, and repair does not call it fixed", async () => {
+  // Fuzzer seed 2026 case 15420 (bad-repair): nb_snapshots := 1 with the snapshot table at offset 0 reads the
+  // header as the entry, l1_offset 0x514649fb00000002; as a number it rounded to an aligned offset.
+  await using d = await tempDir();
+  const path = `${d.path}/sn.qcow2`;
+  await createImage(path, "qcow2", 1 << 20, { options: { compat: "0.10" } });
+  const img = await Deno.readFile(path);
+  new DataView(img.buffer).setUint32(60, 1); // nb_snapshots; snapshots_offset stays 0
+  await Deno.writeFile(path, img);
+  await Deno.writeFile(`${path}.q`, img);
+  const line = "ERROR snapshot  () l1_offset=0x514649fb00000002: L1 table is not cluster aligned; snapshot table entry corrupted";
+  const ours = await cli(["check", path]);
+  assert.ok(ours.stderr.split("\n").includes(line), ours.stderr);
+  if (hasTool("qemu-img")) {
+    const q = await run("qemu-img", ["check", `${path}.q`]);
+    assert.equal(ours.stderr, q.stderr);
+    assert.equal(ours.stdout, q.stdout.replace(`${path}.q`, path));
+  }
+  const fixed = await cli(["check", "-r", "all", path]);
+  assert.match(fixed.stdout, /1 errors were found on the image/);
+  if (hasTool("qemu-img")) assert.match((await run("qemu-img", ["check", path])).stdout, /1 errors were found on the image/);
 });

@@ -10,7 +10,8 @@
  */
 
 import assert from "node:assert/strict";
-import { BlockError, type BlockNode, open, type Qcow2Instance } from "../../../mod.ts";
+import { BlockError, type BlockNode, open } from "../../../mod.ts";
+import { type Qcow2Instance } from "../../../drivers/qcow2/mod.ts";
 import { checkExitCode, checkQcow2 } from "../../../drivers/qcow2/check.ts";
 import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 import { hasQemu, unpack } from "../../_helpers/fixtures.ts";

@@ -34,6 +34,17 @@ export function formatName<N extends CoreNode<N>>(c: NodeCore<N>): string {
   return formatCore(c).node.driver.name;
 }
 
+/** QEMU's `bdrv_has_zero_init`: the driver's `zeroInit`, through filters; true by default. */
+export function hasZeroInit<N extends CoreNode<N>>(c: NodeCore<N>): boolean {
+  for (let n: NodeCore<N> | undefined = c; n;) {
+    if (n.inst.zeroInit !== undefined) return n.inst.zeroInit;
+    const child: N | undefined = n.node.driver.kind === "filter" ? n.primaryChild : undefined;
+    if (!child) return true;
+    n = coreOf(child);
+  }
+  return true;
+}
+
 /**
  * Runs image operation `key` on the node that implements it, holding that
  * node whole (no request runs meanwhile); a write bumps its write generation.

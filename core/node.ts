@@ -86,8 +86,7 @@ export class BlockNode {
    * node grows when written past it (QEMU's `blk_set_allow_write_beyond_eof`;
    * `createImage` sets it while it writes a new image). Off by default:
    * reading or writing past the end of the node you hold is EIO, as through
-   * QEMU's BlockBackend; parents' requests keep QEMU's internal zero-fill.
-   */
+   * QEMU's BlockBackend; parents' requests keep QEMU's internal zero-fill. */
   get allowBeyondEof(): boolean {
     return this.#c.allowBeyondEof;
   }
@@ -166,6 +165,11 @@ export class BlockNode {
   /** Current length in bytes. */
   get length(): number {
     return this.#c.length;
+  }
+
+  /** Unwritten ranges of a new image read as zeros (QEMU's `bdrv_has_zero_init`): the driver's `zeroInit`, through filters, true by default. */
+  get hasZeroInit(): boolean {
+    return ops.hasZeroInit(this.#c);
   }
 
   /** Whether the node has been closed. */

@@ -1,6 +1,7 @@
 /**
  * Compressed cluster codecs: raw deflate (compression type 0, QEMU's zlib
- * with a 4 KiB window) and zstd (type 1), both through `node:zlib`.
+ * with a 4 KiB window) and zstd (type 1) through `node:zlib`; deflate goes
+ * through the system zlib when it can (`_zlib_ffi.ts`: QEMU's bytes exactly).
  *
  * A compressed cluster on disk is followed by padding up to a sector
  * boundary; deflate stops at its final block, and for zstd the frames are
@@ -11,6 +12,7 @@
 
 import { deflateRawSync, inflateRawSync, zstdCompressSync, zstdDecompressSync } from "node:zlib";
 import { CorruptImageError } from "../../core/errors.ts";
+import { systemDeflate } from "./_zlib_ffi.ts";
 
 /** Compression type 0: raw deflate. */
 export const COMPRESSION_ZLIB = 0;
@@ -49,9 +51,14 @@ export function decompressCluster(input: Uint8Array, clusterSize: number, type: 
 
 /**
  * Compresses one cluster; returns undefined when the result would not be
- * smaller than the cluster (QEMU then writes it uncompressed).
+ * smaller than the cluster (QEMU then writes it uncompressed). The returned
+ * bytes may be a view into a larger buffer.
  */
 export function compressCluster(data: Uint8Array, type: number): Uint8Array | undefined {
+  if (type !== COMPRESSION_ZSTD) {
+    const sys = systemDeflate(data);
+    if (sys !== undefined) return sys ?? undefined;
+  }
   const out = type === COMPRESSION_ZSTD ? zstdCompressSync(data) : deflateRawSync(data, { windowBits: 12, memLevel: 9 });
   const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   return bytes.length < data.length ? bytes : undefined;

@@ -17,8 +17,10 @@
  *   for aligned buffers; the request alignment is probed (512 or 4096).
  *   These requests wait for the disk, so they run on Deno's worker threads
  *   (FFI `nonblocking`) and overlap at queue depth > 1;
- * - `aio`, `aio-max-batch`, `drop-cache`, `x-check-cache-dropped`,
- *   `pr-manager`: accepted and ignored.
+ * - `aio=threads`: buffered reads and writes also run on worker threads
+ *   (QEMU's aio=threads), so a server goes on reading requests while the
+ *   kernel copies a write; `aio=native|io_uring`, `aio-max-batch`,
+ *   `drop-cache`, `x-check-cache-dropped`, `pr-manager`: accepted and ignored.
  *
  * With FFI the node also has a write-zeroes fast path (`fallocate` punch-hole
  * or zero-range), discard (punch hole), `blockStatus` from
@@ -113,7 +115,7 @@ function openFile(ctx: OpenContext): DriverInstance {
   const filename = optString(opts, "filename", "file");
   if (!filename) throw new BlockError("EINVAL", "Driver 'file' needs the option 'filename'");
   const locking = optEnum(opts, "locking", "file", ["auto", "on", "off"] as const) ?? "auto";
-  optEnum(opts, "aio", "file", ["threads", "native", "io_uring"] as const);
+  const aio = optEnum(opts, "aio", "file", ["threads", "native", "io_uring"] as const);
   const direct = optBool(opts, "cache.direct", "file") ?? false;
   const create = optBool(opts, "create", "file") ?? false;
   const name = ctx.node.name;
@@ -134,7 +136,10 @@ function openFile(ctx: OpenContext): DriverInstance {
     h.release();
     throw e;
   }
-  return libc ? libcInstance(libc, h, filename, direct, ctx.node) : nodeFsInstance(h, filename, name);
+  // aio=threads (as QEMU's): buffered reads and writes run on worker threads too, so the caller's thread goes on meanwhile.
+  return libc
+    ? libcInstance(libc, h, filename, { direct, threads: direct || aio === "threads" }, ctx.node)
+    : nodeFsInstance(h, filename, name);
 }
 
 function openLibc(libc: Libc, filename: string, readOnly: boolean, create: boolean, direct: boolean, node: string): Handle {
@@ -230,7 +235,14 @@ function probeAlignment(libc: Libc, fd: number, size: number, bounce: Uint8Array
   return 4096;
 }
 
-function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, node: BlockNode): DriverInstance {
+function libcInstance(
+  libc: Libc,
+  h: Handle,
+  filename: string,
+  mode: { direct: boolean; threads: boolean },
+  node: BlockNode,
+): DriverInstance {
+  const { direct, threads } = mode;
   const fd = h.fd;
   const name = node.name;
   let size = libc.lseek(fd, 0, SEEK_END);
@@ -303,9 +315,9 @@ function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, 
   const inst: DriverInstance = {
     limits: { requestAlignment: align, maxTransfer: direct ? DIRECT_MAX : MAX_IO },
     getLength: () => size,
-    pread: direct
+    pread: threads
       ? async (offset, buf) => {
-        const bounce = isAligned(buf) ? undefined : takeBounce();
+        const bounce = !direct || isAligned(buf) ? undefined : takeBounce();
         const target = bounce ? bounce.subarray(0, buf.length) : buf;
         try {
           let done = 0;
@@ -325,9 +337,9 @@ function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, 
         const done = readAt(offset, buf);
         if (done < buf.length) buf.fill(0, done);
       },
-    pwrite: direct
+    pwrite: threads
       ? async (offset, data) => {
-        const bounce = isAligned(data) ? undefined : takeBounce();
+        const bounce = !direct || isAligned(data) ? undefined : takeBounce();
         const src = bounce ? bounce.subarray(0, data.length) : data;
         if (bounce) src.set(data);
         try {
@@ -446,7 +458,7 @@ function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, 
     close(): void {
       h.release();
     },
-    info: () => ({ backend: "ffi", locking: h.lockKind, direct, requestAlignment: align }),
+    info: () => ({ backend: "ffi", locking: h.lockKind, direct, aio: threads ? "threads" : "sync", requestAlignment: align }),
   };
   return inst;
 }

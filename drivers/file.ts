@@ -50,14 +50,15 @@ import type { BlockNode } from "../core/node.ts";
 import { registerDriver } from "../core/registry.ts";
 import type { TruncateOptions, WriteZeroesOptions } from "../core/types.ts";
 import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../core/node.ts";
-import { checkPrealloc, type Handle, nodeFsInstance, openNodeFs } from "./_file_nodefs.ts";
 import {
   alignedBuffer,
+  checkPrealloc,
   Errno,
   errnoError,
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
+  type Handle,
   type Libc,
   loadLibc,
   MAX_IO,
@@ -69,6 +70,10 @@ import {
   SEEK_END,
   SEEK_HOLE,
 } from "./_file_libc.ts";
+
+// node:fs (the fallback without FFI) is loaded only when needed: loading it costs a CLI run 0.1-0.3 s.
+type NodeFs = typeof import("./_file_nodefs.ts");
+let nodeFs: NodeFs | undefined;
 import { lockOfd, permsFor, unlockOfd } from "./_file_lock.ts";
 
 const KNOWN = [
@@ -101,12 +106,9 @@ export const fileDriver: BlockDriver = {
   parseFilename(filename: string): Record<string, unknown> {
     return { filename: filename.replace(/^file:/, "") };
   },
-  open(ctx: OpenContext): Promise<DriverInstance> {
-    try {
-      return Promise.resolve(openFile(ctx));
-    } catch (e) {
-      return Promise.reject(e);
-    }
+  async open(ctx: OpenContext): Promise<DriverInstance> {
+    if (!loadLibc() && !nodeFs) nodeFs = await import("./_file_nodefs.ts");
+    return openFile(ctx);
   },
 };
 
@@ -128,7 +130,7 @@ function openFile(ctx: OpenContext): DriverInstance {
       { node: name },
     );
   }
-  const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : openNodeFs(filename, ctx.readOnly, create, name);
+  const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : nodeFs!.openNodeFs(filename, ctx.readOnly, create, name);
   // A file opened to be created is written past its end by design (QEMU's allow_write_beyond_eof for image creation).
   if (create) ctx.node.allowBeyondEof = true;
   try {
@@ -140,7 +142,7 @@ function openFile(ctx: OpenContext): DriverInstance {
   // aio=threads (as QEMU's): buffered reads and writes run on worker threads too, so the caller's thread goes on meanwhile.
   return libc
     ? libcInstance(libc, h, filename, { direct, threads: direct || aio === "threads" }, ctx.node)
-    : nodeFsInstance(h, filename, name);
+    : nodeFs!.nodeFsInstance(h, filename, name);
 }
 
 function openLibc(libc: Libc, filename: string, readOnly: boolean, create: boolean, direct: boolean, node: string): Handle {

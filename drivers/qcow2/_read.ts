@@ -9,6 +9,7 @@
 
 import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
+import { DONE } from "../../core/_node_core.ts";
 import type { BlockStatus } from "../../core/node.ts";
 import { decompressCluster } from "./compress.ts";
 import { K_COMPRESSED, K_NORMAL, K_UNALLOC, K_ZERO, map, type Mapping, mapSync, newMapping } from "./_l2.ts";
@@ -61,6 +62,52 @@ const scratch = newMapping();
 
 /** Host offsets past this are past the end of any file (and not exact as numbers). */
 const MAX_HOST = Number.MAX_SAFE_INTEGER;
+
+/**
+ * One lock-free data read or write at `host`, inside an allocated extent
+ * of an unencrypted image: raises `event`, then passes the request to the
+ * data file synchronously and returns its promise as it is (`DONE` when
+ * the file completed synchronously: no async frame, no promise of its own).
+ * `ioInFlight` counts it until it settles, so no cluster it touches is
+ * freed meanwhile.
+ */
+export function dataIo(st: Qcow2State, host: number, buf: Uint8Array, req: RequestInfo | undefined, write: boolean): Promise<void> {
+  st.ioInFlight++;
+  let p: Promise<void>;
+  try {
+    const ev = st.event(write ? "write_aio" : "read_aio", req);
+    // The node emulates FUA for qcow2 (no supportsFua): the data file gets the request only.
+    const opts = req ? { req } : NO_OPTS;
+    if (ev) p = ev.then(() => write ? st.data.pwrite(host, buf, opts) : st.data.pread(host, buf, opts));
+    else p = write ? st.data.pwrite(host, buf, opts) : st.data.pread(host, buf, opts);
+  } catch (e) {
+    st.ioInFlight--;
+    return Promise.reject(e);
+  }
+  if (p === DONE) {
+    st.ioInFlight--;
+    return p;
+  }
+  return p.then(() => {
+    st.ioInFlight--;
+  }, (e) => {
+    st.ioInFlight--;
+    throw e;
+  });
+}
+
+const NO_OPTS = Object.freeze({});
+
+/**
+ * The read hit path: a read inside one allocated extent of an unencrypted
+ * image whose L2 table is cached is one {@linkcode dataIo}; undefined when
+ * the read needs the general path. Throws on a corrupt L2 entry.
+ */
+export function readFast(st: Qcow2State, offset: number, buf: Uint8Array, req: RequestInfo | undefined): Promise<void> | undefined {
+  if (st.crypto || !mapSync(st, offset, buf.length, scratch) || scratch.bytes !== buf.length || scratch.kind !== K_NORMAL) return undefined;
+  if (scratch.host + buf.length > MAX_HOST) return undefined;
+  return dataIo(st, scratch.host, buf, req, false);
+}
 
 /** Reads guest bytes `[offset, offset + buf.length)` through the current mapping. */
 export async function readGuest(st: Qcow2State, offset: number, buf: Uint8Array, req: RequestInfo | undefined): Promise<void> {

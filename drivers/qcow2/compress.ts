@@ -1,8 +1,10 @@
 /**
  * Compressed cluster codecs: raw deflate (compression type 0, QEMU's zlib
- * with a 4 KiB window) and zstd (type 1). Compression goes through
- * `node:zlib`; decompression through the system's zlib and libzstd, as
- * QEMU links them (`_decompress_ffi.ts`), with `node:zlib` as the fallback.
+ * with a 4 KiB window) and zstd (type 1). Deflate compression goes through
+ * the system zlib when it can (`_zlib_ffi.ts`: QEMU's bytes exactly), else
+ * `node:zlib`; zstd compression through `node:zlib`; decompression through
+ * the system's zlib and libzstd, as QEMU links them (`_decompress_ffi.ts`),
+ * with `node:zlib` as the fallback.
  *
  * A compressed cluster on disk is followed by padding up to a sector
  * boundary; both decoders stop once the cluster is full (with the
@@ -15,6 +17,7 @@
 import { constants, deflateRawSync, inflateRawSync, zstdCompressSync, zstdDecompressSync } from "node:zlib";
 import { BlockError } from "../../core/errors.ts";
 import { loadZlib, loadZstd } from "./_decompress_ffi.ts";
+import { systemDeflate } from "./_zlib_ffi.ts";
 
 /** Compression type 0: raw deflate. */
 export const COMPRESSION_ZLIB = 0;
@@ -62,9 +65,14 @@ export function decompressCluster(input: Uint8Array, clusterSize: number, type: 
 
 /**
  * Compresses one cluster; returns undefined when the result would not be
- * smaller than the cluster (QEMU then writes it uncompressed).
+ * smaller than the cluster (QEMU then writes it uncompressed). The returned
+ * bytes may be a view into a larger buffer.
  */
 export function compressCluster(data: Uint8Array, type: number): Uint8Array | undefined {
+  if (type !== COMPRESSION_ZSTD) {
+    const sys = systemDeflate(data);
+    if (sys !== undefined) return sys ?? undefined;
+  }
   const out = type === COMPRESSION_ZSTD ? zstdCompressSync(data) : deflateRawSync(data, { windowBits: 12, memLevel: 9 });
   const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   return bytes.length < data.length ? bytes : undefined;

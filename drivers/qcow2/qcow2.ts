@@ -52,7 +52,7 @@ import {
   readHeaderFrom,
 } from "./header.ts";
 import { K_NORMAL, mapSync, newMapping } from "./_l2.ts";
-import { blockStatus, readGuest } from "./_read.ts";
+import { blockStatus, dataIo, readFast, readGuest } from "./_read.ts";
 import { resize } from "./_resize.ts";
 import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
@@ -117,19 +117,35 @@ export class Qcow2Instance implements DriverInstance {
   }
 
   /**
-   * Reads guest data. After corruption was found read-write, reads fail too
-   * with ENOMEDIUM (QEMU detaches the driver: "No medium found"): the
-   * tables in memory may be what was refused; the image reads again when
-   * opened read-only.
+   * Reads guest data; a cached hit is one synchronous call on the data file,
+   * its promise returned as it is. After corruption was found read-write,
+   * reads fail too with ENOMEDIUM (QEMU detaches the driver: "No medium
+   * found"): the tables in memory may be what was refused; the image reads
+   * again when opened read-only.
    */
-  async pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
+  pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
     if (this.#st.corrupt) {
-      throw new BlockError(
-        "ENOMEDIUM",
-        `Cannot read node '${this.#st.node.name}': corruption was found and the image is marked corrupt; open it read-only to read it, or repair it with 'blkgraph check -r all'`,
-        { node: this.#st.node.name, offset, length: buf.length },
+      return Promise.reject(
+        new BlockError(
+          "ENOMEDIUM",
+          `Cannot read node '${this.#st.node.name}': corruption was found and the image is marked corrupt; open it read-only to read it, or repair it with 'blkgraph check -r all'`,
+          { node: this.#st.node.name, offset, length: buf.length },
+        ),
       );
     }
+    try {
+      return readFast(this.#st, offset, buf, opts.req) ?? this.#preadSlow(offset, buf, opts);
+    } catch (e) {
+      return this.#corrupted(e);
+    }
+  }
+
+  async #corrupted(e: unknown): Promise<never> {
+    await this.#st.signalCorruption(e);
+    throw e;
+  }
+
+  async #preadSlow(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
     try {
       await readGuest(this.#st, offset, buf, opts.req);
     } catch (e) {
@@ -138,19 +154,34 @@ export class Qcow2Instance implements DriverInstance {
     }
   }
 
-  /** Writes guest data: in place without the lock when possible, else under the lock. */
-  async pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+  /**
+   * Writes guest data: an overwrite of one allocated extent with the COPIED
+   * flag whose L2 table is cached goes to the data file in place without the
+   * lock (synchronously, its promise returned as it is, when unencrypted);
+   * everything else runs under the lock.
+   */
+  pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
-    st.refuseIfCorrupt();
     const m = this.#m;
-    let mapped: boolean;
+    let hit: boolean;
     try {
-      mapped = mapSync(st, offset, data.length, m);
+      st.refuseIfCorrupt();
     } catch (e) {
-      await st.signalCorruption(e);
-      throw e;
+      return Promise.reject(e);
     }
-    if (mapped && m.kind === K_NORMAL && m.copied && m.bytes === data.length) {
+    try {
+      hit = mapSync(st, offset, data.length, m) && m.kind === K_NORMAL && m.copied && m.bytes === data.length;
+    } catch (e) {
+      return this.#corrupted(e);
+    }
+    if (hit && !st.crypto) return dataIo(st, m.host, data, opts.req, true);
+    return this.#pwriteSlow(offset, data, opts, hit);
+  }
+
+  async #pwriteSlow(offset: number, data: Uint8Array, opts: WriteOptions, inPlace: boolean): Promise<void> {
+    const st = this.#st;
+    const m = this.#m;
+    if (inPlace) {
       const host = m.host;
       st.ioInFlight++;
       try {

@@ -174,7 +174,11 @@ export class Qcow2Instance implements DriverInstance {
     } catch (e) {
       return this.#corrupted(e);
     }
-    if (hit && !st.crypto) return dataIo(st, m.host, data, opts.req, true);
+    // The synchronous hit path skips nothing the slow one does: only without overlap checks (they may read the snapshot table).
+    if (hit && !st.crypto && !st.overlapChecks) {
+      st.noteDataWrite(m.host, data.length);
+      return dataIo(st, m.host, data, opts.req, true);
+    }
     return this.#pwriteSlow(offset, data, opts, hit);
   }
 

@@ -15,6 +15,7 @@ import { type CliIO, invokeVerb, type Verb } from "./_common.ts";
 
 export type { CliIO, Verb } from "./_common.ts";
 import { benchVerb } from "./bench.ts";
+import { bitmapVerb } from "./bitmap.ts";
 import { checkVerb } from "./check.ts";
 import { compareVerb } from "./compare.ts";
 import { convertVerb } from "./convert.ts";
@@ -37,6 +38,7 @@ import { crashExploreVerb } from "./crash_explore.ts";
 export const VERBS: readonly Verb[] = [
   amendVerb,
   benchVerb,
+  bitmapVerb,
   checkVerb,
   commitVerb,
   compareVerb,

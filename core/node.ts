@@ -22,6 +22,8 @@ import type { NodeStats } from "./request.ts";
 import { RequestTracker } from "./_tracker.ts";
 import type {
   AmendOptions,
+  BitmapAddOptions,
+  BitmapInfo,
   BlockDriverOf,
   BlockLimits,
   BlockStatusOf,
@@ -29,6 +31,7 @@ import type {
   CheckResult,
   ChildRole,
   CreateContextOf,
+  DirtyExtent,
   DriverInstanceOf,
   FilterCall,
   FormatOptions,
@@ -873,6 +876,116 @@ export class BlockNode {
     return this.#snapshotOp("snapshotGoto", "apply a snapshot", idOrName);
   }
 
+  // ---- dirty bitmaps (QEMU's block-dirty-bitmap-*) ---------------------
+
+  /** The image's dirty bitmaps, from this node or the first one below its filters that has them (empty otherwise). */
+  async bitmapList(): Promise<BitmapInfo[]> {
+    const n = this.#implementer("bitmapList");
+    return n ? await n.#inst.bitmapList!() : [];
+  }
+
+  /** The image can store persistent dirty bitmaps (qcow2 version 3). */
+  get supportsPersistentBitmaps(): boolean {
+    const n = this.#implementer("persistentBitmaps");
+    return n !== undefined && n.#inst.persistentBitmaps === true;
+  }
+
+  /** Adds a persistent dirty bitmap that records writes from now on (qemu-img bitmap --add). */
+  bitmapAdd(name: string, opts: BitmapAddOptions = {}): Promise<void> {
+    if (!this.#implementer("bitmapAdd")) {
+      return Promise.reject(
+        new BlockError("ENOTSUP", `Can't store persistent bitmaps to '${this.name}': format '${this.formatName}' has no bitmaps`, {
+          node: this.name,
+        }),
+      );
+    }
+    return this.#imageOp("bitmapAdd", `add bitmap '${name}' to`, true, (i) => i.bitmapAdd!(name, opts));
+  }
+
+  #bitmapOp(key: "bitmapRemove" | "bitmapClear", name: string, what: string): Promise<void> {
+    if (!this.#implementer(key)) return Promise.reject(bitmapNotFound(this.name, name));
+    return this.#imageOp(key, `${what} bitmap '${name}' of`, true, (i) => i[key]!(name));
+  }
+
+  /** Removes a dirty bitmap from the image (--remove). */
+  bitmapRemove(name: string): Promise<void> {
+    return this.#bitmapOp("bitmapRemove", name, "remove");
+  }
+
+  /** Marks a dirty bitmap all clean (--clear). */
+  bitmapClear(name: string): Promise<void> {
+    return this.#bitmapOp("bitmapClear", name, "clear");
+  }
+
+  /** Makes a dirty bitmap record writes (--enable); `false` stops it (--disable). */
+  bitmapEnable(name: string, enabled = true): Promise<void> {
+    if (!this.#implementer("bitmapSetEnabled")) return Promise.reject(bitmapNotFound(this.name, name));
+    return this.#imageOp(
+      "bitmapSetEnabled",
+      `${enabled ? "enable" : "disable"} bitmap '${name}' of`,
+      true,
+      (i) => i.bitmapSetEnabled!(name, enabled),
+    );
+  }
+
+  /** Stops a dirty bitmap recording writes (--disable). */
+  bitmapDisable(name: string): Promise<void> {
+    return this.bitmapEnable(name, false);
+  }
+
+  /**
+   * Marks dirty in bitmap `name` everything bitmap `source.name` has dirty
+   * (--merge), from this image or from `source.node`, which must have the
+   * same size (qemu-img bitmap --merge SOURCE [-b FILE]).
+   */
+  async bitmapMerge(name: string, source: { name: string; node?: BlockNode }): Promise<void> {
+    const src = source.node ?? this;
+    // The source answers first, so a missing or inconsistent source fails before the target changes.
+    await src.bitmapExtent(source.name, 0, 0);
+    if (src.length !== this.length) {
+      throw new BlockError(
+        "EINVAL",
+        `Bitmaps are of different sizes (destination size is ${this.length}, source size is ${src.length}) and can't be merged`,
+        { node: this.name },
+      );
+    }
+    if (!this.#implementer("bitmapMerge")) throw bitmapNotFound(this.name, name);
+    await this.#imageOp(
+      "bitmapMerge",
+      `merge into bitmap '${name}' of`,
+      true,
+      (i) => i.bitmapMerge!(name, src.bitmapDirtyRanges(source.name)),
+    );
+  }
+
+  /**
+   * The run of equal state in bitmap `name` that starts at `offset` (at most
+   * `length` bytes, never past the end): whether it is dirty and how far.
+   */
+  async bitmapExtent(name: string, offset: number, length: number): Promise<DirtyExtent> {
+    const n = this.#implementer("bitmapExtent");
+    if (!n) throw bitmapNotFound(this.name, name);
+    this.#check("query bitmap of", offset, length, false);
+    const end = Math.min(this.length, offset + length);
+    const e = await n.#inst.bitmapExtent!(name, offset, Math.max(0, end - offset));
+    if (offset >= end) return { offset, length: 0, dirty: false };
+    return { offset, length: Math.max(1, Math.min(e.length, end - offset)), dirty: e.dirty };
+  }
+
+  /** The dirty runs of bitmap `name` in `[offset, offset + length)`, in order (what an incremental backup copies). */
+  async *bitmapDirtyRanges(name: string, offset = 0, length = Infinity): AsyncGenerator<DirtyExtent> {
+    const end = Math.min(this.length, offset + length);
+    if (offset >= end) {
+      await this.bitmapExtent(name, offset, 0);
+      return;
+    }
+    for (let at = offset; at < end;) {
+      const e = await this.bitmapExtent(name, at, end - at);
+      if (e.dirty) yield e;
+      at += e.length;
+    }
+  }
+
   // ---- breakpoints (QEMU's bdrv_debug_breakpoint & co.) -----------------
 
   /** The first node down the primary-child chain whose driver offers breakpoints (QEMU's bdrv_find_debug_node). */
@@ -990,6 +1103,10 @@ export class BlockNode {
 
 /** For each flush request, the nodes flushing on its behalf right now (outermost first). */
 const flushChains = new WeakMap<RequestInfo, BlockNode[]>();
+
+function bitmapNotFound(node: string, name: string): BlockError {
+  return new BlockError("ENOENT", `Dirty bitmap '${name}' not found`, { node });
+}
 
 function defaultLimits(): BlockLimits {
   return { requestAlignment: 1, maxTransfer: 0, optWriteZero: 0, maxWriteZero: 0, optDiscard: 0, maxDiscard: 0 };

@@ -8,6 +8,7 @@ const EXAMPLES = [
   "convert_raw_to_compressed.ts",
   "nbd_serve_and_read.ts",
   "trace_requests_chrome.ts",
+  "incremental_backup_nbd.ts",
 ];
 
 for (const name of EXAMPLES) {

@@ -56,9 +56,9 @@ import { writeLocked, zeroOrDiscard } from "./_write.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
 import { listSnapshots } from "./_snapshot.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
-import { writeHeaderFields } from "./_header_write.ts";
 import { entryOffset } from "./_entries.ts";
 import { metadataExtents } from "./_metadata_map.ts";
+import { bitmapCallbacks, Qcow2Bitmaps } from "./_bitmaps.ts";
 
 const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
 const ZERO_CHUNK = 1 << 20;
@@ -66,12 +66,15 @@ const ZERO_CHUNK = 1 << 20;
 /** The driver instance of an open qcow2 node. */
 export class Qcow2Instance implements DriverInstance {
   #st: Qcow2State;
+  #bm: Qcow2Bitmaps;
   #m = newMapping();
   #closed = false;
 
-  /** Wraps an opened image state. */
-  constructor(st: Qcow2State) {
+  /** Wraps an opened image state and its persistent dirty bitmaps (whose `bitmap*` callbacks it serves). */
+  constructor(st: Qcow2State, bitmaps: Qcow2Bitmaps) {
     this.#st = st;
+    this.#bm = bitmaps;
+    Object.defineProperties(this, Object.getOwnPropertyDescriptors(bitmapCallbacks(bitmaps)));
   }
 
   /** The image header as currently in force (size, L1 and refcount table updated). */
@@ -108,6 +111,7 @@ export class Qcow2Instance implements DriverInstance {
   async pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
+    this.#bm.mark(offset, data.length);
     const m = this.#m;
     let mapped: boolean;
     try {
@@ -142,6 +146,7 @@ export class Qcow2Instance implements DriverInstance {
   pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
+    this.#bm.mark(offset, data.length);
     return st.change(async () => {
       await writeCompressedLocked(st, offset, data, opts.req);
       await relieveCaches(st, opts.req);
@@ -151,6 +156,7 @@ export class Qcow2Instance implements DriverInstance {
   /** Write-zeroes: the zero flag for whole clusters (v3), zero buffers otherwise. */
   async pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     const st = this.#st;
+    this.#bm.mark(offset, length);
     const end = offset + length;
     const cs = st.cs;
     const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
@@ -184,6 +190,7 @@ export class Qcow2Instance implements DriverInstance {
   /** Discards whole clusters (partial clusters are left alone, as QEMU does). */
   async pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     const st = this.#st;
+    this.#bm.mark(offset, length);
     const cs = st.cs;
     const end = offset + length;
     const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
@@ -255,7 +262,11 @@ export class Qcow2Instance implements DriverInstance {
         node: st.node.name,
       });
     }
-    return st.change(() => resize(st, length, opts.req));
+    this.#bm.checkResize();
+    return st.change(async () => {
+      await resize(st, length, opts.req);
+      this.#bm.resize(st.header.size);
+    });
   }
 
   /** Writes everything back and clears the dirty bit of a lazy-refcounts image. */
@@ -266,8 +277,16 @@ export class Qcow2Instance implements DriverInstance {
     // A corrupt image keeps what is on disk: writing cached metadata back could spread the damage.
     if (st.node.readOnly || st.corrupt) return;
     await st.lock.run(async () => {
+      let lost: unknown;
+      await this.#bm.store(undefined).catch((e) => (lost = e));
       await writeback(st, undefined);
       if (st.markedDirty) await markClean(st, undefined);
+      if (lost) {
+        throw new BlockError("EIO", `Lost persistent bitmaps during inactivation of node '${st.node.name}': ${(lost as Error).message}`, {
+          node: st.node.name,
+          cause: lost,
+        });
+      }
     });
   }
 
@@ -284,6 +303,8 @@ export class Qcow2Instance implements DriverInstance {
       "compression-type": COMPRESSION_NAMES[h.compressionType],
     };
     if (h.version === 3) data["lazy-refcounts"] = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
+    const bitmaps = this.#bm.directoryInfo();
+    if (bitmaps.length) data.bitmaps = bitmaps;
     data["refcount-bits"] = 2 ** h.refcountOrder;
     if (h.dataFile !== undefined) {
       data["data-file"] = h.dataFile;
@@ -436,17 +457,10 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     l2CacheTables: tables.l2,
     rbCacheTables: tables.rb,
   });
-  if (rw && !checking) {
-    // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
-    // ones) are cleared, so a program that maintains them knows their data
-    // is stale.
-    if (h.autoclearFeatures !== 0 || h.featureHigh?.autoclear) {
-      h.autoclearFeatures = 0;
-      if (h.featureHigh) h.featureHigh.autoclear = 0;
-      await writeHeaderFields(file, h, ["autoclearFeatures"]);
-    }
-  }
-  return new Qcow2Instance(st);
+  // Bitmaps are loaded (and marked in use when writable); autoclear bits
+  // blkgraph cannot maintain (raw data file, unknown ones) are cleared then.
+  const bitmaps = await Qcow2Bitmaps.open(st, { writable: rw, check: checking });
+  return new Qcow2Instance(st, bitmaps);
 }
 
 /** The qcow2 format driver. */

@@ -1,0 +1,436 @@
+/**
+ * Persistent dirty bitmaps of an open qcow2 image, as QEMU keeps them
+ * (block/qcow2-bitmap.c): loaded at open, held in memory while the image
+ * is open, recording every write, zero-write and discard of enabled
+ * bitmaps, and stored back at close.
+ *
+ * - A read-write open marks every bitmap it loaded `in-use` in the
+ *   directory before any guest write can happen (autoclear bit off, flush,
+ *   directory rewritten in place, flush, autoclear bit on), so after a crash
+ *   the bitmaps are reported inconsistent instead of silently missing
+ *   writes. A bitmap found `in-use` at open is inconsistent: only removal is
+ *   allowed.
+ * - Closing stores every consistent bitmap anew (data clusters, table,
+ *   directory), makes it all durable, switches the header to the new
+ *   directory with the autoclear bit set, then frees the old structures.
+ * - Removal rewrites the directory at once; additions live in memory until
+ *   the close stores them (as in QEMU).
+ * - An extension left by a program without bitmap support (autoclear bit
+ *   clear) is dropped at a read-write open; its clusters are leaks for
+ *   `check -r`.
+ *
+ * @module
+ */
+
+import { BlockError } from "../../core/errors.ts";
+import { DirtyBitmap } from "../../core/_dirty_bitmap.ts";
+import type { BitmapAddOptions, BitmapInfo, DirtyExtent, RequestInfo } from "../../core/types.ts";
+import type { DriverInstance } from "../../core/node.ts";
+import {
+  bitmapBytes,
+  bitmapFlagNames,
+  type BitmapsExt,
+  bitmapsState,
+  type BitmapTableEntry,
+  bitmapTableSize,
+  BME_FLAG_AUTO,
+  BME_FLAG_IN_USE,
+  BME_MAX_GRANULARITY_BITS,
+  BME_MAX_NAME_SIZE,
+  BME_MAX_PHYS_SIZE,
+  BME_MAX_TABLE_SIZE,
+  BT_DIRTY_TRACKING,
+  encodeBitmapsExt,
+  encodeBitmapTable,
+  loadBitmapDirectory,
+  QCOW2_MAX_BITMAP_DIRECTORY_SIZE,
+  QCOW2_MAX_BITMAPS,
+  readBitmapTable,
+} from "./_bitmap_format.ts";
+import { type BitmapEntry, encodeBitmapDirectory } from "./_tables.ts";
+import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, type Qcow2Header } from "./header.ts";
+import { serializeHeader, writeHeaderFields } from "./_header_write.ts";
+import { allocClusters } from "./_refcount.ts";
+import type { Qcow2State } from "./_state.ts";
+import { writeback } from "./_writeback.ts";
+
+/** One bitmap of the open image. */
+interface Bitmap {
+  name: string;
+  granularity: number;
+  recording: boolean;
+  /** The bits; undefined when the bitmap is inconsistent (in use at open). */
+  map: DirtyBitmap | undefined;
+  /** Its entry in the directory on disk (undefined: added since the open, not stored yet). */
+  disk?: BitmapEntry;
+  /** The table on disk when it was loaded (what to free once the bitmap is stored anew). */
+  diskTable?: BitmapTableEntry[];
+}
+
+const encoder = new TextEncoder();
+const utf8Length = (s: string) => encoder.encode(s).length;
+
+/** QEMU's message for a bitmap whose content was lost. */
+function inconsistent(name: string, node: string): BlockError {
+  return new BlockError(
+    "EINVAL",
+    `Bitmap '${name}' is inconsistent and cannot be used\nTry block-dirty-bitmap-remove to delete this bitmap from disk`,
+    { node },
+  );
+}
+
+/** The persistent dirty bitmaps of one open qcow2 image. */
+export class Qcow2Bitmaps {
+  #st: Qcow2State;
+  #writable: boolean;
+  #list: Bitmap[] = [];
+  #recording: DirtyBitmap[] = [];
+  /** The directory on disk, in order. */
+  #disk: BitmapEntry[] = [];
+  #dirOffset = 0;
+  #dirSize = 0;
+
+  private constructor(st: Qcow2State, writable: boolean) {
+    this.#st = st;
+    this.#writable = writable;
+  }
+
+  /**
+   * Loads the bitmaps of the image (validated as QEMU loads them; an invalid
+   * extension, directory or table fails the open with QEMU's message) and,
+   * when `writable`, settles the autoclear bits and marks the loaded bitmaps
+   * in use. A check-mode open loads nothing: the checker reads the bitmaps
+   * itself and reports what is wrong with them.
+   */
+  static async open(st: Qcow2State, opts: { writable: boolean; check: boolean }): Promise<Qcow2Bitmaps> {
+    const b = new Qcow2Bitmaps(st, opts.writable && !opts.check);
+    if (opts.check) return b;
+    const h = st.header;
+    const state = bitmapsState(h);
+    if (state.kind === "valid") await b.#load(state.ext);
+    if (!b.#writable) return b;
+    if (state.kind === "stale") {
+      // QEMU drops the extension a program without bitmap support left behind.
+      await rewriteHeader(st, { ...h, extensions: h.extensions.filter((e) => e.type !== EXT_BITMAPS) }, undefined);
+    }
+    // Autoclear bits blkgraph does not maintain go, so whoever does knows their data is stale.
+    const keep = state.kind === "valid" ? AUTOCLEAR_BITMAPS : 0;
+    if ((st.header.autoclearFeatures & ~keep) !== 0 || st.header.featureHigh?.autoclear) {
+      st.header.autoclearFeatures &= keep;
+      if (st.header.featureHigh) st.header.featureHigh.autoclear = 0;
+      await writeHeaderFields(st.file, st.header, ["autoclearFeatures"]);
+    }
+    if (b.#list.some((x) => x.map)) await b.#markInUse();
+    return b;
+  }
+
+  async #load(ext: BitmapsExt): Promise<void> {
+    const st = this.#st;
+    const cs = st.cs;
+    const length = st.header.size;
+    const dir = await loadBitmapDirectory(st.file, ext, cs, length);
+    this.#disk = dir;
+    this.#dirOffset = ext.dirOffset;
+    this.#dirSize = ext.dirSize;
+    for (const e of dir) {
+      const g = 2 ** e.granularityBits;
+      const bm: Bitmap = { name: e.name, granularity: g, recording: (e.flags & BME_FLAG_AUTO) !== 0, map: undefined, disk: e };
+      this.#list.push(bm);
+      if (e.flags & BME_FLAG_IN_USE) continue; // content unusable: not loaded
+      const table = await readBitmapTable(st.file, e, cs);
+      if (typeof table === "number") {
+        throw new BlockError("EINVAL", `Could not read bitmap_table table from image for bitmap '${e.name}': Invalid argument`, {
+          node: st.node.name,
+        });
+      }
+      const map = new DirtyBitmap(length, g, cs);
+      if (map.pageCount !== e.tableSize) {
+        throw new BlockError("EINVAL", `Could not read bitmap '${e.name}' from image: Invalid argument`, { node: st.node.name });
+      }
+      for (let i = 0; i < table.length; i++) {
+        const t = table[i];
+        if (t.offset) {
+          const buf = new Uint8Array(cs);
+          const avail = Math.max(0, Math.min(cs, st.file.length - t.offset));
+          if (avail) await st.file.pread(t.offset, buf.subarray(0, avail));
+          map.loadPage(i, buf);
+        } else if (t.ones) map.loadPage(i, "ones");
+      }
+      bm.map = map;
+      bm.diskTable = table;
+    }
+    this.#refreshRecording();
+  }
+
+  /** QEMU's update_ext_header_and_dir_in_place: the loaded bitmaps are marked in use before the image changes. */
+  async #markInUse(): Promise<void> {
+    const st = this.#st;
+    const h = st.header;
+    const entries = this.#disk.map((e) => ({ ...e, flags: e.flags | BME_FLAG_IN_USE }));
+    const dir = encodeBitmapDirectory(entries);
+    if (dir.length !== this.#dirSize) {
+      throw new BlockError("EINVAL", "Can't update bitmap directory: Invalid argument", { node: st.node.name });
+    }
+    // While the directory is rewritten the autoclear bit is off: a torn write leaves stale bitmaps, never wrong ones.
+    h.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
+    await writeHeaderFields(st.file, h, ["autoclearFeatures"]);
+    await st.file.pwrite(this.#dirOffset, dir);
+    await st.file.flush();
+    h.autoclearFeatures |= AUTOCLEAR_BITMAPS;
+    await writeHeaderFields(st.file, h, ["autoclearFeatures"]);
+    this.#disk = entries;
+    for (const b of this.#list) b.disk = entries.find((e) => e.name === b.name);
+  }
+
+  #refreshRecording(): void {
+    this.#recording = this.#list.filter((b) => b.recording && b.map).map((b) => b.map!);
+  }
+
+  /** The image can hold persistent bitmaps (version 3: version 2 has no autoclear bits). */
+  get persistent(): boolean {
+    return this.#st.header.version >= 3;
+  }
+
+  /** Records a write, zero-write or discard of `[offset, offset + length)` in every enabled bitmap. */
+  mark(offset: number, length: number): void {
+    const r = this.#recording;
+    for (let i = 0; i < r.length; i++) r[i].set(offset, length);
+  }
+
+  /** The bitmaps in directory order (those added since the open last). */
+  list(): BitmapInfo[] {
+    return this.#list.map((b) => ({
+      name: b.name,
+      granularity: b.granularity,
+      count: b.map ? b.map.count() : 0,
+      recording: b.recording,
+      persistent: true,
+      inconsistent: !b.map,
+    }));
+  }
+
+  /** The directory as it is on disk, shaped as qemu-img info's `bitmaps`. */
+  directoryInfo(): { flags: string[]; name: string; granularity: number }[] {
+    return this.#disk.map((e) => ({ flags: bitmapFlagNames(e.flags), name: e.name, granularity: 2 ** e.granularityBits }));
+  }
+
+  #find(name: string): Bitmap {
+    const b = this.#list.find((x) => x.name === name);
+    if (!b) throw new BlockError("ENOENT", `Dirty bitmap '${name}' not found`, { node: this.#st.node.name });
+    return b;
+  }
+
+  #usable(name: string): Bitmap & { map: DirtyBitmap } {
+    const b = this.#find(name);
+    if (!b.map) throw inconsistent(name, this.#st.node.name);
+    return b as Bitmap & { map: DirtyBitmap };
+  }
+
+  /** qemu-img bitmap --add: a new bitmap in memory, stored when the image closes (QEMU's checks and messages). */
+  add(name: string, opts: BitmapAddOptions): void {
+    const st = this.#st;
+    const node = st.node.name;
+    if (name === "") throw new BlockError("EINVAL", "Bitmap name cannot be empty", { node });
+    // QEMU's bdrv_get_default_bitmap_granularity: the cluster size, within 4 KiB..64 KiB.
+    const g = opts.granularity ?? Math.min(65536, Math.max(4096, st.cs));
+    if (!Number.isSafeInteger(g) || g < 512 || g > 2 ** BME_MAX_GRANULARITY_BITS || 2 ** Math.round(Math.log2(g)) !== g) {
+      throw new BlockError("EINVAL", "Granularity must be power of 2 and at least 512", { node });
+    }
+    if (this.#list.some((b) => b.name === name)) throw new BlockError("EEXIST", `Bitmap already exists: ${name}`, { node });
+    const refuse = (why: string, code: "EINVAL" | "ENOTSUP" = "EINVAL"): never => {
+      throw new BlockError(code, `Can't make bitmap '${name}' persistent in '${node}': ${why}`, { node });
+    };
+    if (!this.persistent) refuse("Cannot store dirty bitmaps in qcow2 v2 files", "ENOTSUP");
+    const bytes = bitmapBytes(st.header.size, g);
+    if (bytes > BME_MAX_PHYS_SIZE || bytes > BME_MAX_TABLE_SIZE * st.cs) {
+      refuse("Too much space will be occupied by the bitmap. Use larger granularity");
+    }
+    if (utf8Length(name) > BME_MAX_NAME_SIZE) refuse(`Name length exceeds maximum (${BME_MAX_NAME_SIZE} characters)`);
+    if (this.#list.length + 1 > QCOW2_MAX_BITMAPS) refuse("Maximum number of persistent bitmaps is already reached");
+    const dirSize = [...this.#list.map((b) => b.name), name].reduce((n, s) => n + Math.ceil((24 + utf8Length(s)) / 8) * 8, 0);
+    if (dirSize > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) refuse("Not enough space in the bitmap directory");
+    this.#list.push({ name, granularity: g, recording: !opts.disabled, map: new DirtyBitmap(st.header.size, g, st.cs) });
+    this.#refreshRecording();
+  }
+
+  /** qemu-img bitmap --remove: the directory on disk loses the entry at once, then its clusters are freed. */
+  remove(name: string): Promise<void> {
+    const b = this.#find(name);
+    const st = this.#st;
+    if (!b.disk) {
+      this.#list = this.#list.filter((x) => x !== b);
+      this.#refreshRecording();
+      return Promise.resolve();
+    }
+    return st.change(async () => {
+      const e = b.disk!;
+      const frees: number[] = [];
+      // QEMU's free_bitmap_clusters: a table that does not load frees nothing (its clusters leak).
+      const table = await readBitmapTable(st.file, e, st.cs);
+      if (typeof table !== "number") frees.push(...clustersOf(e, table, st.cs));
+      await this.#writeDirectory(this.#disk.filter((x) => x !== e), frees, undefined);
+      this.#list = this.#list.filter((x) => x !== b);
+      this.#refreshRecording();
+    });
+  }
+
+  /** qemu-img bitmap --clear. */
+  clear(name: string): void {
+    this.#usable(name).map.clear();
+  }
+
+  /** qemu-img bitmap --enable / --disable. */
+  setEnabled(name: string, enabled: boolean): void {
+    this.#usable(name).recording = enabled;
+    this.#refreshRecording();
+  }
+
+  /** qemu-img bitmap --merge: marks dirty what `dirty` has dirty. */
+  async merge(name: string, dirty: AsyncIterable<DirtyExtent>): Promise<void> {
+    const map = this.#usable(name).map;
+    for await (const e of dirty) map.set(e.offset, e.length);
+  }
+
+  /** The run of equal state in bitmap `name` from `offset`. */
+  extent(name: string, offset: number, length: number): DirtyExtent {
+    return this.#usable(name).map.extent(offset, length);
+  }
+
+  /** Refuses a resize while some bitmap is inconsistent (QEMU's qcow2_truncate_bitmaps_check). */
+  checkResize(): void {
+    const bad = this.#list.find((b) => !b.map);
+    if (bad) throw inconsistent(bad.name, this.#st.node.name);
+  }
+
+  /** Follows a resize: grown parts start clean, shrunk parts are dropped. */
+  resize(length: number): void {
+    for (const b of this.#list) b.map?.resize(length);
+  }
+
+  /**
+   * Stores every consistent bitmap (QEMU's qcow2_store_persistent_dirty_bitmaps
+   * at close); the metadata lock is held. Inconsistent bitmaps keep their
+   * entries as they are.
+   */
+  async store(req: RequestInfo | undefined): Promise<void> {
+    if (!this.#writable || !this.#list.some((b) => b.map)) return;
+    const st = this.#st;
+    const cs = st.cs;
+    const entries: BitmapEntry[] = [];
+    const frees: number[] = [];
+    for (const b of this.#list) {
+      if (!b.map) {
+        entries.push(b.disk!);
+        continue;
+      }
+      const map = b.map;
+      const size = map.pageCount;
+      if (size !== bitmapTableSize(st.header.size, b.granularity, cs) || size > BME_MAX_TABLE_SIZE || size * cs > BME_MAX_PHYS_SIZE) {
+        throw new BlockError("EFBIG", `Bitmap '${b.name}' is too big`, { node: st.node.name });
+      }
+      const offsets = new Array<number>(size).fill(0);
+      for (let i = 0; i < size; i++) {
+        const page = map.page(i);
+        if (!page) continue;
+        offsets[i] = await allocClusters(st, 1, req);
+        await st.file.pwrite(offsets[i], page, { req });
+      }
+      const table = encodeBitmapTable(offsets, cs);
+      const tableOffset = await allocClusters(st, table.length / cs, req);
+      await st.file.pwrite(tableOffset, table, { req });
+      entries.push({
+        name: b.name,
+        tableOffset,
+        tableSize: size,
+        flags: b.recording ? BME_FLAG_AUTO : 0,
+        type: BT_DIRTY_TRACKING,
+        granularityBits: Math.round(Math.log2(b.granularity)),
+        extra: new Uint8Array(0),
+      });
+      if (b.disk && b.diskTable) frees.push(...clustersOf(b.disk, b.diskTable, cs));
+    }
+    await this.#writeDirectory(entries, frees, req);
+    for (const b of this.#list) {
+      b.disk = entries.find((e) => e.name === b.name);
+      b.diskTable = undefined;
+    }
+  }
+
+  /**
+   * QEMU's update_ext_header_and_dir: a new directory (none when `entries`
+   * is empty) in new clusters, everything durable, the header switched to
+   * it, then the old directory and `frees` freed.
+   */
+  async #writeDirectory(entries: BitmapEntry[], frees: number[], req: RequestInfo | undefined): Promise<void> {
+    const st = this.#st;
+    const cs = st.cs;
+    let ext: BitmapsExt | undefined;
+    if (entries.length) {
+      const dir = encodeBitmapDirectory(entries);
+      if (dir.length > QCOW2_MAX_BITMAP_DIRECTORY_SIZE || entries.length > QCOW2_MAX_BITMAPS) {
+        throw new BlockError("EFBIG", `Bitmap directory is too large (${entries.length} bitmaps, ${dir.length} bytes)`, {
+          node: st.node.name,
+        });
+      }
+      const dirOffset = await allocClusters(st, Math.ceil(dir.length / cs), req);
+      await st.file.pwrite(dirOffset, dir, { req });
+      ext = { count: entries.length, dirSize: dir.length, dirOffset };
+    }
+    // The new structures and their refcounts are durable before the header points at them.
+    await writeback(st, req);
+    await st.flushFiles(req);
+    const h = st.header;
+    const extensions = h.extensions.filter((e) => e.type !== EXT_BITMAPS);
+    if (ext) extensions.push({ type: EXT_BITMAPS, data: encodeBitmapsExt(ext) });
+    const autoclear = ext ? h.autoclearFeatures | AUTOCLEAR_BITMAPS : h.autoclearFeatures & ~AUTOCLEAR_BITMAPS;
+    await rewriteHeader(st, { ...h, extensions, autoclearFeatures: autoclear }, req);
+    if (this.#dirSize) {
+      for (let c = 0; c < Math.ceil(this.#dirSize / cs); c++) frees.push(this.#dirOffset + c * cs);
+    }
+    // Freed after the next flush, as every cluster whose last reference went.
+    st.pendingFree.push(...frees);
+    this.#disk = entries;
+    this.#dirOffset = ext?.dirOffset ?? 0;
+    this.#dirSize = ext?.dirSize ?? 0;
+  }
+}
+
+/** The bitmap callbacks of a qcow2 driver instance (`DriverInstance.bitmap*`), served by `bm`. */
+export function bitmapCallbacks(bm: Qcow2Bitmaps): BitmapCallbacks {
+  return {
+    get persistentBitmaps() {
+      return bm.persistent;
+    },
+    bitmapList: () => bm.list(),
+    bitmapAdd: (name, opts) => bm.add(name, opts),
+    bitmapRemove: (name) => bm.remove(name),
+    bitmapClear: (name) => bm.clear(name),
+    bitmapSetEnabled: (name, enabled) => bm.setEnabled(name, enabled),
+    bitmapMerge: (name, dirty) => bm.merge(name, dirty),
+    bitmapExtent: (name, offset, length) => bm.extent(name, offset, length),
+  };
+}
+
+/** The bitmap members of a driver instance. */
+export type BitmapCallbacks = Required<
+  Pick<
+    DriverInstance,
+    "persistentBitmaps" | "bitmapList" | "bitmapAdd" | "bitmapRemove" | "bitmapClear" | "bitmapSetEnabled" | "bitmapMerge" | "bitmapExtent"
+  >
+>;
+
+/** The clusters a bitmap's table and data occupy. */
+function clustersOf(e: BitmapEntry, table: readonly BitmapTableEntry[], cs: number): number[] {
+  const out: number[] = [];
+  for (const t of table) if (t.offset) out.push(t.offset);
+  for (let c = 0; c < Math.ceil((e.tableSize * 8) / cs); c++) out.push(e.tableOffset + c * cs);
+  return out;
+}
+
+/** Writes header `h` as the whole first cluster and flushes (QEMU's qcow2_update_header + flush). */
+async function rewriteHeader(st: Qcow2State, h: Qcow2Header, req: RequestInfo | undefined): Promise<void> {
+  const bytes = serializeHeader(h, st.cs); // validates before anything is written
+  await st.file.pwrite(0, bytes, { req });
+  await st.file.flush({ req });
+  st.header = h;
+}

@@ -45,15 +45,14 @@ const OPTIONS = {
 type Action = "add" | "remove" | "clear" | "enable" | "disable" | "merge";
 const ACTIONS: readonly string[] = ["add", "remove", "clear", "enable", "disable", "merge"];
 
-/** qemu-img's cvtnum: a size with k, M, G, T, P or E suffixes (binary). */
-function granularityArg(text: string): number {
+/** qemu-img's cvtnum: a size with k, M, G, T, P or E suffixes (binary); its two-line error otherwise. */
+function granularityArg(text: string, io: CliIO): number {
   const m = /^(\d+(?:\.\d+)?)([bkmgtpe]?)$/i.exec(text.trim());
   const unit = m ? { "": 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 }[m[2].toLowerCase()]! : NaN;
   const n = m ? Number(m[1]) * unit : NaN;
   if (!Number.isSafeInteger(n)) {
-    throw new CliError(
-      "Invalid granularity specified. You may use k, M, G, T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
-    );
+    io.stderr("blkgraph: Invalid granularity specified. You may use k, M, G, T, P or E suffixes for\n");
+    throw new CliError("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
   }
   return n;
 }
@@ -75,7 +74,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
     if (t.kind === "option" && ACTIONS.includes(t.name)) actions.push({ act: t.name as Action, src: t.value });
   }
   for (const o of v.object ?? []) defineObject(o);
-  const g = v.granularity !== undefined ? granularityArg(v.granularity) : 0;
+  const g = v.granularity !== undefined ? granularityArg(v.granularity, io) : 0;
   if (!actions.length) throw new CliError("Need at least one of --add, --remove, --clear, --enable, --disable, or --merge");
   if (g && !actions.some((a) => a.act === "add")) throw new CliError("granularity only supported with --add");
   if (v["source-format"] !== undefined && v["source-file"] === undefined) throw new CliError("-F only supported with -b");

@@ -44,6 +44,7 @@ export class DirtyBitmap {
   #pageBits: number;
   #length: number;
   #bits: number;
+  #pageCount = 0;
   #pages: (Uint8Array | undefined)[] = [];
 
   /** An empty (clean) bitmap over `length` bytes. */
@@ -74,7 +75,7 @@ export class DirtyBitmap {
 
   /** Number of pages the bitmap serialises to (qcow2: its bitmap table size). */
   get pageCount(): number {
-    return Math.ceil(this.#bits / this.#pageBits);
+    return this.#pageCount;
   }
 
   /** Changes the length: bits for a grown part start clean, bits past a shrunk end are dropped. */
@@ -83,10 +84,11 @@ export class DirtyBitmap {
       throw new BlockError("EINVAL", `Invalid bitmap length ${length}: it must be a non-negative integer`);
     }
     const bits = Math.ceil(length / this.granularity);
-    const oldPages = this.pageCount;
+    const oldPages = this.#pageCount;
     this.#length = length;
     this.#bits = bits;
-    const pages = this.pageCount;
+    this.#pageCount = Math.ceil(bits / this.#pageBits);
+    const pages = this.#pageCount;
     if (this.#pages.length > pages) this.#pages.length = pages;
     // The last page keeps no bits past the end (a shrunk or formerly full page is cut).
     if (pages > 0 && pages <= oldPages) this.#maskLast();
@@ -112,14 +114,16 @@ export class DirtyBitmap {
     const g = this.granularity;
     const first = Math.floor(offset / g);
     const last = Math.floor((end - 1) / g);
-    if (first === last) {
-      // One bit: the common case of a small write.
-      const pi = Math.floor(first / this.#pageBits);
+    const pb = this.#pageBits;
+    const pi = Math.floor(first / pb);
+    if (last < (pi + 1) * pb) {
+      // Inside one page: the common case of a small write.
       const p = this.#pages[pi];
       if (p === FULL) return;
-      const bit = first - pi * this.#pageBits;
       const page = p ?? (this.#pages[pi] = new Uint8Array(this.pageBytes));
-      page[bit >>> 3] |= 1 << (bit & 7);
+      const a = first - pi * pb;
+      if (first === last) page[a >>> 3] |= 1 << (a & 7);
+      else this.#fillBits(page, a, last - pi * pb + 1, true);
       return;
     }
     this.#setBits(first, last + 1, true);
@@ -149,7 +153,7 @@ export class DirtyBitmap {
       b = pi * pb + z;
       const p = this.#pages[pi];
       if (value ? p === FULL : p === undefined) continue;
-      const lastPage = pi === this.pageCount - 1;
+      const lastPage = pi === this.#pageCount - 1;
       if (a === 0 && z === pb) {
         // A whole page: a full page is shared unless it is the (maybe cut) last one.
         if (!value) this.#pages[pi] = undefined;
@@ -173,22 +177,22 @@ export class DirtyBitmap {
     return page;
   }
 
+  /** Sets (or clears) bits `[a, z)` of a page: masks for the partial bytes, whole bytes in between. */
   #fillBits(page: Uint8Array, a: number, z: number, value: boolean): void {
-    while (a < z && a & 7) {
-      if (value) page[a >>> 3] |= 1 << (a & 7);
-      else page[a >>> 3] &= ~(1 << (a & 7));
-      a++;
+    const first = a >>> 3;
+    const last = (z - 1) >>> 3;
+    const head = (0xff << (a & 7)) & 0xff;
+    const tail = 0xff >>> (7 - ((z - 1) & 7));
+    if (first === last) {
+      const m = head & tail;
+      page[first] = value ? page[first] | m : page[first] & ~m;
+      return;
     }
-    const wholeEnd = z & ~7;
-    if (a < wholeEnd) {
-      page.fill(value ? 0xff : 0, a >>> 3, wholeEnd >>> 3);
-      a = wholeEnd;
-    }
-    while (a < z) {
-      if (value) page[a >>> 3] |= 1 << (a & 7);
-      else page[a >>> 3] &= ~(1 << (a & 7));
-      a++;
-    }
+    page[first] = value ? page[first] | head : page[first] & ~head;
+    page[last] = value ? page[last] | tail : page[last] & ~tail;
+    const v = value ? 0xff : 0;
+    if (last - first > 32) page.fill(v, first + 1, last);
+    else for (let i = first + 1; i < last; i++) page[i] = v;
   }
 
   #bit(b: number): boolean {

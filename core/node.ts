@@ -890,7 +890,21 @@ export class BlockNode {
     return n !== undefined && n.#inst.persistentBitmaps === true;
   }
 
-  /** Adds a persistent dirty bitmap that records writes from now on (qemu-img bitmap --add). */
+  /**
+   * Adds a persistent dirty bitmap that records writes from now on (qemu-img bitmap --add).
+   *
+   * @example
+   * ```ts
+   * import { createImage, open } from "../mod.ts";
+   * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
+   * await createImage(path, "qcow2", 1 << 20);
+   * await using img = await open(path);
+   * await img.bitmapAdd("backup", { granularity: 65536 });
+   * await img.pwrite(70000, new Uint8Array(10));
+   * for await (const e of img.bitmapDirtyRanges("backup")) console.log(e); // { offset: 65536, length: 65536, dirty: true }
+   * await Deno.remove(path);
+   * ```
+   */
   bitmapAdd(name: string, opts: BitmapAddOptions = {}): Promise<void> {
     if (!this.#implementer("bitmapAdd")) {
       return Promise.reject(

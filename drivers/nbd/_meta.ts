@@ -99,6 +99,20 @@ export function allocationDepth(node: BlockNode): MetaContextProvider {
 /**
  * `qemu:dirty-bitmap:NAME` (qemu-nbd `-B NAME`): NBD_STATE_DIRTY where the
  * node's dirty bitmap `name` is dirty, 0 where it is clean.
+ *
+ * @example
+ * ```ts
+ * import { createImage, open } from "../../mod.ts";
+ * import { dirtyBitmap } from "./_meta.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
+ * await createImage(path, "qcow2", 1 << 20);
+ * await using img = await open(path);
+ * await img.bitmapAdd("b0");
+ * await img.pwrite(65536, new Uint8Array(512));
+ * console.log(await dirtyBitmap(img, "b0").extents(0, 1 << 20, 16));
+ * // [ { length: 65536, flags: 0 }, { length: 65536, flags: 1 }, { length: 917504, flags: 0 } ]
+ * await Deno.remove(path);
+ * ```
  */
 export function dirtyBitmap(node: BlockNode, name: string): MetaContextProvider {
   return {

@@ -228,7 +228,8 @@ export const nbdDriver: BlockDriver = {
     }
     if (dirtyContext !== undefined && !info.contexts.has(dirtyContext)) {
       await c.close();
-      throw new BlockError("ENOENT", `requested x-dirty-bitmap ${dirtyContext} not found on ${uri}`, { node: ctx.node.name });
+      // QEMU 7.2 says only "Could not open image: Invalid argument" here.
+      throw new BlockError("EINVAL", `requested x-dirty-bitmap ${dirtyContext} not found on ${uri}`, { node: ctx.node.name });
     }
     // With x-dirty-bitmap, that context's flags stand in for base:allocation's (dirty = NBD_STATE_HOLE), as in QEMU.
     const baseId = info.contexts.get(dirtyContext ?? "base:allocation");

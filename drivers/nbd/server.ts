@@ -128,11 +128,7 @@ async function exportConfig(node: BlockNode, opts: NbdServeOptions): Promise<Exp
     const info = known.find((k) => k.name === b);
     if (!info) throw new BlockError("ENOENT", `Bitmap '${b}' is not found`, { node: node.name });
     if (info.inconsistent) {
-      throw new BlockError(
-        "EINVAL",
-        `Bitmap '${b}' is inconsistent and cannot be used\nTry block-dirty-bitmap-remove to delete this bitmap from disk`,
-        { node: node.name },
-      );
+      throw new BlockError("EINVAL", `Bitmap '${b}' is inconsistent and cannot be used`, { node: node.name });
     }
     if (readOnly && !node.readOnly && info.recording) {
       throw new BlockError("EINVAL", `Enabled bitmap '${b}' incompatible with readonly export`, { node: node.name });

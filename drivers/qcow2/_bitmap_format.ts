@@ -95,7 +95,15 @@ export function bitmapsState(h: Qcow2Header): BitmapsState {
   return { kind: "valid", ext: { count, dirSize, dirOffset: dirOffsetHi >= 2 ** 21 ? Number.MAX_SAFE_INTEGER : dirOffset } };
 }
 
-/** Encodes the bitmaps header extension. */
+/**
+ * Encodes the bitmaps header extension.
+ *
+ * @example
+ * ```ts
+ * import { encodeBitmapsExt } from "./_bitmap_format.ts";
+ * console.log(encodeBitmapsExt({ count: 1, dirSize: 32, dirOffset: 0xc0000 }).length); // 24
+ * ```
+ */
 export function encodeBitmapsExt(ext: BitmapsExt): Uint8Array {
   const out = new Uint8Array(24);
   const v = new DataView(out.buffer);
@@ -107,12 +115,28 @@ export function encodeBitmapsExt(ext: BitmapsExt): Uint8Array {
   return out;
 }
 
-/** Bytes of bitmap for `length` bytes of disk at `granularity`, rounded up to 64 bits as QEMU serialises it. */
+/**
+ * Bytes of bitmap for `length` bytes of disk at `granularity`, rounded up to 64 bits as QEMU serialises it.
+ *
+ * @example
+ * ```ts
+ * import { bitmapBytes } from "./_bitmap_format.ts";
+ * console.log(bitmapBytes(10 << 20, 65536)); // 24
+ * ```
+ */
 export function bitmapBytes(length: number, granularity: number): number {
   return Math.ceil(Math.ceil(length / granularity) / 64) * 8;
 }
 
-/** Entries of the bitmap table of a bitmap over `length` bytes (QEMU's size_to_clusters of the serialisation size). */
+/**
+ * Entries of the bitmap table of a bitmap over `length` bytes (QEMU's size_to_clusters of the serialisation size).
+ *
+ * @example
+ * ```ts
+ * import { bitmapTableSize } from "./_bitmap_format.ts";
+ * console.log(bitmapTableSize(1 << 30, 512, 512)); // 512
+ * ```
+ */
 export function bitmapTableSize(length: number, granularity: number, clusterSize: number): number {
   return Math.ceil(bitmapBytes(length, granularity) / clusterSize);
 }
@@ -120,6 +144,13 @@ export function bitmapTableSize(length: number, granularity: number, clusterSize
 /**
  * QEMU's check_dir_entry: whether a directory entry satisfies the
  * constraints for an image of `length` bytes with `clusterSize` clusters.
+ *
+ * @example
+ * ```ts
+ * import { dirEntryValid } from "./_bitmap_format.ts";
+ * const e = { name: "b0", tableOffset: 0x50000, tableSize: 1, flags: 2, type: 1, granularityBits: 16, extra: new Uint8Array(0) };
+ * console.log(dirEntryValid(e, 65536, 1 << 30), dirEntryValid({ ...e, granularityBits: 8 }, 65536, 1 << 30)); // true false
+ * ```
  */
 export function dirEntryValid(e: BitmapEntry, clusterSize: number, length: number): boolean {
   if (
@@ -138,6 +169,15 @@ export function dirEntryValid(e: BitmapEntry, clusterSize: number, length: numbe
  * count must match the extension, entries must fill the directory exactly,
  * carry no extra data and satisfy the constraints. Throws EINVAL with
  * QEMU's message.
+ *
+ * @example
+ * ```ts
+ * import { open } from "../../mod.ts";
+ * import { loadBitmapDirectory } from "./_bitmap_format.ts";
+ * await using file = await open({ driver: "memory", size: 65536 });
+ * await loadBitmapDirectory(file, { count: 1, dirSize: 32, dirOffset: 4096 }, 512, 1 << 20).catch((e) => console.log(e.message));
+ * // Bitmap '' doesn't satisfy the constraints (32 zero bytes: an entry with table offset 0)
+ * ```
  */
 export async function loadBitmapDirectory(file: BlockNode, ext: BitmapsExt, clusterSize: number, length: number): Promise<BitmapEntry[]> {
   if (ext.dirSize === 0) throw invalid("Requested bitmap directory size is zero");
@@ -149,7 +189,22 @@ export async function loadBitmapDirectory(file: BlockNode, ext: BitmapsExt, clus
   return checkBitmapDirectory(buf, ext.count, clusterSize, length);
 }
 
-/** Validates a directory read into `buf`, entry by entry in QEMU's order (see {@linkcode loadBitmapDirectory}). */
+/**
+ * Validates a directory read into `buf`, entry by entry in QEMU's order (see {@linkcode loadBitmapDirectory}).
+ *
+ * @example
+ * ```ts
+ * import { checkBitmapDirectory } from "./_bitmap_format.ts";
+ * import { encodeBitmapDirectory } from "./_tables.ts";
+ * const dir = encodeBitmapDirectory([{ name: "b0", tableOffset: 0x50000, tableSize: 1, flags: 2, type: 1, granularityBits: 16,
+ *   extra: new Uint8Array(0) }]);
+ * try {
+ *   checkBitmapDirectory(dir, 2, 65536, 1 << 20);
+ * } catch (e) {
+ *   console.log((e as Error).message); // Less bitmaps found than specified in header extension
+ * }
+ * ```
+ */
 export function checkBitmapDirectory(buf: Uint8Array, count: number, clusterSize: number, length: number): BitmapEntry[] {
   const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const out: BitmapEntry[] = [];
@@ -179,7 +234,15 @@ export interface BitmapTableEntry {
   ones: boolean;
 }
 
-/** QEMU's check_table_entry on the two 32-bit halves of an entry: reserved bits clear, offset aligned, all-ones only without offset. */
+/**
+ * QEMU's check_table_entry on the two 32-bit halves of an entry: reserved bits clear, offset aligned, all-ones only without offset.
+ *
+ * @example
+ * ```ts
+ * import { tableEntry } from "./_bitmap_format.ts";
+ * console.log(tableEntry(0, 0x90000, 65536), tableEntry(0, 0x90002, 65536)); // { offset: 589824, ones: false } undefined
+ * ```
+ */
 export function tableEntry(hi: number, lo: number, clusterSize: number): BitmapTableEntry | undefined {
   if (hi & 0xff000000 || lo & 0x1fe) return undefined;
   const offset = (hi & 0x00ffffff) * HI + ((lo & 0xfffffe00) >>> 0);
@@ -188,7 +251,18 @@ export function tableEntry(hi: number, lo: number, clusterSize: number): BitmapT
   return { offset: hi >= 2 ** 21 ? Number.MAX_SAFE_INTEGER : offset, ones };
 }
 
-/** Reads a bitmap's table; returns its entries, or the index of the first invalid entry. */
+/**
+ * Reads a bitmap's table; returns its entries, or the index of the first invalid entry.
+ *
+ * @example
+ * ```ts
+ * import { open } from "../../mod.ts";
+ * import { readBitmapTable } from "./_bitmap_format.ts";
+ * await using file = await open({ driver: "memory", size: 65536 });
+ * const e = { name: "b0", tableOffset: 512, tableSize: 2, flags: 2, type: 1, granularityBits: 16, extra: new Uint8Array(0) };
+ * console.log(await readBitmapTable(file, e, 512)); // [ { offset: 0, ones: false }, { offset: 0, ones: false } ]
+ * ```
+ */
 export async function readBitmapTable(file: BlockNode, e: BitmapEntry, clusterSize: number): Promise<BitmapTableEntry[] | number> {
   const bytes = e.tableSize * 8;
   const buf = new Uint8Array(bytes);
@@ -204,7 +278,15 @@ export async function readBitmapTable(file: BlockNode, e: BitmapEntry, clusterSi
   return out;
 }
 
-/** Encodes a bitmap table (entries of data cluster offsets; 0 = no data), padded to whole clusters. */
+/**
+ * Encodes a bitmap table (entries of data cluster offsets; 0 = no data), padded to whole clusters.
+ *
+ * @example
+ * ```ts
+ * import { encodeBitmapTable } from "./_bitmap_format.ts";
+ * console.log(encodeBitmapTable([0x10000, 0], 512).length); // 512
+ * ```
+ */
 export function encodeBitmapTable(offsets: readonly number[], clusterSize: number): Uint8Array {
   const out = new Uint8Array(Math.max(clusterSize, Math.ceil((offsets.length * 8) / clusterSize) * clusterSize));
   const v = new DataView(out.buffer);
@@ -215,7 +297,15 @@ export function encodeBitmapTable(offsets: readonly number[], clusterSize: numbe
   return out;
 }
 
-/** qemu-img info's flag names for a directory entry's flags. */
+/**
+ * qemu-img info's flag names for a directory entry's flags.
+ *
+ * @example
+ * ```ts
+ * import { bitmapFlagNames } from "./_bitmap_format.ts";
+ * console.log(bitmapFlagNames(3)); // [ "in-use", "auto" ]
+ * ```
+ */
 export function bitmapFlagNames(flags: number): string[] {
   const out: string[] = [];
   if (flags & BME_FLAG_IN_USE) out.push("in-use");

@@ -79,7 +79,25 @@ function inconsistent(name: string, node: string): BlockError {
   );
 }
 
-/** The persistent dirty bitmaps of one open qcow2 image. */
+/**
+ * The persistent dirty bitmaps of one open qcow2 image; the qcow2 driver
+ * serves them through the node's `bitmap*` methods.
+ *
+ * @example
+ * ```ts
+ * import { createImage, open } from "../../mod.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
+ * await createImage(path, "qcow2", 1 << 20);
+ * {
+ *   await using img = await open(path);
+ *   await img.bitmapAdd("b0", { granularity: 4096 });
+ *   await img.pwrite(8192, new Uint8Array(100));
+ * } // stored at close
+ * await using again = await open(path, { readOnly: true });
+ * for await (const e of again.bitmapDirtyRanges("b0")) console.log(e); // { offset: 8192, length: 4096, dirty: true }
+ * await Deno.remove(path);
+ * ```
+ */
 export class Qcow2Bitmaps {
   #st: Qcow2State;
   #writable: boolean;
@@ -395,7 +413,19 @@ export class Qcow2Bitmaps {
   }
 }
 
-/** The bitmap callbacks of a qcow2 driver instance (`DriverInstance.bitmap*`), served by `bm`. */
+/**
+ * The bitmap callbacks of a qcow2 driver instance (`DriverInstance.bitmap*`), served by `bm`.
+ *
+ * @example
+ * ```ts
+ * import { createImage, open } from "../../mod.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
+ * await createImage(path, "qcow2", 1 << 20);
+ * await using img = await open(path);
+ * console.log(img.supportsPersistentBitmaps, typeof img.instance.bitmapAdd); // true function
+ * await Deno.remove(path);
+ * ```
+ */
 export function bitmapCallbacks(bm: Qcow2Bitmaps): BitmapCallbacks {
   return {
     get persistentBitmaps() {

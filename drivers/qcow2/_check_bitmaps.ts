@@ -44,7 +44,26 @@ export interface BitmapCheckContext {
   read(offset: number, length: number): Promise<Uint8Array>;
 }
 
-/** Counts and validates the bitmaps of the image. */
+/**
+ * Counts and validates the bitmaps of the image.
+ *
+ * @example
+ * ```ts
+ * import { createImage, open } from "../../mod.ts";
+ * import { readHeaderFrom } from "./header.ts";
+ * import { checkBitmaps } from "./_check_bitmaps.ts";
+ * import { zeroCounters } from "./_check_types.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
+ * await createImage(path, "qcow2", 1 << 20);
+ * await using file = await open({ driver: "file", filename: path }, { readOnly: true });
+ * const res = zeroCounters();
+ * const refs: number[] = [];
+ * await checkBitmaps({ file, h: await readHeaderFrom(file), res, say: console.log, inc: (o) => refs.push(o),
+ *   read: async (o, n) => { const b = new Uint8Array(n); await file.pread(o, b); return b; } });
+ * console.log(res.corruptions, refs.length); // 0 0 (no bitmaps)
+ * await Deno.remove(path);
+ * ```
+ */
 export async function checkBitmaps(c: BitmapCheckContext): Promise<void> {
   const { h, file } = c;
   const cs = 2 ** h.clusterBits;

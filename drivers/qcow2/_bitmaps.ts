@@ -15,6 +15,11 @@
  *   directory with the autoclear bit set, then frees the old structures.
  * - Removal rewrites the directory at once; additions live in memory until
  *   the close stores them (as in QEMU).
+ * - With `bitmap-store=flush` (blkgraph's option; QEMU stores only at
+ *   close) every flush stores the bitmaps too, so a crash loses only what
+ *   came after the last flush: the stored bitmaps are consistent on disk,
+ *   and the next write, zero-write, discard or resize first marks them in
+ *   use again (a write waits for that, and for a store in progress).
  * - An extension left by a program without bitmap support (autoclear bit
  *   clear) is dropped at a read-write open; its clusters are leaks for
  *   `check -r`.
@@ -107,10 +112,19 @@ export class Qcow2Bitmaps {
   #disk: BitmapEntry[] = [];
   #dirOffset = 0;
   #dirSize = 0;
+  /** Store at every flush, not only at close. */
+  #storeOnFlush: boolean;
+  /** Some bitmap on disk is not marked in use: a change must mark it first. */
+  #consistentOnDisk = false;
+  /** A change the disk does not have yet besides writes (add, clear, enable, merge). */
+  #changed = false;
+  /** A store at flush in progress, or the in-use marking that must precede the next write. */
+  #pending: Promise<void> | undefined;
 
-  private constructor(st: Qcow2State, writable: boolean) {
+  private constructor(st: Qcow2State, writable: boolean, storeOnFlush: boolean) {
     this.#st = st;
     this.#writable = writable;
+    this.#storeOnFlush = storeOnFlush;
   }
 
   /**
@@ -120,8 +134,8 @@ export class Qcow2Bitmaps {
    * in use. A check-mode open loads nothing: the checker reads the bitmaps
    * itself and reports what is wrong with them.
    */
-  static async open(st: Qcow2State, opts: { writable: boolean; check: boolean }): Promise<Qcow2Bitmaps> {
-    const b = new Qcow2Bitmaps(st, opts.writable && !opts.check);
+  static async open(st: Qcow2State, opts: { writable: boolean; check: boolean; storeOnFlush?: boolean }): Promise<Qcow2Bitmaps> {
+    const b = new Qcow2Bitmaps(st, opts.writable && !opts.check, opts.storeOnFlush ?? false);
     if (opts.check) return b;
     const h = st.header;
     const state = bitmapsState(h);
@@ -147,7 +161,7 @@ export class Qcow2Bitmaps {
     const cs = st.cs;
     const length = st.header.size;
     const dir = await loadBitmapDirectory(st.file, ext, cs, length);
-    this.#disk = dir;
+    this.#setDisk(dir);
     this.#dirOffset = ext.dirOffset;
     this.#dirSize = ext.dirSize;
     for (const e of dir) {
@@ -184,6 +198,7 @@ export class Qcow2Bitmaps {
   async #markInUse(): Promise<void> {
     const st = this.#st;
     const h = st.header;
+    if (!this.#consistentOnDisk) return; // everything on disk is in use already
     const entries = this.#disk.map((e) => ({ ...e, flags: e.flags | BME_FLAG_IN_USE }));
     const dir = encodeBitmapDirectory(entries);
     if (dir.length !== this.#dirSize) {
@@ -196,8 +211,13 @@ export class Qcow2Bitmaps {
     await st.file.flush();
     h.autoclearFeatures |= AUTOCLEAR_BITMAPS;
     await writeHeaderFields(st.file, h, ["autoclearFeatures"]);
-    this.#disk = entries;
+    this.#setDisk(entries);
     for (const b of this.#list) b.disk = entries.find((e) => e.name === b.name);
+  }
+
+  #setDisk(entries: BitmapEntry[]): void {
+    this.#disk = entries;
+    this.#consistentOnDisk = entries.some((e) => !(e.flags & BME_FLAG_IN_USE));
   }
 
   #refreshRecording(): void {
@@ -213,6 +233,38 @@ export class Qcow2Bitmaps {
   mark(offset: number, length: number): void {
     const r = this.#recording;
     for (let i = 0; i < r.length; i++) r[i].set(offset, length);
+  }
+
+  /**
+   * What a change of the image must wait for before it reaches the disk
+   * (undefined: nothing): with `bitmap-store=flush`, a store in progress and
+   * then the marking of the stored bitmaps in use.
+   */
+  beforeChange(): Promise<void> | undefined {
+    if (this.#pending) return this.#pending.then(() => this.beforeChange());
+    if (!this.#consistentOnDisk || !this.#writable) return undefined;
+    const p = this.#pending = this.#st.lock.run(() => this.#markInUse()).finally(() => {
+      if (this.#pending === p) this.#pending = undefined;
+    });
+    return p;
+  }
+
+  /** With `bitmap-store=flush`: stores the bitmaps if the disk lacks something (called by the flush, which holds the lock). */
+  async storeAtFlush(req: RequestInfo | undefined): Promise<void> {
+    if (!this.wantsStoreAtFlush) return;
+    let done!: () => void;
+    const p = this.#pending = new Promise<void>((r) => (done = r));
+    try {
+      await this.store(req);
+    } finally {
+      if (this.#pending === p) this.#pending = undefined;
+      done();
+    }
+  }
+
+  /** Whether the flush has bitmaps to store. */
+  get wantsStoreAtFlush(): boolean {
+    return this.#storeOnFlush && this.#writable && (!this.#consistentOnDisk || this.#changed) && this.#list.some((b) => b.map);
   }
 
   /** The bitmaps in directory order (those added since the open last). */
@@ -269,6 +321,7 @@ export class Qcow2Bitmaps {
     if (dirSize > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) refuse("Not enough space in the bitmap directory");
     this.#list.push({ name, granularity: g, recording: !opts.disabled, map: new DirtyBitmap(st.header.size, g, st.cs) });
     this.#refreshRecording();
+    this.#changed = true;
   }
 
   /** qemu-img bitmap --remove: the directory on disk loses the entry at once, then its clusters are freed. */
@@ -295,17 +348,20 @@ export class Qcow2Bitmaps {
   /** qemu-img bitmap --clear. */
   clear(name: string): void {
     this.#usable(name).map.clear();
+    this.#changed = true;
   }
 
   /** qemu-img bitmap --enable / --disable. */
   setEnabled(name: string, enabled: boolean): void {
     this.#usable(name).recording = enabled;
     this.#refreshRecording();
+    this.#changed = true;
   }
 
   /** qemu-img bitmap --merge: marks dirty what `dirty` has dirty. */
   async merge(name: string, dirty: AsyncIterable<DirtyExtent>): Promise<void> {
     const map = this.#usable(name).map;
+    this.#changed = true;
     for await (const e of dirty) map.set(e.offset, e.length);
   }
 
@@ -332,10 +388,13 @@ export class Qcow2Bitmaps {
    */
   async store(req: RequestInfo | undefined): Promise<void> {
     if (!this.#writable || !this.#list.some((b) => b.map)) return;
+    // Stored at the last flush and nothing changed since: the disk has it all.
+    if (this.#consistentOnDisk && !this.#changed) return;
     const st = this.#st;
     const cs = st.cs;
     const entries: BitmapEntry[] = [];
     const frees: number[] = [];
+    const tables = new Map<string, BitmapTableEntry[]>();
     for (const b of this.#list) {
       if (!b.map) {
         entries.push(b.disk!);
@@ -366,12 +425,14 @@ export class Qcow2Bitmaps {
         extra: new Uint8Array(0),
       });
       if (b.disk && b.diskTable) frees.push(...clustersOf(b.disk, b.diskTable, cs));
+      tables.set(b.name, offsets.map((offset) => ({ offset, ones: false })));
     }
     await this.#writeDirectory(entries, frees, req);
     for (const b of this.#list) {
       b.disk = entries.find((e) => e.name === b.name);
-      b.diskTable = undefined;
+      b.diskTable = b.map ? tables.get(b.name) : undefined;
     }
+    this.#changed = false;
   }
 
   /**
@@ -407,7 +468,7 @@ export class Qcow2Bitmaps {
     }
     // Freed after the next flush, as every cluster whose last reference went.
     st.pendingFree.push(...frees);
-    this.#disk = entries;
+    this.#setDisk(entries);
     this.#dirOffset = ext?.dirOffset ?? 0;
     this.#dirSize = ext?.dirSize ?? 0;
   }

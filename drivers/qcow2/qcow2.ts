@@ -7,7 +7,9 @@
  *
  * Options (QEMU names): `l2-cache-size`, `refcount-cache-size`,
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
- * `metadata-sync`), `x-wrong-order` (tests only); children `file`,
+ * `metadata-sync`), `bitmap-store` (`close` default, as QEMU, or `flush`:
+ * persistent bitmaps are stored at every flush too; see `_bitmaps.ts`),
+ * `x-wrong-order` (tests only); children `file`,
  * `backing` (null disables it), `data-file`.
  *
  * @module
@@ -60,7 +62,7 @@ import { entryOffset } from "./_entries.ts";
 import { metadataExtents } from "./_metadata_map.ts";
 import { bitmapCallbacks, Qcow2Bitmaps } from "./_bitmaps.ts";
 
-const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
+const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order", "bitmap-store"];
 const ZERO_CHUNK = 1 << 20;
 
 /** The driver instance of an open qcow2 node. */
@@ -112,6 +114,8 @@ export class Qcow2Instance implements DriverInstance {
     const st = this.#st;
     st.refuseIfCorrupt();
     this.#bm.mark(offset, data.length);
+    const gate = this.#bm.beforeChange();
+    if (gate) await gate;
     const m = this.#m;
     let mapped: boolean;
     try {
@@ -143,10 +147,11 @@ export class Qcow2Instance implements DriverInstance {
    * the image ends there); falls back to a normal write when compression
    * does not save space. Used by `convert -c`.
    */
-  pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+  async pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
     this.#bm.mark(offset, data.length);
+    await this.#bm.beforeChange();
     return st.change(async () => {
       await writeCompressedLocked(st, offset, data, opts.req);
       await relieveCaches(st, opts.req);
@@ -157,6 +162,7 @@ export class Qcow2Instance implements DriverInstance {
   async pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     const st = this.#st;
     this.#bm.mark(offset, length);
+    await this.#bm.beforeChange();
     const end = offset + length;
     const cs = st.cs;
     const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
@@ -191,6 +197,7 @@ export class Qcow2Instance implements DriverInstance {
   async pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     const st = this.#st;
     this.#bm.mark(offset, length);
+    await this.#bm.beforeChange();
     const cs = st.cs;
     const end = offset + length;
     const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
@@ -250,12 +257,13 @@ export class Qcow2Instance implements DriverInstance {
   /** Writes back the metadata caches in dependency order. */
   flushToOs(opts: RequestOptions): Promise<void> {
     const st = this.#st;
+    if (this.#bm.wantsStoreAtFlush) return st.change(() => this.#bm.storeAtFlush(opts.req).then(() => writeback(st, opts.req)));
     if (!st.hasDirtyMetadata) return Promise.resolve();
     return st.change(() => writeback(st, opts.req));
   }
 
   /** Grows the image. */
-  truncate(length: number, opts: TruncateOptions): Promise<void> {
+  async truncate(length: number, opts: TruncateOptions): Promise<void> {
     const st = this.#st;
     if (opts.prealloc && opts.prealloc !== "off") {
       throw new BlockError("ENOTSUP", `Cannot resize qcow2 image with preallocation '${opts.prealloc}': only 'off' is supported`, {
@@ -263,6 +271,7 @@ export class Qcow2Instance implements DriverInstance {
       });
     }
     this.#bm.checkResize();
+    await this.#bm.beforeChange();
     return st.change(async () => {
       await resize(st, length, opts.req);
       this.#bm.resize(st.header.size);
@@ -459,7 +468,8 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   });
   // Bitmaps are loaded (and marked in use when writable); autoclear bits
   // blkgraph cannot maintain (raw data file, unknown ones) are cleared then.
-  const bitmaps = await Qcow2Bitmaps.open(st, { writable: rw, check: checking });
+  const store = optEnum(ctx.options, "bitmap-store", "qcow2", ["close", "flush"] as const) ?? "close";
+  const bitmaps = await Qcow2Bitmaps.open(st, { writable: rw, check: checking, storeOnFlush: store === "flush" });
   return new Qcow2Instance(st, bitmaps);
 }
 

@@ -252,7 +252,13 @@ export interface BitmapOracleOptions {
   guestLog: readonly RecordedOp[];
   /** The host image before the log (what `unchanged` bitmaps are compared with). */
   base: Uint8Array;
-  /** Bitmaps recording from the start of the log: a consistent one covers every guest write, zero-write and discard begun by the crash. */
+  /** What the guest saw before the log. */
+  guestBase: Uint8Array;
+  /**
+   * Bitmaps recording from the start of the log: a consistent one is dirty
+   * wherever the state's guest content differs from `guestBase` (what an
+   * incremental backup needs from it).
+   */
   covering?: readonly string[];
   /** Disabled bitmaps: a consistent one holds exactly what it held before the log. */
   unchanged?: readonly string[];
@@ -262,10 +268,11 @@ export interface BitmapOracleOptions {
 
 /**
  * Bitmap oracle: opens the state read-only and asks its dirty bitmaps. A
- * bitmap that is consistent (not in use) must not miss a write: every byte
- * a guest write, zero-write or discard submitted by the crash point touched
- * lies in a dirty chunk of each `covering` bitmap. A bitmap may be lost
- * only with all the others (an extension left stale), never alone.
+ * bitmap that is consistent (not in use) must not miss a change: every
+ * guest byte whose content differs from what it was before the log lies in
+ * a dirty chunk of each `covering` bitmap, so an incremental backup from it
+ * restores the state. A bitmap may be lost only with all the others (an
+ * extension left stale), never alone.
  */
 export function bitmapOracle(opts: BitmapOracleOptions): CrashOracle {
   let baseRanges: Map<string, string> | undefined;
@@ -309,17 +316,17 @@ export function bitmapOracle(opts: BitmapOracleOptions): CrashOracle {
           const now = await ranges(node, n);
           if (now !== baseRanges.get(n)) return `disabled bitmap '${n}' changed: ${now} instead of ${baseRanges.get(n)}`;
         }
-        for (const n of opts.covering ?? []) {
-          if (!find(n) || find(n)!.inconsistent) continue;
-          for (const op of opts.guestLog) {
-            if (op.submit > state.crashPoint || (op.op !== "write" && op.op !== "write-zeroes" && op.op !== "discard")) continue;
-            const end = Math.min(op.offset + op.length, node.length);
-            for (let at = op.offset; at < end;) {
-              const e = await node.bitmapExtent(n, at, end - at);
-              if (!e.dirty) {
-                return `bitmap '${n}' is consistent but misses the ${op.op} of ${op.length} bytes at ${op.offset} (bytes ${at}+${e.length})`;
-              }
-              at += e.length;
+        const covering = (opts.covering ?? []).filter((n) => find(n) && !find(n)!.inconsistent);
+        if (covering.length) {
+          const guest = new Uint8Array(node.length);
+          await node.pread(0, guest);
+          for (const n of covering) {
+            for (let i = 0; i < guest.length; i++) {
+              if (guest[i] === (opts.guestBase[i] ?? 0)) continue;
+              const e = await node.bitmapExtent(n, i, 1);
+              if (!e.dirty) return `bitmap '${n}' is consistent but clean at byte ${i}, which changed (0x${guest[i].toString(16)})`;
+              // Skip to the end of the dirty run.
+              i += (await node.bitmapExtent(n, i, guest.length - i)).length - 1;
             }
           }
         }

@@ -60,6 +60,8 @@ export interface CrashWorkload {
   backing?: Uint8Array;
   /** Prepares the image before the recording starts (adds dirty bitmaps, ...); it is closed afterwards. */
   prepare?(image: BlockNode): Promise<void>;
+  /** Extra qcow2 open options for the workload (`bitmap-store`, ...). */
+  open?: Record<string, unknown>;
   /** The close of the image is part of the recorded workload (what it writes at close is explored too). */
   closeInLog?: boolean;
   /** What the bitmap oracle expects of the image's dirty bitmaps (see {@linkcode bitmapOracle}). */
@@ -153,7 +155,7 @@ export async function recordQcow2(
     if (workload.prepare) guestBase = await readGuest(base, { driver: "qcow2" });
     const hostRec = getRecorder(host);
     hostRec.clear();
-    const recording: FormatSpec = { driver: "qcow2", options: openOptions(mode, opts.wrongOrder ?? false) };
+    const recording: FormatSpec = { driver: "qcow2", options: { ...openOptions(mode, opts.wrongOrder ?? false), ...workload.open } };
     guest = await open({ driver: "recorder", file: { ...recording.options, driver: "qcow2", file: host } });
     await workload.run(guest, rng(opts.seed ?? 1));
     const guestRec = getRecorder(guest);
@@ -164,7 +166,7 @@ export async function recordQcow2(
     }
     const guestLog = [...guestRec.log];
     const hostLog = [...hostRec.log];
-    const format: FormatSpec = { driver: "qcow2", options: openOptions(mode, false) };
+    const format: FormatSpec = { driver: "qcow2", options: { ...openOptions(mode, false), ...workload.open } };
     return { base, hostLog, guestLog, guestBase, format, clusterSize, bitmaps: workload.bitmaps };
   } finally {
     if (guest) await guest.close();
@@ -241,7 +243,9 @@ export function qcow2Oracles(rec: RecordedQcow2, opts: Qcow2ExploreOptions): Cra
   const recovery = recoveryOracle(rec.format, qcow2Structure, rec.clusterSize);
   oracles.push({ ...recovery, every: opts.recoveryEvery ?? 1 });
   oracles.push(durabilityOracle({ guestLog: rec.guestLog, guestBase: rec.guestBase, read: (bytes) => readGuest(bytes, rec.format) }));
-  if (rec.bitmaps) oracles.push(bitmapOracle({ format: rec.format, guestLog: rec.guestLog, base: rec.base, ...rec.bitmaps }));
+  if (rec.bitmaps) {
+    oracles.push(bitmapOracle({ format: rec.format, guestLog: rec.guestLog, base: rec.base, guestBase: rec.guestBase, ...rec.bitmaps }));
+  }
   return oracles;
 }
 
@@ -389,6 +393,31 @@ export const QCOW2_WORKLOADS: readonly CrashWorkload[] = [
       await g.bitmapRemove("gone");
       await g.bitmapAdd("new", { granularity: 4096 });
       await g.pwrite(30000, fill(5000, 0x82));
+      await g.flush();
+    },
+  },
+  {
+    // bitmap-store=flush: stored at every flush, marked in use again before the next change.
+    name: "bitmap-store-flush",
+    size: 64 * 1024,
+    open: { "bitmap-store": "flush" },
+    async prepare(img) {
+      await img.pwrite(8192, fill(4096, 0x90)); // allocated, and clean in b0
+      await img.bitmapAdd("b0", { granularity: 1024 });
+    },
+    bitmaps: { covering: ["b0"] },
+    closeInLog: true,
+    async run(g) {
+      await g.pwrite(0, fill(1500, 0x91));
+      await g.flush();
+      await g.pwrite(20000, fill(3000, 0x92));
+      await g.pwriteZeroes(0, 512);
+      await g.flush();
+      await g.flush();
+      // A write arriving while the flush stores the bitmaps waits for the store and the in-use marking.
+      await Promise.all([g.flush(), g.pwrite(40000, fill(2000, 0x94)), g.pwrite(9000, fill(100, 0x95))]);
+      await g.truncate(80 * 1024);
+      await g.pwrite(70000, fill(600, 0x93));
       await g.flush();
     },
   },

@@ -335,3 +335,33 @@ Deno.test({
     await assertClean(path);
   },
 });
+
+Deno.test({
+  name: "qcow2 bitmap-store=flush: a flush stores consistent bitmaps QEMU reads, the next write marks them in use first",
+  ignore: ignoreNbd,
+  async fn() {
+    await using dir = await tempDir();
+    const path = `${dir.path}/a.qcow2`;
+    const afterFlush = `${dir.path}/after-flush.qcow2`;
+    const afterWrite = `${dir.path}/after-write.qcow2`;
+    await qemuCreate(path, "4M");
+    await runOk("qemu-img", ["bitmap", "--add", path, "b0"]);
+    {
+      await using n = await openQcow2(path, { "bitmap-store": "flush" });
+      await n.pwrite(MiB, new Uint8Array(512).fill(1));
+      await n.flush();
+      await crashCopy(path, afterFlush);
+      await n.pwrite(2 * MiB, new Uint8Array(512).fill(2));
+      await crashCopy(path, afterWrite);
+    }
+    await assert.rejects(openQcow2(path, { "bitmap-store": "sometimes" }, true), /Invalid value 'sometimes' for option 'bitmap-store'/);
+    // A crash after the flush: the bitmap is consistent and has the write before it.
+    assert.deepEqual(await qemuBitmaps(afterFlush), [{ flags: ["auto"], name: "b0", granularity: 65536 }]);
+    assert.deepEqual(await qemuDirty(afterFlush, "b0"), [`${MiB}+65536`]);
+    await assertClean(afterFlush);
+    // A crash after the next write: in use again (inconsistent), never consistent without that write.
+    assert.deepEqual(await qemuBitmaps(afterWrite), [{ flags: ["in-use", "auto"], name: "b0", granularity: 65536 }]);
+    assert.deepEqual(await qemuDirty(path, "b0"), [`${MiB}+65536`, `${2 * MiB}+65536`]);
+    await assertClean(path);
+  },
+});

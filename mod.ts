@@ -57,9 +57,11 @@ export {
   parseCacheMode,
 } from "./core/open.ts";
 export { type Options, parseSize } from "./core/options.ts";
+export { copyImage, type CopyOptions } from "./core/copy.ts";
 export { fileDriver } from "./drivers/file.ts";
 export { memoryDriver } from "./drivers/memory.ts";
 export { rawDriver } from "./drivers/raw.ts";
+export { createRbdImage, escapeRbd, parseRbdFilename, rbdDriver, type RbdLocation, removeRbdImage } from "./drivers/rbd/rbd.ts";
 export * from "./filters/recorder.ts";
 export * from "./filters/crash/mod.ts";
 export * from "./filters/blkdebug.ts";

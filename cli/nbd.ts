@@ -13,7 +13,7 @@ import { open } from "../core/open.ts";
 import type { BlockNode } from "../core/node.ts";
 import { serveNbd } from "../drivers/nbd/server.ts";
 import { defineTlsCreds } from "../drivers/nbd/_tls.ts";
-import { CliError, type CliIO, flagList, flagString, intArg, openImage, parseVerbArgs, type Verb } from "./_common.ts";
+import { CliError, type CliIO, flagList, flagString, handleTermination, intArg, openImage, parseVerbArgs, type Verb } from "./_common.ts";
 
 const USAGE = `Usage: blkgraph nbd [OPTIONS] FILE
 
@@ -221,13 +221,15 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io = { stdout: () => {}, stderr: () => {} };
   }
   const stop = () => void server.close().catch(() => {});
-  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
-  for (const s of signals) Deno.addSignalListener(s, stop);
+  // SIGINT and SIGTERM through the CLI's handler (which would otherwise exit at once), SIGHUP here.
+  const release = handleTermination(stop);
+  Deno.addSignalListener("SIGHUP", stop);
   try {
     await server.finished;
     await server.close();
   } finally {
-    for (const s of signals) Deno.removeSignalListener(s, stop);
+    release();
+    Deno.removeSignalListener("SIGHUP", stop);
     if (pidFile) await Deno.remove(pidFile).catch(() => {});
   }
   return 0;

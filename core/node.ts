@@ -42,6 +42,7 @@ import type {
   RequestOp,
   RequestOptions,
   SnapshotInfo,
+  SyncIo,
   TruncateOptions,
   WriteOptions,
   WriteZeroesOptions,
@@ -105,6 +106,14 @@ export class BlockNode {
   };
   /** The format of this node was guessed from the image's first bytes (QEMU's `bs->probed`). */
   readonly probed: boolean;
+  /**
+   * Requests made on this node directly may go past its end, so a protocol
+   * node grows when written past it (QEMU's `blk_set_allow_write_beyond_eof`;
+   * `createImage` sets it while it writes a new image). Off by default:
+   * reading or writing past the end of the node you hold is EIO, as through
+   * QEMU's BlockBackend; parents' requests keep QEMU's internal zero-fill.
+   */
+  allowBeyondEof = false;
 
   #inst: DriverInstance = {};
   #readOnly: boolean;
@@ -115,6 +124,7 @@ export class BlockNode {
   #writeGen = 0;
   #flushedGen = 0;
   #driverFlushes = 0;
+  #parents = 0;
   #flushing: Promise<void> | null = null;
   #listeners: NodeListener[] = [];
   #closed = false;
@@ -135,6 +145,19 @@ export class BlockNode {
   attach(inst: DriverInstance): void {
     this.#inst = inst;
     this.refreshLimits();
+  }
+
+  /** Attaches `child` under `role` (done by the opener); the child then serves a parent. */
+  attachChild(role: ChildRole, child: BlockNode): void {
+    const old = this.children.get(role);
+    if (old) old.#parents--;
+    this.children.set(role, child);
+    child.#parents++;
+  }
+
+  /** Another node holds this one as a child. */
+  get hasParents(): boolean {
+    return this.#parents > 0;
   }
 
   /** The driver instance serving this node. */
@@ -288,6 +311,12 @@ export class BlockNode {
     });
   }
 
+  /**
+   * Validates a request. On a node no parent holds (the node a user holds,
+   * QEMU's BlockBackend), a request may not go past the end even of a
+   * growable node, unless `allowBeyondEof` is set; under a parent, a
+   * protocol node keeps QEMU's internal zero-fill and growth.
+   */
   #check(what: string, offset: number, length: number, write: boolean): void {
     if (this.#closed) this.#fail("EIO", what, offset, length, "node is closed");
     if (!Number.isSafeInteger(offset) || offset < 0) this.#fail("EINVAL", what, offset, length, "offset must be a non-negative integer");
@@ -296,7 +325,7 @@ export class BlockNode {
       this.#fail("EINVAL", what, offset, length, "request exceeds the maximum image size");
     }
     if (write && this.#readOnly) this.#fail("EROFS", what, offset, length, "node is read-only");
-    if (!this.growable && !this.#inst.checksBounds) {
+    if ((!this.growable || (this.#parents === 0 && !this.allowBeyondEof)) && !this.#inst.checksBounds) {
       const len = this.length;
       if (offset + length > len) this.#fail("EIO", what, offset, length, `request goes past the end of the image (length ${len})`);
     }
@@ -532,15 +561,27 @@ export class BlockNode {
 
   async #zeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     const inst = this.#inst;
-    const max = this.#limits.maxWriteZero || Number.MAX_SAFE_INTEGER;
-    const align = this.#limits.requestAlignment;
     if (inst.pwriteZeroes) {
-      // Unaligned head and tail are written as zero buffers through the padded write path.
-      const s = roundUp(offset, align);
-      const e = Math.max(s, (offset + length) - ((offset + length) % align));
-      if (s > offset) await this.#zeroBuffers(offset, Math.min(s, offset + length) - offset, opts);
-      for (let o = s; o < e; o += max) await inst.pwriteZeroes(o, Math.min(max, e - o), opts);
-      if (e < offset + length && e >= s) await this.#zeroBuffers(e, offset + length - e, opts);
+      // QEMU's bdrv_co_do_pwrite_zeroes: the driver gets the bulk aligned to its write-zeroes
+      // granularity (the end of the node counts as aligned); an unaligned head and tail, and
+      // whatever the driver answers ENOTSUP for, are written as zero buffers (unless noFallback).
+      const zalign = Math.max(this.#limits.requestAlignment, this.#limits.optWriteZero || 1);
+      const end = offset + length;
+      const s = Math.min(roundUp(offset, zalign), end);
+      const e = Math.max(s, end >= this.length ? end : end - (end % zalign));
+      const maxZ = this.#limits.maxWriteZero;
+      const max = maxZ ? Math.max(zalign, maxZ - (maxZ % zalign)) : Number.MAX_SAFE_INTEGER;
+      if (s > offset) await this.#zeroPart(offset, s - offset, opts);
+      for (let o = s; o < e; o += max) {
+        const n = Math.min(max, e - o);
+        try {
+          await inst.pwriteZeroes(o, n, opts);
+        } catch (err) {
+          if (!(err instanceof BlockError && err.code === "ENOTSUP") || opts.noFallback) throw err;
+          await this.#zeroBuffers(o, n, opts);
+        }
+      }
+      if (end > e) await this.#zeroPart(e, end - e, opts);
       return;
     }
     const child = this.driver.kind === "filter" ? this.primaryChild : undefined;
@@ -562,6 +603,24 @@ export class BlockNode {
       );
     }
     await this.#zeroBuffers(offset, length, opts);
+  }
+
+  /** An unaligned piece of a write-zeroes: zero buffers, or ENOTSUP when the caller forbade the fallback. */
+  #zeroPart(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
+    if (opts.noFallback) {
+      return Promise.reject(
+        new BlockError(
+          "ENOTSUP",
+          `Cannot write zeroes to ${length} bytes at offset ${offset} on node '${this.name}': not aligned to the driver's zero granularity and fallback disallowed`,
+          {
+            node: this.name,
+            offset,
+            length,
+          },
+        ),
+      );
+    }
+    return this.#zeroBuffers(offset, length, opts);
   }
 
   async #zeroBuffers(offset: number, length: number, opts: WriteOptions): Promise<void> {
@@ -593,8 +652,15 @@ export class BlockNode {
     try {
       const inst = this.#inst;
       if (inst.pdiscard) {
-        const max = this.#limits.maxDiscard || Number.MAX_SAFE_INTEGER;
-        for (let o = offset; o < offset + length; o += max) await inst.pdiscard(o, Math.min(max, offset + length - o), { req });
+        // Discard is advisory: only the part aligned to the driver's discard granularity is passed
+        // (the end of the node counts as aligned), as QEMU's bdrv_co_pdiscard does.
+        const dalign = this.#limits.optDiscard || 1;
+        const end = offset + length;
+        const s = roundUp(offset, dalign);
+        const e = end >= this.length ? end : end - (end % dalign);
+        const maxD = this.#limits.maxDiscard;
+        const max = maxD ? Math.max(dalign, maxD - (maxD % dalign)) : Number.MAX_SAFE_INTEGER;
+        for (let o = s; o < e; o += max) await inst.pdiscard(o, Math.min(max, e - o), { req });
       } else if (this.driver.kind === "filter" && this.primaryChild) {
         const child = this.primaryChild;
         await this.#forward({ op: "discard", offset, length, req }, () => child.pdiscard(offset, length, { req }));
@@ -751,8 +817,15 @@ export class BlockNode {
     let t = this.#tracker.track(0, MAX_LENGTH, true);
     if (t instanceof Promise) t = await t;
     try {
-      if (inst.truncate) await inst.truncate(length, { ...opts, req });
-      else if (this.driver.kind === "filter" && this.primaryChild) {
+      const old = this.length;
+      if (inst.truncate) {
+        // QEMU's bdrv_co_truncate: a backing file longer than the old size would show
+        // through in the new area, so that part must read as zeros (BDRV_REQ_ZERO_WRITE).
+        const backing = this.backing;
+        const zeroFill = length > old && backing && backing.length > old ? Math.min(length, backing.length) - old : 0;
+        await inst.truncate(length, { ...opts, req, ...(zeroFill ? { zeroFill } : {}) });
+        if (zeroFill) await this.#zeroes(old, zeroFill, { req, noFallback: true });
+      } else if (this.driver.kind === "filter" && this.primaryChild) {
         const child = this.primaryChild;
         await this.#forward({ op: "truncate", offset: length, length: 0, req }, () => child.truncate(length, { ...opts, req }));
       } else {
@@ -830,40 +903,51 @@ export class BlockNode {
   // ---- internal snapshots (QEMU's bdrv_snapshot_*) ----------------------
 
   /**
-   * The node serving snapshot operations: the first one down the
-   * primary-child chain whose driver has them (QEMU's bdrv_snapshot_fallback:
-   * raw and filters pass them to their file child, an rbd node serves them).
+   * The node serving snapshot operations (QEMU's bdrv_snapshot_fallback):
+   * this node when its driver has any snapshot callback, else the same
+   * search on its primary child — raw and filters pass them to their file,
+   * an rbd node serves them — as long as no other child holds data (a
+   * `data-file` child stops the search, as QEMU refuses that fallback).
+   * A node with some of the callbacks serves all four: a qcow2 node that
+   * lists its snapshots but cannot create one refuses, rather than letting
+   * the request reach the protocol node below it.
    */
-  #snapshotNode(key: keyof DriverInstance): BlockNode | undefined {
+  snapshotNode(): BlockNode | undefined {
     // deno-lint-ignore no-this-alias
     let n: BlockNode | undefined = this;
-    while (n && n.#inst[key] === undefined) n = n.primaryChild;
-    return n;
+    while (n) {
+      const i: DriverInstance = n.#inst;
+      if (i.snapshotList || i.snapshotCreate || i.snapshotDelete || i.snapshotGoto) return n;
+      const child: BlockNode | undefined = n.primaryChild;
+      if (!child) return undefined;
+      for (const [role, c] of n.children) if (c !== child && role !== "backing") return undefined;
+      n = child;
+    }
+    return undefined;
   }
 
   /** The image's internal snapshots (empty when its format has none). */
   async snapshotList(): Promise<SnapshotInfo[]> {
-    const n = this.#snapshotNode("snapshotList");
-    return n ? await n.#inst.snapshotList!() : [];
+    const n = this.snapshotNode();
+    return n && n.#inst.snapshotList ? await n.#inst.snapshotList() : [];
   }
 
   async #snapshotOp(key: "snapshotCreate" | "snapshotDelete" | "snapshotGoto", what: string, arg: SnapshotInfo | string): Promise<void> {
-    const n = this.#snapshotNode(key);
-    if (!n) {
-      throw new BlockError(
-        "ENOTSUP",
-        `Cannot ${what} on node '${this.name}': format '${this.formatName}' has no internal snapshots`,
-        {
-          node: this.name,
-        },
-      );
+    const n = this.snapshotNode();
+    if (!n || !n.#inst[key]) {
+      const why = n
+        ? `node '${n.name}' (driver '${n.driver.name}') has snapshots but cannot ${what.replace(/ a snapshot$/, "")} them`
+        : `format '${this.formatName}' has no internal snapshots`;
+      throw new BlockError("ENOTSUP", `Cannot ${what} on node '${this.name}': ${why}`, { node: this.name });
     }
     await n.#imageOp(key, what, true, (i) => (i[key] as (a: SnapshotInfo | string) => Promise<void> | void)(arg));
   }
 
-  /** Creates an internal snapshot (qemu-img snapshot -c). */
-  snapshotCreate(info: SnapshotInfo): Promise<void> {
-    return this.#snapshotOp("snapshotCreate", "create a snapshot", info);
+  /** Creates an internal snapshot (qemu-img snapshot -c); what was written before is flushed first, so the snapshot holds it. */
+  async snapshotCreate(info: SnapshotInfo): Promise<void> {
+    const n = this.snapshotNode();
+    if (n && n.#inst.snapshotCreate && !this.#readOnly) await this.flush();
+    return await this.#snapshotOp("snapshotCreate", "create a snapshot", info);
   }
 
   /** Deletes an internal snapshot by ID or name (qemu-img snapshot -d). */
@@ -1045,6 +1129,28 @@ export class BlockNode {
    */
   metadataExtents(): Promise<MetadataExtent[]> {
     return this.#imageOp("metadataExtents", "list the metadata of", false, (i) => i.metadataExtents!());
+  }
+
+  /** Synchronous I/O of a protocol node whose driver offers it (for the exit write-back); undefined otherwise. */
+  get syncIo(): SyncIo | undefined {
+    return this.driver.kind === "protocol" && !this.#closed ? this.#inst.syncIo : undefined;
+  }
+
+  /**
+   * The last-chance write-back at `Deno.exit()` with the node still open
+   * (the `unload` event runs no async code): the driver writes back what it
+   * caches synchronously, and a protocol node makes its writes durable.
+   * Returns false when that could not be done safely.
+   */
+  exitSync(): boolean {
+    if (this.#closed || this.#readOnly) return true;
+    const ok = this.#inst.exitSync?.() ?? true;
+    const io = this.syncIo;
+    if (io && this.#writeGen !== this.#flushedGen && !this.#noFlush) {
+      io.flush();
+      this.#flushedGen = this.#writeGen;
+    }
+    return ok;
   }
 
   /** Driver-specific information (for `info`), from this node or the first one below its filters that has some. */

@@ -21,6 +21,7 @@ import { checkKnownOptions, optBool, optEnum, optSize } from "../../core/options
 import { registerDriver } from "../../core/registry.ts";
 import type {
   AmendOptions,
+  BlockLimits,
   CheckOptions,
   CheckResult,
   FormatOptions,
@@ -57,16 +58,18 @@ import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
 import { listSnapshots } from "./_snapshot.ts";
+import { exitWriteback } from "./_exit.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
 import { entryOffset } from "./_entries.ts";
 import { metadataExtents } from "./_metadata_map.ts";
 import { bitmapCallbacks, Qcow2Bitmaps } from "./_bitmaps.ts";
 
 const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order", "bitmap-store"];
-const ZERO_CHUNK = 1 << 20;
 
 /** The driver instance of an open qcow2 node. */
 export class Qcow2Instance implements DriverInstance {
+  /** Write-zeroes and discard work on whole clusters: the core splits off partial ones. */
+  readonly limits: Partial<BlockLimits>;
   #st: Qcow2State;
   #bm: Qcow2Bitmaps;
   #m = newMapping();
@@ -75,6 +78,7 @@ export class Qcow2Instance implements DriverInstance {
   /** Wraps an opened image state and its persistent dirty bitmaps (whose `bitmap*` callbacks it serves). */
   constructor(st: Qcow2State, bitmaps: Qcow2Bitmaps) {
     this.#st = st;
+    this.limits = { optWriteZero: st.cs, optDiscard: st.cs };
     this.#bm = bitmaps;
     Object.defineProperties(this, Object.getOwnPropertyDescriptors(bitmapCallbacks(bitmaps)));
   }
@@ -158,53 +162,51 @@ export class Qcow2Instance implements DriverInstance {
     });
   }
 
-  /** Write-zeroes: the zero flag for whole clusters (v3), zero buffers otherwise. */
+  /**
+   * Write-zeroes of whole clusters (the core splits off partial ones, as it
+   * does for every driver with `optWriteZero`): the zero flag (v3). A v2
+   * image has no zero clusters: ENOTSUP, and the core writes zero buffers.
+   */
   async pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     const st = this.#st;
     this.#bm.mark(offset, length);
     await this.#bm.beforeChange();
-    const end = offset + length;
-    const cs = st.cs;
-    const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
-    const s = Math.ceil(offset / cs) * cs;
-    if (st.header.version < 3 || s >= alignedEnd) {
-      return this.#zeroBuffers(offset, length, opts);
+    if (st.header.version < 3) {
+      throw new BlockError(
+        "ENOTSUP",
+        `Cannot write zeroes to ${length} bytes at offset ${offset}: a compat=0.10 image has no zero clusters`,
+        {
+          node: st.node.name,
+          offset,
+          length,
+        },
+      );
     }
-    if (s > offset) await this.#zeroBuffers(offset, s - offset, opts);
     await st.change(async () => {
-      await zeroOrDiscard(st, s, alignedEnd - s, { discard: false, unmap: opts.mayUnmap ?? false }, opts.req);
+      await zeroOrDiscard(
+        st,
+        offset,
+        this.#clusterEnd(offset + length) - offset,
+        { discard: false, unmap: opts.mayUnmap ?? false },
+        opts.req,
+      );
       await relieveCaches(st, opts.req);
     });
-    if (alignedEnd < end) await this.#zeroBuffers(alignedEnd, end - alignedEnd, opts);
   }
 
-  async #zeroBuffers(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
-    if (opts.noFallback) {
-      throw new BlockError("ENOTSUP", `Cannot write zeroes to ${length} bytes at offset ${offset}: no fast path for partial clusters`, {
-        node: this.#st.node.name,
-        offset,
-        length,
-      });
-    }
-    const zero = new Uint8Array(Math.min(length, ZERO_CHUNK));
-    for (let done = 0; done < length; done += zero.length) {
-      const n = Math.min(zero.length, length - done);
-      await this.pwrite(offset + done, zero.subarray(0, n), { req: opts.req });
-    }
+  /** The end of a zero or discard range: a partial last cluster of the image counts whole. */
+  #clusterEnd(end: number): number {
+    const st = this.#st;
+    return end >= st.header.size ? Math.ceil(end / st.cs) * st.cs : end;
   }
 
-  /** Discards whole clusters (partial clusters are left alone, as QEMU does). */
+  /** Discards whole clusters (the core passes only those, as QEMU does). */
   async pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     const st = this.#st;
     this.#bm.mark(offset, length);
     await this.#bm.beforeChange();
-    const cs = st.cs;
-    const end = offset + length;
-    const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
-    const s = Math.ceil(offset / cs) * cs;
-    if (s >= alignedEnd) return;
     await st.change(async () => {
-      await zeroOrDiscard(st, s, alignedEnd - s, { discard: true, unmap: true }, opts.req);
+      await zeroOrDiscard(st, offset, this.#clusterEnd(offset + length) - offset, { discard: true, unmap: true }, opts.req);
       await relieveCaches(st, opts.req);
     });
   }
@@ -244,6 +246,11 @@ export class Qcow2Instance implements DriverInstance {
     });
   }
 
+  /** Writes cached metadata back synchronously at `Deno.exit()`, when that is safe (see `_exit.ts`). */
+  exitSync(): boolean {
+    return exitWriteback(this.#st) !== "not-safe";
+  }
+
   /** The internal snapshots in the snapshot table. */
   snapshotList(): Promise<SnapshotInfo[]> {
     return listSnapshots(this.#st);
@@ -269,6 +276,10 @@ export class Qcow2Instance implements DriverInstance {
       throw new BlockError("ENOTSUP", `Cannot resize qcow2 image with preallocation '${opts.prealloc}': only 'off' is supported`, {
         node: st.node.name,
       });
+    }
+    if (opts.zeroFill && st.header.version < 3) {
+      // QEMU: v2 images have no zero clusters, so the area over the longer backing file cannot be hidden.
+      throw new BlockError("ENOTSUP", "Failed to zero out new clusters: Operation not supported", { node: st.node.name });
     }
     this.#bm.checkResize();
     await this.#bm.beforeChange();

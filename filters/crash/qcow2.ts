@@ -184,6 +184,7 @@ async function prepareImage(host: BlockNode, workload: CrashWorkload): Promise<v
     await image.close();
   }
   const bytes = capturedBytes(copy)!;
+  if (bytes.length > host.length) await host.truncate(bytes.length);
   await host.pwrite(0, bytes);
   await host.flush();
 }

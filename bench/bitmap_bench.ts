@@ -87,32 +87,36 @@ export async function run(o: BenchOptions): Promise<BenchTable[]> {
   await Deno.remove(raw);
   const rows: (string | number)[][] = [];
   const commands = new Set<string>();
+  // The sets take turns within each run, so drift in the machine's load hits them alike.
   for (const [label, size, full] of [["overwrite 4 KiB", 4096, 50000], ["overwrite 64 KiB", 65536, 20000]] as const) {
     const count = o.quick ? Math.round(full / 20) : full;
-    let base: { ours: number; qemu: number } | undefined;
-    for (const set of SETS) {
-      await setBitmaps(path, set.bitmaps);
-      const ours: number[] = [];
-      const theirs: number[] = [];
-      for (let r = 0; r < runs; r++) {
-        ours.push(await ourRate(path, size, count, imageSize));
+    const ours = SETS.map(() => [] as number[]);
+    const theirs = SETS.map(() => [] as number[]);
+    for (let r = 0; r < runs; r++) {
+      for (const [i, set] of SETS.entries()) {
+        await setBitmaps(path, set.bitmaps);
+        ours[i].push(await ourRate(path, size, count, imageSize));
         const q = await qemuImgBench(path, { format: "qcow2", count, size, depth: 16, write: true, step: size * STRIDE });
-        theirs.push(q.iops);
+        theirs[i].push(q.iops);
         commands.add(q.command.replace(path, "IMG"));
       }
-      const a = median(ours);
-      const b = median(theirs);
-      base ??= { ours: a, qemu: b };
-      rows.push([label, set.label, fmtRate(a), (a / base.ours).toFixed(2), fmtRate(b), (b / base.qemu).toFixed(2), (a / b).toFixed(2)]);
+    }
+    const a0 = median(ours[0]);
+    const b0 = median(theirs[0]);
+    for (const [i, set] of SETS.entries()) {
+      const a = median(ours[i]);
+      const b = median(theirs[i]);
+      rows.push([label, set.label, fmtRate(a), (a / a0).toFixed(2), fmtRate(b), (b / b0).toFixed(2), (a / b).toFixed(2)]);
     }
   }
   const memRows: (string | number)[][] = [];
-  let memBase = 0;
-  for (const set of SETS) {
-    const rates: number[] = [];
-    for (let r = 0; r < runs; r++) rates.push(await memoryRate(set.bitmaps, o.quick ? 20000 : 200000));
-    const m = median(rates);
-    memBase ||= m;
+  const mem = SETS.map(() => [] as number[]);
+  for (let r = 0; r < runs; r++) {
+    for (const [i, set] of SETS.entries()) mem[i].push(await memoryRate(set.bitmaps, o.quick ? 20000 : 200000));
+  }
+  const memBase = median(mem[0]);
+  for (const [i, set] of SETS.entries()) {
+    const m = median(mem[i]);
     memRows.push([set.label, fmtRate(m), (m / memBase).toFixed(2), ((1e9 / m) - (1e9 / memBase)).toFixed(0)]);
   }
   const storeRows: (string | number)[][] = [];

@@ -45,19 +45,16 @@ import {
   BME_MAX_PHYS_SIZE,
   BME_MAX_TABLE_SIZE,
   BT_DIRTY_TRACKING,
-  encodeBitmapsExt,
-  encodeBitmapTable,
   loadBitmapDirectory,
   QCOW2_MAX_BITMAP_DIRECTORY_SIZE,
   QCOW2_MAX_BITMAPS,
   readBitmapTable,
 } from "./_bitmap_format.ts";
-import { type BitmapEntry, encodeBitmapDirectory } from "./_tables.ts";
-import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, type Qcow2Header } from "./header.ts";
-import { serializeHeader, writeHeaderFields } from "./_header_write.ts";
-import { allocClusters } from "./_refcount.ts";
+import type { BitmapEntry } from "./_tables.ts";
+import { AUTOCLEAR_BITMAPS, EXT_BITMAPS } from "./header.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 import type { Qcow2State } from "./_state.ts";
-import { writeback } from "./_writeback.ts";
+import { clustersOf, markInUseInPlace, rewriteHeader, switchDirectory, writeBitmap } from "./_bitmap_store.ts";
 
 /** One bitmap of the open image. */
 interface Bitmap {
@@ -196,21 +193,8 @@ export class Qcow2Bitmaps {
 
   /** QEMU's update_ext_header_and_dir_in_place: the loaded bitmaps are marked in use before the image changes. */
   async #markInUse(): Promise<void> {
-    const st = this.#st;
-    const h = st.header;
     if (!this.#consistentOnDisk) return; // everything on disk is in use already
-    const entries = this.#disk.map((e) => ({ ...e, flags: e.flags | BME_FLAG_IN_USE }));
-    const dir = encodeBitmapDirectory(entries);
-    if (dir.length !== this.#dirSize) {
-      throw new BlockError("EINVAL", "Can't update bitmap directory: Invalid argument", { node: st.node.name });
-    }
-    // While the directory is rewritten the autoclear bit is off: a torn write leaves stale bitmaps, never wrong ones.
-    h.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
-    await writeHeaderFields(st.file, h, ["autoclearFeatures"]);
-    await st.file.pwrite(this.#dirOffset, dir);
-    await st.file.flush();
-    h.autoclearFeatures |= AUTOCLEAR_BITMAPS;
-    await writeHeaderFields(st.file, h, ["autoclearFeatures"]);
+    const entries = await markInUseInPlace(this.#st, this.#disk, this.#dirOffset, this.#dirSize);
     this.#setDisk(entries);
     for (const b of this.#list) b.disk = entries.find((e) => e.name === b.name);
   }
@@ -405,16 +389,7 @@ export class Qcow2Bitmaps {
       if (size !== bitmapTableSize(st.header.size, b.granularity, cs) || size > BME_MAX_TABLE_SIZE || size * cs > BME_MAX_PHYS_SIZE) {
         throw new BlockError("EFBIG", `Bitmap '${b.name}' is too big`, { node: st.node.name });
       }
-      const offsets = new Array<number>(size).fill(0);
-      for (let i = 0; i < size; i++) {
-        const page = map.page(i);
-        if (!page) continue;
-        offsets[i] = await allocClusters(st, 1, req);
-        await st.file.pwrite(offsets[i], page, { req });
-      }
-      const table = encodeBitmapTable(offsets, cs);
-      const tableOffset = await allocClusters(st, table.length / cs, req);
-      await st.file.pwrite(tableOffset, table, { req });
+      const { offsets, tableOffset } = await writeBitmap(st, map, req);
       entries.push({
         name: b.name,
         tableOffset,
@@ -435,42 +410,12 @@ export class Qcow2Bitmaps {
     this.#changed = false;
   }
 
-  /**
-   * QEMU's update_ext_header_and_dir: a new directory (none when `entries`
-   * is empty) in new clusters, everything durable, the header switched to
-   * it, then the old directory and `frees` freed.
-   */
+  /** A new directory replaces the one on disk (see `switchDirectory`); the old one and `frees` are freed after. */
   async #writeDirectory(entries: BitmapEntry[], frees: number[], req: RequestInfo | undefined): Promise<void> {
-    const st = this.#st;
-    const cs = st.cs;
-    let ext: BitmapsExt | undefined;
-    if (entries.length) {
-      const dir = encodeBitmapDirectory(entries);
-      if (dir.length > QCOW2_MAX_BITMAP_DIRECTORY_SIZE || entries.length > QCOW2_MAX_BITMAPS) {
-        throw new BlockError("EFBIG", `Bitmap directory is too large (${entries.length} bitmaps, ${dir.length} bytes)`, {
-          node: st.node.name,
-        });
-      }
-      const dirOffset = await allocClusters(st, Math.ceil(dir.length / cs), req);
-      await st.file.pwrite(dirOffset, dir, { req });
-      ext = { count: entries.length, dirSize: dir.length, dirOffset };
-    }
-    // The new structures and their refcounts are durable before the header points at them.
-    await writeback(st, req);
-    await st.flushFiles(req);
-    const h = st.header;
-    const extensions = h.extensions.filter((e) => e.type !== EXT_BITMAPS);
-    if (ext) extensions.push({ type: EXT_BITMAPS, data: encodeBitmapsExt(ext) });
-    const autoclear = ext ? h.autoclearFeatures | AUTOCLEAR_BITMAPS : h.autoclearFeatures & ~AUTOCLEAR_BITMAPS;
-    await rewriteHeader(st, { ...h, extensions, autoclearFeatures: autoclear }, req);
-    if (this.#dirSize) {
-      for (let c = 0; c < Math.ceil(this.#dirSize / cs); c++) frees.push(this.#dirOffset + c * cs);
-    }
-    // Freed after the next flush, as every cluster whose last reference went.
-    st.pendingFree.push(...frees);
+    const dir = await switchDirectory(this.#st, entries, { offset: this.#dirOffset, size: this.#dirSize }, frees, req);
     this.#setDisk(entries);
-    this.#dirOffset = ext?.dirOffset ?? 0;
-    this.#dirSize = ext?.dirSize ?? 0;
+    this.#dirOffset = dir.offset;
+    this.#dirSize = dir.size;
   }
 }
 
@@ -509,19 +454,3 @@ export type BitmapCallbacks = Required<
     "persistentBitmaps" | "bitmapList" | "bitmapAdd" | "bitmapRemove" | "bitmapClear" | "bitmapSetEnabled" | "bitmapMerge" | "bitmapExtent"
   >
 >;
-
-/** The clusters a bitmap's table and data occupy. */
-function clustersOf(e: BitmapEntry, table: readonly BitmapTableEntry[], cs: number): number[] {
-  const out: number[] = [];
-  for (const t of table) if (t.offset) out.push(t.offset);
-  for (let c = 0; c < Math.ceil((e.tableSize * 8) / cs); c++) out.push(e.tableOffset + c * cs);
-  return out;
-}
-
-/** Writes header `h` as the whole first cluster and flushes (QEMU's qcow2_update_header + flush). */
-async function rewriteHeader(st: Qcow2State, h: Qcow2Header, req: RequestInfo | undefined): Promise<void> {
-  const bytes = serializeHeader(h, st.cs); // validates before anything is written
-  await st.file.pwrite(0, bytes, { req });
-  await st.file.flush({ req });
-  st.header = h;
-}

@@ -97,6 +97,12 @@ export interface OpenOptions {
    */
   forceShare?: boolean;
   /**
+   * The graph is only described, never read or written (QEMU's
+   * BDRV_O_NO_IO, as qemu-img info opens): an encrypted image opens without
+   * its key.
+   */
+  noIo?: boolean;
+  /**
    * Open for a consistency check (qemu-img check's BDRV_O_CHECK): format
    * drivers open images they would refuse or repair at open (corrupt bit,
    * dirty refcounts) and change nothing until asked to repair.
@@ -163,6 +169,7 @@ export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}):
     top: true,
     forceShare: opts.forceShare ?? false,
     check: opts.check ?? false,
+    noIo: opts.noIo,
   });
 }
 
@@ -172,6 +179,7 @@ interface OpenState {
   probed?: boolean;
   check?: boolean;
   forceShare?: boolean;
+  noIo?: boolean;
   cache?: CacheFlags;
   probe: boolean;
   top: boolean;
@@ -272,6 +280,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     options: driverOptions,
     readOnly,
     forceShare,
+    noIo: state.noIo,
     check: state.check,
     probed: state.probed ?? false,
     async openChild(role: ChildRole, spec?: unknown, copts = {}) {
@@ -286,6 +295,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
       const child = await openNode(s as Options | string | BlockNode, {
         readOnly: copts.readOnly ?? readOnly,
         forceShare,
+        noIo: state.noIo,
         cache: { direct: cache?.direct ?? false, noFlush: cache?.noFlush ?? false, writeThrough: false },
         probe: copts.probe ?? false,
         top: false,
@@ -329,6 +339,22 @@ function pickCache(options: Options): Options {
   return options.cache === undefined ? {} : { cache: options.cache };
 }
 
+/**
+ * The protocol node at the bottom of a `file` spec given to createImage
+ * (below any filters) is created as QEMU's bdrv_create_file does: a host
+ * file gets `create: true`, a protocol with `createFile` (rbd) makes its
+ * object first.
+ */
+async function withProtocolCreated(spec: Options, size: number): Promise<Options> {
+  const child = isPlainObject(spec.file) ? "file" : isPlainObject(spec.image) ? "image" : undefined;
+  if (child) return { ...spec, [child]: await withProtocolCreated(spec[child] as Options, size) };
+  const name = typeof spec.driver === "string" ? spec.driver : "file";
+  if (name === "file") return spec.create === undefined ? { ...spec, driver: "file", create: true } : spec;
+  const driver = getDriver(name);
+  if (driver.kind === "protocol" && driver.createFile) await driver.createFile(withoutKey(spec, "driver"), size);
+  return spec;
+}
+
 /** Options for {@linkcode createImage}. */
 export interface CreateOptions {
   /** Format options (`cluster_size`, `compat`, `backing_file`, ...). */
@@ -354,7 +380,11 @@ export async function createImage(filename: string, format: string, size: number
   const driver = getDriver(format);
   if (!driver.create) throw new BlockError("ENOTSUP", `Cannot create '${filename}': format '${format}' does not support image creation`);
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError("EINVAL", `Cannot create '${filename}': invalid size ${size}`);
-  let fileSpec: Options | BlockNode = opts.file ?? { driver: "file", filename, create: true };
+  let fileSpec: Options | BlockNode = opts.file instanceof BlockNode
+    ? opts.file
+    : opts.file
+    ? await withProtocolCreated(normaliseSpec(opts.file as BlockSpec), size)
+    : { driver: "file", filename, create: true };
   const protocol = opts.file ? undefined : driverForPrefix(filename);
   if (protocol?.createFile && protocol.parseFilename) {
     // Not a host file: the protocol creates its object (an RBD image) first.

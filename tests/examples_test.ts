@@ -11,6 +11,7 @@ const EXAMPLES = [
   "trace_requests_chrome.ts",
   "incremental_backup_nbd.ts",
   "rbd_import.ts",
+  "luks_create_and_read.ts",
 ];
 
 for (const name of EXAMPLES) {

@@ -13,6 +13,7 @@ import type { RequestInfo } from "../../core/types.ts";
 import {
   EXT_BACKING_FORMAT,
   EXT_BITMAPS,
+  EXT_CRYPTO,
   EXT_DATA_FILE,
   EXT_END,
   EXT_FEATURE_TABLE,
@@ -145,16 +146,17 @@ function serializeInto(h: Qcow2Header, cs: number, featureTable: boolean): Uint8
   if (h.backingFormat !== undefined && h.backingFile !== undefined) {
     exts.push({ type: EXT_BACKING_FORMAT, data: encoder.encode(h.backingFormat) });
   }
-  // QEMU's order: backing format, then data file, then the feature table.
+  // QEMU's order: backing format, then data file, then the crypto header pointer, then the feature table.
   if (h.dataFile !== undefined) exts.push({ type: EXT_DATA_FILE, data: encoder.encode(h.dataFile) });
+  const crypto = h.extensions.find((e) => e.type === EXT_CRYPTO);
+  if (crypto) exts.push(crypto);
   // QEMU writes no feature table for clusters of 4 KiB or less (checked against qemu-img 7.2).
   if (h.version === 3 && featureTable && cs > 4096) exts.push({ type: EXT_FEATURE_TABLE, data: serializeFeatureTable(QEMU_FEATURE_NAMES) });
   // Then the bitmaps extension, then the rest in file order (QEMU's qcow2_update_header order).
   const bitmaps = h.extensions.find((e) => e.type === EXT_BITMAPS);
   if (bitmaps) exts.push(bitmaps);
   for (const e of h.extensions) {
-    if (e.type === EXT_DATA_FILE || e.type === EXT_BACKING_FORMAT || e.type === EXT_FEATURE_TABLE || e.type === EXT_END) continue;
-    if (e.type === EXT_BITMAPS) continue;
+    if ([EXT_DATA_FILE, EXT_BACKING_FORMAT, EXT_FEATURE_TABLE, EXT_END, EXT_CRYPTO, EXT_BITMAPS].includes(e.type)) continue;
     exts.push(e);
   }
   const headerLength = h.version === 3 ? V3_HEADER_LENGTH : V2_HEADER_LENGTH;

@@ -9,15 +9,15 @@
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
  * `metadata-sync`), `bitmap-store` (`close` default, as QEMU, or `flush`:
  * persistent bitmaps are stored at every flush too; see `_bitmaps.ts`),
- * `x-wrong-order` (tests only); children `file`,
+ * `x-wrong-order` (tests only), `encrypt.key-secret` and `encrypt.format`
+ * (encrypted images, see `_crypto.ts`); children `file`,
  * `backing` (null disables it), `data-file`.
  *
  * @module
  */
 
 import { BlockError } from "../../core/errors.ts";
-import type { BlockNode } from "../../core/node.ts";
-import { checkKnownOptions, optBool, optEnum, optSize } from "../../core/options.ts";
+import { checkKnownOptions, optBool, optEnum } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type {
   AmendOptions,
@@ -43,10 +43,8 @@ import {
   clusterSize,
   COMPAT_LAZY_REFCOUNTS,
   INCOMPAT_CORRUPT,
-  INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
-  l2EntryBytes,
   QCOW2_MAGIC,
   type Qcow2Header,
   readHeaderFrom,
@@ -60,15 +58,29 @@ import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops
 import { listSnapshots } from "./_snapshot.ts";
 import { exitWriteback } from "./_exit.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
-import { entryOffset } from "./_entries.ts";
+import { cacheTables, openBacking, openDataFile, readTables } from "./_open.ts";
 import { metadataExtents } from "./_metadata_map.ts";
 import { bitmapCallbacks, Qcow2Bitmaps } from "./_bitmaps.ts";
+import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
 
-const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order", "bitmap-store"];
+const OPTIONS = [
+  "l2-cache-size",
+  "refcount-cache-size",
+  "cache-size",
+  "lazy-refcounts",
+  "metadata-mode",
+  "x-wrong-order",
+  "bitmap-store",
+  ...ENCRYPT_OPTIONS,
+];
 
 /** The driver instance of an open qcow2 node. */
 export class Qcow2Instance implements DriverInstance {
-  /** Write-zeroes and discard work on whole clusters: the core splits off partial ones. */
+  /**
+   * Write-zeroes and discard work on whole clusters (the core splits off
+   * partial ones); encrypted images take whole 512-byte sectors (QEMU's
+   * request alignment for them).
+   */
   readonly limits: Partial<BlockLimits>;
   #st: Qcow2State;
   #bm: Qcow2Bitmaps;
@@ -78,7 +90,7 @@ export class Qcow2Instance implements DriverInstance {
   /** Wraps an opened image state and its persistent dirty bitmaps (whose `bitmap*` callbacks it serves). */
   constructor(st: Qcow2State, bitmaps: Qcow2Bitmaps) {
     this.#st = st;
-    this.limits = { optWriteZero: st.cs, optDiscard: st.cs };
+    this.limits = { optWriteZero: st.cs, optDiscard: st.cs, ...(st.crypto ? { requestAlignment: 512 } : {}) };
     this.#bm = bitmaps;
     Object.defineProperties(this, Object.getOwnPropertyDescriptors(bitmapCallbacks(bitmaps)));
   }
@@ -134,7 +146,7 @@ export class Qcow2Instance implements DriverInstance {
       try {
         const p = st.event("write_aio", opts.req);
         if (p) await p;
-        await st.data.pwrite(host, data, { req: opts.req });
+        await st.data.pwrite(host, st.crypto ? await st.crypto.encrypted(data, host, offset) : data, { req: opts.req });
       } finally {
         st.ioInFlight--;
       }
@@ -154,6 +166,7 @@ export class Qcow2Instance implements DriverInstance {
   async pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
+    if (st.crypto) throw new BlockError("ENOTSUP", "Compression can't be used with encryption");
     this.#bm.mark(offset, data.length);
     await this.#bm.beforeChange();
     return st.change(async () => {
@@ -200,9 +213,14 @@ export class Qcow2Instance implements DriverInstance {
     return end >= st.header.size ? Math.ceil(end / st.cs) * st.cs : end;
   }
 
-  /** Discards whole clusters (the core passes only those, as QEMU does). */
+  /**
+   * Discards whole clusters (the core passes only those, as QEMU does). A v2
+   * image with a backing file keeps its data: it has no zero flag, and
+   * deallocating would show the backing file there (QEMU skips it too).
+   */
   async pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     const st = this.#st;
+    if (st.header.version < 3 && st.backing) return;
     this.#bm.mark(offset, length);
     await this.#bm.beforeChange();
     await st.change(async () => {
@@ -294,20 +312,24 @@ export class Qcow2Instance implements DriverInstance {
     if (this.#closed) return;
     this.#closed = true;
     const st = this.#st;
-    // A corrupt image keeps what is on disk: writing cached metadata back could spread the damage.
-    if (st.node.readOnly || st.corrupt) return;
-    await st.lock.run(async () => {
-      let lost: unknown;
-      await this.#bm.store(undefined).catch((e) => (lost = e));
-      await writeback(st, undefined);
-      if (st.markedDirty) await markClean(st, undefined);
-      if (lost) {
-        throw new BlockError("EIO", `Lost persistent bitmaps during inactivation of node '${st.node.name}': ${(lost as Error).message}`, {
-          node: st.node.name,
-          cause: lost,
-        });
-      }
-    });
+    try {
+      // A corrupt image keeps what is on disk: writing cached metadata back could spread the damage.
+      if (st.node.readOnly || st.corrupt) return;
+      await st.lock.run(async () => {
+        let lost: unknown;
+        await this.#bm.store(undefined).catch((e) => (lost = e));
+        await writeback(st, undefined);
+        if (st.markedDirty) await markClean(st, undefined);
+        if (lost) {
+          throw new BlockError("EIO", `Lost persistent bitmaps during inactivation of node '${st.node.name}': ${(lost as Error).message}`, {
+            node: st.node.name,
+            cause: lost,
+          });
+        }
+      });
+    } finally {
+      await st.crypto?.close();
+    }
   }
 
   /** Where the image's metadata lies in its file (drivers/qcow2/_metadata_map.ts). */
@@ -326,6 +348,7 @@ export class Qcow2Instance implements DriverInstance {
     const bitmaps = this.#bm.directoryInfo();
     if (bitmaps.length) data.bitmaps = bitmaps;
     data["refcount-bits"] = 2 ** h.refcountOrder;
+    if (this.#st.crypto) data.encrypt = this.#st.crypto.info();
     if (h.dataFile !== undefined) {
       data["data-file"] = h.dataFile;
       data["data-file-raw"] = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0;
@@ -342,91 +365,9 @@ export class Qcow2Instance implements DriverInstance {
     };
     if (h.backingFile !== undefined) out["backing-filename"] = h.backingFile;
     if (h.backingFormat !== undefined) out["backing-filename-format"] = h.backingFormat;
+    if (this.#st.crypto) out.encrypted = true;
     return out;
   }
-}
-
-function dirOf(path: string): string {
-  const i = path.lastIndexOf("/");
-  return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
-}
-
-/** The host filename under a node (through filters such as a recorder), if any. */
-function filenameOf(node: BlockNode): string | undefined {
-  for (let n: BlockNode | undefined = node; n; n = n.primaryChild) {
-    if (typeof n.options.filename === "string") return n.options.filename;
-  }
-  return undefined;
-}
-
-function resolvePath(base: string | undefined, name: string): string {
-  if (name.startsWith("/") || base === undefined || /^[a-z][a-z0-9+.-]*:/i.test(name)) return name;
-  return `${dirOf(base)}/${name}`;
-}
-
-function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
-  const o = ctx.options;
-  const cs = clusterSize(h);
-  const entryBytes = l2EntryBytes(h);
-  const full = Math.ceil(h.size / cs) * entryBytes;
-  const total = optSize(o, "cache-size", "qcow2");
-  let l2 = optSize(o, "l2-cache-size", "qcow2");
-  let rb = optSize(o, "refcount-cache-size", "qcow2");
-  if (total !== undefined && l2 === undefined && rb === undefined) {
-    l2 = Math.min(full, Math.floor((total * 4) / 5));
-    rb = total - l2;
-  } else if (total !== undefined && l2 !== undefined && rb === undefined) rb = Math.max(0, total - l2);
-  else if (total !== undefined && rb !== undefined && l2 === undefined) l2 = Math.max(0, total - rb);
-  l2 ??= Math.min(full, 32 << 20);
-  rb ??= Math.max(Math.floor(l2 / 4), 4 * cs);
-  return { l2: Math.max(2, Math.ceil(l2 / cs)), rb: Math.max(4, Math.ceil(rb / cs)) };
-}
-
-async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode | undefined> {
-  const given = ctx.childSpec?.("backing");
-  if (given === null) return undefined;
-  if (given !== undefined) return await ctx.openChild("backing", undefined, { readOnly: true });
-  if (h.backingFile === undefined) return undefined;
-  const filename = resolvePath(filenameOf(file), h.backingFile);
-  const spec = h.backingFormat ? { driver: h.backingFormat, file: { driver: "file", filename } } : { filename };
-  try {
-    return await ctx.openChild("backing", spec, { readOnly: true, probe: true });
-  } catch (e) {
-    if (!(e instanceof BlockError)) throw e;
-    throw new BlockError(e.code, `Could not open backing file '${h.backingFile}': ${e.message}`, { node: ctx.node.name, cause: e });
-  }
-}
-
-async function openDataFile(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode> {
-  const given = ctx.childSpec?.("data-file");
-  if (!(h.incompatibleFeatures & INCOMPAT_DATA_FILE)) {
-    if (given !== undefined && given !== null) {
-      throw new BlockError("EINVAL", "Invalid option 'data-file' of driver 'qcow2': the image does not use an external data file");
-    }
-    return file;
-  }
-  if (given !== undefined && given !== null) return (await ctx.openChild("data-file"))!;
-  if (h.dataFile === undefined) {
-    throw new BlockError("EINVAL", "Could not open data file: the image needs an external data file but names none; give 'data-file'");
-  }
-  const filename = resolvePath(filenameOf(file), h.dataFile);
-  return (await ctx.openChild("data-file", { driver: "file", filename }))!;
-}
-
-/** Reads the active L1 table and the refcount table the header points at. */
-async function readTables(node: BlockNode, file: BlockNode, h: Qcow2Header): Promise<{ l1: Uint8Array; reftable: Float64Array }> {
-  const l1 = new Uint8Array(h.l1Size * 8);
-  if (l1.length) await file.pread(h.l1TableOffset, l1);
-  const ev = node.event("reftable_load", undefined);
-  if (ev) await ev;
-  const rtBytes = new Uint8Array(h.refcountTableClusters * clusterSize(h));
-  await file.pread(h.refcountTableOffset, rtBytes);
-  const rtView = new DataView(rtBytes.buffer);
-  const reftable = new Float64Array(rtBytes.length / 8);
-  for (let i = 0; i < reftable.length; i++) {
-    reftable[i] = entryOffset(rtView, i * 8);
-  }
-  return { l1, reftable };
 }
 
 async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
@@ -477,11 +418,19 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     l2CacheTables: tables.l2,
     rbCacheTables: tables.rb,
   });
+  if (h.cryptMethod !== CRYPT_NONE) {
+    st.crypto = await Qcow2Crypto.open(h, file, ctx.options, { noIo: (ctx.noIo ?? false) || checking, node: ctx.node.name });
+  }
   // Bitmaps are loaded (and marked in use when writable); autoclear bits
   // blkgraph cannot maintain (raw data file, unknown ones) are cleared then.
   const store = optEnum(ctx.options, "bitmap-store", "qcow2", ["close", "flush"] as const) ?? "close";
-  const bitmaps = await Qcow2Bitmaps.open(st, { writable: rw, check: checking, storeOnFlush: store === "flush" });
-  return new Qcow2Instance(st, bitmaps);
+  try {
+    const bitmaps = await Qcow2Bitmaps.open(st, { writable: rw, check: checking, storeOnFlush: store === "flush" });
+    return new Qcow2Instance(st, bitmaps);
+  } catch (e) {
+    await st.crypto?.close();
+    throw e;
+  }
 }
 
 /** The qcow2 format driver. */

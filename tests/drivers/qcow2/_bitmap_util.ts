@@ -11,11 +11,16 @@ import { run, runOk } from "../../_helpers/qemu.ts";
 
 let sockets = 0;
 
-/** The dirty extents of bitmap `name` as QEMU exports them: `qemu-nbd -r -B name` read by `nbdinfo --map`. */
-export async function qemuDirty(path: string, name: string): Promise<string[]> {
+/**
+ * The dirty extents of bitmap `name` as QEMU exports them: `qemu-nbd -r -B
+ * name` read by `nbdinfo --map`. `image` opens the image with `--image-opts`
+ * and `objects` (`--object ...` arguments) instead: an encrypted image.
+ */
+export async function qemuDirty(path: string, name: string, image?: { spec: string; objects: string[] }): Promise<string[]> {
   const sock = `${path}.${Deno.pid}.${++sockets}.sock`;
+  const target = image ? [...image.objects, "--image-opts", image.spec] : ["-f", "qcow2", path];
   const child = new Deno.Command("qemu-nbd", {
-    args: ["-r", "-f", "qcow2", "-B", name, "-k", sock, path],
+    args: ["-r", "-B", name, "-k", sock, ...target],
     stdin: "null",
     stdout: "null",
     stderr: "piped",

@@ -162,6 +162,10 @@ export class Qcow2Bitmaps {
     this.#dirOffset = ext.dirOffset;
     this.#dirSize = ext.dirSize;
     for (const e of dir) {
+      // QEMU creates each bitmap before loading its table: a second one of the same name fails there.
+      if (this.#list.some((x) => x.name === e.name)) {
+        throw new BlockError("EINVAL", `Bitmap already exists: ${e.name}`, { node: st.node.name });
+      }
       const g = 2 ** e.granularityBits;
       const bm: Bitmap = { name: e.name, granularity: g, recording: (e.flags & BME_FLAG_AUTO) !== 0, map: undefined, disk: e };
       this.#list.push(bm);

@@ -97,7 +97,14 @@ export async function checkBitmaps(c: BitmapCheckContext): Promise<void> {
     for (let n = ext.count - 1; n >= 0 && typeof entries === "string"; n--) entries = parseBitmapDirectory(buf, n);
     if (typeof entries === "string") return;
   }
+  const names = new Set<string>();
   for (const e of entries) {
+    if (names.has(e.name)) {
+      // QEMU's open fails with this message: two bitmaps of one name cannot both be loaded.
+      c.say(`ERROR bitmap directory: Bitmap already exists: ${e.name}`);
+      c.res.corruptions++;
+    }
+    names.add(e.name);
     const bytes = e.tableSize * 8;
     if (e.tableOffset === 0 || e.tableOffset % cs !== 0 || e.tableSize * cs > BME_MAX_PHYS_SIZE || e.tableOffset + bytes > file.length) {
       // Reported by the directory check; a table that cannot be read is not walked.

@@ -49,6 +49,17 @@ const CASES: { what: string; edit: (p: string, at: { extAt: number; dir: number;
   { what: "more bitmaps announced than the directory holds", edit: (p, at) => poke(p, at.extAt, [0, 0, 0, 2]) },
   { what: "zero bitmaps announced", edit: (p, at) => poke(p, at.extAt, [0, 0, 0, 0]) },
   { what: "an unaligned directory offset", edit: (p, at) => poke(p, at.extAt + 23, [0x08]) },
+  {
+    what: "the name of another bitmap",
+    async edit(p) {
+      await runOk("qemu-img", ["bitmap", "--add", p, "b1"]);
+      // The directory moved; its second entry (after b0's 32 bytes) gets b0's name.
+      const bytes = await Deno.readFile(p);
+      const st = bitmapsState(parseHeader(bytes.subarray(0, 65536), bytes.length));
+      assert.equal(st.kind, "valid");
+      await poke(p, (st.kind === "valid" ? st.ext.dirOffset : 0) + 32 + 25, [0x30]);
+    },
+  },
 ];
 
 for (const c of CASES) {

@@ -312,3 +312,58 @@ export function bitmapFlagNames(flags: number): string[] {
   if (flags & BME_FLAG_AUTO) out.push("auto");
   return out;
 }
+
+/** What {@linkcode newBitmapGranularity} needs to know of the image. */
+export interface NewBitmapContext {
+  /** Node name (for messages). */
+  node: string;
+  /** Cluster size in bytes. */
+  clusterSize: number;
+  /** Virtual size in bytes. */
+  length: number;
+  /** The image can store bitmaps (qcow2 v3). */
+  persistent: boolean;
+  /** Names of the bitmaps the image has. */
+  names: readonly string[];
+}
+
+/**
+ * Validates a new persistent bitmap as qemu-img bitmap --add does (QEMU's
+ * checks, in its order, with its messages) and returns its granularity:
+ * the one asked, or QEMU's default (the cluster size within 4 KiB..64 KiB).
+ *
+ * @example
+ * ```ts
+ * import { newBitmapGranularity } from "./_bitmap_format.ts";
+ * const ctx = { node: "disk", clusterSize: 65536, length: 1 << 30, persistent: true, names: ["b0"] };
+ * console.log(newBitmapGranularity("b1", {}, ctx)); // 65536
+ * try {
+ *   newBitmapGranularity("b0", {}, ctx);
+ * } catch (e) {
+ *   console.log((e as Error).message); // Bitmap already exists: b0
+ * }
+ * ```
+ */
+export function newBitmapGranularity(name: string, opts: { granularity?: number }, ctx: NewBitmapContext): number {
+  const { node } = ctx;
+  if (name === "") throw new BlockError("EINVAL", "Bitmap name cannot be empty", { node });
+  const g = opts.granularity ?? Math.min(65536, Math.max(4096, ctx.clusterSize));
+  if (!Number.isSafeInteger(g) || g < 512 || g > 2 ** BME_MAX_GRANULARITY_BITS || 2 ** Math.round(Math.log2(g)) !== g) {
+    throw new BlockError("EINVAL", "Granularity must be power of 2 and at least 512", { node });
+  }
+  if (ctx.names.includes(name)) throw new BlockError("EEXIST", `Bitmap already exists: ${name}`, { node });
+  const refuse = (why: string, code: "EINVAL" | "ENOTSUP" = "EINVAL"): never => {
+    throw new BlockError(code, `Can't make bitmap '${name}' persistent in '${node}': ${why}`, { node });
+  };
+  if (!ctx.persistent) refuse("Cannot store dirty bitmaps in qcow2 v2 files", "ENOTSUP");
+  const bytes = bitmapBytes(ctx.length, g);
+  if (bytes > BME_MAX_PHYS_SIZE || bytes > BME_MAX_TABLE_SIZE * ctx.clusterSize) {
+    refuse("Too much space will be occupied by the bitmap. Use larger granularity");
+  }
+  const utf8Length = (s: string) => new TextEncoder().encode(s).length;
+  if (utf8Length(name) > BME_MAX_NAME_SIZE) refuse(`Name length exceeds maximum (${BME_MAX_NAME_SIZE} characters)`);
+  if (ctx.names.length + 1 > QCOW2_MAX_BITMAPS) refuse("Maximum number of persistent bitmaps is already reached");
+  const dirSize = [...ctx.names, name].reduce((n, s) => n + Math.ceil((24 + utf8Length(s)) / 8) * 8, 0);
+  if (dirSize > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) refuse("Not enough space in the bitmap directory");
+  return g;
+}

@@ -32,22 +32,19 @@ import { DirtyBitmap } from "../../core/_dirty_bitmap.ts";
 import type { BitmapAddOptions, BitmapInfo, DirtyExtent, RequestInfo } from "../../core/types.ts";
 import type { DriverInstance } from "../../core/node.ts";
 import {
-  bitmapBytes,
   bitmapFlagNames,
   type BitmapsExt,
+  type BitmapsState,
   bitmapsState,
   type BitmapTableEntry,
   bitmapTableSize,
   BME_FLAG_AUTO,
   BME_FLAG_IN_USE,
-  BME_MAX_GRANULARITY_BITS,
-  BME_MAX_NAME_SIZE,
   BME_MAX_PHYS_SIZE,
   BME_MAX_TABLE_SIZE,
   BT_DIRTY_TRACKING,
   loadBitmapDirectory,
-  QCOW2_MAX_BITMAP_DIRECTORY_SIZE,
-  QCOW2_MAX_BITMAPS,
+  newBitmapGranularity,
   readBitmapTable,
 } from "./_bitmap_format.ts";
 import type { BitmapEntry } from "./_tables.ts";
@@ -68,9 +65,6 @@ interface Bitmap {
   /** The table on disk when it was loaded (what to free once the bitmap is stored anew). */
   diskTable?: BitmapTableEntry[];
 }
-
-const encoder = new TextEncoder();
-const utf8Length = (s: string) => encoder.encode(s).length;
 
 /** QEMU's message for a bitmap whose content was lost. */
 function inconsistent(name: string, node: string): BlockError {
@@ -128,20 +122,29 @@ export class Qcow2Bitmaps {
    * Loads the bitmaps of the image (validated as QEMU loads them; an invalid
    * extension, directory or table fails the open with QEMU's message) and,
    * when `writable`, settles the autoclear bits and marks the loaded bitmaps
-   * in use. A check-mode open loads nothing: the checker reads the bitmaps
-   * itself and reports what is wrong with them.
+   * in use. A check-mode open loads nothing (the checker reads the bitmaps
+   * itself and reports what is wrong with them); a writable one only drops a
+   * stale extension, so a repair frees its clusters as QEMU's does.
    */
   static async open(st: Qcow2State, opts: { writable: boolean; check: boolean; storeOnFlush?: boolean }): Promise<Qcow2Bitmaps> {
     const b = new Qcow2Bitmaps(st, opts.writable && !opts.check, opts.storeOnFlush ?? false);
-    if (opts.check) return b;
     const h = st.header;
-    const state = bitmapsState(h);
-    if (state.kind === "valid") await b.#load(state.ext);
-    if (!b.#writable) return b;
+    let state: BitmapsState;
+    try {
+      state = bitmapsState(h);
+    } catch (e) {
+      // The checker reports an invalid extension; a check-mode open leaves it alone.
+      if (opts.check) return b;
+      throw e;
+    }
+    if (state.kind === "valid" && !opts.check) await b.#load(state.ext);
+    // A repair (check-mode writable open) drops a stale extension as QEMU's open does, but loads nothing.
+    if (!opts.writable) return b;
     if (state.kind === "stale") {
       // QEMU drops the extension a program without bitmap support left behind.
       await rewriteHeader(st, { ...h, extensions: h.extensions.filter((e) => e.type !== EXT_BITMAPS) }, undefined);
     }
+    if (opts.check) return b;
     // Autoclear bits blkgraph does not maintain go, so whoever does knows their data is stale.
     const keep = state.kind === "valid" ? AUTOCLEAR_BITMAPS : 0;
     if ((st.header.autoclearFeatures & ~keep) !== 0 || st.header.featureHigh?.autoclear) {
@@ -287,26 +290,13 @@ export class Qcow2Bitmaps {
   /** qemu-img bitmap --add: a new bitmap in memory, stored when the image closes (QEMU's checks and messages). */
   add(name: string, opts: BitmapAddOptions): void {
     const st = this.#st;
-    const node = st.node.name;
-    if (name === "") throw new BlockError("EINVAL", "Bitmap name cannot be empty", { node });
-    // QEMU's bdrv_get_default_bitmap_granularity: the cluster size, within 4 KiB..64 KiB.
-    const g = opts.granularity ?? Math.min(65536, Math.max(4096, st.cs));
-    if (!Number.isSafeInteger(g) || g < 512 || g > 2 ** BME_MAX_GRANULARITY_BITS || 2 ** Math.round(Math.log2(g)) !== g) {
-      throw new BlockError("EINVAL", "Granularity must be power of 2 and at least 512", { node });
-    }
-    if (this.#list.some((b) => b.name === name)) throw new BlockError("EEXIST", `Bitmap already exists: ${name}`, { node });
-    const refuse = (why: string, code: "EINVAL" | "ENOTSUP" = "EINVAL"): never => {
-      throw new BlockError(code, `Can't make bitmap '${name}' persistent in '${node}': ${why}`, { node });
-    };
-    if (!this.persistent) refuse("Cannot store dirty bitmaps in qcow2 v2 files", "ENOTSUP");
-    const bytes = bitmapBytes(st.header.size, g);
-    if (bytes > BME_MAX_PHYS_SIZE || bytes > BME_MAX_TABLE_SIZE * st.cs) {
-      refuse("Too much space will be occupied by the bitmap. Use larger granularity");
-    }
-    if (utf8Length(name) > BME_MAX_NAME_SIZE) refuse(`Name length exceeds maximum (${BME_MAX_NAME_SIZE} characters)`);
-    if (this.#list.length + 1 > QCOW2_MAX_BITMAPS) refuse("Maximum number of persistent bitmaps is already reached");
-    const dirSize = [...this.#list.map((b) => b.name), name].reduce((n, s) => n + Math.ceil((24 + utf8Length(s)) / 8) * 8, 0);
-    if (dirSize > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) refuse("Not enough space in the bitmap directory");
+    const g = newBitmapGranularity(name, opts, {
+      node: st.node.name,
+      clusterSize: st.cs,
+      length: st.header.size,
+      persistent: this.persistent,
+      names: this.#list.map((b) => b.name),
+    });
     this.#list.push({ name, granularity: g, recording: !opts.disabled, map: new DirtyBitmap(st.header.size, g, st.cs) });
     this.#refreshRecording();
     this.#changed = true;

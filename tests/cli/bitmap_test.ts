@@ -218,3 +218,27 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "blkgraph check -r leaks drops a stale bitmaps extension and frees its clusters: the image equals qemu-img's repair byte for byte",
+  ignore,
+  async fn() {
+    await using dir = await tempDir();
+    const ours = `${dir.path}/ours.qcow2`;
+    const theirs = `${dir.path}/theirs.qcow2`;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", ours, "4M"]);
+    await runOk("qemu-img", ["bitmap", "--add", ours, "b0"]);
+    await runOk("qemu-io", ["-c", "write 0 1M", ours]);
+    // A program without bitmap support cleared the autoclear bit.
+    const f = await Deno.open(ours, { read: true, write: true });
+    await f.seek(95, Deno.SeekMode.Start);
+    await f.write(new Uint8Array([0]));
+    f.close();
+    await Deno.copyFile(ours, theirs);
+    const r = await cli(["check", "-r", "leaks", ours]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    await runOk("qemu-img", ["check", "-r", "leaks", theirs]);
+    assert.deepEqual(await Deno.readFile(ours), await Deno.readFile(theirs));
+    assert.equal((await run("qemu-img", ["check", ours])).stderr, "");
+  },
+});

@@ -22,7 +22,6 @@ import { main as cli } from "../cli/main.ts";
 import { type BenchOp, drive, randomOffsets, syncFile, writeFilledFile } from "./_drive.ts";
 import { type BenchOptions, type BenchTable, fmtRate, median, toMarkdown } from "./_table.ts";
 import { hasQemuImg } from "./_qemu.ts";
-import { POOL_SPLIT_MIN } from "../drivers/_crypto/cipher_pool.ts";
 
 const PASS = "bench-passphrase";
 const OBJECT = `secret,id=benchsec,data=${PASS}`;

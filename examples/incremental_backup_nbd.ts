@@ -8,7 +8,8 @@
  *   deno run -A examples/incremental_backup_nbd.ts
  */
 
-import { createImage, open, serveNbd } from "../mod.ts";
+import { createImage, open } from "../mod.ts";
+import { serveNbd } from "../drivers/nbd/mod.ts";
 
 const MiB = 1 << 20;
 const dir = await Deno.makeTempDir({ prefix: "blkgraph-example-" });
@@ -43,7 +44,6 @@ try {
     await remote.pread(e.offset, buf);
     await backup.pwrite(e.offset, buf);
     copied += e.length;
-    console.log(`dirty ${e.offset}+${e.length}: copied`);
   }
   console.log(`copied ${copied} of ${remote.length} bytes`);
 

@@ -4,7 +4,8 @@
  * nbdinfo, qemu-img (x-dirty-bitmap) and blkgraph's own client.
  */
 import assert from "node:assert/strict";
-import { type BlockError, createImage, open, serveNbd } from "../../../mod.ts";
+import { type BlockError, createImage, open } from "../../../mod.ts";
+import { serveNbd } from "../../../drivers/nbd/mod.ts";
 import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 import { blkgraphNbd, normalise, qemuNbd, type ServerProcess, sockPath } from "./_helpers.ts";
 

@@ -10,6 +10,7 @@
  * @module
  */
 
+import { setBitmapDirectory } from "./_overlap.ts";
 import { BlockError } from "../../core/errors.ts";
 import type { DirtyBitmap } from "../../core/_dirty_bitmap.ts";
 import type { RequestInfo } from "../../core/types.ts";
@@ -107,6 +108,8 @@ export async function switchDirectory(
   if (ext) extensions.push({ type: EXT_BITMAPS, data: encodeBitmapsExt(ext) });
   const autoclear = ext ? h.autoclearFeatures | AUTOCLEAR_BITMAPS : h.autoclearFeatures & ~AUTOCLEAR_BITMAPS;
   await rewriteHeader(st, { ...h, extensions, autoclearFeatures: autoclear }, req);
+  // The overlap checks protect the new directory; the old one's clusters may be reused.
+  setBitmapDirectory(st, ext ? { offset: ext.dirOffset, size: ext.dirSize } : undefined);
   for (let c = 0; c < Math.ceil(old.size / cs); c++) frees.push(old.offset + c * cs);
   // Freed after the next flush, as every cluster whose last reference went.
   st.pendingFree.push(...frees);

@@ -1,34 +1,15 @@
 /**
  * Opening a qcow2 image, the parts below the driver: cache sizing from the
- * options, the backing and data file children (names resolved against the
- * image's own file), and reading the L1 and refcount tables.
+ * options and reading the L1 and refcount tables (the children are opened
+ * in `_children.ts`).
  *
  * @module
  */
 
-import { BlockError } from "../../core/errors.ts";
 import type { BlockNode, OpenContext } from "../../core/node.ts";
 import { optSize } from "../../core/options.ts";
-import { clusterSize, INCOMPAT_DATA_FILE, l2EntryBytes, type Qcow2Header } from "./header.ts";
+import { clusterSize, l2EntryBytes, type Qcow2Header } from "./header.ts";
 import { entryOffset } from "./_entries.ts";
-
-function dirOf(path: string): string {
-  const i = path.lastIndexOf("/");
-  return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
-}
-
-/** The host filename under a node (through filters such as a recorder), if any. */
-function filenameOf(node: BlockNode): string | undefined {
-  for (let n: BlockNode | undefined = node; n; n = n.primaryChild) {
-    if (typeof n.options.filename === "string") return n.options.filename;
-  }
-  return undefined;
-}
-
-function resolvePath(base: string | undefined, name: string): string {
-  if (name.startsWith("/") || base === undefined || /^[a-z][a-z0-9+.-]*:/i.test(name)) return name;
-  return `${dirOf(base)}/${name}`;
-}
 
 /** L2 and refcount block cache sizes in tables, from `cache-size`, `l2-cache-size`, `refcount-cache-size` as QEMU sizes them. */
 export function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
@@ -47,39 +28,6 @@ export function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb:
   l2 ??= Math.min(full, 32 << 20);
   rb ??= Math.max(Math.floor(l2 / 4), 4 * cs);
   return { l2: Math.max(2, Math.ceil(l2 / cs)), rb: Math.max(4, Math.ceil(rb / cs)) };
-}
-
-/** Opens the backing child: given, disabled (null), or named by the header (format from the header, else probed). */
-export async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode | undefined> {
-  const given = ctx.childSpec?.("backing");
-  if (given === null) return undefined;
-  if (given !== undefined) return await ctx.openChild("backing", undefined, { readOnly: true });
-  if (h.backingFile === undefined) return undefined;
-  const filename = resolvePath(filenameOf(file), h.backingFile);
-  const spec = h.backingFormat ? { driver: h.backingFormat, file: { driver: "file", filename } } : { filename };
-  try {
-    return await ctx.openChild("backing", spec, { readOnly: true, probe: true });
-  } catch (e) {
-    if (!(e instanceof BlockError)) throw e;
-    throw new BlockError(e.code, `Could not open backing file '${h.backingFile}': ${e.message}`, { node: ctx.node.name, cause: e });
-  }
-}
-
-/** Opens the external data file child, or returns `file` when the image keeps its data inside. */
-export async function openDataFile(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode> {
-  const given = ctx.childSpec?.("data-file");
-  if (!(h.incompatibleFeatures & INCOMPAT_DATA_FILE)) {
-    if (given !== undefined && given !== null) {
-      throw new BlockError("EINVAL", "Invalid option 'data-file' of driver 'qcow2': the image does not use an external data file");
-    }
-    return file;
-  }
-  if (given !== undefined && given !== null) return (await ctx.openChild("data-file"))!;
-  if (h.dataFile === undefined) {
-    throw new BlockError("EINVAL", "Could not open data file: the image needs an external data file but names none; give 'data-file'");
-  }
-  const filename = resolvePath(filenameOf(file), h.dataFile);
-  return (await ctx.openChild("data-file", { driver: "file", filename }))!;
 }
 
 /** Reads the active L1 table and the refcount table the header points at. */

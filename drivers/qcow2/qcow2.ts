@@ -9,8 +9,10 @@
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
  * `metadata-sync`), `bitmap-store` (`close` default, as QEMU, or `flush`:
  * persistent bitmaps are stored at every flush too; see `_bitmaps.ts`),
- * `x-wrong-order` (tests only), `encrypt.key-secret` and `encrypt.format`
- * (encrypted images, see `_crypto.ts`); children `file`,
+ * `overlap-check` (`none`, `constant`, `cached` default,
+ * `all`, or an object with `template` and per-structure booleans: see
+ * `_overlap.ts`), `x-wrong-order` (tests only), `encrypt.key-secret` and
+ * `encrypt.format` (encrypted images, see `_crypto.ts`); children `file`,
  * `backing` (null disables it), `data-file`.
  *
  * @module
@@ -50,7 +52,7 @@ import {
   readHeaderFrom,
 } from "./header.ts";
 import { K_NORMAL, mapSync, newMapping } from "./_l2.ts";
-import { blockStatus, readGuest } from "./_read.ts";
+import { blockStatus, dataIo, readFast, readGuest } from "./_read.ts";
 import { resize } from "./_resize.ts";
 import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
@@ -58,10 +60,12 @@ import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops
 import { listSnapshots } from "./_snapshot.ts";
 import { exitWriteback } from "./_exit.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
-import { cacheTables, openBacking, openDataFile, readTables } from "./_open.ts";
+import { cacheTables, readTables } from "./_open.ts";
 import { metadataExtents } from "./_metadata_map.ts";
-import { bitmapCallbacks, Qcow2Bitmaps } from "./_bitmaps.ts";
+import { openBacking, openDataFile } from "./_children.ts";
+import { initOverlapChecks, OVERLAP_OPTIONS, parseOverlapOptions, preWriteOverlapCheck } from "./_overlap.ts";
 import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
+import { bitmapCallbacks, Qcow2Bitmaps } from "./_bitmaps.ts";
 
 const OPTIONS = [
   "l2-cache-size",
@@ -71,6 +75,7 @@ const OPTIONS = [
   "metadata-mode",
   "x-wrong-order",
   "bitmap-store",
+  ...OVERLAP_OPTIONS,
   ...ENCRYPT_OPTIONS,
 ];
 
@@ -112,11 +117,39 @@ export class Qcow2Instance implements DriverInstance {
 
   /** Current virtual size. */
   getLength(): number {
-    return this.#st.header.size;
+    return this.#st.size;
   }
 
-  /** Reads guest data. */
-  async pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
+  /**
+   * Reads guest data; a cached hit is one synchronous call on the data file,
+   * its promise returned as it is. After corruption was found read-write,
+   * reads fail too with ENOMEDIUM (QEMU detaches the driver: "No medium
+   * found"): the tables in memory may be what was refused; the image reads
+   * again when opened read-only.
+   */
+  pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
+    if (this.#st.corrupt) {
+      return Promise.reject(
+        new BlockError(
+          "ENOMEDIUM",
+          `Cannot read node '${this.#st.node.name}': corruption was found and the image is marked corrupt; open it read-only to read it, or repair it with 'blkgraph check -r all'`,
+          { node: this.#st.node.name, offset, length: buf.length },
+        ),
+      );
+    }
+    try {
+      return readFast(this.#st, offset, buf, opts.req) ?? this.#preadSlow(offset, buf, opts);
+    } catch (e) {
+      return this.#corrupted(e);
+    }
+  }
+
+  async #corrupted(e: unknown): Promise<never> {
+    await this.#st.signalCorruption(e);
+    throw e;
+  }
+
+  async #preadSlow(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
     try {
       await readGuest(this.#st, offset, buf, opts.req);
     } catch (e) {
@@ -125,27 +158,45 @@ export class Qcow2Instance implements DriverInstance {
     }
   }
 
-  /** Writes guest data: in place without the lock when possible, else under the lock. */
-  async pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+  /**
+   * Writes guest data: an overwrite of one allocated extent with the COPIED
+   * flag whose L2 table is cached goes to the data file in place without the
+   * lock (synchronously, its promise returned as it is, when unencrypted);
+   * everything else runs under the lock.
+   */
+  pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
-    st.refuseIfCorrupt();
-    this.#bm.mark(offset, data.length);
-    const gate = this.#bm.beforeChange();
-    if (gate) await gate;
     const m = this.#m;
-    let mapped: boolean;
+    let hit: boolean;
     try {
-      mapped = mapSync(st, offset, data.length, m);
+      st.refuseIfCorrupt();
     } catch (e) {
-      await st.signalCorruption(e);
-      throw e;
+      return Promise.reject(e);
     }
-    if (mapped && m.kind === K_NORMAL && m.copied && m.bytes === data.length) {
+    this.#bm.mark(offset, data.length);
+    // A store in progress, or bitmaps to mark in use again first: the slow path after it.
+    const gate = this.#bm.beforeChange();
+    if (gate) return gate.then(() => this.#pwriteSlow(offset, data, opts, false));
+    try {
+      hit = mapSync(st, offset, data.length, m) && m.kind === K_NORMAL && m.copied && m.bytes === data.length;
+    } catch (e) {
+      return this.#corrupted(e);
+    }
+    if (hit && !st.crypto) return dataIo(st, m.host, data, opts.req, true);
+    return this.#pwriteSlow(offset, data, opts, hit);
+  }
+
+  async #pwriteSlow(offset: number, data: Uint8Array, opts: WriteOptions, inPlace: boolean): Promise<void> {
+    const st = this.#st;
+    const m = this.#m;
+    if (inPlace) {
       const host = m.host;
       st.ioInFlight++;
       try {
         const p = st.event("write_aio", opts.req);
         if (p) await p;
+        await preWriteOverlapCheck(st, 0, host, data.length, true);
+        st.noteDataWrite(host, data.length);
         await st.data.pwrite(host, st.crypto ? await st.crypto.encrypted(data, host, offset) : data, { req: opts.req });
       } finally {
         st.ioInFlight--;
@@ -163,16 +214,18 @@ export class Qcow2Instance implements DriverInstance {
    * the image ends there); falls back to a normal write when compression
    * does not save space. Used by `convert -c`.
    */
-  async pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+  pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
-    if (st.crypto) throw new BlockError("ENOTSUP", "Compression can't be used with encryption");
+    if (st.crypto) return Promise.reject(new BlockError("ENOTSUP", "Compression can't be used with encryption"));
     this.#bm.mark(offset, data.length);
-    await this.#bm.beforeChange();
-    return st.change(async () => {
-      await writeCompressedLocked(st, offset, data, opts.req);
-      await relieveCaches(st, opts.req);
-    });
+    const gate = this.#bm.beforeChange() ?? Promise.resolve();
+    return gate.then(() =>
+      st.change(async () => {
+        await writeCompressedLocked(st, offset, data, opts.req);
+        await relieveCaches(st, opts.req);
+      })
+    );
   }
 
   /**
@@ -210,7 +263,7 @@ export class Qcow2Instance implements DriverInstance {
   /** The end of a zero or discard range: a partial last cluster of the image counts whole. */
   #clusterEnd(end: number): number {
     const st = this.#st;
-    return end >= st.header.size ? Math.ceil(end / st.cs) * st.cs : end;
+    return end >= st.size ? Math.ceil(end / st.cs) * st.cs : end;
   }
 
   /**
@@ -237,7 +290,7 @@ export class Qcow2Instance implements DriverInstance {
   async makeEmpty(opts: RequestOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
-    const size = Math.ceil(st.header.size / st.cs) * st.cs;
+    const size = Math.ceil(st.size / st.cs) * st.cs;
     await st.change(async () => {
       await zeroOrDiscard(st, 0, size, { discard: true, unmap: true, full: true }, opts.req);
       await relieveCaches(st, opts.req);
@@ -279,9 +332,24 @@ export class Qcow2Instance implements DriverInstance {
     return blockStatus(this.#st, offset, length, opts.req);
   }
 
-  /** Writes back the metadata caches in dependency order. */
+  /**
+   * Writes back the metadata caches in dependency order. Once the image was
+   * marked corrupt nothing is written: the flush succeeds when no completed
+   * write waited for the write-back (QEMU's flush of a node without its
+   * driver succeeds), and fails when one did (its data is not reachable).
+   */
   flushToOs(opts: RequestOptions): Promise<void> {
     const st = this.#st;
+    if (st.corrupt && st.unwrittenChanges) {
+      return Promise.reject(
+        new BlockError(
+          "EIO",
+          `Cannot flush node '${st.node.name}': the image was marked corrupt before the metadata of earlier writes was written; those writes are lost`,
+          { node: st.node.name },
+        ),
+      );
+    }
+    if (st.corrupt) return Promise.resolve();
     if (this.#bm.wantsStoreAtFlush) return st.change(() => this.#bm.storeAtFlush(opts.req).then(() => writeback(st, opts.req)));
     if (!st.hasDirtyMetadata) return Promise.resolve();
     return st.change(() => writeback(st, opts.req));
@@ -360,7 +428,7 @@ export class Qcow2Instance implements DriverInstance {
     const out: Record<string, unknown> = {
       "format-specific": { type: "qcow2", data },
       "cluster-size": clusterSize(h),
-      "virtual-size": h.size,
+      "virtual-size": this.#st.size,
       "dirty-flag": (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0,
     };
     if (h.backingFile !== undefined) out["backing-filename"] = h.backingFile;
@@ -417,10 +485,13 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     wrongOrder: wrongOrder as WrongOrder,
     l2CacheTables: tables.l2,
     rbCacheTables: tables.rb,
+    overlapChecks: parseOverlapOptions(ctx.options),
   });
   if (h.cryptMethod !== CRYPT_NONE) {
     st.crypto = await Qcow2Crypto.open(h, file, ctx.options, { noIo: (ctx.noIo ?? false) || checking, node: ctx.node.name });
   }
+  // Before the autoclear bits go: a valid bitmap directory is metadata to protect.
+  if (rw && !checking) await initOverlapChecks(st);
   // Bitmaps are loaded (and marked in use when writable); autoclear bits
   // blkgraph cannot maintain (raw data file, unknown ones) are cleared then.
   const store = optEnum(ctx.options, "bitmap-store", "qcow2", ["close", "flush"] as const) ?? "close";

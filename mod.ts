@@ -36,13 +36,15 @@ export {
   type OpenContext,
 } from "./core/node.ts";
 export { MAX_LENGTH, newRequest, type NodeStats, SECTOR_SIZE } from "./core/request.ts";
-export { driverNames, getDriver, probeFormat, registerDriver } from "./core/registry.ts";
+export { driverNames, getDriver, probeFormat, registerDriver, registerUnsupportedFormat } from "./core/registry.ts";
 export { type BlockSpec, looksDotted, normaliseSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";
 export {
   type CacheFlags,
+  checkImageCreate,
   createImage,
   type CreateOptions,
   findNode,
+  hasProtocol,
   nodeNames,
   open,
   type OpenOptions,
@@ -50,11 +52,13 @@ export {
 } from "./core/open.ts";
 export { type Options, parseSize } from "./core/options.ts";
 export { fileDriver } from "./drivers/file.ts";
+import "./drivers/foreign.ts";
 export { memoryDriver } from "./drivers/memory.ts";
 export { rawDriver } from "./drivers/raw.ts";
 export * from "./filters/recorder.ts";
 export * from "./filters/crash/mod.ts";
 export * from "./filters/blkdebug.ts";
 export * from "./filters/throttle.ts";
+export { copyOnReadDriver, CopyOnReadFilter } from "./filters/copy_on_read.ts";
 export * from "./drivers/qcow2/mod.ts";
 export { type TraceEvent, type TraceGraphNode, type Tracer, type TraceSink, traceTo } from "./cli/_trace_events.ts";

@@ -23,6 +23,18 @@ export interface CliIO {
   isTTY?: boolean;
   /** Reads one line of input (without the newline); null at end of input. */
   readLine?(): Promise<string | null>;
+  /** Writes out buffered standard output (C's fflush(stdout)); absent when stdout is not buffered. */
+  flush?(): void;
+  /**
+   * Program name that prefixes error messages (`blkgraph`, or `qemu-img` /
+   * `qemu-io` for the drop-in entry points). Default `blkgraph`.
+   */
+  prog?: string;
+}
+
+/** The program name errors are prefixed with (`io.prog`, default `blkgraph`). */
+export function progName(io: CliIO): string {
+  return io.prog ?? "blkgraph";
 }
 
 /** One verb of the command line. */
@@ -35,7 +47,7 @@ export interface Verb {
   run(args: string[], io: CliIO): Promise<number>;
 }
 
-/** An error the CLI reports as `blkgraph: <message>` with an exit code. */
+/** An error the CLI reports as `PROG: <message>` with an exit code. */
 export class CliError extends Error {
   /** Exit code to return. */
   readonly exitCode: number;
@@ -127,6 +139,34 @@ export interface ImageArgs {
   forceShare?: boolean;
   /** Open for a consistency check (qemu-img check). */
   check?: boolean;
+  /** Snapshot mode: writes go to a temporary overlay (qemu-io `-s`). */
+  snapshot?: boolean;
+  /** Copy-on-read filter on top (qemu-io `-C`). */
+  copyOnRead?: boolean;
+  /** Node options merged with a plain filename (qemu-io `open -o`); with no filename they are the whole spec. */
+  options?: Record<string, unknown>;
+}
+
+/**
+ * The image named on the command line could not be opened. The message is
+ * qemu-img's ("Could not open 'NAME': REASON"); qemu-io prints
+ * "can't open device NAME: REASON" from the parts.
+ */
+export class OpenError extends CliError {
+  /** The name as given (undefined for options without a filename). */
+  readonly filename: string | undefined;
+  /** Why the open failed (the block layer's message). */
+  readonly reason: string;
+  /** The block layer's error. */
+  override readonly cause: unknown;
+  /** Creates the error for `filename` failing with `cause`. */
+  constructor(filename: string | undefined, cause: unknown) {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    super(filename === undefined ? `Could not open image: ${reason}` : `Could not open '${filename}': ${reason}`);
+    this.filename = filename;
+    this.reason = reason;
+    this.cause = cause;
+  }
 }
 
 /**
@@ -134,21 +174,23 @@ export interface ImageArgs {
  * probed), a `json:{...}` filename, a dotted spec, or (with `--image-opts`)
  * dotted options.
  */
-export async function openImage(filename: string, opts: ImageArgs = {}): Promise<BlockNode> {
+export async function openImage(filename: string | undefined, opts: ImageArgs = {}): Promise<BlockNode> {
   const cache = opts.cache;
   // -U only means something for read-only opens (qemu-img refuses it on writes).
   const forceShare = (opts.forceShare ?? false) && (opts.readOnly ?? false);
   if (opts.imageOpts && opts.format) throw new CliError("--image-opts and --format are mutually exclusive");
+  const how = { readOnly: opts.readOnly, cache, forceShare, check: opts.check, snapshot: opts.snapshot, copyOnRead: opts.copyOnRead };
   try {
+    if (filename === undefined) return await open(opts.options ?? {}, how);
     if (opts.imageOpts || looksDotted(filename)) {
       const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
-      return await open(spec, { readOnly: opts.readOnly, cache, forceShare, check: opts.check });
+      return await open(spec, how);
     }
-    if (filename.startsWith("json:")) return await open(filename, { readOnly: opts.readOnly, cache, forceShare, check: opts.check });
-    const spec = opts.noBacking ? { filename, backing: null } : filename;
-    return await open(spec, { format: opts.format, readOnly: opts.readOnly, cache, forceShare, check: opts.check });
+    if (filename.startsWith("json:")) return await open(filename, how);
+    const spec = opts.noBacking ? { ...opts.options, filename, backing: null } : opts.options ? { ...opts.options, filename } : filename;
+    return await open(spec, { ...how, format: opts.format });
   } catch (e) {
-    throw new CliError(`Could not open '${filename}': ${(e as Error).message}`);
+    throw new OpenError(filename, e);
   }
 }
 
@@ -215,27 +257,24 @@ export function cFixed(x: number, digits: number): string {
   return x.toFixed(digits);
 }
 
-/** qemu-io's `cvtstr`: "64 KiB", "1.500 KiB", "435.791371 bytes". */
+/** qemu-io's `cvtstr`: "64 KiB", "1.500 KiB", "4.001 GiB", "435.791371 bytes" (%.3f with a unit, %f without; ".000" dropped). */
 export function cvtstr(value: number): string {
   const units: [number, string][] = [[2 ** 60, " EiB"], [2 ** 50, " PiB"], [2 ** 40, " TiB"], [2 ** 30, " GiB"], [2 ** 20, " MiB"], [
     2 ** 10,
     " KiB",
   ]];
+  let str = "";
   let suffix = " bytes";
-  let precise = true;
-  for (const [div, s] of units) {
+  for (const [div, sfx] of units) {
     if (value >= div) {
-      value /= div;
-      suffix = s;
-      precise = false;
+      str = cFixed(value / div, 3);
+      suffix = sfx;
       break;
     }
   }
-  const f = cFixed(value, 6);
-  const trim = f.indexOf(".000");
-  if (trim >= 0) return f.slice(0, trim) + suffix;
-  if (precise) return f + suffix;
-  return cFixed(value, 3) + suffix;
+  if (!str) str = cFixed(value, 6);
+  const trim = str.indexOf(".000");
+  return (trim >= 0 ? str.slice(0, trim) : str) + suffix;
 }
 
 /** Formats an error for the user: the message of a BlockError or CliError. */
@@ -277,12 +316,12 @@ export function protocolNode(top: BlockNode): BlockNode {
 
 export { isZero } from "../core/_bytes.ts";
 
-/** Runs a verb, turning a thrown error into `blkgraph: <message>` on stderr and an exit code. */
+/** Runs a verb, turning a thrown error into `PROG: <message>` on stderr and an exit code. */
 export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise<number> {
   try {
     return await verb.run(args, io);
   } catch (e) {
-    io.stderr(`blkgraph: ${errorMessage(e)}\n`);
+    io.stderr(`${progName(io)}: ${errorMessage(e)}\n`);
     return e instanceof CliError ? e.exitCode : 1;
   }
 }

@@ -22,7 +22,7 @@ import {
   sizeArg,
   type Verb,
 } from "./_common.ts";
-import { parseCreateOptions } from "./create.ts";
+import { createOptionHelp, parseCreateOptions, wantsOptionHelp } from "./create.ts";
 import { startTrace, type Trace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
 
 const USAGE = `Usage: blkgraph convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]
@@ -66,13 +66,18 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io,
   );
   if (!p) return 0;
+  const lists = flagList(p.values, "options");
+  if (wantsOptionHelp(lists)) {
+    io.stdout(createOptionHelp(flagString(p.values, "output-format") ?? "raw", p.positionals.length ? p.positionals.at(-1) : undefined));
+    return 0;
+  }
   needPositionals(p.positionals, 2, Infinity, "at least one source and a target filename");
   const target = traceFlags(p.values);
   const srcNames = p.positionals.slice(0, -1);
   const dstName = p.positionals[p.positionals.length - 1];
   const outFmt = flagString(p.values, "output-format") ?? "raw";
   const backing = flagString(p.values, "backing");
-  const options = parseCreateOptions(flagList(p.values, "options"));
+  const options = parseCreateOptions(lists);
   if (backing !== undefined) options.backing_file = backing;
   const backingFmt = flagString(p.values, "backing-format");
   if (backingFmt !== undefined) options.backing_fmt = backingFmt;

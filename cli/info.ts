@@ -6,6 +6,8 @@
  */
 
 import type { BlockNode } from "../core/node.ts";
+import { driverForPrefix } from "../core/registry.ts";
+import { looksDotted } from "../core/spec.ts";
 import { formatSnapshotTable, readSnapshots, type SnapshotInfo } from "./_snapshots.ts";
 import {
   checkOutputFormat,
@@ -140,6 +142,25 @@ export function qemuJson(v: unknown): string {
   return JSON.stringify(v, null, 4);
 }
 
+/**
+ * The name qemu-img shows for an image opened from `given` (its refreshed
+ * bs->filename): a plain filename as given; for a `file:` name, a `json:`
+ * name or option string that only says "this format over this file", the
+ * file's name; anything else as given.
+ */
+export function shownFilename(node: BlockNode, given: string, imageOpts = false): string {
+  const simple = given.startsWith("json:") || imageOpts || looksDotted(given) || driverForPrefix(given)?.name === "file";
+  if (!simple) return given;
+  const onlyFilename = (n: BlockNode) =>
+    n.driver.name === "file" && typeof n.options.filename === "string" && Object.keys(n.options).every((k) => k === "filename");
+  if (onlyFilename(node)) return node.options.filename as string;
+  const file = node.file;
+  if (node.driver.kind === "format" && Object.keys(node.options).length === 0 && file && onlyFilename(file)) {
+    return file.options.filename as string;
+  }
+  return given;
+}
+
 async function run(args: string[], io: CliIO): Promise<number> {
   const p = parseVerbArgs(args, { ...IMAGE_FLAGS, output: { type: "string" }, "backing-chain": { type: "boolean" } }, USAGE, io);
   if (!p) return 0;
@@ -153,7 +174,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   try {
     const chain: ImageInfo[] = [];
     let n: BlockNode | undefined = formatNode(node);
-    let name = filename;
+    let name = shownFilename(n, filename, p.values["image-opts"] === true);
     while (n) {
       const info = await imageInfo(n, name);
       chain.push(info);

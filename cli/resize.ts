@@ -16,6 +16,7 @@ import {
   needPositionals,
   openImage,
   parseVerbArgs,
+  progName,
   sizeArg,
   type Verb,
 } from "./_common.ts";
@@ -48,7 +49,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
       }
       if (p.values.shrink !== true) throw new CliError("Use the --shrink option to perform a shrink operation.");
       io.stderr(
-        "blkgraph: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n",
+        `${
+          progName(io)
+        }: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n`,
       );
     }
     const prealloc = flagString(p.values, "preallocation") as "off" | "metadata" | "falloc" | "full" | undefined;

@@ -92,6 +92,7 @@ const SYMBOLS = {
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   fcntl: { parameters: ["i32", "i32", "buffer"], result: "i32" },
+  ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -108,6 +109,7 @@ interface NumberSymbols {
   fallocate(fd: number, mode: number, offset: number, length: number): number;
   lseek(fd: number, offset: number, whence: number): number | bigint;
   fcntl(fd: number, cmd: number, arg: Uint8Array): number;
+  ioctl(fd: number, request: number, arg: Uint8Array): number;
   __errno_location(): Deno.PointerValue;
 }
 
@@ -143,6 +145,8 @@ export interface Libc {
   lseek(fd: number, offset: number, whence: number): number;
   /** `fcntl(fd, cmd, struct flock *)`; returns the result or `-errno`. */
   fcntlLock(fd: number, cmd: number, flock: Uint8Array): number;
+  /** `ioctl(fd, request, arg)` with a struct argument; returns the result or `-errno`. */
+  ioctl(fd: number, request: number, arg: Uint8Array): number;
   /** The numeric address of a buffer's first byte (for O_DIRECT alignment). */
   address(buf: Uint8Array): number;
 }
@@ -230,6 +234,7 @@ export function loadLibc(): Libc | undefined {
     fallocate: (fd, mode, offset, length) => call(() => s.fallocate(fd, mode, offset, length)),
     lseek: (fd, offset, whence) => call(() => Number(s.lseek(fd, offset, whence))),
     fcntlLock: (fd, cmd, flock) => call(() => s.fcntl(fd, cmd, flock)),
+    ioctl: (fd, request, arg) => call(() => s.ioctl(fd, request, arg)),
     address: (buf) => Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf))),
   };
   return cached;

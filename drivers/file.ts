@@ -6,7 +6,9 @@
  * readSync/writeSync with a position (1 µs). Figures in bench/README.md.
  *
  * Options (QEMU's names):
- * - `filename` (required); `create` (create the file if missing);
+ * - `filename` (required); `create` (create the file if missing), with
+ *   QEMU's creation hints `extent-size-hint` (default 1 MiB, 0 = none) and
+ *   `nocow`;
  * - `locking` = `auto` (default) | `on` | `off`: QEMU-compatible OFD byte
  *   locks with FFI (qemu-img and blkgraph see each other), `flock` without.
  *   A conflict is `EBUSY` ("in use"; QEMU passes EAGAIN, which reads as
@@ -63,6 +65,7 @@ import {
   SEEK_HOLE,
 } from "./_file_libc.ts";
 import { lockOfd, permsFor, unlockOfd } from "./_file_lock.ts";
+import { applyCreateHints, readCreateHints } from "./_file_hints.ts";
 
 const KNOWN = [
   "filename",
@@ -71,6 +74,8 @@ const KNOWN = [
   "cache.direct",
   "cache.no-flush",
   "create",
+  "extent-size-hint",
+  "nocow",
   "aio-max-batch",
   "drop-cache",
   "x-check-cache-dropped",
@@ -90,8 +95,17 @@ export const fileDriver: BlockDriver = {
   name: "file",
   kind: "protocol",
   protocolPrefix: "file",
+  createOptions: [
+    { name: "extent_size_hint", type: "size", help: "Extent size hint for the image file, 0 to disable" },
+    { name: "nocow", type: "bool", help: "Turn off copy-on-write (valid only on btrfs)" },
+    { name: "preallocation", type: "str", help: "Preallocation mode (allowed values: off, falloc, full)" },
+    { name: "size", type: "size", help: "Virtual disk size" },
+  ],
   parseFilename(filename: string): Record<string, unknown> {
-    return { filename: filename.replace(/^file:/, "") };
+    const name = filename.replace(/^file:/, "");
+    // A colon before any slash would read as a protocol prefix again: "./" keeps it a path (QEMU does the same).
+    const m = /[:/]/.exec(name);
+    return { filename: m !== null && m[0] === ":" ? `./${name}` : name };
   },
   open(ctx: OpenContext): Promise<DriverInstance> {
     try {
@@ -120,7 +134,9 @@ function openFile(ctx: OpenContext): DriverInstance {
       { node: name },
     );
   }
+  const hints = create ? readCreateHints(opts) : undefined;
   const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : openNodeFs(filename, ctx.readOnly, create, name);
+  if (hints && libc) applyCreateHints(libc, h.fd, hints);
   try {
     lockImage(h, filename, ctx.readOnly, ctx.forceShare ?? false, locking, name);
   } catch (e) {

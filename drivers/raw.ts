@@ -1,7 +1,10 @@
 /**
  * The `raw` format driver: the guest sees its file child as is, or a window
- * of it (QEMU's `offset` and `size` options). A write past the end of a
- * window is ENOSPC; the core refuses requests past the node's length.
+ * of it (QEMU's `offset` and `size` options). As in QEMU, the length is
+ * whole 512-byte sectors: a file of 1234 bytes is a 1536-byte disk whose
+ * tail reads as zeros (a write there extends the file); `size` must be a
+ * multiple of 512. The core refuses requests past the node's length (EIO,
+ * as qemu-io shows); the window check behind it fails writes with ENOSPC.
  *
  * @module
  */
@@ -17,6 +20,7 @@ import type { BlockDriver, DriverInstance } from "../core/node.ts";
 export const rawDriver: BlockDriver = {
   name: "raw",
   kind: "format",
+  createOptions: [{ name: "size", type: "size", help: "Virtual disk size" }],
   probe: () => 1,
   async open(ctx): Promise<DriverInstance> {
     checkKnownOptions(ctx.options, ["offset", "size"], "raw");
@@ -38,8 +42,13 @@ export const rawDriver: BlockDriver = {
         { node: name },
       );
     }
+    if (fixedSize !== undefined && fixedSize % 512 !== 0) {
+      throw new BlockError("EINVAL", `Invalid option 'size' of driver 'raw': specified size ${fixedSize} is not multiple of 512`, {
+        node: name,
+      });
+    }
     const windowed = fixedSize !== undefined || offset > 0;
-    const length = () => fixedSize ?? Math.max(0, file.length - offset);
+    const length = () => fixedSize ?? Math.ceil(Math.max(0, file.length - offset) / 512) * 512;
     const checkWindow = (what: string, off: number, len: number, code: "EIO" | "ENOSPC" = "ENOSPC") => {
       if (windowed && off + len > length()) {
         throw new BlockError(
@@ -56,7 +65,6 @@ export const rawDriver: BlockDriver = {
     const inst: DriverInstance = {
       getLength: length,
       supportsFua: true,
-      checksBounds: windowed,
       pread(off, buf, o) {
         checkWindow("read", off, buf.length, "EIO");
         return file.pread(off + offset, buf, o);
@@ -100,6 +108,9 @@ export const rawDriver: BlockDriver = {
       await ctx.file.truncate(ctx.size, { prealloc: prealloc as "off" | "falloc" });
     }
   },
+  checkCreate(ctx) {
+    checkRawOptions(ctx.options);
+  },
   measure(input) {
     checkRawOptions(input.options);
     // qemu's raw_measure: the virtual size, whatever the source allocates.
@@ -118,7 +129,15 @@ const SECTOR = 512;
 function refuseFormatChange(name: string, offset: number, data: Uint8Array): void {
   const head = new Uint8Array(SECTOR);
   head.set(data.subarray(0, Math.min(data.length, SECTOR - offset)), offset);
-  const guess = probeFormat(head).name;
+  let guess: string;
+  try {
+    guess = probeFormat(head).name;
+  } catch (e) {
+    // A recognised format blkgraph cannot open (vhdx, vmdk, ...) counts too.
+    const m = e instanceof BlockError ? /^Image format '(.*)' is not supported$/.exec(e.message) : null;
+    if (!m) throw e;
+    guess = m[1];
+  }
   if (guess !== "raw") {
     throw new BlockError(
       "EPERM",
@@ -132,6 +151,7 @@ function refuseFormatChange(name: string, offset: number, data: Uint8Array): voi
 function checkRawOptions(options: FormatOptions): string {
   const prealloc = String(options.preallocation ?? "off");
   const known = ["preallocation", "size"];
+  if (options.backing_file !== undefined) throw new BlockError("ENOTSUP", "Backing file not supported for file format 'raw'");
   for (const k of Object.keys(options)) {
     if (!known.includes(k)) throw new BlockError("EINVAL", `Unknown option '${k}' for format 'raw' (known options: ${known.join(", ")})`);
   }

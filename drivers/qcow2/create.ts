@@ -19,6 +19,7 @@ import type { BlockNode } from "../../core/node.ts";
 import { open } from "../../core/open.ts";
 import { optBool, parseSize } from "../../core/options.ts";
 import type { CreateContext } from "../../core/node.ts";
+import type { CheckCreateContext, OptionHelp } from "../../core/types.ts";
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -50,6 +51,21 @@ const KNOWN = [
   "compression_type",
   "data_file",
   "data_file_raw",
+];
+/** The creation options, as `qemu-img create -f qcow2 -o help` describes them (encryption is not supported). */
+export const QCOW2_CREATE_OPTIONS: readonly OptionHelp[] = [
+  { name: "backing_file", type: "str", help: "File name of a base image" },
+  { name: "backing_fmt", type: "str", help: "Image format of the base image" },
+  { name: "cluster_size", type: "size", help: "qcow2 cluster size" },
+  { name: "compat", type: "str", help: "Compatibility level (v2 [0.10] or v3 [1.1])" },
+  { name: "compression_type", type: "str", help: "Compression method used for image cluster compression" },
+  { name: "data_file", type: "str", help: "File name of an external data file" },
+  { name: "data_file_raw", type: "bool", help: "The external data file must stay valid as a raw image" },
+  { name: "extended_l2", type: "bool", help: "Extended L2 tables" },
+  { name: "lazy_refcounts", type: "bool", help: "Postpone refcount updates" },
+  { name: "preallocation", type: "str", help: "Preallocation mode (allowed values: off, metadata, falloc, full)" },
+  { name: "refcount_bits", type: "num", help: "Width of a reference count entry in bits" },
+  { name: "size", type: "size", help: "Virtual disk size" },
 ];
 const PREALLOC = ["off", "metadata", "falloc", "full"] as const;
 /** A preallocation mode. */
@@ -253,10 +269,7 @@ function dirOf(path: string): string {
  * ```
  */
 export async function createQcow2(ctx: CreateContext): Promise<void> {
-  const o = parseCreateOptions(ctx.size, ctx.options);
-  if (o.backingFile !== undefined && o.backingFormat === undefined) {
-    fail(`Backing file specified without backing format (backing_file '${o.backingFile}'): give backing_fmt`);
-  }
+  const o = checkQcow2Create(ctx);
   if (o.size === 0 && o.backingFile !== undefined) o.size = await backingSize(o, ctx.filename);
   const file = ctx.file;
   const cs = o.clusterSize;
@@ -315,6 +328,28 @@ export async function createQcow2(ctx: CreateContext): Promise<void> {
     await file.pwrite(plan.offset, l2);
   }
   if (o.dataFile !== undefined) await createDataFile(o);
+}
+
+/**
+ * Validates a qcow2 creation (options, size, backing format) without
+ * writing anything: what `createQcow2` checks first.
+ *
+ * @example
+ * ```ts
+ * import { checkQcow2Create } from "./create.ts";
+ * try {
+ *   checkQcow2Create({ size: 1 << 20, options: { cluster_size: "3000" } });
+ * } catch (e) {
+ *   console.log((e as Error).message); // Cluster size must be a power of two between 512 and 2048k (cluster_size 3000)
+ * }
+ * ```
+ */
+export function checkQcow2Create(ctx: CheckCreateContext): Qcow2CreateOptions {
+  const o = parseCreateOptions(ctx.size, ctx.options);
+  if (o.backingFile !== undefined && o.backingFormat === undefined) {
+    fail(`Backing file specified without backing format (backing_file '${o.backingFile}'): give backing_fmt`);
+  }
+  return o;
 }
 
 async function createDataFile(o: Qcow2CreateOptions): Promise<void> {

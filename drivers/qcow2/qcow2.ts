@@ -31,7 +31,7 @@ import type {
 } from "../../core/types.ts";
 import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../../core/node.ts";
 import { repairImage } from "./check.ts";
-import { createQcow2 } from "./create.ts";
+import { checkQcow2Create, createQcow2, QCOW2_CREATE_OPTIONS } from "./create.ts";
 import { measureQcow2 } from "./measure.ts";
 import { COMPRESSION_NAMES } from "./compress.ts";
 import { writeCompressedLocked } from "./_write_compressed.ts";
@@ -91,7 +91,8 @@ export class Qcow2Instance implements DriverInstance {
 
   /** Current virtual size. */
   getLength(): number {
-    return this.#st.header.size;
+    // Whole sectors, rounded down, as QEMU's total_sectors = size / 512.
+    return this.#st.header.size - (this.#st.header.size % 512);
   }
 
   /** Reads guest data. */
@@ -460,6 +461,9 @@ export const qcow2Driver: BlockDriver = {
   },
   open: openQcow2,
   create: createQcow2,
+  checkCreate: (ctx) => void checkQcow2Create(ctx),
+  createOptions: QCOW2_CREATE_OPTIONS,
+  amendOptions: QCOW2_CREATE_OPTIONS.filter((o) => o.name === "lazy_refcounts"),
   measure: measureQcow2,
 };
 

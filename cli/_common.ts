@@ -9,7 +9,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { BlockError } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
-import { open } from "../core/open.ts";
+import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
 import { looksDotted, parseDotted } from "../core/spec.ts";
 
@@ -220,6 +220,22 @@ export function imageArgs(values: Flags, readOnly: boolean): ImageArgs {
 export function needPositionals(positionals: string[], min: number, max: number, what: string): void {
   if (positionals.length < min) throw new CliError(`Expecting ${what}\nTry '--help' for more information.`);
   if (positionals.length > max) throw new CliError(`Unexpected argument '${positionals[max]}'\nTry '--help' for more information.`);
+}
+
+/**
+ * The path of backing file `backing` named in image `overlay` (QEMU's
+ * bdrv_get_full_backing_filename_from_filename): a protocol name or an
+ * absolute path as is, otherwise relative to the overlay's directory.
+ *
+ * @example
+ * ```ts
+ * import { resolveBackingPath } from "./_common.ts";
+ * console.log(resolveBackingPath("/img/top.qcow2", "./image:base.qcow2")); // /img/./image:base.qcow2
+ * ```
+ */
+export function resolveBackingPath(overlay: string, backing: string): string {
+  if (backing.startsWith("/") || hasProtocol(backing) || !overlay.includes("/")) return backing;
+  return overlay.slice(0, overlay.lastIndexOf("/") + 1) + backing;
 }
 
 /** `--output` must be `human` or `json` (qemu-img's message otherwise). */

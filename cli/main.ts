@@ -19,6 +19,7 @@ import { checkVerb } from "./check.ts";
 import { compareVerb } from "./compare.ts";
 import { convertVerb } from "./convert.ts";
 import { createVerb } from "./create.ts";
+import { ddVerb } from "./dd.ts";
 import { demoVerb } from "./demo.ts";
 import { infoVerb } from "./info.ts";
 import { ioVerb } from "./io.ts";
@@ -42,6 +43,7 @@ export const VERBS: readonly Verb[] = [
   convertVerb,
   crashExploreVerb,
   createVerb,
+  ddVerb,
   infoVerb,
   mapVerb,
   measureVerb,

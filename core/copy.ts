@@ -33,6 +33,8 @@ export interface CopyOptions {
   chunkSize?: number;
   /** Called with the bytes of `src` processed so far. */
   progress?: (done: number) => void;
+  /** Called with the length of each range copied as data (qemu-img convert's progress counts these). */
+  onData?: (bytes: number) => void;
 }
 
 const CHUNK = 2 << 20;
@@ -94,6 +96,7 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
       for (let off = start; off < end;) {
         const st = await src.blockStatus(off, end - off);
         const n = st.length;
+        let copied = 0;
         const present = st.present ?? st.allocated;
         if (opts.topOnly && (st.depth ?? 0) > 0) {
           // Defined further down the source's backing chain: the target's backing file provides it.
@@ -102,6 +105,7 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
         } else {
           const data = buf.subarray(0, n);
           await src.pread(off, data);
+          copied = n;
           const wholeCluster = off % chunk === 0 && (n === chunk || off + n === length);
           if (opts.compress && wholeCluster && !isZero(data)) await dst.pwrite(dstOffset + off, data, { compressed: true });
           else if (sparse === 0) await dst.pwrite(dstOffset + off, data);
@@ -117,6 +121,7 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
             if (at < n) await zeroOut(off + at, n - at);
           }
         }
+        if (copied) opts.onData?.(copied);
         off += n;
         done += n;
         opts.progress?.(done);

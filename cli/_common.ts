@@ -7,7 +7,7 @@
  */
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { BlockError } from "../core/errors.ts";
+import { BlockError, onCorruption } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
@@ -334,10 +334,16 @@ export { isZero } from "../core/_bytes.ts";
 
 /** Runs a verb, turning a thrown error into `PROG: <message>` on stderr and an exit code. */
 export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise<number> {
+  // A driver marking an image corrupt is announced as QEMU does (no program prefix).
+  const stop = onCorruption((r) =>
+    io.stderr(`${r.format}: Marking image as corrupt: ${r.message}; further corruption events will be suppressed\n`)
+  );
   try {
     return await verb.run(args, io);
   } catch (e) {
     io.stderr(`${progName(io)}: ${errorMessage(e)}\n`);
     return e instanceof CliError ? e.exitCode : 1;
+  } finally {
+    stop();
   }
 }

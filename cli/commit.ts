@@ -152,7 +152,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
     try {
       await commitInto(top, layers[0], (done) => show(top!.length ? (100 * done) / top!.length : 100));
     } catch (e) {
-      throw new CliError(`Error while committing '${filename}': ${strerror(e)}`);
+      throw new CliError(`Block job failed: ${strerror(e)}`);
     }
     if (!drop) {
       try {

@@ -18,6 +18,7 @@ import {
   openImage,
   parseVerbArgs,
   progName,
+  resolveBackingPath,
   sizeArg,
   type Verb,
 } from "./_common.ts";
@@ -199,8 +200,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   }
   delete options.size;
   if (backing !== undefined && p.values.unsafe !== true) {
-    const dir = filename.includes("/") ? filename.slice(0, filename.lastIndexOf("/") + 1) : "";
-    const path = backing.startsWith("/") || backing.includes(":") ? backing : dir + backing;
+    const path = resolveBackingPath(filename.startsWith("file:") ? filename.slice(5) : filename, backing);
     const b = await openImage(path, { format: backingFmt, readOnly: true }).catch((e) => {
       throw new CliError(`${filename}: ${(e as Error).message}`);
     });

@@ -52,7 +52,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
     else if (key === "skip") skip = ddNumber(io, "skip", value, 0, Number.MAX_SAFE_INTEGER);
     else if (key === "if") input = value;
     else if (key === "of") output = value;
-    else throw new CliError(`unrecognized operand ${operand}`);
+    else throw new CliError(`unrecognized operand ${eq < 0 ? operand : key}`);
   }
   if (input === undefined || output === undefined) throw new CliError("Must specify both input and output files");
   const outFmt = flagString(p.values, "output-format") ?? "raw";

@@ -21,6 +21,7 @@ import {
   openImage,
   parseVerbArgs,
   protocolNode,
+  resolveBackingPath,
   sizeToStr,
   type Verb,
 } from "./_common.ts";
@@ -77,10 +78,8 @@ function formatSpecific(format: string, extra: Record<string, unknown>): Record<
 }
 
 function fullBackingName(node: BlockNode, backing: string): string {
-  if (backing.startsWith("/") || backing.includes(":")) return backing;
   const own = protocolNode(node).options.filename;
-  if (typeof own !== "string" || !own.includes("/")) return backing;
-  return own.slice(0, own.lastIndexOf("/") + 1) + backing;
+  return typeof own === "string" ? resolveBackingPath(own, backing) : backing;
 }
 
 /** Bytes the image occupies on the host (st_blocks * 512), when it is a host file. */

@@ -56,7 +56,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
     }
     const prealloc = flagString(p.values, "preallocation") as "off" | "metadata" | "falloc" | "full" | undefined;
     if (prealloc !== undefined && !["off", "metadata", "falloc", "full"].includes(prealloc)) {
-      throw new CliError(`Invalid preallocation mode '${prealloc}': expected off, metadata, falloc or full`);
+      throw new CliError(`Invalid preallocation mode '${prealloc}'`);
     }
     await node.truncate(size, { prealloc });
     await top.flush();

@@ -391,7 +391,9 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
 }
 
 async function openProbed(filename: string, options: Options, state: OpenState): Promise<BlockNode> {
-  return await openProbedOver({ ...withoutKey(options, "filename"), file: { filename, ...pickCache(options) } }, state);
+  // Options given for the file child (open -o file.node-name=x IMG) stay with it.
+  const given = isPlainObject(options.file) ? options.file : {};
+  return await openProbedOver({ ...withoutKey(options, "filename"), file: { ...given, filename, ...pickCache(options) } }, state);
 }
 
 /** Opens `options.file` as the protocol layer, probes its format and opens the format node over it with the rest of `options`. */

@@ -36,7 +36,7 @@ export function openNodeFs(filename: string, readOnly: boolean, create: boolean,
   } catch (e) {
     const err = e as { code?: string };
     if (err?.code === "EISDIR") throw errnoError(Errno.EISDIR, `Cannot open '${filename}'`, { node });
-    throw toBlockError(e, `Cannot open '${filename}'${readOnly ? " read-only" : ""}`, { node });
+    throw toBlockError(e, `Could not open '${filename}'`, { node });
   }
   return { fd, release: () => fs.closeSync(fd), lockKind: "none" };
 }

@@ -158,7 +158,8 @@ function openLibc(libc: Libc, filename: string, readOnly: boolean, create: boole
         node,
       });
     }
-    throw errnoError(-fd, `Cannot open '${filename}'${readOnly ? " read-only" : ""}`, { node });
+    // QEMU's text (raw_open_common): scripts match on it.
+    throw errnoError(-fd, `Could not open '${filename}'`, { node });
   }
   const h: Handle = {
     fd,

@@ -123,6 +123,11 @@ export class IoSession {
       return false;
     }
     let options = opts.options;
+    if (opts.forceShare && !opts.readOnly) {
+      const shown = opts.imageOpts ? undefined : name;
+      this.report(`can't open${shown === undefined ? "" : ` device ${shown}`}: force-share=on can only be used with read-only images`);
+      return false;
+    }
     if (opts.forceShare) {
       const given = options?.["force-share"];
       if (given !== undefined && optBool({ v: given }, "v", "") !== true) {

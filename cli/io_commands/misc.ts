@@ -6,7 +6,7 @@
  */
 
 import type { BlockNode } from "../../core/node.ts";
-import { parseDotted } from "../../core/spec.ts";
+import { isPlainObject, parseDotted } from "../../core/spec.ts";
 import { errorMessage, formatNode } from "../_common.ts";
 import { dumpHuman } from "../info.ts";
 import { cvtstr } from "../_common.ts";
@@ -62,6 +62,16 @@ const discard: IoCommand = {
   },
 };
 
+/** `b` laid over `a`, nested option objects merged. */
+function mergeOptions(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
+  const out = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    const prev = out[k];
+    out[k] = isPlainObject(prev) && isPlainObject(v) ? mergeOptions(prev, v) : v;
+  }
+  return out;
+}
+
 /**
  * Whether `[offset, offset+bytes)` is allocated in the open image's own top
  * layer (QEMU's bdrv_is_allocated: data from a backing file is not), and for
@@ -69,7 +79,7 @@ const discard: IoCommand = {
  */
 async function isAllocated(node: BlockNode, offset: number, bytes: number): Promise<{ allocated: boolean; n: number }> {
   if (offset >= node.length || bytes === 0) return { allocated: false, n: 0 };
-  const st = await node.blockStatus(offset, bytes);
+  const st = await node.blockStatus(offset, Math.min(bytes, node.length - offset));
   return { allocated: st.allocated, n: st.length };
 }
 
@@ -245,15 +255,16 @@ const open: IoCommand = {
   async run(s, flags, operands) {
     const t = flags.get("t");
     const cache = typeof t === "string" ? t : flags.has("n") ? "none" : undefined;
+    // Every -o is merged, later keys winning (qemu-io's QemuOpts list).
     let options: Record<string, unknown> | undefined;
-    const o = flags.get("o");
-    if (typeof o === "string") {
+    for (const [c, v] of flags.list) {
+      if (c !== "o") continue;
       if (s.imageOpts) {
         s.print("--image-opts and 'open -o' are mutually exclusive\n");
         return false;
       }
       try {
-        options = parseDotted(o);
+        options = mergeOptions(options ?? {}, parseDotted(v as string));
       } catch (e) {
         s.report(errorMessage(e));
         return false;

@@ -512,6 +512,6 @@ Deno.test("opening a file without write permission fails with EACCES", { ignore:
     await Deno.chmod(path.slice(0, path.lastIndexOf("/")), 0o755);
     const res = await childDeno(`await open({ driver: "file", filename: path });`, path, { ffi: true, asNobody: true });
     assert.equal(res.code, "EACCES");
-    assert.match(String(res.message), /Cannot open '.*disk\.img': Permission denied/);
+    assert.match(String(res.message), /Could not open '.*disk\.img': Permission denied/);
   });
 });

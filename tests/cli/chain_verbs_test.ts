@@ -1,4 +1,4 @@
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { qemuImg } from "../../cli/qemu-img.ts";
 import { run, runOk, skipUnless, tempDir } from "../_helpers/qemu.ts";
 

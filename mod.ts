@@ -53,6 +53,7 @@ export {
 export { type Options, parseSize } from "./core/options.ts";
 export { fileDriver } from "./drivers/file.ts";
 import "./drivers/foreign.ts";
+export { nullAioDriver, nullCoDriver } from "./drivers/null.ts";
 export { memoryDriver } from "./drivers/memory.ts";
 export { rawDriver } from "./drivers/raw.ts";
 export * from "./filters/recorder.ts";

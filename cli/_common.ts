@@ -11,7 +11,7 @@ import { BlockError, onCorruption } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
-import { looksDotted, parseDotted } from "../core/spec.ts";
+import { isPlainObject, looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
 
 /** Where a verb writes its output; tests pass collecting functions. */
 export interface CliIO {
@@ -186,12 +186,23 @@ export async function openImage(filename: string | undefined, opts: ImageArgs = 
       const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
       return await open(spec, how);
     }
-    if (filename.startsWith("json:")) return await open(filename, how);
+    // json: options merged with the ones given beside it; those win (QEMU's qdict_join without overwrite).
+    if (filename.startsWith("json:")) return await open(opts.options ? mergeSpecs(normaliseSpec(filename), opts.options) : filename, how);
     const spec = opts.noBacking ? { ...opts.options, filename, backing: null } : opts.options ? { ...opts.options, filename } : filename;
     return await open(spec, { ...how, format: opts.format });
   } catch (e) {
     throw new OpenError(filename, e);
   }
+}
+
+/** `over` laid over `base`, nested option objects merged key by key. */
+function mergeSpecs(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const out = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
+    out[k] = isPlainObject(b) && isPlainObject(v) ? mergeSpecs(b, v) : v;
+  }
+  return out;
 }
 
 /** Standard image flags every verb accepts (`-f`, `--image-opts`, `-U`, `-t`, `-T`). */

@@ -23,6 +23,7 @@ import {
   openImage,
   parseVerbArgs,
   protocolNode,
+  resolveBackingPath,
   type Verb,
 } from "./_common.ts";
 import { strerror } from "./io_commands/_session.ts";
@@ -78,10 +79,13 @@ export async function commitInto(top: BlockNode, base: BlockNode, progress?: (do
   return copied;
 }
 
-/** One image of a backing chain: where it is and its format. */
+/** One image of a backing chain: where it is, its format, and the name the image above records for it. */
 interface Layer {
   filename: string;
   format: string;
+  recorded: string | undefined;
+  /** File of the image above it (relative names are relative to its directory). */
+  above: string;
 }
 
 /** The backing chain below the image `filename` names (top first, the image itself left out). */
@@ -89,10 +93,19 @@ async function backingChain(filename: string, args: Parameters<typeof openImage>
   const top = await openImage(filename, { ...args, readOnly: true });
   try {
     const chain: Layer[] = [];
-    for (let n = formatNode(top).backing; n; n = formatNode(n).backing) {
+    let parent = formatNode(top);
+    for (let n = parent.backing; n; n = formatNode(n).backing) {
       const f = protocolNode(n).options.filename;
       if (typeof f !== "string") throw new CliError(`Cannot commit: backing file '${n.name}' is not a host file`);
-      chain.push({ filename: f, format: formatNode(n).driver.name });
+      const recorded = (await parent.info())["backing-filename"];
+      const above = protocolNode(parent).options.filename;
+      chain.push({
+        filename: f,
+        format: formatNode(n).driver.name,
+        recorded: typeof recorded === "string" ? recorded : undefined,
+        above: typeof above === "string" ? above : "",
+      });
+      parent = formatNode(n);
     }
     return chain;
   } finally {
@@ -100,15 +113,22 @@ async function backingChain(filename: string, args: Parameters<typeof openImage>
   }
 }
 
-function sameFile(a: string, b: string): boolean {
+/**
+ * Whether `name` (as given to -b) names `layer`, as QEMU's
+ * bdrv_find_backing_image decides: the name recorded in the image above, or
+ * the same file once a relative name is taken relative to that image.
+ */
+function names(layer: Layer, name: string): boolean {
+  if (layer.recorded === name) return true;
   const real = (p: string) => {
     try {
       return Deno.realPathSync(p);
     } catch {
-      return p;
+      return undefined;
     }
   };
-  return a === b || real(a) === real(b);
+  const want = real(resolveBackingPath(layer.above, name));
+  return want !== undefined && want === real(layer.filename);
 }
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -132,7 +152,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const how = imageArgs(p.values, false);
   const chain = await backingChain(filename, how);
   if (!chain.length) throw new CliError("Image does not have a backing file");
-  const at = baseName === undefined ? 0 : chain.findIndex((l) => sameFile(l.filename, baseName));
+  const at = baseName === undefined ? 0 : chain.findIndex((l) => names(l, baseName));
   if (at < 0) throw new CliError(`Did not find '${baseName}' in the backing chain of '${filename}'`);
   // The base read-write; the layers above it read-only over it; the image as named over them.
   const layers: BlockNode[] = [];

@@ -85,6 +85,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
   if (backing !== undefined && p.positionals.length > 2) {
     throw new CliError("Having a backing file for the target makes no sense when concatenating multiple input images");
   }
+  if (backing !== undefined && options.backing_fmt === undefined) {
+    throw new CliError("Use of backing file requires explicit backing format");
+  }
   const backingFmt = flagString(p.values, "backing-format");
   if (backingFmt !== undefined) options.backing_fmt = backingFmt;
   const srcs: BlockNode[] = [];

@@ -15,6 +15,7 @@ import {
   flagList,
   flagString,
   needPositionals,
+  OpenError,
   openImage,
   parseVerbArgs,
   progName,
@@ -149,7 +150,8 @@ export function formattingLine(filename: string, format: string, size: number, o
   order = [...order, ...["nocow", "preallocation", "extent_size_hint"].filter((k) => !order.includes(k))];
   if (shown.extent_size_hint !== undefined) shown.extent_size_hint = String(sizeArg(shown.extent_size_hint, "extent_size_hint"));
   const keys = [...order.filter((k) => k in shown), ...Object.keys(shown).filter((k) => !order.includes(k))];
-  return `Formatting '${filename}', fmt=${format} ${keys.map((k) => `${k}=${shown[k]}`).join(" ")}\n`;
+  // Commas in values are doubled, as qemu_opts_print escapes them.
+  return `Formatting '${filename}', fmt=${format} ${keys.map((k) => `${k}=${shown[k].replaceAll(",", ",,")}`).join(" ")}\n`;
 }
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -199,13 +201,25 @@ async function run(args: string[], io: CliIO): Promise<number> {
     }
   }
   delete options.size;
+  if (backing !== undefined) {
+    if (backing === filename) {
+      throw new CliError(`${filename}: Error: Trying to create an image with the same filename as the backing file`);
+    }
+    if (backing === "") throw new CliError(`${filename}: Expected backing file name, got empty string`);
+  }
   if (backing !== undefined && p.values.unsafe !== true) {
+    // As qemu-img: the backing file is opened shared (a VM may be using it), for its size and to check it exists.
     const path = resolveBackingPath(filename.startsWith("file:") ? filename.slice(5) : filename, backing);
-    const b = await openImage(path, { format: backingFmt, readOnly: true }).catch((e) => {
-      throw new CliError(`${filename}: ${(e as Error).message}`);
+    const b = await openImage(path, { format: backingFmt, readOnly: true, forceShare: true }).catch((e) => {
+      throw new CliError(`${filename}: ${e instanceof OpenError ? e.reason : (e as Error).message}\nCould not open backing image.`);
     });
-    size ??= b.length;
+    const detected = b.formatName;
+    const backingSize = b.length;
     await b.close();
+    if (backingFmt === undefined) {
+      throw new CliError(`${filename}: Backing file specified without backing format\nDetected format of ${detected}.`);
+    }
+    size ??= backingSize;
   }
   if (size === undefined) throw new CliError("Image creation needs a size parameter");
   // Validate everything before saying "Formatting" or touching a file.

@@ -49,7 +49,7 @@ function argCountError(cmd: IoCommand, n: number): string {
 
 /** Runs one command line in a session; false when it failed. */
 export async function execLine(s: IoSession, line: string): Promise<boolean> {
-  const words = splitWords(line.trim());
+  const words = splitWords(line);
   if (!words.length) return true;
   const [name, ...rest] = words;
   const cmd = s.commands.find((c) => c.name === name || c.altnames?.includes(name));

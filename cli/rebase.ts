@@ -160,7 +160,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
   if (backing === undefined && !unsafe) throw new CliError("Must specify backing file (-b) or use unsafe mode (-u)");
   if (backing === undefined) throw new CliError("Expecting a backing file name (-b)");
   const format = flagString(p.values, "backing-format");
-  if (format !== undefined) {
+  // Unsafe mode only records the name, so any format name QEMU knows will do.
+  if (format !== undefined && !unsafe) {
     try {
       getDriver(format);
     } catch {

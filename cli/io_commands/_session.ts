@@ -325,25 +325,11 @@ export function usageLine(cmd: IoCommand): string {
   return `${cmd.name} ${cmd.args} -- ${cmd.oneline}\n`;
 }
 
-/** Splits a command line into words (single and double quotes group). */
+/**
+ * Splits a command line into words as qemu-io's breakline does: at spaces
+ * only, empty words dropped; quotes are ordinary characters (so
+ * `open -o driver=qcow2 json:{"file.filename":"x"}` keeps its JSON).
+ */
 export function splitWords(line: string): string[] {
-  const words: string[] = [];
-  let cur = "";
-  let quote = "";
-  let has = false;
-  for (const c of line) {
-    if (quote) {
-      if (c === quote) quote = "";
-      else cur += c;
-    } else if (c === "'" || c === '"') {
-      quote = c;
-      has = true;
-    } else if (c === " " || c === "\t") {
-      if (has || cur) words.push(cur);
-      cur = "";
-      has = false;
-    } else cur += c;
-  }
-  if (has || cur) words.push(cur);
-  return words;
+  return line.split(" ").filter((w) => w !== "");
 }

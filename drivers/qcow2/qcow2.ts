@@ -13,6 +13,7 @@
  * @module
  */
 
+import { isPlainObject, parseJsonFilename } from "../../core/spec.ts";
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import { checkKnownOptions, optBool, optEnum, optSize } from "../../core/options.ts";
@@ -345,15 +346,23 @@ function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number
 async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode | undefined> {
   const given = ctx.childSpec?.("backing");
   if (given === null) return undefined;
-  if (given !== undefined) return await ctx.openChild("backing", undefined, { readOnly: true });
+  // Options for the backing file without a file of their own (backing.driver=qcow2) apply to the recorded one (QEMU's bdrv_open_backing_file).
+  const tweaks = isPlainObject(given) && given.filename === undefined && given.file === undefined && h.backingFile !== undefined;
+  if (given !== undefined && !tweaks) return await ctx.openChild("backing", undefined, { readOnly: true });
   if (h.backingFile === undefined) return undefined;
   const filename = resolvePath(filenameOf(file), h.backingFile);
-  const spec = h.backingFormat ? { driver: h.backingFormat, file: { driver: "file", filename } } : { filename };
+  // A json: name is options (its own driver wins over the recorded format, as
+  // in QEMU); a protocol name (nbd://, file:) is resolved by the file child.
+  let spec: Record<string, unknown>;
+  if (filename.startsWith("json:")) spec = { ...(h.backingFormat ? { driver: h.backingFormat } : {}), ...parseJsonFilename(filename) };
+  else spec = h.backingFormat ? { driver: h.backingFormat, file: { filename } } : { filename };
+  if (tweaks) spec = { ...spec, ...(given as Record<string, unknown>) };
   try {
     return await ctx.openChild("backing", spec, { readOnly: true, probe: true });
   } catch (e) {
     if (!(e instanceof BlockError)) throw e;
-    throw new BlockError(e.code, `Could not open backing file '${h.backingFile}': ${e.message}`, { node: ctx.node.name, cause: e });
+    // QEMU's text; the reason names the file.
+    throw new BlockError(e.code, `Could not open backing file: ${e.message}`, { node: ctx.node.name, cause: e });
   }
 }
 

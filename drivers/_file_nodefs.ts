@@ -14,6 +14,16 @@ import { Errno, errnoError, type Libc } from "./_file_libc.ts";
 
 const ZERO_CHUNK = 1 << 20;
 
+/**
+ * How much of a file grown from empty is written with zeros at its start, as
+ * QEMU's file-posix does (allocate_first_block: 4 KiB, or 512 bytes for a
+ * file under 4 KiB), so the first block is allocated data (qemu-img map and
+ * disk size show it, as for an image qemu-img made).
+ */
+export function firstBlock(newLength: number): number {
+  return newLength < 4096 ? 512 : 4096;
+}
+
 /** An open file: its fd, the libc binding when FFI is used, and how to close it. */
 export interface Handle {
   /** The host fd. */
@@ -93,6 +103,10 @@ export function nodeFsInstance(h: Handle, filename: string, name: string): Drive
       if (length > old && prealloc !== "off") {
         const zero = new Uint8Array(Math.min(ZERO_CHUNK, length - old));
         for (let o = old; o < length; o += zero.length) writeAt(o, zero.subarray(0, Math.min(zero.length, length - o)));
+      } else if (old === 0 && length > 0) {
+        const first = firstBlock(length);
+        writeAt(0, new Uint8Array(first));
+        if (first > size) size = first;
       }
     },
     close() {

@@ -39,13 +39,13 @@
  * @module
  */
 
-import { BlockError, toBlockError } from "../core/errors.ts";
+import { BlockError } from "../core/errors.ts";
 import { checkKnownOptions, optBool, optEnum, optString } from "../core/options.ts";
 import type { BlockNode } from "../core/node.ts";
 import { registerDriver } from "../core/registry.ts";
 import type { TruncateOptions, WriteZeroesOptions } from "../core/types.ts";
 import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../core/node.ts";
-import { checkPrealloc, type Handle, nodeFsInstance, openNodeFs } from "./_file_nodefs.ts";
+import { checkPrealloc, firstBlock, type Handle, nodeFsInstance, openNodeFs } from "./_file_nodefs.ts";
 import {
   alignedBuffer,
   Errno,
@@ -64,7 +64,7 @@ import {
   SEEK_END,
   SEEK_HOLE,
 } from "./_file_libc.ts";
-import { lockOfd, permsFor, unlockOfd } from "./_file_lock.ts";
+import { lockImage, unlockOfd } from "./_file_lock.ts";
 import { applyCreateHints, readCreateHints } from "./_file_hints.ts";
 
 const KNOWN = [
@@ -173,63 +173,6 @@ function openLibc(libc: Libc, filename: string, readOnly: boolean, create: boole
   return h;
 }
 
-function lockImage(
-  h: Handle,
-  filename: string,
-  readOnly: boolean,
-  forceShare: boolean,
-  locking: "auto" | "on" | "off",
-  node: string,
-): void {
-  if (locking === "off") return;
-  const what = readOnly ? "reading" : "writing";
-  const busy = (detail: string) =>
-    new BlockError(
-      "EBUSY",
-      `Cannot open '${filename}' for ${what}: it is locked by another process (is a VM or qemu-img using it?): ${detail}`,
-      { node },
-    );
-  if (h.libc) {
-    const { perm, shared } = permsFor(readOnly, forceShare);
-    const fail = lockOfd(h.libc, h.fd, perm, shared);
-    if (!fail) {
-      h.lockKind = "ofd";
-      return;
-    }
-    if (fail.kind === "conflict") throw busy(fail.detail);
-    if (fail.kind === "unsupported" && locking === "auto") return;
-    throw errnoError(fail.errno, `Cannot lock '${filename}' (locking=${locking}): ${fail.detail}`, { node });
-  }
-  // Without FFI: flock keeps blkgraph processes apart (QEMU does not see it):
-  // writers take it exclusive, readers shared (so reader and writer
-  // conflict, as with OFD locks), and force-share readers not at all.
-  if (readOnly && forceShare) return;
-  let lockFile: Deno.FsFile | undefined;
-  try {
-    lockFile = Deno.openSync(filename, { read: true });
-    if (!lockFile.tryLockSync(!readOnly)) {
-      lockFile.close();
-      throw busy("flock is held");
-    }
-  } catch (e) {
-    if (e instanceof BlockError) throw e;
-    lockFile?.close();
-    if (locking === "on") throw toBlockError(e, `Cannot lock '${filename}' (locking=on)`, { node });
-    return;
-  }
-  const release = h.release;
-  h.release = () => {
-    try {
-      release();
-    } finally {
-      // Unlock first: a forked child may share the description (see unlockOfd).
-      lockFile.unlockSync();
-      lockFile.close();
-    }
-  };
-  h.lockKind = "flock";
-}
-
 /** Probes the O_DIRECT request alignment: the smallest of 512..4096 a read accepts. */
 function probeAlignment(libc: Libc, fd: number, size: number, bounce: Uint8Array): number {
   if (size === 0) return 4096;
@@ -309,6 +252,13 @@ function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, 
     for (let o = from; o < to; o += zero.length) writeAt(o, zero.subarray(0, Math.min(zero.length, to - o)));
   };
   const unsupported = (r: number) => r === -Errno.EOPNOTSUPP || r === -Errno.EINVAL || r === -Errno.ENOSYS;
+  // Like QEMU's file-posix: a file grown from empty gets its first block written (ignoring failures).
+  const allocateFirstBlock = (length: number): void => {
+    const n = firstBlock(length);
+    const buf = direct ? alignedBuffer(libc, n, MEM_ALIGN) : new Uint8Array(n);
+    buf.fill(0);
+    if (libc.pwrite(fd, buf, 0) === n && n > size) size = n;
+  };
 
   const inst: DriverInstance = {
     limits: { requestAlignment: align, maxTransfer: direct ? DIRECT_MAX : MAX_IO },
@@ -429,6 +379,7 @@ function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, 
         const r = libc.fallocate(fd, 0, old, length - old);
         if (r === 0) {
           size = length;
+          if (old === 0) allocateFirstBlock(length);
           return;
         }
         if (!unsupported(r)) throw errnoError(-r, `Cannot preallocate '${filename}' to ${length} bytes`, { node: name });
@@ -441,6 +392,7 @@ function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, 
       if (r < 0) throw errnoError(-r, `Cannot resize '${filename}' to ${length} bytes`, { node: name });
       size = length;
       if (grow && prealloc === "full") writeZeroBuffers(old, length);
+      else if (grow && old === 0) allocateFirstBlock(length);
     },
     close(): void {
       h.release();

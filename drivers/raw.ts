@@ -84,8 +84,22 @@ export const rawDriver: BlockDriver = {
       },
       async blockStatus(off, len, o) {
         len = Math.min(len, length() - off);
+        // The tail of the last sector past the file's end reads as zeros, and is the image's own.
+        if (off + offset >= file.length) {
+          return {
+            offset: off,
+            length: len,
+            data: false,
+            zero: true,
+            allocated: true,
+            present: true,
+            depth: 0,
+            hostOffset: off + offset,
+            file,
+          };
+        }
         const st = await file.blockStatus(off + offset, len, o);
-        return { ...st, offset: off, allocated: true, depth: 0, hostOffset: off + offset, file: st.file ?? file };
+        return { ...st, offset: off, allocated: true, present: true, depth: 0, hostOffset: off + offset, file: st.file ?? file };
       },
       truncate(newLength, o) {
         if (windowed) {

@@ -296,3 +296,22 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a new raw image has its first block written, so map and disk size agree with an image qemu-img created (iotests 221, 253)",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    for (const size of ["1M", "1536", "64k"]) {
+      await runOk("qemu-img", ["create", "-q", "-f", "raw", `${d.path}/q.raw`, size]);
+      assertEquals((await ours(["create", "-q", "-f", "raw", `${d.path}/b.raw`, size])).code, 0);
+      const q = await runOk("qemu-img", ["map", "--output=json", "-f", "raw", `${d.path}/q.raw`]);
+      assertEquals((await ours(["map", "--output=json", "-f", "raw", `${d.path}/b.raw`])).stdout, q.stdout, size);
+      assertEquals((await Deno.stat(`${d.path}/b.raw`)).size, (await Deno.stat(`${d.path}/q.raw`)).size, size);
+    }
+    // A raw file that does not end on a sector boundary: qemu-img sees whole sectors.
+    await Deno.writeFile(`${d.path}/odd.raw`, new Uint8Array(65537).fill(1));
+    const q = await runOk("qemu-img", ["map", "--output=json", "-f", "raw", `${d.path}/odd.raw`]);
+    assertEquals((await ours(["map", "--output=json", "-f", "raw", `${d.path}/odd.raw`])).stdout, q.stdout);
+  },
+});

@@ -195,12 +195,17 @@ const CASES: Case[] = [
     code: "EINVAL",
     field: /backing file offset/,
   },
-  { name: "an unknown incompatible feature bit", patch: (v) => v.setBigUint64(72, 1n << 20n), code: "ENOTSUP", field: /feature.*bit 20/ },
+  {
+    name: "an unknown incompatible feature bit",
+    patch: (v) => v.setBigUint64(72, 1n << 20n),
+    code: "ENOTSUP",
+    field: /Unknown incompatible feature: 100000$/,
+  },
   {
     name: "an incompatible feature bit above 32",
     patch: (v) => v.setBigUint64(72, 1n << 40n),
     code: "ENOTSUP",
-    field: /feature.*bit 40/,
+    field: /Unknown incompatible feature: 10000000000$/,
   },
   { name: "AES encryption (crypt_method 1)", patch: (v) => v.setUint32(32, 1), code: "ENOTSUP", field: /crypt_method 1/ },
   { name: "LUKS encryption (crypt_method 2)", patch: (v) => v.setUint32(32, 2), code: "ENOTSUP", field: /crypt_method 2/ },
@@ -318,16 +323,17 @@ Deno.test({
 });
 
 Deno.test({
-  name: "parseHeader() names an unknown incompatible feature bit above bit 32 and qemu-img refuses it too",
+  name: "parseHeader() names an unknown incompatible feature bit above bit 32 with qemu-img's message",
   ignore: QEMU_IMG,
   async fn() {
     await using dir = await tempDir();
     const path = await patchedImage(dir.path, "inc", (v) => v.setUint32(72, 1 << 8)); // bit 40
-    assert.notEqual((await run("qemu-img", ["info", path])).code, 0);
+    const q = await run("qemu-img", ["info", path]);
+    assert.notEqual(q.code, 0);
     const bytes = await Deno.readFile(path);
     assert.throws(
       () => parseHeader(bytes.subarray(0, CS), bytes.length),
-      (e: unknown) => e instanceof BlockError && e.code === "ENOTSUP" && /bit 40/.test(e.message),
+      (e: unknown) => e instanceof BlockError && e.code === "ENOTSUP" && q.stderr.endsWith(`: ${e.message}\n`),
     );
   },
 });

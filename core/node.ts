@@ -575,8 +575,7 @@ export class BlockNode {
     try {
       const inst = this.#inst;
       if (inst.pdiscard) {
-        const max = this.#limits.maxDiscard || Number.MAX_SAFE_INTEGER;
-        for (let o = offset; o < offset + length; o += max) await inst.pdiscard(o, Math.min(max, offset + length - o), { req });
+        for (const [o, n] of discardPieces(offset, length, this.#limits)) await inst.pdiscard(o, n, { req });
       } else if (this.driver.kind === "filter" && this.primaryChild) {
         await this.primaryChild.pdiscard(offset, length, { req });
       }
@@ -939,6 +938,41 @@ function formatDriverName(node: BlockNode): string {
   let n: BlockNode | undefined = node;
   while (n && n.driver.kind === "filter") n = n.primaryChild;
   return (n ?? node).driver.name;
+}
+
+/**
+ * How QEMU's bdrv_co_pdiscard cuts a discard for a driver: a head piece up
+ * to the discard alignment (`optDiscard`, at least the request alignment),
+ * whole aligned pieces of at most `maxDiscard`, and the tail; so a driver
+ * that only drops whole clusters sees piece boundaries on the alignment, not
+ * wherever a maximum-sized chunk from an unaligned start happens to end.
+ */
+function discardPieces(offset: number, length: number, l: BlockLimits): [number, number][] {
+  const ra = l.requestAlignment;
+  const align = Math.max(l.optDiscard, ra);
+  const max = l.maxDiscard || Number.MAX_SAFE_INTEGER;
+  let head = offset % align;
+  let tail = (offset + length) % align;
+  const pieces: [number, number][] = [];
+  for (let o = offset, left = length; left > 0;) {
+    let num = left;
+    if (head) {
+      num = Math.min(left, align - head);
+      if (num % ra) num %= ra;
+      head = (head + num) % align;
+    } else if (tail) {
+      if (num > align) num -= tail;
+      else if (tail % ra && tail > ra) {
+        tail %= ra;
+        num -= tail;
+      }
+    }
+    if (num > max) num = max;
+    pieces.push([o, num]);
+    o += num;
+    left -= num;
+  }
+  return pieces;
 }
 
 function defaultLimits(): BlockLimits {

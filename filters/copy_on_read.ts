@@ -6,9 +6,9 @@
  * served locally. Zero data is copied as a write-zeroes; ranges already
  * allocated are read directly and never rewritten. The copy raises the
  * `cor_write` BLKDBG event on the child (blkdebug sees it). Writes, discards
- * and everything else pass through. The node must be writable ("Can't use
- * copy-on-read on read-only device"). qemu-io's `-C` puts this filter on
- * top of the image.
+ * and everything else pass through. The node must be writable ("Block node
+ * is read-only" otherwise, as QEMU says). qemu-io's `-C` puts this filter on
+ * top of the image ("Can't use copy-on-read on read-only device").
  *
  * @example
  * ```ts
@@ -83,7 +83,8 @@ export class CopyOnReadFilter implements DriverInstance {
 
 async function openCopyOnRead(ctx: OpenContext): Promise<DriverInstance> {
   checkKnownOptions(ctx.options, [], "copy-on-read");
-  if (ctx.readOnly) throw new BlockError("EINVAL", "Can't use copy-on-read on read-only device", { node: ctx.node.name });
+  // A copy-on-read node writes: QEMU's permission check refuses it read-only.
+  if (ctx.readOnly) throw new BlockError("EROFS", "Block node is read-only", { node: ctx.node.name });
   const child = (await ctx.openChild("file"))!;
   const info = await child.info();
   const cs = typeof info["cluster-size"] === "number" ? info["cluster-size"] : 0;

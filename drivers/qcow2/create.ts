@@ -357,7 +357,9 @@ async function createDataFile(o: Qcow2CreateOptions): Promise<void> {
   // directory (not to the image, unlike a backing file name).
   const node = await open({ driver: "file", filename: o.dataFile!, create: true });
   try {
-    if (node.length !== o.size) await node.truncate(o.size, { prealloc: o.preallocation === "metadata" ? "off" : o.preallocation });
+    // Like QEMU's file creation: emptied first, then grown with the preallocation asked for.
+    if (node.length > 0) await node.truncate(0);
+    await node.truncate(o.size, { prealloc: o.preallocation === "metadata" ? "off" : o.preallocation });
     await node.flush();
   } finally {
     await node.close();

@@ -315,3 +315,27 @@ Deno.test({
     assertEquals((await ours(["map", "--output=json", "-f", "raw", `${d.path}/odd.raw`])).stdout, q.stdout);
   },
 });
+
+Deno.test({
+  name: "create with an external data file preallocates it even when it already exists, as qemu-img (iotest 243)",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    for (const mode of ["metadata", "falloc", "full"]) {
+      const r = await ours([
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        `data_file=${d.path}/x.data,preallocation=${mode},extent_size_hint=0`,
+        `${d.path}/x.qcow2`,
+        "64M",
+      ]);
+      assertEquals(r.code, 0, r.stderr);
+      const st = await Deno.stat(`${d.path}/x.data`);
+      assertEquals(st.size, 64 << 20, mode);
+      assertEquals((st.blocks ?? 0) * 512 >= 2 << 20, mode !== "metadata", mode);
+    }
+  },
+});

@@ -22,6 +22,11 @@ import {
 } from "./_common.ts";
 import { formatOptionHelp, parseCreateOptions, wantsOptionHelp } from "./create.ts";
 
+/** Whether the format's driver takes amend options (it lists them). */
+function amendable(format: string): boolean {
+  return getDriver(format).amendOptions !== undefined;
+}
+
 /** qemu-img's `amend -o help`: the options the format can change. */
 function amendOptionHelp(format: string): string {
   const d = getDriver(format);
@@ -64,6 +69,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       io.stdout(amendOptionHelp(node.formatName));
       return 0;
     }
+    if (!amendable(node.formatName)) throw new CliError(`Format driver '${node.formatName}' does not support option amendment`);
     await node.amend(opts, { force: p.values.force === true });
   } finally {
     await node.close();

@@ -22,7 +22,7 @@ import {
   sizeArg,
   type Verb,
 } from "./_common.ts";
-import { createOptionHelp, parseCreateOptions, wantsOptionHelp } from "./create.ts";
+import { canCreate, createOptionHelp, parseCreateOptions, wantsOptionHelp } from "./create.ts";
 import { startTrace, type Trace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
 import { progressPrinter } from "./_progress.ts";
 
@@ -85,11 +85,13 @@ async function run(args: string[], io: CliIO): Promise<number> {
   if (backing !== undefined && p.positionals.length > 2) {
     throw new CliError("Having a backing file for the target makes no sense when concatenating multiple input images");
   }
+  const backingFmt = flagString(p.values, "backing-format");
+  if (backingFmt !== undefined) options.backing_fmt = backingFmt;
   if (backing !== undefined && options.backing_fmt === undefined) {
     throw new CliError("Use of backing file requires explicit backing format");
   }
-  const backingFmt = flagString(p.values, "backing-format");
-  if (backingFmt !== undefined) options.backing_fmt = backingFmt;
+  // The target format is checked before any source is opened, as qemu-img does.
+  if (p.values["no-create"] !== true && !canCreate(outFmt)) throw new CliError(`Format driver '${outFmt}' does not support image creation`);
   const srcs: BlockNode[] = [];
   let dst: BlockNode | undefined;
   const traces: Trace[] = [];

@@ -6,6 +6,7 @@
  */
 
 import { checkImageCreate, createImage } from "../core/open.ts";
+import { BlockError } from "../core/errors.ts";
 import { parseSize } from "../core/options.ts";
 import { driverForPrefix, getDriver } from "../core/registry.ts";
 import type { OptionHelp } from "../core/types.ts";
@@ -135,6 +136,19 @@ export function createOptionHelp(format: string, filename: string | undefined): 
   return `Supported options:\n${formatOptionHelp([...(driver.createOptions ?? []), ...(proto.createOptions ?? [])])}`;
 }
 
+/**
+ * Whether images of `format` can be created; a format blkgraph only
+ * recognises (bochs, vmdk, ...) cannot. An unknown name is an error naming it.
+ */
+export function canCreate(format: string): boolean {
+  try {
+    return getDriver(format).create !== undefined;
+  } catch (e) {
+    if (e instanceof BlockError && e.code === "ENOTSUP") return false;
+    throw e;
+  }
+}
+
 /** The line qemu-img prints before creating: "Formatting 'f', fmt=qcow2 cluster_size=65536 ...". */
 export function formattingLine(filename: string, format: string, size: number, options: Record<string, string>): string {
   const shown: Record<string, string> = { ...options, size: String(size) };
@@ -178,7 +192,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   }
   needPositionals(p.positionals, 1, 2, "filename");
   const [filename, sizeText] = p.positionals;
-  if (!getDriver(format).create) throw new CliError(`${filename}: Format driver '${format}' does not support image creation`);
+  if (!canCreate(format)) throw new CliError(`${filename}: Format driver '${format}' does not support image creation`);
   const options = parseCreateOptions(lists);
   const backing = flagString(p.values, "backing") ?? options.backing_file;
   const backingFmt = flagString(p.values, "backing-format") ?? options.backing_fmt;

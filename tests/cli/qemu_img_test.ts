@@ -339,3 +339,26 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "resize checks as qemu-img: positive size, preallocation only when growing, --shrink with its warning (iotest 106)",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const cases = [
+      ["--shrink", "--preallocation=falloc", "-256k"],
+      ["--shrink", "--preallocation=full", "-64k"],
+      ["--preallocation=falloc", "128k"],
+      ["-128k"],
+      ["0"],
+      ["--shrink", "--preallocation=off", "-64k"],
+    ];
+    for (const c of cases) {
+      for (const who of ["q", "b"]) await runOk("qemu-img", ["create", "-q", "-f", "raw", `${d.path}/${who}.raw`, "128k"]);
+      const q = await run("qemu-img", ["resize", "-f", "raw", ...c.slice(0, -1), `${d.path}/q.raw`, c.at(-1)!]);
+      const r = await ours(["resize", "-f", "raw", ...c.slice(0, -1), `${d.path}/b.raw`, c.at(-1)!]);
+      assertEquals([r.code, r.stdout, r.stderr], [q.code, q.stdout, q.stderr], c.join(" "));
+      assertEquals((await Deno.stat(`${d.path}/b.raw`)).size, (await Deno.stat(`${d.path}/q.raw`)).size, c.join(" "));
+    }
+  },
+});

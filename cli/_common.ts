@@ -325,9 +325,7 @@ export function graphNodes(top: BlockNode): BlockNode[] {
 
 /** The format node a user means: the top node, below any filters. */
 export function formatNode(top: BlockNode): BlockNode {
-  let n: BlockNode | undefined = top;
-  while (n && n.driver.kind === "filter") n = n.primaryChild;
-  return n ?? top;
+  return top.formatNode;
 }
 
 /** The protocol node holding the image's bytes (first `file` chain leaf). */

@@ -25,6 +25,7 @@ import { infoVerb } from "./info.ts";
 import { ioVerb } from "./io.ts";
 import { mapVerb } from "./map.ts";
 import { measureVerb } from "./measure.ts";
+import { nbdVerb } from "./nbd.ts";
 import { rebaseVerb } from "./rebase.ts";
 import { resizeVerb } from "./resize.ts";
 import { snapshotVerb } from "./snapshot.ts";
@@ -47,6 +48,7 @@ export const VERBS: readonly Verb[] = [
   infoVerb,
   mapVerb,
   measureVerb,
+  nbdVerb,
   rebaseVerb,
   reportVerb,
   resizeVerb,
@@ -55,20 +57,45 @@ export const VERBS: readonly Verb[] = [
   demoVerb,
 ];
 
-/** The verbs of the `qemu-img` drop-in: qemu-img's own (no `io`, no `demo`). */
-export const QEMU_IMG_VERBS: readonly Verb[] = VERBS.filter((v) => v.name !== "io" && v.name !== "demo");
+/** qemu-img 7.2's verbs. */
+const QEMU_IMG_NAMES = [
+  "amend",
+  "bench",
+  "bitmap",
+  "check",
+  "commit",
+  "compare",
+  "convert",
+  "create",
+  "dd",
+  "info",
+  "map",
+  "measure",
+  "snapshot",
+  "rebase",
+  "resize",
+];
+
+/** The verbs of the `qemu-img` drop-in: qemu-img's own (not `io`, `nbd`, `demo`, `report`, `crash-explore`). */
+export const QEMU_IMG_VERBS: readonly Verb[] = VERBS.filter((v) => QEMU_IMG_NAMES.includes(v.name));
+
+function toFileUrl(path: string): string {
+  const abs = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
+  return new URL(`file://${abs.split("/").map(encodeURIComponent).join("/")}`).href;
+}
 
 function usage(prog: string, verbs: readonly Verb[]): string {
   const width = Math.max(...verbs.map((v) => v.name.length));
   return [
-    `Usage: ${prog} VERB [options] ...`,
+    `Usage: ${prog}${prog === "blkgraph" ? " [--load MODULE]..." : ""} VERB [options] ...`,
     "",
     "A qemu-img / qemu-io work-alike on the blkgraph block layer.",
     "",
     "Verbs:",
     ...verbs.map((v) => `  ${v.name.padEnd(width)}  ${v.summary}`),
     "",
-    `Run '${prog} VERB --help' for a verb's options.`,
+    `Run '${prog} VERB --help' for a verb's options.${prog === "blkgraph" ? " --load MODULE imports a module first" : ""}`,
+    ...(prog === "blkgraph" ? ["(a driver of your own that calls registerDriver)."] : []),
     "",
   ].join("\n");
 }
@@ -84,8 +111,23 @@ function usage(prog: string, verbs: readonly Verb[]): string {
  * console.log(code); // 0
  * ```
  */
-export function main(args: string[], io: CliIO): Promise<number> {
-  return dispatch(args, io, VERBS);
+export async function main(args: string[], io: CliIO): Promise<number> {
+  // `--load MODULE` (repeatable, before the verb) imports a module that registers drivers, as nbdkit loads plugins.
+  while (args[0] === "--load" || args[0]?.startsWith("--load=")) {
+    const spec = args[0] === "--load" ? args[1] : args[0].slice("--load=".length);
+    args = args.slice(args[0] === "--load" ? 2 : 1);
+    if (!spec) {
+      io.stderr("blkgraph: --load needs a module path or URL\n");
+      return 1;
+    }
+    try {
+      await import(/^[a-z][a-z0-9+.-]*:/i.test(spec) ? spec : toFileUrl(spec));
+    } catch (e) {
+      io.stderr(`blkgraph: Could not load module '${spec}': ${(e as Error).message}\n`);
+      return 1;
+    }
+  }
+  return await dispatch(args, io, VERBS);
 }
 
 /**

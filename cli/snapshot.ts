@@ -1,14 +1,21 @@
 /**
- * `blkgraph snapshot`: `-l` lists internal snapshots (qemu-img's table; an
- * image without snapshots prints nothing). Creating, applying and deleting
- * snapshots is not supported yet.
+ * `blkgraph snapshot`: qemu-img snapshot. `-l` lists internal snapshots
+ * (qemu-img's table; an image without snapshots prints nothing), `-c`
+ * creates one, `-a` reverts the image to one, `-d` deletes one — through
+ * the driver interface's snapshot operations, which fall through raw and
+ * filters to the node that has them (an rbd node's RBD snapshots), with
+ * qemu-img's messages. A node that lists snapshots but cannot change them
+ * (qcow2 today) says so.
  *
  * @module
  */
 
+import { BlockError } from "../core/errors.ts";
+import type { BlockNode } from "../core/node.ts";
 import {
   CliError,
   type CliIO,
+  flagString,
   formatNode,
   IMAGE_FLAGS,
   imageArgs,
@@ -21,8 +28,59 @@ import { formatSnapshotTable, readSnapshots } from "./_snapshots.ts";
 
 const USAGE = `Usage: blkgraph snapshot [-l | -a snapshot | -c snapshot | -d snapshot] [-f fmt] [-q] [-U] [--image-opts] filename
 
-Lists internal snapshots (-l). -a, -c and -d are not supported yet.
+Lists (-l), creates (-c), applies (-a, reverts the image to it) or deletes
+(-d) internal snapshots, as qemu-img snapshot. Snapshots of raw images on
+rbd are RBD snapshots.
 `;
+
+type Action = "list" | "create" | "apply" | "delete";
+
+function why(e: unknown): string {
+  return e instanceof BlockError ? e.strerror : (e as Error).message;
+}
+
+const VERB = { create: ["snapshotCreate", "create"], apply: ["snapshotGoto", "apply"], delete: ["snapshotDelete", "delete"] } as const;
+
+async function act(node: BlockNode, action: Exclude<Action, "list">, name: string): Promise<void> {
+  const fmt = formatNode(node);
+  const serving = fmt.snapshotNode();
+  const [op, verb] = VERB[action];
+  if (serving && !serving.instance[op]) {
+    throw new CliError(`Could not ${verb} snapshot '${name}': driver '${serving.driver.name}' cannot ${verb} snapshots yet`);
+  }
+  switch (action) {
+    case "create": {
+      const now = Date.now();
+      const info = { id: "", name, vmStateSize: 0, dateSec: Math.floor(now / 1000), dateNsec: (now % 1000) * 1e6, vmClockNsec: 0 };
+      try {
+        await fmt.snapshotCreate(info);
+      } catch (e) {
+        const errno = e instanceof BlockError ? e.errno : 5;
+        throw new CliError(`Could not create snapshot '${name}': -${errno} (${why(e)})`);
+      }
+      return;
+    }
+    case "apply":
+      try {
+        await fmt.snapshotGoto(name);
+      } catch (e) {
+        if (!serving) throw new CliError(`Could not apply snapshot '${name}': Block driver does not support snapshots`);
+        throw new CliError(`Could not apply snapshot '${name}': Failed to load snapshot: ${why(e)}`);
+      }
+      return;
+    case "delete": {
+      // As qemu-img: find it by name first.
+      const found = (await readSnapshots(fmt)).find((s) => s.name === name);
+      if (!found) throw new CliError(`Could not delete snapshot '${name}': snapshot not found`);
+      try {
+        await fmt.snapshotDelete(found.id);
+      } catch (e) {
+        throw new CliError(`Could not delete snapshot '${name}': Failed to remove the snapshot: ${why(e)}`);
+      }
+      return;
+    }
+  }
+}
 
 async function run(args: string[], io: CliIO): Promise<number> {
   const p = parseVerbArgs(
@@ -38,14 +96,23 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io,
   );
   if (!p) return 0;
-  needPositionals(p.positionals, 1, 1, "filename");
-  for (const [flag, what] of [["apply", "-a"], ["create", "-c"], ["delete", "-d"]] as const) {
-    if (p.values[flag] !== undefined) throw new CliError(`'snapshot ${what}' is not supported yet`);
+  const chosen: [Action, string][] = [];
+  if (p.values.list === true) chosen.push(["list", ""]);
+  for (const a of ["apply", "create", "delete"] as const) {
+    const v = flagString(p.values, a);
+    if (v !== undefined) chosen.push([a, v]);
   }
-  const node = await openImage(p.positionals[0], imageArgs(p.values, true));
+  if (chosen.length > 1) throw new CliError("Cannot mix '-l', '-a', '-c', '-d'\nTry '--help' for more information.");
+  needPositionals(p.positionals, 1, 1, "one image file name");
+  const [action, name] = chosen[0] ?? ["list", ""];
+  const node = await openImage(p.positionals[0], imageArgs(p.values, action === "list"));
   try {
-    const snaps = await readSnapshots(formatNode(node));
-    if (snaps.length) io.stdout("Snapshot list:\n" + formatSnapshotTable(snaps));
+    if (action === "list") {
+      const snaps = await readSnapshots(formatNode(node));
+      if (snaps.length) io.stdout("Snapshot list:\n" + formatSnapshotTable(snaps));
+    } else {
+      await act(node, action, name);
+    }
   } finally {
     await node.close();
   }
@@ -53,4 +120,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `snapshot` verb. */
-export const snapshotVerb: Verb = { name: "snapshot", summary: "list internal snapshots", run };
+export const snapshotVerb: Verb = { name: "snapshot", summary: "list, create, apply or delete internal snapshots", run };

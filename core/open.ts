@@ -375,7 +375,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
         probe: copts.probe ?? (driver.kind === "filter" && state.probe),
         top: false,
       });
-      node.children.set(role, child);
+      node.attachChild(role, child);
       return child;
     },
     childSpec: (role: ChildRole) => childSpecs.get(role),
@@ -446,12 +446,20 @@ export interface CreateOptions {
  */
 export async function createImage(filename: string, format: string, size: number, opts: CreateOptions = {}): Promise<void> {
   const plan = await planCreate(filename, format, size, opts);
+  // Not a host file: the protocol creates its object (an RBD image) first.
+  await plan.createFile?.();
   let file: BlockNode | undefined;
   try {
     file = await openNode(plan.fileSpec, { readOnly: false, probe: false, top: false });
-    if (file.length > 0) await file.truncate(0);
-    await plan.driver.create!({ file, size: plan.size, options: plan.options, filename });
-    await file.flush();
+    const allowed = file.allowBeyondEof;
+    file.allowBeyondEof = true; // the new image is written past the end of the empty file
+    try {
+      if (file.length > 0) await file.truncate(0);
+      await plan.driver.create!({ file, size: plan.size, options: plan.options, filename });
+      await file.flush();
+    } finally {
+      file.allowBeyondEof = allowed;
+    }
   } catch (e) {
     if (plan.created !== undefined) {
       if (file && !(opts.file instanceof BlockNode)) await file.close().catch(() => {});
@@ -487,6 +495,8 @@ interface CreatePlan {
   fileSpec: Options | BlockNode;
   /** The file that creating makes (removed again on failure). */
   created?: string;
+  /** Creates the protocol's object first (protocols that are not host files). */
+  createFile?: () => Promise<void>;
 }
 
 async function planCreate(filename: string, format: string, size: number, opts: CreateOptions): Promise<CreatePlan> {
@@ -525,7 +535,11 @@ async function planCreate(filename: string, format: string, size: number, opts: 
   }
   // Everything is validated before a file exists (a failed create leaves nothing behind).
   await driver.checkCreate?.({ size, options, filename });
-  return { driver, size, options, fileSpec, created };
+  const protocol = opts.file ? undefined : driverForPrefix(filename);
+  const createFile = protocol?.createFile && protocol.parseFilename
+    ? () => protocol.createFile!(protocol.parseFilename!(filename), size)
+    : undefined;
+  return { driver, size, options, fileSpec, created, createFile };
 }
 
 /** The protocol node a new image named `filename` is written to (`file:` and other prefixes parsed). */

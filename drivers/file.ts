@@ -6,9 +6,9 @@
  * readSync/writeSync with a position (1 µs). Figures in bench/README.md.
  *
  * Options (QEMU's names):
- * - `filename` (required); `create` (create the file if missing), with
- *   QEMU's creation hints `extent-size-hint` (default 1 MiB, 0 = none) and
- *   `nocow`;
+ * - `filename` (required); `create` (create the file if missing, and let
+ *   writes on the node itself go past the end), with QEMU's creation hints
+ *   `extent-size-hint` (default 1 MiB, 0 = none) and `nocow`;
  * - `locking` = `auto` (default) | `on` | `off`: QEMU-compatible OFD byte
  *   locks with FFI (qemu-img and blkgraph see each other), `flock` without.
  *   A conflict is `EBUSY` ("in use"; QEMU passes EAGAIN, which reads as
@@ -137,6 +137,8 @@ function openFile(ctx: OpenContext): DriverInstance {
   const hints = create ? readCreateHints(opts) : undefined;
   const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : openNodeFs(filename, ctx.readOnly, create, name);
   if (hints && libc) applyCreateHints(libc, h.fd, hints);
+  // A file opened to be created is written past its end by design (QEMU's allow_write_beyond_eof for image creation).
+  if (create) ctx.node.allowBeyondEof = true;
   try {
     lockImage(h, filename, ctx.readOnly, ctx.forceShare ?? false, locking, name);
   } catch (e) {

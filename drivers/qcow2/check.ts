@@ -72,6 +72,17 @@ export async function checkQcow2(file: BlockNode, opts: CheckOptions = {}): Prom
   }
   const messages: string[] = [];
   const repairing = opts.repair !== undefined;
+  // The checker writes the file as the qcow2 driver would (a repair may add refcount blocks past its end).
+  const allowed = file.allowBeyondEof;
+  file.allowBeyondEof = true;
+  try {
+    return await checkWith(file, fix, messages, repairing);
+  } finally {
+    file.allowBeyondEof = allowed;
+  }
+}
+
+async function checkWith(file: BlockNode, fix: Fix, messages: string[], repairing: boolean): Promise<CheckResult> {
   let res = await checkOnce(file, fix, messages, repairing);
   if (res.leaksFixed || res.corruptionsFixed) {
     const fixedLeaks = res.leaksFixed;

@@ -257,6 +257,10 @@ export class Qcow2Instance implements DriverInstance {
         node: st.node.name,
       });
     }
+    if (opts.zeroFill && st.header.version < 3) {
+      // QEMU: v2 images have no zero clusters, so the area over the longer backing file cannot be hidden.
+      throw new BlockError("ENOTSUP", "Failed to zero out new clusters: Operation not supported", { node: st.node.name });
+    }
     return st.change(() => resize(st, length, opts.req));
   }
 

@@ -271,9 +271,12 @@ function checkTable(
  */
 export function parseFeatureTable(data: Uint8Array): FeatureName[] {
   const out: FeatureName[] = [];
-  for (let at = 0; at + FEATURE_ENTRY <= data.length; at += FEATURE_ENTRY) {
+  // Like QEMU, a short last entry counts (the rest reads as zeros) and an entry without a name ends the table.
+  for (let at = 0; at + 2 < data.length; at += FEATURE_ENTRY) {
+    const stop = Math.min(data.length, at + FEATURE_ENTRY);
     let end = at + 2;
-    while (end < at + FEATURE_ENTRY && data[end] !== 0) end++;
+    while (end < stop && data[end] !== 0) end++;
+    if (end === at + 2) break;
     out.push({ type: data[at], bit: data[at + 1], name: decoder.decode(data.subarray(at + 2, end)) });
   }
   return out;

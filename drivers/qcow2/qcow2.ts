@@ -450,10 +450,10 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     l2CacheTables: tables.l2,
     rbCacheTables: tables.rb,
   });
-  if (rw && !checking) {
+  if (rw) {
     // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
     // ones) are cleared, so a program that maintains them knows their data
-    // is stale.
+    // is stale; a repair (check -r, read-write) clears them too, as QEMU's open does.
     if (h.autoclearFeatures !== 0 || h.featureHigh?.autoclear) {
       h.autoclearFeatures = 0;
       if (h.featureHigh) h.featureHigh.autoclear = 0;

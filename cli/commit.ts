@@ -11,6 +11,7 @@
 
 import type { BlockNode } from "../core/node.ts";
 import { open } from "../core/open.ts";
+import { parseJsonFilename } from "../core/spec.ts";
 import {
   CliError,
   type CliIO,
@@ -114,6 +115,16 @@ async function backingChain(filename: string, args: Parameters<typeof openImage>
 }
 
 /**
+ * How to open a layer again: as the image above names it when that name is
+ * a graph (a json: name with filters, which a commit must write through),
+ * else its format over its file.
+ */
+function layerSpec(layer: Layer): Record<string, unknown> {
+  if (layer.recorded?.startsWith("json:")) return { driver: layer.format, ...parseJsonFilename(layer.recorded) };
+  return { driver: layer.format, file: { driver: "file", filename: layer.filename } };
+}
+
+/**
  * Whether `name` (as given to -b) names `layer`, as QEMU's
  * bdrv_find_backing_image decides: the name recorded in the image above, or
  * the same file once a relative name is taken relative to that image.
@@ -158,12 +169,10 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const layers: BlockNode[] = [];
   let top: BlockNode | undefined;
   try {
-    let below = await open({ driver: chain[at].format, file: { driver: "file", filename: chain[at].filename } }, { cache: how.cache });
+    let below = await open(layerSpec(chain[at]), { cache: how.cache });
     layers.push(below);
     for (let i = at - 1; i >= 0; i--) {
-      below = await open({ driver: chain[i].format, file: { driver: "file", filename: chain[i].filename }, backing: below }, {
-        readOnly: true,
-      });
+      below = await open({ ...layerSpec(chain[i]), backing: below }, { readOnly: true });
       layers.push(below);
     }
     top = await openImage(filename, { ...how, options: { backing: below } });

@@ -235,3 +235,23 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "commit writes into the base through the graph the image's json: backing name describes (a blkdebug rule there fails it), as qemu-img (iotest 020)",
+  ignore: QEMU,
+  async fn() {
+    await using t = await tempDir();
+    const [q, b] = await twice(t.path, async (d) => {
+      await img(`${d}/base.qcow2`, "1M");
+      const json =
+        `json:{'driver': 'qcow2', 'file': { 'driver': 'blkdebug', 'inject-error': [{ 'event': 'write_aio', 'errno': 28, 'once': true }], 'image': { 'driver': 'file', 'filename': '${d}/base.qcow2' }}}`;
+      await runOk("qemu-img", ["create", "-q", "-f", "qcow2", "-u", "-b", json, "-F", "qcow2", `${d}/top.qcow2`, "1M"]);
+      await runOk("qemu-io", ["-c", "write 0 64k", `${d}/top.qcow2`]);
+    });
+    const qr = await run("qemu-img", ["commit", `${q}/top.qcow2`]);
+    const br = await ours(["commit", `${b}/top.qcow2`]);
+    assertEquals([br.code, br.stdout, br.stderr], [qr.code, qr.stdout, qr.stderr]);
+    assertEquals(br.stderr, "qemu-img: Block job failed: No space left on device\n");
+  },
+});

@@ -274,7 +274,7 @@ export function alignedBuffer(libc: Libc, length: number, align: number): Uint8A
 
 /** Turns a positive errno into a BlockError whose message names `context`. */
 export function errnoError(errno: number, context: string, details: BlockErrorDetails): BlockError {
-  if (errno === Errno.EISDIR) return new BlockError("EINVAL", `${context}: it is a directory`, details);
+  if (errno === Errno.EISDIR) return new BlockError("EINVAL", `${context}: Is a directory`, details);
   if (errno === Errno.EOPNOTSUPP) return new BlockError("ENOTSUP", `${context}: ${ERRNO_MESSAGES.ENOTSUP}`, details);
   const code = errnoCode(errno) ?? "EIO";
   const why = errnoCode(errno) ? ERRNO_MESSAGES[code] : `errno ${errno}`;

@@ -45,7 +45,7 @@ export function openNodeFs(filename: string, readOnly: boolean, create: boolean,
     fd = fs.openSync(filename, flags, 0o644);
   } catch (e) {
     const err = e as { code?: string };
-    if (err?.code === "EISDIR") throw errnoError(Errno.EISDIR, `Cannot open '${filename}'`, { node });
+    if (err?.code === "EISDIR") throw errnoError(Errno.EISDIR, `Could not open '${filename}'`, { node });
     throw toBlockError(e, `Could not open '${filename}'`, { node });
   }
   return { fd, release: () => fs.closeSync(fd), lockKind: "none" };

@@ -136,6 +136,18 @@ function openFile(ctx: OpenContext): DriverInstance {
   }
   const hints = create ? readCreateHints(opts) : undefined;
   const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : openNodeFs(filename, ctx.readOnly, create, name);
+  // Like QEMU's file-posix, a directory (which opens read-only) is not an image. Devices are
+  // accepted: blkgraph has no separate host_device driver, and QEMU picks that one for them.
+  let dir = false;
+  try {
+    dir = Deno.statSync(filename).isDirectory;
+  } catch {
+    // Gone between open and stat: the next request will say so.
+  }
+  if (dir) {
+    h.release();
+    throw new BlockError("EINVAL", `'file' driver requires '${filename}' to be a regular file`, { node: name });
+  }
   if (hints && libc) applyCreateHints(libc, h.fd, hints);
   // A file opened to be created is written past its end by design (QEMU's allow_write_beyond_eof for image creation).
   if (create) ctx.node.allowBeyondEof = true;

@@ -537,3 +537,20 @@ Deno.test("opening a file without write permission fails with EACCES", { ignore:
     assert.match(String(res.message), /Could not open '.*disk\.img': Permission denied/);
   });
 });
+
+Deno.test({
+  name: "file refuses a directory with qemu-io's messages (read-write: 'Is a directory'; read-only: not a regular file)",
+  ignore: skipUnless("qemu-io"),
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      for (const readOnly of [false, true]) {
+        const q = await run("qemu-io", ["-f", "raw", ...(readOnly ? ["-r"] : []), "-c", "quit", dir]);
+        const reason = q.stderr.replace(`qemu-io: can't open device ${dir}: `, "").trim();
+        await assert.rejects(open({ driver: "file", filename: dir }, { readOnly }), (e: Error) => e.message === reason);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -408,3 +408,19 @@ Deno.test({
     assertEquals(new DataView((await Deno.readFile(p)).buffer).getBigUint64(88), 0n);
   },
 });
+
+Deno.test({
+  name: "a qcow2 header size that is not whole sectors is rounded down, as qemu-img info shows it (issue 9.17)",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const p = `${d.path}/odd.qcow2`;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", p, "1M"]);
+    const bytes = await Deno.readFile(p);
+    new DataView(bytes.buffer).setBigUint64(24, BigInt((1 << 20) + 300));
+    await Deno.writeFile(p, bytes);
+    const q = JSON.parse((await runOk("qemu-img", ["info", "--output=json", p])).stdout)["virtual-size"];
+    const r = JSON.parse((await ours(["info", "--output=json", p])).stdout)["virtual-size"];
+    assertEquals([r, q], [1 << 20, 1 << 20]);
+  },
+});

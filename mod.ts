@@ -59,6 +59,7 @@ export {
   parseCacheMode,
 } from "./core/open.ts";
 export { type Options, parseSize } from "./core/options.ts";
+export { copyImage, type CopyOptions } from "./core/copy.ts";
 export { fileDriver } from "./drivers/file.ts";
 import "./drivers/foreign.ts";
 export { nullAioDriver, nullCoDriver } from "./drivers/null.ts";
@@ -72,4 +73,6 @@ export * from "./filters/throttle.ts";
 export { copyOnReadDriver, CopyOnReadFilter } from "./filters/copy_on_read.ts";
 export * from "./drivers/qcow2/mod.ts";
 export * from "./drivers/nbd/mod.ts";
+export * from "./drivers/luks/mod.ts";
+export { defineObject, defineSecret, getSecret, hasSecret, removeSecret, type SecretFormat, type SecretOptions } from "./core/secrets.ts";
 export { type TraceEvent, type TraceGraphNode, type Tracer, type TraceSink, traceTo } from "./cli/_trace_events.ts";

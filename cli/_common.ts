@@ -11,6 +11,7 @@ import { BlockError, onCorruption } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
+import { defineObject, removeSecret } from "../core/secrets.ts";
 import { isPlainObject, looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
 
 /** Where a verb writes its output; tests pass collecting functions. */
@@ -90,7 +91,36 @@ export function parseVerbArgs(args: string[], options: OptionTable, usage: strin
     io.stdout(usage.endsWith("\n") ? usage : usage + "\n");
     return null;
   }
-  return { values: parsed.values as Flags, positionals: parsed.positionals };
+  const values = parsed.values as Flags;
+  applyObjects(flagList(values, "object"));
+  return { values, positionals: parsed.positionals };
+}
+
+/** Ids of the objects `--object` defined during the verb now running (removed when it ends). */
+const verbObjects: string[] = [];
+/** Object types a verb defines itself (nbd: `tls-creds-x509`). */
+const verbObjectTypes = new Set<string>();
+
+/** Declares an `--object` type that the verb handling it defines itself; the common `--object` handling leaves it alone. */
+export function verbObjectType(type: string): void {
+  verbObjectTypes.add(type);
+}
+
+/**
+ * Defines QEMU objects given with `--object` (secrets: `secret,id=sec0,data=...`)
+ * before any image is opened; {@linkcode invokeVerb} removes them when the
+ * verb ends, so in-process runs do not leak secrets into each other.
+ */
+export function applyObjects(args: readonly string[]): void {
+  for (const a of args) {
+    const type = /^(?:qom-type=)?([^,=]+)(?:,|$)/.exec(a)?.[1] ?? /(?:^|,)qom-type=([^,]+)/.exec(a)?.[1];
+    if (type !== undefined && verbObjectTypes.has(type)) continue;
+    try {
+      verbObjects.push(defineObject(a));
+    } catch (e) {
+      throw new CliError(errorMessage(e));
+    }
+  }
 }
 
 /** Reads a string flag (the last one when repeated). */
@@ -145,6 +175,10 @@ export interface ImageArgs {
   copyOnRead?: boolean;
   /** Node options merged with a plain filename (qemu-io `open -o`); with no filename they are the whole spec. */
   options?: Record<string, unknown>;
+  /** Only describe the image (qemu-img info's BDRV_O_NO_IO): an encrypted image opens without its key. */
+  noIo?: boolean;
+  /** More options for the format node of a plain filename (convert passes the target's `key-secret`). */
+  extra?: Record<string, string>;
 }
 
 /**
@@ -178,8 +212,17 @@ export async function openImage(filename: string | undefined, opts: ImageArgs = 
   const cache = opts.cache;
   // -U only means something for read-only opens (qemu-img refuses it on writes).
   const forceShare = (opts.forceShare ?? false) && (opts.readOnly ?? false);
+  const noIo = opts.noIo;
   if (opts.imageOpts && opts.format) throw new CliError("--image-opts and --format are mutually exclusive");
-  const how = { readOnly: opts.readOnly, cache, forceShare, check: opts.check, snapshot: opts.snapshot, copyOnRead: opts.copyOnRead };
+  const how = {
+    readOnly: opts.readOnly,
+    cache,
+    forceShare,
+    check: opts.check,
+    snapshot: opts.snapshot,
+    copyOnRead: opts.copyOnRead,
+    noIo,
+  };
   try {
     if (filename === undefined) return await open(opts.options ?? {}, how);
     if (opts.imageOpts || looksDotted(filename)) {
@@ -188,7 +231,8 @@ export async function openImage(filename: string | undefined, opts: ImageArgs = 
     }
     // json: options merged with the ones given beside it; those win (QEMU's qdict_join without overwrite).
     if (filename.startsWith("json:")) return await open(opts.options ? mergeSpecs(normaliseSpec(filename), opts.options) : filename, how);
-    const spec = opts.noBacking ? { ...opts.options, filename, backing: null } : opts.options ? { ...opts.options, filename } : filename;
+    const given = { ...opts.options, ...(opts.noBacking ? { backing: null } : {}), ...opts.extra };
+    const spec = Object.keys(given).length ? { ...given, filename } : filename;
     return await open(spec, { ...how, format: opts.format });
   } catch (e) {
     throw new OpenError(filename, e);
@@ -341,12 +385,32 @@ export function protocolNode(top: BlockNode): BlockNode {
 
 export { isZero } from "../core/_bytes.ts";
 
+let terminationHandler: (() => void) | undefined;
+
+/**
+ * Lets a verb take over SIGINT/SIGTERM while it runs (the nbd server shuts
+ * down gracefully and exits 0, as qemu-nbd); otherwise the CLI closes every
+ * open image and exits 130/143. Returns a function that gives them back.
+ */
+export function handleTermination(fn: () => void): () => void {
+  terminationHandler = fn;
+  return () => {
+    if (terminationHandler === fn) terminationHandler = undefined;
+  };
+}
+
+/** The verb's termination handler, if one took over. */
+export function verbTerminationHandler(): (() => void) | undefined {
+  return terminationHandler;
+}
+
 /** Runs a verb, turning a thrown error into `PROG: <message>` on stderr and an exit code. */
 export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise<number> {
   // A driver marking an image corrupt is announced as QEMU does (no program prefix).
   const stop = onCorruption((r) =>
     io.stderr(`${r.format}: Marking image as corrupt: ${r.message}; further corruption events will be suppressed\n`)
   );
+  const objectsBefore = verbObjects.length;
   try {
     return await verb.run(args, io);
   } catch (e) {
@@ -354,5 +418,6 @@ export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise
     return e instanceof CliError ? e.exitCode : 1;
   } finally {
     stop();
+    for (const id of verbObjects.splice(objectsBefore)) removeSecret(id);
   }
 }

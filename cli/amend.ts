@@ -2,7 +2,7 @@
  * `blkgraph amend`: qemu-img amend: opens the image read-write (without its
  * backing chain) and hands the `-o` options to the format driver's `amend`
  * (qcow2: `lazy_refcounts=on|off`; creation-only options are refused as
- * qemu-img does).
+ * qemu-img does; luks: key slots, with `--object` secrets).
  *
  * @module
  */
@@ -34,10 +34,12 @@ function amendOptionHelp(format: string): string {
   return `Amend options for '${format}':\n${formatOptionHelp(d.amendOptions)}`;
 }
 
-const USAGE = `Usage: blkgraph amend [-f fmt] [-q] [--force] [--image-opts] -o options filename
+const USAGE = `Usage: blkgraph amend [--object objectdef] [-f fmt] [-q] [--force] [--image-opts] -o options filename
 
-Changes format options of an existing qcow2 image. Supported:
-lazy_refcounts=on|off (compat=1.1 images).
+Changes format options of an existing image. Supported: qcow2
+lazy_refcounts=on|off (compat=1.1 images); luks key slots:
+state=active|inactive, keyslot, new-secret, old-secret, iter-time
+(--force overwrites an active slot or erases the last one).
 `;
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -78,4 +80,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `amend` verb. */
-export const amendVerb: Verb = { name: "amend", summary: "change format options of a qcow2 image (lazy_refcounts)", run };
+export const amendVerb: Verb = { name: "amend", summary: "change format options (qcow2 lazy_refcounts, luks key slots)", run };

@@ -35,6 +35,15 @@ compression_type, extended_l2, preallocation, data_file).
 
 /** Order in which qemu-img prints qcow2 creation options. */
 const QCOW2_ORDER = [
+  "encryption",
+  "encrypt.format",
+  "encrypt.key-secret",
+  "encrypt.cipher-alg",
+  "encrypt.cipher-mode",
+  "encrypt.ivgen-alg",
+  "encrypt.ivgen-hash-alg",
+  "encrypt.hash-alg",
+  "encrypt.iter-time",
   "cluster_size",
   "extended_l2",
   "preallocation",
@@ -55,6 +64,19 @@ const QCOW2_DEFAULTS: Record<string, string> = {
   lazy_refcounts: "off",
   refcount_bits: "16",
 };
+
+/** Order in which qemu-img prints luks creation options. */
+const LUKS_ORDER = [
+  "size",
+  "key-secret",
+  "cipher-alg",
+  "cipher-mode",
+  "ivgen-alg",
+  "ivgen-hash-alg",
+  "hash-alg",
+  "iter-time",
+  "preallocation",
+];
 
 /**
  * Checks an `-o` argument as qemu-img does: not empty, not starting with a
@@ -157,6 +179,8 @@ export function formattingLine(filename: string, format: string, size: number, o
     for (const [k, v] of Object.entries(QCOW2_DEFAULTS)) shown[k] ??= v;
     shown.cluster_size = String(sizeArg(shown.cluster_size, "cluster_size"));
     order = QCOW2_ORDER;
+  } else if (format === "luks") {
+    order = LUKS_ORDER;
   } else {
     order = ["size", "backing_file", "backing_fmt"];
   }

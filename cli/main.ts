@@ -11,7 +11,8 @@
  */
 
 import "../mod.ts";
-import { type CliIO, invokeVerb, progName, type Verb } from "./_common.ts";
+import { closeAllNodes } from "../core/open.ts";
+import { type CliIO, invokeVerb, progName, type Verb, verbTerminationHandler } from "./_common.ts";
 
 export type { CliIO, Verb } from "./_common.ts";
 import { benchVerb } from "./bench.ts";
@@ -231,8 +232,36 @@ async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<st
   if (buf) yield buf;
 }
 
+/**
+ * Makes SIGINT and SIGTERM close every open image (caches written back and
+ * flushed) before the process ends, unless a running verb took them over.
+ * The entry points (blkgraph, qemu-img, qemu-io) install it.
+ *
+ * @example
+ * ```ts
+ * import { closeImagesOnSignals } from "./main.ts";
+ * const remove = closeImagesOnSignals();
+ * remove();
+ * ```
+ */
+export function closeImagesOnSignals(): () => void {
+  const listeners = (["SIGINT", "SIGTERM"] as const).map((sig) => {
+    const code = sig === "SIGINT" ? 130 : 143;
+    const fn = () => {
+      const verb = verbTerminationHandler();
+      if (verb) verb();
+      else closeAllNodes().finally(() => Deno.exit(code));
+    };
+    Deno.addSignalListener(sig, fn);
+    return [sig, fn] as const;
+  });
+  return () => {
+    for (const [sig, fn] of listeners) Deno.removeSignalListener(sig, fn);
+  };
+}
+
 if (import.meta.main) {
-  const io = processIO();
-  const code = await main(Deno.args, io);
+  closeImagesOnSignals();
+  const code = await main(Deno.args, processIO());
   Deno.exit(code);
 }

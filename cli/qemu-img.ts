@@ -11,7 +11,7 @@
  * @module
  */
 
-import { type CliIO, dispatch, processIO, QEMU_IMG_VERBS } from "./main.ts";
+import { type CliIO, closeImagesOnSignals, dispatch, processIO, QEMU_IMG_VERBS } from "./main.ts";
 
 /**
  * Runs qemu-img's command line in-process; resolves to the exit code.
@@ -28,6 +28,7 @@ export function qemuImg(args: string[], io: CliIO): Promise<number> {
 }
 
 if (import.meta.main) {
+  closeImagesOnSignals();
   const io = processIO({ stdio: true });
   const code = await qemuImg(Deno.args, io);
   io.flush?.();

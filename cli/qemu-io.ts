@@ -30,6 +30,8 @@ export function qemuIo(args: string[], io: CliIO): Promise<number> {
 }
 
 if (import.meta.main) {
+  // No SIGINT/SIGTERM handlers here: qemu-io's `sigraise` must meet the
+  // signals' default actions, as in QEMU (Deno.exit still writes back).
   const io = processIO({ stdio: true });
   const code = await qemuIo(Deno.args, io);
   io.flush?.();

@@ -17,6 +17,58 @@ import type { BlockDriver, OpenContext } from "./node.ts";
 const nodes = new Map<string, BlockNode>();
 let generated = 0;
 
+/**
+ * What happens to nodes still open when the process ends:
+ * - the script ends (the event loop drains): `beforeunload` closes every
+ *   open graph from its top, so caches are written back and flushed, as
+ *   `close()` does;
+ * - `Deno.exit()`: `unload` runs no async code, so each node writes back
+ *   synchronously what it can (`exitSync`: qcow2 metadata straight to a
+ *   `file` node) and protocol nodes flush; what cannot be saved safely is
+ *   lost as in a crash, with a warning on stderr — the image stays
+ *   consistent;
+ * - SIGKILL or a power cut: what the crash guarantee says — every write
+ *   completed before the last completed flush survives, and the image is
+ *   consistent (at worst leaked clusters).
+ */
+function installExitHooks(): void {
+  if (exitHooksInstalled) return;
+  exitHooksInstalled = true;
+  globalThis.addEventListener("beforeunload", () => {
+    for (const n of openRoots()) n.close().catch(() => {});
+  });
+  globalThis.addEventListener("unload", () => exitSyncAll());
+}
+let exitHooksInstalled = false;
+
+/** Open nodes no other open node holds (the tops of the open graphs). */
+function openRoots(): BlockNode[] {
+  return [...nodes.values()].filter((n) => !n.hasParents && !n.closed);
+}
+
+/** Closes every open graph from its top (what the CLI does on SIGINT and SIGTERM). */
+export async function closeAllNodes(): Promise<void> {
+  for (const n of openRoots()) await n.close().catch(() => {});
+}
+
+function exitSyncAll(): void {
+  // Formats and filters write back first; then protocol nodes make it durable.
+  const all = [...nodes.values()].filter((n) => !n.closed);
+  for (const n of [...all.filter((n) => n.driver.kind !== "protocol"), ...all.filter((n) => n.driver.kind === "protocol")]) {
+    let ok: boolean;
+    try {
+      ok = n.exitSync();
+    } catch {
+      ok = false;
+    }
+    if (!ok) {
+      console.error(
+        `blkgraph: warning: node '${n.name}' (${n.driver.name}) was still open with unwritten data at Deno.exit(); its writes since the last flush are lost as in a crash (the image stays consistent). Close nodes, or flush, before exiting.`,
+      );
+    }
+  }
+}
+
 /** Looks up an open node by name. */
 export function findNode(name: string): BlockNode | undefined {
   return nodes.get(name);
@@ -97,6 +149,12 @@ export interface OpenOptions {
    * QEMU's "consistent read" lock and refuses to share "write", as QEMU does.
    */
   forceShare?: boolean;
+  /**
+   * The graph is only described, never read or written (QEMU's
+   * BDRV_O_NO_IO, as qemu-img info opens): an encrypted image opens without
+   * its key.
+   */
+  noIo?: boolean;
   /**
    * Open for a consistency check (qemu-img check's BDRV_O_CHECK): format
    * drivers open images they would refuse or repair at open (corrupt bit,
@@ -179,6 +237,7 @@ export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}):
     top: true,
     forceShare: opts.forceShare ?? false,
     check: opts.check ?? false,
+    noIo: opts.noIo,
   };
   let node = await openNode(options, state);
   if (opts.snapshot) node = await tempOverlay(node, readOnly);
@@ -224,6 +283,7 @@ interface OpenState {
   probed?: boolean;
   check?: boolean;
   forceShare?: boolean;
+  noIo?: boolean;
   cache?: CacheFlags;
   probe: boolean;
   top: boolean;
@@ -348,12 +408,14 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     probed: state.probed,
   });
   nodes.set(name, node);
+  installExitHooks();
   node.onClose(() => nodes.delete(name!));
   const ctx: OpenContext = {
     node,
     options: driverOptions,
     readOnly,
     forceShare,
+    noIo: state.noIo,
     check: state.check,
     probed: state.probed ?? false,
     async openChild(role: ChildRole, spec?: unknown, copts = {}) {
@@ -368,6 +430,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
       const child = await openNode(s as Options | string | BlockNode, {
         readOnly: copts.readOnly ?? readOnly,
         forceShare,
+        noIo: state.noIo,
         cache: { direct: cache?.direct ?? false, noFlush: cache?.noFlush ?? false, writeThrough: false },
         // A filter's children are probed when the filter is (QEMU passes
         // BDRV_O_PROTOCOL down through filters): blkdebug:CONF:IMG at the top
@@ -420,6 +483,22 @@ async function openProbedOver(options: Options, state: OpenState): Promise<Block
 
 function pickCache(options: Options): Options {
   return options.cache === undefined ? {} : { cache: options.cache };
+}
+
+/**
+ * The protocol node at the bottom of a `file` spec given to createImage
+ * (below any filters) is created as QEMU's bdrv_create_file does: a host
+ * file gets `create: true`, a protocol with `createFile` (rbd) makes its
+ * object first.
+ */
+async function withProtocolCreated(spec: Options, size: number): Promise<Options> {
+  const child = isPlainObject(spec.file) ? "file" : isPlainObject(spec.image) ? "image" : undefined;
+  if (child) return { ...spec, [child]: await withProtocolCreated(spec[child] as Options, size) };
+  const name = typeof spec.driver === "string" ? spec.driver : "file";
+  if (name === "file") return spec.create === undefined ? { ...spec, driver: "file", create: true } : spec;
+  const driver = getDriver(name);
+  if (driver.kind === "protocol" && driver.createFile) await driver.createFile(withoutKey(spec, "driver"), size);
+  return spec;
 }
 
 /** Options for {@linkcode createImage}. */
@@ -507,8 +586,16 @@ async function planCreate(filename: string, format: string, size: number, opts: 
   let options = opts.options ?? {};
   let fileSpec: Options | BlockNode;
   let created: string | undefined;
-  if (opts.file) fileSpec = opts.file;
-  else {
+  let createFile: (() => Promise<void>) | undefined;
+  if (opts.file instanceof BlockNode) fileSpec = opts.file;
+  else if (opts.file) {
+    // The protocol below filters (an RBD image under blkdebug) is created as QEMU's bdrv_create_file does.
+    const spec = normaliseSpec(opts.file as BlockSpec);
+    fileSpec = spec;
+    createFile = async () => {
+      plan.fileSpec = await withProtocolCreated(spec, size);
+    };
+  } else {
     const spec = createFileSpec(filename);
     // Options only the protocol takes (the file driver's extent_size_hint, nocow) go to the new file.
     // size and preallocation stay with the format, whose create applies them through the file's truncate.
@@ -536,10 +623,9 @@ async function planCreate(filename: string, format: string, size: number, opts: 
   // Everything is validated before a file exists (a failed create leaves nothing behind).
   await driver.checkCreate?.({ size, options, filename });
   const protocol = opts.file ? undefined : driverForPrefix(filename);
-  const createFile = protocol?.createFile && protocol.parseFilename
-    ? () => protocol.createFile!(protocol.parseFilename!(filename), size)
-    : undefined;
-  return { driver, size, options, fileSpec, created, createFile };
+  if (protocol?.createFile && protocol.parseFilename) createFile = () => protocol.createFile!(protocol.parseFilename!(filename), size);
+  const plan: CreatePlan = { driver, size, options, fileSpec, created, createFile };
+  return plan;
 }
 
 /** The protocol node a new image named `filename` is written to (`file:` and other prefixes parsed). */

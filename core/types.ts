@@ -157,6 +157,18 @@ export interface FilterCall {
   readonly req?: RequestInfo;
 }
 
+/**
+ * Synchronous I/O a protocol driver can offer for the last-chance
+ * write-back when the process exits through `Deno.exit()` (the `unload`
+ * event runs no async code).
+ */
+export interface SyncIo {
+  /** Writes `data` at `offset` now. */
+  pwrite(offset: number, data: Uint8Array): void;
+  /** Makes what was written durable now. */
+  flush(): void;
+}
+
 /** Options for a consistency check. */
 export interface CheckOptions {
   /** Repair: `leaks` drops leaked references, `all` also fixes corruptions. */
@@ -269,8 +281,22 @@ export interface DriverInstanceOf<N> {
    * itself (`pread`, ...) do not come here.
    */
   intercept?<T>(call: FilterCall, next: () => Promise<T>): Promise<T>;
+  /**
+   * A new image reads as zeros where nothing was written (QEMU's
+   * `bdrv_has_zero_init`). Default true; false for encrypted formats,
+   * whose unwritten sectors decrypt to noise, so copies must write zeros.
+   */
+  zeroInit?: boolean;
   /** Reads `buf.length` bytes at `offset` into `buf`. */
   pread?(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void;
+  /** Synchronous I/O for the exit write-back (protocol drivers whose I/O is synchronous: `file`). */
+  readonly syncIo?: SyncIo;
+  /**
+   * At `Deno.exit()` with the node still open: writes back what the driver
+   * caches, synchronously. Returns false when it could not do so safely
+   * (the data is then lost as in a crash; the image stays consistent).
+   */
+  exitSync?(): boolean;
   /** Writes `data` at `offset`. */
   pwrite?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
   /** Writes one cluster compressed (a write with `compressed`; the node checks bounds and permissions). */
@@ -338,6 +364,12 @@ export interface OpenContextOf<N> {
    * `force-share`, qemu-img's `-U`): protocol drivers share every permission.
    */
   readonly forceShare?: boolean;
+  /**
+   * The node will not be read or written, only described (QEMU's
+   * BDRV_O_NO_IO, used by qemu-img info): drivers may skip what only I/O
+   * needs, such as unlocking an encryption key.
+   */
+  readonly noIo?: boolean;
   /**
    * Opens a child from the child spec found under `role` in the parent's
    * options (or `spec` when given) and attaches it.

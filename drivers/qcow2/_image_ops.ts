@@ -15,6 +15,7 @@ import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, type Qcow2Header } from "./heade
 import { serializeHeader } from "./_header_write.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markClean, writeback } from "./_writeback.ts";
+import { amendLuks } from "../_crypto/amend.ts";
 
 /** Options qemu-img amend refuses for qcow2 because only creation can set them. */
 const CREATION_ONLY = ["cluster_size", "preallocation", "extended_l2", "compression_type", "encryption", "encrypt.format"];
@@ -30,10 +31,20 @@ async function rewriteHeader(st: Qcow2State, change: (h: Qcow2Header) => void): 
   st.header = next;
 }
 
-/** qemu-img amend for qcow2: `lazy_refcounts`; creation-only options are refused as qemu-img does. */
-export function amendQcow2(st: Qcow2State, options: FormatOptions, _opts: AmendOptions): Promise<void> {
+/**
+ * qemu-img amend for qcow2: `lazy_refcounts`, and the `encrypt.*` key slot
+ * options of a luks-encrypted image; creation-only options are refused as
+ * qemu-img does.
+ */
+export async function amendQcow2(st: Qcow2State, options: FormatOptions, opts: AmendOptions): Promise<void> {
   let lazy: boolean | undefined;
+  const luks: Record<string, unknown> = {};
   for (const [k0, v] of Object.entries(options)) {
+    // encrypt.state, encrypt.new-secret, ...: the LUKS key slots of a luks-encrypted image.
+    if (k0.startsWith("encrypt.") && k0 !== "encrypt.format") {
+      luks[k0.slice("encrypt.".length)] = v;
+      continue;
+    }
     const k = k0.replaceAll("-", "_");
     if (CREATION_ONLY.includes(k)) {
       throw new BlockError("EINVAL", `Invalid parameter '${k0}'\nThis option is only supported for image creation`, { node: st.node.name });
@@ -47,8 +58,13 @@ export function amendQcow2(st: Qcow2State, options: FormatOptions, _opts: AmendO
     }
     lazy = s === "on" || s === "true";
   }
-  if (lazy === undefined) return Promise.resolve();
-  return st.change(async () => {
+  if (Object.keys(luks).length) {
+    const volume = st.crypto?.volume;
+    if (!volume) throw new BlockError("EINVAL", "Amending encryption options needs a luks-encrypted image", { node: st.node.name });
+    await st.change(() => amendLuks(volume, luks, { unlockSecret: st.crypto!.secretId, force: opts.force, prefix: "encrypt." }));
+  }
+  if (lazy === undefined) return;
+  await st.change(async () => {
     const h = st.header;
     if (lazy && h.version < 3) {
       throw new BlockError(

@@ -15,7 +15,7 @@ import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
-import { readGuest } from "./_read.ts";
+import { blockStatus, readGuest } from "./_read.ts";
 import { allocClusters } from "./_refcount.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
@@ -103,10 +103,31 @@ function classify(st: Qcow2State, view: DataView, idx: number, from: number, to:
  * and no host cluster behind them.
  */
 function zeroAround(st: Qcow2State, view: DataView, first: number, k: number): boolean {
-  if (st.backing || st.extL2 || st.externalData) return false;
+  // Encrypted images: host zeros would decrypt to noise, so the COW regions are always written.
+  if (st.backing || st.extL2 || st.externalData || st.crypto) return false;
   for (let i = first; i < first + k; i++) {
     const at = i * st.entryBytes;
     if (view.getUint32(at) & HI_COMPRESSED || entryOffset(view, at) !== 0) return false;
+  }
+  return true;
+}
+
+/** Whether the COW regions `[gStart, cur)` and `[segEnd, gEnd)` of a new allocation read as zeros now (QEMU's is_zero_cow). */
+async function cowReadsZero(
+  st: Qcow2State,
+  gStart: number,
+  cur: number,
+  segEnd: number,
+  gEnd: number,
+  req: RequestInfo | undefined,
+): Promise<boolean> {
+  if (!st.backing) return false; // without a backing file, zeroAround() already answered
+  for (const [s, e] of [[gStart, Math.min(cur, st.header.size)], [segEnd, Math.min(gEnd, st.header.size)]]) {
+    for (let o = s; o < e;) {
+      const bs = await blockStatus(st, o, e - o, req);
+      if (!bs.zero) return false;
+      o += Math.max(1, bs.length);
+    }
   }
   return true;
 }
@@ -171,7 +192,8 @@ async function writeInPlace(
   }
   const p = st.event("write_aio", req);
   if (p) await p;
-  await st.data.pwrite(host, data.subarray(cur - dataOffset, end - dataOffset), { req });
+  const part = data.subarray(cur - dataOffset, end - dataOffset);
+  await st.data.pwrite(host, st.crypto ? await st.crypto.encrypted(part, host, cur) : part, { req });
   return end;
 }
 
@@ -202,6 +224,7 @@ async function writeWiden(
   const host = entryOffset(e.view, at);
   const p = st.event("write_aio", req);
   if (p) await p;
+  if (st.crypto) await st.crypto.encrypt(buf, host + (wStart - cStart), wStart);
   await st.data.pwrite(host + (wStart - cStart), buf, { req });
   if (st.extL2) {
     const mask = touchedMask(st, wStart - cStart, wEnd - cStart);
@@ -244,7 +267,23 @@ async function writeNew(
   let out = part;
   const cow = cur > gStart || segEnd < gEnd;
   let written = false;
-  if (cow && host >= endBefore && zeroAround(st, e.view, first, k)) {
+  // QEMU's is_zero_cow: COW regions that read as zeros (no backing data there) are not read and copied.
+  const zeroCow = cow && (zeroAround(st, e.view, first, k) || await cowReadsZero(st, gStart, cur, segEnd, gEnd, req));
+  if (zeroCow && host < endBefore) {
+    // A reused cluster inside the file: zero it first (QEMU's handle_alloc_space), or copy zeros the normal way.
+    try {
+      await st.data.pwriteZeroes(host, gEnd - gStart, { noFallback: true, req });
+      const p = st.event("write_aio", req);
+      if (p) await p;
+      await st.data.pwrite(host + (cur - gStart), part, { req });
+      written = true;
+    } catch (err) {
+      if (!(err instanceof BlockError && err.code === "ENOTSUP")) throw err;
+    }
+  }
+  if (written) {
+    // done above
+  } else if (zeroCow && host >= endBefore) {
     const p = st.event("write_aio", req);
     if (p) await p;
     await st.data.pwrite(host + (cur - gStart), part, { req });
@@ -266,11 +305,21 @@ async function writeNew(
     if (segEnd < gEnd) await readGuest(st, segEnd, out.subarray(segEnd - gStart), req);
     out.set(part, cur - gStart);
   }
-  // Guest data and COW regions go out in one write (QEMU's merged COW).
+  // Guest data and COW regions go out in one write (QEMU's merged COW: write_aio, then cow_write).
   if (!written) {
-    const p = st.event(cow ? "cow_write" : "write_aio", req);
+    let p = st.event("write_aio", req);
     if (p) await p;
-    await st.data.pwrite(cow ? host : host + (cur - gStart), out, { req });
+    if (cow) {
+      p = st.event("cow_write", req);
+      if (p) await p;
+    }
+    const at = cow ? host : host + (cur - gStart);
+    if (st.crypto) {
+      // The COW buffer is ours (encrypt in place); the guest's own data is copied first.
+      if (cow) await st.crypto.encrypt(out, at, gStart);
+      else out = await st.crypto.encrypted(out, at, cur);
+    }
+    await st.data.pwrite(at, out, { req });
   }
   for (let i = 0; i < k; i++) {
     const at = (first + i) * st.entryBytes;

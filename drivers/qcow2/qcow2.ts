@@ -7,7 +7,8 @@
  *
  * Options (QEMU names): `l2-cache-size`, `refcount-cache-size`,
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
- * `metadata-sync`), `x-wrong-order` (tests only); children `file`,
+ * `metadata-sync`), `x-wrong-order` (tests only), `encrypt.key-secret` and
+ * `encrypt.format` (encrypted images, see `_crypto.ts`); children `file`,
  * `backing` (null disables it), `data-file`.
  *
  * @module
@@ -20,6 +21,7 @@ import { checkKnownOptions, optBool, optEnum, optSize } from "../../core/options
 import { registerDriver } from "../../core/registry.ts";
 import type {
   AmendOptions,
+  BlockLimits,
   CheckOptions,
   CheckResult,
   FormatOptions,
@@ -56,16 +58,31 @@ import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
 import { listSnapshots } from "./_snapshot.ts";
+import { exitWriteback } from "./_exit.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { entryOffset } from "./_entries.ts";
 import { metadataExtents } from "./_metadata_map.ts";
+import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
 
-const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
-const ZERO_CHUNK = 1 << 20;
+const OPTIONS = [
+  "l2-cache-size",
+  "refcount-cache-size",
+  "cache-size",
+  "lazy-refcounts",
+  "metadata-mode",
+  "x-wrong-order",
+  ...ENCRYPT_OPTIONS,
+];
 
 /** The driver instance of an open qcow2 node. */
 export class Qcow2Instance implements DriverInstance {
+  /**
+   * Write-zeroes and discard work on whole clusters (the core splits off
+   * partial ones); encrypted images take whole 512-byte sectors (QEMU's
+   * request alignment for them).
+   */
+  readonly limits: Partial<BlockLimits>;
   #st: Qcow2State;
   #m = newMapping();
   #closed = false;
@@ -73,6 +90,7 @@ export class Qcow2Instance implements DriverInstance {
   /** Wraps an opened image state. */
   constructor(st: Qcow2State) {
     this.#st = st;
+    this.limits = { optWriteZero: st.cs, optDiscard: st.cs, ...(st.crypto ? { requestAlignment: 512 } : {}) };
   }
 
   /** The image header as currently in force (size, L1 and refcount table updated). */
@@ -124,7 +142,7 @@ export class Qcow2Instance implements DriverInstance {
       try {
         const p = st.event("write_aio", opts.req);
         if (p) await p;
-        await st.data.pwrite(host, data, { req: opts.req });
+        await st.data.pwrite(host, st.crypto ? await st.crypto.encrypted(data, host, offset) : data, { req: opts.req });
       } finally {
         st.ioInFlight--;
       }
@@ -144,55 +162,59 @@ export class Qcow2Instance implements DriverInstance {
   pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
+    if (st.crypto) return Promise.reject(new BlockError("ENOTSUP", "Compression can't be used with encryption"));
     return st.change(async () => {
       await writeCompressedLocked(st, offset, data, opts.req);
       await relieveCaches(st, opts.req);
     });
   }
 
-  /** Write-zeroes: the zero flag for whole clusters (v3), zero buffers otherwise. */
+  /**
+   * Write-zeroes of whole clusters (the core splits off partial ones, as it
+   * does for every driver with `optWriteZero`): the zero flag (v3). A v2
+   * image has no zero clusters: ENOTSUP, and the core writes zero buffers.
+   */
   async pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     const st = this.#st;
-    const end = offset + length;
-    const cs = st.cs;
-    const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
-    const s = Math.ceil(offset / cs) * cs;
-    if (st.header.version < 3 || s >= alignedEnd) {
-      return this.#zeroBuffers(offset, length, opts);
+    if (st.header.version < 3) {
+      throw new BlockError(
+        "ENOTSUP",
+        `Cannot write zeroes to ${length} bytes at offset ${offset}: a compat=0.10 image has no zero clusters`,
+        {
+          node: st.node.name,
+          offset,
+          length,
+        },
+      );
     }
-    if (s > offset) await this.#zeroBuffers(offset, s - offset, opts);
     await st.change(async () => {
-      await zeroOrDiscard(st, s, alignedEnd - s, { discard: false, unmap: opts.mayUnmap ?? false }, opts.req);
+      await zeroOrDiscard(
+        st,
+        offset,
+        this.#clusterEnd(offset + length) - offset,
+        { discard: false, unmap: opts.mayUnmap ?? false },
+        opts.req,
+      );
       await relieveCaches(st, opts.req);
     });
-    if (alignedEnd < end) await this.#zeroBuffers(alignedEnd, end - alignedEnd, opts);
   }
 
-  async #zeroBuffers(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
-    if (opts.noFallback) {
-      throw new BlockError("ENOTSUP", `Cannot write zeroes to ${length} bytes at offset ${offset}: no fast path for partial clusters`, {
-        node: this.#st.node.name,
-        offset,
-        length,
-      });
-    }
-    const zero = new Uint8Array(Math.min(length, ZERO_CHUNK));
-    for (let done = 0; done < length; done += zero.length) {
-      const n = Math.min(zero.length, length - done);
-      await this.pwrite(offset + done, zero.subarray(0, n), { req: opts.req });
-    }
+  /** The end of a zero or discard range: a partial last cluster of the image counts whole. */
+  #clusterEnd(end: number): number {
+    const st = this.#st;
+    return end >= st.header.size ? Math.ceil(end / st.cs) * st.cs : end;
   }
 
-  /** Discards whole clusters (partial clusters are left alone, as QEMU does). */
+  /**
+   * Discards whole clusters (the core passes only those, as QEMU does). A v2
+   * image with a backing file keeps its data: it has no zero flag, and
+   * deallocating would show the backing file there (QEMU skips it too).
+   */
   async pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     const st = this.#st;
-    const cs = st.cs;
-    const end = offset + length;
-    const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
-    const s = Math.ceil(offset / cs) * cs;
-    if (s >= alignedEnd) return;
+    if (st.header.version < 3 && st.backing) return;
     await st.change(async () => {
-      await zeroOrDiscard(st, s, alignedEnd - s, { discard: true, unmap: true }, opts.req);
+      await zeroOrDiscard(st, offset, this.#clusterEnd(offset + length) - offset, { discard: true, unmap: true }, opts.req);
       await relieveCaches(st, opts.req);
     });
   }
@@ -232,6 +254,11 @@ export class Qcow2Instance implements DriverInstance {
     });
   }
 
+  /** Writes cached metadata back synchronously at `Deno.exit()`, when that is safe (see `_exit.ts`). */
+  exitSync(): boolean {
+    return exitWriteback(this.#st) !== "not-safe";
+  }
+
   /** The internal snapshots in the snapshot table. */
   snapshotList(): Promise<SnapshotInfo[]> {
     return listSnapshots(this.#st);
@@ -269,12 +296,16 @@ export class Qcow2Instance implements DriverInstance {
     if (this.#closed) return;
     this.#closed = true;
     const st = this.#st;
-    // A corrupt image keeps what is on disk: writing cached metadata back could spread the damage.
-    if (st.node.readOnly || st.corrupt) return;
-    await st.lock.run(async () => {
-      await writeback(st, undefined);
-      if (st.markedDirty) await markClean(st, undefined);
-    });
+    try {
+      // A corrupt image keeps what is on disk: writing cached metadata back could spread the damage.
+      if (st.node.readOnly || st.corrupt) return;
+      await st.lock.run(async () => {
+        await writeback(st, undefined);
+        if (st.markedDirty) await markClean(st, undefined);
+      });
+    } finally {
+      await st.crypto?.close();
+    }
   }
 
   /** Where the image's metadata lies in its file (drivers/qcow2/_metadata_map.ts). */
@@ -291,6 +322,7 @@ export class Qcow2Instance implements DriverInstance {
     };
     if (h.version === 3) data["lazy-refcounts"] = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
     data["refcount-bits"] = 2 ** h.refcountOrder;
+    if (this.#st.crypto) data.encrypt = this.#st.crypto.info();
     if (h.dataFile !== undefined) {
       data["data-file"] = h.dataFile;
       data["data-file-raw"] = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0;
@@ -307,6 +339,7 @@ export class Qcow2Instance implements DriverInstance {
     };
     if (h.backingFile !== undefined) out["backing-filename"] = h.backingFile;
     if (h.backingFormat !== undefined) out["backing-filename-format"] = h.backingFormat;
+    if (this.#st.crypto) out.encrypted = true;
     return out;
   }
 }
@@ -450,6 +483,9 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     l2CacheTables: tables.l2,
     rbCacheTables: tables.rb,
   });
+  if (h.cryptMethod !== CRYPT_NONE) {
+    st.crypto = await Qcow2Crypto.open(h, file, ctx.options, { noIo: (ctx.noIo ?? false) || checking, node: ctx.node.name });
+  }
   if (rw) {
     // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
     // ones) are cleared, so a program that maintains them knows their data

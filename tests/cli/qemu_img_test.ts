@@ -424,3 +424,14 @@ Deno.test({
     assertEquals([r, q], [1 << 20, 1 << 20]);
   },
 });
+
+Deno.test({
+  name: "amend -f luks -o help lists qemu-img's luks amend options",
+  ignore: QEMU,
+  async fn() {
+    const args = ["amend", "-f", "luks", "-o", "help", "x"];
+    const q = await run("qemu-img", args);
+    const r = await ours(args);
+    assertEquals([r.code, r.stdout, r.stderr], [q.code, q.stdout, q.stderr]);
+  },
+});

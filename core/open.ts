@@ -69,12 +69,30 @@ function exitSyncAll(): void {
   }
 }
 
-/** Looks up an open node by name. */
+/**
+ * Looks up an open node by name.
+ *
+ * @example
+ * ```ts
+ * import { findNode, open } from "@blkgraph/blkgraph";
+ * await using _disk = await open({ driver: "memory", size: 4096, "node-name": "scratch" });
+ * console.log(findNode("scratch")?.driver.name); // memory
+ * ```
+ */
 export function findNode(name: string): BlockNode | undefined {
   return nodes.get(name);
 }
 
-/** Names of all open nodes. */
+/**
+ * Names of all open nodes.
+ *
+ * @example
+ * ```ts
+ * import { nodeNames, open } from "@blkgraph/blkgraph";
+ * await using _disk = await open({ driver: "memory", size: 4096, "node-name": "listed" });
+ * console.log(nodeNames().includes("listed")); // true
+ * ```
+ */
 export function nodeNames(): string[] {
   return [...nodes.keys()];
 }
@@ -86,7 +104,7 @@ export function nodeNames(): string[] {
  *
  * @example
  * ```ts
- * import { hasProtocol } from "./open.ts";
+ * import { hasProtocol } from "@blkgraph/blkgraph";
  * console.log(hasProtocol("nbd://127.0.0.1/x"), hasProtocol("/tmp/a:b.img")); // true false
  * ```
  */
@@ -186,7 +204,15 @@ export interface CacheFlags {
   writeThrough: boolean;
 }
 
-/** Parses a cache mode name into flags (QEMU's `-drive cache=`). */
+/**
+ * Parses a cache mode name into flags (QEMU's `-drive cache=`).
+ *
+ * @example
+ * ```ts
+ * import { parseCacheMode } from "@blkgraph/blkgraph";
+ * console.log(parseCacheMode("none")); // { direct: true, noFlush: false, writeThrough: false }
+ * ```
+ */
 export function parseCacheMode(mode: string): CacheFlags {
   switch (mode) {
     case "writeback":
@@ -209,7 +235,7 @@ export function parseCacheMode(mode: string): CacheFlags {
  *
  * @example
  * ```ts
- * import { open } from "../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
  * await using disk = await open("driver=memory,size=1M");
  * console.log(disk.length); // 1048576
  * ```
@@ -515,7 +541,7 @@ export interface CreateOptions {
  *
  * @example
  * ```ts
- * import { createImage, open } from "../mod.ts";
+ * import { createImage, open } from "@blkgraph/blkgraph";
  * const path = await Deno.makeTempFile({ suffix: ".img" });
  * await createImage(path, "raw", 1 << 20);
  * await using img = await open(path);
@@ -557,7 +583,7 @@ export async function createImage(filename: string, format: string, size: number
  *
  * @example
  * ```ts
- * import { checkImageCreate } from "./open.ts";
+ * import { checkImageCreate } from "@blkgraph/blkgraph";
  * import "../mod.ts";
  * await checkImageCreate("/tmp/never-created.qcow2", "qcow2", 1 << 20, { options: { cluster_size: "3000" } })
  *   .catch((e) => console.log(e.code)); // EINVAL

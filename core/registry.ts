@@ -18,7 +18,7 @@ const unsupported = new Map<string, (head: Uint8Array, filename?: string) => num
  *
  * @example
  * ```ts
- * import { registerDriver } from "./registry.ts";
+ * import { registerDriver } from "@blkgraph/blkgraph";
  * registerDriver({
  *   name: "null-co",
  *   kind: "protocol",
@@ -50,7 +50,15 @@ function notSupported(name: string): BlockError {
   return new BlockError("ENOTSUP", `Image format '${name}' is not supported`);
 }
 
-/** Looks up a driver by name; unknown names are a clear EINVAL. */
+/**
+ * Looks up a driver by name; unknown names are a clear EINVAL.
+ *
+ * @example
+ * ```ts
+ * import { getDriver } from "@blkgraph/blkgraph";
+ * console.log(getDriver("qcow2").kind); // format
+ * ```
+ */
 export function getDriver(name: string): BlockDriver {
   const d = drivers.get(name);
   if (!d && unsupported.has(name)) throw notSupported(name);
@@ -60,7 +68,15 @@ export function getDriver(name: string): BlockDriver {
   return d;
 }
 
-/** Names of all registered drivers. */
+/**
+ * Names of all registered drivers.
+ *
+ * @example
+ * ```ts
+ * import { driverNames } from "@blkgraph/blkgraph";
+ * console.log(driverNames().includes("file")); // true
+ * ```
+ */
 export function driverNames(): string[] {
   return [...drivers.keys()].sort();
 }
@@ -83,6 +99,16 @@ export const PROBE_BYTES = 2048;
  * claims it or the image is empty (QEMU's `bdrv_probe_all`). A format that
  * is recognised but not implemented (vmdk, vhdx, ...) is an ENOTSUP error:
  * such an image is never read as raw.
+ *
+ * @example
+ * ```ts
+ * import { createImage, probeFormat } from "@blkgraph/blkgraph";
+ * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
+ * await createImage(path, "qcow2", 1 << 20);
+ * const head = (await Deno.readFile(path)).subarray(0, 2048);
+ * console.log(probeFormat(head).name, probeFormat(new Uint8Array(512)).name); // qcow2 raw
+ * await Deno.remove(path);
+ * ```
  */
 export function probeFormat(head: Uint8Array, filename?: string): BlockDriver {
   if (head.length === 0) return getDriver("raw");

@@ -29,7 +29,7 @@
  *
  * @example
  * ```ts
- * import { open } from "../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
  * const path = await Deno.makeTempFile();
  * {
  *   await using f = await open({ driver: "file", filename: path, create: true });
@@ -99,6 +99,7 @@ export const fileDriver: BlockDriver = {
   name: "file",
   kind: "protocol",
   protocolPrefix: "file",
+  options: KNOWN,
   createOptions: [
     { name: "extent_size_hint", type: "size", help: "Extent size hint for the image file, 0 to disable" },
     { name: "nocow", type: "bool", help: "Turn off copy-on-write (valid only on btrfs)" },

@@ -22,11 +22,14 @@ import { checkKnownOptions, optBool, optInt, optSize } from "../core/options.ts"
 import { registerDriver } from "../core/registry.ts";
 import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
 
+const NULL_OPTIONS = ["size", "latency-ns", "read-zeroes", "filename"];
+
 function nullDriver(name: "null-co" | "null-aio"): BlockDriver {
   return {
     name,
     kind: "protocol",
     protocolPrefix: name,
+    options: NULL_OPTIONS,
     parseFilename(filename: string): Record<string, unknown> {
       // QEMU accepts exactly "null-co://" (no path).
       if (filename !== `${name}://`) {
@@ -35,7 +38,7 @@ function nullDriver(name: "null-co" | "null-aio"): BlockDriver {
       return {};
     },
     open(ctx: OpenContext): Promise<DriverInstance> {
-      checkKnownOptions(ctx.options, ["size", "latency-ns", "read-zeroes", "filename"], name);
+      checkKnownOptions(ctx.options, NULL_OPTIONS, name);
       const size = optSize(ctx.options, "size", name) ?? 1 << 30;
       optInt(ctx.options, "latency-ns", name);
       const readZeroes = optBool(ctx.options, "read-zeroes", name) ?? false;

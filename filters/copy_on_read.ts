@@ -95,6 +95,7 @@ async function openCopyOnRead(ctx: OpenContext): Promise<DriverInstance> {
 export const copyOnReadDriver: BlockDriver = {
   name: "copy-on-read",
   kind: "filter",
+  options: [],
   open: openCopyOnRead,
 };
 

@@ -162,6 +162,7 @@ export class LuksInstance implements DriverInstance {
 export const luksDriver: BlockDriver = {
   name: "luks",
   kind: "format",
+  options: OPEN_OPTIONS,
   probe: (head) => (isLuks(head) ? 100 : 0),
   // qemu-img amend -o help's list for luks (the CLI takes amend support from it).
   amendOptions: [

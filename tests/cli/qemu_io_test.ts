@@ -337,3 +337,20 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "flush that fails prints nothing and the exit code says so, as qemu-io's flush",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const { a, b } = await twoImages(d.path);
+    const spec = (p: string) =>
+      `json:{'driver':'raw','file':{'driver':'blkdebug','inject-error':[{'event':'flush_to_os','iotype':'flush','errno':5}],'image':{'driver':'file','filename':'${p}'}}}`;
+    const args = (p: string) => ["-t", "writeback", "-c", "write 0 512", "-c", "flush", "-c", "read 0 512", spec(p)];
+    const q = await run("qemu-io", args(a));
+    const r = await ours(args(b));
+    assertEquals([r.code, r.stderr, normaliseTimes(r.stdout)], [q.code, q.stderr, normaliseTimes(q.stdout)]);
+    assertEquals(r.code, 1);
+    ok(!r.stdout.includes("flush"), r.stdout);
+  },
+});

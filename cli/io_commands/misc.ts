@@ -201,6 +201,20 @@ const truncate: IoCommand = {
   },
 };
 
+/** Drivers with QEMU's bdrv_get_info (those blkgraph has). */
+const GET_INFO_DRIVERS = new Set(["file", "host_device", "host_cdrom", "qcow2", "rbd", "luks"]);
+
+/**
+ * Whether QEMU's bdrv_get_info answers for `top`: filters ask their child,
+ * raw asks its file, and a driver without it (null-co, nbd, ...) fails, so
+ * qemu-io's `info` stops after the format name (and the command fails).
+ */
+function hasGetInfo(top: BlockNode): boolean {
+  let n: BlockNode | undefined = top;
+  while (n && (n.driver.kind === "filter" || n.driver.name === "raw")) n = n.primaryChild;
+  return !!n && GET_INFO_DRIVERS.has(n.driver.name);
+}
+
 const info: IoCommand = {
   name: "info",
   altnames: ["i"],
@@ -227,6 +241,7 @@ const info: IoCommand = {
     const top = s.node!;
     s.print(`format name: ${top.driver.name}\n`);
     if (top.driver.protocolPrefix) s.print(`format name: ${top.driver.name}\n`);
+    if (!hasGetInfo(top)) return false;
     s.print(`cluster size: ${cvtstr(cs)}\nvm state offset: ${cvtstr(vmState)}\n`);
     const fs = extra["format-specific"] as { data?: Record<string, unknown> } | undefined;
     if (fs?.data && top === node) {

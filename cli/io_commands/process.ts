@@ -177,6 +177,9 @@ const reopen: IoCommand = {
         s.report(`Cannot change the option '${last}'`);
         return false;
       }
+      // Unchanged, so nothing to pass on: a lone `backing.driver` would
+      // otherwise describe a backing node without its file.
+      delete given[k];
     }
     const before = s.opened;
     if (!before) {
@@ -188,7 +191,7 @@ const reopen: IoCommand = {
       return false;
     }
     const { "read-only": _ro, ...rest } = given;
-    const options = { ...before.opts.options, ...unflatten(rest) };
+    const options = unflatten({ ...flat(before.opts.options ?? {}), ...rest });
     await s.drain();
     try {
       await s.node!.flush();

@@ -154,6 +154,31 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "reopen with -f qcow2 and an unchanged backing.driver keeps the backing file, and info on null-co names only the driver (iotest 133)",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const base = `${d.path}/base.qcow2`;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", base, "1M"]);
+    await runOk("qemu-io", ["-c", "write -P 9 0 64k", base]);
+    const { a, b } = await twoImages(d.path);
+    for (const p of [a, b]) await runOk("qemu-img", ["rebase", "-q", "-u", "-b", base, "-F", "qcow2", p]);
+    for (const o of ["backing.driver=qcow2", "file.driver=file", "driver=qcow2", "backing.driver=file"]) {
+      const args = (p: string) => ["-f", "qcow2", "-c", `reopen -o ${o}`, "-c", "read -P 9 0 64k", p];
+      const q = await run("qemu-io", args(a));
+      const r = await ours(args(b));
+      assertEquals([r.code, r.stderr, normaliseTimes(r.stdout)], [q.code, q.stderr, normaliseTimes(q.stdout)], o);
+    }
+    const nul = ["-f", "null-co", "-c", "reopen", "-c", "info", "json:{'driver': 'null-co', 'size': 65536}"];
+    const q = await run("qemu-io", nul);
+    const r = await ours(nul);
+    assertEquals([r.code, r.stderr, r.stdout], [q.code, q.stderr, q.stdout]);
+    assertEquals(r.stdout, "format name: null-co\nformat name: null-co\n");
+  },
+});
+
+Deno.test({
   name: "reopen -o lazy-refcounts=on takes effect: a killed writer leaves the dirty bit, as qemu-io's (iotest 039)",
   ignore: QEMU,
   async fn() {

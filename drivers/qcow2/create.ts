@@ -63,8 +63,21 @@ const KNOWN = [
   "data_file",
   "data_file_raw",
 ];
-/** The creation options, as `qemu-img create -f qcow2 -o help` describes them (encryption is not supported). */
+/** The creation options, as `qemu-img create -f qcow2 -o help` describes them. */
 export const QCOW2_CREATE_OPTIONS: readonly OptionHelp[] = [
+  { name: "encrypt.cipher-alg", type: "str", help: "Name of encryption cipher algorithm" },
+  { name: "encrypt.cipher-mode", type: "str", help: "Name of encryption cipher mode" },
+  { name: "encrypt.format", type: "str", help: "Encrypt the image, format choices: 'aes', 'luks'" },
+  { name: "encrypt.hash-alg", type: "str", help: "Name of encryption hash algorithm" },
+  { name: "encrypt.iter-time", type: "num", help: "Time to spend in PBKDF in milliseconds" },
+  { name: "encrypt.ivgen-alg", type: "str", help: "Name of IV generator algorithm" },
+  { name: "encrypt.ivgen-hash-alg", type: "str", help: "Name of IV generator hash algorithm" },
+  { name: "encrypt.key-secret", type: "str", help: "ID of secret providing qcow AES key or LUKS passphrase" },
+  {
+    name: "encryption",
+    type: "bool",
+    help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+  },
   { name: "backing_file", type: "str", help: "File name of a base image" },
   { name: "backing_fmt", type: "str", help: "Image format of the base image" },
   { name: "cluster_size", type: "size", help: "qcow2 cluster size" },

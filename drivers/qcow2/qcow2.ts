@@ -513,7 +513,14 @@ export const qcow2Driver: BlockDriver = {
   create: createQcow2,
   checkCreate: (ctx) => void checkQcow2Create(ctx),
   createOptions: QCOW2_CREATE_OPTIONS,
-  amendOptions: QCOW2_CREATE_OPTIONS.filter((o) => o.name === "lazy_refcounts"),
+  // What blkgraph's amend changes: lazy_refcounts and the encryption key slots (qemu-img lists more).
+  amendOptions: [
+    ...QCOW2_CREATE_OPTIONS.filter((o) => o.name === "lazy_refcounts" || o.name === "encrypt.iter-time"),
+    { name: "encrypt.keyslot", type: "num", help: "Select a single keyslot to modify explicitly" },
+    { name: "encrypt.new-secret", type: "str", help: "New secret to set in the matching keyslots. Empty string to erase" },
+    { name: "encrypt.old-secret", type: "str", help: "Select all keyslots that match this password" },
+    { name: "encrypt.state", type: "str", help: "Select new state of affected keyslots (active/inactive)" },
+  ],
   measure: measureQcow2,
 };
 

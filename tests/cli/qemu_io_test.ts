@@ -379,3 +379,20 @@ Deno.test({
     ok(!r.stdout.includes("flush"), r.stdout);
   },
 });
+
+Deno.test({
+  name: "write -z on unallocated clusters of a v3 qcow2 image without a backing file marks them zero, as qemu-io (iotest 179)",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const { a, b } = await twoImages(d.path, "64M");
+    const cmds = ["-c", "write -z -u 2M 2M", "-c", "write -z 6M 2M", "-c", "map"];
+    const q = await run("qemu-io", [...cmds, a]);
+    const r = await ours([...cmds, b]);
+    assertEquals(normaliseTimes(r.stdout), normaliseTimes(q.stdout));
+    const qm = await runOk("qemu-img", ["map", "--output=json", a]);
+    const rm = await runOk("qemu-img", ["map", "--output=json", b]);
+    assertEquals(rm.stdout, qm.stdout);
+    await runOk("qemu-img", ["check", b]);
+  },
+});

@@ -14,6 +14,7 @@
  */
 
 import { BlockError, type BlockErrorDetails, ERRNO_MESSAGES, errnoCode } from "../core/errors.ts";
+import type { TruncateOptions } from "../core/types.ts";
 
 /** `open(2)` flags that differ between architectures. */
 interface ArchFlags {
@@ -279,4 +280,37 @@ export function errnoError(errno: number, context: string, details: BlockErrorDe
   const code = errnoCode(errno) ?? "EIO";
   const why = errnoCode(errno) ? ERRNO_MESSAGES[code] : `errno ${errno}`;
   return new BlockError(code, `${context}: ${why}`, details);
+}
+
+/** An open file: its fd, the libc binding when FFI is used, and how to close it. */
+export interface Handle {
+  /** The host fd. */
+  fd: number;
+  /** The libc binding (FFI), if used. */
+  libc?: Libc;
+  /** Closes the fd and drops the lock. */
+  release: () => void;
+  /** Which lock is held. */
+  lockKind: "ofd" | "flock" | "none";
+}
+
+/** Checks the truncate preallocation mode: off, falloc and full are supported. */
+export function checkPrealloc(opts: TruncateOptions, filename: string, length: number, node: string): "off" | "falloc" | "full" {
+  const p = opts.prealloc ?? "off";
+  if (p === "off" || p === "falloc" || p === "full") return p;
+  throw new BlockError(
+    "ENOTSUP",
+    `Cannot resize '${filename}' to ${length} bytes with preallocation '${p}': the file driver supports off, falloc and full`,
+    { node },
+  );
+}
+
+/**
+ * How much of a file grown from empty is written with zeros at its start, as
+ * QEMU's file-posix does (allocate_first_block: 4 KiB, or 512 bytes for a
+ * file under 4 KiB), so the first block is allocated data (qemu-img map and
+ * disk size show it, as for an image qemu-img made).
+ */
+export function firstBlock(newLength: number): number {
+  return newLength < 4096 ? 512 : 4096;
 }

@@ -17,8 +17,18 @@
  */
 
 import { BlockError, toBlockError } from "../core/errors.ts";
-import { errnoError, F_OFD_GETLK, F_OFD_SETLK, F_RDLCK, F_UNLCK, F_WRLCK, flockStruct, flockType, type Libc } from "./_file_libc.ts";
-import type { Handle } from "./_file_nodefs.ts";
+import {
+  errnoError,
+  F_OFD_GETLK,
+  F_OFD_SETLK,
+  F_RDLCK,
+  F_UNLCK,
+  F_WRLCK,
+  flockStruct,
+  flockType,
+  type Handle,
+  type Libc,
+} from "./_file_libc.ts";
 
 /** Lock byte of "I use permission bit i" (QEMU's RAW_LOCK_PERM_BASE). */
 export const LOCK_PERM_BASE = 100;

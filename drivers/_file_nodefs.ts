@@ -7,34 +7,11 @@
  */
 
 import * as fs from "node:fs";
-import { BlockError, toBlockError } from "../core/errors.ts";
-import type { TruncateOptions } from "../core/types.ts";
+import { toBlockError } from "../core/errors.ts";
 import type { DriverInstance } from "../core/node.ts";
-import { Errno, errnoError, type Libc } from "./_file_libc.ts";
+import { checkPrealloc, Errno, errnoError, firstBlock, type Handle } from "./_file_libc.ts";
 
 const ZERO_CHUNK = 1 << 20;
-
-/**
- * How much of a file grown from empty is written with zeros at its start, as
- * QEMU's file-posix does (allocate_first_block: 4 KiB, or 512 bytes for a
- * file under 4 KiB), so the first block is allocated data (qemu-img map and
- * disk size show it, as for an image qemu-img made).
- */
-export function firstBlock(newLength: number): number {
-  return newLength < 4096 ? 512 : 4096;
-}
-
-/** An open file: its fd, the libc binding when FFI is used, and how to close it. */
-export interface Handle {
-  /** The host fd. */
-  fd: number;
-  /** The libc binding (FFI), if used. */
-  libc?: Libc;
-  /** Closes the fd and drops the lock. */
-  release: () => void;
-  /** Which lock is held. */
-  lockKind: "ofd" | "flock" | "none";
-}
 
 /** Opens `filename` with node:fs (no FFI). */
 export function openNodeFs(filename: string, readOnly: boolean, create: boolean, node: string): Handle {
@@ -118,15 +95,4 @@ export function nodeFsInstance(h: Handle, filename: string, name: string): Drive
     },
     info: () => ({ backend: "node:fs", locking: h.lockKind, direct: false, requestAlignment: 1 }),
   };
-}
-
-/** Checks the truncate preallocation mode: off, falloc and full are supported. */
-export function checkPrealloc(opts: TruncateOptions, filename: string, length: number, node: string): "off" | "falloc" | "full" {
-  const p = opts.prealloc ?? "off";
-  if (p === "off" || p === "falloc" || p === "full") return p;
-  throw new BlockError(
-    "ENOTSUP",
-    `Cannot resize '${filename}' to ${length} bytes with preallocation '${p}': the file driver supports off, falloc and full`,
-    { node },
-  );
 }

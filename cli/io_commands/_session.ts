@@ -265,7 +265,21 @@ export function dumpBuffer(buf: Uint8Array, offset: number): string {
 /** strerror text for a failed request ("Input/output error"). */
 export function strerror(e: unknown): string {
   if (e instanceof BlockError) return e.strerror;
+  const text = (e as { strerror?: unknown })?.strerror;
+  if (typeof text === "string") return text;
   return (e as Error)?.message ?? String(e);
+}
+
+/**
+ * Prints qemu-io's "<what> failed: <strerror>". A corruption has its own
+ * line on standard error, printed once when the image is marked corrupt, as
+ * QEMU's qcow2_signal_corruption prints it ("qcow2: Marking image as
+ * corrupt: ...").
+ */
+export function failed(s: IoSession, what: string, e: unknown): void {
+  // The corruption line itself is printed when the driver marks the image
+  // corrupt (invokeVerb's onCorruption), once, as QEMU prints it.
+  s.print(`${what} failed: ${strerror(e)}\n`);
 }
 
 /**

@@ -10,7 +10,7 @@ import { isPlainObject, parseDotted } from "../../core/spec.ts";
 import { errorMessage, formatNode } from "../_common.ts";
 import { dumpHuman } from "../info.ts";
 import { cvtstr } from "../_common.ts";
-import { cvtnum, type IoCommand, report, REQUEST_MAX_BYTES, strerror, usage, usageLine } from "./_session.ts";
+import { cvtnum, failed, type IoCommand, report, REQUEST_MAX_BYTES, strerror, usage, usageLine } from "./_session.ts";
 
 const flush: IoCommand = {
   name: "flush",
@@ -49,7 +49,7 @@ const discard: IoCommand = {
     try {
       await s.node!.pdiscard(offset, count);
     } catch (e) {
-      s.print(`discard failed: ${strerror(e)}\n`);
+      failed(s, "discard", e);
       return false;
     }
     if (!flags.has("q")) s.print(report("discard", performance.now() - t0, offset, count, count, 1, flags.has("C")));
@@ -109,7 +109,7 @@ const alloc: IoCommand = {
         remaining -= n;
       }
     } catch (e) {
-      s.print(`is_allocated failed: ${strerror(e)}\n`);
+      failed(s, "is_allocated", e);
       return false;
     }
     s.print(`${allocated}/${count} bytes allocated at offset ${cvtstr(start)}\n`);

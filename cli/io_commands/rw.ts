@@ -10,6 +10,7 @@
 import {
   cvtnum,
   dumpBuffer,
+  failed,
   type IoCommand,
   type IoFlags,
   type IoSession,
@@ -120,7 +121,7 @@ const read: IoCommand = {
     try {
       await s.node!.pread(offset, buf);
     } catch (e) {
-      s.print(`read failed: ${strerror(e)}\n`);
+      failed(s, "read", e);
       return false;
     }
     const ms = performance.now() - t0;
@@ -207,7 +208,7 @@ const write: IoCommand = {
       if (zero) await node.pwriteZeroes(offset, count, { mayUnmap: flags.has("u"), noFallback: flags.has("n"), fua });
       else await node.pwrite(offset, data!, { fua, compressed: flags.has("c") });
     } catch (e) {
-      s.print(`write failed: ${(e as { strerror?: string }).strerror ?? strerror(e)}\n`);
+      failed(s, "write", e);
       return false;
     }
     if (flags.has("q")) return true;
@@ -237,7 +238,7 @@ const readv: IoCommand = {
     try {
       await s.node!.pread(offset, buf);
     } catch (e) {
-      s.print(`readv failed: ${strerror(e)}\n`);
+      failed(s, "readv", e);
       return false;
     }
     const ms = performance.now() - t0;
@@ -274,7 +275,7 @@ const writev: IoCommand = {
     try {
       await s.node!.pwrite(offset, new Uint8Array(total).fill(byte ?? 0xcd), { fua: flags.has("f") });
     } catch (e) {
-      s.print(`writev failed: ${strerror(e)}\n`);
+      failed(s, "writev", e);
       return false;
     }
     if (flags.has("q")) return true;
@@ -321,7 +322,8 @@ const aioRead: IoCommand = {
       try {
         await node.pread(offset, buf);
       } catch (e) {
-        s.print(`readv failed: ${strerror(e)}\n`);
+        s.failed = true;
+        failed(s, "readv", e);
         return;
       }
       const ms = performance.now() - t0;
@@ -376,7 +378,8 @@ const aioWrite: IoCommand = {
         if (!data) await node.pwriteZeroes(offset, total, { mayUnmap: flags.has("u"), fua: flags.has("f") });
         else await node.pwrite(offset, data, { fua: flags.has("f") });
       } catch (e) {
-        s.print(`aio_write failed: ${strerror(e)}\n`);
+        s.failed = true;
+        failed(s, "aio_write", e);
         return;
       }
       if (flags.has("q")) return;

@@ -35,6 +35,8 @@
 import "./drivers/file.ts";
 import "./drivers/memory.ts";
 import "./drivers/raw.ts";
+import "./drivers/null.ts";
+import "./drivers/foreign.ts";
 import "./drivers/qcow2/mod.ts";
 import "./drivers/luks/mod.ts";
 import "./drivers/nbd/mod.ts";
@@ -42,6 +44,7 @@ import "./drivers/rbd/rbd.ts";
 import "./filters/blkdebug.ts";
 import "./filters/throttle.ts";
 import "./filters/recorder.ts";
+import "./filters/copy_on_read.ts";
 import "./filters/crash/mod.ts";
 
 export { BlockError, type BlockErrorDetails, CorruptImageError, type ErrnoCode, errnoCode, toBlockError } from "./core/errors.ts";
@@ -64,9 +67,11 @@ export { driverNames, getDriver, probeFormat, registerDriver } from "./core/regi
 export { type BlockSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";
 export {
   type CacheFlags,
+  checkImageCreate,
   createImage,
   type CreateOptions,
   findNode,
+  hasProtocol,
   nodeNames,
   open,
   type OpenOptions,

@@ -7,12 +7,12 @@
  */
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { BlockError } from "../core/errors.ts";
+import { BlockError, onCorruption } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
-import { open } from "../core/open.ts";
+import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
 import { defineObject, removeSecret } from "../core/secrets.ts";
-import { looksDotted, parseDotted } from "../core/spec.ts";
+import { isPlainObject, looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
 
 /** Where a verb writes its output; tests pass collecting functions. */
 export interface CliIO {
@@ -24,6 +24,18 @@ export interface CliIO {
   isTTY?: boolean;
   /** Reads one line of input (without the newline); null at end of input. */
   readLine?(): Promise<string | null>;
+  /** Writes out buffered standard output (C's fflush(stdout)); absent when stdout is not buffered. */
+  flush?(): void;
+  /**
+   * Program name that prefixes error messages (`blkgraph`, or `qemu-img` /
+   * `qemu-io` for the drop-in entry points). Default `blkgraph`.
+   */
+  prog?: string;
+}
+
+/** The program name errors are prefixed with (`io.prog`, default `blkgraph`). */
+export function progName(io: CliIO): string {
+  return io.prog ?? "blkgraph";
 }
 
 /** One verb of the command line. */
@@ -36,7 +48,7 @@ export interface Verb {
   run(args: string[], io: CliIO): Promise<number>;
 }
 
-/** An error the CLI reports as `blkgraph: <message>` with an exit code. */
+/** An error the CLI reports as `PROG: <message>` with an exit code. */
 export class CliError extends Error {
   /** Exit code to return. */
   readonly exitCode: number;
@@ -157,6 +169,12 @@ export interface ImageArgs {
   forceShare?: boolean;
   /** Open for a consistency check (qemu-img check). */
   check?: boolean;
+  /** Snapshot mode: writes go to a temporary overlay (qemu-io `-s`). */
+  snapshot?: boolean;
+  /** Copy-on-read filter on top (qemu-io `-C`). */
+  copyOnRead?: boolean;
+  /** Node options merged with a plain filename (qemu-io `open -o`); with no filename they are the whole spec. */
+  options?: Record<string, unknown>;
   /** Only describe the image (qemu-img info's BDRV_O_NO_IO): an encrypted image opens without its key. */
   noIo?: boolean;
   /** More options for the format node of a plain filename (convert passes the target's `key-secret`). */
@@ -164,27 +182,71 @@ export interface ImageArgs {
 }
 
 /**
+ * The image named on the command line could not be opened. The message is
+ * qemu-img's ("Could not open 'NAME': REASON"); qemu-io prints
+ * "can't open device NAME: REASON" from the parts.
+ */
+export class OpenError extends CliError {
+  /** The name as given (undefined for options without a filename). */
+  readonly filename: string | undefined;
+  /** Why the open failed (the block layer's message). */
+  readonly reason: string;
+  /** The block layer's error. */
+  override readonly cause: unknown;
+  /** Creates the error for `filename` failing with `cause`. */
+  constructor(filename: string | undefined, cause: unknown) {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    super(filename === undefined ? `Could not open image: ${reason}` : `Could not open '${filename}': ${reason}`);
+    this.filename = filename;
+    this.reason = reason;
+    this.cause = cause;
+  }
+}
+
+/**
  * Opens an image named on the command line: a filename (format from `-f` or
  * probed), a `json:{...}` filename, a dotted spec, or (with `--image-opts`)
  * dotted options.
  */
-export async function openImage(filename: string, opts: ImageArgs = {}): Promise<BlockNode> {
+export async function openImage(filename: string | undefined, opts: ImageArgs = {}): Promise<BlockNode> {
   const cache = opts.cache;
   // -U only means something for read-only opens (qemu-img refuses it on writes).
   const forceShare = (opts.forceShare ?? false) && (opts.readOnly ?? false);
   const noIo = opts.noIo;
   if (opts.imageOpts && opts.format) throw new CliError("--image-opts and --format are mutually exclusive");
+  const how = {
+    readOnly: opts.readOnly,
+    cache,
+    forceShare,
+    check: opts.check,
+    snapshot: opts.snapshot,
+    copyOnRead: opts.copyOnRead,
+    noIo,
+  };
   try {
+    if (filename === undefined) return await open(opts.options ?? {}, how);
     if (opts.imageOpts || looksDotted(filename)) {
       const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
-      return await open(spec, { readOnly: opts.readOnly, cache, forceShare, check: opts.check, noIo });
+      return await open(spec, how);
     }
-    if (filename.startsWith("json:")) return await open(filename, { readOnly: opts.readOnly, cache, forceShare, check: opts.check, noIo });
-    const spec = opts.noBacking || opts.extra ? { filename, ...(opts.noBacking ? { backing: null } : {}), ...opts.extra } : filename;
-    return await open(spec, { format: opts.format, readOnly: opts.readOnly, cache, forceShare, check: opts.check, noIo });
+    // json: options merged with the ones given beside it; those win (QEMU's qdict_join without overwrite).
+    if (filename.startsWith("json:")) return await open(opts.options ? mergeSpecs(normaliseSpec(filename), opts.options) : filename, how);
+    const given = { ...opts.options, ...(opts.noBacking ? { backing: null } : {}), ...opts.extra };
+    const spec = Object.keys(given).length ? { ...given, filename } : filename;
+    return await open(spec, { ...how, format: opts.format });
   } catch (e) {
-    throw new CliError(`Could not open '${filename}': ${(e as Error).message}`);
+    throw new OpenError(filename, e);
   }
+}
+
+/** `over` laid over `base`, nested option objects merged key by key. */
+function mergeSpecs(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const out = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
+    out[k] = isPlainObject(b) && isPlainObject(v) ? mergeSpecs(b, v) : v;
+  }
+  return out;
 }
 
 /** Standard image flags every verb accepts (`-f`, `--image-opts`, `-U`, `-t`, `-T`). */
@@ -213,6 +275,22 @@ export function imageArgs(values: Flags, readOnly: boolean): ImageArgs {
 export function needPositionals(positionals: string[], min: number, max: number, what: string): void {
   if (positionals.length < min) throw new CliError(`Expecting ${what}\nTry '--help' for more information.`);
   if (positionals.length > max) throw new CliError(`Unexpected argument '${positionals[max]}'\nTry '--help' for more information.`);
+}
+
+/**
+ * The path of backing file `backing` named in image `overlay` (QEMU's
+ * bdrv_get_full_backing_filename_from_filename): a protocol name or an
+ * absolute path as is, otherwise relative to the overlay's directory.
+ *
+ * @example
+ * ```ts
+ * import { resolveBackingPath } from "./_common.ts";
+ * console.log(resolveBackingPath("/img/top.qcow2", "./image:base.qcow2")); // /img/./image:base.qcow2
+ * ```
+ */
+export function resolveBackingPath(overlay: string, backing: string): string {
+  if (backing.startsWith("/") || hasProtocol(backing) || !overlay.includes("/")) return backing;
+  return overlay.slice(0, overlay.lastIndexOf("/") + 1) + backing;
 }
 
 /** `--output` must be `human` or `json` (qemu-img's message otherwise). */
@@ -250,27 +328,24 @@ export function cFixed(x: number, digits: number): string {
   return x.toFixed(digits);
 }
 
-/** qemu-io's `cvtstr`: "64 KiB", "1.500 KiB", "435.791371 bytes". */
+/** qemu-io's `cvtstr`: "64 KiB", "1.500 KiB", "4.001 GiB", "435.791371 bytes" (%.3f with a unit, %f without; ".000" dropped). */
 export function cvtstr(value: number): string {
   const units: [number, string][] = [[2 ** 60, " EiB"], [2 ** 50, " PiB"], [2 ** 40, " TiB"], [2 ** 30, " GiB"], [2 ** 20, " MiB"], [
     2 ** 10,
     " KiB",
   ]];
+  let str = "";
   let suffix = " bytes";
-  let precise = true;
-  for (const [div, s] of units) {
+  for (const [div, sfx] of units) {
     if (value >= div) {
-      value /= div;
-      suffix = s;
-      precise = false;
+      str = cFixed(value / div, 3);
+      suffix = sfx;
       break;
     }
   }
-  const f = cFixed(value, 6);
-  const trim = f.indexOf(".000");
-  if (trim >= 0) return f.slice(0, trim) + suffix;
-  if (precise) return f + suffix;
-  return cFixed(value, 3) + suffix;
+  if (!str) str = cFixed(value, 6);
+  const trim = str.indexOf(".000");
+  return (trim >= 0 ? str.slice(0, trim) : str) + suffix;
 }
 
 /** Formats an error for the user: the message of a BlockError or CliError. */
@@ -329,15 +404,20 @@ export function verbTerminationHandler(): (() => void) | undefined {
   return terminationHandler;
 }
 
-/** Runs a verb, turning a thrown error into `blkgraph: <message>` on stderr and an exit code. */
+/** Runs a verb, turning a thrown error into `PROG: <message>` on stderr and an exit code. */
 export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise<number> {
+  // A driver marking an image corrupt is announced as QEMU does (no program prefix).
+  const stop = onCorruption((r) =>
+    io.stderr(`${r.format}: Marking image as corrupt: ${r.message}; further corruption events will be suppressed\n`)
+  );
   const objectsBefore = verbObjects.length;
   try {
     return await verb.run(args, io);
   } catch (e) {
-    io.stderr(`blkgraph: ${errorMessage(e)}\n`);
+    io.stderr(`${progName(io)}: ${errorMessage(e)}\n`);
     return e instanceof CliError ? e.exitCode : 1;
   } finally {
+    stop();
     for (const id of verbObjects.splice(objectsBefore)) removeSecret(id);
   }
 }

@@ -61,7 +61,7 @@ export async function chainStatus(top: BlockNode, offset: number, bytes: number)
 }
 
 function mergeable(a: MapEntry, b: MapEntry): boolean {
-  return a.present === b.present && a.zero === b.zero && a.data === b.data && a.depth === b.depth && a.compressed === b.compressed &&
+  return a.present === b.present && a.zero === b.zero && a.data === b.data && a.depth === b.depth &&
     (a.offset === undefined) === (b.offset === undefined) && a.filename === b.filename &&
     (a.offset === undefined || a.offset + a.length === b.offset);
 }

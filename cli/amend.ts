@@ -7,8 +7,32 @@
  * @module
  */
 
-import { CliError, type CliIO, flagList, IMAGE_FLAGS, imageArgs, needPositionals, openImage, parseVerbArgs, type Verb } from "./_common.ts";
-import { parseCreateOptions } from "./create.ts";
+import { getDriver } from "../core/registry.ts";
+import {
+  CliError,
+  type CliIO,
+  flagList,
+  flagString,
+  IMAGE_FLAGS,
+  imageArgs,
+  needPositionals,
+  openImage,
+  parseVerbArgs,
+  type Verb,
+} from "./_common.ts";
+import { formatOptionHelp, parseCreateOptions, wantsOptionHelp } from "./create.ts";
+
+/** Whether the format's driver takes amend options (it lists them). */
+function amendable(format: string): boolean {
+  return getDriver(format).amendOptions !== undefined;
+}
+
+/** qemu-img's `amend -o help`: the options the format can change. */
+function amendOptionHelp(format: string): string {
+  const d = getDriver(format);
+  if (!d.amendOptions) throw new CliError(`Format driver '${format}' does not support option amendment`);
+  return `Amend options for '${format}':\n${formatOptionHelp(d.amendOptions)}`;
+}
 
 const USAGE = `Usage: blkgraph amend [--object objectdef] [-f fmt] [-q] [--force] [--image-opts] -o options filename
 
@@ -31,11 +55,23 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io,
   );
   if (!p) return 0;
+  const lists = flagList(p.values, "options");
+  const help = wantsOptionHelp(lists);
+  const format = flagString(p.values, "format");
+  if (help && format !== undefined) {
+    io.stdout(amendOptionHelp(format));
+    return 0;
+  }
   needPositionals(p.positionals, 1, 1, "filename");
-  const opts = parseCreateOptions(flagList(p.values, "options"));
-  if (!Object.keys(opts).length) throw new CliError("Expecting one or more options (-o)");
+  const opts = parseCreateOptions(lists);
+  if (!Object.keys(opts).length && !help) throw new CliError("Expecting one or more options (-o)");
   const node = await openImage(p.positionals[0], { ...imageArgs(p.values, false), noBacking: true });
   try {
+    if (help) {
+      io.stdout(amendOptionHelp(node.formatName));
+      return 0;
+    }
+    if (!amendable(node.formatName)) throw new CliError(`Format driver '${node.formatName}' does not support option amendment`);
     await node.amend(opts, { force: p.values.force === true });
   } finally {
     await node.close();

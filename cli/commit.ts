@@ -1,46 +1,145 @@
 /**
- * `blkgraph commit`: qemu-img commit into the direct backing file. Copies
- * every range the overlay allocates itself into its backing file, then
- * empties the overlay (qcow2's make-empty: every cluster is dropped, so it
- * reads through to the backing file) unless `-d` is given.
+ * `blkgraph commit`: qemu-img commit. Copies everything the image and the
+ * layers between it and the base allocate into the base (its direct backing
+ * file, or the deeper one named with `-b`), growing the base when it is
+ * smaller; then empties the image (qcow2's make-empty) unless `-d` or `-b`
+ * is given (qemu-img's `-b` implies `-d`). The image is opened as the user
+ * named it, filters included, so a blkdebug rule sees the commit's I/O.
  *
  * @module
  */
 
 import type { BlockNode } from "../core/node.ts";
 import { open } from "../core/open.ts";
-import { CliError, type CliIO, flagString, IMAGE_FLAGS, isZero, needPositionals, openImage, parseVerbArgs, type Verb } from "./_common.ts";
+import { parseJsonFilename } from "../core/spec.ts";
+import {
+  CliError,
+  type CliIO,
+  flagString,
+  formatNode,
+  IMAGE_FLAGS,
+  imageArgs,
+  isZero,
+  needPositionals,
+  openImage,
+  parseVerbArgs,
+  protocolNode,
+  resolveBackingPath,
+  type Verb,
+} from "./_common.ts";
+import { strerror } from "./io_commands/_session.ts";
+import { progressPrinter } from "./_progress.ts";
 
-const USAGE = `Usage: blkgraph commit [-q] [-f fmt] [-t cache] [-d] [-p] filename
+const USAGE = `Usage: blkgraph commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename
 
-Commits the changes recorded in an overlay image into its backing file,
-then empties the overlay (-d keeps its clusters).
+Commits the changes recorded in an overlay image into its backing file (or
+the deeper backing file given with -b), then empties the overlay (not with
+-d or -b).
 `;
 
 const CHUNK = 2 << 20;
 
-/** Copies what `top` allocates itself into `base`; returns the bytes copied. */
+/** Whether `[offset, offset+bytes)` is allocated in `top` or a layer below it above `base` (base excluded). */
+async function allocatedAbove(top: BlockNode, base: BlockNode, offset: number, bytes: number) {
+  let n = bytes;
+  for (let layer: BlockNode | undefined = top; layer && formatNode(layer) !== formatNode(base); layer = formatNode(layer).backing) {
+    if (offset >= layer.length) continue;
+    const st = await layer.blockStatus(offset, n);
+    if (st.allocated) return { allocated: true, zero: st.zero, n: st.length };
+    n = Math.min(n, st.length);
+  }
+  return { allocated: false, zero: false, n };
+}
+
+/**
+ * Copies what `top` and the layers above `base` allocate into `base` (zero
+ * ranges as write-zeroes that may unmap, as QEMU's commit job does); returns
+ * the bytes copied.
+ */
 export async function commitInto(top: BlockNode, base: BlockNode, progress?: (done: number) => void): Promise<number> {
   const length = top.length;
+  if (base.length < length) await base.truncate(length);
   const buf = new Uint8Array(CHUNK);
   let copied = 0;
   for (let off = 0; off < length;) {
-    const st = await top.blockStatus(off, Math.min(CHUNK, length - off));
+    const st = await allocatedAbove(top, base, off, Math.min(CHUNK, length - off));
     if (st.allocated) {
-      if (st.zero) await base.pwriteZeroes(off, st.length);
+      if (st.zero) await base.pwriteZeroes(off, st.n, { mayUnmap: true });
       else {
-        const data = buf.subarray(0, st.length);
+        const data = buf.subarray(0, st.n);
         await top.pread(off, data);
-        if (isZero(data)) await base.pwriteZeroes(off, st.length);
+        if (isZero(data)) await base.pwriteZeroes(off, st.n, { mayUnmap: true });
         else await base.pwrite(off, data);
       }
-      copied += st.length;
+      copied += st.n;
     }
-    off += st.length;
+    off += st.n;
     progress?.(off);
   }
   await base.flush();
   return copied;
+}
+
+/** One image of a backing chain: where it is, its format, and the name the image above records for it. */
+interface Layer {
+  filename: string;
+  format: string;
+  recorded: string | undefined;
+  /** File of the image above it (relative names are relative to its directory). */
+  above: string;
+}
+
+/** The backing chain below the image `filename` names (top first, the image itself left out). */
+async function backingChain(filename: string, args: Parameters<typeof openImage>[1]): Promise<Layer[]> {
+  const top = await openImage(filename, { ...args, readOnly: true });
+  try {
+    const chain: Layer[] = [];
+    let parent = formatNode(top);
+    for (let n = parent.backing; n; n = formatNode(n).backing) {
+      const f = protocolNode(n).options.filename;
+      if (typeof f !== "string") throw new CliError(`Cannot commit: backing file '${n.name}' is not a host file`);
+      const recorded = (await parent.info())["backing-filename"];
+      const above = protocolNode(parent).options.filename;
+      chain.push({
+        filename: f,
+        format: formatNode(n).driver.name,
+        recorded: typeof recorded === "string" ? recorded : undefined,
+        above: typeof above === "string" ? above : "",
+      });
+      parent = formatNode(n);
+    }
+    return chain;
+  } finally {
+    await top.close();
+  }
+}
+
+/**
+ * How to open a layer again: as the image above names it when that name is
+ * a graph (a json: name with filters, which a commit must write through),
+ * else its format over its file.
+ */
+function layerSpec(layer: Layer): Record<string, unknown> {
+  if (layer.recorded?.startsWith("json:")) return { driver: layer.format, ...parseJsonFilename(layer.recorded) };
+  return { driver: layer.format, file: { driver: "file", filename: layer.filename } };
+}
+
+/**
+ * Whether `name` (as given to -b) names `layer`, as QEMU's
+ * bdrv_find_backing_image decides: the name recorded in the image above, or
+ * the same file once a relative name is taken relative to that image.
+ */
+function names(layer: Layer, name: string): boolean {
+  if (layer.recorded === name) return true;
+  const real = (p: string) => {
+    try {
+      return Deno.realPathSync(p);
+    } catch {
+      return undefined;
+    }
+  };
+  const want = real(resolveBackingPath(layer.above, name));
+  return want !== undefined && want === real(layer.filename);
 }
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -57,52 +156,50 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io,
   );
   if (!p) return 0;
-  needPositionals(p.positionals, 1, 1, "filename");
-  if (flagString(p.values, "base") !== undefined) {
-    throw new CliError("'commit -b' (committing into a deeper backing file) is not supported yet");
-  }
+  needPositionals(p.positionals, 1, 1, "one image file name");
   const filename = p.positionals[0];
-  const format = flagString(p.values, "format");
-  // Look at the overlay without its backing file first, to find it and its format.
-  const probe = await openImage(filename, { format, readOnly: true });
-  const info = await probe.info();
-  const fmt = probe.driver.name;
-  const backingName = info["backing-filename"];
-  const backingFmt = info["backing-filename-format"];
-  await probe.close();
-  if (typeof backingName !== "string") throw new CliError("Image does not have a backing file");
-  const dir = filename.includes("/") ? filename.slice(0, filename.lastIndexOf("/") + 1) : "";
-  const backingPath = backingName.startsWith("/") ? backingName : dir + backingName;
-  const base = await openImage(backingPath, {
-    format: typeof backingFmt === "string" ? backingFmt : undefined,
-    cache: flagString(p.values, "cache"),
-  });
+  const baseName = flagString(p.values, "base");
+  const drop = p.values.keep === true || baseName !== undefined;
+  const how = imageArgs(p.values, false);
+  const chain = await backingChain(filename, how);
+  if (!chain.length) throw new CliError("Image does not have a backing file");
+  const at = baseName === undefined ? 0 : chain.findIndex((l) => names(l, baseName));
+  if (at < 0) throw new CliError(`Did not find '${baseName}' in the backing chain of '${filename}'`);
+  // The base read-write; the layers above it read-only over it; the image as named over them.
+  const layers: BlockNode[] = [];
   let top: BlockNode | undefined;
   try {
-    top = await open({ driver: fmt, file: { driver: "file", filename }, backing: base }, { readOnly: true });
-    if (base.length < top.length) {
-      throw new CliError(
-        `Cannot commit '${filename}' (${top.length} bytes) into its smaller backing file '${backingPath}' (${base.length} bytes)`,
-      );
+    let below = await open(layerSpec(chain[at]), { cache: how.cache });
+    layers.push(below);
+    for (let i = at - 1; i >= 0; i--) {
+      below = await open({ ...layerSpec(chain[i]), backing: below }, { readOnly: true });
+      layers.push(below);
     }
-    await commitInto(top, base);
+    top = await openImage(filename, { ...how, options: { backing: below } });
+    const show = progressPrinter(io, p.values.progress === true && p.values.quiet !== true, 1);
+    show(0);
+    try {
+      await commitInto(top, layers[0], (done) => show(top!.length ? (100 * done) / top!.length : 100));
+    } catch (e) {
+      throw new CliError(`Block job failed: ${strerror(e)}`);
+    }
+    if (!drop) {
+      try {
+        await top.makeEmpty();
+      } catch (e) {
+        // Formats that cannot be emptied keep their data, as in qemu-img.
+        if (!(e instanceof Error && "code" in e && e.code === "ENOTSUP")) throw new CliError(`Failed to empty ${filename}: ${strerror(e)}`);
+      }
+    }
+    show(100);
+    show.end();
   } finally {
-    if (top) await top.close();
-    else await base.close();
+    // Closing the top closes the layers it holds; a failed open leaves them to close here.
+    if (top) await top.close().catch(() => {});
+    else for (const l of layers.reverse()) await l.close().catch(() => {});
   }
-  if (p.values.keep !== true) await emptyOverlay(filename, fmt);
   if (p.values.quiet !== true) io.stdout("Image committed.\n");
   return 0;
-}
-
-/** Drops every cluster of the overlay so it reads through to its backing file. */
-async function emptyOverlay(filename: string, format: string): Promise<void> {
-  const overlay = await open({ driver: format, file: { driver: "file", filename }, backing: null });
-  try {
-    await overlay.makeEmpty();
-  } finally {
-    await overlay.close();
-  }
 }
 
 /** The `commit` verb. */

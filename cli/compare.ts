@@ -20,6 +20,7 @@ import {
   type Verb,
 } from "./_common.ts";
 import { chainStatus } from "./_map_extents.ts";
+import { strerror } from "./io_commands/_session.ts";
 
 const USAGE = `Usage: blkgraph compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
 
@@ -40,6 +41,9 @@ function firstNonZero(a: Uint8Array): number {
   return -1;
 }
 
+/** A read error of the size-mismatch pass carries the warning printed before it. */
+type CompareError = CliError & { before?: string };
+
 /** Result of {@linkcode compareImages}: the message to print and the exit code. */
 export interface CompareResult {
   /** qemu-img's message, with newline. */
@@ -48,8 +52,29 @@ export interface CompareResult {
   code: number;
 }
 
-/** Compares two open images as qemu-img compare does. */
-export async function compareImages(a: BlockNode, b: BlockNode, strict: boolean): Promise<CompareResult> {
+/** Options of {@linkcode compareImages}. */
+export interface CompareOptions {
+  /** Images of different size or allocation differ (`-s`). */
+  strict?: boolean;
+  /** The names the images were given by (for read errors). */
+  names?: [string, string];
+}
+
+/**
+ * Compares two open images as qemu-img compare does. A failed read is a
+ * {@linkcode CliError} with exit code 4 ("Error while reading offset N of
+ * NAME: Input/output error").
+ */
+export async function compareImages(a: BlockNode, b: BlockNode, opts: CompareOptions = {}): Promise<CompareResult> {
+  const strict = opts.strict ?? false;
+  const [nameA, nameB] = opts.names ?? [a.name, b.name];
+  const readAt = async (n: BlockNode, off: number, buf: Uint8Array) => {
+    try {
+      await n.pread(off, buf);
+    } catch (e) {
+      throw new CliError(`Error while reading offset ${off} of ${n === a ? nameA : nameB}: ${strerror(e)}`, 4);
+    }
+  };
   const lenA = a.length;
   const lenB = b.length;
   if (lenA !== lenB && strict) return { message: "Strict mode: Image size mismatch!\n", code: 1 };
@@ -69,16 +94,16 @@ export async function compareImages(a: BlockNode, b: BlockNode, strict: boolean)
     const ba = bufA.subarray(0, len);
     const bb = bufB.subarray(0, len);
     if (sa.zero) {
-      await b.pread(off, bb);
+      await readAt(b, off, bb);
       const i = firstNonZero(bb);
       if (i >= 0) return mismatch(off + i);
     } else if (sb.zero) {
-      await a.pread(off, ba);
+      await readAt(a, off, ba);
       const i = firstNonZero(ba);
       if (i >= 0) return mismatch(off + i);
     } else {
-      await a.pread(off, ba);
-      await b.pread(off, bb);
+      await readAt(a, off, ba);
+      await readAt(b, off, bb);
       const i = firstDiff(ba, bb);
       if (i >= 0) return mismatch(off + i);
     }
@@ -86,17 +111,24 @@ export async function compareImages(a: BlockNode, b: BlockNode, strict: boolean)
   }
   if (lenA !== lenB) {
     // Non-strict: the longer image must read as zeros past the shorter one.
+    // qemu-img prints the warning before it looks there.
+    const warning = "Warning: Image size mismatch!\n";
     const longer = lenA > lenB ? a : b;
     for (let off = common; off < longer.length;) {
       const st = await chainStatus(longer, off, Math.min(CHUNK, longer.length - off));
       if (!st.zero) {
         const buf = bufA.subarray(0, st.length);
-        await longer.pread(off, buf);
-        if (!isZero(buf)) return mismatch(off + firstNonZero(buf));
+        try {
+          await readAt(longer, off, buf);
+        } catch (e) {
+          (e as CompareError).before = warning;
+          throw e;
+        }
+        if (!isZero(buf)) return { ...mismatch(off + firstNonZero(buf)), message: warning + mismatch(off + firstNonZero(buf)).message };
       }
       off += st.length;
     }
-    return { message: "Warning: Image size mismatch!\nImages are identical.\n", code: 0 };
+    return { message: warning + "Images are identical.\n", code: 0 };
   }
   return { message: "Images are identical.\n", code: 0 };
 }
@@ -133,10 +165,15 @@ async function run(args: string[], io: CliIO): Promise<number> {
   try {
     a = await openImage(fa, { format: flagString(p.values, "a-format"), imageOpts, readOnly: true, cache });
     b = await openImage(fb, { format: flagString(p.values, "b-format"), imageOpts, readOnly: true, cache });
-    const r = await compareImages(formatNode(a), formatNode(b), p.values.strict === true);
+    const r = await compareImages(formatNode(a), formatNode(b), { strict: p.values.strict === true, names: [fa, fb] });
     if (p.values.quiet !== true) io.stdout(r.message);
     return r.code;
   } catch (e) {
+    if (e instanceof CliError && e.exitCode === 4) {
+      const before = (e as CompareError).before;
+      if (before && p.values.quiet !== true) io.stdout(before);
+      throw e;
+    }
     throw new CliError(errorMessage(e), 2);
   } finally {
     await a?.close().catch(() => {});

@@ -22,8 +22,9 @@ import {
   sizeArg,
   type Verb,
 } from "./_common.ts";
-import { parseCreateOptions } from "./create.ts";
+import { canCreate, createOptionHelp, parseCreateOptions, wantsOptionHelp } from "./create.ts";
 import { startTrace, type Trace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
+import { progressPrinter } from "./_progress.ts";
 
 const USAGE = `Usage: blkgraph convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]
                         [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num]
@@ -70,16 +71,31 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io,
   );
   if (!p) return 0;
+  const lists = flagList(p.values, "options");
+  if (wantsOptionHelp(lists)) {
+    io.stdout(createOptionHelp(flagString(p.values, "output-format") ?? "raw", p.positionals.length ? p.positionals.at(-1) : undefined));
+    return 0;
+  }
   needPositionals(p.positionals, 2, Infinity, "at least one source and a target filename");
   const target = traceFlags(p.values);
   const srcNames = p.positionals.slice(0, -1);
   const dstName = p.positionals[p.positionals.length - 1];
   const outFmt = flagString(p.values, "output-format") ?? "raw";
-  const backing = flagString(p.values, "backing");
-  const options = parseCreateOptions(flagList(p.values, "options"));
-  if (backing !== undefined) options.backing_file = backing;
+  const backingFlag = flagString(p.values, "backing");
+  const options = parseCreateOptions(lists);
+  if (backingFlag !== undefined) options.backing_file = backingFlag;
+  // -B or -o backing_file: the target is an overlay (qemu-img's target_has_backing).
+  const backing = options.backing_file;
+  if (backing !== undefined && p.positionals.length > 2) {
+    throw new CliError("Having a backing file for the target makes no sense when concatenating multiple input images");
+  }
   const backingFmt = flagString(p.values, "backing-format");
   if (backingFmt !== undefined) options.backing_fmt = backingFmt;
+  if (backing !== undefined && options.backing_fmt === undefined) {
+    throw new CliError("Use of backing file requires explicit backing format");
+  }
+  // The target format is checked before any source is opened, as qemu-img does.
+  if (p.values["no-create"] !== true && !canCreate(outFmt)) throw new CliError(`Format driver '${outFmt}' does not support image creation`);
   const bitmaps = p.values.bitmaps === true;
   const skipBroken = p.values["skip-broken-bitmaps"] === true;
   if (skipBroken && !bitmaps) throw new CliError("Use of --skip-broken-bitmaps requires --bitmaps");
@@ -128,15 +144,22 @@ async function run(args: string[], io: CliIO): Promise<number> {
     const coroutines = mText === undefined ? 8 : intArg(mText, "number of coroutines");
     if (coroutines < 1 || coroutines > 16) throw new CliError(`Invalid number of coroutines '${mText}': it must be between 1 and 16`);
     const showProgress = p.values.progress === true && p.values.quiet !== true;
-    let lastShown = -1;
-    const progress = (done: number) => {
-      const pct = total ? Math.floor((done / total) * 10000) / 100 : 100;
-      if (pct - lastShown >= 1 || (pct === 100 && lastShown !== 100)) {
-        lastShown = pct;
-        io.stdout(`    (${pct.toFixed(2)}/100%)\r`);
+    // Like qemu-img, progress counts the data to copy: what block status says
+    // holds data (with a backing file for the target, only the sources' top layers).
+    let dataTotal = 0;
+    if (showProgress) {
+      for (const s of srcs) {
+        for (let off = 0; off < s.length;) {
+          const st = await s.blockStatus(off, s.length - off);
+          const present = st.present ?? st.allocated;
+          if (present && !st.zero && !(backing !== undefined && (st.depth ?? 0) > 0)) dataTotal += st.length;
+          off += st.length;
+        }
       }
-    };
-    if (showProgress) progress(0);
+    }
+    let dataDone = 0;
+    const show = progressPrinter(io, showProgress, 1);
+    show(0);
     if (p.values.compress === true && !dst.supportsCompressedWrites) {
       throw new CliError("Compression not supported for this file format");
     }
@@ -146,17 +169,19 @@ async function run(args: string[], io: CliIO): Promise<number> {
       await copyImage(s, dst, {
         dstOffset: offset,
         compress: p.values.compress === true,
-        zeroTarget: existing,
+        // A target with a backing file must get zeros where the source reads zeros (issue 9.6).
+        zeroTarget: existing || backing !== undefined,
         topOnly: backing !== undefined,
         parallel: p.values["out-of-order"] === true ? coroutines : 1,
         sparse,
-        progress: showProgress ? (d) => progress(offset + d) : undefined,
+        onData: showProgress ? (n) => show(dataTotal ? (100 * (dataDone += n)) / dataTotal : 100) : undefined,
       });
       base += s.length;
     }
     if (bitmaps) await copyBitmaps(srcs[0], dst, skipBroken, io);
     await dst.flush();
-    if (showProgress) io.stdout(`    (100.00/100%)\r\n`);
+    show(100);
+    show.end();
   } finally {
     for (const t of traces) t.stop();
     for (const s of srcs) await s.close().catch(() => {});

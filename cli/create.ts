@@ -5,10 +5,25 @@
  * @module
  */
 
-import { createImage } from "../core/open.ts";
-import { getDriver } from "../core/registry.ts";
-import { parseDotted } from "../core/spec.ts";
-import { CliError, type CliIO, flagList, flagString, needPositionals, openImage, parseVerbArgs, sizeArg, type Verb } from "./_common.ts";
+import { checkImageCreate, createImage } from "../core/open.ts";
+import { BlockError } from "../core/errors.ts";
+import { parseSize } from "../core/options.ts";
+import { driverForPrefix, getDriver } from "../core/registry.ts";
+import type { OptionHelp } from "../core/types.ts";
+import {
+  CliError,
+  type CliIO,
+  flagList,
+  flagString,
+  needPositionals,
+  OpenError,
+  openImage,
+  parseVerbArgs,
+  progName,
+  resolveBackingPath,
+  sizeArg,
+  type Verb,
+} from "./_common.ts";
 
 const USAGE = `Usage: blkgraph create [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] [-q] filename [size]
 
@@ -63,23 +78,97 @@ const LUKS_ORDER = [
   "preallocation",
 ];
 
-/** Parses `-o a=b,c=d` lists (repeatable; `,,` escapes a comma) into flat options. */
+/**
+ * Checks an `-o` argument as qemu-img does: not empty, not starting with a
+ * comma, and not ending in an odd number of commas ("a=b," is cut off).
+ */
+function checkOptionList(list: string): void {
+  let i = list.length;
+  while (i > 0 && list[i - 1] === ",") i--;
+  if (list === "" || list[0] === "," || (list.length - i) % 2 !== 0) throw new CliError(`Invalid option list: ${list}`);
+}
+
+/** Splits one `-o` list into `[key, value]` items (`,,` is a comma; a bare `key` means `key=on`). */
+function optionItems(list: string): [string, string][] {
+  const items: [string, string][] = [];
+  let cur = "";
+  const push = () => {
+    if (cur === "") return;
+    const eq = cur.indexOf("=");
+    items.push(eq < 0 ? [cur, "on"] : [cur.slice(0, eq), cur.slice(eq + 1)]);
+    cur = "";
+  };
+  for (let i = 0; i < list.length; i++) {
+    if (list[i] === ",") {
+      if (list[i + 1] === ",") {
+        cur += ",";
+        i++;
+      } else push();
+    } else cur += list[i];
+  }
+  push();
+  return items;
+}
+
+/**
+ * Parses `-o a=b,c=d` lists as qemu-img does: repeatable, `,,` escapes a
+ * comma, a later value of a key replaces an earlier one (`-o
+ * cluster_size=4k -o cluster_size=8k`). `help` and `?` are not options
+ * (see {@linkcode wantsOptionHelp}).
+ */
 export function parseCreateOptions(lists: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const list of lists) {
-    const flat = flatten(parseDotted(list));
-    for (const [k, v] of Object.entries(flat)) out[k] = v;
+    checkOptionList(list);
+    for (const [k, v] of optionItems(list)) if (k !== "help" && k !== "?") out[k] = v;
   }
   return out;
 }
 
-function flatten(o: Record<string, unknown>, prefix = ""): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(o)) {
-    if (v !== null && typeof v === "object") Object.assign(out, flatten(v as Record<string, unknown>, `${prefix}${k}.`));
-    else out[prefix + k] = String(v);
+/** Whether the `-o` lists ask for the option list (`help` or `?` as an item). */
+export function wantsOptionHelp(lists: string[]): boolean {
+  for (const list of lists) checkOptionList(list);
+  return lists.some((l) => optionItems(l).some(([k]) => k === "help" || k === "?"));
+}
+
+const TYPE_NAMES = { str: "str", size: "size", num: "num", bool: "bool (on/off)" } as const;
+
+/** Formats an option table as qemu's `-o help` does: sorted, `  name=<type>` padded to 24, then ` - help`. */
+export function formatOptionHelp(options: readonly OptionHelp[]): string {
+  const byName = new Map<string, OptionHelp>();
+  for (const o of options) if (!byName.has(o.name)) byName.set(o.name, o);
+  return [...byName.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((o) => {
+    const head = `  ${o.name}=<${TYPE_NAMES[o.type]}>`;
+    return `${head.padEnd(24)} - ${o.help}\n`;
+  }).join("");
+}
+
+/**
+ * qemu-img's `create -o help` (and `convert -O fmt -o help`): the format's
+ * options, with the protocol's when the target filename is known.
+ */
+export function createOptionHelp(format: string, filename: string | undefined): string {
+  const driver = getDriver(format);
+  if (!driver.create) throw new CliError(`Format driver '${format}' does not support image creation`);
+  if (filename === undefined) {
+    return `Supported ${format} options:\n${formatOptionHelp(driver.createOptions ?? [])}\n` +
+      "The protocol level may support further options.\nSpecify the target filename to include those options.\n";
   }
-  return out;
+  const proto = driverForPrefix(filename) ?? getDriver("file");
+  return `Supported options:\n${formatOptionHelp([...(driver.createOptions ?? []), ...(proto.createOptions ?? [])])}`;
+}
+
+/**
+ * Whether images of `format` can be created; a format blkgraph only
+ * recognises (bochs, vmdk, ...) cannot. An unknown name is an error naming it.
+ */
+export function canCreate(format: string): boolean {
+  try {
+    return getDriver(format).create !== undefined;
+  } catch (e) {
+    if (e instanceof BlockError && e.code === "ENOTSUP") return false;
+    throw e;
+  }
 }
 
 /** The line qemu-img prints before creating: "Formatting 'f', fmt=qcow2 cluster_size=65536 ...". */
@@ -93,10 +182,14 @@ export function formattingLine(filename: string, format: string, size: number, o
   } else if (format === "luks") {
     order = LUKS_ORDER;
   } else {
-    order = ["size", "backing_file", "backing_fmt", "preallocation"];
+    order = ["size", "backing_file", "backing_fmt"];
   }
+  // The file protocol's options follow the format's, in file-posix's order.
+  order = [...order, ...["nocow", "preallocation", "extent_size_hint"].filter((k) => !order.includes(k))];
+  if (shown.extent_size_hint !== undefined) shown.extent_size_hint = String(sizeArg(shown.extent_size_hint, "extent_size_hint"));
   const keys = [...order.filter((k) => k in shown), ...Object.keys(shown).filter((k) => !order.includes(k))];
-  return `Formatting '${filename}', fmt=${format} ${keys.map((k) => `${k}=${shown[k]}`).join(" ")}\n`;
+  // Commas in values are doubled, as qemu_opts_print escapes them.
+  return `Formatting '${filename}', fmt=${format} ${keys.map((k) => `${k}=${shown[k].replaceAll(",", ",,")}`).join(" ")}\n`;
 }
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -115,29 +208,64 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io,
   );
   if (!p) return 0;
+  const format = flagString(p.values, "format") ?? "raw";
+  const lists = flagList(p.values, "options");
+  if (wantsOptionHelp(lists)) {
+    io.stdout(createOptionHelp(format, p.positionals[0]));
+    return 0;
+  }
   needPositionals(p.positionals, 1, 2, "filename");
   const [filename, sizeText] = p.positionals;
-  const format = flagString(p.values, "format") ?? "raw";
-  if (!getDriver(format).create) throw new CliError(`${filename}: Format driver '${format}' does not support image creation`);
-  const options = parseCreateOptions(flagList(p.values, "options"));
+  if (!canCreate(format)) throw new CliError(`${filename}: Format driver '${format}' does not support image creation`);
+  const options = parseCreateOptions(lists);
   const backing = flagString(p.values, "backing") ?? options.backing_file;
   const backingFmt = flagString(p.values, "backing-format") ?? options.backing_fmt;
   if (backing !== undefined) options.backing_file = backing;
   if (backingFmt !== undefined) options.backing_fmt = backingFmt;
   let size: number | undefined;
-  if (sizeText !== undefined) size = sizeArg(sizeText, "image size");
-  else if (options.size !== undefined) size = sizeArg(options.size, "image size");
+  if (sizeText !== undefined && options.size !== undefined) throw new CliError(`${filename}: The image size must be specified only once`);
+  if (sizeText !== undefined) {
+    size = parseSize(sizeText);
+    if (size === undefined) {
+      io.stderr(`${progName(io)}: Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n`);
+      throw new CliError("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+    }
+  } else if (options.size !== undefined) {
+    size = parseSize(options.size);
+    if (size === undefined) {
+      throw new CliError(
+        `${filename}: Parameter 'size' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`,
+      );
+    }
+  }
   delete options.size;
+  if (backing !== undefined) {
+    if (backing === filename) {
+      throw new CliError(`${filename}: Error: Trying to create an image with the same filename as the backing file`);
+    }
+    if (backing === "") throw new CliError(`${filename}: Expected backing file name, got empty string`);
+  }
   if (backing !== undefined && p.values.unsafe !== true) {
-    const dir = filename.includes("/") ? filename.slice(0, filename.lastIndexOf("/") + 1) : "";
-    const path = backing.startsWith("/") || backing.includes(":") ? backing : dir + backing;
-    const b = await openImage(path, { format: backingFmt, readOnly: true }).catch((e) => {
-      throw new CliError(`${filename}: ${(e as Error).message}`);
+    // As qemu-img: the backing file is opened shared (a VM may be using it), for its size and to check it exists.
+    const path = resolveBackingPath(filename.startsWith("file:") ? filename.slice(5) : filename, backing);
+    const b = await openImage(path, { format: backingFmt, readOnly: true, forceShare: true }).catch((e) => {
+      throw new CliError(`${filename}: ${e instanceof OpenError ? e.reason : (e as Error).message}\nCould not open backing image.`);
     });
-    size ??= b.length;
+    const detected = b.formatName;
+    const backingSize = b.length;
     await b.close();
+    if (backingFmt === undefined) {
+      throw new CliError(`${filename}: Backing file specified without backing format\nDetected format of ${detected}.`);
+    }
+    size ??= backingSize;
   }
   if (size === undefined) throw new CliError("Image creation needs a size parameter");
+  // Validate everything before saying "Formatting" or touching a file.
+  try {
+    await checkImageCreate(filename, format, size, { options });
+  } catch (e) {
+    throw new CliError(`${filename}: ${(e as Error).message}`);
+  }
   if (p.values.quiet !== true) io.stdout(formattingLine(filename, format, size, options));
   try {
     await createImage(filename, format, size, { options });

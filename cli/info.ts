@@ -7,6 +7,8 @@
 
 import { BlockError } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
+import { driverForPrefix } from "../core/registry.ts";
+import { looksDotted } from "../core/spec.ts";
 import { formatSnapshotTable, readSnapshots, type SnapshotInfo } from "./_snapshots.ts";
 import {
   checkOutputFormat,
@@ -20,6 +22,7 @@ import {
   openImage,
   parseVerbArgs,
   protocolNode,
+  resolveBackingPath,
   sizeToStr,
   type Verb,
 } from "./_common.ts";
@@ -76,10 +79,8 @@ function formatSpecific(format: string, extra: Record<string, unknown>): Record<
 }
 
 function fullBackingName(node: BlockNode, backing: string): string {
-  if (backing.startsWith("/") || backing.includes(":")) return backing;
   const own = protocolNode(node).options.filename;
-  if (typeof own !== "string" || !own.includes("/")) return backing;
-  return own.slice(0, own.lastIndexOf("/") + 1) + backing;
+  return typeof own === "string" ? resolveBackingPath(own, backing) : backing;
 }
 
 /** Bytes the image occupies on the host (st_blocks * 512), when it is a host file. */
@@ -145,6 +146,25 @@ export function qemuJson(v: unknown): string {
   );
 }
 
+/**
+ * The name qemu-img shows for an image opened from `given` (its refreshed
+ * bs->filename): a plain filename as given; for a `file:` name, a `json:`
+ * name or option string that only says "this format over this file", the
+ * file's name; anything else as given.
+ */
+export function shownFilename(node: BlockNode, given: string, imageOpts = false): string {
+  const simple = given.startsWith("json:") || imageOpts || looksDotted(given) || driverForPrefix(given)?.name === "file";
+  if (!simple) return given;
+  const onlyFilename = (n: BlockNode) =>
+    n.driver.name === "file" && typeof n.options.filename === "string" && Object.keys(n.options).every((k) => k === "filename");
+  if (onlyFilename(node)) return node.options.filename as string;
+  const file = node.file;
+  if (node.driver.kind === "format" && Object.keys(node.options).length === 0 && file && onlyFilename(file)) {
+    return file.options.filename as string;
+  }
+  return given;
+}
+
 async function run(args: string[], io: CliIO): Promise<number> {
   const p = parseVerbArgs(args, { ...IMAGE_FLAGS, output: { type: "string" }, "backing-chain": { type: "boolean" } }, USAGE, io);
   if (!p) return 0;
@@ -168,7 +188,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   try {
     const chain: ImageInfo[] = [];
     let n: BlockNode | undefined = formatNode(node);
-    let name = filename;
+    let name = shownFilename(n, filename, p.values["image-opts"] === true);
     while (n) {
       const info = await imageInfo(n, name);
       chain.push(info);

@@ -6,24 +6,39 @@
  * @module
  */
 
-import { type CliIO, errorMessage, flagList, flagString, needPositionals, openImage, parseVerbArgs, type Verb } from "./_common.ts";
-import { startTrace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
+import { CliError, type CliIO, flagList, flagString, needPositionals, parseVerbArgs, progName, type Verb } from "./_common.ts";
+import { TRACE_FLAGS, traceFlags } from "./_trace.ts";
 import { BLKDEBUG_COMMANDS } from "./io_commands/blkdebug.ts";
 import { MISC_COMMANDS } from "./io_commands/misc.ts";
+import { PROCESS_COMMANDS } from "./io_commands/process.ts";
 import { RW_COMMANDS } from "./io_commands/rw.ts";
 import { getopt, type IoCommand, IoSession, splitWords } from "./io_commands/_session.ts";
+import { errorMessage } from "./_common.ts";
+import { parseCacheMode } from "../core/open.ts";
 
 /** Every io command. */
-export const IO_COMMANDS: readonly IoCommand[] = [...RW_COMMANDS, ...MISC_COMMANDS, ...BLKDEBUG_COMMANDS];
+export const IO_COMMANDS: readonly IoCommand[] = [...RW_COMMANDS, ...MISC_COMMANDS, ...BLKDEBUG_COMMANDS, ...PROCESS_COMMANDS];
 
-const USAGE =
-  `Usage: blkgraph io [-c cmd]... [-f fmt] [--image-opts] [-r] [-t cache] [-n] [-U] [--trace[=FILE]] [--trace-format=text|json|chrome] [file]
+const USAGE = `Usage: blkgraph io [OPTIONS]... [-c STRING]... [file]
 
-qemu-io's command language: each -c runs one command (read, write, readv,
-writev, aio_read, aio_write, aio_flush, flush, discard, alloc, map, length,
-truncate, info, open, close, break, wait_break, resume, remove_break, help,
-quit). Without -c, commands are read from standard input at a 'qemu-io> '
+qemu-io's options and command language: each -c runs one command (read,
+write, readv, writev, aio_read, aio_write, aio_flush, flush, discard,
+alloc, map, length, truncate, info, open, close, reopen, break,
+wait_break, resume, remove_break, sleep, sigraise, abort, help, quit).
+Without -c, commands are read from standard input at a 'qemu-io> '
 prompt. Run "blkgraph io -c help" for the command list.
+
+  -f, --format FMT     the image's format (probed otherwise)
+  --image-opts         the file is an option string (driver=...,file.filename=...)
+  -r, --read-only      open read-only
+  -s, --snapshot       writes go to a temporary overlay; the image is unchanged
+  -C, --copy-on-read   reads copy backing-file data into the image
+  -n, --nocache        cache=none (O_DIRECT)
+  -t, --cache=MODE     writethrough (default), writeback, none, directsync, unsafe
+  -U, --force-share    read an image another process is writing (with -r)
+  -T, --trace[=FILE]   print every BLKDBG event and flush (JSON lines to FILE)
+  --trace-format=F     text, json or chrome (Chrome/Perfetto trace events)
+  -V, --version        print the version
 `;
 
 function argCountError(cmd: IoCommand, n: number): string {
@@ -34,7 +49,7 @@ function argCountError(cmd: IoCommand, n: number): string {
 
 /** Runs one command line in a session; false when it failed. */
 export async function execLine(s: IoSession, line: string): Promise<boolean> {
-  const words = splitWords(line.trim());
+  const words = splitWords(line);
   if (!words.length) return true;
   const [name, ...rest] = words;
   const cmd = s.commands.find((c) => c.name === name || c.altnames?.includes(name));
@@ -50,12 +65,17 @@ export async function execLine(s: IoSession, line: string): Promise<boolean> {
     s.io.stderr(argCountError(cmd, rest.length));
     return false;
   }
+  // qemu-io asks for write permission before a writing command runs.
+  if (cmd.write && s.node?.readOnly) {
+    s.report("Block node is read-only");
+    return false;
+  }
   const parsed = getopt(s, cmd, rest);
   if (!parsed) return false;
   try {
     return (await cmd.run(s, parsed.flags, parsed.operands)) !== false;
   } catch (e) {
-    s.print(`${cmd.name}: ${errorMessage(e)}\n`);
+    s.report(`${cmd.name}: ${errorMessage(e)}`);
     return false;
   }
 }
@@ -71,19 +91,18 @@ export async function runSession(s: IoSession, commands: string[] | undefined): 
     } else {
       while (!s.quit) {
         s.io.stdout("qemu-io> ");
+        s.io.flush?.();
         const line = s.io.readLine ? await s.io.readLine() : null;
         if (line === null) {
-          s.io.stdout("\n");
+          // qemu-io leaves the last prompt without a newline; a terminal gets one.
+          if (s.io.isTTY) s.io.stdout("\n");
           break;
         }
         if (!(await execLine(s, line))) s.failed = true;
       }
     }
-    await s.drain();
   } finally {
-    s.trace?.stop();
-    await s.node?.close();
-    s.node = undefined;
+    await s.closeImage();
   }
 }
 
@@ -98,34 +117,60 @@ async function run(args: string[], io: CliIO): Promise<number> {
       cache: { type: "string", short: "t" },
       nocache: { type: "boolean", short: "n" },
       snapshot: { type: "boolean", short: "s" },
+      "copy-on-read": { type: "boolean", short: "C" },
       "force-share": { type: "boolean", short: "U" },
       aio: { type: "string", short: "i" },
       discard: { type: "string", short: "d" },
       misalign: { type: "boolean", short: "m" },
       "native-aio": { type: "boolean", short: "k" },
       ...TRACE_FLAGS,
+      ...TRACE_FLAGS,
       trace: { type: "string", short: "T" },
       object: { type: "string", multiple: true },
+      version: { type: "boolean", short: "V" },
     },
     USAGE,
     io,
   );
   if (!p) return 0;
+  if (p.values.version === true) {
+    io.stdout(`${progName(io)} version 0.1.0 (blkgraph)\n`);
+    return 0;
+  }
   needPositionals(p.positionals, 0, 1, "at most one filename");
+  const format = flagString(p.values, "format");
+  const imageOpts = p.values["image-opts"] === true;
+  if (format !== undefined && imageOpts) throw new CliError("--image-opts and -f are mutually exclusive");
+  const aio = flagString(p.values, "aio");
+  if (aio !== undefined && !["threads", "native", "io_uring"].includes(aio)) throw new CliError(`Invalid aio option: ${aio}`);
+  const discard = flagString(p.values, "discard");
+  if (discard !== undefined && !["ignore", "off", "unmap", "on"].includes(discard)) {
+    throw new CliError(`Invalid discard option: ${discard}`);
+  }
+  let cache = flagString(p.values, "cache") ?? (p.values.nocache === true ? "none" : undefined);
+  if (cache !== undefined) {
+    try {
+      parseCacheMode(cache);
+    } catch {
+      throw new CliError(`Invalid cache option: ${cache}`);
+    }
+  }
+  if (p.values.nocache === true && flagString(p.values, "cache") === undefined) cache = "none";
   const s = new IoSession(io);
   s.commands = IO_COMMANDS;
+  s.imageOpts = imageOpts;
   s.traceTarget = traceFlags(p.values);
   if (p.positionals.length) {
-    const name = p.positionals[0];
-    s.node = await openImage(name, {
-      format: flagString(p.values, "format"),
-      imageOpts: p.values["image-opts"] === true,
+    const ok = await s.open(p.positionals[0], {
+      format,
+      imageOpts,
       readOnly: p.values["read-only"] === true,
-      cache: flagString(p.values, "cache") ?? (p.values.nocache === true ? "none" : undefined),
+      cache,
+      snapshot: p.values.snapshot === true,
+      copyOnRead: p.values["copy-on-read"] === true,
+      forceShare: p.values["force-share"] === true,
     });
-    s.filename = name;
-    s.warnIfProbed(name);
-    if (s.traceTarget !== undefined) s.trace = startTrace(s.node, { ...s.traceTarget, io });
+    if (!ok) return 1;
   }
   const cmds = flagList(p.values, "cmd");
   await runSession(s, cmds.length ? cmds : undefined);

@@ -47,10 +47,10 @@ export function formatMapHuman(entries: MapEntry[], out: (s: string) => void): v
   }
 }
 
-/** qemu-img map's JSON output (one entry per line). */
+/** qemu-img 7.2's map JSON output, one entry per line (no "compressed" key: that came with 8.0). */
 export function formatMapJson(entries: MapEntry[]): string {
   const items = entries.map((e) =>
-    `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}, "compressed": ${e.compressed}` +
+    `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}` +
     (e.offset !== undefined ? `, "offset": ${e.offset}` : "") + "}"
   );
   return `[${items.join(",\n")}]\n`;

@@ -16,6 +16,7 @@ import {
   needPositionals,
   openImage,
   parseVerbArgs,
+  progName,
   sizeArg,
   type Verb,
 } from "./_common.ts";
@@ -36,24 +37,25 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const [filename, sizeText] = p.positionals;
   const rel = sizeText[0] === "+" || sizeText[0] === "-" ? sizeText[0] : "";
   const amount = sizeArg(rel ? sizeText.slice(1) : sizeText, "image size");
+  const prealloc = flagString(p.values, "preallocation") as "off" | "metadata" | "falloc" | "full" | undefined;
+  if (prealloc !== undefined && !["off", "metadata", "falloc", "full"].includes(prealloc)) {
+    throw new CliError(`Invalid preallocation mode '${prealloc}'`);
+  }
   const top = await openImage(filename, imageArgs(p.values, false));
   try {
     const node = formatNode(top);
     const cur = node.length;
     const size = rel === "+" ? cur + amount : rel === "-" ? cur - amount : amount;
-    if (size < 0) throw new CliError(`New image size must be positive (current size ${cur}, requested change -${amount})`);
-    if (size < cur) {
-      if (node.driver.name === "qcow2") {
-        throw new CliError(`Cannot shrink qcow2 image '${filename}' from ${cur} to ${size} bytes: shrinking qcow2 images is not supported`);
-      }
-      if (p.values.shrink !== true) throw new CliError("Use the --shrink option to perform a shrink operation.");
-      io.stderr(
-        "blkgraph: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n",
-      );
+    // qemu-img resize's checks, in its order; whether a format can shrink is the driver's to say.
+    if (size <= 0) throw new CliError("New image size must be positive");
+    if (size <= cur && prealloc !== undefined && prealloc !== "off") {
+      throw new CliError("Preallocation can only be used for growing images");
     }
-    const prealloc = flagString(p.values, "preallocation") as "off" | "metadata" | "falloc" | "full" | undefined;
-    if (prealloc !== undefined && !["off", "metadata", "falloc", "full"].includes(prealloc)) {
-      throw new CliError(`Invalid preallocation mode '${prealloc}': expected off, metadata, falloc or full`);
+    if (size < cur && p.values.shrink !== true) {
+      io.stderr(`${progName(io)}: Use the --shrink option to perform a shrink operation.\n`);
+      throw new CliError(
+        "warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.",
+      );
     }
     await node.truncate(size, { prealloc });
     await top.flush();

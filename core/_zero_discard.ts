@@ -11,7 +11,7 @@
 
 import { BlockError } from "./errors.ts";
 import { newRequest, roundUp } from "./request.ts";
-import type { RequestOptions, WriteOptions, WriteZeroesOptions } from "./types.ts";
+import type { BlockLimits, RequestOptions, WriteOptions, WriteZeroesOptions } from "./types.ts";
 import type { CoreNode, NodeCore } from "./_node_core.ts";
 import { writeAligned, writePadded } from "./_read_write.ts";
 import { flushRequest } from "./_flush.ts";
@@ -141,12 +141,50 @@ async function discard<N extends CoreNode<N>>(c: NodeCore<N>, offset: number, le
       const max = maxD ? Math.max(dalign, maxD - (maxD % dalign)) : Number.MAX_SAFE_INTEGER;
       for (let o = s; o < e; o += max) await inst.pdiscard(o, Math.min(max, e - o), { req });
     } else if (c.node.driver.kind === "filter" && c.primaryChild) {
+      // A filter's own discard limits (blkdebug's opt-discard, max-discard) cut the request too, as in QEMU.
       const child = c.primaryChild;
-      await c.forward({ op: "discard", offset, length, req }, () => child.pdiscard(offset, length, { req }));
+      for (const [o, n] of discardPieces(offset, length, c.limits)) {
+        await c.forward({ op: "discard", offset: o, length: n, req }, () => child.pdiscard(o, n, { req }));
+      }
     }
     c.writeGen++;
   } finally {
     c.tracker.untrack(t);
   }
   c.stats.discards++;
+}
+
+/**
+ * How QEMU's bdrv_co_pdiscard cuts a discard for a driver: a head piece up
+ * to the discard alignment (`optDiscard`, at least the request alignment),
+ * whole aligned pieces of at most `maxDiscard`, and the tail; so a driver
+ * that only drops whole clusters sees piece boundaries on the alignment, not
+ * wherever a maximum-sized chunk from an unaligned start happens to end.
+ */
+function discardPieces(offset: number, length: number, l: BlockLimits): [number, number][] {
+  const ra = l.requestAlignment;
+  const align = Math.max(l.optDiscard, ra);
+  const max = l.maxDiscard || Number.MAX_SAFE_INTEGER;
+  let head = offset % align;
+  let tail = (offset + length) % align;
+  const pieces: [number, number][] = [];
+  for (let o = offset, left = length; left > 0;) {
+    let num = left;
+    if (head) {
+      num = Math.min(left, align - head);
+      if (num % ra) num %= ra;
+      head = (head + num) % align;
+    } else if (tail) {
+      if (num > align) num -= tail;
+      else if (tail % ra && tail > ra) {
+        tail %= ra;
+        num -= tail;
+      }
+    }
+    if (num > max) num = max;
+    pieces.push([o, num]);
+    o += num;
+    left -= num;
+  }
+  return pieces;
 }

@@ -34,6 +34,8 @@ export interface CopyOptions {
   chunkSize?: number;
   /** Called with the bytes of `src` processed so far. */
   progress?: (done: number) => void;
+  /** Called with the length of each range copied as data (qemu-img convert's progress counts these). */
+  onData?: (bytes: number) => void;
 }
 
 const CHUNK = 2 << 20;
@@ -98,6 +100,7 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
         // While nobody has claimed past this chunk, ask about everything up to the end: a hole is skipped in one step.
         const st = await src.blockStatus(off, (next === end ? length : end) - off);
         let n = st.length;
+        let copied = 0;
         const present = st.present ?? st.allocated;
         const skip = (opts.topOnly && (st.depth ?? 0) > 0) || st.zero || !present;
         if (off + n > end) {
@@ -111,6 +114,7 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
         } else {
           const data = buf.subarray(0, n);
           await src.pread(off, data);
+          copied = n;
           const wholeCluster = off % chunk === 0 && (n === chunk || off + n === length);
           if (opts.compress && wholeCluster && !isZero(data)) await dst.pwrite(dstOffset + off, data, { compressed: true });
           else if (sparse === 0) await dst.pwrite(dstOffset + off, data);
@@ -126,6 +130,7 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
             if (at < n) await zeroOut(off + at, n - at);
           }
         }
+        if (copied) opts.onData?.(copied);
         off += n;
         done += n;
         opts.progress?.(done);

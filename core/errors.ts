@@ -200,3 +200,38 @@ export function toBlockError(
   const why = ERRNO_MESSAGES[code];
   return new BlockError(code, `${context}: ${why}`, { ...details, cause: err });
 }
+
+/** What a format driver reports when it marks an image corrupt (QEMU's qcow2_signal_corruption). */
+export interface CorruptionReport {
+  /** The node whose image was marked corrupt. */
+  readonly node: string;
+  /** Its format (`qcow2`). */
+  readonly format: string;
+  /** What was found. */
+  readonly message: string;
+}
+
+const corruptionListeners = new Set<(r: CorruptionReport) => void>();
+
+/**
+ * Calls `fn` whenever a driver marks an image corrupt; returns a function
+ * that stops it. The CLI prints QEMU's "qcow2: Marking image as corrupt"
+ * line from it.
+ *
+ * @example
+ * ```ts
+ * import { onCorruption, reportCorruption } from "./errors.ts";
+ * const stop = onCorruption((r) => console.log(`${r.format}: ${r.message}`));
+ * reportCorruption({ node: "disk", format: "qcow2", message: "L2 table offset 0x123 unaligned" });
+ * stop();
+ * ```
+ */
+export function onCorruption(fn: (r: CorruptionReport) => void): () => void {
+  corruptionListeners.add(fn);
+  return () => corruptionListeners.delete(fn);
+}
+
+/** Tells the {@linkcode onCorruption} listeners that a driver marked an image corrupt. */
+export function reportCorruption(r: CorruptionReport): void {
+  for (const fn of corruptionListeners) fn(r);
+}

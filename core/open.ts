@@ -8,7 +8,7 @@
 
 import { BlockError, toBlockError } from "./errors.ts";
 import { BlockNode } from "./node.ts";
-import { optBool, type Options, optString } from "./options.ts";
+import { optBool, type Options, optString, parseSize } from "./options.ts";
 import { driverForPrefix, getDriver, PROBE_BYTES, probeFormat } from "./registry.ts";
 import { type BlockSpec, isPlainObject, normaliseSpec } from "./spec.ts";
 import type { ChildRole } from "./types.ts";
@@ -97,6 +97,59 @@ export function nodeNames(): string[] {
   return [...nodes.keys()];
 }
 
+/**
+ * Whether `filename` starts with a protocol prefix (`nbd://`, `rbd:`,
+ * `file:`): a `:` comes before any `/`, as QEMU's `path_has_protocol`.
+ * `/tmp/a:b.img` and `./image:x.qcow2` are plain paths.
+ *
+ * @example
+ * ```ts
+ * import { hasProtocol } from "@blkgraph/blkgraph";
+ * console.log(hasProtocol("nbd://127.0.0.1/x"), hasProtocol("/tmp/a:b.img")); // true false
+ * ```
+ */
+export function hasProtocol(filename: string): boolean {
+  const m = /[:/]/.exec(filename);
+  return m !== null && m[0] === ":";
+}
+
+/** Protocols QEMU has; a filename naming one whose driver is not registered is "not supported" rather than unknown. */
+const QEMU_PROTOCOLS = [
+  "nbd",
+  "nbd+tcp",
+  "nbd+unix",
+  "rbd",
+  "iscsi",
+  "iser",
+  "http",
+  "https",
+  "ftp",
+  "ftps",
+  "ssh",
+  "gluster",
+  "gluster+tcp",
+  "gluster+unix",
+  "gluster+rdma",
+  "nfs",
+  "nvme",
+  "vvfat",
+  "null-co",
+  "null-aio",
+  "blkverify",
+  "quorum",
+  "throttle",
+  "fat",
+];
+
+/** The error for a prefixed filename no registered driver parses. */
+function unknownProtocol(filename: string): BlockError {
+  const proto = filename.slice(0, filename.indexOf(":"));
+  if (QEMU_PROTOCOLS.includes(proto.toLowerCase())) {
+    return new BlockError("ENOTSUP", `Protocol '${proto}' is not supported: no '${proto}' driver is registered (filename '${filename}')`);
+  }
+  return new BlockError("EINVAL", `Unknown protocol '${proto}' (filename '${filename}'; write ./${filename} for a file of that name)`);
+}
+
 /** Options that apply to every node (not passed to drivers). */
 const GENERIC_KEYS = ["driver", "node-name", "read-only", "auto-read-only", "cache", "discard", "detect-zeroes", "force-share"];
 
@@ -126,6 +179,19 @@ export interface OpenOptions {
    * dirty refcounts) and change nothing until asked to repair.
    */
   check?: boolean;
+  /**
+   * Snapshot mode (QEMU's `snapshot=on`, qemu-io `-s`): the image is opened
+   * read-only as the backing file of a temporary qcow2 overlay that takes
+   * every write and is deleted when the graph closes; the image itself is
+   * never changed.
+   */
+  snapshot?: boolean;
+  /**
+   * Copy-on-read (qemu-io `-C`): a `copy-on-read` filter goes on top, so
+   * reads of data the image takes from its backing file copy it into the
+   * image. Needs a writable open.
+   */
+  copyOnRead?: boolean;
 }
 
 /** Flags a cache mode stands for. */
@@ -180,23 +246,61 @@ export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}):
   if (opts.format && options.driver === undefined) {
     // A prefixed filename (blkdebug:CONFIG:IMAGE, nbd://) opens its own driver under the format.
     const fname = options.filename;
-    const prefixed = typeof fname === "string" && !fname.startsWith("json:") && driverForPrefix(fname) !== undefined;
+    const literal = typeof fname === "string" && fname.startsWith("json:");
     options = {
       driver: opts.format,
-      file: prefixed ? { filename: fname } : { driver: "file", filename: fname },
+      file: literal ? { driver: "file", filename: fname } : { filename: fname },
       ...withoutKey(options, "filename"),
     };
   }
   const cache = opts.cache ? parseCacheMode(opts.cache) : undefined;
-  return await openNode(options, {
-    readOnly: opts.readOnly ?? false,
+  const readOnly = opts.readOnly ?? false;
+  if (opts.copyOnRead && readOnly) throw new BlockError("EINVAL", "Can't use copy-on-read on read-only device");
+  const state: OpenState = {
+    readOnly: readOnly || (opts.snapshot ?? false),
     cache,
     probe: true,
     top: true,
     forceShare: opts.forceShare ?? false,
     check: opts.check ?? false,
     noIo: opts.noIo,
-  });
+  };
+  let node = await openNode(options, state);
+  if (opts.snapshot) node = await tempOverlay(node, readOnly);
+  if (opts.copyOnRead) {
+    try {
+      node = await openNode({ driver: "copy-on-read", file: node }, { ...state, readOnly: false, probe: false });
+    } catch (e) {
+      await node.close();
+      throw e;
+    }
+  }
+  return node;
+}
+
+/**
+ * Puts a temporary qcow2 overlay over `base` (QEMU's
+ * bdrv_append_temp_snapshot): created in $TMPDIR (/var/tmp for /tmp, as
+ * QEMU), opened with cache=unsafe, unlinked at once so nothing is left
+ * behind even after a crash; closing the overlay closes `base`.
+ */
+async function tempOverlay(base: BlockNode, readOnly: boolean): Promise<BlockNode> {
+  let dir = Deno.env.get("TMPDIR") || "/tmp";
+  if (dir === "/tmp") dir = "/var/tmp";
+  let path: string | undefined;
+  try {
+    path = await Deno.makeTempFile({ dir, prefix: "vl." }).catch(() => Deno.makeTempFile({ prefix: "vl." }));
+    await createImage(path, "qcow2", base.length);
+    return await openNode(
+      { driver: "qcow2", file: { driver: "file", filename: path }, backing: base },
+      { readOnly, probe: false, top: true, cache: { direct: false, noFlush: true, writeThrough: false } },
+    );
+  } catch (e) {
+    await base.close();
+    throw toBlockError(e, `Could not create temporary overlay '${path ?? dir}'`);
+  } finally {
+    if (path) await Deno.remove(path).catch(() => {});
+  }
 }
 
 interface OpenState {
@@ -209,6 +313,16 @@ interface OpenState {
   cache?: CacheFlags;
   probe: boolean;
   top: boolean;
+}
+
+/** `over` laid over `base`, nested objects merged key by key. */
+function mergeOptions(base: Options, over: Options): Options {
+  const out: Options = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
+    out[k] = isPlainObject(b) && isPlainObject(v) ? mergeOptions(b, v) : v;
+  }
+  return out;
 }
 
 function withoutKey(o: Options, key: string): Options {
@@ -227,21 +341,42 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     if (filename.startsWith("json:")) return openNode({ ...normaliseSpec(filename), ...withoutKey(options, "filename") }, state);
     const prefixed = driverForPrefix(filename);
     if (prefixed?.parseFilename) {
-      const parsed = { driver: prefixed.name, ...prefixed.parseFilename(filename) };
-      // A protocol URL (nbd://) gets a probed format on top, as QEMU's `qemu-img info nbd://…` shows raw or qcow2.
-      if (state.probe && prefixed.kind === "protocol") return openProbed(filename, options, state, { ...parsed, ...pickCache(options) });
-      return openNode({ ...parsed, ...withoutKey(options, "filename") }, state);
+      // Probing, a prefixed name (blkdebug:CONF:IMG, nbd://...) is the protocol
+      // layer and the format is probed through it, as QEMU's bdrv_open does:
+      // qcow2 over blkdebug over the file.
+      if (state.probe) return openProbed(filename, options, state);
+      return openNode({ driver: prefixed.name, ...prefixed.parseFilename(filename), ...withoutKey(options, "filename") }, state);
     }
+    if (hasProtocol(filename)) throw unknownProtocol(filename);
     if (state.probe) return openProbed(filename, options, state);
     options = { ...options, driver: "file" };
   }
   const driverName = optString(options, "driver", "(any)");
+  // No driver but a file child (json:{"file": {...}}): probe the format over it, as QEMU does.
+  if (!driverName && options.file !== undefined && state.probe) return openProbedOver(options, state);
   if (!driverName) throw new BlockError("EINVAL", `Invalid block spec ${JSON.stringify(options)}: 'driver' is missing`);
   const driver = getDriver(driverName);
 
-  // A format node given only `filename` gets a file child for it.
-  if (driver.kind !== "protocol" && filename !== undefined && options.file === undefined) {
-    options = { ...withoutKey(options, "filename"), file: { driver: "file", filename } };
+  // A filter given a filename in its own syntax (driver=blkdebug + blkdebug::IMG)
+  // parses it, as QEMU's bdrv_fill_options does; the options given win.
+  if (
+    filename !== undefined && driver.kind === "filter" && driver.parseFilename && driver.protocolPrefix &&
+    filename.startsWith(driver.protocolPrefix + ":")
+  ) {
+    options = mergeOptions(driver.parseFilename(filename), withoutKey(options, "filename"));
+    return openNode(options, state);
+  }
+
+  // A format or filter node given `filename` passes it to its primary child
+  // (QEMU's bdrv_open_child(filename, ...); blkdebug's x-image): a new child,
+  // or one given as options without a filename of its own.
+  if (driver.kind !== "protocol" && filename !== undefined) {
+    const role = driver.kind === "filter" ? (driver.primaryChildRole ?? "file") : "file";
+    const child = options[role];
+    if (child === undefined) options = { ...withoutKey(options, "filename"), [role]: { filename } };
+    else if (isPlainObject(child) && child.filename === undefined) {
+      options = { ...withoutKey(options, "filename"), [role]: { ...child, filename } };
+    }
   }
 
   const readOnly = state.readOnly || (optBool(options, "read-only", driverName) ?? false);
@@ -323,7 +458,10 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
         forceShare,
         noIo: state.noIo,
         cache: { direct: cache?.direct ?? false, noFlush: cache?.noFlush ?? false, writeThrough: false },
-        probe: copts.probe ?? false,
+        // A filter's children are probed when the filter is (QEMU passes
+        // BDRV_O_PROTOCOL down through filters): blkdebug:CONF:IMG at the top
+        // probes IMG; under a format node it is the raw file.
+        probe: copts.probe ?? (driver.kind === "filter" && state.probe),
         top: false,
       });
       node.attachChild(role, child);
@@ -341,8 +479,16 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
   return node;
 }
 
-async function openProbed(filename: string, options: Options, state: OpenState, fileSpec?: Options): Promise<BlockNode> {
-  const file = await openNode(fileSpec ?? { driver: "file", filename, ...pickCache(options) }, { ...state, top: false, probe: false });
+async function openProbed(filename: string, options: Options, state: OpenState): Promise<BlockNode> {
+  // Options given for the file child (open -o file.node-name=x IMG) stay with it.
+  const given = isPlainObject(options.file) ? options.file : {};
+  return await openProbedOver({ ...withoutKey(options, "filename"), file: { ...given, filename, ...pickCache(options) } }, state);
+}
+
+/** Opens `options.file` as the protocol layer, probes its format and opens the format node over it with the rest of `options`. */
+async function openProbedOver(options: Options, state: OpenState): Promise<BlockNode> {
+  const file = await openNode(options.file as Options | string | BlockNode, { ...state, top: false, probe: false });
+  const filename = typeof file.options.filename === "string" ? file.options.filename : file.name;
   let driver: BlockDriver;
   try {
     const head = new Uint8Array(Math.min(PROBE_BYTES, file.length));
@@ -352,7 +498,7 @@ async function openProbed(filename: string, options: Options, state: OpenState, 
     await file.close();
     throw toBlockError(e, `Cannot probe the format of '${filename}'`);
   }
-  const rest = withoutKey(options, "filename");
+  const rest = withoutKey(options, "file");
   try {
     return await openNode({ ...rest, driver: driver.name, file }, { ...state, probed: true });
   } catch (e) {
@@ -390,7 +536,8 @@ export interface CreateOptions {
 }
 
 /**
- * Creates an image: an empty file of the format's layout and virtual `size`.
+ * Creates an image: an empty file of the format's layout and virtual `size`
+ * (rounded up to whole 512-byte sectors, as QEMU's drivers do).
  *
  * @example
  * ```ts
@@ -403,30 +550,126 @@ export interface CreateOptions {
  * ```
  */
 export async function createImage(filename: string, format: string, size: number, opts: CreateOptions = {}): Promise<void> {
+  const plan = await planCreate(filename, format, size, opts);
+  // Not a host file: the protocol creates its object (an RBD image) first.
+  await plan.createFile?.();
+  let file: BlockNode | undefined;
+  try {
+    file = await openNode(plan.fileSpec, { readOnly: false, probe: false, top: false });
+    const allowed = file.allowBeyondEof;
+    file.allowBeyondEof = true; // the new image is written past the end of the empty file
+    try {
+      if (file.length > 0) await file.truncate(0);
+      await plan.driver.create!({ file, size: plan.size, options: plan.options, filename });
+      await file.flush();
+    } finally {
+      file.allowBeyondEof = allowed;
+    }
+  } catch (e) {
+    if (plan.created !== undefined) {
+      if (file && !(opts.file instanceof BlockNode)) await file.close().catch(() => {});
+      await Deno.remove(plan.created).catch(() => {});
+    }
+    throw e;
+  } finally {
+    if (file && !(opts.file instanceof BlockNode)) await file.close();
+  }
+}
+
+/**
+ * Validates what {@linkcode createImage} would do (format, size, every
+ * option, the protocol's own options) without touching any file: the
+ * errors `createImage` would raise before it writes.
+ *
+ * @example
+ * ```ts
+ * import { checkImageCreate } from "@blkgraph/blkgraph";
+ * import "../mod.ts";
+ * await checkImageCreate("/tmp/never-created.qcow2", "qcow2", 1 << 20, { options: { cluster_size: "3000" } })
+ *   .catch((e) => console.log(e.code)); // EINVAL
+ * ```
+ */
+export async function checkImageCreate(filename: string, format: string, size: number, opts: CreateOptions = {}): Promise<void> {
+  await planCreate(filename, format, size, opts);
+}
+
+interface CreatePlan {
+  driver: BlockDriver;
+  size: number;
+  options: Record<string, string | number | boolean>;
+  fileSpec: Options | BlockNode;
+  /** The file that creating makes (removed again on failure). */
+  created?: string;
+  /** Creates the protocol's object first (protocols that are not host files). */
+  createFile?: () => Promise<void>;
+}
+
+async function planCreate(filename: string, format: string, size: number, opts: CreateOptions): Promise<CreatePlan> {
   const driver = getDriver(format);
   if (!driver.create) throw new BlockError("ENOTSUP", `Cannot create '${filename}': format '${format}' does not support image creation`);
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError("EINVAL", `Cannot create '${filename}': invalid size ${size}`);
-  let fileSpec: Options | BlockNode = opts.file instanceof BlockNode
-    ? opts.file
-    : opts.file
-    ? await withProtocolCreated(normaliseSpec(opts.file as BlockSpec), size)
-    : { driver: "file", filename, create: true };
-  const protocol = opts.file ? undefined : driverForPrefix(filename);
-  if (protocol?.createFile && protocol.parseFilename) {
-    // Not a host file: the protocol creates its object (an RBD image) first.
-    const parsed = protocol.parseFilename(filename);
-    await protocol.createFile(parsed, size);
-    fileSpec = { driver: protocol.name, ...parsed };
+  size = Math.ceil(size / 512) * 512;
+  let options = opts.options ?? {};
+  let fileSpec: Options | BlockNode;
+  let created: string | undefined;
+  let createFile: (() => Promise<void>) | undefined;
+  if (opts.file instanceof BlockNode) fileSpec = opts.file;
+  else if (opts.file) {
+    // The protocol below filters (an RBD image under blkdebug) is created as QEMU's bdrv_create_file does.
+    const spec = normaliseSpec(opts.file as BlockSpec);
+    fileSpec = spec;
+    createFile = async () => {
+      plan.fileSpec = await withProtocolCreated(spec, size);
+    };
+  } else {
+    const spec = createFileSpec(filename);
+    // Options only the protocol takes (the file driver's extent_size_hint, nocow) go to the new file.
+    // size and preallocation stay with the format, whose create applies them through the file's truncate.
+    const proto = getDriver(String(spec.driver));
+    const own = new Set(["size", "preallocation", ...(driver.createOptions ?? []).map((o) => o.name)]);
+    for (const o of proto.createOptions ?? []) {
+      if (own.has(o.name) || !(o.name in options)) continue;
+      const { [o.name]: v, ...rest } = options;
+      spec[o.name.replaceAll("_", "-")] = v;
+      options = rest;
+    }
+    if (spec["extent-size-hint"] !== undefined) {
+      const hint = parseSize(spec["extent-size-hint"]);
+      if (hint === undefined) {
+        throw new BlockError(
+          "EINVAL",
+          `Invalid value '${String(spec["extent-size-hint"])}' for option 'extent_size_hint': expected a size`,
+        );
+      }
+      if (hint > 0xffffffff) throw new BlockError("EINVAL", `Extent size hint is too large (extent_size_hint ${hint})`);
+    }
+    fileSpec = spec;
+    if (spec.driver === "file" && typeof spec.filename === "string" && !(await exists(spec.filename))) created = spec.filename;
   }
-  const file = await openNode(fileSpec, { readOnly: false, probe: false, top: false });
-  const allowed = file.allowBeyondEof;
-  file.allowBeyondEof = true; // the new image is written past the end of the empty file
+  // Everything is validated before a file exists (a failed create leaves nothing behind).
+  await driver.checkCreate?.({ size, options, filename });
+  const protocol = opts.file ? undefined : driverForPrefix(filename);
+  if (protocol?.createFile && protocol.parseFilename) createFile = () => protocol.createFile!(protocol.parseFilename!(filename), size);
+  const plan: CreatePlan = { driver, size, options, fileSpec, created, createFile };
+  return plan;
+}
+
+/** The protocol node a new image named `filename` is written to (`file:` and other prefixes parsed). */
+function createFileSpec(filename: string): Options {
+  const prefixed = driverForPrefix(filename);
+  if (prefixed?.kind === "protocol" && prefixed.parseFilename) {
+    const spec = { driver: prefixed.name, ...prefixed.parseFilename(filename) };
+    return prefixed.name === "file" ? { ...spec, create: true } : spec;
+  }
+  if (!prefixed && hasProtocol(filename)) throw unknownProtocol(filename);
+  return { driver: "file", filename, create: true };
+}
+
+async function exists(path: string): Promise<boolean> {
   try {
-    if (file.length > 0) await file.truncate(0);
-    await driver.create({ file, size, options: opts.options ?? {}, filename });
-    await file.flush();
-  } finally {
-    file.allowBeyondEof = allowed;
-    if (!(opts.file instanceof BlockNode)) await file.close();
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
   }
 }

@@ -10,6 +10,8 @@ import { BlockError } from "./errors.ts";
 import type { BlockDriver } from "./node.ts";
 
 const drivers = new Map<string, BlockDriver>();
+/** Formats QEMU probes that have no driver here: name to probe (see drivers/foreign.ts). */
+const unsupported = new Map<string, (head: Uint8Array, filename?: string) => number>();
 
 /**
  * Adds a driver to the registry (replacing one of the same name).
@@ -29,6 +31,26 @@ export function registerDriver(driver: BlockDriver): void {
 }
 
 /**
+ * Records a format that is recognised but not implemented: probing an image
+ * of it (or asking for it by name) fails with ENOTSUP "Image format 'NAME'
+ * is not supported" instead of reading it as raw. A driver registered under
+ * the same name takes precedence.
+ *
+ * @example
+ * ```ts
+ * import { registerUnsupportedFormat } from "./registry.ts";
+ * registerUnsupportedFormat("acme", (head) => (new TextDecoder().decode(head.subarray(0, 4)) === "ACME" ? 100 : 0));
+ * ```
+ */
+export function registerUnsupportedFormat(name: string, probe: (head: Uint8Array, filename?: string) => number): void {
+  unsupported.set(name, probe);
+}
+
+function notSupported(name: string): BlockError {
+  return new BlockError("ENOTSUP", `Image format '${name}' is not supported`);
+}
+
+/**
  * Looks up a driver by name; unknown names are a clear EINVAL.
  *
  * @example
@@ -39,6 +61,7 @@ export function registerDriver(driver: BlockDriver): void {
  */
 export function getDriver(name: string): BlockDriver {
   const d = drivers.get(name);
+  if (!d && unsupported.has(name)) throw notSupported(name);
   if (!d) {
     throw new BlockError("EINVAL", `Unknown driver '${name}' (known drivers: ${[...drivers.keys()].sort().join(", ")})`);
   }
@@ -73,7 +96,9 @@ export const PROBE_BYTES = 2048;
 
 /**
  * Guesses the format of an image from its first bytes; `raw` when no format
- * claims it (QEMU's `bdrv_probe_all`).
+ * claims it or the image is empty (QEMU's `bdrv_probe_all`). A format that
+ * is recognised but not implemented (vmdk, vhdx, ...) is an ENOTSUP error:
+ * such an image is never read as raw.
  *
  * @example
  * ```ts
@@ -86,6 +111,7 @@ export const PROBE_BYTES = 2048;
  * ```
  */
 export function probeFormat(head: Uint8Array, filename?: string): BlockDriver {
+  if (head.length === 0) return getDriver("raw");
   let best: BlockDriver | undefined;
   let bestScore = 0;
   for (const d of drivers.values()) {
@@ -96,5 +122,15 @@ export function probeFormat(head: Uint8Array, filename?: string): BlockDriver {
       best = d;
     }
   }
+  let foreign: string | undefined;
+  for (const [name, probe] of unsupported) {
+    if (drivers.has(name)) continue;
+    const score = probe(head, filename);
+    if (score > bestScore) {
+      bestScore = score;
+      foreign = name;
+    }
+  }
+  if (foreign !== undefined) throw notSupported(foreign);
   return best ?? getDriver("raw");
 }

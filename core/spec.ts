@@ -8,6 +8,7 @@
 
 import { BlockError } from "./errors.ts";
 import type { Options } from "./options.ts";
+import { parseQemuJson } from "./_qjson.ts";
 
 /**
  * Parses QEMU's dotted key=value syntax into a nested object. Commas inside a
@@ -110,6 +111,7 @@ function arrayify(v: unknown): unknown {
 
 /**
  * Parses a `json:{...}` filename into options (flattened keys allowed).
+ * Strings may be single-quoted, as QEMU's JSON parser accepts.
  *
  * @example
  * ```ts
@@ -121,7 +123,7 @@ export function parseJsonFilename(text: string): Options {
   const body = text.slice("json:".length);
   let parsed: unknown;
   try {
-    parsed = JSON.parse(body);
+    parsed = parseQemuJson(body);
   } catch (e) {
     throw new BlockError("EINVAL", `Invalid json: filename '${text}': ${(e as Error).message}`, { cause: e });
   }

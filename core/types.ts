@@ -469,6 +469,19 @@ export interface CreateContextOf<N> {
   readonly filename?: string;
 }
 
+/** One creation or amend option as `qemu-img create -o help` lists it. */
+export interface OptionHelp {
+  /** Option name (`cluster_size`). */
+  readonly name: string;
+  /** Value type as QEMU shows it. */
+  readonly type: "str" | "size" | "num" | "bool";
+  /** One-line description. */
+  readonly help: string;
+}
+
+/** What {@linkcode BlockDriver.checkCreate} validates: a creation without its file. */
+export type CheckCreateContext = Omit<CreateContextOf<unknown>, "file">;
+
 /** A block driver: a name, a kind, and how to open (and create) nodes. */
 export interface BlockDriverOf<N> {
   /** Driver name as in QEMU (`"qcow2"`, `"file"`, `"blkdebug"`). */
@@ -508,6 +521,21 @@ export interface BlockDriverOf<N> {
   open(ctx: OpenContextOf<N>): Promise<DriverInstanceOf<N>>;
   /** Writes a new, empty image of this format onto `ctx.file`. */
   create?(ctx: CreateContextOf<N>): Promise<void>;
+  /**
+   * Validates creation options and size without touching any file, with
+   * the errors `create` would raise (so a failed `qemu-img create` leaves
+   * nothing behind and prints nothing first).
+   */
+  checkCreate?(ctx: CheckCreateContext): Promise<void> | void;
+  /**
+   * The creation options this driver takes (for `-o help`). A protocol
+   * driver's options that the format does not take itself are handed to
+   * the protocol node when an image is created (the file driver's
+   * `extent_size_hint`, `nocow`).
+   */
+  readonly createOptions?: readonly OptionHelp[];
+  /** The options `amend` takes (for `amend -o help`). */
+  readonly amendOptions?: readonly OptionHelp[];
   /** Computes the size an image of this format needs (qemu-img measure). */
   measure?(input: MeasureInputOf<N>): Promise<MeasureResult> | MeasureResult;
 }

@@ -93,6 +93,7 @@ const SYMBOLS = {
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   fcntl: { parameters: ["i32", "i32", "buffer"], result: "i32" },
+  ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -109,6 +110,7 @@ interface NumberSymbols {
   fallocate(fd: number, mode: number, offset: number, length: number): number;
   lseek(fd: number, offset: number, whence: number): number | bigint;
   fcntl(fd: number, cmd: number, arg: Uint8Array): number;
+  ioctl(fd: number, request: number, arg: Uint8Array): number;
   __errno_location(): Deno.PointerValue;
 }
 
@@ -144,6 +146,8 @@ export interface Libc {
   lseek(fd: number, offset: number, whence: number): number;
   /** `fcntl(fd, cmd, struct flock *)`; returns the result or `-errno`. */
   fcntlLock(fd: number, cmd: number, flock: Uint8Array): number;
+  /** `ioctl(fd, request, arg)` with a struct argument; returns the result or `-errno`. */
+  ioctl(fd: number, request: number, arg: Uint8Array): number;
   /** The numeric address of a buffer's first byte (for O_DIRECT alignment). */
   address(buf: Uint8Array): number;
 }
@@ -231,6 +235,7 @@ export function loadLibc(): Libc | undefined {
     fallocate: (fd, mode, offset, length) => call(() => s.fallocate(fd, mode, offset, length)),
     lseek: (fd, offset, whence) => call(() => Number(s.lseek(fd, offset, whence))),
     fcntlLock: (fd, cmd, flock) => call(() => s.fcntl(fd, cmd, flock)),
+    ioctl: (fd, request, arg) => call(() => s.ioctl(fd, request, arg)),
     address: (buf) => Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf))),
   };
   return cached;
@@ -270,7 +275,7 @@ export function alignedBuffer(libc: Libc, length: number, align: number): Uint8A
 
 /** Turns a positive errno into a BlockError whose message names `context`. */
 export function errnoError(errno: number, context: string, details: BlockErrorDetails): BlockError {
-  if (errno === Errno.EISDIR) return new BlockError("EINVAL", `${context}: it is a directory`, details);
+  if (errno === Errno.EISDIR) return new BlockError("EINVAL", `${context}: Is a directory`, details);
   if (errno === Errno.EOPNOTSUPP) return new BlockError("ENOTSUP", `${context}: ${ERRNO_MESSAGES.ENOTSUP}`, details);
   const code = errnoCode(errno) ?? "EIO";
   const why = errnoCode(errno) ? ERRNO_MESSAGES[code] : `errno ${errno}`;
@@ -298,4 +303,14 @@ export function checkPrealloc(opts: TruncateOptions, filename: string, length: n
     `Cannot resize '${filename}' to ${length} bytes with preallocation '${p}': the file driver supports off, falloc and full`,
     { node },
   );
+}
+
+/**
+ * How much of a file grown from empty is written with zeros at its start, as
+ * QEMU's file-posix does (allocate_first_block: 4 KiB, or 512 bytes for a
+ * file under 4 KiB), so the first block is allocated data (qemu-img map and
+ * disk size show it, as for an image qemu-img made).
+ */
+export function firstBlock(newLength: number): number {
+  return newLength < 4096 ? 512 : 4096;
 }

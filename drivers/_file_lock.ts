@@ -16,7 +16,19 @@
  * @module
  */
 
-import { F_OFD_GETLK, F_OFD_SETLK, F_RDLCK, F_UNLCK, F_WRLCK, flockStruct, flockType, type Libc } from "./_file_libc.ts";
+import { BlockError, toBlockError } from "../core/errors.ts";
+import {
+  errnoError,
+  F_OFD_GETLK,
+  F_OFD_SETLK,
+  F_RDLCK,
+  F_UNLCK,
+  F_WRLCK,
+  flockStruct,
+  flockType,
+  type Handle,
+  type Libc,
+} from "./_file_libc.ts";
 
 /** Lock byte of "I use permission bit i" (QEMU's RAW_LOCK_PERM_BASE). */
 export const LOCK_PERM_BASE = 100;
@@ -125,4 +137,65 @@ export function lockOfd(libc: Libc, fd: number, perm: number, shared: number): L
  */
 export function unlockOfd(libc: Libc, fd: number): void {
   libc.fcntlLock(fd, F_OFD_SETLK, flockStruct(F_UNLCK, 0, 0));
+}
+
+/**
+ * Locks an opened image as QEMU does (OFD byte locks with FFI, flock
+ * without), or refuses with EBUSY when another process holds it.
+ */
+export function lockImage(
+  h: Handle,
+  filename: string,
+  readOnly: boolean,
+  forceShare: boolean,
+  locking: "auto" | "on" | "off",
+  node: string,
+): void {
+  if (locking === "off") return;
+  const what = readOnly ? "reading" : "writing";
+  const busy = (detail: string) =>
+    new BlockError(
+      "EBUSY",
+      `Cannot open '${filename}' for ${what}: it is locked by another process (is a VM or qemu-img using it?): ${detail}`,
+      { node },
+    );
+  if (h.libc) {
+    const { perm, shared } = permsFor(readOnly, forceShare);
+    const fail = lockOfd(h.libc, h.fd, perm, shared);
+    if (!fail) {
+      h.lockKind = "ofd";
+      return;
+    }
+    if (fail.kind === "conflict") throw busy(fail.detail);
+    if (fail.kind === "unsupported" && locking === "auto") return;
+    throw errnoError(fail.errno, `Cannot lock '${filename}' (locking=${locking}): ${fail.detail}`, { node });
+  }
+  // Without FFI: flock keeps blkgraph processes apart (QEMU does not see it):
+  // writers take it exclusive, readers shared (so reader and writer
+  // conflict, as with OFD locks), and force-share readers not at all.
+  if (readOnly && forceShare) return;
+  let lockFile: Deno.FsFile | undefined;
+  try {
+    lockFile = Deno.openSync(filename, { read: true });
+    if (!lockFile.tryLockSync(!readOnly)) {
+      lockFile.close();
+      throw busy("flock is held");
+    }
+  } catch (e) {
+    if (e instanceof BlockError) throw e;
+    lockFile?.close();
+    if (locking === "on") throw toBlockError(e, `Cannot lock '${filename}' (locking=on)`, { node });
+    return;
+  }
+  const release = h.release;
+  h.release = () => {
+    try {
+      release();
+    } finally {
+      // Unlock first: a forked child may share the description (see unlockOfd).
+      lockFile.unlockSync();
+      lockFile.close();
+    }
+  };
+  h.lockKind = "flock";
 }

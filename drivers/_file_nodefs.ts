@@ -9,7 +9,7 @@
 import * as fs from "node:fs";
 import { toBlockError } from "../core/errors.ts";
 import type { DriverInstance } from "../core/node.ts";
-import { checkPrealloc, Errno, errnoError, type Handle } from "./_file_libc.ts";
+import { checkPrealloc, Errno, errnoError, firstBlock, type Handle } from "./_file_libc.ts";
 
 const ZERO_CHUNK = 1 << 20;
 
@@ -22,8 +22,8 @@ export function openNodeFs(filename: string, readOnly: boolean, create: boolean,
     fd = fs.openSync(filename, flags, 0o644);
   } catch (e) {
     const err = e as { code?: string };
-    if (err?.code === "EISDIR") throw errnoError(Errno.EISDIR, `Cannot open '${filename}'`, { node });
-    throw toBlockError(e, `Cannot open '${filename}'${readOnly ? " read-only" : ""}`, { node });
+    if (err?.code === "EISDIR") throw errnoError(Errno.EISDIR, `Could not open '${filename}'`, { node });
+    throw toBlockError(e, `Could not open '${filename}'`, { node });
   }
   return { fd, release: () => fs.closeSync(fd), lockKind: "none" };
 }
@@ -84,6 +84,10 @@ export function nodeFsInstance(h: Handle, filename: string, name: string): Drive
       if (length > old && prealloc !== "off") {
         const zero = new Uint8Array(Math.min(ZERO_CHUNK, length - old));
         for (let o = old; o < length; o += zero.length) writeAt(o, zero.subarray(0, Math.min(zero.length, length - o)));
+      } else if (old === 0 && length > 0) {
+        const first = firstBlock(length);
+        writeAt(0, new Uint8Array(first));
+        if (first > size) size = first;
       }
     },
     close() {

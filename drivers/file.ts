@@ -7,7 +7,8 @@
  *
  * Options (QEMU's names):
  * - `filename` (required); `create` (create the file if missing, and let
- *   writes on the node itself go past the end);
+ *   writes on the node itself go past the end), with QEMU's creation hints
+ *   `extent-size-hint` (default 1 MiB, 0 = none) and `nocow`;
  * - `locking` = `auto` (default) | `on` | `off`: QEMU-compatible OFD byte
  *   locks with FFI (qemu-img and blkgraph see each other), `flock` without.
  *   A conflict is `EBUSY` ("in use"; QEMU passes EAGAIN, which reads as
@@ -44,7 +45,7 @@
  * @module
  */
 
-import { BlockError, toBlockError } from "../core/errors.ts";
+import { BlockError } from "../core/errors.ts";
 import { checkKnownOptions, optBool, optEnum, optString } from "../core/options.ts";
 import type { BlockNode } from "../core/node.ts";
 import { registerDriver } from "../core/registry.ts";
@@ -58,6 +59,7 @@ import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
+  firstBlock,
   type Handle,
   type Libc,
   loadLibc,
@@ -70,11 +72,12 @@ import {
   SEEK_END,
   SEEK_HOLE,
 } from "./_file_libc.ts";
+import { lockImage, unlockOfd } from "./_file_lock.ts";
+import { applyCreateHints, readCreateHints } from "./_file_hints.ts";
 
 // node:fs (the fallback without FFI) is loaded only when needed: loading it costs a CLI run 0.1-0.3 s.
 type NodeFs = typeof import("./_file_nodefs.ts");
 let nodeFs: NodeFs | undefined;
-import { lockOfd, permsFor, unlockOfd } from "./_file_lock.ts";
 
 const KNOWN = [
   "filename",
@@ -83,6 +86,8 @@ const KNOWN = [
   "cache.direct",
   "cache.no-flush",
   "create",
+  "extent-size-hint",
+  "nocow",
   "aio-max-batch",
   "drop-cache",
   "x-check-cache-dropped",
@@ -103,8 +108,17 @@ export const fileDriver: BlockDriver = {
   kind: "protocol",
   protocolPrefix: "file",
   options: KNOWN,
+  createOptions: [
+    { name: "extent_size_hint", type: "size", help: "Extent size hint for the image file, 0 to disable" },
+    { name: "nocow", type: "bool", help: "Turn off copy-on-write (valid only on btrfs)" },
+    { name: "preallocation", type: "str", help: "Preallocation mode (allowed values: off, falloc, full)" },
+    { name: "size", type: "size", help: "Virtual disk size" },
+  ],
   parseFilename(filename: string): Record<string, unknown> {
-    return { filename: filename.replace(/^file:/, "") };
+    const name = filename.replace(/^file:/, "");
+    // A colon before any slash would read as a protocol prefix again: "./" keeps it a path (QEMU does the same).
+    const m = /[:/]/.exec(name);
+    return { filename: m !== null && m[0] === ":" ? `./${name}` : name };
   },
   async open(ctx: OpenContext): Promise<DriverInstance> {
     if (!loadLibc() && !nodeFs) nodeFs = await import("./_file_nodefs.ts");
@@ -130,7 +144,21 @@ function openFile(ctx: OpenContext): DriverInstance {
       { node: name },
     );
   }
+  const hints = create ? readCreateHints(opts) : undefined;
   const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : nodeFs!.openNodeFs(filename, ctx.readOnly, create, name);
+  // Like QEMU's file-posix, a directory (which opens read-only) is not an image. Devices are
+  // accepted: blkgraph has no separate host_device driver, and QEMU picks that one for them.
+  let dir = false;
+  try {
+    dir = Deno.statSync(filename).isDirectory;
+  } catch {
+    // Gone between open and stat: the next request will say so.
+  }
+  if (dir) {
+    h.release();
+    throw new BlockError("EINVAL", `'file' driver requires '${filename}' to be a regular file`, { node: name });
+  }
+  if (hints && libc) applyCreateHints(libc, h.fd, hints);
   // A file opened to be created is written past its end by design (QEMU's allow_write_beyond_eof for image creation).
   if (create) ctx.node.allowBeyondEof = true;
   try {
@@ -157,7 +185,8 @@ function openLibc(libc: Libc, filename: string, readOnly: boolean, create: boole
         node,
       });
     }
-    throw errnoError(-fd, `Cannot open '${filename}'${readOnly ? " read-only" : ""}`, { node });
+    // QEMU's text (raw_open_common): scripts match on it.
+    throw errnoError(-fd, `Could not open '${filename}'`, { node });
   }
   const h: Handle = {
     fd,
@@ -169,63 +198,6 @@ function openLibc(libc: Libc, filename: string, readOnly: boolean, create: boole
     },
   };
   return h;
-}
-
-function lockImage(
-  h: Handle,
-  filename: string,
-  readOnly: boolean,
-  forceShare: boolean,
-  locking: "auto" | "on" | "off",
-  node: string,
-): void {
-  if (locking === "off") return;
-  const what = readOnly ? "reading" : "writing";
-  const busy = (detail: string) =>
-    new BlockError(
-      "EBUSY",
-      `Cannot open '${filename}' for ${what}: it is locked by another process (is a VM or qemu-img using it?): ${detail}`,
-      { node },
-    );
-  if (h.libc) {
-    const { perm, shared } = permsFor(readOnly, forceShare);
-    const fail = lockOfd(h.libc, h.fd, perm, shared);
-    if (!fail) {
-      h.lockKind = "ofd";
-      return;
-    }
-    if (fail.kind === "conflict") throw busy(fail.detail);
-    if (fail.kind === "unsupported" && locking === "auto") return;
-    throw errnoError(fail.errno, `Cannot lock '${filename}' (locking=${locking}): ${fail.detail}`, { node });
-  }
-  // Without FFI: flock keeps blkgraph processes apart (QEMU does not see it):
-  // writers take it exclusive, readers shared (so reader and writer
-  // conflict, as with OFD locks), and force-share readers not at all.
-  if (readOnly && forceShare) return;
-  let lockFile: Deno.FsFile | undefined;
-  try {
-    lockFile = Deno.openSync(filename, { read: true });
-    if (!lockFile.tryLockSync(!readOnly)) {
-      lockFile.close();
-      throw busy("flock is held");
-    }
-  } catch (e) {
-    if (e instanceof BlockError) throw e;
-    lockFile?.close();
-    if (locking === "on") throw toBlockError(e, `Cannot lock '${filename}' (locking=on)`, { node });
-    return;
-  }
-  const release = h.release;
-  h.release = () => {
-    try {
-      release();
-    } finally {
-      // Unlock first: a forked child may share the description (see unlockOfd).
-      lockFile.unlockSync();
-      lockFile.close();
-    }
-  };
-  h.lockKind = "flock";
 }
 
 /** Probes the O_DIRECT request alignment: the smallest of 512..4096 a read accepts. */
@@ -314,6 +286,13 @@ function libcInstance(
     for (let o = from; o < to; o += zero.length) writeAt(o, zero.subarray(0, Math.min(zero.length, to - o)));
   };
   const unsupported = (r: number) => r === -Errno.EOPNOTSUPP || r === -Errno.EINVAL || r === -Errno.ENOSYS;
+  // Like QEMU's file-posix: a file grown from empty gets its first block written (ignoring failures).
+  const allocateFirstBlock = (length: number): void => {
+    const n = firstBlock(length);
+    const buf = direct ? alignedBuffer(libc, n, MEM_ALIGN) : new Uint8Array(n);
+    buf.fill(0);
+    if (libc.pwrite(fd, buf, 0) === n && n > size) size = n;
+  };
 
   const inst: DriverInstance = {
     limits: { requestAlignment: align, maxTransfer: direct ? DIRECT_MAX : MAX_IO },
@@ -445,6 +424,7 @@ function libcInstance(
         const r = libc.fallocate(fd, 0, old, length - old);
         if (r === 0) {
           size = length;
+          if (old === 0) allocateFirstBlock(length);
           return;
         }
         if (!unsupported(r)) throw errnoError(-r, `Cannot preallocate '${filename}' to ${length} bytes`, { node: name });
@@ -457,6 +437,7 @@ function libcInstance(
       if (r < 0) throw errnoError(-r, `Cannot resize '${filename}' to ${length} bytes`, { node: name });
       size = length;
       if (grow && prealloc === "full") writeZeroBuffers(old, length);
+      else if (grow && old === 0) allocateFirstBlock(length);
     },
     close(): void {
       h.release();

@@ -1,7 +1,10 @@
 /**
  * The `raw` format driver: the guest sees its file child as is, or a window
- * of it (QEMU's `offset` and `size` options). A write past the end of a
- * window is ENOSPC; the core refuses requests past the node's length.
+ * of it (QEMU's `offset` and `size` options). As in QEMU, the length is
+ * whole 512-byte sectors: a file of 1234 bytes is a 1536-byte disk whose
+ * tail reads as zeros (a write there extends the file); `size` must be a
+ * multiple of 512. The core refuses requests past the node's length (EIO,
+ * as qemu-io shows); the window check behind it fails writes with ENOSPC.
  *
  * @module
  */
@@ -18,6 +21,7 @@ export const rawDriver: BlockDriver = {
   name: "raw",
   kind: "format",
   options: ["offset", "size"],
+  createOptions: [{ name: "size", type: "size", help: "Virtual disk size" }],
   probe: () => 1,
   async open(ctx): Promise<DriverInstance> {
     checkKnownOptions(ctx.options, rawDriver.options!, "raw");
@@ -39,8 +43,13 @@ export const rawDriver: BlockDriver = {
         { node: name },
       );
     }
+    if (fixedSize !== undefined && fixedSize % 512 !== 0) {
+      throw new BlockError("EINVAL", `Invalid option 'size' of driver 'raw': specified size ${fixedSize} is not multiple of 512`, {
+        node: name,
+      });
+    }
     const windowed = fixedSize !== undefined || offset > 0;
-    const length = () => fixedSize ?? Math.max(0, file.length - offset);
+    const length = () => fixedSize ?? Math.ceil(Math.max(0, file.length - offset) / 512) * 512;
     const checkWindow = (what: string, off: number, len: number, code: "EIO" | "ENOSPC" = "ENOSPC") => {
       if (windowed && off + len > length()) {
         throw new BlockError(
@@ -57,7 +66,6 @@ export const rawDriver: BlockDriver = {
     const inst: DriverInstance = {
       getLength: length,
       supportsFua: true,
-      checksBounds: windowed,
       pread(off, buf, o) {
         checkWindow("read", off, buf.length, "EIO");
         return file.pread(off + offset, buf, o);
@@ -77,8 +85,22 @@ export const rawDriver: BlockDriver = {
       },
       async blockStatus(off, len, o) {
         len = Math.min(len, length() - off);
+        // The tail of the last sector past the file's end reads as zeros, and is the image's own.
+        if (off + offset >= file.length) {
+          return {
+            offset: off,
+            length: len,
+            data: false,
+            zero: true,
+            allocated: true,
+            present: true,
+            depth: 0,
+            hostOffset: off + offset,
+            file,
+          };
+        }
         const st = await file.blockStatus(off + offset, len, o);
-        return { ...st, offset: off, allocated: true, depth: 0, hostOffset: off + offset, file: st.file ?? file };
+        return { ...st, offset: off, allocated: true, present: true, depth: 0, hostOffset: off + offset, file: st.file ?? file };
       },
       truncate(newLength, o) {
         if (windowed) {
@@ -105,6 +127,9 @@ export const rawDriver: BlockDriver = {
       await ctx.file.truncate(ctx.size, { prealloc: prealloc as "off" | "falloc" });
     }
   },
+  checkCreate(ctx) {
+    checkRawOptions(ctx.options);
+  },
   measure(input) {
     checkRawOptions(input.options);
     // qemu's raw_measure: the virtual size, whatever the source allocates.
@@ -123,7 +148,15 @@ const SECTOR = 512;
 function refuseFormatChange(name: string, offset: number, data: Uint8Array): void {
   const head = new Uint8Array(SECTOR);
   head.set(data.subarray(0, Math.min(data.length, SECTOR - offset)), offset);
-  const guess = probeFormat(head).name;
+  let guess: string;
+  try {
+    guess = probeFormat(head).name;
+  } catch (e) {
+    // A recognised format blkgraph cannot open (vhdx, vmdk, ...) counts too.
+    const m = e instanceof BlockError ? /^Image format '(.*)' is not supported$/.exec(e.message) : null;
+    if (!m) throw e;
+    guess = m[1];
+  }
   if (guess !== "raw") {
     throw new BlockError(
       "EPERM",
@@ -137,6 +170,7 @@ function refuseFormatChange(name: string, offset: number, data: Uint8Array): voi
 function checkRawOptions(options: FormatOptions): string {
   const prealloc = String(options.preallocation ?? "off");
   const known = ["preallocation", "size"];
+  if (options.backing_file !== undefined) throw new BlockError("ENOTSUP", "Backing file not supported for file format 'raw'");
   for (const k of Object.keys(options)) {
     if (!known.includes(k)) throw new BlockError("EINVAL", `Unknown option '${k}' for format 'raw' (known options: ${known.join(", ")})`);
   }

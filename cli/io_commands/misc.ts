@@ -5,12 +5,12 @@
  * @module
  */
 
-import { formatNode, openImage } from "../_common.ts";
-import { startTrace } from "../_trace.ts";
+import type { BlockNode } from "../../core/node.ts";
+import { isPlainObject, parseDotted } from "../../core/spec.ts";
+import { errorMessage, formatNode } from "../_common.ts";
 import { dumpHuman } from "../info.ts";
-import { chainStatus } from "../_map_extents.ts";
 import { cvtstr } from "../_common.ts";
-import { cvtnum, failed, type IoCommand, report, strerror, usage, usageLine } from "./_session.ts";
+import { cvtnum, failed, type IoCommand, report, REQUEST_MAX_BYTES, strerror, usage, usageLine } from "./_session.ts";
 
 const flush: IoCommand = {
   name: "flush",
@@ -21,13 +21,8 @@ const flush: IoCommand = {
   argmax: 0,
   needsFile: true,
   async run(s) {
-    try {
-      await s.node!.flush();
-    } catch (e) {
-      failed(s, "flush", e);
-      return false;
-    }
-    return true;
+    // qemu-io's flush_f returns blk_flush()'s result and prints nothing: a failure shows only in the exit code.
+    return await s.node!.flush().then(() => true, () => false);
   },
 };
 
@@ -40,11 +35,16 @@ const discard: IoCommand = {
   argmin: 2,
   argmax: -1,
   needsFile: true,
+  write: true,
   async run(s, flags, operands) {
     if (operands.length !== 2) return usage(s, discard);
     const offset = cvtnum(s, operands[0]);
     const count = offset === undefined ? undefined : cvtnum(s, operands[1]);
     if (offset === undefined || count === undefined) return false;
+    if (count > REQUEST_MAX_BYTES) {
+      s.print(`length cannot exceed ${REQUEST_MAX_BYTES}, given ${operands[1]}\n`);
+      return false;
+    }
     const t0 = performance.now();
     try {
       await s.node!.pdiscard(offset, count);
@@ -57,30 +57,62 @@ const discard: IoCommand = {
   },
 };
 
+/** `b` laid over `a`, nested option objects merged. */
+function mergeOptions(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
+  const out = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    const prev = out[k];
+    out[k] = isPlainObject(prev) && isPlainObject(v) ? mergeOptions(prev, v) : v;
+  }
+  return out;
+}
+
+/**
+ * Whether `[offset, offset+bytes)` is allocated in the open image's own top
+ * layer (QEMU's bdrv_is_allocated: data from a backing file is not), and for
+ * how many bytes; 0 bytes at the end of the image.
+ */
+async function isAllocated(node: BlockNode, offset: number, bytes: number): Promise<{ allocated: boolean; n: number }> {
+  if (offset >= node.length || bytes === 0) return { allocated: false, n: 0 };
+  const st = await node.blockStatus(offset, Math.min(bytes, node.length - offset));
+  return { allocated: st.allocated, n: st.length };
+}
+
 const alloc: IoCommand = {
   name: "alloc",
+  altnames: ["a"],
   args: "offset [count]",
   oneline: "checks if offset is allocated in the file",
   argmin: 1,
   argmax: 2,
   needsFile: true,
   async run(s, _flags, operands) {
-    const offset = cvtnum(s, operands[0]);
-    const count = operands[1] === undefined ? 512 : cvtnum(s, operands[1]);
-    if (offset === undefined || count === undefined) return false;
-    const node = formatNode(s.node!);
+    const start = cvtnum(s, operands[0]);
+    if (start === undefined) return false;
+    let count = 512;
+    if (operands.length === 2) {
+      const c = cvtnum(s, operands[1]);
+      if (c === undefined) return false;
+      count = c;
+    }
     let allocated = 0;
     try {
-      for (let off = offset, end = Math.min(offset + count, node.length); off < end;) {
-        const st = await chainStatus(node, off, end - off);
-        if (st.present) allocated += st.length;
-        off += st.length;
+      for (let off = start, remaining = count; remaining > 0;) {
+        const { allocated: a, n } = await isAllocated(s.node!, off, remaining);
+        if (n === 0) {
+          // The image ends here: count only what it has.
+          count -= remaining;
+          break;
+        }
+        if (a) allocated += n;
+        off += n;
+        remaining -= n;
       }
     } catch (e) {
       failed(s, "is_allocated", e);
       return false;
     }
-    s.print(`${allocated}/${count} bytes allocated at offset ${cvtstr(offset)}\n`);
+    s.print(`${allocated}/${count} bytes allocated at offset ${cvtstr(start)}\n`);
     return true;
   },
 };
@@ -93,26 +125,35 @@ const map: IoCommand = {
   argmax: 0,
   needsFile: true,
   async run(s) {
-    const node = formatNode(s.node!);
-    const length = node.length;
-    let start = 0;
-    let cur: boolean | undefined;
-    const line = (from: number, to: number, present: boolean) =>
-      s.print(
-        `${cvtstr(to - from)} (0x${(to - from).toString(16)}) bytes ${present ? "   " : "not"} allocated at offset ${cvtstr(from)} (0x${
-          from.toString(16)
-        })\n`,
-      );
-    for (let off = 0; off < length;) {
-      const st = await chainStatus(node, off, length - off);
-      if (cur !== undefined && st.present !== cur) {
-        line(start, off, cur);
-        start = off;
+    const node = s.node!;
+    let bytes = node.length;
+    let offset = 0;
+    while (bytes > 0) {
+      let first;
+      try {
+        first = await isAllocated(node, offset, bytes);
+        let num = first.n;
+        while (num > 0 && num < bytes) {
+          const next = await isAllocated(node, offset + num, bytes - num);
+          if (next.allocated !== first.allocated || next.n === 0) break;
+          num += next.n;
+        }
+        if (num === 0) {
+          s.report("Unexpected end of image");
+          return false;
+        }
+        s.print(
+          `${cvtstr(num)} (0x${num.toString(16)}) bytes ${first.allocated ? "    allocated" : "not allocated"} at offset ${
+            cvtstr(offset)
+          } (0x${offset.toString(16)})\n`,
+        );
+        offset += num;
+        bytes -= num;
+      } catch (e) {
+        s.report(`Failed to get allocation status: ${strerror(e)}`);
+        return false;
       }
-      cur = st.present;
-      off += st.length;
     }
-    if (cur !== undefined) line(start, length, cur);
     return true;
   },
 };
@@ -140,20 +181,39 @@ const truncate: IoCommand = {
   argmin: 1,
   argmax: 3,
   needsFile: true,
+  write: true,
   async run(s, flags, operands) {
+    const m = flags.get("m");
+    const prealloc = typeof m === "string" ? m : "off";
+    if (!["off", "metadata", "falloc", "full"].includes(prealloc)) {
+      s.report(`Invalid preallocation mode '${prealloc}'`);
+      return false;
+    }
     const size = cvtnum(s, operands[0] ?? "");
     if (size === undefined) return false;
-    const m = flags.get("m");
-    const prealloc = (typeof m === "string" ? m : "off") as "off" | "metadata" | "falloc" | "full";
     try {
-      await s.node!.truncate(size, { prealloc });
+      await s.node!.truncate(size, { prealloc: prealloc as "off" | "metadata" | "falloc" | "full" });
     } catch (e) {
-      s.print(`truncate: ${strerror(e)}\n`);
+      s.report(errorMessage(e));
       return false;
     }
     return true;
   },
 };
+
+/** Drivers with QEMU's bdrv_get_info (those blkgraph has). */
+const GET_INFO_DRIVERS = new Set(["file", "host_device", "host_cdrom", "qcow2", "rbd", "luks"]);
+
+/**
+ * Whether QEMU's bdrv_get_info answers for `top`: filters ask their child,
+ * raw asks its file, and a driver without it (null-co, nbd, ...) fails, so
+ * qemu-io's `info` stops after the format name (and the command fails).
+ */
+function hasGetInfo(top: BlockNode): boolean {
+  let n: BlockNode | undefined = top;
+  while (n && (n.driver.kind === "filter" || n.driver.name === "raw")) n = n.primaryChild;
+  return !!n && GET_INFO_DRIVERS.has(n.driver.name);
+}
 
 const info: IoCommand = {
   name: "info",
@@ -174,9 +234,17 @@ const info: IoCommand = {
       const coverage = (cs / l2Entry) * cs;
       vmState = Math.ceil(node.length / coverage) * coverage;
     }
-    s.print(`format name: ${node.driver.name}\ncluster size: ${cvtstr(cs)}\nvm state offset: ${cvtstr(vmState)}\n`);
+    // qemu-io names the open node's driver (a filter or protocol too; a
+    // protocol driver's name twice, as format and protocol name) and takes
+    // the cluster size through filters, but format-specific data only from
+    // the open node itself.
+    const top = s.node!;
+    s.print(`format name: ${top.driver.name}\n`);
+    if (top.driver.protocolPrefix) s.print(`format name: ${top.driver.name}\n`);
+    if (!hasGetInfo(top)) return false;
+    s.print(`cluster size: ${cvtstr(cs)}\nvm state offset: ${cvtstr(vmState)}\n`);
     const fs = extra["format-specific"] as { data?: Record<string, unknown> } | undefined;
-    if (fs?.data) {
+    if (fs?.data && top === node) {
       const lines = ["Format specific information:"];
       dumpHuman(fs.data, 1, lines);
       s.print(lines.join("\n") + "\n");
@@ -190,35 +258,52 @@ const open: IoCommand = {
   altnames: ["o"],
   args: "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]",
   oneline: "open the file specified by path",
-  flags: "rsCnkUt:d:o:f:",
+  // -f (format) is blkgraph's addition; qemu-io's open probes or takes driver= from -o.
+  flags: "snCro:ki:t:d:Uf:",
   argmin: 1,
   argmax: -1,
   async run(s, flags, operands) {
-    if (s.node) {
-      s.print("file open already, try 'help close'\n");
-      return false;
-    }
-    const o = flags.get("o");
-    let name = operands[0];
-    if (typeof o === "string") name = name === undefined ? o : `${o},file.filename=${name}`;
-    if (name === undefined) return usage(s, open);
-    const f = flags.get("f");
     const t = flags.get("t");
-    try {
-      s.node = await openImage(name, {
-        format: typeof f === "string" ? f : undefined,
-        imageOpts: typeof o === "string",
-        readOnly: flags.has("r"),
-        cache: typeof t === "string" ? t : flags.has("n") ? "none" : undefined,
-      });
-    } catch (e) {
-      s.print(`${(e as Error).message}\n`);
-      return false;
+    const cache = typeof t === "string" ? t : flags.has("n") ? "none" : undefined;
+    // Every -o is merged, later keys winning (qemu-io's QemuOpts list).
+    let options: Record<string, unknown> | undefined;
+    for (const [c, v] of flags.list) {
+      if (c !== "o") continue;
+      if (s.imageOpts) {
+        s.print("--image-opts and 'open -o' are mutually exclusive\n");
+        return false;
+      }
+      try {
+        options = mergeOptions(options ?? {}, parseDotted(v as string));
+      } catch (e) {
+        s.report(errorMessage(e));
+        return false;
+      }
     }
-    s.filename = name;
-    s.warnIfProbed(name);
-    if (s.traceTarget !== undefined) s.trace = startTrace(s.node, { ...s.traceTarget, io: s.io });
-    return true;
+    let name = operands[0];
+    if (s.imageOpts && operands.length === 1) {
+      try {
+        options = parseDotted(operands[0]);
+      } catch (e) {
+        s.report(errorMessage(e));
+        return false;
+      }
+      name = undefined as unknown as string;
+      operands = [];
+    }
+    if (operands.length > 1) return usage(s, open);
+    // Like qemu-io, the format given with -f applies to the image named on
+    // the command line only; 'open' probes (or takes driver= from -o).
+    const f = flags.get("f");
+    return await s.open(name, {
+      format: typeof f === "string" ? f : undefined,
+      readOnly: flags.has("r"),
+      cache,
+      snapshot: flags.has("s"),
+      copyOnRead: flags.has("C"),
+      forceShare: flags.has("U"),
+      options,
+    });
   },
 };
 
@@ -231,12 +316,7 @@ const close: IoCommand = {
   argmax: 0,
   needsFile: true,
   async run(s) {
-    await s.drain();
-    s.trace?.stop();
-    s.trace = undefined;
-    const n = s.node!;
-    s.node = undefined;
-    await n.close();
+    await s.closeImage();
     return true;
   },
 };
@@ -258,7 +338,7 @@ const help: IoCommand = {
       s.print(usageLine(c));
       return Promise.resolve(true);
     }
-    for (const c of [...s.commands].sort((a, b) => a.name.localeCompare(b.name))) s.print(usageLine(c));
+    for (const c of [...s.commands].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) s.print(usageLine(c));
     s.print("\nUse 'help commandname' for extended help.\n");
     return Promise.resolve(true);
   },
@@ -284,12 +364,16 @@ const sleep: IoCommand = {
   argmin: 1,
   argmax: 1,
   async run(s, _flags, operands) {
-    const ms = Number(operands[0]);
-    if (!Number.isFinite(ms) || ms < 0) {
-      s.print(`Invalid value: ${operands[0]}\n`);
+    const t = operands[0];
+    const m = /^[ \t\n]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(t);
+    const ms = m
+      ? (m[1] === "-" ? -1 : 1) * (/^0[xX]/.test(m[2]) ? parseInt(m[2], 16) : m[2].startsWith("0") ? parseInt(m[2], 8) : Number(m[2]))
+      : NaN;
+    if (!(ms >= 0) && t !== "") {
+      s.print(`${t} is not a valid number\n`);
       return false;
     }
-    await new Promise((r) => setTimeout(r, ms));
+    await new Promise((r) => setTimeout(r, t === "" ? 0 : ms));
     return true;
   },
 };

@@ -1,6 +1,8 @@
 /**
  * qemu-io's data commands: read, write, readv, writev, aio_read, aio_write
- * and aio_flush, with qemu-io's flags and output.
+ * and aio_flush, with qemu-io 7.2's flags, checks, messages and output
+ * (`-p` is accepted and ignored, as qemu-io does for backwards
+ * compatibility).
  *
  * @module
  */
@@ -14,33 +16,65 @@ import {
   type IoSession,
   parsePattern,
   report,
+  REQUEST_MAX_BYTES,
   strerror,
   usage,
 } from "./_session.ts";
 
-function pattern(s: IoSession, flags: IoFlags, def: number): number | undefined {
+/** Reads `-P` (undefined: not given; null: invalid, message printed). */
+function patternFlag(s: IoSession, flags: IoFlags): number | undefined | null {
   const p = flags.get("P");
-  return typeof p === "string" ? parsePattern(s, p) : def;
+  if (typeof p !== "string") return undefined;
+  return parsePattern(s, p) ?? null;
 }
 
-function verify(s: IoSession, buf: Uint8Array, offset: number, byte: number, at = 0, count = buf.length): boolean {
-  for (let i = at; i < at + count; i++) {
-    if (buf[i] !== byte) {
-      s.print(`Pattern verification failed at offset ${offset + at}, ${count} bytes\n`);
-      return false;
-    }
+function mismatch(buf: Uint8Array, byte: number): boolean {
+  for (let i = 0; i < buf.length; i++) if (buf[i] !== byte) return true;
+  return false;
+}
+
+/** `off` and `len`, each checked as qemu-io does; undefined after printing the error. */
+function offsetAndCount(s: IoSession, operands: string[], max: number, tooLong: string): [number, number] | undefined {
+  const offset = cvtnum(s, operands[0]);
+  if (offset === undefined) return undefined;
+  const count = cvtnum(s, operands[1]);
+  if (count === undefined) return undefined;
+  if (count > max) {
+    s.print(`length cannot exceed ${REQUEST_MAX_BYTES}${tooLong}, given ${operands[1]}\n`);
+    return undefined;
+  }
+  return [offset, count];
+}
+
+function sectorAligned(s: IoSession, offset: number, count: number): boolean {
+  if (offset % 512) {
+    s.print(`${offset} is not a sector-aligned value for 'offset'\n`);
+    return false;
+  }
+  if (count % 512) {
+    s.print(`${count} is not a sector-aligned value for 'count'\n`);
+    return false;
   }
   return true;
 }
 
-function nums(s: IoSession, words: string[]): number[] | undefined {
-  const out: number[] = [];
+/** The lengths of a vectored command (qemu-io's create_iovec); undefined after printing the error. */
+function vectorLengths(s: IoSession, words: string[]): number | undefined {
+  let total = 0;
   for (const w of words) {
-    const n = cvtnum(s, w);
-    if (n === undefined) return undefined;
-    out.push(n);
+    const len = cvtnum(s, w);
+    if (len === undefined) return undefined;
+    if (len > REQUEST_MAX_BYTES) {
+      s.print(`Argument '${w}' exceeds maximum size ${REQUEST_MAX_BYTES}\n`);
+      return undefined;
+    }
+    if (total > REQUEST_MAX_BYTES - len) {
+      s.print(`The total number of bytes exceed the maximum size ${REQUEST_MAX_BYTES}\n`);
+      return undefined;
+    }
+    total += len;
   }
-  return out;
+  return total;
 }
 
 const read: IoCommand = {
@@ -48,17 +82,37 @@ const read: IoCommand = {
   altnames: ["r"],
   args: "[-abCqv] [-P pattern [-s off] [-l len]] off len",
   oneline: "reads a number of bytes at a specified offset",
-  flags: "bCqvP:s:l:",
+  flags: "bCl:pP:qs:v",
   argmin: 2,
   argmax: -1,
   needsFile: true,
   async run(s, flags, operands) {
+    const byte = patternFlag(s, flags);
+    if (byte === null) return false;
+    let so = 0;
+    let sl: number | undefined;
+    if (flags.has("s")) {
+      const v = cvtnum(s, flags.get("s") as string);
+      if (v === undefined) return false;
+      so = v;
+    }
+    if (flags.has("l")) {
+      sl = cvtnum(s, flags.get("l") as string);
+      if (sl === undefined) return false;
+    }
     if (operands.length !== 2) return usage(s, read);
-    const n = nums(s, operands);
-    if (!n) return false;
-    const [offset, count] = n;
+    const oc = offsetAndCount(s, operands, REQUEST_MAX_BYTES, "");
+    if (!oc) return false;
+    const [offset, count] = oc;
+    if (byte === undefined && (flags.has("s") || flags.has("l"))) return usage(s, read);
+    sl ??= count - so;
+    if (sl < 0 || sl + so > count) {
+      s.print("pattern verification range exceeds end of read data\n");
+      return false;
+    }
     if (flags.has("b")) {
-      // -b: the VM state area, which no blkgraph driver has.
+      if (!sectorAligned(s, offset, count)) return false;
+      // -b: the VM state area, which no blkgraph driver has (internal snapshots do not exist yet).
       s.print("read failed: Operation not supported\n");
       return false;
     }
@@ -72,17 +126,9 @@ const read: IoCommand = {
     }
     const ms = performance.now() - t0;
     let ok = true;
-    if (flags.has("P")) {
-      const byte = pattern(s, flags, 0);
-      if (byte === undefined) return false;
-      const so = flags.has("s") ? cvtnum(s, flags.get("s") as string) : 0;
-      const sl = flags.has("l") ? cvtnum(s, flags.get("l") as string) : count - (so ?? 0);
-      if (so === undefined || sl === undefined) return false;
-      if (so + sl > count) {
-        s.print(`pattern verification range exceeds end of read data\n`);
-        return false;
-      }
-      ok = verify(s, buf, offset, byte, so, sl);
+    if (byte !== undefined && mismatch(buf.subarray(so, so + sl), byte)) {
+      s.print(`Pattern verification failed at offset ${offset + so}, ${sl} bytes\n`);
+      ok = false;
     }
     if (flags.has("q")) return ok;
     if (flags.has("v")) s.print(dumpBuffer(buf, offset));
@@ -91,48 +137,76 @@ const read: IoCommand = {
   },
 };
 
+/** Fills a buffer from a file, repeating its content (qemu-io's `write -s`); undefined after printing the error. */
+async function fromFile(s: IoSession, path: string, count: number): Promise<Uint8Array | undefined> {
+  let content: Uint8Array;
+  try {
+    content = await Deno.readFile(path);
+  } catch (e) {
+    s.io.stderr(`${path}: ${e instanceof Deno.errors.NotFound ? "No such file or directory" : (e as Error).message}\n`);
+    return undefined;
+  }
+  if (!content.length) {
+    s.io.stderr(`${path}: file is empty\n`);
+    return undefined;
+  }
+  const buf = new Uint8Array(count);
+  for (let at = 0; at < count; at += content.length) buf.set(content.subarray(0, Math.min(content.length, count - at)), at);
+  return buf;
+}
+
 const write: IoCommand = {
   name: "write",
   altnames: ["w"],
-  args: "[-bcCfnquz] [-P pattern] off len",
+  args: "[-bcCfnquz] [-P pattern | -s source_file] off len",
   oneline: "writes a number of bytes at a specified offset",
-  flags: "bcCfnquzP:",
+  flags: "bcCfnpP:qs:uz",
   argmin: 2,
   argmax: -1,
   needsFile: true,
+  write: true,
   async run(s, flags, operands) {
+    const byte = patternFlag(s, flags);
+    if (byte === null) return false;
     if (operands.length !== 2) return usage(s, write);
-    const n = nums(s, operands);
-    if (!n) return false;
-    const [offset, count] = n;
-    if (flags.has("b")) {
-      s.print("write failed: Operation not supported\n");
-      return false;
-    }
     const zero = flags.has("z");
-    if (zero && flags.has("P")) {
-      s.print("-z and -P cannot be specified at the same time\n");
+    const fua = flags.has("f");
+    if (flags.has("b") && zero) {
+      s.print("-b and -z cannot be specified at the same time\n");
       return false;
     }
-    if (!zero && (flags.has("u") || flags.has("n"))) {
-      s.print(`-${flags.has("u") ? "u" : "n"} requires -z to be specified\n`);
+    if (fua && (flags.has("b") || flags.has("c"))) {
+      s.print("-f and -b or -c cannot be specified at the same time\n");
       return false;
     }
-    if (flags.has("c") && (zero || flags.has("f"))) {
-      s.print(`-c cannot be combined with ${zero ? "-z" : "-f"}\n`);
+    if (flags.has("n") && !zero) {
+      s.print("-n requires -z to be specified\n");
       return false;
     }
-    const byte = pattern(s, flags, 0xcd);
-    if (byte === undefined) return false;
+    if (flags.has("u") && !zero) {
+      s.print("-u requires -z to be specified\n");
+      return false;
+    }
+    if (Number(zero) + Number(flags.has("P")) + Number(flags.has("s")) > 1) {
+      s.print("Only one of -z, -P, and -s can be specified at the same time\n");
+      return false;
+    }
+    const oc = offsetAndCount(s, operands, flags.has("n") ? Number.MAX_SAFE_INTEGER : REQUEST_MAX_BYTES, " without -n");
+    if (!oc) return false;
+    const [offset, count] = oc;
+    if ((flags.has("b") || flags.has("c")) && !sectorAligned(s, offset, count)) return false;
+    let data: Uint8Array | undefined;
+    if (!zero) {
+      const src = flags.get("s");
+      data = typeof src === "string" ? await fromFile(s, src, count) : new Uint8Array(count).fill(byte ?? 0xcd);
+      if (!data) return false;
+    }
     const node = s.node!;
     const t0 = performance.now();
     try {
-      if (zero) {
-        await node.pwriteZeroes(offset, count, { mayUnmap: flags.has("u"), noFallback: flags.has("n"), fua: flags.has("f") });
-      } else {
-        const data = new Uint8Array(count).fill(byte);
-        await node.pwrite(offset, data, { fua: flags.has("f"), compressed: flags.has("c") });
-      }
+      if (flags.has("b")) throw Object.assign(new Error("vmstate"), { strerror: "Operation not supported" });
+      if (zero) await node.pwriteZeroes(offset, count, { mayUnmap: flags.has("u"), noFallback: flags.has("n"), fua });
+      else await node.pwrite(offset, data!, { fua, compressed: flags.has("c") });
     } catch (e) {
       failed(s, "write", e);
       return false;
@@ -143,47 +217,39 @@ const write: IoCommand = {
   },
 };
 
-function vectorArgs(s: IoSession, operands: string[]): { offset: number; lens: number[]; total: number } | undefined {
-  const n = nums(s, operands);
-  if (!n) return undefined;
-  const [offset, ...lens] = n;
-  return { offset, lens, total: lens.reduce((a, b) => a + b, 0) };
-}
-
 const readv: IoCommand = {
   name: "readv",
   args: "[-Cqv] [-P pattern] off len [len..]",
   oneline: "reads a number of bytes at a specified offset",
-  flags: "CqvP:",
+  flags: "CP:qv",
   argmin: 2,
   argmax: -1,
   needsFile: true,
   async run(s, flags, operands) {
-    const v = vectorArgs(s, operands);
-    if (!v) return false;
-    const buf = new Uint8Array(v.total);
+    const byte = patternFlag(s, flags);
+    if (byte === null) return false;
+    if (operands.length < 2) return usage(s, readv);
+    const offset = cvtnum(s, operands[0]);
+    if (offset === undefined) return false;
+    const total = vectorLengths(s, operands.slice(1));
+    if (total === undefined) return false;
+    const buf = new Uint8Array(total);
     const t0 = performance.now();
     try {
-      // One request per vector element, back to back (a scatter list).
-      let at = 0;
-      for (const len of v.lens) {
-        await s.node!.pread(v.offset + at, buf.subarray(at, at + len));
-        at += len;
-      }
+      await s.node!.pread(offset, buf);
     } catch (e) {
       failed(s, "readv", e);
       return false;
     }
     const ms = performance.now() - t0;
     let ok = true;
-    if (flags.has("P")) {
-      const byte = pattern(s, flags, 0);
-      if (byte === undefined) return false;
-      ok = verify(s, buf, v.offset, byte);
+    if (byte !== undefined && mismatch(buf, byte)) {
+      s.print(`Pattern verification failed at offset ${offset}, ${total} bytes\n`);
+      ok = false;
     }
     if (flags.has("q")) return ok;
-    if (flags.has("v")) s.print(dumpBuffer(buf, v.offset));
-    s.print(report("read", ms, v.offset, v.total, v.total, 1, flags.has("C")));
+    if (flags.has("v")) s.print(dumpBuffer(buf, offset));
+    s.print(report("read", ms, offset, total, total, 1, flags.has("C")));
     return ok;
   },
 };
@@ -196,30 +262,36 @@ const writev: IoCommand = {
   argmin: 2,
   argmax: -1,
   needsFile: true,
+  write: true,
   async run(s, flags, operands) {
-    const v = vectorArgs(s, operands);
-    if (!v) return false;
-    const byte = pattern(s, flags, 0xcd);
-    if (byte === undefined) return false;
+    const byte = patternFlag(s, flags);
+    if (byte === null) return false;
+    if (operands.length < 2) return usage(s, writev);
+    const offset = cvtnum(s, operands[0]);
+    if (offset === undefined) return false;
+    const total = vectorLengths(s, operands.slice(1));
+    if (total === undefined) return false;
     const t0 = performance.now();
     try {
-      await s.node!.pwrite(v.offset, new Uint8Array(v.total).fill(byte), { fua: flags.has("f") });
+      await s.node!.pwrite(offset, new Uint8Array(total).fill(byte ?? 0xcd), { fua: flags.has("f") });
     } catch (e) {
       failed(s, "writev", e);
       return false;
     }
     if (flags.has("q")) return true;
-    s.print(report("wrote", performance.now() - t0, v.offset, v.total, v.total, 1, flags.has("C")));
+    s.print(report("wrote", performance.now() - t0, offset, total, total, 1, flags.has("C")));
     return true;
   },
 };
 
-/** Starts a request without waiting; its report is printed when it completes. */
+/**
+ * Starts a request without waiting; its report is printed when it
+ * completes. As in qemu-io, the command has succeeded once the request is
+ * submitted: a later I/O error or pattern mismatch is printed but does not
+ * change the exit code.
+ */
 function startAio(s: IoSession, work: () => Promise<void>): void {
-  const p: Promise<void> = work().catch((e) => {
-    s.failed = true;
-    s.print(`${strerror(e)}\n`);
-  }).finally(() => s.pending.delete(p));
+  const p: Promise<void> = work().catch((e) => s.print(`${strerror(e)}\n`)).finally(() => s.pending.delete(p));
   s.pending.add(p);
 }
 
@@ -227,31 +299,38 @@ const aioRead: IoCommand = {
   name: "aio_read",
   args: "[-Ciqv] [-P pattern] off len [len..]",
   oneline: "asynchronously reads a number of bytes",
-  flags: "CiqvP:",
+  flags: "CP:iqv",
   argmin: 2,
   argmax: -1,
   needsFile: true,
   run(s, flags, operands) {
-    const v = vectorArgs(s, operands);
-    if (!v) return Promise.resolve(false);
-    const byte = flags.has("P") ? pattern(s, flags, 0) : undefined;
-    if (flags.has("P") && byte === undefined) return Promise.resolve(false);
+    const byte = patternFlag(s, flags);
+    if (byte === null) return Promise.resolve(false);
+    if (flags.has("i")) {
+      s.print("injecting invalid read request\n");
+      return Promise.resolve(true);
+    }
+    if (operands.length < 2) return Promise.resolve(usage(s, aioRead));
+    const offset = cvtnum(s, operands[0]);
+    if (offset === undefined) return Promise.resolve(false);
+    const total = vectorLengths(s, operands.slice(1));
+    if (total === undefined) return Promise.resolve(false);
     const node = s.node!;
     startAio(s, async () => {
-      const buf = new Uint8Array(v.total);
+      const buf = new Uint8Array(total);
       const t0 = performance.now();
       try {
-        await node.pread(v.offset, buf);
+        await node.pread(offset, buf);
       } catch (e) {
         s.failed = true;
         failed(s, "readv", e);
         return;
       }
       const ms = performance.now() - t0;
-      if (byte !== undefined && !verify(s, buf, v.offset, byte)) s.failed = true;
+      if (byte !== undefined && mismatch(buf, byte)) s.print(`Pattern verification failed at offset ${offset}, ${total} bytes\n`);
       if (flags.has("q")) return;
-      if (flags.has("v")) s.print(dumpBuffer(buf, v.offset));
-      s.print(report("read", ms, v.offset, v.total, v.total, 1, flags.has("C")));
+      if (flags.has("v")) s.print(dumpBuffer(buf, offset));
+      s.print(report("read", ms, offset, total, total, 1, flags.has("C")));
     });
     return Promise.resolve(true);
   },
@@ -261,32 +340,50 @@ const aioWrite: IoCommand = {
   name: "aio_write",
   args: "[-Cfiquz] [-P pattern] off len [len..]",
   oneline: "asynchronously writes a number of bytes",
-  flags: "CfiquzP:",
+  flags: "CfiqP:uz",
   argmin: 2,
   argmax: -1,
   needsFile: true,
+  write: true,
   run(s, flags, operands) {
-    const v = vectorArgs(s, operands);
-    if (!v) return Promise.resolve(false);
-    if (flags.has("z") && flags.has("P")) {
+    const byte = patternFlag(s, flags);
+    if (byte === null) return Promise.resolve(false);
+    if (flags.has("i")) {
+      s.print("injecting invalid write request\n");
+      return Promise.resolve(true);
+    }
+    if (operands.length < 2) return Promise.resolve(usage(s, aioWrite));
+    const zero = flags.has("z");
+    if (zero && operands.length !== 2) {
+      s.print("-z supports only a single length parameter\n");
+      return Promise.resolve(false);
+    }
+    if (flags.has("u") && !zero) {
+      s.print("-u requires -z to be specified\n");
+      return Promise.resolve(false);
+    }
+    if (zero && byte !== undefined) {
       s.print("-z and -P cannot be specified at the same time\n");
       return Promise.resolve(false);
     }
-    const byte = pattern(s, flags, 0xcd);
-    if (byte === undefined) return Promise.resolve(false);
+    const offset = cvtnum(s, operands[0]);
+    if (offset === undefined) return Promise.resolve(false);
+    const total = zero ? cvtnum(s, operands[1]) : vectorLengths(s, operands.slice(1));
+    if (total === undefined) return Promise.resolve(false);
     const node = s.node!;
+    const data = zero ? undefined : new Uint8Array(total).fill(byte ?? 0xcd);
     startAio(s, async () => {
       const t0 = performance.now();
       try {
-        if (flags.has("z")) await node.pwriteZeroes(v.offset, v.total, { mayUnmap: flags.has("u"), fua: flags.has("f") });
-        else await node.pwrite(v.offset, new Uint8Array(v.total).fill(byte), { fua: flags.has("f") });
+        if (!data) await node.pwriteZeroes(offset, total, { mayUnmap: flags.has("u"), fua: flags.has("f") });
+        else await node.pwrite(offset, data, { fua: flags.has("f") });
       } catch (e) {
         s.failed = true;
         failed(s, "aio_write", e);
         return;
       }
       if (flags.has("q")) return;
-      s.print(report("wrote", performance.now() - t0, v.offset, v.total, v.total, 1, flags.has("C")));
+      s.print(report("wrote", performance.now() - t0, offset, total, total, 1, flags.has("C")));
     });
     return Promise.resolve(true);
   },

@@ -164,6 +164,14 @@ export const luksDriver: BlockDriver = {
   kind: "format",
   options: OPEN_OPTIONS,
   probe: (head) => (isLuks(head) ? 100 : 0),
+  // qemu-img amend -o help's list for luks (the CLI takes amend support from it).
+  amendOptions: [
+    { name: "iter-time", type: "num", help: "Time to spend in PBKDF in milliseconds" },
+    { name: "keyslot", type: "num", help: "Select a single keyslot to modify explicitly" },
+    { name: "new-secret", type: "str", help: "New secret to set in the matching keyslots. Empty string to erase" },
+    { name: "old-secret", type: "str", help: "Select all keyslots that match this password" },
+    { name: "state", type: "str", help: "Select new state of affected keyslots (active/inactive)" },
+  ],
   async open(ctx): Promise<DriverInstance> {
     checkKnownOptions(ctx.options, OPEN_OPTIONS, "luks");
     const secretId = optString(ctx.options, "key-secret", "luks");

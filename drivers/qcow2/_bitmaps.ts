@@ -144,14 +144,15 @@ export class Qcow2Bitmaps {
       // QEMU drops the extension a program without bitmap support left behind.
       await rewriteHeader(st, { ...h, extensions: h.extensions.filter((e) => e.type !== EXT_BITMAPS) }, undefined);
     }
-    if (opts.check) return b;
-    // Autoclear bits blkgraph does not maintain go, so whoever does knows their data is stale.
+    // Autoclear bits blkgraph does not maintain go, so whoever does knows their data is stale
+    // (a repair's read-write open too, as QEMU's open clears them).
     const keep = state.kind === "valid" ? AUTOCLEAR_BITMAPS : 0;
     if ((st.header.autoclearFeatures & ~keep) !== 0 || st.header.featureHigh?.autoclear) {
       st.header.autoclearFeatures &= keep;
       if (st.header.featureHigh) st.header.featureHigh.autoclear = 0;
       await writeHeaderFields(st.file, st.header, ["autoclearFeatures"]);
     }
+    if (opts.check) return b;
     if (b.#list.some((x) => x.map)) await b.#markInUse();
     return b;
   }

@@ -10,6 +10,7 @@
 
 import { AsyncLocalStorage } from "node:async_hooks";
 import { BlockError } from "../../core/errors.ts";
+import { isPlainObject, parseJsonFilename } from "../../core/spec.ts";
 import type { BlockNode, OpenContext } from "../../core/node.ts";
 import { INCOMPAT_DATA_FILE, type Qcow2Header } from "./header.ts";
 
@@ -49,7 +50,9 @@ async function fileIdentity(path: string | undefined): Promise<string | undefine
 export async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode | undefined> {
   const given = ctx.childSpec?.("backing");
   if (given === null) return undefined;
-  if (given !== undefined) return await ctx.openChild("backing", undefined, { readOnly: true });
+  // Options for the backing file without a file of their own (backing.driver=qcow2) apply to the recorded one (QEMU's bdrv_open_backing_file).
+  const tweaks = isPlainObject(given) && given.filename === undefined && given.file === undefined && !!h.backingFile;
+  if (given !== undefined && !tweaks) return await ctx.openChild("backing", undefined, { readOnly: true });
   // An empty name is no backing file (QEMU's bdrv_open_backing_file).
   if (h.backingFile === undefined || h.backingFile === "") return undefined;
   const filename = resolvePath(filenameOf(file), h.backingFile);
@@ -61,12 +64,18 @@ export async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockN
   if (target !== undefined && chain.includes(target)) {
     throw new BlockError("EINVAL", `Backing file '${h.backingFile}' creates an infinite loop.`, { node: ctx.node.name });
   }
-  const spec = h.backingFormat ? { driver: h.backingFormat, file: { driver: "file", filename } } : { filename };
+  // A json: name is options (its own driver wins over the recorded format, as
+  // in QEMU); a protocol name (nbd://, file:) is resolved by the file child.
+  let spec: Record<string, unknown>;
+  if (filename.startsWith("json:")) spec = { ...(h.backingFormat ? { driver: h.backingFormat } : {}), ...parseJsonFilename(filename) };
+  else spec = h.backingFormat ? { driver: h.backingFormat, file: { filename } } : { filename };
+  if (tweaks) spec = { ...spec, ...(given as Record<string, unknown>) };
   try {
     return await openingChain.run(chain, () => ctx.openChild("backing", spec, { readOnly: true, probe: true }));
   } catch (e) {
     if (!(e instanceof BlockError)) throw e;
-    throw new BlockError(e.code, `Could not open backing file '${h.backingFile}': ${e.message}`, { node: ctx.node.name, cause: e });
+    // QEMU's text; the reason names the file.
+    throw new BlockError(e.code, `Could not open backing file: ${e.message}`, { node: ctx.node.name, cause: e });
   }
 }
 

@@ -20,9 +20,14 @@ import type { Qcow2State } from "./_state.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { checkTableAllocation, OL_REFCOUNT_BLOCK, preWriteOverlapCheck } from "./_overlap.ts";
 
-/** Loads the refcount block at `offset`, pinned: release it. */
-function loadBlock(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<CacheEntry> {
-  return st.loadTable(st.rbCache, offset, `refcount block offset 0x${offset.toString(16)}`, "refblock_load", req);
+/** Loads the refcount block at `offset` (refcount table entry `rt`), pinned: release it. */
+function loadBlock(st: Qcow2State, offset: number, rt: number, req: RequestInfo | undefined): Promise<CacheEntry> {
+  return st.loadTable(st.rbCache, offset, { kind: "Refblock", where: `reftable index: ${hex(rt)}` }, "refblock_load", req);
+}
+
+/** C's `%#x`: 0, or 0x followed by hex digits. */
+function hex(n: number): string {
+  return n === 0 ? "0" : `0x${n.toString(16)}`;
 }
 
 /** Refcount of cluster `c` when its block is cached (or absent); -1 when a load is needed. */
@@ -41,7 +46,7 @@ export async function getRefcount(st: Qcow2State, c: number, req: RequestInfo | 
   const v = peekRefcount(st, c);
   if (v >= 0) return v;
   const rt = Math.floor(c / st.perBlock);
-  const e = await loadBlock(st, st.reftable[rt], req);
+  const e = await loadBlock(st, st.reftable[rt], rt, req);
   try {
     return readRefcount(e.view, st.refBits, c - rt * st.perBlock);
   } finally {
@@ -60,7 +65,7 @@ export async function updateRefcount(st: Qcow2State, c: number, delta: number, r
     }
     await ensureRefblock(st, rt, req);
   }
-  const e = await loadBlock(st, st.reftable[rt], req);
+  const e = await loadBlock(st, st.reftable[rt], rt, req);
   try {
     const i = c - rt * st.perBlock;
     const old = readRefcount(e.view, st.refBits, i);

@@ -56,6 +56,12 @@ export async function growL1(st: Qcow2State, minEntries: number, req: RequestInf
 
 /** Changes the virtual size (grow only; metadata lock held). */
 export async function resize(st: Qcow2State, size: number, req: RequestInfo | undefined): Promise<void> {
+  // QEMU's qcow2_co_truncate: the virtual size is whole sectors.
+  if (size % 512 !== 0) {
+    throw new BlockError("EINVAL", `The new size must be a multiple of 512 (requested ${size} bytes for '${st.node.name}')`, {
+      node: st.node.name,
+    });
+  }
   const old = st.header.size;
   if (size < old) {
     throw new BlockError(

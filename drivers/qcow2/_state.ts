@@ -33,7 +33,7 @@
  * @module
  */
 
-import { BlockError, CorruptImageError } from "../../core/errors.ts";
+import { BlockError, CorruptImageError, reportCorruption } from "../../core/errors.ts";
 import type { BlkdebugEvent } from "../../core/events.ts";
 import type { BlockNode } from "../../core/node.ts";
 import type { RequestInfo } from "../../core/types.ts";
@@ -277,7 +277,13 @@ export class Qcow2State {
 
   /** Loads (or finds cached) the L2 table at `offset`; the entry comes back pinned: release it. */
   loadL2(offset: number, l1Index: number, req: RequestInfo | undefined): Promise<CacheEntry> {
-    return this.loadTable(this.l2Cache, offset, `L2 table offset 0x${offset.toString(16)} (L1 index ${l1Index})`, "l2_load", req);
+    return this.loadTable(
+      this.l2Cache,
+      offset,
+      { kind: "L2 table", where: `L1 index: ${l1Index ? `0x${l1Index.toString(16)}` : "0"}` },
+      "l2_load",
+      req,
+    );
   }
 
   /**
@@ -285,13 +291,21 @@ export class Qcow2State {
    * is pinned at once; a miss validates the offset, raises `event`, reads
    * the cluster and inserts it pinned. The caller releases the entry.
    */
-  loadTable(cache: MetaCache, offset: number, what: string, event: BlkdebugEvent, req: RequestInfo | undefined): Promise<CacheEntry> {
+  loadTable(
+    cache: MetaCache,
+    offset: number,
+    what: { kind: string; where: string },
+    event: BlkdebugEvent,
+    req: RequestInfo | undefined,
+  ): Promise<CacheEntry> {
     return cache.load(offset, async () => {
-      if (offset % this.cs !== 0 || offset >= this.file.length) {
-        throw new CorruptImageError(
-          `Corrupt qcow2 image: ${what} is unaligned or past the end of the file (${this.file.length} bytes)`,
-          { node: this.node.name },
-        );
+      // QEMU's texts ("Refblock offset 0x20600 unaligned (reftable index: 0x1)"), as the corrupt-marking line shows them.
+      const at = `${what.kind} offset ${offset ? `0x${offset.toString(16)}` : "0"}`;
+      if (offset % this.cs !== 0) throw new CorruptImageError(`${at} unaligned (${what.where})`, { node: this.node.name });
+      if (offset >= this.file.length) {
+        throw new CorruptImageError(`${at} is past the end of the file (${this.file.length} bytes; ${what.where})`, {
+          node: this.node.name,
+        });
       }
       const p = this.event(event, req);
       if (p) await p;
@@ -356,6 +370,9 @@ export class Qcow2State {
   async signalCorruption(err: unknown): Promise<void> {
     if (!(err instanceof CorruptImageError) || this.node.readOnly || this.corrupt) return;
     this.corrupt = true;
+    // Some messages are already QEMU's whole line (the overlap checks): report the reason only.
+    const whole = /^qcow2: Marking image as corrupt: (.*); further corruption events will be suppressed$/s.exec(err.message);
+    reportCorruption({ node: this.node.name, format: "qcow2", message: whole ? whole[1] : err.message });
     this.header.incompatibleFeatures |= INCOMPAT_CORRUPT;
     try {
       await writeHeaderFields(this.file, this.header, ["incompatibleFeatures"]);

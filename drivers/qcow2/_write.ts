@@ -416,9 +416,13 @@ export async function zeroOrDiscard(
     const base = l1i * st.l2Span;
     const chunkEnd = Math.min(end, base + st.l2Span);
     const hasTable = l1i < st.l1Size && st.l1Offset(l1i) !== 0;
-    if (!hasTable && (!st.backing || (opts.discard && (!v3 || opts.full)))) {
+    // Unallocated with nothing below to hide: a discard leaves it. Write-zeroes on v3 still marks the
+    // clusters zero (allocating the L2 table), as QEMU's zero_in_l2_slice does: they then read as
+    // present zeros, and a backing file added later stays hidden.
+    const skip = opts.discard ? !st.backing || !v3 || opts.full : !st.backing && !v3;
+    if (!hasTable && skip) {
       cur = chunkEnd;
-      continue; // unallocated, and nothing below to hide
+      continue;
     }
     const e = await getL2ForWrite(st, l1i, req);
     try {

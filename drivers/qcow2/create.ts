@@ -21,6 +21,7 @@ import type { BlockNode } from "../../core/node.ts";
 import { open } from "../../core/open.ts";
 import { optBool, parseSize } from "../../core/options.ts";
 import type { CreateContext } from "../../core/node.ts";
+import type { CheckCreateContext, OptionHelp } from "../../core/types.ts";
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -61,6 +62,34 @@ const KNOWN = [
   "compression_type",
   "data_file",
   "data_file_raw",
+];
+/** The creation options, as `qemu-img create -f qcow2 -o help` describes them. */
+export const QCOW2_CREATE_OPTIONS: readonly OptionHelp[] = [
+  { name: "encrypt.cipher-alg", type: "str", help: "Name of encryption cipher algorithm" },
+  { name: "encrypt.cipher-mode", type: "str", help: "Name of encryption cipher mode" },
+  { name: "encrypt.format", type: "str", help: "Encrypt the image, format choices: 'aes', 'luks'" },
+  { name: "encrypt.hash-alg", type: "str", help: "Name of encryption hash algorithm" },
+  { name: "encrypt.iter-time", type: "num", help: "Time to spend in PBKDF in milliseconds" },
+  { name: "encrypt.ivgen-alg", type: "str", help: "Name of IV generator algorithm" },
+  { name: "encrypt.ivgen-hash-alg", type: "str", help: "Name of IV generator hash algorithm" },
+  { name: "encrypt.key-secret", type: "str", help: "ID of secret providing qcow AES key or LUKS passphrase" },
+  {
+    name: "encryption",
+    type: "bool",
+    help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+  },
+  { name: "backing_file", type: "str", help: "File name of a base image" },
+  { name: "backing_fmt", type: "str", help: "Image format of the base image" },
+  { name: "cluster_size", type: "size", help: "qcow2 cluster size" },
+  { name: "compat", type: "str", help: "Compatibility level (v2 [0.10] or v3 [1.1])" },
+  { name: "compression_type", type: "str", help: "Compression method used for image cluster compression" },
+  { name: "data_file", type: "str", help: "File name of an external data file" },
+  { name: "data_file_raw", type: "bool", help: "The external data file must stay valid as a raw image" },
+  { name: "extended_l2", type: "bool", help: "Extended L2 tables" },
+  { name: "lazy_refcounts", type: "bool", help: "Postpone refcount updates" },
+  { name: "preallocation", type: "str", help: "Preallocation mode (allowed values: off, metadata, falloc, full)" },
+  { name: "refcount_bits", type: "num", help: "Width of a reference count entry in bits" },
+  { name: "size", type: "size", help: "Virtual disk size" },
 ];
 const PREALLOC = ["off", "metadata", "falloc", "full"] as const;
 /** A preallocation mode. */
@@ -269,10 +298,7 @@ function dirOf(path: string): string {
  * ```
  */
 export async function createQcow2(ctx: CreateContext): Promise<void> {
-  const o = parseCreateOptions(ctx.size, ctx.options);
-  if (o.backingFile !== undefined && o.backingFormat === undefined) {
-    fail(`Backing file specified without backing format (backing_file '${o.backingFile}'): give backing_fmt`);
-  }
+  const o = checkQcow2Create(ctx);
   if (o.size === 0 && o.backingFile !== undefined) o.size = await backingSize(o, ctx.filename);
   const file = ctx.file;
   const cs = o.clusterSize;
@@ -341,12 +367,36 @@ export async function createQcow2(ctx: CreateContext): Promise<void> {
   if (o.dataFile !== undefined) await createDataFile(o);
 }
 
+/**
+ * Validates a qcow2 creation (options, size, backing format) without
+ * writing anything: what `createQcow2` checks first.
+ *
+ * @example
+ * ```ts
+ * import { checkQcow2Create } from "./create.ts";
+ * try {
+ *   checkQcow2Create({ size: 1 << 20, options: { cluster_size: "3000" } });
+ * } catch (e) {
+ *   console.log((e as Error).message); // Cluster size must be a power of two between 512 and 2048k (cluster_size 3000)
+ * }
+ * ```
+ */
+export function checkQcow2Create(ctx: CheckCreateContext): Qcow2CreateOptions {
+  const o = parseCreateOptions(ctx.size, ctx.options);
+  if (o.backingFile !== undefined && o.backingFormat === undefined) {
+    fail(`Backing file specified without backing format (backing_file '${o.backingFile}'): give backing_fmt`);
+  }
+  return o;
+}
+
 async function createDataFile(o: Qcow2CreateOptions): Promise<void> {
   // Like QEMU, a relative data file name is relative to the working
   // directory (not to the image, unlike a backing file name).
   const node = await open({ driver: "file", filename: o.dataFile!, create: true });
   try {
-    if (node.length !== o.size) await node.truncate(o.size, { prealloc: o.preallocation === "metadata" ? "off" : o.preallocation });
+    // Like QEMU's file creation: emptied first, then grown with the preallocation asked for.
+    if (node.length > 0) await node.truncate(0);
+    await node.truncate(o.size, { prealloc: o.preallocation === "metadata" ? "off" : o.preallocation });
     await node.flush();
   } finally {
     await node.close();

@@ -271,9 +271,12 @@ function checkTable(
  */
 export function parseFeatureTable(data: Uint8Array): FeatureName[] {
   const out: FeatureName[] = [];
-  for (let at = 0; at + FEATURE_ENTRY <= data.length; at += FEATURE_ENTRY) {
+  // Like QEMU, a short last entry counts (the rest reads as zeros) and an entry without a name ends the table.
+  for (let at = 0; at + 2 < data.length; at += FEATURE_ENTRY) {
+    const stop = Math.min(data.length, at + FEATURE_ENTRY);
     let end = at + 2;
-    while (end < at + FEATURE_ENTRY && data[end] !== 0) end++;
+    while (end < stop && data[end] !== 0) end++;
+    if (end === at + 2) break;
     out.push({ type: data[at], bit: data[at + 1], name: decoder.decode(data.subarray(at + 2, end)) });
   }
   return out;
@@ -291,17 +294,23 @@ export const QEMU_FEATURE_NAMES: readonly FeatureName[] = [
   { type: 2, bit: 1, name: "raw external data" },
 ];
 
-/** Describes unknown incompatible bits (low and high 32-bit halves), using names from the feature table. */
+/**
+ * Describes unknown incompatible bits (low and high 32-bit halves) as QEMU's
+ * report_unsupported_feature does: the names the image's feature table
+ * gives them (in table order), then "Unknown incompatible feature: <hex>"
+ * for the bits it does not name.
+ */
 function describeUnknownIncompat(lo: number, hi: number, extensions: HeaderExtension[]): string {
   const table = extensions.find((e) => e.type === EXT_FEATURE_TABLE);
   const names = table ? parseFeatureTable(table.data) : [];
+  let mask = (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
   const parts: string[] = [];
-  for (let bit = 0; bit < 64; bit++) {
-    const word = bit < 32 ? lo : hi;
-    if (((word >>> (bit % 32)) & 1) === 0) continue;
-    const named = names.find((f) => f.type === 0 && f.bit === bit);
-    parts.push(named ? `bit ${bit} (${named.name})` : `bit ${bit}`);
+  for (const f of names) {
+    if (f.type !== 0 || f.bit > 63 || !(mask & (1n << BigInt(f.bit)))) continue;
+    parts.push(f.name.slice(0, 46));
+    mask &= ~(1n << BigInt(f.bit));
   }
+  if (mask) parts.push(`Unknown incompatible feature: ${mask.toString(16)}`);
   return parts.join(", ");
 }
 
@@ -466,6 +475,10 @@ function validateFields(h: Qcow2Header, cs: number, fileLength: number): void {
   }
   if (h.compressionType !== 0 && !(h.incompatibleFeatures & INCOMPAT_COMPRESSION)) {
     throw invalid(`Compression type incompatible feature bit must be set (compression_type ${h.compressionType})`);
+  }
+  // QEMU's validate_compression_type: zlib with the bit set is as inconsistent.
+  if (h.compressionType === 0 && h.incompatibleFeatures & INCOMPAT_COMPRESSION) {
+    throw invalid("Compression type incompatible feature bit must not be set (compression_type 0, zlib)");
   }
   if (h.incompatibleFeatures & INCOMPAT_EXTL2 && h.clusterBits < 14) {
     throw invalid(`Extended L2 entries are only supported with cluster sizes of at least 16384 bytes (cluster_bits ${h.clusterBits})`);

@@ -36,7 +36,7 @@ import type {
 } from "../../core/types.ts";
 import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../../core/node.ts";
 import { repairImage } from "./check.ts";
-import { createQcow2 } from "./create.ts";
+import { checkQcow2Create, createQcow2, QCOW2_CREATE_OPTIONS } from "./create.ts";
 import { measureQcow2 } from "./measure.ts";
 import { COMPRESSION_NAMES } from "./compress.ts";
 import { writeCompressedLocked } from "./_write_compressed.ts";
@@ -523,6 +523,16 @@ export const qcow2Driver: BlockDriver = {
   },
   open: openQcow2,
   create: createQcow2,
+  checkCreate: (ctx) => void checkQcow2Create(ctx),
+  createOptions: QCOW2_CREATE_OPTIONS,
+  // What blkgraph's amend changes: lazy_refcounts and the encryption key slots (qemu-img lists more).
+  amendOptions: [
+    ...QCOW2_CREATE_OPTIONS.filter((o) => o.name === "lazy_refcounts" || o.name === "encrypt.iter-time"),
+    { name: "encrypt.keyslot", type: "num", help: "Select a single keyslot to modify explicitly" },
+    { name: "encrypt.new-secret", type: "str", help: "New secret to set in the matching keyslots. Empty string to erase" },
+    { name: "encrypt.old-secret", type: "str", help: "Select all keyslots that match this password" },
+    { name: "encrypt.state", type: "str", help: "Select new state of affected keyslots (active/inactive)" },
+  ],
   measure: measureQcow2,
 };
 

@@ -41,10 +41,11 @@ Deno.test("dumpBuffer() prints qemu-io's hexdump lines", () => {
   assertEquals(dumpBuffer(buf, 0x200), "00000200:  41 62 2e 00 39  Ab..9\n");
 });
 
-Deno.test("splitWords() splits on blanks and keeps quoted words together", () => {
+Deno.test("splitWords() splits at spaces only and keeps quotes, as qemu-io's breakline", () => {
   assertEquals(splitWords("write -P 0xab  0 64k"), ["write", "-P", "0xab", "0", "64k"]);
-  assertEquals(splitWords(`open -o "driver=raw,file.filename=a b"`), ["open", "-o", "driver=raw,file.filename=a b"]);
-  assertEquals(splitWords("help ''"), ["help", ""]);
+  assertEquals(splitWords(`open -o driver=qcow2 json:{"file.filename":"a"}`), ["open", "-o", "driver=qcow2", `json:{"file.filename":"a"}`]);
+  assertEquals(splitWords("help ''"), ["help", "''"]);
+  assertEquals(splitWords("read\t0 512"), ["read\t0", "512"]);
 });
 
 Deno.test("nonZeroRuns() finds the data runs at the given granularity", () => {

@@ -156,12 +156,20 @@ Deno.test("io open and close switch images; commands without an image say so", a
   assertEquals(r.code, 1);
 });
 
-Deno.test("io -r refuses writes with qemu-io's message", async () => {
-  await using d = await tempDir();
-  const path = await rawImage(d.path, 65536);
-  const r = await cli(["io", "-r", "-f", "raw", "-c", "write 0 512", path]);
-  assertEquals(r.stdout, "write failed: Read-only file system\n");
-  assertEquals(r.code, 1);
+Deno.test({
+  name: "io -r refuses writing commands before they run, with qemu-io's message",
+  ignore: skipUnless("qemu-io"),
+  async fn() {
+    await using d = await tempDir();
+    const path = await rawImage(d.path, 65536);
+    const cmds = ["-c", "write 0 512", "-c", "writev 0 512", "-c", "aio_write 0 512", "-c", "discard 0 512", "-c", "truncate 4096"];
+    const q = await run("qemu-io", ["-r", "-f", "raw", ...cmds, path]);
+    const r = await cli(["io", "-r", "-f", "raw", ...cmds, path]);
+    assertEquals(r.stdout, q.stdout);
+    assertEquals(r.stderr.replaceAll("blkgraph:", "qemu-io:"), q.stderr);
+    assertEquals([r.code, q.code], [1, 1]);
+    assertEquals(r.stderr, "blkgraph: Block node is read-only\n".repeat(5));
+  },
 });
 
 Deno.test("io --trace prints flushes as they happen", async () => {

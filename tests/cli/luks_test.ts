@@ -214,6 +214,6 @@ Deno.test({
     ]);
     assert.equal(forced.code, 0, forced.stderr);
     const raw = await cli(["amend", "-f", "raw", "-o", "size=1M", path]);
-    assert.match(raw.stderr, /driver 'raw' does not support it/);
+    assert.match(raw.stderr, /Format driver 'raw' does not support option amendment/); // qemu-img's words
   },
 });

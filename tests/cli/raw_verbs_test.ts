@@ -54,10 +54,7 @@ Deno.test({
     assertEquals((await cli(["map", "-f", "raw", path])).stdout, q.stdout);
     const qj = JSON.parse((await runOk("qemu-img", ["map", "-f", "raw", "--output=json", path])).stdout);
     const oj = JSON.parse((await cli(["map", "-f", "raw", "--output=json", path])).stdout);
-    assertEquals(
-      oj.map((e: Record<string, unknown>) => ({ ...e, compressed: undefined })),
-      qj.map((e: Record<string, unknown>) => ({ ...e, compressed: undefined })),
-    );
+    assertEquals(oj, qj);
   },
 });
 
@@ -126,7 +123,11 @@ Deno.test("resize grows a raw image and refuses to shrink without --shrink", asy
   assertEquals((await Deno.stat(path)).size, 2 << 20);
   const r = await cli(["resize", "-f", "raw", path, "-1M"]);
   assertEquals(r.code, 1);
-  assertEquals(r.stderr, "blkgraph: Use the --shrink option to perform a shrink operation.\n");
+  assertEquals(
+    r.stderr,
+    "blkgraph: Use the --shrink option to perform a shrink operation.\n" +
+      "blkgraph: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n",
+  );
   assertEquals((await cli(["resize", "-f", "raw", "--shrink", path, "-1M"])).code, 0);
   assertEquals((await Deno.stat(path)).size, 1 << 20);
 });
@@ -249,10 +250,9 @@ Deno.test({
     const path = `${d.path}/sparse.raw`;
     await runOk("qemu-img", ["create", "-q", "-f", "raw", path, "4M"]);
     await runOk("qemu-io", ["-f", "raw", "-c", "write -P 1 0 4k", "-c", "write -P 2 1M 64k", path]);
-    const strip = (s: string) => s.replaceAll(/, "compressed": (true|false)/g, "");
     for (const args of [["map"], ["map", "--output=json"], ["measure", "-O", "qcow2"]]) {
       const q = await runOk("qemu-img", [...args, "-f", "raw", path]);
-      assertEquals(strip((await cli([...args, "-f", "raw", path])).stdout), q.stdout, args.join(" "));
+      assertEquals((await cli([...args, "-f", "raw", path])).stdout, q.stdout, args.join(" "));
     }
     const cmds = ["-c", "alloc 0 4M", "-c", "map"];
     assertEquals((await cli(["io", "-f", "raw", ...cmds, path])).stdout, (await runOk("qemu-io", ["-f", "raw", ...cmds, path])).stdout);

@@ -538,8 +538,25 @@ Deno.test("opening a file without write permission fails with EACCES", { ignore:
     await Deno.chmod(path.slice(0, path.lastIndexOf("/")), 0o755);
     const res = await childDeno(`await open({ driver: "file", filename: path });`, path, { ffi: true, asNobody: true });
     assert.equal(res.code, "EACCES");
-    assert.match(String(res.message), /Cannot open '.*disk\.img': Permission denied/);
+    assert.match(String(res.message), /Could not open '.*disk\.img': Permission denied/);
   });
+});
+
+Deno.test({
+  name: "file refuses a directory with qemu-io's messages (read-write: 'Is a directory'; read-only: not a regular file)",
+  ignore: skipUnless("qemu-io"),
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      for (const readOnly of [false, true]) {
+        const q = await run("qemu-io", ["-f", "raw", ...(readOnly ? ["-r"] : []), "-c", "quit", dir]);
+        const reason = q.stderr.replace(`qemu-io: can't open device ${dir}: `, "").trim();
+        await assert.rejects(open({ driver: "file", filename: dir }, { readOnly }), (e: Error) => e.message === reason);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
 
 Deno.test({

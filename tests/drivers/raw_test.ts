@@ -39,25 +39,51 @@ Deno.test("raw with offset and size writes at the shifted host offset", async ()
   assert.equal(bytes[4095], 4095 & 0xff);
 });
 
-Deno.test("raw write past the end of its window fails with ENOSPC and leaves the file alone", async () => {
+Deno.test("raw write past the end of its window fails with EIO (as qemu-io's, iotest 171) and leaves the file alone", async () => {
   await using dir = await tempDir();
   const path = await counting(dir.path, 64 * 1024);
   {
     await using n = await windowed(path, 4096, 8192);
     await assert.rejects(
       n.pwrite(8000, pattern(512, 1)),
-      (e: BlockError) => e.code === "ENOSPC" && /past the end of the raw window \(8192 bytes\)/.test(e.message),
+      (e: BlockError) => e.code === "EIO" && /past the end of the image \(length 8192\)/.test(e.message),
     );
   }
   const bytes = await Deno.readFile(path);
   assert.equal(bytes[4096 + 8000], (4096 + 8000) & 0xff);
 });
 
-Deno.test("raw with only offset sees the rest of the file", async () => {
+Deno.test("raw with only offset sees the rest of the file, rounded up to whole sectors", async () => {
   await using dir = await tempDir();
-  const path = await counting(dir.path, 10000);
-  await using n = await windowed(path, 1000);
-  assert.equal(n.length, 9000);
+  const path = await counting(dir.path, 10240);
+  await using n = await windowed(path, 1024);
+  assert.equal(n.length, 9216);
+  const buf = new Uint8Array(4);
+  await n.pread(9212, buf);
+  assert.deepEqual([...buf], [252, 253, 254, 255]);
+});
+
+Deno.test({
+  name: "a raw image whose file is not whole sectors is a disk of whole sectors with a zero tail, as qemu-io sees it",
+  ignore: skipUnless("qemu-io"),
+  async fn() {
+    await using dir = await tempDir();
+    const path = await counting(dir.path, 1234);
+    const q = await runOk("qemu-io", ["-f", "raw", "-c", "length", "-c", "read -v 1200 100", path]);
+    await using n = await open({ driver: "raw", file: { driver: "file", filename: path } });
+    assert.equal(n.length, 1536);
+    assert.equal(q.stdout.split("\n")[0], "1.500 KiB");
+    const buf = new Uint8Array(100);
+    await n.pread(1200, buf);
+    assert.deepEqual([...buf], Array.from({ length: 100 }, (_, i) => (1200 + i < 1234 ? (1200 + i) & 0xff : 0)));
+    assert.ok(q.stdout.includes("000004d0:  d0 d1 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................"), q.stdout);
+  },
+});
+
+Deno.test("raw refuses a size that is not a multiple of 512, as QEMU does", async () => {
+  await using dir = await tempDir();
+  const path = await counting(dir.path, 4096);
+  await assert.rejects(windowed(path, 0, 1000), (e: BlockError) => e.code === "EINVAL" && /not multiple of 512/.test(e.message));
 });
 
 Deno.test("raw offset past the end of the file fails with EINVAL naming it", async () => {
@@ -117,8 +143,11 @@ Deno.test("blockStatus() of raw passes the file's holes through", async () => {
   await createImage(path, "raw", 4 * MiB);
   await using n = await open({ driver: "raw", file: { driver: "file", filename: path } });
   await n.pwrite(2 * MiB, pattern(4096, 1));
-  const hole = await n.blockStatus(0, 4 * MiB);
-  assert.deepEqual([hole.length, hole.data, hole.zero], [2 * MiB, false, true]);
+  // Like qemu-img create, the first 4 KiB were written when the file was made.
+  const first = await n.blockStatus(0, 4 * MiB);
+  assert.deepEqual([first.length, first.data], [4096, true]);
+  const hole = await n.blockStatus(4096, 4 * MiB - 4096);
+  assert.deepEqual([hole.length, hole.data, hole.zero], [2 * MiB - 4096, false, true]);
   const data = await n.blockStatus(2 * MiB, MiB);
   assert.equal(data.data, true);
 });

@@ -75,7 +75,7 @@ Deno.test("blkdebug reports a missing config file", async () => {
   );
 });
 
-Deno.test("blkdebug:CONFIG:IMAGE opens IMAGE with the file driver", async () => {
+Deno.test("blkdebug:CONFIG:IMAGE is a protocol layer: the format (raw here) is probed over it, as in QEMU", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const cfg = `${dir}/b.cfg`;
@@ -83,8 +83,9 @@ Deno.test("blkdebug:CONFIG:IMAGE opens IMAGE with the file driver", async () => 
     await Deno.writeTextFile(cfg, '[inject-error]\nevent = "l1_update"\niotype = "read"\n');
     await Deno.writeFile(imgPath, new Uint8Array(8192).fill(7));
     await using node = await open(`blkdebug:${cfg}:${imgPath}`);
-    assert.equal(node.driver.name, "blkdebug");
-    assert.equal(node.primaryChild?.driver.name, "file");
+    assert.equal(node.driver.name, "raw");
+    assert.equal(node.file?.driver.name, "blkdebug");
+    assert.equal(node.file?.primaryChild?.driver.name, "file");
     assert.equal(node.length, 8192);
     const buf = new Uint8Array(512);
     await node.pread(0, buf);

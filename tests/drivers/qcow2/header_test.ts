@@ -195,12 +195,17 @@ const CASES: Case[] = [
     code: "EINVAL",
     field: /backing file offset/,
   },
-  { name: "an unknown incompatible feature bit", patch: (v) => v.setBigUint64(72, 1n << 20n), code: "ENOTSUP", field: /feature.*bit 20/ },
+  {
+    name: "an unknown incompatible feature bit",
+    patch: (v) => v.setBigUint64(72, 1n << 20n),
+    code: "ENOTSUP",
+    field: /Unknown incompatible feature: 100000$/,
+  },
   {
     name: "an incompatible feature bit above 32",
     patch: (v) => v.setBigUint64(72, 1n << 40n),
     code: "ENOTSUP",
-    field: /feature.*bit 40/,
+    field: /Unknown incompatible feature: 10000000000$/,
   },
   { name: "an unknown encryption method", patch: (v) => v.setUint32(32, 3), code: "EINVAL", field: /encryption method/ },
   { name: "a virtual size past 2^53", patch: (v) => v.setBigUint64(24, 0xffffffffffffffffn), code: "EFBIG", field: /size/ },
@@ -316,16 +321,17 @@ Deno.test({
 });
 
 Deno.test({
-  name: "parseHeader() names an unknown incompatible feature bit above bit 32 and qemu-img refuses it too",
+  name: "parseHeader() names an unknown incompatible feature bit above bit 32 with qemu-img's message",
   ignore: QEMU_IMG,
   async fn() {
     await using dir = await tempDir();
     const path = await patchedImage(dir.path, "inc", (v) => v.setUint32(72, 1 << 8)); // bit 40
-    assert.notEqual((await run("qemu-img", ["info", path])).code, 0);
+    const q = await run("qemu-img", ["info", path]);
+    assert.notEqual(q.code, 0);
     const bytes = await Deno.readFile(path);
     assert.throws(
       () => parseHeader(bytes.subarray(0, CS), bytes.length),
-      (e: unknown) => e instanceof BlockError && e.code === "ENOTSUP" && /bit 40/.test(e.message),
+      (e: unknown) => e instanceof BlockError && e.code === "ENOTSUP" && q.stderr.endsWith(`: ${e.message}\n`),
     );
   },
 });

@@ -15,6 +15,7 @@ import { HI_COMPRESSED, maxRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { getL2ForWrite, releaseEntry, writeLocked } from "./_write.ts";
 import { markDirty } from "./_writeback.ts";
+import { preWriteOverlapCheck } from "./_overlap.ts";
 
 /**
  * Allocates `len` bytes (at most one cluster) for compressed data and
@@ -52,7 +53,7 @@ async function allocBytes(st: Qcow2State, len: number, req: RequestInfo | undefi
  */
 export async function writeCompressedLocked(st: Qcow2State, offset: number, data: Uint8Array, req: RequestInfo | undefined): Promise<void> {
   const cs = st.cs;
-  if (offset % cs !== 0 || data.length > cs || (data.length < cs && offset + data.length !== st.header.size)) {
+  if (offset % cs !== 0 || data.length > cs || (data.length < cs && offset + data.length !== st.size)) {
     throw new BlockError(
       "EINVAL",
       `Cannot write ${data.length} compressed bytes at offset ${offset}: compressed writes take one whole cluster (${cs} bytes)`,
@@ -80,11 +81,13 @@ export async function writeCompressedLocked(st: Qcow2State, offset: number, data
     const host = await allocBytes(st, packed.length, req);
     let p = st.event("write_compressed", req);
     if (p) await p;
+    await preWriteOverlapCheck(st, 0, host, packed.length, true);
+    st.noteDataWrite(host, packed.length);
     await st.file.pwrite(host, packed, { req });
     p = st.event("l2_update_compressed", req);
     if (p) await p;
     const at = Math.floor((offset - l1i * st.l2Span) / cs) * st.entryBytes;
-    releaseEntry(st, e.view, at);
+    releaseEntry(st, e.view, at, { first: Math.floor(host / cs), end: Math.floor((host + packed.length - 1) / cs) + 1 });
     const x = 62 - (st.clusterBits - 8);
     const extra = Math.floor((host + packed.length - 1) / 512) - Math.floor(host / 512);
     const hostHi = Math.floor(host / 0x100000000);

@@ -326,6 +326,43 @@ async function inactiveL2(st: OverlapTarget, sn: Snapshots): Promise<Set<number>
 export async function findOverlap(st: OverlapTarget, ign: number, offset: number, size: number): Promise<number> {
   const chk = st.overlapChecks & ~ign;
   if (!size || !chk) return 0;
+  const h = st.header;
+  const p = per(st);
+  let sn: Snapshots | undefined;
+  if (chk & (OL_SNAPSHOT_TABLE | OL_INACTIVE_L1 | OL_INACTIVE_L2) && h.nbSnapshots) sn = await loadSnapshots(st, p);
+  const bit = activeOverlap(st, chk, offset, size, sn);
+  if (bit) return bit;
+  const first = Math.floor(offset / st.cs);
+  const last = Math.floor((offset + size - 1) / st.cs);
+  if (sn && chk & OL_INACTIVE_L2 && hits(await inactiveL2(st, sn), first, last)) return OL_INACTIVE_L2;
+  return bitmapOverlap(st, chk, p, first, last);
+}
+
+/**
+ * What {@linkcode findOverlap} finds, without waiting for anything: 0 when
+ * the range overlaps no checked structure, its bit when it does, undefined
+ * when the answer needs the snapshot table or inactive L2 tables read first
+ * (the caller then takes the asynchronous path). For the lock-free write
+ * path, which may not yield between its mapping and its write.
+ */
+export function findOverlapSync(st: OverlapTarget, ign: number, offset: number, size: number): number | undefined {
+  const chk = st.overlapChecks & ~ign;
+  if (!size || !chk) return 0;
+  const h = st.header;
+  const p = per(st);
+  let sn: Snapshots | undefined;
+  if (chk & (OL_SNAPSHOT_TABLE | OL_INACTIVE_L1 | OL_INACTIVE_L2) && h.nbSnapshots) {
+    if (p.snapshots?.key !== snapshotKey(h)) return undefined;
+    sn = p.snapshots;
+  }
+  const bit = activeOverlap(st, chk, offset, size, sn);
+  if (bit) return bit;
+  if (sn && chk & OL_INACTIVE_L2) return undefined;
+  return bitmapOverlap(st, chk, p, Math.floor(offset / st.cs), Math.floor((offset + size - 1) / st.cs));
+}
+
+/** The checks of header, active tables, refcount structures, snapshot table and inactive L1 tables, in QEMU's order. */
+function activeOverlap(st: OverlapTarget, chk: number, offset: number, size: number, sn: Snapshots | undefined): number {
   const cs = st.cs;
   const h = st.header;
   if (chk & OL_MAIN_HEADER && offset < cs) return OL_MAIN_HEADER;
@@ -336,20 +373,23 @@ export async function findOverlap(st: OverlapTarget, ign: number, offset: number
   const bytes = (last - first + 1) * cs;
   if (chk & OL_ACTIVE_L1 && st.l1Size && overlaps(start, bytes, h.l1TableOffset, st.l1Size * 8)) return OL_ACTIVE_L1;
   if (chk & OL_REFCOUNT_TABLE && overlaps(start, bytes, h.refcountTableOffset, h.refcountTableClusters * cs)) return OL_REFCOUNT_TABLE;
-  const p = per(st);
-  let sn: Snapshots | undefined;
-  if (chk & (OL_SNAPSHOT_TABLE | OL_INACTIVE_L1 | OL_INACTIVE_L2) && h.nbSnapshots) sn = await loadSnapshots(st, p);
   if (sn && chk & OL_SNAPSHOT_TABLE && overlaps(start, bytes, h.snapshotsOffset, sn.size)) return OL_SNAPSHOT_TABLE;
   if (sn && chk & OL_INACTIVE_L1) {
     for (const l1 of sn.l1) if (overlaps(start, bytes, l1.offset, l1.size * 8)) return OL_INACTIVE_L1;
   }
   if (chk & (OL_ACTIVE_L2 | OL_REFCOUNT_BLOCK)) {
-    const ix = index(st, p);
+    const ix = index(st, per(st));
     if (chk & OL_ACTIVE_L2 && hits(ix.l2, first, last) && walkL1(st, start, bytes)) return OL_ACTIVE_L2;
     if (chk & OL_REFCOUNT_BLOCK && hits(ix.rb, first, last) && walkReftable(st, start, bytes)) return OL_REFCOUNT_BLOCK;
   }
-  if (sn && chk & OL_INACTIVE_L2 && hits(await inactiveL2(st, sn), first, last)) return OL_INACTIVE_L2;
-  if (chk & OL_BITMAP_DIRECTORY && p.bitmaps && overlaps(start, bytes, p.bitmaps.offset, p.bitmaps.size)) return OL_BITMAP_DIRECTORY;
+  return 0;
+}
+
+function bitmapOverlap(st: OverlapTarget, chk: number, p: PerImage, first: number, last: number): number {
+  const cs = st.cs;
+  if (chk & OL_BITMAP_DIRECTORY && p.bitmaps && overlaps(first * cs, (last - first + 1) * cs, p.bitmaps.offset, p.bitmaps.size)) {
+    return OL_BITMAP_DIRECTORY;
+  }
   return 0;
 }
 

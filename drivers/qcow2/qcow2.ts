@@ -64,7 +64,7 @@ import { writeHeaderFields } from "./_header_write.ts";
 import { entryOffset } from "./_entries.ts";
 import { metadataExtents } from "./_metadata_map.ts";
 import { openBacking, openDataFile } from "./_children.ts";
-import { initOverlapChecks, OVERLAP_OPTIONS, parseOverlapOptions, preWriteOverlapCheck } from "./_overlap.ts";
+import { findOverlapSync, initOverlapChecks, OVERLAP_OPTIONS, parseOverlapOptions, preWriteOverlapCheck } from "./_overlap.ts";
 import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
 
 const OPTIONS = [
@@ -174,7 +174,14 @@ export class Qcow2Instance implements DriverInstance {
     } catch (e) {
       return this.#corrupted(e);
     }
-    if (hit && !st.crypto) return dataIo(st, m.host, data, opts.req, true);
+    // The lock-free write is synchronous up to the data file: only when the overlap check can answer now, and clear.
+    if (
+      hit && !st.crypto && Number.isSafeInteger(m.host + data.length) &&
+      (st.externalData || findOverlapSync(st, 0, m.host, data.length) === 0)
+    ) {
+      st.noteDataWrite(m.host, data.length);
+      return dataIo(st, m.host, data, opts.req, true);
+    }
     return this.#pwriteSlow(offset, data, opts, hit);
   }
 

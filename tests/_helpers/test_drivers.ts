@@ -1,7 +1,8 @@
 /**
  * Small drivers for core tests: a protocol node that records every call it
  * gets (with configurable limits and FUA support), a filter that implements
- * nothing (everything passes through), and a format that raises events.
+ * nothing (everything passes through), a format that raises events, and a
+ * protocol node that records the events delivered to it.
  *
  * @module
  */
@@ -184,7 +185,28 @@ export const countDriver: BlockDriver = {
   },
 };
 
+/** The blkdebug events each `test-sink` node received, keyed by its `tag` option. */
+export const sinks: Map<string, string[]> = new Map();
+
+/** A memory-backed protocol driver that records every debug event delivered to it (options: tag, size). */
+export const sinkDriver: BlockDriver = {
+  name: "test-sink",
+  kind: "protocol",
+  open(ctx): Promise<DriverInstance> {
+    const data = new Uint8Array(Number(ctx.options.size ?? 65536));
+    const events: string[] = [];
+    sinks.set(String(ctx.options.tag ?? "sink"), events);
+    return Promise.resolve({
+      getLength: () => data.length,
+      pread: (o, b) => void b.set(data.subarray(o, o + b.length)),
+      pwrite: (o, d) => void data.set(d, o),
+      debugEvent: (event) => void events.push(event),
+    });
+  },
+};
+
 registerDriver(spyDriver);
+registerDriver(sinkDriver);
 registerDriver(passDriver);
 registerDriver(eventFormatDriver);
 registerDriver(gateDriver);

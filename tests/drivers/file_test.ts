@@ -513,12 +513,16 @@ function nobodyCanRun(): boolean {
   try {
     if ((Deno.statSync(`${dir}/mod.ts`).mode ?? 0) & 0o004) {
       for (; dir; dir = dir.slice(0, dir.lastIndexOf("/"))) {
-        if (!((Deno.statSync(dir).mode ?? 0) & 0o001)) return false;
+        if (!((Deno.statSync(dir).mode ?? 0) & 0o001)) {
+          console.warn(`SKIP: ${dir} is not world-traversable, so the checkout cannot run as nobody; the root permission test is skipped`);
+          return false;
+        }
       }
       return true;
     }
-  } catch {
-    // fall through
+    console.warn("SKIP: the checkout is not world-readable, so it cannot run as nobody; the root permission test is skipped");
+  } catch (e) {
+    console.warn(`SKIP: cannot tell whether the checkout can run as nobody (${e}); the root permission test is skipped`);
   }
   return false;
 }

@@ -106,7 +106,8 @@ async function assertCliSays(name: string, img: string, line: string, opts: { sh
   const dir = img.slice(0, img.lastIndexOf("/"));
   const ours = await cli(splitWords(line).map((w) => (w === "@IMG@" ? img : w.replaceAll("@DIR@", dir))));
   if (line.startsWith("map --output=json")) ours.stdout = withoutCompressedKey(ours.stdout, q.stdout);
-  const norm = q.live ? (s: string) => s : withoutDiskSize;
+  // QEMU answers on its own unpacked copy: how the file system allocated two copies' blocks differs, so disk sizes never compare.
+  const norm = withoutDiskSize;
   assert.equal(ours.code, q.code, `${line}: exit code (stderr: ${ours.stderr})`);
   assertOutput(norm(ours.stdout), { ...q, stdout: norm(q.stdout) }, "stdout", line, dir);
   assertOutput(ours.stderr.replaceAll("blkgraph: ", "qemu-img: "), q, "stderr", line, dir);

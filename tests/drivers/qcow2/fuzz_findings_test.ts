@@ -300,6 +300,14 @@ Deno.test("qcow2 reads a cluster an L2 entry puts past 2^53 bytes as zeros and r
     const q = await run("qemu-io", [...cmds, `${path}.q`]);
     assert.equal(normaliseTimes(ours.stdout), normaliseTimes(q.stdout));
   }
+  // Unaligned (below 2^56 the offset bits of an entry stay exact as a number): a corruption, as in QEMU.
+  v.setBigUint64(l2 + 8, (1n << 63n) | (0x22n << 48n) | 0x200n);
+  await Deno.writeFile(path, img);
+  await Deno.writeFile(`${path}.q`, img);
+  const bad = await cli(["io", "-c", "read -P 0 64k 64k", path]);
+  assert.equal(bad.stdout, "read failed: Input/output error\n");
+  assert.match(bad.stderr, /cluster allocation offset 0x22000000000200 unaligned/);
+  if (hasTool("qemu-io")) assert.equal((await run("qemu-io", ["-c", "read -P 0 64k 64k", `${path}.q`])).stdout, bad.stdout);
 });
 
 Deno.test("check reports a snapshot L1 offset past 2^53 that is not cluster aligned, as qemu-img check does, and repair does not call it fixed", async () => {

@@ -27,12 +27,14 @@ import { startTrace, type Trace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
 
 const USAGE = `Usage: blkgraph convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]
                         [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num]
-                        [--image-opts] [--target-image-opts] [-U] [--trace[=FILE]] [--trace-format=F] filename [filename2 [...]] output_filename
+                        [--image-opts] [--target-image-opts] [-U] [--bitmaps [--skip-broken-bitmaps]] [--trace[=FILE]] [--trace-format=F] filename [filename2 [...]] output_filename
 
 Converts (copies) images. Zero and unallocated ranges are skipped; -c
 writes compressed clusters (qcow2), -p shows progress, -n writes into an
 existing target, -B makes the target an overlay of backing_file and copies
-only what the sources allocate themselves.
+only what the sources allocate themselves. --bitmaps copies the persistent
+dirty bitmaps of the source (--skip-broken-bitmaps leaves inconsistent ones
+out).
 `;
 
 /** qemu-img convert's default `-S`: zero runs of at least 4 KiB stay holes. */
@@ -60,6 +62,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
       "target-image-opts": { type: "boolean" },
       "force-share": { type: "boolean", short: "U" },
       object: { type: "string", multiple: true },
+      bitmaps: { type: "boolean" },
+      "skip-broken-bitmaps": { type: "boolean" },
       ...TRACE_FLAGS,
     },
     USAGE,
@@ -76,6 +80,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
   if (backing !== undefined) options.backing_file = backing;
   const backingFmt = flagString(p.values, "backing-format");
   if (backingFmt !== undefined) options.backing_fmt = backingFmt;
+  const bitmaps = p.values.bitmaps === true;
+  const skipBroken = p.values["skip-broken-bitmaps"] === true;
+  if (skipBroken && !bitmaps) throw new CliError("Use of --skip-broken-bitmaps requires --bitmaps");
   const srcs: BlockNode[] = [];
   let dst: BlockNode | undefined;
   const traces: Trace[] = [];
@@ -90,6 +97,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
         }),
       );
     }
+    if (bitmaps) await checkBitmaps(srcs, skipBroken);
     const total = srcs.reduce((a, s) => a + s.length, 0);
     const existing = p.values["no-create"] === true;
     if (!existing) {
@@ -108,6 +116,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       cache: flagString(p.values, "cache") ?? "unsafe",
       extra: Object.keys(keySecrets).length && p.values["target-image-opts"] !== true ? keySecrets : undefined,
     });
+    if (bitmaps && !dst.supportsPersistentBitmaps) throw new CliError(`Format driver '${dst.formatName}' does not support bitmaps`);
     if (target !== undefined) traces.push(startTrace([...srcs, dst], { ...target, io }));
     if (existing && dst.length < total) {
       throw new CliError(`The target '${dstName}' (${dst.length} bytes) is smaller than the sources (${total} bytes)`);
@@ -145,6 +154,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       });
       base += s.length;
     }
+    if (bitmaps) await copyBitmaps(srcs[0], dst, skipBroken, io);
     await dst.flush();
     if (showProgress) io.stdout(`    (100.00/100%)\r\n`);
   } finally {
@@ -153,6 +163,41 @@ async function run(args: string[], io: CliIO): Promise<number> {
     await dst?.close();
   }
   return 0;
+}
+
+/** qemu-img's convert_check_bitmaps: one source that can have bitmaps, none of them inconsistent unless skipped. */
+async function checkBitmaps(srcs: BlockNode[], skipBroken: boolean): Promise<void> {
+  if (srcs.length > 1) throw new CliError("Copying bitmaps only possible with single source");
+  if (!srcs[0].supportsPersistentBitmaps) throw new CliError("Source lacks bitmap support");
+  for (const b of await srcs[0].bitmapList()) {
+    if (b.persistent && b.inconsistent && !skipBroken) {
+      throw new CliError(
+        `Cannot copy inconsistent bitmap '${b.name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it`,
+      );
+    }
+  }
+}
+
+/** qemu-img's convert_copy_bitmaps: each persistent bitmap added to the target with its granularity and state, then filled. */
+async function copyBitmaps(src: BlockNode, dst: BlockNode, skipBroken: boolean, io: CliIO): Promise<void> {
+  for (const b of await src.bitmapList()) {
+    if (!b.persistent) continue;
+    if (skipBroken && b.inconsistent) {
+      io.stderr(`blkgraph: warning: Skipping inconsistent bitmap '${b.name}'\n`);
+      continue;
+    }
+    try {
+      await dst.bitmapAdd(b.name, { granularity: b.granularity, disabled: !b.recording });
+    } catch (e) {
+      throw new CliError(`Failed to create bitmap ${b.name}: ${(e as Error).message}`);
+    }
+    try {
+      await dst.bitmapMerge(b.name, { name: b.name, node: src });
+    } catch (e) {
+      await dst.bitmapRemove(b.name).catch(() => {});
+      throw new CliError(`Failed to populate bitmap ${b.name}: ${(e as Error).message}`);
+    }
+  }
 }
 
 /** The `convert` verb. */

@@ -137,9 +137,12 @@ export function dumpHuman(obj: Record<string, unknown> | unknown[], depth: numbe
   }
 }
 
-/** Renders JSON the way qemu does: 4-space indent, `": "` separators. */
+/** Renders JSON the way qemu does: 4-space indent, `": "` separators, an empty list or dict opened and closed on two lines. */
 export function qemuJson(v: unknown): string {
-  return JSON.stringify(v, null, 4);
+  return JSON.stringify(v, null, 4).replace(
+    /^( *)(.*)(\[\]|\{\})(,?)$/gm,
+    (_m, pad, head, pair, comma) => `${pad}${head}${pair[0]}\n${pad}${pair[1]}${comma}`,
+  );
 }
 
 async function run(args: string[], io: CliIO): Promise<number> {

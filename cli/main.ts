@@ -16,6 +16,7 @@ import { type CliIO, invokeVerb, type Verb, verbTerminationHandler } from "./_co
 
 export type { CliIO, Verb } from "./_common.ts";
 import { benchVerb } from "./bench.ts";
+import { bitmapVerb } from "./bitmap.ts";
 import { checkVerb } from "./check.ts";
 import { compareVerb } from "./compare.ts";
 import { convertVerb } from "./convert.ts";
@@ -38,6 +39,7 @@ import { crashExploreVerb } from "./crash_explore.ts";
 export const VERBS: readonly Verb[] = [
   amendVerb,
   benchVerb,
+  bitmapVerb,
   checkVerb,
   commitVerb,
   compareVerb,

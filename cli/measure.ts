@@ -55,13 +55,11 @@ async function run(args: string[], io: CliIO): Promise<number> {
   if (!driver.measure) throw new CliError(`Block driver '${outFmt}' does not support size measurement`);
   const options = parseCreateOptions(flagList(p.values, "options"));
   let result;
-  let inputFormat = "";
   if (sizeText !== undefined) {
     result = await driver.measure({ size: sizeArg(sizeText, "size"), options });
   } else {
     const top = await openImage(p.positionals[0], imageArgs(p.values, true));
     try {
-      inputFormat = top.formatName;
       result = await driver.measure({ size: top.length, options, source: top });
     } finally {
       await top.close();
@@ -69,13 +67,13 @@ async function run(args: string[], io: CliIO): Promise<number> {
   }
   const required = result.required;
   const full = result.fullyAllocated;
-  // qemu-img reports persistent bitmaps (none here) when both images are qcow2.
-  const showBitmaps = inputFormat === "qcow2" && outFmt === "qcow2";
+  // The driver counts persistent bitmaps when the target can hold the source's (qcow2 v3 from qcow2 v3).
+  const bitmaps = result.bitmaps;
   if (flagString(p.values, "output") === "json") {
-    const o: Record<string, number> = showBitmaps ? { bitmaps: 0 } : {};
+    const o: Record<string, number> = bitmaps !== undefined ? { bitmaps } : {};
     io.stdout(qemuJson({ ...o, required, "fully-allocated": full }) + "\n");
   } else {
-    io.stdout(`required size: ${required}\nfully allocated size: ${full}\n${showBitmaps ? "bitmaps size: 0\n" : ""}`);
+    io.stdout(`required size: ${required}\nfully allocated size: ${full}\n${bitmaps !== undefined ? `bitmaps size: ${bitmaps}\n` : ""}`);
   }
   return 0;
 }

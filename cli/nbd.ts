@@ -218,7 +218,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
       description: flagString(v, "description"),
       readOnly,
       allocationDepth: v["allocation-depth"] === true,
-      bitmaps: flagList(v, "bitmap"),
+      // qemu-nbd keeps its -B list in reverse (each one is prepended): the contexts come in that order.
+      bitmaps: flagList(v, "bitmap").reverse(),
       maxConnections: shared,
       persistent: v.persistent === true,
       discard,

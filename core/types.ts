@@ -268,6 +268,43 @@ export interface MetadataExtent {
   label?: string;
 }
 
+/** One dirty bitmap of an image (QEMU's BlockDirtyInfo). */
+export interface BitmapInfo {
+  /** Bitmap name (unique in the image). */
+  name: string;
+  /** Bytes per bit. */
+  granularity: number;
+  /** Dirty bytes, counted in whole chunks of `granularity` (QEMU's `count`). */
+  count: number;
+  /** Records writes (enabled; the qcow2 `auto` flag). */
+  recording: boolean;
+  /** Stored in the image (persistent). */
+  persistent: boolean;
+  /**
+   * The image was not closed cleanly while the bitmap was in use (qcow2
+   * `in-use` flag at open): its content is lost and only removal is allowed.
+   */
+  inconsistent: boolean;
+}
+
+/** Options for {@linkcode DriverInstanceOf.bitmapAdd} (qemu-img bitmap `--add`). */
+export interface BitmapAddOptions {
+  /** Bytes per bit: a power of two of at least 512 (default: the cluster size, within 4 KiB..64 KiB, as QEMU picks it). */
+  granularity?: number;
+  /** Created disabled: it records nothing until enabled. */
+  disabled?: boolean;
+}
+
+/** A run of equal state in a dirty bitmap. */
+export interface DirtyExtent {
+  /** Start of the run (bytes). */
+  offset: number;
+  /** Length of the run (bytes, at least 1 inside the disk). */
+  length: number;
+  /** The run is dirty (was written since the bitmap was cleared). */
+  dirty: boolean;
+}
+
 /** Driver callbacks as the driver sees them (mirror of the node's operations). */
 export interface DriverInstanceOf<N> {
   /** Limits for this node; missing fields default (alignment 1, no limits). */
@@ -345,6 +382,26 @@ export interface DriverInstanceOf<N> {
   snapshotDelete?(idOrName: string): Promise<void> | void;
   /** Reverts the image to the snapshot whose ID or name is `idOrName`. */
   snapshotGoto?(idOrName: string): Promise<void> | void;
+  /** The driver can store persistent dirty bitmaps in the image (qcow2 version 3). */
+  persistentBitmaps?: boolean;
+  /** The image's dirty bitmaps, in directory order. */
+  bitmapList?(): Promise<BitmapInfo[]> | BitmapInfo[];
+  /** Adds a persistent dirty bitmap (qemu-img bitmap --add). */
+  bitmapAdd?(name: string, opts: BitmapAddOptions): Promise<void> | void;
+  /** Removes a dirty bitmap from the image (--remove). */
+  bitmapRemove?(name: string): Promise<void> | void;
+  /** Marks the whole bitmap clean (--clear). */
+  bitmapClear?(name: string): Promise<void> | void;
+  /** Starts (`true`) or stops recording writes (--enable / --disable). */
+  bitmapSetEnabled?(name: string, enabled: boolean): Promise<void> | void;
+  /**
+   * Marks dirty every chunk of bitmap `name` that holds a byte of `dirty`'s
+   * ranges (--merge); the ranges come from another bitmap of this image or
+   * of another one of the same size.
+   */
+  bitmapMerge?(name: string, dirty: AsyncIterable<DirtyExtent>): Promise<void>;
+  /** The run of equal state in bitmap `name` from `offset`, at most `length` bytes. */
+  bitmapExtent?(name: string, offset: number, length: number): Promise<DirtyExtent> | DirtyExtent;
   /** Suspends the next request that raises `event`, tagging it `tag` (blkdebug breakpoints). */
   debugBreakpoint?(event: string, tag: string): void;
   /** Removes breakpoint `tag` and resumes requests held there. */

@@ -13,6 +13,7 @@ const EXPECT: Record<string, () => (string | RegExp)[]> = {
   "create_write_image.ts":
     () => ["read back 0xcd .. 0xcd", /^format qcow2, virtual size 67108864, allocated \d+ bytes$/, '  "virtual-size": 67108864,'],
   "filter_chain_trace_error.ts": () => ["write + flush failed as injected: EIO (Input/output error)", /^events: cluster_alloc .*write_aio/],
+  "incremental_backup_nbd.ts": () => [/^copied \d+ of 16777216 bytes$/, "backup equals the source: true"],
   "luks_create_and_read.ts": () => [
     /^cipher aes-256-xts, payload at byte \d+$/,
     /^on disk: (?!61747461636b206174206461776e)[0-9a-f]{28}$/,

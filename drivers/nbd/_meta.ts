@@ -1,14 +1,14 @@
 /**
  * NBD metadata contexts on the server side. Each context is a small
  * provider — a name and a function answering extents for a range — so
- * `base:allocation`, `qemu:allocation-depth` and later
- * `qemu:dirty-bitmap:NAME` plug into the server the same way.
+ * `base:allocation`, `qemu:allocation-depth` and `qemu:dirty-bitmap:NAME`
+ * plug into the server the same way.
  *
  * @module
  */
 
 import type { BlockNode } from "../../core/node.ts";
-import { STATE_HOLE, STATE_ZERO } from "./_protocol.ts";
+import { STATE_DIRTY, STATE_HOLE, STATE_ZERO } from "./_protocol.ts";
 
 /** One extent of a block-status answer. */
 export interface MetaExtent {
@@ -92,6 +92,35 @@ export function allocationDepth(node: BlockNode): MetaContextProvider {
           l = Math.min(st.length, backing.length - o);
           n = formatNode(backing);
         }
+      }),
+  };
+}
+
+/**
+ * `qemu:dirty-bitmap:NAME` (qemu-nbd `-B NAME`): NBD_STATE_DIRTY where the
+ * node's dirty bitmap `name` is dirty, 0 where it is clean.
+ *
+ * @example
+ * ```ts
+ * import { createImage, open } from "../../mod.ts";
+ * import { dirtyBitmap } from "./_meta.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
+ * await createImage(path, "qcow2", 1 << 20);
+ * await using img = await open(path);
+ * await img.bitmapAdd("b0");
+ * await img.pwrite(65536, new Uint8Array(512));
+ * console.log(await dirtyBitmap(img, "b0").extents(0, 1 << 20, 16));
+ * // [ { length: 65536, flags: 0 }, { length: 65536, flags: 1 }, { length: 917504, flags: 0 } ]
+ * await Deno.remove(path);
+ * ```
+ */
+export function dirtyBitmap(node: BlockNode, name: string): MetaContextProvider {
+  return {
+    name: `qemu:dirty-bitmap:${name}`,
+    extents: (offset, length, max) =>
+      collect(offset, length, max, async (o, l) => {
+        const e = await node.bitmapExtent(name, o, l);
+        return { length: e.length, flags: e.dirty ? STATE_DIRTY : 0 };
       }),
   };
 }

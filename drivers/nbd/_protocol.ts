@@ -104,6 +104,8 @@ export const REPLY_TYPE = { NONE: 0, OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATU
 export const STATE_HOLE = 1;
 /** `base:allocation`: the extent reads as zeros. */
 export const STATE_ZERO = 2;
+/** `qemu:dirty-bitmap:NAME` extent flag: the range is dirty in the bitmap. */
+export const STATE_DIRTY = 1;
 
 /** Size of a request header. */
 export const REQUEST_SIZE = 28;

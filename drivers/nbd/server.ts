@@ -2,7 +2,8 @@
  * The NBD server: {@linkcode serveNbd} exports any node of a graph (a
  * format, a filter chain, a protocol node) over TCP or a Unix socket, with
  * fixed newstyle negotiation, structured replies, metadata contexts
- * (`base:allocation`, `qemu:allocation-depth`), many clients at once, and a
+ * (`base:allocation`, `qemu:allocation-depth`, `qemu:dirty-bitmap:NAME`),
+ * many clients at once, and a
  * graceful {@linkcode NbdServer.close}. `blkgraph nbd` (qemu-nbd's flags) is
  * built on it.
  *
@@ -22,7 +23,7 @@
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import type { ByteStream } from "./_io.ts";
-import { allocationDepth, baseAllocation, type MetaContextProvider } from "./_meta.ts";
+import { allocationDepth, baseAllocation, dirtyBitmap, type MetaContextProvider } from "./_meta.ts";
 import { encodeString, MAX_PAYLOAD, TF } from "./_protocol.ts";
 import { type ExportConfig, negotiate } from "./_server_handshake.ts";
 import { TransmissionSession } from "./_server_transmission.ts";
@@ -46,7 +47,13 @@ export interface NbdServeOptions {
   readOnly?: boolean;
   /** Offer `qemu:allocation-depth` (qemu-nbd `-A`). */
   allocationDepth?: boolean;
-  /** Dirty bitmaps to export as `qemu:dirty-bitmap:NAME` (qemu-nbd `-B`); each must be among `metaContexts`. */
+  /**
+   * Dirty bitmaps of the node to export as `qemu:dirty-bitmap:NAME`
+   * (qemu-nbd `-B`); a provider of that name in `metaContexts` takes
+   * precedence. Each must exist and be consistent, and an enabled one cannot
+   * be exported read-only from a writable node (it would change under the
+   * client), as with qemu-nbd.
+   */
   bitmaps?: string[];
   /** Extra metadata contexts to offer (providers for `qemu:dirty-bitmap:NAME` and the like). */
   metaContexts?: MetaContextProvider[];
@@ -103,7 +110,7 @@ export interface NbdServer {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-function exportConfig(node: BlockNode, opts: NbdServeOptions): ExportConfig {
+async function exportConfig(node: BlockNode, opts: NbdServeOptions): Promise<ExportConfig> {
   const readOnly = opts.readOnly ?? node.readOnly;
   if (!readOnly && node.readOnly) {
     throw new BlockError("EROFS", `Cannot export node '${node.name}' writable: the node is read-only`, { node: node.name });
@@ -111,10 +118,22 @@ function exportConfig(node: BlockNode, opts: NbdServeOptions): ExportConfig {
   const extra = opts.metaContexts ?? [];
   const contexts: MetaContextProvider[] = [baseAllocation(node)];
   if (opts.allocationDepth) contexts.push(allocationDepth(node));
+  const known = opts.bitmaps?.length ? await node.bitmapList() : [];
   for (const b of opts.bitmaps ?? []) {
-    const p = extra.find((c) => c.name === `qemu:dirty-bitmap:${b}`);
-    if (!p) throw new BlockError("ENOENT", `Bitmap '${b}' is not found`, { node: node.name });
-    contexts.push(p);
+    const given = extra.find((c) => c.name === `qemu:dirty-bitmap:${b}`);
+    if (given) {
+      contexts.push(given);
+      continue;
+    }
+    const info = known.find((k) => k.name === b);
+    if (!info) throw new BlockError("ENOENT", `Bitmap '${b}' is not found`, { node: node.name });
+    if (info.inconsistent) {
+      throw new BlockError("EINVAL", `Bitmap '${b}' is inconsistent and cannot be used`, { node: node.name });
+    }
+    if (readOnly && !node.readOnly && info.recording) {
+      throw new BlockError("EINVAL", `Enabled bitmap '${b}' incompatible with readonly export`, { node: node.name });
+    }
+    if (!contexts.some((c) => c.name === `qemu:dirty-bitmap:${b}`)) contexts.push(dirtyBitmap(node, b));
   }
   for (const c of extra) if (!c.name.startsWith("qemu:dirty-bitmap:")) contexts.push(c);
   const max = opts.maxConnections ?? 0;
@@ -201,7 +220,7 @@ function uriOf(addr: NbdAddress, name: string): string {
  * ```
  */
 export async function serveNbd(node: BlockNode, opts: NbdServeOptions = {}): Promise<NbdServer> {
-  const exp = exportConfig(node, opts);
+  const exp = await exportConfig(node, opts);
   const tls = opts.tlsCreds !== undefined ? getTlsCreds(opts.tlsCreds, "server") : undefined;
   const listener = await listen(opts);
   const la = listener.addr;

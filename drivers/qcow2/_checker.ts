@@ -13,31 +13,21 @@
 
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
-import {
-  AUTOCLEAR_BITMAPS,
-  EXT_BITMAPS,
-  EXT_CRYPTO,
-  INCOMPAT_CORRUPT,
-  INCOMPAT_DATA_FILE,
-  INCOMPAT_EXTL2,
-  type Qcow2Header,
-} from "./header.ts";
+import { EXT_CRYPTO, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
 import { RefArray } from "./_check_refarray.ts";
 import { type Counters, type Fix, readPadded, zeroCounters } from "./_check_types.ts";
-import { entryOffset, hex, HI, OFFSET_LO_MASK } from "./_entries.ts";
-import { parseBitmapDirectory, SNAPSHOT_EXTRA_V3_MIN, type SnapshotEntry } from "./_tables.ts";
+import { hex, HI, OFFSET_LO_MASK } from "./_entries.ts";
+import { SNAPSHOT_EXTRA_V3_MIN, type SnapshotEntry } from "./_tables.ts";
 import { readSnapshotTableFrom } from "./_snapshot.ts";
 import { checkL1, type WalkContext } from "./_check_l2.ts";
 import { checkOflagCopied } from "./_check_oflag.ts";
 import { rebuildRefcountStructure } from "./_check_rebuild.ts";
 import { DiskRefcounts, type RefBlock } from "./_check_refcounts.ts";
+import { checkBitmaps } from "./_check_bitmaps.ts";
 
 const FIX_NONE: Fix = { leaks: false, errors: false };
 /** QEMU's limit on a snapshot's extra data (QCOW_MAX_SNAPSHOT_EXTRA_DATA). */
 const MAX_SNAPSHOT_EXTRA = 1024;
-/** QEMU's limits on a bitmap's table (BME_MAX_TABLE_SIZE entries, BME_MAX_PHYS_SIZE bytes of bitmap). */
-const BME_MAX_TABLE_SIZE = 0x8000000;
-const BME_MAX_PHYS_SIZE = 0x20000000;
 const MAX_L1_ENTRIES = 0x2000000 / 8;
 
 /** One check of one image file. */
@@ -267,49 +257,16 @@ export class Checker {
     await this.#checkRefblocks(fix);
   }
 
-  async #countBitmaps(): Promise<void> {
-    const h = this.#h;
-    const ext = h.extensions.find((e) => e.type === EXT_BITMAPS);
-    if (!ext || !(h.autoclearFeatures & AUTOCLEAR_BITMAPS) || ext.data.length < 24) return;
-    const v = new DataView(ext.data.buffer, ext.data.byteOffset, ext.data.byteLength);
-    const count = v.getUint32(0);
-    const dirSize = v.getUint32(8) * HI + v.getUint32(12);
-    const dirOffset = v.getUint32(16) * HI + v.getUint32(20);
-    if (count === 0) return;
-    this.#inc(dirOffset, dirSize);
-    if (dirOffset + dirSize > this.#file.length || dirSize > 64 * 1024 * 1024) {
-      this.#say(`ERROR: bitmap directory at offset 0x${hex(dirOffset)} (${dirSize} bytes) lies past the end of the file`);
-      this.res.checkErrors++;
-      return;
-    }
-    const dir = parseBitmapDirectory(await this.#read(dirOffset, dirSize), count);
-    if (typeof dir === "string") {
-      this.#say(`ERROR: ${dir}`);
-      this.res.checkErrors++;
-      return;
-    }
-    // QEMU's check_dir_entry: an entry it would not load stops the bitmap count (bitmap_list_load fails).
-    const bad = dir.find((bm) =>
-      bm.tableSize === 0 || bm.tableOffset === 0 || bm.tableOffset % this.#cs !== 0 || bm.tableSize > BME_MAX_TABLE_SIZE ||
-      bm.granularityBits > 31 || bm.granularityBits < 9 || (bm.flags & 0xfffffffc) !== 0 || bm.type !== 1 ||
-      bm.tableSize * this.#cs > BME_MAX_PHYS_SIZE || bm.extra.length !== 0
-    );
-    if (bad) {
-      this.#say(
-        `ERROR: bitmap '${bad.name}' has an invalid directory entry (table offset 0x${hex(bad.tableOffset)}, ${bad.tableSize} entries)`,
-      );
-      this.res.corruptions++;
-      return;
-    }
-    for (const bm of dir) {
-      this.#inc(bm.tableOffset, bm.tableSize * 8);
-      const table = await this.#read(bm.tableOffset, bm.tableSize * 8);
-      const tv = new DataView(table.buffer);
-      for (let at = 0; at < table.length; at += 8) {
-        const off = entryOffset(tv, at);
-        if (off) this.#inc(off, this.#cs);
-      }
-    }
+  /** The bitmap directory, tables and data (`_check_bitmaps.ts`). */
+  #countBitmaps(): Promise<void> {
+    return checkBitmaps({
+      file: this.#file,
+      h: this.#h,
+      res: this.res,
+      say: (line) => this.#say(line),
+      inc: (offset, size) => this.#inc(offset, size),
+      read: (offset, length) => this.#read(offset, length),
+    });
   }
 
   async #checkRefblocks(fix: Fix): Promise<void> {

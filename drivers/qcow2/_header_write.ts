@@ -12,6 +12,7 @@ import type { BlockNode } from "../../core/node.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import {
   EXT_BACKING_FORMAT,
+  EXT_BITMAPS,
   EXT_CRYPTO,
   EXT_DATA_FILE,
   EXT_END,
@@ -151,8 +152,11 @@ function serializeInto(h: Qcow2Header, cs: number, featureTable: boolean): Uint8
   if (crypto) exts.push(crypto);
   // QEMU writes no feature table for clusters of 4 KiB or less (checked against qemu-img 7.2).
   if (h.version === 3 && featureTable && cs > 4096) exts.push({ type: EXT_FEATURE_TABLE, data: serializeFeatureTable(QEMU_FEATURE_NAMES) });
+  // Then the bitmaps extension, then the rest in file order (QEMU's qcow2_update_header order).
+  const bitmaps = h.extensions.find((e) => e.type === EXT_BITMAPS);
+  if (bitmaps) exts.push(bitmaps);
   for (const e of h.extensions) {
-    if ([EXT_DATA_FILE, EXT_BACKING_FORMAT, EXT_FEATURE_TABLE, EXT_END, EXT_CRYPTO].includes(e.type)) continue;
+    if ([EXT_DATA_FILE, EXT_BACKING_FORMAT, EXT_FEATURE_TABLE, EXT_END, EXT_CRYPTO, EXT_BITMAPS].includes(e.type)) continue;
     exts.push(e);
   }
   const headerLength = h.version === 3 ? V3_HEADER_LENGTH : V2_HEADER_LENGTH;

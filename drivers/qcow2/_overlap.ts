@@ -232,6 +232,22 @@ export async function initOverlapChecks(st: OverlapTarget): Promise<void> {
   await loadSnapshots(st, p);
 }
 
+/**
+ * Records where the bitmap directory is now (`undefined`: none), after the
+ * bitmaps code moved it (a store writes a new directory and frees the old
+ * one, as QEMU's update_ext_header_and_dir updates its overlap-check state).
+ *
+ * @example
+ * ```ts
+ * import { setBitmapDirectory } from "./_overlap.ts";
+ * import type { OverlapTarget } from "./_overlap.ts";
+ * setBitmapDirectory({} as OverlapTarget, { offset: 0x30000, size: 64 });
+ * ```
+ */
+export function setBitmapDirectory(st: OverlapTarget, place: { offset: number; size: number } | undefined): void {
+  per(st).bitmaps = place && place.size ? place : undefined;
+}
+
 async function loadSnapshots(st: OverlapTarget, p: PerImage): Promise<Snapshots> {
   const h = st.header;
   const key = snapshotKey(h);

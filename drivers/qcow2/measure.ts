@@ -91,5 +91,21 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
     }
   }
   const full = qcow2FullSize(size, l);
-  return { required: full - roundUp(size, l.clusterSize) + data, fullyAllocated: full };
+  const result: MeasureResult = { required: full - roundUp(size, l.clusterSize) + data, fullyAllocated: full };
+  // A version 3 target can hold the source's persistent bitmaps, when the source can have them.
+  if (o.version >= 3 && src?.supportsPersistentBitmaps) result.bitmaps = await bitmapsSize(src, l.clusterSize);
+  return result;
+}
+
+/** QEMU's qcow2_get_persistent_dirty_bitmap_size: data and table clusters of every persistent bitmap, plus the directory. */
+async function bitmapsSize(src: MeasureInput["source"] & object, cs: number): Promise<number> {
+  let bytes = 0;
+  let dir = 0;
+  for (const b of await src.bitmapList()) {
+    if (!b.persistent) continue;
+    const clusters = Math.ceil(Math.ceil(Math.ceil(src.length / b.granularity) / 8) / cs);
+    bytes += clusters * cs + roundUp(clusters * 8, cs);
+    dir += Math.ceil((24 + new TextEncoder().encode(b.name).length) / 8) * 8;
+  }
+  return bytes + roundUp(dir, cs);
 }

@@ -7,7 +7,9 @@
  *
  * Options (QEMU names): `l2-cache-size`, `refcount-cache-size`,
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
- * `metadata-sync`), `overlap-check` (`none`, `constant`, `cached` default,
+ * `metadata-sync`), `bitmap-store` (`close` default, as QEMU, or `flush`:
+ * persistent bitmaps are stored at every flush too; see `_bitmaps.ts`),
+ * `overlap-check` (`none`, `constant`, `cached` default,
  * `all`, or an object with `template` and per-structure booleans: see
  * `_overlap.ts`), `x-wrong-order` (tests only), `encrypt.key-secret` and
  * `encrypt.format` (encrypted images, see `_crypto.ts`); children `file`,
@@ -17,8 +19,7 @@
  */
 
 import { BlockError } from "../../core/errors.ts";
-import type { BlockNode } from "../../core/node.ts";
-import { checkKnownOptions, optBool, optEnum, optSize } from "../../core/options.ts";
+import { checkKnownOptions, optBool, optEnum } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type {
   AmendOptions,
@@ -46,7 +47,6 @@ import {
   INCOMPAT_CORRUPT,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
-  l2EntryBytes,
   QCOW2_MAGIC,
   type Qcow2Header,
   readHeaderFrom,
@@ -60,12 +60,12 @@ import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops
 import { listSnapshots } from "./_snapshot.ts";
 import { exitWriteback } from "./_exit.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
-import { writeHeaderFields } from "./_header_write.ts";
-import { entryOffset } from "./_entries.ts";
+import { cacheTables, readTables } from "./_open.ts";
 import { metadataExtents } from "./_metadata_map.ts";
 import { openBacking, openDataFile } from "./_children.ts";
 import { findOverlapSync, initOverlapChecks, OVERLAP_OPTIONS, parseOverlapOptions, preWriteOverlapCheck } from "./_overlap.ts";
 import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
+import { bitmapCallbacks, Qcow2Bitmaps } from "./_bitmaps.ts";
 
 const OPTIONS = [
   "l2-cache-size",
@@ -74,6 +74,7 @@ const OPTIONS = [
   "lazy-refcounts",
   "metadata-mode",
   "x-wrong-order",
+  "bitmap-store",
   ...OVERLAP_OPTIONS,
   ...ENCRYPT_OPTIONS,
 ];
@@ -87,13 +88,16 @@ export class Qcow2Instance implements DriverInstance {
    */
   readonly limits: Partial<BlockLimits>;
   #st: Qcow2State;
+  #bm: Qcow2Bitmaps;
   #m = newMapping();
   #closed = false;
 
-  /** Wraps an opened image state. */
-  constructor(st: Qcow2State) {
+  /** Wraps an opened image state and its persistent dirty bitmaps (whose `bitmap*` callbacks it serves). */
+  constructor(st: Qcow2State, bitmaps: Qcow2Bitmaps) {
     this.#st = st;
     this.limits = { optWriteZero: st.cs, optDiscard: st.cs, ...(st.crypto ? { requestAlignment: 512 } : {}) };
+    this.#bm = bitmaps;
+    Object.defineProperties(this, Object.getOwnPropertyDescriptors(bitmapCallbacks(bitmaps)));
   }
 
   /** The image header as currently in force (size, L1 and refcount table updated). */
@@ -169,6 +173,10 @@ export class Qcow2Instance implements DriverInstance {
     } catch (e) {
       return Promise.reject(e);
     }
+    this.#bm.mark(offset, data.length);
+    // A store in progress, or bitmaps to mark in use again first: the slow path after it.
+    const gate = this.#bm.beforeChange();
+    if (gate) return gate.then(() => this.#pwriteSlow(offset, data, opts, false));
     try {
       hit = mapSync(st, offset, data.length, m) && m.kind === K_NORMAL && m.copied && m.bytes === data.length;
     } catch (e) {
@@ -217,10 +225,14 @@ export class Qcow2Instance implements DriverInstance {
     const st = this.#st;
     st.refuseIfCorrupt();
     if (st.crypto) return Promise.reject(new BlockError("ENOTSUP", "Compression can't be used with encryption"));
-    return st.change(async () => {
-      await writeCompressedLocked(st, offset, data, opts.req);
-      await relieveCaches(st, opts.req);
-    });
+    this.#bm.mark(offset, data.length);
+    const gate = this.#bm.beforeChange() ?? Promise.resolve();
+    return gate.then(() =>
+      st.change(async () => {
+        await writeCompressedLocked(st, offset, data, opts.req);
+        await relieveCaches(st, opts.req);
+      })
+    );
   }
 
   /**
@@ -230,6 +242,8 @@ export class Qcow2Instance implements DriverInstance {
    */
   async pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     const st = this.#st;
+    this.#bm.mark(offset, length);
+    await this.#bm.beforeChange();
     if (st.header.version < 3) {
       throw new BlockError(
         "ENOTSUP",
@@ -267,6 +281,8 @@ export class Qcow2Instance implements DriverInstance {
   async pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     const st = this.#st;
     if (st.header.version < 3 && st.backing) return;
+    this.#bm.mark(offset, length);
+    await this.#bm.beforeChange();
     await st.change(async () => {
       await zeroOrDiscard(st, offset, this.#clusterEnd(offset + length) - offset, { discard: true, unmap: true }, opts.req);
       await relieveCaches(st, opts.req);
@@ -340,12 +356,14 @@ export class Qcow2Instance implements DriverInstance {
         ),
       );
     }
-    if (!st.hasDirtyMetadata || st.corrupt) return Promise.resolve();
+    if (st.corrupt) return Promise.resolve();
+    if (this.#bm.wantsStoreAtFlush) return st.change(() => this.#bm.storeAtFlush(opts.req).then(() => writeback(st, opts.req)));
+    if (!st.hasDirtyMetadata) return Promise.resolve();
     return st.change(() => writeback(st, opts.req));
   }
 
   /** Grows the image. */
-  truncate(length: number, opts: TruncateOptions): Promise<void> {
+  async truncate(length: number, opts: TruncateOptions): Promise<void> {
     const st = this.#st;
     if (opts.prealloc && opts.prealloc !== "off") {
       throw new BlockError("ENOTSUP", `Cannot resize qcow2 image with preallocation '${opts.prealloc}': only 'off' is supported`, {
@@ -356,7 +374,12 @@ export class Qcow2Instance implements DriverInstance {
       // QEMU: v2 images have no zero clusters, so the area over the longer backing file cannot be hidden.
       throw new BlockError("ENOTSUP", "Failed to zero out new clusters: Operation not supported", { node: st.node.name });
     }
-    return st.change(() => resize(st, length, opts.req));
+    this.#bm.checkResize();
+    await this.#bm.beforeChange();
+    return st.change(async () => {
+      await resize(st, length, opts.req);
+      this.#bm.resize(st.header.size);
+    });
   }
 
   /** Writes everything back and clears the dirty bit of a lazy-refcounts image. */
@@ -368,8 +391,16 @@ export class Qcow2Instance implements DriverInstance {
       // A corrupt image keeps what is on disk: writing cached metadata back could spread the damage.
       if (st.node.readOnly || st.corrupt) return;
       await st.lock.run(async () => {
+        let lost: unknown;
+        await this.#bm.store(undefined).catch((e) => (lost = e));
         await writeback(st, undefined);
         if (st.markedDirty) await markClean(st, undefined);
+        if (lost) {
+          throw new BlockError("EIO", `Lost persistent bitmaps during inactivation of node '${st.node.name}': ${(lost as Error).message}`, {
+            node: st.node.name,
+            cause: lost,
+          });
+        }
       });
     } finally {
       await st.crypto?.close();
@@ -389,6 +420,8 @@ export class Qcow2Instance implements DriverInstance {
       "compression-type": COMPRESSION_NAMES[h.compressionType],
     };
     if (h.version === 3) data["lazy-refcounts"] = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
+    const bitmaps = this.#bm.directoryInfo();
+    if (bitmaps.length) data.bitmaps = bitmaps;
     data["refcount-bits"] = 2 ** h.refcountOrder;
     if (this.#st.crypto) data.encrypt = this.#st.crypto.info();
     if (h.dataFile !== undefined) {
@@ -410,40 +443,6 @@ export class Qcow2Instance implements DriverInstance {
     if (this.#st.crypto) out.encrypted = true;
     return out;
   }
-}
-
-function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
-  const o = ctx.options;
-  const cs = clusterSize(h);
-  const entryBytes = l2EntryBytes(h);
-  const full = Math.ceil(h.size / cs) * entryBytes;
-  const total = optSize(o, "cache-size", "qcow2");
-  let l2 = optSize(o, "l2-cache-size", "qcow2");
-  let rb = optSize(o, "refcount-cache-size", "qcow2");
-  if (total !== undefined && l2 === undefined && rb === undefined) {
-    l2 = Math.min(full, Math.floor((total * 4) / 5));
-    rb = total - l2;
-  } else if (total !== undefined && l2 !== undefined && rb === undefined) rb = Math.max(0, total - l2);
-  else if (total !== undefined && rb !== undefined && l2 === undefined) l2 = Math.max(0, total - rb);
-  l2 ??= Math.min(full, 32 << 20);
-  rb ??= Math.max(Math.floor(l2 / 4), 4 * cs);
-  return { l2: Math.max(2, Math.ceil(l2 / cs)), rb: Math.max(4, Math.ceil(rb / cs)) };
-}
-
-/** Reads the active L1 table and the refcount table the header points at. */
-async function readTables(node: BlockNode, file: BlockNode, h: Qcow2Header): Promise<{ l1: Uint8Array; reftable: Float64Array }> {
-  const l1 = new Uint8Array(h.l1Size * 8);
-  if (l1.length) await file.pread(h.l1TableOffset, l1);
-  const ev = node.event("reftable_load", undefined);
-  if (ev) await ev;
-  const rtBytes = new Uint8Array(h.refcountTableClusters * clusterSize(h));
-  await file.pread(h.refcountTableOffset, rtBytes);
-  const rtView = new DataView(rtBytes.buffer);
-  const reftable = new Float64Array(rtBytes.length / 8);
-  for (let i = 0; i < reftable.length; i++) {
-    reftable[i] = entryOffset(rtView, i * 8);
-  }
-  return { l1, reftable };
 }
 
 async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
@@ -500,17 +499,16 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   }
   // Before the autoclear bits go: a valid bitmap directory is metadata to protect.
   if (rw && !checking) await initOverlapChecks(st);
-  if (rw && !checking) {
-    // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
-    // ones) are cleared, so a program that maintains them knows their data
-    // is stale.
-    if (h.autoclearFeatures !== 0 || h.featureHigh?.autoclear) {
-      h.autoclearFeatures = 0;
-      if (h.featureHigh) h.featureHigh.autoclear = 0;
-      await writeHeaderFields(file, h, ["autoclearFeatures"]);
-    }
+  // Bitmaps are loaded (and marked in use when writable); autoclear bits
+  // blkgraph cannot maintain (raw data file, unknown ones) are cleared then.
+  const store = optEnum(ctx.options, "bitmap-store", "qcow2", ["close", "flush"] as const) ?? "close";
+  try {
+    const bitmaps = await Qcow2Bitmaps.open(st, { writable: rw, check: checking, storeOnFlush: store === "flush" });
+    return new Qcow2Instance(st, bitmaps);
+  } catch (e) {
+    await st.crypto?.close();
+    throw e;
   }
-  return new Qcow2Instance(st);
 }
 
 /** The qcow2 format driver. */

@@ -3,7 +3,8 @@
  * function returning a failure message (or undefined when the state is
  * fine), so any format plugs in: structure (is the image consistent?),
  * recovery (can it be written to and stay consistent?) and durability (is
- * every byte the guest flushed still there?).
+ * every byte the guest flushed still there?) and bitmaps (does a dirty
+ * bitmap that claims to be consistent cover every write?).
  *
  * @module
  */
@@ -257,4 +258,100 @@ export function structureOracle(
     throw new BlockError("EINVAL", `Invalid oracle sampling interval ${every}: it must be a positive integer`);
   }
   return { name, every, check: (bytes) => check(bytes) };
+}
+
+/** Options for {@linkcode bitmapOracle}. */
+export interface BitmapOracleOptions {
+  /** How to open a state. */
+  format: FormatSpec;
+  /** The guest-level log (same clock as the host log). */
+  guestLog: readonly RecordedOp[];
+  /** The host image before the log (what `unchanged` bitmaps are compared with). */
+  base: Uint8Array;
+  /** What the guest saw before the log. */
+  guestBase: Uint8Array;
+  /**
+   * Bitmaps recording from the start of the log: a consistent one is dirty
+   * wherever the state's guest content differs from `guestBase` (what an
+   * incremental backup needs from it).
+   */
+  covering?: readonly string[];
+  /** Disabled bitmaps: a consistent one holds exactly what it held before the log. */
+  unchanged?: readonly string[];
+  /** Bitmaps removed during the log: once the guest has begun, they may remain only as inconsistent (in use). */
+  neverConsistent?: readonly string[];
+}
+
+/**
+ * Bitmap oracle: opens the state read-only and asks its dirty bitmaps. A
+ * bitmap that is consistent (not in use) must not miss a change: every
+ * guest byte whose content differs from what it was before the log lies in
+ * a dirty chunk of each `covering` bitmap, so an incremental backup from it
+ * restores the state. A bitmap may be lost only with all the others (an
+ * extension left stale), never alone.
+ */
+export function bitmapOracle(opts: BitmapOracleOptions): CrashOracle {
+  let baseRanges: Map<string, string> | undefined;
+  const ranges = async (node: BlockNode, name: string) => {
+    const out: string[] = [];
+    for await (const e of node.bitmapDirtyRanges(name)) out.push(`${e.offset}+${e.length}`);
+    return out.join(",");
+  };
+  return {
+    name: "bitmaps",
+    async check(bytes, state) {
+      if (!baseRanges) {
+        baseRanges = new Map();
+        const { node } = await openState(opts.base, opts.format, true);
+        try {
+          for (const n of opts.unchanged ?? []) baseRanges.set(n, await ranges(node, n));
+        } finally {
+          await node.close();
+        }
+      }
+      let opened;
+      try {
+        opened = await openState(bytes, opts.format, true);
+      } catch (e) {
+        return `cannot open the state: ${describe(e)}`;
+      }
+      const node = opened.node;
+      try {
+        const list = await node.bitmapList();
+        const find = (n: string) => list.find((b) => b.name === n);
+        for (const n of [...(opts.covering ?? []), ...(opts.unchanged ?? [])]) {
+          if (!find(n) && list.length) return `bitmap '${n}' is missing while others remain`;
+        }
+        // Before the first guest request the image may still be as it was (the open had not marked anything in use).
+        const begun = opts.guestLog.some((op) => op.submit <= state.crashPoint);
+        for (const n of opts.neverConsistent ?? []) {
+          if (begun && find(n) && !find(n)!.inconsistent) return `bitmap '${n}' was removed, yet appears consistent`;
+        }
+        for (const n of opts.unchanged ?? []) {
+          if (!find(n) || find(n)!.inconsistent) continue;
+          const now = await ranges(node, n);
+          if (now !== baseRanges.get(n)) return `disabled bitmap '${n}' changed: ${now} instead of ${baseRanges.get(n)}`;
+        }
+        const covering = (opts.covering ?? []).filter((n) => find(n) && !find(n)!.inconsistent);
+        if (covering.length) {
+          const guest = new Uint8Array(node.length);
+          await node.pread(0, guest);
+          for (const n of covering) {
+            for (let i = 0; i < guest.length; i++) {
+              if (guest[i] === (opts.guestBase[i] ?? 0)) continue;
+              const e = await node.bitmapExtent(n, i, 1);
+              if (!e.dirty) return `bitmap '${n}' is consistent but clean at byte ${i}, which changed (0x${guest[i].toString(16)})`;
+              // Skip to the end of the dirty run.
+              i += (await node.bitmapExtent(n, i, guest.length - i)).length - 1;
+            }
+          }
+        }
+        return undefined;
+      } catch (e) {
+        return `reading the bitmaps failed: ${describe(e)}`;
+      } finally {
+        await node.close();
+      }
+    },
+  };
 }

@@ -1,10 +1,11 @@
 /**
  * Crash exploration for qcow2: records a guest workload through the graph
  * `recorder(guest) → qcow2 → recorder(host) → memory`, then explores the
- * host log's crash states with three oracles — structure (our
+ * host log's crash states with its oracles — structure (our
  * `checkQcow2`, plus `qemu-img check` on a sample), recovery (write into
- * every allocated cluster, close, check again) and durability (every byte
- * the guest flushed is still there).
+ * every allocated cluster, close, check again), durability (every byte
+ * the guest flushed is still there) and, for the bitmap workloads, bitmaps
+ * (a consistent dirty bitmap misses no write).
  *
  * @example
  * ```ts ignore
@@ -26,9 +27,19 @@ import "../../drivers/qcow2/mod.ts";
 import "../../drivers/raw.ts";
 import { defineSecret, hasSecret } from "../../core/secrets.ts";
 import { getRecorder, type RecordedOp } from "../recorder.ts";
-import { stateNode } from "./_capture.ts";
+import { capturedBytes, stateNode } from "./_capture.ts";
 import { rng } from "./_image.ts";
-import { type CrashOracle, durabilityOracle, type FormatSpec, qcow2Dirty, qemuImgStructure, readGuest, recoveryOracle } from "./oracles.ts";
+import {
+  bitmapOracle,
+  type BitmapOracleOptions,
+  type CrashOracle,
+  durabilityOracle,
+  type FormatSpec,
+  qcow2Dirty,
+  qemuImgStructure,
+  readGuest,
+  recoveryOracle,
+} from "./oracles.ts";
 import { runCrashExploration, type RunOptions, type RunResult } from "./run.ts";
 
 /** How the qcow2 driver orders its metadata writes. */
@@ -47,10 +58,16 @@ export interface CrashWorkload {
   create?: Record<string, string | number | boolean>;
   /** Content of a raw backing file (makes the image an overlay). */
   backing?: Uint8Array;
-  /** More qcow2 open options (`encrypt.key-secret` of an encrypted image). */
+  /** Prepares the image before the recording starts (adds dirty bitmaps, ...); it is closed afterwards. */
+  prepare?(image: BlockNode): Promise<void>;
+  /** More qcow2 open options (`bitmap-store`, `encrypt.key-secret` of an encrypted image, ...). */
   open?: Record<string, unknown>;
   /** Secrets the workload's options name (id → passphrase), defined for the process when missing. */
   secrets?: Record<string, string>;
+  /** The close of the image is part of the recorded workload (what it writes at close is explored too). */
+  closeInLog?: boolean;
+  /** What the bitmap oracle expects of the image's dirty bitmaps (see {@linkcode bitmapOracle}). */
+  bitmaps?: Pick<BitmapOracleOptions, "covering" | "unchanged" | "neverConsistent">;
   /** Issues the guest requests. */
   run(guest: BlockNode, rand: () => number): Promise<void>;
 }
@@ -69,6 +86,8 @@ export interface RecordedQcow2 {
   format: FormatSpec;
   /** Cluster size of the image. */
   clusterSize: number;
+  /** The workload's bitmap expectations, if any. */
+  bitmaps?: CrashWorkload["bitmaps"];
 }
 
 function openOptions(mode: Qcow2CrashMode, wrongOrder: boolean): Record<string, unknown> {
@@ -101,7 +120,7 @@ export async function recordQcow2(
   const clusterSize = Number(workload.create?.cluster_size ?? 512);
   const createOpts: Record<string, string | number | boolean> = { cluster_size: clusterSize, ...workload.create };
   if (mode === "lazy") createOpts.lazy_refcounts = "on";
-  let guestBase = new Uint8Array(workload.size);
+  let guestBase: Uint8Array = new Uint8Array(workload.size);
   if (workload.backing) {
     const path = `${opts.dir}/${workload.name}-backing.raw`;
     await Deno.writeFile(path, workload.backing);
@@ -115,20 +134,43 @@ export async function recordQcow2(
   let guest: BlockNode | undefined;
   try {
     await createQcow2(host, workload, createOpts);
+    if (workload.prepare) await prepareImage(host, workload);
     const base = await allBytes(host);
+    if (workload.prepare) guestBase = await readGuest(base, { driver: "qcow2" });
     const hostRec = getRecorder(host);
     hostRec.clear();
-    const format: FormatSpec = { driver: "qcow2", options: { ...openOptions(mode, opts.wrongOrder ?? false), ...workload.open } };
-    guest = await open({ driver: "recorder", file: { ...format.options, driver: "qcow2", file: host } });
+    const recording: FormatSpec = { driver: "qcow2", options: { ...openOptions(mode, opts.wrongOrder ?? false), ...workload.open } };
+    guest = await open({ driver: "recorder", file: { ...recording.options, driver: "qcow2", file: host } });
     await workload.run(guest, rng(opts.seed ?? 1));
-    const guestLog = [...getRecorder(guest).log];
+    const guestRec = getRecorder(guest);
+    if (workload.closeInLog) {
+      // The close belongs to the workload (bitmaps are stored then): its writes are explored too.
+      await guest.close();
+      guest = undefined;
+    }
+    const guestLog = [...guestRec.log];
     const hostLog = [...hostRec.log];
-    const options = { ...openOptions(mode, false), ...workload.open };
-    return { base, hostLog, guestLog, guestBase, format: { driver: "qcow2", options }, clusterSize };
+    const format: FormatSpec = { driver: "qcow2", options: { ...openOptions(mode, false), ...workload.open } };
+    return { base, hostLog, guestLog, guestBase, format, clusterSize, bitmaps: workload.bitmaps };
   } finally {
     if (guest) await guest.close();
-    else await host.close();
+    else if (!host.closed) await host.close();
   }
+}
+
+/** Runs the workload's `prepare` on a copy of the new image and puts the result on `host`. */
+async function prepareImage(host: BlockNode, workload: CrashWorkload): Promise<void> {
+  const copy = await stateNode(await allBytes(host));
+  const image = await open({ driver: "qcow2", file: copy });
+  try {
+    await workload.prepare!(image);
+  } finally {
+    await image.close();
+  }
+  const bytes = capturedBytes(copy)!;
+  if (bytes.length > host.length) await host.truncate(bytes.length);
+  await host.pwrite(0, bytes);
+  await host.flush();
 }
 
 /** The first few check messages, errors before leaks. */
@@ -190,6 +232,9 @@ export function qcow2Oracles(rec: RecordedQcow2, opts: Qcow2ExploreOptions): Cra
   const recovery = recoveryOracle(rec.format, qcow2Structure, rec.clusterSize);
   oracles.push({ ...recovery, every: opts.recoveryEvery ?? 1 });
   oracles.push(durabilityOracle({ guestLog: rec.guestLog, guestBase: rec.guestBase, read: (bytes) => readGuest(bytes, rec.format) }));
+  if (rec.bitmaps) {
+    oracles.push(bitmapOracle({ format: rec.format, guestLog: rec.guestLog, base: rec.base, guestBase: rec.guestBase, ...rec.bitmaps }));
+  }
   return oracles;
 }
 
@@ -293,6 +338,75 @@ export const QCOW2_WORKLOADS: readonly CrashWorkload[] = [
       await g.pwrite(3 << 20, fill(2048, 0x53)); // L2 under the new L1
       await g.flush();
       await g.pwrite(1 << 20, fill(2 << 20, 0x54)); // past 2 MiB of file: the refcount table grows
+      await g.flush();
+    },
+  },
+  {
+    // Bitmaps loaded at open (marked in use before any write), recording
+    // writes, zero-writes, discards and a resize, stored at close.
+    name: "bitmap-writes",
+    size: 64 * 1024,
+    async prepare(img) {
+      await img.bitmapAdd("b0", { granularity: 1024 });
+      await img.bitmapAdd("b1", { granularity: 4096 });
+      await img.pwrite(8192, fill(100, 0x71));
+      await img.bitmapDisable("b1");
+    },
+    bitmaps: { covering: ["b0"], unchanged: ["b1"] },
+    closeInLog: true,
+    async run(g) {
+      await g.pwrite(0, fill(3000, 0x72));
+      await g.flush();
+      await g.pwriteZeroes(16384, 2048);
+      await g.pdiscard(0, 1024);
+      await g.pwrite(40000, fill(700, 0x73));
+      await g.flush();
+      await g.truncate(96 * 1024);
+      await g.pwrite(90 * 1024, fill(512, 0x74));
+      await g.flush();
+    },
+  },
+  {
+    // Removal rewrites the directory at once; a bitmap added while open is stored at close.
+    name: "bitmap-add-remove",
+    size: 64 * 1024,
+    async prepare(img) {
+      await img.bitmapAdd("b0", { granularity: 512 });
+      await img.bitmapAdd("gone", { granularity: 2048 });
+    },
+    bitmaps: { covering: ["b0"], neverConsistent: ["gone"] },
+    closeInLog: true,
+    async run(g) {
+      await g.pwrite(1000, fill(2000, 0x81));
+      await g.flush();
+      await g.bitmapRemove("gone");
+      await g.bitmapAdd("new", { granularity: 4096 });
+      await g.pwrite(30000, fill(5000, 0x82));
+      await g.flush();
+    },
+  },
+  {
+    // bitmap-store=flush: stored at every flush, marked in use again before the next change.
+    name: "bitmap-store-flush",
+    size: 64 * 1024,
+    open: { "bitmap-store": "flush" },
+    async prepare(img) {
+      await img.pwrite(8192, fill(4096, 0x90)); // allocated, and clean in b0
+      await img.bitmapAdd("b0", { granularity: 1024 });
+    },
+    bitmaps: { covering: ["b0"] },
+    closeInLog: true,
+    async run(g) {
+      await g.pwrite(0, fill(1500, 0x91));
+      await g.flush();
+      await g.pwrite(20000, fill(3000, 0x92));
+      await g.pwriteZeroes(0, 512);
+      await g.flush();
+      await g.flush();
+      // A write arriving while the flush stores the bitmaps waits for the store and the in-use marking.
+      await Promise.all([g.flush(), g.pwrite(40000, fill(2000, 0x94)), g.pwrite(9000, fill(100, 0x95))]);
+      await g.truncate(80 * 1024);
+      await g.pwrite(70000, fill(600, 0x93));
       await g.flush();
     },
   },

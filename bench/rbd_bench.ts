@@ -6,6 +6,7 @@
  *   filled 256 MiB image — `blkgraph bench`'s request loop (the same offset
  *   walk as `qemu-img bench -S`), `qemu-img bench -f raw rbd:…` and
  *   `rbd bench --io-pattern rand`;
+ * - completion paths: `x-completion=auto|callback|eventfd|socket` side by side;
  * - import: a fully allocated 1 GiB qcow2 converted into a new RBD image,
  *   `blkgraph convert -W -m 16 -O raw … rbd:…` against
  *   `qemu-img convert -W -m 16 -O raw … rbd:…` (both as processes).
@@ -24,6 +25,7 @@ import { open } from "../mod.ts";
 import { runBench } from "../cli/bench.ts";
 import { type BenchOptions, type BenchTable, fmtRate, median, toMarkdown } from "./_table.ts";
 import { hasQemuImg, parseBenchOutput } from "./_qemu.ts";
+import type { Completion } from "../drivers/rbd/_aio.ts";
 
 const SCRIPT = new URL("../tests/_helpers/ceph.sh", import.meta.url).pathname;
 const CLI = new URL("../cli/main.ts", import.meta.url).pathname;
@@ -76,7 +78,7 @@ interface Case {
   count: number;
 }
 
-async function ours(conf: string, image: string, c: Case, completion: "socket" | "eventfd" = "eventfd"): Promise<number> {
+async function ours(conf: string, image: string, c: Case, completion: Completion = "auto"): Promise<number> {
   const spec = { driver: "raw", file: { driver: "rbd", filename: name(conf, image), "x-completion": completion } };
   await using node = await open(spec, { readOnly: c.op === "read" });
   const params = { count: c.count, depth: c.depth, size: c.size, step: step(c.size), offset: 0, write: c.op === "write" };
@@ -175,7 +177,7 @@ async function ioTable(cl: Cluster, o: BenchOptions): Promise<BenchTable> {
   };
 }
 
-/** The two completion notifiers of the rbd node (see drivers/rbd/_aio.ts) on 4 KiB requests. */
+/** The rbd node's completion paths (`x-completion`, see drivers/rbd/_aio.ts) on 4 KiB requests. */
 async function notifierTable(cl: Cluster, o: BenchOptions): Promise<BenchTable> {
   const image = `bench-n-${Deno.pid}`;
   await sh("rbd", ["-c", cl.conf, "create", `rbd/${image}`, "--size", `${IMAGE_SIZE / MiB}M`]);
@@ -184,25 +186,26 @@ async function notifierTable(cl: Cluster, o: BenchOptions): Promise<BenchTable> 
     const chunk = new Uint8Array(4 * MiB).fill(0x5a);
     await Promise.all(Array.from({ length: IMAGE_SIZE / chunk.length }, (_, i) => fill.pwrite(i * chunk.length, chunk)));
   }
+  const modes: Completion[] = ["auto", "callback", "eventfd", "socket"];
   const rows: (string | number)[][] = [];
   for (const op of ["read", "write"] as const) {
     for (const depth of [1, 16]) {
       const c: Case = { op, size: 4096, depth, count: Math.round((depth === 1 ? 3000 : 12000) * (o.quick ? 0.1 : 1)) };
-      const sock: number[] = [];
-      const efd: number[] = [];
+      const rates = new Map<Completion, number[]>(modes.map((m) => [m, []]));
       for (let r = 0; r < o.runs; r++) {
-        sock.push(await ours(cl.conf, image, c, "socket"));
-        efd.push(await ours(cl.conf, image, c, "eventfd"));
+        for (const m of modes) rates.get(m)?.push(await ours(cl.conf, image, c, m));
       }
-      rows.push([op, depth, fmtRate(median(sock)), fmtRate(median(efd)), (median(sock) / median(efd)).toFixed(2)]);
+      const med = modes.map((m) => median(rates.get(m) ?? []));
+      rows.push([op, depth, ...med.map(fmtRate), (med[0] / med[2]).toFixed(2)]);
     }
   }
   await sh("rbd", ["-c", cl.conf, "rm", "--no-progress", `rbd/${image}`]);
   return {
-    title: "rbd node completions: Unix socket (event-loop poller) against eventfd (worker-thread read), 4 KiB",
-    columns: ["op", "depth", "socket req/s", "eventfd req/s", "socket / eventfd"],
+    title:
+      "rbd node completion paths, 4 KiB: auto (callback when alone), callback, eventfd (worker-thread read), socket (event-loop poller)",
+    columns: ["op", "depth", "auto req/s", "callback req/s", "eventfd req/s", "socket req/s", "auto / eventfd"],
     rows,
-    notes: [`Median of ${o.runs} alternating runs, \`x-completion=socket|eventfd\` on the same image.`],
+    notes: [`Median of ${o.runs} runs, the four \`x-completion\` modes alternating on the same image.`],
   };
 }
 

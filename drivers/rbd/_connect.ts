@@ -17,6 +17,7 @@ import { BlockError } from "../../core/errors.ts";
 import { checkKnownOptions, optBool, optEnum, type Options, optString } from "../../core/options.ts";
 import { getSecret } from "../../core/secrets.ts";
 import { isPlainObject } from "../../core/spec.ts";
+import type { Completion } from "./_aio.ts";
 import { keyValuePairs, parseRbdFilename } from "./_filename.ts";
 import { cstr, describeErrno, type Librbd, outPointer, rbdError } from "./_librbd.ts";
 
@@ -54,8 +55,8 @@ export interface RbdOptions {
   keyValues: [string, string][];
   /** `cache.direct`: QEMU's BDRV_O_NOCACHE, which sets `rbd_cache=false`. */
   direct: boolean;
-  /** `x-completion`: how librbd signals completions (eventfd, or a socket where permitted; for benchmarks and tests). */
-  completion: "socket" | "eventfd";
+  /** `x-completion`: how librbd signals completions (a callback, an eventfd, or a socket where permitted; for benchmarks and tests). */
+  completion: Completion;
 }
 
 /** Validates driver options (a `filename` in `rbd:` form fills in what is missing). */
@@ -89,7 +90,7 @@ export function readRbdOptions(raw: Options): RbdOptions {
     monHost: monHost(o.server),
     keyValues: keyValuePairs(o["=keyvalue-pairs"]),
     direct: optBool(o, "cache.direct", "rbd") ?? false,
-    completion: optEnum(o, "x-completion", "rbd", ["socket", "eventfd"] as const) ?? "eventfd",
+    completion: optEnum(o, "x-completion", "rbd", ["auto", "callback", "socket", "eventfd"] as const) ?? "auto",
   };
 }
 

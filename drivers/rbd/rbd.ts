@@ -13,9 +13,10 @@
  * where any other key is a Ceph option (`client_mount_timeout=5`,
  * `rbd_cache_policy=writeback`, …).
  *
- * I/O is asynchronous (`rbd_aio_*`, completions through an eventfd, or
- * with `x-completion=socket` a Unix socket the event loop polls; see
- * `_aio.ts`); every call that can wait for the cluster runs on a worker
+ * I/O is asynchronous (`rbd_aio_*`; a request on its own completes
+ * through librbd's callback, requests in flight together through an
+ * eventfd drained in batches; `x-completion=callback|eventfd|socket`
+ * forces one way, see `_aio.ts`); every call that can wait for the cluster runs on a worker
  * thread, so an unreachable monitor, a slow OSD or a dead client's
  * exclusive lock never stops the event loop. As in QEMU: writes past the end
  * grow the image, `cache.direct` (cache=none) sets `rbd_cache=false`, a

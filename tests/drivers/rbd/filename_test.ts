@@ -61,7 +61,7 @@ Deno.test("readRbdOptions() validates QEMU's option names and values", () => {
     monHost: undefined,
     keyValues: [],
     direct: false,
-    completion: "eventfd",
+    completion: "auto",
   });
   const bad: [Record<string, unknown>, RegExp][] = [
     [{ image: "i" }, /needs option 'pool'/],

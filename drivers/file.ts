@@ -95,6 +95,7 @@ export const fileDriver: BlockDriver = {
   name: "file",
   kind: "protocol",
   protocolPrefix: "file",
+  options: KNOWN,
   parseFilename(filename: string): Record<string, unknown> {
     return { filename: filename.replace(/^file:/, "") };
   },

@@ -356,6 +356,7 @@ export const blkdebugDriver: BlockDriver = {
   kind: "filter",
   protocolPrefix: "blkdebug",
   childKeys: ["image"],
+  options: BLKDEBUG_OPTIONS,
   primaryChildRole: "image",
   parseFilename(filename: string): Record<string, unknown> {
     const rest = filename.slice("blkdebug:".length);

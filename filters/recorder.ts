@@ -167,6 +167,7 @@ const recorders = new WeakMap<BlockNode, Recorder>();
 export const recorderDriver: BlockDriver = {
   name: "recorder",
   kind: "filter",
+  options: [],
   async open(ctx): Promise<DriverInstance> {
     checkKnownOptions(ctx.options, [], "recorder");
     const child = await ctx.openChild("file");

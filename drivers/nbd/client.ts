@@ -159,6 +159,7 @@ export const nbdDriver: BlockDriver = {
   kind: "protocol",
   protocolPrefix: "nbd",
   parseFilename: parseNbdFilename,
+  options: KNOWN,
   async open(ctx): Promise<DriverInstance> {
     let o = ctx.options;
     // Dotted keys arrive nested ({server: {type, path}}): flatten them back.

@@ -39,7 +39,7 @@
 import { BlockError } from "../../core/errors.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type { BlockDriver, DriverInstance } from "../../core/node.ts";
-import { connect, readRbdOptions } from "./_connect.ts";
+import { connect, RBD_OPTIONS, readRbdOptions } from "./_connect.ts";
 import { parseRbdFilename } from "./_filename.ts";
 import { RbdImage } from "./_image.ts";
 import { cstr, librbdError, loadLibrbd, rbdError } from "./_librbd.ts";
@@ -125,6 +125,7 @@ export const rbdDriver: BlockDriver = {
   name: "rbd",
   kind: "protocol",
   protocolPrefix: "rbd",
+  options: RBD_OPTIONS,
   parseFilename: (filename) => ({ ...parseRbdFilename(filename) }),
   createFile: (options, size) => createRbdImage(options, size),
   async open(ctx): Promise<DriverInstance> {

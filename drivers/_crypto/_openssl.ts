@@ -91,14 +91,15 @@ export class OpenSslSectorCipher {
     this.#ecb = ecb;
   }
 
-  /** Encrypts (`enc`) or decrypts whole sectors of `data` in place. */
-  run(data: Uint8Array, enc: boolean, r: OpenSslRun): void {
+  /** Encrypts (`enc`) or decrypts whole sectors of `data` into `out` (same length; default `data`, in place). */
+  run(data: Uint8Array, enc: boolean, r: OpenSslRun, out: Uint8Array = data): void {
     const ctx = enc ? this.#enc : this.#dec;
     if (ctx === null) throw new BlockError("EIO", "The sector cipher was destroyed (image closed)");
     const s = this.#lib;
-    const out = this.#outLength;
+    const outl = this.#outLength;
+    if (out.length !== data.length) throw new BlockError("EINVAL", `Output of ${out.length} bytes for ${data.length} bytes of input`);
     if (this.#ecb) {
-      if (s.EVP_CipherUpdate(ctx, data, out, data, data.length) !== 1) throw updateError(data.length);
+      if (s.EVP_CipherUpdate(ctx, out, outl, data, data.length) !== 1) throw updateError(data.length);
       return;
     }
     const ss = r.sectorSize;
@@ -111,7 +112,8 @@ export class OpenSslSectorCipher {
         w[1] = r.plain ? 0 : Math.floor(n / 0x1_0000_0000);
       }
       const p = data.subarray(off, off + ss);
-      if (s.EVP_CipherInit_ex(ctx, null, null, null, iv, -1) !== 1 || s.EVP_CipherUpdate(ctx, p, out, p, ss) !== 1) {
+      const q = out === data ? p : out.subarray(off, off + ss);
+      if (s.EVP_CipherInit_ex(ctx, null, null, null, iv, -1) !== 1 || s.EVP_CipherUpdate(ctx, q, outl, p, ss) !== 1) {
         throw updateError(ss);
       }
     }

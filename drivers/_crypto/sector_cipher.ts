@@ -153,6 +153,20 @@ export class SectorCipher {
     this.#run(data, sector, true);
   }
 
+  /**
+   * Encrypts `data` into `out` (same length; `data` is left as it is): one
+   * pass through OpenSSL where it is used, a copy then {@linkcode encrypt}
+   * otherwise. What a write's bounce buffer needs.
+   */
+  encryptTo(data: Uint8Array, out: Uint8Array, sector: number): void {
+    if (out.length !== data.length) throw new BlockError("EINVAL", `Output of ${out.length} bytes for ${data.length} bytes of input`);
+    if (this.#native && !this.#destroyed) this.#run(data, sector, true, out);
+    else {
+      out.set(data);
+      this.#run(out, sector, true);
+    }
+  }
+
   /** Decrypts `data` (whole sectors, the first one numbered `sector`) in place. */
   decrypt(data: Uint8Array, sector: number): void {
     this.#run(data, sector, false);
@@ -172,7 +186,7 @@ export class SectorCipher {
     this.#destroyed = true;
   }
 
-  #run(data: Uint8Array, sector: number, enc: boolean): void {
+  #run(data: Uint8Array, sector: number, enc: boolean, out: Uint8Array = data): void {
     if (this.#destroyed) throw new BlockError("EIO", "The sector cipher was destroyed (image closed)");
     const ss = this.sectorSize;
     if (data.length % ss !== 0) {
@@ -184,9 +198,11 @@ export class SectorCipher {
       const essiv = this.#essiv !== undefined;
       const plain = this.spec.ivgen === "plain";
       for (let off = 0; off < data.length; off += CHUNK) {
-        const part = data.subarray(off, Math.min(data.length, off + CHUNK));
+        const end = Math.min(data.length, off + CHUNK);
+        const part = data.subarray(off, end);
         const first = sector + off / ss;
-        native.run(part, enc, { sectorSize: ss, sector: first, plain, ivs: essiv ? this.#ivs(first, part.length / ss) : undefined });
+        const ivs = essiv ? this.#ivs(first, part.length / ss) : undefined;
+        native.run(part, enc, { sectorSize: ss, sector: first, plain, ivs }, out === data ? part : out.subarray(off, end));
       }
       return;
     }

@@ -12,6 +12,7 @@ import nodeCrypto from "node:crypto";
 import type { CipherAlg, CipherMode, CipherSpec, IvgenAlg } from "../../../drivers/_crypto/algorithms.ts";
 import { openSslAvailable } from "../../../drivers/_crypto/_openssl.ts";
 import { SectorCipher } from "../../../drivers/_crypto/sector_cipher.ts";
+import { CipherPool, POOL_SPLIT_MIN } from "../../../drivers/_crypto/cipher_pool.ts";
 
 const available = openSslAvailable();
 if (!available) console.log("SKIP: OpenSSL's libcrypto cannot be loaded here: the OpenSSL-path comparisons do not run");
@@ -61,6 +62,46 @@ for (const spec of SPECS) {
     },
   });
 }
+
+Deno.test("SectorCipher.encryptTo() writes encrypt()'s bytes to the output and leaves the input as it is, on both paths", () => {
+  const spec: CipherSpec = { alg: "aes-256", mode: "xts", ivgen: "plain64" };
+  const key = keyFor(spec);
+  for (const native of [true, false]) {
+    const c = new SectorCipher(spec, key, { native });
+    const src = new Uint8Array(nodeCrypto.randomBytes(200 * 512));
+    const keep = src.slice();
+    const want = src.slice();
+    c.encrypt(want, 33);
+    const out = new Uint8Array(src.length + 1).subarray(1);
+    c.encryptTo(src, out, 33);
+    assert.deepEqual(out, want, `native=${native}: ciphertext`);
+    assert.deepEqual(src, keep, `native=${native}: input untouched`);
+    assert.throws(() => c.encryptTo(src, new Uint8Array(512), 33), /Output of 512 bytes for 102400 bytes/);
+    c.destroy();
+  }
+});
+
+Deno.test("CipherPool.encryptTo() gives the calling thread's ciphertext below and above the split size", async () => {
+  const spec: CipherSpec = { alg: "aes-256", mode: "xts", ivgen: "plain64" };
+  const key = keyFor(spec);
+  const pool = new CipherPool(spec, key, { threads: 1 });
+  const local = new SectorCipher(spec, key);
+  try {
+    for (const n of [4096, POOL_SPLIT_MIN, 3 * POOL_SPLIT_MIN + 512]) {
+      const src = new Uint8Array(nodeCrypto.randomBytes(n));
+      const keep = src.slice();
+      const want = src.slice();
+      local.encrypt(want, 5);
+      const out = new Uint8Array(n);
+      await pool.encryptTo(src, out, 5);
+      assert.deepEqual(out, want, `${n} bytes`);
+      assert.deepEqual(src, keep);
+    }
+  } finally {
+    await pool.close();
+    local.destroy();
+  }
+});
 
 Deno.test({
   name: "SectorCipher keeps to the portable path when OpenSSL refuses the key (XTS with equal halves)",

@@ -18,6 +18,7 @@ import { MAX_REFTABLE_BYTES } from "./header.ts";
 import { maxRefcount, readRefcount, writeRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { writeHeaderFields } from "./_header_write.ts";
+import { checkTableAllocation, OL_REFCOUNT_BLOCK, preWriteOverlapCheck } from "./_overlap.ts";
 
 /** Loads the refcount block at `offset`, pinned: release it. */
 function loadBlock(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<CacheEntry> {
@@ -116,7 +117,31 @@ export async function allocClusters(st: Qcow2State, n: number, req: RequestInfo 
     for (let c = start; c < start + n; c++) st.reserved.delete(c);
   }
   if (st.freeHint === start) st.freeHint = start + n;
+  for (let c = start; c < start + n; c++) dropQueuedFree(st, c * st.cs);
   return start * st.cs;
+}
+
+/** Index of the queued frees (pendingFree only grows between write-backs): offset -> count, built incrementally. */
+const queued = new WeakMap<Qcow2State, { list: number[]; upTo: number; count: Map<number, number> }>();
+
+/**
+ * A cluster just allocated (its refcount was 0) that is also queued to be
+ * freed had a reference its refcount never counted (a damaged image): the
+ * queued free would take the new owner's count and let the cluster be
+ * discarded under it. The new allocation is its only counted user, so the
+ * queued free goes (`releaseEntry` does the same for the other order).
+ */
+function dropQueuedFree(st: Qcow2State, offset: number): void {
+  const list = st.pendingFree;
+  if (!list.length) return;
+  let q = queued.get(st);
+  if (!q || q.list !== list) queued.set(st, q = { list, upTo: 0, count: new Map() });
+  for (; q.upTo < list.length; q.upTo++) q.count.set(list[q.upTo], (q.count.get(list[q.upTo]) ?? 0) + 1);
+  const n = q.count.get(offset);
+  if (!n) return;
+  q.count.set(offset, n - 1);
+  list.splice(list.indexOf(offset), 1);
+  q.upTo--;
 }
 
 /** Allocates a refcount block for refcount-table index `rt` and hooks it in. */
@@ -126,6 +151,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | und
   let p = st.event("refblock_alloc", req);
   if (p) await p;
   const b = await findFree(st, 1, req);
+  await checkTableAllocation(st, "refcount block", b * st.cs);
   st.reserved.add(b);
   const buf = new Uint8Array(st.cs);
   try {
@@ -146,6 +172,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | und
     st.rbCache.insert(off, buf, { dirty: true, isNew: true });
   } else {
     // A new table is durable before it is hooked in.
+    await preWriteOverlapCheck(st, OL_REFCOUNT_BLOCK, off, st.cs, false);
     await st.file.pwrite(off, buf, { req });
     await st.file.flush({ req });
     st.rbCache.insert(off, buf);
@@ -154,6 +181,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | und
   if (p) await p;
   st.reftable[rt] = off;
   st.reftableDirty.add(rt);
+  st.metadataMoved();
   if (!st.growingReftable && st.mode === "metadata-sync") {
     await st.writeRefblocks(req);
     await st.file.flush({ req });
@@ -193,6 +221,7 @@ async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | 
   await st.writeRefblocks(req);
   st.growingReftable = true;
   st.reftable = table;
+  st.metadataMoved();
   try {
     for (let c = start; c < start + clusters; c++) st.reserved.add(c);
     for (let c = start; c < start + clusters; c++) await updateRefcount(st, c, 1, req);
@@ -202,6 +231,7 @@ async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | 
   } catch (e) {
     st.reftable = old;
     st.growingReftable = false;
+    st.metadataMoved();
     throw e;
   } finally {
     for (let c = start; c < start + clusters; c++) st.reserved.delete(c);
@@ -212,6 +242,7 @@ async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | 
   const view = new DataView(bytes.buffer);
   for (let i = 0; i < table.length; i++) if (table[i]) view.setBigUint64(i * 8, BigInt(table[i]));
   const newOffset = start * st.cs;
+  await preWriteOverlapCheck(st, 0, newOffset, bytes.length, false);
   await st.file.pwrite(newOffset, bytes, { req });
   await st.file.flush({ req });
   p = st.event("refblock_alloc_switch_table", req);
@@ -221,6 +252,7 @@ async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | 
   await writeHeaderFields(st.file, next, ["refcountTableOffset", "refcountTableClusters"], req);
   st.header.refcountTableOffset = newOffset;
   st.header.refcountTableClusters = clusters;
+  st.metadataMoved();
   st.reftableDirty.clear();
   st.growingReftable = false;
   // The old table is unreferenced on disk now.

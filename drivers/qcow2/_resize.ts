@@ -13,6 +13,7 @@ import { allocClusters } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import { writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
+import { preWriteOverlapCheck } from "./_overlap.ts";
 
 /** Grows the active L1 table to at least `minEntries` entries (metadata lock held). */
 export async function growL1(st: Qcow2State, minEntries: number, req: RequestInfo | undefined): Promise<void> {
@@ -35,6 +36,7 @@ export async function growL1(st: Qcow2State, minEntries: number, req: RequestInf
   table.set(st.l1);
   p = st.event("l1_grow_write_table", req);
   if (p) await p;
+  await preWriteOverlapCheck(st, 0, newOffset, table.length, false);
   await st.file.pwrite(newOffset, table, { req });
   await st.file.flush({ req });
   p = st.event("l1_grow_activate_table", req);
@@ -47,6 +49,7 @@ export async function growL1(st: Qcow2State, minEntries: number, req: RequestInf
   st.l1View = new DataView(table.buffer, 0, entries * 8);
   st.header.l1Size = entries;
   st.header.l1TableOffset = newOffset;
+  st.metadataMoved();
   if (oldOffset !== 0) { for (let i = 0; i < oldClusters; i++) st.pendingFree.push(oldOffset + i * st.cs); }
   await writeback(st, req);
 }

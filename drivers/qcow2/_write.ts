@@ -14,12 +14,13 @@
 import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
-import { decodeCompressed, newMapping } from "./_l2.ts";
+import { checkDataFileOffset, checkV2ZeroFlag, decodeCompressed, newMapping } from "./_l2.ts";
 import { blockStatus, readGuest } from "./_read.ts";
-import { allocClusters } from "./_refcount.ts";
+import { allocClusters, updateRefcount } from "./_refcount.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markDirty } from "./_writeback.ts";
+import { checkTableAllocation, OL_ACTIVE_L2, preWriteOverlapCheck } from "./_overlap.ts";
 
 const ALL = 0xffffffff;
 
@@ -28,6 +29,10 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
   const off = st.l1Offset(l1i);
   if (off !== 0 && st.l1Copied(l1i)) return await st.loadL2(off, l1i, req);
   const newOff = await allocClusters(st, 1, req);
+  // QEMU's l2_allocate: a table at offset 0 means broken refcounts; the new
+  // table is checked as its cache flush would check it.
+  await checkTableAllocation(st, "L2 table", newOff);
+  await preWriteOverlapCheck(st, OL_ACTIVE_L2, newOff, st.cs, false);
   let buf: Uint8Array;
   if (off !== 0) {
     const p = st.event("l2_alloc_cow_read", req);
@@ -45,24 +50,34 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
   if (p) await p;
   setEntry(st.l1View, l1i * 8, newOff, HI_COPIED, 0);
   st.l1Dirty.add(l1i);
+  st.metadataMoved();
   if (off !== 0) st.pendingFree.push(off);
   return e;
 }
 
-/** Queues the host clusters an L2 entry references for freeing (shared, compressed or preallocated). */
-export function releaseEntry(st: Qcow2State, view: DataView, at: number): void {
+/**
+ * Queues the host clusters an L2 entry references for freeing (shared,
+ * compressed or preallocated). `fresh` is a run of host clusters just
+ * allocated to replace it: an old entry pointing into it had a reference
+ * its refcount never counted (a damaged image), and freeing it would take
+ * the new data's count (and discard its cluster), so it is not queued.
+ */
+export function releaseEntry(st: Qcow2State, view: DataView, at: number, fresh?: { first: number; end: number }): void {
   if (st.externalData) return;
+  const queue = (c: number) => {
+    if (!fresh || c < fresh.first || c >= fresh.end) st.pendingFree.push(c * st.cs);
+  };
   const hi = view.getUint32(at);
   if (hi & HI_COMPRESSED) {
     const m = newMapping();
     decodeCompressed(st, view, at, m);
     const first = Math.floor(m.host / st.cs);
     const last = Math.floor((m.host + m.compressedBytes - 1) / st.cs);
-    for (let c = first; c <= last; c++) st.pendingFree.push(c * st.cs);
+    for (let c = first; c <= last; c++) queue(c);
     return;
   }
   const host = entryOffset(view, at);
-  if (host !== 0) st.pendingFree.push(host);
+  if (host !== 0) queue(Math.floor(host / st.cs));
 }
 
 /** What a write must do with one cluster. */
@@ -147,7 +162,11 @@ export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Arr
         const idx = Math.floor((cur - base) / st.cs);
         const cStart = base + idx * st.cs;
         const segEnd = Math.min(chunkEnd, cStart + st.cs);
+        if (!(e.view.getUint32(idx * st.entryBytes) & HI_COMPRESSED)) {
+          checkV2ZeroFlag(st, e.view.getUint32(idx * st.entryBytes + 4), idx, e.offset);
+        }
         const kind = classify(st, e.view, idx, cur - cStart, segEnd - cStart);
+        if (kind === INPLACE || kind === WIDEN) checkDataFileOffset(st, entryOffset(e.view, idx * st.entryBytes), cStart, idx);
         if (kind === INPLACE) {
           cur = await writeInPlace(st, e, base, cur, chunkEnd, data, offset, req);
         } else if (kind === WIDEN || kind === NEWSUB) {
@@ -187,11 +206,14 @@ async function writeInPlace(
     idx++;
     const segEnd = Math.min(chunkEnd, end + st.cs);
     if (classify(st, e.view, idx, 0, segEnd - end) !== INPLACE || entryOffset(e.view, idx * st.entryBytes) !== nextHost) break;
+    checkDataFileOffset(st, nextHost, base + idx * st.cs, idx);
     nextHost += st.cs;
     end = segEnd;
   }
   const p = st.event("write_aio", req);
   if (p) await p;
+  await preWriteOverlapCheck(st, 0, host, end - cur, true);
+  st.noteDataWrite(host, end - cur);
   const part = data.subarray(cur - dataOffset, end - dataOffset);
   await st.data.pwrite(host, st.crypto ? await st.crypto.encrypted(part, host, cur) : part, { req });
   return end;
@@ -224,6 +246,8 @@ async function writeWiden(
   const host = entryOffset(e.view, at);
   const p = st.event("write_aio", req);
   if (p) await p;
+  await preWriteOverlapCheck(st, 0, host + (wStart - cStart), buf.length, true);
+  st.noteDataWrite(host + (wStart - cStart), buf.length);
   if (st.crypto) await st.crypto.encrypt(buf, host + (wStart - cStart), wStart);
   await st.data.pwrite(host + (wStart - cStart), buf, { req });
   if (st.extL2) {
@@ -263,7 +287,55 @@ async function writeNew(
   // written (QEMU writes zeroes with BDRV_REQ_NO_FALLBACK there instead).
   const endBefore = st.data.length;
   const host = st.externalData ? gStart : await allocClusters(st, k, req);
-  const part = data.subarray(cur - dataOffset, segEnd - dataOffset);
+  try {
+    // QEMU checks the data write (and its COW) against the metadata first.
+    await preWriteOverlapCheck(st, 0, host, k * st.cs, true);
+    st.noteDataWrite(host, k * st.cs);
+    await writeNewData(
+      st,
+      e,
+      { host, gStart, gEnd, cur, segEnd, first, k, endBefore },
+      data.subarray(cur - dataOffset, segEnd - dataOffset),
+      req,
+    );
+  } catch (err) {
+    // The clusters are referenced by nothing yet: give them back, so a
+    // failed write (ENOSPC, EIO) neither leaks them nor pushes the next
+    // allocation further out (QEMU's qcow2_alloc_cluster_abort). Not after
+    // an overlap: the image is marked corrupt and its refcounts are suspect.
+    if (!st.externalData && !st.corrupt) {
+      for (let c = host / st.cs; c < host / st.cs + k; c++) await updateRefcount(st, c, -1, req);
+    }
+    throw err;
+  }
+  for (let i = 0; i < k; i++) {
+    const at = (first + i) * st.entryBytes;
+    releaseEntry(st, e.view, at, { first: host / st.cs, end: host / st.cs + k });
+    setEntry(e.view, at, host + i * st.cs, HI_COPIED, 0);
+    if (st.extL2) {
+      e.view.setUint32(at + 8, 0);
+      e.view.setUint32(at + 12, ALL);
+    }
+  }
+  st.l2Cache.markDirty(e);
+  return segEnd;
+}
+
+/** Where {@linkcode writeNew} puts a run of new clusters. */
+interface NewRun {
+  host: number;
+  gStart: number;
+  gEnd: number;
+  cur: number;
+  segEnd: number;
+  first: number;
+  k: number;
+  endBefore: number;
+}
+
+/** Writes the guest data of a run of new clusters with its copy-on-write around it. */
+async function writeNewData(st: Qcow2State, e: CacheEntry, r: NewRun, part: Uint8Array, req: RequestInfo | undefined): Promise<void> {
+  const { host, gStart, gEnd, cur, segEnd, first, k, endBefore } = r;
   let out = part;
   const cow = cur > gStart || segEnd < gEnd;
   let written = false;
@@ -321,17 +393,6 @@ async function writeNew(
     }
     await st.data.pwrite(at, out, { req });
   }
-  for (let i = 0; i < k; i++) {
-    const at = (first + i) * st.entryBytes;
-    releaseEntry(st, e.view, at);
-    setEntry(e.view, at, host + i * st.cs, HI_COPIED, 0);
-    if (st.extL2) {
-      e.view.setUint32(at + 8, 0);
-      e.view.setUint32(at + 12, ALL);
-    }
-  }
-  st.l2Cache.markDirty(e);
-  return segEnd;
 }
 
 /**

@@ -29,16 +29,17 @@ import { writeHeaderFields } from "./_header_write.ts";
 export type { CheckOptions, CheckResult } from "../../core/types.ts";
 
 /** One pass of QEMU's qcow2_co_check_locked. */
-async function checkOnce(file: BlockNode, fix: Fix, messages: string[], repairing: boolean): Promise<Counters> {
+async function checkOnce(file: BlockNode, fix: Fix, say: (line: string) => void, repairing: boolean): Promise<Counters> {
   const h = await readHeaderFrom(file);
   const original = h.incompatibleFeatures;
-  const checker = new Checker(file, h, messages);
+  const checker = new Checker(file, h, say);
   await checker.readSnapshots();
   const snapshotErrors = checker.res.checkErrors;
   checker.res.checkErrors = 0;
   await checker.checkRefcounts(fix);
   const res = checker.res;
   res.checkErrors += snapshotErrors;
+  res.corruptions += checker.snapshotCorruptions;
   // The corrupt bit may have been set on the way (qcow2_mark_corrupt); a repair
   // that leaves the image consistent clears it and the dirty bit
   // (qcow2_mark_clean, qcow2_mark_consistent).
@@ -75,25 +76,33 @@ export async function checkQcow2(file: BlockNode, opts: CheckOptions = {}): Prom
   if (opts.repair && file.readOnly) {
     throw new BlockError("EROFS", `Cannot repair node '${file.name}': it is opened read-only`, { node: file.name });
   }
+  // Lines go to `onMessage` as they come (a damaged image can give millions); without it they are collected.
   const messages: string[] = [];
+  const say = opts.onMessage ?? ((line: string) => void messages.push(line));
   const repairing = opts.repair !== undefined;
   // The checker writes the file as the qcow2 driver would (a repair may add refcount blocks past its end).
   const allowed = file.allowBeyondEof;
   file.allowBeyondEof = true;
   try {
-    return await checkWith(file, fix, messages, repairing);
+    return await checkWith(file, fix, say, messages, repairing);
   } finally {
     file.allowBeyondEof = allowed;
   }
 }
 
-async function checkWith(file: BlockNode, fix: Fix, messages: string[], repairing: boolean): Promise<CheckResult> {
-  let res = await checkOnce(file, fix, messages, repairing);
+async function checkWith(
+  file: BlockNode,
+  fix: Fix,
+  say: (line: string) => void,
+  messages: string[],
+  repairing: boolean,
+): Promise<CheckResult> {
+  let res = await checkOnce(file, fix, say, repairing);
   if (res.leaksFixed || res.corruptionsFixed) {
     const fixedLeaks = res.leaksFixed;
     const fixedCorruptions = res.corruptionsFixed;
     // The double check also clears the corrupt bit when the repair worked.
-    res = await checkOnce(file, { leaks: false, errors: false }, messages, repairing);
+    res = await checkOnce(file, { leaks: false, errors: false }, say, repairing);
     res.leaksFixed = fixedLeaks;
     res.corruptionsFixed = fixedCorruptions;
   }

@@ -7,7 +7,9 @@
  *
  * Options (QEMU names): `l2-cache-size`, `refcount-cache-size`,
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
- * `metadata-sync`), `x-wrong-order` (tests only), `encrypt.key-secret` and
+ * `metadata-sync`), `overlap-check` (`none`, `constant`, `cached` default,
+ * `all`, or an object with `template` and per-structure booleans: see
+ * `_overlap.ts`), `x-wrong-order` (tests only), `encrypt.key-secret` and
  * `encrypt.format` (encrypted images, see `_crypto.ts`); children `file`,
  * `backing` (null disables it), `data-file`.
  *
@@ -42,7 +44,6 @@ import {
   clusterSize,
   COMPAT_LAZY_REFCOUNTS,
   INCOMPAT_CORRUPT,
-  INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
   l2EntryBytes,
@@ -51,7 +52,7 @@ import {
   readHeaderFrom,
 } from "./header.ts";
 import { K_NORMAL, mapSync, newMapping } from "./_l2.ts";
-import { blockStatus, readGuest } from "./_read.ts";
+import { blockStatus, dataIo, readFast, readGuest } from "./_read.ts";
 import { resize } from "./_resize.ts";
 import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
@@ -62,6 +63,8 @@ import { markClean, relieveCaches, writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { entryOffset } from "./_entries.ts";
 import { metadataExtents } from "./_metadata_map.ts";
+import { openBacking, openDataFile } from "./_children.ts";
+import { findOverlapSync, initOverlapChecks, OVERLAP_OPTIONS, parseOverlapOptions, preWriteOverlapCheck } from "./_overlap.ts";
 import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
 
 const OPTIONS = [
@@ -71,6 +74,7 @@ const OPTIONS = [
   "lazy-refcounts",
   "metadata-mode",
   "x-wrong-order",
+  ...OVERLAP_OPTIONS,
   ...ENCRYPT_OPTIONS,
 ];
 
@@ -109,11 +113,39 @@ export class Qcow2Instance implements DriverInstance {
 
   /** Current virtual size. */
   getLength(): number {
-    return this.#st.header.size;
+    return this.#st.size;
   }
 
-  /** Reads guest data. */
-  async pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
+  /**
+   * Reads guest data; a cached hit is one synchronous call on the data file,
+   * its promise returned as it is. After corruption was found read-write,
+   * reads fail too with ENOMEDIUM (QEMU detaches the driver: "No medium
+   * found"): the tables in memory may be what was refused; the image reads
+   * again when opened read-only.
+   */
+  pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
+    if (this.#st.corrupt) {
+      return Promise.reject(
+        new BlockError(
+          "ENOMEDIUM",
+          `Cannot read node '${this.#st.node.name}': corruption was found and the image is marked corrupt; open it read-only to read it, or repair it with 'blkgraph check -r all'`,
+          { node: this.#st.node.name, offset, length: buf.length },
+        ),
+      );
+    }
+    try {
+      return readFast(this.#st, offset, buf, opts.req) ?? this.#preadSlow(offset, buf, opts);
+    } catch (e) {
+      return this.#corrupted(e);
+    }
+  }
+
+  async #corrupted(e: unknown): Promise<never> {
+    await this.#st.signalCorruption(e);
+    throw e;
+  }
+
+  async #preadSlow(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
     try {
       await readGuest(this.#st, offset, buf, opts.req);
     } catch (e) {
@@ -122,24 +154,48 @@ export class Qcow2Instance implements DriverInstance {
     }
   }
 
-  /** Writes guest data: in place without the lock when possible, else under the lock. */
-  async pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+  /**
+   * Writes guest data: an overwrite of one allocated extent with the COPIED
+   * flag whose L2 table is cached goes to the data file in place without the
+   * lock (synchronously, its promise returned as it is, when unencrypted);
+   * everything else runs under the lock.
+   */
+  pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
-    st.refuseIfCorrupt();
     const m = this.#m;
-    let mapped: boolean;
+    let hit: boolean;
     try {
-      mapped = mapSync(st, offset, data.length, m);
+      st.refuseIfCorrupt();
     } catch (e) {
-      await st.signalCorruption(e);
-      throw e;
+      return Promise.reject(e);
     }
-    if (mapped && m.kind === K_NORMAL && m.copied && m.bytes === data.length) {
+    try {
+      hit = mapSync(st, offset, data.length, m) && m.kind === K_NORMAL && m.copied && m.bytes === data.length;
+    } catch (e) {
+      return this.#corrupted(e);
+    }
+    // The lock-free write is synchronous up to the data file: only when the overlap check can answer now, and clear.
+    if (
+      hit && !st.crypto && Number.isSafeInteger(m.host + data.length) &&
+      (st.externalData || findOverlapSync(st, 0, m.host, data.length) === 0)
+    ) {
+      st.noteDataWrite(m.host, data.length);
+      return dataIo(st, m.host, data, opts.req, true);
+    }
+    return this.#pwriteSlow(offset, data, opts, hit);
+  }
+
+  async #pwriteSlow(offset: number, data: Uint8Array, opts: WriteOptions, inPlace: boolean): Promise<void> {
+    const st = this.#st;
+    const m = this.#m;
+    if (inPlace) {
       const host = m.host;
       st.ioInFlight++;
       try {
         const p = st.event("write_aio", opts.req);
         if (p) await p;
+        await preWriteOverlapCheck(st, 0, host, data.length, true);
+        st.noteDataWrite(host, data.length);
         await st.data.pwrite(host, st.crypto ? await st.crypto.encrypted(data, host, offset) : data, { req: opts.req });
       } finally {
         st.ioInFlight--;
@@ -200,7 +256,7 @@ export class Qcow2Instance implements DriverInstance {
   /** The end of a zero or discard range: a partial last cluster of the image counts whole. */
   #clusterEnd(end: number): number {
     const st = this.#st;
-    return end >= st.header.size ? Math.ceil(end / st.cs) * st.cs : end;
+    return end >= st.size ? Math.ceil(end / st.cs) * st.cs : end;
   }
 
   /**
@@ -225,7 +281,7 @@ export class Qcow2Instance implements DriverInstance {
   async makeEmpty(opts: RequestOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
-    const size = Math.ceil(st.header.size / st.cs) * st.cs;
+    const size = Math.ceil(st.size / st.cs) * st.cs;
     await st.change(async () => {
       await zeroOrDiscard(st, 0, size, { discard: true, unmap: true, full: true }, opts.req);
       await relieveCaches(st, opts.req);
@@ -267,10 +323,24 @@ export class Qcow2Instance implements DriverInstance {
     return blockStatus(this.#st, offset, length, opts.req);
   }
 
-  /** Writes back the metadata caches in dependency order. */
+  /**
+   * Writes back the metadata caches in dependency order. Once the image was
+   * marked corrupt nothing is written: the flush succeeds when no completed
+   * write waited for the write-back (QEMU's flush of a node without its
+   * driver succeeds), and fails when one did (its data is not reachable).
+   */
   flushToOs(opts: RequestOptions): Promise<void> {
     const st = this.#st;
-    if (!st.hasDirtyMetadata) return Promise.resolve();
+    if (st.corrupt && st.unwrittenChanges) {
+      return Promise.reject(
+        new BlockError(
+          "EIO",
+          `Cannot flush node '${st.node.name}': the image was marked corrupt before the metadata of earlier writes was written; those writes are lost`,
+          { node: st.node.name },
+        ),
+      );
+    }
+    if (!st.hasDirtyMetadata || st.corrupt) return Promise.resolve();
     return st.change(() => writeback(st, opts.req));
   }
 
@@ -332,7 +402,7 @@ export class Qcow2Instance implements DriverInstance {
     const out: Record<string, unknown> = {
       "format-specific": { type: "qcow2", data },
       "cluster-size": clusterSize(h),
-      "virtual-size": h.size,
+      "virtual-size": this.#st.size,
       "dirty-flag": (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0,
     };
     if (h.backingFile !== undefined) out["backing-filename"] = h.backingFile;
@@ -340,24 +410,6 @@ export class Qcow2Instance implements DriverInstance {
     if (this.#st.crypto) out.encrypted = true;
     return out;
   }
-}
-
-function dirOf(path: string): string {
-  const i = path.lastIndexOf("/");
-  return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
-}
-
-/** The host filename under a node (through filters such as a recorder), if any. */
-function filenameOf(node: BlockNode): string | undefined {
-  for (let n: BlockNode | undefined = node; n; n = n.primaryChild) {
-    if (typeof n.options.filename === "string") return n.options.filename;
-  }
-  return undefined;
-}
-
-function resolvePath(base: string | undefined, name: string): string {
-  if (name.startsWith("/") || base === undefined || /^[a-z][a-z0-9+.-]*:/i.test(name)) return name;
-  return `${dirOf(base)}/${name}`;
 }
 
 function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
@@ -376,37 +428,6 @@ function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number
   l2 ??= Math.min(full, 32 << 20);
   rb ??= Math.max(Math.floor(l2 / 4), 4 * cs);
   return { l2: Math.max(2, Math.ceil(l2 / cs)), rb: Math.max(4, Math.ceil(rb / cs)) };
-}
-
-async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode | undefined> {
-  const given = ctx.childSpec?.("backing");
-  if (given === null) return undefined;
-  if (given !== undefined) return await ctx.openChild("backing", undefined, { readOnly: true });
-  if (h.backingFile === undefined) return undefined;
-  const filename = resolvePath(filenameOf(file), h.backingFile);
-  const spec = h.backingFormat ? { driver: h.backingFormat, file: { driver: "file", filename } } : { filename };
-  try {
-    return await ctx.openChild("backing", spec, { readOnly: true, probe: true });
-  } catch (e) {
-    if (!(e instanceof BlockError)) throw e;
-    throw new BlockError(e.code, `Could not open backing file '${h.backingFile}': ${e.message}`, { node: ctx.node.name, cause: e });
-  }
-}
-
-async function openDataFile(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode> {
-  const given = ctx.childSpec?.("data-file");
-  if (!(h.incompatibleFeatures & INCOMPAT_DATA_FILE)) {
-    if (given !== undefined && given !== null) {
-      throw new BlockError("EINVAL", "Invalid option 'data-file' of driver 'qcow2': the image does not use an external data file");
-    }
-    return file;
-  }
-  if (given !== undefined && given !== null) return (await ctx.openChild("data-file"))!;
-  if (h.dataFile === undefined) {
-    throw new BlockError("EINVAL", "Could not open data file: the image needs an external data file but names none; give 'data-file'");
-  }
-  const filename = resolvePath(filenameOf(file), h.dataFile);
-  return (await ctx.openChild("data-file", { driver: "file", filename }))!;
 }
 
 /** Reads the active L1 table and the refcount table the header points at. */
@@ -472,10 +493,13 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     wrongOrder: wrongOrder as WrongOrder,
     l2CacheTables: tables.l2,
     rbCacheTables: tables.rb,
+    overlapChecks: parseOverlapOptions(ctx.options),
   });
   if (h.cryptMethod !== CRYPT_NONE) {
     st.crypto = await Qcow2Crypto.open(h, file, ctx.options, { noIo: (ctx.noIo ?? false) || checking, node: ctx.node.name });
   }
+  // Before the autoclear bits go: a valid bitmap directory is metadata to protect.
+  if (rw && !checking) await initOverlapChecks(st);
   if (rw && !checking) {
     // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
     // ones) are cleared, so a program that maintains them knows their data

@@ -12,7 +12,7 @@ import nodeCrypto from "node:crypto";
 import type { CipherAlg, CipherMode, CipherSpec, IvgenAlg } from "../../../drivers/_crypto/algorithms.ts";
 import { openSslAvailable } from "../../../drivers/_crypto/_openssl.ts";
 import { SectorCipher } from "../../../drivers/_crypto/sector_cipher.ts";
-import { CipherPool, POOL_SPLIT_MIN } from "../../../drivers/_crypto/cipher_pool.ts";
+import { CipherPool, WRITE_SPLIT_MIN } from "../../../drivers/_crypto/cipher_pool.ts";
 
 const available = openSslAvailable();
 if (!available) console.log("SKIP: OpenSSL's libcrypto cannot be loaded here: the OpenSSL-path comparisons do not run");
@@ -87,7 +87,7 @@ Deno.test("CipherPool.encryptTo() gives the calling thread's ciphertext below an
   const pool = new CipherPool(spec, key, { threads: 1 });
   const local = new SectorCipher(spec, key);
   try {
-    for (const n of [4096, POOL_SPLIT_MIN, 3 * POOL_SPLIT_MIN + 512]) {
+    for (const n of [4096, WRITE_SPLIT_MIN, 3 * WRITE_SPLIT_MIN + 512]) {
       const src = new Uint8Array(nodeCrypto.randomBytes(n));
       const keep = src.slice();
       const want = src.slice();

@@ -21,8 +21,14 @@ import type { CipherSpec } from "./algorithms.ts";
 import { type CipherWorkerInit, CTL, CTL_BYTES } from "./_cipher_worker.ts";
 import { LUKS_SECTOR_SIZE, SectorCipher } from "./sector_cipher.ts";
 
-/** Requests at least this long are shared with the workers. */
+/** Reads (and in-place encryptions) at least this long are shared with the workers. */
 export const POOL_SPLIT_MIN = 64 * 1024;
+/**
+ * {@linkcode CipherPool.encryptTo} (writes) shares only from this length: a
+ * 64 KiB write through OpenSSL in one pass costs less than the copy the
+ * shared path needs first (bench/README.md "## luks").
+ */
+export const WRITE_SPLIT_MIN = 256 * 1024;
 /** Largest window of a request shared in one go (its back half fits the shared buffer). */
 const WINDOW = 2 << 20;
 /** Smallest piece. */
@@ -117,6 +123,19 @@ export class CipherPool {
   /** Encrypts whole sectors in place (the first one numbered `sector`). */
   encrypt(data: Uint8Array, sector: number): Promise<void> {
     return this.#run(data, sector, true);
+  }
+
+  /**
+   * Encrypts whole sectors of `data` into `out` (same length; `data` stays as
+   * it is): one pass on the calling thread below the split size, else a copy
+   * then {@linkcode encrypt}.
+   */
+  async encryptTo(data: Uint8Array, out: Uint8Array, sector: number): Promise<void> {
+    if (this.#closed) throw new BlockError("EIO", "The cipher pool is closed (image closed)");
+    if (data.length < WRITE_SPLIT_MIN || this.#threads === 0 || this.#busy) return this.#local.encryptTo(data, out, sector);
+    if (out.length !== data.length) throw new BlockError("EINVAL", `Output of ${out.length} bytes for ${data.length} bytes of input`);
+    out.set(data);
+    await this.#run(out, sector, true);
   }
 
   /** Decrypts whole sectors in place (the first one numbered `sector`). */

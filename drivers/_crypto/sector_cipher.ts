@@ -24,8 +24,14 @@
  * - CTR: the counter blocks (IV + block index, big-endian) of the batch go
  *   through one ECB call and are XORed in.
  *
+ * Where the system's OpenSSL can be used (`_openssl.ts`: the `ffi`
+ * permission, libcrypto, a cipher it has, a key it accepts), every mode runs
+ * there instead, one IV reset and one native update per sector — the same
+ * bytes at about a quarter of the CPU for XTS. The paths above are the
+ * portable fallback.
+ *
  * Key bytes given to the constructor are copied into `node:crypto`'s cipher
- * objects; the caller zeroes its own copy. The scratch buffer (which held
+ * objects (and OpenSSL's contexts); the caller zeroes its own copy. The scratch buffer (which held
  * tweaked data) is zeroed by {@linkcode SectorCipher.destroy}.
  *
  * @module
@@ -34,6 +40,7 @@
 import nodeCrypto from "node:crypto";
 import { BlockError } from "../../core/errors.ts";
 import { type CipherAlg, type CipherSpec, essivCipher, ivLength, keyLength } from "./algorithms.ts";
+import { openSslCipher, type OpenSslSectorCipher } from "./_openssl.ts";
 
 /** The LUKS sector size (QEMU 7.2 always writes 512). */
 export const LUKS_SECTOR_SIZE = 512;
@@ -77,6 +84,8 @@ function aligned(b: Uint8Array): Uint8Array {
 export interface SectorCipherOptions {
   /** Bytes per sector (a multiple of 16; default 512). */
   sectorSize?: number;
+  /** Use OpenSSL when it can be (default true; false keeps to `node:crypto` and JavaScript). */
+  native?: boolean;
 }
 
 /**
@@ -104,6 +113,7 @@ export class SectorCipher {
   #tweak?: Ecb;
   #essiv?: Ecb;
   #cbc?: NodeCipher;
+  #native?: OpenSslSectorCipher;
   #cbcLast = new Uint32Array(4);
   #scratch = new Uint8Array(0);
   #destroyed = false;
@@ -120,6 +130,7 @@ export class SectorCipher {
     }
     this.spec = { ...spec };
     this.sectorSize = ss;
+    if (opts.native ?? true) this.#native = openSslCipher(`${spec.alg}-${spec.mode}`, key);
     const half = spec.mode === "xts" ? need / 2 : need;
     this.#main = new Ecb(spec.alg, key.subarray(0, half));
     if (spec.mode === "xts") this.#tweak = new Ecb(spec.alg, key.subarray(half));
@@ -142,26 +153,59 @@ export class SectorCipher {
     this.#run(data, sector, true);
   }
 
+  /**
+   * Encrypts `data` into `out` (same length; `data` is left as it is): one
+   * pass through OpenSSL where it is used, a copy then {@linkcode encrypt}
+   * otherwise. What a write's bounce buffer needs.
+   */
+  encryptTo(data: Uint8Array, out: Uint8Array, sector: number): void {
+    if (out.length !== data.length) throw new BlockError("EINVAL", `Output of ${out.length} bytes for ${data.length} bytes of input`);
+    if (this.#native && !this.#destroyed) this.#run(data, sector, true, out);
+    else {
+      out.set(data);
+      this.#run(out, sector, true);
+    }
+  }
+
   /** Decrypts `data` (whole sectors, the first one numbered `sector`) in place. */
   decrypt(data: Uint8Array, sector: number): void {
     this.#run(data, sector, false);
   }
 
+  /** Whether this cipher runs in OpenSSL (see the module notes). */
+  get native(): boolean {
+    return this.#native !== undefined;
+  }
+
   /** Drops the cipher objects and zeroes the scratch buffers; the cipher cannot be used afterwards. */
   destroy(): void {
+    this.#native?.destroy();
     this.#scratch.fill(0);
     this.#cbcLast.fill(0);
     this.#scratch = new Uint8Array(0);
     this.#destroyed = true;
   }
 
-  #run(data: Uint8Array, sector: number, enc: boolean): void {
+  #run(data: Uint8Array, sector: number, enc: boolean, out: Uint8Array = data): void {
     if (this.#destroyed) throw new BlockError("EIO", "The sector cipher was destroyed (image closed)");
     const ss = this.sectorSize;
     if (data.length % ss !== 0) {
       throw new BlockError("EINVAL", `Cannot encrypt ${data.length} bytes: not a multiple of the ${ss}-byte sector`);
     }
     if (!Number.isSafeInteger(sector) || sector < 0) throw new BlockError("EINVAL", `Invalid sector number ${sector}`);
+    const native = this.#native;
+    if (native) {
+      const essiv = this.#essiv !== undefined;
+      const plain = this.spec.ivgen === "plain";
+      for (let off = 0; off < data.length; off += CHUNK) {
+        const end = Math.min(data.length, off + CHUNK);
+        const part = data.subarray(off, end);
+        const first = sector + off / ss;
+        const ivs = essiv ? this.#ivs(first, part.length / ss) : undefined;
+        native.run(part, enc, { sectorSize: ss, sector: first, plain, ivs }, out === data ? part : out.subarray(off, end));
+      }
+      return;
+    }
     for (let off = 0; off < data.length; off += CHUNK) {
       const part = data.subarray(off, Math.min(data.length, off + CHUNK));
       const work = aligned(part);

@@ -121,9 +121,10 @@ export class LuksInstance implements DriverInstance {
   async pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const c = this.#need("write", offset, data.length);
     for (let done = 0; done < data.length; done += WRITE_CHUNK) {
-      const piece = data.slice(done, Math.min(data.length, done + WRITE_CHUNK));
+      const end = Math.min(data.length, done + WRITE_CHUNK);
+      const piece = new Uint8Array(end - done);
       const sector = (offset + done) / LUKS_SECTOR_SIZE;
-      await c.encrypt(piece, sector);
+      await c.encryptTo(data.subarray(done, end), piece, sector);
       await this.#file.pwrite(this.volume.payloadOffset + offset + done, piece, opts);
     }
   }

@@ -169,8 +169,8 @@ export class Qcow2Crypto {
 
   /** A ciphertext copy of `data` (the caller's buffer stays as it is). */
   async encrypted(data: Uint8Array, host: number, guest: number): Promise<Uint8Array> {
-    const out = data.slice();
-    await this.encrypt(out, host, guest);
+    const out = new Uint8Array(data.length);
+    await this.#need("write").encryptTo(data, out, this.#sector(host, guest));
     return out;
   }
 

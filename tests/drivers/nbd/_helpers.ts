@@ -34,20 +34,42 @@ export function sockPath(dir: string, tag = "s"): string {
   return `${dir}/${tag}${++counter}.sock`;
 }
 
+/**
+ * Whether a socket bound at `sock` listens. A server binds before it
+ * listens (qemu-nbd: bind(), then listen()), and a client connecting in
+ * between is refused, so the file existing is not enough. Linux lists
+ * listening Unix sockets in /proc/net/unix with __SO_ACCEPTCON (0x10000) in
+ * their flags; without that file, the socket file existing has to do.
+ */
+function listening(sock: string): boolean {
+  let table: string;
+  try {
+    table = Deno.readTextFileSync("/proc/net/unix");
+  } catch {
+    try {
+      return Deno.statSync(sock).isSocket === true;
+    } catch {
+      return false;
+    }
+  }
+  return table.split("\n").some((line) => {
+    const f = line.trim().split(/\s+/);
+    return f[7] === sock && (parseInt(f[3], 16) & 0x10000) !== 0;
+  });
+}
+
 async function waitFor(sock: string, status: Promise<Deno.CommandStatus>): Promise<boolean> {
   let exited = false;
   status.then(() => (exited = true));
   // Bounded: 300 x 20 ms; a server that never listens fails the test.
   for (let i = 0; i < 300 && !exited; i++) {
-    try {
-      if (Deno.statSync(sock).isSocket) return true;
-    } catch { /* not yet */ }
+    if (listening(sock)) return true;
     await new Promise((r) => setTimeout(r, 20));
   }
   return false;
 }
 
-/** Starts `cmd args... -k SOCK`-style servers and waits until the socket exists. */
+/** Starts `cmd args... -k SOCK`-style servers and waits until the socket listens. */
 export async function startServer(cmd: string, args: string[], sock: string, name = ""): Promise<ServerProcess> {
   const child = new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "piped" }).spawn();
   const errText = new Response(child.stderr).text();

@@ -334,18 +334,3 @@ export function withoutDiskSize(text: string): string {
 export function parsed<T = unknown>(run: QemuRun): T {
   return JSON.parse(run.stdout) as T;
 }
-
-let compressedNoted = false;
-
-/**
- * blkgraph's `map --output=json` prints a `"compressed"` key that qemu-img 7.2
- * does not (code-review §4.3 item 7; the "cli" helper is removing it). Until
- * then the key is dropped from our output, with a visible note, only where
- * QEMU's output has none; every other field is compared as printed.
- */
-export function withoutCompressedKey(ours: string, qemu: string): string {
-  if (qemu.includes('"compressed"') || !ours.includes('"compressed"')) return ours;
-  if (!compressedNoted) console.warn('NOTE: blkgraph map --output=json prints "compressed" (qemu-img 7.2 does not); compared without it');
-  compressedNoted = true;
-  return ours.replace(/, "compressed": (true|false)/g, "");
-}

@@ -827,6 +827,42 @@ export class BlockNode {
     return this.#snapshotOp("snapshotGoto", "apply a snapshot", idOrName);
   }
 
+  // ---- VM state (QEMU's bdrv_load_vmstate / bdrv_save_vmstate) --------
+
+  /**
+   * Reads `buf.length` bytes of saved VM state at `pos` (qemu-io `read -b`):
+   * the VM state area of the first node down the primary-child chain whose
+   * driver has one (qcow2 keeps it after the guest data).
+   */
+  loadVmstate(pos: number, buf: Uint8Array): Promise<void> {
+    return this.#vmstateOp("loadVmstate", "read the VM state of", false, pos, buf.length, (i) => i.loadVmstate!(pos, buf));
+  }
+
+  /** Writes VM state at `pos` (qemu-io `write -b`); see {@linkcode BlockNode.loadVmstate}. */
+  saveVmstate(pos: number, data: Uint8Array): Promise<void> {
+    return this.#vmstateOp("saveVmstate", "write the VM state of", true, pos, data.length, (i) => i.saveVmstate!(pos, data));
+  }
+
+  async #vmstateOp(
+    key: "loadVmstate" | "saveVmstate",
+    what: string,
+    write: boolean,
+    pos: number,
+    length: number,
+    fn: (inst: DriverInstance) => Promise<void> | void,
+  ): Promise<void> {
+    if (!Number.isSafeInteger(pos) || pos < 0 || pos + length > MAX_LENGTH) {
+      throw new BlockError("EINVAL", `Cannot ${what} node '${this.name}' at offset ${pos}: invalid offset`, { node: this.name });
+    }
+    const n = this.#snapshotNode(key);
+    if (!n) {
+      throw new BlockError("ENOTSUP", `Cannot ${what} node '${this.name}': format '${formatDriverName(this)}' has no VM state area`, {
+        node: this.name,
+      });
+    }
+    await n.#imageOp(key, what, write, fn);
+  }
+
   // ---- breakpoints (QEMU's bdrv_debug_breakpoint & co.) -----------------
 
   /** The first node down the primary-child chain whose driver offers breakpoints (QEMU's bdrv_find_debug_node). */

@@ -277,6 +277,10 @@ export interface DriverInstanceOf<N> {
   snapshotDelete?(idOrName: string): Promise<void> | void;
   /** Reverts the image to the snapshot whose ID or name is `idOrName`. */
   snapshotGoto?(idOrName: string): Promise<void> | void;
+  /** Reads saved VM state at byte `pos` of the image's VM state area (QEMU's bdrv_load_vmstate). */
+  loadVmstate?(pos: number, buf: Uint8Array): Promise<void> | void;
+  /** Writes VM state at byte `pos` of the image's VM state area (QEMU's bdrv_save_vmstate). */
+  saveVmstate?(pos: number, data: Uint8Array): Promise<void> | void;
   /** Suspends the next request that raises `event`, tagging it `tag` (blkdebug breakpoints). */
   debugBreakpoint?(event: string, tag: string): void;
   /** Removes breakpoint `tag` and resumes requests held there. */

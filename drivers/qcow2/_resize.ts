@@ -14,13 +14,21 @@ import type { Qcow2State } from "./_state.ts";
 import { writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 
-/** Grows the active L1 table to at least `minEntries` entries (metadata lock held). */
-export async function growL1(st: Qcow2State, minEntries: number, req: RequestInfo | undefined): Promise<void> {
+/**
+ * Grows the active L1 table to at least `minEntries` entries (metadata lock
+ * held): exactly that many for a resize, else by half again as often as
+ * needed (QEMU's qcow2_grow_l1_table). The new table is written and flushed,
+ * the header switched to it in one write, then the old table is freed.
+ */
+export async function growL1(st: Qcow2State, minEntries: number, exact: boolean, req: RequestInfo | undefined): Promise<void> {
   if (minEntries <= st.l1Size) return;
-  let entries = Math.max(minEntries, Math.floor((st.l1Size * 3) / 2));
-  entries = Math.min(entries, MAX_L1_BYTES / 8);
-  if (entries < minEntries) {
-    throw new BlockError("EFBIG", `Cannot grow the L1 table to ${minEntries} entries: the limit is ${MAX_L1_BYTES / 8}`, {
+  let entries = minEntries;
+  if (!exact) {
+    entries = Math.max(1, st.l1Size);
+    while (entries < minEntries) entries = Math.ceil((entries * 3) / 2);
+  }
+  if (entries > MAX_L1_BYTES / 8) {
+    throw new BlockError("EFBIG", `Cannot grow the L1 table to ${entries} entries: the limit is ${MAX_L1_BYTES / 8}`, {
       node: st.node.name,
     });
   }
@@ -35,7 +43,7 @@ export async function growL1(st: Qcow2State, minEntries: number, req: RequestInf
   table.set(st.l1);
   p = st.event("l1_grow_write_table", req);
   if (p) await p;
-  await st.file.pwrite(newOffset, table, { req });
+  await st.file.pwrite(newOffset, table.subarray(0, entries * 8), { req });
   await st.file.flush({ req });
   p = st.event("l1_grow_activate_table", req);
   if (p) await p;
@@ -64,7 +72,7 @@ export async function resize(st: Qcow2State, size: number, req: RequestInfo | un
     );
   }
   if (size === old) return;
-  await growL1(st, l1EntriesFor(st.header, size), req);
+  await growL1(st, l1EntriesFor(st.header, size), true, req);
   await writeback(st, req);
   await st.flushFiles(req);
   await writeHeaderFields(st.file, { ...st.header, size }, ["size"], req);

@@ -114,8 +114,8 @@ export class Qcow2State {
   ioInFlight = 0;
   /** The metadata lock. */
   readonly lock: Mutex = new Mutex();
-  /** The reftable is being replaced: hookups stay in memory. */
-  growingReftable = false;
+  /** How often the refcount table was replaced by a larger one (allocations restart when it changes). */
+  reftableSwitches = 0;
   /** The dirty bit has been set on disk by this open (lazy refcounts). */
   markedDirty = false;
   /** Corruption was found while the image was open read-write: it refuses changes. */
@@ -297,7 +297,7 @@ export class Qcow2State {
       this.rbCache.markClean(e);
     }
     let wrote = dirty.length > 0;
-    if (this.reftableDirty.size && !this.growingReftable) {
+    if (this.reftableDirty.size) {
       // A refcount block that was just hooked in may be counted by one of the
       // blocks written above: that count must be durable before the table
       // entry makes the new block part of the image (QEMU flushes the

@@ -17,6 +17,7 @@ import type { CacheEntry } from "./_cache.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
 import { readGuest } from "./_read.ts";
 import { allocClusters } from "./_refcount.ts";
+import { growL1 } from "./_resize.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markDirty } from "./_writeback.ts";
@@ -25,6 +26,8 @@ const ALL = 0xffffffff;
 
 /** Returns a COPIED L2 table for L1 index `l1i`, allocating or copying it; the entry comes back pinned. */
 export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInfo | undefined): Promise<CacheEntry> {
+  // Past the active L1 table (the VM state area): grow it as QEMU's get_cluster_table does.
+  if (l1i >= st.l1Size) await growL1(st, l1i + 1, false, req);
   const off = st.l1Offset(l1i);
   if (off !== 0 && st.l1Copied(l1i)) return await st.loadL2(off, l1i, req);
   const newOff = await allocClusters(st, 1, req);

@@ -7,15 +7,17 @@
  *
  * Options (QEMU names): `l2-cache-size`, `refcount-cache-size`,
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
- * `metadata-sync`), `x-wrong-order` (tests only); children `file`,
- * `backing` (null disables it), `data-file`.
+ * `metadata-sync`), `x-wrong-order` (tests only), `snapshot.id` /
+ * `snapshot.name` (a read-only view of an internal snapshot, as qemu-img
+ * convert -l opens it); children `file`, `backing` (null disables it),
+ * `data-file`.
  *
  * @module
  */
 
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
-import { checkKnownOptions, optBool, optEnum, optSize } from "../../core/options.ts";
+import { checkKnownOptions, optBool, optEnum, optSize, optString } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type {
   AmendOptions,
@@ -55,12 +57,23 @@ import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
 import { listSnapshots } from "./_snapshot.ts";
+import { createSnapshot, deleteSnapshot, gotoSnapshot, loadSnapshotView, vmStateOffset } from "./_snapshot_ops.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { entryOffset } from "./_entries.ts";
 import { metadataExtents } from "./_metadata_map.ts";
 
-const OPTIONS = ["l2-cache-size", "refcount-cache-size", "cache-size", "lazy-refcounts", "metadata-mode", "x-wrong-order"];
+const OPTIONS = [
+  "l2-cache-size",
+  "refcount-cache-size",
+  "cache-size",
+  "lazy-refcounts",
+  "metadata-mode",
+  "x-wrong-order",
+  "snapshot",
+  "snapshot.id",
+  "snapshot.name",
+];
 const ZERO_CHUNK = 1 << 20;
 
 /** The driver instance of an open qcow2 node. */
@@ -235,6 +248,39 @@ export class Qcow2Instance implements DriverInstance {
     return listSnapshots(this.#st);
   }
 
+  /** Creates an internal snapshot of the current state (qemu-img snapshot -c; `_snapshot_ops.ts`). */
+  snapshotCreate(info: SnapshotInfo): Promise<void> {
+    return this.#st.change(() => createSnapshot(this.#st, info, undefined));
+  }
+
+  /** Deletes the snapshot with ID (or else name) `idOrName` (qemu-img snapshot -d). */
+  snapshotDelete(idOrName: string): Promise<void> {
+    return this.#st.change(() => deleteSnapshot(this.#st, idOrName, undefined));
+  }
+
+  /** Reverts the image to the snapshot with ID (or else name) `idOrName` (qemu-img snapshot -a). */
+  snapshotGoto(idOrName: string): Promise<void> {
+    return this.#st.change(() => gotoSnapshot(this.#st, idOrName, undefined));
+  }
+
+  /** Reads VM state (after the guest data, as QEMU's qcow2_load_vmstate). */
+  async loadVmstate(pos: number, buf: Uint8Array): Promise<void> {
+    const p = this.#st.event("vmstate_load", undefined);
+    if (p) await p;
+    await readGuest(this.#st, vmStateOffset(this.#st) + pos, buf, undefined);
+  }
+
+  /** Writes VM state (qcow2_save_vmstate): allocated like guest data, past the virtual size. */
+  async saveVmstate(pos: number, data: Uint8Array): Promise<void> {
+    const st = this.#st;
+    const p = st.event("vmstate_save", undefined);
+    if (p) await p;
+    await st.change(async () => {
+      await writeLocked(st, vmStateOffset(st) + pos, data, undefined);
+      await relieveCaches(st, undefined);
+    });
+  }
+
   /** Allocation state of the extent at `offset`. */
   blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
     return blockStatus(this.#st, offset, length, opts.req);
@@ -388,6 +434,18 @@ async function readTables(node: BlockNode, file: BlockNode, h: Qcow2Header): Pro
   return { l1, reftable };
 }
 
+/** The `snapshot.id` / `snapshot.name` options (flat or nested), if any: open a read-only view of that snapshot. */
+function snapshotOptions(o: Record<string, unknown>): { id?: string; name?: string } | undefined {
+  const nested = typeof o.snapshot === "object" && o.snapshot !== null ? o.snapshot as Record<string, unknown> : {};
+  if (o.snapshot !== undefined && typeof o.snapshot !== "object") {
+    throw new BlockError("EINVAL", `Invalid option 'snapshot' of driver 'qcow2': expected snapshot.id and/or snapshot.name`);
+  }
+  checkKnownOptions(nested, ["id", "name"], "qcow2 snapshot");
+  const id = optString(o, "snapshot.id", "qcow2") ?? optString(nested, "id", "qcow2");
+  const name = optString(o, "snapshot.name", "qcow2") ?? optString(nested, "name", "qcow2");
+  return id === undefined && name === undefined ? undefined : { id, name };
+}
+
 async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   checkKnownOptions(ctx.options, OPTIONS, "qcow2");
   const file = (await ctx.openChild("file"))!;
@@ -436,6 +494,8 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     l2CacheTables: tables.l2,
     rbCacheTables: tables.rb,
   });
+  const view = snapshotOptions(ctx.options);
+  if (view) await loadSnapshotView(st, view.id, view.name);
   if (rw && !checking) {
     // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
     // ones) are cleared, so a program that maintains them knows their data

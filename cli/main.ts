@@ -53,17 +53,23 @@ export const VERBS: readonly Verb[] = [
   demoVerb,
 ];
 
+function toFileUrl(path: string): string {
+  const abs = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
+  return new URL(`file://${abs.split("/").map(encodeURIComponent).join("/")}`).href;
+}
+
 function usage(): string {
   const width = Math.max(...VERBS.map((v) => v.name.length));
   return [
-    "Usage: blkgraph VERB [options] ...",
+    "Usage: blkgraph [--load MODULE]... VERB [options] ...",
     "",
     "A qemu-img / qemu-io work-alike on the blkgraph block layer.",
     "",
     "Verbs:",
     ...VERBS.map((v) => `  ${v.name.padEnd(width)}  ${v.summary}`),
     "",
-    "Run 'blkgraph VERB --help' for a verb's options.",
+    "Run 'blkgraph VERB --help' for a verb's options. --load MODULE imports a module first",
+    "(a driver of your own that calls registerDriver).",
     "",
   ].join("\n");
 }
@@ -80,6 +86,21 @@ function usage(): string {
  * ```
  */
 export async function main(args: string[], io: CliIO): Promise<number> {
+  // `--load MODULE` (repeatable, before the verb) imports a module that registers drivers, as nbdkit loads plugins.
+  while (args[0] === "--load" || args[0]?.startsWith("--load=")) {
+    const spec = args[0] === "--load" ? args[1] : args[0].slice("--load=".length);
+    args = args.slice(args[0] === "--load" ? 2 : 1);
+    if (!spec) {
+      io.stderr("blkgraph: --load needs a module path or URL\n");
+      return 1;
+    }
+    try {
+      await import(/^[a-z][a-z0-9+.-]*:/i.test(spec) ? spec : toFileUrl(spec));
+    } catch (e) {
+      io.stderr(`blkgraph: Could not load module '${spec}': ${(e as Error).message}\n`);
+      return 1;
+    }
+  }
   const [verbName, ...rest] = args;
   if (verbName === undefined || verbName === "--help" || verbName === "-h" || verbName === "help") {
     io[verbName === undefined ? "stderr" : "stdout"](usage());

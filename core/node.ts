@@ -110,6 +110,7 @@ export class BlockNode {
   #tracker: RequestTracker = new RequestTracker();
   #writeGen = 0;
   #flushedGen = 0;
+  #driverFlushes = 0;
   #flushing: Promise<void> | null = null;
   #listeners: NodeListener[] = [];
   #closed = false;
@@ -196,9 +197,10 @@ export class BlockNode {
   // ---- listeners and events -------------------------------------------
 
   /**
-   * Calls `fn` for every BLKDBG event this node raises, every flush it
-   * performs, the begin and end of every request it serves, and its
-   * filter's own events (throttle waits, injected errors).
+   * Calls `fn` for every BLKDBG event this node raises, every disk flush
+   * its flush requests cause at or below it (the `node` field names the node
+   * whose driver flushed), the begin and end of every request it serves, and
+   * its filter's own events (throttle waits, injected errors).
    */
   addListener(fn: NodeListener): () => void {
     this.#listeners = [...this.#listeners, fn];
@@ -617,6 +619,19 @@ export class BlockNode {
   async #flushNow(opts: RequestOptions): Promise<void> {
     const req = opts.req ?? newRequest(this.name, "flush", 0, 0);
     this.stats.flushRequests++;
+    // The nodes flushing on behalf of `req`: each counts (and its listeners
+    // see) the disk flushes its flush causes at or below it.
+    let chain = flushChains.get(req);
+    if (!chain) flushChains.set(req, chain = []);
+    chain.push(this);
+    try {
+      await this.#flushSteps(req, chain);
+    } finally {
+      chain.splice(chain.lastIndexOf(this), 1);
+    }
+  }
+
+  async #flushSteps(req: RequestInfo, chain: BlockNode[]): Promise<void> {
     const inst = this.#inst;
     if (inst.flushToOs) {
       await this.#ownEvent("flush_to_os", req);
@@ -628,9 +643,16 @@ export class BlockNode {
         this.stats.flushesSkipped++;
       } else {
         await this.#ownEvent("flush_to_disk", req);
-        if (this.#listeners.length) this.#notify({ kind: "flush", node: this, time: performance.now(), req });
+        // Each listener once, though the same one may listen on several nodes of the chain (a trace of the graph).
+        let fns: Set<NodeListener> | undefined;
+        for (const n of chain) for (const l of n.#listeners) (fns ??= new Set()).add(l);
+        if (fns) {
+          const e: NodeEvent = { kind: "flush", node: this, time: performance.now(), req };
+          for (const l of fns) l(e);
+        }
         await inst.flush({ req });
-        this.stats.flushes++;
+        this.#driverFlushes++;
+        for (const n of chain) n.stats.flushes++;
       }
     }
     for (const [role, child] of this.children) {
@@ -640,9 +662,9 @@ export class BlockNode {
     this.#flushedGen = gen;
   }
 
-  /** Number of flushes that reached a driver on this node and every node below it. */
+  /** Number of flushes that reached a driver on this node and every node below it, whatever caused them. */
   get flushCount(): number {
-    let n = this.stats.flushes;
+    let n = this.#driverFlushes;
     for (const c of new Set(this.children.values())) n += c.flushCount;
     return n;
   }
@@ -969,6 +991,9 @@ export class BlockNode {
     return this.close();
   }
 }
+
+/** For each flush request, the nodes flushing on its behalf right now (outermost first). */
+const flushChains = new WeakMap<RequestInfo, BlockNode[]>();
 
 /** The driver name a user thinks of for `node`: the format below any filters. */
 function formatDriverName(node: BlockNode): string {

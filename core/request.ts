@@ -31,7 +31,12 @@ export interface NodeStats {
   discards: number;
   /** Flush requests received. */
   flushRequests: number;
-  /** Flushes that reached this node's driver (`flush` callback ran). */
+  /**
+   * Disk flushes (a driver's `flush` ran) at this node or below it caused by
+   * this node's flush requests — on a qcow2 node, the flushes of its file
+   * that its flushes needed. {@linkcode BlockNode.flushCount} counts every
+   * disk flush below a node, whatever caused it.
+   */
   flushes: number;
   /** Flush requests skipped because nothing was written since the last one. */
   flushesSkipped: number;
@@ -52,9 +57,9 @@ export type NodeEventOf<N> =
     req?: RequestInfo;
   }
   | {
-    /** A flush that reached this node's driver. */
+    /** A disk flush (a driver's `flush`) at or below the listening node, caused by its flush request. */
     kind: "flush";
-    /** The flushed node. */
+    /** The node whose driver flushed. */
     node: N;
     /** `performance.now()` when it started. */
     time: number;

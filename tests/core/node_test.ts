@@ -228,3 +228,28 @@ Deno.test("truncate() resizes a memory node and refuses bad sizes", async () => 
   assert.equal(await n.getLength(), 8192);
   await assert.rejects(n.truncate(-1), (e: BlockError) => e.code === "EINVAL");
 });
+
+Deno.test("a listener on the top node sees the disk flushes its flush causes below it, and stats.flushes counts them", async () => {
+  await using top = await open({ driver: "test-pass", file: { driver: "test-pass", file: { driver: "memory", size: 4096 } } });
+  const seen: string[] = [];
+  top.addListener((e) => e.kind === "flush" && seen.push(e.node.driver.name));
+  await top.pwrite(0, new Uint8Array(512).fill(1));
+  await top.flush();
+  await top.flush(); // nothing written since: skipped at the memory node
+  assert.deepEqual(seen, ["memory"]);
+  assert.equal(top.stats.flushes, 1);
+  assert.equal(top.stats.flushRequests, 2);
+  assert.equal(top.flushCount, 1);
+  const leaf = top.file!.file!;
+  assert.equal(leaf.stats.flushes, 1);
+});
+
+Deno.test("stats.flushes of a node does not count disk flushes other nodes' requests cause below it", async () => {
+  await using top = await open({ driver: "test-pass", file: { driver: "memory", size: 4096 } });
+  const leaf = top.file!;
+  await leaf.pwrite(0, new Uint8Array(512).fill(2));
+  await leaf.flush(); // the leaf's own request
+  assert.equal(leaf.stats.flushes, 1);
+  assert.equal(top.stats.flushes, 0);
+  assert.equal(top.flushCount, 1, "flushCount counts every flush below");
+});

@@ -1,7 +1,7 @@
 /**
  * `blkgraph resize`: qemu-img resize (`[+|-]size`, "Image resized."). Growing
- * works for every format that can truncate; shrinking a raw image needs
- * `--shrink`, and qcow2 images are never shrunk.
+ * works for every format that can truncate, with `--preallocation` where the
+ * format has it (qcow2: metadata, falloc, full); shrinking needs `--shrink`.
  *
  * @module
  */
@@ -23,7 +23,8 @@ import {
 const USAGE = `Usage: blkgraph resize [-f fmt] [--shrink] [--preallocation=mode] [-q] [--image-opts] filename [+|-]size
 
 Changes the virtual size of an image. '+size' grows it by size, '-size'
-shrinks it (raw only, with --shrink).
+shrinks it (with --shrink). --preallocation=metadata|falloc|full allocates
+the grown area.
 `;
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -41,19 +42,18 @@ async function run(args: string[], io: CliIO): Promise<number> {
     const node = formatNode(top);
     const cur = node.length;
     const size = rel === "+" ? cur + amount : rel === "-" ? cur - amount : amount;
-    if (size < 0) throw new CliError(`New image size must be positive (current size ${cur}, requested change -${amount})`);
-    if (size < cur) {
-      if (node.driver.name === "qcow2") {
-        throw new CliError(`Cannot shrink qcow2 image '${filename}' from ${cur} to ${size} bytes: shrinking qcow2 images is not supported`);
-      }
-      if (p.values.shrink !== true) throw new CliError("Use the --shrink option to perform a shrink operation.");
+    if (size <= 0) throw new CliError("New image size must be positive");
+    const prealloc = flagString(p.values, "preallocation") as "off" | "metadata" | "falloc" | "full" | undefined;
+    if (prealloc !== undefined && !["off", "metadata", "falloc", "full"].includes(prealloc)) {
+      throw new CliError(`Invalid preallocation mode '${prealloc}'`);
+    }
+    if (size <= cur && prealloc !== undefined && prealloc !== "off") throw new CliError("Preallocation can only be used for growing images");
+    if (size < cur && p.values.shrink !== true) {
+      io.stderr("blkgraph: Use the --shrink option to perform a shrink operation.\n");
       io.stderr(
         "blkgraph: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n",
       );
-    }
-    const prealloc = flagString(p.values, "preallocation") as "off" | "metadata" | "falloc" | "full" | undefined;
-    if (prealloc !== undefined && !["off", "metadata", "falloc", "full"].includes(prealloc)) {
-      throw new CliError(`Invalid preallocation mode '${prealloc}': expected off, metadata, falloc or full`);
+      return 1;
     }
     await node.truncate(size, { prealloc });
     await top.flush();

@@ -137,6 +137,35 @@ export async function allocClusters(st: Qcow2State, n: number, req: RequestInfo 
 }
 
 /**
+ * Allocates up to `n` clusters from cluster index `first` on, as many as are
+ * free there in a row, without moving the search cursor (QEMU's
+ * qcow2_alloc_clusters_at, which keeps an allocation contiguous with the
+ * previous one). Returns how many it took (0 when `first` is in use).
+ */
+export async function allocAt(st: Qcow2State, first: number, n: number, req: RequestInfo | undefined): Promise<number> {
+  for (;;) {
+    let free = 0;
+    while (free < n && !st.reserved.has(first + free) && (await getRefcount(st, first + free, req)) === 0) free++;
+    const switches = st.reftableSwitches;
+    let counted = 0;
+    for (let c = first; c < first + free; c++) st.reserved.add(c);
+    try {
+      for (let c = first; c < first + free && st.reftableSwitches === switches; c++) {
+        await updateRefcount(st, c, 1, req);
+        counted++;
+      }
+    } catch (e) {
+      for (let c = first; c < first + counted; c++) await updateRefcount(st, c, -1, req);
+      throw e;
+    } finally {
+      for (let c = first; c < first + free; c++) st.reserved.delete(c);
+    }
+    if (st.reftableSwitches === switches) return free;
+    for (let c = first; c < first + counted; c++) await updateRefcount(st, c, -1, req);
+  }
+}
+
+/**
  * Allocates a refcount block for refcount-table index `rt` (needed for
  * cluster index `cluster`) and hooks it in (QEMU's alloc_refcount_block):
  * the block goes to the first free cluster and describes itself when it

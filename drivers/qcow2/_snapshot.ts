@@ -110,7 +110,9 @@ export async function writeSnapshotTable(st: Qcow2State, entries: readonly Snaps
   }
   const bytes = encodeSnapshotTable(entries);
   if (bytes.length > MAX_SNAPSHOT_TABLE) {
-    throw new BlockError("EFBIG", `Snapshot table too large: ${bytes.length} bytes (at most ${MAX_SNAPSHOT_TABLE})`, { node: st.node.name });
+    throw new BlockError("EFBIG", `Snapshot table too large: ${bytes.length} bytes (at most ${MAX_SNAPSHOT_TABLE})`, {
+      node: st.node.name,
+    });
   }
   const oldOffset = st.header.snapshotsOffset;
   const oldSize = st.header.nbSnapshots ? await oldTableSize(st) : 0;

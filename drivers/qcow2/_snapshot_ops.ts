@@ -56,9 +56,13 @@ function validateL1(st: Qcow2State, sn: SnapshotEntry): void {
     throw new BlockError("EFBIG", `Snapshot L1 table too large: snapshot '${sn.id}' has l1_size ${sn.l1Size}`, { node: st.node.name });
   }
   if (sn.l1Offset % st.cs !== 0 || (sn.l1Size > 0 && sn.l1Offset + sn.l1Size * 8 > st.file.length)) {
-    throw new BlockError("EINVAL", `Snapshot L1 table offset invalid: snapshot '${sn.id}' has l1_table_offset 0x${sn.l1Offset.toString(16)}`, {
-      node: st.node.name,
-    });
+    throw new BlockError(
+      "EINVAL",
+      `Snapshot L1 table offset invalid: snapshot '${sn.id}' has l1_table_offset 0x${sn.l1Offset.toString(16)}`,
+      {
+        node: st.node.name,
+      },
+    );
   }
 }
 
@@ -231,7 +235,7 @@ export async function gotoSnapshot(st: Qcow2State, idOrName: string, req: Reques
   if (idx < 0) notFound(st, idOrName);
   const sn = entries[idx];
   validateL1(st, sn);
-  if (sn.diskSize !== undefined && sn.diskSize !== st.header.size) await resize(st, sn.diskSize, req);
+  if (sn.diskSize !== undefined && sn.diskSize !== st.header.size) await resize(st, sn.diskSize, { req });
   const snL1 = await readL1(st, sn, 0, req);
   await checkRoom(st, snL1, req);
   await withDirtyBit(st, req, async () => {

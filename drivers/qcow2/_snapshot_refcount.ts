@@ -24,7 +24,13 @@ import type { Qcow2State } from "./_state.ts";
 export type Released = number[];
 
 /** Adds `delta` to the refcount of the cluster at `offset`; a cluster that reaches 0 leaves the caches. */
-export async function addRef(st: Qcow2State, offset: number, delta: number, released: Released, req: RequestInfo | undefined): Promise<number> {
+export async function addRef(
+  st: Qcow2State,
+  offset: number,
+  delta: number,
+  released: Released,
+  req: RequestInfo | undefined,
+): Promise<number> {
   const c = Math.floor(offset / st.cs);
   let v: number;
   try {
@@ -48,8 +54,9 @@ export async function addRef(st: Qcow2State, offset: number, delta: number, rele
 /**
  * Walks the L1 table `l1` (big-endian entries, modified in place) and the
  * L2 tables it points at, adding `addend` to every refcount and fixing the
- * COPIED flags. Returns whether an L1 entry changed (the caller writes the
- * table back where it lives, unless it is being freed).
+ * COPIED flags (unless `flags` is false: then only refcounts change).
+ * Returns whether an L1 entry changed (the caller writes the table back
+ * where it lives, unless it is being freed).
  */
 export async function updateSnapshotRefcount(
   st: Qcow2State,
@@ -57,6 +64,7 @@ export async function updateSnapshotRefcount(
   addend: -1 | 0 | 1,
   released: Released,
   req: RequestInfo | undefined,
+  flags = true,
 ): Promise<boolean> {
   const l1v = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
   const cs = st.cs;
@@ -99,7 +107,7 @@ export async function updateSnapshotRefcount(
           }
         }
         const want = refcount === 1 ? (hi | HI_COPIED) >>> 0 : (hi & ~HI_COPIED) >>> 0;
-        if (want !== hi) {
+        if (flags && want !== hi) {
           e.view.setUint32(at, want);
           st.l2Cache.markDirty(e);
         }
@@ -110,7 +118,7 @@ export async function updateSnapshotRefcount(
     const refcount = addend !== 0 ? await addRef(st, l2Offset, addend, released, req) : await getRefcount(st, l2Offset / cs, req);
     const hi = l1v.getUint32(i * 8);
     const want = refcount === 1 ? (hi | HI_COPIED) >>> 0 : (hi & ~HI_COPIED) >>> 0;
-    if (want !== hi) {
+    if (flags && want !== hi) {
       l1v.setUint32(i * 8, want);
       l1Modified = true;
     }

@@ -16,8 +16,7 @@
  */
 
 import { BlockError } from "../../core/errors.ts";
-import type { BlockNode } from "../../core/node.ts";
-import { checkKnownOptions, optBool, optEnum, optSize, optString } from "../../core/options.ts";
+import { checkKnownOptions, optBool, optEnum } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type {
   AmendOptions,
@@ -42,10 +41,8 @@ import {
   clusterSize,
   COMPAT_LAZY_REFCOUNTS,
   INCOMPAT_CORRUPT,
-  INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
-  l2EntryBytes,
   QCOW2_MAGIC,
   type Qcow2Header,
   readHeaderFrom,
@@ -60,8 +57,8 @@ import { listSnapshots } from "./_snapshot.ts";
 import { createSnapshot, deleteSnapshot, gotoSnapshot, loadSnapshotView, vmStateOffset } from "./_snapshot_ops.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
-import { entryOffset } from "./_entries.ts";
 import { metadataExtents } from "./_metadata_map.ts";
+import { cacheTables, openBacking, openDataFile, readTables, snapshotOptions } from "./_open.ts";
 
 const OPTIONS = [
   "l2-cache-size",
@@ -293,15 +290,13 @@ export class Qcow2Instance implements DriverInstance {
     return st.change(() => writeback(st, opts.req));
   }
 
-  /** Grows the image. */
+  /** Grows (with optional preallocation) or shrinks the image (`_resize.ts`). */
   truncate(length: number, opts: TruncateOptions): Promise<void> {
     const st = this.#st;
-    if (opts.prealloc && opts.prealloc !== "off") {
-      throw new BlockError("ENOTSUP", `Cannot resize qcow2 image with preallocation '${opts.prealloc}': only 'off' is supported`, {
-        node: st.node.name,
-      });
-    }
-    return st.change(() => resize(st, length, opts.req));
+    return st.change(async () => {
+      await resize(st, length, { req: opts.req, prealloc: opts.prealloc });
+      await relieveCaches(st, opts.req);
+    });
   }
 
   /** Writes everything back and clears the dirty bit of a lazy-refcounts image. */
@@ -349,101 +344,6 @@ export class Qcow2Instance implements DriverInstance {
     if (h.backingFormat !== undefined) out["backing-filename-format"] = h.backingFormat;
     return out;
   }
-}
-
-function dirOf(path: string): string {
-  const i = path.lastIndexOf("/");
-  return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
-}
-
-/** The host filename under a node (through filters such as a recorder), if any. */
-function filenameOf(node: BlockNode): string | undefined {
-  for (let n: BlockNode | undefined = node; n; n = n.primaryChild) {
-    if (typeof n.options.filename === "string") return n.options.filename;
-  }
-  return undefined;
-}
-
-function resolvePath(base: string | undefined, name: string): string {
-  if (name.startsWith("/") || base === undefined || /^[a-z][a-z0-9+.-]*:/i.test(name)) return name;
-  return `${dirOf(base)}/${name}`;
-}
-
-function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
-  const o = ctx.options;
-  const cs = clusterSize(h);
-  const entryBytes = l2EntryBytes(h);
-  const full = Math.ceil(h.size / cs) * entryBytes;
-  const total = optSize(o, "cache-size", "qcow2");
-  let l2 = optSize(o, "l2-cache-size", "qcow2");
-  let rb = optSize(o, "refcount-cache-size", "qcow2");
-  if (total !== undefined && l2 === undefined && rb === undefined) {
-    l2 = Math.min(full, Math.floor((total * 4) / 5));
-    rb = total - l2;
-  } else if (total !== undefined && l2 !== undefined && rb === undefined) rb = Math.max(0, total - l2);
-  else if (total !== undefined && rb !== undefined && l2 === undefined) l2 = Math.max(0, total - rb);
-  l2 ??= Math.min(full, 32 << 20);
-  rb ??= Math.max(Math.floor(l2 / 4), 4 * cs);
-  return { l2: Math.max(2, Math.ceil(l2 / cs)), rb: Math.max(4, Math.ceil(rb / cs)) };
-}
-
-async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode | undefined> {
-  const given = ctx.childSpec?.("backing");
-  if (given === null) return undefined;
-  if (given !== undefined) return await ctx.openChild("backing", undefined, { readOnly: true });
-  if (h.backingFile === undefined) return undefined;
-  const filename = resolvePath(filenameOf(file), h.backingFile);
-  const spec = h.backingFormat ? { driver: h.backingFormat, file: { driver: "file", filename } } : { filename };
-  try {
-    return await ctx.openChild("backing", spec, { readOnly: true, probe: true });
-  } catch (e) {
-    if (!(e instanceof BlockError)) throw e;
-    throw new BlockError(e.code, `Could not open backing file '${h.backingFile}': ${e.message}`, { node: ctx.node.name, cause: e });
-  }
-}
-
-async function openDataFile(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode> {
-  const given = ctx.childSpec?.("data-file");
-  if (!(h.incompatibleFeatures & INCOMPAT_DATA_FILE)) {
-    if (given !== undefined && given !== null) {
-      throw new BlockError("EINVAL", "Invalid option 'data-file' of driver 'qcow2': the image does not use an external data file");
-    }
-    return file;
-  }
-  if (given !== undefined && given !== null) return (await ctx.openChild("data-file"))!;
-  if (h.dataFile === undefined) {
-    throw new BlockError("EINVAL", "Could not open data file: the image needs an external data file but names none; give 'data-file'");
-  }
-  const filename = resolvePath(filenameOf(file), h.dataFile);
-  return (await ctx.openChild("data-file", { driver: "file", filename }))!;
-}
-
-/** Reads the active L1 table and the refcount table the header points at. */
-async function readTables(node: BlockNode, file: BlockNode, h: Qcow2Header): Promise<{ l1: Uint8Array; reftable: Float64Array }> {
-  const l1 = new Uint8Array(h.l1Size * 8);
-  if (l1.length) await file.pread(h.l1TableOffset, l1);
-  const ev = node.event("reftable_load", undefined);
-  if (ev) await ev;
-  const rtBytes = new Uint8Array(h.refcountTableClusters * clusterSize(h));
-  await file.pread(h.refcountTableOffset, rtBytes);
-  const rtView = new DataView(rtBytes.buffer);
-  const reftable = new Float64Array(rtBytes.length / 8);
-  for (let i = 0; i < reftable.length; i++) {
-    reftable[i] = entryOffset(rtView, i * 8);
-  }
-  return { l1, reftable };
-}
-
-/** The `snapshot.id` / `snapshot.name` options (flat or nested), if any: open a read-only view of that snapshot. */
-function snapshotOptions(o: Record<string, unknown>): { id?: string; name?: string } | undefined {
-  const nested = typeof o.snapshot === "object" && o.snapshot !== null ? o.snapshot as Record<string, unknown> : {};
-  if (o.snapshot !== undefined && typeof o.snapshot !== "object") {
-    throw new BlockError("EINVAL", `Invalid option 'snapshot' of driver 'qcow2': expected snapshot.id and/or snapshot.name`);
-  }
-  checkKnownOptions(nested, ["id", "name"], "qcow2 snapshot");
-  const id = optString(o, "snapshot.id", "qcow2") ?? optString(nested, "id", "qcow2");
-  const name = optString(o, "snapshot.name", "qcow2") ?? optString(nested, "name", "qcow2");
-  return id === undefined && name === undefined ? undefined : { id, name };
 }
 
 async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {

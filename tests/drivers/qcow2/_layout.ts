@@ -78,7 +78,11 @@ export function layoutDiff(ours: Uint8Array, theirs: Uint8Array, limit = 8): str
     const pb = b.subarray(c * cs, (c + 1) * cs);
     for (let i = 0; i < cs; i++) {
       if ((pa[i] ?? 0) !== (pb[i] ?? 0)) {
-        out.push(`cluster ${c} (0x${(c * cs).toString(16)}) byte ${i}: 0x${(pa[i] ?? 0).toString(16)} (ours) vs 0x${(pb[i] ?? 0).toString(16)} (qemu-img)`);
+        out.push(
+          `cluster ${c} (0x${(c * cs).toString(16)}) byte ${i}: 0x${(pa[i] ?? 0).toString(16)} (ours) vs 0x${
+            (pb[i] ?? 0).toString(16)
+          } (qemu-img)`,
+        );
         break;
       }
     }

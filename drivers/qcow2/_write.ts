@@ -16,7 +16,7 @@ import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
 import { readGuest } from "./_read.ts";
-import { allocClusters } from "./_refcount.ts";
+import { allocAt, allocClusters } from "./_refcount.ts";
 import { growL1 } from "./_resize.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
@@ -114,10 +114,30 @@ function zeroAround(st: Qcow2State, view: DataView, first: number, k: number): b
   return true;
 }
 
+/**
+ * Where the host mapping of a write would continue (QEMU's host_offset in
+ * qcow2_alloc_host_offset): new clusters are placed right after the
+ * previous ones of the same request while those clusters are free, even
+ * when the search cursor is elsewhere; -1 when a new placement starts.
+ */
+interface Cont {
+  host: number;
+}
+
+/** New clusters for a run of `k`: contiguous with the previous ones when free there, else first fit. */
+async function placeRun(st: Qcow2State, cont: Cont, k: number, req: RequestInfo | undefined): Promise<{ host: number; k: number }> {
+  if (cont.host >= 0) {
+    const got = await allocAt(st, cont.host / st.cs, k, req);
+    if (got > 0) return { host: cont.host, k: got };
+  }
+  return { host: await allocClusters(st, k, req), k };
+}
+
 /** Writes `data` at guest `offset` (metadata lock held). */
 export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Array, req: RequestInfo | undefined): Promise<void> {
   await markDirty(st, req);
   const end = offset + data.length;
+  const cont: Cont = { host: -1 };
   let cur = offset;
   while (cur < end) {
     const l1i = Math.floor(cur / st.l2Span);
@@ -131,17 +151,20 @@ export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Arr
         const segEnd = Math.min(chunkEnd, cStart + st.cs);
         const kind = classify(st, e.view, idx, cur - cStart, segEnd - cStart);
         if (kind === INPLACE) {
-          cur = await writeInPlace(st, e, base, cur, chunkEnd, data, offset, req);
+          const next = await writeInPlace(st, e, base, cur, chunkEnd, data, offset, req);
+          cont.host = entryOffset(e.view, Math.floor((next - 1 - base) / st.cs) * st.entryBytes) + st.cs;
+          cur = next;
         } else if (kind === WIDEN || kind === NEWSUB) {
           if (kind === NEWSUB) {
-            const host = st.externalData ? cStart : await allocClusters(st, 1, req);
+            const host = st.externalData ? cStart : (await placeRun(st, cont, 1, req)).host;
             setEntry(e.view, idx * st.entryBytes, host, HI_COPIED, 0);
             e.view.setUint32(idx * st.entryBytes + 12, 0);
           }
           await writeWiden(st, e, idx, cStart, cur, segEnd, data.subarray(cur - offset, segEnd - offset), req);
+          cont.host = entryOffset(e.view, idx * st.entryBytes) + st.cs;
           cur = segEnd;
         } else {
-          cur = await writeNew(st, e, base, cur, chunkEnd, data, offset, req);
+          cur = await writeNew(st, e, base, cur, chunkEnd, data, offset, cont, req);
         }
       }
     } finally {
@@ -224,6 +247,7 @@ async function writeNew(
   chunkEnd: number,
   data: Uint8Array,
   dataOffset: number,
+  cont: Cont,
   req: RequestInfo | undefined,
 ): Promise<number> {
   const first = Math.floor((cur - base) / st.cs);
@@ -233,16 +257,18 @@ async function writeNew(
     if (classify(st, e.view, last + 1, 0, Math.min(chunkEnd, s + st.cs) - s) !== NEWALLOC) break;
     last++;
   }
-  const k = last - first + 1;
-  const gStart = base + first * st.cs;
-  const gEnd = gStart + k * st.cs;
-  const segEnd = Math.min(chunkEnd, gEnd);
   // Clusters that were unallocated in an image without a backing file read
   // as zeros around the guest data; when they land past the end of the host
   // file, that space reads as zeros already, so only the guest data is
   // written (QEMU writes zeroes with BDRV_REQ_NO_FALLBACK there instead).
   const endBefore = st.data.length;
-  const host = st.externalData ? gStart : await allocClusters(st, k, req);
+  const gStart = base + first * st.cs;
+  let k = last - first + 1;
+  let host = gStart;
+  if (!st.externalData) ({ host, k } = await placeRun(st, cont, k, req));
+  cont.host = host + k * st.cs;
+  const gEnd = gStart + k * st.cs;
+  const segEnd = Math.min(chunkEnd, gEnd);
   const part = data.subarray(cur - dataOffset, segEnd - dataOffset);
   let out = part;
   const cow = cur > gStart || segEnd < gEnd;

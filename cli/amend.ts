@@ -1,8 +1,9 @@
 /**
  * `blkgraph amend`: qemu-img amend: opens the image read-write (without its
  * backing chain) and hands the `-o` options to the format driver's `amend`
- * (qcow2: `lazy_refcounts=on|off`; creation-only options are refused as
- * qemu-img does).
+ * (qcow2: compat, refcount_bits, size, lazy_refcounts, data_file,
+ * data_file_raw, backing_file/backing_fmt as they are; creation-only
+ * options are refused as qemu-img does).
  *
  * @module
  */
@@ -12,8 +13,10 @@ import { parseCreateOptions } from "./create.ts";
 
 const USAGE = `Usage: blkgraph amend [-f fmt] [-q] [--force] [--image-opts] -o options filename
 
-Changes format options of an existing qcow2 image. Supported:
-lazy_refcounts=on|off (compat=1.1 images).
+Changes format options of an existing qcow2 image: compat=0.10|1.1,
+refcount_bits=1..64, size=SIZE (grow or shrink), lazy_refcounts=on|off,
+data_file=NAME, data_file_raw=off. --force is accepted (it only matters
+for encryption in qemu-img).
 `;
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -29,9 +32,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io,
   );
   if (!p) return 0;
-  needPositionals(p.positionals, 1, 1, "filename");
   const opts = parseCreateOptions(flagList(p.values, "options"));
-  if (!Object.keys(opts).length) throw new CliError("Expecting one or more options (-o)");
+  if (!Object.keys(opts).length) throw new CliError("Must specify options (-o)\nTry '--help' for more information.");
+  needPositionals(p.positionals, 1, 1, "one image file name");
   const node = await openImage(p.positionals[0], { ...imageArgs(p.values, false), noBacking: true });
   try {
     await node.amend(opts, { force: p.values.force === true });
@@ -42,4 +45,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `amend` verb. */
-export const amendVerb: Verb = { name: "amend", summary: "change format options of a qcow2 image (lazy_refcounts)", run };
+export const amendVerb: Verb = { name: "amend", summary: "change format options of a qcow2 image", run };

@@ -101,9 +101,9 @@ export class Qcow2State {
   /** Refcount table entries changed in memory and not yet written. */
   readonly reftableDirty: Set<number> = new Set();
   /** Refcount entries per refcount block. */
-  readonly perBlock: number;
+  perBlock: number;
   /** Refcount width in bits. */
-  readonly refBits: number;
+  refBits: number;
   /** Lowest cluster index that may be free. */
   freeHint = 0;
   /** Clusters chosen for an allocation in progress (not yet counted). */
@@ -182,6 +182,18 @@ export class Qcow2State {
     this.freeByteOffset = 0;
     this.lastCompressed = undefined;
     this.corrupt = false;
+  }
+
+  /**
+   * Switches to new refcount structures (after `refcount_bits` changed on
+   * disk): the width, the table, and an empty refcount block cache.
+   */
+  setRefcounts(refcountOrder: number, reftable: Float64Array): void {
+    this.refBits = 2 ** refcountOrder;
+    this.perBlock = (this.cs * 8) / this.refBits;
+    this.reftable = reftable;
+    this.reftableDirty.clear();
+    this.rbCache.clear();
   }
 
   /** Raises a BLKDBG event on the node; resolves when a breakpoint (if any) releases it. */

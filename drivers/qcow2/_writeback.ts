@@ -17,10 +17,10 @@
  */
 
 import type { RequestInfo } from "../../core/types.ts";
-import { INCOMPAT_DIRTY } from "./header.ts";
+import { INCOMPAT_DIRTY, type Qcow2Header } from "./header.ts";
 import { freeCluster } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
-import { writeHeaderFields } from "./_header_write.ts";
+import { serializeHeader, writeHeaderFields } from "./_header_write.ts";
 
 /** Writes all dirty metadata back to the image file in a crash-safe order. */
 export async function writeback(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
@@ -100,4 +100,20 @@ export async function markClean(st: Qcow2State, req: RequestInfo | undefined): P
   st.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
   await writeHeaderFields(st.file, st.header, ["incompatibleFeatures"], req);
   st.markedDirty = false;
+}
+
+/**
+ * Writes the whole header cluster after `change` edited a copy of the
+ * in-memory header (QEMU's qcow2_update_header), with everything written
+ * back and durable before and the header flushed after (lock held).
+ */
+export async function rewriteHeader(st: Qcow2State, change: (h: Qcow2Header) => void): Promise<void> {
+  await writeback(st, undefined);
+  await st.flushFiles(undefined);
+  const next = { ...st.header };
+  change(next);
+  const bytes = serializeHeader(next, st.cs); // validates before anything is written
+  await st.file.pwrite(0, bytes);
+  await st.file.flush();
+  st.header = next;
 }

@@ -11,7 +11,7 @@ import { BlockError } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
-import { looksDotted, parseDotted } from "../core/spec.ts";
+import { looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
 
 /** Where a verb writes its output; tests pass collecting functions. */
 export interface CliIO {
@@ -127,6 +127,8 @@ export interface ImageArgs {
   forceShare?: boolean;
   /** Open for a consistency check (qemu-img check). */
   check?: boolean;
+  /** More options for the image's top node (`snapshot.id` for convert -l). */
+  formatOptions?: Record<string, unknown>;
 }
 
 /**
@@ -139,13 +141,18 @@ export async function openImage(filename: string, opts: ImageArgs = {}): Promise
   // -U only means something for read-only opens (qemu-img refuses it on writes).
   const forceShare = (opts.forceShare ?? false) && (opts.readOnly ?? false);
   if (opts.imageOpts && opts.format) throw new CliError("--image-opts and --format are mutually exclusive");
+  const extra = opts.formatOptions;
   try {
     if (opts.imageOpts || looksDotted(filename)) {
       const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
+      const merged = extra ? { ...normaliseSpec(spec), ...extra } : spec;
+      return await open(merged, { readOnly: opts.readOnly, cache, forceShare, check: opts.check });
+    }
+    if (filename.startsWith("json:")) {
+      const spec = extra ? { ...normaliseSpec(filename), ...extra } : filename;
       return await open(spec, { readOnly: opts.readOnly, cache, forceShare, check: opts.check });
     }
-    if (filename.startsWith("json:")) return await open(filename, { readOnly: opts.readOnly, cache, forceShare, check: opts.check });
-    const spec = opts.noBacking ? { filename, backing: null } : filename;
+    const spec = opts.noBacking || extra ? { filename, ...(opts.noBacking ? { backing: null } : {}), ...extra } : filename;
     return await open(spec, { format: opts.format, readOnly: opts.readOnly, cache, forceShare, check: opts.check });
   } catch (e) {
     throw new CliError(`Could not open '${filename}': ${(e as Error).message}`);

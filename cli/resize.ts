@@ -47,7 +47,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
     if (prealloc !== undefined && !["off", "metadata", "falloc", "full"].includes(prealloc)) {
       throw new CliError(`Invalid preallocation mode '${prealloc}'`);
     }
-    if (size <= cur && prealloc !== undefined && prealloc !== "off") throw new CliError("Preallocation can only be used for growing images");
+    if (size <= cur && prealloc !== undefined && prealloc !== "off") {
+      throw new CliError("Preallocation can only be used for growing images");
+    }
     if (size < cur && p.values.shrink !== true) {
       io.stderr("blkgraph: Use the --shrink option to perform a shrink operation.\n");
       io.stderr(

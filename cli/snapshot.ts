@@ -22,7 +22,8 @@ import {
 } from "./_common.ts";
 import { formatSnapshotTable, readSnapshots } from "./_snapshots.ts";
 
-const USAGE = `Usage: blkgraph snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
+const USAGE =
+  `Usage: blkgraph snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
 
 Lists (-l), creates (-c), applies (-a: reverts the image to) or deletes (-d)
 an internal snapshot. -a takes an ID or, failing that, a name; -d a name.

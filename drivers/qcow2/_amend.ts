@@ -84,7 +84,12 @@ function plan(st: Qcow2State, options: FormatOptions): Plan {
   for (const [k0, v] of Object.entries(options)) {
     const k = k0.startsWith("encrypt.") ? k0 : k0.replaceAll("-", "_");
     if (!AMENDABLE.includes(k)) {
-      fail(st, CREATION_ONLY.includes(k) ? `Invalid parameter '${k0}'\nThis option is only supported for image creation` : `Invalid parameter '${k0}'`);
+      fail(
+        st,
+        CREATION_ONLY.includes(k)
+          ? `Invalid parameter '${k0}'\nThis option is only supported for image creation`
+          : `Invalid parameter '${k0}'`,
+      );
     }
     given.set(k, String(v));
   }

@@ -104,7 +104,9 @@ async function allocHostRange(
         const host = entryOffset(e.view, at);
         if (cont >= 0 && host !== cont) break;
         let n = 1;
-        while (n < room && !needsCluster(st, e.view, at + n * st.entryBytes) && entryOffset(e.view, at + n * st.entryBytes) === host + n * cs) n++;
+        while (
+          n < room && !needsCluster(st, e.view, at + n * st.entryBytes) && entryOffset(e.view, at + n * st.entryBytes) === host + n * cs
+        ) n++;
         cont = host + n * cs;
         cur = Math.min(end, Math.floor(cur / cs) * cs + n * cs);
         continue;

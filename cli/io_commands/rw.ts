@@ -22,6 +22,14 @@ function verify(s: IoSession, buf: Uint8Array, offset: number, byte: number, at 
   return true;
 }
 
+/** qemu-io's check for -b and -c requests: offset and count are whole 512-byte sectors. */
+function sectorAligned(s: IoSession, offset: number, count: number): boolean {
+  if (offset % 512 !== 0) s.print(`${offset} is not a sector-aligned value for 'offset'\n`);
+  else if (count % 512 !== 0) s.print(`${count} is not a sector-aligned value for 'count'\n`);
+  else return true;
+  return false;
+}
+
 function nums(s: IoSession, words: string[]): number[] | undefined {
   const out: number[] = [];
   for (const w of words) {
@@ -46,15 +54,13 @@ const read: IoCommand = {
     const n = nums(s, operands);
     if (!n) return false;
     const [offset, count] = n;
-    if (flags.has("b")) {
-      // -b: the VM state area, which no blkgraph driver has.
-      s.print("read failed: Operation not supported\n");
-      return false;
-    }
+    if (flags.has("b") && !sectorAligned(s, offset, count)) return false;
     const buf = new Uint8Array(count);
     const t0 = performance.now();
     try {
-      await s.node!.pread(offset, buf);
+      // -b: the VM state area (qcow2 keeps it after the guest data).
+      if (flags.has("b")) await s.node!.loadVmstate(offset, buf);
+      else await s.node!.pread(offset, buf);
     } catch (e) {
       s.print(`read failed: ${strerror(e)}\n`);
       return false;
@@ -94,11 +100,15 @@ const write: IoCommand = {
     const n = nums(s, operands);
     if (!n) return false;
     const [offset, count] = n;
-    if (flags.has("b")) {
-      s.print("write failed: Operation not supported\n");
+    const zero = flags.has("z");
+    if (flags.has("b") && zero) {
+      s.print("-b and -z cannot be specified at the same time\n");
       return false;
     }
-    const zero = flags.has("z");
+    if (flags.has("f") && (flags.has("b") || flags.has("c"))) {
+      s.print("-f and -b or -c cannot be specified at the same time\n");
+      return false;
+    }
     if (zero && flags.has("P")) {
       s.print("-z and -P cannot be specified at the same time\n");
       return false;
@@ -113,10 +123,13 @@ const write: IoCommand = {
     }
     const byte = pattern(s, flags, 0xcd);
     if (byte === undefined) return false;
+    if ((flags.has("b") || flags.has("c")) && !sectorAligned(s, offset, count)) return false;
     const node = s.node!;
     const t0 = performance.now();
     try {
-      if (zero) {
+      if (flags.has("b")) {
+        await node.saveVmstate(offset, new Uint8Array(count).fill(byte));
+      } else if (zero) {
         await node.pwriteZeroes(offset, count, { mayUnmap: flags.has("u"), noFallback: flags.has("n"), fua: flags.has("f") });
       } else {
         const data = new Uint8Array(count).fill(byte);

@@ -8,6 +8,12 @@
  * without a backing file; zero-filled data clusters with one, counted once
  * per table reference), and the header is rewritten as version 2.
  *
+ * Where QEMU 7.2 goes wrong, this does not: a zero cluster whose host
+ * cluster another table also maps (QEMU keeps the allocation of a shared
+ * cluster on `write -z`) gets a cluster of its own instead of having the
+ * shared one zeroed, which would change the snapshot's data; COPIED follows
+ * the data cluster's refcount, not the table's.
+ *
  * @module
  */
 
@@ -43,6 +49,22 @@ async function expandIn(st: Qcow2State, l1: Uint8Array, backed: boolean, req: Re
         const hi = e.view.getUint32(at);
         if (hi & HI_COMPRESSED || !(e.view.getUint32(at + 4) & LO_ZERO)) continue;
         let host = entryOffset(e.view, at);
+        if (host % cs) {
+          throw new CorruptImageError(
+            `Corrupt qcow2 image: cluster allocation offset 0x${host.toString(16)} unaligned (L2 offset 0x${l2.toString(16)}, L2 index ${
+              at / 8
+            })`,
+            { node: st.node.name },
+          );
+        }
+        let rc = host ? await getRefcount(st, host / cs, req) : 0;
+        if (host && rc > l2Refcount) {
+          // The cluster is also mapped by another table, maybe as data (a
+          // snapshot's): QEMU zeroes it in place and so corrupts that
+          // snapshot. This table lets go of it and gets a cluster of its own.
+          for (let k = 0; k < l2Refcount; k++) st.pendingFree.push(host);
+          host = 0;
+        }
         if (!host) {
           if (!backed) {
             // Not backed: an unallocated cluster reads as zeros too.
@@ -53,16 +75,10 @@ async function expandIn(st: Qcow2State, l1: Uint8Array, backed: boolean, req: Re
           host = await allocClusters(st, 1, req);
           // A shared table counts its clusters once per reference.
           if (l2Refcount > 1) await updateRefcount(st, host / cs, l2Refcount - 1, req);
-        } else if (host % cs) {
-          throw new CorruptImageError(
-            `Corrupt qcow2 image: cluster allocation offset 0x${host.toString(16)} unaligned (L2 offset 0x${l2.toString(16)}, L2 index ${
-              at / 8
-            })`,
-            { node: st.node.name },
-          );
+          rc = l2Refcount;
         }
         await st.data.pwrite(host, new Uint8Array(cs), { req });
-        setEntry(e.view, at, host, l2Refcount === 1 ? HI_COPIED : 0, 0);
+        setEntry(e.view, at, host, rc === 1 ? HI_COPIED : 0, 0);
         st.l2Cache.markDirty(e);
       }
     } finally {

@@ -99,40 +99,53 @@ export async function changeRefcountOrder(st: Qcow2State, order: number, req?: R
   let tableOffset = 0;
   let tableAllocated = 0;
   let allocated: boolean;
-  // Allocate until a whole walk needs nothing new (the new structure counts itself).
-  do {
-    allocated = false;
-    await walk(st, newBits, false, async (index, empty) => {
-      if (empty) return;
-      if (index >= table.length) {
-        const size = Math.ceil((index + 1) / perTableCluster) * perTableCluster;
-        if (size * 8 > MAX_REFTABLE_BYTES) {
-          throw new BlockError(
-            "ENOTSUP",
-            "This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting",
-            { node: st.node.name },
-          );
-        }
-        while (table.length < size) table.push(0);
-      }
-      if (!table[index]) {
-        table[index] = await allocClusters(st, 1, req);
-        allocated = true;
-      }
-    }, req);
-    if (allocated) {
-      if (tableOffset) {
-        for (let c = 0; c < Math.ceil((tableAllocated * 8) / cs); c++) await updateRefcount(st, tableOffset / cs + c, -1, req);
-      }
-      tableOffset = await allocClusters(st, Math.ceil((table.length * 8) / cs), req);
-      tableAllocated = table.length;
+  try {
+    await build();
+  } catch (e) {
+    // QEMU's cleanup: what was allocated for the new structure goes back.
+    for (const off of table) if (off) await updateRefcount(st, off / cs, -1, req);
+    if (tableOffset) {
+      for (let c = 0; c < Math.ceil((tableAllocated * 8) / cs); c++) await updateRefcount(st, tableOffset / cs + c, -1, req);
     }
-  } while (allocated);
-  // Write the new blocks.
-  await walk(st, newBits, true, async (index, empty, block) => {
-    if (index < table.length && table[index]) await st.file.pwrite(table[index], block!, { req });
-    else if (!empty) throw new BlockError("EIO", `Internal error: refcount block ${index} was not allocated`, { node: st.node.name });
-  }, req);
+    await writeback(st, req);
+    throw e;
+  }
+  async function build(): Promise<void> {
+    // Allocate until a whole walk needs nothing new (the new structure counts itself).
+    do {
+      allocated = false;
+      await walk(st, newBits, false, async (index, empty) => {
+        if (empty) return;
+        if (index >= table.length) {
+          const size = Math.ceil((index + 1) / perTableCluster) * perTableCluster;
+          if (size * 8 > MAX_REFTABLE_BYTES) {
+            throw new BlockError(
+              "ENOTSUP",
+              "This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting",
+              { node: st.node.name },
+            );
+          }
+          while (table.length < size) table.push(0);
+        }
+        if (!table[index]) {
+          table[index] = await allocClusters(st, 1, req);
+          allocated = true;
+        }
+      }, req);
+      if (allocated) {
+        if (tableOffset) {
+          for (let c = 0; c < Math.ceil((tableAllocated * 8) / cs); c++) await updateRefcount(st, tableOffset / cs + c, -1, req);
+        }
+        tableOffset = await allocClusters(st, Math.ceil((table.length * 8) / cs), req);
+        tableAllocated = table.length;
+      }
+    } while (allocated);
+    // Write the new blocks.
+    await walk(st, newBits, true, async (index, empty, block) => {
+      if (index < table.length && table[index]) await st.file.pwrite(table[index], block!, { req });
+      else if (!empty) throw new BlockError("EIO", `Internal error: refcount block ${index} was not allocated`, { node: st.node.name });
+    }, req);
+  }
   const bytes = new Uint8Array(table.length * 8);
   const view = new DataView(bytes.buffer);
   table.forEach((off, i) => off && view.setBigUint64(i * 8, BigInt(off)));

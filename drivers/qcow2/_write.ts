@@ -19,6 +19,7 @@ import { readGuest } from "./_read.ts";
 import { allocAt, allocClusters } from "./_refcount.ts";
 import { growL1 } from "./_resize.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
+import { AUTOCLEAR_DATA_FILE_RAW } from "./header.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markDirty } from "./_writeback.ts";
 
@@ -329,6 +330,12 @@ export async function zeroOrDiscard(
   await markDirty(st, req);
   const end = offset + length;
   const v3 = st.header.version >= 3;
+  if (st.externalData && st.header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) {
+    // A raw data file reads as the image does (QEMU's qcow2_subcluster_zeroize and discard pass through).
+    const n = Math.min(end, st.header.size) - offset;
+    if (n > 0 && !opts.discard) await st.data.pwriteZeroes(offset, n, { req });
+    else if (n > 0) await st.data.pdiscard(offset, n, { req }).catch(() => {});
+  }
   let cur = offset;
   while (cur < end) {
     const l1i = Math.floor(cur / st.l2Span);

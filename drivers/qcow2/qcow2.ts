@@ -41,6 +41,7 @@ import {
   clusterSize,
   COMPAT_LAZY_REFCOUNTS,
   INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
   QCOW2_MAGIC,
@@ -397,11 +398,12 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   const view = snapshotOptions(ctx.options);
   if (view) await loadSnapshotView(st, view.id, view.name);
   if (rw && !checking) {
-    // Autoclear bits we cannot maintain (bitmaps, raw data file, unknown
-    // ones) are cleared, so a program that maintains them knows their data
-    // is stale.
-    if (h.autoclearFeatures !== 0 || h.featureHigh?.autoclear) {
-      h.autoclearFeatures = 0;
+    // Autoclear bits we cannot maintain (bitmaps, unknown ones) are
+    // cleared, so a program that maintains them knows their data is stale.
+    // A raw data file stays raw: writes go to guest offsets and zero writes are mirrored into it (`_write.ts`).
+    const keep = h.incompatibleFeatures & INCOMPAT_DATA_FILE ? h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW : 0;
+    if (h.autoclearFeatures !== keep || h.featureHigh?.autoclear) {
+      h.autoclearFeatures = keep;
       if (h.featureHigh) h.featureHigh.autoclear = 0;
       await writeHeaderFields(file, h, ["autoclearFeatures"]);
     }

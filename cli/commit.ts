@@ -27,11 +27,12 @@ export async function commitInto(top: BlockNode, base: BlockNode, progress?: (do
   for (let off = 0; off < length;) {
     const st = await top.blockStatus(off, Math.min(CHUNK, length - off));
     if (st.allocated) {
-      if (st.zero) await base.pwriteZeroes(off, st.length);
+      // qemu-img commit (a mirror job) unmaps what reads as zeros (BDRV_REQ_MAY_UNMAP).
+      if (st.zero) await base.pwriteZeroes(off, st.length, { mayUnmap: true });
       else {
         const data = buf.subarray(0, st.length);
         await top.pread(off, data);
-        if (isZero(data)) await base.pwriteZeroes(off, st.length);
+        if (isZero(data)) await base.pwriteZeroes(off, st.length, { mayUnmap: true });
         else await base.pwrite(off, data);
       }
       copied += st.length;

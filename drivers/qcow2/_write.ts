@@ -17,7 +17,7 @@ import type { CacheEntry } from "./_cache.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
 import { readGuest } from "./_read.ts";
 import { allocAt, allocClusters } from "./_refcount.ts";
-import { growL1 } from "./_resize.ts";
+import { growL1 } from "./_l1_grow.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
 import { AUTOCLEAR_DATA_FILE_RAW } from "./header.ts";
 import type { Qcow2State } from "./_state.ts";

@@ -170,7 +170,10 @@ export async function createSnapshot(st: Qcow2State, info: SnapshotInfo, req: Re
     const bytes = st.l1Size * 8;
     // The copy keeps the COPIED flags as they are now (QEMU's bytes; nobody reads a snapshot's flags).
     const l1Offset = bytes ? await allocClusters(st, Math.ceil(bytes / st.cs), req) : 0;
-    if (bytes) await st.file.pwrite(l1Offset, st.l1.slice(), { req });
+    const copy = st.l1.slice();
+    // x-wrong-order=snapshot-l1-after-table (tests only): the copy is written after the table points at it.
+    const late = st.wrongOrder === "snapshot-l1-after-table";
+    if (bytes && !late) await st.file.pwrite(l1Offset, copy, { req });
     const released: Released = [];
     const before = st.l1.slice();
     await updateSnapshotRefcount(st, st.l1, 1, released, req);
@@ -190,6 +193,7 @@ export async function createSnapshot(st: Qcow2State, info: SnapshotInfo, req: Re
     });
     // The increments and the cleared COPIED flags are durable before the snapshot points at the copy.
     await writeSnapshotTable(st, entries, req);
+    if (bytes && late) await st.file.pwrite(l1Offset, copy, { req });
     if (info.vmStateSize > 0) {
       // The VM state is the snapshot's now: drop it from the active layer (QEMU does, to spare the next snapshot the COW).
       const len = Math.ceil(info.vmStateSize / st.cs) * st.cs;

@@ -26,7 +26,7 @@ import { writeHeaderFields } from "./_header_write.ts";
 export type MetadataMode = "ordered" | "metadata-sync" | "lazy";
 
 /** Test-only deliberate ordering bugs (for the crash explorer). */
-export type WrongOrder = "none" | "l2-before-refblock";
+export type WrongOrder = "none" | "l2-before-refblock" | "snapshot-l1-after-table";
 
 /** A promise-chain mutex around metadata operations. */
 export class Mutex {

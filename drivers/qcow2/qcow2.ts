@@ -369,7 +369,8 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   }
   const modeOpt = optEnum(ctx.options, "metadata-mode", "qcow2", ["ordered", "metadata-sync"] as const);
   const mode: MetadataMode = lazy ? "lazy" : modeOpt ?? "ordered";
-  const wrongOrder = optEnum(ctx.options, "x-wrong-order", "qcow2", ["none", "l2-before-refblock"] as const) ?? "none";
+  const wrongOrder = optEnum(ctx.options, "x-wrong-order", "qcow2", ["none", "l2-before-refblock", "snapshot-l1-after-table"] as const) ??
+    "none";
   if (rw && !checking && h.incompatibleFeatures & INCOMPAT_DIRTY) {
     // Refcounts may be stale (lazy refcounts and a crash): rebuild them.
     await repairImage(file);

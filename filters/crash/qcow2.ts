@@ -30,6 +30,15 @@ import { stateNode } from "./_capture.ts";
 import { rng } from "./_image.ts";
 import { type CrashOracle, durabilityOracle, type FormatSpec, qcow2Dirty, qemuImgStructure, readGuest, recoveryOracle } from "./oracles.ts";
 import { runCrashExploration, type RunOptions, type RunResult } from "./run.ts";
+import {
+  type SnapshotContents,
+  snapshotCreateWorkload,
+  snapshotDeleteWorkload,
+  snapshotGotoWorkload,
+  snapshotOracle,
+} from "./_qcow2_snapshots.ts";
+
+export type { SnapshotContents } from "./_qcow2_snapshots.ts";
 
 /** How the qcow2 driver orders its metadata writes. */
 export type Qcow2CrashMode = "metadata-sync" | "ordered" | "lazy";
@@ -47,8 +56,8 @@ export interface CrashWorkload {
   create?: Record<string, string | number | boolean>;
   /** Content of a raw backing file (makes the image an overlay). */
   backing?: Uint8Array;
-  /** Issues the guest requests. */
-  run(guest: BlockNode, rand: () => number): Promise<void>;
+  /** Issues the guest requests; a snapshot workload returns what each snapshot must read as. */
+  run(guest: BlockNode, rand: () => number): Promise<void | SnapshotContents>;
 }
 
 /** A recorded workload, ready to explore. */
@@ -65,11 +74,16 @@ export interface RecordedQcow2 {
   format: FormatSpec;
   /** Cluster size of the image. */
   clusterSize: number;
+  /** What each snapshot the workload took must read as. */
+  snapshots?: SnapshotContents;
 }
 
-function openOptions(mode: Qcow2CrashMode, wrongOrder: boolean): Record<string, unknown> {
+/** A deliberately wrong write order (`true`: `l2-before-refblock`). */
+export type WrongOrderChoice = boolean | "l2-before-refblock" | "snapshot-l1-after-table";
+
+function openOptions(mode: Qcow2CrashMode, wrongOrder: WrongOrderChoice): Record<string, unknown> {
   const o: Record<string, unknown> = mode === "lazy" ? { "lazy-refcounts": "on" } : { "metadata-mode": mode };
-  if (wrongOrder) o["x-wrong-order"] = "l2-before-refblock";
+  if (wrongOrder) o["x-wrong-order"] = wrongOrder === true ? "l2-before-refblock" : wrongOrder;
   return o;
 }
 
@@ -111,7 +125,7 @@ async function createQcow2(
 export async function recordQcow2(
   workload: CrashWorkload,
   mode: Qcow2CrashMode,
-  opts: { dir: string; seed?: number; wrongOrder?: boolean; unsafeHost?: boolean },
+  opts: { dir: string; seed?: number; wrongOrder?: WrongOrderChoice; unsafeHost?: boolean },
 ): Promise<RecordedQcow2> {
   const clusterSize = Number(workload.create?.cluster_size ?? 512);
   const createOpts: Record<string, string | number | boolean> = { cluster_size: clusterSize, ...workload.create };
@@ -134,10 +148,10 @@ export async function recordQcow2(
     hostRec.clear();
     const format: FormatSpec = { driver: "qcow2", options: openOptions(mode, opts.wrongOrder ?? false) };
     guest = await open({ driver: "recorder", file: { ...format.options, driver: "qcow2", file: host } });
-    await workload.run(guest, rng(opts.seed ?? 1));
+    const snapshots = (await workload.run(guest, rng(opts.seed ?? 1))) ?? undefined;
     const guestLog = [...getRecorder(guest).log];
     const hostLog = [...hostRec.log];
-    return { base, hostLog, guestLog, guestBase, format: { driver: "qcow2", options: openOptions(mode, false) }, clusterSize };
+    return { base, hostLog, guestLog, guestBase, format: { driver: "qcow2", options: openOptions(mode, false) }, clusterSize, snapshots };
   } finally {
     if (guest) await guest.close();
     else await host.close();
@@ -180,8 +194,8 @@ export interface Qcow2ExploreOptions {
   dir: string;
   /** Workload seed (default 1). */
   seed?: number;
-  /** Use the deliberately wrong write order (`x-wrong-order=l2-before-refblock`). */
-  wrongOrder?: boolean;
+  /** Use a deliberately wrong write order (`true`: `x-wrong-order=l2-before-refblock`). */
+  wrongOrder?: WrongOrderChoice;
   /** Drop every flush below qcow2 (`cache.no-flush` on the host recorder), to show the oracles catch it. */
   unsafeHost?: boolean;
   /** Run `qemu-img check` on every n-th state (0 = never; default 0). */
@@ -199,6 +213,7 @@ export function qcow2Oracles(rec: RecordedQcow2, opts: Qcow2ExploreOptions): Cra
   const recovery = recoveryOracle(rec.format, qcow2Structure, rec.clusterSize);
   oracles.push({ ...recovery, every: opts.recoveryEvery ?? 1 });
   oracles.push(durabilityOracle({ guestLog: rec.guestLog, guestBase: rec.guestBase, read: (bytes) => readGuest(bytes, rec.format) }));
+  if (rec.snapshots) oracles.push(snapshotOracle(rec.format, rec.snapshots));
   return oracles;
 }
 
@@ -305,6 +320,9 @@ export const QCOW2_WORKLOADS: readonly CrashWorkload[] = [
       await g.flush();
     },
   },
+  { name: "snapshot-create", size: 64 * 1024, run: snapshotCreateWorkload },
+  { name: "snapshot-delete", size: 64 * 1024, run: snapshotDeleteWorkload },
+  { name: "snapshot-goto", size: 64 * 1024, run: snapshotGotoWorkload },
   {
     name: "backing",
     size: 64 * 1024,

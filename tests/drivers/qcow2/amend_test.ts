@@ -136,10 +136,12 @@ Deno.test({
   ignore,
   async fn() {
     await using d = await tempDir();
-    for (const [opts, msg] of [
-      ["refcount_bits=8", /requires refcount_bits=16/],
-      ["extended_l2=on", /incompatible features 0x10 set/],
-    ] as const) {
+    for (
+      const [opts, msg] of [
+        ["refcount_bits=8", /requires refcount_bits=16/],
+        ["extended_l2=on", /incompatible features 0x10 set/],
+      ] as const
+    ) {
       const { a, b } = await pair(d.path, opts, "1M", []);
       assert.match((await amendBoth(a, b, "compat=0.10"))!, msg);
     }

@@ -45,7 +45,12 @@ for (const opts of ["", "cluster_size=512", "cluster_size=4k,refcount_bits=4", "
     ignore,
     async fn() {
       await using d = await tempDir();
-      const { a, b } = await pair(d.path, opts, "64M", ["write -P 1 0 300k", "write -P 2 20M 64k", "write -c -P 3 30M 64k", "write -P 4 60M 64k"]);
+      const { a, b } = await pair(d.path, opts, "64M", [
+        "write -P 1 0 300k",
+        "write -P 2 20M 64k",
+        "write -c -P 3 30M 64k",
+        "write -P 4 60M 64k",
+      ]);
       await resizeBoth(a, b, 32 * MiB);
       await resizeBoth(a, b, 20 * MiB + 4096); // inside a cluster and an L2 table
       await resizeBoth(a, b, MiB);
@@ -109,7 +114,10 @@ Deno.test({
     const { b } = await pair(d.path, "", "4M", []);
     await using n = await openQcow2(b);
     await assert.rejects(() => n.truncate(MiB, { prealloc: "falloc" }), (e) => e instanceof BlockError && e.code === "EINVAL");
-    await assert.rejects(() => n.truncate(5 * MiB + 1), (e) => e instanceof BlockError && e.code === "EINVAL" && /multiple of 512/.test(e.message));
+    await assert.rejects(
+      () => n.truncate(5 * MiB + 1),
+      (e) => e instanceof BlockError && e.code === "EINVAL" && /multiple of 512/.test(e.message),
+    );
   },
 });
 
@@ -147,7 +155,10 @@ Deno.test({
     }
     assert.doesNotMatch(await qemuIo(b, "read -P 0xff 0 512k", "read -P 0 512k 512k"), /failed/);
     assert.deepEqual(await fileLayoutDiff(b, a), []);
-    assert.equal((await runOk("qemu-img", ["map", b])).stdout, (await runOk("qemu-img", ["map", a])).stdout.replaceAll("a.qcow2", "b.qcow2"));
+    assert.equal(
+      (await runOk("qemu-img", ["map", b])).stdout,
+      (await runOk("qemu-img", ["map", a])).stdout.replaceAll("a.qcow2", "b.qcow2"),
+    );
   },
 });
 

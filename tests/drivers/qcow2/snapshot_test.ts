@@ -44,7 +44,16 @@ async function pair(dir: string, opts: string, size: string, writes: string[]): 
   return { a, b };
 }
 
-for (const opts of ["", "cluster_size=512", "cluster_size=4k,refcount_bits=8", "compat=0.10,cluster_size=4k", "extended_l2=on", "refcount_bits=64,cluster_size=1k"]) {
+for (
+  const opts of [
+    "",
+    "cluster_size=512",
+    "cluster_size=4k,refcount_bits=8",
+    "compat=0.10,cluster_size=4k",
+    "extended_l2=on",
+    "refcount_bits=64,cluster_size=1k",
+  ]
+) {
   Deno.test({
     name: `snapshotCreate/Goto/Delete() leave qemu-img's layout (${opts || "defaults"})`,
     ignore,

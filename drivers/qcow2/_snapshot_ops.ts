@@ -18,7 +18,7 @@
  * @module
  */
 
-import { BlockError } from "../../core/errors.ts";
+import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo, SnapshotInfo } from "../../core/types.ts";
 import { entryOffset, HI_COMPRESSED, maxRefcount } from "./_entries.ts";
 import { INCOMPAT_DIRTY, MAX_L1_BYTES } from "./header.ts";
@@ -202,6 +202,17 @@ export async function createSnapshot(st: Qcow2State, info: SnapshotInfo, req: Re
   });
 }
 
+/** Runs one stage of a snapshot deletion; a failure is reported as QEMU words it ("<stage>: <strerror>"). */
+async function step<T>(st: Qcow2State, stage: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (!(e instanceof BlockError)) throw e;
+    const err = new BlockError(e.code, `${stage}: ${e.strerror}`, { node: st.node.name, cause: e });
+    throw e instanceof CorruptImageError ? e : err;
+  }
+}
+
 /** qemu-img snapshot -d: removes the entry, then drops the snapshot's references (lock held). */
 export async function deleteSnapshot(st: Qcow2State, idOrName: string, req: RequestInfo | undefined): Promise<void> {
   refuseDataFile(st, "delete a snapshot");
@@ -214,17 +225,19 @@ export async function deleteSnapshot(st: Qcow2State, idOrName: string, req: Requ
   await withDirtyBit(st, req, async () => {
     entries.splice(idx, 1);
     // The snapshot is gone on disk before any refcount drops.
-    await writeSnapshotTable(st, entries, req);
+    await step(st, "Failed to remove snapshot from snapshot list", () => writeSnapshotTable(st, entries, req));
     const released: Released = [];
-    await updateSnapshotRefcount(st, await readL1(st, sn, 0, req), -1, released, req);
-    const l1Bytes = sn.l1Size * 8;
-    if (l1Bytes) {
-      for (let c = Math.floor(sn.l1Offset / st.cs); c <= Math.floor((sn.l1Offset + l1Bytes - 1) / st.cs); c++) {
-        await addRef(st, c * st.cs, -1, released, req);
+    await step(st, "Failed to free the cluster and L1 table", async () => {
+      await updateSnapshotRefcount(st, await readL1(st, sn, 0, req), -1, released, req);
+      const l1Bytes = sn.l1Size * 8;
+      if (l1Bytes) {
+        for (let c = Math.floor(sn.l1Offset / st.cs); c <= Math.floor((sn.l1Offset + l1Bytes - 1) / st.cs); c++) {
+          await addRef(st, c * st.cs, -1, released, req);
+        }
       }
-    }
+    });
     const before = st.l1.slice();
-    await updateSnapshotRefcount(st, st.l1, 0, released, req);
+    await step(st, "Failed to update snapshot status in disk", () => updateSnapshotRefcount(st, st.l1, 0, released, req));
     markL1Changes(st, before);
     await settle(st, req);
     await discardReleased(st, released, req);

@@ -6,7 +6,7 @@
  * what qemu-img reads.
  */
 import assert from "node:assert/strict";
-import { BlockError, type BlockNode, type SnapshotInfo } from "../../../mod.ts";
+import { BlockError, type BlockNode, open, type SnapshotInfo } from "../../../mod.ts";
 import { qemuCheck, run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 import { fileLayoutDiff } from "./_layout.ts";
 import { openQcow2, qemuCreate, qemuIo } from "./_util.ts";
@@ -283,5 +283,28 @@ Deno.test({
       [ours.corruptions, ours.leaks, ours.allocatedClusters, ours.fragmentedClusters, ours.imageEndOffset],
       [0, 0, q.json["allocated-clusters"], q.json["fragmented-clusters"], q.json["image-end-offset"]],
     );
+  },
+});
+
+Deno.test({
+  name: "snapshotDelete() failing while freeing leaves only leaks and reports the stage as QEMU (iotest 217)",
+  ignore,
+  async fn() {
+    await using d = await tempDir();
+    const { b } = await pair(d.path, "", "64M", ["write 0 64k"]);
+    await runOk("qemu-img", ["snapshot", "-c", "foo", b]);
+    {
+      await using n = await open({
+        driver: "qcow2",
+        file: { driver: "blkdebug", "inject-error": [{ event: "cluster_free", errno: 5 }], image: { driver: "file", filename: b } },
+      });
+      await assert.rejects(
+        () => n.snapshotDelete("foo"),
+        (e) => e instanceof BlockError && e.code === "EIO" && e.message === "Failed to free the cluster and L1 table: Input/output error",
+      );
+    }
+    assert.equal((await runOk("qemu-img", ["snapshot", "-l", b])).stdout, "");
+    const c = await qemuCheck(b);
+    assert.equal(c.code, 3, JSON.stringify(c.json)); // leaks only
   },
 });

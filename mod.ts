@@ -35,7 +35,15 @@ export {
   type NodeListener,
   type OpenContext,
 } from "./core/node.ts";
-export { MAX_LENGTH, newRequest, type NodeStats, SECTOR_SIZE } from "./core/request.ts";
+export {
+  MAX_LENGTH,
+  newRequest,
+  type NodeConfigOf,
+  type NodeEventOf,
+  type NodeListenerOf,
+  type NodeStats,
+  SECTOR_SIZE,
+} from "./core/request.ts";
 export { driverNames, getDriver, probeFormat, registerDriver } from "./core/registry.ts";
 export { type BlockSpec, looksDotted, normaliseSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";
 export {
@@ -49,12 +57,15 @@ export {
   parseCacheMode,
 } from "./core/open.ts";
 export { type Options, parseSize } from "./core/options.ts";
+export { copyImage, type CopyOptions } from "./core/copy.ts";
 export { fileDriver } from "./drivers/file.ts";
 export { memoryDriver } from "./drivers/memory.ts";
 export { rawDriver } from "./drivers/raw.ts";
+export { createRbdImage, escapeRbd, parseRbdFilename, rbdDriver, type RbdLocation, removeRbdImage } from "./drivers/rbd/rbd.ts";
 export * from "./filters/recorder.ts";
 export * from "./filters/crash/mod.ts";
 export * from "./filters/blkdebug.ts";
 export * from "./filters/throttle.ts";
 export * from "./drivers/qcow2/mod.ts";
+export * from "./drivers/nbd/mod.ts";
 export { type TraceEvent, type TraceGraphNode, type Tracer, type TraceSink, traceTo } from "./cli/_trace_events.ts";

@@ -266,9 +266,7 @@ export function graphNodes(top: BlockNode): BlockNode[] {
 
 /** The format node a user means: the top node, below any filters. */
 export function formatNode(top: BlockNode): BlockNode {
-  let n: BlockNode | undefined = top;
-  while (n && n.driver.kind === "filter") n = n.primaryChild;
-  return n ?? top;
+  return top.formatNode;
 }
 
 /** The protocol node holding the image's bytes (first `file` chain leaf). */
@@ -283,6 +281,25 @@ export function protocolNode(top: BlockNode): BlockNode {
 }
 
 export { isZero } from "../core/_bytes.ts";
+
+let terminationHandler: (() => void) | undefined;
+
+/**
+ * Lets a verb take over SIGINT/SIGTERM while it runs (the nbd server shuts
+ * down gracefully and exits 0, as qemu-nbd); otherwise the CLI closes every
+ * open image and exits 130/143. Returns a function that gives them back.
+ */
+export function handleTermination(fn: () => void): () => void {
+  terminationHandler = fn;
+  return () => {
+    if (terminationHandler === fn) terminationHandler = undefined;
+  };
+}
+
+/** The verb's termination handler, if one took over. */
+export function verbTerminationHandler(): (() => void) | undefined {
+  return terminationHandler;
+}
 
 /** Runs a verb, turning a thrown error into `blkgraph: <message>` on stderr and an exit code. */
 export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise<number> {

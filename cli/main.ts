@@ -11,7 +11,8 @@
  */
 
 import "../mod.ts";
-import { type CliIO, invokeVerb, type Verb } from "./_common.ts";
+import { closeAllNodes } from "../core/open.ts";
+import { type CliIO, invokeVerb, type Verb, verbTerminationHandler } from "./_common.ts";
 
 export type { CliIO, Verb } from "./_common.ts";
 import { benchVerb } from "./bench.ts";
@@ -24,6 +25,7 @@ import { infoVerb } from "./info.ts";
 import { ioVerb } from "./io.ts";
 import { mapVerb } from "./map.ts";
 import { measureVerb } from "./measure.ts";
+import { nbdVerb } from "./nbd.ts";
 import { rebaseVerb } from "./rebase.ts";
 import { resizeVerb } from "./resize.ts";
 import { snapshotVerb } from "./snapshot.ts";
@@ -45,6 +47,7 @@ export const VERBS: readonly Verb[] = [
   infoVerb,
   mapVerb,
   measureVerb,
+  nbdVerb,
   rebaseVerb,
   reportVerb,
   resizeVerb,
@@ -153,6 +156,14 @@ async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<st
 }
 
 if (import.meta.main) {
+  // SIGINT and SIGTERM close every open image (caches written back and flushed) before the process ends.
+  for (const [sig, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+    Deno.addSignalListener(sig, () => {
+      const verb = verbTerminationHandler();
+      if (verb) verb();
+      else closeAllNodes().finally(() => Deno.exit(code));
+    });
+  }
   const code = await main(Deno.args, processIO());
   Deno.exit(code);
 }

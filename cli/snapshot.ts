@@ -1,17 +1,22 @@
 /**
  * `blkgraph snapshot`: qemu-img snapshot. `-l` lists internal snapshots
  * (qemu-img's table; an image without snapshots prints nothing), `-c`
- * creates one (named, dated now, ID picked by the format), `-a` reverts the
- * image to one (by ID, or else by name) and `-d` deletes one (by name, as
- * qemu-img 7.2 finds it). Messages and exit codes are qemu-img's.
+ * creates one (dated now, ID picked by the format), `-a` reverts the image
+ * to one (by ID, or else by name), `-d` deletes one (found by name, as
+ * qemu-img 7.2 finds it) — through the driver interface's snapshot
+ * operations, which fall through raw and filters to the node that has them
+ * (qcow2's internal snapshots, an rbd node's RBD snapshots), with qemu-img's
+ * messages.
  *
  * @module
  */
 
 import { BlockError } from "../core/errors.ts";
+import type { BlockNode } from "../core/node.ts";
 import {
   CliError,
   type CliIO,
+  flagString,
   formatNode,
   IMAGE_FLAGS,
   imageArgs,
@@ -22,17 +27,63 @@ import {
 } from "./_common.ts";
 import { formatSnapshotTable, readSnapshots } from "./_snapshots.ts";
 
-const USAGE =
-  `Usage: blkgraph snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename
+const USAGE = `Usage: blkgraph snapshot [-l | -a snapshot | -c snapshot | -d snapshot] [-f fmt] [-q] [-U] [--image-opts] filename
 
-Lists (-l), creates (-c), applies (-a: reverts the image to) or deletes (-d)
-an internal snapshot. -a takes an ID or, failing that, a name; -d a name.
+Lists (-l), creates (-c), applies (-a, reverts the image to it) or deletes
+(-d) internal snapshots, as qemu-img snapshot. Snapshots of raw images on
+rbd are RBD snapshots.
 `;
 
-const ACTIONS = [["list", "-l"], ["apply", "-a"], ["create", "-c"], ["delete", "-d"]] as const;
+type Action = "list" | "create" | "apply" | "delete";
 
-function errnoText(e: unknown): string {
+function why(e: unknown): string {
   return e instanceof BlockError ? e.strerror : (e as Error).message;
+}
+
+const VERB = { create: ["snapshotCreate", "create"], apply: ["snapshotGoto", "apply"], delete: ["snapshotDelete", "delete"] } as const;
+
+async function act(node: BlockNode, action: Exclude<Action, "list">, name: string): Promise<void> {
+  const fmt = formatNode(node);
+  const serving = fmt.snapshotNode();
+  const [op, verb] = VERB[action];
+  if (serving && !serving.instance[op]) {
+    throw new CliError(`Could not ${verb} snapshot '${name}': driver '${serving.driver.name}' cannot ${verb} snapshots yet`);
+  }
+  switch (action) {
+    case "create": {
+      // qemu-img's snapshot info: dated now (microseconds), no VM state, VM clock 0, icount 0.
+      const us = Math.floor((performance.timeOrigin + performance.now()) * 1000);
+      const info = { id: "", name, vmStateSize: 0, dateSec: Math.floor(us / 1e6), dateNsec: (us % 1e6) * 1000, vmClockNsec: 0, icount: 0 };
+      try {
+        await fmt.snapshotCreate(info);
+      } catch (e) {
+        const errno = e instanceof BlockError ? e.errno : 5;
+        throw new CliError(`Could not create snapshot '${name}': -${errno} (${why(e)})`);
+      }
+      return;
+    }
+    case "apply":
+      try {
+        await fmt.snapshotGoto(name);
+      } catch (e) {
+        if (!serving) throw new CliError(`Could not apply snapshot '${name}': Block driver does not support snapshots`);
+        throw new CliError(`Could not apply snapshot '${name}': Failed to load snapshot: ${why(e)}`);
+      }
+      return;
+    case "delete": {
+      // As qemu-img: find it by name first.
+      const found = (await readSnapshots(fmt)).find((s) => s.name === name);
+      if (!found) throw new CliError(`Could not delete snapshot '${name}': snapshot not found`);
+      try {
+        await fmt.snapshotDelete(found.id);
+      } catch (e) {
+        // qcow2 names the stage that failed as QEMU does; rbd's message is QEMU's rbd driver's.
+        const msg = serving?.driver.name === "qcow2" ? (e as Error).message : `Failed to remove the snapshot: ${why(e)}`;
+        throw new CliError(`Could not delete snapshot '${name}': ${msg}`);
+      }
+      return;
+    }
+  }
 }
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -49,55 +100,25 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io,
   );
   if (!p) return 0;
-  const given = ACTIONS.filter(([flag]) => p.values[flag] !== undefined && p.values[flag] !== false);
-  if (given.length > 1) throw new CliError("Cannot mix '-l', '-a', '-c', '-d'\nTry '--help' for more information.");
-  if (p.positionals.length !== 1) throw new CliError("Expecting one image file name\nTry '--help' for more information.");
+  const chosen: [Action, string][] = [];
+  if (p.values.list === true) chosen.push(["list", ""]);
+  for (const a of ["apply", "create", "delete"] as const) {
+    const v = flagString(p.values, a);
+    if (v !== undefined) chosen.push([a, v]);
+  }
+  if (chosen.length > 1) throw new CliError("Cannot mix '-l', '-a', '-c', '-d'\nTry '--help' for more information.");
   needPositionals(p.positionals, 1, 1, "one image file name");
-  const action = given[0]?.[0];
-  const name = action && action !== "list" ? String(p.values[action]) : "";
-  // -l needs no write access; everything else opens the image read-write, as qemu-img does.
-  const top = await openImage(p.positionals[0], imageArgs(p.values, action === "list"));
+  const [action, name] = chosen[0] ?? ["list", ""];
+  const node = await openImage(p.positionals[0], imageArgs(p.values, action === "list"));
   try {
-    const node = formatNode(top);
     if (action === "list") {
-      const snaps = await readSnapshots(node);
+      const snaps = await readSnapshots(formatNode(node));
       if (snaps.length) io.stdout("Snapshot list:\n" + formatSnapshotTable(snaps));
-    } else if (action === "create") {
-      const us = Math.floor((performance.timeOrigin + performance.now()) * 1000);
-      try {
-        // qemu-img's snapshot info: no VM state, VM clock 0, icount 0.
-        await node.snapshotCreate({
-          id: "",
-          name,
-          vmStateSize: 0,
-          dateSec: Math.floor(us / 1e6),
-          dateNsec: (us % 1e6) * 1000,
-          vmClockNsec: 0,
-          icount: 0,
-        });
-      } catch (e) {
-        const errno = e instanceof BlockError ? e.errno : 5;
-        throw new CliError(`Could not create snapshot '${name}': -${errno} (${errnoText(e)})`);
-      }
-    } else if (action === "apply") {
-      try {
-        await node.snapshotGoto(name);
-      } catch (e) {
-        // bdrv_snapshot_goto reports every driver failure as this one line.
-        throw new CliError(`Could not apply snapshot '${name}': Failed to load snapshot: ${errnoText(e)}`);
-      }
-    } else if (action === "delete") {
-      // qemu-img 7.2 finds the snapshot to delete by name only (bdrv_snapshot_find), then deletes that one by its ID.
-      const sn = (await node.snapshotList()).find((s) => s.name === name);
-      if (!sn) throw new CliError(`Could not delete snapshot '${name}': snapshot not found`);
-      try {
-        await node.snapshotDelete(sn.id);
-      } catch (e) {
-        throw new CliError(`Could not delete snapshot '${name}': ${(e as Error).message}`);
-      }
+    } else {
+      await act(node, action, name);
     }
   } finally {
-    await top.close();
+    await node.close();
   }
   return 0;
 }

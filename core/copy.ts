@@ -60,7 +60,7 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
     if (!dst.supportsCompressedWrites) {
       throw new BlockError("ENOTSUP", `Compression not supported for format '${dst.formatName}'`, { node: dst.name });
     }
-    const info = await dst.info();
+    const info = await dst.formatNode.info();
     chunk = typeof info["cluster-size"] === "number" ? info["cluster-size"] : 65536;
     if (dstOffset % chunk !== 0) {
       throw new BlockError("EINVAL", `Cannot write compressed data at offset ${dstOffset}: not aligned to the cluster size ${chunk}`, {

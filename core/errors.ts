@@ -24,7 +24,9 @@ export type ErrnoCode =
   | "ENOMEDIUM"
   | "ECANCELED"
   | "E2BIG"
-  | "ERANGE";
+  | "ERANGE"
+  | "EOVERFLOW"
+  | "ESHUTDOWN";
 
 /** Linux errno numbers for each code (what blkdebug's `errno` option takes). */
 export const ERRNO_NUMBERS: Readonly<Record<ErrnoCode, number>> = {
@@ -42,7 +44,9 @@ export const ERRNO_NUMBERS: Readonly<Record<ErrnoCode, number>> = {
   ENOSPC: 28,
   EROFS: 30,
   ERANGE: 34,
+  EOVERFLOW: 75,
   ENOTSUP: 95,
+  ESHUTDOWN: 108,
   ENOMEDIUM: 123,
   ECANCELED: 125,
 };
@@ -63,6 +67,8 @@ export const ERRNO_MESSAGES: Readonly<Record<ErrnoCode, string>> = {
   ENOSPC: "No space left on device",
   EROFS: "Read-only file system",
   ERANGE: "Numerical result out of range",
+  EOVERFLOW: "Value too large for defined data type",
+  ESHUTDOWN: "Cannot send after transport endpoint shutdown",
   ENOTSUP: "Operation not supported",
   ENOMEDIUM: "No medium found",
   ECANCELED: "Operation canceled",

@@ -30,6 +30,7 @@ import type {
   ChildRole,
   CreateContextOf,
   DriverInstanceOf,
+  FilterCall,
   FormatOptions,
   MeasureInputOf,
   MetadataExtent,
@@ -38,6 +39,7 @@ import type {
   RequestOp,
   RequestOptions,
   SnapshotInfo,
+  SyncIo,
   TruncateOptions,
   WriteOptions,
   WriteZeroesOptions,
@@ -101,6 +103,14 @@ export class BlockNode {
   };
   /** The format of this node was guessed from the image's first bytes (QEMU's `bs->probed`). */
   readonly probed: boolean;
+  /**
+   * Requests made on this node directly may go past its end, so a protocol
+   * node grows when written past it (QEMU's `blk_set_allow_write_beyond_eof`;
+   * `createImage` sets it while it writes a new image). Off by default:
+   * reading or writing past the end of the node you hold is EIO, as through
+   * QEMU's BlockBackend; parents' requests keep QEMU's internal zero-fill.
+   */
+  allowBeyondEof = false;
 
   #inst: DriverInstance = {};
   #readOnly: boolean;
@@ -111,6 +121,7 @@ export class BlockNode {
   #writeGen = 0;
   #flushedGen = 0;
   #driverFlushes = 0;
+  #parents = 0;
   #flushing: Promise<void> | null = null;
   #listeners: NodeListener[] = [];
   #closed = false;
@@ -131,6 +142,19 @@ export class BlockNode {
   attach(inst: DriverInstance): void {
     this.#inst = inst;
     this.refreshLimits();
+  }
+
+  /** Attaches `child` under `role` (done by the opener); the child then serves a parent. */
+  attachChild(role: ChildRole, child: BlockNode): void {
+    const old = this.children.get(role);
+    if (old) old.#parents--;
+    this.children.set(role, child);
+    child.#parents++;
+  }
+
+  /** Another node holds this one as a child. */
+  get hasParents(): boolean {
+    return this.#parents > 0;
   }
 
   /** The driver instance serving this node. */
@@ -284,6 +308,12 @@ export class BlockNode {
     });
   }
 
+  /**
+   * Validates a request. On a node no parent holds (the node a user holds,
+   * QEMU's BlockBackend), a request may not go past the end even of a
+   * growable node, unless `allowBeyondEof` is set; under a parent, a
+   * protocol node keeps QEMU's internal zero-fill and growth.
+   */
   #check(what: string, offset: number, length: number, write: boolean): void {
     if (this.#closed) this.#fail("EIO", what, offset, length, "node is closed");
     if (!Number.isSafeInteger(offset) || offset < 0) this.#fail("EINVAL", what, offset, length, "offset must be a non-negative integer");
@@ -292,7 +322,7 @@ export class BlockNode {
       this.#fail("EINVAL", what, offset, length, "request exceeds the maximum image size");
     }
     if (write && this.#readOnly) this.#fail("EROFS", what, offset, length, "node is read-only");
-    if (!this.growable && !this.#inst.checksBounds) {
+    if ((!this.growable || (this.#parents === 0 && !this.allowBeyondEof)) && !this.#inst.checksBounds) {
       const len = this.length;
       if (offset + length > len) this.#fail("EIO", what, offset, length, `request goes past the end of the image (length ${len})`);
     }
@@ -355,7 +385,14 @@ export class BlockNode {
     const inst = this.#inst;
     if (inst.pread) return inst.pread(offset, buf, { req });
     const child = this.#passThrough("read", offset, buf.length);
+    if (inst.intercept) return inst.intercept({ op: "read", offset, length: buf.length, req }, () => child.pread(offset, buf, { req }));
     return child.pread(offset, buf, { req });
+  }
+
+  /** Passes a request to the primary child through the filter's `intercept` hook, if it has one. */
+  #forward<T>(call: FilterCall, next: () => Promise<T>): Promise<T> {
+    const inst = this.#inst;
+    return inst.intercept ? inst.intercept(call, next) : next();
   }
 
   #passThrough(what: string, offset: number, length: number): BlockNode {
@@ -464,7 +501,8 @@ export class BlockNode {
       const o = { req, compressed: true };
       if (inst.pwriteCompressed) await inst.pwriteCompressed(offset, data, o);
       else if (inst.pwrite) await inst.pwrite(offset, data, o); // a filter forwards the flag
-      else await child!.pwrite(offset, data, o);
+      else {await this.#forward({ op: "write", offset, length: data.length, data, compressed: true, req }, () =>
+          child!.pwrite(offset, data, o));}
       this.#writeGen++;
       await this.#ownEvent("pwritev_done", req);
     } finally {
@@ -478,7 +516,7 @@ export class BlockNode {
     const inst = this.#inst;
     if (inst.pwrite) return inst.pwrite(offset, data, { fua, req });
     const child = this.#passThrough("write", offset, data.length);
-    return child.pwrite(offset, data, { fua, req });
+    return this.#forward({ op: "write", offset, length: data.length, data, fua, req }, () => child.pwrite(offset, data, { fua, req }));
   }
 
   /** Writes whole 512-byte sectors starting at `sector`. */
@@ -531,8 +569,12 @@ export class BlockNode {
       if (e < offset + length && e >= s) await this.#zeroBuffers(e, offset + length - e, opts);
       return;
     }
-    if (this.driver.kind === "filter" && this.primaryChild) {
-      return this.primaryChild.pwriteZeroes(offset, length, opts);
+    const child = this.driver.kind === "filter" ? this.primaryChild : undefined;
+    if (child) {
+      return this.#forward(
+        { op: "write-zeroes", offset, length, fua: opts.fua, req: opts.req },
+        () => child.pwriteZeroes(offset, length, opts),
+      );
     }
     if (opts.noFallback) {
       throw new BlockError(
@@ -580,7 +622,8 @@ export class BlockNode {
         const max = this.#limits.maxDiscard || Number.MAX_SAFE_INTEGER;
         for (let o = offset; o < offset + length; o += max) await inst.pdiscard(o, Math.min(max, offset + length - o), { req });
       } else if (this.driver.kind === "filter" && this.primaryChild) {
-        await this.primaryChild.pdiscard(offset, length, { req });
+        const child = this.primaryChild;
+        await this.#forward({ op: "discard", offset, length, req }, () => child.pdiscard(offset, length, { req }));
       }
       this.#writeGen++;
     } finally {
@@ -633,10 +676,10 @@ export class BlockNode {
 
   async #flushSteps(req: RequestInfo, chain: BlockNode[]): Promise<void> {
     const inst = this.#inst;
-    if (inst.flushToOs) {
-      await this.#ownEvent("flush_to_os", req);
-      await inst.flushToOs({ req });
-    }
+    // flush_to_os is raised on every flush, as QEMU raises BLKDBG_FLUSH_TO_OS whether or not the driver writes anything back.
+    const ev = this.#ownEvent("flush_to_os", req);
+    if (ev) await ev;
+    if (inst.flushToOs) await inst.flushToOs({ req });
     const gen = this.#writeGen;
     if (inst.flush) {
       if (this.#noFlush || gen === this.#flushedGen) {
@@ -655,10 +698,17 @@ export class BlockNode {
         for (const n of chain) n.stats.flushes++;
       }
     }
-    for (const [role, child] of this.children) {
-      if (role === "backing" || child.readOnly) continue;
-      await child.flush({ req });
-    }
+    const flushChildren = async () => {
+      for (const [role, child] of this.children) {
+        if (role === "backing" || child.readOnly) continue;
+        await child.flush({ req });
+      }
+    };
+    // A filter's intercept sees a flush as QEMU's filters see flush_to_disk: only
+    // when it can reach a disk (not cache.no-flush) and something was written since the last one.
+    if (this.driver.kind === "filter" && !this.#noFlush && gen !== this.#flushedGen) {
+      await this.#forward({ op: "flush", offset: 0, length: 0, req }, flushChildren);
+    } else await flushChildren();
     this.#flushedGen = gen;
   }
 
@@ -693,7 +743,8 @@ export class BlockNode {
       const st = await inst.blockStatus(offset, length, { req });
       return { ...st, offset, length: Math.max(1, Math.min(st.length, length)) };
     }
-    if (this.driver.kind === "filter" && this.primaryChild) return this.primaryChild.blockStatus(offset, length, { req });
+    const child = this.driver.kind === "filter" ? this.primaryChild : undefined;
+    if (child) return this.#forward({ op: "block-status", offset, length, req }, () => child.blockStatus(offset, length, { req }));
     return { offset, length, data: true, zero: false, allocated: true, present: true, depth: 0, hostOffset: offset, file: this };
   }
 
@@ -726,9 +777,18 @@ export class BlockNode {
     let t = this.#tracker.track(0, MAX_LENGTH, true);
     if (t instanceof Promise) t = await t;
     try {
-      if (inst.truncate) await inst.truncate(length, { ...opts, req });
-      else if (this.driver.kind === "filter" && this.primaryChild) await this.primaryChild.truncate(length, { ...opts, req });
-      else {
+      const old = this.length;
+      if (inst.truncate) {
+        // QEMU's bdrv_co_truncate: a backing file longer than the old size would show
+        // through in the new area, so that part must read as zeros (BDRV_REQ_ZERO_WRITE).
+        const backing = this.backing;
+        const zeroFill = length > old && backing && backing.length > old ? Math.min(length, backing.length) - old : 0;
+        await inst.truncate(length, { ...opts, req, ...(zeroFill ? { zeroFill } : {}) });
+        if (zeroFill) await this.#zeroes(old, zeroFill, { req, noFallback: true });
+      } else if (this.driver.kind === "filter" && this.primaryChild) {
+        const child = this.primaryChild;
+        await this.#forward({ op: "truncate", offset: length, length: 0, req }, () => child.truncate(length, { ...opts, req }));
+      } else {
         throw new BlockError("ENOTSUP", `Cannot resize node '${this.name}': driver '${this.driver.name}' does not support resizing`, {
           node: this.name,
         });
@@ -756,7 +816,7 @@ export class BlockNode {
   async #imageOp<T>(key: keyof DriverInstance, what: string, write: boolean, fn: (inst: DriverInstance) => Promise<T> | T): Promise<T> {
     const n = this.#implementer(key);
     if (!n) {
-      throw new BlockError("ENOTSUP", `Cannot ${what} node '${this.name}': driver '${formatDriverName(this)}' does not support it`, {
+      throw new BlockError("ENOTSUP", `Cannot ${what} node '${this.name}': driver '${this.formatName}' does not support it`, {
         node: this.name,
       });
     }
@@ -803,40 +863,51 @@ export class BlockNode {
   // ---- internal snapshots (QEMU's bdrv_snapshot_*) ----------------------
 
   /**
-   * The node serving snapshot operations: the first one down the
-   * primary-child chain whose driver has them (QEMU's bdrv_snapshot_fallback:
-   * raw and filters pass them to their file child, an rbd node serves them).
+   * The node serving snapshot operations (QEMU's bdrv_snapshot_fallback):
+   * this node when its driver has any snapshot callback, else the same
+   * search on its primary child — raw and filters pass them to their file,
+   * an rbd node serves them — as long as no other child holds data (a
+   * `data-file` child stops the search, as QEMU refuses that fallback).
+   * A node with some of the callbacks serves all four: a qcow2 node that
+   * lists its snapshots but cannot create one refuses, rather than letting
+   * the request reach the protocol node below it.
    */
-  #snapshotNode(key: keyof DriverInstance): BlockNode | undefined {
+  snapshotNode(): BlockNode | undefined {
     // deno-lint-ignore no-this-alias
     let n: BlockNode | undefined = this;
-    while (n && n.#inst[key] === undefined) n = n.primaryChild;
-    return n;
+    while (n) {
+      const i: DriverInstance = n.#inst;
+      if (i.snapshotList || i.snapshotCreate || i.snapshotDelete || i.snapshotGoto) return n;
+      const child: BlockNode | undefined = n.primaryChild;
+      if (!child) return undefined;
+      for (const [role, c] of n.children) if (c !== child && role !== "backing") return undefined;
+      n = child;
+    }
+    return undefined;
   }
 
   /** The image's internal snapshots (empty when its format has none). */
   async snapshotList(): Promise<SnapshotInfo[]> {
-    const n = this.#snapshotNode("snapshotList");
-    return n ? await n.#inst.snapshotList!() : [];
+    const n = this.snapshotNode();
+    return n && n.#inst.snapshotList ? await n.#inst.snapshotList() : [];
   }
 
   async #snapshotOp(key: "snapshotCreate" | "snapshotDelete" | "snapshotGoto", what: string, arg: SnapshotInfo | string): Promise<void> {
-    const n = this.#snapshotNode(key);
-    if (!n) {
-      throw new BlockError(
-        "ENOTSUP",
-        `Cannot ${what} on node '${this.name}': format '${formatDriverName(this)}' has no internal snapshots`,
-        {
-          node: this.name,
-        },
-      );
+    const n = this.snapshotNode();
+    if (!n || !n.#inst[key]) {
+      const why = n
+        ? `node '${n.name}' (driver '${n.driver.name}') has snapshots but cannot ${what.replace(/ a snapshot$/, "")} them`
+        : `format '${this.formatName}' has no internal snapshots`;
+      throw new BlockError("ENOTSUP", `Cannot ${what} on node '${this.name}': ${why}`, { node: this.name });
     }
     await n.#imageOp(key, what, true, (i) => (i[key] as (a: SnapshotInfo | string) => Promise<void> | void)(arg));
   }
 
-  /** Creates an internal snapshot (qemu-img snapshot -c). */
-  snapshotCreate(info: SnapshotInfo): Promise<void> {
-    return this.#snapshotOp("snapshotCreate", "create a snapshot", info);
+  /** Creates an internal snapshot (qemu-img snapshot -c); what was written before is flushed first, so the snapshot holds it. */
+  async snapshotCreate(info: SnapshotInfo): Promise<void> {
+    const n = this.snapshotNode();
+    if (n && n.#inst.snapshotCreate && !this.#readOnly) await this.flush();
+    return await this.#snapshotOp("snapshotCreate", "create a snapshot", info);
   }
 
   /** Deletes an internal snapshot by ID or name (qemu-img snapshot -d). */
@@ -876,9 +947,11 @@ export class BlockNode {
     if (!Number.isSafeInteger(pos) || pos < 0 || pos + length > MAX_LENGTH) {
       throw new BlockError("EINVAL", `Cannot ${what} node '${this.name}' at offset ${pos}: invalid offset`, { node: this.name });
     }
-    const n = this.#snapshotNode(key);
+    // deno-lint-ignore no-this-alias
+    let n: BlockNode | undefined = this;
+    while (n && !n.#inst[key]) n = n.primaryChild;
     if (!n) {
-      throw new BlockError("ENOTSUP", `Cannot ${what} node '${this.name}': format '${formatDriverName(this)}' has no VM state area`, {
+      throw new BlockError("ENOTSUP", `Cannot ${what} node '${this.name}': format '${this.formatName}' has no VM state area`, {
         node: this.name,
       });
     }
@@ -932,6 +1005,28 @@ export class BlockNode {
     return this.#imageOp("metadataExtents", "list the metadata of", false, (i) => i.metadataExtents!());
   }
 
+  /** Synchronous I/O of a protocol node whose driver offers it (for the exit write-back); undefined otherwise. */
+  get syncIo(): SyncIo | undefined {
+    return this.driver.kind === "protocol" && !this.#closed ? this.#inst.syncIo : undefined;
+  }
+
+  /**
+   * The last-chance write-back at `Deno.exit()` with the node still open
+   * (the `unload` event runs no async code): the driver writes back what it
+   * caches synchronously, and a protocol node makes its writes durable.
+   * Returns false when that could not be done safely.
+   */
+  exitSync(): boolean {
+    if (this.#closed || this.#readOnly) return true;
+    const ok = this.#inst.exitSync?.() ?? true;
+    const io = this.syncIo;
+    if (io && this.#writeGen !== this.#flushedGen && !this.#noFlush) {
+      io.flush();
+      this.#flushedGen = this.#writeGen;
+    }
+    return ok;
+  }
+
   /** Driver-specific information (for `info`), from this node or the first one below its filters that has some. */
   async info(): Promise<Record<string, unknown>> {
     const n = this.#implementer("info");
@@ -945,7 +1040,15 @@ export class BlockNode {
 
   /** The name of the format driver a user thinks of: this node's, or the first one's below its filters. */
   get formatName(): string {
-    return formatDriverName(this);
+    return this.formatNode.driver.name;
+  }
+
+  /** The node a user thinks of as the image: this node, or the first one below its filters. */
+  get formatNode(): BlockNode {
+    // deno-lint-ignore no-this-alias
+    let n: BlockNode = this;
+    while (n.driver.kind === "filter" && n.primaryChild) n = n.primaryChild;
+    return n;
   }
 
   /** Registers a callback run when the node closes (used by the graph registry). */
@@ -994,13 +1097,6 @@ export class BlockNode {
 
 /** For each flush request, the nodes flushing on its behalf right now (outermost first). */
 const flushChains = new WeakMap<RequestInfo, BlockNode[]>();
-
-/** The driver name a user thinks of for `node`: the format below any filters. */
-function formatDriverName(node: BlockNode): string {
-  let n: BlockNode | undefined = node;
-  while (n && n.driver.kind === "filter") n = n.primaryChild;
-  return (n ?? node).driver.name;
-}
 
 function defaultLimits(): BlockLimits {
   return { requestAlignment: 1, maxTransfer: 0, optWriteZero: 0, maxWriteZero: 0, optDiscard: 0, maxDiscard: 0 };

@@ -17,6 +17,58 @@ import type { BlockDriver, OpenContext } from "./node.ts";
 const nodes = new Map<string, BlockNode>();
 let generated = 0;
 
+/**
+ * What happens to nodes still open when the process ends:
+ * - the script ends (the event loop drains): `beforeunload` closes every
+ *   open graph from its top, so caches are written back and flushed, as
+ *   `close()` does;
+ * - `Deno.exit()`: `unload` runs no async code, so each node writes back
+ *   synchronously what it can (`exitSync`: qcow2 metadata straight to a
+ *   `file` node) and protocol nodes flush; what cannot be saved safely is
+ *   lost as in a crash, with a warning on stderr — the image stays
+ *   consistent;
+ * - SIGKILL or a power cut: what the crash guarantee says — every write
+ *   completed before the last completed flush survives, and the image is
+ *   consistent (at worst leaked clusters).
+ */
+function installExitHooks(): void {
+  if (exitHooksInstalled) return;
+  exitHooksInstalled = true;
+  globalThis.addEventListener("beforeunload", () => {
+    for (const n of openRoots()) n.close().catch(() => {});
+  });
+  globalThis.addEventListener("unload", () => exitSyncAll());
+}
+let exitHooksInstalled = false;
+
+/** Open nodes no other open node holds (the tops of the open graphs). */
+function openRoots(): BlockNode[] {
+  return [...nodes.values()].filter((n) => !n.hasParents && !n.closed);
+}
+
+/** Closes every open graph from its top (what the CLI does on SIGINT and SIGTERM). */
+export async function closeAllNodes(): Promise<void> {
+  for (const n of openRoots()) await n.close().catch(() => {});
+}
+
+function exitSyncAll(): void {
+  // Formats and filters write back first; then protocol nodes make it durable.
+  const all = [...nodes.values()].filter((n) => !n.closed);
+  for (const n of [...all.filter((n) => n.driver.kind !== "protocol"), ...all.filter((n) => n.driver.kind === "protocol")]) {
+    let ok: boolean;
+    try {
+      ok = n.exitSync();
+    } catch {
+      ok = false;
+    }
+    if (!ok) {
+      console.error(
+        `blkgraph: warning: node '${n.name}' (${n.driver.name}) was still open with unwritten data at Deno.exit(); its writes since the last flush are lost as in a crash (the image stays consistent). Close nodes, or flush, before exiting.`,
+      );
+    }
+  }
+}
+
 /** Looks up an open node by name. */
 export function findNode(name: string): BlockNode | undefined {
   return nodes.get(name);
@@ -141,7 +193,10 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     if (filename.startsWith("json:")) return openNode({ ...normaliseSpec(filename), ...withoutKey(options, "filename") }, state);
     const prefixed = driverForPrefix(filename);
     if (prefixed?.parseFilename) {
-      return openNode({ driver: prefixed.name, ...prefixed.parseFilename(filename), ...withoutKey(options, "filename") }, state);
+      const parsed = { driver: prefixed.name, ...prefixed.parseFilename(filename) };
+      // A protocol URL (nbd://) gets a probed format on top, as QEMU's `qemu-img info nbd://…` shows raw or qcow2.
+      if (state.probe && prefixed.kind === "protocol") return openProbed(filename, options, state, { ...parsed, ...pickCache(options) });
+      return openNode({ ...parsed, ...withoutKey(options, "filename") }, state);
     }
     if (state.probe) return openProbed(filename, options, state);
     options = { ...options, driver: "file" };
@@ -210,6 +265,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     probed: state.probed,
   });
   nodes.set(name, node);
+  installExitHooks();
   node.onClose(() => nodes.delete(name!));
   const ctx: OpenContext = {
     node,
@@ -234,7 +290,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
         probe: copts.probe ?? false,
         top: false,
       });
-      node.children.set(role, child);
+      node.attachChild(role, child);
       return child;
     },
     childSpec: (role: ChildRole) => childSpecs.get(role),
@@ -249,8 +305,8 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
   return node;
 }
 
-async function openProbed(filename: string, options: Options, state: OpenState): Promise<BlockNode> {
-  const file = await openNode({ driver: "file", filename, ...pickCache(options) }, { ...state, top: false, probe: false });
+async function openProbed(filename: string, options: Options, state: OpenState, fileSpec?: Options): Promise<BlockNode> {
+  const file = await openNode(fileSpec ?? { driver: "file", filename, ...pickCache(options) }, { ...state, top: false, probe: false });
   let driver: BlockDriver;
   try {
     const head = new Uint8Array(Math.min(PROBE_BYTES, file.length));
@@ -298,13 +354,23 @@ export async function createImage(filename: string, format: string, size: number
   const driver = getDriver(format);
   if (!driver.create) throw new BlockError("ENOTSUP", `Cannot create '${filename}': format '${format}' does not support image creation`);
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError("EINVAL", `Cannot create '${filename}': invalid size ${size}`);
-  const fileSpec = opts.file ?? { driver: "file", filename, create: true };
-  const file = await openNode(fileSpec as Options | BlockNode, { readOnly: false, probe: false, top: false });
+  let fileSpec: Options | BlockNode = opts.file ?? { driver: "file", filename, create: true };
+  const protocol = opts.file ? undefined : driverForPrefix(filename);
+  if (protocol?.createFile && protocol.parseFilename) {
+    // Not a host file: the protocol creates its object (an RBD image) first.
+    const parsed = protocol.parseFilename(filename);
+    await protocol.createFile(parsed, size);
+    fileSpec = { driver: protocol.name, ...parsed };
+  }
+  const file = await openNode(fileSpec, { readOnly: false, probe: false, top: false });
+  const allowed = file.allowBeyondEof;
+  file.allowBeyondEof = true; // the new image is written past the end of the empty file
   try {
     if (file.length > 0) await file.truncate(0);
     await driver.create({ file, size, options: opts.options ?? {}, filename });
     await file.flush();
   } finally {
+    file.allowBeyondEof = allowed;
     if (!(opts.file instanceof BlockNode)) await file.close();
   }
 }

@@ -81,6 +81,13 @@ export interface WriteZeroesOptions extends WriteOptions {
 export interface TruncateOptions extends RequestOptions {
   /** Preallocation for the grown part: off (default), metadata, falloc, full. */
   prealloc?: "off" | "metadata" | "falloc" | "full";
+  /**
+   * Set by the core when the first `zeroFill` bytes of the grown part must
+   * read as zeros (a longer backing file would show through): the core
+   * zeroes them after the resize without falling back to writing zero
+   * buffers, so a driver that cannot must refuse before changing anything.
+   */
+  zeroFill?: number;
 }
 
 /** Size limits a driver declares; the core splits and pads requests to fit. */
@@ -126,6 +133,40 @@ export interface BlockStatusOf<N> {
   file?: N;
   /** The range is compressed (qcow2). */
   compressed?: boolean;
+}
+
+/**
+ * A request passing through a filter, as its `intercept` hook sees it
+ * (nbdkit's `next` pattern): what it is and where; the filter calls `next()`
+ * to pass it on unchanged, or fails it, delays it, or logs around it.
+ */
+export interface FilterCall {
+  /** The operation at this node. */
+  readonly op: RequestOp;
+  /** Byte offset (the new length for `truncate`; 0 for `flush`). */
+  readonly offset: number;
+  /** Byte length (0 for `flush` and `truncate`). */
+  readonly length: number;
+  /** The data of a write. */
+  readonly data?: Uint8Array;
+  /** A FUA write or write-zeroes. */
+  readonly fua?: boolean;
+  /** A compressed write. */
+  readonly compressed?: boolean;
+  /** The top-level request it serves. */
+  readonly req?: RequestInfo;
+}
+
+/**
+ * Synchronous I/O a protocol driver can offer for the last-chance
+ * write-back when the process exits through `Deno.exit()` (the `unload`
+ * event runs no async code).
+ */
+export interface SyncIo {
+  /** Writes `data` at `offset` now. */
+  pwrite(offset: number, data: Uint8Array): void;
+  /** Makes what was written durable now. */
+  flush(): void;
 }
 
 /** Options for a consistency check. */
@@ -233,8 +274,23 @@ export interface DriverInstanceOf<N> {
   checksBounds?: boolean;
   /** Handles FUA itself; otherwise the core follows a FUA write with a flush. */
   supportsFua?: boolean;
+  /**
+   * A filter's one hook around every request it passes to its primary
+   * child (read, write, write-zeroes, discard, flush, block status,
+   * truncate): call `next()` to pass it on. Operations the filter implements
+   * itself (`pread`, ...) do not come here.
+   */
+  intercept?<T>(call: FilterCall, next: () => Promise<T>): Promise<T>;
   /** Reads `buf.length` bytes at `offset` into `buf`. */
   pread?(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void;
+  /** Synchronous I/O for the exit write-back (protocol drivers whose I/O is synchronous: `file`). */
+  readonly syncIo?: SyncIo;
+  /**
+   * At `Deno.exit()` with the node still open: writes back what the driver
+   * caches, synchronously. Returns false when it could not do so safely
+   * (the data is then lost as in a crash; the image stays consistent).
+   */
+  exitSync?(): boolean;
   /** Writes `data` at `offset`. */
   pwrite?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
   /** Writes one cluster compressed (a write with `compressed`; the node checks bounds and permissions). */
@@ -361,6 +417,14 @@ export interface BlockDriverOf<N> {
    * walk down to (QEMU's primary child); default `file` (blkdebug: `image`).
    */
   readonly primaryChildRole?: ChildRole;
+  /**
+   * Creates the object a new image is written to, for protocols that are
+   * not host files (QEMU's protocol-level create: an RBD image, say).
+   * `options` are what {@linkcode BlockDriverOf.parseFilename} made of the
+   * target name; `size` is the size to create it with. Fails with EEXIST
+   * when the object exists.
+   */
+  createFile?(options: Record<string, unknown>, size: number): Promise<void>;
   /** Opens a node: returns the instance whose callbacks serve requests. */
   open(ctx: OpenContextOf<N>): Promise<DriverInstanceOf<N>>;
   /** Writes a new, empty image of this format onto `ctx.file`. */

@@ -54,8 +54,21 @@ export function nodeFsInstance(h: Handle, filename: string, name: string): Drive
       throw toBlockError(e, where("write", offset, data.length), { node: name, offset, length: data.length });
     }
   };
+  const flush = (): void => {
+    try {
+      fs.fdatasyncSync(fd);
+    } catch (e) {
+      throw toBlockError(e, `Cannot flush '${filename}'`, { node: name });
+    }
+  };
+  const pwrite = (offset: number, data: Uint8Array): void => {
+    writeAt(offset, data);
+    if (offset + data.length > size) size = offset + data.length;
+  };
   return {
     getLength: () => size,
+    // Synchronous already: the exit write-back at Deno.exit() can use it.
+    syncIo: { pwrite, flush },
     pread(offset, buf) {
       let done = 0;
       try {
@@ -69,17 +82,8 @@ export function nodeFsInstance(h: Handle, filename: string, name: string): Drive
       }
       if (done < buf.length) buf.fill(0, done);
     },
-    pwrite(offset, data) {
-      writeAt(offset, data);
-      if (offset + data.length > size) size = offset + data.length;
-    },
-    flush() {
-      try {
-        fs.fdatasyncSync(fd);
-      } catch (e) {
-        throw toBlockError(e, `Cannot flush '${filename}'`, { node: name });
-      }
-    },
+    pwrite,
+    flush,
     truncate(length, opts) {
       const prealloc = checkPrealloc(opts, filename, length, name);
       const old = size;

@@ -6,7 +6,8 @@
  * readSync/writeSync with a position (1 µs). Figures in bench/README.md.
  *
  * Options (QEMU's names):
- * - `filename` (required); `create` (create the file if missing);
+ * - `filename` (required); `create` (create the file if missing, and let
+ *   writes on the node itself go past the end);
  * - `locking` = `auto` (default) | `on` | `off`: QEMU-compatible OFD byte
  *   locks with FFI (qemu-img and blkgraph see each other), `flock` without.
  *   A conflict is `EBUSY` ("in use"; QEMU passes EAGAIN, which reads as
@@ -22,16 +23,20 @@
  * With FFI the node also has a write-zeroes fast path (`fallocate` punch-hole
  * or zero-range), discard (punch hole), `blockStatus` from
  * `lseek(SEEK_DATA/SEEK_HOLE)`, and `truncate` with `prealloc: "falloc"`.
- * Writes past the end grow the file; `flush` is fdatasync.
+ * Writes past the end grow the file (a parent's writes, or the node's own
+ * with `create` or `allowBeyondEof`); `flush` is fdatasync.
  *
  * @example
  * ```ts
  * import { open } from "../mod.ts";
  * const path = await Deno.makeTempFile();
- * await using f = await open({ driver: "file", filename: path });
- * await f.pwrite(0, new Uint8Array(4096).fill(1));
- * await f.flush();
- * console.log(f.length); // 4096
+ * {
+ *   await using f = await open({ driver: "file", filename: path, create: true });
+ *   await f.pwrite(0, new Uint8Array(4096).fill(1));
+ *   await f.flush();
+ *   console.log(f.length); // 4096
+ * }
+ * await Deno.remove(path);
  * ```
  *
  * @module
@@ -121,6 +126,8 @@ function openFile(ctx: OpenContext): DriverInstance {
     );
   }
   const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : openNodeFs(filename, ctx.readOnly, create, name);
+  // A file opened to be created is written past its end by design (QEMU's allow_write_beyond_eof for image creation).
+  if (create) ctx.node.allowBeyondEof = true;
   try {
     lockImage(h, filename, ctx.readOnly, ctx.forceShare ?? false, locking, name);
   } catch (e) {
@@ -403,6 +410,17 @@ function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, 
     flush(): void {
       const r = libc.fdatasync(fd);
       if (r < 0) throw errnoError(-r, `Cannot flush '${filename}'`, { node: name });
+    },
+    // Buffered I/O is synchronous FFI already: the exit write-back can use it (O_DIRECT needs aligned bounce buffers: not offered).
+    syncIo: direct ? undefined : {
+      pwrite(offset: number, data: Uint8Array): void {
+        writeAt(offset, data);
+        if (offset + data.length > size) size = offset + data.length;
+      },
+      flush(): void {
+        const r = libc.fdatasync(fd);
+        if (r < 0) throw errnoError(-r, `Cannot flush '${filename}'`, { node: name });
+      },
     },
     truncate(length: number, opts: TruncateOptions): void {
       const prealloc = checkPrealloc(opts, filename, length, name);

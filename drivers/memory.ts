@@ -19,6 +19,8 @@ export const memoryDriver: BlockDriver = {
   name: "memory",
   kind: "protocol",
   open(ctx): Promise<DriverInstance> {
+    // A memory node is scratch space that grows as it is written (up to its limit).
+    ctx.node.allowBeyondEof = true;
     checkKnownOptions(ctx.options, ["size", "filename"], "memory");
     const size = optSize(ctx.options, "size", "memory") ?? 0;
     let data = new Uint8Array(0);

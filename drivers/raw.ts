@@ -87,7 +87,11 @@ export const rawDriver: BlockDriver = {
         }
         return file.truncate(newLength, o);
       },
-      info: () => ({}),
+      // Like QEMU's raw_get_info: the file's cluster size (an RBD object size) shows through.
+      async info() {
+        const cs = (await file.info())["cluster-size"];
+        return typeof cs === "number" ? { "cluster-size": cs } : {};
+      },
     };
     return inst;
   },

@@ -33,8 +33,8 @@ import { type BlkdebugEvent, isBlkdebugEvent } from "../core/events.ts";
 import type { BlockNode } from "../core/node.ts";
 import { checkKnownOptions } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
-import type { BlockLimits, RequestInfo, RequestOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
-import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../core/node.ts";
+import type { BlockLimits, FilterCall, RequestInfo } from "../core/types.ts";
+import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
 import {
   BLKDEBUG_OPTIONS,
   type BlkdebugIoType,
@@ -297,57 +297,34 @@ export class BlkdebugFilter implements DriverInstance {
 
   // ---- requests ---------------------------------------------------------
 
-  /** Reads from the child unless an armed rule fails the read. */
-  pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void {
-    if (this.#active.length) {
-      const f = this.#inject("read", offset, buf.length, opts.req);
-      if (f) return f;
+  /**
+   * Every request passing to the image: an armed inject-error rule whose
+   * iotype matches fails it (QEMU's rule_check); otherwise it passes on.
+   * Flushes are traced. What the core promises — alignment and max transfer
+   * of reads and writes — is asserted on arrival, as blkdebug_co_preadv does.
+   */
+  intercept<T>(call: FilterCall, next: () => Promise<T>): Promise<T> {
+    if (call.op === "flush" && this.#listeners.length) {
+      this.#trace({ kind: "flush", node: this.#name, time: performance.now(), req: call.req, state: this.#state });
     }
-    return this.#child.pread(offset, buf, opts);
+    if (call.op === "read" || call.op === "write") this.#assertArrival(call);
+    if (this.#active.length && call.op !== "truncate") {
+      const f = this.#inject(call.op, call.offset, call.length, call.req);
+      if (f) return f as Promise<never>;
+    }
+    return next();
   }
 
-  /** Writes to the child unless an armed rule fails the write. */
-  pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void {
-    if (this.#active.length) {
-      const f = this.#inject("write", offset, data.length, opts.req);
-      if (f) return f;
+  #assertArrival(call: FilterCall): void {
+    const align = this.limits.requestAlignment ?? 1;
+    const max = this.limits.maxTransfer ?? 0;
+    if (call.offset % align !== 0 || call.length % align !== 0 || (max && call.length > max)) {
+      throw new BlockError(
+        "EIO",
+        `Internal error: blkdebug node '${this.#name}' got a ${call.op} of ${call.length} bytes at offset ${call.offset}, outside its align ${align} / max-transfer ${max}`,
+        { node: this.#name, offset: call.offset, length: call.length },
+      );
     }
-    return this.#child.pwrite(offset, data, opts);
-  }
-
-  /** Writes zeroes through the child unless an armed rule fails it. */
-  pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> | void {
-    if (this.#active.length) {
-      const f = this.#inject("write-zeroes", offset, length, opts.req);
-      if (f) return f;
-    }
-    return this.#child.pwriteZeroes(offset, length, opts);
-  }
-
-  /** Discards through the child unless an armed rule fails it. */
-  pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> | void {
-    if (this.#active.length) {
-      const f = this.#inject("discard", offset, length, opts.req);
-      if (f) return f;
-    }
-    return this.#child.pdiscard(offset, length, opts);
-  }
-
-  /** Traces the flush and fails it when an armed rule matches; the core then flushes the child. */
-  flushToOs(opts: RequestOptions): Promise<void> | void {
-    if (this.#listeners.length) {
-      this.#trace({ kind: "flush", node: this.#name, time: performance.now(), req: opts.req, state: this.#state });
-    }
-    if (this.#active.length) return this.#inject("flush", 0, 0, opts.req);
-  }
-
-  /** Block status of the child unless an armed `block-status` rule fails it. */
-  blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
-    if (this.#active.length) {
-      const f = this.#inject("block-status", offset, length, opts.req);
-      if (f) return f;
-    }
-    return this.#child.blockStatus(offset, length, opts);
   }
 
   /** Resumes every suspended request so close does not hang. */

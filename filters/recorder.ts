@@ -29,7 +29,7 @@ import { BlockError } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { checkKnownOptions } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
-import type { RequestOptions, TruncateOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { FilterCall } from "../core/types.ts";
 import type { BlockDriver, DriverInstance } from "../core/node.ts";
 
 /** The kinds of operation a recorder logs. */
@@ -111,53 +111,43 @@ export class Recorder implements DriverInstance {
     return rec;
   }
 
-  async #run(rec: RecordedOp, p: Promise<void> | void): Promise<void> {
+  async #run<T>(rec: RecordedOp, next: () => Promise<T>): Promise<T> {
+    let r: T;
     try {
-      await p;
+      r = await next();
     } catch (e) {
       rec.error = e instanceof Error ? e.message : String(e);
       throw e;
     }
     rec.complete = recorderTick();
-  }
-
-  /** Reads pass straight through and are not logged. */
-  pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
-    return this.#child.pread(offset, buf, opts);
-  }
-
-  /** Logs and forwards a write. */
-  pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
-    const rec = this.#begin("write", offset, data.length, opts.fua ?? false, data);
-    return this.#run(rec, this.#child.pwrite(offset, data, opts));
-  }
-
-  /** Logs and forwards a write-zeroes. */
-  pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
-    const rec = this.#begin("write-zeroes", offset, length, opts.fua ?? false);
-    return this.#run(rec, this.#child.pwriteZeroes(offset, length, opts));
-  }
-
-  /** Logs and forwards a discard. */
-  pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
-    const rec = this.#begin("discard", offset, length, false);
-    return this.#run(rec, this.#child.pdiscard(offset, length, opts));
+    return r;
   }
 
   /**
-   * Logs and forwards a flush. The core flushes the child again after this
-   * callback; that second flush finds nothing new and is skipped below.
+   * Logs every write, write-zeroes, discard, flush and truncate around its
+   * passage to the child (submit and completion stamps, the error if it
+   * failed); reads and block status pass unlogged. The core passes a flush
+   * here only when it can reach a disk (something written since the last
+   * one, and not cache.no-flush), as QEMU calls blklogwrites' flush_to_disk.
    */
-  flush(opts: RequestOptions): Promise<void> {
-    const rec = this.#begin("flush", 0, 0, false);
-    return this.#run(rec, this.#child.flush(opts));
-  }
-
-  /** Logs and forwards a truncate. */
-  truncate(length: number, opts: TruncateOptions): Promise<void> {
-    const rec = this.#begin("truncate", length, 0, false);
-    rec.oldLength = this.#child.length;
-    return this.#run(rec, this.#child.truncate(length, opts));
+  intercept<T>(call: FilterCall, next: () => Promise<T>): Promise<T> {
+    switch (call.op) {
+      case "write":
+        return this.#run(this.#begin("write", call.offset, call.length, call.fua ?? false, call.data), next);
+      case "write-zeroes":
+        return this.#run(this.#begin("write-zeroes", call.offset, call.length, call.fua ?? false), next);
+      case "discard":
+        return this.#run(this.#begin("discard", call.offset, call.length, false), next);
+      case "flush":
+        return this.#run(this.#begin("flush", 0, 0, false), next);
+      case "truncate": {
+        const rec = this.#begin("truncate", call.offset, 0, false);
+        rec.oldLength = this.#child.length;
+        return this.#run(rec, next);
+      }
+      default:
+        return next();
+    }
   }
 
   /** Length of the child. */

@@ -27,7 +27,7 @@ import type { BlockNode } from "../core/node.ts";
 import { checkKnownOptions, optString } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
 import { isPlainObject } from "../core/spec.ts";
-import type { RequestOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
+import type { FilterCall, RequestInfo } from "../core/types.ts";
 import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
 import type { Clock } from "./_clock.ts";
 import { createThrottleGroup, forgetThrottleGroup, getThrottleGroup, ThrottleGroup, type ThrottleGroupMember } from "./_throttle_group.ts";
@@ -57,51 +57,33 @@ export class ThrottleFilter implements DriverInstance {
   readonly group: ThrottleGroup;
   #member: ThrottleGroupMember;
   #node: BlockNode;
-  #child: BlockNode;
   #ownsGroup: boolean;
 
-  /** Joins `group` as `node` over `child` (done by the driver's open). */
-  constructor(node: BlockNode, child: BlockNode, group: ThrottleGroup, ownsGroup: boolean) {
+  /** Joins `group` as `node` (done by the driver's open, after its child is open). */
+  constructor(node: BlockNode, group: ThrottleGroup, ownsGroup: boolean) {
     this.group = group;
     this.#node = node;
-    this.#child = child;
     this.#ownsGroup = ownsGroup;
     this.#member = group.join(node.name);
   }
 
-  /** Reads once the group's budget admits it. */
-  pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
-    const w = this.group.intercept(this.#member, buf.length, false);
-    if (w === undefined) return this.#child.pread(offset, buf, opts);
-    return this.#waited(w, buf.length, false, opts).then(() => this.#child.pread(offset, buf, opts));
-  }
-
-  /** Writes once the group's budget admits it. */
-  pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
-    const w = this.group.intercept(this.#member, data.length, true);
-    if (w === undefined) return this.#child.pwrite(offset, data, opts);
-    return this.#waited(w, data.length, true, opts).then(() => this.#child.pwrite(offset, data, opts));
-  }
-
-  /** Writes zeroes once admitted (counted as a write of `length` bytes, as QEMU). */
-  pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
-    const w = this.group.intercept(this.#member, length, true);
-    if (w === undefined) return this.#child.pwriteZeroes(offset, length, opts);
-    return this.#waited(w, length, true, opts).then(() => this.#child.pwriteZeroes(offset, length, opts));
-  }
-
-  /** Discards once admitted (counted as a write of `length` bytes, as QEMU). */
-  pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
-    const w = this.group.intercept(this.#member, length, true);
-    if (w === undefined) return this.#child.pdiscard(offset, length, opts);
-    return this.#waited(w, length, true, opts).then(() => this.#child.pdiscard(offset, length, opts));
+  /**
+   * Reads, writes, write-zeroes and discards wait until the group's budget
+   * admits them (write-zeroes and discards count as writes of their length,
+   * as in QEMU); flush, block status and truncate are not throttled.
+   */
+  intercept<T>(call: FilterCall, next: () => Promise<T>): Promise<T> {
+    if (call.op === "flush" || call.op === "block-status" || call.op === "truncate") return next();
+    const write = call.op !== "read";
+    const w = this.group.intercept(this.#member, call.length, write);
+    if (w === undefined) return next();
+    return this.#waited(w, call.length, write, call.req).then(next);
   }
 
   /** The wait `w`, reported to the node's listeners as a throttle begin/end pair. */
-  #waited(w: Promise<void>, bytes: number, write: boolean, opts: RequestOptions): Promise<void> {
+  #waited(w: Promise<void>, bytes: number, write: boolean, req: RequestInfo | undefined): Promise<void> {
     const node = this.#node;
     if (!node.listening) return w;
-    const req = opts.req;
     node.emit({ kind: "throttle", phase: "begin", node, time: performance.now(), req, bytes, write });
     return w.finally(() => node.emit({ kind: "throttle", phase: "end", node, time: performance.now(), req, bytes, write }));
   }
@@ -142,7 +124,7 @@ async function openThrottle(ctx: OpenContext): Promise<DriverInstance> {
     );
   }
   const clock = o.clock as Clock | undefined;
-  const child = await ctx.openChild("file");
+  await ctx.openChild("file");
   let group: ThrottleGroup;
   let owns = false;
   if (groupName) {
@@ -164,7 +146,7 @@ async function openThrottle(ctx: OpenContext): Promise<DriverInstance> {
     // A private group, not in the registry.
     group = new ThrottleGroup(`#${ctx.node.name}`, (limits as Record<string, unknown> | undefined) ?? {}, clock);
   }
-  return new ThrottleFilter(ctx.node, child!, group, owns);
+  return new ThrottleFilter(ctx.node, group, owns);
 }
 
 /** The throttle filter driver. */

@@ -37,7 +37,8 @@ const encoder = new TextEncoder();
  *
  * @example
  * ```ts
- * import { QEMU_FEATURE_NAMES, serializeFeatureTable } from "./header.ts";
+ * import { QEMU_FEATURE_NAMES } from "./header.ts";
+ * import { serializeFeatureTable } from "./_header_write.ts";
  * console.log(serializeFeatureTable(QEMU_FEATURE_NAMES).length); // 384
  * ```
  */
@@ -117,7 +118,8 @@ export async function writeHeaderFields(
  *
  * @example
  * ```ts
- * import { parseHeader, serializeHeader, type Qcow2Header } from "./header.ts";
+ * import { parseHeader, type Qcow2Header } from "./header.ts";
+ * import { serializeHeader } from "./_header_write.ts";
  * const h: Qcow2Header = {
  *   version: 3, backingFileOffset: 0, backingFileSize: 0, clusterBits: 16, size: 1 << 20,
  *   cryptMethod: 0, l1Size: 1, l1TableOffset: 0x30000, refcountTableOffset: 0x10000,

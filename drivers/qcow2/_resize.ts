@@ -12,7 +12,6 @@ import type { RequestInfo, TruncateOptions } from "../../core/types.ts";
 import { AUTOCLEAR_DATA_FILE_RAW, l1EntriesFor } from "./header.ts";
 import { preallocateFull, preallocateMetadata } from "./_prealloc.ts";
 import { shrink } from "./_shrink.ts";
-import { writeLocked, zeroOrDiscard } from "./_write.ts";
 import { growL1 } from "./_l1_grow.ts";
 import type { Qcow2State } from "./_state.ts";
 import { writeback } from "./_writeback.ts";
@@ -23,9 +22,10 @@ export type Prealloc = NonNullable<TruncateOptions["prealloc"]>;
 
 /**
  * Changes the virtual size (QEMU's qcow2_co_truncate; metadata lock held):
- * grows the L1 table to exactly what the size needs, preallocates the new
- * area when asked, makes it read as zeros when a backing file would show
- * through it, or shrinks (`_shrink.ts`); the new size is written last.
+ * grows the L1 table to exactly what the size needs and preallocates the
+ * new area when asked (the core zeroes it afterwards where a longer backing
+ * file would show through), or shrinks (`_shrink.ts`); the new size is
+ * written last.
  */
 export async function resize(st: Qcow2State, size: number, opts: { req?: RequestInfo; prealloc?: Prealloc } = {}): Promise<void> {
   const req = opts.req;
@@ -59,29 +59,8 @@ export async function resize(st: Qcow2State, size: number, opts: { req?: Request
     await preallocateFull(st, old, size, prealloc, req);
     if (st.externalData) await st.data.truncate(size, { prealloc, req });
   }
-  // A backing file longer than the old size would show through the new area: it reads as zeros instead.
-  if (st.backing && st.backing.length > old) await zeroNewArea(st, old, size, req);
   await writeback(st, req);
   await st.flushFiles(req);
   await writeHeaderFields(st.file, { ...st.header, size }, ["size"], req);
   st.header.size = size;
-}
-
-/**
- * QEMU's BDRV_REQ_ZERO_WRITE on truncate: zero clusters from the first
- * cluster boundary, zero bytes before it (QEMU uses the zero bits of the
- * subclusters there with extended L2 entries; the data is the same).
- */
-async function zeroNewArea(st: Qcow2State, old: number, size: number, req: RequestInfo | undefined): Promise<void> {
-  if (st.header.version < 3) {
-    throw new BlockError(
-      "ENOTSUP",
-      "Failed to zero out new clusters: a compat=0.10 image cannot make the grown area read as zeros over its larger backing file",
-      { node: st.node.name },
-    );
-  }
-  const start = Math.ceil(old / st.cs) * st.cs;
-  const end = Math.ceil(size / st.cs) * st.cs;
-  if (size > start) await zeroOrDiscard(st, start, end - start, { discard: false, unmap: true }, req);
-  if (start > old) await writeLocked(st, old, new Uint8Array(Math.min(start, size) - old), req);
 }

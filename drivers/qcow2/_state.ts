@@ -348,16 +348,37 @@ export class Qcow2State {
     value: (i: number) => bigint,
     req: RequestInfo | undefined,
   ): Promise<void> {
-    const chunks = new Set<number>();
-    for (const i of dirty) chunks.add(Math.floor(i / 64));
-    dirty.clear();
-    for (const c of [...chunks].sort((a, b) => a - b)) {
-      const first = c * 64;
-      const n = Math.min(64, tableEntries - first);
-      const buf = new Uint8Array(n * 8);
-      const view = new DataView(buf.buffer);
-      for (let k = 0; k < n; k++) view.setBigUint64(k * 8, value(first + k));
-      await this.file.pwrite(tableOffset + first * 8, buf, { req });
-    }
+    for (const [off, buf] of dirtyChunks(tableOffset, tableEntries, dirty, value)) await this.file.pwrite(off, buf, { req });
   }
+
+  /** The dirty parts of the refcount table as (offset, bytes) writes; the dirty set is cleared. */
+  dirtyReftableChunks(): [number, Uint8Array][] {
+    const rt = this.reftable;
+    return dirtyChunks(this.header.refcountTableOffset, rt.length, this.reftableDirty, (i) => BigInt(rt[i]));
+  }
+
+  /** The dirty parts of the L1 table as (offset, bytes) writes; the dirty set is cleared. */
+  dirtyL1Chunks(): [number, Uint8Array][] {
+    return dirtyChunks(this.header.l1TableOffset, this.l1Size, this.l1Dirty, (i) => this.l1View.getBigUint64(i * 8));
+  }
+}
+
+/** Entries per 512-byte chunk of the L1 and refcount tables (one sector: written whole or not at all). */
+const ENTRIES_PER_CHUNK = 64;
+
+/** The 512-byte chunks of a table holding dirty entries, as (offset, bytes) writes in offset order; clears `dirty`. */
+function dirtyChunks(tableOffset: number, tableEntries: number, dirty: Set<number>, value: (i: number) => bigint): [number, Uint8Array][] {
+  const chunks = new Set<number>();
+  for (const i of dirty) chunks.add(Math.floor(i / ENTRIES_PER_CHUNK));
+  dirty.clear();
+  const out: [number, Uint8Array][] = [];
+  for (const c of [...chunks].sort((a, b) => a - b)) {
+    const first = c * ENTRIES_PER_CHUNK;
+    const n = Math.min(ENTRIES_PER_CHUNK, tableEntries - first);
+    const buf = new Uint8Array(n * 8);
+    const view = new DataView(buf.buffer);
+    for (let k = 0; k < n; k++) view.setBigUint64(k * 8, value(first + k));
+    out.push([tableOffset + first * 8, buf]);
+  }
+  return out;
 }

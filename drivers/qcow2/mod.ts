@@ -6,11 +6,14 @@
  *
  * @example
  * ```ts
- * import { open } from "../../mod.ts";
- * import type { Qcow2Instance } from "./mod.ts";
- * const node = await open("disk.qcow2", { readOnly: true });
- * console.log((node.instance as Qcow2Instance).header.clusterBits);
- * await node.close();
+ * import { createImage, open } from "../../mod.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
+ * await createImage(path, "qcow2", 1 << 20, { options: { cluster_size: 4096 } });
+ * {
+ *   await using node = await open(path, { readOnly: true });
+ *   console.log(node.formatName, (await node.info())["cluster-size"]); // qcow2 4096
+ * }
+ * await Deno.remove(path);
  * ```
  *
  * @module

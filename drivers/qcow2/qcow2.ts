@@ -56,6 +56,7 @@ import { writeLocked, zeroOrDiscard } from "./_write.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
 import { listSnapshots } from "./_snapshot.ts";
 import { createSnapshot, deleteSnapshot, gotoSnapshot, loadSnapshotView, vmStateOffset } from "./_snapshot_ops.ts";
+import { exitWriteback } from "./_exit.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { metadataExtents } from "./_metadata_map.ts";
@@ -241,6 +242,11 @@ export class Qcow2Instance implements DriverInstance {
     });
   }
 
+  /** Writes cached metadata back synchronously at `Deno.exit()`, when that is safe (see `_exit.ts`). */
+  exitSync(): boolean {
+    return exitWriteback(this.#st) !== "not-safe";
+  }
+
   /** The internal snapshots in the snapshot table. */
   snapshotList(): Promise<SnapshotInfo[]> {
     return listSnapshots(this.#st);
@@ -294,6 +300,10 @@ export class Qcow2Instance implements DriverInstance {
   /** Grows (with optional preallocation) or shrinks the image (`_resize.ts`). */
   truncate(length: number, opts: TruncateOptions): Promise<void> {
     const st = this.#st;
+    if (opts.zeroFill && st.header.version < 3) {
+      // QEMU: v2 images have no zero clusters, so the area over the longer backing file cannot be hidden.
+      throw new BlockError("ENOTSUP", "Failed to zero out new clusters: Operation not supported", { node: st.node.name });
+    }
     return st.change(async () => {
       await resize(st, length, { req: opts.req, prealloc: opts.prealloc });
       await relieveCaches(st, opts.req);

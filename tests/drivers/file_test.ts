@@ -54,9 +54,25 @@ Deno.test("file node data is in the host file", async () => {
   });
 });
 
+Deno.test("pread() and pwrite() past the end of the file node you hold fail with EIO, as in qemu-io", async () => {
+  await withFile(4096, async (path) => {
+    await using n = await openFile(path);
+    await assert.rejects(n.pread(4096, new Uint8Array(512)), (e: BlockError) => e.code === "EIO" && /past the end/.test(e.message));
+    await assert.rejects(n.pwrite(4096, new Uint8Array(512)), (e: BlockError) => e.code === "EIO");
+    await assert.rejects(n.pwriteZeroes(4000, 512), (e: BlockError) => e.code === "EIO");
+    assert.equal((await Deno.stat(path)).size, 4096);
+    await n.close();
+    if (hasTool("qemu-io")) {
+      const r = await run("qemu-io", ["-c", "read 4096 512", "-c", "write 4096 512", `json:{"driver":"file","filename":"${path}"}`]);
+      assert.equal(r.stdout, "read failed: Input/output error\nwrite failed: Input/output error\n");
+    }
+  });
+});
+
 Deno.test("pread() past the end of a file reads zeros", async () => {
   await withFile(4096, async (path) => {
     await using n = await openFile(path);
+    n.allowBeyondEof = true; // as for a parent's requests (the default refuses, as QEMU's BlockBackend)
     await n.pwrite(0, pattern(4096, 0xff));
     const buf = new Uint8Array(8192).fill(0xee);
     await n.pread(2048, buf);
@@ -68,6 +84,7 @@ Deno.test("pread() past the end of a file reads zeros", async () => {
 Deno.test("pwrite() past the end grows the file", async () => {
   await withFile(0, async (path) => {
     await using n = await openFile(path);
+    n.allowBeyondEof = true; // as for a parent's requests (the default refuses, as QEMU's BlockBackend)
     await n.pwrite(MiB, pattern(100, 1));
     assert.equal(n.length, MiB + 100);
     assert.equal((await Deno.stat(path)).size, MiB + 100);
@@ -116,6 +133,7 @@ Deno.test("truncate() with prealloc metadata fails with ENOTSUP", async () => {
 Deno.test("pwriteZeroes() with mayUnmap punches a hole that reads zeros", async () => {
   await withFile(0, async (path) => {
     await using n = await openFile(path);
+    n.allowBeyondEof = true; // as for a parent's requests (the default refuses, as QEMU's BlockBackend)
     await n.pwrite(0, pattern(4 * MiB, 0x5a));
     await n.flush();
     const before = await allocated(path);
@@ -131,6 +149,7 @@ Deno.test("pwriteZeroes() with mayUnmap punches a hole that reads zeros", async 
 Deno.test("pwriteZeroes() without mayUnmap zeroes the range and keeps it allocated", async () => {
   await withFile(0, async (path) => {
     await using n = await openFile(path);
+    n.allowBeyondEof = true; // as for a parent's requests (the default refuses, as QEMU's BlockBackend)
     await n.pwrite(0, pattern(MiB, 0x5a));
     await n.pwriteZeroes(4096, 8192);
     const buf = new Uint8Array(16384);
@@ -145,6 +164,7 @@ Deno.test("pwriteZeroes() without mayUnmap zeroes the range and keeps it allocat
 Deno.test("pwriteZeroes() past the end grows the file", async () => {
   await withFile(4096, async (path) => {
     await using n = await openFile(path);
+    n.allowBeyondEof = true; // as for a parent's requests (the default refuses, as QEMU's BlockBackend)
     await n.pwriteZeroes(4096, MiB, { mayUnmap: true });
     assert.equal(n.length, MiB + 4096);
     assert.equal((await Deno.stat(path)).size, MiB + 4096);
@@ -154,6 +174,7 @@ Deno.test("pwriteZeroes() past the end grows the file", async () => {
 Deno.test("pdiscard() punches a hole", async () => {
   await withFile(0, async (path) => {
     await using n = await openFile(path);
+    n.allowBeyondEof = true; // as for a parent's requests (the default refuses, as QEMU's BlockBackend)
     await n.pwrite(0, pattern(2 * MiB, 0x11));
     await n.pdiscard(0, MiB);
     const st = await n.blockStatus(0, 2 * MiB);
@@ -245,6 +266,7 @@ Deno.test("cache=none reads zeros past the end of an unaligned file", async () =
   await withFile(0, async (path) => {
     await Deno.writeFile(path, pattern(1000, 0x17));
     await using n = await openFile(path, {}, "none");
+    n.allowBeyondEof = true; // as for a parent's requests (the default refuses, as QEMU's BlockBackend)
     const buf = new Uint8Array(4096).fill(0xee);
     await n.pread(0, buf);
     assert.deepEqual(buf.subarray(0, 1000), pattern(1000, 0x17));

@@ -231,3 +231,37 @@ for (const [what, cfg, cmds] of differential) {
     },
   });
 }
+
+Deno.test({
+  name: "blkdebug fails a flush only when it reaches its flush_to_disk, as qemu-io shows",
+  ignore: skipUnless("qemu-io"),
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      await Deno.writeFile(`${dir}/d.img`, new Uint8Array(65536));
+      const spec = `json:${
+        JSON.stringify({
+          driver: "raw",
+          file: {
+            driver: "blkdebug",
+            "inject-error": [{ event: "flush_to_os", iotype: "flush" }],
+            image: { driver: "file", filename: `${dir}/d.img` },
+          },
+        })
+      }`;
+      for (const cmds of [["flush"], ["write 0 512", "flush"]]) {
+        const args = ["-t", "writeback", ...cmds.flatMap((c) => ["-c", c]), spec];
+        const theirs = (await new Deno.Command("qemu-io", { args, stdout: "null", stderr: "null" }).output()).code;
+        await using img = await open(spec, { cache: "writeback" });
+        let ours = 0;
+        for (const c of cmds) {
+          const p = c === "flush" ? img.flush() : img.pwrite(0, new Uint8Array(512));
+          ours = await p.then(() => ours, () => 1);
+        }
+        assert.equal(ours, theirs, `${cmds.join("; ")}: qemu-io exit ${theirs}`);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -361,3 +361,40 @@ Deno.test({
     assert.equal(out.includes("Pattern verification failed"), false, out);
   },
 });
+
+Deno.test({
+  name: "growing an overlay over a longer backing file makes the new area read zeros, as qemu-img resize does",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  async fn() {
+    await using dir = await tempDir();
+    for (const compat of ["1.1", "0.10"]) {
+      // compat=0.10: qemu-img refuses ("Failed to zero out new clusters"), and so do we, leaving the size.
+      const v2 = compat === "0.10";
+      const base = `${dir.path}/base-${compat}.qcow2`;
+      const top = `${dir.path}/top-${compat}.qcow2`;
+      await qemuCreate(base, "2M", `compat=${compat}`);
+      await qemuIo(base, "write -P 0x77 0 2M");
+      await qemuCreate(top, "1M", `compat=${compat}`, base);
+      const theirs = `${dir.path}/theirs-${compat}.qcow2`;
+      await Deno.copyFile(top, theirs);
+      const q = await run("qemu-img", ["resize", theirs, "2M"]);
+      assert.equal(q.code, v2 ? 1 : 0, q.stderr);
+      if (v2) {
+        await using node = await openQcow2(top);
+        await assert.rejects(node.truncate(2 << 20), (e: BlockError) => e.code === "ENOTSUP" && /zero out new clusters/.test(e.message));
+        assert.equal(node.length, 1 << 20);
+        continue;
+      }
+      {
+        await using node = await openQcow2(top);
+        await node.truncate(2 << 20);
+        const buf = new Uint8Array(1 << 20);
+        await node.pread(1 << 20, buf);
+        assert.equal(buf.every((b) => b === 0), true, `compat=${compat}: the grown area shows the backing file`);
+      }
+      await assertClean(top);
+      const r = await run("qemu-img", ["compare", top, theirs]);
+      assert.equal(r.code, 0, `compat=${compat}: ${r.stdout}`);
+    }
+  },
+});

@@ -1,0 +1,313 @@
+/**
+ * The `nbd` protocol driver: a node backed by an export of an NBD server
+ * (qemu-nbd, nbdkit, blkgraph's own {@linkcode serveNbd}). QEMU's options:
+ *
+ * - `server.type` = `inet` | `unix`, with `server.host` / `server.port`
+ *   (default 10809) or `server.path`; `export` (default `""`);
+ * - `tls-creds` (id of `tls-creds-x509` credentials, endpoint=client) and
+ *   `tls-hostname`;
+ * - `allocation-depth` = `on`: with a server offering
+ *   `qemu:allocation-depth` (qemu-nbd `-A`), ranges no layer of the
+ *   server's backing chain allocates report `allocated: false` (QEMU's
+ *   `x-dirty-bitmap=qemu:allocation-depth` trick); by default the node is
+ *   allocated everywhere like any protocol node, with `depth` taken from the
+ *   server when offered;
+ * - `reconnect-delay`, `open-timeout`, `cache.direct`, `cache.no-flush`:
+ *   accepted and ignored (the node does not reconnect: when the server goes
+ *   away, requests fail with EIO naming it).
+ *
+ * Filenames: `nbd://host[:port]/export`, `nbd+tcp://…`,
+ * `nbd+unix:///export?socket=PATH`, and QEMU's legacy
+ * `nbd:HOST:PORT[:exportname=NAME]`, `nbd:unix:PATH[:exportname=NAME]`.
+ *
+ * The node uses structured replies, keeps many requests in flight on one
+ * connection, maps `base:allocation` onto `blockStatus`, passes flush, FUA,
+ * trim and write-zeroes (NO_HOLE, FAST_ZERO) when the server advertises
+ * them, and takes its block-size limits from the server.
+ *
+ * @example
+ * ```ts
+ * import { open, serveNbd } from "../../mod.ts";
+ * const disk = await open({ driver: "memory", size: 1 << 20 });
+ * const server = await serveNbd(disk, { hostname: "127.0.0.1", port: 0, closeNode: true });
+ * await using remote = await open(server.uri);
+ * await remote.pwrite(0, new Uint8Array(512).fill(7));
+ * const back = new Uint8Array(512);
+ * await remote.pread(0, back);
+ * console.log(back[0], remote.length); // 7 1048576
+ * await remote.close();
+ * await server.close();
+ * ```
+ *
+ * @module
+ */
+
+import { BlockError, toBlockError } from "../../core/errors.ts";
+import { checkKnownOptions, optBool, optEnum, optInt, optString } from "../../core/options.ts";
+import { registerDriver } from "../../core/registry.ts";
+import type { BlockDriver, BlockStatus, DriverInstance } from "../../core/node.ts";
+import { ClientConnection } from "./_client_conn.ts";
+import { clientNegotiate } from "./_client_handshake.ts";
+import { CMD, CMD_FLAG, STATE_HOLE, STATE_ZERO, TF } from "./_protocol.ts";
+import { clientTls, getTlsCreds } from "./_tls.ts";
+
+const KNOWN = [
+  "server.type",
+  "server.host",
+  "server.port",
+  "server.path",
+  "export",
+  "tls-creds",
+  "tls-hostname",
+  "allocation-depth",
+  "filename",
+  "host",
+  "port",
+  "path",
+  "reconnect-delay",
+  "open-timeout",
+  "backing",
+  // Host-cache flags mean nothing for a socket (QEMU ignores them for nbd too).
+  "cache.direct",
+  "cache.no-flush",
+];
+
+/**
+ * Parses an NBD filename into driver options (QEMU's `nbd_parse_uri` and
+ * `nbd_parse_filename`).
+ *
+ * @example
+ * ```ts
+ * import { parseNbdFilename } from "./client.ts";
+ * console.log(parseNbdFilename("nbd+unix:///disk?socket=/tmp/s"));
+ * // { "server.type": "unix", "server.path": "/tmp/s", export: "disk", filename: "nbd+unix:///disk?socket=/tmp/s" }
+ * ```
+ */
+export function parseNbdFilename(filename: string): Record<string, unknown> {
+  const o = parseNbdUri(filename);
+  return { ...o, filename: canonicalName(o) };
+}
+
+/** QEMU's canonical name of an NBD node (what `qemu-img info` and `map` print). */
+function canonicalName(o: Record<string, unknown>): string {
+  const exp = String(o.export ?? "");
+  const e = exp ? "/" + encodeURIComponent(exp).replaceAll("%2F", "/") : "";
+  if (o["server.type"] === "unix") return `nbd+unix://${e}?socket=${o["server.path"]}`;
+  const host = String(o["server.host"]);
+  return `nbd://${host.includes(":") ? `[${host}]` : host}:${o["server.port"] ?? 10809}${e}`;
+}
+
+function parseNbdUri(filename: string): Record<string, unknown> {
+  const bad = (why: string): never => {
+    throw new BlockError("EINVAL", `Invalid NBD filename '${filename}': ${why}`);
+  };
+  const legacy = /^nbd:(?!\/\/)(.*)$/.exec(filename);
+  if (legacy) {
+    let rest = legacy[1];
+    let exp = "";
+    const en = rest.indexOf(":exportname=");
+    if (en >= 0) {
+      exp = rest.slice(en + 12);
+      rest = rest.slice(0, en);
+    }
+    if (rest.startsWith("unix:")) return { "server.type": "unix", "server.path": rest.slice(5), export: exp };
+    const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(rest) ?? /^(\[[^\]]+\]|[^:]+)$/.exec(rest);
+    if (!m) return bad("expected nbd:HOST:PORT[:exportname=NAME] or nbd:unix:PATH[:exportname=NAME]");
+    return { "server.type": "inet", "server.host": m[1].replace(/^\[|\]$/g, ""), "server.port": m[2] ?? "10809", export: exp };
+  }
+  const m = /^(nbd|nbd\+tcp|nbd\+unix|nbds|nbds\+tcp|nbds\+unix):\/\/([^/?#]*)(\/[^?#]*)?(?:\?([^#]*))?$/.exec(filename);
+  if (!m) return bad("expected nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH");
+  const [, scheme, authority, path, query] = m;
+  if (scheme.startsWith("nbds")) return bad("TLS URIs (nbds://) need tls-creds; give the options instead");
+  let exp = "";
+  try {
+    exp = decodeURIComponent((path ?? "").replace(/^\//, ""));
+  } catch {
+    bad("the export name is not valid percent-encoding");
+  }
+  if (scheme === "nbd+unix") {
+    if (authority) bad("a Unix socket URI has no host");
+    const q = /^socket=(.+)$/.exec(query ?? "");
+    if (!q) bad("nbd+unix needs ?socket=PATH");
+    return { "server.type": "unix", "server.path": decodeURIComponent(q![1]), export: exp };
+  }
+  if (query) bad(`unexpected query '${query}'`);
+  const hp = /^(\[[^\]]+\]|[^:]*)(?::(\d+))?$/.exec(authority);
+  if (!hp || !hp[1]) bad("a host is required");
+  return { "server.type": "inet", "server.host": hp![1].replace(/^\[|\]$/g, ""), "server.port": hp![2] ?? "10809", export: exp };
+}
+
+/**
+ * The NBD client protocol driver (registered as `nbd`).
+ *
+ * @example
+ * ```ts
+ * import { open, serveNbd } from "../../mod.ts";
+ * const dir = await Deno.makeTempDir();
+ * const server = await serveNbd(await open({ driver: "memory", size: 65536 }), { socket: `${dir}/s.sock`, closeNode: true });
+ * const node = await open({ driver: "nbd", server: { type: "unix", path: `${dir}/s.sock` } });
+ * console.log(node.driver.name, node.length); // nbd 65536
+ * await node.close();
+ * await server.close();
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export const nbdDriver: BlockDriver = {
+  name: "nbd",
+  kind: "protocol",
+  protocolPrefix: "nbd",
+  parseFilename: parseNbdFilename,
+  async open(ctx): Promise<DriverInstance> {
+    let o = ctx.options;
+    // Dotted keys arrive nested ({server: {type, path}}): flatten them back.
+    if (o.server !== null && typeof o.server === "object") {
+      const { server, ...rest } = o;
+      o = { ...rest, ...Object.fromEntries(Object.entries(server as Record<string, unknown>).map(([k, v]) => [`server.${k}`, v])) };
+    }
+    if (typeof o.filename === "string") {
+      const { filename, ...rest } = o;
+      o = { ...parseNbdUri(filename as string), ...rest };
+    }
+    checkKnownOptions(o, KNOWN, "nbd");
+    if (o.backing !== undefined && o.backing !== null) {
+      throw new BlockError("EINVAL", "Invalid option 'backing' for driver 'nbd': a protocol node has no backing file");
+    }
+    const path = optString(o, "server.path", "nbd") ?? optString(o, "path", "nbd");
+    const type = optEnum(o, "server.type", "nbd", ["inet", "unix"] as const) ?? (path !== undefined ? "unix" : "inet");
+    const exportName = optString(o, "export", "nbd") ?? "";
+    const host = optString(o, "server.host", "nbd") ?? optString(o, "host", "nbd");
+    const port = optInt(o, "server.port", "nbd") ?? optInt(o, "port", "nbd") ?? 10809;
+    const depthMode = optBool(o, "allocation-depth", "nbd") ?? false;
+    const tlsId = optString(o, "tls-creds", "nbd");
+    if (type === "unix" && !path) throw new BlockError("EINVAL", "Invalid options for driver 'nbd': server.type=unix needs server.path");
+    if (type === "inet" && !host) throw new BlockError("EINVAL", "Invalid options for driver 'nbd': server.type=inet needs server.host");
+    if (port > 65535) {
+      throw new BlockError("EINVAL", `Invalid value '${port}' for option 'server.port' of driver 'nbd': expected 0 to 65535`);
+    }
+    const uri = type === "unix"
+      ? `nbd+unix:///${encodeURIComponent(exportName)}?socket=${path}`
+      : `nbd://${host!.includes(":") ? `[${host}]` : host}:${port}/${encodeURIComponent(exportName)}`;
+    const creds = tlsId !== undefined ? getTlsCreds(tlsId, "client") : undefined;
+    const tlsHost = optString(o, "tls-hostname", "nbd") ?? host ?? "localhost";
+
+    let conn: Deno.Conn;
+    try {
+      conn = type === "unix" ? await Deno.connect({ transport: "unix", path: path! }) : await Deno.connect({ hostname: host!, port });
+      if (type === "inet") (conn as Deno.TcpConn).setNoDelay(true);
+    } catch (e) {
+      throw toBlockError(e, `Cannot connect to NBD server ${uri}`);
+    }
+    let c: ClientConnection;
+    try {
+      const info = await clientNegotiate(conn, {
+        export: exportName,
+        contexts: ["base:allocation", "qemu:allocation-depth"],
+        server: uri,
+        startTls: creds ? (s) => clientTls(s, creds, tlsHost) : undefined,
+      });
+      c = new ClientConnection(info, uri);
+    } catch (e) {
+      try {
+        conn.close();
+      } catch { /* closed */ }
+      if (e instanceof BlockError && e.name !== "ConnectionClosedError") throw e;
+      throw toBlockError(e, `NBD handshake with ${uri} failed`);
+    }
+    const info = c.info;
+    if (info.flags & TF.READ_ONLY && !ctx.readOnly) {
+      await c.close();
+      throw new BlockError("EROFS", `Cannot open NBD export ${uri} read-write: the export is read-only`, { node: ctx.node.name });
+    }
+    const baseId = info.contexts.get("base:allocation");
+    const depthId = info.contexts.get("qemu:allocation-depth");
+    const align = info.minBlock;
+    const maxTransfer = Math.max(align, Math.floor(Math.min(info.maxPayload, 32 << 20) / align) * align);
+    const maxEffect = Math.floor(2 ** 31 / align) * align;
+    const can = (f: number) => (info.flags & f) !== 0;
+
+    const inst: DriverInstance = {
+      limits: { requestAlignment: align, maxTransfer, maxWriteZero: maxEffect, maxDiscard: maxEffect, optDiscard: info.preferredBlock },
+      checksBounds: false,
+      supportsFua: can(TF.SEND_FUA),
+      getLength: () => info.size,
+      async pread(offset, buf) {
+        // The core lets reads run past the end of a protocol node; NBD must not.
+        const n = Math.max(0, Math.min(buf.length, info.size - offset));
+        if (n < buf.length) buf.fill(0, n);
+        if (n) await c.request(CMD.READ, 0, offset, n, { buf: n < buf.length ? buf.subarray(0, n) : buf });
+      },
+      async pwrite(offset, data, opts) {
+        checkEnd(offset, data.length, "write");
+        await c.request(CMD.WRITE, opts.fua && can(TF.SEND_FUA) ? CMD_FLAG.FUA : 0, offset, data.length, { data });
+      },
+      async flush() {
+        if (can(TF.SEND_FLUSH)) await c.request(CMD.FLUSH, 0, 0, 0);
+      },
+      async blockStatus(offset, length): Promise<BlockStatus> {
+        const all: BlockStatus = { offset, length, data: true, zero: false, allocated: true, depth: 0 };
+        if (baseId === undefined && depthId === undefined) return all;
+        const len = Math.min(length, 0xffffffff - (0xffffffff % align), info.size - offset);
+        const ext = await c.request(CMD.BLOCK_STATUS, CMD_FLAG.REQ_ONE, offset, len);
+        const base = baseId !== undefined ? ext?.get(baseId)?.[0] : undefined;
+        const depth = depthId !== undefined ? ext?.get(depthId)?.[0] : undefined;
+        let n = Math.min(len, base?.length ?? len, depth?.length ?? len);
+        n = Math.max(1, n);
+        const st: BlockStatus = { ...all, length: n, hostOffset: offset, file: ctx.node };
+        if (base) {
+          st.data = (base.flags & STATE_HOLE) === 0;
+          st.zero = (base.flags & STATE_ZERO) !== 0;
+        }
+        if (depth) {
+          st.depth = Math.max(0, depth.flags - 1);
+          if (depthMode) st.allocated = depth.flags > 0;
+        }
+        return st;
+      },
+      async close() {
+        await c.close();
+      },
+      info: () => ({
+        server: uri,
+        export: exportName,
+        "export-size": info.size,
+        "transmission-flags": info.flags,
+        "block-size": [info.minBlock, info.preferredBlock, info.maxPayload],
+        structured: info.structured,
+        contexts: [...info.contexts.keys()],
+        ...(info.description !== undefined ? { description: info.description } : {}),
+      }),
+    };
+    const checkEnd = (offset: number, length: number, what: string) => {
+      if (offset + length > info.size) {
+        throw new BlockError("ENOSPC", `Cannot ${what} ${length} bytes at offset ${offset}: the NBD export ${uri} ends at ${info.size}`, {
+          node: ctx.node.name,
+          offset,
+          length,
+        });
+      }
+    };
+    if (can(TF.SEND_WRITE_ZEROES)) {
+      inst.pwriteZeroes = async (offset, length, opts) => {
+        checkEnd(offset, length, "write zeroes to");
+        let flags = opts.fua && can(TF.SEND_FUA) ? CMD_FLAG.FUA : 0;
+        if (!opts.mayUnmap) flags |= CMD_FLAG.NO_HOLE;
+        if (opts.noFallback) {
+          if (!can(TF.SEND_FAST_ZERO)) {
+            throw new BlockError("ENOTSUP", `Cannot write zeroes fast to ${length} bytes at offset ${offset}: ${uri} has no fast zero`);
+          }
+          flags |= CMD_FLAG.FAST_ZERO;
+        }
+        await c.request(CMD.WRITE_ZEROES, flags, offset, length);
+      };
+    }
+    if (can(TF.SEND_TRIM)) {
+      inst.pdiscard = async (offset, length) => {
+        const end = Math.min(offset + length, info.size);
+        if (end > offset) await c.request(CMD.TRIM, 0, offset, end - offset);
+      };
+    }
+    return inst;
+  },
+};
+
+registerDriver(nbdDriver);

@@ -26,7 +26,8 @@ import { RefArray } from "./_check_refarray.ts";
 import { type Counters, type Fix, zeroCounters } from "./_check_types.ts";
 import { entryOffset, hex, HI, OFFSET_LO_MASK } from "./_entries.ts";
 import { parseBitmapDirectory, type SnapshotEntry } from "./_tables.ts";
-import { readSnapshotTableFrom } from "./_snapshot.ts";
+import { MAX_SNAPSHOT_EXTRA, readSnapshotTableChecked } from "./_snapshot.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 import { checkL1, type WalkContext } from "./_check_l2.ts";
 import { checkOflagCopied } from "./_check_oflag.ts";
 import { rebuildRefcountStructure } from "./_check_rebuild.ts";
@@ -109,16 +110,56 @@ export class Checker {
     return buf;
   }
 
-  /** Reads the snapshot table (QEMU's qcow2_check_read_snapshot_table). */
-  async readSnapshots(): Promise<void> {
-    const parsed = await readSnapshotTableFrom(this.#file, this.#h);
-    if (typeof parsed === "string") {
-      this.#say(`ERROR failed to read the snapshot table: ${parsed}`);
+  /**
+   * Reads the snapshot table (QEMU's qcow2_check_read_snapshot_table): with
+   * `fix.errors`, entries past 64 MiB of table are dropped at once (the
+   * header's count goes down; their clusters become leaks), and extra data
+   * past 1024 bytes or missing v3 extra data are corruptions the table
+   * rewrite after the refcount check fixes. Returns false when the table
+   * cannot be read (the check stops there, as QEMU's does).
+   */
+  async readSnapshots(fix: Fix): Promise<boolean> {
+    const t = await readSnapshotTableChecked(this.#file, this.#h, fix.errors);
+    if ("error" in t) {
+      this.#say(`ERROR failed to read the snapshot table: ${t.error}`);
+      if (t.hint) this.#say(t.hint);
       this.res.checkErrors++;
-      return;
+      return false;
     }
-    this.#snapshots = parsed.entries;
-    this.#snapshotsSize = parsed.size;
+    for (const [i, size] of t.extraDropped) {
+      this.#say(`Discarding too much extra metadata in snapshot table entry ${i} (${size} > ${MAX_SNAPSHOT_EXTRA})`);
+    }
+    this.snapshotFixes = t.extraDropped.length;
+    if (t.overhang) {
+      this.#say(`Discarding ${t.overhang} overhanging snapshots (snapshot table is too big)`);
+      this.#h.nbSnapshots = t.entries.length;
+      await writeHeaderFields(this.#file, this.#h, ["nbSnapshots"]);
+      this.res.corruptionsFixed += t.overhang;
+    }
+    if (this.#h.version >= 3) {
+      t.entries.forEach((e, i) => {
+        if (e.extra.length >= 16) return;
+        this.#say(`${fix.errors ? "Repairing" : "ERROR"} snapshot table entry ${i} is incomplete`);
+        this.snapshotFixes++;
+      });
+    }
+    this.res.corruptions += this.snapshotFixes;
+    this.#snapshots = t.entries;
+    this.#snapshotsSize = t.size;
+    return true;
+  }
+
+  /** Snapshot table corruptions a rewrite of the table fixes (counted in `res.corruptions`). */
+  snapshotFixes = 0;
+
+  /** The snapshot entries as read (repaired ones cut or to be completed by the rewrite). */
+  get snapshots(): readonly SnapshotEntry[] {
+    return this.#snapshots;
+  }
+
+  /** Bytes of the snapshot table on disk. */
+  get snapshotsSize(): number {
+    return this.#snapshotsSize;
   }
 
   /** Runs QEMU's qcow2_check_refcounts with the given repair flags. */

@@ -12,6 +12,7 @@ import { BlockError } from "../../core/errors.ts";
 import type { AmendOptions, CheckOptions, CheckResult, FormatOptions } from "../../core/types.ts";
 import { checkQcow2 } from "./check.ts";
 import { amendLocked } from "./_amend.ts";
+import { writeSnapshotTable } from "./_snapshot.ts";
 import type { Qcow2State } from "./_state.ts";
 import { rewriteHeader, writeback } from "./_writeback.ts";
 
@@ -39,13 +40,25 @@ export function changeBackingFileQcow2(st: Qcow2State, name: string | undefined,
 /**
  * Checks the image through the node's own file child (so filters below the
  * qcow2 node see the I/O). A repair rewrites tables on disk; the state then
- * reloads the header, L1 and refcount tables and drops its caches.
+ * reloads the header, L1 and refcount tables and drops its caches. A
+ * repaired snapshot table is written through the state (it needs new
+ * clusters).
  */
 export function checkQcow2Node(st: Qcow2State, opts: CheckOptions, reload: () => Promise<void>): Promise<CheckResult> {
   return st.lock.run(async () => {
     await writeback(st, undefined);
     await st.flushFiles(undefined);
-    const result = await checkQcow2(st.file, opts);
+    const result = await checkQcow2(st.file, {
+      ...opts,
+      // QEMU's qcow2_check_fix_snapshot_table: with the refcounts repaired, a new table is allocated and written.
+      rewriteSnapshots: async (entries, oldBytes) => {
+        await reload();
+        for (const e of entries) e.diskSize ??= st.header.size;
+        await writeSnapshotTable(st, entries, undefined, oldBytes);
+        await writeback(st, undefined);
+        await st.flushFiles(undefined);
+      },
+    });
     if (opts.repair) await reload();
     return result;
   });

@@ -85,6 +85,8 @@ export interface SnapshotEntry {
   icount?: number;
   /** The extra data as found (kept for rewrites). */
   extra: Uint8Array;
+  /** The ID and name bytes as found (they need not be UTF-8; a rewrite keeps them as they were). */
+  raw?: { id: Uint8Array; name: Uint8Array };
 }
 
 /**
@@ -125,6 +127,10 @@ export function parseSnapshotTable(buf: Uint8Array, count: number): { entries: S
       vmClockNsec: f.vmClockNsec,
       vmStateSize: f.extraSize >= 8 ? readU64(view, extraAt) : f.vmStateSize32,
       extra,
+      raw: {
+        id: buf.slice(extraAt + f.extraSize, extraAt + f.extraSize + f.idSize),
+        name: buf.slice(extraAt + f.extraSize + f.idSize, end),
+      },
     };
     if (f.extraSize >= 16) e.diskSize = readU64(view, extraAt + 8);
     if (f.extraSize >= 24 && !(view.getUint32(extraAt + 16) === 0xffffffff && view.getUint32(extraAt + 20) === 0xffffffff)) {
@@ -146,10 +152,11 @@ export function parseSnapshotTable(buf: Uint8Array, count: number): { entries: S
  * 8-byte boundaries; the result ends with the last name (no padding).
  */
 export function encodeSnapshotTable(entries: readonly SnapshotEntry[]): Uint8Array {
+  const bytesOf = (text: string, raw: Uint8Array | undefined) => raw && decoder.decode(raw) === text ? raw : encoder.encode(text);
   const parts = entries.map((e) => ({
     e,
-    id: encoder.encode(e.id),
-    name: encoder.encode(e.name),
+    id: bytesOf(e.id, e.raw?.id),
+    name: bytesOf(e.name, e.raw?.name),
     extraSize: Math.max(SNAPSHOT_EXTRA, e.extra.length),
   }));
   let size = 0;

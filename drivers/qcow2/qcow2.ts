@@ -54,7 +54,7 @@ import { resize } from "./_resize.ts";
 import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
 import { writeLocked, zeroOrDiscard } from "./_write.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
-import { listSnapshots } from "./_snapshot.ts";
+import { listSnapshots, readSnapshotTableChecked } from "./_snapshot.ts";
 import { createSnapshot, deleteSnapshot, gotoSnapshot, loadSnapshotView, vmStateOffset } from "./_snapshot_ops.ts";
 import { exitWriteback } from "./_exit.ts";
 import { markClean, relieveCaches, writeback } from "./_writeback.ts";
@@ -406,6 +406,11 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     l2CacheTables: tables.l2,
     rbCacheTables: tables.rb,
   });
+  if (!checking && h.nbSnapshots) {
+    // QEMU reads the snapshot table at open (qcow2_read_snapshots) and refuses one it cannot use.
+    const t = await readSnapshotTableChecked(file, h, false);
+    if ("error" in t) throw new BlockError("EFBIG", `${t.error}\n${t.hint}`, { node: ctx.node.name });
+  }
   const view = snapshotOptions(ctx.options);
   if (view) await loadSnapshotView(st, view.id, view.name);
   if (rw && !checking) {

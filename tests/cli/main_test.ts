@@ -42,7 +42,7 @@ Deno.test("main() refuses unsupported modes clearly", async () => {
   await cli(["create", "-q", "-f", "qcow2", `${d.path}/x.qcow2`, "1M"]);
   const r = await cli(["snapshot", "-a", "s1", `${d.path}/x.qcow2`]);
   assertEquals(r.code, 1);
-  assertEquals(r.stderr, "blkgraph: Could not apply snapshot 's1': driver 'qcow2' cannot apply snapshots yet\n");
+  assertEquals(r.stderr, "blkgraph: Could not apply snapshot 's1': Failed to load snapshot: No such file or directory\n");
   const c = await cli(["rebase", "-b", "base.qcow2", "-F", "qcow2", "x.qcow2"]);
   assertEquals(c.stderr, "blkgraph: 'rebase' without -u (safe mode) is not supported yet\n");
 });

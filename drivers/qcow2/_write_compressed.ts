@@ -11,7 +11,7 @@ import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { compressCluster } from "./compress.ts";
 import { allocClusters, getRefcount, updateRefcount } from "./_refcount.ts";
-import { HI_COMPRESSED } from "./_entries.ts";
+import { HI_COMPRESSED, maxRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { getL2ForWrite, releaseEntry, writeLocked } from "./_write.ts";
 import { markDirty } from "./_writeback.ts";
@@ -23,7 +23,9 @@ async function allocBytes(st: Qcow2State, len: number, req: RequestInfo | undefi
   const cs = st.cs;
   st.lastCompressed = undefined;
   const off = st.freeByteOffset;
-  if (off !== 0 && (off % cs) + len <= cs && (await getRefcount(st, Math.floor(off / cs), req)) > 0) {
+  // A cluster whose refcount cannot go higher takes no more data (QEMU's qcow2_alloc_bytes starts a new one).
+  const rc = off !== 0 && (off % cs) + len <= cs ? await getRefcount(st, Math.floor(off / cs), req) : 0;
+  if (rc > 0 && rc < maxRefcount(st.refBits)) {
     await updateRefcount(st, Math.floor(off / cs), 1, req);
     st.freeByteOffset = (off + len) % cs === 0 ? 0 : off + len;
     return off;

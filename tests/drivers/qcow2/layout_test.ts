@@ -77,3 +77,22 @@ Deno.test({
     assert.deepEqual(await fileLayoutDiff(`${dirs[1]}/base.qcow2`, `${dirs[0]}/base.qcow2`), []);
   },
 });
+
+Deno.test({
+  name: "compressed writes start a new host cluster when the shared one's refcount is at its maximum (refcount_bits=1), as qemu-io",
+  ignore,
+  async fn() {
+    await using d = await tempDir();
+    const a = `${d.path}/a.qcow2`;
+    const b = `${d.path}/b.qcow2`;
+    await qemuCreate(a, "64M", "refcount_bits=1");
+    await qemuCreate(b, "64M", "refcount_bits=1");
+    await qemuIo(a, "write -P 0 -c 0 64k", "write -P 1 -c 64k 64k");
+    {
+      await using n = await openQcow2(b);
+      await n.pwrite(0, new Uint8Array(65536), { compressed: true });
+      await n.pwrite(65536, new Uint8Array(65536).fill(1), { compressed: true });
+    }
+    assert.deepEqual(await fileLayoutDiff(b, a), []);
+  },
+});

@@ -392,7 +392,9 @@ export class Checker {
         if (r1 === 0) this.#rebuild = true;
         else if (r1 > r2 && fix.leaks) fixed = "leaksFixed";
         else if (r1 < r2 && fix.errors) fixed = "corruptionsFixed";
-        this.#say(`${fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked"} cluster ${i} refcount=${r1} reference=${r2}`);
+        this.#say(
+          `${fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked"} cluster ${i} refcount=${b ? disk.text(b, i - base) : r1} reference=${r2}`,
+        );
         if (fixed && b && r2 <= this.#refMax) {
           disk.write(b, i - base, r2);
           // QEMU discards a cluster whose refcount drops to zero (QCOW2_DISCARD_ALWAYS).

@@ -179,12 +179,18 @@ export function encodeSnapshotTable(entries: readonly SnapshotEntry[]): Uint8Arr
     };
     for (const d of SNAPSHOT_FIELDS) putField(view, at, d, f[d.key]);
     const x = at + SNAPSHOT_HEADER;
-    writeU64(view, x, e.vmStateSize);
-    writeU64(view, x + 8, e.diskSize ?? 0);
+    // A 64-bit field read from the extra data and not changed keeps its exact bytes (past 2^53 a number is not exact).
+    const ev = new DataView(e.extra.buffer, e.extra.byteOffset, e.extra.byteLength);
+    const put64 = (rel: number, value: number) => {
+      if (e.extra.length >= rel + 8 && readU64(ev, rel) === value) out.set(e.extra.subarray(rel, rel + 8), x + rel);
+      else writeU64(view, x + rel, value);
+    };
+    put64(0, e.vmStateSize);
+    put64(8, e.diskSize ?? 0);
     if (e.icount === undefined) {
       view.setUint32(x + 16, 0xffffffff);
       view.setUint32(x + 20, 0xffffffff);
-    } else writeU64(view, x + 16, e.icount);
+    } else put64(16, e.icount);
     if (e.extra.length > SNAPSHOT_EXTRA) out.set(e.extra.subarray(SNAPSHOT_EXTRA), x + SNAPSHOT_EXTRA);
     out.set(id, x + extraSize);
     out.set(name, x + extraSize + id.length);

@@ -558,15 +558,27 @@ export class BlockNode {
 
   async #zeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     const inst = this.#inst;
-    const max = this.#limits.maxWriteZero || Number.MAX_SAFE_INTEGER;
-    const align = this.#limits.requestAlignment;
     if (inst.pwriteZeroes) {
-      // Unaligned head and tail are written as zero buffers through the padded write path.
-      const s = roundUp(offset, align);
-      const e = Math.max(s, (offset + length) - ((offset + length) % align));
-      if (s > offset) await this.#zeroBuffers(offset, Math.min(s, offset + length) - offset, opts);
-      for (let o = s; o < e; o += max) await inst.pwriteZeroes(o, Math.min(max, e - o), opts);
-      if (e < offset + length && e >= s) await this.#zeroBuffers(e, offset + length - e, opts);
+      // QEMU's bdrv_co_do_pwrite_zeroes: the driver gets the bulk aligned to its write-zeroes
+      // granularity (the end of the node counts as aligned); an unaligned head and tail, and
+      // whatever the driver answers ENOTSUP for, are written as zero buffers (unless noFallback).
+      const zalign = Math.max(this.#limits.requestAlignment, this.#limits.optWriteZero || 1);
+      const end = offset + length;
+      const s = Math.min(roundUp(offset, zalign), end);
+      const e = Math.max(s, end >= this.length ? end : end - (end % zalign));
+      const maxZ = this.#limits.maxWriteZero;
+      const max = maxZ ? Math.max(zalign, maxZ - (maxZ % zalign)) : Number.MAX_SAFE_INTEGER;
+      if (s > offset) await this.#zeroPart(offset, s - offset, opts);
+      for (let o = s; o < e; o += max) {
+        const n = Math.min(max, e - o);
+        try {
+          await inst.pwriteZeroes(o, n, opts);
+        } catch (err) {
+          if (!(err instanceof BlockError && err.code === "ENOTSUP") || opts.noFallback) throw err;
+          await this.#zeroBuffers(o, n, opts);
+        }
+      }
+      if (end > e) await this.#zeroPart(e, end - e, opts);
       return;
     }
     const child = this.driver.kind === "filter" ? this.primaryChild : undefined;
@@ -588,6 +600,24 @@ export class BlockNode {
       );
     }
     await this.#zeroBuffers(offset, length, opts);
+  }
+
+  /** An unaligned piece of a write-zeroes: zero buffers, or ENOTSUP when the caller forbade the fallback. */
+  #zeroPart(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
+    if (opts.noFallback) {
+      return Promise.reject(
+        new BlockError(
+          "ENOTSUP",
+          `Cannot write zeroes to ${length} bytes at offset ${offset} on node '${this.name}': not aligned to the driver's zero granularity and fallback disallowed`,
+          {
+            node: this.name,
+            offset,
+            length,
+          },
+        ),
+      );
+    }
+    return this.#zeroBuffers(offset, length, opts);
   }
 
   async #zeroBuffers(offset: number, length: number, opts: WriteOptions): Promise<void> {
@@ -619,8 +649,15 @@ export class BlockNode {
     try {
       const inst = this.#inst;
       if (inst.pdiscard) {
-        const max = this.#limits.maxDiscard || Number.MAX_SAFE_INTEGER;
-        for (let o = offset; o < offset + length; o += max) await inst.pdiscard(o, Math.min(max, offset + length - o), { req });
+        // Discard is advisory: only the part aligned to the driver's discard granularity is passed
+        // (the end of the node counts as aligned), as QEMU's bdrv_co_pdiscard does.
+        const dalign = this.#limits.optDiscard || 1;
+        const end = offset + length;
+        const s = roundUp(offset, dalign);
+        const e = end >= this.length ? end : end - (end % dalign);
+        const maxD = this.#limits.maxDiscard;
+        const max = maxD ? Math.max(dalign, maxD - (maxD % dalign)) : Number.MAX_SAFE_INTEGER;
+        for (let o = s; o < e; o += max) await inst.pdiscard(o, Math.min(max, e - o), { req });
       } else if (this.driver.kind === "filter" && this.primaryChild) {
         const child = this.primaryChild;
         await this.#forward({ op: "discard", offset, length, req }, () => child.pdiscard(offset, length, { req }));

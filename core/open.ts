@@ -329,6 +329,22 @@ function pickCache(options: Options): Options {
   return options.cache === undefined ? {} : { cache: options.cache };
 }
 
+/**
+ * The protocol node at the bottom of a `file` spec given to createImage
+ * (below any filters) is created as QEMU's bdrv_create_file does: a host
+ * file gets `create: true`, a protocol with `createFile` (rbd) makes its
+ * object first.
+ */
+async function withProtocolCreated(spec: Options, size: number): Promise<Options> {
+  const child = isPlainObject(spec.file) ? "file" : isPlainObject(spec.image) ? "image" : undefined;
+  if (child) return { ...spec, [child]: await withProtocolCreated(spec[child] as Options, size) };
+  const name = typeof spec.driver === "string" ? spec.driver : "file";
+  if (name === "file") return spec.create === undefined ? { ...spec, driver: "file", create: true } : spec;
+  const driver = getDriver(name);
+  if (driver.kind === "protocol" && driver.createFile) await driver.createFile(withoutKey(spec, "driver"), size);
+  return spec;
+}
+
 /** Options for {@linkcode createImage}. */
 export interface CreateOptions {
   /** Format options (`cluster_size`, `compat`, `backing_file`, ...). */
@@ -354,7 +370,11 @@ export async function createImage(filename: string, format: string, size: number
   const driver = getDriver(format);
   if (!driver.create) throw new BlockError("ENOTSUP", `Cannot create '${filename}': format '${format}' does not support image creation`);
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError("EINVAL", `Cannot create '${filename}': invalid size ${size}`);
-  let fileSpec: Options | BlockNode = opts.file ?? { driver: "file", filename, create: true };
+  let fileSpec: Options | BlockNode = opts.file instanceof BlockNode
+    ? opts.file
+    : opts.file
+    ? await withProtocolCreated(normaliseSpec(opts.file as BlockSpec), size)
+    : { driver: "file", filename, create: true };
   const protocol = opts.file ? undefined : driverForPrefix(filename);
   if (protocol?.createFile && protocol.parseFilename) {
     // Not a host file: the protocol creates its object (an RBD image) first.

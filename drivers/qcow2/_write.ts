@@ -15,7 +15,7 @@ import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
-import { readGuest } from "./_read.ts";
+import { blockStatus, readGuest } from "./_read.ts";
 import { allocAt, allocClusters } from "./_refcount.ts";
 import { growL1 } from "./_l1_grow.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
@@ -132,6 +132,26 @@ async function placeRun(st: Qcow2State, cont: Cont, k: number, req: RequestInfo 
     if (got > 0) return { host: cont.host, k: got };
   }
   return { host: await allocClusters(st, k, req), k };
+}
+
+/** Whether the COW regions `[gStart, cur)` and `[segEnd, gEnd)` of a new allocation read as zeros now (QEMU's is_zero_cow). */
+async function cowReadsZero(
+  st: Qcow2State,
+  gStart: number,
+  cur: number,
+  segEnd: number,
+  gEnd: number,
+  req: RequestInfo | undefined,
+): Promise<boolean> {
+  if (!st.backing) return false; // without a backing file, zeroAround() already answered
+  for (const [s, e] of [[gStart, Math.min(cur, st.header.size)], [segEnd, Math.min(gEnd, st.header.size)]]) {
+    for (let o = s; o < e;) {
+      const bs = await blockStatus(st, o, e - o, req);
+      if (!bs.zero) return false;
+      o += Math.max(1, bs.length);
+    }
+  }
+  return true;
 }
 
 /** Writes `data` at guest `offset` (metadata lock held). */
@@ -274,7 +294,23 @@ async function writeNew(
   let out = part;
   const cow = cur > gStart || segEnd < gEnd;
   let written = false;
-  if (cow && host >= endBefore && zeroAround(st, e.view, first, k)) {
+  // QEMU's is_zero_cow: COW regions that read as zeros (no backing data there) are not read and copied.
+  const zeroCow = cow && (zeroAround(st, e.view, first, k) || await cowReadsZero(st, gStart, cur, segEnd, gEnd, req));
+  if (zeroCow && host < endBefore) {
+    // A reused cluster inside the file: zero it first (QEMU's handle_alloc_space), or copy zeros the normal way.
+    try {
+      await st.data.pwriteZeroes(host, gEnd - gStart, { noFallback: true, req });
+      const p = st.event("write_aio", req);
+      if (p) await p;
+      await st.data.pwrite(host + (cur - gStart), part, { req });
+      written = true;
+    } catch (err) {
+      if (!(err instanceof BlockError && err.code === "ENOTSUP")) throw err;
+    }
+  }
+  if (written) {
+    // done above
+  } else if (zeroCow && host >= endBefore) {
     const p = st.event("write_aio", req);
     if (p) await p;
     await st.data.pwrite(host + (cur - gStart), part, { req });
@@ -296,10 +332,14 @@ async function writeNew(
     if (segEnd < gEnd) await readGuest(st, segEnd, out.subarray(segEnd - gStart), req);
     out.set(part, cur - gStart);
   }
-  // Guest data and COW regions go out in one write (QEMU's merged COW).
+  // Guest data and COW regions go out in one write (QEMU's merged COW: write_aio, then cow_write).
   if (!written) {
-    const p = st.event(cow ? "cow_write" : "write_aio", req);
+    let p = st.event("write_aio", req);
     if (p) await p;
+    if (cow) {
+      p = st.event("cow_write", req);
+      if (p) await p;
+    }
     await st.data.pwrite(cow ? host : host + (cur - gStart), out, { req });
   }
   for (let i = 0; i < k; i++) {

@@ -20,6 +20,7 @@ import { checkKnownOptions, optBool, optEnum } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type {
   AmendOptions,
+  BlockLimits,
   CheckOptions,
   CheckResult,
   FormatOptions,
@@ -73,10 +74,11 @@ const OPTIONS = [
   "snapshot.id",
   "snapshot.name",
 ];
-const ZERO_CHUNK = 1 << 20;
 
 /** The driver instance of an open qcow2 node. */
 export class Qcow2Instance implements DriverInstance {
+  /** Write-zeroes and discard work on whole clusters: the core splits off partial ones. */
+  readonly limits: Partial<BlockLimits>;
   #st: Qcow2State;
   #m = newMapping();
   #closed = false;
@@ -84,6 +86,7 @@ export class Qcow2Instance implements DriverInstance {
   /** Wraps an opened image state. */
   constructor(st: Qcow2State) {
     this.#st = st;
+    this.limits = { optWriteZero: st.cs, optDiscard: st.cs };
   }
 
   /** The image header as currently in force (size, L1 and refcount table updated). */
@@ -160,49 +163,47 @@ export class Qcow2Instance implements DriverInstance {
     });
   }
 
-  /** Write-zeroes: the zero flag for whole clusters (v3), zero buffers otherwise. */
+  /**
+   * Write-zeroes of whole clusters (the core splits off partial ones, as it
+   * does for every driver with `optWriteZero`): the zero flag (v3). A v2
+   * image has no zero clusters: ENOTSUP, and the core writes zero buffers.
+   */
   async pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     const st = this.#st;
-    const end = offset + length;
-    const cs = st.cs;
-    const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
-    const s = Math.ceil(offset / cs) * cs;
-    if (st.header.version < 3 || s >= alignedEnd) {
-      return this.#zeroBuffers(offset, length, opts);
+    if (st.header.version < 3) {
+      throw new BlockError(
+        "ENOTSUP",
+        `Cannot write zeroes to ${length} bytes at offset ${offset}: a compat=0.10 image has no zero clusters`,
+        {
+          node: st.node.name,
+          offset,
+          length,
+        },
+      );
     }
-    if (s > offset) await this.#zeroBuffers(offset, s - offset, opts);
     await st.change(async () => {
-      await zeroOrDiscard(st, s, alignedEnd - s, { discard: false, unmap: opts.mayUnmap ?? false }, opts.req);
+      await zeroOrDiscard(
+        st,
+        offset,
+        this.#clusterEnd(offset + length) - offset,
+        { discard: false, unmap: opts.mayUnmap ?? false },
+        opts.req,
+      );
       await relieveCaches(st, opts.req);
     });
-    if (alignedEnd < end) await this.#zeroBuffers(alignedEnd, end - alignedEnd, opts);
   }
 
-  async #zeroBuffers(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
-    if (opts.noFallback) {
-      throw new BlockError("ENOTSUP", `Cannot write zeroes to ${length} bytes at offset ${offset}: no fast path for partial clusters`, {
-        node: this.#st.node.name,
-        offset,
-        length,
-      });
-    }
-    const zero = new Uint8Array(Math.min(length, ZERO_CHUNK));
-    for (let done = 0; done < length; done += zero.length) {
-      const n = Math.min(zero.length, length - done);
-      await this.pwrite(offset + done, zero.subarray(0, n), { req: opts.req });
-    }
+  /** The end of a zero or discard range: a partial last cluster of the image counts whole. */
+  #clusterEnd(end: number): number {
+    const st = this.#st;
+    return end >= st.header.size ? Math.ceil(end / st.cs) * st.cs : end;
   }
 
-  /** Discards whole clusters (partial clusters are left alone, as QEMU does). */
+  /** Discards whole clusters (the core passes only those, as QEMU does). */
   async pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     const st = this.#st;
-    const cs = st.cs;
-    const end = offset + length;
-    const alignedEnd = end >= st.header.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
-    const s = Math.ceil(offset / cs) * cs;
-    if (s >= alignedEnd) return;
     await st.change(async () => {
-      await zeroOrDiscard(st, s, alignedEnd - s, { discard: true, unmap: true }, opts.req);
+      await zeroOrDiscard(st, offset, this.#clusterEnd(offset + length) - offset, { discard: true, unmap: true }, opts.req);
       await relieveCaches(st, opts.req);
     });
   }

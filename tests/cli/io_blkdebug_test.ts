@@ -1,4 +1,4 @@
-import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import assert, { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { run, runOk, skipUnless, tempDir } from "../_helpers/qemu.ts";
 import { cli, normaliseTimes } from "./_run.ts";
 
@@ -76,3 +76,39 @@ Deno.test({
     assertEquals((await run("qemu-img", ["check", path])).code, 0);
   },
 });
+
+for (const baseData of [false, true]) {
+  Deno.test({
+    name: `io break write_aio fires on an allocating COW write of an overlay (iotest 046), completions in qemu-io's order (base ${
+      baseData ? "with" : "without"
+    } data)`,
+    ignore: skipUnless("qemu-img", "qemu-io"),
+    async fn() {
+      await using dir = await tempDir();
+      const cmds = [
+        "break write_aio A",
+        "aio_write -P 10 0x18000 0x2000",
+        "wait_break A",
+        "aio_write -P 11 0x12000 0x2000",
+        "resume A",
+        "aio_flush",
+      ];
+      const order = (out: string) => [...out.matchAll(/wrote 8192\/8192 bytes at offset (\d+)/g)].map((m) => Number(m[1]));
+      const runs: Record<string, number[]> = {};
+      for (const who of ["qemu-io", "blkgraph"]) {
+        const base = `${dir.path}/${who}.base`;
+        const top = `${dir.path}/${who}.qcow2`;
+        await runOk("qemu-img", ["create", "-q", "-f", "qcow2", base, "1M"]);
+        if (baseData) await runOk("qemu-io", ["-c", "write -P 1 0 1M", base]);
+        await runOk("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top, "1M"]);
+        const out = who === "qemu-io"
+          ? (await run("qemu-io", ["-f", "qcow2", `blkdebug::${top}`], { stdin: cmds.join("\n") + "\n" })).stdout
+          : (await cli(["io", "-f", "qcow2", `blkdebug::${top}`], cmds)).stdout;
+        assert.match(out, /blkdebug: Suspended request 'A'/, `${who}: ${out}`);
+        runs[who] = order(out);
+      }
+      assert.deepEqual(runs.blkgraph, runs["qemu-io"]);
+      assert.deepEqual(runs["qemu-io"], [0x18000, 0x12000]);
+    },
+  });
+}

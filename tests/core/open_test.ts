@@ -108,3 +108,16 @@ Deno.test("createImage() makes a raw image of the given size", async () => {
 Deno.test("open() rejects an invalid cache mode", async () => {
   await assert.rejects(open({ driver: "memory" }, { cache: "fast" }), /Invalid cache mode 'fast'/);
 });
+
+Deno.test("createImage() over a filter creates the host file below it without create: true", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/over-filter.qcow2`;
+    await createImage(path, "qcow2", 1 << 20, { file: { driver: "throttle", limits: {}, file: { driver: "file", filename: path } } });
+    await using img = await open(path, { readOnly: true });
+    assert.equal(img.formatName, "qcow2");
+    assert.equal(img.length, 1 << 20);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

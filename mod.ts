@@ -68,4 +68,6 @@ export * from "./filters/blkdebug.ts";
 export * from "./filters/throttle.ts";
 export * from "./drivers/qcow2/mod.ts";
 export * from "./drivers/nbd/mod.ts";
+export * from "./drivers/luks/mod.ts";
+export { defineObject, defineSecret, getSecret, hasSecret, removeSecret, type SecretFormat, type SecretOptions } from "./core/secrets.ts";
 export { type TraceEvent, type TraceGraphNode, type Tracer, type TraceSink, traceTo } from "./cli/_trace_events.ts";

@@ -11,6 +11,7 @@ import { BlockError } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
+import { defineObject, removeSecret } from "../core/secrets.ts";
 import { looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
 
 /** Where a verb writes its output; tests pass collecting functions. */
@@ -78,7 +79,36 @@ export function parseVerbArgs(args: string[], options: OptionTable, usage: strin
     io.stdout(usage.endsWith("\n") ? usage : usage + "\n");
     return null;
   }
-  return { values: parsed.values as Flags, positionals: parsed.positionals };
+  const values = parsed.values as Flags;
+  applyObjects(flagList(values, "object"));
+  return { values, positionals: parsed.positionals };
+}
+
+/** Ids of the objects `--object` defined during the verb now running (removed when it ends). */
+const verbObjects: string[] = [];
+/** Object types a verb defines itself (nbd: `tls-creds-x509`). */
+const verbObjectTypes = new Set<string>();
+
+/** Declares an `--object` type that the verb handling it defines itself; the common `--object` handling leaves it alone. */
+export function verbObjectType(type: string): void {
+  verbObjectTypes.add(type);
+}
+
+/**
+ * Defines QEMU objects given with `--object` (secrets: `secret,id=sec0,data=...`)
+ * before any image is opened; {@linkcode invokeVerb} removes them when the
+ * verb ends, so in-process runs do not leak secrets into each other.
+ */
+export function applyObjects(args: readonly string[]): void {
+  for (const a of args) {
+    const type = /^(?:qom-type=)?([^,=]+)(?:,|$)/.exec(a)?.[1] ?? /(?:^|,)qom-type=([^,]+)/.exec(a)?.[1];
+    if (type !== undefined && verbObjectTypes.has(type)) continue;
+    try {
+      verbObjects.push(defineObject(a));
+    } catch (e) {
+      throw new CliError(errorMessage(e));
+    }
+  }
 }
 
 /** Reads a string flag (the last one when repeated). */
@@ -127,8 +157,12 @@ export interface ImageArgs {
   forceShare?: boolean;
   /** Open for a consistency check (qemu-img check). */
   check?: boolean;
-  /** More options for the image's top node (`snapshot.id` for convert -l). */
+  /** More options for the image's top node, whatever form names it (`snapshot.id` for convert -l). */
   formatOptions?: Record<string, unknown>;
+  /** Only describe the image (qemu-img info's BDRV_O_NO_IO): an encrypted image opens without its key. */
+  noIo?: boolean;
+  /** More options for the format node of a plain filename (convert passes the target's `key-secret`). */
+  extra?: Record<string, string>;
 }
 
 /**
@@ -140,20 +174,22 @@ export async function openImage(filename: string, opts: ImageArgs = {}): Promise
   const cache = opts.cache;
   // -U only means something for read-only opens (qemu-img refuses it on writes).
   const forceShare = (opts.forceShare ?? false) && (opts.readOnly ?? false);
+  const noIo = opts.noIo;
   if (opts.imageOpts && opts.format) throw new CliError("--image-opts and --format are mutually exclusive");
-  const extra = opts.formatOptions;
+  const top = opts.formatOptions;
   try {
     if (opts.imageOpts || looksDotted(filename)) {
       const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
-      const merged = extra ? { ...normaliseSpec(spec), ...extra } : spec;
-      return await open(merged, { readOnly: opts.readOnly, cache, forceShare, check: opts.check });
+      const merged = top ? { ...normaliseSpec(spec), ...top } : spec;
+      return await open(merged, { readOnly: opts.readOnly, cache, forceShare, check: opts.check, noIo });
     }
     if (filename.startsWith("json:")) {
-      const spec = extra ? { ...normaliseSpec(filename), ...extra } : filename;
-      return await open(spec, { readOnly: opts.readOnly, cache, forceShare, check: opts.check });
+      const spec = top ? { ...normaliseSpec(filename), ...top } : filename;
+      return await open(spec, { readOnly: opts.readOnly, cache, forceShare, check: opts.check, noIo });
     }
-    const spec = opts.noBacking || extra ? { filename, ...(opts.noBacking ? { backing: null } : {}), ...extra } : filename;
-    return await open(spec, { format: opts.format, readOnly: opts.readOnly, cache, forceShare, check: opts.check });
+    const more = opts.noBacking || opts.extra || top;
+    const spec = more ? { filename, ...(opts.noBacking ? { backing: null } : {}), ...opts.extra, ...top } : filename;
+    return await open(spec, { format: opts.format, readOnly: opts.readOnly, cache, forceShare, check: opts.check, noIo });
   } catch (e) {
     throw new CliError(`Could not open '${filename}': ${(e as Error).message}`);
   }
@@ -303,10 +339,13 @@ export function verbTerminationHandler(): (() => void) | undefined {
 
 /** Runs a verb, turning a thrown error into `blkgraph: <message>` on stderr and an exit code. */
 export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise<number> {
+  const objectsBefore = verbObjects.length;
   try {
     return await verb.run(args, io);
   } catch (e) {
     io.stderr(`blkgraph: ${errorMessage(e)}\n`);
     return e instanceof CliError ? e.exitCode : 1;
+  } finally {
+    for (const id of verbObjects.splice(objectsBefore)) removeSecret(id);
   }
 }

@@ -3,7 +3,8 @@
  * backing chain) and hands the `-o` options to the format driver's `amend`
  * (qcow2: compat, refcount_bits, size, lazy_refcounts, data_file,
  * data_file_raw, backing_file/backing_fmt as they are; creation-only
- * options are refused as qemu-img does).
+ * options are refused as qemu-img does; luks: key slots, with `--object`
+ * secrets).
  *
  * @module
  */
@@ -11,12 +12,14 @@
 import { CliError, type CliIO, flagList, IMAGE_FLAGS, imageArgs, needPositionals, openImage, parseVerbArgs, type Verb } from "./_common.ts";
 import { parseCreateOptions } from "./create.ts";
 
-const USAGE = `Usage: blkgraph amend [-f fmt] [-q] [--force] [--image-opts] -o options filename
+const USAGE = `Usage: blkgraph amend [--object objectdef] [-f fmt] [-q] [--force] [--image-opts] -o options filename
 
-Changes format options of an existing qcow2 image: compat=0.10|1.1,
+Changes format options of an existing image. qcow2: compat=0.10|1.1,
 refcount_bits=1..64, size=SIZE (grow or shrink), lazy_refcounts=on|off,
-data_file=NAME, data_file_raw=off. --force is accepted (it only matters
-for encryption in qemu-img).
+data_file=NAME, data_file_raw=off, encrypt.* key slots of luks-encrypted
+images. luks: key slots: state=active|inactive, keyslot, new-secret,
+old-secret, iter-time (--force overwrites an active slot or erases the
+last one).
 `;
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -45,4 +48,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `amend` verb. */
-export const amendVerb: Verb = { name: "amend", summary: "change format options of a qcow2 image", run };
+export const amendVerb: Verb = {
+  name: "amend",
+  summary: "change format options (qcow2 compat/refcount_bits/size/..., luks key slots)",
+  run,
+};

@@ -11,6 +11,7 @@ import { BlockError } from "../core/errors.ts";
 import type { CheckResult } from "../core/types.ts";
 import { checkExitCode } from "../drivers/qcow2/check.ts";
 import {
+  cFixed,
   checkOutputFormat,
   CliError,
   type CliIO,
@@ -123,9 +124,10 @@ export function formatCheckHuman(result: CheckResult, _filename: string): string
   }
   if (result.totalClusters !== 0 && result.allocatedClusters !== 0) {
     const a = result.allocatedClusters;
-    out += `${a}/${result.totalClusters} = ${(a * 100 / result.totalClusters).toFixed(2)}% allocated, ` +
-      `${(result.fragmentedClusters * 100 / a).toFixed(2)}% fragmented, ` +
-      `${(result.compressedClusters * 100 / a).toFixed(2)}% compressed clusters\n`;
+    // printf's %.2f: an exact tie rounds to even (2/64 = 3.125 is "3.12"), as qemu-img prints.
+    out += `${a}/${result.totalClusters} = ${cFixed(a * 100 / result.totalClusters, 2)}% allocated, ` +
+      `${cFixed(result.fragmentedClusters * 100 / a, 2)}% fragmented, ` +
+      `${cFixed(result.compressedClusters * 100 / a, 2)}% compressed clusters\n`;
   }
   if (result.imageEndOffset) out += `Image end offset: ${result.imageEndOffset}\n`;
   return out;

@@ -116,10 +116,13 @@ async function run(args: string[], io: CliIO): Promise<number> {
         throw new CliError(`${dstName}: error while converting ${outFmt}: ${(e as Error).message}`);
       }
     }
+    // Like qemu-img convert, the target opens with the key secrets it was created with.
+    const keySecrets = Object.fromEntries(Object.entries(options).filter(([k]) => k === "key-secret" || k.endsWith(".key-secret")));
     dst = await openImage(dstName, {
       format: p.values["target-image-opts"] === true ? undefined : outFmt,
       imageOpts: p.values["target-image-opts"] === true,
       cache: flagString(p.values, "cache"),
+      extra: Object.keys(keySecrets).length && p.values["target-image-opts"] !== true ? keySecrets : undefined,
     });
     if (target !== undefined) traces.push(startTrace([...srcs, dst], { ...target, io }));
     if (existing && dst.length < total) {

@@ -20,6 +20,15 @@ compression_type, extended_l2, preallocation, data_file).
 
 /** Order in which qemu-img prints qcow2 creation options. */
 const QCOW2_ORDER = [
+  "encryption",
+  "encrypt.format",
+  "encrypt.key-secret",
+  "encrypt.cipher-alg",
+  "encrypt.cipher-mode",
+  "encrypt.ivgen-alg",
+  "encrypt.ivgen-hash-alg",
+  "encrypt.hash-alg",
+  "encrypt.iter-time",
   "cluster_size",
   "extended_l2",
   "preallocation",
@@ -40,6 +49,19 @@ const QCOW2_DEFAULTS: Record<string, string> = {
   lazy_refcounts: "off",
   refcount_bits: "16",
 };
+
+/** Order in which qemu-img prints luks creation options. */
+const LUKS_ORDER = [
+  "size",
+  "key-secret",
+  "cipher-alg",
+  "cipher-mode",
+  "ivgen-alg",
+  "ivgen-hash-alg",
+  "hash-alg",
+  "iter-time",
+  "preallocation",
+];
 
 /** Parses `-o a=b,c=d` lists (repeatable; `,,` escapes a comma) into flat options. */
 export function parseCreateOptions(lists: string[]): Record<string, string> {
@@ -68,6 +90,8 @@ export function formattingLine(filename: string, format: string, size: number, o
     for (const [k, v] of Object.entries(QCOW2_DEFAULTS)) shown[k] ??= v;
     shown.cluster_size = String(sizeArg(shown.cluster_size, "cluster_size"));
     order = QCOW2_ORDER;
+  } else if (format === "luks") {
+    order = LUKS_ORDER;
   } else {
     order = ["size", "backing_file", "backing_fmt", "preallocation"];
   }

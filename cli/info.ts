@@ -51,10 +51,10 @@ export async function imageInfo(top: BlockNode, filename: string): Promise<Image
   if (actual !== undefined) out["actual-size"] = actual;
   const fs = formatSpecific(node.driver.name, extra);
   if (fs) out["format-specific"] = fs;
-  if (backingName !== undefined) {
-    out["full-backing-filename"] = str(extra["full-backing-filename"]) ?? fullBackingName(node, backingName);
-    out["backing-filename"] = backingName;
-  }
+  if (backingName !== undefined) out["full-backing-filename"] = str(extra["full-backing-filename"]) ?? fullBackingName(node, backingName);
+  // qemu-img's key order (a QDict's): encrypted sits between the two backing names.
+  if (extra.encrypted === true) out.encrypted = true;
+  if (backingName !== undefined) out["backing-filename"] = backingName;
   out["dirty-flag"] = extra["dirty-flag"] === true || extra.dirty === true;
   return out;
 }
@@ -102,6 +102,7 @@ export function formatInfoHuman(info: ImageInfo): string {
     `virtual size: ${sizeToStr(info["virtual-size"] as number)} (${info["virtual-size"]} bytes)`,
     `disk size: ${info["actual-size"] === undefined ? "unavailable" : sizeToStr(info["actual-size"] as number)}`,
   ];
+  if (info.encrypted === true) lines.push("encrypted: yes");
   if (info["cluster-size"] !== undefined) lines.push(`cluster_size: ${info["cluster-size"]}`);
   if (info["dirty-flag"] === true) lines.push("cleanly shut down: no");
   if (info["backing-filename"] !== undefined) {
@@ -149,7 +150,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const json = flagString(p.values, "output") === "json";
   // Like qemu-img info, a missing backing file does not stop plain info.
   const chainWanted = p.values["backing-chain"] === true;
-  const node = await openImage(filename, { ...imageArgs(p.values, true), noBacking: !chainWanted });
+  // Like qemu-img info (BDRV_O_NO_IO), an encrypted image opens without its key.
+  const node = await openImage(filename, { ...imageArgs(p.values, true), noBacking: !chainWanted, noIo: true });
   try {
     const chain: ImageInfo[] = [];
     let n: BlockNode | undefined = formatNode(node);

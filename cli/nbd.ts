@@ -8,12 +8,22 @@
  */
 
 import { BlockError } from "../core/errors.ts";
-import { defineObject } from "../core/secrets.ts";
 import { open } from "../core/open.ts";
 import type { BlockNode } from "../core/node.ts";
 import { serveNbd } from "../drivers/nbd/server.ts";
 import { defineTlsCreds } from "../drivers/nbd/_tls.ts";
-import { CliError, type CliIO, flagList, flagString, handleTermination, intArg, openImage, parseVerbArgs, type Verb } from "./_common.ts";
+import {
+  CliError,
+  type CliIO,
+  flagList,
+  flagString,
+  handleTermination,
+  intArg,
+  openImage,
+  parseVerbArgs,
+  type Verb,
+  verbObjectType,
+} from "./_common.ts";
 
 const USAGE = `Usage: blkgraph nbd [OPTIONS] FILE
 
@@ -77,10 +87,12 @@ const FLAGS = {
   "load-snapshot": { type: "string", short: "l" },
 } as const;
 
-/** `--object tls-creds-x509,id=ID,dir=DIR,endpoint=server,verify-peer=on` (others go to the secret store). */
+verbObjectType("tls-creds-x509");
+
+/** `--object tls-creds-x509,id=ID,dir=DIR,endpoint=server,verify-peer=on` (secrets are defined by the common `--object` handling). */
 function defineCliObject(arg: string): void {
   const parts = arg.split(/,(?!,)/).map((p) => p.replaceAll(",,", ","));
-  if (parts[0] !== "tls-creds-x509" && !arg.includes("qom-type=tls-creds-x509")) return defineObject(arg);
+  if (parts[0] !== "tls-creds-x509" && !arg.includes("qom-type=tls-creds-x509")) return;
   const props = new Map<string, string>();
   for (const p of parts.slice(1)) {
     const eq = p.indexOf("=");

@@ -20,7 +20,8 @@ export interface CopyOptions {
   /**
    * The target already holds data (it was not just created) or reads
    * through a backing file: ranges that read as zeros in the source are
-   * written as zeros instead of being skipped.
+   * written as zeros instead of being skipped. Implied for targets that do
+   * not read as zeros when new (`BlockNode.hasZeroInit` false: luks).
    */
   zeroTarget?: boolean;
   /** Copy only what the source's top layer defines (the target shares the source's backing chain, `-B`). */
@@ -75,6 +76,8 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
   }
   let next = 0;
   let done = 0;
+  // A target whose new image does not read as zeros (luks) gets its zero ranges written, as qemu-img does.
+  const zeroTarget = (opts.zeroTarget ?? false) || !dst.hasZeroInit;
   const sparse = opts.sparse ?? 4096;
   const zeroBuf = sparse === 0 ? new Uint8Array(chunk) : undefined;
   const zeroOut = async (off: number, n: number) => {
@@ -83,7 +86,7 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
       for (let at = 0; at < n; at += zeroBuf.length) {
         await dst.pwrite(dstOffset + off + at, zeroBuf.subarray(0, Math.min(zeroBuf.length, n - at)));
       }
-    } else if (opts.zeroTarget) await dst.pwriteZeroes(dstOffset + off, n, { mayUnmap: true });
+    } else if (zeroTarget) await dst.pwriteZeroes(dstOffset + off, n, { mayUnmap: true });
   };
   const one = async (buf: Uint8Array) => {
     while (next < length) {

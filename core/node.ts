@@ -213,6 +213,17 @@ export class BlockNode {
     return 0;
   }
 
+  /**
+   * Unwritten ranges of a new image read as zeros (QEMU's
+   * `bdrv_has_zero_init`): the driver's `zeroInit`, through filters, true
+   * by default.
+   */
+  get hasZeroInit(): boolean {
+    if (this.#inst.zeroInit !== undefined) return this.#inst.zeroInit;
+    if (this.driver.kind === "filter") return this.primaryChild?.hasZeroInit ?? true;
+    return true;
+  }
+
   /** Whether the node has been closed. */
   get closed(): boolean {
     return this.#closed;

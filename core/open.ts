@@ -97,6 +97,12 @@ export interface OpenOptions {
    */
   forceShare?: boolean;
   /**
+   * The graph is only described, never read or written (QEMU's
+   * BDRV_O_NO_IO, as qemu-img info opens): an encrypted image opens without
+   * its key.
+   */
+  noIo?: boolean;
+  /**
    * Open for a consistency check (qemu-img check's BDRV_O_CHECK): format
    * drivers open images they would refuse or repair at open (corrupt bit,
    * dirty refcounts) and change nothing until asked to repair.
@@ -163,6 +169,7 @@ export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}):
     top: true,
     forceShare: opts.forceShare ?? false,
     check: opts.check ?? false,
+    noIo: opts.noIo,
   });
 }
 
@@ -172,6 +179,7 @@ interface OpenState {
   probed?: boolean;
   check?: boolean;
   forceShare?: boolean;
+  noIo?: boolean;
   cache?: CacheFlags;
   probe: boolean;
   top: boolean;
@@ -272,6 +280,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
     options: driverOptions,
     readOnly,
     forceShare,
+    noIo: state.noIo,
     check: state.check,
     probed: state.probed ?? false,
     async openChild(role: ChildRole, spec?: unknown, copts = {}) {
@@ -286,6 +295,7 @@ async function openNode(input: Options | string | BlockNode, state: OpenState): 
       const child = await openNode(s as Options | string | BlockNode, {
         readOnly: copts.readOnly ?? readOnly,
         forceShare,
+        noIo: state.noIo,
         cache: { direct: cache?.direct ?? false, noFlush: cache?.noFlush ?? false, writeThrough: false },
         probe: copts.probe ?? false,
         top: false,

@@ -101,8 +101,9 @@ export function removeSecret(id: string): void {
 }
 
 /**
- * Parses and applies a QEMU `--object` argument. Only `secret` objects are
- * known; any other type is refused naming it.
+ * Parses and applies a QEMU `--object` argument and returns the new
+ * object's id. Only `secret` objects are known; any other type is refused
+ * naming it.
  *
  * @example
  * ```ts
@@ -112,7 +113,7 @@ export function removeSecret(id: string): void {
  * removeSecret("sec-obj");
  * ```
  */
-export function defineObject(arg: string): void {
+export function defineObject(arg: string): string {
   const props = parseKeyValues(arg);
   const type = props.get("qom-type") ?? firstKey(arg);
   if (type !== "secret") {
@@ -126,6 +127,7 @@ export function defineObject(arg: string): void {
     }
   }
   defineSecret(id, { data: props.get("data"), file: props.get("file"), format: props.get("format") as SecretFormat | undefined });
+  return id;
 }
 
 function firstKey(arg: string): string {

@@ -281,6 +281,12 @@ export interface DriverInstanceOf<N> {
    * itself (`pread`, ...) do not come here.
    */
   intercept?<T>(call: FilterCall, next: () => Promise<T>): Promise<T>;
+  /**
+   * A new image reads as zeros where nothing was written (QEMU's
+   * `bdrv_has_zero_init`). Default true; false for encrypted formats,
+   * whose unwritten sectors decrypt to noise, so copies must write zeros.
+   */
+  zeroInit?: boolean;
   /** Reads `buf.length` bytes at `offset` into `buf`. */
   pread?(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> | void;
   /** Synchronous I/O for the exit write-back (protocol drivers whose I/O is synchronous: `file`). */
@@ -362,6 +368,12 @@ export interface OpenContextOf<N> {
    * `force-share`, qemu-img's `-U`): protocol drivers share every permission.
    */
   readonly forceShare?: boolean;
+  /**
+   * The node will not be read or written, only described (QEMU's
+   * BDRV_O_NO_IO, used by qemu-img info): drivers may skip what only I/O
+   * needs, such as unlocking an encryption key.
+   */
+  readonly noIo?: boolean;
   /**
    * Opens a child from the child spec found under `role` in the parent's
    * options (or `spec` when given) and attaches it.

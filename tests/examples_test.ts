@@ -10,6 +10,7 @@ const EXAMPLES = [
   "nbd_serve_and_read.ts",
   "trace_requests_chrome.ts",
   "rbd_import.ts",
+  "luks_create_and_read.ts",
 ];
 
 for (const name of EXAMPLES) {

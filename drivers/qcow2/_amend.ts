@@ -4,10 +4,10 @@
  * `_downgrade.ts`), `refcount_bits` (new refcount structures,
  * `_refcount_order.ts`), `size` (grow or shrink), `lazy_refcounts`,
  * `data_file` (rename), `data_file_raw` (clear only), `backing_file` /
- * `backing_fmt` (only their current values) and the `encrypt.*` amend
- * options (refused: no encryption) — checked in QEMU's order with its
+ * `backing_fmt` (only their current values) and the `encrypt.*` key slot
+ * options of a luks-encrypted image — checked in QEMU's order with its
  * messages; creation-only options are refused as qemu-img does. `force`
- * only matters for encryption in QEMU, so it changes nothing here.
+ * only matters for the key slots, as in QEMU.
  *
  * @module
  */
@@ -22,6 +22,7 @@ import { resize } from "./_resize.ts";
 import { readSnapshotTable, writeSnapshotTable } from "./_snapshot.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markClean, rewriteHeader } from "./_writeback.ts";
+import { amendLuks } from "../_crypto/amend.ts";
 
 /** Options qemu-img amend refuses for qcow2 because only creation can set them. */
 const CREATION_ONLY = [
@@ -76,11 +77,14 @@ interface Plan {
   dataFileRaw: boolean;
   lazy: boolean;
   refcountBits: number;
+  /** `encrypt.*` key slot options, without the prefix. */
+  luks: Record<string, unknown>;
 }
 
 function plan(st: Qcow2State, options: FormatOptions): Plan {
   const h = st.header;
   const given = new Map<string, string>();
+  const p0: Record<string, unknown> = {};
   for (const [k0, v] of Object.entries(options)) {
     const k = k0.startsWith("encrypt.") ? k0 : k0.replaceAll("-", "_");
     if (!AMENDABLE.includes(k)) {
@@ -92,6 +96,7 @@ function plan(st: Qcow2State, options: FormatOptions): Plan {
       );
     }
     given.set(k, String(v));
+    if (k.startsWith("encrypt.")) p0[k.slice("encrypt.".length)] = v;
   }
   const p: Plan = {
     version: h.version,
@@ -99,6 +104,7 @@ function plan(st: Qcow2State, options: FormatOptions): Plan {
     dataFileRaw: (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0,
     lazy: (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0,
     refcountBits: st.refBits,
+    luks: p0,
   };
   // Value syntax first (qemu_opts_do_parse), then meaning (qcow2_amend_options), each in option order.
   for (const k of AMENDABLE) {
@@ -118,8 +124,10 @@ function plan(st: Qcow2State, options: FormatOptions): Plan {
   for (const k of AMENDABLE) {
     const v = given.get(k);
     if (v === undefined) continue;
-    if (k.startsWith("encrypt.")) fail(st, "Can't amend encryption options - encryption not present");
-    else if (k === "compat") {
+    if (k.startsWith("encrypt.")) {
+      if (!st.crypto) fail(st, "Can't amend encryption options - encryption not present");
+      if (!st.crypto.volume) fail(st, "Only LUKS encryption options can be amended", "ENOTSUP");
+    } else if (k === "compat") {
       if (v === "0.10" || v === "v2") p.version = 2;
       else if (v === "1.1" || v === "v3") p.version = 3;
       else fail(st, `Unknown compatibility level ${v}`);
@@ -149,7 +157,7 @@ function plan(st: Qcow2State, options: FormatOptions): Plan {
 }
 
 /** qemu-img amend on an open qcow2 image (lock held by the caller's `change`). */
-export async function amendLocked(st: Qcow2State, options: FormatOptions, _opts: AmendOptions): Promise<void> {
+export async function amendLocked(st: Qcow2State, options: FormatOptions, opts: AmendOptions): Promise<void> {
   const p = plan(st, options);
   const h = st.header;
   const oldVersion = h.version;
@@ -176,6 +184,10 @@ export async function amendLocked(st: Qcow2State, options: FormatOptions, _opts:
   });
   if (p.backingGiven && (p.backingFile !== st.header.backingFile || p.backingFormat !== st.header.backingFormat)) {
     fail(st, "Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");
+  }
+  const volume = st.crypto?.volume;
+  if (Object.keys(p.luks).length && volume) {
+    await amendLuks(volume, p.luks, { unlockSecret: st.crypto!.secretId, force: opts.force, prefix: "encrypt." });
   }
   const lazyNow = (st.header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
   if (p.lazy !== lazyNow) {

@@ -33,6 +33,8 @@ export interface LayoutInput {
   preallocation: "off" | "metadata" | "falloc" | "full";
   /** Guest data lives in an external data file (host offset = guest offset). */
   dataFile: boolean;
+  /** Bytes of LUKS header to allocate after everything else (0: not encrypted). */
+  cryptoBytes?: number;
 }
 
 /** The clusters to write. */
@@ -57,6 +59,8 @@ export interface Layout {
   l2: L2Plan[];
   /** Preallocated data clusters in the image file: byte range. */
   data?: { offset: number; length: number };
+  /** Clusters of the LUKS header (encrypted images). */
+  crypto?: { offset: number; clusters: number };
 }
 
 /** One refcount block: where it goes and which refcount table entry it is. */
@@ -160,6 +164,10 @@ export function planLayout(o: LayoutInput): Layout {
     }
   }
 
+  // qcow2_set_up_encryption allocates the LUKS header last (after the truncate to the virtual size).
+  const cryptoClusters = Math.ceil((o.cryptoBytes ?? 0) / cs);
+  const crypto = cryptoClusters ? { offset: a.alloc(cryptoClusters) * cs, clusters: cryptoClusters } : undefined;
+
   // Refcount table and blocks; replaced tables first (QEMU leaves their bytes).
   const order = Math.log2(o.refcountBits);
   const perTableCluster = cs / 8;
@@ -190,5 +198,6 @@ export function planLayout(o: LayoutInput): Layout {
     encodeBlock,
     l2,
     data,
+    crypto,
   };
 }

@@ -1,7 +1,8 @@
 /**
  * The qcow2 read path and block status: one `pread` per contiguous host
- * extent, zeros for zero clusters, the backing file for unallocated ranges
- * (zeros past its end), and decompression for compressed clusters.
+ * extent (decrypted in encrypted images), zeros for zero clusters, the
+ * backing file for unallocated ranges (zeros past its end), and
+ * decompression for compressed clusters.
  *
  * @module
  */
@@ -60,6 +61,7 @@ export async function readGuest(st: Qcow2State, offset: number, buf: Uint8Array,
     } finally {
       st.ioInFlight--;
     }
+    if (st.crypto) await st.crypto.decrypt(buf, host, offset);
     return;
   }
   const m = newMapping();
@@ -80,6 +82,7 @@ export async function readGuest(st: Qcow2State, offset: number, buf: Uint8Array,
         } finally {
           st.ioInFlight--;
         }
+        if (st.crypto) await st.crypto.decrypt(part, host, off);
         break;
       }
       case K_ZERO:
@@ -106,6 +109,8 @@ export async function blockStatus(st: Qcow2State, offset: number, length: number
   const n = m.bytes;
   switch (m.kind) {
     case K_NORMAL:
+      // Like QEMU, an encrypted cluster's host offset is not reported (its bytes there are ciphertext).
+      if (st.crypto) return { offset, length: n, data: true, zero: false, allocated: true, present: true, depth: 0 };
       return { offset, length: n, data: true, zero: false, allocated: true, present: true, depth: 0, hostOffset: m.host, file: st.data };
     case K_ZERO:
       return { offset, length: n, data: false, zero: true, allocated: true, present: true, depth: 0 };

@@ -18,6 +18,7 @@ import type { BlkdebugEvent } from "../../core/events.ts";
 import type { BlockNode } from "../../core/node.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { type CacheEntry, MetaCache } from "./_cache.ts";
+import type { Qcow2Crypto } from "./_crypto.ts";
 import { entryOffset, HI_COPIED, l2EntrySize } from "./_entries.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
@@ -124,6 +125,8 @@ export class Qcow2State {
   freeByteOffset = 0;
   /** Last decompressed cluster (host descriptor key and content). */
   lastCompressed: { key: number; data: Uint8Array } | undefined;
+  /** The cipher of an encrypted image (crypt_method 1 or 2). */
+  crypto: Qcow2Crypto | undefined;
 
   /** Sets up the state from a validated header and its L1 and refcount tables. */
   constructor(init: {

@@ -107,7 +107,8 @@ function classify(st: Qcow2State, view: DataView, idx: number, from: number, to:
  * and no host cluster behind them.
  */
 function zeroAround(st: Qcow2State, view: DataView, first: number, k: number): boolean {
-  if (st.backing || st.extL2 || st.externalData) return false;
+  // Encrypted images: host zeros would decrypt to noise, so the COW regions are always written.
+  if (st.backing || st.extL2 || st.externalData || st.crypto) return false;
   for (let i = first; i < first + k; i++) {
     const at = i * st.entryBytes;
     if (view.getUint32(at) & HI_COMPRESSED || entryOffset(view, at) !== 0) return false;
@@ -218,7 +219,8 @@ async function writeInPlace(
   }
   const p = st.event("write_aio", req);
   if (p) await p;
-  await st.data.pwrite(host, data.subarray(cur - dataOffset, end - dataOffset), { req });
+  const part = data.subarray(cur - dataOffset, end - dataOffset);
+  await st.data.pwrite(host, st.crypto ? await st.crypto.encrypted(part, host, cur) : part, { req });
   return end;
 }
 
@@ -249,6 +251,7 @@ async function writeWiden(
   const host = entryOffset(e.view, at);
   const p = st.event("write_aio", req);
   if (p) await p;
+  if (st.crypto) await st.crypto.encrypt(buf, host + (wStart - cStart), wStart);
   await st.data.pwrite(host + (wStart - cStart), buf, { req });
   if (st.extL2) {
     const mask = touchedMask(st, wStart - cStart, wEnd - cStart);
@@ -340,7 +343,13 @@ async function writeNew(
       p = st.event("cow_write", req);
       if (p) await p;
     }
-    await st.data.pwrite(cow ? host : host + (cur - gStart), out, { req });
+    const at = cow ? host : host + (cur - gStart);
+    if (st.crypto) {
+      // The COW buffer is ours (encrypt in place); the guest's own data is copied first.
+      if (cow) await st.crypto.encrypt(out, at, gStart);
+      else out = await st.crypto.encrypted(out, at, cur);
+    }
+    await st.data.pwrite(at, out, { req });
   }
   for (let i = 0; i < k; i++) {
     const at = (first + i) * st.entryBytes;

@@ -455,9 +455,6 @@ function validateFields(h: Qcow2Header, cs: number, fileLength: number): void {
     throw new BlockError("ENOTSUP", `Unsupported qcow2 feature(s): ${describeUnknownIncompat(unknown, unknownHigh, h.extensions)}`);
   }
   if (h.cryptMethod > 2) throw invalid(`Unsupported encryption method: ${h.cryptMethod}`);
-  if (h.cryptMethod !== 0) {
-    throw new BlockError("ENOTSUP", `Encrypted qcow2 images are not supported (crypt_method ${h.cryptMethod})`);
-  }
   if (h.refcountOrder > 6) {
     throw invalid(`Reference count entry width too large; may not exceed 64 bits (refcount_order ${h.refcountOrder})`);
   }

@@ -7,7 +7,8 @@
  *
  * Options (QEMU names): `l2-cache-size`, `refcount-cache-size`,
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
- * `metadata-sync`), `x-wrong-order` (tests only), `snapshot.id` /
+ * `metadata-sync`), `x-wrong-order` (tests only), `encrypt.key-secret` and
+ * `encrypt.format` (encrypted images, see `_crypto.ts`), `snapshot.id` /
  * `snapshot.name` (a read-only view of an internal snapshot, as qemu-img
  * convert -l opens it); children `file`, `backing` (null disables it),
  * `data-file`.
@@ -62,6 +63,7 @@ import { markClean, relieveCaches, writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { metadataExtents } from "./_metadata_map.ts";
 import { cacheTables, openBacking, openDataFile, readTables, snapshotOptions } from "./_open.ts";
+import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
 
 const OPTIONS = [
   "l2-cache-size",
@@ -73,11 +75,16 @@ const OPTIONS = [
   "snapshot",
   "snapshot.id",
   "snapshot.name",
+  ...ENCRYPT_OPTIONS,
 ];
 
 /** The driver instance of an open qcow2 node. */
 export class Qcow2Instance implements DriverInstance {
-  /** Write-zeroes and discard work on whole clusters: the core splits off partial ones. */
+  /**
+   * Write-zeroes and discard work on whole clusters (the core splits off
+   * partial ones); encrypted images take whole 512-byte sectors (QEMU's
+   * request alignment for them).
+   */
   readonly limits: Partial<BlockLimits>;
   #st: Qcow2State;
   #m = newMapping();
@@ -86,7 +93,7 @@ export class Qcow2Instance implements DriverInstance {
   /** Wraps an opened image state. */
   constructor(st: Qcow2State) {
     this.#st = st;
-    this.limits = { optWriteZero: st.cs, optDiscard: st.cs };
+    this.limits = { optWriteZero: st.cs, optDiscard: st.cs, ...(st.crypto ? { requestAlignment: 512 } : {}) };
   }
 
   /** The image header as currently in force (size, L1 and refcount table updated). */
@@ -137,7 +144,7 @@ export class Qcow2Instance implements DriverInstance {
       try {
         const p = st.event("write_aio", opts.req);
         if (p) await p;
-        await st.data.pwrite(host, data, { req: opts.req });
+        await st.data.pwrite(host, st.crypto ? await st.crypto.encrypted(data, host, offset) : data, { req: opts.req });
       } finally {
         st.ioInFlight--;
       }
@@ -157,6 +164,7 @@ export class Qcow2Instance implements DriverInstance {
   pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
+    if (st.crypto) return Promise.reject(new BlockError("ENOTSUP", "Compression can't be used with encryption"));
     return st.change(async () => {
       await writeCompressedLocked(st, offset, data, opts.req);
       await relieveCaches(st, opts.req);
@@ -199,9 +207,14 @@ export class Qcow2Instance implements DriverInstance {
     return end >= st.header.size ? Math.ceil(end / st.cs) * st.cs : end;
   }
 
-  /** Discards whole clusters (the core passes only those, as QEMU does). */
+  /**
+   * Discards whole clusters (the core passes only those, as QEMU does). A v2
+   * image with a backing file keeps its data: it has no zero flag, and
+   * deallocating would show the backing file there (QEMU skips it too).
+   */
   async pdiscard(offset: number, length: number, opts: RequestOptions): Promise<void> {
     const st = this.#st;
+    if (st.header.version < 3 && st.backing) return;
     await st.change(async () => {
       await zeroOrDiscard(st, offset, this.#clusterEnd(offset + length) - offset, { discard: true, unmap: true }, opts.req);
       await relieveCaches(st, opts.req);
@@ -316,12 +329,16 @@ export class Qcow2Instance implements DriverInstance {
     if (this.#closed) return;
     this.#closed = true;
     const st = this.#st;
-    // A corrupt image keeps what is on disk: writing cached metadata back could spread the damage.
-    if (st.node.readOnly || st.corrupt) return;
-    await st.lock.run(async () => {
-      await writeback(st, undefined);
-      if (st.markedDirty) await markClean(st, undefined);
-    });
+    try {
+      // A corrupt image keeps what is on disk: writing cached metadata back could spread the damage.
+      if (st.node.readOnly || st.corrupt) return;
+      await st.lock.run(async () => {
+        await writeback(st, undefined);
+        if (st.markedDirty) await markClean(st, undefined);
+      });
+    } finally {
+      await st.crypto?.close();
+    }
   }
 
   /** Where the image's metadata lies in its file (drivers/qcow2/_metadata_map.ts). */
@@ -338,6 +355,7 @@ export class Qcow2Instance implements DriverInstance {
     };
     if (h.version === 3) data["lazy-refcounts"] = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
     data["refcount-bits"] = 2 ** h.refcountOrder;
+    if (this.#st.crypto) data.encrypt = this.#st.crypto.info();
     if (h.dataFile !== undefined) {
       data["data-file"] = h.dataFile;
       data["data-file-raw"] = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0;
@@ -354,6 +372,7 @@ export class Qcow2Instance implements DriverInstance {
     };
     if (h.backingFile !== undefined) out["backing-filename"] = h.backingFile;
     if (h.backingFormat !== undefined) out["backing-filename-format"] = h.backingFormat;
+    if (this.#st.crypto) out.encrypted = true;
     return out;
   }
 }
@@ -411,6 +430,9 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     // QEMU reads the snapshot table at open (qcow2_read_snapshots) and refuses one it cannot use.
     const t = await readSnapshotTableChecked(file, h, false);
     if ("error" in t) throw new BlockError("EFBIG", `${t.error}\n${t.hint}`, { node: ctx.node.name });
+  }
+  if (h.cryptMethod !== CRYPT_NONE) {
+    st.crypto = await Qcow2Crypto.open(h, file, ctx.options, { noIo: (ctx.noIo ?? false) || checking, node: ctx.node.name });
   }
   const view = snapshotOptions(ctx.options);
   if (view) await loadSnapshotView(st, view.id, view.name);

@@ -120,6 +120,12 @@ export interface DurabilityOptions {
   read: (bytes: Uint8Array) => Promise<Uint8Array>;
   /** Strict: a byte touched by an in-flight write must hold its old value or a value written to it (default true). */
   strict?: boolean;
+  /**
+   * Check only bytes a guest write or write-zeroes in the log covers and no
+   * discard touches (formats whose unwritten or discarded sectors read as
+   * noise, such as luks: what was never written has no expected value).
+   */
+  writtenOnly?: boolean;
 }
 
 /**
@@ -131,6 +137,7 @@ export interface DurabilityOptions {
  */
 export function durabilityOracle(opts: DurabilityOptions): CrashOracle {
   const strict = opts.strict ?? true;
+  const checked = opts.writtenOnly ? writtenBytes(opts.guestLog) : undefined;
   const cache = new Map<number, { durable: Uint8Array; pending: RecordedOp[] }>();
   const expected = (t: number) => {
     let e = cache.get(t);
@@ -157,7 +164,7 @@ export function durabilityOracle(opts: DurabilityOptions): CrashOracle {
       const n = Math.min(guest.length, durable.length);
       for (let i = 0; i < n; i++) {
         const v = guest[i];
-        if (v === durable[i]) continue;
+        if (v === durable[i] || (checked && !checked[i])) continue;
         let ok = false;
         for (const op of pending) {
           if (op.op === "truncate" || i < op.offset || i >= op.offset + op.length) continue;
@@ -177,6 +184,15 @@ export function durabilityOracle(opts: DurabilityOptions): CrashOracle {
       return undefined;
     },
   };
+}
+
+/** Marks the bytes written (or zeroed) by some request of `log` and discarded by none. */
+function writtenBytes(log: readonly RecordedOp[]): Uint8Array {
+  const end = log.reduce((m, op) => (op.op === "truncate" ? m : Math.max(m, op.offset + op.length)), 0);
+  const mask = new Uint8Array(end);
+  for (const op of log) if (op.op === "write" || op.op === "write-zeroes") mask.fill(1, op.offset, op.offset + op.length);
+  for (const op of log) if (op.op === "discard") mask.fill(0, op.offset, op.offset + op.length);
+  return mask;
 }
 
 /** Runs `qemu-img check` on a state written to a temp file; returns the exit code and parsed output. */

@@ -25,6 +25,7 @@ import "../../drivers/file.ts";
 import "../../drivers/memory.ts";
 import "../../drivers/qcow2/mod.ts";
 import "../../drivers/raw.ts";
+import { defineSecret, hasSecret } from "../../core/secrets.ts";
 import { getRecorder, type RecordedOp } from "../recorder.ts";
 import { stateNode } from "./_capture.ts";
 import { rng } from "./_image.ts";
@@ -56,6 +57,10 @@ export interface CrashWorkload {
   create?: Record<string, string | number | boolean>;
   /** Content of a raw backing file (makes the image an overlay). */
   backing?: Uint8Array;
+  /** More qcow2 open options (`encrypt.key-secret` of an encrypted image). */
+  open?: Record<string, unknown>;
+  /** Secrets the workload's options name (id → passphrase), defined for the process when missing. */
+  secrets?: Record<string, string>;
   /** Issues the guest requests; a snapshot workload returns what each snapshot must read as. */
   run(guest: BlockNode, rand: () => number): Promise<void | SnapshotContents>;
 }
@@ -138,6 +143,7 @@ export async function recordQcow2(
     createOpts.backing_fmt = "raw";
     guestBase = workload.backing.slice(0, workload.size);
   }
+  for (const [id, data] of Object.entries(workload.secrets ?? {})) if (!hasSecret(id)) defineSecret(id, { data });
   // An unsafe host (cache.no-flush) never passes a flush on: the oracles must notice.
   const host = await open({ driver: "recorder", ...(opts.unsafeHost ? { cache: { "no-flush": true } } : {}), file: { driver: "memory" } });
   let guest: BlockNode | undefined;
@@ -146,12 +152,13 @@ export async function recordQcow2(
     const base = await allBytes(host);
     const hostRec = getRecorder(host);
     hostRec.clear();
-    const format: FormatSpec = { driver: "qcow2", options: openOptions(mode, opts.wrongOrder ?? false) };
+    const format: FormatSpec = { driver: "qcow2", options: { ...openOptions(mode, opts.wrongOrder ?? false), ...workload.open } };
     guest = await open({ driver: "recorder", file: { ...format.options, driver: "qcow2", file: host } });
     const snapshots = (await workload.run(guest, rng(opts.seed ?? 1))) ?? undefined;
     const guestLog = [...getRecorder(guest).log];
     const hostLog = [...hostRec.log];
-    return { base, hostLog, guestLog, guestBase, format: { driver: "qcow2", options: openOptions(mode, false) }, clusterSize, snapshots };
+    const options = { ...openOptions(mode, false), ...workload.open };
+    return { base, hostLog, guestLog, guestBase, format: { driver: "qcow2", options }, clusterSize, snapshots };
   } finally {
     if (guest) await guest.close();
     else await host.close();
@@ -209,7 +216,11 @@ export interface Qcow2ExploreOptions {
 /** The oracles for a recorded qcow2 workload. */
 export function qcow2Oracles(rec: RecordedQcow2, opts: Qcow2ExploreOptions): CrashOracle[] {
   const oracles: CrashOracle[] = [{ name: "structure", check: (bytes) => qcow2Structure(bytes) }];
-  if (opts.qemuEvery) oracles.push({ name: "qemu-img-check", every: opts.qemuEvery, check: (bytes) => qemuImgStructure(bytes, opts.dir) });
+  // qemu-img check cannot open an encrypted state without its secret objects; our structure check needs no key.
+  const encrypted = rec.format.options?.["encrypt.key-secret"] !== undefined;
+  if (opts.qemuEvery && !encrypted) {
+    oracles.push({ name: "qemu-img-check", every: opts.qemuEvery, check: (bytes) => qemuImgStructure(bytes, opts.dir) });
+  }
   const recovery = recoveryOracle(rec.format, qcow2Structure, rec.clusterSize);
   oracles.push({ ...recovery, every: opts.recoveryEvery ?? 1 });
   oracles.push(durabilityOracle({ guestLog: rec.guestLog, guestBase: rec.guestBase, read: (bytes) => readGuest(bytes, rec.format) }));
@@ -334,6 +345,48 @@ export const QCOW2_WORKLOADS: readonly CrashWorkload[] = [
       await g.pwrite(600, fill(100, 0x64));
       await g.pwriteZeroes(8192, 1024);
       await g.flush();
+    },
+  },
+];
+
+/** Encrypted images (LUKS in qcow2 clusters, legacy AES): the same crash safety, with the data encrypted on the way. */
+export const QCOW2_ENCRYPTED_WORKLOADS: readonly CrashWorkload[] = [
+  {
+    name: "encrypted-luks",
+    size: 64 * 1024,
+    // 4 KiB clusters: sector-sized writes leave copy-on-write regions, which must be encrypted too.
+    create: {
+      cluster_size: 4096,
+      "encrypt.format": "luks",
+      "encrypt.key-secret": "x-crash-qcow2-key",
+      "encrypt.iter-time": 1,
+      "encrypt.cipher-alg": "aes-128",
+    },
+    open: { "encrypt.key-secret": "x-crash-qcow2-key" },
+    secrets: { "x-crash-qcow2-key": "crash-passphrase" },
+    async run(g) {
+      await g.pwrite(0, fill(1500, 0x71)); // partial clusters: encrypted copy-on-write of zeros
+      await g.pwrite(5000, fill(700, 0x72));
+      await g.flush();
+      await g.pwrite(512, fill(1024, 0x73)); // in place
+      await g.pwrite(20000, fill(2048, 0x74));
+      await g.flush();
+      await g.pwriteZeroes(0, 1024);
+    },
+  },
+  {
+    name: "encrypted-aes",
+    size: 64 * 1024,
+    create: { cluster_size: 4096, "encrypt.format": "aes", "encrypt.key-secret": "x-crash-qcow2-key" },
+    open: { "encrypt.key-secret": "x-crash-qcow2-key" },
+    secrets: { "x-crash-qcow2-key": "crash-passphrase" },
+    async run(g, rand) {
+      for (let i = 0; i < 6; i++) {
+        const len = 1 + Math.floor(rand() * 1500);
+        const off = Math.floor(rand() * (g.length - len));
+        await g.pwrite(off, fill(len, 0x80 + i));
+        if (i % 2 === 1) await g.flush();
+      }
     },
   },
 ];

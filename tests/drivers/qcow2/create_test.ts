@@ -228,7 +228,21 @@ const BAD: [string, number, Opts, string, RegExp][] = [
   ],
   ["data_file with compat=0.10", 1 << 20, { data_file: "d.raw", compat: "0.10" }, "EINVAL", /External data files/],
   ["an unknown option", 1 << 20, { clustersize: "64k" }, "EINVAL", /'clustersize'/],
-  ["encryption", 1 << 20, { "encrypt.format": "luks" }, "ENOTSUP", /encrypt\.format/],
+  [
+    "encryption without a secret",
+    1 << 20,
+    { "encrypt.format": "luks" },
+    "EINVAL",
+    /Parameter 'encrypt\.key-secret' is required for cipher/,
+  ],
+  ["encryption without a format", 1 << 20, { "encrypt.key-secret": "sec0" }, "EINVAL", /Parameter 'encrypt\.format' is missing/],
+  [
+    "an unknown encryption format",
+    1 << 20,
+    { "encrypt.format": "rot13", "encrypt.key-secret": "sec0" },
+    "EINVAL",
+    /does not accept value 'rot13'/,
+  ],
   ["a size whose L1 table would pass 32 MiB", 2 ** 40, { cluster_size: "512" }, "EFBIG", /too large.*larger cluster size/],
 ];
 

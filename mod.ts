@@ -1,11 +1,22 @@
 /**
- * blkgraph: a block-driver framework for Deno. Open a graph of block nodes
- * (protocol nodes such as `file` and `memory`, filters, and formats such as
- * `raw`), then read, write, flush and query it through one API.
+ * blkgraph: QEMU's block layer as a Deno library. Open a graph of block nodes
+ * (protocol nodes such as `file`, `memory`, `nbd` and `rbd`, filters such as
+ * `blkdebug`, `throttle` and `recorder`, formats such as `raw`, `qcow2` and
+ * `luks`), then read, write, flush and query it through one API.
+ *
+ * This module is the user-facing surface: opening and creating images, the
+ * node, errors, events, copying, secrets, tracing, driver registration and the
+ * option helpers a driver author needs, and the crash explorer's entry point.
+ * Every driver and filter registers itself when this module loads. What is
+ * particular to one driver or filter lives in its subpath module:
+ * `@blkgraph/blkgraph/drivers/qcow2`, `…/drivers/nbd` (`serveNbd`),
+ * `…/drivers/luks`, `…/drivers/rbd`, `…/drivers/file`, `…/drivers/memory`,
+ * `…/drivers/raw`, `…/filters/blkdebug`, `…/filters/throttle`,
+ * `…/filters/recorder`, `…/filters/crash`.
  *
  * @example
  * ```ts
- * import { createImage, open } from "./mod.ts";
+ * import { createImage, open } from "@blkgraph/blkgraph";
  * const path = await Deno.makeTempFile({ suffix: ".img" });
  * await createImage(path, "raw", 1 << 20);
  * await using img = await open({ driver: "raw", file: { driver: "file", filename: path } });
@@ -20,8 +31,21 @@
  * @module
  */
 
-export * from "./core/errors.ts";
-export * from "./core/events.ts";
+// Every driver and filter registers itself on import.
+import "./drivers/file.ts";
+import "./drivers/memory.ts";
+import "./drivers/raw.ts";
+import "./drivers/qcow2/mod.ts";
+import "./drivers/luks/mod.ts";
+import "./drivers/nbd/mod.ts";
+import "./drivers/rbd/rbd.ts";
+import "./filters/blkdebug.ts";
+import "./filters/throttle.ts";
+import "./filters/recorder.ts";
+import "./filters/crash/mod.ts";
+
+export { BlockError, type BlockErrorDetails, CorruptImageError, type ErrnoCode, errnoCode, toBlockError } from "./core/errors.ts";
+export { BLKDBG_EVENTS, type BlkdebugEvent, isBlkdebugEvent } from "./core/events.ts";
 export type * from "./core/types.ts";
 export {
   type BlockDriver,
@@ -35,17 +59,9 @@ export {
   type NodeListener,
   type OpenContext,
 } from "./core/node.ts";
-export {
-  MAX_LENGTH,
-  newRequest,
-  type NodeConfigOf,
-  type NodeEventOf,
-  type NodeListenerOf,
-  type NodeStats,
-  SECTOR_SIZE,
-} from "./core/request.ts";
+export { MAX_LENGTH, type NodeConfigOf, type NodeEventOf, type NodeListenerOf, type NodeStats, SECTOR_SIZE } from "./core/request.ts";
 export { driverNames, getDriver, probeFormat, registerDriver } from "./core/registry.ts";
-export { type BlockSpec, looksDotted, normaliseSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";
+export { type BlockSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";
 export {
   type CacheFlags,
   createImage,
@@ -56,18 +72,18 @@ export {
   type OpenOptions,
   parseCacheMode,
 } from "./core/open.ts";
-export { type Options, parseSize } from "./core/options.ts";
+export { checkKnownOptions, optBool, optEnum, optInt, type Options, optNumber, optSize, optString, parseSize } from "./core/options.ts";
 export { copyImage, type CopyOptions } from "./core/copy.ts";
-export { fileDriver } from "./drivers/file.ts";
-export { memoryDriver } from "./drivers/memory.ts";
-export { rawDriver } from "./drivers/raw.ts";
-export { createRbdImage, escapeRbd, parseRbdFilename, rbdDriver, type RbdLocation, removeRbdImage } from "./drivers/rbd/rbd.ts";
-export * from "./filters/recorder.ts";
-export * from "./filters/crash/mod.ts";
-export * from "./filters/blkdebug.ts";
-export * from "./filters/throttle.ts";
-export * from "./drivers/qcow2/mod.ts";
-export * from "./drivers/nbd/mod.ts";
-export * from "./drivers/luks/mod.ts";
 export { defineObject, defineSecret, getSecret, hasSecret, removeSecret, type SecretFormat, type SecretOptions } from "./core/secrets.ts";
 export { type TraceEvent, type TraceGraphNode, type Tracer, type TraceSink, traceTo } from "./cli/_trace_events.ts";
+export {
+  type CrashFailure,
+  type CrashOracle,
+  type CrashRecipe,
+  type ExploreOptions,
+  type ReplayOp,
+  runCrashExploration,
+  type RunOptions,
+  type RunResult,
+} from "./filters/crash/mod.ts";
+export type { RecordedKind, RecordedOp } from "./filters/recorder.ts";

@@ -120,7 +120,7 @@ function collect(tops: readonly BlockNode[]): BlockNode[] {
  *
  * @example
  * ```ts
- * import { open, traceTo } from "../mod.ts";
+ * import { open, traceTo } from "@blkgraph/blkgraph";
  * await using disk = await open({ driver: "raw", file: { driver: "memory", size: 65536 } });
  * let json = "";
  * const tracer = traceTo(disk, (text) => void (json += text));

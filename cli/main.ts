@@ -83,7 +83,7 @@ function usage(): string {
  *
  * @example
  * ```ts
- * import { main } from "./main.ts";
+ * import { main } from "@blkgraph/blkgraph/cli";
  * const code = await main(["--help"], { stdout: (s) => console.log(s), stderr: (s) => console.error(s) });
  * console.log(code); // 0
  * ```

@@ -24,6 +24,7 @@ import {
   type Verb,
   verbObjectType,
 } from "./_common.ts";
+import { startTrace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
 
 const USAGE = `Usage: blkgraph nbd [OPTIONS] FILE
 
@@ -52,6 +53,8 @@ Serves FILE over NBD, as qemu-nbd does.
       --handshake-limit=N   seconds a client may take to negotiate (default 10)
       --pid-file=PATH       write the server's process ID to PATH
       --fork                run the server in the background once it listens
+      --trace[=FILE]        trace every request, BLKDBG event and flush of the graph
+      --trace-format=F      text, json or chrome (Chrome/Perfetto trace-event JSON)
 `;
 
 const FLAGS = {
@@ -85,6 +88,7 @@ const FLAGS = {
   list: { type: "boolean", short: "L" },
   snapshot: { type: "boolean", short: "s" },
   "load-snapshot": { type: "string", short: "l" },
+  ...TRACE_FLAGS,
 } as const;
 
 verbObjectType("tls-creds-x509");
@@ -184,6 +188,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const handshakeLimit = limitText === undefined ? 10 : intArg(limitText, "handshake limit");
   const readOnly = v["read-only"] === true;
   const offsetText = flagString(v, "offset");
+  const traceTarget = traceFlags(v);
 
   let node: BlockNode = await openImage(p.positionals[0], {
     format: flagString(v, "format"),
@@ -194,6 +199,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   // The pid file exists before the socket does: whoever sees the socket can read the pid.
   const pidFile = flagString(v, "pid-file");
   let server;
+  let trace;
   try {
     if (pidFile) await Deno.writeTextFile(pidFile, `${Deno.pid}\n`);
     if (offsetText !== undefined) {
@@ -202,6 +208,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       if (!Number.isSafeInteger(offset)) throw new CliError(`Invalid offset '${offsetText}'`);
       node = await open({ driver: "raw", offset, size: Math.max(0, node.length - offset), file: node }, { readOnly });
     }
+    trace = traceTarget === undefined ? undefined : startTrace(node, { ...traceTarget, io });
     server = await serveNbd(node, {
       socket,
       hostname: flagString(v, "bind") ?? "0.0.0.0",
@@ -220,6 +227,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       handshakeTimeout: handshakeLimit * 1000,
     });
   } catch (e) {
+    trace?.stop();
     await node.close().catch(() => {});
     if (pidFile) await Deno.remove(pidFile).catch(() => {});
     if (e instanceof BlockError) throw new CliError(e.message);
@@ -239,6 +247,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
     await server.finished;
     await server.close();
   } finally {
+    trace?.stop();
     release();
     Deno.removeSignalListener("SIGHUP", stop);
     if (pidFile) await Deno.remove(pidFile).catch(() => {});

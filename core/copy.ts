@@ -43,7 +43,7 @@ const CHUNK = 2 << 20;
  *
  * @example
  * ```ts
- * import { copyImage, open } from "../mod.ts";
+ * import { copyImage, open } from "@blkgraph/blkgraph";
  * await using src = await open({ driver: "memory", size: 1 << 20 });
  * await using dst = await open({ driver: "memory", size: 1 << 20 });
  * await src.pwrite(4096, new Uint8Array(512).fill(7));

@@ -79,7 +79,7 @@ export const ERRNO_MESSAGES: Readonly<Record<ErrnoCode, string>> = {
  *
  * @example
  * ```ts
- * import { errnoCode } from "./errors.ts";
+ * import { errnoCode } from "@blkgraph/blkgraph";
  * console.log(errnoCode(28)); // "ENOSPC"
  * ```
  */
@@ -113,7 +113,7 @@ export interface BlockErrorDetails {
  *
  * @example
  * ```ts
- * import { BlockError } from "./errors.ts";
+ * import { BlockError } from "@blkgraph/blkgraph";
  * const err = new BlockError("EROFS", "Cannot write 512 bytes at offset 0: image is read-only");
  * console.log(err.code, err.errno); // EROFS 30
  * ```
@@ -152,6 +152,13 @@ export class BlockError extends Error {
 /**
  * Raised when an image's metadata is inconsistent. Callers that want to tell
  * corruption apart from I/O errors catch this subclass.
+ *
+ * @example
+ * ```ts
+ * import { CorruptImageError } from "@blkgraph/blkgraph";
+ * const err = new CorruptImageError("L2 table offset 0x1234 unaligned");
+ * console.log(err.code, err instanceof CorruptImageError); // EIO true
+ * ```
  */
 export class CorruptImageError extends BlockError {
   /** Creates a corruption error (code EIO). */
@@ -164,6 +171,16 @@ export class CorruptImageError extends BlockError {
 /**
  * Converts any thrown value into a {@linkcode BlockError}, mapping Deno and
  * Node file-system errors to their errno codes.
+ *
+ * @example
+ * ```ts
+ * import { toBlockError } from "@blkgraph/blkgraph";
+ * try {
+ *   await Deno.readFile("/nonexistent/blkgraph-example");
+ * } catch (e) {
+ *   console.log(toBlockError(e, "open").code); // ENOENT
+ * }
+ * ```
  */
 export function toBlockError(
   err: unknown,

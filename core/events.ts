@@ -5,7 +5,15 @@
  * @module
  */
 
-/** All 48 BLKDBG event names, in QEMU's order. */
+/**
+ * All 48 BLKDBG event names, in QEMU's order.
+ *
+ * @example
+ * ```ts
+ * import { BLKDBG_EVENTS } from "@blkgraph/blkgraph";
+ * console.log(BLKDBG_EVENTS.includes("l2_update")); // true
+ * ```
+ */
 export const BLKDBG_EVENTS = [
   "l1_update",
   "l1_grow_alloc_table",
@@ -67,7 +75,7 @@ const EVENT_SET: ReadonlySet<string> = new Set(BLKDBG_EVENTS);
  *
  * @example
  * ```ts
- * import { isBlkdebugEvent } from "./events.ts";
+ * import { isBlkdebugEvent } from "@blkgraph/blkgraph";
  * console.log(isBlkdebugEvent("l2_update")); // true
  * ```
  */

@@ -72,7 +72,7 @@ const ZERO_CHUNK = 1 << 20;
  *
  * @example
  * ```ts
- * import { open } from "../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
  * await using node = await open({ driver: "memory", size: 1 << 20 });
  * await node.pwrite(0, new Uint8Array(512).fill(0xab));
  * const buf = new Uint8Array(512);

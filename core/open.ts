@@ -69,12 +69,30 @@ function exitSyncAll(): void {
   }
 }
 
-/** Looks up an open node by name. */
+/**
+ * Looks up an open node by name.
+ *
+ * @example
+ * ```ts
+ * import { findNode, open } from "@blkgraph/blkgraph";
+ * await using _disk = await open({ driver: "memory", size: 4096, "node-name": "scratch" });
+ * console.log(findNode("scratch")?.driver.name); // memory
+ * ```
+ */
 export function findNode(name: string): BlockNode | undefined {
   return nodes.get(name);
 }
 
-/** Names of all open nodes. */
+/**
+ * Names of all open nodes.
+ *
+ * @example
+ * ```ts
+ * import { nodeNames, open } from "@blkgraph/blkgraph";
+ * await using _disk = await open({ driver: "memory", size: 4096, "node-name": "listed" });
+ * console.log(nodeNames().includes("listed")); // true
+ * ```
+ */
 export function nodeNames(): string[] {
   return [...nodes.keys()];
 }
@@ -120,7 +138,15 @@ export interface CacheFlags {
   writeThrough: boolean;
 }
 
-/** Parses a cache mode name into flags (QEMU's `-drive cache=`). */
+/**
+ * Parses a cache mode name into flags (QEMU's `-drive cache=`).
+ *
+ * @example
+ * ```ts
+ * import { parseCacheMode } from "@blkgraph/blkgraph";
+ * console.log(parseCacheMode("none")); // { direct: true, noFlush: false, writeThrough: false }
+ * ```
+ */
 export function parseCacheMode(mode: string): CacheFlags {
   switch (mode) {
     case "writeback":
@@ -143,7 +169,7 @@ export function parseCacheMode(mode: string): CacheFlags {
  *
  * @example
  * ```ts
- * import { open } from "../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
  * await using disk = await open("driver=memory,size=1M");
  * console.log(disk.length); // 1048576
  * ```
@@ -368,7 +394,7 @@ export interface CreateOptions {
  *
  * @example
  * ```ts
- * import { createImage, open } from "../mod.ts";
+ * import { createImage, open } from "@blkgraph/blkgraph";
  * const path = await Deno.makeTempFile({ suffix: ".img" });
  * await createImage(path, "raw", 1 << 20);
  * await using img = await open(path);

@@ -15,7 +15,15 @@ function bad(driver: string, key: string, value: unknown, expected: string): nev
   throw new BlockError("EINVAL", `Invalid value '${String(value)}' for option '${key}' of driver '${driver}': expected ${expected}`);
 }
 
-/** Reads a string option. */
+/**
+ * Reads a string option.
+ *
+ * @example
+ * ```ts
+ * import { optString } from "@blkgraph/blkgraph";
+ * console.log(optString({ filename: "disk.img" }, "filename", "file")); // disk.img
+ * ```
+ */
 export function optString(opts: Options, key: string, driver: string): string | undefined {
   const v = opts[key];
   if (v === undefined || v === null) return undefined;
@@ -24,7 +32,15 @@ export function optString(opts: Options, key: string, driver: string): string | 
   return bad(driver, key, JSON.stringify(v), "a string");
 }
 
-/** Reads a boolean option (`true`/`false`, `on`/`off`, `yes`/`no`, `1`/`0`). */
+/**
+ * Reads a boolean option (`true`/`false`, `on`/`off`, `yes`/`no`, `1`/`0`).
+ *
+ * @example
+ * ```ts
+ * import { optBool } from "@blkgraph/blkgraph";
+ * console.log(optBool({ "lazy-refcounts": "on" }, "lazy-refcounts", "qcow2")); // true
+ * ```
+ */
 export function optBool(opts: Options, key: string, driver: string): boolean | undefined {
   const v = opts[key];
   if (v === undefined || v === null) return undefined;
@@ -35,7 +51,15 @@ export function optBool(opts: Options, key: string, driver: string): boolean | u
   return bad(driver, key, v, "on or off");
 }
 
-/** Reads a non-negative integer option. */
+/**
+ * Reads a non-negative integer option.
+ *
+ * @example
+ * ```ts
+ * import { optInt } from "@blkgraph/blkgraph";
+ * console.log(optInt({ align: "4096" }, "align", "blkdebug")); // 4096
+ * ```
+ */
 export function optInt(opts: Options, key: string, driver: string): number | undefined {
   const v = opts[key];
   if (v === undefined || v === null) return undefined;
@@ -44,7 +68,15 @@ export function optInt(opts: Options, key: string, driver: string): number | und
   return n;
 }
 
-/** Reads a non-negative number option (may be fractional). */
+/**
+ * Reads a non-negative number option (may be fractional).
+ *
+ * @example
+ * ```ts
+ * import { optNumber } from "@blkgraph/blkgraph";
+ * console.log(optNumber({ "throttling.iops-total": "2.5" }, "throttling.iops-total", "throttle")); // 2.5
+ * ```
+ */
 export function optNumber(opts: Options, key: string, driver: string): number | undefined {
   const v = opts[key];
   if (v === undefined || v === null) return undefined;
@@ -53,7 +85,15 @@ export function optNumber(opts: Options, key: string, driver: string): number | 
   return n;
 }
 
-/** Reads a size option: bytes, or a number with a k/M/G/T/P/E suffix (powers of 1024). */
+/**
+ * Reads a size option: bytes, or a number with a k/M/G/T/P/E suffix (powers of 1024).
+ *
+ * @example
+ * ```ts
+ * import { optSize } from "@blkgraph/blkgraph";
+ * console.log(optSize({ size: "1M" }, "size", "memory")); // 1048576
+ * ```
+ */
 export function optSize(opts: Options, key: string, driver: string): number | undefined {
   const v = opts[key];
   if (v === undefined || v === null) return undefined;
@@ -70,7 +110,7 @@ const SUFFIX: Record<string, number> = { "": 1, b: 1, k: 2 ** 10, m: 2 ** 20, g:
  *
  * @example
  * ```ts
- * import { parseSize } from "./options.ts";
+ * import { parseSize } from "@blkgraph/blkgraph";
  * console.log(parseSize("64k")); // 65536
  * ```
  */
@@ -85,7 +125,15 @@ export function parseSize(value: unknown, defaultSuffix = ""): number | undefine
   return Math.round(n);
 }
 
-/** Reads an option that must be one of `choices`. */
+/**
+ * Reads an option that must be one of `choices`.
+ *
+ * @example
+ * ```ts
+ * import { optEnum } from "@blkgraph/blkgraph";
+ * console.log(optEnum({ aio: "threads" }, "aio", "file", ["threads", "native", "io_uring"])); // threads
+ * ```
+ */
 export function optEnum<T extends string>(opts: Options, key: string, driver: string, choices: readonly T[]): T | undefined {
   const v = optString(opts, key, driver);
   if (v === undefined) return undefined;
@@ -93,7 +141,19 @@ export function optEnum<T extends string>(opts: Options, key: string, driver: st
   return v as T;
 }
 
-/** Throws if `opts` has a key that is not in `known`. */
+/**
+ * Throws if `opts` has a key that is not in `known`.
+ *
+ * @example
+ * ```ts
+ * import { BlockError, checkKnownOptions } from "@blkgraph/blkgraph";
+ * try {
+ *   checkKnownOptions({ size: 1, colour: "red" }, ["size"], "memory");
+ * } catch (e) {
+ *   console.log((e as BlockError).code); // EINVAL: Unknown option 'colour' for driver 'memory'
+ * }
+ * ```
+ */
 export function checkKnownOptions(opts: Options, known: readonly string[], driver: string): void {
   for (const key of Object.keys(opts)) {
     if (!known.includes(key)) {

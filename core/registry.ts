@@ -16,7 +16,7 @@ const drivers = new Map<string, BlockDriver>();
  *
  * @example
  * ```ts
- * import { registerDriver } from "./registry.ts";
+ * import { registerDriver } from "@blkgraph/blkgraph";
  * registerDriver({
  *   name: "null-co",
  *   kind: "protocol",
@@ -28,7 +28,15 @@ export function registerDriver(driver: BlockDriver): void {
   drivers.set(driver.name, driver);
 }
 
-/** Looks up a driver by name; unknown names are a clear EINVAL. */
+/**
+ * Looks up a driver by name; unknown names are a clear EINVAL.
+ *
+ * @example
+ * ```ts
+ * import { getDriver } from "@blkgraph/blkgraph";
+ * console.log(getDriver("qcow2").kind); // format
+ * ```
+ */
 export function getDriver(name: string): BlockDriver {
   const d = drivers.get(name);
   if (!d) {
@@ -37,7 +45,15 @@ export function getDriver(name: string): BlockDriver {
   return d;
 }
 
-/** Names of all registered drivers. */
+/**
+ * Names of all registered drivers.
+ *
+ * @example
+ * ```ts
+ * import { driverNames } from "@blkgraph/blkgraph";
+ * console.log(driverNames().includes("file")); // true
+ * ```
+ */
 export function driverNames(): string[] {
   return [...drivers.keys()].sort();
 }
@@ -58,6 +74,16 @@ export const PROBE_BYTES = 2048;
 /**
  * Guesses the format of an image from its first bytes; `raw` when no format
  * claims it (QEMU's `bdrv_probe_all`).
+ *
+ * @example
+ * ```ts
+ * import { createImage, probeFormat } from "@blkgraph/blkgraph";
+ * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
+ * await createImage(path, "qcow2", 1 << 20);
+ * const head = (await Deno.readFile(path)).subarray(0, 2048);
+ * console.log(probeFormat(head).name, probeFormat(new Uint8Array(512)).name); // qcow2 raw
+ * await Deno.remove(path);
+ * ```
  */
 export function probeFormat(head: Uint8Array, filename?: string): BlockDriver {
   let best: BlockDriver | undefined;

@@ -9,10 +9,28 @@
 import type { BlkdebugEvent } from "./events.ts";
 import type { BlockDriverOf, RequestInfo, RequestOp } from "./types.ts";
 
-/** Sector size for `BlockNode.read` and `BlockNode.write`. */
+/**
+ * Sector size for `BlockNode.read` and `BlockNode.write`.
+ *
+ * @example
+ * ```ts
+ * import { open, SECTOR_SIZE } from "@blkgraph/blkgraph";
+ * await using disk = await open({ driver: "memory", size: 1 << 20 });
+ * await disk.write(2, new Uint8Array(SECTOR_SIZE).fill(7)); // sector 2 = byte 1024
+ * console.log(SECTOR_SIZE); // 512
+ * ```
+ */
 export const SECTOR_SIZE = 512;
 
-/** Largest offset or length a request may have (QEMU's BDRV_MAX_LENGTH). */
+/**
+ * Largest offset or length a request may have (QEMU's BDRV_MAX_LENGTH).
+ *
+ * @example
+ * ```ts
+ * import { MAX_LENGTH } from "@blkgraph/blkgraph";
+ * console.log(MAX_LENGTH < Number.MAX_SAFE_INTEGER); // true
+ * ```
+ */
 export const MAX_LENGTH = 2 ** 53 - 2 ** 32;
 
 /** Counters every node keeps; benchmarks and tests read them. */

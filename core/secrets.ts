@@ -33,7 +33,7 @@ const secrets = new Map<string, Uint8Array>();
  *
  * @example
  * ```ts
- * import { defineSecret, getSecret, removeSecret } from "./secrets.ts";
+ * import { defineSecret, getSecret, removeSecret } from "@blkgraph/blkgraph";
  * defineSecret("sec-doc", { data: "c2VjcmV0", format: "base64" });
  * const key = getSecret("sec-doc");
  * console.log(new TextDecoder().decode(key)); // secret
@@ -82,6 +82,16 @@ export function defineSecret(id: string, opts: SecretOptions): void {
 /**
  * A copy of the secret `id`'s bytes; zero it (`fill(0)`) when done. An
  * unknown id is a clear EINVAL naming the option that referred to it.
+ *
+ * @example
+ * ```ts
+ * import { defineSecret, getSecret, removeSecret } from "@blkgraph/blkgraph";
+ * defineSecret("example-key", { data: "hunter2" });
+ * const key = getSecret("example-key");
+ * console.log(new TextDecoder().decode(key)); // hunter2
+ * key.fill(0);
+ * removeSecret("example-key");
+ * ```
  */
 export function getSecret(id: string, option = "key-secret"): Uint8Array {
   const s = secrets.get(id);
@@ -89,12 +99,32 @@ export function getSecret(id: string, option = "key-secret"): Uint8Array {
   return s.slice();
 }
 
-/** Whether a secret `id` is defined. */
+/**
+ * Whether a secret `id` is defined.
+ *
+ * @example
+ * ```ts
+ * import { defineSecret, hasSecret, removeSecret } from "@blkgraph/blkgraph";
+ * defineSecret("example-has", { data: "x" });
+ * console.log(hasSecret("example-has")); // true
+ * removeSecret("example-has");
+ * ```
+ */
 export function hasSecret(id: string): boolean {
   return secrets.has(id);
 }
 
-/** Forgets the secret `id`, zeroing its bytes. */
+/**
+ * Forgets the secret `id`, zeroing its bytes.
+ *
+ * @example
+ * ```ts
+ * import { defineSecret, hasSecret, removeSecret } from "@blkgraph/blkgraph";
+ * defineSecret("example-rm", { data: "x" });
+ * removeSecret("example-rm");
+ * console.log(hasSecret("example-rm")); // false
+ * ```
+ */
 export function removeSecret(id: string): void {
   secrets.get(id)?.fill(0);
   secrets.delete(id);
@@ -107,7 +137,7 @@ export function removeSecret(id: string): void {
  *
  * @example
  * ```ts
- * import { defineObject, getSecret, removeSecret } from "./secrets.ts";
+ * import { defineObject, getSecret, removeSecret } from "@blkgraph/blkgraph";
  * defineObject("secret,id=sec-obj,data=abc");
  * console.log(getSecret("sec-obj").length); // 3
  * removeSecret("sec-obj");

@@ -16,7 +16,7 @@ import type { Options } from "./options.ts";
  *
  * @example
  * ```ts
- * import { parseDotted } from "./spec.ts";
+ * import { parseDotted } from "@blkgraph/blkgraph";
  * console.log(parseDotted("driver=raw,file.driver=file,file.filename=a.img"));
  * // { driver: "raw", file: { driver: "file", filename: "a.img" } }
  * ```
@@ -113,7 +113,7 @@ function arrayify(v: unknown): unknown {
  *
  * @example
  * ```ts
- * import { parseJsonFilename } from "./spec.ts";
+ * import { parseJsonFilename } from "@blkgraph/blkgraph";
  * console.log(parseJsonFilename('json:{"driver":"qcow2","file.filename":"a.qcow2"}'));
  * ```
  */

@@ -422,6 +422,14 @@ export interface BlockDriverOf<N> {
   readonly protocolPrefix?: string;
   /** Turns a prefixed filename into options. */
   parseFilename?(filename: string): Record<string, unknown>;
+  /**
+   * Every runtime option the driver takes, besides the keys naming its
+   * children and the options every node takes (`driver`, `node-name`,
+   * `read-only`, `cache`, `discard`, `detect-zeroes`, `force-share`).
+   * drivers/README.md describes each one; unknown keys are refused with
+   * this list.
+   */
+  readonly options?: readonly string[];
   /** Option keys that name children (default: `file`). */
   readonly childKeys?: readonly string[];
   /**

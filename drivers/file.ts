@@ -28,7 +28,7 @@
  *
  * @example
  * ```ts
- * import { open } from "../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
  * const path = await Deno.makeTempFile();
  * {
  *   await using f = await open({ driver: "file", filename: path, create: true });
@@ -95,6 +95,7 @@ export const fileDriver: BlockDriver = {
   name: "file",
   kind: "protocol",
   protocolPrefix: "file",
+  options: KNOWN,
   parseFilename(filename: string): Record<string, unknown> {
     return { filename: filename.replace(/^file:/, "") };
   },

@@ -18,10 +18,11 @@ const MAX_MEMORY = 2 ** 32;
 export const memoryDriver: BlockDriver = {
   name: "memory",
   kind: "protocol",
+  options: ["size", "filename"],
   open(ctx): Promise<DriverInstance> {
     // A memory node is scratch space that grows as it is written (up to its limit).
     ctx.node.allowBeyondEof = true;
-    checkKnownOptions(ctx.options, ["size", "filename"], "memory");
+    checkKnownOptions(ctx.options, memoryDriver.options!, "memory");
     const size = optSize(ctx.options, "size", "memory") ?? 0;
     let data = new Uint8Array(0);
     let length = 0;

@@ -17,9 +17,10 @@ import type { BlockDriver, DriverInstance } from "../core/node.ts";
 export const rawDriver: BlockDriver = {
   name: "raw",
   kind: "format",
+  options: ["offset", "size"],
   probe: () => 1,
   async open(ctx): Promise<DriverInstance> {
-    checkKnownOptions(ctx.options, ["offset", "size"], "raw");
+    checkKnownOptions(ctx.options, rawDriver.options!, "raw");
     const offset = optSize(ctx.options, "offset", "raw") ?? 0;
     const fixedSize = optSize(ctx.options, "size", "raw");
     const file = (await ctx.openChild("file")) as BlockNode;

@@ -7,7 +7,8 @@
  *   deno run -A examples/nbd_serve_and_read.ts
  */
 
-import { createImage, open, serveNbd } from "../mod.ts";
+import { createImage, open } from "../mod.ts";
+import { serveNbd } from "../drivers/nbd/mod.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "blkgraph-example-" });
 try {

@@ -7,7 +7,8 @@
  *   BLKGRAPH_CEPH_CONF=/tmp/ceph/ceph.conf deno run -A examples/rbd_import.ts
  */
 
-import { createImage, open, removeRbdImage } from "../mod.ts";
+import { createImage, open } from "../mod.ts";
+import { removeRbdImage } from "../drivers/rbd/rbd.ts";
 
 const conf = Deno.env.get("BLKGRAPH_CEPH_CONF") ?? Deno.env.get("CEPH_CONF");
 if (!conf) {

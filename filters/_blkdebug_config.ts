@@ -154,7 +154,7 @@ export function parseRule(section: "inject-error" | "set-state", fields: Record<
  *
  * @example
  * ```ts
- * import { parseBlkdebugConfig } from "./_blkdebug_config.ts";
+ * import { parseBlkdebugConfig } from "@blkgraph/blkgraph/filters/blkdebug";
  * const rules = parseBlkdebugConfig('[inject-error]\nevent = "l2_load"\nerrno = "28"\n');
  * console.log(rules.length); // 1
  * ```

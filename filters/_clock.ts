@@ -88,7 +88,7 @@ function settle(): Promise<void> {
  *
  * @example
  * ```ts
- * import { createFakeClock } from "./_clock.ts";
+ * import { createFakeClock } from "@blkgraph/blkgraph/filters/throttle";
  * const clock = createFakeClock();
  * let fired = false;
  * clock.setTimer(100, () => (fired = true));

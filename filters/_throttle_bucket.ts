@@ -98,7 +98,7 @@ function num(key: string, v: unknown): number | undefined {
  *
  * @example
  * ```ts
- * import { validateThrottleLimits } from "./_throttle_bucket.ts";
+ * import { validateThrottleLimits } from "@blkgraph/blkgraph/filters/throttle";
  * console.log(validateThrottleLimits({ "bps-total": "1048576" })); // { "bps-total": 1048576 }
  * ```
  */

@@ -245,7 +245,7 @@ export interface ThrottleGroupOptions {
  *
  * @example
  * ```ts
- * import { createThrottleGroup, deleteThrottleGroup } from "./_throttle_group.ts";
+ * import { createThrottleGroup, deleteThrottleGroup } from "@blkgraph/blkgraph/filters/throttle";
  * createThrottleGroup("tg0", { "iops-total": 100 });
  * deleteThrottleGroup("tg0");
  * ```

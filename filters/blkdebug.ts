@@ -12,7 +12,7 @@
  *
  * @example
  * ```ts
- * import { open } from "../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
  * await using img = await open({
  *   driver: "raw",
  *   file: {
@@ -356,6 +356,7 @@ export const blkdebugDriver: BlockDriver = {
   kind: "filter",
   protocolPrefix: "blkdebug",
   childKeys: ["image"],
+  options: BLKDEBUG_OPTIONS,
   primaryChildRole: "image",
   parseFilename(filename: string): Record<string, unknown> {
     const rest = filename.slice("blkdebug:".length);
@@ -397,7 +398,8 @@ export function findBlkdebug(node: BlockNode): BlkdebugFilter | undefined {
  *
  * @example
  * ```ts
- * import { getBlkdebug, open } from "../mod.ts";
+ * import { getBlkdebug } from "@blkgraph/blkgraph/filters/blkdebug";
+ * import { open } from "@blkgraph/blkgraph";
  * await using img = await open({ driver: "raw", file: { driver: "blkdebug", image: { driver: "memory", size: 4096 } } });
  * const dbg = getBlkdebug(img);
  * console.log(dbg.state); // 1
@@ -420,7 +422,8 @@ export function getBlkdebug(node: BlockNode): BlkdebugFilter {
  *
  * @example
  * ```ts
- * import { createTraceLog, open } from "../mod.ts";
+ * import { createTraceLog } from "@blkgraph/blkgraph/filters/blkdebug";
+ * import { open } from "@blkgraph/blkgraph";
  * await using img = await open({ driver: "raw", file: { driver: "blkdebug", image: { driver: "memory", size: 4096 } } });
  * const lines: string[] = [];
  * const stop = createTraceLog(img, { format: "json", write: (l) => lines.push(l) });

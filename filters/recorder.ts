@@ -14,8 +14,8 @@
  *
  * @example
  * ```ts
- * import { open } from "../mod.ts";
- * import { getRecorder } from "./recorder.ts";
+ * import { open } from "@blkgraph/blkgraph";
+ * import { getRecorder } from "@blkgraph/blkgraph/filters/recorder";
  * await using node = await open({ driver: "recorder", file: { driver: "memory", size: 65536 } });
  * await node.pwrite(0, new Uint8Array(512).fill(1));
  * await node.flush();
@@ -167,6 +167,7 @@ const recorders = new WeakMap<BlockNode, Recorder>();
 export const recorderDriver: BlockDriver = {
   name: "recorder",
   kind: "filter",
+  options: [],
   async open(ctx): Promise<DriverInstance> {
     checkKnownOptions(ctx.options, [], "recorder");
     const child = await ctx.openChild("file");
@@ -181,8 +182,8 @@ export const recorderDriver: BlockDriver = {
  *
  * @example
  * ```ts
- * import { open } from "../mod.ts";
- * import { getRecorder } from "./recorder.ts";
+ * import { open } from "@blkgraph/blkgraph";
+ * import { getRecorder } from "@blkgraph/blkgraph/filters/recorder";
  * await using node = await open({ driver: "recorder", file: { driver: "memory", size: 4096 } });
  * getRecorder(node).mark("start");
  * console.log(getRecorder(node).log.length); // 1

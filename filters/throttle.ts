@@ -10,7 +10,7 @@
  *
  * @example
  * ```ts
- * import { open } from "../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
  * await using disk = await open({
  *   driver: "throttle",
  *   limits: { "iops-total": 1000 },
@@ -106,9 +106,12 @@ function isClock(v: unknown): v is Clock {
     typeof c.clearTimer === "function";
 }
 
+/** The throttle filter's options. */
+const THROTTLE_OPTIONS: readonly string[] = ["throttle-group", "limits", "clock"];
+
 async function openThrottle(ctx: OpenContext): Promise<DriverInstance> {
   const o = ctx.options;
-  checkKnownOptions(o, ["throttle-group", "limits", "clock"], "throttle");
+  checkKnownOptions(o, THROTTLE_OPTIONS, "throttle");
   const groupName = optString(o, "throttle-group", "throttle");
   const limits = o.limits;
   if (limits !== undefined && !isPlainObject(limits)) {
@@ -153,6 +156,7 @@ async function openThrottle(ctx: OpenContext): Promise<DriverInstance> {
 export const throttleDriver: BlockDriver = {
   name: "throttle",
   kind: "filter",
+  options: THROTTLE_OPTIONS,
   open: openThrottle,
 };
 

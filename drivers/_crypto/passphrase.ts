@@ -14,7 +14,7 @@ import { getSecret } from "../../core/secrets.ts";
  *
  * @example
  * ```ts
- * import { defineSecret, removeSecret } from "../../core/secrets.ts";
+ * import { defineSecret, removeSecret } from "@blkgraph/blkgraph";
  * import { passphrase } from "./passphrase.ts";
  * defineSecret("pp-doc", { data: "hunter2" });
  * const p = passphrase("pp-doc", "key-secret");

@@ -162,6 +162,7 @@ export class LuksInstance implements DriverInstance {
 export const luksDriver: BlockDriver = {
   name: "luks",
   kind: "format",
+  options: OPEN_OPTIONS,
   probe: (head) => (isLuks(head) ? 100 : 0),
   async open(ctx): Promise<DriverInstance> {
     checkKnownOptions(ctx.options, OPEN_OPTIONS, "luks");

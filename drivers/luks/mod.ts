@@ -6,7 +6,7 @@
  *
  * @example
  * ```ts
- * import { createImage, defineSecret, open, removeSecret } from "../../mod.ts";
+ * import { createImage, defineSecret, open, removeSecret } from "@blkgraph/blkgraph";
  * const path = await Deno.makeTempFile({ suffix: ".luks" });
  * defineSecret("luks-doc", { data: "hunter2" });
  * await createImage(path, "luks", 1 << 20, { options: { "key-secret": "luks-doc", "iter-time": 10 } });

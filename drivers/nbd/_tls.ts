@@ -56,7 +56,7 @@ function readPem(dir: string, name: string, required: boolean, id: string): stri
  *
  * @example
  * ```ts
- * import { defineTlsCreds, hasTlsCreds } from "./_tls.ts";
+ * import { defineTlsCreds, hasTlsCreds } from "@blkgraph/blkgraph/drivers/nbd";
  * const dir = await Deno.makeTempDir();
  * await Deno.writeTextFile(`${dir}/ca-cert.pem`, "-----BEGIN CERTIFICATE-----\n");
  * defineTlsCreds("tls-example", { dir, endpoint: "client" });

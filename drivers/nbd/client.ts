@@ -27,7 +27,8 @@
  *
  * @example
  * ```ts
- * import { open, serveNbd } from "../../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
+ * import { serveNbd } from "@blkgraph/blkgraph/drivers/nbd";
  * const disk = await open({ driver: "memory", size: 1 << 20 });
  * const server = await serveNbd(disk, { hostname: "127.0.0.1", port: 0, closeNode: true });
  * await using remote = await open(server.uri);
@@ -78,7 +79,7 @@ const KNOWN = [
  *
  * @example
  * ```ts
- * import { parseNbdFilename } from "./client.ts";
+ * import { parseNbdFilename } from "@blkgraph/blkgraph/drivers/nbd";
  * console.log(parseNbdFilename("nbd+unix:///disk?socket=/tmp/s"));
  * // { "server.type": "unix", "server.path": "/tmp/s", export: "disk", filename: "nbd+unix:///disk?socket=/tmp/s" }
  * ```
@@ -142,7 +143,8 @@ function parseNbdUri(filename: string): Record<string, unknown> {
  *
  * @example
  * ```ts
- * import { open, serveNbd } from "../../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
+ * import { serveNbd } from "@blkgraph/blkgraph/drivers/nbd";
  * const dir = await Deno.makeTempDir();
  * const server = await serveNbd(await open({ driver: "memory", size: 65536 }), { socket: `${dir}/s.sock`, closeNode: true });
  * const node = await open({ driver: "nbd", server: { type: "unix", path: `${dir}/s.sock` } });
@@ -157,6 +159,7 @@ export const nbdDriver: BlockDriver = {
   kind: "protocol",
   protocolPrefix: "nbd",
   parseFilename: parseNbdFilename,
+  options: KNOWN,
   async open(ctx): Promise<DriverInstance> {
     let o = ctx.options;
     // Dotted keys arrive nested ({server: {type, path}}): flatten them back.

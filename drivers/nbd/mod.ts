@@ -5,7 +5,8 @@
  *
  * @example
  * ```ts
- * import { open, serveNbd } from "../../mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
+ * import { serveNbd } from "@blkgraph/blkgraph/drivers/nbd";
  * const disk = await open({ driver: "memory", size: 1 << 20 });
  * const server = await serveNbd(disk, { hostname: "127.0.0.1", port: 0, closeNode: true });
  * const remote = await open(server.uri);

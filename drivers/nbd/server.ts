@@ -8,8 +8,8 @@
  *
  * @example
  * ```ts
- * import { open } from "../../mod.ts";
- * import { serveNbd } from "./server.ts";
+ * import { open } from "@blkgraph/blkgraph";
+ * import { serveNbd } from "@blkgraph/blkgraph/drivers/nbd";
  * const disk = await open({ driver: "memory", size: 1 << 20 });
  * const server = await serveNbd(disk, { hostname: "127.0.0.1", port: 0, closeNode: true });
  * console.log(server.uri.startsWith("nbd://127.0.0.1:")); // true
@@ -190,8 +190,8 @@ function uriOf(addr: NbdAddress, name: string): string {
  *
  * @example
  * ```ts
- * import { open } from "../../mod.ts";
- * import { serveNbd } from "./server.ts";
+ * import { open } from "@blkgraph/blkgraph";
+ * import { serveNbd } from "@blkgraph/blkgraph/drivers/nbd";
  * const dir = await Deno.makeTempDir();
  * const disk = await open({ driver: "memory", size: 1 << 20 });
  * const server = await serveNbd(disk, { socket: `${dir}/disk.sock`, name: "disk", allocationDepth: true, closeNode: true });

@@ -38,8 +38,8 @@ const encoder = new TextEncoder();
  *
  * @example
  * ```ts
- * import { QEMU_FEATURE_NAMES } from "./header.ts";
- * import { serializeFeatureTable } from "./_header_write.ts";
+ * import { QEMU_FEATURE_NAMES } from "@blkgraph/blkgraph/drivers/qcow2";
+ * import { serializeFeatureTable } from "@blkgraph/blkgraph/drivers/qcow2";
  * console.log(serializeFeatureTable(QEMU_FEATURE_NAMES).length); // 384
  * ```
  */
@@ -77,7 +77,7 @@ function putField(view: DataView, at: number, size: number, h: Qcow2Header, key:
  *
  * @example
  * ```ts
- * import { encodeFields } from "./_header_write.ts";
+ * import { encodeFields } from "@blkgraph/blkgraph/drivers/qcow2";
  * const h = { l1Size: 2, l1TableOffset: 0x30000 } as import("./header.ts").Qcow2Header;
  * const { offset, bytes } = encodeFields(h, ["l1Size", "l1TableOffset"]);
  * console.log(offset, bytes.length); // 36 12
@@ -119,8 +119,8 @@ export async function writeHeaderFields(
  *
  * @example
  * ```ts
- * import { parseHeader, type Qcow2Header } from "./header.ts";
- * import { serializeHeader } from "./_header_write.ts";
+ * import { parseHeader, type Qcow2Header } from "@blkgraph/blkgraph/drivers/qcow2";
+ * import { serializeHeader } from "@blkgraph/blkgraph/drivers/qcow2";
  * const h: Qcow2Header = {
  *   version: 3, backingFileOffset: 0, backingFileSize: 0, clusterBits: 16, size: 1 << 20,
  *   cryptMethod: 0, l1Size: 1, l1TableOffset: 0x30000, refcountTableOffset: 0x10000,

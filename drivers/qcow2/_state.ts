@@ -10,6 +10,26 @@
  * durable before the L1 entries are written. Clusters whose last reference
  * was removed are only freed once that removal is durable.
  *
+ * Lock-free paths. Reads (`_read.ts`) and in-place overwrites of allocated
+ * clusters (`Qcow2Instance.pwrite`'s fast path) run without the metadata
+ * lock. Everything else changes metadata under {@linkcode Qcow2State.lock}
+ * (`change()`). A lock-free path may only:
+ * - read the geometry (`cs`, `clusterBits`, `extL2`, `entryBytes`,
+ *   `l2Entries`, `l2Span`, `subSize`, `externalData`, the `readonly`
+ *   fields), `header.size`, `data`, `file`, `backing`, `crypto`;
+ * - look up `l1`/`l1View` and `l2Cache` and use the entry in the same
+ *   synchronous stretch (`mapSync`); across an `await` it must hold the
+ *   entry with `l2Cache.acquire()`/`release()`, as QEMU's
+ *   `qcow2_cache_get`/`put` — an unpinned entry may be evicted meanwhile;
+ * - count every data request it starts from such a mapping in `ioInFlight`
+ *   (increment before the request, decrement when it settles): clusters in
+ *   `pendingFree` are freed, and so reusable, only while `ioInFlight` is 0;
+ * - read `corrupt` (`refuseIfCorrupt`) and call `signalCorruption`, raise
+ *   events (`event`), and set or read `lastCompressed` (keyed by the host
+ *   descriptor; compressed writes reset it).
+ * It never writes `l1`, `reftable`, cache entries, `pendingFree`,
+ * `reserved`, `freeHint` or `header` fields other than through `change()`.
+ *
  * @module
  */
 

@@ -88,7 +88,7 @@ async function checkOnce(file: BlockNode, fix: Fix, messages: string[], repairin
  *
  * @example
  * ```ts
- * import { createImage, open } from "../../mod.ts";
+ * import { createImage, open } from "@blkgraph/blkgraph";
  * import { checkExitCode, checkQcow2 } from "./check.ts";
  * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
  * await createImage(path, "qcow2", 1 << 20);
@@ -137,7 +137,7 @@ async function checkWith(file: BlockNode, fix: Fix, messages: string[], repairin
  *
  * @example
  * ```ts
- * import { createImage, open } from "../../mod.ts";
+ * import { createImage, open } from "@blkgraph/blkgraph";
  * import { repairImage } from "./check.ts";
  * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
  * await createImage(path, "qcow2", 1 << 20);

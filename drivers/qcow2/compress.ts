@@ -26,7 +26,7 @@ export const COMPRESSION_NAMES: readonly string[] = ["zlib", "zstd"];
  *
  * @example
  * ```ts
- * import { compressCluster, decompressCluster } from "./compress.ts";
+ * import { compressCluster, decompressCluster } from "@blkgraph/blkgraph/drivers/qcow2";
  * const c = compressCluster(new Uint8Array(4096).fill(1), 0)!;
  * console.log(decompressCluster(c, 4096, 0)[0]); // 1
  * ```

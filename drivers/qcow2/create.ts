@@ -263,7 +263,7 @@ function dirOf(path: string): string {
  *
  * @example
  * ```ts
- * import { createImage } from "../../mod.ts";
+ * import { createImage } from "@blkgraph/blkgraph";
  * await createImage("/tmp/disk.qcow2", "qcow2", 1 << 30, { options: { cluster_size: "64k" } });
  * ```
  */

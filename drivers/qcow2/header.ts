@@ -265,7 +265,7 @@ function checkTable(
  *
  * @example
  * ```ts
- * import { parseFeatureTable } from "./header.ts";
+ * import { parseFeatureTable } from "@blkgraph/blkgraph/drivers/qcow2";
  * console.log(parseFeatureTable(new Uint8Array(0))); // []
  * ```
  */
@@ -329,7 +329,7 @@ export function l1EntriesFor(h: Qcow2Header, size: number): number {
  *
  * @example
  * ```ts
- * import { parseHeader } from "./header.ts";
+ * import { parseHeader } from "@blkgraph/blkgraph/drivers/qcow2";
  * try {
  *   parseHeader(new Uint8Array(512), 512);
  * } catch (e) {
@@ -491,8 +491,8 @@ function validateFields(h: Qcow2Header, cs: number, fileLength: number): void {
  *
  * @example
  * ```ts
- * import { createImage, open } from "../../mod.ts";
- * import { readHeaderFrom } from "./header.ts";
+ * import { createImage, open } from "@blkgraph/blkgraph";
+ * import { readHeaderFrom } from "@blkgraph/blkgraph/drivers/qcow2";
  * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
  * await createImage(path, "qcow2", 1 << 20);
  * await using file = await open({ driver: "file", filename: path }, { readOnly: true });

@@ -6,7 +6,7 @@
  *
  * @example
  * ```ts
- * import { createImage, open } from "../../mod.ts";
+ * import { createImage, open } from "@blkgraph/blkgraph";
  * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
  * await createImage(path, "qcow2", 1 << 20, { options: { cluster_size: 4096 } });
  * {

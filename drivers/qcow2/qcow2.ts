@@ -454,6 +454,7 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
 export const qcow2Driver: BlockDriver = {
   name: "qcow2",
   kind: "format",
+  options: OPTIONS,
   probe(head: Uint8Array): number {
     if (head.length < 8) return 0;
     const v = new DataView(head.buffer, head.byteOffset, head.byteLength);

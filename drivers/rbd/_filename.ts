@@ -63,7 +63,7 @@ export function unescapeRbd(s: string): string {
  *
  * @example
  * ```ts
- * import { escapeRbd, parseRbdFilename } from "./_filename.ts";
+ * import { escapeRbd, parseRbdFilename } from "@blkgraph/blkgraph/drivers/rbd";
  * const name = `rbd:rbd/${escapeRbd("vm:1")}:conf=${escapeRbd("/etc/ceph/ceph.conf")}`;
  * console.log(name); // rbd:rbd/vm\:1:conf=\/etc\/ceph\/ceph.conf
  * console.log(parseRbdFilename(name).image); // vm:1
@@ -83,7 +83,7 @@ function invalid(filename: string, why: string): never {
  *
  * @example
  * ```ts
- * import { parseRbdFilename } from "./_filename.ts";
+ * import { parseRbdFilename } from "@blkgraph/blkgraph/drivers/rbd";
  * const o = parseRbdFilename("rbd:rbd/disk@snap1:conf=/etc/ceph/ceph.conf:id=admin:rbd_cache=false");
  * console.log(o.pool, o.image, o.snapshot, o.conf, o.user); // rbd disk snap1 /etc/ceph/ceph.conf admin
  * console.log(o["=keyvalue-pairs"]); // ["rbd_cache","false"]

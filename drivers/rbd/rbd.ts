@@ -26,7 +26,7 @@
  *
  * @example
  * ```ts
- * import { parseRbdFilename } from "./rbd.ts";
+ * import { parseRbdFilename } from "@blkgraph/blkgraph/drivers/rbd";
  * // open("rbd:rbd/vm1:conf=/etc/ceph/ceph.conf", { format: "raw" }) needs a cluster;
  * // the filename form alone:
  * const o = parseRbdFilename("rbd:rbd/vm1@before-upgrade:id=admin:client_mount_timeout=5");
@@ -39,7 +39,7 @@
 import { BlockError } from "../../core/errors.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type { BlockDriver, DriverInstance } from "../../core/node.ts";
-import { connect, readRbdOptions } from "./_connect.ts";
+import { connect, RBD_OPTIONS, readRbdOptions } from "./_connect.ts";
 import { parseRbdFilename } from "./_filename.ts";
 import { RbdImage } from "./_image.ts";
 import { cstr, librbdError, loadLibrbd, rbdError } from "./_librbd.ts";
@@ -55,7 +55,7 @@ export { escapeRbd, parseRbdFilename, type RbdLocation } from "./_filename.ts";
  *
  * @example
  * ```ts
- * import { createRbdImage, removeRbdImage } from "./rbd.ts";
+ * import { createRbdImage, removeRbdImage } from "@blkgraph/blkgraph/drivers/rbd";
  * const conf = Deno.env.get("BLKGRAPH_CEPH_CONF"); // a cluster: tests/_helpers/ceph.sh start DIR
  * if (conf) {
  *   const image = { pool: "rbd", image: `doc-${crypto.randomUUID()}`, conf };
@@ -101,7 +101,7 @@ export async function createRbdImage(options: Record<string, unknown>, size: num
  *
  * @example
  * ```ts
- * import { removeRbdImage } from "./rbd.ts";
+ * import { removeRbdImage } from "@blkgraph/blkgraph/drivers/rbd";
  * const conf = Deno.env.get("BLKGRAPH_CEPH_CONF");
  * if (conf) await removeRbdImage({ filename: `rbd:rbd/no-such-image:conf=${conf}` }).catch((e) => console.log(e.code)); // ENOENT
  * ```
@@ -125,6 +125,7 @@ export const rbdDriver: BlockDriver = {
   name: "rbd",
   kind: "protocol",
   protocolPrefix: "rbd",
+  options: RBD_OPTIONS,
   parseFilename: (filename) => ({ ...parseRbdFilename(filename) }),
   createFile: (options, size) => createRbdImage(options, size),
   async open(ctx): Promise<DriverInstance> {

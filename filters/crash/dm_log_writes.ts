@@ -19,7 +19,7 @@
  *
  * @example
  * ```ts
- * import { readDmLogWrites, writeDmLogWrites } from "./dm_log_writes.ts";
+ * import { readDmLogWrites, writeDmLogWrites } from "@blkgraph/blkgraph/filters/crash";
  * const bytes = writeDmLogWrites([
  *   { op: "write", offset: 512, length: 512, fua: false, data: new Uint8Array(512).fill(7), submit: 1, complete: 2, time: 0 },
  *   { op: "flush", offset: 0, length: 0, fua: false, submit: 3, complete: 4, time: 0 },

@@ -16,8 +16,8 @@
  *
  * @example
  * ```ts
- * import { exploreCrashStates } from "./explorer.ts";
- * import type { RecordedOp } from "../recorder.ts";
+ * import { exploreCrashStates } from "@blkgraph/blkgraph/filters/crash";
+ * import type { RecordedOp } from "@blkgraph/blkgraph/filters/recorder";
  * const log: RecordedOp[] = [
  *   { op: "write", offset: 0, length: 512, fua: false, data: new Uint8Array(512).fill(1), submit: 1, complete: 2, time: 0 },
  *   { op: "write", offset: 512, length: 512, fua: false, data: new Uint8Array(512).fill(2), submit: 3, complete: 4, time: 0 },

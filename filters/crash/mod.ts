@@ -6,9 +6,9 @@
  *
  * @example
  * ```ts
- * import { open } from "../../mod.ts";
- * import { getRecorder } from "../recorder.ts";
- * import { runCrashExploration } from "./mod.ts";
+ * import { open } from "@blkgraph/blkgraph";
+ * import { getRecorder } from "@blkgraph/blkgraph/filters/recorder";
+ * import { runCrashExploration } from "@blkgraph/blkgraph";
  * await using disk = await open({ driver: "recorder", file: { driver: "memory", size: 4096 } });
  * await disk.pwrite(0, new Uint8Array(512).fill(1));
  * await disk.flush();

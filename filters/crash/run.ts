@@ -5,8 +5,8 @@
  *
  * @example
  * ```ts
- * import { runCrashExploration } from "./run.ts";
- * import type { RecordedOp } from "../recorder.ts";
+ * import { runCrashExploration } from "@blkgraph/blkgraph";
+ * import type { RecordedOp } from "@blkgraph/blkgraph/filters/recorder";
  * const log: RecordedOp[] = [
  *   { op: "write", offset: 0, length: 512, fua: false, data: new Uint8Array(512).fill(9), submit: 1, complete: 2, time: 0 },
  * ];
@@ -74,7 +74,20 @@ export interface RunResult {
   failures: CrashFailure[];
 }
 
-/** Explores `log` on `base` and runs every oracle on each state. */
+/**
+ * Explores `log` on `base` and runs every oracle on each state.
+ *
+ * @example
+ * ```ts
+ * import { open, runCrashExploration } from "@blkgraph/blkgraph";
+ * import { getRecorder } from "@blkgraph/blkgraph/filters/recorder";
+ * await using disk = await open({ driver: "recorder", file: { driver: "memory", size: 4096 } });
+ * await disk.pwrite(0, new Uint8Array(512).fill(1));
+ * await disk.flush();
+ * const r = await runCrashExploration(new Uint8Array(4096), getRecorder(disk).log, []);
+ * console.log(r.states, r.failures.length); // 2 0
+ * ```
+ */
 export async function runCrashExploration(
   base: Uint8Array,
   log: readonly RecordedOp[],

@@ -7,7 +7,8 @@
  * @module
  */
 
-import { createFakeClock, createImage, open, traceTo } from "../../mod.ts";
+import { createFakeClock } from "../../filters/throttle.ts";
+import { createImage, open, traceTo } from "../../mod.ts";
 
 /** Writes the image and its trace into `dir`; returns their paths. */
 export async function makeTrace(dir: string): Promise<{ image: string; trace: string }> {

@@ -180,7 +180,7 @@ Deno.test({
       "t",
     ], img);
     try {
-      const { defineTlsCreds } = await import("../../mod.ts");
+      const { defineTlsCreds } = await import("../../drivers/nbd/mod.ts");
       defineTlsCreds("tls-client-test", { dir: `${d}/client`, endpoint: "client" });
       const node = await open({
         driver: "nbd",

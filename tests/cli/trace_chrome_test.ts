@@ -6,7 +6,8 @@
  */
 
 import assert from "node:assert/strict";
-import { type BlockNode, createFakeClock, type NodeEvent, open, traceTo } from "../../mod.ts";
+import { type BlockNode, type NodeEvent, open, traceTo } from "../../mod.ts";
+import { createFakeClock } from "../../filters/throttle.ts";
 import { skipUnless, tempDir } from "../_helpers/qemu.ts";
 import { validateTrace } from "../_helpers/trace_format.ts";
 import { cli } from "./_run.ts";

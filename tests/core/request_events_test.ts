@@ -4,7 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { BlockError, type BlockNode, createFakeClock, type NodeEvent, open } from "../../mod.ts";
+import { BlockError, type BlockNode, type NodeEvent, open } from "../../mod.ts";
+import { createFakeClock } from "../../filters/throttle.ts";
 
 type RequestEvent = Extract<NodeEvent, { kind: "request" }>;
 

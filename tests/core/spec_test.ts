@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { BlockError, looksDotted, normaliseSpec, parseDotted, parseJsonFilename, parseSize } from "../../mod.ts";
+import { BlockError, parseDotted, parseJsonFilename, parseSize } from "../../mod.ts";
+import { looksDotted, normaliseSpec } from "../../core/spec.ts";
 
 Deno.test("parseDotted() nests dotted keys", () => {
   assert.deepEqual(parseDotted("driver=raw,file.driver=file,file.filename=a.img"), {

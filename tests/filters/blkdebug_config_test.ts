@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { BlockError, getBlkdebug, open, parseBlkdebugConfig } from "../../mod.ts";
+import { BlockError, open } from "../../mod.ts";
+import { getBlkdebug, parseBlkdebugConfig } from "../../filters/blkdebug.ts";
 import { skipUnless } from "../_helpers/qemu.ts";
 
 function rejectsWith(fn: () => unknown, code: string, text: string): void {

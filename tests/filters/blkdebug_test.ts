@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { type BlkdebugTraceRecord, type BlockNode, createTraceLog, getBlkdebug, open } from "../../mod.ts";
+import { type BlkdebugTraceRecord, createTraceLog, getBlkdebug } from "../../filters/blkdebug.ts";
+import { type BlockNode, open } from "../../mod.ts";
 import { spies } from "../_helpers/test_drivers.ts";
 
 type Rule = Record<string, unknown>;

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { type BlockNode, getRecorder, open } from "../../mod.ts";
+import { type BlockNode, open } from "../../mod.ts";
+import { getRecorder } from "../../filters/recorder.ts";
 
 async function recorderOver(size = 65536): Promise<BlockNode> {
   return await open({ driver: "recorder", file: { driver: "memory", size } });

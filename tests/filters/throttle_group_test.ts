@@ -1,14 +1,13 @@
 import assert from "node:assert/strict";
+import { type BlockNode, open } from "../../mod.ts";
 import {
-  type BlockNode,
   createFakeClock,
   createThrottleGroup,
   deleteThrottleGroup,
   type FakeClock,
   getThrottleGroup,
-  open,
   setThrottleGroupLimits,
-} from "../../mod.ts";
+} from "../../filters/throttle.ts";
 
 function member(group: string): Promise<BlockNode> {
   return open({ driver: "throttle", "throttle-group": group, file: { driver: "memory", size: 1 << 20 } });

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { BlockError, type BlockNode, createFakeClock, type FakeClock, open, validateThrottleLimits } from "../../mod.ts";
+import { BlockError, type BlockNode, open } from "../../mod.ts";
+import { createFakeClock, type FakeClock, validateThrottleLimits } from "../../filters/throttle.ts";
 
 function openThrottled(clock: FakeClock, limits: Record<string, unknown>): Promise<BlockNode> {
   return open({ driver: "throttle", limits, clock, file: { driver: "memory", size: 64 << 20 } });

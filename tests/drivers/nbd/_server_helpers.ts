@@ -6,7 +6,8 @@
  * @module
  */
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { BlockError, type BlockNode, open, registerDriver, serveNbd } from "../../../mod.ts";
+import { BlockError, type BlockNode, open, registerDriver } from "../../../mod.ts";
+import { serveNbd } from "../../../drivers/nbd/mod.ts";
 import type { NbdServeOptions, NbdServer } from "../../../drivers/nbd/server.ts";
 import { encodeRequest, INFO, OPT, REP, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, view } from "../../../drivers/nbd/_protocol.ts";
 import { encodeInfoRequest, encodeMetaContextRequest } from "../../../drivers/nbd/_handshake_codecs.ts";

@@ -1,5 +1,6 @@
 import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
-import { BlockError, open, registerDriver, serveNbd } from "../../../mod.ts";
+import { BlockError, open, registerDriver } from "../../../mod.ts";
+import { serveNbd } from "../../../drivers/nbd/mod.ts";
 import { parseNbdFilename } from "../../../drivers/nbd/client.ts";
 import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 import { cli, normaliseTimes } from "../../cli/_run.ts";

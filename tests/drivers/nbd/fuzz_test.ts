@@ -4,7 +4,8 @@
  * server still serves a good client, and a read-only export was not changed.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { open, serveNbd } from "../../../mod.ts";
+import { open } from "../../../mod.ts";
+import { serveNbd } from "../../../drivers/nbd/mod.ts";
 import { CMD, CMD_FLAG, encodeRequest, INFO, OPT, view } from "../../../drivers/nbd/_protocol.ts";
 import { concat, encodeInfoRequest, encodeMetaContextRequest, encodeOption } from "../../../drivers/nbd/_handshake_codecs.ts";
 import { tempDir } from "../../_helpers/qemu.ts";

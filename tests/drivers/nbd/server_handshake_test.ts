@@ -1,5 +1,6 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { open, serveNbd } from "../../../mod.ts";
+import { open } from "../../../mod.ts";
+import { serveNbd } from "../../../drivers/nbd/mod.ts";
 import { CMD, FLAG_C_FIXED_NEWSTYLE, getU64, INFO, OPT, REP, TF, view } from "../../../drivers/nbd/_protocol.ts";
 import { encodeInfoRequest, encodeMetaContextRequest, encodeOption } from "../../../drivers/nbd/_handshake_codecs.ts";
 import { tempDir } from "../../_helpers/qemu.ts";

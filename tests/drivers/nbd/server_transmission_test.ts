@@ -1,5 +1,6 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { open, serveNbd } from "../../../mod.ts";
+import { open } from "../../../mod.ts";
+import { serveNbd } from "../../../drivers/nbd/mod.ts";
 import { CMD, CMD_FLAG, getU64, REPLY_FLAG_DONE, REPLY_TYPE, TF, view } from "../../../drivers/nbd/_protocol.ts";
 import { tempDir } from "../../_helpers/qemu.ts";
 import { RawClient, sockPath } from "./_helpers.ts";

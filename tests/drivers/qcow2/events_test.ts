@@ -4,7 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { type BlkdebugEvent, type BlockNode, getRecorder, open, type RecordedOp } from "../../../mod.ts";
+import { type BlkdebugEvent, type BlockNode, open } from "../../../mod.ts";
+import { getRecorder, type RecordedOp } from "../../../filters/recorder.ts";
 import { skipUnless, tempDir } from "../../_helpers/qemu.ts";
 import { openQcow2, qemuCreate, qemuIo, qemuOverlay } from "./_util.ts";
 

@@ -6,7 +6,8 @@
  */
 
 import assert from "node:assert/strict";
-import { BlockError, type BlockNode, type Qcow2Instance } from "../../../mod.ts";
+import { BlockError, type BlockNode } from "../../../mod.ts";
+import { type Qcow2Instance } from "../../../drivers/qcow2/mod.ts";
 import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 import {
   assertClean,

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { classify, createImage, durabilityOracle, getRecorder, open, readGuest, replayRecipe, runCrashExploration } from "../../../mod.ts";
+import { classify, durabilityOracle, readGuest, replayRecipe } from "../../../filters/crash/mod.ts";
+import { createImage, open, runCrashExploration } from "../../../mod.ts";
+import { getRecorder } from "../../../filters/recorder.ts";
 import { qcow2Structure } from "../../../filters/crash/qcow2.ts";
 import { cephConf, imageName, rbdExport, rbdFilename, skipUnlessCeph } from "../../_helpers/ceph.ts";
 import { pattern, tempDir } from "../../_helpers/qemu.ts";

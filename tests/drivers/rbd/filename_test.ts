@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { type BlockError, escapeRbd, parseRbdFilename } from "../../../mod.ts";
+import { type BlockError } from "../../../mod.ts";
+import { escapeRbd, parseRbdFilename } from "../../../drivers/rbd/rbd.ts";
 import { base64CString, readRbdOptions } from "../../../drivers/rbd/_connect.ts";
 import { keyValuePairs } from "../../../drivers/rbd/_filename.ts";
 import { cephConf, imageName, skipUnlessCeph } from "../../_helpers/ceph.ts";

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { getRecorder, open, readDmLogWrites, type RecordedOp, writeDmLogWrites } from "../../../mod.ts";
+import { getRecorder, type RecordedOp } from "../../../filters/recorder.ts";
+import { open } from "../../../mod.ts";
+import { readDmLogWrites, writeDmLogWrites } from "../../../filters/crash/mod.ts";
 import { runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 
 async function recordedLog(): Promise<RecordedOp[]> {

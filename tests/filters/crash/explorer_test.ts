@@ -5,9 +5,9 @@ import {
   crashStateAt,
   exploreCrashStates,
   type ExploreOptions,
-  type RecordedOp,
   replayRecipe,
-} from "../../../mod.ts";
+} from "../../../filters/crash/mod.ts";
+import { type RecordedOp } from "../../../filters/recorder.ts";
 
 /** Builds a log by hand: each entry completes before the next is submitted. */
 function seqLog(...ops: Partial<RecordedOp>[]): RecordedOp[] {

@@ -1,15 +1,7 @@
 import assert from "node:assert/strict";
-import {
-  type BlockNode,
-  durabilityOracle,
-  getRecorder,
-  open,
-  qcow2Dirty,
-  qemuImgStructure,
-  readGuest,
-  recoveryOracle,
-  runCrashExploration,
-} from "../../../mod.ts";
+import { type BlockNode, open, runCrashExploration } from "../../../mod.ts";
+import { durabilityOracle, qcow2Dirty, qemuImgStructure, readGuest, recoveryOracle } from "../../../filters/crash/mod.ts";
+import { getRecorder } from "../../../filters/recorder.ts";
 import { runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 
 const SIZE = 8 * 512;

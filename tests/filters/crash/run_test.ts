@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { type BlockNode, type CrashOracle, getRecorder, minimize, open, replayRecipe, runCrashExploration } from "../../../mod.ts";
+import { type BlockNode, type CrashOracle, open, runCrashExploration } from "../../../mod.ts";
+import { getRecorder } from "../../../filters/recorder.ts";
+import { minimize, replayRecipe } from "../../../filters/crash/mod.ts";
 
 // A toy "format" with two-phase commit: data goes to a slot, then the header
 // (sector 0) is pointed at the slot with the data's checksum. It is correct

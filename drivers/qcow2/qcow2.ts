@@ -36,16 +36,13 @@ import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../.
 import { repairImage } from "./check.ts";
 import { createQcow2 } from "./create.ts";
 import { measureQcow2 } from "./measure.ts";
-import { COMPRESSION_NAMES } from "./compress.ts";
 import { writeCompressedLocked } from "./_write_compressed.ts";
 import {
   AUTOCLEAR_DATA_FILE_RAW,
-  clusterSize,
   COMPAT_LAZY_REFCOUNTS,
   INCOMPAT_CORRUPT,
   INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
-  INCOMPAT_EXTL2,
   QCOW2_MAGIC,
   type Qcow2Header,
   readHeaderFrom,
@@ -64,6 +61,7 @@ import { writeHeaderFields } from "./_header_write.ts";
 import { metadataExtents } from "./_metadata_map.ts";
 import { cacheTables, openBacking, openDataFile, readTables, snapshotOptions } from "./_open.ts";
 import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
+import { qcow2Info } from "./_info.ts";
 
 const OPTIONS = [
   "l2-cache-size",
@@ -348,32 +346,7 @@ export class Qcow2Instance implements DriverInstance {
 
   /** Format-specific information shaped like `qemu-img info --output=json`. */
   info(): Record<string, unknown> {
-    const h = this.#st.header;
-    const data: Record<string, unknown> = {
-      compat: h.version === 3 ? "1.1" : "0.10",
-      "compression-type": COMPRESSION_NAMES[h.compressionType],
-    };
-    if (h.version === 3) data["lazy-refcounts"] = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
-    data["refcount-bits"] = 2 ** h.refcountOrder;
-    if (this.#st.crypto) data.encrypt = this.#st.crypto.info();
-    if (h.dataFile !== undefined) {
-      data["data-file"] = h.dataFile;
-      data["data-file-raw"] = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0;
-    }
-    if (h.version === 3) {
-      data.corrupt = (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0;
-      data["extended-l2"] = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
-    }
-    const out: Record<string, unknown> = {
-      "format-specific": { type: "qcow2", data },
-      "cluster-size": clusterSize(h),
-      "virtual-size": h.size,
-      "dirty-flag": (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0,
-    };
-    if (h.backingFile !== undefined) out["backing-filename"] = h.backingFile;
-    if (h.backingFormat !== undefined) out["backing-filename-format"] = h.backingFormat;
-    if (this.#st.crypto) out.encrypted = true;
-    return out;
+    return qcow2Info(this.#st);
   }
 }
 
@@ -387,9 +360,7 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
     throw new BlockError(
       "EACCES",
       "qcow2: Image is corrupt; cannot be opened read/write (open it read-only, or repair it with check -r all)",
-      {
-        node: ctx.node.name,
-      },
+      { node: ctx.node.name },
     );
   }
   const lazyOpt = optBool(ctx.options, "lazy-refcounts", "qcow2");

@@ -613,6 +613,21 @@ export class BlockNode {
     await this.#zeroBuffers(offset, length, opts);
   }
 
+  /**
+   * Zeroes the grown part `[old, old + n)` a longer backing file would show
+   * through in: an unaligned head as zero buffers (QEMU's qcow2_co_truncate
+   * writes explicit zeros there), the rest, up to the next alignment
+   * boundary or the new end, only through the driver's zero writes (no
+   * fallback to buffers).
+   */
+  async #zeroGrown(old: number, n: number, length: number, req: RequestInfo): Promise<void> {
+    const zalign = Math.max(this.#limits.requestAlignment, this.#limits.optWriteZero || 1);
+    const end = Math.min(length, roundUp(old + n, zalign)); // past the backing file reads zeros anyway
+    const s = Math.min(roundUp(old, zalign), end);
+    if (s > old) await this.#zeroes(old, s - old, { req });
+    if (end > s) await this.#zeroes(s, end - s, { req, noFallback: true });
+  }
+
   /** An unaligned piece of a write-zeroes: zero buffers, or ENOTSUP when the caller forbade the fallback. */
   #zeroPart(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     if (opts.noFallback) {
@@ -832,7 +847,7 @@ export class BlockNode {
         const backing = this.backing;
         const zeroFill = length > old && backing && backing.length > old ? Math.min(length, backing.length) - old : 0;
         await inst.truncate(length, { ...opts, req, ...(zeroFill ? { zeroFill } : {}) });
-        if (zeroFill) await this.#zeroes(old, zeroFill, { req, noFallback: true });
+        if (zeroFill) await this.#zeroGrown(old, zeroFill, length, req);
       } else if (this.driver.kind === "filter" && this.primaryChild) {
         const child = this.primaryChild;
         await this.#forward({ op: "truncate", offset: length, length: 0, req }, () => child.truncate(length, { ...opts, req }));

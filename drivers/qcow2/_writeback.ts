@@ -75,6 +75,18 @@ async function applyPendingFrees(st: Qcow2State, req: RequestInfo | undefined): 
   }
 }
 
+/**
+ * Makes the clusters a discard or an unmapping write-zeroes dropped free
+ * right away, as QEMU's qcow2_free_clusters does, so the next allocation
+ * reuses them where qemu-img would: the write-back makes the removal of
+ * their last reference durable first (one flush), then counts them down.
+ * Nothing happens while lock-free requests are in flight (they may still
+ * use the clusters); the next write-back frees them then.
+ */
+export async function releaseFreed(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
+  if (st.pendingFree.length && st.ioInFlight === 0) await writeback(st, req);
+}
+
 /** Runs write-back when a cache has grown past its capacity, then trims it. */
 export async function relieveCaches(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
   if (st.mode === "metadata-sync" || st.l2Cache.overfull || st.rbCache.overfull) {

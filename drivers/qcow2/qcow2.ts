@@ -56,7 +56,7 @@ import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops
 import { listSnapshots, readSnapshotTableChecked } from "./_snapshot.ts";
 import { createSnapshot, deleteSnapshot, gotoSnapshot, loadSnapshotView, vmStateOffset } from "./_snapshot_ops.ts";
 import { exitWriteback } from "./_exit.ts";
-import { markClean, relieveCaches, writeback } from "./_writeback.ts";
+import { markClean, releaseFreed, relieveCaches, writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { metadataExtents } from "./_metadata_map.ts";
 import { cacheTables, openBacking, openDataFile, readTables, snapshotOptions } from "./_open.ts";
@@ -195,6 +195,7 @@ export class Qcow2Instance implements DriverInstance {
         { discard: false, unmap: opts.mayUnmap ?? false },
         opts.req,
       );
+      await releaseFreed(st, opts.req);
       await relieveCaches(st, opts.req);
     });
   }
@@ -215,6 +216,7 @@ export class Qcow2Instance implements DriverInstance {
     if (st.header.version < 3 && st.backing) return;
     await st.change(async () => {
       await zeroOrDiscard(st, offset, this.#clusterEnd(offset + length) - offset, { discard: true, unmap: true }, opts.req);
+      await releaseFreed(st, opts.req);
       await relieveCaches(st, opts.req);
     });
   }

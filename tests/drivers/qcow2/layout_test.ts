@@ -96,3 +96,34 @@ Deno.test({
     assert.deepEqual(await fileLayoutDiff(b, a), []);
   },
 });
+
+Deno.test({
+  name: "clusters a discard frees are reused by the next write of the same session, where qemu-io puts it (iotest 250)",
+  ignore,
+  async fn() {
+    await using d = await tempDir();
+    // One open: the freed clusters at the start must take the later write, not the end of the file.
+    const diff = await sameWrites(d.path, "", "4M", [["write -P 1 0 1024k"], ["discard 0 512k", "write -P 2 2048k 512k"]]);
+    assert.deepEqual(diff, []);
+  },
+});
+
+Deno.test({
+  name: "clusters an unmapping write-zeroes frees are reused by the next write of the same session, as qemu-io's",
+  ignore,
+  async fn() {
+    await using d = await tempDir();
+    const a = `${d.path}/a.qcow2`;
+    const b = `${d.path}/b.qcow2`;
+    for (const f of [a, b]) await qemuCreate(f, "4M");
+    await qemuIo(a, "write -P 1 0 1024k");
+    await qemuIo(a, "write -z -u 0 512k", "write -P 2 2048k 512k");
+    await qemuIo(b, "write -P 1 0 1024k");
+    {
+      await using n = await openQcow2(b);
+      await n.pwriteZeroes(0, 512 << 10, { mayUnmap: true });
+      await n.pwrite(2048 << 10, new Uint8Array(512 << 10).fill(2));
+    }
+    assert.deepEqual(await fileLayoutDiff(b, a), []);
+  },
+});

@@ -9,7 +9,6 @@
  * @module
  */
 
-import * as fs from "node:fs";
 import type { BlockNode, NodeEvent } from "../core/node.ts";
 import { CliError, type CliIO, type Flags, flagString, graphNodes, type OptionTable } from "./_common.ts";
 import { traceTo } from "./_trace_events.ts";
@@ -67,12 +66,27 @@ export function traceJson(e: NodeEvent, t0: number): string {
   }) + "\n";
 }
 
-function openTraceFile(target: string): number {
+/** A trace file written synchronously (Deno's own file API: node:fs would cost every CLI run its load time). */
+interface TraceFile {
+  write(text: string): void;
+  close(): void;
+}
+
+function openTraceFile(target: string): TraceFile {
+  let f: Deno.FsFile;
   try {
-    return fs.openSync(target, "w");
+    f = Deno.openSync(target, { write: true, create: true, truncate: true });
   } catch (e) {
     throw new CliError(`Cannot open trace file '${target}': ${(e as Error).message}`);
   }
+  const enc = new TextEncoder();
+  return {
+    write(text) {
+      const b = enc.encode(text);
+      for (let at = 0; at < b.length;) at += f.writeSync(b.subarray(at));
+    },
+    close: () => f.close(),
+  };
 }
 
 /**
@@ -85,8 +99,8 @@ export function startTrace(nodes: BlockNode | readonly BlockNode[], opts: TraceT
   const tops = Array.isArray(nodes) ? nodes : [nodes as BlockNode];
   if (format === "chrome") {
     if (target === true) throw new CliError("--trace-format=chrome needs a file: give --trace=FILE");
-    let fd: number | undefined = openTraceFile(target);
-    const tracer = traceTo(tops, (text) => void fs.writeSync(fd!, text));
+    let fd: TraceFile | undefined = openTraceFile(target);
+    const tracer = traceTo(tops, (text) => fd!.write(text));
     return {
       get count() {
         return tracer.events;
@@ -94,7 +108,7 @@ export function startTrace(nodes: BlockNode | readonly BlockNode[], opts: TraceT
       stop() {
         if (fd === undefined) return;
         tracer.stop();
-        fs.closeSync(fd);
+        fd.close();
         fd = undefined;
       },
     };
@@ -107,7 +121,7 @@ export function startTrace(nodes: BlockNode | readonly BlockNode[], opts: TraceT
     if (e.kind === "request") return;
     count++;
     const line = json ? traceJson(e, t0) : formatTraceLine(e, t0);
-    if (fd !== undefined) fs.writeSync(fd, line);
+    if (fd !== undefined) fd.write(line);
     else io.stdout(line);
   };
   const all = new Set(tops.flatMap((t) => graphNodes(t)));
@@ -118,7 +132,7 @@ export function startTrace(nodes: BlockNode | readonly BlockNode[], opts: TraceT
     },
     stop() {
       for (const r of removers) r();
-      if (fd !== undefined) fs.closeSync(fd);
+      if (fd !== undefined) fd.close();
       fd = undefined;
     },
   };

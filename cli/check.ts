@@ -70,12 +70,11 @@ async function run(args: string[], io: CliIO): Promise<number> {
   try {
     let result;
     try {
-      result = await top.check({ repair });
+      result = await top.check({ repair, onMessage: (m) => io.stderr(m.endsWith("\n") ? m : m + "\n") });
     } catch (e) {
       if (e instanceof BlockError && e.code === "ENOTSUP") throw new CliError("This image format does not support checks", 63);
       throw e;
     }
-    for (const m of result.messages) io.stderr(m.endsWith("\n") ? m : m + "\n");
     const code = checkExitCode(result);
     if (flagString(p.values, "output") === "json") {
       io.stdout(qemuJson(qemuOrder(checkResultJson(result, filename, top.formatName))) + "\n");

@@ -121,7 +121,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
     dst = await openImage(dstName, {
       format: p.values["target-image-opts"] === true ? undefined : outFmt,
       imageOpts: p.values["target-image-opts"] === true,
-      cache: flagString(p.values, "cache"),
+      // qemu-img convert writes its target with cache=unsafe unless told otherwise (its -t default).
+      cache: flagString(p.values, "cache") ?? "unsafe",
       extra: Object.keys(keySecrets).length && p.values["target-image-opts"] !== true ? keySecrets : undefined,
     });
     if (target !== undefined) traces.push(startTrace([...srcs, dst], { ...target, io }));

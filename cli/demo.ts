@@ -10,7 +10,6 @@
 
 import type { BlockNode, NodeEvent } from "../core/node.ts";
 import { createImage, open } from "../core/open.ts";
-import { driverNames } from "../core/registry.ts";
 import { type CliIO, graphNodes, invokeVerb, type Verb } from "./_common.ts";
 import { checkVerb } from "./check.ts";
 import { infoVerb } from "./info.ts";
@@ -48,10 +47,10 @@ async function workload(img: BlockNode): Promise<void> {
   await img.flush();
 }
 
-async function runMode(path: string, format: string, mode: string): Promise<ModeRun> {
-  await createImage(path, format, SIZE);
-  const spec: Record<string, unknown> = { driver: format, file: { driver: "blkdebug", image: { driver: "file", filename: path } } };
-  if (format === "qcow2") spec[MODE_OPTION] = mode;
+async function runMode(path: string, mode: string): Promise<ModeRun> {
+  await createImage(path, "qcow2", SIZE);
+  const spec: Record<string, unknown> = { driver: "qcow2", file: { driver: "blkdebug", image: { driver: "file", filename: path } } };
+  spec[MODE_OPTION] = mode;
   const img = await open(spec);
   const events: string[] = [];
   const listener = (e: NodeEvent) => {
@@ -137,30 +136,26 @@ async function run(args: string[], io: CliIO): Promise<number> {
     return 0;
   }
   const keep = args.includes("--keep");
-  const format = driverNames().includes("qcow2") ? "qcow2" : "raw";
   const dir = await Deno.makeTempDir({ prefix: "blkgraph-demo-" });
   const indent = (s: string) => s.replace(/^(?=.)/gm, "     ");
   try {
-    io.stdout(`blkgraph demo: a ${format} image over blkdebug, in ${dir}\n\n`);
-    if (format !== "qcow2") io.stdout("(the qcow2 driver is not registered; showing raw, which raises no metadata events)\n\n");
+    io.stdout(`blkgraph demo: a qcow2 image over blkdebug, in ${dir}\n\n`);
     const runs: ModeRun[] = [];
     let last = "";
-    for (const mode of format === "qcow2" ? MODES : ["-"]) {
-      last = `${dir}/demo-${mode === "-" ? "raw" : mode}.${format}`;
-      runs.push(await runMode(last, format, mode));
+    for (const mode of MODES) {
+      last = `${dir}/demo-${mode}.qcow2`;
+      runs.push(await runMode(last, mode));
     }
     io.stdout(`1. Graph: ${runs[0].graph}\n`);
     io.stdout(`   Workload: 40 writes of 100 KiB, each starting mid-cluster (4 MiB), then one flush.\n`);
-    io.stdout(`   The same workload in each metadata mode — BLKDBG events the ${format} driver raised\n`);
+    io.stdout(`   The same workload in each metadata mode — BLKDBG events the qcow2 driver raised\n`);
     io.stdout(`   and flushes that reached the disk:\n\n`);
     io.stdout(describe(runs));
     let step = 2;
-    if (format === "qcow2") {
-      last = `${dir}/demo-error.qcow2`;
-      io.stdout(`\n${step++}. Error injection: a blkdebug rule fails the first l2_update with EIO (once).\n`);
-      io.stdout(`     ${await injectError(last)}\n`);
-      io.stdout(`     The metadata is written back in dependency order, so the image stays consistent:\n`);
-    }
+    last = `${dir}/demo-error.qcow2`;
+    io.stdout(`\n${step++}. Error injection: a blkdebug rule fails the first l2_update with EIO (once).\n`);
+    io.stdout(`     ${await injectError(last)}\n`);
+    io.stdout(`     The metadata is written back in dependency order, so the image stays consistent:\n`);
     const name = last.slice(dir.length + 1);
     io.stdout(`\n${step++}. blkgraph check ${name}\n`);
     const out: string[] = [];
@@ -171,11 +166,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io.stdout(`\n${step++}. blkgraph info ${name}\n`);
     await invokeVerb(infoVerb, [last], sink);
     io.stdout(indent(out.join("").replace(last, name)));
-    const q = format === "qcow2" ? await qemuCheck(last) : undefined;
+    const q = await qemuCheck(last);
     io.stdout(
-      `\n${step++}. qemu-img check ${name} (the reference implementation):\n     ${
-        q ?? "(skipped: qemu-img is not installed, or the image is not qcow2)"
-      }\n`,
+      `\n${step++}. qemu-img check ${name} (the reference implementation):\n     ${q ?? "(skipped: qemu-img is not installed)"}\n`,
     );
     io.stdout(`\nNext: 'deno task blkgraph --help' lists the qemu-img / qemu-io style verbs.\n`);
   } finally {

@@ -18,6 +18,7 @@ import {
   flagList,
   flagString,
   handleTermination,
+  type ImageArgs,
   intArg,
   openImage,
   parseVerbArgs,
@@ -45,7 +46,7 @@ Serves FILE over NBD, as qemu-nbd does.
       --image-opts          FILE is a set of image options
   -n, --nocache             same as --cache=none
       --cache=MODE          none, writeback (default), writethrough, directsync, unsafe
-      --aio=MODE            accepted for compatibility
+      --aio=MODE            threads: reads and writes of a file on worker threads; native, io_uring: accepted
       --discard=MODE        ignore (default) or unmap
       --detect-zeroes=MODE  off (default), on or unmap
       --object TYPE,id=ID,...  secret or tls-creds-x509 (dir=DIR,endpoint=server[,verify-peer=on|off])
@@ -190,12 +191,12 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const offsetText = flagString(v, "offset");
   const traceTarget = traceFlags(v);
 
-  let node: BlockNode = await openImage(p.positionals[0], {
+  let node: BlockNode = await openExport(p.positionals[0], {
     format: flagString(v, "format"),
     imageOpts: v["image-opts"] === true,
     readOnly,
     cache,
-  });
+  }, flagString(v, "aio"));
   // The pid file exists before the socket does: whoever sees the socket can read the pid.
   const pidFile = flagString(v, "pid-file");
   let server;
@@ -257,3 +258,24 @@ async function run(args: string[], io: CliIO): Promise<number> {
 
 /** The `nbd` verb (qemu-nbd). */
 export const nbdVerb: Verb = { name: "nbd", summary: "serve an image over NBD (qemu-nbd)", run };
+
+/**
+ * Opens the export; `--aio=threads` on a plain filename opens its file node
+ * with `aio=threads` (QEMU's meaning: I/O on worker threads), in the format
+ * given by `-f` or probed by a first, read-only open.
+ */
+async function openExport(filename: string, opts: ImageArgs, aio: string | undefined): Promise<BlockNode> {
+  const plain = !opts.imageOpts && !filename.startsWith("json:") && !filename.includes(":") && !filename.includes("=");
+  if (aio !== "threads" || !plain) return await openImage(filename, opts);
+  let format = opts.format;
+  if (format === undefined) {
+    const probe = await openImage(filename, { readOnly: true, forceShare: true });
+    format = probe.formatName;
+    await probe.close();
+  }
+  try {
+    return await open({ file: { driver: "file", filename, aio } }, { format, readOnly: opts.readOnly, cache: opts.cache });
+  } catch (e) {
+    throw new CliError(`Could not open '${filename}': ${(e as Error).message}`);
+  }
+}

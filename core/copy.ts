@@ -92,12 +92,18 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
     while (next < length) {
       // Claim one chunk before awaiting, so parallel workers never overlap.
       const start = next;
-      const end = Math.min(start + chunk - (start % chunk), length);
+      let end = Math.min(start + chunk - (start % chunk), length);
       next = end;
       for (let off = start; off < end;) {
-        const st = await src.blockStatus(off, end - off);
-        const n = st.length;
+        // While nobody has claimed past this chunk, ask about everything up to the end: a hole is skipped in one step.
+        const st = await src.blockStatus(off, (next === end ? length : end) - off);
+        let n = st.length;
         const present = st.present ?? st.allocated;
+        const skip = (opts.topOnly && (st.depth ?? 0) > 0) || st.zero || !present;
+        if (off + n > end) {
+          if (skip && next === end) next = end = off + n;
+          else n = end - off;
+        }
         if (opts.topOnly && (st.depth ?? 0) > 0) {
           // Defined further down the source's backing chain: the target's backing file provides it.
         } else if (st.zero || !present) {

@@ -60,6 +60,21 @@ export interface NodeStats {
   flushesSkipped: number;
 }
 
+/** Counters of a new node, all zero. */
+export function newStats(): NodeStats {
+  return {
+    reads: 0,
+    writes: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
+    writeZeroes: 0,
+    discards: 0,
+    flushRequests: 0,
+    flushes: 0,
+    flushesSkipped: 0,
+  };
+}
+
 /** What a node listener receives. */
 export type NodeEventOf<N> =
   | {

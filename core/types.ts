@@ -173,6 +173,12 @@ export interface SyncIo {
 export interface CheckOptions {
   /** Repair: `leaks` drops leaked references, `all` also fixes corruptions. */
   repair?: "leaks" | "all";
+  /**
+   * Receives each line the check reports, as it is reported (qemu-img's
+   * stderr); the result's `messages` then stays empty, so a check of a badly
+   * damaged image does not keep millions of lines in memory.
+   */
+  onMessage?: (line: string) => void;
 }
 
 /**
@@ -200,7 +206,7 @@ export interface CheckResult {
   fragmentedClusters: number;
   /** Compressed clusters. */
   compressedClusters: number;
-  /** What the check reported, one line each ("Leaked cluster 5 refcount=1 reference=0"). */
+  /** What the check reported, one line each ("Leaked cluster 5 refcount=1 reference=0"); empty with `onMessage`. */
   messages: string[];
 }
 

@@ -14,6 +14,7 @@
  */
 
 import { BlockError, type BlockErrorDetails, ERRNO_MESSAGES, errnoCode } from "../core/errors.ts";
+import type { TruncateOptions } from "../core/types.ts";
 
 /** `open(2)` flags that differ between architectures. */
 interface ArchFlags {
@@ -274,4 +275,27 @@ export function errnoError(errno: number, context: string, details: BlockErrorDe
   const code = errnoCode(errno) ?? "EIO";
   const why = errnoCode(errno) ? ERRNO_MESSAGES[code] : `errno ${errno}`;
   return new BlockError(code, `${context}: ${why}`, details);
+}
+
+/** An open file: its fd, the libc binding when FFI is used, and how to close it. */
+export interface Handle {
+  /** The host fd. */
+  fd: number;
+  /** The libc binding (FFI), if used. */
+  libc?: Libc;
+  /** Closes the fd and drops the lock. */
+  release: () => void;
+  /** Which lock is held. */
+  lockKind: "ofd" | "flock" | "none";
+}
+
+/** Checks the truncate preallocation mode: off, falloc and full are supported. */
+export function checkPrealloc(opts: TruncateOptions, filename: string, length: number, node: string): "off" | "falloc" | "full" {
+  const p = opts.prealloc ?? "off";
+  if (p === "off" || p === "falloc" || p === "full") return p;
+  throw new BlockError(
+    "ENOTSUP",
+    `Cannot resize '${filename}' to ${length} bytes with preallocation '${p}': the file driver supports off, falloc and full`,
+    { node },
+  );
 }

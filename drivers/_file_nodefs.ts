@@ -7,24 +7,11 @@
  */
 
 import * as fs from "node:fs";
-import { BlockError, toBlockError } from "../core/errors.ts";
-import type { TruncateOptions } from "../core/types.ts";
+import { toBlockError } from "../core/errors.ts";
 import type { DriverInstance } from "../core/node.ts";
-import { Errno, errnoError, type Libc } from "./_file_libc.ts";
+import { checkPrealloc, Errno, errnoError, type Handle } from "./_file_libc.ts";
 
 const ZERO_CHUNK = 1 << 20;
-
-/** An open file: its fd, the libc binding when FFI is used, and how to close it. */
-export interface Handle {
-  /** The host fd. */
-  fd: number;
-  /** The libc binding (FFI), if used. */
-  libc?: Libc;
-  /** Closes the fd and drops the lock. */
-  release: () => void;
-  /** Which lock is held. */
-  lockKind: "ofd" | "flock" | "none";
-}
 
 /** Opens `filename` with node:fs (no FFI). */
 export function openNodeFs(filename: string, readOnly: boolean, create: boolean, node: string): Handle {
@@ -104,15 +91,4 @@ export function nodeFsInstance(h: Handle, filename: string, name: string): Drive
     },
     info: () => ({ backend: "node:fs", locking: h.lockKind, direct: false, requestAlignment: 1 }),
   };
-}
-
-/** Checks the truncate preallocation mode: off, falloc and full are supported. */
-export function checkPrealloc(opts: TruncateOptions, filename: string, length: number, node: string): "off" | "falloc" | "full" {
-  const p = opts.prealloc ?? "off";
-  if (p === "off" || p === "falloc" || p === "full") return p;
-  throw new BlockError(
-    "ENOTSUP",
-    `Cannot resize '${filename}' to ${length} bytes with preallocation '${p}': the file driver supports off, falloc and full`,
-    { node },
-  );
 }

@@ -17,8 +17,10 @@
  *   for aligned buffers; the request alignment is probed (512 or 4096).
  *   These requests wait for the disk, so they run on Deno's worker threads
  *   (FFI `nonblocking`) and overlap at queue depth > 1;
- * - `aio`, `aio-max-batch`, `drop-cache`, `x-check-cache-dropped`,
- *   `pr-manager`: accepted and ignored.
+ * - `aio=threads`: buffered reads and writes also run on worker threads
+ *   (QEMU's aio=threads), so a server goes on reading requests while the
+ *   kernel copies a write; `aio=native|io_uring`, `aio-max-batch`,
+ *   `drop-cache`, `x-check-cache-dropped`, `pr-manager`: accepted and ignored.
  *
  * With FFI the node also has a write-zeroes fast path (`fallocate` punch-hole
  * or zero-range), discard (punch hole), `blockStatus` from
@@ -48,14 +50,15 @@ import type { BlockNode } from "../core/node.ts";
 import { registerDriver } from "../core/registry.ts";
 import type { TruncateOptions, WriteZeroesOptions } from "../core/types.ts";
 import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../core/node.ts";
-import { checkPrealloc, type Handle, nodeFsInstance, openNodeFs } from "./_file_nodefs.ts";
 import {
   alignedBuffer,
+  checkPrealloc,
   Errno,
   errnoError,
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
+  type Handle,
   type Libc,
   loadLibc,
   MAX_IO,
@@ -67,6 +70,10 @@ import {
   SEEK_END,
   SEEK_HOLE,
 } from "./_file_libc.ts";
+
+// node:fs (the fallback without FFI) is loaded only when needed: loading it costs a CLI run 0.1-0.3 s.
+type NodeFs = typeof import("./_file_nodefs.ts");
+let nodeFs: NodeFs | undefined;
 import { lockOfd, permsFor, unlockOfd } from "./_file_lock.ts";
 
 const KNOWN = [
@@ -99,12 +106,9 @@ export const fileDriver: BlockDriver = {
   parseFilename(filename: string): Record<string, unknown> {
     return { filename: filename.replace(/^file:/, "") };
   },
-  open(ctx: OpenContext): Promise<DriverInstance> {
-    try {
-      return Promise.resolve(openFile(ctx));
-    } catch (e) {
-      return Promise.reject(e);
-    }
+  async open(ctx: OpenContext): Promise<DriverInstance> {
+    if (!loadLibc() && !nodeFs) nodeFs = await import("./_file_nodefs.ts");
+    return openFile(ctx);
   },
 };
 
@@ -114,7 +118,7 @@ function openFile(ctx: OpenContext): DriverInstance {
   const filename = optString(opts, "filename", "file");
   if (!filename) throw new BlockError("EINVAL", "Driver 'file' needs the option 'filename'");
   const locking = optEnum(opts, "locking", "file", ["auto", "on", "off"] as const) ?? "auto";
-  optEnum(opts, "aio", "file", ["threads", "native", "io_uring"] as const);
+  const aio = optEnum(opts, "aio", "file", ["threads", "native", "io_uring"] as const);
   const direct = optBool(opts, "cache.direct", "file") ?? false;
   const create = optBool(opts, "create", "file") ?? false;
   const name = ctx.node.name;
@@ -126,7 +130,7 @@ function openFile(ctx: OpenContext): DriverInstance {
       { node: name },
     );
   }
-  const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : openNodeFs(filename, ctx.readOnly, create, name);
+  const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : nodeFs!.openNodeFs(filename, ctx.readOnly, create, name);
   // A file opened to be created is written past its end by design (QEMU's allow_write_beyond_eof for image creation).
   if (create) ctx.node.allowBeyondEof = true;
   try {
@@ -135,7 +139,10 @@ function openFile(ctx: OpenContext): DriverInstance {
     h.release();
     throw e;
   }
-  return libc ? libcInstance(libc, h, filename, direct, ctx.node) : nodeFsInstance(h, filename, name);
+  // aio=threads (as QEMU's): buffered reads and writes run on worker threads too, so the caller's thread goes on meanwhile.
+  return libc
+    ? libcInstance(libc, h, filename, { direct, threads: direct || aio === "threads" }, ctx.node)
+    : nodeFs!.nodeFsInstance(h, filename, name);
 }
 
 function openLibc(libc: Libc, filename: string, readOnly: boolean, create: boolean, direct: boolean, node: string): Handle {
@@ -231,7 +238,14 @@ function probeAlignment(libc: Libc, fd: number, size: number, bounce: Uint8Array
   return 4096;
 }
 
-function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, node: BlockNode): DriverInstance {
+function libcInstance(
+  libc: Libc,
+  h: Handle,
+  filename: string,
+  mode: { direct: boolean; threads: boolean },
+  node: BlockNode,
+): DriverInstance {
+  const { direct, threads } = mode;
   const fd = h.fd;
   const name = node.name;
   let size = libc.lseek(fd, 0, SEEK_END);
@@ -304,9 +318,9 @@ function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, 
   const inst: DriverInstance = {
     limits: { requestAlignment: align, maxTransfer: direct ? DIRECT_MAX : MAX_IO },
     getLength: () => size,
-    pread: direct
+    pread: threads
       ? async (offset, buf) => {
-        const bounce = isAligned(buf) ? undefined : takeBounce();
+        const bounce = !direct || isAligned(buf) ? undefined : takeBounce();
         const target = bounce ? bounce.subarray(0, buf.length) : buf;
         try {
           let done = 0;
@@ -326,9 +340,9 @@ function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, 
         const done = readAt(offset, buf);
         if (done < buf.length) buf.fill(0, done);
       },
-    pwrite: direct
+    pwrite: threads
       ? async (offset, data) => {
-        const bounce = isAligned(data) ? undefined : takeBounce();
+        const bounce = !direct || isAligned(data) ? undefined : takeBounce();
         const src = bounce ? bounce.subarray(0, data.length) : data;
         if (bounce) src.set(data);
         try {
@@ -447,7 +461,7 @@ function libcInstance(libc: Libc, h: Handle, filename: string, direct: boolean, 
     close(): void {
       h.release();
     },
-    info: () => ({ backend: "ffi", locking: h.lockKind, direct, requestAlignment: align }),
+    info: () => ({ backend: "ffi", locking: h.lockKind, direct, aio: threads ? "threads" : "sync", requestAlignment: align }),
   };
   return inst;
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { BlockError } from "../../core/errors.ts";
+import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import { type CliIO, cvtstr } from "../_common.ts";
 import { parseSize } from "../../core/options.ts";
@@ -164,6 +164,16 @@ export function dumpBuffer(buf: Uint8Array, offset: number): string {
 export function strerror(e: unknown): string {
   if (e instanceof BlockError) return e.strerror;
   return (e as Error)?.message ?? String(e);
+}
+
+/**
+ * Prints qemu-io's "<what> failed: <strerror>"; a corruption also has its
+ * own line on standard error, as QEMU's qcow2_signal_corruption prints it
+ * ("qcow2: Marking image as corrupt: ...").
+ */
+export function failed(s: IoSession, what: string, e: unknown): void {
+  if (e instanceof CorruptImageError) s.io.stderr(`${e.message}\n`);
+  s.print(`${what} failed: ${strerror(e)}\n`);
 }
 
 /** Parses getopt-style flags from a command's words; returns null (after printing usage) on an unknown flag. */

@@ -10,7 +10,7 @@ import { startTrace } from "../_trace.ts";
 import { dumpHuman } from "../info.ts";
 import { chainStatus } from "../_map_extents.ts";
 import { cvtstr } from "../_common.ts";
-import { cvtnum, type IoCommand, report, strerror, usage, usageLine } from "./_session.ts";
+import { cvtnum, failed, type IoCommand, report, strerror, usage, usageLine } from "./_session.ts";
 
 const flush: IoCommand = {
   name: "flush",
@@ -24,7 +24,7 @@ const flush: IoCommand = {
     try {
       await s.node!.flush();
     } catch (e) {
-      s.print(`flush failed: ${strerror(e)}\n`);
+      failed(s, "flush", e);
       return false;
     }
     return true;
@@ -49,7 +49,7 @@ const discard: IoCommand = {
     try {
       await s.node!.pdiscard(offset, count);
     } catch (e) {
-      s.print(`discard failed: ${strerror(e)}\n`);
+      failed(s, "discard", e);
       return false;
     }
     if (!flags.has("q")) s.print(report("discard", performance.now() - t0, offset, count, count, 1, flags.has("C")));
@@ -77,7 +77,7 @@ const alloc: IoCommand = {
         off += st.length;
       }
     } catch (e) {
-      s.print(`is_allocated failed: ${strerror(e)}\n`);
+      failed(s, "is_allocated", e);
       return false;
     }
     s.print(`${allocated}/${count} bytes allocated at offset ${cvtstr(offset)}\n`);

@@ -5,7 +5,18 @@
  * @module
  */
 
-import { cvtnum, dumpBuffer, type IoCommand, type IoFlags, type IoSession, parsePattern, report, strerror, usage } from "./_session.ts";
+import {
+  cvtnum,
+  dumpBuffer,
+  failed,
+  type IoCommand,
+  type IoFlags,
+  type IoSession,
+  parsePattern,
+  report,
+  strerror,
+  usage,
+} from "./_session.ts";
 
 function pattern(s: IoSession, flags: IoFlags, def: number): number | undefined {
   const p = flags.get("P");
@@ -62,7 +73,7 @@ const read: IoCommand = {
       if (flags.has("b")) await s.node!.loadVmstate(offset, buf);
       else await s.node!.pread(offset, buf);
     } catch (e) {
-      s.print(`read failed: ${strerror(e)}\n`);
+      failed(s, "read", e);
       return false;
     }
     const ms = performance.now() - t0;
@@ -136,7 +147,7 @@ const write: IoCommand = {
         await node.pwrite(offset, data, { fua: flags.has("f"), compressed: flags.has("c") });
       }
     } catch (e) {
-      s.print(`write failed: ${strerror(e)}\n`);
+      failed(s, "write", e);
       return false;
     }
     if (flags.has("q")) return true;
@@ -173,7 +184,7 @@ const readv: IoCommand = {
         at += len;
       }
     } catch (e) {
-      s.print(`readv failed: ${strerror(e)}\n`);
+      failed(s, "readv", e);
       return false;
     }
     const ms = performance.now() - t0;
@@ -207,7 +218,7 @@ const writev: IoCommand = {
     try {
       await s.node!.pwrite(v.offset, new Uint8Array(v.total).fill(byte), { fua: flags.has("f") });
     } catch (e) {
-      s.print(`writev failed: ${strerror(e)}\n`);
+      failed(s, "writev", e);
       return false;
     }
     if (flags.has("q")) return true;
@@ -246,7 +257,7 @@ const aioRead: IoCommand = {
         await node.pread(v.offset, buf);
       } catch (e) {
         s.failed = true;
-        s.print(`readv failed: ${strerror(e)}\n`);
+        failed(s, "readv", e);
         return;
       }
       const ms = performance.now() - t0;
@@ -284,7 +295,7 @@ const aioWrite: IoCommand = {
         else await node.pwrite(v.offset, new Uint8Array(v.total).fill(byte), { fua: flags.has("f") });
       } catch (e) {
         s.failed = true;
-        s.print(`aio_write failed: ${strerror(e)}\n`);
+        failed(s, "aio_write", e);
         return;
       }
       if (flags.has("q")) return;

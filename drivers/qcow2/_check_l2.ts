@@ -10,7 +10,7 @@
  */
 
 import type { BlockNode } from "../../core/node.ts";
-import type { Counters, Fix } from "./_check_types.ts";
+import { type Counters, type Fix, readPadded } from "./_check_types.ts";
 import { entryHex, entryOffset, hex, HI, joinHex, l2EntrySize, OFFSET_HI_MASK, OFFSET_LO_MASK } from "./_entries.ts";
 
 /** What the walk needs from the checker. */
@@ -40,7 +40,7 @@ export async function checkL1(ctx: WalkContext, offset: number, size: number, ac
   let l1: Uint8Array;
   try {
     l1 = new Uint8Array(size * 8);
-    await ctx.file.pread(offset, l1);
+    await readPadded(ctx.file, offset, l1);
   } catch {
     ctx.say("ERROR: I/O error in check_refcounts_l1");
     ctx.res.checkErrors++;
@@ -70,7 +70,7 @@ async function checkL2(ctx: WalkContext, l2Offset: number, fragInfo: boolean, fi
   let table: Uint8Array;
   try {
     table = new Uint8Array(cs);
-    await ctx.file.pread(l2Offset, table);
+    await readPadded(ctx.file, l2Offset, table);
   } catch {
     ctx.say("ERROR: I/O error in check_refcounts_l2");
     ctx.res.checkErrors++;

@@ -10,7 +10,7 @@
 
 import type { BlockNode } from "../../core/node.ts";
 import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
-import type { Counters } from "./_check_types.ts";
+import { type Counters, readPadded } from "./_check_types.ts";
 import type { DiskRefcounts } from "./_check_refcounts.ts";
 import { entryHex, entryOffset, l2EntrySize } from "./_entries.ts";
 
@@ -31,7 +31,7 @@ export async function checkOflagCopied(
   const dataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0;
   const step = l2EntrySize(extL2);
   const l1 = new Uint8Array(h.l1Size * 8);
-  await file.pread(h.l1TableOffset, l1);
+  await readPadded(file, h.l1TableOffset, l1);
   const l1v = new DataView(l1.buffer);
   const table = new Uint8Array(cs);
   const tv = new DataView(table.buffer);
@@ -56,7 +56,7 @@ export async function checkOflagCopied(
         res.corruptionsFixed++;
       }
     }
-    await file.pread(l2Offset, table);
+    await readPadded(file, l2Offset, table);
     let dirty = 0;
     for (let at = 0; at < cs; at += step) {
       const ehi = tv.getUint32(at);

@@ -1,6 +1,8 @@
 /**
  * The on-disk refcounts as check reads and repairs them: the refcount table
- * and a cache of refcount blocks, with dirty tracking for repairs.
+ * and a bounded cache of refcount blocks (a few MiB, like QEMU's refcount
+ * block cache, whatever the image's size), with dirty tracking for repairs:
+ * a changed block leaving the cache is written back.
  *
  * Private to `check.ts`.
  *
@@ -9,6 +11,7 @@
 
 import type { BlockNode } from "../../core/node.ts";
 import { entryOffset, readRefcount, writeRefcount } from "./_entries.ts";
+import { readPadded } from "./_check_types.ts";
 
 /** One cached refcount block. */
 export interface RefBlock {
@@ -27,7 +30,10 @@ export class DiskRefcounts {
   #order: number;
   #table: Uint8Array = new Uint8Array(0);
   #view: DataView = new DataView(this.#table.buffer);
+  /** Cached blocks in least-recently-used order (oldest first). */
   #blocks = new Map<number, RefBlock>();
+  readonly #capacity: number;
+  #written = false;
   /** Refcounts per refcount block. */
   readonly perBlock: number;
   /** Called when a refcount block offset is unusable (QEMU's qcow2_signal_corruption). */
@@ -39,6 +45,7 @@ export class DiskRefcounts {
     this.#cs = cs;
     this.#order = order;
     this.perBlock = (cs * 8) / 2 ** order;
+    this.#capacity = Math.max(8, Math.floor((4 << 20) / cs));
   }
 
   /** (Re)reads the refcount table and forgets cached blocks. */
@@ -47,6 +54,11 @@ export class DiskRefcounts {
     await this.#file.pread(offset, this.#table);
     this.#view = new DataView(this.#table.buffer);
     this.#blocks.clear();
+  }
+
+  /** Number of refcount blocks held in memory now. */
+  get cached(): number {
+    return this.#blocks.size;
   }
 
   /** Number of refcount table entries. */
@@ -66,7 +78,11 @@ export class DiskRefcounts {
   /** Refcount block `index`, or null when there is none; throws when its offset is unusable. */
   async block(index: number): Promise<RefBlock | null> {
     const cached = this.#blocks.get(index);
-    if (cached) return cached;
+    if (cached) {
+      this.#blocks.delete(index);
+      this.#blocks.set(index, cached);
+      return cached;
+    }
     if (index >= this.entries) return null;
     const offset = this.#blockOffset(index);
     if (offset === 0) return null;
@@ -75,10 +91,22 @@ export class DiskRefcounts {
       throw new Error("Input/output error");
     }
     const bytes = new Uint8Array(this.#cs);
-    await this.#file.pread(offset, bytes);
+    await readPadded(this.#file, offset, bytes);
     const b: RefBlock = { bytes, view: new DataView(bytes.buffer), dirty: false };
     this.#blocks.set(index, b);
+    // Evict the least recently used blocks beyond the capacity, writing back changed ones.
+    for (const [old, ob] of this.#blocks) {
+      if (this.#blocks.size <= this.#capacity || ob === b) break;
+      this.#blocks.delete(old);
+      if (ob.dirty) await this.#writeBack(old, ob);
+    }
     return b;
+  }
+
+  async #writeBack(index: number, b: RefBlock): Promise<void> {
+    await this.#file.pwrite(this.#blockOffset(index), b.bytes);
+    b.dirty = false;
+    this.#written = true;
   }
 
   /** Refcount `k` of a block. */
@@ -123,13 +151,8 @@ export class DiskRefcounts {
 
   /** Writes the changed blocks back and flushes. */
   async writeDirty(): Promise<void> {
-    let wrote = false;
-    for (const [index, b] of this.#blocks) {
-      if (!b.dirty) continue;
-      await this.#file.pwrite(this.#blockOffset(index), b.bytes);
-      b.dirty = false;
-      wrote = true;
-    }
-    if (wrote) await this.#file.flush();
+    for (const [index, b] of this.#blocks) if (b.dirty) await this.#writeBack(index, b);
+    if (this.#written) await this.#file.flush();
+    this.#written = false;
   }
 }

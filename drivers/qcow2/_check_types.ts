@@ -5,6 +5,8 @@
  * @module
  */
 
+import type { BlockNode } from "../../core/node.ts";
+
 /** Counters of one check run (QEMU's BdrvCheckResult). */
 export interface Counters {
   /** Refcounts too low and other metadata errors. */
@@ -51,4 +53,15 @@ export interface Fix {
   leaks: boolean;
   /** Fix everything else too (rebuilding the refcount structure if needed). */
   errors: boolean;
+}
+
+/**
+ * Reads `buf.length` bytes at `offset` of the image file as QEMU's check
+ * does: bytes past the end of the file read as zeros (so do offsets too
+ * large for any file, up to the 2^56 an entry can hold), never an error.
+ */
+export async function readPadded(file: BlockNode, offset: number, buf: Uint8Array): Promise<void> {
+  const inFile = Math.max(0, Math.min(buf.length, file.length - offset));
+  if (inFile < buf.length) buf.fill(0, inFile);
+  if (inFile > 0) await file.pread(offset, buf.subarray(0, inFile));
 }

@@ -23,7 +23,7 @@ import {
   type Qcow2Header,
 } from "./header.ts";
 import { RefArray } from "./_check_refarray.ts";
-import { type Counters, type Fix, zeroCounters } from "./_check_types.ts";
+import { type Counters, type Fix, readPadded, zeroCounters } from "./_check_types.ts";
 import { entryOffset, hex, HI, OFFSET_LO_MASK } from "./_entries.ts";
 import { parseBitmapDirectory, type SnapshotEntry } from "./_tables.ts";
 import { MAX_SNAPSHOT_EXTRA, readSnapshotTableChecked } from "./_snapshot.ts";
@@ -34,14 +34,17 @@ import { rebuildRefcountStructure } from "./_check_rebuild.ts";
 import { DiskRefcounts, type RefBlock } from "./_check_refcounts.ts";
 
 const FIX_NONE: Fix = { leaks: false, errors: false };
+/** QEMU's limits on a bitmap's table (BME_MAX_TABLE_SIZE entries, BME_MAX_PHYS_SIZE bytes of bitmap). */
+const BME_MAX_TABLE_SIZE = 0x8000000;
+const BME_MAX_PHYS_SIZE = 0x20000000;
 const MAX_L1_ENTRIES = 0x2000000 / 8;
 
 /** One check of one image file. */
 export class Checker {
   /** The counters of the current pass. */
   res: Counters = zeroCounters();
-  /** Lines reported so far (qemu-img's stderr). */
-  readonly messages: string[];
+  /** Receives each line as it is reported (qemu-img's stderr). */
+  readonly #sink: (line: string) => void;
   #file: BlockNode;
   #h: Qcow2Header;
   #cs: number;
@@ -57,18 +60,18 @@ export class Checker {
   #walk: WalkContext;
   #highest = 0;
 
-  /** Prepares a check of `file` whose header is `h`. */
-  constructor(file: BlockNode, h: Qcow2Header, messages: string[]) {
+  /** Prepares a check of `file` whose header is `h`; every line it reports goes to `say` at once. */
+  constructor(file: BlockNode, h: Qcow2Header, say: (line: string) => void) {
     this.#file = file;
     this.#h = h;
-    this.messages = messages;
+    this.#sink = say;
     this.#cs = 2 ** h.clusterBits;
     this.#refMax = 2 ** (2 ** h.refcountOrder) - 1;
     this.#disk = new DiskRefcounts(file, this.#cs, h.refcountOrder);
     this.#disk.onCorrupt = (what) => this.#signalCorruption(what);
     this.#extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
     this.#dataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0;
-    this.#ref = new RefArray(Math.ceil(file.length / this.#cs), h.refcountOrder);
+    this.#ref = new RefArray(Math.ceil(file.length / this.#cs), h.refcountOrder, this.#cs);
     // deno-lint-ignore no-this-alias
     const self = this;
     this.#walk = {
@@ -101,12 +104,12 @@ export class Checker {
   }
 
   #say(line: string): void {
-    this.messages.push(line);
+    this.#sink(line);
   }
 
   async #read(offset: number, length: number): Promise<Uint8Array> {
     const buf = new Uint8Array(length);
-    await this.#file.pread(offset, buf);
+    await readPadded(this.#file, offset, buf);
     return buf;
   }
 
@@ -256,10 +259,12 @@ export class Checker {
       this.res.corruptions++;
     }
     for (const sn of this.#snapshots) {
-      if (sn.l1Offset % cs !== 0) {
+      // Past 2^53 the rounded number hides the low bits: the exact value decides (and is printed).
+      const exact = sn.l1OffsetExact;
+      if (exact !== undefined ? exact % BigInt(cs) !== 0n : sn.l1Offset % cs !== 0) {
         this.#say(
           `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${
-            sharpHex(sn.l1Offset)
+            exact !== undefined ? `0x${exact.toString(16)}` : sharpHex(sn.l1Offset)
           }: L1 table is not cluster aligned; snapshot table entry corrupted`,
         );
         this.res.corruptions++;
@@ -306,9 +311,21 @@ export class Checker {
       this.res.checkErrors++;
       return;
     }
+    // QEMU's check_dir_entry: an entry it would not load stops the bitmap count (bitmap_list_load fails).
+    const bad = dir.find((bm) =>
+      bm.tableSize === 0 || bm.tableOffset === 0 || bm.tableOffset % this.#cs !== 0 || bm.tableSize > BME_MAX_TABLE_SIZE ||
+      bm.granularityBits > 31 || bm.granularityBits < 9 || (bm.flags & 0xfffffffc) !== 0 || bm.type !== 1 ||
+      bm.tableSize * this.#cs > BME_MAX_PHYS_SIZE || bm.extra.length !== 0
+    );
+    if (bad) {
+      this.#say(
+        `ERROR: bitmap '${bad.name}' has an invalid directory entry (table offset 0x${hex(bad.tableOffset)}, ${bad.tableSize} entries)`,
+      );
+      this.res.corruptions++;
+      return;
+    }
     for (const bm of dir) {
       this.#inc(bm.tableOffset, bm.tableSize * 8);
-      if (bm.tableOffset + bm.tableSize * 8 > this.#file.length) continue;
       const table = await this.#read(bm.tableOffset, bm.tableSize * 8);
       const tv = new DataView(table.buffer);
       for (let at = 0; at < table.length; at += 8) {
@@ -341,6 +358,14 @@ export class Checker {
         this.#say(`${fix.errors ? "Repairing" : "ERROR"} refcount block ${i} is outside image`);
         if (fix.errors) {
           try {
+            // QEMU grows the file to the block, wherever the entry points; a
+            // block far past the end is a broken pointer, not a file cut
+            // short by a crash: growing a small image to terabytes would only
+            // make every later check count those clusters. The refcount
+            // structure is rebuilt instead.
+            if (offset + cs > 2 * this.#file.length + this.#disk.perBlock * cs) {
+              throw new BlockError("EFBIG", `File too large (the block at offset 0x${hex(offset)} lies far past the end of the file)`);
+            }
             await this.#file.truncate(offset + cs);
             this.#ref.grow(cluster + 1);
             this.res.corruptions--;

@@ -25,6 +25,7 @@ import { allocClusters, getRefcount, updateRefcount } from "./_refcount.ts";
 import { readSnapshotTable } from "./_snapshot.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markClean, rewriteHeader, writeback } from "./_writeback.ts";
+import { preWriteOverlapCheck } from "./_overlap.ts";
 
 function refuse(st: Qcow2State, message: string): never {
   throw new BlockError("ENOTSUP", message, { node: st.node.name });
@@ -77,6 +78,8 @@ async function expandIn(st: Qcow2State, l1: Uint8Array, backed: boolean, req: Re
           if (l2Refcount > 1) await updateRefcount(st, host / cs, l2Refcount - 1, req);
           rc = l2Refcount;
         }
+        await preWriteOverlapCheck(st, 0, host, cs, true);
+        st.noteDataWrite(host, cs);
         await st.data.pwrite(host, new Uint8Array(cs), { req });
         setEntry(e.view, at, host, rc === 1 ? HI_COPIED : 0, 0);
         st.l2Cache.markDirty(e);

@@ -31,7 +31,7 @@ export function qcow2Info(st: Qcow2State): Record<string, unknown> {
   const out: Record<string, unknown> = {
     "format-specific": { type: "qcow2", data },
     "cluster-size": clusterSize(h),
-    "virtual-size": h.size,
+    "virtual-size": st.size,
     "dirty-flag": (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0,
   };
   if (h.backingFile !== undefined) out["backing-filename"] = h.backingFile;

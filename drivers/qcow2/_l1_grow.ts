@@ -14,6 +14,7 @@ import { allocClusters } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import { writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
+import { preWriteOverlapCheck } from "./_overlap.ts";
 
 /**
  * Grows the active L1 table to at least `minEntries` entries (metadata lock
@@ -44,6 +45,7 @@ export async function growL1(st: Qcow2State, minEntries: number, exact: boolean,
   table.set(st.l1);
   p = st.event("l1_grow_write_table", req);
   if (p) await p;
+  await preWriteOverlapCheck(st, 0, newOffset, entries * 8, false);
   await st.file.pwrite(newOffset, table.subarray(0, entries * 8), { req });
   await st.file.flush({ req });
   p = st.event("l1_grow_activate_table", req);
@@ -56,6 +58,7 @@ export async function growL1(st: Qcow2State, minEntries: number, exact: boolean,
   st.l1View = new DataView(table.buffer, 0, entries * 8);
   st.header.l1Size = entries;
   st.header.l1TableOffset = newOffset;
+  st.metadataMoved();
   if (oldOffset !== 0) { for (let i = 0; i < oldClusters; i++) st.pendingFree.push(oldOffset + i * st.cs); }
   await writeback(st, req);
 }

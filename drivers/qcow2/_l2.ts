@@ -81,14 +81,44 @@ export function mapSync(st: Qcow2State, offset: number, maxBytes: number, m: Map
   const e = st.l2Cache.get(l2Off);
   if (!e) return false;
   const limit = Math.min(maxBytes, toTableEnd);
-  return st.extL2 ? mapExtended(st, e.view, inTable, limit, m) : mapStandard(st, e.view, inTable, limit, m);
+  const base = l1i * st.l2Span;
+  return st.extL2 ? mapExtended(st, e.view, base, inTable, limit, m) : mapStandard(st, e.view, base, inTable, limit, m);
 }
 
 function corrupt(st: Qcow2State, what: string): never {
   throw new CorruptImageError(`Corrupt qcow2 image: ${what}`, { node: st.node.name });
 }
 
-function mapStandard(st: Qcow2State, view: DataView, inTable: number, limit: number, m: Mapping): boolean {
+/**
+ * An external data file maps each guest cluster at its own offset: an L2
+ * entry saying otherwise would let two guest clusters share data. QEMU's
+ * qcow2_get_host_offset refuses it as a corruption; so does every read and
+ * write here (QEMU 7.2 still writes there, then fails the read).
+ */
+export function checkDataFileOffset(st: Qcow2State, host: number, guest: number, idx: number): void {
+  if (!st.externalData || host === guest) return;
+  corrupt(
+    st,
+    `External data file host cluster offset 0x${host.toString(16)} does not match guest cluster offset: ${sharp(guest)}, L2 index: ${
+      sharp(idx)
+    }`,
+  );
+}
+
+/**
+ * Version 2 images have no zero flag: an L2 entry with it set is a
+ * corruption for QEMU (qcow2_get_host_offset), on reads and on writes.
+ */
+export function checkV2ZeroFlag(st: Qcow2State, lo: number, idx: number, l2Offset: number): void {
+  if (st.header.version >= 3 || !(lo & LO_ZERO)) return;
+  corrupt(st, `Zero cluster entry found in pre-v3 image (L2 offset: ${sharp(l2Offset)}, L2 index: ${sharp(idx)})`);
+}
+
+function sharp(n: number): string {
+  return n === 0 ? "0" : `0x${n.toString(16)}`;
+}
+
+function mapStandard(st: Qcow2State, view: DataView, base: number, inTable: number, limit: number, m: Mapping): boolean {
   const cs = st.cs;
   let idx = Math.floor(inTable / cs);
   const inCluster = inTable - idx * cs;
@@ -103,9 +133,11 @@ function mapStandard(st: Qcow2State, view: DataView, inTable: number, limit: num
     return true;
   }
   const host = entryOffset(view, at);
+  checkV2ZeroFlag(st, lo, idx, m.l2Offset);
   const zero = st.header.version >= 3 && (lo & LO_ZERO) !== 0;
   const kind = zero ? K_ZERO : host === 0 && !(st.externalData && hi & HI_COPIED) ? K_UNALLOC : K_NORMAL;
   if (kind === K_NORMAL && host % cs !== 0) corrupt(st, `cluster allocation offset 0x${host.toString(16)} unaligned (L2 index ${idx})`);
+  if (kind === K_NORMAL || (kind === K_ZERO && host !== 0)) checkDataFileOffset(st, host, base + idx * cs, idx);
   const copied = (hi & HI_COPIED) !== 0;
   let nextHost = host + cs;
   while (bytes < limit && ++idx < st.l2Entries) {
@@ -113,6 +145,7 @@ function mapStandard(st: Qcow2State, view: DataView, inTable: number, limit: num
     hi = view.getUint32(at);
     lo = view.getUint32(at + 4);
     if (hi & HI_COMPRESSED) break;
+    if (st.header.version < 3 && lo & LO_ZERO) break; // reported when mapped on its own
     const h = entryOffset(view, at);
     const z = st.header.version >= 3 && (lo & LO_ZERO) !== 0;
     const k = z ? K_ZERO : h === 0 && !(st.externalData && hi & HI_COPIED) ? K_UNALLOC : K_NORMAL;
@@ -139,7 +172,7 @@ function subKind(st: Qcow2State, view: DataView, at: number, sub: number, idx: n
   return allocBits & bit ? K_NORMAL : K_UNALLOC;
 }
 
-function mapExtended(st: Qcow2State, view: DataView, inTable: number, limit: number, m: Mapping): boolean {
+function mapExtended(st: Qcow2State, view: DataView, base: number, inTable: number, limit: number, m: Mapping): boolean {
   const cs = st.cs;
   const ss = st.subSize;
   let idx = Math.floor(inTable / cs);
@@ -158,6 +191,7 @@ function mapExtended(st: Qcow2State, view: DataView, inTable: number, limit: num
   if (kind === K_NORMAL && ((host === 0 && !(st.externalData && hi & HI_COPIED)) || host % cs !== 0)) {
     corrupt(st, `cluster offset 0x${host.toString(16)} invalid (L2 index ${idx})`);
   }
+  if (kind === K_NORMAL) checkDataFileOffset(st, host, base + idx * cs, idx);
   const copied = (hi & HI_COPIED) !== 0;
   const startHost = host + inCluster;
   let bytes = (sub + 1) * ss - inCluster;
@@ -193,8 +227,9 @@ export async function map(st: Qcow2State, offset: number, maxBytes: number, m: M
   try {
     const inTable = offset - l1i * st.l2Span;
     const limit = Math.min(maxBytes, st.l2Span - inTable);
-    if (st.extL2) mapExtended(st, e.view, inTable, limit, m);
-    else mapStandard(st, e.view, inTable, limit, m);
+    const base = l1i * st.l2Span;
+    if (st.extL2) mapExtended(st, e.view, base, inTable, limit, m);
+    else mapStandard(st, e.view, base, inTable, limit, m);
   } finally {
     st.l2Cache.release(e);
   }

@@ -1,36 +1,37 @@
 /**
- * Opening a qcow2 node, the parts around the header: the backing and data
- * file children (names relative to the image), cache sizing from the
- * options, the active L1 and refcount tables, and the snapshot view
- * options. Private to `qcow2.ts`.
+ * Opening a qcow2 node (QEMU's qcow2_do_open): the options, the header
+ * checked against the mode, cache sizing, the active L1 and refcount
+ * tables, the snapshot view options (the backing and data file children
+ * are in `_children.ts`). Private to `qcow2.ts`.
  *
  * @module
  */
 
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode, OpenContext } from "../../core/node.ts";
-import { checkKnownOptions, optSize, optString } from "../../core/options.ts";
+import { checkKnownOptions, optBool, optEnum, optSize, optString } from "../../core/options.ts";
 import { entryOffset } from "./_entries.ts";
-import { clusterSize, INCOMPAT_DATA_FILE, l2EntryBytes, type Qcow2Header } from "./header.ts";
+import {
+  AUTOCLEAR_DATA_FILE_RAW,
+  clusterSize,
+  COMPAT_LAZY_REFCOUNTS,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_DIRTY,
+  l2EntryBytes,
+  type Qcow2Header,
+  readHeaderFrom,
+} from "./header.ts";
+import { repairImage } from "./check.ts";
+import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
+import { readSnapshotTableChecked } from "./_snapshot.ts";
+import { loadSnapshotView } from "./_snapshot_ops.ts";
+import { writeHeaderFields } from "./_header_write.ts";
+import { openBacking, openDataFile } from "./_children.ts";
+import { initOverlapChecks, OVERLAP_OPTIONS, parseOverlapOptions } from "./_overlap.ts";
+import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
 
-function dirOf(path: string): string {
-  const i = path.lastIndexOf("/");
-  return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
-}
-
-/** The host filename under a node (through filters such as a recorder), if any. */
-function filenameOf(node: BlockNode): string | undefined {
-  for (let n: BlockNode | undefined = node; n; n = n.primaryChild) {
-    if (typeof n.options.filename === "string") return n.options.filename;
-  }
-  return undefined;
-}
-
-function resolvePath(base: string | undefined, name: string): string {
-  if (name.startsWith("/") || base === undefined || /^[a-z][a-z0-9+.-]*:/i.test(name)) return name;
-  return `${dirOf(base)}/${name}`;
-}
-
+/** Cache sizes in tables from the cache options (QEMU's read_cache_sizes). */
 export function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
   const o = ctx.options;
   const cs = clusterSize(h);
@@ -47,37 +48,6 @@ export function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb:
   l2 ??= Math.min(full, 32 << 20);
   rb ??= Math.max(Math.floor(l2 / 4), 4 * cs);
   return { l2: Math.max(2, Math.ceil(l2 / cs)), rb: Math.max(4, Math.ceil(rb / cs)) };
-}
-
-export async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode | undefined> {
-  const given = ctx.childSpec?.("backing");
-  if (given === null) return undefined;
-  if (given !== undefined) return await ctx.openChild("backing", undefined, { readOnly: true });
-  if (h.backingFile === undefined) return undefined;
-  const filename = resolvePath(filenameOf(file), h.backingFile);
-  const spec = h.backingFormat ? { driver: h.backingFormat, file: { driver: "file", filename } } : { filename };
-  try {
-    return await ctx.openChild("backing", spec, { readOnly: true, probe: true });
-  } catch (e) {
-    if (!(e instanceof BlockError)) throw e;
-    throw new BlockError(e.code, `Could not open backing file '${h.backingFile}': ${e.message}`, { node: ctx.node.name, cause: e });
-  }
-}
-
-export async function openDataFile(ctx: OpenContext, h: Qcow2Header, file: BlockNode): Promise<BlockNode> {
-  const given = ctx.childSpec?.("data-file");
-  if (!(h.incompatibleFeatures & INCOMPAT_DATA_FILE)) {
-    if (given !== undefined && given !== null) {
-      throw new BlockError("EINVAL", "Invalid option 'data-file' of driver 'qcow2': the image does not use an external data file");
-    }
-    return file;
-  }
-  if (given !== undefined && given !== null) return (await ctx.openChild("data-file"))!;
-  if (h.dataFile === undefined) {
-    throw new BlockError("EINVAL", "Could not open data file: the image needs an external data file but names none; give 'data-file'");
-  }
-  const filename = resolvePath(filenameOf(file), h.dataFile);
-  return (await ctx.openChild("data-file", { driver: "file", filename }))!;
 }
 
 /** Reads the active L1 table and the refcount table the header points at. */
@@ -106,4 +76,98 @@ export function snapshotOptions(o: Record<string, unknown>): { id?: string; name
   const id = optString(o, "snapshot.id", "qcow2") ?? optString(nested, "id", "qcow2");
   const name = optString(o, "snapshot.name", "qcow2") ?? optString(nested, "name", "qcow2");
   return id === undefined && name === undefined ? undefined : { id, name };
+}
+
+/** The options of the qcow2 driver (QEMU names). */
+export const QCOW2_OPTIONS: readonly string[] = [
+  "l2-cache-size",
+  "refcount-cache-size",
+  "cache-size",
+  "lazy-refcounts",
+  "metadata-mode",
+  "x-wrong-order",
+  "snapshot",
+  "snapshot.id",
+  "snapshot.name",
+  ...OVERLAP_OPTIONS,
+  ...ENCRYPT_OPTIONS,
+];
+
+/**
+ * Opens a qcow2 image's state (QEMU's qcow2_do_open): the header checked
+ * against the mode, a dirty image repaired, the children, tables, caches,
+ * crypto and snapshot view set up, autoclear bits we cannot keep cleared.
+ */
+export async function openQcow2State(ctx: OpenContext): Promise<Qcow2State> {
+  checkKnownOptions(ctx.options, QCOW2_OPTIONS, "qcow2");
+  const file = (await ctx.openChild("file"))!;
+  let h = await readHeaderFrom(file);
+  const rw = !ctx.readOnly;
+  const checking = ctx.check ?? false;
+  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && rw && !checking) {
+    throw new BlockError(
+      "EACCES",
+      "qcow2: Image is corrupt; cannot be opened read/write (open it read-only, or repair it with check -r all)",
+      { node: ctx.node.name },
+    );
+  }
+  const lazyOpt = optBool(ctx.options, "lazy-refcounts", "qcow2");
+  const lazy = lazyOpt ?? (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
+  if (lazy && h.version < 3) {
+    throw new BlockError("EINVAL", "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level (compat=1.1)");
+  }
+  const modeOpt = optEnum(ctx.options, "metadata-mode", "qcow2", ["ordered", "metadata-sync"] as const);
+  const mode: MetadataMode = lazy ? "lazy" : modeOpt ?? "ordered";
+  const wrongOrder = optEnum(ctx.options, "x-wrong-order", "qcow2", ["none", "l2-before-refblock", "snapshot-l1-after-table"] as const) ??
+    "none";
+  if (rw && !checking && h.incompatibleFeatures & INCOMPAT_DIRTY) {
+    // Refcounts may be stale (lazy refcounts and a crash): rebuild them.
+    await repairImage(file);
+    h = await readHeaderFrom(file);
+    if (h.incompatibleFeatures & INCOMPAT_DIRTY) {
+      throw new BlockError("EIO", "qcow2: Could not repair the dirty image; run check -r all", { node: ctx.node.name });
+    }
+  }
+  const backing = await openBacking(ctx, h, file);
+  const data = await openDataFile(ctx, h, file);
+  const { l1, reftable } = await readTables(ctx.node, file, h);
+  const tables = cacheTables(ctx, h);
+  const st = new Qcow2State({
+    header: h,
+    node: ctx.node,
+    file,
+    data,
+    backing,
+    l1,
+    reftable,
+    mode,
+    wrongOrder: wrongOrder as WrongOrder,
+    l2CacheTables: tables.l2,
+    rbCacheTables: tables.rb,
+    overlapChecks: parseOverlapOptions(ctx.options),
+  });
+  if (!checking && h.nbSnapshots) {
+    // QEMU reads the snapshot table at open (qcow2_read_snapshots) and refuses one it cannot use.
+    const t = await readSnapshotTableChecked(file, h, false);
+    if ("error" in t) throw new BlockError("EFBIG", `${t.error}\n${t.hint}`, { node: ctx.node.name });
+  }
+  if (h.cryptMethod !== CRYPT_NONE) {
+    st.crypto = await Qcow2Crypto.open(h, file, ctx.options, { noIo: (ctx.noIo ?? false) || checking, node: ctx.node.name });
+  }
+  const view = snapshotOptions(ctx.options);
+  if (view) await loadSnapshotView(st, view.id, view.name);
+  // Before the autoclear bits go: a valid bitmap directory is metadata to protect.
+  if (rw && !checking) await initOverlapChecks(st);
+  if (rw && !checking) {
+    // Autoclear bits we cannot maintain (bitmaps, unknown ones) are
+    // cleared, so a program that maintains them knows their data is stale.
+    // A raw data file stays raw: writes go to guest offsets and zero writes are mirrored into it (`_write.ts`).
+    const keep = h.incompatibleFeatures & INCOMPAT_DATA_FILE ? h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW : 0;
+    if (h.autoclearFeatures !== keep || h.featureHigh?.autoclear) {
+      h.autoclearFeatures = keep;
+      if (h.featureHigh) h.featureHigh.autoclear = 0;
+      await writeHeaderFields(file, h, ["autoclearFeatures"]);
+    }
+  }
+  return st;
 }

@@ -26,6 +26,7 @@ import { refcountArea } from "./_refcount_area.ts";
 import type { Qcow2State } from "./_state.ts";
 import { getL2ForWrite, releaseEntry } from "./_write.ts";
 import { writeback } from "./_writeback.ts";
+import { preWriteOverlapCheck } from "./_overlap.ts";
 
 /** A preallocation mode other than `off`. */
 export type PreallocMode = "metadata" | "falloc" | "full";
@@ -59,6 +60,8 @@ async function link(st: Qcow2State, view: DataView, at: number, g: number, host:
     // The guest bytes before the old end stay what they were (QEMU's cow_start).
     const head = new Uint8Array(keepEnd - g);
     await readGuest(st, g, head, req);
+    await preWriteOverlapCheck(st, 0, host, head.length, true);
+    st.noteDataWrite(host, head.length);
     await st.data.pwrite(host, head, { req });
   }
   releaseEntry(st, view, at);

@@ -19,6 +19,7 @@ import type { CacheEntry } from "./_cache.ts";
 import { maxRefcount, readRefcount, writeRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { refcountArea } from "./_refcount_area.ts";
+import { checkTableAllocation, OL_REFCOUNT_BLOCK, preWriteOverlapCheck } from "./_overlap.ts";
 
 /** Loads the refcount block at `offset`, pinned: release it. */
 function loadBlock(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<CacheEntry> {
@@ -129,7 +130,10 @@ export async function allocClusters(st: Qcow2State, n: number, req: RequestInfo 
     } finally {
       for (let c = start; c < start + n; c++) st.reserved.delete(c);
     }
-    if (st.reftableSwitches === switches) return start * st.cs;
+    if (st.reftableSwitches === switches) {
+      for (let c = start; c < start + n; c++) dropQueuedFree(st, c * st.cs);
+      return start * st.cs;
+    }
     // The refcount table moved, maybe onto the clusters chosen: undo and search again.
     for (let c = start; c < start + counted; c++) await updateRefcount(st, c, -1, req);
     if (st.freeHint > start) st.freeHint = start;
@@ -160,9 +164,35 @@ export async function allocAt(st: Qcow2State, first: number, n: number, req: Req
     } finally {
       for (let c = first; c < first + free; c++) st.reserved.delete(c);
     }
-    if (st.reftableSwitches === switches) return free;
+    if (st.reftableSwitches === switches) {
+      for (let c = first; c < first + free; c++) dropQueuedFree(st, c * st.cs);
+      return free;
+    }
     for (let c = first; c < first + counted; c++) await updateRefcount(st, c, -1, req);
   }
+}
+
+/** Index of the queued frees (pendingFree only grows between write-backs): offset -> count, built incrementally. */
+const queued = new WeakMap<Qcow2State, { list: number[]; upTo: number; count: Map<number, number> }>();
+
+/**
+ * A cluster just allocated (its refcount was 0) that is also queued to be
+ * freed had a reference its refcount never counted (a damaged image): the
+ * queued free would take the new owner's count and let the cluster be
+ * discarded under it. The new allocation is its only counted user, so the
+ * queued free goes (`releaseEntry` does the same for the other order).
+ */
+function dropQueuedFree(st: Qcow2State, offset: number): void {
+  const list = st.pendingFree;
+  if (!list.length) return;
+  let q = queued.get(st);
+  if (!q || q.list !== list) queued.set(st, q = { list, upTo: 0, count: new Map() });
+  for (; q.upTo < list.length; q.upTo++) q.count.set(list[q.upTo], (q.count.get(list[q.upTo]) ?? 0) + 1);
+  const n = q.count.get(offset);
+  if (!n) return;
+  q.count.set(offset, n - 1);
+  list.splice(list.indexOf(offset), 1);
+  q.upTo--;
 }
 
 /**
@@ -177,6 +207,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, cluster: number, req: 
   let p = st.event("refblock_alloc", req);
   if (p) await p;
   const b = await findFree(st, 1, req);
+  await checkTableAllocation(st, "refcount block", b * st.cs);
   st.reserved.add(b);
   const buf = new Uint8Array(st.cs);
   try {
@@ -198,6 +229,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, cluster: number, req: 
   p = st.event("refblock_alloc_write", req);
   if (p) await p;
   // A new block is durable before it is hooked in.
+  await preWriteOverlapCheck(st, OL_REFCOUNT_BLOCK, off, st.cs, false);
   await st.file.pwrite(off, buf, { req });
   await st.file.flush({ req });
   st.rbCache.insert(off, buf);
@@ -206,6 +238,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, cluster: number, req: 
     if (p) await p;
     st.reftable[rt] = off;
     st.reftableDirty.add(rt);
+    st.metadataMoved();
     if (st.mode === "metadata-sync") {
       await st.writeRefblocks(req);
       await st.file.flush({ req });

@@ -16,6 +16,7 @@ import type { CacheEntry } from "./_cache.ts";
 import { refblockCount } from "./_create_alloc.ts";
 import { readRefcount, writeRefcount } from "./_entries.ts";
 import { MAX_REFTABLE_BYTES } from "./header.ts";
+import { OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE, preWriteOverlapCheck } from "./_overlap.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import type { Qcow2State } from "./_state.ts";
 
@@ -89,6 +90,7 @@ export async function refcountArea(
   let p = st.event("refblock_alloc_write_blocks", req);
   if (p) await p;
   for (const e of st.rbCache.dirtyEntries()) {
+    await preWriteOverlapCheck(st, OL_REFCOUNT_BLOCK, e.offset, cs, false);
     await st.file.pwrite(e.offset, e.buf, { req });
     st.rbCache.markClean(e);
   }
@@ -98,6 +100,7 @@ export async function refcountArea(
   const bytes = new Uint8Array(tableSize * 8);
   const view = new DataView(bytes.buffer);
   for (let i = 0; i < total; i++) if (table[i]) view.setBigUint64(i * 8, BigInt(table[i]));
+  await preWriteOverlapCheck(st, OL_REFCOUNT_TABLE, tableCluster * cs, bytes.length, false);
   await st.file.pwrite(tableCluster * cs, bytes, { req });
   await st.file.flush({ req });
   p = st.event("refblock_alloc_switch_table", req);
@@ -112,5 +115,6 @@ export async function refcountArea(
   st.reftable = table;
   st.reftableDirty.clear();
   st.reftableSwitches++;
+  st.metadataMoved();
   return { end, oldTable: { cluster: oldCluster, clusters: oldClusters } };
 }

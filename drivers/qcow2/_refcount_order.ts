@@ -18,6 +18,7 @@ import { MAX_REFTABLE_BYTES } from "./header.ts";
 import { allocClusters, updateRefcount } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import { rewriteHeader, writeback } from "./_writeback.ts";
+import { preWriteOverlapCheck } from "./_overlap.ts";
 
 /** Called for every new refcount block's worth of refcounts: its index, whether all are 0, and (writing) its content. */
 type BlockOp = (index: number, empty: boolean, block: Uint8Array | undefined) => Promise<void>;
@@ -142,13 +143,16 @@ export async function changeRefcountOrder(st: Qcow2State, order: number, req?: R
     } while (allocated);
     // Write the new blocks.
     await walk(st, newBits, true, async (index, empty, block) => {
-      if (index < table.length && table[index]) await st.file.pwrite(table[index], block!, { req });
-      else if (!empty) throw new BlockError("EIO", `Internal error: refcount block ${index} was not allocated`, { node: st.node.name });
+      if (index < table.length && table[index]) {
+        await preWriteOverlapCheck(st, 0, table[index], block!.length, false);
+        await st.file.pwrite(table[index], block!, { req });
+      } else if (!empty) throw new BlockError("EIO", `Internal error: refcount block ${index} was not allocated`, { node: st.node.name });
     }, req);
   }
   const bytes = new Uint8Array(table.length * 8);
   const view = new DataView(bytes.buffer);
   table.forEach((off, i) => off && view.setBigUint64(i * 8, BigInt(off)));
+  await preWriteOverlapCheck(st, 0, tableOffset, bytes.length, false);
   await st.file.pwrite(tableOffset, bytes, { req });
   // The old structure (counting the new one) and the new one are durable before the switch.
   const oldTable = st.reftable;

@@ -21,6 +21,7 @@ import { discardReleased, type Released, updateSnapshotRefcount } from "./_snaps
 import type { Qcow2State } from "./_state.ts";
 import { getL2ForWrite, releaseEntry } from "./_write.ts";
 import { writeback } from "./_writeback.ts";
+import { OL_ACTIVE_L1, OL_REFCOUNT_TABLE, preWriteOverlapCheck } from "./_overlap.ts";
 
 async function settle(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
   await writeback(st, req);
@@ -56,6 +57,7 @@ async function shrinkL1(st: Qcow2State, keep: number, released: Released, req: R
   if (keep >= st.l1Size) return;
   let p = st.event("l1_shrink_write_table", req);
   if (p) await p;
+  await preWriteOverlapCheck(st, OL_ACTIVE_L1, st.header.l1TableOffset + keep * 8, (st.l1Size - keep) * 8, false);
   await st.file.pwrite(st.header.l1TableOffset + keep * 8, new Uint8Array((st.l1Size - keep) * 8), { req });
   await st.file.flush({ req });
   p = st.event("l1_shrink_free_l2_clusters", req);
@@ -63,6 +65,7 @@ async function shrinkL1(st: Qcow2State, keep: number, released: Released, req: R
   const dropped = st.l1.slice(keep * 8);
   st.l1.fill(0, keep * 8);
   for (let i = keep; i < st.l1Size; i++) st.l1Dirty.delete(i);
+  st.metadataMoved();
   // Every table dropped, and every cluster reached through it, loses the active layer's reference.
   await updateSnapshotRefcount(st, dropped, -1, released, req, false);
 }
@@ -90,6 +93,7 @@ async function shrinkReftable(st: Qcow2State, released: Released, req: RequestIn
   const bytes = new Uint8Array(st.header.refcountTableClusters * cs);
   const view = new DataView(bytes.buffer);
   for (let i = 0; i < table.length; i++) if (table[i]) view.setBigUint64(i * 8, BigInt(table[i]));
+  await preWriteOverlapCheck(st, OL_REFCOUNT_TABLE, st.header.refcountTableOffset, bytes.length, false);
   await st.file.pwrite(st.header.refcountTableOffset, bytes, { req });
   await st.file.flush({ req });
   for (const i of unused) {
@@ -98,6 +102,7 @@ async function shrinkReftable(st: Qcow2State, released: Released, req: RequestIn
     st.reftable[i] = 0;
     st.reftableDirty.delete(i);
     st.rbCache.drop(off);
+    st.metadataMoved();
     // A block elsewhere counts this one; a self-describing block takes its count with it.
     if (!selfDescribing) await updateRefcount(st, off / cs, -1, req);
     released.push(off);

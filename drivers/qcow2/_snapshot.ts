@@ -17,6 +17,7 @@ import { allocClusters, freeCluster } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import { encodeSnapshotTable, parseSnapshotTable, SNAPSHOT_HEADER, type SnapshotEntry } from "./_tables.ts";
 import { writeback } from "./_writeback.ts";
+import { preWriteOverlapCheck } from "./_overlap.ts";
 
 /** QEMU's limit on the snapshot table size (QCOW_MAX_SNAPSHOTS_SIZE). */
 export const MAX_SNAPSHOT_TABLE = 64 * 1024 * 1024;
@@ -137,6 +138,7 @@ export async function writeSnapshotTable(
     await writeback(st, req);
     await st.flushFiles(req);
     if (bytes.length) {
+      await preWriteOverlapCheck(st, 0, offset, bytes.length, false);
       await st.file.pwrite(offset, bytes, { req });
       await st.file.flush({ req });
     }

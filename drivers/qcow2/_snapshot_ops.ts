@@ -31,8 +31,9 @@ import { findSnapshot, findSnapshotByIdOrName, newSnapshotId, readSnapshotTable,
 import { addRef, discardReleased, type Released, updateSnapshotRefcount } from "./_snapshot_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import type { SnapshotEntry } from "./_tables.ts";
-import { zeroOrDiscard } from "./_write.ts";
+import { zeroOrDiscard } from "./_zero.ts";
 import { markDirty, writeback } from "./_writeback.ts";
+import { OL_ACTIVE_L1, OL_INACTIVE_L1, preWriteOverlapCheck } from "./_overlap.ts";
 
 /** Guest offset of the VM state area: the first L2 table boundary at or after the virtual size (QEMU's qcow2_vm_state_offset). */
 export function vmStateOffset(st: Qcow2State): number {
@@ -79,6 +80,7 @@ function markL1Changes(st: Qcow2State, before: Uint8Array): void {
   for (let i = 0; i < st.l1Size; i++) {
     if (v.getUint32(i * 8) !== st.l1View.getUint32(i * 8) || v.getUint32(i * 8 + 4) !== st.l1View.getUint32(i * 8 + 4)) st.l1Dirty.add(i);
   }
+  st.metadataMoved();
 }
 
 /** Writes everything back and makes it durable. */
@@ -173,7 +175,10 @@ export async function createSnapshot(st: Qcow2State, info: SnapshotInfo, req: Re
     const copy = st.l1.slice();
     // x-wrong-order=snapshot-l1-after-table (tests only): the copy is written after the table points at it.
     const late = st.wrongOrder === "snapshot-l1-after-table";
-    if (bytes && !late) await st.file.pwrite(l1Offset, copy, { req });
+    if (bytes && !late) {
+      await preWriteOverlapCheck(st, 0, l1Offset, bytes, false);
+      await st.file.pwrite(l1Offset, copy, { req });
+    }
     const released: Released = [];
     const before = st.l1.slice();
     await updateSnapshotRefcount(st, st.l1, 1, released, req);
@@ -193,7 +198,11 @@ export async function createSnapshot(st: Qcow2State, info: SnapshotInfo, req: Re
     });
     // The increments and the cleared COPIED flags are durable before the snapshot points at the copy.
     await writeSnapshotTable(st, entries, req);
-    if (bytes && late) await st.file.pwrite(l1Offset, copy, { req });
+    if (bytes && late) {
+      // The table names the copy already: it is an inactive L1 table now.
+      await preWriteOverlapCheck(st, OL_INACTIVE_L1, l1Offset, bytes, false);
+      await st.file.pwrite(l1Offset, copy, { req });
+    }
     if (info.vmStateSize > 0) {
       // The VM state is the snapshot's now: drop it from the active layer (QEMU does, to spare the next snapshot the COW).
       const len = Math.ceil(info.vmStateSize / st.cs) * st.cs;
@@ -262,18 +271,21 @@ export async function gotoSnapshot(st: Qcow2State, idOrName: string, req: Reques
     // Count what the snapshot points at once more; its own table gets the COPIED flags fixed (all clear: shared now).
     if (await updateSnapshotRefcount(st, snL1, 1, released, req)) {
       await settle(st, req);
+      await preWriteOverlapCheck(st, OL_INACTIVE_L1, sn.l1Offset, snL1.length, false);
       await st.file.pwrite(sn.l1Offset, snL1, { req });
     }
     await settle(st, req);
     // The new active table: the snapshot's entries, none COPIED, zeros after them.
     const next = new Uint8Array(st.l1Size * 8);
     next.set(snL1.subarray(0, Math.min(snL1.length, next.length)));
+    await preWriteOverlapCheck(st, OL_ACTIVE_L1, st.header.l1TableOffset, next.length, false);
     await st.file.pwrite(st.header.l1TableOffset, next, { req });
     await st.file.flush({ req });
     // The old active layer is unreferenced on disk now.
     const old = st.l1.slice();
     st.l1.set(next);
     st.l1Dirty.clear();
+    st.metadataMoved();
     await updateSnapshotRefcount(st, old, -1, released, req);
     const before = st.l1.slice();
     await updateSnapshotRefcount(st, st.l1, 0, released, req);

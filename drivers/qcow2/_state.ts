@@ -42,6 +42,7 @@ import type { Qcow2Crypto } from "./_crypto.ts";
 import { entryOffset, HI_COPIED, l2EntrySize } from "./_entries.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
+import { OL_ACTIVE_L1, OL_ACTIVE_L2, OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE, preWriteOverlapCheck } from "./_overlap.ts";
 
 /** How metadata reaches the disk. */
 export type MetadataMode = "ordered" | "metadata-sync" | "lazy";
@@ -141,10 +142,24 @@ export class Qcow2State {
   markedDirty = false;
   /** Corruption was found while the image was open read-write: it refuses changes. */
   corrupt = false;
+  /**
+   * A change that completed left metadata in the caches (cleared when a
+   * change, such as the write-back itself, leaves none): if corruption
+   * stops the write-back, a flush must say those writes are lost.
+   */
+  unwrittenChanges = false;
   /** Next free byte for compressed data in a partly used cluster (0 = none). */
   freeByteOffset = 0;
   /** Last decompressed cluster (host descriptor key and content). */
   lastCompressed: { key: number; data: Uint8Array } | undefined;
+  /** Metadata structures writes are checked against (QEMU's `overlap-check`; OL_* bits of `_overlap.ts`). */
+  readonly overlapChecks: number;
+  /**
+   * Bumped by {@linkcode Qcow2State.metadataMoved} whenever an L1 entry or a
+   * refcount table entry changes, or a table moves: the overlap checks
+   * rebuild their index of metadata clusters then.
+   */
+  metadataGen = 0;
   /** The cipher of an encrypted image (crypt_method 1 or 2). */
   crypto: Qcow2Crypto | undefined;
 
@@ -161,6 +176,7 @@ export class Qcow2State {
     wrongOrder: WrongOrder;
     l2CacheTables: number;
     rbCacheTables: number;
+    overlapChecks: number;
   }) {
     const h = init.header;
     this.header = h;
@@ -185,6 +201,29 @@ export class Qcow2State {
     this.perBlock = (this.cs * 8) / this.refBits;
     this.l2Cache = new MetaCache(init.l2CacheTables);
     this.rbCache = new MetaCache(init.rbCacheTables);
+    this.overlapChecks = init.overlapChecks;
+  }
+
+  /**
+   * Host clusters of the image file guest data was written to since freed
+   * clusters were last given back (null: too many to track). The write-back
+   * does not discard those: a cluster freed while an entry written since
+   * points at it (its refcount counted one of two references, a damaged
+   * image) keeps its data, as in QEMU, which never discards such frees.
+   */
+  recentData: Set<number> | null = new Set();
+
+  /** Records guest data written to `[host, host + length)` of the image file (not the external data file). */
+  noteDataWrite(host: number, length: number): void {
+    if (this.externalData || !this.recentData || length <= 0) return;
+    const last = Math.floor((host + length - 1) / this.cs);
+    for (let c = Math.floor(host / this.cs); c <= last; c++) this.recentData.add(c);
+    if (this.recentData.size > 1 << 16) this.recentData = null;
+  }
+
+  /** Says that the L1 table, the refcount table or a table pointer in the header changed (call after every such change). */
+  metadataMoved(): void {
+    this.metadataGen++;
   }
 
   /**
@@ -205,6 +244,7 @@ export class Qcow2State {
     this.freeByteOffset = 0;
     this.lastCompressed = undefined;
     this.corrupt = false;
+    this.metadataMoved();
   }
 
   /**
@@ -217,11 +257,20 @@ export class Qcow2State {
     this.reftable = reftable;
     this.reftableDirty.clear();
     this.rbCache.clear();
+    this.metadataMoved();
   }
 
   /** Raises a BLKDBG event on the node; resolves when a breakpoint (if any) releases it. */
   event(name: BlkdebugEvent, req: RequestInfo | undefined): Promise<void> | void {
     return this.node.event(name, req);
+  }
+
+  /**
+   * The virtual size: the header's size rounded down to whole 512-byte
+   * sectors, as QEMU reads it (`bs->total_sectors = size / 512`).
+   */
+  get size(): number {
+    return Math.floor(this.header.size / 512) * 512;
   }
 
   /** Number of entries in the active L1 table. */
@@ -288,7 +337,9 @@ export class Qcow2State {
     return await this.lock.run(async () => {
       this.refuseIfCorrupt();
       try {
-        return await fn();
+        const r = await fn();
+        this.unwrittenChanges = this.hasDirtyMetadata;
+        return r;
       } catch (e) {
         await this.signalCorruption(e);
         throw e;
@@ -296,11 +347,15 @@ export class Qcow2State {
     });
   }
 
-  /** Throws EIO when the image was marked corrupt while open. */
+  /**
+   * Throws ENOMEDIUM when the image was marked corrupt while open: QEMU
+   * detaches the driver then (`bs->drv = NULL`), and every later request
+   * fails with "No medium found".
+   */
   refuseIfCorrupt(): void {
     if (this.corrupt) {
       throw new BlockError(
-        "EIO",
+        "ENOMEDIUM",
         `Cannot change node '${this.node.name}': corruption was found and the image is marked corrupt; repair it with 'blkgraph check -r all'`,
         { node: this.node.name },
       );
@@ -328,6 +383,7 @@ export class Qcow2State {
     for (const e of dirty) {
       const p = this.event("refblock_update_part", req);
       if (p) await p;
+      await preWriteOverlapCheck(this, OL_REFCOUNT_BLOCK, e.offset, e.buf.length, false);
       await this.file.pwrite(e.offset, e.buf, { req });
       this.rbCache.markClean(e);
     }
@@ -339,7 +395,14 @@ export class Qcow2State {
       // refcount cache before hooking a block up, too).
       if (dirty.length) await this.file.flush({ req });
       const rt = this.reftable;
-      await this.#writeEntries(this.header.refcountTableOffset, rt.length, this.reftableDirty, (i) => BigInt(rt[i]), req);
+      await this.#writeEntries(
+        this.header.refcountTableOffset,
+        rt.length,
+        this.reftableDirty,
+        (i) => BigInt(rt[i]),
+        OL_REFCOUNT_TABLE,
+        req,
+      );
       wrote = true;
     }
     return wrote;
@@ -352,6 +415,7 @@ export class Qcow2State {
       const p = this.event("l2_update", req);
       if (p) await p;
       if (e.isNew) anyNew = true;
+      await preWriteOverlapCheck(this, OL_ACTIVE_L2, e.offset, e.buf.length, false);
       await this.file.pwrite(e.offset, e.buf, { req });
       this.l2Cache.markClean(e);
     }
@@ -361,7 +425,14 @@ export class Qcow2State {
   /** Writes dirty L1 entries, one 512-byte chunk of the table each (no flush). */
   async writeL1(req: RequestInfo | undefined): Promise<void> {
     if (!this.l1Dirty.size) return;
-    await this.#writeEntries(this.header.l1TableOffset, this.l1Size, this.l1Dirty, (i) => this.l1View.getBigUint64(i * 8), req);
+    await this.#writeEntries(
+      this.header.l1TableOffset,
+      this.l1Size,
+      this.l1Dirty,
+      (i) => this.l1View.getBigUint64(i * 8),
+      OL_ACTIVE_L1,
+      req,
+    );
   }
 
   async #writeEntries(
@@ -369,9 +440,13 @@ export class Qcow2State {
     tableEntries: number,
     dirty: Set<number>,
     value: (i: number) => bigint,
+    ign: number,
     req: RequestInfo | undefined,
   ): Promise<void> {
-    for (const [off, buf] of dirtyChunks(tableOffset, tableEntries, dirty, value)) await this.file.pwrite(off, buf, { req });
+    for (const [off, buf] of dirtyChunks(tableOffset, tableEntries, dirty, value)) {
+      await preWriteOverlapCheck(this, ign, off, buf.length, false);
+      await this.file.pwrite(off, buf, { req });
+    }
   }
 
   /** The dirty parts of the refcount table as (offset, bytes) writes; the dirty set is cleared. */

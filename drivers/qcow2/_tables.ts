@@ -65,6 +65,8 @@ export const SNAPSHOT_EXTRA_V3_MIN = 16;
 export interface SnapshotEntry {
   /** Offset of the snapshot's L1 table. */
   l1Offset: number;
+  /** The exact offset when it is past 2^53 (`l1Offset` is then rounded, its low bits lost). */
+  l1OffsetExact?: bigint;
   /** Entries in the snapshot's L1 table. */
   l1Size: number;
   /** Snapshot ID string. */
@@ -119,6 +121,7 @@ export function parseSnapshotTable(buf: Uint8Array, count: number): { entries: S
     const extra = buf.slice(extraAt, extraAt + f.extraSize);
     const e: SnapshotEntry = {
       l1Offset: f.l1Offset,
+      ...(Number.isSafeInteger(f.l1Offset) ? {} : { l1OffsetExact: view.getBigUint64(at) }),
       l1Size: f.l1Size,
       id: decoder.decode(buf.subarray(extraAt + f.extraSize, extraAt + f.extraSize + f.idSize)),
       name: decoder.decode(buf.subarray(extraAt + f.extraSize + f.idSize, end)),

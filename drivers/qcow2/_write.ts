@@ -2,8 +2,8 @@
  * The qcow2 write path (run under the metadata lock): L2 table allocation
  * and copy-on-write of shared tables, cluster allocation with copy-on-write
  * of partial clusters from the old content (backing file, zeros, shared or
- * compressed clusters), in-place overwrite of COPIED clusters, and
- * write-zeroes and discard through the zero flag.
+ * compressed clusters), in-place overwrite of COPIED clusters (write-zeroes
+ * and discard through the zero flag are in `_zero.ts`).
  *
  * Data is written before the L2 entries that expose it are changed (in the
  * cache); the write-back in `writeback.ts` orders what reaches the disk.
@@ -14,14 +14,14 @@
 import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
-import { decodeCompressed, newMapping } from "./_l2.ts";
+import { checkDataFileOffset, checkV2ZeroFlag, decodeCompressed, newMapping } from "./_l2.ts";
 import { blockStatus, readGuest } from "./_read.ts";
-import { allocAt, allocClusters } from "./_refcount.ts";
+import { allocAt, allocClusters, updateRefcount } from "./_refcount.ts";
 import { growL1 } from "./_l1_grow.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
-import { AUTOCLEAR_DATA_FILE_RAW } from "./header.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markDirty } from "./_writeback.ts";
+import { checkTableAllocation, OL_ACTIVE_L2, preWriteOverlapCheck } from "./_overlap.ts";
 
 const ALL = 0xffffffff;
 
@@ -32,6 +32,10 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
   const off = st.l1Offset(l1i);
   if (off !== 0 && st.l1Copied(l1i)) return await st.loadL2(off, l1i, req);
   const newOff = await allocClusters(st, 1, req);
+  // QEMU's l2_allocate: a table at offset 0 means broken refcounts; the new
+  // table is checked as its cache flush would check it.
+  await checkTableAllocation(st, "L2 table", newOff);
+  await preWriteOverlapCheck(st, OL_ACTIVE_L2, newOff, st.cs, false);
   let buf: Uint8Array;
   if (off !== 0) {
     const p = st.event("l2_alloc_cow_read", req);
@@ -49,24 +53,34 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
   if (p) await p;
   setEntry(st.l1View, l1i * 8, newOff, HI_COPIED, 0);
   st.l1Dirty.add(l1i);
+  st.metadataMoved();
   if (off !== 0) st.pendingFree.push(off);
   return e;
 }
 
-/** Queues the host clusters an L2 entry references for freeing (shared, compressed or preallocated). */
-export function releaseEntry(st: Qcow2State, view: DataView, at: number): void {
+/**
+ * Queues the host clusters an L2 entry references for freeing (shared,
+ * compressed or preallocated). `fresh` is a run of host clusters just
+ * allocated to replace it: an old entry pointing into it had a reference
+ * its refcount never counted (a damaged image), and freeing it would take
+ * the new data's count (and discard its cluster), so it is not queued.
+ */
+export function releaseEntry(st: Qcow2State, view: DataView, at: number, fresh?: { first: number; end: number }): void {
   if (st.externalData) return;
+  const queue = (c: number) => {
+    if (!fresh || c < fresh.first || c >= fresh.end) st.pendingFree.push(c * st.cs);
+  };
   const hi = view.getUint32(at);
   if (hi & HI_COMPRESSED) {
     const m = newMapping();
     decodeCompressed(st, view, at, m);
     const first = Math.floor(m.host / st.cs);
     const last = Math.floor((m.host + m.compressedBytes - 1) / st.cs);
-    for (let c = first; c <= last; c++) st.pendingFree.push(c * st.cs);
+    for (let c = first; c <= last; c++) queue(c);
     return;
   }
   const host = entryOffset(view, at);
-  if (host !== 0) st.pendingFree.push(host);
+  if (host !== 0) queue(Math.floor(host / st.cs));
 }
 
 /** What a write must do with one cluster. */
@@ -171,7 +185,11 @@ export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Arr
         const idx = Math.floor((cur - base) / st.cs);
         const cStart = base + idx * st.cs;
         const segEnd = Math.min(chunkEnd, cStart + st.cs);
+        if (!(e.view.getUint32(idx * st.entryBytes) & HI_COMPRESSED)) {
+          checkV2ZeroFlag(st, e.view.getUint32(idx * st.entryBytes + 4), idx, e.offset);
+        }
         const kind = classify(st, e.view, idx, cur - cStart, segEnd - cStart);
+        if (kind === INPLACE || kind === WIDEN) checkDataFileOffset(st, entryOffset(e.view, idx * st.entryBytes), cStart, idx);
         if (kind === INPLACE) {
           const next = await writeInPlace(st, e, base, cur, chunkEnd, data, offset, req);
           cont.host = entryOffset(e.view, Math.floor((next - 1 - base) / st.cs) * st.entryBytes) + st.cs;
@@ -214,11 +232,14 @@ async function writeInPlace(
     idx++;
     const segEnd = Math.min(chunkEnd, end + st.cs);
     if (classify(st, e.view, idx, 0, segEnd - end) !== INPLACE || entryOffset(e.view, idx * st.entryBytes) !== nextHost) break;
+    checkDataFileOffset(st, nextHost, base + idx * st.cs, idx);
     nextHost += st.cs;
     end = segEnd;
   }
   const p = st.event("write_aio", req);
   if (p) await p;
+  await preWriteOverlapCheck(st, 0, host, end - cur, true);
+  st.noteDataWrite(host, end - cur);
   const part = data.subarray(cur - dataOffset, end - dataOffset);
   await st.data.pwrite(host, st.crypto ? await st.crypto.encrypted(part, host, cur) : part, { req });
   return end;
@@ -251,6 +272,8 @@ async function writeWiden(
   const host = entryOffset(e.view, at);
   const p = st.event("write_aio", req);
   if (p) await p;
+  await preWriteOverlapCheck(st, 0, host + (wStart - cStart), buf.length, true);
+  st.noteDataWrite(host + (wStart - cStart), buf.length);
   if (st.crypto) await st.crypto.encrypt(buf, host + (wStart - cStart), wStart);
   await st.data.pwrite(host + (wStart - cStart), buf, { req });
   if (st.extL2) {
@@ -290,10 +313,58 @@ async function writeNew(
   let k = last - first + 1;
   let host = gStart;
   if (!st.externalData) ({ host, k } = await placeRun(st, cont, k, req));
-  cont.host = host + k * st.cs;
   const gEnd = gStart + k * st.cs;
   const segEnd = Math.min(chunkEnd, gEnd);
-  const part = data.subarray(cur - dataOffset, segEnd - dataOffset);
+  try {
+    // QEMU checks the data write (and its COW) against the metadata first.
+    await preWriteOverlapCheck(st, 0, host, k * st.cs, true);
+    st.noteDataWrite(host, k * st.cs);
+    await writeNewData(
+      st,
+      e,
+      { host, gStart, gEnd, cur, segEnd, first, k, endBefore },
+      data.subarray(cur - dataOffset, segEnd - dataOffset),
+      req,
+    );
+  } catch (err) {
+    // The clusters are referenced by nothing yet: give them back, so a
+    // failed write (ENOSPC, EIO) neither leaks them nor pushes the next
+    // allocation further out (QEMU's qcow2_alloc_cluster_abort). Not after
+    // an overlap: the image is marked corrupt and its refcounts are suspect.
+    if (!st.externalData && !st.corrupt) {
+      for (let c = host / st.cs; c < host / st.cs + k; c++) await updateRefcount(st, c, -1, req);
+    }
+    throw err;
+  }
+  for (let i = 0; i < k; i++) {
+    const at = (first + i) * st.entryBytes;
+    releaseEntry(st, e.view, at, { first: host / st.cs, end: host / st.cs + k });
+    setEntry(e.view, at, host + i * st.cs, HI_COPIED, 0);
+    if (st.extL2) {
+      e.view.setUint32(at + 8, 0);
+      e.view.setUint32(at + 12, ALL);
+    }
+  }
+  st.l2Cache.markDirty(e);
+  cont.host = host + k * st.cs;
+  return segEnd;
+}
+
+/** Where {@linkcode writeNew} puts a run of new clusters. */
+interface NewRun {
+  host: number;
+  gStart: number;
+  gEnd: number;
+  cur: number;
+  segEnd: number;
+  first: number;
+  k: number;
+  endBefore: number;
+}
+
+/** Writes the guest data of a run of new clusters with its copy-on-write around it. */
+async function writeNewData(st: Qcow2State, e: CacheEntry, r: NewRun, part: Uint8Array, req: RequestInfo | undefined): Promise<void> {
+  const { host, gStart, gEnd, cur, segEnd, first, k, endBefore } = r;
   let out = part;
   const cow = cur > gStart || segEnd < gEnd;
   let written = false;
@@ -350,93 +421,5 @@ async function writeNew(
       else out = await st.crypto.encrypted(out, at, cur);
     }
     await st.data.pwrite(at, out, { req });
-  }
-  for (let i = 0; i < k; i++) {
-    const at = (first + i) * st.entryBytes;
-    releaseEntry(st, e.view, at);
-    setEntry(e.view, at, host + i * st.cs, HI_COPIED, 0);
-    if (st.extL2) {
-      e.view.setUint32(at + 8, 0);
-      e.view.setUint32(at + 12, ALL);
-    }
-  }
-  st.l2Cache.markDirty(e);
-  return segEnd;
-}
-
-/**
- * Makes whole clusters `[offset, offset + length)` read as zeros (v3 zero
- * flag, `discard` false) or discards them (`discard` true: v3 zero flag when
- * the old content must stay hidden, v2 deallocation). Metadata lock held.
- */
-export async function zeroOrDiscard(
-  st: Qcow2State,
-  offset: number,
-  length: number,
-  opts: { discard: boolean; unmap: boolean; full?: boolean },
-  req: RequestInfo | undefined,
-): Promise<void> {
-  await markDirty(st, req);
-  const end = offset + length;
-  const v3 = st.header.version >= 3;
-  if (st.externalData && st.header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) {
-    // A raw data file reads as the image does (QEMU's qcow2_subcluster_zeroize and discard pass through).
-    const n = Math.min(end, st.header.size) - offset;
-    if (n > 0 && !opts.discard) await st.data.pwriteZeroes(offset, n, { req });
-    else if (n > 0) await st.data.pdiscard(offset, n, { req }).catch(() => {});
-  }
-  let cur = offset;
-  while (cur < end) {
-    const l1i = Math.floor(cur / st.l2Span);
-    const base = l1i * st.l2Span;
-    const chunkEnd = Math.min(end, base + st.l2Span);
-    const hasTable = l1i < st.l1Size && st.l1Offset(l1i) !== 0;
-    if (!hasTable && (!st.backing || (opts.discard && (!v3 || opts.full)))) {
-      cur = chunkEnd;
-      continue; // unallocated, and nothing below to hide
-    }
-    const e = await getL2ForWrite(st, l1i, req);
-    try {
-      for (let idx = Math.floor((cur - base) / st.cs); base + idx * st.cs < chunkEnd; idx++) {
-        zeroEntry(st, e, idx * st.entryBytes, v3, opts);
-      }
-      st.l2Cache.markDirty(e);
-    } finally {
-      st.l2Cache.release(e);
-    }
-    cur = chunkEnd;
-  }
-}
-
-function zeroEntry(
-  st: Qcow2State,
-  e: CacheEntry,
-  at: number,
-  v3: boolean,
-  opts: { discard: boolean; unmap: boolean; full?: boolean },
-): void {
-  const view = e.view;
-  const hi = view.getUint32(at);
-  const host = entryOffset(view, at);
-  const compressed = (hi & HI_COMPRESSED) !== 0;
-  const copied = (hi & HI_COPIED) !== 0;
-  const allocated = compressed || host !== 0 || (st.externalData && copied);
-  let keep = false;
-  let zero: boolean;
-  if (opts.discard) {
-    // A full discard makes the cluster unallocated (reads from the backing
-    // file again), as QEMU's full_discard does for make_empty.
-    zero = !opts.full && v3 && (st.backing !== undefined || allocated);
-  } else {
-    zero = true;
-    keep = !opts.unmap && !compressed && allocated && copied;
-  }
-  if (!keep && allocated) releaseEntry(st, view, at);
-  if (st.extL2) {
-    setEntry(view, at, keep ? host : 0, keep ? HI_COPIED : 0, 0);
-    view.setUint32(at + 8, zero ? ALL : 0);
-    view.setUint32(at + 12, 0);
-  } else {
-    setEntry(view, at, keep ? host : 0, keep ? HI_COPIED : 0, zero ? LO_ZERO : 0);
   }
 }

@@ -1,7 +1,7 @@
 /**
  * Compressed cluster writes (`pwriteCompressed`, used by `convert -c`):
  * the cluster is compressed with the image's compression type and packed
- * into partly used host clusters (QEMU's qcow2_alloc_bytes); every
+ * back to back, across host cluster boundaries (QEMU's qcow2_alloc_bytes); every
  * compressed cluster holds one reference to each host cluster it touches.
  *
  * @module
@@ -15,25 +15,35 @@ import { HI_COMPRESSED, maxRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { getL2ForWrite, releaseEntry, writeLocked } from "./_write.ts";
 import { markDirty } from "./_writeback.ts";
+import { preWriteOverlapCheck } from "./_overlap.ts";
 
-/** Allocates `len` bytes for compressed data and returns their host offset. */
+/**
+ * Allocates `len` bytes (at most one cluster) for compressed data and
+ * returns their host offset, as QEMU's qcow2_alloc_bytes does: the data
+ * goes right after the previous compressed cluster's, and runs on into the
+ * next host cluster when that one is newly allocated right behind it; else
+ * it starts a new cluster. Each host cluster it touches gains one reference.
+ */
 async function allocBytes(st: Qcow2State, len: number, req: RequestInfo | undefined): Promise<number> {
   const p = st.event("cluster_alloc_bytes", req);
   if (p) await p;
   const cs = st.cs;
   st.lastCompressed = undefined;
-  const off = st.freeByteOffset;
-  // A cluster whose refcount cannot go higher takes no more data (QEMU's qcow2_alloc_bytes starts a new one).
-  const rc = off !== 0 && (off % cs) + len <= cs ? await getRefcount(st, Math.floor(off / cs), req) : 0;
-  if (rc > 0 && rc < maxRefcount(st.refBits)) {
-    await updateRefcount(st, Math.floor(off / cs), 1, req);
-    st.freeByteOffset = (off + len) % cs === 0 ? 0 : off + len;
-    return off;
+  let off = st.freeByteOffset;
+  if (off !== 0) {
+    // A cluster freed meanwhile, or one whose refcount is at its limit, takes no more data.
+    const rc = await getRefcount(st, Math.floor(off / cs), req);
+    if (rc === 0 || rc >= maxRefcount(st.refBits)) off = 0;
   }
-  const n = Math.ceil(len / cs);
-  const host = await allocClusters(st, n, req);
-  st.freeByteOffset = (host + len) % cs === 0 ? 0 : host + len;
-  return host;
+  if (off !== 0 && (off % cs) + len <= cs) {
+    await updateRefcount(st, Math.floor(off / cs), 1, req);
+  } else {
+    const host = await allocClusters(st, 1, req);
+    if (off !== 0 && host === Math.ceil(off / cs) * cs) await updateRefcount(st, Math.floor(off / cs), 1, req);
+    else off = host;
+  }
+  st.freeByteOffset = (off + len) % cs === 0 ? 0 : off + len;
+  return off;
 }
 
 /**
@@ -43,7 +53,7 @@ async function allocBytes(st: Qcow2State, len: number, req: RequestInfo | undefi
  */
 export async function writeCompressedLocked(st: Qcow2State, offset: number, data: Uint8Array, req: RequestInfo | undefined): Promise<void> {
   const cs = st.cs;
-  if (offset % cs !== 0 || data.length > cs || (data.length < cs && offset + data.length !== st.header.size)) {
+  if (offset % cs !== 0 || data.length > cs || (data.length < cs && offset + data.length !== st.size)) {
     throw new BlockError(
       "EINVAL",
       `Cannot write ${data.length} compressed bytes at offset ${offset}: compressed writes take one whole cluster (${cs} bytes)`,
@@ -71,11 +81,13 @@ export async function writeCompressedLocked(st: Qcow2State, offset: number, data
     const host = await allocBytes(st, packed.length, req);
     let p = st.event("write_compressed", req);
     if (p) await p;
+    await preWriteOverlapCheck(st, 0, host, packed.length, true);
+    st.noteDataWrite(host, packed.length);
     await st.file.pwrite(host, packed, { req });
     p = st.event("l2_update_compressed", req);
     if (p) await p;
     const at = Math.floor((offset - l1i * st.l2Span) / cs) * st.entryBytes;
-    releaseEntry(st, e.view, at);
+    releaseEntry(st, e.view, at, { first: Math.floor(host / cs), end: Math.floor((host + packed.length - 1) / cs) + 1 });
     const x = 62 - (st.clusterBits - 8);
     const extra = Math.floor((host + packed.length - 1) / 512) - Math.floor(host / 512);
     const hostHi = Math.floor(host / 0x100000000);

@@ -18,9 +18,10 @@
 
 import type { RequestInfo } from "../../core/types.ts";
 import { INCOMPAT_DIRTY, type Qcow2Header } from "./header.ts";
-import { freeCluster } from "./_refcount.ts";
+import { freeCluster, getRefcount } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import { serializeHeader, writeHeaderFields } from "./_header_write.ts";
+import { isFixedMetadata, overlapsMetadata } from "./_overlap.ts";
 
 /** Writes all dirty metadata back to the image file in a crash-safe order. */
 export async function writeback(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
@@ -65,13 +66,24 @@ async function applyPendingFrees(st: Qcow2State, req: RequestInfo | undefined): 
   await st.file.flush({ req });
   const released: number[] = [];
   for (const off of frees) {
+    // A wrong entry's last reference to live metadata (QEMU frees it, and
+    // then hands the cluster out again): the metadata keeps its refcount.
+    if ((await getRefcount(st, Math.floor(off / st.cs), req)) === 1 && await isFixedMetadata(st, off)) continue;
     if ((await freeCluster(st, off, req)) === 0) released.push(off);
   }
   await st.writeRefblocks(req);
   if (st.mode === "metadata-sync") await st.file.flush({ req });
   // Give the space back to the host (QEMU passes discards of freed clusters down).
+  // A freed cluster that is still metadata (its refcount was wrong) keeps
+  // its bytes: the discard is advisory, punching a hole there is not.
+  // So does a cluster guest data was written to since the last time: an
+  // entry written since may still point at it (see Qcow2State.recentData).
+  const recent = st.recentData;
+  st.recentData = new Set();
   for (const off of released) {
-    if (off + st.cs <= st.file.length) await st.file.pdiscard(off, st.cs, { req }).catch(() => {});
+    if (!recent || recent.has(Math.floor(off / st.cs))) continue;
+    if (off + st.cs > st.file.length || await overlapsMetadata(st, off, st.cs)) continue;
+    await st.file.pdiscard(off, st.cs, { req }).catch(() => {});
   }
 }
 
@@ -128,4 +140,5 @@ export async function rewriteHeader(st: Qcow2State, change: (h: Qcow2Header) => 
   await st.file.pwrite(0, bytes);
   await st.file.flush();
   st.header = next;
+  st.metadataMoved();
 }

@@ -43,10 +43,16 @@ export interface Qcow2CheckOptions extends CheckOptions {
 }
 
 /** One pass of QEMU's qcow2_co_check_locked. */
-async function checkOnce(file: BlockNode, fix: Fix, messages: string[], repairing: boolean, opts: Qcow2CheckOptions): Promise<Counters> {
+async function checkOnce(
+  file: BlockNode,
+  fix: Fix,
+  say: (line: string) => void,
+  repairing: boolean,
+  opts: Qcow2CheckOptions,
+): Promise<Counters> {
   const h = await readHeaderFrom(file);
   const original = h.incompatibleFeatures;
-  const checker = new Checker(file, h, messages);
+  const checker = new Checker(file, h, say);
   if (!(await checker.readSnapshots(fix))) return checker.res; // QEMU stops: the table cannot be read
   const snapshotErrors = checker.res.checkErrors;
   const snapshotCorruptions = checker.res.corruptions;
@@ -65,7 +71,7 @@ async function checkOnce(file: BlockNode, fix: Fix, messages: string[], repairin
       res.corruptionsFixed += checker.snapshotFixes;
       res.corruptions -= checker.snapshotFixes;
     } catch (e) {
-      messages.push(`ERROR failed to update snapshot table: ${e instanceof BlockError ? e.strerror : (e as Error).message}`);
+      say(`ERROR failed to update snapshot table: ${e instanceof BlockError ? e.strerror : (e as Error).message}`);
       res.checkErrors++;
     }
   }
@@ -105,25 +111,34 @@ export async function checkQcow2(file: BlockNode, opts: Qcow2CheckOptions = {}):
   if (opts.repair && file.readOnly) {
     throw new BlockError("EROFS", `Cannot repair node '${file.name}': it is opened read-only`, { node: file.name });
   }
+  // Lines go to `onMessage` as they come (a damaged image can give millions); without it they are collected.
   const messages: string[] = [];
+  const say = opts.onMessage ?? ((line: string) => void messages.push(line));
   const repairing = opts.repair !== undefined;
   // The checker writes the file as the qcow2 driver would (a repair may add refcount blocks past its end).
   const allowed = file.allowBeyondEof;
   file.allowBeyondEof = true;
   try {
-    return await checkWith(file, fix, messages, repairing, opts);
+    return await checkWith(file, fix, say, messages, repairing, opts);
   } finally {
     file.allowBeyondEof = allowed;
   }
 }
 
-async function checkWith(file: BlockNode, fix: Fix, messages: string[], repairing: boolean, opts: Qcow2CheckOptions): Promise<CheckResult> {
-  let res = await checkOnce(file, fix, messages, repairing, opts);
+async function checkWith(
+  file: BlockNode,
+  fix: Fix,
+  say: (line: string) => void,
+  messages: string[],
+  repairing: boolean,
+  opts: Qcow2CheckOptions,
+): Promise<CheckResult> {
+  let res = await checkOnce(file, fix, say, repairing, opts);
   if (res.leaksFixed || res.corruptionsFixed) {
     const fixedLeaks = res.leaksFixed;
     const fixedCorruptions = res.corruptionsFixed;
     // The double check also clears the corrupt bit when the repair worked.
-    res = await checkOnce(file, { leaks: false, errors: false }, messages, repairing, opts);
+    res = await checkOnce(file, { leaks: false, errors: false }, say, repairing, opts);
     res.leaksFixed = fixedLeaks;
     res.corruptionsFixed = fixedCorruptions;
   }

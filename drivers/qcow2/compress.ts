@@ -1,16 +1,23 @@
 /**
  * Compressed cluster codecs: raw deflate (compression type 0, QEMU's zlib
- * with a 4 KiB window) and zstd (type 1), both through `node:zlib`.
+ * with a 4 KiB window) and zstd (type 1). Deflate compression goes through
+ * the system zlib when it can (`_zlib_ffi.ts`: QEMU's bytes exactly), else
+ * `node:zlib`; zstd compression through `node:zlib`; decompression through
+ * the system's zlib and libzstd, as QEMU links them (`_decompress_ffi.ts`),
+ * with `node:zlib` as the fallback.
  *
  * A compressed cluster on disk is followed by padding up to a sector
- * boundary; deflate stops at its final block, and for zstd the frames are
- * measured from their headers so that padding is never fed to the decoder.
+ * boundary; both decoders stop once the cluster is full (with the
+ * `node:zlib` fallback the zstd frames are measured from their headers so
+ * that padding is never fed to the decoder).
  *
  * @module
  */
 
-import { deflateRawSync, inflateRawSync, zstdCompressSync, zstdDecompressSync } from "node:zlib";
-import { CorruptImageError } from "../../core/errors.ts";
+import { constants, deflateRawSync, inflateRawSync, zstdCompressSync, zstdDecompressSync } from "node:zlib";
+import { BlockError } from "../../core/errors.ts";
+import { loadZlib, loadZstd } from "./_decompress_ffi.ts";
+import { systemDeflate } from "./_zlib_ffi.ts";
 
 /** Compression type 0: raw deflate. */
 export const COMPRESSION_ZLIB = 0;
@@ -22,7 +29,11 @@ export const COMPRESSION_NAMES: readonly string[] = ["zlib", "zstd"];
 
 /**
  * Decompresses one cluster (`clusterSize` bytes) from `input`, which may
- * carry trailing padding. Throws {@linkcode CorruptImageError} on bad data.
+ * carry trailing padding, as QEMU does: through the system's libzstd and
+ * zlib when they can be loaded (`_decompress_ffi.ts`), else `node:zlib`;
+ * never more than one cluster is produced, whatever the data claims. Bad
+ * data is an EIO {@linkcode BlockError} — a read error, not a corruption
+ * of the image's metadata (QEMU returns EIO and leaves the image writable).
  *
  * @example
  * ```ts
@@ -32,39 +43,49 @@ export const COMPRESSION_NAMES: readonly string[] = ["zlib", "zstd"];
  * ```
  */
 export function decompressCluster(input: Uint8Array, clusterSize: number, type: number): Uint8Array {
-  let out: Uint8Array;
-  try {
-    if (type === COMPRESSION_ZSTD) out = zstdFrames(input, clusterSize);
-    else out = inflateRawSync(input, { windowBits: 12, maxOutputLength: clusterSize });
-  } catch (e) {
-    throw new CorruptImageError(`Cannot decompress a ${COMPRESSION_NAMES[type] ?? type} compressed cluster: ${(e as Error).message}`, {
-      cause: e,
-    });
+  const name = COMPRESSION_NAMES[type] ?? String(type);
+  const ffi = type === COMPRESSION_ZSTD ? loadZstd() : loadZlib();
+  let out: Uint8Array | string;
+  if (ffi) out = ffi.decompress(input, clusterSize);
+  else {
+    try {
+      out = type === COMPRESSION_ZSTD ? zstdFrames(input, clusterSize) : new Uint8Array(
+        inflateRawSync(input, { windowBits: 12, maxOutputLength: clusterSize, finishFlush: constants.Z_SYNC_FLUSH }),
+      );
+    } catch (e) {
+      out = (e as Error).message;
+    }
+    if (typeof out !== "string" && out.length !== clusterSize) out = `the data decompresses to ${out.length} bytes, not ${clusterSize}`;
   }
-  if (out.length !== clusterSize) {
-    throw new CorruptImageError(`Compressed cluster decompresses to ${out.length} bytes, expected ${clusterSize}`);
+  if (typeof out === "string") {
+    throw new BlockError("EIO", `Cannot decompress a ${name} compressed cluster (${input.length} bytes): ${out}`);
   }
   return out;
 }
 
 /**
  * Compresses one cluster; returns undefined when the result would not be
- * smaller than the cluster (QEMU then writes it uncompressed).
+ * smaller than the cluster (QEMU then writes it uncompressed). The returned
+ * bytes may be a view into a larger buffer.
  */
 export function compressCluster(data: Uint8Array, type: number): Uint8Array | undefined {
+  if (type !== COMPRESSION_ZSTD) {
+    const sys = systemDeflate(data);
+    if (sys !== undefined) return sys ?? undefined;
+  }
   const out = type === COMPRESSION_ZSTD ? zstdCompressSync(data) : deflateRawSync(data, { windowBits: 12, memLevel: 9 });
   const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   return bytes.length < data.length ? bytes : undefined;
 }
 
-/** Decodes zstd frames one by one until `want` bytes are produced. */
+/** Decodes zstd frames one by one until `want` bytes are produced, never more (`node:zlib` fallback). */
 function zstdFrames(input: Uint8Array, want: number): Uint8Array {
   const parts: Uint8Array[] = [];
   let total = 0;
   let at = 0;
   while (total < want) {
     const end = zstdFrameEnd(input, at);
-    const part = zstdDecompressSync(input.subarray(at, end));
+    const part = zstdDecompressSync(input.subarray(at, end), { maxOutputLength: want - total });
     parts.push(part);
     total += part.length;
     at = end;

@@ -134,7 +134,8 @@ export function parseCreateOptions(size: number, input: Record<string, string | 
     size = given;
   }
   if (!Number.isSafeInteger(size) || size < 0) fail(`Invalid image size ${size}`);
-  if (size % 512 !== 0) fail(`Image size must be a multiple of 512 bytes (size ${size})`);
+  // QEMU's qcow2_co_create_opts rounds the size up to whole sectors.
+  size = Math.ceil(size / 512) * 512;
 
   const compat = optText(options, "compat") ?? optText(options, "version") ?? "1.1";
   let version: 2 | 3;

@@ -427,10 +427,10 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
     h.extensions.push({ type, data });
     if (type === EXT_BACKING_FORMAT) {
       if (len > MAX_BACKING_NAME) throw invalid(`Backing format extension too long: length ${len}`);
-      h.backingFormat = decoder.decode(data);
+      h.backingFormat = cString(data);
     } else if (type === EXT_DATA_FILE) {
       if (len > MAX_BACKING_NAME) throw invalid(`Data file name extension too long: length ${len}`);
-      h.dataFile = decoder.decode(data);
+      h.dataFile = cString(data);
     }
     at += Math.ceil(len / 8) * 8;
   }
@@ -443,9 +443,15 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
     if (h.backingFileOffset + h.backingFileSize > buf.length) {
       throw invalid(`Backing file name at offset ${h.backingFileOffset} lies past the ${buf.length} bytes read`);
     }
-    h.backingFile = decoder.decode(buf.subarray(h.backingFileOffset, h.backingFileOffset + h.backingFileSize));
+    h.backingFile = cString(buf.subarray(h.backingFileOffset, h.backingFileOffset + h.backingFileSize));
   }
   return h;
+}
+
+/** A name as QEMU reads it: C string semantics, so it ends at the first NUL byte. */
+function cString(bytes: Uint8Array): string {
+  const nul = bytes.indexOf(0);
+  return decoder.decode(nul < 0 ? bytes : bytes.subarray(0, nul));
 }
 
 function validateFields(h: Qcow2Header, cs: number, fileLength: number): void {

@@ -7,7 +7,9 @@
  *
  * Options (QEMU names): `l2-cache-size`, `refcount-cache-size`,
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
- * `metadata-sync`), `x-wrong-order` (tests only), `encrypt.key-secret` and
+ * `metadata-sync`), `overlap-check` (`none`, `constant`, `cached` default,
+ * `all`, or an object with `template` and per-structure booleans: see
+ * `_overlap.ts`), `x-wrong-order` (tests only), `encrypt.key-secret` and
  * `encrypt.format` (encrypted images, see `_crypto.ts`), `snapshot.id` /
  * `snapshot.name` (a read-only view of an internal snapshot, as qemu-img
  * convert -l opens it); children `file`, `backing` (null disables it),
@@ -17,7 +19,6 @@
  */
 
 import { BlockError } from "../../core/errors.ts";
-import { checkKnownOptions, optBool, optEnum } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type {
   AmendOptions,
@@ -33,48 +34,25 @@ import type {
   WriteZeroesOptions,
 } from "../../core/types.ts";
 import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../../core/node.ts";
-import { repairImage } from "./check.ts";
 import { createQcow2 } from "./create.ts";
 import { measureQcow2 } from "./measure.ts";
 import { writeCompressedLocked } from "./_write_compressed.ts";
-import {
-  AUTOCLEAR_DATA_FILE_RAW,
-  COMPAT_LAZY_REFCOUNTS,
-  INCOMPAT_CORRUPT,
-  INCOMPAT_DATA_FILE,
-  INCOMPAT_DIRTY,
-  QCOW2_MAGIC,
-  type Qcow2Header,
-  readHeaderFrom,
-} from "./header.ts";
+import { QCOW2_MAGIC, type Qcow2Header, readHeaderFrom } from "./header.ts";
 import { K_NORMAL, mapSync, newMapping } from "./_l2.ts";
-import { blockStatus, readGuest } from "./_read.ts";
+import { blockStatus, dataIo, readFast, readGuest } from "./_read.ts";
 import { resize } from "./_resize.ts";
-import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
-import { writeLocked, zeroOrDiscard } from "./_write.ts";
+import { type MetadataMode, Qcow2State } from "./_state.ts";
+import { writeLocked } from "./_write.ts";
+import { zeroOrDiscard } from "./_zero.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
-import { listSnapshots, readSnapshotTableChecked } from "./_snapshot.ts";
-import { createSnapshot, deleteSnapshot, gotoSnapshot, loadSnapshotView, vmStateOffset } from "./_snapshot_ops.ts";
+import { listSnapshots } from "./_snapshot.ts";
+import { createSnapshot, deleteSnapshot, gotoSnapshot, vmStateOffset } from "./_snapshot_ops.ts";
 import { exitWriteback } from "./_exit.ts";
 import { markClean, releaseFreed, relieveCaches, writeback } from "./_writeback.ts";
-import { writeHeaderFields } from "./_header_write.ts";
 import { metadataExtents } from "./_metadata_map.ts";
-import { cacheTables, openBacking, openDataFile, readTables, snapshotOptions } from "./_open.ts";
-import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
+import { openQcow2State, QCOW2_OPTIONS, readTables } from "./_open.ts";
+import { findOverlapSync, preWriteOverlapCheck } from "./_overlap.ts";
 import { qcow2Info } from "./_info.ts";
-
-const OPTIONS = [
-  "l2-cache-size",
-  "refcount-cache-size",
-  "cache-size",
-  "lazy-refcounts",
-  "metadata-mode",
-  "x-wrong-order",
-  "snapshot",
-  "snapshot.id",
-  "snapshot.name",
-  ...ENCRYPT_OPTIONS,
-];
 
 /** The driver instance of an open qcow2 node. */
 export class Qcow2Instance implements DriverInstance {
@@ -111,11 +89,39 @@ export class Qcow2Instance implements DriverInstance {
 
   /** Current virtual size. */
   getLength(): number {
-    return this.#st.header.size;
+    return this.#st.size;
   }
 
-  /** Reads guest data. */
-  async pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
+  /**
+   * Reads guest data; a cached hit is one synchronous call on the data file,
+   * its promise returned as it is. After corruption was found read-write,
+   * reads fail too with ENOMEDIUM (QEMU detaches the driver: "No medium
+   * found"): the tables in memory may be what was refused; the image reads
+   * again when opened read-only.
+   */
+  pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
+    if (this.#st.corrupt) {
+      return Promise.reject(
+        new BlockError(
+          "ENOMEDIUM",
+          `Cannot read node '${this.#st.node.name}': corruption was found and the image is marked corrupt; open it read-only to read it, or repair it with 'blkgraph check -r all'`,
+          { node: this.#st.node.name, offset, length: buf.length },
+        ),
+      );
+    }
+    try {
+      return readFast(this.#st, offset, buf, opts.req) ?? this.#preadSlow(offset, buf, opts);
+    } catch (e) {
+      return this.#corrupted(e);
+    }
+  }
+
+  async #corrupted(e: unknown): Promise<never> {
+    await this.#st.signalCorruption(e);
+    throw e;
+  }
+
+  async #preadSlow(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
     try {
       await readGuest(this.#st, offset, buf, opts.req);
     } catch (e) {
@@ -124,24 +130,48 @@ export class Qcow2Instance implements DriverInstance {
     }
   }
 
-  /** Writes guest data: in place without the lock when possible, else under the lock. */
-  async pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+  /**
+   * Writes guest data: an overwrite of one allocated extent with the COPIED
+   * flag whose L2 table is cached goes to the data file in place without the
+   * lock (synchronously, its promise returned as it is, when unencrypted);
+   * everything else runs under the lock.
+   */
+  pwrite(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
-    st.refuseIfCorrupt();
     const m = this.#m;
-    let mapped: boolean;
+    let hit: boolean;
     try {
-      mapped = mapSync(st, offset, data.length, m);
+      st.refuseIfCorrupt();
     } catch (e) {
-      await st.signalCorruption(e);
-      throw e;
+      return Promise.reject(e);
     }
-    if (mapped && m.kind === K_NORMAL && m.copied && m.bytes === data.length) {
+    try {
+      hit = mapSync(st, offset, data.length, m) && m.kind === K_NORMAL && m.copied && m.bytes === data.length;
+    } catch (e) {
+      return this.#corrupted(e);
+    }
+    // The lock-free write is synchronous up to the data file: only when the overlap check can answer now, and clear.
+    if (
+      hit && !st.crypto && Number.isSafeInteger(m.host + data.length) &&
+      (st.externalData || findOverlapSync(st, 0, m.host, data.length) === 0)
+    ) {
+      st.noteDataWrite(m.host, data.length);
+      return dataIo(st, m.host, data, opts.req, true);
+    }
+    return this.#pwriteSlow(offset, data, opts, hit);
+  }
+
+  async #pwriteSlow(offset: number, data: Uint8Array, opts: WriteOptions, inPlace: boolean): Promise<void> {
+    const st = this.#st;
+    const m = this.#m;
+    if (inPlace) {
       const host = m.host;
       st.ioInFlight++;
       try {
         const p = st.event("write_aio", opts.req);
         if (p) await p;
+        await preWriteOverlapCheck(st, 0, host, data.length, true);
+        st.noteDataWrite(host, data.length);
         await st.data.pwrite(host, st.crypto ? await st.crypto.encrypted(data, host, offset) : data, { req: opts.req });
       } finally {
         st.ioInFlight--;
@@ -203,7 +233,7 @@ export class Qcow2Instance implements DriverInstance {
   /** The end of a zero or discard range: a partial last cluster of the image counts whole. */
   #clusterEnd(end: number): number {
     const st = this.#st;
-    return end >= st.header.size ? Math.ceil(end / st.cs) * st.cs : end;
+    return end >= st.size ? Math.ceil(end / st.cs) * st.cs : end;
   }
 
   /**
@@ -229,7 +259,7 @@ export class Qcow2Instance implements DriverInstance {
   async makeEmpty(opts: RequestOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
-    const size = Math.ceil(st.header.size / st.cs) * st.cs;
+    const size = Math.ceil(st.size / st.cs) * st.cs;
     await st.change(async () => {
       await zeroOrDiscard(st, 0, size, { discard: true, unmap: true, full: true }, opts.req);
       await relieveCaches(st, opts.req);
@@ -304,10 +334,24 @@ export class Qcow2Instance implements DriverInstance {
     return blockStatus(this.#st, offset, length, opts.req);
   }
 
-  /** Writes back the metadata caches in dependency order. */
+  /**
+   * Writes back the metadata caches in dependency order. Once the image was
+   * marked corrupt nothing is written: the flush succeeds when no completed
+   * write waited for the write-back (QEMU's flush of a node without its
+   * driver succeeds), and fails when one did (its data is not reachable).
+   */
   flushToOs(opts: RequestOptions): Promise<void> {
     const st = this.#st;
-    if (!st.hasDirtyMetadata) return Promise.resolve();
+    if (st.corrupt && st.unwrittenChanges) {
+      return Promise.reject(
+        new BlockError(
+          "EIO",
+          `Cannot flush node '${st.node.name}': the image was marked corrupt before the metadata of earlier writes was written; those writes are lost`,
+          { node: st.node.name },
+        ),
+      );
+    }
+    if (!st.hasDirtyMetadata || st.corrupt) return Promise.resolve();
     return st.change(() => writeback(st, opts.req));
   }
 
@@ -353,81 +397,14 @@ export class Qcow2Instance implements DriverInstance {
 }
 
 async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
-  checkKnownOptions(ctx.options, OPTIONS, "qcow2");
-  const file = (await ctx.openChild("file"))!;
-  let h = await readHeaderFrom(file);
-  const rw = !ctx.readOnly;
-  const checking = ctx.check ?? false;
-  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && rw && !checking) {
-    throw new BlockError(
-      "EACCES",
-      "qcow2: Image is corrupt; cannot be opened read/write (open it read-only, or repair it with check -r all)",
-      { node: ctx.node.name },
-    );
-  }
-  const lazyOpt = optBool(ctx.options, "lazy-refcounts", "qcow2");
-  const lazy = lazyOpt ?? (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
-  if (lazy && h.version < 3) {
-    throw new BlockError("EINVAL", "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level (compat=1.1)");
-  }
-  const modeOpt = optEnum(ctx.options, "metadata-mode", "qcow2", ["ordered", "metadata-sync"] as const);
-  const mode: MetadataMode = lazy ? "lazy" : modeOpt ?? "ordered";
-  const wrongOrder = optEnum(ctx.options, "x-wrong-order", "qcow2", ["none", "l2-before-refblock", "snapshot-l1-after-table"] as const) ??
-    "none";
-  if (rw && !checking && h.incompatibleFeatures & INCOMPAT_DIRTY) {
-    // Refcounts may be stale (lazy refcounts and a crash): rebuild them.
-    await repairImage(file);
-    h = await readHeaderFrom(file);
-    if (h.incompatibleFeatures & INCOMPAT_DIRTY) {
-      throw new BlockError("EIO", "qcow2: Could not repair the dirty image; run check -r all", { node: ctx.node.name });
-    }
-  }
-  const backing = await openBacking(ctx, h, file);
-  const data = await openDataFile(ctx, h, file);
-  const { l1, reftable } = await readTables(ctx.node, file, h);
-  const tables = cacheTables(ctx, h);
-  const st = new Qcow2State({
-    header: h,
-    node: ctx.node,
-    file,
-    data,
-    backing,
-    l1,
-    reftable,
-    mode,
-    wrongOrder: wrongOrder as WrongOrder,
-    l2CacheTables: tables.l2,
-    rbCacheTables: tables.rb,
-  });
-  if (!checking && h.nbSnapshots) {
-    // QEMU reads the snapshot table at open (qcow2_read_snapshots) and refuses one it cannot use.
-    const t = await readSnapshotTableChecked(file, h, false);
-    if ("error" in t) throw new BlockError("EFBIG", `${t.error}\n${t.hint}`, { node: ctx.node.name });
-  }
-  if (h.cryptMethod !== CRYPT_NONE) {
-    st.crypto = await Qcow2Crypto.open(h, file, ctx.options, { noIo: (ctx.noIo ?? false) || checking, node: ctx.node.name });
-  }
-  const view = snapshotOptions(ctx.options);
-  if (view) await loadSnapshotView(st, view.id, view.name);
-  if (rw && !checking) {
-    // Autoclear bits we cannot maintain (bitmaps, unknown ones) are
-    // cleared, so a program that maintains them knows their data is stale.
-    // A raw data file stays raw: writes go to guest offsets and zero writes are mirrored into it (`_write.ts`).
-    const keep = h.incompatibleFeatures & INCOMPAT_DATA_FILE ? h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW : 0;
-    if (h.autoclearFeatures !== keep || h.featureHigh?.autoclear) {
-      h.autoclearFeatures = keep;
-      if (h.featureHigh) h.featureHigh.autoclear = 0;
-      await writeHeaderFields(file, h, ["autoclearFeatures"]);
-    }
-  }
-  return new Qcow2Instance(st);
+  return new Qcow2Instance(await openQcow2State(ctx));
 }
 
 /** The qcow2 format driver. */
 export const qcow2Driver: BlockDriver = {
   name: "qcow2",
   kind: "format",
-  options: OPTIONS,
+  options: QCOW2_OPTIONS,
   probe(head: Uint8Array): number {
     if (head.length < 8) return 0;
     const v = new DataView(head.buffer, head.byteOffset, head.byteLength);

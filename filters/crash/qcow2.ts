@@ -19,7 +19,6 @@
 
 import type { BlockNode } from "../../core/node.ts";
 import { createImage, open } from "../../core/open.ts";
-import { getDriver } from "../../core/registry.ts";
 import { checkExitCode, checkQcow2, repairImage } from "../../drivers/qcow2/check.ts";
 import "../../drivers/file.ts";
 import "../../drivers/memory.ts";
@@ -98,32 +97,13 @@ async function allBytes(node: BlockNode): Promise<Uint8Array> {
   return out;
 }
 
-/**
- * Creates the image on `host` with our `createImage`, or, where the qcow2
- * driver cannot create images, with `qemu-img create` and a copy.
- */
+/** Creates the workload's image on `host`. */
 async function createQcow2(
   host: BlockNode,
   workload: CrashWorkload,
   createOpts: Record<string, string | number | boolean>,
-  dir: string,
 ): Promise<void> {
-  if (getDriver("qcow2").create) {
-    await createImage(`${workload.name}.qcow2`, "qcow2", workload.size, { options: createOpts, file: host });
-    return;
-  }
-  const path = `${dir}/${workload.name}-${crypto.randomUUID()}.qcow2`;
-  const o = Object.entries(createOpts).map(([k, v]) => `${k}=${v}`).join(",");
-  const r = await new Deno.Command("qemu-img", { args: ["create", "-f", "qcow2", "-o", o, path, String(workload.size)], stderr: "piped" })
-    .output();
-  if (!r.success) throw new Error(`qemu-img create failed: ${new TextDecoder().decode(r.stderr)}`);
-  try {
-    const bytes = await Deno.readFile(path);
-    await host.pwrite(0, bytes);
-    await host.flush();
-  } finally {
-    await Deno.remove(path).catch(() => {});
-  }
+  await createImage(`${workload.name}.qcow2`, "qcow2", workload.size, { options: createOpts, file: host });
 }
 
 /** Runs `workload` in `mode` through recorders and returns both logs. */
@@ -148,7 +128,7 @@ export async function recordQcow2(
   const host = await open({ driver: "recorder", ...(opts.unsafeHost ? { cache: { "no-flush": true } } : {}), file: { driver: "memory" } });
   let guest: BlockNode | undefined;
   try {
-    await createQcow2(host, workload, createOpts, opts.dir);
+    await createQcow2(host, workload, createOpts);
     const base = await allBytes(host);
     const hostRec = getRecorder(host);
     hostRec.clear();

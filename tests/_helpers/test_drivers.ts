@@ -1,7 +1,8 @@
 /**
  * Small drivers for core tests: a protocol node that records every call it
  * gets (with configurable limits and FUA support), a filter that implements
- * nothing (everything passes through), and a format that raises events.
+ * nothing (everything passes through), a format that raises events, and a
+ * protocol node that records the events delivered to it.
  *
  * @module
  */
@@ -16,8 +17,21 @@ export interface SpyCall {
   fua?: boolean;
 }
 
+/** Shared state of a spy node. */
+export interface SpyState {
+  /** Every call, in the order the driver received them. */
+  calls: SpyCall[];
+  data: Uint8Array;
+  /** While set, every read and write waits for it before touching data. */
+  gate?: Promise<void>;
+  /** Holds the armed read or write (matched by offset and length): a read before it copies, a write after its first half. */
+  hold: Gate;
+  /** `read|write offset+length begin|end` for every read and write, in the order they happened. */
+  log: string[];
+}
+
 /** Shared state of spy nodes, keyed by the `tag` option. */
-export const spies: Map<string, { calls: SpyCall[]; data: Uint8Array; gate?: Promise<void> }> = new Map();
+export const spies: Map<string, SpyState> = new Map();
 
 /** A memory-backed protocol driver that records calls; options: tag, size, align, max-transfer, fua. */
 export const spyDriver: BlockDriver = {
@@ -26,7 +40,7 @@ export const spyDriver: BlockDriver = {
   open(ctx): Promise<DriverInstance> {
     const tag = String(ctx.options.tag ?? "spy");
     const size = Number(ctx.options.size ?? 65536);
-    const state = { calls: [] as SpyCall[], data: new Uint8Array(size), gate: undefined as Promise<void> | undefined };
+    const state: SpyState = { calls: [], data: new Uint8Array(size), hold: new Gate(), log: [] };
     spies.set(tag, state);
     const limits: Partial<BlockLimits> = {
       requestAlignment: Number(ctx.options.align ?? 1),
@@ -38,17 +52,25 @@ export const spyDriver: BlockDriver = {
       getLength: () => state.data.length,
       async pread(offset, buf) {
         state.calls.push({ op: "read", offset, length: buf.length });
+        const what = `read ${offset}+${buf.length}`;
+        state.log.push(`${what} begin`);
         if (state.gate) await state.gate;
+        await state.hold.pass(offset, buf.length);
         buf.set(state.data.subarray(offset, offset + buf.length));
+        state.log.push(`${what} end`);
       },
       async pwrite(offset, data, o) {
         state.calls.push({ op: "write", offset, length: data.length, fua: o.fua });
+        const what = `write ${offset}+${data.length}`;
+        state.log.push(`${what} begin`);
         if (state.gate) await state.gate;
         // Write in two halves with a yield between, so a torn write would be visible.
         const half = data.length >> 1;
         state.data.set(data.subarray(0, half), offset);
+        await state.hold.pass(offset, data.length);
         await new Promise((r) => setTimeout(r, 0));
         state.data.set(data.subarray(half), offset + half);
+        state.log.push(`${what} end`);
       },
       flush() {
         state.calls.push({ op: "flush", offset: 0, length: 0 });
@@ -90,26 +112,26 @@ export const eventFormatDriver: BlockDriver = {
   },
 };
 
-/** A gate: holds the first read of exactly `offset`/`length` bytes until released. */
+/** A gate: holds the first request of exactly `offset`/`length` bytes that passes it until released. */
 export class Gate {
   #armed: { offset: number; length: number } | undefined;
   #onReached!: () => void;
   #onRelease!: () => void;
   #released = new Promise<void>((r) => (this.#onRelease = r));
-  /** Resolves when an armed read has reached the gate (and is held). */
+  /** Resolves when the armed request has reached the gate (and is held). */
   readonly reached: Promise<void> = new Promise<void>((r) => (this.#onReached = r));
 
-  /** Arms the gate for the next read of `length` bytes at `offset`. */
+  /** Arms the gate for the next request of `length` bytes at `offset`. */
   arm(offset: number, length: number): void {
     this.#armed = { offset, length };
   }
 
-  /** Lets the held read continue. */
+  /** Lets the held request continue. */
   release(): void {
     this.#onRelease();
   }
 
-  /** Holds a read if it is the armed one. */
+  /** Holds a request if it is the armed one. */
   async pass(offset: number, length: number): Promise<void> {
     const a = this.#armed;
     if (!a || a.offset !== offset || a.length !== length) return;
@@ -163,7 +185,28 @@ export const countDriver: BlockDriver = {
   },
 };
 
+/** The blkdebug events each `test-sink` node received, keyed by its `tag` option. */
+export const sinks: Map<string, string[]> = new Map();
+
+/** A memory-backed protocol driver that records every debug event delivered to it (options: tag, size). */
+export const sinkDriver: BlockDriver = {
+  name: "test-sink",
+  kind: "protocol",
+  open(ctx): Promise<DriverInstance> {
+    const data = new Uint8Array(Number(ctx.options.size ?? 65536));
+    const events: string[] = [];
+    sinks.set(String(ctx.options.tag ?? "sink"), events);
+    return Promise.resolve({
+      getLength: () => data.length,
+      pread: (o, b) => void b.set(data.subarray(o, o + b.length)),
+      pwrite: (o, d) => void data.set(d, o),
+      debugEvent: (event) => void events.push(event),
+    });
+  },
+};
+
 registerDriver(spyDriver);
+registerDriver(sinkDriver);
 registerDriver(passDriver);
 registerDriver(eventFormatDriver);
 registerDriver(gateDriver);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type BlockError, createImage, driverNames, open, registerDriver } from "../../mod.ts";
+import { type BlockError, createImage, open } from "../../mod.ts";
 import { pattern, run, runOk, skipUnless, tempDir } from "../_helpers/qemu.ts";
 
 const MiB = 1 << 20;
@@ -89,16 +89,6 @@ Deno.test("a plain filename of a raw file opens as raw with probed set", async (
 });
 
 const QCOW2_MAGIC = new Uint8Array([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]);
-
-// The qcow2 driver may not be registered yet: a probe-only stand-in claims the magic.
-if (!driverNames().includes("qcow2")) {
-  registerDriver({
-    name: "test-qcow2-probe",
-    kind: "format",
-    probe: (head) => (head[0] === 0x51 && head[1] === 0x46 && head[2] === 0x49 && head[3] === 0xfb ? 100 : 0),
-    open: () => Promise.reject(new Error("probe-only test driver")),
-  });
-}
 
 Deno.test("a probed raw image refuses a sector-0 write that starts with the qcow2 magic (EPERM)", async () => {
   await using dir = await tempDir();

@@ -4,17 +4,14 @@
  */
 
 import assert from "node:assert/strict";
-import { skipUnless, tempDir } from "../../_helpers/qemu.ts";
+import { tempDir } from "../../_helpers/qemu.ts";
 import { createImage, open } from "../../../mod.ts";
 import { checkQcow2 } from "../../../drivers/qcow2/check.ts";
 import { gates } from "../../_helpers/test_drivers.ts";
 import { assertClean, assertSameAsRaw, firstDiff, lcg, Mirror, openQcow2, qemuCreate, qemuOverlay, readAll, toRaw } from "./_util.ts";
 
-const ignore = skipUnless("qemu-img", "qemu-io");
-
 Deno.test({
   name: "qcow2 concurrent writes into one unallocated cluster keep every write",
-  ignore,
   async fn() {
     await using dir = await tempDir();
     const path = `${dir.path}/c.qcow2`;
@@ -39,7 +36,6 @@ Deno.test({
 
 Deno.test({
   name: "qcow2 concurrent partial writes over a backing file copy the backing data once",
-  ignore,
   async fn() {
     await using dir = await tempDir();
     const { top: path } = await qemuOverlay(dir.path, "1M", ["write -P 0x5a 0 1M"], "cluster_size=64k");
@@ -64,7 +60,6 @@ Deno.test({
 
 Deno.test({
   name: "qcow2 concurrent writes, zeroes and reads with tiny caches stay consistent",
-  ignore,
   async fn() {
     await using dir = await tempDir();
     const path = `${dir.path}/m.qcow2`;

@@ -195,7 +195,6 @@ Deno.test("createQcow2() works on a memory node", async () => {
 });
 
 const BAD: [string, number, Opts, string, RegExp][] = [
-  ["a size that is not a multiple of 512", 1000, {}, "EINVAL", /multiple of 512.*1000/],
   ["cluster_size=1000", 1 << 20, { cluster_size: "1000" }, "EINVAL", /Cluster size.*cluster_size 1000/],
   ["cluster_size=4M", 1 << 20, { cluster_size: "4M" }, "EINVAL", /Cluster size.*cluster_size 4M/],
   ["cluster_size=256", 1 << 20, { cluster_size: "256" }, "EINVAL", /cluster_size 256/],

@@ -14,7 +14,6 @@ const KiB = 1024;
 for (const o of ["cluster_size=512", "cluster_size=64k,refcount_bits=64", "compat=0.10,cluster_size=4k", "extended_l2=on"]) {
   Deno.test({
     name: `qcow2 qemu-io reads back the patterns blkgraph wrote (${o})`,
-    ignore,
     async fn() {
       await using dir = await tempDir();
       const path = `${dir.path}/a.qcow2`;
@@ -33,7 +32,7 @@ for (const o of ["cluster_size=512", "cluster_size=64k,refcount_bits=64", "compa
 
 Deno.test({
   name: "qcow2 blkgraph and qemu-io take turns writing one image",
-  ignore,
+  ignore, // needs qemu-io to write
   async fn() {
     await using dir = await tempDir();
     const path = `${dir.path}/t.qcow2`;
@@ -63,7 +62,7 @@ Deno.test({
 
 Deno.test({
   name: "qcow2 blockStatus() agrees with qemu-img map on data and zero ranges",
-  ignore,
+  ignore, // needs qemu-io to write
   async fn() {
     await using dir = await tempDir();
     const { top } = await qemuOverlay(dir.path, "2M", ["write -P 1 0 512k", "write -z 1M 128k"]);

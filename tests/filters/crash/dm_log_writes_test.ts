@@ -99,7 +99,7 @@ Deno.test(
       "flush",
       "--image-opts",
       `driver=blklogwrites,file.driver=file,file.filename=${img},log.driver=file,log.filename=${logFile}`,
-    ]); // deno-fmt-ignore
+    ]);
     const ops = readDmLogWrites(await Deno.readFile(logFile));
     assert.deepEqual(ops.filter((o) => o.op === "flush").length >= 2, true);
     assert.deepEqual(ops.filter((o) => o.op === "write").map((o) => [o.offset, o.length]), [[0, 4096], [8192, 1024], [65536, 4096], [

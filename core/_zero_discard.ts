@@ -1,0 +1,152 @@
+/**
+ * Write-zeroes and discard on a node (QEMU's bdrv_co_do_pwrite_zeroes and
+ * bdrv_co_pdiscard): the driver gets the part aligned to its declared
+ * granularity, split at its declared maximum; an unaligned head and tail of
+ * a write-zeroes, and whatever the driver refuses with ENOTSUP, are written
+ * as zero buffers (unless the caller forbids the fallback). A discard is
+ * advisory: only its aligned part is passed on.
+ *
+ * @module
+ */
+
+import { BlockError } from "./errors.ts";
+import { newRequest, roundUp } from "./request.ts";
+import type { RequestOptions, WriteOptions, WriteZeroesOptions } from "./types.ts";
+import type { CoreNode, NodeCore } from "./_node_core.ts";
+import { writeAligned, writePadded } from "./_read_write.ts";
+import { flushRequest } from "./_flush.ts";
+
+const ZERO_CHUNK = 1 << 20;
+
+/** `BlockNode.pwriteZeroes`. */
+export function zeroesRequest<N extends CoreNode<N>>(
+  c: NodeCore<N>,
+  offset: number,
+  length: number,
+  opts: WriteZeroesOptions,
+): Promise<void> {
+  if (c.listeners.length) return c.span("write-zeroes", offset, length, opts, (o) => writeZeroes(c, offset, length, o));
+  return writeZeroes(c, offset, length, opts);
+}
+
+async function writeZeroes<N extends CoreNode<N>>(c: NodeCore<N>, offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
+  c.check("write zeroes to", offset, length, true);
+  if (length === 0) return;
+  const req = opts.req ?? newRequest(c.name, "write-zeroes", offset, length);
+  const fua = (opts.fua ?? false) || c.writeThrough;
+  let t = c.tracker.track(offset, offset + length, true);
+  if (typeof t !== "number") t = await t;
+  try {
+    const e1 = c.ownEvent("pwritev_zero", req);
+    if (e1) await e1;
+    await zeroes(c, offset, length, { ...opts, fua: fua && (c.inst.supportsFua ?? false), req });
+    c.writeGen++;
+  } finally {
+    c.tracker.untrack(t);
+  }
+  c.stats.writeZeroes++;
+  if (fua && !c.inst.supportsFua) await flushRequest(c, { req });
+}
+
+/** Makes `[offset, offset + length)` read as zeros (the request is tracked by the caller). */
+export async function zeroes<N extends CoreNode<N>>(
+  c: NodeCore<N>,
+  offset: number,
+  length: number,
+  opts: WriteZeroesOptions,
+): Promise<void> {
+  const inst = c.inst;
+  if (inst.pwriteZeroes) {
+    const zalign = Math.max(c.limits.requestAlignment, c.limits.optWriteZero || 1);
+    const end = offset + length;
+    const s = Math.min(roundUp(offset, zalign), end);
+    const e = Math.max(s, end >= c.length ? end : end - (end % zalign));
+    const maxZ = c.limits.maxWriteZero;
+    const max = maxZ ? Math.max(zalign, maxZ - (maxZ % zalign)) : Number.MAX_SAFE_INTEGER;
+    if (s > offset) await zeroPart(c, offset, s - offset, opts);
+    for (let o = s; o < e; o += max) {
+      const n = Math.min(max, e - o);
+      try {
+        await inst.pwriteZeroes(o, n, opts);
+      } catch (err) {
+        if (!(err instanceof BlockError && err.code === "ENOTSUP") || opts.noFallback) throw err;
+        await zeroBuffers(c, o, n, opts);
+      }
+    }
+    if (end > e) await zeroPart(c, e, end - e, opts);
+    return;
+  }
+  const child = c.node.driver.kind === "filter" ? c.primaryChild : undefined;
+  if (child) {
+    return await c.forward(
+      { op: "write-zeroes", offset, length, fua: opts.fua, req: opts.req },
+      () => child.pwriteZeroes(offset, length, opts),
+    );
+  }
+  if (opts.noFallback) {
+    c.fail("ENOTSUP", "write zeroes to", offset, length, "no fast path and fallback disallowed");
+  }
+  await zeroBuffers(c, offset, length, opts);
+}
+
+/** An unaligned piece of a write-zeroes: zero buffers, or ENOTSUP when the caller forbade the fallback. */
+function zeroPart<N extends CoreNode<N>>(c: NodeCore<N>, offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
+  if (opts.noFallback) {
+    return Promise.reject(
+      new BlockError(
+        "ENOTSUP",
+        `Cannot write zeroes to ${length} bytes at offset ${offset} on node '${c.name}': not aligned to the driver's zero granularity and fallback disallowed`,
+        { node: c.name, offset, length },
+      ),
+    );
+  }
+  return zeroBuffers(c, offset, length, opts);
+}
+
+async function zeroBuffers<N extends CoreNode<N>>(c: NodeCore<N>, offset: number, length: number, opts: WriteOptions): Promise<void> {
+  const align = c.limits.requestAlignment;
+  const zero = new Uint8Array(Math.min(length, ZERO_CHUNK));
+  for (let done = 0; done < length;) {
+    const n = Math.min(zero.length, length - done);
+    const o = offset + done;
+    const s = o - (o % align);
+    const e = roundUp(o + n, align);
+    if (s === o && e === o + n) await writeAligned(c, o, zero.subarray(0, n), false, opts.req!);
+    else await writePadded(c, o, zero.subarray(0, n), s, e, false, opts.req!);
+    done += n;
+  }
+}
+
+/** `BlockNode.pdiscard`. */
+export function discardRequest<N extends CoreNode<N>>(c: NodeCore<N>, offset: number, length: number, opts: RequestOptions): Promise<void> {
+  if (c.listeners.length) return c.span("discard", offset, length, opts, (o) => discard(c, offset, length, o));
+  return discard(c, offset, length, opts);
+}
+
+async function discard<N extends CoreNode<N>>(c: NodeCore<N>, offset: number, length: number, opts: RequestOptions): Promise<void> {
+  c.check("discard", offset, length, true);
+  if (length === 0) return;
+  const req = opts.req ?? newRequest(c.name, "discard", offset, length);
+  let t = c.tracker.track(offset, offset + length, true);
+  if (typeof t !== "number") t = await t;
+  try {
+    const inst = c.inst;
+    if (inst.pdiscard) {
+      // Only the part aligned to the driver's discard granularity is passed (the end of the node counts as aligned).
+      const dalign = c.limits.optDiscard || 1;
+      const end = offset + length;
+      const s = roundUp(offset, dalign);
+      const e = end >= c.length ? end : end - (end % dalign);
+      const maxD = c.limits.maxDiscard;
+      const max = maxD ? Math.max(dalign, maxD - (maxD % dalign)) : Number.MAX_SAFE_INTEGER;
+      for (let o = s; o < e; o += max) await inst.pdiscard(o, Math.min(max, e - o), { req });
+    } else if (c.node.driver.kind === "filter" && c.primaryChild) {
+      const child = c.primaryChild;
+      await c.forward({ op: "discard", offset, length, req }, () => child.pdiscard(offset, length, { req }));
+    }
+    c.writeGen++;
+  } finally {
+    c.tracker.untrack(t);
+  }
+  c.stats.discards++;
+}

@@ -1,0 +1,29 @@
+import assert from "node:assert/strict";
+import { copyImage, createImage, type NodeEvent, open } from "../../mod.ts";
+import { tempDir } from "../_helpers/qemu.ts";
+
+Deno.test("copyImage() skips a hole of many chunks with one block-status request and copies the data around it", async () => {
+  await using d = await tempDir();
+  const size = 1 << 30;
+  await createImage(`${d.path}/s.qcow2`, "qcow2", size);
+  await using src = await open(`${d.path}/s.qcow2`);
+  const head = new Uint8Array(65536).fill(1);
+  const tail = new Uint8Array(65536).fill(2);
+  await src.pwrite(0, head);
+  await src.pwrite(size - 65536, tail);
+  await using dst = await open({ driver: "memory", size });
+  const statusCalls: number[] = [];
+  src.addListener((e: NodeEvent) => {
+    if (e.kind === "request" && e.phase === "begin" && e.op === "block-status") statusCalls.push(e.offset);
+  });
+  await copyImage(src, dst);
+  // qcow2 reports at most one L2 table's span (512 MiB with 64 KiB clusters) per answer: a few calls, not one per 2 MiB chunk (512).
+  assert.ok(statusCalls.length <= 8, `${statusCalls.length} block-status requests`);
+  const a = new Uint8Array(65536);
+  await dst.pread(0, a);
+  assert.deepEqual(a, head);
+  await dst.pread(size - 65536, a);
+  assert.deepEqual(a, tail);
+  await dst.pread(size / 2, a);
+  assert.ok(a.every((b) => b === 0));
+});

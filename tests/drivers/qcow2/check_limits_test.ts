@@ -190,7 +190,8 @@ Deno.test("DiskRefcounts keeps a few MiB of refcount blocks whatever the image's
 });
 
 Deno.test({
-  name: "qcow2 check reports a v3 snapshot table entry without its 16 bytes of extra data and check -r all completes it, as qemu-img check does",
+  name:
+    "qcow2 check reports a v3 snapshot table entry without its 16 bytes of extra data and check -r all completes it, as qemu-img check does",
   ignore: skipUnless("qemu-img"), // internal snapshots are made by qemu-img here
   async fn() {
     await using d = await tempDir();

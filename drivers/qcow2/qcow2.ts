@@ -332,6 +332,10 @@ export class Qcow2Instance implements DriverInstance {
 
   /** Reverts the image to the snapshot with ID (or else name) `idOrName` (qemu-img snapshot -a). */
   snapshotGoto(idOrName: string): Promise<void> {
+    // QEMU refuses to revert an image that has dirty bitmaps, enabled or not (their contents would be wrong after it).
+    if (this.#bm.list().length) {
+      return Promise.reject(new BlockError("EBUSY", "Device has active dirty bitmaps", { node: this.#st.node.name }));
+    }
     return this.#st.change(() => gotoSnapshot(this.#st, idOrName, undefined));
   }
 

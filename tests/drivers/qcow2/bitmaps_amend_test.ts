@@ -3,7 +3,9 @@
  * (amend, raw data files), with QEMU as the reference.
  */
 import assert from "node:assert/strict";
-import { runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
+import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
+
+const CLI = new URL("../../../cli/main.ts", import.meta.url).pathname;
 import { assertClean, openQcow2 } from "./_util.ts";
 import { ourDirty, qemuBitmaps, qemuDirty } from "./_bitmap_util.ts";
 
@@ -48,5 +50,25 @@ Deno.test({
     assert.equal(info["format-specific"].data["data-file-raw"], true);
     assert.deepEqual(await qemuBitmaps(path), [{ flags: ["auto"], name: "b0", granularity: 65536 }]);
     await assertClean(path);
+  },
+});
+
+Deno.test({
+  name: "qcow2 snapshot -a refuses an image with dirty bitmaps (enabled or not) as qemu-img snapshot -a does",
+  ignore,
+  async fn() {
+    await using dir = await tempDir();
+    const out: string[] = [];
+    for (const prog of ["qemu-img", "blkgraph"]) {
+      const path = `${dir.path}/${prog}.qcow2`;
+      await runOk("qemu-img", ["create", "-q", "-f", "qcow2", path, "1M"]);
+      await runOk("qemu-img", ["bitmap", "--add", "--disable", path, "b0"]);
+      await runOk("qemu-img", ["snapshot", "-c", "s1", path]);
+      const args = ["snapshot", "-a", "s1", path];
+      const r = prog === "qemu-img" ? await run("qemu-img", args) : await run(Deno.execPath(), ["run", "-A", CLI, ...args]);
+      assert.equal(r.code, 1);
+      out.push(r.stderr.replace(/^(qemu-img|blkgraph): /, ""));
+    }
+    assert.equal(out[1], out[0]);
   },
 });

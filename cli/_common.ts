@@ -175,6 +175,8 @@ export interface ImageArgs {
   copyOnRead?: boolean;
   /** Node options merged with a plain filename (qemu-io `open -o`); with no filename they are the whole spec. */
   options?: Record<string, unknown>;
+  /** More options for the image's top node, whatever form names it (`snapshot.id` for convert -l). */
+  formatOptions?: Record<string, unknown>;
   /** Only describe the image (qemu-img info's BDRV_O_NO_IO): an encrypted image opens without its key. */
   noIo?: boolean;
   /** More options for the format node of a plain filename (convert passes the target's `key-secret`). */
@@ -223,15 +225,19 @@ export async function openImage(filename: string | undefined, opts: ImageArgs = 
     copyOnRead: opts.copyOnRead,
     noIo,
   };
+  const top = opts.formatOptions;
   try {
     if (filename === undefined) return await open(opts.options ?? {}, how);
     if (opts.imageOpts || looksDotted(filename)) {
       const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
-      return await open(spec, how);
+      return await open(top ? { ...normaliseSpec(spec), ...top } : spec, how);
     }
-    // json: options merged with the ones given beside it; those win (QEMU's qdict_join without overwrite).
-    if (filename.startsWith("json:")) return await open(opts.options ? mergeSpecs(normaliseSpec(filename), opts.options) : filename, how);
-    const given = { ...opts.options, ...(opts.noBacking ? { backing: null } : {}), ...opts.extra };
+    if (filename.startsWith("json:")) {
+      // json: options merged with the ones given beside it; those win (QEMU's qdict_join without overwrite).
+      const spec = opts.options ? mergeSpecs(normaliseSpec(filename), opts.options) : filename;
+      return await open(top ? { ...normaliseSpec(spec), ...top } : spec, how);
+    }
+    const given = { ...opts.options, ...(opts.noBacking ? { backing: null } : {}), ...opts.extra, ...top };
     const spec = Object.keys(given).length ? { ...given, filename } : filename;
     return await open(spec, { ...how, format: opts.format });
   } catch (e) {

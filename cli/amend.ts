@@ -1,8 +1,10 @@
 /**
  * `blkgraph amend`: qemu-img amend: opens the image read-write (without its
  * backing chain) and hands the `-o` options to the format driver's `amend`
- * (qcow2: `lazy_refcounts=on|off`; creation-only options are refused as
- * qemu-img does; luks: key slots, with `--object` secrets).
+ * (qcow2: compat, refcount_bits, size, lazy_refcounts, data_file,
+ * data_file_raw, backing_file/backing_fmt as they are; creation-only
+ * options are refused as qemu-img does; luks: key slots, with `--object`
+ * secrets).
  *
  * @module
  */
@@ -36,10 +38,12 @@ function amendOptionHelp(format: string): string {
 
 const USAGE = `Usage: blkgraph amend [--object objectdef] [-f fmt] [-q] [--force] [--image-opts] -o options filename
 
-Changes format options of an existing image. Supported: qcow2
-lazy_refcounts=on|off (compat=1.1 images); luks key slots:
-state=active|inactive, keyslot, new-secret, old-secret, iter-time
-(--force overwrites an active slot or erases the last one).
+Changes format options of an existing image. qcow2: compat=0.10|1.1,
+refcount_bits=1..64, size=SIZE (grow or shrink), lazy_refcounts=on|off,
+data_file=NAME, data_file_raw=off, encrypt.* key slots of luks-encrypted
+images. luks: key slots: state=active|inactive, keyslot, new-secret,
+old-secret, iter-time (--force overwrites an active slot or erases the
+last one).
 `;
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -62,9 +66,10 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io.stdout(amendOptionHelp(format));
     return 0;
   }
-  needPositionals(p.positionals, 1, 1, "filename");
   const opts = parseCreateOptions(lists);
-  if (!Object.keys(opts).length && !help) throw new CliError("Expecting one or more options (-o)");
+  // qemu-img amend's order: the options first, then the file name.
+  if (!Object.keys(opts).length && !help) throw new CliError("Must specify options (-o)\nTry '--help' for more information.");
+  needPositionals(p.positionals, 1, 1, "one image file name");
   const node = await openImage(p.positionals[0], { ...imageArgs(p.values, false), noBacking: true });
   try {
     if (help) {
@@ -80,4 +85,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `amend` verb. */
-export const amendVerb: Verb = { name: "amend", summary: "change format options (qcow2 lazy_refcounts, luks key slots)", run };
+export const amendVerb: Verb = {
+  name: "amend",
+  summary: "change format options (qcow2 compat/refcount_bits/size/..., luks key slots)",
+  run,
+};

@@ -64,6 +64,7 @@ export async function commitInto(top: BlockNode, base: BlockNode, progress?: (do
   for (let off = 0; off < length;) {
     const st = await allocatedAbove(top, base, off, Math.min(CHUNK, length - off));
     if (st.allocated) {
+      // qemu-img commit (a mirror job) unmaps what reads as zeros (BDRV_REQ_MAY_UNMAP).
       if (st.zero) await base.pwriteZeroes(off, st.n, { mayUnmap: true });
       else {
         const data = buf.subarray(0, st.n);

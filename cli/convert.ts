@@ -15,6 +15,7 @@ import {
   type CliIO,
   flagList,
   flagString,
+  formatNode,
   intArg,
   needPositionals,
   openImage,
@@ -27,7 +28,8 @@ import { startTrace, type Trace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
 import { progressPrinter } from "./_progress.ts";
 
 const USAGE = `Usage: blkgraph convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]
-                        [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-m num]
+                        [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param]
+                        [-S sparse_size] [-m num]
                         [--image-opts] [--target-image-opts] [-U] [--bitmaps [--skip-broken-bitmaps]] [--trace[=FILE]] [--trace-format=F] filename [filename2 [...]] output_filename
 
 Converts (copies) images. Zero and unallocated ranges are skipped; -c
@@ -35,7 +37,8 @@ writes compressed clusters (qcow2), -p shows progress, -n writes into an
 existing target, -B makes the target an overlay of backing_file and copies
 only what the sources allocate themselves. --bitmaps copies the persistent
 dirty bitmaps of the source (--skip-broken-bitmaps leaves inconsistent ones
-out).
+out). -l snapshot.id=ID[,snapshot.name=NAME] (or -l ID_OR_NAME) copies an
+internal snapshot instead of the current state.
 `;
 
 /** qemu-img convert's default `-S`: zero runs of at least 4 KiB stay holes. */
@@ -65,6 +68,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       object: { type: "string", multiple: true },
       bitmaps: { type: "boolean" },
       "skip-broken-bitmaps": { type: "boolean" },
+      "snapshot-param": { type: "string", short: "l" },
       ...TRACE_FLAGS,
     },
     USAGE,
@@ -99,19 +103,32 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const bitmaps = p.values.bitmaps === true;
   const skipBroken = p.values["skip-broken-bitmaps"] === true;
   if (skipBroken && !bitmaps) throw new CliError("Use of --skip-broken-bitmaps requires --bitmaps");
+  const snapshot = snapshotArg(flagString(p.values, "snapshot-param"), io);
+  if (snapshot?.idOrName !== undefined && srcNames.length > 1) throw new CliError("No support for concatenating multiple snapshot");
   const srcs: BlockNode[] = [];
   let dst: BlockNode | undefined;
   const traces: Trace[] = [];
   try {
     for (const s of srcNames) {
-      srcs.push(
-        await openImage(s, {
-          format: flagString(p.values, "format"),
-          imageOpts: p.values["image-opts"] === true,
-          readOnly: true,
-          cache: flagString(p.values, "src-cache"),
-        }),
-      );
+      const args = {
+        format: flagString(p.values, "format"),
+        imageOpts: p.values["image-opts"] === true,
+        readOnly: true,
+        cache: flagString(p.values, "src-cache"),
+      };
+      const src = await openImage(s, args);
+      if (!snapshot) {
+        srcs.push(src);
+        continue;
+      }
+      // A read-only view of the snapshot (qemu-img's bdrv_snapshot_load_tmp): reopened with snapshot.id/snapshot.name.
+      let view: Record<string, string>;
+      try {
+        view = await resolveSnapshot(src, snapshot);
+      } finally {
+        await src.close();
+      }
+      srcs.push(await openImage(s, { ...args, formatOptions: view }));
     }
     if (bitmaps) await checkBitmaps(srcs, skipBroken);
     const total = srcs.reduce((a, s) => a + s.length, 0);
@@ -227,3 +244,37 @@ async function copyBitmaps(src: BlockNode, dst: BlockNode, skipBroken: boolean, 
 
 /** The `convert` verb. */
 export const convertVerb: Verb = { name: "convert", summary: "convert (copy) images", run };
+
+/**
+ * `-l snapshot.id=ID,snapshot.name=NAME` or `-l ID_OR_NAME`, as qemu-img 7.2
+ * convert takes them (its old `-s` is gone).
+ */
+function snapshotArg(l: string | undefined, io: CliIO): { id?: string; name?: string; idOrName?: string } | undefined {
+  if (l?.startsWith("snapshot.")) {
+    const out: { id?: string; name?: string } = {};
+    for (const part of l.split(",")) {
+      const m = /^(snapshot\.[^=]*)(?:=(.*))?$/.exec(part);
+      const key = m?.[1].slice("snapshot.".length);
+      if (!m || (key !== "id" && key !== "name")) {
+        io.stderr(`blkgraph: Invalid parameter '${m?.[1] ?? part}'\n`);
+        throw new CliError(`Failed in parsing snapshot param '${l}'`);
+      }
+      out[key] = m[2] ?? "";
+    }
+    return out;
+  }
+  return l === undefined ? undefined : { idOrName: l };
+}
+
+/** The open options of the snapshot view: by ID and/or name, or a bare word tried as an ID, then as a name. */
+async function resolveSnapshot(src: BlockNode, want: { id?: string; name?: string; idOrName?: string }): Promise<Record<string, string>> {
+  const list = await formatNode(src).snapshotList();
+  const found = want.idOrName !== undefined
+    ? list.find((sn) => sn.id === want.idOrName) ?? list.find((sn) => sn.name === want.idOrName)
+    : list.find((sn) => (want.id === undefined || sn.id === want.id) && (want.name === undefined || sn.name === want.name));
+  if (!found) throw new CliError("Failed to load snapshot: Can't find snapshot");
+  return want.idOrName !== undefined ? { "snapshot.id": found.id } : {
+    ...(want.id !== undefined ? { "snapshot.id": want.id } : {}),
+    ...(want.name !== undefined ? { "snapshot.name": want.name } : {}),
+  };
+}

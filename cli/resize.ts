@@ -1,7 +1,7 @@
 /**
  * `blkgraph resize`: qemu-img resize (`[+|-]size`, "Image resized."). Growing
- * works for every format that can truncate; shrinking a raw image needs
- * `--shrink`, and qcow2 images are never shrunk.
+ * works for every format that can truncate, with `--preallocation` where the
+ * format has it (qcow2: metadata, falloc, full); shrinking needs `--shrink`.
  *
  * @module
  */
@@ -24,7 +24,8 @@ import {
 const USAGE = `Usage: blkgraph resize [-f fmt] [--shrink] [--preallocation=mode] [-q] [--image-opts] filename [+|-]size
 
 Changes the virtual size of an image. '+size' grows it by size, '-size'
-shrinks it (raw only, with --shrink).
+shrinks it (with --shrink). --preallocation=metadata|falloc|full allocates
+the grown area.
 `;
 
 async function run(args: string[], io: CliIO): Promise<number> {

@@ -1,11 +1,12 @@
 /**
  * `blkgraph snapshot`: qemu-img snapshot. `-l` lists internal snapshots
  * (qemu-img's table; an image without snapshots prints nothing), `-c`
- * creates one, `-a` reverts the image to one, `-d` deletes one — through
- * the driver interface's snapshot operations, which fall through raw and
- * filters to the node that has them (an rbd node's RBD snapshots), with
- * qemu-img's messages. A node that lists snapshots but cannot change them
- * (qcow2 today) says so.
+ * creates one (dated now, ID picked by the format), `-a` reverts the image
+ * to one (by ID, or else by name), `-d` deletes one (found by name, as
+ * qemu-img 7.2 finds it) — through the driver interface's snapshot
+ * operations, which fall through raw and filters to the node that has them
+ * (qcow2's internal snapshots, an rbd node's RBD snapshots), with qemu-img's
+ * messages.
  *
  * @module
  */
@@ -50,8 +51,9 @@ async function act(node: BlockNode, action: Exclude<Action, "list">, name: strin
   }
   switch (action) {
     case "create": {
-      const now = Date.now();
-      const info = { id: "", name, vmStateSize: 0, dateSec: Math.floor(now / 1000), dateNsec: (now % 1000) * 1e6, vmClockNsec: 0 };
+      // qemu-img's snapshot info: dated now (microseconds), no VM state, VM clock 0, icount 0.
+      const us = Math.floor((performance.timeOrigin + performance.now()) * 1000);
+      const info = { id: "", name, vmStateSize: 0, dateSec: Math.floor(us / 1e6), dateNsec: (us % 1e6) * 1000, vmClockNsec: 0, icount: 0 };
       try {
         await fmt.snapshotCreate(info);
       } catch (e) {
@@ -65,6 +67,8 @@ async function act(node: BlockNode, action: Exclude<Action, "list">, name: strin
         await fmt.snapshotGoto(name);
       } catch (e) {
         if (!serving) throw new CliError(`Could not apply snapshot '${name}': Block driver does not support snapshots`);
+        // Refused before the driver loads anything (QEMU's bdrv_snapshot_goto: "Device has active dirty bitmaps").
+        if (e instanceof BlockError && e.code === "EBUSY") throw new CliError(`Could not apply snapshot '${name}': ${e.message}`);
         throw new CliError(`Could not apply snapshot '${name}': Failed to load snapshot: ${why(e)}`);
       }
       return;
@@ -75,7 +79,9 @@ async function act(node: BlockNode, action: Exclude<Action, "list">, name: strin
       try {
         await fmt.snapshotDelete(found.id);
       } catch (e) {
-        throw new CliError(`Could not delete snapshot '${name}': Failed to remove the snapshot: ${why(e)}`);
+        // qcow2 names the stage that failed as QEMU does; rbd's message is QEMU's rbd driver's.
+        const msg = serving?.driver.name === "qcow2" ? (e as Error).message : `Failed to remove the snapshot: ${why(e)}`;
+        throw new CliError(`Could not delete snapshot '${name}': ${msg}`);
       }
       return;
     }

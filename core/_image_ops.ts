@@ -118,6 +118,33 @@ export async function snapshotOp<N extends CoreNode<N>>(
   await holdWhole(n, what, true, (i) => (i[key] as (a: SnapshotInfo | string) => Promise<void> | void)(arg));
 }
 
+/**
+ * Reads or writes VM state (QEMU's bdrv_load_vmstate / bdrv_save_vmstate) on
+ * the first node down the primary-child chain whose driver has a VM state area.
+ */
+export async function vmstateOp<N extends CoreNode<N>>(
+  c: NodeCore<N>,
+  key: "loadVmstate" | "saveVmstate",
+  what: string,
+  write: boolean,
+  pos: number,
+  length: number,
+  fn: (inst: DriverInstanceOf<N>) => Promise<void> | void,
+): Promise<void> {
+  if (!Number.isSafeInteger(pos) || pos < 0 || pos + length > MAX_LENGTH) {
+    throw new BlockError("EINVAL", `Cannot ${what} node '${c.name}' at offset ${pos}: invalid offset`, { node: c.name });
+  }
+  let n: NodeCore<N> | undefined = c;
+  while (n && !n.inst[key]) {
+    const child: N | undefined = n.primaryChild;
+    n = child ? coreOf(child) : undefined;
+  }
+  if (!n) {
+    throw new BlockError("ENOTSUP", `Cannot ${what} node '${c.name}': format '${formatName(c)}' has no VM state area`, { node: c.name });
+  }
+  await holdWhole(n, what, write, fn);
+}
+
 /** The first driver down the primary-child chain that offers breakpoints (QEMU's bdrv_find_debug_node). */
 export function debugInstance<N extends CoreNode<N>>(c: NodeCore<N>): DriverInstanceOf<N> {
   let n: NodeCore<N> | undefined = c;

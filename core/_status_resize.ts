@@ -8,8 +8,8 @@
  */
 
 import { BlockError } from "./errors.ts";
-import { MAX_LENGTH, newRequest } from "./request.ts";
-import type { BlockStatusOf, RequestOptions, TruncateOptions } from "./types.ts";
+import { MAX_LENGTH, newRequest, roundUp } from "./request.ts";
+import type { BlockStatusOf, RequestInfo, RequestOptions, TruncateOptions } from "./types.ts";
 import type { CoreNode, NodeCore } from "./_node_core.ts";
 import { zeroes } from "./_zero_discard.ts";
 
@@ -73,7 +73,7 @@ async function truncate<N extends CoreNode<N>>(c: NodeCore<N>, length: number, o
       const backing = c.node.children.get("backing");
       const zeroFill = length > old && backing && backing.length > old ? Math.min(length, backing.length) - old : 0;
       await inst.truncate(length, { ...opts, req, ...(zeroFill ? { zeroFill } : {}) });
-      if (zeroFill) await zeroes(c, old, zeroFill, { req, noFallback: true });
+      if (zeroFill) await zeroGrown(c, old, Math.min(length, roundUp(old + zeroFill, zeroAlign(c))), req);
     } else if (c.node.driver.kind === "filter" && c.primaryChild) {
       const child = c.primaryChild;
       await c.forward({ op: "truncate", offset: length, length: 0, req }, () => child.truncate(length, { ...opts, req }));
@@ -86,4 +86,21 @@ async function truncate<N extends CoreNode<N>>(c: NodeCore<N>, length: number, o
   } finally {
     c.tracker.untrack(t);
   }
+}
+
+function zeroAlign<N extends CoreNode<N>>(c: NodeCore<N>): number {
+  return Math.max(c.limits.requestAlignment, c.limits.optWriteZero || 1);
+}
+
+/**
+ * Zeroes the grown part `[old, end)` a longer backing file would show
+ * through in: an unaligned head as zero buffers (QEMU's qcow2_co_truncate
+ * writes explicit zeros there), the rest (up to an alignment boundary or
+ * the new end; past the backing file it reads zeros anyway) only through
+ * the driver's zero writes, without the fallback to buffers.
+ */
+async function zeroGrown<N extends CoreNode<N>>(c: NodeCore<N>, old: number, end: number, req: RequestInfo): Promise<void> {
+  const s = Math.min(roundUp(old, zeroAlign(c)), end);
+  if (s > old) await zeroes(c, old, s - old, { req });
+  if (end > s) await zeroes(c, s, end - s, { req, noFallback: true });
 }

@@ -487,6 +487,22 @@ export class BlockNode {
     }
   }
 
+  // ---- VM state (QEMU's bdrv_load_vmstate / bdrv_save_vmstate) --------
+
+  /**
+   * Reads `buf.length` bytes of saved VM state at `pos` (qemu-io `read -b`):
+   * the VM state area of the first node down the primary-child chain whose
+   * driver has one (qcow2 keeps it after the guest data).
+   */
+  loadVmstate(pos: number, buf: Uint8Array): Promise<void> {
+    return ops.vmstateOp(this.#c, "loadVmstate", "read the VM state of", false, pos, buf.length, (i) => i.loadVmstate!(pos, buf));
+  }
+
+  /** Writes VM state at `pos` (qemu-io `write -b`); see {@linkcode BlockNode.loadVmstate}. */
+  saveVmstate(pos: number, data: Uint8Array): Promise<void> {
+    return ops.vmstateOp(this.#c, "saveVmstate", "write the VM state of", true, pos, data.length, (i) => i.saveVmstate!(pos, data));
+  }
+
   // ---- breakpoints (QEMU's bdrv_debug_breakpoint & co.) -----------------
 
   /** Suspends the next request that raises `event` below this node, tagging it `tag` (qemu-io `break`). */

@@ -402,6 +402,10 @@ export interface DriverInstanceOf<N> {
   bitmapMerge?(name: string, dirty: AsyncIterable<DirtyExtent>): Promise<void>;
   /** The run of equal state in bitmap `name` from `offset`, at most `length` bytes. */
   bitmapExtent?(name: string, offset: number, length: number): Promise<DirtyExtent> | DirtyExtent;
+  /** Reads saved VM state at byte `pos` of the image's VM state area (QEMU's bdrv_load_vmstate). */
+  loadVmstate?(pos: number, buf: Uint8Array): Promise<void> | void;
+  /** Writes VM state at byte `pos` of the image's VM state area (QEMU's bdrv_save_vmstate). */
+  saveVmstate?(pos: number, data: Uint8Array): Promise<void> | void;
   /** Suspends the next request that raises `event`, tagging it `tag` (blkdebug breakpoints). */
   debugBreakpoint?(event: string, tag: string): void;
   /** Removes breakpoint `tag` and resumes requests held there. */

@@ -34,6 +34,7 @@ const EXPECT: Record<string, () => (string | RegExp)[]> = {
     hasTool("qemu-img")
       ? ["offset 0: 0x11", "offset 65536: 0x22", "offset 131072: 0x00"]
       : ["qemu-img is not installed; skipping this example"],
+  "snapshot_revert.ts": () => ["snapshots: 1:before", "snapshot reads 0x11", "after revert: 0x11", "check: 0 corruptions, 0 leaks"],
   "throttled_copy_progress.ts":
     () => [/^ +\(12\.50\/100%\) after \d+ ms$/, /^ +\(100\.00\/100%\) after \d+ ms$/, /^copied 2097152 bytes in /],
   "trace_requests_chrome.ts":

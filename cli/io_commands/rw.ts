@@ -110,16 +110,13 @@ const read: IoCommand = {
       s.print("pattern verification range exceeds end of read data\n");
       return false;
     }
-    if (flags.has("b")) {
-      if (!sectorAligned(s, offset, count)) return false;
-      // -b: the VM state area, which no blkgraph driver has (internal snapshots do not exist yet).
-      s.print("read failed: Operation not supported\n");
-      return false;
-    }
+    if (flags.has("b") && !sectorAligned(s, offset, count)) return false;
     const buf = new Uint8Array(count);
     const t0 = performance.now();
     try {
-      await s.node!.pread(offset, buf);
+      // -b: the VM state area (qcow2 keeps it after the guest data).
+      if (flags.has("b")) await s.node!.loadVmstate(offset, buf);
+      else await s.node!.pread(offset, buf);
     } catch (e) {
       failed(s, "read", e);
       return false;
@@ -204,8 +201,8 @@ const write: IoCommand = {
     const node = s.node!;
     const t0 = performance.now();
     try {
-      if (flags.has("b")) throw Object.assign(new Error("vmstate"), { strerror: "Operation not supported" });
-      if (zero) await node.pwriteZeroes(offset, count, { mayUnmap: flags.has("u"), noFallback: flags.has("n"), fua });
+      if (flags.has("b")) await node.saveVmstate(offset, data!);
+      else if (zero) await node.pwriteZeroes(offset, count, { mayUnmap: flags.has("u"), noFallback: flags.has("n"), fua });
       else await node.pwrite(offset, data!, { fua, compressed: flags.has("c") });
     } catch (e) {
       failed(s, "write", e);

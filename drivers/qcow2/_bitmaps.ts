@@ -48,7 +48,7 @@ import {
   readBitmapTable,
 } from "./_bitmap_format.ts";
 import type { BitmapEntry } from "./_tables.ts";
-import { AUTOCLEAR_BITMAPS, EXT_BITMAPS } from "./header.ts";
+import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, EXT_BITMAPS, INCOMPAT_DATA_FILE } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import type { Qcow2State } from "./_state.ts";
 import { clustersOf, markInUseInPlace, rewriteHeader, switchDirectory, writeBitmap } from "./_bitmap_store.ts";
@@ -146,7 +146,9 @@ export class Qcow2Bitmaps {
     }
     // Autoclear bits blkgraph does not maintain go, so whoever does knows their data is stale
     // (a repair's read-write open too, as QEMU's open clears them).
-    const keep = state.kind === "valid" ? AUTOCLEAR_BITMAPS : 0;
+    // A raw data file stays raw: writes go to guest offsets and zero writes are mirrored into it (`_write.ts`).
+    const raw = h.incompatibleFeatures & INCOMPAT_DATA_FILE ? h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW : 0;
+    const keep = (state.kind === "valid" ? AUTOCLEAR_BITMAPS : 0) | raw;
     if ((st.header.autoclearFeatures & ~keep) !== 0 || st.header.featureHigh?.autoclear) {
       st.header.autoclearFeatures &= keep;
       if (st.header.featureHigh) st.header.featureHigh.autoclear = 0;

@@ -47,7 +47,8 @@ export async function checkOflagCopied(
     const hi = l1v.getUint32(i * 8);
     if ((refcount === 1) !== ((hi & COPIED) !== 0)) {
       res.corruptions++;
-      say(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${entryHex(l1v, i * 8)} refcount=${refcount}`);
+      const shown = refcount >= 2 ** 53 ? await disk.textOf(Math.floor(l2Offset / cs)) : refcount;
+      say(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${entryHex(l1v, i * 8)} refcount=${shown}`);
       if (repair) {
         l1v.setUint32(i * 8, refcount === 1 ? (hi | COPIED) >>> 0 : hi & ~COPIED);
         await file.pwrite(h.l1TableOffset + i * 8, l1.subarray(i * 8, i * 8 + 8));
@@ -78,7 +79,8 @@ export async function checkOflagCopied(
       }
       if ((rc === 1) !== ((ehi & COPIED) !== 0)) {
         res.corruptions++;
-        say(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${entryHex(tv, at)} refcount=${rc}`);
+        const shown = rc >= 2 ** 53 ? await disk.textOf(Math.floor(offset / cs)) : rc;
+        say(`${repair ? "Repairing" : "ERROR"} OFLAG_COPIED data cluster: l2_entry=${entryHex(tv, at)} refcount=${shown}`);
         if (repair) {
           tv.setUint32(at, rc === 1 ? (ehi | COPIED) >>> 0 : ehi & ~COPIED);
           dirty++;

@@ -114,6 +114,17 @@ export class DiskRefcounts {
     return readRefcount(b.view, 2 ** this.#order, k);
   }
 
+  /** Refcount `k` of a block as QEMU prints it (exact for 64-bit refcounts past 2^53). */
+  text(b: RefBlock, k: number): string {
+    return this.#order === 6 ? b.view.getBigUint64(k * 8).toString() : String(this.read(b, k));
+  }
+
+  /** The refcount of `cluster` as QEMU prints it (see {@linkcode DiskRefcounts.text}). */
+  async textOf(cluster: number): Promise<string> {
+    const b = await this.block(Math.floor(cluster / this.perBlock));
+    return b ? this.text(b, cluster % this.perBlock) : "0";
+  }
+
   /** Changes refcount `k` of a block (written by {@linkcode DiskRefcounts.writeDirty}). */
   write(b: RefBlock, k: number, value: number): void {
     writeRefcount(b.view, 2 ** this.#order, k, value);

@@ -17,8 +17,9 @@ import { EXT_CRYPTO, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, type 
 import { RefArray } from "./_check_refarray.ts";
 import { type Counters, type Fix, readPadded, zeroCounters } from "./_check_types.ts";
 import { hex, HI, OFFSET_LO_MASK } from "./_entries.ts";
-import { SNAPSHOT_EXTRA_V3_MIN, type SnapshotEntry } from "./_tables.ts";
-import { readSnapshotTableFrom } from "./_snapshot.ts";
+import type { SnapshotEntry } from "./_tables.ts";
+import { MAX_SNAPSHOT_EXTRA, readSnapshotTableChecked } from "./_snapshot.ts";
+import { writeHeaderFields } from "./_header_write.ts";
 import { checkL1, type WalkContext } from "./_check_l2.ts";
 import { checkOflagCopied } from "./_check_oflag.ts";
 import { rebuildRefcountStructure } from "./_check_rebuild.ts";
@@ -26,8 +27,6 @@ import { DiskRefcounts, type RefBlock } from "./_check_refcounts.ts";
 import { checkBitmaps } from "./_check_bitmaps.ts";
 
 const FIX_NONE: Fix = { leaks: false, errors: false };
-/** QEMU's limit on a snapshot's extra data (QCOW_MAX_SNAPSHOT_EXTRA_DATA). */
-const MAX_SNAPSHOT_EXTRA = 1024;
 const MAX_L1_ENTRIES = 0x2000000 / 8;
 
 /** One check of one image file. */
@@ -104,33 +103,57 @@ export class Checker {
     return buf;
   }
 
-  /** Reads the snapshot table (QEMU's qcow2_check_read_snapshot_table). */
-  async readSnapshots(): Promise<void> {
-    const parsed = await readSnapshotTableFrom(this.#file, this.#h);
-    if (typeof parsed === "string") {
-      this.#say(`ERROR failed to read the snapshot table: ${parsed}`);
+  /**
+   * Reads the snapshot table (QEMU's qcow2_check_read_snapshot_table): with
+   * `fix.errors`, entries past 64 MiB of table are dropped at once (the
+   * header's count goes down; their clusters become leaks), and extra data
+   * past 1024 bytes or missing v3 extra data are corruptions the table
+   * rewrite after the refcount check fixes. Returns false when the table
+   * cannot be read (the check stops there, as QEMU's does).
+   */
+  async readSnapshots(fix: Fix): Promise<boolean> {
+    const t = await readSnapshotTableChecked(this.#file, this.#h, fix.errors);
+    if ("error" in t) {
+      this.#say(`ERROR failed to read the snapshot table: ${t.error}`);
+      if (t.hint) this.#say(t.hint);
       this.res.checkErrors++;
-      return;
+      return false;
     }
-    this.#snapshots = parsed.entries;
-    this.#snapshotsSize = parsed.size;
-    // QEMU's qcow2_check_read_snapshot_table: a v3 entry needs at least 16
-    // bytes of extra data, and more than 1 KiB is refused. qemu-img check -r
-    // all rewrites the table; this check reports them and leaves the table
-    // to the snapshot code (not repaired: they stay corruptions).
-    parsed.entries.forEach((sn, i) => {
-      if (sn.extra.length > MAX_SNAPSHOT_EXTRA) {
-        this.#say(`ERROR snapshot table entry ${i} has too much extra metadata (${sn.extra.length} > ${MAX_SNAPSHOT_EXTRA})`);
-        this.snapshotCorruptions++;
-      } else if (this.#h.version >= 3 && sn.extra.length < SNAPSHOT_EXTRA_V3_MIN) {
-        this.#say(`ERROR snapshot table entry ${i} is incomplete`);
-        this.snapshotCorruptions++;
-      }
-    });
+    for (const [i, size] of t.extraDropped) {
+      this.#say(`Discarding too much extra metadata in snapshot table entry ${i} (${size} > ${MAX_SNAPSHOT_EXTRA})`);
+    }
+    this.snapshotFixes = t.extraDropped.length;
+    if (t.overhang) {
+      this.#say(`Discarding ${t.overhang} overhanging snapshots (snapshot table is too big)`);
+      this.#h.nbSnapshots = t.entries.length;
+      await writeHeaderFields(this.#file, this.#h, ["nbSnapshots"]);
+      this.res.corruptionsFixed += t.overhang;
+    }
+    if (this.#h.version >= 3) {
+      t.entries.forEach((e, i) => {
+        if (e.extra.length >= 16) return;
+        this.#say(`${fix.errors ? "Repairing" : "ERROR"} snapshot table entry ${i} is incomplete`);
+        this.snapshotFixes++;
+      });
+    }
+    this.res.corruptions += this.snapshotFixes;
+    this.#snapshots = t.entries;
+    this.#snapshotsSize = t.size;
+    return true;
   }
 
-  /** Snapshot table entries QEMU's check repairs and this one reports only (added to the corruptions). */
-  snapshotCorruptions = 0;
+  /** Snapshot table corruptions a rewrite of the table fixes (counted in `res.corruptions`). */
+  snapshotFixes = 0;
+
+  /** The snapshot entries as read (repaired ones cut or to be completed by the rewrite). */
+  get snapshots(): readonly SnapshotEntry[] {
+    return this.#snapshots;
+  }
+
+  /** Bytes of the snapshot table on disk. */
+  get snapshotsSize(): number {
+    return this.#snapshotsSize;
+  }
 
   /** Runs QEMU's qcow2_check_refcounts with the given repair flags. */
   async checkRefcounts(fix: Fix): Promise<void> {
@@ -351,7 +374,9 @@ export class Checker {
         if (r1 === 0) this.#rebuild = true;
         else if (r1 > r2 && fix.leaks) fixed = "leaksFixed";
         else if (r1 < r2 && fix.errors) fixed = "corruptionsFixed";
-        this.#say(`${fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked"} cluster ${i} refcount=${r1} reference=${r2}`);
+        this.#say(
+          `${fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked"} cluster ${i} refcount=${b ? disk.text(b, i - base) : r1} reference=${r2}`,
+        );
         if (fixed && b && r2 <= this.#refMax) {
           disk.write(b, i - base, r2);
           // QEMU discards a cluster whose refcount drops to zero (QCOW2_DISCARD_ALWAYS).

@@ -23,7 +23,7 @@ export function exitWriteback(st: Qcow2State): ExitWriteback {
   if (!st.hasDirtyMetadata || st.node.readOnly || st.corrupt) return "clean";
   const io = st.file.syncIo;
   const dataIo = st.externalData ? st.data.syncIo : io;
-  if (st.lock.held || !io || !dataIo || st.growingReftable || st.wrongOrder !== "none") return "not-safe";
+  if (st.lock.held || !io || !dataIo || st.wrongOrder !== "none") return "not-safe";
   const writeEntries = (cache: typeof st.l2Cache): boolean => {
     const dirty = cache.dirtyEntries();
     for (const e of dirty) {

@@ -1,17 +1,34 @@
 /**
- * Opening a qcow2 image, the parts below the driver: cache sizing from the
- * options and reading the L1 and refcount tables (the children are opened
- * in `_children.ts`).
+ * Opening a qcow2 node (QEMU's qcow2_do_open): the options, the header
+ * checked against the mode, cache sizing, the active L1 and refcount
+ * tables, the snapshot view options (the backing and data file children
+ * are in `_children.ts`). Private to `qcow2.ts`.
  *
  * @module
  */
 
+import { BlockError } from "../../core/errors.ts";
 import type { BlockNode, OpenContext } from "../../core/node.ts";
-import { optSize } from "../../core/options.ts";
-import { clusterSize, l2EntryBytes, type Qcow2Header } from "./header.ts";
+import { checkKnownOptions, optBool, optEnum, optSize, optString } from "../../core/options.ts";
 import { entryOffset } from "./_entries.ts";
+import {
+  clusterSize,
+  COMPAT_LAZY_REFCOUNTS,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DIRTY,
+  l2EntryBytes,
+  type Qcow2Header,
+  readHeaderFrom,
+} from "./header.ts";
+import { repairImage } from "./check.ts";
+import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
+import { readSnapshotTableChecked } from "./_snapshot.ts";
+import { loadSnapshotView } from "./_snapshot_ops.ts";
+import { openBacking, openDataFile } from "./_children.ts";
+import { initOverlapChecks, OVERLAP_OPTIONS, parseOverlapOptions } from "./_overlap.ts";
+import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
 
-/** L2 and refcount block cache sizes in tables, from `cache-size`, `l2-cache-size`, `refcount-cache-size` as QEMU sizes them. */
+/** Cache sizes in tables from the cache options (QEMU's read_cache_sizes). */
 export function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
   const o = ctx.options;
   const cs = clusterSize(h);
@@ -44,4 +61,101 @@ export async function readTables(node: BlockNode, file: BlockNode, h: Qcow2Heade
     reftable[i] = entryOffset(rtView, i * 8);
   }
   return { l1, reftable };
+}
+
+/** The `snapshot.id` / `snapshot.name` options (flat or nested), if any: open a read-only view of that snapshot. */
+export function snapshotOptions(o: Record<string, unknown>): { id?: string; name?: string } | undefined {
+  const nested = typeof o.snapshot === "object" && o.snapshot !== null ? o.snapshot as Record<string, unknown> : {};
+  if (o.snapshot !== undefined && typeof o.snapshot !== "object") {
+    throw new BlockError("EINVAL", `Invalid option 'snapshot' of driver 'qcow2': expected snapshot.id and/or snapshot.name`);
+  }
+  checkKnownOptions(nested, ["id", "name"], "qcow2 snapshot");
+  const id = optString(o, "snapshot.id", "qcow2") ?? optString(nested, "id", "qcow2");
+  const name = optString(o, "snapshot.name", "qcow2") ?? optString(nested, "name", "qcow2");
+  return id === undefined && name === undefined ? undefined : { id, name };
+}
+
+/** The options of the qcow2 driver (QEMU names). */
+export const QCOW2_OPTIONS: readonly string[] = [
+  "l2-cache-size",
+  "refcount-cache-size",
+  "cache-size",
+  "lazy-refcounts",
+  "metadata-mode",
+  "x-wrong-order",
+  "snapshot",
+  "snapshot.id",
+  "snapshot.name",
+  "bitmap-store",
+  ...OVERLAP_OPTIONS,
+  ...ENCRYPT_OPTIONS,
+];
+
+/**
+ * Opens a qcow2 image's state (QEMU's qcow2_do_open): the header checked
+ * against the mode, a dirty image repaired, the children, tables, caches,
+ * crypto and snapshot view set up. The persistent bitmaps (and with them
+ * the autoclear bits) are opened after this, by `Qcow2Bitmaps.open`.
+ */
+export async function openQcow2State(ctx: OpenContext): Promise<Qcow2State> {
+  checkKnownOptions(ctx.options, QCOW2_OPTIONS, "qcow2");
+  const file = (await ctx.openChild("file"))!;
+  let h = await readHeaderFrom(file);
+  const rw = !ctx.readOnly;
+  const checking = ctx.check ?? false;
+  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && rw && !checking) {
+    throw new BlockError(
+      "EACCES",
+      "qcow2: Image is corrupt; cannot be opened read/write (open it read-only, or repair it with check -r all)",
+      { node: ctx.node.name },
+    );
+  }
+  const lazyOpt = optBool(ctx.options, "lazy-refcounts", "qcow2");
+  const lazy = lazyOpt ?? (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
+  if (lazy && h.version < 3) {
+    throw new BlockError("EINVAL", "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level (compat=1.1)");
+  }
+  const modeOpt = optEnum(ctx.options, "metadata-mode", "qcow2", ["ordered", "metadata-sync"] as const);
+  const mode: MetadataMode = lazy ? "lazy" : modeOpt ?? "ordered";
+  const wrongOrder = optEnum(ctx.options, "x-wrong-order", "qcow2", ["none", "l2-before-refblock", "snapshot-l1-after-table"] as const) ??
+    "none";
+  if (rw && !checking && h.incompatibleFeatures & INCOMPAT_DIRTY) {
+    // Refcounts may be stale (lazy refcounts and a crash): rebuild them.
+    await repairImage(file);
+    h = await readHeaderFrom(file);
+    if (h.incompatibleFeatures & INCOMPAT_DIRTY) {
+      throw new BlockError("EIO", "qcow2: Could not repair the dirty image; run check -r all", { node: ctx.node.name });
+    }
+  }
+  const backing = await openBacking(ctx, h, file);
+  const data = await openDataFile(ctx, h, file);
+  const { l1, reftable } = await readTables(ctx.node, file, h);
+  const tables = cacheTables(ctx, h);
+  const st = new Qcow2State({
+    header: h,
+    node: ctx.node,
+    file,
+    data,
+    backing,
+    l1,
+    reftable,
+    mode,
+    wrongOrder: wrongOrder as WrongOrder,
+    l2CacheTables: tables.l2,
+    rbCacheTables: tables.rb,
+    overlapChecks: parseOverlapOptions(ctx.options),
+  });
+  if (!checking && h.nbSnapshots) {
+    // QEMU reads the snapshot table at open (qcow2_read_snapshots) and refuses one it cannot use.
+    const t = await readSnapshotTableChecked(file, h, false);
+    if ("error" in t) throw new BlockError("EFBIG", `${t.error}\n${t.hint}`, { node: ctx.node.name });
+  }
+  if (h.cryptMethod !== CRYPT_NONE) {
+    st.crypto = await Qcow2Crypto.open(h, file, ctx.options, { noIo: (ctx.noIo ?? false) || checking, node: ctx.node.name });
+  }
+  const view = snapshotOptions(ctx.options);
+  if (view) await loadSnapshotView(st, view.id, view.name);
+  // Before the autoclear bits go: a valid bitmap directory is metadata to protect.
+  if (rw && !checking) await initOverlapChecks(st);
+  return st;
 }

@@ -1,7 +1,9 @@
 /**
  * Refcounts: reading and writing entries of any width (1 to 64 bits),
  * cluster allocation, refcount block allocation (a new block describes
- * itself when it falls inside the range it covers) and refcount table growth.
+ * itself when it falls inside the range it covers) and refcount table growth
+ * (a refcount area after the blocks in use, `_refcount_area.ts`), placed as
+ * QEMU places them.
  *
  * Refcount blocks live in {@linkcode Qcow2State.rbCache}; updates only mark
  * them dirty, and the write-back in `writeback.ts` writes them before any
@@ -14,10 +16,9 @@
 import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
-import { MAX_REFTABLE_BYTES } from "./header.ts";
 import { maxRefcount, readRefcount, writeRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
-import { writeHeaderFields } from "./_header_write.ts";
+import { refcountArea } from "./_refcount_area.ts";
 import { checkTableAllocation, OL_REFCOUNT_BLOCK, preWriteOverlapCheck } from "./_overlap.ts";
 
 /** Loads the refcount block at `offset` (refcount table entry `rt`), pinned: release it. */
@@ -63,7 +64,7 @@ export async function updateRefcount(st: Qcow2State, c: number, delta: number, r
         node: st.node.name,
       });
     }
-    await ensureRefblock(st, rt, req);
+    await ensureRefblock(st, rt, c, req);
   }
   const e = await loadBlock(st, st.reftable[rt], rt, req);
   try {
@@ -87,43 +88,93 @@ export async function updateRefcount(st: Qcow2State, c: number, delta: number, r
   }
 }
 
-/** Finds `n` contiguous free clusters (refcount 0, not reserved) and returns the first index. */
+/**
+ * Finds `n` contiguous free clusters (refcount 0, not reserved) and returns
+ * the first index. Like QEMU's free_cluster_index, the search cursor only
+ * moves forward past every cluster it looked at (a hole too small for `n`
+ * clusters is skipped until a cluster below the cursor is freed), so
+ * clusters land where qemu-img puts them.
+ */
 export async function findFree(st: Qcow2State, n: number, req: RequestInfo | undefined): Promise<number> {
   let start = st.freeHint;
   let c = start;
-  // The first cluster that is free or only reserved: nothing below it is
-  // free, so later searches start there (without this, every allocation
-  // rescanned the clusters the previous ones had taken).
-  let candidate = -1;
   while (c - start < n) {
-    const reserved = st.reserved.has(c);
-    let rc = reserved ? 1 : peekRefcount(st, c);
+    let rc = st.reserved.has(c) ? 1 : peekRefcount(st, c);
     if (rc < 0) rc = await getRefcount(st, c, req);
-    if (candidate < 0 && (reserved || rc === 0)) candidate = c;
     c++;
     if (rc !== 0) start = c;
   }
-  st.freeHint = candidate < 0 ? start : candidate;
+  st.freeHint = c;
   return start;
 }
 
 /**
  * Allocates `n` contiguous clusters in the image file with refcount 1 and
- * returns the host offset of the first (QEMU's qcow2_alloc_clusters).
+ * returns the host offset of the first (QEMU's qcow2_alloc_clusters). When
+ * counting them needs a new refcount table (placed after every refcount
+ * block in use), the search restarts, as QEMU's does on -EAGAIN: the new
+ * table may lie where the clusters were going to be.
  */
 export async function allocClusters(st: Qcow2State, n: number, req: RequestInfo | undefined): Promise<number> {
   const p = st.event("cluster_alloc", req);
   if (p) await p;
-  const start = await findFree(st, n, req);
-  for (let c = start; c < start + n; c++) st.reserved.add(c);
-  try {
-    for (let c = start; c < start + n; c++) await updateRefcount(st, c, 1, req);
-  } finally {
-    for (let c = start; c < start + n; c++) st.reserved.delete(c);
+  for (;;) {
+    const start = await findFree(st, n, req);
+    const switches = st.reftableSwitches;
+    let counted = 0;
+    for (let c = start; c < start + n; c++) st.reserved.add(c);
+    try {
+      for (let c = start; c < start + n && st.reftableSwitches === switches; c++) {
+        await updateRefcount(st, c, 1, req);
+        counted++;
+      }
+    } catch (e) {
+      // Undo the counts of this attempt (an overflow leaves no half allocation behind).
+      for (let c = start; c < start + counted; c++) await updateRefcount(st, c, -1, req);
+      throw e;
+    } finally {
+      for (let c = start; c < start + n; c++) st.reserved.delete(c);
+    }
+    if (st.reftableSwitches === switches) {
+      for (let c = start; c < start + n; c++) dropQueuedFree(st, c * st.cs);
+      return start * st.cs;
+    }
+    // The refcount table moved, maybe onto the clusters chosen: undo and search again.
+    for (let c = start; c < start + counted; c++) await updateRefcount(st, c, -1, req);
+    if (st.freeHint > start) st.freeHint = start;
   }
-  if (st.freeHint === start) st.freeHint = start + n;
-  for (let c = start; c < start + n; c++) dropQueuedFree(st, c * st.cs);
-  return start * st.cs;
+}
+
+/**
+ * Allocates up to `n` clusters from cluster index `first` on, as many as are
+ * free there in a row, without moving the search cursor (QEMU's
+ * qcow2_alloc_clusters_at, which keeps an allocation contiguous with the
+ * previous one). Returns how many it took (0 when `first` is in use).
+ */
+export async function allocAt(st: Qcow2State, first: number, n: number, req: RequestInfo | undefined): Promise<number> {
+  for (;;) {
+    let free = 0;
+    while (free < n && !st.reserved.has(first + free) && (await getRefcount(st, first + free, req)) === 0) free++;
+    const switches = st.reftableSwitches;
+    let counted = 0;
+    for (let c = first; c < first + free; c++) st.reserved.add(c);
+    try {
+      for (let c = first; c < first + free && st.reftableSwitches === switches; c++) {
+        await updateRefcount(st, c, 1, req);
+        counted++;
+      }
+    } catch (e) {
+      for (let c = first; c < first + counted; c++) await updateRefcount(st, c, -1, req);
+      throw e;
+    } finally {
+      for (let c = first; c < first + free; c++) st.reserved.delete(c);
+    }
+    if (st.reftableSwitches === switches) {
+      for (let c = first; c < first + free; c++) dropQueuedFree(st, c * st.cs);
+      return free;
+    }
+    for (let c = first; c < first + counted; c++) await updateRefcount(st, c, -1, req);
+  }
 }
 
 /** Index of the queued frees (pendingFree only grows between write-backs): offset -> count, built incrementally. */
@@ -149,10 +200,15 @@ function dropQueuedFree(st: Qcow2State, offset: number): void {
   q.upTo--;
 }
 
-/** Allocates a refcount block for refcount-table index `rt` and hooks it in. */
-async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | undefined): Promise<void> {
-  if (rt >= st.reftable.length) await growReftable(st, rt + 1, req);
-  if (st.reftable[rt] !== 0) return;
+/**
+ * Allocates a refcount block for refcount-table index `rt` (needed for
+ * cluster index `cluster`) and hooks it in (QEMU's alloc_refcount_block):
+ * the block goes to the first free cluster and describes itself when it
+ * falls in its own range; past the end of the refcount table, a refcount
+ * area with a table half as large again is made after all blocks in use.
+ */
+async function ensureRefblock(st: Qcow2State, rt: number, cluster: number, req: RequestInfo | undefined): Promise<void> {
+  if (rt < st.reftable.length && st.reftable[rt] !== 0) return;
   let p = st.event("refblock_alloc", req);
   if (p) await p;
   const b = await findFree(st, 1, req);
@@ -169,99 +225,41 @@ async function ensureRefblock(st: Qcow2State, rt: number, req: RequestInfo | und
   } finally {
     st.reserved.delete(b);
   }
+  if (rt < st.reftable.length && st.reftable[rt] !== 0) {
+    // Counting the block allocated the one it needed (a deeper recursion): give this one back.
+    await updateRefcount(st, b, -1, req);
+    return;
+  }
   const off = b * st.cs;
   p = st.event("refblock_alloc_write", req);
   if (p) await p;
-  if (st.growingReftable) {
-    // Written with the new table, before the switch.
-    st.rbCache.insert(off, buf, { dirty: true, isNew: true });
-  } else {
-    // A new table is durable before it is hooked in.
-    await preWriteOverlapCheck(st, OL_REFCOUNT_BLOCK, off, st.cs, false);
-    await st.file.pwrite(off, buf, { req });
-    await st.file.flush({ req });
-    st.rbCache.insert(off, buf);
+  // A new block is durable before it is hooked in.
+  await preWriteOverlapCheck(st, OL_REFCOUNT_BLOCK, off, st.cs, false);
+  await st.file.pwrite(off, buf, { req });
+  await st.file.flush({ req });
+  st.rbCache.insert(off, buf);
+  if (rt < st.reftable.length) {
+    p = st.event("refblock_alloc_hookup", req);
+    if (p) await p;
+    st.reftable[rt] = off;
+    st.reftableDirty.add(rt);
+    st.metadataMoved();
+    if (st.mode === "metadata-sync") {
+      await st.writeRefblocks(req);
+      await st.file.flush({ req });
+    }
+    return;
   }
-  p = st.event("refblock_alloc_hookup", req);
+  p = st.event("reftable_grow", req);
   if (p) await p;
-  st.reftable[rt] = off;
-  st.reftableDirty.add(rt);
-  st.metadataMoved();
-  if (!st.growingReftable && st.mode === "metadata-sync") {
-    await st.writeRefblocks(req);
-    await st.file.flush({ req });
-  }
+  const used = Math.ceil(Math.max(cluster + 1, b + 1) / st.perBlock);
+  const { oldTable } = await refcountArea(st, used * st.perBlock, 0, false, { index: rt, offset: off }, req);
+  await freeTable(st, oldTable, req);
 }
 
-/**
- * Replaces the refcount table with a larger one (at least `entries`
- * entries): the new table and any refcount blocks it needs are written and
- * flushed, the header is switched to it, then the old table is freed.
- */
-async function growReftable(st: Qcow2State, entries: number, req: RequestInfo | undefined): Promise<void> {
-  if (st.growingReftable) {
-    throw new BlockError("EFBIG", `Cannot grow the refcount table to ${entries} entries: growth already in progress`, {
-      node: st.node.name,
-    });
-  }
-  let p = st.event("reftable_grow", req);
-  if (p) await p;
-  const oldOffset = st.header.refcountTableOffset;
-  const oldClusters = st.header.refcountTableClusters;
-  const old = st.reftable;
-  const perTable = st.cs / 8;
-  // Room for the blocks covering the new table itself.
-  let clusters = Math.ceil(Math.max(entries + 2, Math.ceil(old.length * 1.5)) / perTable);
-  if (clusters * st.cs > MAX_REFTABLE_BYTES) {
-    throw new BlockError("EFBIG", `Cannot grow the refcount table to ${clusters} clusters: the limit is ${MAX_REFTABLE_BYTES} bytes`, {
-      node: st.node.name,
-    });
-  }
-  const start = await findFree(st, clusters, req);
-  const needed = Math.floor((start + clusters) / st.perBlock) + 2;
-  if (needed > clusters * perTable) clusters = Math.ceil(needed / perTable);
-  const table = new Float64Array(clusters * perTable);
-  table.set(old);
-  // Flush what the old table describes first, so the new table's content is current.
-  await st.writeRefblocks(req);
-  st.growingReftable = true;
-  st.reftable = table;
-  st.metadataMoved();
-  try {
-    for (let c = start; c < start + clusters; c++) st.reserved.add(c);
-    for (let c = start; c < start + clusters; c++) await updateRefcount(st, c, 1, req);
-    p = st.event("refblock_alloc_write_blocks", req);
-    if (p) await p;
-    await st.writeRefblocks(req);
-  } catch (e) {
-    st.reftable = old;
-    st.growingReftable = false;
-    st.metadataMoved();
-    throw e;
-  } finally {
-    for (let c = start; c < start + clusters; c++) st.reserved.delete(c);
-  }
-  p = st.event("refblock_alloc_write_table", req);
-  if (p) await p;
-  const bytes = new Uint8Array(clusters * st.cs);
-  const view = new DataView(bytes.buffer);
-  for (let i = 0; i < table.length; i++) if (table[i]) view.setBigUint64(i * 8, BigInt(table[i]));
-  const newOffset = start * st.cs;
-  await preWriteOverlapCheck(st, 0, newOffset, bytes.length, false);
-  await st.file.pwrite(newOffset, bytes, { req });
-  await st.file.flush({ req });
-  p = st.event("refblock_alloc_switch_table", req);
-  if (p) await p;
-  // refcount_table_offset and refcount_table_clusters change in one write.
-  const next = { ...st.header, refcountTableOffset: newOffset, refcountTableClusters: clusters };
-  await writeHeaderFields(st.file, next, ["refcountTableOffset", "refcountTableClusters"], req);
-  st.header.refcountTableOffset = newOffset;
-  st.header.refcountTableClusters = clusters;
-  st.metadataMoved();
-  st.reftableDirty.clear();
-  st.growingReftable = false;
-  // The old table is unreferenced on disk now.
-  for (let c = oldOffset / st.cs; c < oldOffset / st.cs + oldClusters; c++) await updateRefcount(st, c, -1, req);
+/** Drops the references to a replaced refcount table (its clusters). */
+export async function freeTable(st: Qcow2State, t: { cluster: number; clusters: number }, req: RequestInfo | undefined): Promise<void> {
+  for (let c = t.cluster; c < t.cluster + t.clusters; c++) await updateRefcount(st, c, -1, req);
 }
 
 /** Drops one reference to the host cluster at `offset` (QEMU's qcow2_free_clusters). */

@@ -1,16 +1,23 @@
 /**
- * qcow2 internal snapshots: reading the snapshot table (the table codec is
- * `_tables.ts`).
+ * qcow2 internal snapshots: the snapshot table (the codec is `_tables.ts`):
+ * reading it with QEMU's defaults for fields old images lack, finding
+ * entries as QEMU does (by ID, by name, or both), and writing a new table
+ * crash-safely (QEMU's qcow2_write_snapshots: a new table in new clusters,
+ * durable before the header points at it, the old one freed after).
  *
  * @module
  */
 
-import { CorruptImageError } from "../../core/errors.ts";
+import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
-import type { SnapshotInfo } from "../../core/types.ts";
+import type { RequestInfo, SnapshotInfo } from "../../core/types.ts";
 import type { Qcow2Header } from "./header.ts";
+import { writeHeaderFields } from "./_header_write.ts";
+import { allocClusters, freeCluster } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
-import { parseSnapshotTable, type SnapshotEntry } from "./_tables.ts";
+import { encodeSnapshotTable, parseSnapshotTable, SNAPSHOT_HEADER, type SnapshotEntry } from "./_tables.ts";
+import { writeback } from "./_writeback.ts";
+import { preWriteOverlapCheck } from "./_overlap.ts";
 
 /** QEMU's limit on the snapshot table size (QCOW_MAX_SNAPSHOTS_SIZE). */
 export const MAX_SNAPSHOT_TABLE = 64 * 1024 * 1024;
@@ -36,19 +43,32 @@ export async function readSnapshotTableFrom(
   }
 }
 
-/** Reads the open image's snapshot table; a damaged table is a corruption error. */
+/**
+ * Reads the open image's snapshot table; a damaged table is a corruption
+ * error. A snapshot without a recorded disk size gets the current size, as
+ * QEMU's qcow2_read_snapshots gives it.
+ */
 export async function readSnapshotTable(st: Qcow2State): Promise<SnapshotEntry[]> {
   const parsed = await readSnapshotTableFrom(st.file, st.header);
   if (typeof parsed === "string") throw new CorruptImageError(`Corrupt qcow2 image: ${parsed}`, { node: st.node.name });
+  for (const e of parsed.entries) e.diskSize ??= st.header.size;
   return parsed.entries;
 }
 
-/** The snapshots as the driver interface lists them. */
+/** An ID or name as QEMU lists it: a C string (up to the first NUL) in a buffer of `size` bytes (QEMUSnapshotInfo). */
+function listed(text: string, raw: Uint8Array | undefined, size: number): string {
+  let b = raw ?? new TextEncoder().encode(text);
+  const nul = b.indexOf(0);
+  if (nul >= 0) b = b.subarray(0, nul);
+  return new TextDecoder().decode(b.subarray(0, size - 1));
+}
+
+/** The snapshots as the driver interface lists them (IDs up to 127 bytes, names up to 255, as QEMU lists them). */
 export async function listSnapshots(st: Qcow2State): Promise<SnapshotInfo[]> {
   return (await readSnapshotTable(st)).map((e) => {
     const info: SnapshotInfo = {
-      id: e.id,
-      name: e.name,
+      id: listed(e.id, e.raw?.id, 128),
+      name: listed(e.name, e.raw?.name, 256),
       vmStateSize: e.vmStateSize,
       dateSec: e.dateSec,
       dateNsec: e.dateNsec,
@@ -57,4 +77,190 @@ export async function listSnapshots(st: Qcow2State): Promise<SnapshotInfo[]> {
     if (e.icount !== undefined) info.icount = e.icount;
     return info;
   });
+}
+
+/**
+ * Index of the first entry whose ID is `id` and whose name is `name` (either
+ * may be left out, not both): QEMU's find_snapshot_by_id_and_name. -1 when
+ * none matches.
+ */
+export function findSnapshot(entries: readonly SnapshotEntry[], id: string | undefined, name: string | undefined): number {
+  if (id === undefined && name === undefined) return -1;
+  return entries.findIndex((e) => (id === undefined || e.id === id) && (name === undefined || e.name === name));
+}
+
+/** Index of the snapshot whose ID is `idOrName`, else of the first one named so; -1 when none. */
+export function findSnapshotByIdOrName(entries: readonly SnapshotEntry[], idOrName: string): number {
+  const byId = findSnapshot(entries, idOrName, undefined);
+  return byId >= 0 ? byId : findSnapshot(entries, undefined, idOrName);
+}
+
+/** The ID QEMU gives a new snapshot: one more than the largest numeric ID (find_new_snapshot_id). */
+export function newSnapshotId(entries: readonly SnapshotEntry[]): string {
+  let max = 0n;
+  for (const e of entries) {
+    // strtoul: leading digits, anything else stops the number.
+    const digits = /^\s*\+?(\d+)/.exec(e.id)?.[1];
+    if (digits !== undefined && BigInt(digits) > max) max = BigInt(digits);
+  }
+  return String(max + 1n);
+}
+
+/**
+ * Replaces the snapshot table with `entries` (metadata lock held): the new
+ * table goes to newly allocated clusters, which are counted and durable
+ * before it is written; the table is durable before nb_snapshots and
+ * snapshots_offset change in one header write; then the old table's clusters
+ * are freed (`oldTableBytes` long: by default the size the current table
+ * parses to). An empty table has offset 0.
+ */
+export async function writeSnapshotTable(
+  st: Qcow2State,
+  entries: readonly SnapshotEntry[],
+  req: RequestInfo | undefined,
+  oldTableBytes?: number,
+): Promise<void> {
+  if (entries.length > 65536) {
+    throw new BlockError("EFBIG", `Cannot write ${entries.length} snapshots: an image holds at most 65536`, { node: st.node.name });
+  }
+  const bytes = encodeSnapshotTable(entries);
+  if (bytes.length > MAX_SNAPSHOT_TABLE) {
+    throw new BlockError("EFBIG", `Snapshot table too large: ${bytes.length} bytes (at most ${MAX_SNAPSHOT_TABLE})`, {
+      node: st.node.name,
+    });
+  }
+  const oldOffset = st.header.snapshotsOffset;
+  const oldSize = oldTableBytes ?? (st.header.nbSnapshots ? await oldTableSize(st) : 0);
+  const clusters = Math.ceil(bytes.length / st.cs);
+  const offset = clusters ? await allocClusters(st, clusters, req) : 0;
+  try {
+    // The clusters are counted on disk before anything is written into them.
+    await writeback(st, req);
+    await st.flushFiles(req);
+    if (bytes.length) {
+      await preWriteOverlapCheck(st, 0, offset, bytes.length, false);
+      await st.file.pwrite(offset, bytes, { req });
+      await st.file.flush({ req });
+    }
+    const next = { ...st.header, nbSnapshots: entries.length, snapshotsOffset: offset };
+    await writeHeaderFields(st.file, next, ["nbSnapshots", "snapshotsOffset"], req);
+  } catch (e) {
+    for (let c = 0; c < clusters; c++) st.pendingFree.push(offset + c * st.cs);
+    throw e;
+  }
+  st.header.nbSnapshots = entries.length;
+  st.header.snapshotsOffset = offset;
+  // The header no longer points at the old table. Failing to free it leaks
+  // it, nothing worse: like QEMU's qcow2_free_clusters, that is no error.
+  const first = Math.floor(oldOffset / st.cs);
+  const last = oldSize ? Math.floor((oldOffset + oldSize - 1) / st.cs) : first - 1;
+  for (let c = first; c <= last; c++) {
+    try {
+      await freeCluster(st, c * st.cs, req);
+    } catch (e) {
+      if (!(e instanceof BlockError) || e instanceof CorruptImageError) throw e;
+    }
+  }
+}
+
+async function oldTableSize(st: Qcow2State): Promise<number> {
+  const parsed = await readSnapshotTableFrom(st.file, st.header);
+  if (typeof parsed === "string") throw new CorruptImageError(`Corrupt qcow2 image: ${parsed}`, { node: st.node.name });
+  return parsed.size;
+}
+
+/** QEMU's limit on a snapshot's extra data (QCOW_MAX_SNAPSHOT_EXTRA_DATA). */
+export const MAX_SNAPSHOT_EXTRA = 1024;
+
+/** The snapshot table as QEMU's qcow2_do_read_snapshots reads it, with what a repair would change. */
+export interface CheckedSnapshotTable {
+  /** The entries (extra data past 1024 bytes cut off when repairing). */
+  entries: SnapshotEntry[];
+  /** Bytes of the table as it is on disk. */
+  size: number;
+  /** Entries whose extra data was cut to 1024 bytes, with the size they had (repair only). */
+  extraDropped: [number, number][];
+  /** Entries left out at the end because the table passed 64 MiB (repair only). */
+  overhang: number;
+}
+
+/**
+ * Reads the snapshot table with QEMU's limits (qcow2_do_read_snapshots):
+ * more than 1024 bytes of extra data in an entry, or a table past 64 MiB, is
+ * an error (with qemu-img's hint), or with `repair` is cut (extra data) or
+ * dropped (the overhanging entries). Reads in windows, never more than the
+ * file holds.
+ */
+export async function readSnapshotTableChecked(
+  file: BlockNode,
+  h: Qcow2Header,
+  repair: boolean,
+): Promise<CheckedSnapshotTable | { error: string; hint: string }> {
+  const out: CheckedSnapshotTable = { entries: [], size: 0, extraDropped: [], overhang: 0 };
+  if (!h.nbSnapshots) return out;
+  const start = h.snapshotsOffset;
+  const fileEnd = file.length;
+  let win = new Uint8Array(0);
+  let winAt = 0;
+  const bytes = async (off: number, n: number): Promise<Uint8Array> => {
+    if (off < winAt || off + n > winAt + win.length) {
+      winAt = off;
+      const len = Math.max(n, 1 << 16);
+      win = new Uint8Array(Math.max(0, Math.min(len, fileEnd - off)));
+      if (win.length) await file.pread(off, win);
+      if (win.length < n) {
+        // Past the end of the file reads as zeros, as QEMU's block layer reads it.
+        const z = new Uint8Array(n);
+        z.set(win);
+        win = z;
+      }
+    }
+    return win.subarray(off - winAt, off - winAt + n);
+  };
+  const pad8 = (n: number) => Math.ceil(n / 8) * 8;
+  let offset = start;
+  let length = 0;
+  for (let i = 0; i < h.nbSnapshots; i++) {
+    const entryStart = offset;
+    offset = pad8(offset - start) + start;
+    length = pad8(length);
+    const hv = new DataView((await bytes(offset, SNAPSHOT_HEADER)).slice().buffer);
+    const idSize = hv.getUint16(12);
+    const nameSize = hv.getUint16(14);
+    const extraSize = hv.getUint32(36);
+    let keptExtra = extraSize;
+    if (extraSize > MAX_SNAPSHOT_EXTRA) {
+      if (!repair) {
+        return {
+          error: `Too much extra metadata in snapshot table entry ${i}`,
+          hint: "You can force-remove this extra metadata with qemu-img check -r all",
+        };
+      }
+      out.extraDropped.push([i, extraSize]);
+      keptExtra = MAX_SNAPSHOT_EXTRA;
+    }
+    // The entry as the codec reads it, with the extra data it keeps.
+    const whole = new Uint8Array(SNAPSHOT_HEADER + keptExtra + idSize + nameSize);
+    whole.set(await bytes(offset, SNAPSHOT_HEADER + keptExtra));
+    whole.set(await bytes(offset + SNAPSHOT_HEADER + extraSize, idSize + nameSize), SNAPSHOT_HEADER + keptExtra);
+    new DataView(whole.buffer).setUint32(36, keptExtra);
+    offset += SNAPSHOT_HEADER + extraSize + idSize + nameSize;
+    length += SNAPSHOT_HEADER + keptExtra + idSize + nameSize;
+    if (length > MAX_SNAPSHOT_TABLE || offset - start > 2 ** 31 - 1) {
+      if (!repair) {
+        return {
+          error: "Snapshot table is too big",
+          hint: `You can force-remove all ${h.nbSnapshots - i} overhanging snapshots with qemu-img check -r all`,
+        };
+      }
+      out.overhang = h.nbSnapshots - i;
+      offset = entryStart;
+      break;
+    }
+    const parsed = parseSnapshotTable(whole, 1);
+    if (typeof parsed === "string") return { error: parsed, hint: "" };
+    out.entries.push(parsed.entries[0]);
+  }
+  out.size = offset - start;
+  return out;
 }

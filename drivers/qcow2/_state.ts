@@ -48,7 +48,7 @@ import { OL_ACTIVE_L1, OL_ACTIVE_L2, OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE, preWr
 export type MetadataMode = "ordered" | "metadata-sync" | "lazy";
 
 /** Test-only deliberate ordering bugs (for the crash explorer). */
-export type WrongOrder = "none" | "l2-before-refblock";
+export type WrongOrder = "none" | "l2-before-refblock" | "snapshot-l1-after-table";
 
 /** A promise-chain mutex around metadata operations. */
 export class Mutex {
@@ -123,9 +123,9 @@ export class Qcow2State {
   /** Refcount table entries changed in memory and not yet written. */
   readonly reftableDirty: Set<number> = new Set();
   /** Refcount entries per refcount block. */
-  readonly perBlock: number;
+  perBlock: number;
   /** Refcount width in bits. */
-  readonly refBits: number;
+  refBits: number;
   /** Lowest cluster index that may be free. */
   freeHint = 0;
   /** Clusters chosen for an allocation in progress (not yet counted). */
@@ -136,8 +136,8 @@ export class Qcow2State {
   ioInFlight = 0;
   /** The metadata lock. */
   readonly lock: Mutex = new Mutex();
-  /** The reftable is being replaced: hookups stay in memory. */
-  growingReftable = false;
+  /** How often the refcount table was replaced by a larger one (allocations restart when it changes). */
+  reftableSwitches = 0;
   /** The dirty bit has been set on disk by this open (lazy refcounts). */
   markedDirty = false;
   /** Corruption was found while the image was open read-write: it refuses changes. */
@@ -244,6 +244,19 @@ export class Qcow2State {
     this.freeByteOffset = 0;
     this.lastCompressed = undefined;
     this.corrupt = false;
+    this.metadataMoved();
+  }
+
+  /**
+   * Switches to new refcount structures (after `refcount_bits` changed on
+   * disk): the width, the table, and an empty refcount block cache.
+   */
+  setRefcounts(refcountOrder: number, reftable: Float64Array): void {
+    this.refBits = 2 ** refcountOrder;
+    this.perBlock = (this.cs * 8) / this.refBits;
+    this.reftable = reftable;
+    this.reftableDirty.clear();
+    this.rbCache.clear();
     this.metadataMoved();
   }
 
@@ -392,7 +405,7 @@ export class Qcow2State {
       this.rbCache.markClean(e);
     }
     let wrote = dirty.length > 0;
-    if (this.reftableDirty.size && !this.growingReftable) {
+    if (this.reftableDirty.size) {
       // A refcount block that was just hooked in may be counted by one of the
       // blocks written above: that count must be durable before the table
       // entry makes the new block part of the image (QEMU flushes the
@@ -456,7 +469,7 @@ export class Qcow2State {
   /** The dirty parts of the refcount table as (offset, bytes) writes; the dirty set is cleared. */
   dirtyReftableChunks(): [number, Uint8Array][] {
     const rt = this.reftable;
-    return this.growingReftable ? [] : dirtyChunks(this.header.refcountTableOffset, rt.length, this.reftableDirty, (i) => BigInt(rt[i]));
+    return dirtyChunks(this.header.refcountTableOffset, rt.length, this.reftableDirty, (i) => BigInt(rt[i]));
   }
 
   /** The dirty parts of the L1 table as (offset, bytes) writes; the dirty set is cleared. */

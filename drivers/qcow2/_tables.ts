@@ -87,11 +87,15 @@ export interface SnapshotEntry {
   icount?: number;
   /** The extra data as found (kept for rewrites). */
   extra: Uint8Array;
+  /** The ID and name bytes as found (they need not be UTF-8; a rewrite keeps them as they were). */
+  raw?: { id: Uint8Array; name: Uint8Array };
 }
 
 /**
  * Parses `count` snapshot table entries from `buf`. Returns the entries and
- * the table's byte size, or a message saying what is wrong.
+ * the table's byte size (to the end of the last name: entries start 8-byte
+ * aligned, the table does not end padded, as QEMU counts it), or a message
+ * saying what is wrong.
  *
  * @example
  * ```ts
@@ -106,6 +110,7 @@ export function parseSnapshotTable(buf: Uint8Array, count: number): { entries: S
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const entries: SnapshotEntry[] = [];
   let at = 0;
+  let size = 0;
   for (let i = 0; i < count; i++) {
     if (at + SNAPSHOT_HEADER > buf.length) return `snapshot table entry ${i} at byte ${at} lies past the end of the table`;
     const f = {} as Record<SnapshotFixed, number>;
@@ -125,30 +130,45 @@ export function parseSnapshotTable(buf: Uint8Array, count: number): { entries: S
       vmClockNsec: f.vmClockNsec,
       vmStateSize: f.extraSize >= 8 ? readU64(view, extraAt) : f.vmStateSize32,
       extra,
+      raw: {
+        id: buf.slice(extraAt + f.extraSize, extraAt + f.extraSize + f.idSize),
+        name: buf.slice(extraAt + f.extraSize + f.idSize, end),
+      },
     };
     if (f.extraSize >= 16) e.diskSize = readU64(view, extraAt + 8);
     if (f.extraSize >= 24 && !(view.getUint32(extraAt + 16) === 0xffffffff && view.getUint32(extraAt + 20) === 0xffffffff)) {
       e.icount = readU64(view, extraAt + 16);
     }
     entries.push(e);
+    size = end;
     at = pad8(end);
   }
-  return { entries, size: at };
+  return { entries, size };
 }
 
 /**
- * Encodes snapshot table entries as QEMU writes them: 24 bytes of extra
- * data (vm_state_size_large, disk_size, icount; all ones for an unknown
- * icount), the 32-bit vm_state_size kept for old readers, entries padded to
- * 8 bytes.
+ * Encodes snapshot table entries as QEMU's qcow2_write_snapshots writes them:
+ * at least 24 bytes of extra data (vm_state_size_large, disk_size, icount;
+ * all ones for an unknown icount) followed by any extra data this
+ * implementation does not know (kept as read), the 32-bit vm_state_size
+ * kept for old readers (0 when the size does not fit), entries starting at
+ * 8-byte boundaries; the result ends with the last name (no padding).
  */
 export function encodeSnapshotTable(entries: readonly SnapshotEntry[]): Uint8Array {
-  const parts = entries.map((e) => ({ e, id: encoder.encode(e.id), name: encoder.encode(e.name) }));
-  const size = parts.reduce((n, p) => n + pad8(SNAPSHOT_HEADER + SNAPSHOT_EXTRA + p.id.length + p.name.length), 0);
+  const bytesOf = (text: string, raw: Uint8Array | undefined) => raw && decoder.decode(raw) === text ? raw : encoder.encode(text);
+  const parts = entries.map((e) => ({
+    e,
+    id: bytesOf(e.id, e.raw?.id),
+    name: bytesOf(e.name, e.raw?.name),
+    extraSize: Math.max(SNAPSHOT_EXTRA, e.extra.length),
+  }));
+  let size = 0;
+  for (const p of parts) size = pad8(size) + SNAPSHOT_HEADER + p.extraSize + p.id.length + p.name.length;
   const out = new Uint8Array(size);
   const view = new DataView(out.buffer);
   let at = 0;
-  for (const { e, id, name } of parts) {
+  for (const { e, id, name, extraSize } of parts) {
+    at = pad8(at);
     const f: Record<SnapshotFixed, number> = {
       l1Offset: e.l1Offset,
       l1Size: e.l1Size,
@@ -158,19 +178,26 @@ export function encodeSnapshotTable(entries: readonly SnapshotEntry[]): Uint8Arr
       dateNsec: e.dateNsec,
       vmClockNsec: e.vmClockNsec,
       vmStateSize32: e.vmStateSize > 0xffffffff ? 0 : e.vmStateSize,
-      extraSize: SNAPSHOT_EXTRA,
+      extraSize,
     };
     for (const d of SNAPSHOT_FIELDS) putField(view, at, d, f[d.key]);
     const x = at + SNAPSHOT_HEADER;
-    writeU64(view, x, e.vmStateSize);
-    writeU64(view, x + 8, e.diskSize ?? 0);
+    // A 64-bit field read from the extra data and not changed keeps its exact bytes (past 2^53 a number is not exact).
+    const ev = new DataView(e.extra.buffer, e.extra.byteOffset, e.extra.byteLength);
+    const put64 = (rel: number, value: number) => {
+      if (e.extra.length >= rel + 8 && readU64(ev, rel) === value) out.set(e.extra.subarray(rel, rel + 8), x + rel);
+      else writeU64(view, x + rel, value);
+    };
+    put64(0, e.vmStateSize);
+    put64(8, e.diskSize ?? 0);
     if (e.icount === undefined) {
       view.setUint32(x + 16, 0xffffffff);
       view.setUint32(x + 20, 0xffffffff);
-    } else writeU64(view, x + 16, e.icount);
-    out.set(id, x + SNAPSHOT_EXTRA);
-    out.set(name, x + SNAPSHOT_EXTRA + id.length);
-    at += pad8(SNAPSHOT_HEADER + SNAPSHOT_EXTRA + id.length + name.length);
+    } else put64(16, e.icount);
+    if (e.extra.length > SNAPSHOT_EXTRA) out.set(e.extra.subarray(SNAPSHOT_EXTRA), x + SNAPSHOT_EXTRA);
+    out.set(id, x + extraSize);
+    out.set(name, x + extraSize + id.length);
+    at = x + extraSize + id.length + name.length;
   }
   return out;
 }

@@ -2,8 +2,8 @@
  * The qcow2 write path (run under the metadata lock): L2 table allocation
  * and copy-on-write of shared tables, cluster allocation with copy-on-write
  * of partial clusters from the old content (backing file, zeros, shared or
- * compressed clusters), in-place overwrite of COPIED clusters, and
- * write-zeroes and discard through the zero flag.
+ * compressed clusters), in-place overwrite of COPIED clusters (write-zeroes
+ * and discard through the zero flag are in `_zero.ts`).
  *
  * Data is written before the L2 entries that expose it are changed (in the
  * cache); the write-back in `writeback.ts` orders what reaches the disk.
@@ -16,7 +16,8 @@ import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
 import { checkDataFileOffset, checkV2ZeroFlag, decodeCompressed, newMapping } from "./_l2.ts";
 import { blockStatus, readGuest } from "./_read.ts";
-import { allocClusters, updateRefcount } from "./_refcount.ts";
+import { allocAt, allocClusters, updateRefcount } from "./_refcount.ts";
+import { growL1 } from "./_l1_grow.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markDirty } from "./_writeback.ts";
@@ -26,6 +27,8 @@ const ALL = 0xffffffff;
 
 /** Returns a COPIED L2 table for L1 index `l1i`, allocating or copying it; the entry comes back pinned. */
 export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInfo | undefined): Promise<CacheEntry> {
+  // Past the active L1 table (the VM state area): grow it as QEMU's get_cluster_table does.
+  if (l1i >= st.l1Size) await growL1(st, l1i + 1, false, req);
   const off = st.l1Offset(l1i);
   if (off !== 0 && st.l1Copied(l1i)) return await st.loadL2(off, l1i, req);
   const newOff = await allocClusters(st, 1, req);
@@ -127,6 +130,25 @@ function zeroAround(st: Qcow2State, view: DataView, first: number, k: number): b
   return true;
 }
 
+/**
+ * Where the host mapping of a write would continue (QEMU's host_offset in
+ * qcow2_alloc_host_offset): new clusters are placed right after the
+ * previous ones of the same request while those clusters are free, even
+ * when the search cursor is elsewhere; -1 when a new placement starts.
+ */
+interface Cont {
+  host: number;
+}
+
+/** New clusters for a run of `k`: contiguous with the previous ones when free there, else first fit. */
+async function placeRun(st: Qcow2State, cont: Cont, k: number, req: RequestInfo | undefined): Promise<{ host: number; k: number }> {
+  if (cont.host >= 0) {
+    const got = await allocAt(st, cont.host / st.cs, k, req);
+    if (got > 0) return { host: cont.host, k: got };
+  }
+  return { host: await allocClusters(st, k, req), k };
+}
+
 /** Whether the COW regions `[gStart, cur)` and `[segEnd, gEnd)` of a new allocation read as zeros now (QEMU's is_zero_cow). */
 async function cowReadsZero(
   st: Qcow2State,
@@ -151,6 +173,7 @@ async function cowReadsZero(
 export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Array, req: RequestInfo | undefined): Promise<void> {
   await markDirty(st, req);
   const end = offset + data.length;
+  const cont: Cont = { host: -1 };
   let cur = offset;
   while (cur < end) {
     const l1i = Math.floor(cur / st.l2Span);
@@ -168,17 +191,20 @@ export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Arr
         const kind = classify(st, e.view, idx, cur - cStart, segEnd - cStart);
         if (kind === INPLACE || kind === WIDEN) checkDataFileOffset(st, entryOffset(e.view, idx * st.entryBytes), cStart, idx);
         if (kind === INPLACE) {
-          cur = await writeInPlace(st, e, base, cur, chunkEnd, data, offset, req);
+          const next = await writeInPlace(st, e, base, cur, chunkEnd, data, offset, req);
+          cont.host = entryOffset(e.view, Math.floor((next - 1 - base) / st.cs) * st.entryBytes) + st.cs;
+          cur = next;
         } else if (kind === WIDEN || kind === NEWSUB) {
           if (kind === NEWSUB) {
-            const host = st.externalData ? cStart : await allocClusters(st, 1, req);
+            const host = st.externalData ? cStart : (await placeRun(st, cont, 1, req)).host;
             setEntry(e.view, idx * st.entryBytes, host, HI_COPIED, 0);
             e.view.setUint32(idx * st.entryBytes + 12, 0);
           }
           await writeWiden(st, e, idx, cStart, cur, segEnd, data.subarray(cur - offset, segEnd - offset), req);
+          cont.host = entryOffset(e.view, idx * st.entryBytes) + st.cs;
           cur = segEnd;
         } else {
-          cur = await writeNew(st, e, base, cur, chunkEnd, data, offset, req);
+          cur = await writeNew(st, e, base, cur, chunkEnd, data, offset, cont, req);
         }
       }
     } finally {
@@ -268,6 +294,7 @@ async function writeNew(
   chunkEnd: number,
   data: Uint8Array,
   dataOffset: number,
+  cont: Cont,
   req: RequestInfo | undefined,
 ): Promise<number> {
   const first = Math.floor((cur - base) / st.cs);
@@ -277,16 +304,17 @@ async function writeNew(
     if (classify(st, e.view, last + 1, 0, Math.min(chunkEnd, s + st.cs) - s) !== NEWALLOC) break;
     last++;
   }
-  const k = last - first + 1;
-  const gStart = base + first * st.cs;
-  const gEnd = gStart + k * st.cs;
-  const segEnd = Math.min(chunkEnd, gEnd);
   // Clusters that were unallocated in an image without a backing file read
   // as zeros around the guest data; when they land past the end of the host
   // file, that space reads as zeros already, so only the guest data is
   // written (QEMU writes zeroes with BDRV_REQ_NO_FALLBACK there instead).
   const endBefore = st.data.length;
-  const host = st.externalData ? gStart : await allocClusters(st, k, req);
+  const gStart = base + first * st.cs;
+  let k = last - first + 1;
+  let host = gStart;
+  if (!st.externalData) ({ host, k } = await placeRun(st, cont, k, req));
+  const gEnd = gStart + k * st.cs;
+  const segEnd = Math.min(chunkEnd, gEnd);
   try {
     // QEMU checks the data write (and its COW) against the metadata first.
     await preWriteOverlapCheck(st, 0, host, k * st.cs, true);
@@ -318,6 +346,7 @@ async function writeNew(
     }
   }
   st.l2Cache.markDirty(e);
+  cont.host = host + k * st.cs;
   return segEnd;
 }
 
@@ -392,80 +421,5 @@ async function writeNewData(st: Qcow2State, e: CacheEntry, r: NewRun, part: Uint
       else out = await st.crypto.encrypted(out, at, cur);
     }
     await st.data.pwrite(at, out, { req });
-  }
-}
-
-/**
- * Makes whole clusters `[offset, offset + length)` read as zeros (v3 zero
- * flag, `discard` false) or discards them (`discard` true: v3 zero flag when
- * the old content must stay hidden, v2 deallocation). Metadata lock held.
- */
-export async function zeroOrDiscard(
-  st: Qcow2State,
-  offset: number,
-  length: number,
-  opts: { discard: boolean; unmap: boolean; full?: boolean },
-  req: RequestInfo | undefined,
-): Promise<void> {
-  await markDirty(st, req);
-  const end = offset + length;
-  const v3 = st.header.version >= 3;
-  let cur = offset;
-  while (cur < end) {
-    const l1i = Math.floor(cur / st.l2Span);
-    const base = l1i * st.l2Span;
-    const chunkEnd = Math.min(end, base + st.l2Span);
-    const hasTable = l1i < st.l1Size && st.l1Offset(l1i) !== 0;
-    // Unallocated with nothing below to hide: a discard leaves it. Write-zeroes on v3 still marks the
-    // clusters zero (allocating the L2 table), as QEMU's zero_in_l2_slice does: they then read as
-    // present zeros, and a backing file added later stays hidden.
-    const skip = opts.discard ? !st.backing || !v3 || opts.full : !st.backing && !v3;
-    if (!hasTable && skip) {
-      cur = chunkEnd;
-      continue;
-    }
-    const e = await getL2ForWrite(st, l1i, req);
-    try {
-      for (let idx = Math.floor((cur - base) / st.cs); base + idx * st.cs < chunkEnd; idx++) {
-        zeroEntry(st, e, idx * st.entryBytes, v3, opts);
-      }
-      st.l2Cache.markDirty(e);
-    } finally {
-      st.l2Cache.release(e);
-    }
-    cur = chunkEnd;
-  }
-}
-
-function zeroEntry(
-  st: Qcow2State,
-  e: CacheEntry,
-  at: number,
-  v3: boolean,
-  opts: { discard: boolean; unmap: boolean; full?: boolean },
-): void {
-  const view = e.view;
-  const hi = view.getUint32(at);
-  const host = entryOffset(view, at);
-  const compressed = (hi & HI_COMPRESSED) !== 0;
-  const copied = (hi & HI_COPIED) !== 0;
-  const allocated = compressed || host !== 0 || (st.externalData && copied);
-  let keep = false;
-  let zero: boolean;
-  if (opts.discard) {
-    // A full discard makes the cluster unallocated (reads from the backing
-    // file again), as QEMU's full_discard does for make_empty.
-    zero = !opts.full && v3 && (st.backing !== undefined || allocated);
-  } else {
-    zero = true;
-    keep = !opts.unmap && !compressed && allocated && copied;
-  }
-  if (!keep && allocated) releaseEntry(st, view, at);
-  if (st.extL2) {
-    setEntry(view, at, keep ? host : 0, keep ? HI_COPIED : 0, 0);
-    view.setUint32(at + 8, zero ? ALL : 0);
-    view.setUint32(at + 12, 0);
-  } else {
-    setEntry(view, at, keep ? host : 0, keep ? HI_COPIED : 0, zero ? LO_ZERO : 0);
   }
 }

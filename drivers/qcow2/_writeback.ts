@@ -17,10 +17,10 @@
  */
 
 import type { RequestInfo } from "../../core/types.ts";
-import { INCOMPAT_DIRTY } from "./header.ts";
+import { INCOMPAT_DIRTY, type Qcow2Header } from "./header.ts";
 import { freeCluster, getRefcount } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
-import { writeHeaderFields } from "./_header_write.ts";
+import { serializeHeader, writeHeaderFields } from "./_header_write.ts";
 import { isFixedMetadata, overlapsMetadata } from "./_overlap.ts";
 
 /** Writes all dirty metadata back to the image file in a crash-safe order. */
@@ -87,6 +87,18 @@ async function applyPendingFrees(st: Qcow2State, req: RequestInfo | undefined): 
   }
 }
 
+/**
+ * Makes the clusters a discard or an unmapping write-zeroes dropped free
+ * right away, as QEMU's qcow2_free_clusters does, so the next allocation
+ * reuses them where qemu-img would: the write-back makes the removal of
+ * their last reference durable first (one flush), then counts them down.
+ * Nothing happens while lock-free requests are in flight (they may still
+ * use the clusters); the next write-back frees them then.
+ */
+export async function releaseFreed(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
+  if (st.pendingFree.length && st.ioInFlight === 0) await writeback(st, req);
+}
+
 /** Runs write-back when a cache has grown past its capacity, then trims it. */
 export async function relieveCaches(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
   if (st.mode === "metadata-sync" || st.l2Cache.overfull || st.rbCache.overfull) {
@@ -112,4 +124,21 @@ export async function markClean(st: Qcow2State, req: RequestInfo | undefined): P
   st.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
   await writeHeaderFields(st.file, st.header, ["incompatibleFeatures"], req);
   st.markedDirty = false;
+}
+
+/**
+ * Writes the whole header cluster after `change` edited a copy of the
+ * in-memory header (QEMU's qcow2_update_header), with everything written
+ * back and durable before and the header flushed after (lock held).
+ */
+export async function rewriteHeader(st: Qcow2State, change: (h: Qcow2Header) => void): Promise<void> {
+  await writeback(st, undefined);
+  await st.flushFiles(undefined);
+  const next = { ...st.header };
+  change(next);
+  const bytes = serializeHeader(next, st.cs); // validates before anything is written
+  await st.file.pwrite(0, bytes);
+  await st.file.flush();
+  st.header = next;
+  st.metadataMoved();
 }

@@ -25,21 +25,56 @@ import { Checker } from "./_checker.ts";
 import { type Counters, type Fix, zeroCounters } from "./_check_types.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, readHeaderFrom } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
+import type { SnapshotEntry } from "./_tables.ts";
 
 export type { CheckOptions, CheckResult } from "../../core/types.ts";
 
+/**
+ * Rewrites the snapshot table with the given entries (QEMU's
+ * qcow2_check_fix_snapshot_table); the open qcow2 node provides it, as the
+ * new table needs cluster allocation. `oldBytes` is the old table's size.
+ */
+export type SnapshotTableRewrite = (entries: readonly SnapshotEntry[], oldBytes: number) => Promise<void>;
+
+/** Options of {@linkcode checkQcow2}: the check options and, for repairs, the snapshot table rewrite. */
+export interface Qcow2CheckOptions extends CheckOptions {
+  /** How to rewrite a repaired snapshot table; without it such repairs stay undone (corruptions). */
+  rewriteSnapshots?: SnapshotTableRewrite;
+}
+
 /** One pass of QEMU's qcow2_co_check_locked. */
-async function checkOnce(file: BlockNode, fix: Fix, say: (line: string) => void, repairing: boolean): Promise<Counters> {
+async function checkOnce(
+  file: BlockNode,
+  fix: Fix,
+  say: (line: string) => void,
+  repairing: boolean,
+  opts: Qcow2CheckOptions,
+): Promise<Counters> {
   const h = await readHeaderFrom(file);
   const original = h.incompatibleFeatures;
   const checker = new Checker(file, h, say);
-  await checker.readSnapshots();
+  if (!(await checker.readSnapshots(fix))) return checker.res; // QEMU stops: the table cannot be read
   const snapshotErrors = checker.res.checkErrors;
+  const snapshotCorruptions = checker.res.corruptions;
+  const snapshotFixed = checker.res.corruptionsFixed;
   checker.res.checkErrors = 0;
+  checker.res.corruptions = 0;
+  checker.res.corruptionsFixed = 0;
   await checker.checkRefcounts(fix);
   const res = checker.res;
   res.checkErrors += snapshotErrors;
-  res.corruptions += checker.snapshotCorruptions;
+  res.corruptions += snapshotCorruptions;
+  res.corruptionsFixed += snapshotFixed;
+  if (fix.errors && checker.snapshotFixes && opts.rewriteSnapshots) {
+    try {
+      await opts.rewriteSnapshots(checker.snapshots, checker.snapshotsSize);
+      res.corruptionsFixed += checker.snapshotFixes;
+      res.corruptions -= checker.snapshotFixes;
+    } catch (e) {
+      say(`ERROR failed to update snapshot table: ${e instanceof BlockError ? e.strerror : (e as Error).message}`);
+      res.checkErrors++;
+    }
+  }
   // The corrupt bit may have been set on the way (qcow2_mark_corrupt); a repair
   // that leaves the image consistent clears it and the dirty bit
   // (qcow2_mark_clean, qcow2_mark_consistent).
@@ -71,7 +106,7 @@ async function checkOnce(file: BlockNode, fix: Fix, say: (line: string) => void,
  * await Deno.remove(path);
  * ```
  */
-export async function checkQcow2(file: BlockNode, opts: CheckOptions = {}): Promise<CheckResult> {
+export async function checkQcow2(file: BlockNode, opts: Qcow2CheckOptions = {}): Promise<CheckResult> {
   const fix: Fix = { leaks: opts.repair !== undefined, errors: opts.repair === "all" };
   if (opts.repair && file.readOnly) {
     throw new BlockError("EROFS", `Cannot repair node '${file.name}': it is opened read-only`, { node: file.name });
@@ -84,7 +119,7 @@ export async function checkQcow2(file: BlockNode, opts: CheckOptions = {}): Prom
   const allowed = file.allowBeyondEof;
   file.allowBeyondEof = true;
   try {
-    return await checkWith(file, fix, say, messages, repairing);
+    return await checkWith(file, fix, say, messages, repairing, opts);
   } finally {
     file.allowBeyondEof = allowed;
   }
@@ -96,13 +131,14 @@ async function checkWith(
   say: (line: string) => void,
   messages: string[],
   repairing: boolean,
+  opts: Qcow2CheckOptions,
 ): Promise<CheckResult> {
-  let res = await checkOnce(file, fix, say, repairing);
+  let res = await checkOnce(file, fix, say, repairing, opts);
   if (res.leaksFixed || res.corruptionsFixed) {
     const fixedLeaks = res.leaksFixed;
     const fixedCorruptions = res.corruptionsFixed;
     // The double check also clears the corrupt bit when the repair worked.
-    res = await checkOnce(file, { leaks: false, errors: false }, say, repairing);
+    res = await checkOnce(file, { leaks: false, errors: false }, say, repairing, opts);
     res.leaksFixed = fixedLeaks;
     res.corruptionsFixed = fixedCorruptions;
   }

@@ -12,14 +12,16 @@
  * `overlap-check` (`none`, `constant`, `cached` default,
  * `all`, or an object with `template` and per-structure booleans: see
  * `_overlap.ts`), `x-wrong-order` (tests only), `encrypt.key-secret` and
- * `encrypt.format` (encrypted images, see `_crypto.ts`); children `file`,
- * `backing` (null disables it), `data-file`.
+ * `encrypt.format` (encrypted images, see `_crypto.ts`), `snapshot.id` /
+ * `snapshot.name` (a read-only view of an internal snapshot, as qemu-img
+ * convert -l opens it); children `file`, `backing` (null disables it),
+ * `data-file`.
  *
  * @module
  */
 
 import { BlockError } from "../../core/errors.ts";
-import { checkKnownOptions, optBool, optEnum } from "../../core/options.ts";
+import { optEnum } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type {
   AmendOptions,
@@ -35,49 +37,26 @@ import type {
   WriteZeroesOptions,
 } from "../../core/types.ts";
 import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../../core/node.ts";
-import { repairImage } from "./check.ts";
 import { checkQcow2Create, createQcow2, QCOW2_CREATE_OPTIONS } from "./create.ts";
 import { measureQcow2 } from "./measure.ts";
-import { COMPRESSION_NAMES } from "./compress.ts";
 import { writeCompressedLocked } from "./_write_compressed.ts";
-import {
-  AUTOCLEAR_DATA_FILE_RAW,
-  clusterSize,
-  COMPAT_LAZY_REFCOUNTS,
-  INCOMPAT_CORRUPT,
-  INCOMPAT_DIRTY,
-  INCOMPAT_EXTL2,
-  QCOW2_MAGIC,
-  type Qcow2Header,
-  readHeaderFrom,
-} from "./header.ts";
+import { QCOW2_MAGIC, type Qcow2Header, readHeaderFrom } from "./header.ts";
 import { K_NORMAL, mapSync, newMapping } from "./_l2.ts";
 import { blockStatus, dataIo, readFast, readGuest } from "./_read.ts";
 import { resize } from "./_resize.ts";
-import { type MetadataMode, Qcow2State, type WrongOrder } from "./_state.ts";
-import { writeLocked, zeroOrDiscard } from "./_write.ts";
+import { type MetadataMode, Qcow2State } from "./_state.ts";
+import { writeLocked } from "./_write.ts";
+import { zeroOrDiscard } from "./_zero.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
 import { listSnapshots } from "./_snapshot.ts";
+import { createSnapshot, deleteSnapshot, gotoSnapshot, vmStateOffset } from "./_snapshot_ops.ts";
 import { exitWriteback } from "./_exit.ts";
-import { markClean, relieveCaches, writeback } from "./_writeback.ts";
-import { cacheTables, readTables } from "./_open.ts";
+import { markClean, releaseFreed, relieveCaches, writeback } from "./_writeback.ts";
 import { metadataExtents } from "./_metadata_map.ts";
-import { openBacking, openDataFile } from "./_children.ts";
-import { findOverlapSync, initOverlapChecks, OVERLAP_OPTIONS, parseOverlapOptions, preWriteOverlapCheck } from "./_overlap.ts";
-import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
+import { openQcow2State, QCOW2_OPTIONS, readTables } from "./_open.ts";
+import { findOverlapSync, preWriteOverlapCheck } from "./_overlap.ts";
+import { qcow2Info } from "./_info.ts";
 import { bitmapCallbacks, Qcow2Bitmaps } from "./_bitmaps.ts";
-
-const OPTIONS = [
-  "l2-cache-size",
-  "refcount-cache-size",
-  "cache-size",
-  "lazy-refcounts",
-  "metadata-mode",
-  "x-wrong-order",
-  "bitmap-store",
-  ...OVERLAP_OPTIONS,
-  ...ENCRYPT_OPTIONS,
-];
 
 /** The driver instance of an open qcow2 node. */
 export class Qcow2Instance implements DriverInstance {
@@ -263,6 +242,7 @@ export class Qcow2Instance implements DriverInstance {
         { discard: false, unmap: opts.mayUnmap ?? false },
         opts.req,
       );
+      await releaseFreed(st, opts.req);
       await relieveCaches(st, opts.req);
     });
   }
@@ -285,6 +265,7 @@ export class Qcow2Instance implements DriverInstance {
     await this.#bm.beforeChange();
     await st.change(async () => {
       await zeroOrDiscard(st, offset, this.#clusterEnd(offset + length) - offset, { discard: true, unmap: true }, opts.req);
+      await releaseFreed(st, opts.req);
       await relieveCaches(st, opts.req);
     });
   }
@@ -304,9 +285,14 @@ export class Qcow2Instance implements DriverInstance {
     });
   }
 
-  /** qemu-img amend: changes format options of the open image. */
-  amend(options: FormatOptions, opts: AmendOptions): Promise<void> {
-    return amendQcow2(this.#st, options, opts);
+  /** qemu-img amend: changes format options of the open image (a new `size` resizes the bitmaps too, as truncate does). */
+  async amend(options: FormatOptions, opts: AmendOptions): Promise<void> {
+    if (options.size !== undefined) {
+      this.#bm.checkResize();
+      await this.#bm.beforeChange();
+    }
+    await amendQcow2(this.#st, options, opts);
+    this.#bm.resize(this.#st.header.size);
   }
 
   /** Records a new backing file name and format in the header (qemu-img rebase -u). */
@@ -332,6 +318,43 @@ export class Qcow2Instance implements DriverInstance {
   /** The internal snapshots in the snapshot table. */
   snapshotList(): Promise<SnapshotInfo[]> {
     return listSnapshots(this.#st);
+  }
+
+  /** Creates an internal snapshot of the current state (qemu-img snapshot -c; `_snapshot_ops.ts`). */
+  snapshotCreate(info: SnapshotInfo): Promise<void> {
+    return this.#st.change(() => createSnapshot(this.#st, info, undefined));
+  }
+
+  /** Deletes the snapshot with ID (or else name) `idOrName` (qemu-img snapshot -d). */
+  snapshotDelete(idOrName: string): Promise<void> {
+    return this.#st.change(() => deleteSnapshot(this.#st, idOrName, undefined));
+  }
+
+  /** Reverts the image to the snapshot with ID (or else name) `idOrName` (qemu-img snapshot -a). */
+  snapshotGoto(idOrName: string): Promise<void> {
+    // QEMU refuses to revert an image that has dirty bitmaps, enabled or not (their contents would be wrong after it).
+    if (this.#bm.list().length) {
+      return Promise.reject(new BlockError("EBUSY", "Device has active dirty bitmaps", { node: this.#st.node.name }));
+    }
+    return this.#st.change(() => gotoSnapshot(this.#st, idOrName, undefined));
+  }
+
+  /** Reads VM state (after the guest data, as QEMU's qcow2_load_vmstate). */
+  async loadVmstate(pos: number, buf: Uint8Array): Promise<void> {
+    const p = this.#st.event("vmstate_load", undefined);
+    if (p) await p;
+    await readGuest(this.#st, vmStateOffset(this.#st) + pos, buf, undefined);
+  }
+
+  /** Writes VM state (qcow2_save_vmstate): allocated like guest data, past the virtual size. */
+  async saveVmstate(pos: number, data: Uint8Array): Promise<void> {
+    const st = this.#st;
+    const p = st.event("vmstate_save", undefined);
+    if (p) await p;
+    await st.change(async () => {
+      await writeLocked(st, vmStateOffset(st) + pos, data, undefined);
+      await relieveCaches(st, undefined);
+    });
   }
 
   /** Allocation state of the extent at `offset`. */
@@ -362,14 +385,9 @@ export class Qcow2Instance implements DriverInstance {
     return st.change(() => writeback(st, opts.req));
   }
 
-  /** Grows the image. */
+  /** Grows (with optional preallocation) or shrinks the image (`_resize.ts`). */
   async truncate(length: number, opts: TruncateOptions): Promise<void> {
     const st = this.#st;
-    if (opts.prealloc && opts.prealloc !== "off") {
-      throw new BlockError("ENOTSUP", `Cannot resize qcow2 image with preallocation '${opts.prealloc}': only 'off' is supported`, {
-        node: st.node.name,
-      });
-    }
     if (opts.zeroFill && st.header.version < 3) {
       // QEMU: v2 images have no zero clusters, so the area over the longer backing file cannot be hidden.
       throw new BlockError("ENOTSUP", "Failed to zero out new clusters: Operation not supported", { node: st.node.name });
@@ -377,8 +395,9 @@ export class Qcow2Instance implements DriverInstance {
     this.#bm.checkResize();
     await this.#bm.beforeChange();
     return st.change(async () => {
-      await resize(st, length, opts.req);
+      await resize(st, length, { req: opts.req, prealloc: opts.prealloc });
       this.#bm.resize(st.header.size);
+      await relieveCaches(st, opts.req);
     });
   }
 
@@ -414,96 +433,17 @@ export class Qcow2Instance implements DriverInstance {
 
   /** Format-specific information shaped like `qemu-img info --output=json`. */
   info(): Record<string, unknown> {
-    const h = this.#st.header;
-    const data: Record<string, unknown> = {
-      compat: h.version === 3 ? "1.1" : "0.10",
-      "compression-type": COMPRESSION_NAMES[h.compressionType],
-    };
-    if (h.version === 3) data["lazy-refcounts"] = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
-    const bitmaps = this.#bm.directoryInfo();
-    if (bitmaps.length) data.bitmaps = bitmaps;
-    data["refcount-bits"] = 2 ** h.refcountOrder;
-    if (this.#st.crypto) data.encrypt = this.#st.crypto.info();
-    if (h.dataFile !== undefined) {
-      data["data-file"] = h.dataFile;
-      data["data-file-raw"] = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0;
-    }
-    if (h.version === 3) {
-      data.corrupt = (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0;
-      data["extended-l2"] = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0;
-    }
-    const out: Record<string, unknown> = {
-      "format-specific": { type: "qcow2", data },
-      "cluster-size": clusterSize(h),
-      "virtual-size": this.#st.size,
-      "dirty-flag": (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0,
-    };
-    if (h.backingFile !== undefined) out["backing-filename"] = h.backingFile;
-    if (h.backingFormat !== undefined) out["backing-filename-format"] = h.backingFormat;
-    if (this.#st.crypto) out.encrypted = true;
-    return out;
+    return qcow2Info(this.#st, this.#bm.directoryInfo());
   }
 }
 
 async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
-  checkKnownOptions(ctx.options, OPTIONS, "qcow2");
-  const file = (await ctx.openChild("file"))!;
-  let h = await readHeaderFrom(file);
-  const rw = !ctx.readOnly;
-  const checking = ctx.check ?? false;
-  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && rw && !checking) {
-    throw new BlockError(
-      "EACCES",
-      "qcow2: Image is corrupt; cannot be opened read/write (open it read-only, or repair it with check -r all)",
-      {
-        node: ctx.node.name,
-      },
-    );
-  }
-  const lazyOpt = optBool(ctx.options, "lazy-refcounts", "qcow2");
-  const lazy = lazyOpt ?? (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0;
-  if (lazy && h.version < 3) {
-    throw new BlockError("EINVAL", "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level (compat=1.1)");
-  }
-  const modeOpt = optEnum(ctx.options, "metadata-mode", "qcow2", ["ordered", "metadata-sync"] as const);
-  const mode: MetadataMode = lazy ? "lazy" : modeOpt ?? "ordered";
-  const wrongOrder = optEnum(ctx.options, "x-wrong-order", "qcow2", ["none", "l2-before-refblock"] as const) ?? "none";
-  if (rw && !checking && h.incompatibleFeatures & INCOMPAT_DIRTY) {
-    // Refcounts may be stale (lazy refcounts and a crash): rebuild them.
-    await repairImage(file);
-    h = await readHeaderFrom(file);
-    if (h.incompatibleFeatures & INCOMPAT_DIRTY) {
-      throw new BlockError("EIO", "qcow2: Could not repair the dirty image; run check -r all", { node: ctx.node.name });
-    }
-  }
-  const backing = await openBacking(ctx, h, file);
-  const data = await openDataFile(ctx, h, file);
-  const { l1, reftable } = await readTables(ctx.node, file, h);
-  const tables = cacheTables(ctx, h);
-  const st = new Qcow2State({
-    header: h,
-    node: ctx.node,
-    file,
-    data,
-    backing,
-    l1,
-    reftable,
-    mode,
-    wrongOrder: wrongOrder as WrongOrder,
-    l2CacheTables: tables.l2,
-    rbCacheTables: tables.rb,
-    overlapChecks: parseOverlapOptions(ctx.options),
-  });
-  if (h.cryptMethod !== CRYPT_NONE) {
-    st.crypto = await Qcow2Crypto.open(h, file, ctx.options, { noIo: (ctx.noIo ?? false) || checking, node: ctx.node.name });
-  }
-  // Before the autoclear bits go: a valid bitmap directory is metadata to protect.
-  if (rw && !checking) await initOverlapChecks(st);
+  const st = await openQcow2State(ctx);
   // Bitmaps are loaded (and marked in use when writable); autoclear bits
   // blkgraph cannot maintain (raw data file, unknown ones) are cleared then.
   const store = optEnum(ctx.options, "bitmap-store", "qcow2", ["close", "flush"] as const) ?? "close";
   try {
-    const bitmaps = await Qcow2Bitmaps.open(st, { writable: rw, check: checking, storeOnFlush: store === "flush" });
+    const bitmaps = await Qcow2Bitmaps.open(st, { writable: !ctx.readOnly, check: ctx.check ?? false, storeOnFlush: store === "flush" });
     return new Qcow2Instance(st, bitmaps);
   } catch (e) {
     await st.crypto?.close();
@@ -511,11 +451,24 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   }
 }
 
+/** The creation options amend can change too (qcow2_amend_opts). */
+const AMEND_CREATE_OPTIONS = new Set([
+  "encrypt.iter-time",
+  "size",
+  "compat",
+  "backing_file",
+  "backing_fmt",
+  "data_file",
+  "data_file_raw",
+  "lazy_refcounts",
+  "refcount_bits",
+]);
+
 /** The qcow2 format driver. */
 export const qcow2Driver: BlockDriver = {
   name: "qcow2",
   kind: "format",
-  options: OPTIONS,
+  options: QCOW2_OPTIONS,
   probe(head: Uint8Array): number {
     if (head.length < 8) return 0;
     const v = new DataView(head.buffer, head.byteOffset, head.byteLength);
@@ -525,9 +478,9 @@ export const qcow2Driver: BlockDriver = {
   create: createQcow2,
   checkCreate: (ctx) => void checkQcow2Create(ctx),
   createOptions: QCOW2_CREATE_OPTIONS,
-  // What blkgraph's amend changes: lazy_refcounts and the encryption key slots (qemu-img lists more).
+  // What amend changes (`_amend.ts`, every option qemu-img 7.2 amends): the common ones and the encryption key slots.
   amendOptions: [
-    ...QCOW2_CREATE_OPTIONS.filter((o) => o.name === "lazy_refcounts" || o.name === "encrypt.iter-time"),
+    ...QCOW2_CREATE_OPTIONS.filter((o) => AMEND_CREATE_OPTIONS.has(o.name)),
     { name: "encrypt.keyslot", type: "num", help: "Select a single keyslot to modify explicitly" },
     { name: "encrypt.new-secret", type: "str", help: "New secret to set in the matching keyslots. Empty string to erase" },
     { name: "encrypt.old-secret", type: "str", help: "Select all keyslots that match this password" },

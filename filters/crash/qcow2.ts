@@ -41,6 +41,15 @@ import {
   recoveryOracle,
 } from "./oracles.ts";
 import { runCrashExploration, type RunOptions, type RunResult } from "./run.ts";
+import {
+  type SnapshotContents,
+  snapshotCreateWorkload,
+  snapshotDeleteWorkload,
+  snapshotGotoWorkload,
+  snapshotOracle,
+} from "./_qcow2_snapshots.ts";
+
+export type { SnapshotContents } from "./_qcow2_snapshots.ts";
 
 /** How the qcow2 driver orders its metadata writes. */
 export type Qcow2CrashMode = "metadata-sync" | "ordered" | "lazy";
@@ -68,8 +77,8 @@ export interface CrashWorkload {
   closeInLog?: boolean;
   /** What the bitmap oracle expects of the image's dirty bitmaps (see {@linkcode bitmapOracle}). */
   bitmaps?: Pick<BitmapOracleOptions, "covering" | "unchanged" | "neverConsistent">;
-  /** Issues the guest requests. */
-  run(guest: BlockNode, rand: () => number): Promise<void>;
+  /** Issues the guest requests; a snapshot workload returns what each snapshot must read as. */
+  run(guest: BlockNode, rand: () => number): Promise<void | SnapshotContents>;
 }
 
 /** A recorded workload, ready to explore. */
@@ -88,11 +97,16 @@ export interface RecordedQcow2 {
   clusterSize: number;
   /** The workload's bitmap expectations, if any. */
   bitmaps?: CrashWorkload["bitmaps"];
+  /** What each snapshot the workload took must read as. */
+  snapshots?: SnapshotContents;
 }
 
-function openOptions(mode: Qcow2CrashMode, wrongOrder: boolean): Record<string, unknown> {
+/** A deliberately wrong write order (`true`: `l2-before-refblock`). */
+export type WrongOrderChoice = boolean | "l2-before-refblock" | "snapshot-l1-after-table";
+
+function openOptions(mode: Qcow2CrashMode, wrongOrder: WrongOrderChoice): Record<string, unknown> {
   const o: Record<string, unknown> = mode === "lazy" ? { "lazy-refcounts": "on" } : { "metadata-mode": mode };
-  if (wrongOrder) o["x-wrong-order"] = "l2-before-refblock";
+  if (wrongOrder) o["x-wrong-order"] = wrongOrder === true ? "l2-before-refblock" : wrongOrder;
   return o;
 }
 
@@ -115,7 +129,7 @@ async function createQcow2(
 export async function recordQcow2(
   workload: CrashWorkload,
   mode: Qcow2CrashMode,
-  opts: { dir: string; seed?: number; wrongOrder?: boolean; unsafeHost?: boolean },
+  opts: { dir: string; seed?: number; wrongOrder?: WrongOrderChoice; unsafeHost?: boolean },
 ): Promise<RecordedQcow2> {
   const clusterSize = Number(workload.create?.cluster_size ?? 512);
   const createOpts: Record<string, string | number | boolean> = { cluster_size: clusterSize, ...workload.create };
@@ -141,7 +155,7 @@ export async function recordQcow2(
     hostRec.clear();
     const recording: FormatSpec = { driver: "qcow2", options: { ...openOptions(mode, opts.wrongOrder ?? false), ...workload.open } };
     guest = await open({ driver: "recorder", file: { ...recording.options, driver: "qcow2", file: host } });
-    await workload.run(guest, rng(opts.seed ?? 1));
+    const snapshots = (await workload.run(guest, rng(opts.seed ?? 1))) ?? undefined;
     const guestRec = getRecorder(guest);
     if (workload.closeInLog) {
       // The close belongs to the workload (bitmaps are stored then): its writes are explored too.
@@ -151,7 +165,7 @@ export async function recordQcow2(
     const guestLog = [...guestRec.log];
     const hostLog = [...hostRec.log];
     const format: FormatSpec = { driver: "qcow2", options: { ...openOptions(mode, false), ...workload.open } };
-    return { base, hostLog, guestLog, guestBase, format, clusterSize, bitmaps: workload.bitmaps };
+    return { base, hostLog, guestLog, guestBase, format, clusterSize, bitmaps: workload.bitmaps, snapshots };
   } finally {
     if (guest) await guest.close();
     else if (!host.closed) await host.close();
@@ -209,8 +223,8 @@ export interface Qcow2ExploreOptions {
   dir: string;
   /** Workload seed (default 1). */
   seed?: number;
-  /** Use the deliberately wrong write order (`x-wrong-order=l2-before-refblock`). */
-  wrongOrder?: boolean;
+  /** Use a deliberately wrong write order (`true`: `x-wrong-order=l2-before-refblock`). */
+  wrongOrder?: WrongOrderChoice;
   /** Drop every flush below qcow2 (`cache.no-flush` on the host recorder), to show the oracles catch it. */
   unsafeHost?: boolean;
   /** Run `qemu-img check` on every n-th state (0 = never; default 0). */
@@ -235,6 +249,7 @@ export function qcow2Oracles(rec: RecordedQcow2, opts: Qcow2ExploreOptions): Cra
   if (rec.bitmaps) {
     oracles.push(bitmapOracle({ format: rec.format, guestLog: rec.guestLog, base: rec.base, guestBase: rec.guestBase, ...rec.bitmaps }));
   }
+  if (rec.snapshots) oracles.push(snapshotOracle(rec.format, rec.snapshots));
   return oracles;
 }
 
@@ -341,6 +356,9 @@ export const QCOW2_WORKLOADS: readonly CrashWorkload[] = [
       await g.flush();
     },
   },
+  { name: "snapshot-create", size: 64 * 1024, run: snapshotCreateWorkload },
+  { name: "snapshot-delete", size: 64 * 1024, run: snapshotDeleteWorkload },
+  { name: "snapshot-goto", size: 64 * 1024, run: snapshotGotoWorkload },
   {
     // Bitmaps loaded at open (marked in use before any write), recording
     // writes, zero-writes, discards and a resize, stored at close.

@@ -42,7 +42,7 @@ Deno.test("main() refuses unsupported modes clearly", async () => {
   await cli(["create", "-q", "-f", "qcow2", `${d.path}/x.qcow2`, "1M"]);
   const r = await cli(["snapshot", "-a", "s1", `${d.path}/x.qcow2`]);
   assertEquals(r.code, 1);
-  assertEquals(r.stderr, "blkgraph: Could not apply snapshot 's1': driver 'qcow2' cannot apply snapshots yet\n");
+  assertEquals(r.stderr, "blkgraph: Could not apply snapshot 's1': Failed to load snapshot: No such file or directory\n");
 });
 
 Deno.test("cli/main.ts runs as a subprocess and sets the exit code", async () => {

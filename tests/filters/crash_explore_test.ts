@@ -33,6 +33,20 @@ Deno.test("exploreQcow2() catches x-wrong-order=l2-before-refblock", async () =>
   assert.ok(r.failures[0].replay!.length > 0);
 });
 
+Deno.test("exploreQcow2() catches x-wrong-order=snapshot-l1-after-table with the snapshot oracle", async () => {
+  // A snapshot table entry that is durable before the L1 copy it points at: the snapshot reads wrong.
+  await using dir = await tempDir();
+  const w = QCOW2_WORKLOADS.find((w) => w.name === "snapshot-create")!;
+  const r = await exploreQcow2(w, "ordered", {
+    dir: dir.path,
+    wrongOrder: "snapshot-l1-after-table",
+    explore: { maxStates: 400, maxFailures: 1 },
+  });
+  console.log(`snapshot wrong order: ${r.states} states, failure: ${r.failures[0]?.oracle}: ${r.failures[0]?.message}`);
+  assert.equal(r.failures[0]?.oracle, "snapshots");
+  assert.ok(r.failures[0].replay!.length > 0);
+});
+
 Deno.test("exploreQcow2() catches flushed guest data lost when the host drops flushes", async () => {
   await using dir = await tempDir();
   const w = QCOW2_WORKLOADS.find((w) => w.name === "overwrite")!;

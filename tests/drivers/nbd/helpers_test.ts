@@ -1,6 +1,5 @@
 /** The NBD tests' server helper waits for a socket that listens, not only for its file. */
 
-import assert from "node:assert/strict";
 import { hasTool, tempDir } from "../../_helpers/qemu.ts";
 import { sockPath, startServer } from "./_helpers.ts";
 

@@ -76,7 +76,7 @@ interface Suspended {
  * A blkdebug node's driver instance: rules, state, breakpoints and tracing.
  * Get it with {@linkcode getBlkdebug} from any node above it.
  */
-export class BlkdebugFilter implements DriverInstance {
+export class BlkdebugInstance implements DriverInstance {
   /** Limits from the `align`, `max-transfer`, ... options. */
   readonly limits: Partial<BlockLimits>;
   #name: string;
@@ -347,7 +347,7 @@ async function openBlkdebug(ctx: OpenContext): Promise<DriverInstance> {
     );
   }
   const limits = readBlkdebugLimits(o, Math.max(align, child.limits.requestAlignment));
-  return new BlkdebugFilter(ctx.node, child, rules, limits);
+  return new BlkdebugInstance(ctx.node, child, rules, limits);
 }
 
 /** The blkdebug filter driver. */
@@ -378,14 +378,14 @@ export const blkdebugDriver: BlockDriver = {
 registerDriver(blkdebugDriver);
 
 /** Finds the blkdebug instance at or below `node` (primary children first), if any. */
-export function findBlkdebug(node: BlockNode): BlkdebugFilter | undefined {
+export function findBlkdebug(node: BlockNode): BlkdebugInstance | undefined {
   const seen = new Set<BlockNode>();
   const queue = [node];
   while (queue.length) {
     const n = queue.shift()!;
     if (seen.has(n)) continue;
     seen.add(n);
-    if (n.instance instanceof BlkdebugFilter) return n.instance;
+    if (n.instance instanceof BlkdebugInstance) return n.instance;
     const primary = n.primaryChild;
     if (primary) queue.unshift(primary);
     for (const c of n.children.values()) if (c !== primary) queue.push(c);
@@ -410,7 +410,7 @@ export function findBlkdebug(node: BlockNode): BlkdebugFilter | undefined {
  * await write;
  * ```
  */
-export function getBlkdebug(node: BlockNode): BlkdebugFilter {
+export function getBlkdebug(node: BlockNode): BlkdebugInstance {
   const f = findBlkdebug(node);
   if (!f) throw new BlockError("ENOENT", `No blkdebug node at or below node '${node.name}'`, { node: node.name });
   return f;

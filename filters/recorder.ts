@@ -74,7 +74,7 @@ export function recorderClock(): number {
 }
 
 /** A recorder filter instance: the driver callbacks plus the log. */
-export class Recorder implements DriverInstance {
+export class RecorderInstance implements DriverInstance {
   /** Everything recorded so far, in submission order. */
   readonly log: RecordedOp[] = [];
   /** Forwarded unchanged to the child; the child's core emulates FUA if needed. */
@@ -161,7 +161,7 @@ export class Recorder implements DriverInstance {
   }
 }
 
-const recorders = new WeakMap<BlockNode, Recorder>();
+const recorders = new WeakMap<BlockNode, RecorderInstance>();
 
 /** The recorder filter driver. */
 export const recorderDriver: BlockDriver = {
@@ -171,14 +171,14 @@ export const recorderDriver: BlockDriver = {
   async open(ctx): Promise<DriverInstance> {
     checkKnownOptions(ctx.options, [], "recorder");
     const child = await ctx.openChild("file");
-    const rec = new Recorder(child!);
+    const rec = new RecorderInstance(child!);
     recorders.set(ctx.node, rec);
     return rec;
   },
 };
 
 /**
- * The {@linkcode Recorder} serving a `recorder` node.
+ * The {@linkcode RecorderInstance} serving a `recorder` node.
  *
  * @example
  * ```ts
@@ -189,7 +189,7 @@ export const recorderDriver: BlockDriver = {
  * console.log(getRecorder(node).log.length); // 1
  * ```
  */
-export function getRecorder(node: BlockNode): Recorder {
+export function getRecorder(node: BlockNode): RecorderInstance {
   const rec = recorders.get(node);
   if (!rec) {
     throw new BlockError("EINVAL", `Node '${node.name}' is not a recorder node (driver '${node.driver.name}')`, { node: node.name });

@@ -52,7 +52,7 @@ export {
 } from "./_throttle_group.ts";
 
 /** A throttle node's driver instance. */
-export class ThrottleFilter implements DriverInstance {
+export class ThrottleInstance implements DriverInstance {
   /** The group whose budget this node draws on. */
   readonly group: ThrottleGroup;
   #member: ThrottleGroupMember;
@@ -149,7 +149,7 @@ async function openThrottle(ctx: OpenContext): Promise<DriverInstance> {
     // A private group, not in the registry.
     group = new ThrottleGroup(`#${ctx.node.name}`, (limits as Record<string, unknown> | undefined) ?? {}, clock);
   }
-  return new ThrottleFilter(ctx.node, group, owns);
+  return new ThrottleInstance(ctx.node, group, owns);
 }
 
 /** The throttle filter driver. */

@@ -34,7 +34,7 @@ Deno.test("mod.ts exports the user-facing API only: no driver internals", async 
   for (const want of ["open", "createImage", "copyImage", "BlockNode", "BlockError", "registerDriver", "optSize", "runCrashExploration"]) {
     assert.ok(names.has(want), `mod.ts lacks ${want}`);
   }
-  for (const internal of ["HEADER_FIELDS", "serializeHeader", "Qcow2Instance", "parseBlkdebugConfig", "serveNbd", "newRequest"]) {
+  for (const internal of ["HEADER_FIELDS", "serialiseHeader", "Qcow2Instance", "parseBlkdebugConfig", "serveNbd", "newRequest"]) {
     assert.ok(!names.has(internal), `mod.ts exports ${internal}; it belongs in a subpath module`);
   }
 });

@@ -25,7 +25,7 @@ import {
 } from "./_bitmap_format.ts";
 import { type BitmapEntry, encodeBitmapDirectory } from "./_tables.ts";
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, type Qcow2Header } from "./header.ts";
-import { serializeHeader, writeHeaderFields } from "./_header_write.ts";
+import { serialiseHeader, writeHeaderFields } from "./_header_write.ts";
 import { allocClusters } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import { writeback } from "./_writeback.ts";
@@ -126,7 +126,7 @@ export function clustersOf(e: BitmapEntry, table: readonly BitmapTableEntry[], c
 
 /** Writes header `h` as the whole first cluster and flushes (QEMU's qcow2_update_header + flush). */
 export async function rewriteHeader(st: Qcow2State, h: Qcow2Header, req: RequestInfo | undefined): Promise<void> {
-  const bytes = serializeHeader(h, st.cs); // validates before anything is written
+  const bytes = serialiseHeader(h, st.cs); // validates before anything is written
   await st.file.pwrite(0, bytes, { req });
   await st.file.flush({ req });
   st.header = h;

@@ -40,11 +40,11 @@ const encoder = new TextEncoder();
  * @example
  * ```ts
  * import { QEMU_FEATURE_NAMES } from "@blkgraph/blkgraph/drivers/qcow2";
- * import { serializeFeatureTable } from "@blkgraph/blkgraph/drivers/qcow2";
- * console.log(serializeFeatureTable(QEMU_FEATURE_NAMES).length); // 384
+ * import { serialiseFeatureTable } from "@blkgraph/blkgraph/drivers/qcow2";
+ * console.log(serialiseFeatureTable(QEMU_FEATURE_NAMES).length); // 384
  * ```
  */
-export function serializeFeatureTable(features: readonly FeatureName[]): Uint8Array {
+export function serialiseFeatureTable(features: readonly FeatureName[]): Uint8Array {
   const out = new Uint8Array(features.length * FEATURE_ENTRY);
   features.forEach((f, i) => {
     out[i * FEATURE_ENTRY] = f.type;
@@ -121,7 +121,7 @@ export async function writeHeaderFields(
  * @example
  * ```ts
  * import { parseHeader, type Qcow2Header } from "@blkgraph/blkgraph/drivers/qcow2";
- * import { serializeHeader } from "@blkgraph/blkgraph/drivers/qcow2";
+ * import { serialiseHeader } from "@blkgraph/blkgraph/drivers/qcow2";
  * const h: Qcow2Header = {
  *   version: 3, backingFileOffset: 0, backingFileSize: 0, clusterBits: 16, size: 1 << 20,
  *   cryptMethod: 0, l1Size: 1, l1TableOffset: 0x30000, refcountTableOffset: 0x10000,
@@ -129,19 +129,19 @@ export async function writeHeaderFields(
  *   compatibleFeatures: 0, autoclearFeatures: 0, refcountOrder: 4, headerLength: 112,
  *   compressionType: 0, extensions: [],
  * };
- * const bytes = serializeHeader(h, 65536);
+ * const bytes = serialiseHeader(h, 65536);
  * console.log(parseHeader(bytes, 0x40000).size); // 1048576
  * ```
  */
-export function serializeHeader(h: Qcow2Header, clusterSize: number): Uint8Array {
-  const withTable = serializeInto(h, clusterSize, true);
+export function serialiseHeader(h: Qcow2Header, clusterSize: number): Uint8Array {
+  const withTable = serialiseInto(h, clusterSize, true);
   if (withTable) return withTable;
-  const without = serializeInto(h, clusterSize, false);
+  const without = serialiseInto(h, clusterSize, false);
   if (without) return without;
   throw invalid(`Cannot write qcow2 header: header, extensions and backing file name do not fit in one cluster (${clusterSize} bytes)`);
 }
 
-function serializeInto(h: Qcow2Header, cs: number, featureTable: boolean): Uint8Array | undefined {
+function serialiseInto(h: Qcow2Header, cs: number, featureTable: boolean): Uint8Array | undefined {
   const exts: HeaderExtension[] = [];
   if (h.backingFormat !== undefined && h.backingFile !== undefined) {
     exts.push({ type: EXT_BACKING_FORMAT, data: encoder.encode(h.backingFormat) });
@@ -151,7 +151,7 @@ function serializeInto(h: Qcow2Header, cs: number, featureTable: boolean): Uint8
   const crypto = h.extensions.find((e) => e.type === EXT_CRYPTO);
   if (crypto) exts.push(crypto);
   // QEMU writes no feature table for clusters of 4 KiB or less (checked against qemu-img 7.2).
-  if (h.version === 3 && featureTable && cs > 4096) exts.push({ type: EXT_FEATURE_TABLE, data: serializeFeatureTable(QEMU_FEATURE_NAMES) });
+  if (h.version === 3 && featureTable && cs > 4096) exts.push({ type: EXT_FEATURE_TABLE, data: serialiseFeatureTable(QEMU_FEATURE_NAMES) });
   // Then the bitmaps extension, then the rest in file order (QEMU's qcow2_update_header order).
   const bitmaps = h.extensions.find((e) => e.type === EXT_BITMAPS);
   if (bitmaps) exts.push(bitmaps);

@@ -20,7 +20,7 @@ import type { RequestInfo } from "../../core/types.ts";
 import { INCOMPAT_DIRTY, type Qcow2Header } from "./header.ts";
 import { freeCluster, getRefcount } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
-import { serializeHeader, writeHeaderFields } from "./_header_write.ts";
+import { serialiseHeader, writeHeaderFields } from "./_header_write.ts";
 import { isFixedMetadata, overlapsMetadata } from "./_overlap.ts";
 
 /** Writes all dirty metadata back to the image file in a crash-safe order. */
@@ -136,7 +136,7 @@ export async function rewriteHeader(st: Qcow2State, change: (h: Qcow2Header) => 
   await st.flushFiles(undefined);
   const next = { ...st.header };
   change(next);
-  const bytes = serializeHeader(next, st.cs); // validates before anything is written
+  const bytes = serialiseHeader(next, st.cs); // validates before anything is written
   await st.file.pwrite(0, bytes);
   await st.file.flush();
   st.header = next;

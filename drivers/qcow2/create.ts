@@ -36,7 +36,7 @@ import {
   V3_HEADER_LENGTH,
 } from "./header.ts";
 import { encodeL2, planLayout } from "./_create_layout.ts";
-import { serializeHeader } from "./_header_write.ts";
+import { serialiseHeader } from "./_header_write.ts";
 import { l2EntrySize } from "./_entries.ts";
 import {
   CRYPT_AES,
@@ -337,7 +337,7 @@ export async function createQcow2(ctx: CreateContext): Promise<void> {
     dataFile: o.dataFile,
   };
   if (layout.crypto) h.extensions.push(cryptoExtension(layout.crypto.offset, o.encrypt!.headerBytes));
-  const header = serializeHeader(h, cs);
+  const header = serialiseHeader(h, cs);
 
   await file.pwrite(0, header);
   // Grow the file over the data clusters first, so the file node preallocates

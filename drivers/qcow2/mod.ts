@@ -21,6 +21,6 @@
 
 export { qcow2Driver, Qcow2Instance } from "./qcow2.ts";
 export * from "./header.ts";
-export { encodeFields, serializeFeatureTable, serializeHeader, writeHeaderFields } from "./_header_write.ts";
+export { encodeFields, serialiseFeatureTable, serialiseHeader, writeHeaderFields } from "./_header_write.ts";
 export { compressCluster, COMPRESSION_NAMES, decompressCluster } from "./compress.ts";
 export type { MetadataMode, WrongOrder } from "./_state.ts";

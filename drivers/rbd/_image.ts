@@ -41,7 +41,7 @@ interface DiffRun {
 }
 
 /** The instance behind an `rbd` node. */
-export class RbdImage implements DriverInstance {
+export class RbdInstance implements DriverInstance {
   /** Byte-granular requests; transfers capped below 2 GiB. */
   readonly limits: Partial<BlockLimits> = { requestAlignment: 1, maxTransfer: MAX_IO, maxWriteZero: MAX_IO, maxDiscard: MAX_IO };
   /** FUA is a flush (librbd's cache makes the flush the durability point). */
@@ -87,7 +87,7 @@ export class RbdImage implements DriverInstance {
    * Opens the image on a connection (which it then owns). A snapshot opens
    * read-only, as in QEMU.
    */
-  static async open(lib: Librbd, conn: Connection, node: BlockNode, o: RbdOptions, readOnly: boolean): Promise<RbdImage> {
+  static async open(lib: Librbd, conn: Connection, node: BlockNode, o: RbdOptions, readOnly: boolean): Promise<RbdInstance> {
     const where = `${o.pool}/${o.namespace ? o.namespace + "/" : ""}${o.image}`;
     const out = new Uint8Array(8);
     const r = await lib.rbd_open(conn.ioctx, cstr(o.image), out, o.snapshot ? cstr(o.snapshot) : null);
@@ -113,7 +113,7 @@ export class RbdImage implements DriverInstance {
       const rs = await lib.rbd_stat(image, info, info.length);
       if (rs < 0) throw rbdError(rs, `Cannot read the size of RBD image '${where}'`);
       engine = await AioEngine.create(lib, image, o.completion);
-      return new RbdImage(lib, conn, image, engine, node, o, outU64(info, 0), outU64(info, 8));
+      return new RbdInstance(lib, conn, image, engine, node, o, outU64(info, 0), outU64(info, 8));
     } catch (e) {
       await engine?.close();
       await lib.rbd_close(image);

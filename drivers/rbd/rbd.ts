@@ -42,7 +42,7 @@ import { registerDriver } from "../../core/registry.ts";
 import type { BlockDriver, DriverInstance } from "../../core/node.ts";
 import { connect, RBD_OPTIONS, readRbdOptions } from "./_connect.ts";
 import { parseRbdFilename } from "./_filename.ts";
-import { RbdImage } from "./_image.ts";
+import { RbdInstance } from "./_image.ts";
 import { cstr, librbdError, loadLibrbd, rbdError } from "./_librbd.ts";
 
 export { escapeRbd, parseRbdFilename, type RbdLocation } from "./_filename.ts";
@@ -135,7 +135,7 @@ export const rbdDriver: BlockDriver = {
     const o = readRbdOptions(ctx.options);
     const conn = await connect(lib, o, !o.direct);
     try {
-      return await RbdImage.open(lib, conn, ctx.node, o, ctx.readOnly);
+      return await RbdInstance.open(lib, conn, ctx.node, o, ctx.readOnly);
     } catch (e) {
       await conn.close();
       throw e;

@@ -50,7 +50,7 @@ export interface CrashFailure {
   kind: string;
   /** The state as generated. */
   recipe: CrashRecipe;
-  /** The state after {@linkcode minimize} (when minimisation ran). */
+  /** The state after {@linkcode minimise} (when minimisation ran). */
   minimal?: CrashRecipe;
   /** The minimal state as a replayable op list (apply in order to the base image). */
   replay?: ReplayOp[];
@@ -61,7 +61,7 @@ export interface RunOptions extends ExploreOptions {
   /** Stop collecting after this many failures (default 5). */
   maxFailures?: number;
   /** Minimise failures (default true). */
-  minimize?: boolean;
+  minimise?: boolean;
 }
 
 /** Result of an exploration. */
@@ -112,10 +112,10 @@ export async function runCrashExploration(
     }
     if (failures.length >= maxFailures) break;
   }
-  if (opts.minimize ?? true) {
+  if (opts.minimise ?? true) {
     for (const f of failures) {
       const oracle = oracles.find((o) => o.name === f.oracle)!;
-      f.minimal = await minimize(base, log, f.recipe, oracle);
+      f.minimal = await minimise(base, log, f.recipe, oracle);
       f.replay = replayList(log, f.minimal);
     }
   }
@@ -127,7 +127,7 @@ export async function runCrashExploration(
  * a time while `oracle` still rejects the replayed image. Durable ops stay:
  * without them the state would not be one the persistence model allows.
  */
-export async function minimize(
+export async function minimise(
   base: Uint8Array,
   log: readonly RecordedOp[],
   recipe: CrashRecipe,

@@ -53,7 +53,7 @@ Deno.test("exploreQcow2() catches flushed guest data lost when the host drops fl
   const r = await exploreQcow2(w, "ordered", {
     dir: dir.path,
     unsafeHost: true,
-    explore: { maxStates: 400, maxFailures: 20, minimize: false },
+    explore: { maxStates: 400, maxFailures: 20, minimise: false },
   });
   const durability = r.failures.find((f) => f.oracle === "durability");
   console.log(`unsafe host: ${r.states} states, ${r.failures.length} failures; durability: ${durability?.message}`);

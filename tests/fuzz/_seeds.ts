@@ -15,7 +15,7 @@
 
 import { createHash } from "node:crypto";
 import { createImage, open } from "../../mod.ts";
-import { readHeaderFrom, serializeHeader } from "../../drivers/qcow2/mod.ts";
+import { readHeaderFrom, serialiseHeader } from "../../drivers/qcow2/mod.ts";
 
 /** One family of seed images. */
 export interface Family {
@@ -189,7 +189,7 @@ async function buildWithBlkgraph(f: Family, dir: string): Promise<string[]> {
     const path = `${dir}/img.qcow2`;
     await using file = await open({ driver: "file", filename: path });
     const h = await readHeaderFrom(file);
-    await file.pwrite(0, serializeHeader({ ...h, dataFile: "data.raw" }, 2 ** h.clusterBits));
+    await file.pwrite(0, serialiseHeader({ ...h, dataFile: "data.raw" }, 2 ** h.clusterBits));
   }
   return companions;
 }

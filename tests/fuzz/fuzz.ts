@@ -10,7 +10,7 @@
  *     [--out DIR] [--no-qemu] [--budget-ms 10000] [--budget-mb 1024]
  *     [--families v3-64k,zstd] [--nice 10] [--quiet]
  *   deno task fuzz --replay DIR/case.json       # runs one saved case again
- *   deno task fuzz --minimize DIR/case.json     # drops mutations while the class stays
+ *   deno task fuzz --minimise DIR/case.json     # drops mutations while the class stays
  *
  * Exit code: 0 when every case ended clean or with a BlockError, 1 otherwise.
  *
@@ -259,7 +259,7 @@ export async function replay(path: string, opts: FuzzOptions): Promise<Verdict> 
 }
 
 /** Drops mutations (and writes) one at a time while the case keeps its signature; writes the result next to `path`. */
-export async function minimize(path: string, opts: FuzzOptions): Promise<CaseSpec> {
+export async function minimise(path: string, opts: FuzzOptions): Promise<CaseSpec> {
   let spec = JSON.parse(await Deno.readTextFile(path)) as CaseSpec & { signature?: string };
   const { seeds, images } = await loadSeeds({ ...opts, families: [spec.family] });
   const work = await scratchDir("blkgraph-fuzz-min-");
@@ -328,7 +328,7 @@ if (import.meta.main) {
       quiet: { type: "boolean", default: false },
       "seed-dir": { type: "string", default: seedCacheDir() },
       replay: { type: "string" },
-      minimize: { type: "string" },
+      minimise: { type: "string" },
       json: { type: "boolean", default: false },
       "deep-every": { type: "string", default: "5" },
     },
@@ -349,10 +349,10 @@ if (import.meta.main) {
     deepEvery: Math.max(1, Number(values["deep-every"])),
     seedDir: values["seed-dir"]!,
   };
-  if (values.replay || values.minimize) {
+  if (values.replay || values.minimise) {
     const v = values.replay ? await replay(values.replay, opts) : undefined;
     if (v) console.log(JSON.stringify({ cls: v.cls, signature: v.signature, detail: v.detail }, null, 1));
-    if (values.minimize) console.log(JSON.stringify(await minimize(values.minimize, opts), null, 1));
+    if (values.minimise) console.log(JSON.stringify(await minimise(values.minimise, opts), null, 1));
     Deno.exit(v && FINDING.has(v.cls) ? 1 : 0);
   }
   if (opts.out) await Deno.mkdir(opts.out, { recursive: true });

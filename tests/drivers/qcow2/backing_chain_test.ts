@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { BlockError, createImage, open } from "../../../mod.ts";
-import { readHeaderFrom, serializeHeader } from "../../../drivers/qcow2/mod.ts";
+import { readHeaderFrom, serialiseHeader } from "../../../drivers/qcow2/mod.ts";
 import { hasTool, run, tempDir } from "../../_helpers/qemu.ts";
 import { cli } from "../../cli/_run.ts";
 
@@ -18,7 +18,7 @@ async function setBacking(path: string, name: string | undefined, format = "qcow
   const h = await readHeaderFrom(file);
   await file.pwrite(
     0,
-    serializeHeader({ ...h, backingFile: name, backingFormat: name === undefined ? undefined : format }, 2 ** h.clusterBits),
+    serialiseHeader({ ...h, backingFile: name, backingFormat: name === undefined ? undefined : format }, 2 ** h.clusterBits),
   );
 }
 

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { BlockError, createImage, open } from "../../../mod.ts";
 import { parseHeader, type Qcow2Header } from "../../../drivers/qcow2/header.ts";
-import { serializeHeader } from "../../../drivers/qcow2/_header_write.ts";
+import { serialiseHeader } from "../../../drivers/qcow2/_header_write.ts";
 import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 
 const CS = 65536;
@@ -37,7 +37,7 @@ function validHeader(): Qcow2Header {
 
 /** Serialises the valid header, applies `patch`, and returns the error parseHeader throws. */
 function rejection(patch: (v: DataView) => void): BlockError {
-  const buf = serializeHeader(validHeader(), CS);
+  const buf = serialiseHeader(validHeader(), CS);
   patch(new DataView(buf.buffer));
   try {
     parseHeader(buf, FILE_LENGTH);
@@ -236,7 +236,7 @@ for (const c of CASES) {
 }
 
 Deno.test("parseHeader() accepts the unpatched header", () => {
-  const h = parseHeader(serializeHeader(validHeader(), CS), FILE_LENGTH);
+  const h = parseHeader(serialiseHeader(validHeader(), CS), FILE_LENGTH);
   assert.equal(h.size, 64 << 20);
   assert.equal(h.l1TableOffset, 3 * CS);
 });
@@ -266,7 +266,7 @@ Deno.test({
 Deno.test("open() of a qcow2 file with a bad header fails with parseHeader()'s error", async () => {
   await using dir = await tempDir();
   for (const c of CASES.filter((c) => !c.name.startsWith("a bad magic"))) {
-    const buf = serializeHeader(validHeader(), CS);
+    const buf = serialiseHeader(validHeader(), CS);
     c.patch(new DataView(buf.buffer));
     const path = `${dir.path}/bad.qcow2`;
     const file = new Uint8Array(FILE_LENGTH);
@@ -305,7 +305,7 @@ Deno.test({
     const bytes = await Deno.readFile(path);
     const h = parseHeader(bytes.subarray(0, CS), bytes.length);
     assert.deepEqual(h.featureHigh, { incompatible: 0, compatible: 0x80000000, autoclear: 0x00400000 });
-    const again = new DataView(serializeHeader(h, CS).buffer);
+    const again = new DataView(serialiseHeader(h, CS).buffer);
     assert.equal(again.getUint32(80), 0x80000000, "the unknown compatible bit is written back");
     {
       await using rw = await open(path);
@@ -364,7 +364,7 @@ Deno.test({
 Deno.test("parseHeader() accepts AES and LUKS encryption (crypt_method 1, 2); opening them needs encrypt.key-secret", async () => {
   await using dir = await tempDir();
   for (const method of [1, 2]) {
-    const buf = serializeHeader(validHeader(), CS);
+    const buf = serialiseHeader(validHeader(), CS);
     new DataView(buf.buffer).setUint32(32, method);
     assert.equal(parseHeader(buf, FILE_LENGTH).cryptMethod, method);
     const path = `${dir.path}/enc.qcow2`;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type BlockNode, open } from "../../../mod.ts";
-import type { RbdImage } from "../../../drivers/rbd/_image.ts";
+import type { RbdInstance } from "../../../drivers/rbd/_image.ts";
 import { cephConf, imageName, rbdCreate, rbdFilename, skipUnlessCeph } from "../../_helpers/ceph.ts";
 import { pattern } from "../../_helpers/qemu.ts";
 
@@ -15,7 +15,7 @@ async function fresh(completion?: string): Promise<BlockNode> {
   return await open({ driver: "rbd", filename: rbdFilename(conf, image), ...extra });
 }
 
-const stats = (node: BlockNode) => (node.instance as RbdImage).aioStats;
+const stats = (node: BlockNode) => (node.instance as RbdInstance).aioStats;
 
 Deno.test(
   { name: "rbd node completes a request submitted alone through librbd's callback and releases every completion", ignore },

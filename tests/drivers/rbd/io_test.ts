@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type BlockError, type BlockNode, open } from "../../../mod.ts";
-import type { RbdImage } from "../../../drivers/rbd/_image.ts";
+import type { RbdInstance } from "../../../drivers/rbd/_image.ts";
 import { cephConf, imageName, rbdCreate, rbdExport, rbdFilename, rbdInfo, skipUnlessCeph } from "../../_helpers/ceph.ts";
 import { pattern, run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 
@@ -22,8 +22,8 @@ async function fresh(
   return { conf, image, node };
 }
 
-function rbdInstance(node: BlockNode): RbdImage {
-  return node.instance as RbdImage;
+function rbdInstance(node: BlockNode): RbdInstance {
+  return node.instance as RbdInstance;
 }
 
 Deno.test({ name: "rbd node writes patterns that rbd export reads back byte for byte", ignore }, async () => {

@@ -24,7 +24,7 @@ for (const w of LUKS_WORKLOADS) {
 
 Deno.test("exploreLuks() catches flushed guest data lost when the host drops flushes", async () => {
   const w = LUKS_WORKLOADS.find((w) => w.name === "luks-overwrite-fua")!;
-  const r = await exploreLuks(w, { unsafeHost: true, explore: { maxStates: 300, maxFailures: 10, minimize: false } });
+  const r = await exploreLuks(w, { unsafeHost: true, explore: { maxStates: 300, maxFailures: 10, minimise: false } });
   const durability = r.failures.find((f) => f.oracle === "durability");
   assert.ok(durability, `no durability failure among ${r.states} states`);
   assert.match(durability.message, /guest byte \d+ \(sector \d+\) is 0x/);

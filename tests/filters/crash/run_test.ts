@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { type BlockNode, type CrashOracle, open, runCrashExploration } from "../../../mod.ts";
 import { getRecorder } from "../../../filters/recorder.ts";
-import { minimize, replayRecipe } from "../../../filters/crash/mod.ts";
+import { minimise, replayRecipe } from "../../../filters/crash/mod.ts";
 
 // A toy "format" with two-phase commit: data goes to a slot, then the header
 // (sector 0) is pointed at the slot with the data's checksum. It is correct
@@ -60,7 +60,7 @@ Deno.test("runCrashExploration() catches a two-phase commit missing its flush", 
   assert.match(result.failures[0].message, /header points at slot/);
 });
 
-Deno.test("minimize() shrinks the failure to the header write without its data", async () => {
+Deno.test("minimise() shrinks the failure to the header write without its data", async () => {
   const { result, log } = await toyRun(false);
   const f = result.failures[0];
   const replay = f.replay!;
@@ -71,10 +71,10 @@ Deno.test("minimize() shrinks the failure to the header write without its data",
   assert.ok(f.minimal!.applied.length <= f.recipe.applied.length);
 });
 
-Deno.test("minimize() result replays to a state the oracle still rejects", async () => {
+Deno.test("minimise() result replays to a state the oracle still rejects", async () => {
   const { base, log, result } = await toyRun(false);
   const f = result.failures[0];
-  const again = await minimize(base, log, f.minimal!, toyCheck);
+  const again = await minimise(base, log, f.minimal!, toyCheck);
   assert.deepEqual(again, f.minimal);
   assert.notEqual(toyCheck.check(replayRecipe(base, log, f.minimal!), f.minimal!), undefined);
 });

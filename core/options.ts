@@ -106,7 +106,8 @@ const SUFFIX: Record<string, number> = { "": 1, b: 1, k: 2 ** 10, m: 2 ** 20, g:
 
 /**
  * Parses a size with an optional binary suffix, as qemu-img does
- * (`512`, `64k`, `1.5M`, `10G`). Returns undefined when it is not a size.
+ * (`512`, `64k`, `1.5M`, `10G`, and hexadecimal `0x10000`, without a
+ * fraction). Returns undefined when it is not a size.
  *
  * @example
  * ```ts
@@ -117,6 +118,12 @@ const SUFFIX: Record<string, number> = { "": 1, b: 1, k: 2 ** 10, m: 2 ** 20, g:
 export function parseSize(value: unknown, defaultSuffix = ""): number | undefined {
   if (typeof value === "number") return Number.isSafeInteger(value) && value >= 0 ? value : undefined;
   if (typeof value !== "string") return undefined;
+  // Hexadecimal, as QEMU 7.2's qemu_strtosz takes it: no fraction; a suffix still multiplies (QEMU warns that it is deprecated).
+  const hex = /^\s*0x([0-9a-f]+)\s*([kmgtpe]?)\s*$/i.exec(value);
+  if (hex) {
+    const n = parseInt(hex[1], 16) * SUFFIX[(hex[2] || defaultSuffix).toLowerCase()];
+    return Number.isSafeInteger(n) ? n : undefined;
+  }
   const m = /^\s*(\d+(?:\.\d+)?)\s*([bkmgtpe]?)(?:i?b)?\s*$/i.exec(value);
   if (!m) return undefined;
   const unit = SUFFIX[(m[2] || defaultSuffix).toLowerCase()];

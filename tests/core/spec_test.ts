@@ -56,3 +56,10 @@ Deno.test("parseSize() accepts qemu-img suffixes", () => {
   assert.equal(parseSize("1T"), 2 ** 40);
   assert.equal(parseSize("abc"), undefined);
 });
+
+Deno.test("parseSize() takes hexadecimal sizes as qemu-img 7.2 does: no fraction, a suffix multiplies", () => {
+  assert.equal(parseSize("0x10000"), 65536);
+  assert.equal(parseSize("0X200"), 512);
+  assert.equal(parseSize("0x1k"), 1024); // qemu-img create -o cluster_size=0x1k makes 1024-byte clusters (with a deprecation warning)
+  assert.equal(parseSize("0x1.8"), undefined);
+});

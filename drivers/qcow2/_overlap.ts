@@ -29,10 +29,7 @@ import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import { entryOffset, HI } from "./_entries.ts";
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_L1_BYTES, type Qcow2Header } from "./header.ts";
-import { parseSnapshotTable } from "./_tables.ts";
-
-/** QEMU's limit on the snapshot table (QCOW_MAX_SNAPSHOTS_SIZE), as `_snapshot.ts` has it. */
-const MAX_SNAPSHOT_TABLE = 64 * 1024 * 1024;
+import { readSnapshotTableFrom } from "./_tables.ts";
 
 /** QCOW2_OL_MAIN_HEADER: the first cluster. */
 export const OL_MAIN_HEADER = 1 << 0;
@@ -252,7 +249,7 @@ async function loadSnapshots(st: OverlapTarget, p: PerImage): Promise<Snapshots>
   const h = st.header;
   const key = snapshotKey(h);
   if (p.snapshots?.key === key) return p.snapshots;
-  const parsed = await readSnapshotTable(st.file, h);
+  const parsed = await readSnapshotTableFrom(st.file, h);
   if (typeof parsed === "string") {
     throw new BlockError("EINVAL", `Could not read the snapshot table (snapshots_offset ${h.snapshotsOffset}): ${parsed}`, {
       node: st.node.name,
@@ -260,20 +257,6 @@ async function loadSnapshots(st: OverlapTarget, p: PerImage): Promise<Snapshots>
   }
   p.snapshots = { key, size: parsed.size, l1: parsed.entries.map((e) => ({ offset: e.l1Offset, size: e.l1Size })) };
   return p.snapshots;
-}
-
-/** Reads the snapshot table in growing steps (entries are variable-sized), at most QEMU's limit. */
-async function readSnapshotTable(file: BlockNode, h: Qcow2Header): Promise<ReturnType<typeof parseSnapshotTable>> {
-  if (h.nbSnapshots === 0) return { entries: [], size: 0 };
-  const limit = Math.max(0, Math.min(MAX_SNAPSHOT_TABLE, file.length - h.snapshotsOffset));
-  let want = Math.min(h.nbSnapshots * 1024, limit);
-  for (;;) {
-    const buf = new Uint8Array(want);
-    await file.pread(h.snapshotsOffset, buf);
-    const parsed = parseSnapshotTable(buf, h.nbSnapshots);
-    if (typeof parsed !== "string" || want >= limit) return parsed;
-    want = Math.min(limit, want * 4);
-  }
 }
 
 function addClusters(set: Set<number>, offset: number, bytes: number, cs: number): void {

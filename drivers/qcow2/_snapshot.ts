@@ -15,33 +15,18 @@ import type { Qcow2Header } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { allocClusters, freeCluster } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
-import { encodeSnapshotTable, parseSnapshotTable, SNAPSHOT_HEADER, type SnapshotEntry } from "./_tables.ts";
+import {
+  encodeSnapshotTable,
+  MAX_SNAPSHOT_TABLE,
+  parseSnapshotTable,
+  readSnapshotTableFrom,
+  SNAPSHOT_HEADER,
+  type SnapshotEntry,
+} from "./_tables.ts";
+
+export { MAX_SNAPSHOT_TABLE, readSnapshotTableFrom };
 import { writeback } from "./_writeback.ts";
 import { preWriteOverlapCheck } from "./_overlap.ts";
-
-/** QEMU's limit on the snapshot table size (QCOW_MAX_SNAPSHOTS_SIZE). */
-export const MAX_SNAPSHOT_TABLE = 64 * 1024 * 1024;
-
-/**
- * Reads and decodes the snapshot table of the image on `file`: entries are
- * variable-sized, so it reads in growing steps, at most QEMU's 64 MiB limit.
- * Returns the entries and the table's size, or what is wrong.
- */
-export async function readSnapshotTableFrom(
-  file: BlockNode,
-  h: Qcow2Header,
-): Promise<{ entries: SnapshotEntry[]; size: number } | string> {
-  if (h.nbSnapshots === 0) return { entries: [], size: 0 };
-  const limit = Math.max(0, Math.min(MAX_SNAPSHOT_TABLE, file.length - h.snapshotsOffset));
-  let want = Math.min(h.nbSnapshots * 1024, limit);
-  for (;;) {
-    const buf = new Uint8Array(want);
-    await file.pread(h.snapshotsOffset, buf);
-    const parsed = parseSnapshotTable(buf, h.nbSnapshots);
-    if (typeof parsed !== "string" || want >= limit) return parsed;
-    want = Math.min(limit, want * 4);
-  }
-}
 
 /**
  * Reads the open image's snapshot table; a damaged table is a corruption

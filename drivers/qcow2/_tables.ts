@@ -9,7 +9,9 @@
  * @module
  */
 
+import type { BlockNode } from "../../core/node.ts";
 import { readU64, writeU64 } from "./_entries.ts";
+import type { Qcow2Header } from "./header.ts";
 
 /** One fixed-width field of a table entry. */
 export interface TableField<K extends string> {
@@ -296,4 +298,28 @@ export function encodeBitmapDirectory(entries: readonly BitmapEntry[]): Uint8Arr
     at += pad8(BITMAP_DIR_HEADER + e.extra.length + name.length);
   }
   return out;
+}
+
+/** The largest snapshot table QEMU reads (64 MiB). */
+export const MAX_SNAPSHOT_TABLE = 64 * 1024 * 1024;
+
+/**
+ * Reads and decodes the snapshot table of the image on `file`: entries are
+ * variable-sized, so it reads in growing steps, at most QEMU's 64 MiB limit.
+ * Returns the entries and the table's size, or what is wrong.
+ */
+export async function readSnapshotTableFrom(
+  file: BlockNode,
+  h: Qcow2Header,
+): Promise<{ entries: SnapshotEntry[]; size: number } | string> {
+  if (h.nbSnapshots === 0) return { entries: [], size: 0 };
+  const limit = Math.max(0, Math.min(MAX_SNAPSHOT_TABLE, file.length - h.snapshotsOffset));
+  let want = Math.min(h.nbSnapshots * 1024, limit);
+  for (;;) {
+    const buf = new Uint8Array(want);
+    await file.pread(h.snapshotsOffset, buf);
+    const parsed = parseSnapshotTable(buf, h.nbSnapshots);
+    if (typeof parsed !== "string" || want >= limit) return parsed;
+    want = Math.min(limit, want * 4);
+  }
 }

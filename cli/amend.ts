@@ -9,6 +9,7 @@
  * @module
  */
 
+import { BlockError } from "../core/errors.ts";
 import { getDriver } from "../core/registry.ts";
 import {
   CliError,
@@ -24,16 +25,20 @@ import {
 } from "./_common.ts";
 import { formatOptionHelp, parseCreateOptions, wantsOptionHelp } from "./create.ts";
 
-/** Whether the format's driver takes amend options (it lists them). */
+/** Whether the format's driver takes amend options (it lists them); a format blkgraph only recognises does not. */
 function amendable(format: string): boolean {
-  return getDriver(format).amendOptions !== undefined;
+  try {
+    return getDriver(format).amendOptions !== undefined;
+  } catch (e) {
+    if (e instanceof BlockError && e.code === "ENOTSUP") return false;
+    throw e;
+  }
 }
 
 /** qemu-img's `amend -o help`: the options the format can change. */
 function amendOptionHelp(format: string): string {
-  const d = getDriver(format);
-  if (!d.amendOptions) throw new CliError(`Format driver '${format}' does not support option amendment`);
-  return `Amend options for '${format}':\n${formatOptionHelp(d.amendOptions)}`;
+  if (!amendable(format)) throw new CliError(`Format driver '${format}' does not support option amendment`);
+  return `Amend options for '${format}':\n${formatOptionHelp(getDriver(format).amendOptions ?? [])}`;
 }
 
 const USAGE = `Usage: blkgraph amend [--object objectdef] [-f fmt] [-q] [--force] [--image-opts] -o options filename

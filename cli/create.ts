@@ -148,8 +148,8 @@ export function formatOptionHelp(options: readonly OptionHelp[]): string {
  * options, with the protocol's when the target filename is known.
  */
 export function createOptionHelp(format: string, filename: string | undefined): string {
+  if (!canCreate(format)) throw new CliError(`Format driver '${format}' does not support image creation`);
   const driver = getDriver(format);
-  if (!driver.create) throw new CliError(`Format driver '${format}' does not support image creation`);
   if (filename === undefined) {
     return `Supported ${format} options:\n${formatOptionHelp(driver.createOptions ?? [])}\n` +
       "The protocol level may support further options.\nSpecify the target filename to include those options.\n";

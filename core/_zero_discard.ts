@@ -1,10 +1,12 @@
 /**
  * Write-zeroes and discard on a node (QEMU's bdrv_co_do_pwrite_zeroes and
  * bdrv_co_pdiscard): the driver gets the part aligned to its declared
- * granularity, split at its declared maximum; an unaligned head and tail of
- * a write-zeroes, and whatever the driver refuses with ENOTSUP, are written
- * as zero buffers (unless the caller forbids the fallback). A discard is
- * advisory: only its aligned part is passed on.
+ * granularity, split at its declared maximum. An unaligned head and tail of
+ * a write-zeroes go to the driver as requests of their own, each within one
+ * granule (QEMU's way: a driver may zero the whole granule when the rest of
+ * it already reads as zeros); whatever the driver refuses with ENOTSUP is
+ * written as zero buffers (unless the caller forbids the fallback). A
+ * discard is advisory: only its aligned part is passed on.
  *
  * @module
  */
@@ -89,18 +91,28 @@ export async function zeroes<N extends CoreNode<N>>(
   await zeroBuffers(c, offset, length, opts);
 }
 
-/** An unaligned piece of a write-zeroes: zero buffers, or ENOTSUP when the caller forbade the fallback. */
-function zeroPart<N extends CoreNode<N>>(c: NodeCore<N>, offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
+/**
+ * An unaligned piece of a write-zeroes, within one granule: the driver's, if
+ * it is request-aligned and the driver takes it; else zero buffers, or
+ * ENOTSUP when the caller forbade the fallback.
+ */
+async function zeroPart<N extends CoreNode<N>>(c: NodeCore<N>, offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
+  const a = c.limits.requestAlignment;
+  if (c.inst.pwriteZeroes && offset % a === 0 && (length % a === 0 || offset + length === c.length)) {
+    try {
+      return await c.inst.pwriteZeroes(offset, length, opts);
+    } catch (err) {
+      if (!(err instanceof BlockError && err.code === "ENOTSUP")) throw err;
+    }
+  }
   if (opts.noFallback) {
-    return Promise.reject(
-      new BlockError(
-        "ENOTSUP",
-        `Cannot write zeroes to ${length} bytes at offset ${offset} on node '${c.name}': not aligned to the driver's zero granularity and fallback disallowed`,
-        { node: c.name, offset, length },
-      ),
+    throw new BlockError(
+      "ENOTSUP",
+      `Cannot write zeroes to ${length} bytes at offset ${offset} on node '${c.name}': not aligned to the driver's zero granularity and fallback disallowed`,
+      { node: c.name, offset, length },
     );
   }
-  return zeroBuffers(c, offset, length, opts);
+  return await zeroBuffers(c, offset, length, opts);
 }
 
 async function zeroBuffers<N extends CoreNode<N>>(c: NodeCore<N>, offset: number, length: number, opts: WriteOptions): Promise<void> {

@@ -1,26 +1,98 @@
 /**
- * qcow2 write-zeroes and discard of whole clusters through the L2 entries
- * (QEMU's qcow2_cluster_zeroize and qcow2_cluster_discard): the zero flag
- * (v3), deallocation, or both; a raw external data file gets the same
- * operation. Run under the metadata lock.
+ * qcow2 write-zeroes and discard through the L2 entries (QEMU's
+ * qcow2_co_pwrite_zeroes, qcow2_subcluster_zeroize and
+ * qcow2_cluster_discard): the zero flag (v3) or the subclusters' zero bits
+ * (extended L2), deallocation, or both; a raw external data file gets the
+ * same operation.
  *
  * @module
  */
 
+import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
 import { AUTOCLEAR_DATA_FILE_RAW } from "./header.ts";
+import { K_UNALLOC, K_ZERO, map, newMapping } from "./_l2.ts";
+import { blockStatus } from "./_read.ts";
 import type { Qcow2State } from "./_state.ts";
-import { markDirty } from "./_writeback.ts";
+import { markDirty, releaseFreed, relieveCaches } from "./_writeback.ts";
 import { getL2ForWrite, releaseEntry } from "./_write.ts";
 
 const ALL = 0xffffffff;
 
+function notSupported(st: Qcow2State, offset: number, length: number, why: string): BlockError {
+  return new BlockError("ENOTSUP", `Cannot write zeroes to ${length} bytes at offset ${offset}: ${why}`, {
+    node: st.node.name,
+    offset,
+    length,
+  });
+}
+
+/** Whether `[offset, offset + length)` (clamped to the image) reads as zeros, backing chain included (QEMU's is_zero). */
+async function readsZero(st: Qcow2State, offset: number, length: number, req: RequestInfo | undefined): Promise<boolean> {
+  const end = Math.min(offset + length, st.size);
+  for (let o = offset; o < end;) {
+    const s = await blockStatus(st, o, end - o, req);
+    if (!s.zero || s.length <= 0) return false;
+    o += s.length;
+  }
+  return true;
+}
+
+/**
+ * Write-zeroes (QEMU's qcow2_co_pwrite_zeroes). The core passes whole
+ * subclusters (clusters without extended L2), or a piece of one: that piece
+ * zeroes its whole subcluster when the rest of it already reads as zeros and
+ * it holds no data, as in QEMU; otherwise ENOTSUP, and the core writes zero
+ * buffers. compat=0.10 has no zero flag: without a backing file the clusters
+ * are discarded (they read as zeros then), with one ENOTSUP.
+ */
+export async function writeZeroes(
+  st: Qcow2State,
+  offset: number,
+  length: number,
+  unmap: boolean,
+  req: RequestInfo | undefined,
+): Promise<void> {
+  const ss = st.subSize;
+  const head = offset % ss;
+  const end = offset + length;
+  const tail = end >= st.size ? 0 : (ss - (end % ss)) % ss;
+  if (head || tail) {
+    // The rest of the subcluster must read as zeros already (checked before taking the lock, as QEMU does).
+    if (!(await readsZero(st, offset - head, head, req) && await readsZero(st, end, tail, req))) {
+      throw notSupported(st, offset, length, "the rest of the subcluster does not read as zeros");
+    }
+  }
+  if (st.header.version < 3 && st.backing) {
+    throw notSupported(st, offset, length, "a compat=0.10 image has no zero clusters");
+  }
+  await st.change(async () => {
+    let from = offset;
+    let to = end;
+    if (head || tail) {
+      // Re-checked under the lock: only an unallocated or zero subcluster is zeroed whole.
+      from -= head;
+      to = from + ss;
+      const m = newMapping();
+      await map(st, from, ss, m, req);
+      if (m.kind !== K_UNALLOC && m.kind !== K_ZERO) throw notSupported(st, offset, length, "the subcluster holds data");
+    }
+    if (to >= st.size) to = Math.ceil(to / st.cs) * st.cs; // a partial last cluster of the image counts whole
+    await zeroOrDiscard(st, from, to - from, { discard: st.header.version < 3, unmap }, req);
+    await releaseFreed(st, req);
+    await relieveCaches(st, req);
+  });
+}
+
 /**
  * Makes whole clusters `[offset, offset + length)` read as zeros (v3 zero
  * flag, `discard` false) or discards them (`discard` true: v3 zero flag when
- * the old content must stay hidden, v2 deallocation). Metadata lock held.
+ * the old content must stay hidden, v2 deallocation). With extended L2
+ * entries a write-zeroes may start and end on subcluster boundaries: the
+ * clusters it covers in part get their subclusters' zero bits (ENOTSUP for
+ * a compressed one). Metadata lock held.
  */
 export async function zeroOrDiscard(
   st: Qcow2State,
@@ -53,12 +125,19 @@ export async function zeroOrDiscard(
       continue;
     }
     const e = await getL2ForWrite(st, l1i, req);
+    let touched = false;
     try {
       for (let idx = Math.floor((cur - base) / st.cs); base + idx * st.cs < chunkEnd; idx++) {
-        zeroEntry(st, e, idx * st.entryBytes, v3, opts);
+        const cb = base + idx * st.cs;
+        const a = Math.max(cur, cb) - cb;
+        const b = Math.min(chunkEnd, cb + st.cs) - cb;
+        const whole = a === 0 && (b === st.cs || cb + b >= st.size);
+        if (whole || opts.discard || !st.extL2) zeroEntry(st, e, idx * st.entryBytes, v3, opts);
+        else zeroSubclusters(st, e.view, idx * st.entryBytes, a / st.subSize, Math.ceil(b / st.subSize), cb);
+        touched = true;
       }
-      st.l2Cache.markDirty(e);
     } finally {
+      if (touched) st.l2Cache.markDirty(e);
       st.l2Cache.release(e);
     }
     cur = chunkEnd;
@@ -96,4 +175,14 @@ function zeroEntry(
   } else {
     setEntry(view, at, keep ? host : 0, keep ? HI_COPIED : 0, zero ? LO_ZERO : 0);
   }
+}
+
+/** Sets the zero bits of subclusters `[first, end)` of one cluster and clears their allocation bits (QEMU's zero_l2_subclusters). */
+function zeroSubclusters(st: Qcow2State, view: DataView, at: number, first: number, end: number, guest: number): void {
+  if (view.getUint32(at) & HI_COMPRESSED) {
+    throw notSupported(st, guest + first * st.subSize, (end - first) * st.subSize, "part of a compressed cluster cannot be zeroed");
+  }
+  const mask = ((2 ** (end - first) - 1) * 2 ** first) >>> 0;
+  view.setUint32(at + 8, (view.getUint32(at + 8) | mask) >>> 0);
+  view.setUint32(at + 12, (view.getUint32(at + 12) & ~mask) >>> 0);
 }

@@ -46,7 +46,7 @@ import { blockStatus, dataIo, readFast, readGuest } from "./_read.ts";
 import { resize } from "./_resize.ts";
 import { type MetadataMode, Qcow2State } from "./_state.ts";
 import { writeLocked } from "./_write.ts";
-import { zeroOrDiscard } from "./_zero.ts";
+import { writeZeroes, zeroOrDiscard } from "./_zero.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
 import { listSnapshots } from "./_snapshot.ts";
 import { createSnapshot, deleteSnapshot, gotoSnapshot, vmStateOffset } from "./_snapshot_ops.ts";
@@ -61,9 +61,10 @@ import { bitmapCallbacks, Qcow2Bitmaps } from "./_bitmaps.ts";
 /** The driver instance of an open qcow2 node. */
 export class Qcow2Instance implements DriverInstance {
   /**
-   * Write-zeroes and discard work on whole clusters (the core splits off
-   * partial ones); encrypted images take whole 512-byte sectors (QEMU's
-   * request alignment for them).
+   * Write-zeroes works on whole subclusters (clusters without extended L2;
+   * the core passes a partial head and tail on their own), discard on whole
+   * clusters; encrypted images take whole 512-byte sectors (QEMU's request
+   * alignment for them).
    */
   readonly limits: Partial<BlockLimits>;
   #st: Qcow2State;
@@ -74,7 +75,7 @@ export class Qcow2Instance implements DriverInstance {
   /** Wraps an opened image state and its persistent dirty bitmaps (whose `bitmap*` callbacks it serves). */
   constructor(st: Qcow2State, bitmaps: Qcow2Bitmaps) {
     this.#st = st;
-    this.limits = { optWriteZero: st.cs, optDiscard: st.cs, ...(st.crypto ? { requestAlignment: 512 } : {}) };
+    this.limits = { optWriteZero: st.subSize, optDiscard: st.cs, ...(st.crypto ? { requestAlignment: 512 } : {}) };
     this.#bm = bitmaps;
     Object.defineProperties(this, Object.getOwnPropertyDescriptors(bitmapCallbacks(bitmaps)));
   }
@@ -214,37 +215,11 @@ export class Qcow2Instance implements DriverInstance {
     );
   }
 
-  /**
-   * Write-zeroes of whole clusters (the core splits off partial ones, as it
-   * does for every driver with `optWriteZero`): the zero flag (v3). A v2
-   * image has no zero clusters: ENOTSUP, and the core writes zero buffers.
-   */
+  /** Write-zeroes through the L2 entries (see `_zero.ts`: whole subclusters, or a piece of one that zeroes it whole). */
   async pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
-    const st = this.#st;
     this.#bm.mark(offset, length);
     await this.#bm.beforeChange();
-    if (st.header.version < 3) {
-      throw new BlockError(
-        "ENOTSUP",
-        `Cannot write zeroes to ${length} bytes at offset ${offset}: a compat=0.10 image has no zero clusters`,
-        {
-          node: st.node.name,
-          offset,
-          length,
-        },
-      );
-    }
-    await st.change(async () => {
-      await zeroOrDiscard(
-        st,
-        offset,
-        this.#clusterEnd(offset + length) - offset,
-        { discard: false, unmap: opts.mayUnmap ?? false },
-        opts.req,
-      );
-      await releaseFreed(st, opts.req);
-      await relieveCaches(st, opts.req);
-    });
+    await writeZeroes(this.#st, offset, length, opts.mayUnmap ?? false, opts.req);
   }
 
   /** The end of a zero or discard range: a partial last cluster of the image counts whole. */

@@ -7,7 +7,7 @@
  */
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { BlockError, onCorruption } from "../core/errors.ts";
+import { BlockError, onCorruption, onOpenRepair } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
@@ -413,9 +413,15 @@ export function verbTerminationHandler(): (() => void) | undefined {
 /** Runs a verb, turning a thrown error into `PROG: <message>` on stderr and an exit code. */
 export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise<number> {
   // A driver marking an image corrupt is announced as QEMU does (no program prefix).
-  const stop = onCorruption((r) =>
+  const stopCorruption = onCorruption((r) =>
     io.stderr(`${r.format}: Marking image as corrupt: ${r.message}; further corruption events will be suppressed\n`)
   );
+  // So is the repair of a dirty image at open (its check's lines).
+  const stopRepair = onOpenRepair((r) => io.stderr(`${r.message}\n`));
+  const stop = () => {
+    stopCorruption();
+    stopRepair();
+  };
   const objectsBefore = verbObjects.length;
   try {
     return await verb.run(args, io);

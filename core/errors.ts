@@ -235,3 +235,38 @@ export function onCorruption(fn: (r: CorruptionReport) => void): () => void {
 export function reportCorruption(r: CorruptionReport): void {
   for (const fn of corruptionListeners) fn(r);
 }
+
+/** A line a format driver reports while it repairs an image it opens (QEMU's qcow2 prints its check of a dirty image). */
+export interface RepairMessage {
+  /** The node being opened. */
+  readonly node: string;
+  /** Its format (`qcow2`). */
+  readonly format: string;
+  /** One line of the repair ("Repairing cluster 1 refcount=1 reference=0"). */
+  readonly message: string;
+}
+
+const repairListeners = new Set<(r: RepairMessage) => void>();
+
+/**
+ * Calls `fn` for each line a driver reports while repairing an image it
+ * opens (a lazy-refcounts image left dirty); returns a function that stops
+ * it. The CLI prints the lines on stderr, as qemu-img and qemu-io do.
+ *
+ * @example
+ * ```ts
+ * import { onOpenRepair, reportOpenRepair } from "./errors.ts";
+ * const stop = onOpenRepair((r) => console.log(r.message));
+ * reportOpenRepair({ node: "disk", format: "qcow2", message: "Rebuilding refcount structure" });
+ * stop();
+ * ```
+ */
+export function onOpenRepair(fn: (r: RepairMessage) => void): () => void {
+  repairListeners.add(fn);
+  return () => repairListeners.delete(fn);
+}
+
+/** Tells the {@linkcode onOpenRepair} listeners one line of a repair at open. */
+export function reportOpenRepair(r: RepairMessage): void {
+  for (const fn of repairListeners) fn(r);
+}

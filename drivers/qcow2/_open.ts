@@ -7,7 +7,7 @@
  * @module
  */
 
-import { BlockError } from "../../core/errors.ts";
+import { BlockError, reportOpenRepair } from "../../core/errors.ts";
 import type { BlockNode, OpenContext } from "../../core/node.ts";
 import { checkKnownOptions, optBool, optEnum, optSize, optString } from "../../core/options.ts";
 import { entryOffset } from "./_entries.ts";
@@ -121,7 +121,9 @@ export async function openQcow2State(ctx: OpenContext): Promise<Qcow2State> {
     "none";
   if (rw && !checking && h.incompatibleFeatures & INCOMPAT_DIRTY) {
     // Refcounts may be stale (lazy refcounts and a crash): rebuild them.
-    await repairImage(file);
+    // Its lines are reported as QEMU prints them (onOpenRepair).
+    const node = ctx.node.name;
+    await repairImage(file, (message) => reportOpenRepair({ node, format: "qcow2", message }));
     h = await readHeaderFrom(file);
     if (h.incompatibleFeatures & INCOMPAT_DIRTY) {
       throw new BlockError("EIO", "qcow2: Could not repair the dirty image; run check -r all", { node: ctx.node.name });

@@ -36,6 +36,9 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
   // table is checked as its cache flush would check it.
   await checkTableAllocation(st, "L2 table", newOff);
   await preWriteOverlapCheck(st, OL_ACTIVE_L2, newOff, st.cs, false);
+  // Lazy refcounts keep refcount blocks cached past a flush, but QEMU's
+  // l2_allocate writes (and flushes) them once a new table is counted: do so too.
+  if (st.mode === "lazy" && await st.writeRefblocks(req)) await st.file.flush({ req });
   let buf: Uint8Array;
   if (off !== 0) {
     const p = st.event("l2_alloc_cow_read", req);

@@ -33,12 +33,7 @@ export async function writeback(st: Qcow2State, req: RequestInfo | undefined): P
     await st.writeL1(req);
     await st.writeRefblocks(req);
   } else if (st.mode === "lazy") {
-    if (hasL2) {
-      await st.flushFiles(req); // guest data before the L2 entries exposing it
-      const anyNew = await st.writeL2Tables(req);
-      if (anyNew && st.l1Dirty.size) await st.file.flush({ req });
-      await st.writeL1(req);
-    }
+    if (hasL2) await writeL2Lazy(st, req);
     await st.writeRefblocks(req);
   } else {
     const wroteRefs = await st.writeRefblocks(req);
@@ -56,6 +51,26 @@ export async function writeback(st: Qcow2State, req: RequestInfo | undefined): P
     }
   }
   await applyPendingFrees(st, req);
+}
+
+/**
+ * The write-back of a guest flush (QEMU's qcow2_write_caches): all of it,
+ * except that a lazy-refcounts image keeps its dirty refcount blocks (and
+ * the frees that wait on them) in the cache, as QEMU does: the dirty bit
+ * covers them until the image is closed, a cache overflows or an operation
+ * needs the whole write-back (`writeback`).
+ */
+export async function flushWriteback(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
+  if (st.mode !== "lazy" || st.wrongOrder === "l2-before-refblock") return await writeback(st, req);
+  if (st.l2Cache.dirtyCount > 0 || st.l1Dirty.size > 0) await writeL2Lazy(st, req);
+}
+
+/** Lazy refcounts: guest data, then the L2 tables exposing it, then L1 (a new table durable before L1 points at it). */
+async function writeL2Lazy(st: Qcow2State, req: RequestInfo | undefined): Promise<void> {
+  await st.flushFiles(req);
+  const anyNew = await st.writeL2Tables(req);
+  if (anyNew && st.l1Dirty.size) await st.file.flush({ req });
+  await st.writeL1(req);
 }
 
 /** Counts down clusters whose last reference is gone, once that removal is durable. */

@@ -148,7 +148,8 @@ async function checkWith(
 /**
  * Repairs everything that can be repaired (`qemu-img check -r all`): what
  * opening a dirty image (lazy refcounts) needs. Clears the dirty and corrupt
- * bits when the image ends up consistent.
+ * bits when the image ends up consistent. `onMessage` receives the check's
+ * lines as they come (else they are in the result's `messages`).
  *
  * @example
  * ```ts
@@ -164,8 +165,8 @@ async function checkWith(
  * await Deno.remove(path);
  * ```
  */
-export function repairImage(file: BlockNode): Promise<CheckResult> {
-  return checkQcow2(file, { repair: "all" });
+export function repairImage(file: BlockNode, onMessage?: (line: string) => void): Promise<CheckResult> {
+  return checkQcow2(file, { repair: "all", onMessage });
 }
 
 /**

@@ -51,7 +51,7 @@ import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops
 import { listSnapshots } from "./_snapshot.ts";
 import { createSnapshot, deleteSnapshot, gotoSnapshot, vmStateOffset } from "./_snapshot_ops.ts";
 import { exitWriteback } from "./_exit.ts";
-import { markClean, releaseFreed, relieveCaches, writeback } from "./_writeback.ts";
+import { flushWriteback, markClean, releaseFreed, relieveCaches, writeback } from "./_writeback.ts";
 import { metadataExtents } from "./_metadata_map.ts";
 import { openQcow2State, QCOW2_OPTIONS, readTables } from "./_open.ts";
 import { findOverlapSync, preWriteOverlapCheck } from "./_overlap.ts";
@@ -357,7 +357,7 @@ export class Qcow2Instance implements DriverInstance {
     if (st.corrupt) return Promise.resolve();
     if (this.#bm.wantsStoreAtFlush) return st.change(() => this.#bm.storeAtFlush(opts.req).then(() => writeback(st, opts.req)));
     if (!st.hasDirtyMetadata) return Promise.resolve();
-    return st.change(() => writeback(st, opts.req));
+    return st.change(() => flushWriteback(st, opts.req));
   }
 
   /** Grows (with optional preallocation) or shrinks the image (`_resize.ts`). */

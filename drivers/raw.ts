@@ -5,6 +5,7 @@
  * tail reads as zeros (a write there extends the file); `size` must be a
  * multiple of 512. The core refuses requests past the node's length (EIO,
  * as qemu-io shows); the window check behind it fails writes with ENOSPC.
+ * Reads and writes raise `read_aio` / `write_aio` on the file child.
  *
  * @module
  */
@@ -28,7 +29,8 @@ export const rawDriver: BlockDriver = {
     const offset = optSize(ctx.options, "offset", "raw") ?? 0;
     const fixedSize = optSize(ctx.options, "size", "raw");
     const file = (await ctx.openChild("file")) as BlockNode;
-    const name = ctx.node.name;
+    const node = ctx.node;
+    const name = node.name;
     if (offset > file.length) {
       throw new BlockError(
         "EINVAL",
@@ -66,14 +68,17 @@ export const rawDriver: BlockDriver = {
     const inst: DriverInstance = {
       getLength: length,
       supportsFua: true,
+      // QEMU's raw_co_preadv/raw_co_pwritev raise read_aio/write_aio on the file child (a blkdebug rule there fires).
       pread(off, buf, o) {
         checkWindow("read", off, buf.length, "EIO");
-        return file.pread(off + offset, buf, o);
+        const ev = node.event("read_aio", o.req);
+        return ev ? ev.then(() => file.pread(off + offset, buf, o)) : file.pread(off + offset, buf, o);
       },
       pwrite(off, data, o) {
         checkWindow("write", off, data.length);
         if (ctx.probed && off < SECTOR) refuseFormatChange(name, off, data);
-        return file.pwrite(off + offset, data, o);
+        const ev = node.event("write_aio", o.req);
+        return ev ? ev.then(() => file.pwrite(off + offset, data, o)) : file.pwrite(off + offset, data, o);
       },
       pwriteZeroes(off, len, o) {
         checkWindow("write zeroes to", off, len);

@@ -81,7 +81,7 @@ export interface ParsedArgs {
 export function parseVerbArgs(args: string[], options: OptionTable, usage: string, io: CliIO): ParsedArgs | null {
   let parsed;
   // `--trace` alone means "trace to stdout"; parseArgs needs a value for it.
-  args = args.map((a) => (a === "--trace" ? "--trace=-" : a));
+  args = takeDashValues(args.map((a) => (a === "--trace" ? "--trace=-" : a)), options);
   try {
     parsed = parseArgs({ args, options: { help: { type: "boolean", short: "h" }, ...options }, allowPositionals: true, strict: true });
   } catch (e) {
@@ -94,6 +94,32 @@ export function parseVerbArgs(args: string[], options: OptionTable, usage: strin
   const values = parsed.values as Flags;
   applyObjects(flagList(values, "object"));
   return { values, positionals: parsed.positionals };
+}
+
+/**
+ * getopt's rule, which qemu-img follows: an option that takes a value takes
+ * the next argument as it, even one that starts with `-` (`--size -1` is a
+ * size of -1, refused as such, not a missing value).
+ */
+function takeDashValues(args: string[], options: OptionTable): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === "--") return out.concat(args.slice(i));
+    const next = args[i + 1];
+    const opt = a.startsWith("--")
+      ? options[a.slice(2)]
+      : /^-[^-]$/.test(a)
+      ? Object.values(options).find((o) => o.short === a[1])
+      : undefined;
+    if (next?.startsWith("-") && opt?.type === "string") {
+      out.push(a.startsWith("--") ? `${a}=${next}` : a + next);
+      i++;
+    } else {
+      out.push(a);
+    }
+  }
+  return out;
 }
 
 /** Ids of the objects `--object` defined during the verb now running (removed when it ends). */

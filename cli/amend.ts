@@ -18,9 +18,9 @@ import {
   flagString,
   IMAGE_FLAGS,
   imageArgs,
-  needPositionals,
   openImage,
   parseVerbArgs,
+  progName,
   type Verb,
 } from "./_common.ts";
 import { formatOptionHelp, parseCreateOptions, wantsOptionHelp } from "./create.ts";
@@ -73,8 +73,10 @@ async function run(args: string[], io: CliIO): Promise<number> {
   }
   const opts = parseCreateOptions(lists);
   // qemu-img amend's order: the options first, then the file name.
-  if (!Object.keys(opts).length && !help) throw new CliError("Must specify options (-o)\nTry '--help' for more information.");
-  needPositionals(p.positionals, 1, 1, "one image file name");
+  if (!Object.keys(opts).length && !help) {
+    throw new CliError(`Must specify options (-o)\nTry '${progName(io)} --help' for more information`);
+  }
+  if (p.positionals.length !== 1) throw new CliError("Expecting one image file name");
   const node = await openImage(p.positionals[0], { ...imageArgs(p.values, false), noBacking: true });
   try {
     if (help) {

@@ -15,7 +15,6 @@ import {
   type CliIO,
   flagList,
   flagString,
-  formatNode,
   intArg,
   needPositionals,
   openImage,
@@ -26,6 +25,7 @@ import {
 import { canCreate, createOptionHelp, parseCreateOptions, wantsOptionHelp } from "./create.ts";
 import { startTrace, type Trace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
 import { progressPrinter } from "./_progress.ts";
+import { resolveSnapshot, snapshotArg } from "./_snapshot_view.ts";
 
 const USAGE = `Usage: blkgraph convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]
                         [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param]
@@ -244,37 +244,3 @@ async function copyBitmaps(src: BlockNode, dst: BlockNode, skipBroken: boolean, 
 
 /** The `convert` verb. */
 export const convertVerb: Verb = { name: "convert", summary: "convert (copy) images", run };
-
-/**
- * `-l snapshot.id=ID,snapshot.name=NAME` or `-l ID_OR_NAME`, as qemu-img 7.2
- * convert takes them (its old `-s` is gone).
- */
-function snapshotArg(l: string | undefined, io: CliIO): { id?: string; name?: string; idOrName?: string } | undefined {
-  if (l?.startsWith("snapshot.")) {
-    const out: { id?: string; name?: string } = {};
-    for (const part of l.split(",")) {
-      const m = /^(snapshot\.[^=]*)(?:=(.*))?$/.exec(part);
-      const key = m?.[1].slice("snapshot.".length);
-      if (!m || (key !== "id" && key !== "name")) {
-        io.stderr(`blkgraph: Invalid parameter '${m?.[1] ?? part}'\n`);
-        throw new CliError(`Failed in parsing snapshot param '${l}'`);
-      }
-      out[key] = m[2] ?? "";
-    }
-    return out;
-  }
-  return l === undefined ? undefined : { idOrName: l };
-}
-
-/** The open options of the snapshot view: by ID and/or name, or a bare word tried as an ID, then as a name. */
-async function resolveSnapshot(src: BlockNode, want: { id?: string; name?: string; idOrName?: string }): Promise<Record<string, string>> {
-  const list = await formatNode(src).snapshotList();
-  const found = want.idOrName !== undefined
-    ? list.find((sn) => sn.id === want.idOrName) ?? list.find((sn) => sn.name === want.idOrName)
-    : list.find((sn) => (want.id === undefined || sn.id === want.id) && (want.name === undefined || sn.name === want.name));
-  if (!found) throw new CliError("Failed to load snapshot: Can't find snapshot");
-  return want.idOrName !== undefined ? { "snapshot.id": found.id } : {
-    ...(want.id !== undefined ? { "snapshot.id": want.id } : {}),
-    ...(want.name !== undefined ? { "snapshot.name": want.name } : {}),
-  };
-}

@@ -15,12 +15,13 @@ import {
   flagString,
   IMAGE_FLAGS,
   imageArgs,
-  needPositionals,
   openImage,
   parseVerbArgs,
-  sizeArg,
+  progName,
   type Verb,
 } from "./_common.ts";
+import { parseSize } from "../core/options.ts";
+import { resolveSnapshot, snapshotArg } from "./_snapshot_view.ts";
 import { parseCreateOptions } from "./create.ts";
 import { qemuJson } from "./info.ts";
 
@@ -30,6 +31,20 @@ Computes the size of an image in format -O (raw or qcow2): the space
 needed for the data of 'filename' (or an empty image of --size), and when
 fully allocated.
 `;
+
+/** `--size N` as qemu-img's cvtnum takes it: up to 2^63 - 1 (sizes past 2^53 are whole multiples of their suffix). */
+function measureSize(text: string): number | undefined {
+  const n = parseSize(text);
+  if (n !== undefined) return n;
+  const m = /^\s*(\d+)\s*([kmgtpe]?)\s*$/i.exec(text);
+  const big = m ? BigInt(m[1]) << BigInt(10 * " kmgtpe".indexOf((m[2] || " ").toLowerCase())) : -1n;
+  return big < 0n || big >= 1n << 63n ? undefined : Number(big);
+}
+
+/** A size as qemu-img prints it: every digit, also past 2^53. */
+function exact(n: number): string {
+  return BigInt(n).toString();
+}
 
 async function run(args: string[], io: CliIO): Promise<number> {
   const p = parseVerbArgs(
@@ -46,20 +61,40 @@ async function run(args: string[], io: CliIO): Promise<number> {
     io,
   );
   if (!p) return 0;
+  // qemu-img's order: each option as it is parsed, then the filename rules.
+  const lists = flagList(p.values, "options");
+  const options = parseCreateOptions(lists);
+  const snapshot = snapshotArg(flagString(p.values, "snapshot"), io);
   checkOutputFormat(p.values);
   const sizeText = flagString(p.values, "size");
-  needPositionals(p.positionals, sizeText === undefined ? 1 : 0, sizeText === undefined ? 1 : 0, "either --size N or one filename");
+  const size = sizeText === undefined ? undefined : measureSize(sizeText);
+  if (sizeText !== undefined && size === undefined) {
+    io.stderr(`${progName(io)}: Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n`);
+    throw new CliError("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+  }
+  if (p.positionals.length > 1) throw new CliError("At most one filename argument is allowed.");
+  const filename = p.positionals[0];
+  if (filename === undefined && (p.values["image-opts"] || p.values.format !== undefined || snapshot)) {
+    throw new CliError("--image-opts, -f, and -l require a filename argument.");
+  }
+  if (filename !== undefined && size !== undefined) throw new CliError("--size N cannot be used together with a filename.");
+  if (filename === undefined && size === undefined) throw new CliError("Either --size N or one filename must be specified.");
   const outFmt = flagString(p.values, "output-format") ?? "raw";
   const driver = driverNames().includes(outFmt) ? getDriver(outFmt) : undefined;
   if (!driver) throw new CliError(`Unknown file format '${outFmt}'`);
   if (!driver.measure) throw new CliError(`Block driver '${outFmt}' does not support size measurement`);
-  const options = parseCreateOptions(flagList(p.values, "options"));
   let result;
-  if (sizeText !== undefined) {
-    result = await driver.measure({ size: sizeArg(sizeText, "size"), options });
+  if (size !== undefined) {
+    result = await driver.measure({ size, options });
   } else {
-    const top = await openImage(p.positionals[0], imageArgs(p.values, true));
+    const args = imageArgs(p.values, true);
+    let top = await openImage(filename, args);
     try {
+      if (snapshot) {
+        const view = await resolveSnapshot(top, snapshot);
+        await top.close();
+        top = await openImage(filename, { ...args, formatOptions: view });
+      }
       result = await driver.measure({ size: top.length, options, source: top });
     } finally {
       await top.close();
@@ -71,9 +106,14 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const bitmaps = result.bitmaps;
   if (flagString(p.values, "output") === "json") {
     const o: Record<string, number> = bitmaps !== undefined ? { bitmaps } : {};
-    io.stdout(qemuJson({ ...o, required, "fully-allocated": full }) + "\n");
+    const json = qemuJson({ ...o, required: -1, "fully-allocated": -2 });
+    io.stdout(json.replace(": -1", `: ${exact(required)}`).replace(": -2", `: ${exact(full)}`) + "\n");
   } else {
-    io.stdout(`required size: ${required}\nfully allocated size: ${full}\n${bitmaps !== undefined ? `bitmaps size: ${bitmaps}\n` : ""}`);
+    io.stdout(
+      `required size: ${exact(required)}\nfully allocated size: ${exact(full)}\n${
+        bitmaps !== undefined ? `bitmaps size: ${bitmaps}\n` : ""
+      }`,
+    );
   }
   return 0;
 }

@@ -28,7 +28,13 @@ import { openBacking, openDataFile } from "./_children.ts";
 import { initOverlapChecks, OVERLAP_OPTIONS, parseOverlapOptions } from "./_overlap.ts";
 import { CRYPT_NONE, ENCRYPT_OPTIONS, Qcow2Crypto } from "./_crypto.ts";
 
-/** Cache sizes in tables from the cache options (QEMU's read_cache_sizes). */
+/**
+ * Cache sizes in tables from the cache options (QEMU's read_cache_sizes),
+ * with its refusals: all three sizes at once, or a part larger than
+ * `cache-size`. `l2-cache-entry-size` must be a power of two from 512 to the
+ * cluster size, as in QEMU; the cache here always holds whole tables, so it
+ * changes nothing else.
+ */
 export function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb: number } {
   const o = ctx.options;
   const cs = clusterSize(h);
@@ -37,6 +43,18 @@ export function cacheTables(ctx: OpenContext, h: Qcow2Header): { l2: number; rb:
   const total = optSize(o, "cache-size", "qcow2");
   let l2 = optSize(o, "l2-cache-size", "qcow2");
   let rb = optSize(o, "refcount-cache-size", "qcow2");
+  const refuse = (msg: string) => {
+    throw new BlockError("EINVAL", msg, { node: ctx.node.name });
+  };
+  if (total !== undefined && l2 !== undefined && rb !== undefined) {
+    refuse("cache-size, l2-cache-size and refcount-cache-size may not be set at the same time");
+  }
+  if (total !== undefined && l2 !== undefined && l2 > total) refuse("l2-cache-size may not exceed cache-size");
+  if (total !== undefined && rb !== undefined && rb > total) refuse("refcount-cache-size may not exceed cache-size");
+  const slice = optSize(o, "l2-cache-entry-size", "qcow2") ?? cs;
+  if (slice < 512 || slice > cs || (slice & (slice - 1)) !== 0) {
+    refuse(`L2 cache entry size must be a power of two between 512 and the cluster size (${cs})`);
+  }
   if (total !== undefined && l2 === undefined && rb === undefined) {
     l2 = Math.min(full, Math.floor((total * 4) / 5));
     rb = total - l2;
@@ -78,6 +96,7 @@ export function snapshotOptions(o: Record<string, unknown>): { id?: string; name
 /** The options of the qcow2 driver (QEMU names). */
 export const QCOW2_OPTIONS: readonly string[] = [
   "l2-cache-size",
+  "l2-cache-entry-size",
   "refcount-cache-size",
   "cache-size",
   "lazy-refcounts",

@@ -5,7 +5,7 @@
  * table is cached run without the metadata lock and without allocations of
  * their own; everything that changes metadata runs under the lock.
  *
- * Options (QEMU names): `l2-cache-size`, `refcount-cache-size`,
+ * Options (QEMU names): `l2-cache-size`, `l2-cache-entry-size`, `refcount-cache-size`,
  * `cache-size`, `lazy-refcounts`, `metadata-mode` (`ordered` default, or
  * `metadata-sync`), `bitmap-store` (`close` default, as QEMU, or `flush`:
  * persistent bitmaps are stored at every flush too; see `_bitmaps.ts`),

@@ -24,7 +24,8 @@ async function ours(entry: Entry, args: string[], dir: string) {
 }
 
 Deno.test({
-  name: "-o help for a format blkgraph only recognises (bochs) says the driver cannot create or amend, as qemu-img does",
+  name:
+    "-o help for a format blkgraph only recognises (bochs) says the driver cannot create or amend, and amend's argument errors, as qemu-img",
   ignore: QEMU,
   async fn() {
     await using d = await tempDir();
@@ -35,6 +36,9 @@ Deno.test({
         ["create", "-f", "bochs", "-o", "help"],
         ["convert", "-O", "bochs", "-o", "help", "a.raw", "y.img"],
         ["amend", "-f", "bochs", "-o", "help", "a.raw"],
+        ["amend", "-o", "help"],
+        ["amend", "-o", "lazy_refcounts=on", "a.raw", "b.raw"],
+        ["amend", "a.raw"],
       ]
     ) {
       const q = await run("qemu-img", args, { cwd: d.path });
@@ -60,5 +64,69 @@ Deno.test({
     const q = await run("qemu-io", ["-c", "read 0 4k", "t.qcow2"], { cwd: d.path });
     const r = await ours(qemuIo, ["-c", "read 0 4k", "t.qcow2"], d.path);
     assertEquals([r.code, r.stdout, r.stderr], [q.code, q.stdout, q.stderr]);
+  },
+});
+
+Deno.test({
+  name: "measure checks its arguments in qemu-img's order and words, takes --size -1 as a size, and prints sizes past 2^53 exactly",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", `${d.path}/t.qcow2`, "1G"]);
+    for (
+      const args of [
+        [],
+        ["--size", "2G", "t.qcow2"],
+        ["t.qcow2", "a"],
+        ["--object", "secret,id=sec0,data=MTIzNDU2,format=base64"],
+        ["--image-opts"],
+        ["-f", "qcow2"],
+        ["-l", "snap1"],
+        ["-o", ","],
+        ["-l", "snapshot.foo=bar"],
+        ["--output", "foo"],
+        ["--size", "-1"],
+        ["-O", "foo", "t.qcow2"],
+        ["--size", "7E"],
+        ["--output=json", "-O", "raw", "--size", "7E"],
+        ["-O", "qcow2", "--size", "2P"],
+        ["-O", "qcow2", "-l", "snapshot.name=nope", "t.qcow2"],
+      ]
+    ) {
+      const q = await run("qemu-img", ["measure", ...args], { cwd: d.path });
+      const r = await ours(qemuImg, ["measure", ...args], d.path);
+      assertEquals([r.code, r.stdout, r.stderr], [q.code, q.stdout, q.stderr], args.join(" "));
+    }
+  },
+});
+
+Deno.test({
+  name: "qcow2 cache options: the combinations and L2 cache entry sizes qemu-io refuses are refused in its words, the rest open",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", `${d.path}/t.qcow2`, "64k"]);
+    await runOk("qemu-io", ["-c", "write -P 42 0 64k", `${d.path}/t.qcow2`]);
+    for (
+      const o of [
+        "cache-size=1.25M,l2-cache-size=1M,refcount-cache-size=0.25M",
+        "cache-size=1M,l2-cache-size=2M",
+        "cache-size=1M,refcount-cache-size=2M",
+        "cache-size=0,l2-cache-size=0,refcount-cache-size=0",
+        "l2-cache-entry-size=256",
+        "l2-cache-entry-size=4242",
+        "l2-cache-entry-size=128k",
+        "cache-size=2M,l2-cache-size=1M",
+        "cache-size=2M,refcount-cache-size=1M",
+        "l2-cache-entry-size=512",
+        "l2-cache-entry-size=64k",
+      ]
+    ) {
+      const args = ["-c", `open -o ${o} t.qcow2`, "-c", "read -P 42 0 64k"];
+      const q = await run("qemu-io", args, { cwd: d.path });
+      const r = await ours(qemuIo, args, d.path);
+      const noTimes = (s: string) => s.replace(/\n.*ops\/sec\)/g, "");
+      assertEquals([r.code, noTimes(r.stdout), r.stderr], [q.code, noTimes(q.stdout), q.stderr], o);
+    }
   },
 });

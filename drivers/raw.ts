@@ -5,7 +5,6 @@
  * tail reads as zeros (a write there extends the file); `size` must be a
  * multiple of 512. The core refuses requests past the node's length (EIO,
  * as qemu-io shows); the window check behind it fails writes with ENOSPC.
- * Reads and writes raise `read_aio` / `write_aio` on the file child.
  *
  * @module
  */
@@ -68,17 +67,18 @@ export const rawDriver: BlockDriver = {
     const inst: DriverInstance = {
       getLength: length,
       supportsFua: true,
-      // QEMU's raw_co_preadv/raw_co_pwritev raise read_aio/write_aio on the file child (a blkdebug rule there fires).
+      // QEMU's raw_co_preadv/pwritev raise BLKDBG_READ_AIO/WRITE_AIO on the file child before the request: a blkdebug
+      // node below sees them (they re-arm its inject rules, as iotest 289's data-file rules rely on).
       pread(off, buf, o) {
         checkWindow("read", off, buf.length, "EIO");
-        const ev = node.event("read_aio", o.req);
-        return ev ? ev.then(() => file.pread(off + offset, buf, o)) : file.pread(off + offset, buf, o);
+        const p = node.event("read_aio", o?.req);
+        return p ? p.then(() => file.pread(off + offset, buf, o)) : file.pread(off + offset, buf, o);
       },
       pwrite(off, data, o) {
         checkWindow("write", off, data.length);
         if (ctx.probed && off < SECTOR) refuseFormatChange(name, off, data);
-        const ev = node.event("write_aio", o.req);
-        return ev ? ev.then(() => file.pwrite(off + offset, data, o)) : file.pwrite(off + offset, data, o);
+        const p = node.event("write_aio", o?.req);
+        return p ? p.then(() => file.pwrite(off + offset, data, o)) : file.pwrite(off + offset, data, o);
       },
       pwriteZeroes(off, len, o) {
         checkWindow("write zeroes to", off, len);

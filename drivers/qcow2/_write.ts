@@ -21,6 +21,7 @@ import { growL1 } from "./_l1_grow.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markDirty } from "./_writeback.ts";
+import { writeRefblocks } from "./_metadata_write.ts";
 import { checkTableAllocation, OL_ACTIVE_L2, preWriteOverlapCheck } from "./_overlap.ts";
 
 const ALL = 0xffffffff;
@@ -38,7 +39,7 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
   await preWriteOverlapCheck(st, OL_ACTIVE_L2, newOff, st.cs, false);
   // Lazy refcounts keep refcount blocks cached past a flush, but QEMU's
   // l2_allocate writes (and flushes) them once a new table is counted: do so too.
-  if (st.mode === "lazy" && await st.writeRefblocks(req)) await st.file.flush({ req });
+  if (st.mode === "lazy" && await writeRefblocks(st, req)) await st.file.flush({ req });
   let buf: Uint8Array;
   if (off !== 0) {
     const p = st.event("l2_alloc_cow_read", req);

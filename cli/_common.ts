@@ -13,6 +13,7 @@ import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
 import { defineObject, removeSecret } from "../core/secrets.ts";
 import { isPlainObject, looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
+import { takeDashValues } from "./_getopt.ts";
 
 /** Where a verb writes its output; tests pass collecting functions. */
 export interface CliIO {
@@ -94,32 +95,6 @@ export function parseVerbArgs(args: string[], options: OptionTable, usage: strin
   const values = parsed.values as Flags;
   applyObjects(flagList(values, "object"));
   return { values, positionals: parsed.positionals };
-}
-
-/**
- * getopt's rule, which qemu-img follows: an option that takes a value takes
- * the next argument as it, even one that starts with `-` (`--size -1` is a
- * size of -1, refused as such, not a missing value).
- */
-function takeDashValues(args: string[], options: OptionTable): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i];
-    if (a === "--") return out.concat(args.slice(i));
-    const next = args[i + 1];
-    const opt = a.startsWith("--")
-      ? options[a.slice(2)]
-      : /^-[^-]$/.test(a)
-      ? Object.values(options).find((o) => o.short === a[1])
-      : undefined;
-    if (next?.startsWith("-") && opt?.type === "string") {
-      out.push(a.startsWith("--") ? `${a}=${next}` : a + next);
-      i++;
-    } else {
-      out.push(a);
-    }
-  }
-  return out;
 }
 
 /** Ids of the objects `--object` defined during the verb now running (removed when it ends). */

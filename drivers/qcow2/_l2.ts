@@ -24,7 +24,7 @@ export const K_COMPRESSED = 3;
 export interface Mapping {
   /** One of K_UNALLOC, K_ZERO, K_NORMAL, K_COMPRESSED. */
   kind: number;
-  /** Host offset of the first byte (K_NORMAL), or of the compressed data. */
+  /** Host offset of the first byte (K_NORMAL, or K_ZERO preallocated: 0 for a plain zero cluster), or of the compressed data. */
   host: number;
   /** Bytes of compressed data (K_COMPRESSED). */
   compressedBytes: number;
@@ -151,11 +151,13 @@ function mapStandard(st: Qcow2State, view: DataView, base: number, inTable: numb
     const k = z ? K_ZERO : h === 0 && !(st.externalData && hi & HI_COPIED) ? K_UNALLOC : K_NORMAL;
     if (k !== kind) break;
     if (kind === K_NORMAL && (h !== nextHost || ((hi & HI_COPIED) !== 0) !== copied)) break;
+    // A preallocated zero cluster (QEMU's ZERO_ALLOC) keeps its host offset: no run with a plain one, nor a gap on the host.
+    if (kind === K_ZERO && (host === 0 ? h !== 0 : h !== nextHost)) break;
     nextHost += cs;
     bytes += cs;
   }
   m.kind = kind;
-  m.host = kind === K_NORMAL ? host + inCluster : 0;
+  m.host = kind === K_NORMAL || (kind === K_ZERO && host !== 0) ? host + inCluster : 0;
   m.copied = copied;
   m.bytes = Math.min(bytes, limit);
   return true;

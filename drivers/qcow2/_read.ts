@@ -186,6 +186,10 @@ export async function blockStatus(st: Qcow2State, offset: number, length: number
       if (st.crypto) return { offset, length: n, data: true, zero: false, allocated: true, present: true, depth: 0 };
       return { offset, length: n, data: true, zero: false, allocated: true, present: true, depth: 0, hostOffset: m.host, file: st.data };
     case K_ZERO:
+      // A preallocated zero cluster reports its host offset, as QEMU's qcow2_co_block_status does (ZERO_ALLOC).
+      if (m.host && !st.crypto) {
+        return { offset, length: n, data: false, zero: true, allocated: true, present: true, depth: 0, hostOffset: m.host, file: st.data };
+      }
       return { offset, length: n, data: false, zero: true, allocated: true, present: true, depth: 0 };
     case K_COMPRESSED:
       return { offset, length: n, data: true, zero: false, allocated: true, present: true, depth: 0, compressed: true };

@@ -50,6 +50,18 @@ export class Qcow2Instance implements DriverInstance {
    * alignment for them).
    */
   readonly limits: Partial<BlockLimits>;
+
+  /**
+   * Whether the image reads as zeros where nothing was written (QEMU's
+   * qcow2_has_zero_init): yes unless preallocated (the first L2 table
+   * exists); a preallocated encrypted image's clusters decrypt to noise, and
+   * a preallocated one reads as its data file does.
+   */
+  get zeroInit(): boolean {
+    const st = this.#st;
+    if (!(st.l1Size > 0 && st.l1Offset(0) !== 0)) return true;
+    return st.crypto ? false : st.data.hasZeroInit;
+  }
   #st: Qcow2State;
   #bm: Qcow2Bitmaps;
   #m = newMapping();

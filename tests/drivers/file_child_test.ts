@@ -150,3 +150,50 @@ if (!back.every((b) => b === 0x5a)) throw new Error("read back differs");
     assert.ok(f.subarray(8192, 8192 + 12345).every((b) => b === 0x5a));
   },
 });
+
+/** A child-script prologue: a seccomp filter on this thread that fails `io_uring_setup` with EPERM (as a container's profile may). */
+const NO_URING = `
+const libc = Deno.dlopen("libc.so.6", { prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" } });
+const filter = new Uint8Array(32);
+const fv = new DataView(filter.buffer);
+// ld [nr]; jeq #425 (io_uring_setup), 0, 1; ret ERRNO|EPERM; ret ALLOW
+[[0x20, 0, 0, 0], [0x15, 0, 1, 425], [0x06, 0, 0, 0x50001], [0x06, 0, 0, 0x7fff0000]].forEach(([code, jt, jf, k], i) => {
+  fv.setUint16(i * 8, code, true); fv.setUint8(i * 8 + 2, jt); fv.setUint8(i * 8 + 3, jf); fv.setUint32(i * 8 + 4, k, true);
+});
+const prog = new Uint8Array(16);
+new DataView(prog.buffer).setUint16(0, 4, true);
+new DataView(prog.buffer).setBigUint64(8, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(filter))), true);
+if (libc.symbols.prctl(38, 1n, 0n, 0n, 0n) !== 0) throw new Error("PR_SET_NO_NEW_PRIVS failed");
+if (libc.symbols.prctl(22, 2n, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(prog))), 0n, 0n) !== 0) throw new Error("PR_SET_SECCOMP failed");
+`;
+
+Deno.test("where seccomp refuses io_uring, cache=none falls back to worker threads, and an explicit aio=io_uring says so once", async () => {
+  await withFile(MiB, async (path) => {
+    await using dir = await tempDir("blkgraph-child-");
+    const script = `${dir.path}/child.ts`;
+    await Deno.writeTextFile(
+      script,
+      `import { open } from ${JSON.stringify(MOD)};\nconst path = ${JSON.stringify(path)};\n${NO_URING}
+const out = {};
+for (const aio of [undefined, "io_uring"]) {
+  await using n = await open({ driver: "file", filename: path, ...(aio ? { aio } : {}) }, { cache: "none" });
+  await n.pwrite(4096, new Uint8Array(4096).fill(9));
+  const b = new Uint8Array(4096);
+  await n.pread(4096, b);
+  out[aio ?? "default"] = { aio: (await n.info()).aio, byte: b[4095] };
+}
+console.log(JSON.stringify(out));`,
+    );
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--no-config", "--quiet", "-A", script],
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .output();
+    const stdout = new TextDecoder().decode(r.stdout).trim();
+    const stderr = new TextDecoder().decode(r.stderr).trim();
+    assert.equal(r.code, 0, stderr);
+    assert.deepEqual(JSON.parse(stdout), { default: { aio: "threads", byte: 9 }, io_uring: { aio: "threads", byte: 9 } });
+    assert.equal(stderr, `file: aio=io_uring is unavailable for '${path}' (io_uring_setup: EPERM); using aio=threads`);
+  });
+});

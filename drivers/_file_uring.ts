@@ -1,0 +1,438 @@
+/**
+ * An io_uring submission and completion engine for the `file` driver
+ * (`aio=io_uring`, and `cache=none` by default): the kernel ABI driven
+ * directly through FFI, no liburing (its prep and get-SQE helpers are inline
+ * functions, not exported symbols).
+ *
+ * - `io_uring_setup`, `io_uring_enter` and `io_uring_register` through libc
+ *   `syscall()`; the SQ ring, CQ ring and SQE array are `mmap`ed and read
+ *   and written as typed arrays.
+ * - Requests are written as SQEs at once; everything submitted in one tick
+ *   (until a microtask turn adds nothing more) goes to the kernel in one
+ *   `io_uring_enter`.
+ * - Completions are learned through an eventfd registered with the ring
+ *   (`IORING_REGISTER_EVENTFD`), read as the rbd driver reads its eventfd:
+ *   one `nonblocking` FFI `read` waits while anything is in flight, and each
+ *   wake-up reaps every CQE that has arrived. With `DEFER_TASKRUN` (Linux
+ *   6.1) the kernel signals the eventfd without interrupting the JS thread,
+ *   which then posts the completions in one `io_uring_enter`. A request the
+ *   kernel completes during the submitting `io_uring_enter` (a page-cached
+ *   buffered read) is reaped at once, without a wake-up.
+ * - Each request's buffer is referenced by its slot until its CQE arrives,
+ *   so it stays alive (and, being an ArrayBuffer's backing store, unmoved).
+ * - At most `entries` requests are in the kernel (the CQ ring holds twice
+ *   that, so it never overflows); more wait in a queue in submission order.
+ *
+ * Results are the CQE's `res`: bytes transferred, or `-errno`.
+ *
+ * @module
+ */
+
+import {
+  EAGAIN,
+  EBUSY,
+  EFD_CLOEXEC,
+  EINTR,
+  EINVAL,
+  EIO,
+  IORING_ENTER_GETEVENTS,
+  IORING_FEAT_SINGLE_MMAP,
+  IORING_FSYNC_DATASYNC,
+  IORING_OFF_CQ_RING,
+  IORING_OFF_SQ_RING,
+  IORING_OFF_SQES,
+  IORING_REGISTER_EVENTFD,
+  IORING_SETUP_CLAMP,
+  IORING_SETUP_DEFER_TASKRUN,
+  IORING_SETUP_SINGLE_ISSUER,
+  IORING_SETUP_SUBMIT_ALL,
+  IOSQE_IO_DRAIN,
+  loadSys,
+  MAP_FAILED,
+  MAP_SHARED_POPULATE,
+  Op,
+  P,
+  PROT_RW,
+  type Sys,
+  SYS_io_uring_enter,
+  SYS_io_uring_register,
+  SYS_io_uring_setup,
+} from "./_file_uring_sys.ts";
+
+/** Counters for tests and benchmarks. */
+export interface UringStats {
+  /** Ring size (SQ entries). */
+  entries: number;
+  /** Completion work waits until the event loop asks for it (`IORING_SETUP_DEFER_TASKRUN`). */
+  deferTaskrun: boolean;
+  /** Requests handed to the kernel. */
+  submitted: number;
+  /** `io_uring_enter` calls that submitted them. */
+  enters: number;
+  /** Times the eventfd woke the event loop. */
+  wakeups: number;
+  /** CQEs reaped. */
+  completed: number;
+  /** Most requests in flight at once. */
+  maxInFlight: number;
+}
+
+interface Slot {
+  resolve: (res: number) => void;
+  /** The CQE's result, set when it is reaped. */
+  res: number;
+  /** Keeps the buffer alive (and unmoved) until the CQE arrives. */
+  buf: Uint8Array | null;
+}
+
+interface Queued {
+  op: number;
+  fd: number;
+  buf: Uint8Array | null;
+  offset: number;
+  len: number;
+  rwFlags: number;
+  sqeFlags: number;
+  slot: Slot;
+}
+
+/** Why a ring could not be set up: the errno from the step that failed. */
+export interface UringUnavailable {
+  /** The failing step (`io_uring_setup`, `mmap`, `eventfd`, `IORING_REGISTER_EVENTFD`, or `ffi` without the FFI permission). */
+  step: string;
+  /** Positive errno (0 for `ffi`). */
+  errno: number;
+}
+
+/**
+ * Setup flags, best first. Without DEFER_TASKRUN every completion interrupts
+ * the JS thread (task work), and the eventfd then wakes a worker thread that
+ * wakes the JS thread again; with it, the kernel only signals the eventfd,
+ * and the JS thread runs the completion work in one `io_uring_enter` per
+ * wake-up. SINGLE_ISSUER (which DEFER_TASKRUN needs) holds: a ring is used
+ * only from the thread that opened its node. An older kernel says EINVAL to
+ * a flag it does not know (DEFER_TASKRUN 6.1, SUBMIT_ALL 5.18).
+ */
+const SETUP_FLAGS = [
+  IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+  IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL,
+  IORING_SETUP_CLAMP,
+];
+
+const addressOf = (buf: Uint8Array): number => Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf)));
+
+/** One io_uring instance with its eventfd. */
+export class Uring {
+  readonly #s: Sys;
+  readonly #fd: number;
+  readonly #efd: number;
+  readonly #efdBuf = new Uint8Array(8);
+  readonly #deferred: boolean;
+  readonly #maps: [Deno.PointerValue, number][];
+  readonly #sq: Uint32Array;
+  readonly #sqTail: number;
+  readonly #sqHead: number;
+  readonly #sqMask: number;
+  readonly #sqes: Uint32Array;
+  readonly #cq: Uint32Array;
+  readonly #cqHead: number;
+  readonly #cqTail: number;
+  readonly #cqMask: number;
+  /** The CQEs as 32-bit words (user_data lo, hi, res, flags). */
+  readonly #cqes: Int32Array;
+  readonly #slots: (Slot | undefined)[];
+  readonly #free: number[];
+  readonly #queue: Queued[] = [];
+  /** SQ tail as written here; `#entered` is what the kernel has consumed. */
+  #tail = 0;
+  #entered = 0;
+  #inFlight = 0;
+  #scheduled = false;
+  /** SQEs were written since the submission microtask was queued. */
+  #added = false;
+  #pumping = false;
+  #pump: Promise<void> = Promise.resolve();
+  #closed = false;
+  /** Counters (submissions, enters, wake-ups, completions). */
+  readonly stats: UringStats;
+
+  private constructor(s: Sys, fd: number, efd: number, params: DataView, maps: [Deno.PointerValue, number][], rings: ArrayBuffer[]) {
+    this.#s = s;
+    this.#fd = fd;
+    this.#efd = efd;
+    this.#maps = maps;
+    const [sqBuf, cqBuf, sqeBuf] = rings;
+    const u32 = (o: number) => params.getUint32(o, true);
+    this.#deferred = (u32(P.flags) & IORING_SETUP_DEFER_TASKRUN) !== 0;
+    this.#sq = new Uint32Array(sqBuf);
+    this.#sqHead = u32(P.sqOff) / 4;
+    this.#sqTail = u32(P.sqOff + 4) / 4;
+    this.#sqMask = this.#sq[u32(P.sqOff + 8) / 4];
+    const entries = this.#sq[u32(P.sqOff + 12) / 4];
+    // The SQ index array maps ring slot i to SQE i, once for the ring's lifetime.
+    const array = u32(P.sqOff + 24) / 4;
+    for (let i = 0; i < entries; i++) this.#sq[array + i] = i;
+    this.#sqes = new Uint32Array(sqeBuf);
+    this.#cq = new Uint32Array(cqBuf);
+    this.#cqHead = u32(P.cqOff) / 4;
+    this.#cqTail = u32(P.cqOff + 4) / 4;
+    this.#cqMask = this.#cq[u32(P.cqOff + 8) / 4];
+    this.#cqes = new Int32Array(cqBuf, u32(P.cqOff + 20));
+    this.#tail = this.#entered = this.#sq[this.#sqTail];
+    this.#slots = new Array(entries);
+    this.#free = Array.from({ length: entries }, (_, i) => entries - 1 - i);
+    this.stats = { entries, deferTaskrun: this.#deferred, submitted: 0, enters: 0, wakeups: 0, completed: 0, maxInFlight: 0 };
+  }
+
+  /**
+   * Sets up a ring of `entries` SQEs with an eventfd registered for its
+   * completions; returns why not where io_uring is unavailable (no FFI,
+   * ENOSYS on old kernels, EPERM under seccomp or `io_uring_disabled`).
+   */
+  static open(entries: number): Uring | UringUnavailable {
+    const s = loadSys();
+    if (!s) return { step: "ffi", errno: 0 };
+    const params = new Uint8Array(P.size);
+    const pv = new DataView(params.buffer);
+    let fd = -1;
+    for (const flags of SETUP_FLAGS) {
+      params.fill(0);
+      pv.setUint32(P.flags, flags, true);
+      fd = s.uringSetup(SYS_io_uring_setup, entries, params);
+      if (fd >= 0) break;
+      const e = s.errno();
+      if (e !== EINVAL || flags === SETUP_FLAGS.at(-1)) return { step: "io_uring_setup", errno: e };
+    }
+    const maps: [Deno.PointerValue, number][] = [];
+    const fail = (step: string, errno: number): UringUnavailable => {
+      for (const [p, len] of maps) s.munmap(p, len);
+      s.close(fd);
+      return { step, errno };
+    };
+    const u32 = (o: number) => pv.getUint32(o, true);
+    const sqEntries = u32(P.sqEntries);
+    const sqSize = u32(P.sqOff + 24) + sqEntries * 4;
+    const cqSize = u32(P.cqOff + 20) + u32(P.cqEntries) * 16;
+    const single = (u32(P.features) & IORING_FEAT_SINGLE_MMAP) !== 0;
+    const map = (len: number, off: number): ArrayBuffer | undefined => {
+      const p = s.mmap(null, len, PROT_RW, MAP_SHARED_POPULATE, fd, off);
+      if (p === null || BigInt(Deno.UnsafePointer.value(p)) === MAP_FAILED) return undefined;
+      maps.push([p, len]);
+      return Deno.UnsafePointerView.getArrayBuffer(p, len);
+    };
+    const sqBuf = map(single ? Math.max(sqSize, cqSize) : sqSize, IORING_OFF_SQ_RING);
+    const cqBuf = sqBuf && (single ? sqBuf : map(cqSize, IORING_OFF_CQ_RING));
+    const sqeBuf = cqBuf && map(sqEntries * 64, IORING_OFF_SQES);
+    if (!sqBuf || !cqBuf || !sqeBuf) return fail("mmap", s.errno());
+    const efd = s.eventfd(0, EFD_CLOEXEC);
+    if (efd < 0) return fail("eventfd", s.errno());
+    const arg = new Uint8Array(4);
+    new DataView(arg.buffer).setInt32(0, efd, true);
+    if (s.uringRegister(SYS_io_uring_register, fd, IORING_REGISTER_EVENTFD, arg, 1) < 0) {
+      const e = s.errno();
+      s.close(efd);
+      return fail("IORING_REGISTER_EVENTFD", e);
+    }
+    return new Uring(s, fd, efd, pv, maps, [sqBuf, cqBuf, sqeBuf]);
+  }
+
+  /** Requests submitted and not completed (queued ones included). */
+  get inFlight(): number {
+    return this.#inFlight + this.#queue.length;
+  }
+
+  /** `IORING_OP_READ` of `buf.length` bytes at `offset`; resolves to bytes read or `-errno`. */
+  read(fd: number, buf: Uint8Array, offset: number): Promise<number> {
+    return this.#submit(Op.READ, fd, buf, offset, buf.length, 0, 0);
+  }
+
+  /** `IORING_OP_WRITE` of `buf` at `offset`; resolves to bytes written or `-errno`. */
+  write(fd: number, buf: Uint8Array, offset: number): Promise<number> {
+    return this.#submit(Op.WRITE, fd, buf, offset, buf.length, 0, 0);
+  }
+
+  /**
+   * `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC` (fdatasync), flagged
+   * `IOSQE_IO_DRAIN`: it starts only once every request submitted before it
+   * has completed, so it makes those writes durable too.
+   */
+  fdatasync(fd: number): Promise<number> {
+    return this.#submit(Op.FSYNC, fd, null, 0, 0, IORING_FSYNC_DATASYNC, IOSQE_IO_DRAIN);
+  }
+
+  #submit(op: number, fd: number, buf: Uint8Array | null, offset: number, len: number, rwFlags: number, sqeFlags: number): Promise<number> {
+    if (this.#closed) return Promise.resolve(-EIO);
+    const { promise, resolve } = Promise.withResolvers<number>();
+    const slot: Slot = { resolve, buf, res: 0 };
+    if (this.#free.length === 0 || this.#queue.length > 0) {
+      this.#queue.push({ op, fd, buf, offset, len, rwFlags, sqeFlags, slot });
+    } else this.#prep(op, fd, buf, offset, len, rwFlags, sqeFlags, slot);
+    return promise;
+  }
+
+  /** Writes one SQE and schedules the submission. */
+  #prep(op: number, fd: number, buf: Uint8Array | null, offset: number, len: number, rwFlags: number, sqeFlags: number, slot: Slot): void {
+    const id = this.#free.pop()!;
+    this.#slots[id] = slot;
+    const w = ((this.#tail & this.#sqMask) * 16) | 0;
+    const q = this.#sqes;
+    const addr = buf && len > 0 ? addressOf(buf) : 0;
+    q[w] = op | (sqeFlags << 8);
+    q[w + 1] = fd;
+    q[w + 2] = offset >>> 0;
+    q[w + 3] = Math.floor(offset / 0x100000000);
+    q[w + 4] = addr >>> 0;
+    q[w + 5] = Math.floor(addr / 0x100000000);
+    q[w + 6] = len;
+    q[w + 7] = rwFlags;
+    q[w + 8] = id;
+    q[w + 9] = 0;
+    q.fill(0, w + 10, w + 16);
+    this.#tail = (this.#tail + 1) >>> 0;
+    this.#inFlight++;
+    if (this.#inFlight > this.stats.maxInFlight) this.stats.maxInFlight = this.#inFlight;
+    this.#added = true;
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      queueMicrotask(this.#flushSoon);
+    }
+  }
+
+  /** Submits once a microtask turn passes without new SQEs: requests issued together share one `io_uring_enter`. */
+  readonly #flushSoon = (): void => {
+    if (this.#added && !this.#closed) {
+      this.#added = false;
+      queueMicrotask(this.#flushSoon);
+      return;
+    }
+    this.#scheduled = false;
+    this.#enter();
+  };
+
+  /** Hands every written SQE to the kernel, reaps what has completed, and makes sure the rest is awaited. */
+  #enter(): void {
+    const toSubmit = (this.#tail - this.#entered) >>> 0;
+    // GETEVENTS with min_complete 0 waits for nothing; with DEFER_TASKRUN it posts what has completed meanwhile.
+    const getEvents = this.#deferred ? IORING_ENTER_GETEVENTS : 0;
+    if (toSubmit > 0) {
+      this.#sq[this.#sqTail] = this.#tail;
+      let r: number;
+      do r = this.#s.uringEnter(SYS_io_uring_enter, this.#fd, toSubmit, 0, getEvents, null, 0); while (r < 0 && this.#s.errno() === EINTR);
+      if (r < 0) {
+        const e = this.#s.errno();
+        // Busy: completions must be reaped first; the pump submits the rest after its next wake-up.
+        if (e !== EAGAIN && e !== EBUSY) this.#failUnsubmitted(e);
+      } else {
+        this.stats.enters++;
+        this.stats.submitted += r;
+      }
+      // What the kernel consumed (it may take fewer than offered).
+      this.#entered = this.#sq[this.#sqHead];
+    }
+    this.#reap();
+    if (!this.#pumping && this.#inFlight > 0) this.#pump = this.#run();
+  }
+
+  /** SQEs the kernel refused to take: their requests fail with `-errno`, so nothing waits forever. */
+  #failUnsubmitted(errno: number): void {
+    const slots: Slot[] = [];
+    for (let t = this.#entered; t !== this.#tail; t = (t + 1) >>> 0) {
+      const id = this.#sqes[(t & this.#sqMask) * 16 + 8];
+      slots.push(this.#slots[id]!);
+      this.#release(id);
+    }
+    this.#tail = this.#entered;
+    for (const s of slots) s.resolve(-errno);
+  }
+
+  /** Waits on the eventfd while requests are in flight, reaping the CQEs at each wake-up. */
+  async #run(): Promise<void> {
+    this.#pumping = true;
+    try {
+      while (this.#inFlight > 0) {
+        const n = await this.#s.readAsync(this.#efd, this.#efdBuf, 8);
+        if (n !== 8) {
+          this.#failAll();
+          return;
+        }
+        if (this.#closed) return;
+        this.stats.wakeups++;
+        // The deferred completion work runs here, posting the CQEs.
+        if (this.#deferred) this.#s.uringEnter(SYS_io_uring_enter, this.#fd, 0, 0, IORING_ENTER_GETEVENTS, null, 0);
+        this.#reap();
+        if (this.#entered !== this.#tail && !this.#scheduled) this.#enter();
+      }
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  /** Takes every CQE from the ring and resolves its request; starts queued requests in the freed slots. */
+  #reap(): void {
+    const cq = this.#cq;
+    let head = cq[this.#cqHead];
+    const tail = cq[this.#cqTail];
+    if (head === tail) return;
+    const cqes = this.#cqes;
+    const done: Slot[] = [];
+    while (head !== tail) {
+      const i = (head & this.#cqMask) * 4;
+      const id = cqes[i];
+      head = (head + 1) >>> 0;
+      const slot = this.#slots[id];
+      if (!slot) continue;
+      slot.buf = null;
+      slot.res = cqes[i + 2];
+      done.push(slot);
+      this.#release(id);
+    }
+    cq[this.#cqHead] = head;
+    this.stats.completed += done.length;
+    while (this.#queue.length > 0 && this.#free.length > 0) {
+      const r = this.#queue.shift()!;
+      this.#prep(r.op, r.fd, r.buf, r.offset, r.len, r.rwFlags, r.sqeFlags, r.slot);
+    }
+    for (const s of done) s.resolve(s.res);
+  }
+
+  #release(id: number): void {
+    this.#slots[id] = undefined;
+    this.#free.push(id);
+    this.#inFlight--;
+  }
+
+  #failAll(): void {
+    // Cannot happen with a healthy eventfd; fail loudly rather than hang.
+    console.error("file: waiting on the io_uring eventfd failed; failing the requests in flight");
+    const slots = this.#slots.filter((s): s is Slot => s !== undefined);
+    this.#slots.fill(undefined);
+    this.#inFlight = 0;
+    for (const q of this.#queue.splice(0)) slots.push(q.slot);
+    for (const s of slots) s.resolve(-EIO);
+  }
+
+  /**
+   * Waits for every request in flight (the node drains before it closes;
+   * this also covers a caller that did not), then unmaps the rings and
+   * closes the ring and its eventfd.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    while (this.inFlight > 0) {
+      if (this.#entered !== this.#tail) this.#enter();
+      await this.#pump;
+      if (this.inFlight > 0) await new Promise((r) => setTimeout(r, 0));
+    }
+    this.#closed = true;
+    // A wait can outlive the last completion (reaped at a submission meanwhile): end it before the ring goes.
+    if (this.#pumping) {
+      const one = new Uint8Array(8);
+      one[0] = 1;
+      this.#s.write(this.#efd, one, 8);
+      await this.#pump;
+    }
+    for (const [p, len] of this.#maps) this.#s.munmap(p, len);
+    this.#s.close(this.#fd);
+    this.#s.close(this.#efd);
+  }
+}

@@ -35,6 +35,7 @@ import {
   EINTR,
   EINVAL,
   EIO,
+  IORING_CQ_EVENTFD_DISABLED,
   IORING_ENTER_GETEVENTS,
   IORING_FEAT_SINGLE_MMAP,
   IORING_FSYNC_DATASYNC,
@@ -46,6 +47,8 @@ import {
   IORING_SETUP_DEFER_TASKRUN,
   IORING_SETUP_SINGLE_ISSUER,
   IORING_SETUP_SUBMIT_ALL,
+  IORING_SETUP_TASKRUN_FLAG,
+  IORING_SQ_TASKRUN,
   IOSQE_IO_DRAIN,
   loadSys,
   MAP_FAILED,
@@ -114,7 +117,7 @@ export interface UringUnavailable {
  * a flag it does not know (DEFER_TASKRUN 6.1, SUBMIT_ALL 5.18).
  */
 const SETUP_FLAGS = [
-  IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+  IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
   IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL,
   IORING_SETUP_CLAMP,
 ];
@@ -138,6 +141,9 @@ export class Uring {
   readonly #cqHead: number;
   readonly #cqTail: number;
   readonly #cqMask: number;
+  /** Word indexes of the SQ ring's flags and the CQ ring's flags. */
+  readonly #sqFlags: number;
+  readonly #cqFlags: number;
   /** The CQEs as 32-bit words (user_data lo, hi, res, flags). */
   readonly #cqes: Int32Array;
   readonly #slots: (Slot | undefined)[];
@@ -177,6 +183,8 @@ export class Uring {
     this.#cqHead = u32(P.cqOff) / 4;
     this.#cqTail = u32(P.cqOff + 4) / 4;
     this.#cqMask = this.#cq[u32(P.cqOff + 8) / 4];
+    this.#sqFlags = u32(P.sqOff + 16) / 4;
+    this.#cqFlags = u32(P.cqOff + 24) / 4;
     this.#cqes = new Int32Array(cqBuf, u32(P.cqOff + 20));
     this.#tail = this.#entered = this.#sq[this.#sqTail];
     this.#slots = new Array(entries);
@@ -312,12 +320,13 @@ export class Uring {
   /** Hands every written SQE to the kernel, reaps what has completed, and makes sure the rest is awaited. */
   #enter(): void {
     const toSubmit = (this.#tail - this.#entered) >>> 0;
-    // GETEVENTS with min_complete 0 waits for nothing; with DEFER_TASKRUN it posts what has completed meanwhile.
-    const getEvents = this.#deferred ? IORING_ENTER_GETEVENTS : 0;
     if (toSubmit > 0) {
       this.#sq[this.#sqTail] = this.#tail;
-      let r: number;
-      do r = this.#s.uringEnter(SYS_io_uring_enter, this.#fd, toSubmit, 0, getEvents, null, 0); while (r < 0 && this.#s.errno() === EINTR);
+      // With DEFER_TASKRUN the submission also posts what has completed meanwhile (GETEVENTS, min_complete 0: no waiting).
+      const submit = () =>
+        this.#deferred ? this.#getEvents(toSubmit) : this.#s.uringEnter(SYS_io_uring_enter, this.#fd, toSubmit, 0, 0, null, 0);
+      let r = submit();
+      while (r < 0 && this.#s.errno() === EINTR) r = submit();
       if (r < 0) {
         const e = this.#s.errno();
         // Busy: completions must be reaped first; the pump submits the rest after its next wake-up.
@@ -331,6 +340,29 @@ export class Uring {
     }
     this.#reap();
     if (!this.#pumping && this.#inFlight > 0) this.#pump = this.#run();
+  }
+
+  /**
+   * `io_uring_enter` with GETEVENTS (submitting `toSubmit`), which runs the
+   * deferred completion work and posts its CQEs. Posting them would signal
+   * the eventfd again, a wake-up with nothing to reap: the eventfd is
+   * switched off meanwhile (IORING_CQ_EVENTFD_DISABLED). Work the kernel
+   * queues while it is off sets IORING_SQ_TASKRUN (IORING_SETUP_TASKRUN_FLAG)
+   * without a signal, so once it is back on that flag is checked (the
+   * seq_cst store and load order against the kernel's own) and such work is
+   * run here.
+   */
+  #getEvents(toSubmit: number): number {
+    const cq = this.#cq;
+    let submitted = -1;
+    do {
+      cq[this.#cqFlags] |= IORING_CQ_EVENTFD_DISABLED;
+      const r = this.#s.uringEnter(SYS_io_uring_enter, this.#fd, submitted < 0 ? toSubmit : 0, 0, IORING_ENTER_GETEVENTS, null, 0);
+      Atomics.store(cq, this.#cqFlags, cq[this.#cqFlags] & ~IORING_CQ_EVENTFD_DISABLED);
+      if (r < 0) return submitted < 0 ? r : submitted;
+      if (submitted < 0) submitted = r;
+    } while (Atomics.load(this.#sq, this.#sqFlags) & IORING_SQ_TASKRUN);
+    return submitted;
   }
 
   /** SQEs the kernel refused to take: their requests fail with `-errno`, so nothing waits forever. */
@@ -358,7 +390,7 @@ export class Uring {
         if (this.#closed) return;
         this.stats.wakeups++;
         // The deferred completion work runs here, posting the CQEs.
-        if (this.#deferred) this.#s.uringEnter(SYS_io_uring_enter, this.#fd, 0, 0, IORING_ENTER_GETEVENTS, null, 0);
+        if (this.#deferred) this.#getEvents(0);
         this.#reap();
         if (this.#entered !== this.#tail && !this.#scheduled) this.#enter();
       }

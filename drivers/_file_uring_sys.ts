@@ -24,6 +24,12 @@ export const IOSQE_IO_DRAIN = 1 << 1;
 
 /** Setup flag: clamp `entries` to the kernel maximum instead of failing. */
 export const IORING_SETUP_CLAMP = 1 << 4;
+/** Setup flag (5.19): the kernel sets IORING_SQ_TASKRUN in the SQ ring's flags when completion work is waiting. */
+export const IORING_SETUP_TASKRUN_FLAG = 1 << 9;
+/** SQ ring flag: completion work is waiting (with IORING_SETUP_TASKRUN_FLAG). */
+export const IORING_SQ_TASKRUN = 1 << 2;
+/** CQ ring flag (set by the application): do not signal the registered eventfd. */
+export const IORING_CQ_EVENTFD_DISABLED = 1;
 /** Setup flag (6.0): only one thread submits. */
 export const IORING_SETUP_SINGLE_ISSUER = 1 << 12;
 /** Setup flag (6.1): completion work runs only when the submitter asks (`IORING_ENTER_GETEVENTS`). */

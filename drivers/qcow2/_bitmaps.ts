@@ -43,7 +43,6 @@ import {
   BME_MAX_PHYS_SIZE,
   BME_MAX_TABLE_SIZE,
   BT_DIRTY_TRACKING,
-  loadBitmapDirectory,
   newBitmapGranularity,
   readBitmapTable,
 } from "./_bitmap_format.ts";
@@ -52,19 +51,7 @@ import { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, EXT_BITMAPS, INCOMPAT_DATA_
 import { writeHeaderFields } from "./_header_write.ts";
 import type { Qcow2State } from "./_state.ts";
 import { clustersOf, markInUseInPlace, rewriteHeader, switchDirectory, writeBitmap } from "./_bitmap_store.ts";
-
-/** One bitmap of the open image. */
-interface Bitmap {
-  name: string;
-  granularity: number;
-  recording: boolean;
-  /** The bits; undefined when the bitmap is inconsistent (in use at open). */
-  map: DirtyBitmap | undefined;
-  /** Its entry in the directory on disk (undefined: added since the open, not stored yet). */
-  disk?: BitmapEntry;
-  /** The table on disk when it was loaded (what to free once the bitmap is stored anew). */
-  diskTable?: BitmapTableEntry[];
-}
+import { type Bitmap, loadBitmaps } from "./_bitmap_load.ts";
 
 /** QEMU's message for a bitmap whose content was lost. */
 function inconsistent(name: string, node: string): BlockError {
@@ -160,44 +147,11 @@ export class Qcow2Bitmaps {
   }
 
   async #load(ext: BitmapsExt): Promise<void> {
-    const st = this.#st;
-    const cs = st.cs;
-    const length = st.header.size;
-    const dir = await loadBitmapDirectory(st.file, ext, cs, length);
+    const { dir, list } = await loadBitmaps(this.#st, ext);
     this.#setDisk(dir);
     this.#dirOffset = ext.dirOffset;
     this.#dirSize = ext.dirSize;
-    for (const e of dir) {
-      // QEMU creates each bitmap before loading its table: a second one of the same name fails there.
-      if (this.#list.some((x) => x.name === e.name)) {
-        throw new BlockError("EINVAL", `Bitmap already exists: ${e.name}`, { node: st.node.name });
-      }
-      const g = 2 ** e.granularityBits;
-      const bm: Bitmap = { name: e.name, granularity: g, recording: (e.flags & BME_FLAG_AUTO) !== 0, map: undefined, disk: e };
-      this.#list.push(bm);
-      if (e.flags & BME_FLAG_IN_USE) continue; // content unusable: not loaded
-      const table = await readBitmapTable(st.file, e, cs);
-      if (typeof table === "number") {
-        throw new BlockError("EINVAL", `Could not read bitmap_table table from image for bitmap '${e.name}': Invalid argument`, {
-          node: st.node.name,
-        });
-      }
-      const map = new DirtyBitmap(length, g, cs);
-      if (map.pageCount !== e.tableSize) {
-        throw new BlockError("EINVAL", `Could not read bitmap '${e.name}' from image: Invalid argument`, { node: st.node.name });
-      }
-      for (let i = 0; i < table.length; i++) {
-        const t = table[i];
-        if (t.offset) {
-          const buf = new Uint8Array(cs);
-          const avail = Math.max(0, Math.min(cs, st.file.length - t.offset));
-          if (avail) await st.file.pread(t.offset, buf.subarray(0, avail));
-          map.loadPage(i, buf);
-        } else if (t.ones) map.loadPage(i, "ones");
-      }
-      bm.map = map;
-      bm.diskTable = table;
-    }
+    this.#list = list;
     this.#refreshRecording();
   }
 

@@ -14,6 +14,7 @@
  */
 
 import type { Qcow2State } from "./_state.ts";
+import { dirtyL1Chunks, dirtyReftableChunks } from "./_metadata_write.ts";
 
 /** What the exit write-back did. */
 export type ExitWriteback = "clean" | "written" | "not-safe";
@@ -40,7 +41,7 @@ export function exitWriteback(st: Qcow2State): ExitWriteback {
   if (!lazy) {
     // Refcount blocks, durable with the guest data before the table entries and L2 tables that depend on them.
     if (writeEntries(st.rbCache)) flushAll();
-    const reftable = st.dirtyReftableChunks();
+    const reftable = dirtyReftableChunks(st);
     for (const [off, buf] of reftable) io.pwrite(off, buf);
     if (reftable.length) io.flush();
   } else {
@@ -48,12 +49,12 @@ export function exitWriteback(st: Qcow2State): ExitWriteback {
   }
   const newTables = st.l2Cache.dirtyEntries().some((e) => e.isNew);
   writeEntries(st.l2Cache);
-  const l1 = st.dirtyL1Chunks();
+  const l1 = dirtyL1Chunks(st);
   if (l1.length && newTables) io.flush();
   for (const [off, buf] of l1) io.pwrite(off, buf);
   if (lazy) {
     writeEntries(st.rbCache);
-    for (const [off, buf] of st.dirtyReftableChunks()) io.pwrite(off, buf);
+    for (const [off, buf] of dirtyReftableChunks(st)) io.pwrite(off, buf);
   }
   flushAll();
   return "written";

@@ -12,6 +12,7 @@ import type { RequestInfo } from "../../core/types.ts";
 import { MAX_L1_BYTES } from "./header.ts";
 import { allocClusters } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
+import { writeRefblocks } from "./_metadata_write.ts";
 import { writeback } from "./_writeback.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { preWriteOverlapCheck } from "./_overlap.ts";
@@ -40,7 +41,7 @@ export async function growL1(st: Qcow2State, minEntries: number, exact: boolean,
   if (p) await p;
   const clusters = Math.ceil((entries * 8) / st.cs);
   const newOffset = await allocClusters(st, clusters, req);
-  await st.writeRefblocks(req);
+  await writeRefblocks(st, req);
   const table = new Uint8Array(clusters * st.cs);
   table.set(st.l1);
   p = st.event("l1_grow_write_table", req);

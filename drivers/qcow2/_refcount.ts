@@ -18,6 +18,7 @@ import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
 import { maxRefcount, readRefcount, writeRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
+import { writeRefblocks } from "./_metadata_write.ts";
 import { refcountArea } from "./_refcount_area.ts";
 import { checkTableAllocation, OL_REFCOUNT_BLOCK, preWriteOverlapCheck } from "./_overlap.ts";
 
@@ -245,7 +246,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, cluster: number, req: 
     st.reftableDirty.add(rt);
     st.metadataMoved();
     if (st.mode === "metadata-sync") {
-      await st.writeRefblocks(req);
+      await writeRefblocks(st, req);
       await st.file.flush({ req });
     }
     return;

@@ -1,8 +1,9 @@
 /**
  * The state of one open qcow2 image shared by the cluster-mapping, refcount,
  * read and write modules: geometry, the in-memory L1 table, the metadata
- * caches, the metadata lock, and the write-back of dirty metadata in an order
- * that keeps the image consistent after a crash at any point.
+ * caches and the metadata lock. Dirty metadata is written back in an order
+ * that keeps the image consistent after a crash at any point (`_writeback.ts`
+ * orders the table writes of `_metadata_write.ts`).
  *
  * Write-back order (mode `ordered`): refcount blocks are written, then one
  * flush makes them and all guest/COW data durable; then L2 tables are
@@ -42,7 +43,6 @@ import type { Qcow2Crypto } from "./_crypto.ts";
 import { entryOffset, HI_COPIED, l2EntrySize } from "./_entries.ts";
 import { INCOMPAT_CORRUPT, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
-import { OL_ACTIVE_L1, OL_ACTIVE_L2, OL_REFCOUNT_BLOCK, OL_REFCOUNT_TABLE, preWriteOverlapCheck } from "./_overlap.ts";
 
 /** How metadata reaches the disk. */
 export type MetadataMode = "ordered" | "metadata-sync" | "lazy";
@@ -393,107 +393,4 @@ export class Qcow2State {
       // The in-memory flag still refuses changes; the original error is what the caller sees.
     }
   }
-
-  /** Writes dirty refcount blocks and refcount table entries (no flush). */
-  async writeRefblocks(req: RequestInfo | undefined): Promise<boolean> {
-    const dirty = this.rbCache.dirtyEntries();
-    for (const e of dirty) {
-      const p = this.event("refblock_update_part", req);
-      if (p) await p;
-      await preWriteOverlapCheck(this, OL_REFCOUNT_BLOCK, e.offset, e.buf.length, false);
-      await this.file.pwrite(e.offset, e.buf, { req });
-      this.rbCache.markClean(e);
-    }
-    let wrote = dirty.length > 0;
-    if (this.reftableDirty.size) {
-      // A refcount block that was just hooked in may be counted by one of the
-      // blocks written above: that count must be durable before the table
-      // entry makes the new block part of the image (QEMU flushes the
-      // refcount cache before hooking a block up, too).
-      if (dirty.length) await this.file.flush({ req });
-      const rt = this.reftable;
-      await this.#writeEntries(
-        this.header.refcountTableOffset,
-        rt.length,
-        this.reftableDirty,
-        (i) => BigInt(rt[i]),
-        OL_REFCOUNT_TABLE,
-        req,
-      );
-      wrote = true;
-    }
-    return wrote;
-  }
-
-  /** Writes dirty L2 tables (no flush). Returns whether one of them was new. */
-  async writeL2Tables(req: RequestInfo | undefined): Promise<boolean> {
-    let anyNew = false;
-    for (const e of this.l2Cache.dirtyEntries()) {
-      const p = this.event("l2_update", req);
-      if (p) await p;
-      if (e.isNew) anyNew = true;
-      await preWriteOverlapCheck(this, OL_ACTIVE_L2, e.offset, e.buf.length, false);
-      await this.file.pwrite(e.offset, e.buf, { req });
-      this.l2Cache.markClean(e);
-    }
-    return anyNew;
-  }
-
-  /** Writes dirty L1 entries, one 512-byte chunk of the table each (no flush). */
-  async writeL1(req: RequestInfo | undefined): Promise<void> {
-    if (!this.l1Dirty.size) return;
-    await this.#writeEntries(
-      this.header.l1TableOffset,
-      this.l1Size,
-      this.l1Dirty,
-      (i) => this.l1View.getBigUint64(i * 8),
-      OL_ACTIVE_L1,
-      req,
-    );
-  }
-
-  async #writeEntries(
-    tableOffset: number,
-    tableEntries: number,
-    dirty: Set<number>,
-    value: (i: number) => bigint,
-    ign: number,
-    req: RequestInfo | undefined,
-  ): Promise<void> {
-    for (const [off, buf] of dirtyChunks(tableOffset, tableEntries, dirty, value)) {
-      await preWriteOverlapCheck(this, ign, off, buf.length, false);
-      await this.file.pwrite(off, buf, { req });
-    }
-  }
-
-  /** The dirty parts of the refcount table as (offset, bytes) writes; the dirty set is cleared. */
-  dirtyReftableChunks(): [number, Uint8Array][] {
-    const rt = this.reftable;
-    return dirtyChunks(this.header.refcountTableOffset, rt.length, this.reftableDirty, (i) => BigInt(rt[i]));
-  }
-
-  /** The dirty parts of the L1 table as (offset, bytes) writes; the dirty set is cleared. */
-  dirtyL1Chunks(): [number, Uint8Array][] {
-    return dirtyChunks(this.header.l1TableOffset, this.l1Size, this.l1Dirty, (i) => this.l1View.getBigUint64(i * 8));
-  }
-}
-
-/** Entries per 512-byte chunk of the L1 and refcount tables (one sector: written whole or not at all). */
-const ENTRIES_PER_CHUNK = 64;
-
-/** The 512-byte chunks of a table holding dirty entries, as (offset, bytes) writes in offset order; clears `dirty`. */
-function dirtyChunks(tableOffset: number, tableEntries: number, dirty: Set<number>, value: (i: number) => bigint): [number, Uint8Array][] {
-  const chunks = new Set<number>();
-  for (const i of dirty) chunks.add(Math.floor(i / ENTRIES_PER_CHUNK));
-  dirty.clear();
-  const out: [number, Uint8Array][] = [];
-  for (const c of [...chunks].sort((a, b) => a - b)) {
-    const first = c * ENTRIES_PER_CHUNK;
-    const n = Math.min(ENTRIES_PER_CHUNK, tableEntries - first);
-    const buf = new Uint8Array(n * 8);
-    const view = new DataView(buf.buffer);
-    for (let k = 0; k < n; k++) view.setBigUint64(k * 8, value(first + k));
-    out.push([tableOffset + first * 8, buf]);
-  }
-  return out;
 }

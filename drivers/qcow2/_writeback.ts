@@ -20,6 +20,7 @@ import type { RequestInfo } from "../../core/types.ts";
 import { INCOMPAT_DIRTY, type Qcow2Header } from "./header.ts";
 import { freeCluster, getRefcount } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
+import { writeL1, writeL2Tables, writeRefblocks } from "./_metadata_write.ts";
 import { serialiseHeader, writeHeaderFields } from "./_header_write.ts";
 import { isFixedMetadata, overlapsMetadata } from "./_overlap.ts";
 
@@ -29,26 +30,26 @@ export async function writeback(st: Qcow2State, req: RequestInfo | undefined): P
   const sync = st.mode === "metadata-sync";
   const hasL2 = st.l2Cache.dirtyCount > 0 || st.l1Dirty.size > 0;
   if (st.wrongOrder === "l2-before-refblock") {
-    await st.writeL2Tables(req);
-    await st.writeL1(req);
-    await st.writeRefblocks(req);
+    await writeL2Tables(st, req);
+    await writeL1(st, req);
+    await writeRefblocks(st, req);
   } else if (st.mode === "lazy") {
     if (hasL2) {
       await st.flushFiles(req); // guest data before the L2 entries exposing it
-      const anyNew = await st.writeL2Tables(req);
+      const anyNew = await writeL2Tables(st, req);
       if (anyNew && st.l1Dirty.size) await st.file.flush({ req });
-      await st.writeL1(req);
+      await writeL1(st, req);
     }
-    await st.writeRefblocks(req);
+    await writeRefblocks(st, req);
   } else {
-    const wroteRefs = await st.writeRefblocks(req);
+    const wroteRefs = await writeRefblocks(st, req);
     if (hasL2) {
       // Refcounts and guest data are durable before any L2 entry that uses them.
       await st.flushFiles(req);
-      const anyNew = await st.writeL2Tables(req);
+      const anyNew = await writeL2Tables(st, req);
       if (st.l1Dirty.size) {
         if (anyNew || sync) await st.file.flush({ req });
-        await st.writeL1(req);
+        await writeL1(st, req);
       }
       if (sync) await st.file.flush({ req });
     } else if (wroteRefs && sync) {
@@ -71,7 +72,7 @@ async function applyPendingFrees(st: Qcow2State, req: RequestInfo | undefined): 
     if ((await getRefcount(st, Math.floor(off / st.cs), req)) === 1 && await isFixedMetadata(st, off)) continue;
     if ((await freeCluster(st, off, req)) === 0) released.push(off);
   }
-  await st.writeRefblocks(req);
+  await writeRefblocks(st, req);
   if (st.mode === "metadata-sync") await st.file.flush({ req });
   // Give the space back to the host (QEMU passes discards of freed clusters down).
   // A freed cluster that is still metadata (its refcount was wrong) keeps

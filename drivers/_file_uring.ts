@@ -321,7 +321,8 @@ export class Uring {
   #enter(): void {
     const toSubmit = (this.#tail - this.#entered) >>> 0;
     if (toSubmit > 0) {
-      this.#sq[this.#sqTail] = this.#tail;
+      // The SQEs are written before the tail moves (a releasing store).
+      Atomics.store(this.#sq, this.#sqTail, this.#tail);
       // With DEFER_TASKRUN the submission also posts what has completed meanwhile (GETEVENTS, min_complete 0: no waiting).
       const submit = () =>
         this.#deferred ? this.#getEvents(toSubmit) : this.#s.uringEnter(SYS_io_uring_enter, this.#fd, toSubmit, 0, 0, null, 0);
@@ -336,7 +337,7 @@ export class Uring {
         this.stats.submitted += r;
       }
       // What the kernel consumed (it may take fewer than offered).
-      this.#entered = this.#sq[this.#sqHead];
+      this.#entered = Atomics.load(this.#sq, this.#sqHead);
     }
     this.#reap();
     if (!this.#pumping && this.#inFlight > 0) this.#pump = this.#run();
@@ -403,7 +404,8 @@ export class Uring {
   #reap(): void {
     const cq = this.#cq;
     let head = cq[this.#cqHead];
-    const tail = cq[this.#cqTail];
+    // The kernel writes the CQEs before it moves the tail: an acquiring load (a plain one on x86, a barrier on arm64).
+    const tail = Atomics.load(cq, this.#cqTail);
     if (head === tail) return;
     const cqes = this.#cqes;
     const done: Slot[] = [];
@@ -418,7 +420,7 @@ export class Uring {
       done.push(slot);
       this.#release(id);
     }
-    cq[this.#cqHead] = head;
+    Atomics.store(cq, this.#cqHead, head);
     this.stats.completed += done.length;
     while (this.#queue.length > 0 && this.#free.length > 0) {
       const r = this.#queue.shift()!;

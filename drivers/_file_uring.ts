@@ -28,38 +28,22 @@
  * @module
  */
 
+import { type RingSetup, setupRing, type UringUnavailable } from "./_file_uring_setup.ts";
 import {
   EAGAIN,
   EBUSY,
-  EFD_CLOEXEC,
   EINTR,
-  EINVAL,
   EIO,
   IORING_CQ_EVENTFD_DISABLED,
   IORING_ENTER_GETEVENTS,
-  IORING_FEAT_SINGLE_MMAP,
   IORING_FSYNC_DATASYNC,
-  IORING_OFF_CQ_RING,
-  IORING_OFF_SQ_RING,
-  IORING_OFF_SQES,
-  IORING_REGISTER_EVENTFD,
-  IORING_SETUP_CLAMP,
   IORING_SETUP_DEFER_TASKRUN,
-  IORING_SETUP_SINGLE_ISSUER,
-  IORING_SETUP_SUBMIT_ALL,
-  IORING_SETUP_TASKRUN_FLAG,
   IORING_SQ_TASKRUN,
   IOSQE_IO_DRAIN,
-  loadSys,
-  MAP_FAILED,
-  MAP_SHARED_POPULATE,
   Op,
   P,
-  PROT_RW,
   type Sys,
   SYS_io_uring_enter,
-  SYS_io_uring_register,
-  SYS_io_uring_setup,
 } from "./_file_uring_sys.ts";
 
 /** Counters for tests and benchmarks. */
@@ -98,29 +82,6 @@ interface Queued {
   sqeFlags: number;
   slot: Slot;
 }
-
-/** Why a ring could not be set up: the errno from the step that failed. */
-export interface UringUnavailable {
-  /** The failing step (`io_uring_setup`, `mmap`, `eventfd`, `IORING_REGISTER_EVENTFD`, or `ffi` without the FFI permission). */
-  step: string;
-  /** Positive errno (0 for `ffi`). */
-  errno: number;
-}
-
-/**
- * Setup flags, best first. Without DEFER_TASKRUN every completion interrupts
- * the JS thread (task work), and the eventfd then wakes a worker thread that
- * wakes the JS thread again; with it, the kernel only signals the eventfd,
- * and the JS thread runs the completion work in one `io_uring_enter` per
- * wake-up. SINGLE_ISSUER (which DEFER_TASKRUN needs) holds: a ring is used
- * only from the thread that opened its node. An older kernel says EINVAL to
- * a flag it does not know (DEFER_TASKRUN 6.1, SUBMIT_ALL 5.18).
- */
-const SETUP_FLAGS = [
-  IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
-  IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL,
-  IORING_SETUP_CLAMP,
-];
 
 const addressOf = (buf: Uint8Array): number => Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf)));
 
@@ -162,7 +123,8 @@ export class Uring {
   /** Counters (submissions, enters, wake-ups, completions). */
   readonly stats: UringStats;
 
-  private constructor(s: Sys, fd: number, efd: number, params: DataView, maps: [Deno.PointerValue, number][], rings: ArrayBuffer[]) {
+  private constructor(ring: RingSetup) {
+    const { s, fd, efd, params, maps, rings } = ring;
     this.#s = s;
     this.#fd = fd;
     this.#efd = efd;
@@ -198,50 +160,8 @@ export class Uring {
    * ENOSYS on old kernels, EPERM under seccomp or `io_uring_disabled`).
    */
   static open(entries: number): Uring | UringUnavailable {
-    const s = loadSys();
-    if (!s) return { step: "ffi", errno: 0 };
-    const params = new Uint8Array(P.size);
-    const pv = new DataView(params.buffer);
-    let fd = -1;
-    for (const flags of SETUP_FLAGS) {
-      params.fill(0);
-      pv.setUint32(P.flags, flags, true);
-      fd = s.uringSetup(SYS_io_uring_setup, entries, params);
-      if (fd >= 0) break;
-      const e = s.errno();
-      if (e !== EINVAL || flags === SETUP_FLAGS.at(-1)) return { step: "io_uring_setup", errno: e };
-    }
-    const maps: [Deno.PointerValue, number][] = [];
-    const fail = (step: string, errno: number): UringUnavailable => {
-      for (const [p, len] of maps) s.munmap(p, len);
-      s.close(fd);
-      return { step, errno };
-    };
-    const u32 = (o: number) => pv.getUint32(o, true);
-    const sqEntries = u32(P.sqEntries);
-    const sqSize = u32(P.sqOff + 24) + sqEntries * 4;
-    const cqSize = u32(P.cqOff + 20) + u32(P.cqEntries) * 16;
-    const single = (u32(P.features) & IORING_FEAT_SINGLE_MMAP) !== 0;
-    const map = (len: number, off: number): ArrayBuffer | undefined => {
-      const p = s.mmap(null, len, PROT_RW, MAP_SHARED_POPULATE, fd, off);
-      if (p === null || BigInt(Deno.UnsafePointer.value(p)) === MAP_FAILED) return undefined;
-      maps.push([p, len]);
-      return Deno.UnsafePointerView.getArrayBuffer(p, len);
-    };
-    const sqBuf = map(single ? Math.max(sqSize, cqSize) : sqSize, IORING_OFF_SQ_RING);
-    const cqBuf = sqBuf && (single ? sqBuf : map(cqSize, IORING_OFF_CQ_RING));
-    const sqeBuf = cqBuf && map(sqEntries * 64, IORING_OFF_SQES);
-    if (!sqBuf || !cqBuf || !sqeBuf) return fail("mmap", s.errno());
-    const efd = s.eventfd(0, EFD_CLOEXEC);
-    if (efd < 0) return fail("eventfd", s.errno());
-    const arg = new Uint8Array(4);
-    new DataView(arg.buffer).setInt32(0, efd, true);
-    if (s.uringRegister(SYS_io_uring_register, fd, IORING_REGISTER_EVENTFD, arg, 1) < 0) {
-      const e = s.errno();
-      s.close(efd);
-      return fail("IORING_REGISTER_EVENTFD", e);
-    }
-    return new Uring(s, fd, efd, pv, maps, [sqBuf, cqBuf, sqeBuf]);
+    const r = setupRing(entries);
+    return "step" in r ? r : new Uring(r);
   }
 
   /** Requests submitted and not completed (queued ones included). */

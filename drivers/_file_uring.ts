@@ -118,6 +118,8 @@ export class Uring {
   /** SQEs were written since the submission microtask was queued. */
   #added = false;
   #pumping = false;
+  /** The pump is blocked on the eventfd right now. */
+  #waiting = false;
   #pump: Promise<void> = Promise.resolve();
   #closed = false;
   /** Counters (submissions, enters, wake-ups, completions). */
@@ -261,6 +263,16 @@ export class Uring {
     }
     this.#reap();
     if (!this.#pumping && this.#inFlight > 0) this.#pump = this.#run();
+    // Everything completed during submissions (page-cached requests complete in io_uring_enter, with the eventfd switched
+    // off): a pump still blocked on the eventfd would wait for nothing (and keep the process alive); release it.
+    else if (this.#waiting && this.#inFlight === 0) this.#wake();
+  }
+
+  /** Ends a pending eventfd wait. */
+  #wake(): void {
+    const one = new Uint8Array(8);
+    one[0] = 1;
+    this.#s.write(this.#efd, one, 8);
   }
 
   /**
@@ -303,7 +315,9 @@ export class Uring {
     this.#pumping = true;
     try {
       while (this.#inFlight > 0) {
+        this.#waiting = true;
         const n = await this.#s.readAsync(this.#efd, this.#efdBuf, 8);
+        this.#waiting = false;
         if (n !== 8) {
           this.#failAll();
           return;
@@ -380,9 +394,7 @@ export class Uring {
     this.#closed = true;
     // A wait can outlive the last completion (reaped at a submission meanwhile): end it before the ring goes.
     if (this.#pumping) {
-      const one = new Uint8Array(8);
-      one[0] = 1;
-      this.#s.write(this.#efd, one, 8);
+      this.#wake();
       await this.#pump;
     }
     for (const [p, len] of this.#maps) this.#s.munmap(p, len);

@@ -9,7 +9,7 @@
 
 import { BlockError } from "./errors.ts";
 import { MAX_LENGTH } from "./request.ts";
-import type { DriverInstanceOf, SnapshotInfo } from "./types.ts";
+import type { CheckOptions, CheckResult, DriverInstanceOf, SnapshotInfo } from "./types.ts";
 import { type CoreNode, coreOf, type NodeCore } from "./_node_core.ts";
 
 /** The core whose driver implements `key`: `c` or the first one down through filters. */
@@ -83,6 +83,14 @@ export async function holdWhole<N extends CoreNode<N>, T>(
   }
 }
 
+/** Checks (and with `repair` repairs) the image's metadata (`BlockNode.check`): ENOTSUP when no node below can. */
+export function checkImage<N extends CoreNode<N>>(c: NodeCore<N>, opts: CheckOptions): Promise<CheckResult> {
+  if (!implementer(c, "check")) {
+    return Promise.reject(new BlockError("ENOTSUP", "This image format does not support checks", { node: c.name }));
+  }
+  return imageOp(c, "check", "check", opts.repair !== undefined, (i) => i.check!(opts));
+}
+
 /**
  * The core serving snapshot operations (QEMU's bdrv_snapshot_fallback):
  * this node when its driver has any snapshot callback, else the same search
@@ -99,6 +107,19 @@ export function snapshotCore<N extends CoreNode<N>>(c: NodeCore<N>): NodeCore<N>
     n = coreOf(child);
   }
   return undefined;
+}
+
+/** The image's internal snapshots (`BlockNode.snapshotList`): empty when its format has none. */
+export async function snapshotList<N extends CoreNode<N>>(c: NodeCore<N>): Promise<SnapshotInfo[]> {
+  const n = snapshotCore(c);
+  return n && n.inst.snapshotList ? await n.inst.snapshotList() : [];
+}
+
+/** Creates an internal snapshot (`BlockNode.snapshotCreate`), flushing first what was written so the snapshot holds it. */
+export async function snapshotCreate<N extends CoreNode<N>>(c: NodeCore<N>, info: SnapshotInfo): Promise<void> {
+  const n = snapshotCore(c);
+  if (n && n.inst.snapshotCreate && !c.readOnly) await c.node.flush();
+  return await snapshotOp(c, "snapshotCreate", "create a snapshot", info);
 }
 
 /** Creates, deletes or applies a snapshot on the node serving snapshots. */

@@ -149,6 +149,34 @@ export class NodeCore<N extends CoreNode<N>> {
     cores.set(node, this);
   }
 
+  /** Attaches the driver instance (`BlockNode.attach`) and takes its limits. */
+  attach(inst: DriverInstanceOf<N>): void {
+    this.inst = inst;
+    this.refreshLimits();
+    graphChanged();
+  }
+
+  /** Attaches `child` under `role` (`BlockNode.attachChild`); the child then serves a parent. */
+  attachChild(role: ChildRole, child: N): void {
+    const children = this.node.children;
+    const old = children.get(role);
+    if (old) coreOf(old).parents--;
+    children.set(role, child);
+    coreOf(child).parents++;
+    graphChanged();
+  }
+
+  /** Takes the driver's limits (after defaults), checking that the request alignment is a power of two. */
+  refreshLimits(): void {
+    const l = { ...defaultLimits(), ...this.inst.limits };
+    if (!Number.isInteger(l.requestAlignment) || l.requestAlignment < 1 || (l.requestAlignment & (l.requestAlignment - 1)) !== 0) {
+      throw new BlockError("EINVAL", `Node '${this.name}': request alignment ${l.requestAlignment} is not a power of two`, {
+        node: this.name,
+      });
+    }
+    this.limits = l;
+  }
+
   /** Node counters. */
   get stats(): NodeStats {
     return this.node.stats;

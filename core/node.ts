@@ -11,16 +11,16 @@
  * @module
  */
 
-import { BlockError } from "./errors.ts";
 import type { BlkdebugEvent } from "./events.ts";
 import { newRequest, newStats, type NodeConfigOf, type NodeEventOf, type NodeListenerOf, type NodeStats } from "./request.ts";
 import type * as t from "./types.ts";
-import { defaultLimits, graphChanged, NodeCore } from "./_node_core.ts";
+import { NodeCore } from "./_node_core.ts";
 import { readRequest, sectorOffset, writeRequest } from "./_read_write.ts";
 import { discardRequest, zeroesRequest } from "./_zero_discard.ts";
 import { flushCount, flushRequest } from "./_flush.ts";
 import { statusRequest, truncateRequest } from "./_status_resize.ts";
 import * as ops from "./_image_ops.ts";
+import * as bitmaps from "./_bitmap_ops.ts";
 
 /** Driver callbacks as the driver sees them (mirror of the node's operations); see `DriverInstanceOf` in `core/types.ts`. */
 export type DriverInstance = t.DriverInstanceOf<BlockNode>;
@@ -97,18 +97,12 @@ export class BlockNode {
 
   /** Attaches the driver instance (done once by the opener). */
   attach(inst: DriverInstance): void {
-    this.#c.inst = inst;
-    this.refreshLimits();
-    graphChanged();
+    this.#c.attach(inst);
   }
 
   /** Attaches `child` under `role` (done by the opener); the child then serves a parent. */
   attachChild(role: t.ChildRole, child: BlockNode): void {
-    const old = this.children.get(role);
-    if (old) old.#c.parents--;
-    this.children.set(role, child);
-    child.#c.parents++;
-    graphChanged();
+    this.#c.attachChild(role, child);
   }
 
   /** Another node holds this one as a child. */
@@ -123,13 +117,7 @@ export class BlockNode {
 
   /** Re-reads the driver's limits (after it changes them). */
   refreshLimits(): void {
-    const l = { ...defaultLimits(), ...this.#c.inst.limits };
-    if (!Number.isInteger(l.requestAlignment) || l.requestAlignment < 1 || (l.requestAlignment & (l.requestAlignment - 1)) !== 0) {
-      throw new BlockError("EINVAL", `Node '${this.name}': request alignment ${l.requestAlignment} is not a power of two`, {
-        node: this.name,
-      });
-    }
-    this.#c.limits = l;
+    this.#c.refreshLimits();
   }
 
   /** The limits in force (after defaults). */
@@ -316,10 +304,7 @@ export class BlockNode {
    * the format node see the check's I/O), optionally repairing it.
    */
   check(opts: t.CheckOptions = {}): Promise<t.CheckResult> {
-    if (!ops.implementer(this.#c, "check")) {
-      return Promise.reject(new BlockError("ENOTSUP", "This image format does not support checks", { node: this.name }));
-    }
-    return ops.imageOp(this.#c, "check", "check", opts.repair !== undefined, (i) => i.check!(opts));
+    return ops.checkImage(this.#c, opts);
   }
 
   // ---- internal snapshots (QEMU's bdrv_snapshot_*) ----------------------
@@ -339,16 +324,13 @@ export class BlockNode {
   }
 
   /** The image's internal snapshots (empty when its format has none). */
-  async snapshotList(): Promise<t.SnapshotInfo[]> {
-    const n = ops.snapshotCore(this.#c);
-    return n && n.inst.snapshotList ? await n.inst.snapshotList() : [];
+  snapshotList(): Promise<t.SnapshotInfo[]> {
+    return ops.snapshotList(this.#c);
   }
 
   /** Creates an internal snapshot (qemu-img snapshot -c); what was written before is flushed first, so the snapshot holds it. */
-  async snapshotCreate(info: t.SnapshotInfo): Promise<void> {
-    const n = ops.snapshotCore(this.#c);
-    if (n && n.inst.snapshotCreate && !this.readOnly) await this.flush();
-    return await ops.snapshotOp(this.#c, "snapshotCreate", "create a snapshot", info);
+  snapshotCreate(info: t.SnapshotInfo): Promise<void> {
+    return ops.snapshotCreate(this.#c, info);
   }
 
   /** Deletes an internal snapshot by ID or name (qemu-img snapshot -d). */
@@ -391,41 +373,22 @@ export class BlockNode {
    * ```
    */
   bitmapAdd(name: string, opts: t.BitmapAddOptions = {}): Promise<void> {
-    if (!ops.implementer(this.#c, "bitmapAdd")) {
-      return Promise.reject(
-        new BlockError("ENOTSUP", `Can't store persistent bitmaps to '${this.name}': format '${this.formatName}' has no bitmaps`, {
-          node: this.name,
-        }),
-      );
-    }
-    return ops.imageOp(this.#c, "bitmapAdd", `add bitmap '${name}' to`, true, (i) => i.bitmapAdd!(name, opts));
-  }
-
-  #bitmapOp(key: "bitmapRemove" | "bitmapClear", name: string, what: string): Promise<void> {
-    if (!ops.implementer(this.#c, key)) return Promise.reject(bitmapNotFound(this.name, name));
-    return ops.imageOp(this.#c, key, `${what} bitmap '${name}' of`, true, (i) => i[key]!(name));
+    return bitmaps.bitmapAdd(this.#c, name, opts);
   }
 
   /** Removes a dirty bitmap from the image (--remove). */
   bitmapRemove(name: string): Promise<void> {
-    return this.#bitmapOp("bitmapRemove", name, "remove");
+    return bitmaps.bitmapRemoveOrClear(this.#c, "bitmapRemove", name, "remove");
   }
 
   /** Marks a dirty bitmap all clean (--clear). */
   bitmapClear(name: string): Promise<void> {
-    return this.#bitmapOp("bitmapClear", name, "clear");
+    return bitmaps.bitmapRemoveOrClear(this.#c, "bitmapClear", name, "clear");
   }
 
   /** Makes a dirty bitmap record writes (--enable); `false` stops it (--disable). */
   bitmapEnable(name: string, enabled = true): Promise<void> {
-    if (!ops.implementer(this.#c, "bitmapSetEnabled")) return Promise.reject(bitmapNotFound(this.name, name));
-    return ops.imageOp(
-      this.#c,
-      "bitmapSetEnabled",
-      `${enabled ? "enable" : "disable"} bitmap '${name}' of`,
-      true,
-      (i) => i.bitmapSetEnabled!(name, enabled),
-    );
+    return bitmaps.bitmapEnable(this.#c, name, enabled);
   }
 
   /** Stops a dirty bitmap recording writes (--disable). */
@@ -438,53 +401,21 @@ export class BlockNode {
    * (--merge), from this image or from `source.node`, which must have the
    * same size (qemu-img bitmap --merge SOURCE [-b FILE]).
    */
-  async bitmapMerge(name: string, source: { name: string; node?: BlockNode }): Promise<void> {
-    const src = source.node ?? this;
-    // The source answers first, so a missing or inconsistent source fails before the target changes.
-    await src.bitmapExtent(source.name, 0, 0);
-    if (src.length !== this.length) {
-      throw new BlockError(
-        "EINVAL",
-        `Bitmaps are of different sizes (destination size is ${this.length}, source size is ${src.length}) and can't be merged`,
-        { node: this.name },
-      );
-    }
-    if (!ops.implementer(this.#c, "bitmapMerge")) throw bitmapNotFound(this.name, name);
-    await ops.imageOp(
-      this.#c,
-      "bitmapMerge",
-      `merge into bitmap '${name}' of`,
-      true,
-      (i) => i.bitmapMerge!(name, src.bitmapDirtyRanges(source.name)),
-    );
+  bitmapMerge(name: string, source: { name: string; node?: BlockNode }): Promise<void> {
+    return bitmaps.bitmapMerge(this.#c, name, source.node ? source.node.#c : this.#c, source.name);
   }
 
   /**
    * The run of equal state in bitmap `name` that starts at `offset` (at most
    * `length` bytes, never past the end): whether it is dirty and how far.
    */
-  async bitmapExtent(name: string, offset: number, length: number): Promise<t.DirtyExtent> {
-    const n = ops.implementer(this.#c, "bitmapExtent");
-    if (!n) throw bitmapNotFound(this.name, name);
-    this.#c.check("query bitmap of", offset, length, false);
-    const end = Math.min(this.length, offset + length);
-    const e = await n.inst.bitmapExtent!(name, offset, Math.max(0, end - offset));
-    if (offset >= end) return { offset, length: 0, dirty: false };
-    return { offset, length: Math.max(1, Math.min(e.length, end - offset)), dirty: e.dirty };
+  bitmapExtent(name: string, offset: number, length: number): Promise<t.DirtyExtent> {
+    return bitmaps.bitmapExtent(this.#c, name, offset, length);
   }
 
   /** The dirty runs of bitmap `name` in `[offset, offset + length)`, in order (what an incremental backup copies). */
-  async *bitmapDirtyRanges(name: string, offset = 0, length = Infinity): AsyncGenerator<t.DirtyExtent> {
-    const end = Math.min(this.length, offset + length);
-    if (offset >= end) {
-      await this.bitmapExtent(name, offset, 0);
-      return;
-    }
-    for (let at = offset; at < end;) {
-      const e = await this.bitmapExtent(name, at, end - at);
-      if (e.dirty) yield e;
-      at += e.length;
-    }
+  bitmapDirtyRanges(name: string, offset = 0, length = Infinity): AsyncGenerator<t.DirtyExtent> {
+    return bitmaps.bitmapDirtyRanges(this.#c, name, offset, length);
   }
 
   // ---- VM state (QEMU's bdrv_load_vmstate / bdrv_save_vmstate) --------
@@ -594,8 +525,4 @@ export class BlockNode {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
-}
-
-function bitmapNotFound(node: string, name: string): BlockError {
-  return new BlockError("ENOENT", `Dirty bitmap '${name}' not found`, { node });
 }

@@ -14,20 +14,35 @@ const drivers = new Map<string, BlockDriver>();
 const unsupported = new Map<string, (head: Uint8Array, filename?: string) => number>();
 
 /**
- * Adds a driver to the registry (replacing one of the same name).
+ * Adds a driver to the registry (replacing one of the same name). The
+ * returned handle takes it out again when disposed, putting back the driver
+ * it replaced, so a test or a plugin host can scope a registration with
+ * `using`. A built-in that never disposes the handle stays registered.
  *
  * @example
  * ```ts
- * import { registerDriver } from "@blkgraph/blkgraph";
- * registerDriver({
- *   name: "null-co",
- *   kind: "protocol",
- *   open: () => Promise.resolve({ getLength: () => 1 << 30, pread: (_o, buf) => void buf.fill(0) }),
- * });
+ * import { driverNames, registerDriver } from "@blkgraph/blkgraph";
+ * {
+ *   using _ = registerDriver({
+ *     name: "zeros-demo",
+ *     kind: "protocol",
+ *     open: () => Promise.resolve({ getLength: () => 1 << 30, pread: (_o, buf) => void buf.fill(0) }),
+ *   });
+ *   console.log(driverNames().includes("zeros-demo")); // true
+ * }
+ * console.log(driverNames().includes("zeros-demo")); // false
  * ```
  */
-export function registerDriver(driver: BlockDriver): void {
+export function registerDriver(driver: BlockDriver): Disposable {
+  const replaced = drivers.get(driver.name);
   drivers.set(driver.name, driver);
+  return {
+    [Symbol.dispose]() {
+      if (drivers.get(driver.name) !== driver) return; // replaced since, or already disposed
+      if (replaced) drivers.set(driver.name, replaced);
+      else drivers.delete(driver.name);
+    },
+  };
 }
 
 /**

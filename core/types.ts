@@ -7,303 +7,46 @@
  * The interfaces that mention a node take it as a type parameter `N`, so
  * this module depends on nothing; `core/node.ts` binds them to `BlockNode`
  * (`DriverInstance`, `BlockDriver`, `OpenContext`, ...), the names drivers
- * use.
+ * use. The request vocabulary (`_request_types.ts`) and the types of the
+ * image operations (`_image_types.ts`) are re-exported from here.
  *
  * @module
  */
 
 import type { BlkdebugEvent } from "./events.ts";
+import type {
+  BlockLimits,
+  BlockStatusOf,
+  FilterCall,
+  RequestInfo,
+  RequestOptions,
+  SyncIo,
+  TruncateOptions,
+  WriteOptions,
+  WriteZeroesOptions,
+} from "./_request_types.ts";
+import type {
+  AmendOptions,
+  BitmapAddOptions,
+  BitmapInfo,
+  CheckOptions,
+  CheckResult,
+  DirtyExtent,
+  FormatOptions,
+  MeasureInputOf,
+  MeasureResult,
+  MetadataExtent,
+  SnapshotInfo,
+} from "./_image_types.ts";
+
+export type * from "./_request_types.ts";
+export type * from "./_image_types.ts";
 
 /** Roles a child can have under its parent (QEMU's child names). */
 export type ChildRole = "file" | "backing" | "data-file" | "image" | string;
 
 /** What kind of node a driver makes. */
 export type DriverKind = "protocol" | "format" | "filter";
-
-/** The operations a request can be. */
-export type RequestOp =
-  | "read"
-  | "write"
-  | "write-zeroes"
-  | "discard"
-  | "flush"
-  | "block-status"
-  | "truncate";
-
-/**
- * One request as it travels down the graph. A parent driver passes the
- * request it is serving to its children, so an event or an error deep in the
- * graph can name the top-level request that caused it.
- */
-export interface RequestInfo {
-  /** Process-wide request number. */
-  readonly id: number;
-  /** What the top-level request was. */
-  readonly op: RequestOp;
-  /** Node the request entered the graph at. */
-  readonly node: string;
-  /** Byte offset of the top-level request. */
-  readonly offset: number;
-  /** Byte length of the top-level request. */
-  readonly length: number;
-}
-
-/** Per-request options for writes. */
-export interface WriteOptions {
-  /** Force unit access: the data is durable when the write resolves. */
-  fua?: boolean;
-  /**
-   * Write the data compressed (QEMU's BDRV_REQ_WRITE_COMPRESSED): one whole
-   * cluster at a cluster-aligned offset (or the image's shorter last
-   * cluster). The node dispatches it to the driver's `pwriteCompressed`;
-   * filters pass it down; other drivers refuse it with ENOTSUP.
-   */
-  compressed?: boolean;
-  /** The request this write serves (set by parent drivers). */
-  req?: RequestInfo;
-}
-
-/** Per-request options for reads and other operations. */
-export interface RequestOptions {
-  /** The request this operation serves (set by parent drivers). */
-  req?: RequestInfo;
-}
-
-/** Options for write-zeroes. */
-export interface WriteZeroesOptions extends WriteOptions {
-  /** The range may be deallocated, as long as it reads back as zeros. */
-  mayUnmap?: boolean;
-  /** Fail with ENOTSUP instead of writing zero buffers when no fast path exists. */
-  noFallback?: boolean;
-}
-
-/** Options for truncate. */
-export interface TruncateOptions extends RequestOptions {
-  /** Preallocation for the grown part: off (default), metadata, falloc, full. */
-  prealloc?: "off" | "metadata" | "falloc" | "full";
-  /**
-   * Set by the core when the first `zeroFill` bytes of the grown part must
-   * read as zeros (a longer backing file would show through): the core
-   * zeroes them after the resize without falling back to writing zero
-   * buffers, so a driver that cannot must refuse before changing anything.
-   */
-  zeroFill?: number;
-}
-
-/** Size limits a driver declares; the core splits and pads requests to fit. */
-export interface BlockLimits {
-  /** Reads and writes are padded to multiples of this (power of two). */
-  requestAlignment: number;
-  /** Largest read or write passed to the driver in one call (0 = no limit). */
-  maxTransfer: number;
-  /** Preferred write-zeroes granularity (0 = none). */
-  optWriteZero: number;
-  /** Largest write-zeroes passed in one call (0 = no limit). */
-  maxWriteZero: number;
-  /** Preferred discard granularity (0 = none). */
-  optDiscard: number;
-  /** Largest discard passed in one call (0 = no limit). */
-  maxDiscard: number;
-}
-
-/** Allocation state of a range, as `blockStatus` reports it. */
-export interface BlockStatusOf<N> {
-  /** Start of the extent (the requested offset). */
-  offset: number;
-  /** Length of the extent; at least 1 byte, at most the requested length. */
-  length: number;
-  /** The range holds data (QEMU's BDRV_BLOCK_DATA). */
-  data: boolean;
-  /** The range reads as zeros (BDRV_BLOCK_ZERO). */
-  zero: boolean;
-  /** This node (not a backing file) defines the content (BDRV_BLOCK_ALLOCATED). */
-  allocated: boolean;
-  /**
-   * Some layer of the backing chain (this node or one below it) defines the
-   * content — qemu-img map's `present`. False for a range that is a hole in
-   * every layer; a zero cluster in a backing file is present at its depth.
-   * Absent means the same as `allocated`.
-   */
-  present?: boolean;
-  /** How many backing layers down the content comes from (0 = this node; the bottom layer when none defines it). */
-  depth?: number;
-  /** Where the data lives in {@linkcode BlockStatus.file}, when known. */
-  hostOffset?: number;
-  /** The protocol node holding the data at `hostOffset`. */
-  file?: N;
-  /** The range is compressed (qcow2). */
-  compressed?: boolean;
-}
-
-/**
- * A request passing through a filter, as its `intercept` hook sees it
- * (nbdkit's `next` pattern): what it is and where; the filter calls `next()`
- * to pass it on unchanged, or fails it, delays it, or logs around it.
- */
-export interface FilterCall {
-  /** The operation at this node. */
-  readonly op: RequestOp;
-  /** Byte offset (the new length for `truncate`; 0 for `flush`). */
-  readonly offset: number;
-  /** Byte length (0 for `flush` and `truncate`). */
-  readonly length: number;
-  /** The data of a write. */
-  readonly data?: Uint8Array;
-  /** A FUA write or write-zeroes. */
-  readonly fua?: boolean;
-  /** A compressed write. */
-  readonly compressed?: boolean;
-  /** The top-level request it serves. */
-  readonly req?: RequestInfo;
-}
-
-/**
- * Synchronous I/O a protocol driver can offer for the last-chance
- * write-back when the process exits through `Deno.exit()` (the `unload`
- * event runs no async code).
- */
-export interface SyncIo {
-  /** Writes `data` at `offset` now. */
-  pwrite(offset: number, data: Uint8Array): void;
-  /** Makes what was written durable now. */
-  flush(): void;
-}
-
-/** Options for a consistency check. */
-export interface CheckOptions {
-  /** Repair: `leaks` drops leaked references, `all` also fixes corruptions. */
-  repair?: "leaks" | "all";
-  /**
-   * Receives each line the check reports, as it is reported (qemu-img's
-   * stderr); the result's `messages` then stays empty, so a check of a badly
-   * damaged image does not keep millions of lines in memory.
-   */
-  onMessage?: (line: string) => void;
-}
-
-/**
- * What a consistency check found (QEMU's BdrvCheckResult); the fields mean
- * what `qemu-img check --output=json`'s kebab-case fields mean.
- */
-export interface CheckResult {
-  /** Refcounts too low and other metadata errors. */
-  corruptions: number;
-  /** Refcounts too high (wasted space). */
-  leaks: number;
-  /** Errors that stopped part of the check. */
-  checkErrors: number;
-  /** Corruptions repaired. */
-  corruptionsFixed: number;
-  /** Leaks repaired. */
-  leaksFixed: number;
-  /** End of the last used host cluster. */
-  imageEndOffset: number;
-  /** Guest clusters of the virtual disk. */
-  totalClusters: number;
-  /** Guest clusters allocated. */
-  allocatedClusters: number;
-  /** Allocated clusters not following their predecessor. */
-  fragmentedClusters: number;
-  /** Compressed clusters. */
-  compressedClusters: number;
-  /** What the check reported, one line each ("Leaked cluster 5 refcount=1 reference=0"); empty with `onMessage`. */
-  messages: string[];
-}
-
-/** One internal snapshot of an image (QEMU's QEMUSnapshotInfo). */
-export interface SnapshotInfo {
-  /** Snapshot ID (unique in the image). */
-  id: string;
-  /** Snapshot name (tag). */
-  name: string;
-  /** Size of the saved VM state in bytes. */
-  vmStateSize: number;
-  /** Creation time, seconds since the epoch. */
-  dateSec: number;
-  /** Creation time, nanoseconds part. */
-  dateNsec: number;
-  /** VM clock at creation, nanoseconds. */
-  vmClockNsec: number;
-  /** Guest instructions executed at creation, when recorded. */
-  icount?: number;
-}
-
-/** Format options as `qemu-img create -o` / `amend -o` give them. */
-export type FormatOptions = Record<string, string | number | boolean>;
-
-/** Options for {@linkcode DriverInstance.amend}. */
-export interface AmendOptions {
-  /** Allow changes that lose information (qemu-img amend `--force`). */
-  force?: boolean;
-}
-
-/**
- * Kinds of metadata a format keeps in its file (qcow2's names; other formats
- * may add their own).
- */
-export type MetadataKind =
-  | "header"
-  | "l1"
-  | "l2"
-  | "refcount-table"
-  | "refcount-block"
-  | "snapshot-table"
-  | "snapshot-l1"
-  | "snapshot-l2"
-  | "bitmap-directory"
-  | "bitmap-table"
-  | "bitmap-data"
-  | "crypto-header"
-  | string;
-
-/** One stretch of a format's metadata in its file. */
-export interface MetadataExtent {
-  /** What the bytes hold. */
-  kind: MetadataKind;
-  /** Byte offset in the format's `file` child. */
-  offset: number;
-  /** Length in bytes (whole clusters for qcow2). */
-  length: number;
-  /** What it belongs to, for people ("L2 table 3", "snapshot 'before'"). */
-  label?: string;
-}
-
-/** One dirty bitmap of an image (QEMU's BlockDirtyInfo). */
-export interface BitmapInfo {
-  /** Bitmap name (unique in the image). */
-  name: string;
-  /** Bytes per bit. */
-  granularity: number;
-  /** Dirty bytes, counted in whole chunks of `granularity` (QEMU's `count`). */
-  count: number;
-  /** Records writes (enabled; the qcow2 `auto` flag). */
-  recording: boolean;
-  /** Stored in the image (persistent). */
-  persistent: boolean;
-  /**
-   * The image was not closed cleanly while the bitmap was in use (qcow2
-   * `in-use` flag at open): its content is lost and only removal is allowed.
-   */
-  inconsistent: boolean;
-}
-
-/** Options for {@linkcode DriverInstanceOf.bitmapAdd} (qemu-img bitmap `--add`). */
-export interface BitmapAddOptions {
-  /** Bytes per bit: a power of two of at least 512 (default: the cluster size, within 4 KiB..64 KiB, as QEMU picks it). */
-  granularity?: number;
-  /** Created disabled: it records nothing until enabled. */
-  disabled?: boolean;
-}
-
-/** A run of equal state in a dirty bitmap. */
-export interface DirtyExtent {
-  /** Start of the run (bytes). */
-  offset: number;
-  /** Length of the run (bytes, at least 1 inside the disk). */
-  length: number;
-  /** The run is dirty (was written since the bitmap was cleared). */
-  dirty: boolean;
-}
 
 /** Driver callbacks as the driver sees them (mirror of the node's operations). */
 export interface DriverInstanceOf<N> {
@@ -542,24 +285,4 @@ export interface BlockDriverOf<N> {
   readonly amendOptions?: readonly OptionHelp[];
   /** Computes the size an image of this format needs (qemu-img measure). */
   measure?(input: MeasureInputOf<N>): Promise<MeasureResult> | MeasureResult;
-}
-
-/** What {@linkcode BlockDriver.measure} is asked about. */
-export interface MeasureInputOf<N> {
-  /** Virtual size of the new image. */
-  size: number;
-  /** Format options of the new image (`cluster_size`, ...). */
-  options: FormatOptions;
-  /** The image whose data would be converted into it, if any (its allocation is counted). */
-  source?: N;
-}
-
-/** The answer of {@linkcode BlockDriver.measure} (qemu-img measure's fields). */
-export interface MeasureResult {
-  /** Bytes the image needs for the source's data. */
-  required: number;
-  /** Bytes of the image fully allocated. */
-  fullyAllocated: number;
-  /** Bytes of persistent bitmaps to copy (qcow2 with `--bitmaps`), when counted. */
-  bitmaps?: number;
 }

@@ -28,7 +28,8 @@ export const rawDriver: BlockDriver = {
     const offset = optSize(ctx.options, "offset", "raw") ?? 0;
     const fixedSize = optSize(ctx.options, "size", "raw");
     const file = (await ctx.openChild("file")) as BlockNode;
-    const name = ctx.node.name;
+    const node = ctx.node;
+    const name = node.name;
     if (offset > file.length) {
       throw new BlockError(
         "EINVAL",
@@ -66,14 +67,18 @@ export const rawDriver: BlockDriver = {
     const inst: DriverInstance = {
       getLength: length,
       supportsFua: true,
+      // QEMU's raw_co_preadv/pwritev raise BLKDBG_READ_AIO/WRITE_AIO on the file child before the request: a blkdebug
+      // node below sees them (they re-arm its inject rules, as iotest 289's data-file rules rely on).
       pread(off, buf, o) {
         checkWindow("read", off, buf.length, "EIO");
-        return file.pread(off + offset, buf, o);
+        const p = node.event("read_aio", o?.req);
+        return p ? p.then(() => file.pread(off + offset, buf, o)) : file.pread(off + offset, buf, o);
       },
       pwrite(off, data, o) {
         checkWindow("write", off, data.length);
         if (ctx.probed && off < SECTOR) refuseFormatChange(name, off, data);
-        return file.pwrite(off + offset, data, o);
+        const p = node.event("write_aio", o?.req);
+        return p ? p.then(() => file.pwrite(off + offset, data, o)) : file.pwrite(off + offset, data, o);
       },
       pwriteZeroes(off, len, o) {
         checkWindow("write zeroes to", off, len);

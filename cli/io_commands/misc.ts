@@ -10,7 +10,8 @@ import { isPlainObject, parseDotted } from "../../core/spec.ts";
 import { errorMessage, formatNode } from "../_common.ts";
 import { dumpHuman } from "../info.ts";
 import { cvtstr } from "../_common.ts";
-import { cvtnum, failed, type IoCommand, report, REQUEST_MAX_BYTES, strerror, usage, usageLine } from "./_session.ts";
+import { cvtnum, failed, type IoCommand, REQUEST_MAX_BYTES, strerror, usage, usageLine } from "./_session.ts";
+import { timedRequest } from "./_timed.ts";
 
 const flush: IoCommand = {
   name: "flush",
@@ -45,15 +46,8 @@ const discard: IoCommand = {
       s.print(`length cannot exceed ${REQUEST_MAX_BYTES}, given ${operands[1]}\n`);
       return false;
     }
-    const t0 = performance.now();
-    try {
-      await s.node!.pdiscard(offset, count);
-    } catch (e) {
-      failed(s, "discard", e);
-      return false;
-    }
-    if (!flags.has("q")) s.print(report("discard", performance.now() - t0, offset, count, count, 1, flags.has("C")));
-    return true;
+    const node = s.node!;
+    return await timedRequest(s, flags, { what: "discard", op: "discard", offset, count, call: () => node.pdiscard(offset, count) });
   },
 };
 

@@ -10,16 +10,15 @@
 import {
   cvtnum,
   dumpBuffer,
-  failed,
   type IoCommand,
   type IoFlags,
   type IoSession,
   parsePattern,
-  report,
   REQUEST_MAX_BYTES,
   strerror,
   usage,
 } from "./_session.ts";
+import { timedRequest } from "./_timed.ts";
 
 /** Reads `-P` (undefined: not given; null: invalid, message printed). */
 function patternFlag(s: IoSession, flags: IoFlags): number | undefined | null {
@@ -28,9 +27,16 @@ function patternFlag(s: IoSession, flags: IoFlags): number | undefined | null {
   return parsePattern(s, p) ?? null;
 }
 
-function mismatch(buf: Uint8Array, byte: number): boolean {
-  for (let i = 0; i < buf.length; i++) if (buf[i] !== byte) return true;
-  return false;
+/** `-P`'s check of what was read: prints qemu-io's mismatch line and returns false when a byte of `buf` differs. */
+function verifyPattern(s: IoSession, buf: Uint8Array, byte: number | undefined, at: number): boolean {
+  if (byte === undefined) return true;
+  for (let i = 0; i < buf.length; i++) {
+    if (buf[i] !== byte) {
+      s.print(`Pattern verification failed at offset ${at}, ${buf.length} bytes\n`);
+      return false;
+    }
+  }
+  return true;
 }
 
 /** `off` and `len`, each checked as qemu-io does; undefined after printing the error. */
@@ -112,25 +118,17 @@ const read: IoCommand = {
     }
     if (flags.has("b") && !sectorAligned(s, offset, count)) return false;
     const buf = new Uint8Array(count);
-    const t0 = performance.now();
-    try {
+    const node = s.node!;
+    return await timedRequest(s, flags, {
+      what: "read",
+      op: "read",
+      offset,
+      count,
       // -b: the VM state area (qcow2 keeps it after the guest data).
-      if (flags.has("b")) await s.node!.loadVmstate(offset, buf);
-      else await s.node!.pread(offset, buf);
-    } catch (e) {
-      failed(s, "read", e);
-      return false;
-    }
-    const ms = performance.now() - t0;
-    let ok = true;
-    if (byte !== undefined && mismatch(buf.subarray(so, so + sl), byte)) {
-      s.print(`Pattern verification failed at offset ${offset + so}, ${sl} bytes\n`);
-      ok = false;
-    }
-    if (flags.has("q")) return ok;
-    if (flags.has("v")) s.print(dumpBuffer(buf, offset));
-    s.print(report("read", ms, offset, count, count, 1, flags.has("C")));
-    return ok;
+      call: () => (flags.has("b") ? node.loadVmstate(offset, buf) : node.pread(offset, buf)),
+      verify: () => verifyPattern(s, buf.subarray(so, so + sl), byte, offset + so),
+      dump: () => dumpBuffer(buf, offset),
+    });
   },
 };
 
@@ -199,18 +197,17 @@ const write: IoCommand = {
       if (!data) return false;
     }
     const node = s.node!;
-    const t0 = performance.now();
-    try {
-      if (flags.has("b")) await node.saveVmstate(offset, data!);
-      else if (zero) await node.pwriteZeroes(offset, count, { mayUnmap: flags.has("u"), noFallback: flags.has("n"), fua });
-      else await node.pwrite(offset, data!, { fua, compressed: flags.has("c") });
-    } catch (e) {
-      failed(s, "write", e);
-      return false;
-    }
-    if (flags.has("q")) return true;
-    s.print(report("wrote", performance.now() - t0, offset, count, count, 1, flags.has("C")));
-    return true;
+    return await timedRequest(s, flags, {
+      what: "write",
+      op: "wrote",
+      offset,
+      count,
+      call: () => {
+        if (flags.has("b")) return node.saveVmstate(offset, data!);
+        if (zero) return node.pwriteZeroes(offset, count, { mayUnmap: flags.has("u"), noFallback: flags.has("n"), fua });
+        return node.pwrite(offset, data!, { fua, compressed: flags.has("c") });
+      },
+    });
   },
 };
 
@@ -231,23 +228,16 @@ const readv: IoCommand = {
     const total = vectorLengths(s, operands.slice(1));
     if (total === undefined) return false;
     const buf = new Uint8Array(total);
-    const t0 = performance.now();
-    try {
-      await s.node!.pread(offset, buf);
-    } catch (e) {
-      failed(s, "readv", e);
-      return false;
-    }
-    const ms = performance.now() - t0;
-    let ok = true;
-    if (byte !== undefined && mismatch(buf, byte)) {
-      s.print(`Pattern verification failed at offset ${offset}, ${total} bytes\n`);
-      ok = false;
-    }
-    if (flags.has("q")) return ok;
-    if (flags.has("v")) s.print(dumpBuffer(buf, offset));
-    s.print(report("read", ms, offset, total, total, 1, flags.has("C")));
-    return ok;
+    const node = s.node!;
+    return await timedRequest(s, flags, {
+      what: "readv",
+      op: "read",
+      offset,
+      count: total,
+      call: () => node.pread(offset, buf),
+      verify: () => verifyPattern(s, buf, byte, offset),
+      dump: () => dumpBuffer(buf, offset),
+    });
   },
 };
 
@@ -268,16 +258,15 @@ const writev: IoCommand = {
     if (offset === undefined) return false;
     const total = vectorLengths(s, operands.slice(1));
     if (total === undefined) return false;
-    const t0 = performance.now();
-    try {
-      await s.node!.pwrite(offset, new Uint8Array(total).fill(byte ?? 0xcd), { fua: flags.has("f") });
-    } catch (e) {
-      failed(s, "writev", e);
-      return false;
-    }
-    if (flags.has("q")) return true;
-    s.print(report("wrote", performance.now() - t0, offset, total, total, 1, flags.has("C")));
-    return true;
+    const node = s.node!;
+    const data = new Uint8Array(total).fill(byte ?? 0xcd);
+    return await timedRequest(s, flags, {
+      what: "writev",
+      op: "wrote",
+      offset,
+      count: total,
+      call: () => node.pwrite(offset, data, { fua: flags.has("f") }),
+    });
   },
 };
 
@@ -287,8 +276,8 @@ const writev: IoCommand = {
  * submitted: a later I/O error or pattern mismatch is printed but does not
  * change the exit code.
  */
-function startAio(s: IoSession, work: () => Promise<void>): void {
-  const p: Promise<void> = work().catch((e) => s.print(`${strerror(e)}\n`)).finally(() => s.pending.delete(p));
+function startAio(s: IoSession, work: () => Promise<unknown>): void {
+  const p: Promise<void> = work().then(() => {}, (e) => s.print(`${strerror(e)}\n`)).finally(() => s.pending.delete(p));
   s.pending.add(p);
 }
 
@@ -315,19 +304,16 @@ const aioRead: IoCommand = {
     const node = s.node!;
     startAio(s, async () => {
       const buf = new Uint8Array(total);
-      const t0 = performance.now();
-      try {
-        await node.pread(offset, buf);
-      } catch (e) {
-        s.failed = true;
-        failed(s, "readv", e);
-        return;
-      }
-      const ms = performance.now() - t0;
-      if (byte !== undefined && mismatch(buf, byte)) s.print(`Pattern verification failed at offset ${offset}, ${total} bytes\n`);
-      if (flags.has("q")) return;
-      if (flags.has("v")) s.print(dumpBuffer(buf, offset));
-      s.print(report("read", ms, offset, total, total, 1, flags.has("C")));
+      return await timedRequest(s, flags, {
+        what: "readv",
+        op: "read",
+        offset,
+        count: total,
+        aio: true,
+        call: () => node.pread(offset, buf),
+        verify: () => verifyPattern(s, buf, byte, offset),
+        dump: () => dumpBuffer(buf, offset),
+      });
     });
     return Promise.resolve(true);
   },
@@ -369,19 +355,18 @@ const aioWrite: IoCommand = {
     if (total === undefined) return Promise.resolve(false);
     const node = s.node!;
     const data = zero ? undefined : new Uint8Array(total).fill(byte ?? 0xcd);
-    startAio(s, async () => {
-      const t0 = performance.now();
-      try {
-        if (!data) await node.pwriteZeroes(offset, total, { mayUnmap: flags.has("u"), fua: flags.has("f") });
-        else await node.pwrite(offset, data, { fua: flags.has("f") });
-      } catch (e) {
-        s.failed = true;
-        failed(s, "aio_write", e);
-        return;
-      }
-      if (flags.has("q")) return;
-      s.print(report("wrote", performance.now() - t0, offset, total, total, 1, flags.has("C")));
-    });
+    startAio(s, () =>
+      timedRequest(s, flags, {
+        what: "aio_write",
+        op: "wrote",
+        offset,
+        count: total,
+        aio: true,
+        call: () =>
+          data
+            ? node.pwrite(offset, data, { fua: flags.has("f") })
+            : node.pwriteZeroes(offset, total, { mayUnmap: flags.has("u"), fua: flags.has("f") }),
+      }));
     return Promise.resolve(true);
   },
 };

@@ -31,8 +31,8 @@ Deno.test("open() probes a plain filename and falls back to raw", async () => {
 });
 
 Deno.test("a probed raw image refuses a first-sector write that would change its format", async () => {
-  // A format that claims files starting with "TEST".
-  registerDriver({
+  // A format that claims files starting with "TEST", registered for this test only.
+  using _ = registerDriver({
     name: "test-magic",
     kind: "format",
     probe: (head) => head[0] === 0x54 && head[1] === 0x45 && head[2] === 0x53 && head[3] === 0x54 ? 100 : 0,
@@ -86,7 +86,7 @@ Deno.test("open() with readOnly opens the whole graph read-only", async () => {
 });
 
 Deno.test("registerDriver() plugs in a user driver", async () => {
-  registerDriver({
+  using _ = registerDriver({
     name: "test-null",
     kind: "protocol",
     open: () => Promise.resolve({ getLength: () => 1 << 20, pread: (_o, buf) => void buf.fill(0) }),

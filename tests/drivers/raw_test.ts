@@ -202,3 +202,21 @@ Deno.test("qemu-io verifies a pattern written through raw over file", { ignore: 
   assert.doesNotMatch(r.stdout, /Pattern verification failed/);
   assert.equal(r.stdout.match(/read \d+\/\d+ bytes/g)?.length, 4);
 });
+
+Deno.test("raw raises read_aio before each read and write_aio before each write on its file child, as QEMU's raw driver", async () => {
+  const spec = (event: string, errno: number) => ({
+    driver: "raw",
+    file: { driver: "blkdebug", "inject-error": [{ event, errno, once: true }], image: { driver: "memory", size: 65536 } },
+  });
+  {
+    await using n = await open(spec("read_aio", 28));
+    await n.pwrite(0, new Uint8Array(512).fill(1)); // no read_aio: the rule stays unarmed
+    await assert.rejects(n.pread(0, new Uint8Array(512)), (e: BlockError) => e.code === "ENOSPC");
+  }
+  {
+    await using n = await open(spec("write_aio", 13));
+    await n.pread(0, new Uint8Array(512));
+    await assert.rejects(n.pwrite(0, new Uint8Array(512)), (e: BlockError) => e.code === "EACCES");
+    await n.pwrite(0, new Uint8Array(512)); // once: the rule is gone
+  }
+});

@@ -220,6 +220,27 @@ const differential: [string, string, [string, number, number][]][] = [
     '[inject-error]\nevent = "pwritev_done"\nstate = "2"\n[set-state]\nevent = "pwritev_done"\nstate = "1"\nnew_state = "2"\n',
     [["write", 0, 512], ["read", 0, 512], ["write", 0, 512], ["read", 0, 512]],
   ],
+  [
+    "set-state runs after the inject rules of the same event",
+    '[inject-error]\nevent = "pwritev"\nstate = "1"\nerrno = "28"\nonce = "on"\n[inject-error]\nevent = "pwritev"\nstate = "2"\nerrno = "13"\n' +
+    '[set-state]\nevent = "pwritev"\nstate = "1"\nnew_state = "2"\n',
+    [["write", 0, 512], ["write", 0, 512], ["read", 0, 512], ["write", 0, 512]],
+  ],
+  [
+    "two inject rules armed by one event",
+    '[inject-error]\nevent = "pwritev"\nerrno = "28"\nonce = "on"\n[inject-error]\nevent = "pwritev"\nerrno = "13"\nonce = "on"\n',
+    [["write", 0, 512], ["write", 0, 512], ["write", 0, 512], ["read", 0, 512]],
+  ],
+  [
+    "an event's inject rules replace the ones an earlier event armed",
+    '[inject-error]\nevent = "pwritev"\niotype = "read"\nerrno = "28"\n[inject-error]\nevent = "read_aio"\niotype = "write"\nerrno = "13"\n',
+    [["write", 0, 512], ["read", 0, 512], ["write", 0, 512], ["read", 0, 512], ["read", 0, 512]],
+  ],
+  [
+    "sector rules armed together, each failing only its own sector",
+    '[inject-error]\nevent = "pwritev"\nsector = "8"\nerrno = "28"\n[inject-error]\nevent = "pwritev"\nsector = "16"\nerrno = "13"\n',
+    [["write", 4096, 512], ["write", 8192, 512], ["write", 0, 512], ["write", 4096, 8192]],
+  ],
 ];
 
 for (const [what, cfg, cmds] of differential) {

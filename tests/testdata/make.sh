@@ -129,7 +129,7 @@ fixture info-v2.qcow2 "empty 1 MiB, version 2"
 new -o lazy_refcounts=on,extended_l2=on info-lazy-extl2.qcow2 1M
 fixture info-lazy-extl2.qcow2 "empty 1 MiB, lazy refcounts and extended L2"
 
-# --- check_test: a busy image (data, a snapshot, overwritten data, a compressed cluster) ---
+# --- check_*_test.ts: a busy image (data, a snapshot, overwritten data, a compressed cluster) ---
 busy() { # busy NAME CLUSTER_SIZE [OPTS]
   new ${3:+-o "$3"} "$1" 64M
   io "$1" "write -P 1 0 1M" "write -P 2 10M 300k"

@@ -1,0 +1,179 @@
+/**
+ * Creating images (`createImage`, `checkImageCreate`): every option and the
+ * size are validated before a file exists, the protocol's object is made
+ * (a host file, an RBD image), and the format writes its empty layout onto
+ * it. Re-exported by `core/open.ts`.
+ *
+ * @module
+ */
+
+import { BlockError } from "./errors.ts";
+import { BlockNode } from "./node.ts";
+import { type Options, parseSize } from "./options.ts";
+import { driverForPrefix, getDriver } from "./registry.ts";
+import { type BlockSpec, isPlainObject, normaliseSpec } from "./spec.ts";
+import type { BlockDriver } from "./node.ts";
+import { hasProtocol, openNode, unknownProtocol, withoutKey } from "./_open_node.ts";
+
+/**
+ * The protocol node at the bottom of a `file` spec given to createImage
+ * (below any filters) is created as QEMU's bdrv_create_file does: a host
+ * file gets `create: true`, a protocol with `createFile` (rbd) makes its
+ * object first.
+ */
+async function withProtocolCreated(spec: Options, size: number): Promise<Options> {
+  const child = isPlainObject(spec.file) ? "file" : isPlainObject(spec.image) ? "image" : undefined;
+  if (child) return { ...spec, [child]: await withProtocolCreated(spec[child] as Options, size) };
+  const name = typeof spec.driver === "string" ? spec.driver : "file";
+  if (name === "file") return spec.create === undefined ? { ...spec, driver: "file", create: true } : spec;
+  const driver = getDriver(name);
+  if (driver.kind === "protocol" && driver.createFile) await driver.createFile(withoutKey(spec, "driver"), size);
+  return spec;
+}
+
+/** Options for {@linkcode createImage}. */
+export interface CreateOptions {
+  /** Format options (`cluster_size`, `compat`, `backing_file`, ...). */
+  options?: Record<string, string | number | boolean>;
+  /** Protocol node options for the new file (e.g. `{driver: "memory"}`); default a host file. */
+  file?: Options | BlockNode;
+}
+
+/**
+ * Creates an image: an empty file of the format's layout and virtual `size`
+ * (rounded up to whole 512-byte sectors, as QEMU's drivers do).
+ *
+ * @example
+ * ```ts
+ * import { createImage, open } from "@blkgraph/blkgraph";
+ * const path = await Deno.makeTempFile({ suffix: ".img" });
+ * await createImage(path, "raw", 1 << 20);
+ * await using img = await open(path);
+ * console.log(img.length); // 1048576
+ * await Deno.remove(path);
+ * ```
+ */
+export async function createImage(filename: string, format: string, size: number, opts: CreateOptions = {}): Promise<void> {
+  const plan = await planCreate(filename, format, size, opts);
+  // Not a host file: the protocol creates its object (an RBD image) first.
+  await plan.createFile?.();
+  let file: BlockNode | undefined;
+  try {
+    file = await openNode(plan.fileSpec, { readOnly: false, probe: false, top: false });
+    const allowed = file.allowBeyondEof;
+    file.allowBeyondEof = true; // the new image is written past the end of the empty file
+    try {
+      if (file.length > 0) await file.truncate(0);
+      await plan.driver.create!({ file, size: plan.size, options: plan.options, filename });
+      await file.flush();
+    } finally {
+      file.allowBeyondEof = allowed;
+    }
+  } catch (e) {
+    if (plan.created !== undefined) {
+      if (file && !(opts.file instanceof BlockNode)) await file.close().catch(() => {});
+      await Deno.remove(plan.created).catch(() => {});
+    }
+    throw e;
+  } finally {
+    if (file && !(opts.file instanceof BlockNode)) await file.close();
+  }
+}
+
+/**
+ * Validates what {@linkcode createImage} would do (format, size, every
+ * option, the protocol's own options) without touching any file: the
+ * errors `createImage` would raise before it writes.
+ *
+ * @example
+ * ```ts
+ * import { checkImageCreate } from "@blkgraph/blkgraph";
+ * import "../mod.ts";
+ * await checkImageCreate("/tmp/never-created.qcow2", "qcow2", 1 << 20, { options: { cluster_size: "3000" } })
+ *   .catch((e) => console.log(e.code)); // EINVAL
+ * ```
+ */
+export async function checkImageCreate(filename: string, format: string, size: number, opts: CreateOptions = {}): Promise<void> {
+  await planCreate(filename, format, size, opts);
+}
+
+interface CreatePlan {
+  driver: BlockDriver;
+  size: number;
+  options: Record<string, string | number | boolean>;
+  fileSpec: Options | BlockNode;
+  /** The file that creating makes (removed again on failure). */
+  created?: string;
+  /** Creates the protocol's object first (protocols that are not host files). */
+  createFile?: () => Promise<void>;
+}
+
+async function planCreate(filename: string, format: string, size: number, opts: CreateOptions): Promise<CreatePlan> {
+  const driver = getDriver(format);
+  if (!driver.create) throw new BlockError("ENOTSUP", `Cannot create '${filename}': format '${format}' does not support image creation`);
+  if (!Number.isSafeInteger(size) || size < 0) throw new BlockError("EINVAL", `Cannot create '${filename}': invalid size ${size}`);
+  size = Math.ceil(size / 512) * 512;
+  let options = opts.options ?? {};
+  let fileSpec: Options | BlockNode;
+  let created: string | undefined;
+  let createFile: (() => Promise<void>) | undefined;
+  if (opts.file instanceof BlockNode) fileSpec = opts.file;
+  else if (opts.file) {
+    // The protocol below filters (an RBD image under blkdebug) is created as QEMU's bdrv_create_file does.
+    const spec = normaliseSpec(opts.file as BlockSpec);
+    fileSpec = spec;
+    createFile = async () => {
+      plan.fileSpec = await withProtocolCreated(spec, size);
+    };
+  } else {
+    const spec = createFileSpec(filename);
+    // Options only the protocol takes (the file driver's extent_size_hint, nocow) go to the new file.
+    // size and preallocation stay with the format, whose create applies them through the file's truncate.
+    const proto = getDriver(String(spec.driver));
+    const own = new Set(["size", "preallocation", ...(driver.createOptions ?? []).map((o) => o.name)]);
+    for (const o of proto.createOptions ?? []) {
+      if (own.has(o.name) || !(o.name in options)) continue;
+      const { [o.name]: v, ...rest } = options;
+      spec[o.name.replaceAll("_", "-")] = v;
+      options = rest;
+    }
+    if (spec["extent-size-hint"] !== undefined) {
+      const hint = parseSize(spec["extent-size-hint"]);
+      if (hint === undefined) {
+        throw new BlockError(
+          "EINVAL",
+          `Invalid value '${String(spec["extent-size-hint"])}' for option 'extent_size_hint': expected a size`,
+        );
+      }
+      if (hint > 0xffffffff) throw new BlockError("EINVAL", `Extent size hint is too large (extent_size_hint ${hint})`);
+    }
+    fileSpec = spec;
+    if (spec.driver === "file" && typeof spec.filename === "string" && !(await exists(spec.filename))) created = spec.filename;
+  }
+  // Everything is validated before a file exists (a failed create leaves nothing behind).
+  await driver.checkCreate?.({ size, options, filename });
+  const protocol = opts.file ? undefined : driverForPrefix(filename);
+  if (protocol?.createFile && protocol.parseFilename) createFile = () => protocol.createFile!(protocol.parseFilename!(filename), size);
+  const plan: CreatePlan = { driver, size, options, fileSpec, created, createFile };
+  return plan;
+}
+
+/** The protocol node a new image named `filename` is written to (`file:` and other prefixes parsed). */
+function createFileSpec(filename: string): Options {
+  const prefixed = driverForPrefix(filename);
+  if (prefixed?.kind === "protocol" && prefixed.parseFilename) {
+    const spec = { driver: prefixed.name, ...prefixed.parseFilename(filename) };
+    return prefixed.name === "file" ? { ...spec, create: true } : spec;
+  }
+  if (!prefixed && hasProtocol(filename)) throw unknownProtocol(filename);
+  return { driver: "file", filename, create: true };
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -131,11 +131,9 @@ function zeroAround(st: Qcow2State, view: DataView, first: number, k: number): b
 }
 
 /**
- * One write request under the lock, as it walks the L2 tables it touches:
- * what the write helpers share instead of 6 to 9 positional parameters.
- * {@linkcode writeLocked} builds one per request (where it used to build
- * the `{ host }` continuation object alone) and updates it as it goes, so
- * the hot path allocates no more than before.
+ * One write request under the lock as it walks its L2 tables, shared by the
+ * write helpers; {@linkcode writeLocked} builds one per request (in place of
+ * the `{ host }` object it built before) and updates it as it goes.
  */
 class WriteCtx {
   /** The image. */

@@ -2,10 +2,13 @@
  * `file` node (and `raw` over `file`) throughput: random 4 KiB and 64 KiB
  * reads and writes on a page-cached 256 MiB file, at queue depth 1 and 16
  * (a promise pool), next to `qemu-img bench` on the same file in the same
- * run. Also O_DIRECT (cache=none) against `qemu-img bench -t none`. Each
- * figure is the median of `runs` runs.
+ * run. Also O_DIRECT (cache=none: the node's io_uring, and aio=threads for
+ * comparison) against `qemu-img bench -t none -i io_uring` at the same
+ * depth, on the offsets qemu-img visits. Each figure is the median of `runs`
+ * runs.
  *
- * Run: `deno task bench` (all modules) or `deno run -A bench/file_bench.ts`.
+ * Run: `deno task bench` (all modules) or `deno run -A bench/file_bench.ts`
+ * (`--direct`: only the O_DIRECT table; `--quick`: a smoke run).
  *
  * @module
  */
@@ -20,6 +23,8 @@ const STRIDE = 7919;
 
 interface Case {
   target: "file" | "raw";
+  /** The node's `aio` option (absent: the default). */
+  aio?: string;
   op: "read" | "write";
   size: number;
   depth: number;
@@ -55,39 +60,79 @@ async function makeImage(path: string): Promise<void> {
   f.close();
 }
 
-function openTarget(path: string, target: "file" | "raw", cache: string): Promise<BlockNode> {
-  const file = { driver: "file", filename: path };
+/** The offsets `qemu-img bench -S step` visits: from 0, `step` bytes on, wrapping at the image size less one request. */
+function strideOffsets(n: number, size: number): Float64Array {
+  const out = new Float64Array(n);
+  for (let i = 0, o = 0; i < n; i++, o = (o + size * STRIDE) % (IMAGE_SIZE - size)) out[i] = o;
+  return out;
+}
+
+function openTarget(path: string, target: "file" | "raw", cache: string, aio?: string): Promise<BlockNode> {
+  const file = { driver: "file", filename: path, ...(aio ? { aio } : {}) };
   return open(target === "file" ? file : { driver: "raw", file }, { cache });
 }
 
-async function measure(path: string, c: Case, cache: string, count: number, runs: number): Promise<number> {
-  const rates: number[] = [];
-  for (let r = 0; r < runs; r++) {
-    const offsets = randomOffsets(count, c.size);
-    const node = await openTarget(path, c.target, cache);
-    try {
-      // Warm up the JIT and the page cache.
-      await drive(node, c.op, c.size, c.depth, offsets.subarray(0, Math.min(2000, count)));
-      rates.push(await drive(node, c.op, c.size, c.depth, offsets));
-    } finally {
-      await node.close();
-    }
+/** One run of a case: requests per second. */
+async function measureOnce(path: string, c: Case, cache: string, count: number, stride: boolean): Promise<number> {
+  // O_DIRECT: the same offsets as qemu-img (the host's cache under the virtual disk then treats both sides alike).
+  const offsets = stride ? strideOffsets(count, c.size) : randomOffsets(count, c.size);
+  const node = await openTarget(path, c.target, cache, c.aio);
+  try {
+    // Warm up the JIT and the page cache.
+    await drive(node, c.op, c.size, c.depth, offsets.subarray(0, Math.min(2000, count)));
+    return await drive(node, c.op, c.size, c.depth, offsets);
+  } finally {
+    await node.close();
   }
+}
+
+async function measure(path: string, c: Case, cache: string, count: number, runs: number, stride: boolean): Promise<number> {
+  const rates: number[] = [];
+  for (let r = 0; r < runs; r++) rates.push(await measureOnce(path, c, cache, count, stride));
   return median(rates);
 }
 
-async function qemuRate(path: string, op: "read" | "write", size: number, cache: string, count: number, runs: number) {
+type QemuCase = { op: "read" | "write"; size: number; depth: number };
+
+function qemuOnce(path: string, c: QemuCase, cache: string, count: number) {
+  return qemuImgBench(path, { format: "raw", cache, depth: c.depth, count, size: c.size, step: c.size * STRIDE, write: c.op === "write" });
+}
+
+async function qemuRate(path: string, c: QemuCase, cache: string, count: number, runs: number) {
   const rates: number[] = [];
   let command = "";
   for (let r = 0; r < runs; r++) {
-    const res = await qemuImgBench(path, { format: "raw", cache, depth: 16, count, size, step: size * STRIDE, write: op === "write" });
+    const res = await qemuOnce(path, c, cache, count);
     rates.push(res.iops);
     command = res.command;
   }
   return { iops: median(rates), command };
 }
 
-const COLUMNS = ["node", "op", "size", "depth", "requests/s", "MB/s", "qemu-img bench requests/s (-d 16)", "ratio"];
+/**
+ * Same-depth rows, interleaved: each run of qemu-img is followed by one run
+ * of every blkgraph variant of the row, so a change in the machine's load
+ * (other jobs share it) hits both sides alike.
+ */
+async function interleaved(path: string, group: Case[], cache: string, count: number, runs: number, commands: Set<string>) {
+  const q: number[] = [];
+  const ours = group.map(() => [] as number[]);
+  for (let r = 0; r < runs; r++) {
+    if (hasQemuImg()) {
+      const res = await qemuOnce(path, group[0], cache, count);
+      q.push(res.iops);
+      commands.add(res.command);
+    }
+    for (const [i, c] of group.entries()) ours[i].push(await measureOnce(path, c, cache, count, true));
+  }
+  return { qemu: q.length ? median(q) : undefined, ours: ours.map(median) };
+}
+
+/** How a table is measured: against qemu-img at depth 16 or at the row's depth, on random offsets or qemu-img's. */
+interface TableMode {
+  sameDepth: boolean;
+  stride: boolean;
+}
 
 async function table(
   path: string,
@@ -96,23 +141,34 @@ async function table(
   cache: string,
   cases: Case[],
   counts: Record<number, number>,
+  mode: TableMode,
 ): Promise<BenchTable> {
   const qemu = hasQemuImg();
   const rows: (string | number)[][] = [];
   const commands = new Set<string>();
   const ref = new Map<string, number>();
+  const results = new Map<Case, number>();
+  const countOf = (c: Case) => o.quick ? Math.max(200, counts[c.size] / 20) : counts[c.size];
+  if (mode.sameDepth) {
+    const groups = Map.groupBy(cases, (c) => `${c.op}/${c.size}/${c.depth}`);
+    for (const [key, group] of groups) {
+      const r = await interleaved(path, group, cache, countOf(group[0]), o.runs, commands);
+      if (r.qemu !== undefined) ref.set(key, r.qemu);
+      group.forEach((c, i) => results.set(c, r.ours[i]));
+    }
+  }
   for (const c of cases) {
-    const count = o.quick ? Math.max(200, counts[c.size] / 20) : counts[c.size];
-    const key = `${c.op}/${c.size}`;
-    if (qemu && !ref.has(key)) {
-      const q = await qemuRate(path, c.op, c.size, cache, count, o.runs);
+    const count = countOf(c);
+    const key = mode.sameDepth ? `${c.op}/${c.size}/${c.depth}` : `${c.op}/${c.size}`;
+    if (qemu && !ref.has(key) && !mode.sameDepth) {
+      const q = await qemuRate(path, { op: c.op, size: c.size, depth: 16 }, cache, count, o.runs);
       ref.set(key, q.iops);
       commands.add(q.command);
     }
-    const rate = await measure(path, c, cache, count, o.runs);
+    const rate = results.get(c) ?? await measure(path, c, cache, count, o.runs, mode.stride);
     const q = ref.get(key);
     rows.push([
-      c.target === "file" ? "file" : "raw → file",
+      (c.target === "file" ? "file" : "raw → file") + (c.aio ? ` (aio=${c.aio})` : ""),
       c.op,
       `${c.size / 1024} KiB`,
       c.depth,
@@ -124,17 +180,28 @@ async function table(
   }
   return {
     title,
-    columns: COLUMNS,
+    columns: [
+      "node",
+      "op",
+      "size",
+      "depth",
+      "requests/s",
+      "MB/s",
+      `qemu-img bench requests/s (${mode.sameDepth ? "same depth" : "-d 16"})`,
+      "ratio",
+    ],
     rows,
     notes: [
-      `Median of ${o.runs} runs; blkgraph offsets are uniformly random and aligned, qemu-img bench strides ${STRIDE} requests per step (wrapping), which visits the same slots in a scattered order.`,
+      mode.stride
+        ? `Median of ${o.runs} runs, interleaved (one qemu-img run, then one of each blkgraph variant, ${o.runs} times); both sides visit the same offsets (qemu-img bench's: ${STRIDE} requests per step, wrapping); load ${loadAverage()}.`
+        : `Median of ${o.runs} runs; blkgraph offsets are uniformly random and aligned, qemu-img bench strides ${STRIDE} requests per step (wrapping), which visits the same slots in a scattered order; load ${loadAverage()}.`,
       ...[...commands].map((cmd) => `\`${cmd.replace(path, "IMG")}\``),
     ],
   };
 }
 
-/** Runs the file-node benchmarks. */
-export async function run(o: BenchOptions): Promise<BenchTable[]> {
+/** Runs the file-node benchmarks (`direct`: only the O_DIRECT table). */
+export async function run(o: BenchOptions, direct = false): Promise<BenchTable[]> {
   const path = `${o.dir}/file_bench.raw`;
   await makeImage(path);
   const cases: Case[] = [];
@@ -143,19 +210,38 @@ export async function run(o: BenchOptions): Promise<BenchTable[]> {
       for (const size of [4096, 65536]) for (const depth of [1, 16]) cases.push({ target, op, size, depth });
     }
   }
-  const cached = await table(path, o, "File node, page-cached (cache=writeback)", "writeback", cases, { 4096: 100000, 65536: 20000 });
+  const cachedCounts = { 4096: 100000, 65536: 20000 };
+  const cached = direct ? undefined : await table(path, o, "File node, page-cached (cache=writeback)", "writeback", cases, cachedCounts, {
+    sameDepth: false,
+    stride: false,
+  });
   const directCases: Case[] = [];
   for (const op of ["read", "write"] as const) {
-    for (const size of [4096, 65536]) for (const depth of [1, 16]) directCases.push({ target: "file", op, size, depth });
+    for (const size of [4096, 65536]) {
+      for (const depth of [1, 16]) for (const aio of [undefined, "threads"]) directCases.push({ target: "file", aio, op, size, depth });
+    }
   }
-  const direct = await table(path, o, "File node, O_DIRECT (cache=none)", "none", directCases, { 4096: 5000, 65536: 2000 });
-  return [cached, direct];
+  const directTable = await table(path, o, "File node, O_DIRECT (cache=none)", "none", directCases, { 4096: 5000, 65536: 2000 }, {
+    sameDepth: true,
+    stride: true,
+  });
+  return cached ? [cached, directTable] : [directTable];
+}
+
+/** The 1-minute load average, for the notes. */
+function loadAverage(): string {
+  try {
+    return Deno.readTextFileSync("/proc/loadavg").split(" ")[0];
+  } catch {
+    return "unknown";
+  }
 }
 
 if (import.meta.main) {
   const dir = await Deno.makeTempDir({ prefix: "blkgraph-bench-" });
   try {
-    for (const t of await run({ quick: Deno.args.includes("--quick"), runs: 5, dir })) console.log(toMarkdown(t));
+    const tables = await run({ quick: Deno.args.includes("--quick"), runs: 5, dir }, Deno.args.includes("--direct"));
+    for (const t of tables) console.log(toMarkdown(t));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

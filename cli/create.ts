@@ -24,6 +24,7 @@ import {
   sizeArg,
   type Verb,
 } from "./_common.ts";
+import { QCOW2_CREATE_NAMES, QCOW2_SHOWN_DEFAULTS } from "../drivers/qcow2/_image_options.ts";
 
 const USAGE = `Usage: blkgraph create [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] [-q] filename [size]
 
@@ -32,38 +33,6 @@ suffixes. Options (-o) are the format's creation options, comma-separated
 (for qcow2: cluster_size, compat, lazy_refcounts, refcount_bits,
 compression_type, extended_l2, preallocation, data_file).
 `;
-
-/** Order in which qemu-img prints qcow2 creation options. */
-const QCOW2_ORDER = [
-  "encryption",
-  "encrypt.format",
-  "encrypt.key-secret",
-  "encrypt.cipher-alg",
-  "encrypt.cipher-mode",
-  "encrypt.ivgen-alg",
-  "encrypt.ivgen-hash-alg",
-  "encrypt.hash-alg",
-  "encrypt.iter-time",
-  "cluster_size",
-  "extended_l2",
-  "preallocation",
-  "compression_type",
-  "size",
-  "compat",
-  "backing_file",
-  "backing_fmt",
-  "data_file",
-  "data_file_raw",
-  "lazy_refcounts",
-  "refcount_bits",
-];
-const QCOW2_DEFAULTS: Record<string, string> = {
-  cluster_size: "65536",
-  extended_l2: "off",
-  compression_type: "zlib",
-  lazy_refcounts: "off",
-  refcount_bits: "16",
-};
 
 /** Order in which qemu-img prints luks creation options. */
 const LUKS_ORDER = [
@@ -176,9 +145,9 @@ export function formattingLine(filename: string, format: string, size: number, o
   const shown: Record<string, string> = { ...options, size: String(size) };
   let order: string[];
   if (format === "qcow2") {
-    for (const [k, v] of Object.entries(QCOW2_DEFAULTS)) shown[k] ??= v;
+    for (const [k, v] of Object.entries(QCOW2_SHOWN_DEFAULTS)) shown[k] ??= v;
     shown.cluster_size = String(sizeArg(shown.cluster_size, "cluster_size"));
-    order = QCOW2_ORDER;
+    order = [...QCOW2_CREATE_NAMES];
   } else if (format === "luks") {
     order = LUKS_ORDER;
   } else {

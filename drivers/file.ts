@@ -16,18 +16,28 @@
  *   nodes share everything (like `qemu-img -U`);
  * - `cache.direct` (set by `cache=none`/`directsync`): O_DIRECT, needs FFI
  *   for aligned buffers; the request alignment is probed (512 or 4096).
- *   These requests wait for the disk, so they run on Deno's worker threads
- *   (FFI `nonblocking`) and overlap at queue depth > 1;
- * - `aio=threads`: buffered reads and writes also run on worker threads
- *   (QEMU's aio=threads), so a server goes on reading requests while the
- *   kernel copies a write; `aio=native|io_uring`, `aio-max-batch`,
- *   `drop-cache`, `x-check-cache-dropped`, `pr-manager`: accepted and ignored.
+ *   These requests wait for the disk, so by default they go through the
+ *   node's io_uring (`_file_uring.ts`): SQEs written straight into the
+ *   mmapped ring, everything issued in one tick submitted by one
+ *   `io_uring_enter`, completions reaped in batches at each wake-up of an
+ *   eventfd registered with the ring. Where a ring cannot be set up (an old
+ *   kernel, seccomp, `io_uring_disabled`) they run on Deno's worker threads
+ *   (FFI `nonblocking`) instead; `info().aio` says which;
+ * - `aio` = `io_uring` (QEMU's name): reads, writes and flushes through the
+ *   ring, also on the page cache; where unavailable, a one-line warning and
+ *   worker threads. `aio=threads`: reads and writes on worker threads (QEMU's
+ *   aio=threads), also buffered ones, so a server goes on reading requests
+ *   while the kernel copies a write. `aio=native` is taken as `threads`;
+ *   without `aio`, buffered requests are one synchronous call each.
+ *   `aio-max-batch`, `drop-cache`, `x-check-cache-dropped`, `pr-manager`:
+ *   accepted and ignored.
  *
  * With FFI the node also has a write-zeroes fast path (`fallocate` punch-hole
  * or zero-range), discard (punch hole), `blockStatus` from
  * `lseek(SEEK_DATA/SEEK_HOLE)`, and `truncate` with `prealloc: "falloc"`.
  * Writes past the end grow the file (a parent's writes, or the node's own
- * with `create` or `allowBeyondEof`); `flush` is fdatasync.
+ * with `create` or `allowBeyondEof`); `flush` is fdatasync (on the ring,
+ * drained behind every request submitted before it).
  *
  * @example
  * ```ts
@@ -47,33 +57,12 @@
 
 import { BlockError } from "../core/errors.ts";
 import { checkKnownOptions, optBool, optEnum, optString } from "../core/options.ts";
-import type { BlockNode } from "../core/node.ts";
 import { registerDriver } from "../core/registry.ts";
-import type { TruncateOptions, WriteZeroesOptions } from "../core/types.ts";
-import type { BlockDriver, BlockStatus, DriverInstance, OpenContext } from "../core/node.ts";
-import {
-  alignedBuffer,
-  checkPrealloc,
-  Errno,
-  errnoError,
-  FALLOC_FL_KEEP_SIZE,
-  FALLOC_FL_PUNCH_HOLE,
-  FALLOC_FL_ZERO_RANGE,
-  firstBlock,
-  type Handle,
-  type Libc,
-  loadLibc,
-  MAX_IO,
-  O_CLOEXEC,
-  O_CREAT,
-  O_RDONLY,
-  O_RDWR,
-  SEEK_DATA,
-  SEEK_END,
-  SEEK_HOLE,
-} from "./_file_libc.ts";
+import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
+import { Errno, errnoError, type Handle, type Libc, loadLibc, O_CLOEXEC, O_CREAT, O_RDONLY, O_RDWR } from "./_file_libc.ts";
 import { lockImage, unlockOfd } from "./_file_lock.ts";
 import { applyCreateHints, readCreateHints } from "./_file_hints.ts";
+import { libcInstance } from "./_file_instance.ts";
 
 // node:fs (the fallback without FFI) is loaded only when needed: loading it costs a CLI run 0.1-0.3 s.
 type NodeFs = typeof import("./_file_nodefs.ts");
@@ -93,14 +82,6 @@ const KNOWN = [
   "x-check-cache-dropped",
   "pr-manager",
 ];
-
-/** Bounce buffer (and largest request) for O_DIRECT. */
-const DIRECT_MAX = 1 << 20;
-/** Memory alignment for O_DIRECT buffers. */
-const MEM_ALIGN = 4096;
-const ZERO_CHUNK = 1 << 20;
-/** Idle O_DIRECT bounce buffers kept for reuse. */
-const POOL_MAX = 32;
 
 /** The host-file protocol driver. */
 export const fileDriver: BlockDriver = {
@@ -167,10 +148,16 @@ function openFile(ctx: OpenContext): DriverInstance {
     h.release();
     throw e;
   }
-  // aio=threads (as QEMU's): buffered reads and writes run on worker threads too, so the caller's thread goes on meanwhile.
-  return libc
-    ? libcInstance(libc, h, filename, { direct, threads: direct || aio === "threads" }, ctx.node)
-    : nodeFs!.nodeFsInstance(h, filename, name);
+  if (!libc) return nodeFs!.nodeFsInstance(h, filename, name);
+  // O_DIRECT requests wait for the disk: on io_uring unless another aio was asked for. aio=threads (as QEMU's) puts
+  // buffered requests on worker threads too, so the caller's thread goes on meanwhile; aio=native is taken as threads.
+  const backend = aio === "io_uring" || (direct && aio === undefined) ? "io_uring" : direct || aio !== undefined ? "threads" : "sync";
+  try {
+    return libcInstance(libc, h, filename, { direct, aio: backend, explicit: aio === "io_uring" }, ctx.node);
+  } catch (e) {
+    h.release();
+    throw e;
+  }
 }
 
 function openLibc(libc: Libc, filename: string, readOnly: boolean, create: boolean, direct: boolean, node: string): Handle {
@@ -198,253 +185,6 @@ function openLibc(libc: Libc, filename: string, readOnly: boolean, create: boole
     },
   };
   return h;
-}
-
-/** Probes the O_DIRECT request alignment: the smallest of 512..4096 a read accepts. */
-function probeAlignment(libc: Libc, fd: number, size: number, bounce: Uint8Array): number {
-  if (size === 0) return 4096;
-  for (const align of [512, 1024, 2048, 4096]) {
-    const r = libc.pread(fd, bounce.subarray(0, align), 0);
-    if (r >= 0 || -r !== Errno.EINVAL) return align;
-  }
-  return 4096;
-}
-
-function libcInstance(
-  libc: Libc,
-  h: Handle,
-  filename: string,
-  mode: { direct: boolean; threads: boolean },
-  node: BlockNode,
-): DriverInstance {
-  const { direct, threads } = mode;
-  const fd = h.fd;
-  const name = node.name;
-  let size = libc.lseek(fd, 0, SEEK_END);
-  if (size < 0) {
-    h.release();
-    throw errnoError(-size, `Cannot get the size of '${filename}'`, { node: name });
-  }
-  // O_DIRECT bounce buffers, one per request in flight (requests run concurrently on worker threads).
-  const pool: Uint8Array[] = [];
-  const takeBounce = (): Uint8Array => pool.pop() ?? alignedBuffer(libc, DIRECT_MAX, MEM_ALIGN);
-  const giveBounce = (b: Uint8Array): void => {
-    if (pool.length < POOL_MAX) pool.push(b);
-  };
-  const align = direct ? probeAlignment(libc, fd, size, alignedBuffer(libc, MEM_ALIGN, MEM_ALIGN)) : 1;
-  const ioError = (what: string, offset: number, length: number, err: number) =>
-    errnoError(-err, `Cannot ${what} ${length} bytes at offset ${offset} of '${filename}'`, { node: name, offset, length });
-  // Whether a fallocate mode works here; cleared the first time the file system says it does not.
-  let canPunch = true;
-  let canZeroRange = true;
-
-  const readAt = (offset: number, buf: Uint8Array): number => {
-    let done = 0;
-    while (done < buf.length) {
-      const n = libc.pread(fd, done === 0 ? buf : buf.subarray(done), offset + done);
-      if (n < 0) throw ioError("read", offset, buf.length, n);
-      if (n === 0) break;
-      done += n;
-    }
-    return done;
-  };
-  const writeAt = (offset: number, data: Uint8Array): void => {
-    let done = 0;
-    while (done < data.length) {
-      const n = libc.pwrite(fd, done === 0 ? data : data.subarray(done), offset + done);
-      if (n < 0) throw ioError("write", offset, data.length, n);
-      done += n;
-    }
-  };
-  const isAligned = (buf: Uint8Array) => libc.address(buf) % MEM_ALIGN === 0;
-
-  // Writes zero buffers over [from, to): for preallocation=full and when no fallocate mode works.
-  const writeZeroBuffers = (from: number, to: number): void => {
-    const zero = direct ? alignedBuffer(libc, ZERO_CHUNK, MEM_ALIGN) : new Uint8Array(Math.min(ZERO_CHUNK, to - from));
-    zero.fill(0);
-    if (direct) {
-      // The core sends aligned ranges; a resize to an unaligned size is written through a buffered fd.
-      if (from % align === 0 && to % align === 0) {
-        for (let o = from; o < to; o += zero.length) writeAt(o, zero.subarray(0, Math.min(zero.length, to - o)));
-        return;
-      }
-      const bfd = libc.open(filename, O_RDWR | O_CLOEXEC, 0);
-      if (bfd < 0) throw ioError("write zeroes to", from, to - from, bfd);
-      try {
-        for (let o = from; o < to;) {
-          const n = libc.pwrite(bfd, zero.subarray(0, Math.min(zero.length, to - o)), o);
-          if (n <= 0) throw ioError("write zeroes to", from, to - from, n < 0 ? n : -Errno.EIO);
-          o += n;
-        }
-        const r = libc.fdatasync(bfd);
-        if (r < 0) throw ioError("write zeroes to", from, to - from, r);
-      } finally {
-        libc.close(bfd);
-      }
-      return;
-    }
-    for (let o = from; o < to; o += zero.length) writeAt(o, zero.subarray(0, Math.min(zero.length, to - o)));
-  };
-  const unsupported = (r: number) => r === -Errno.EOPNOTSUPP || r === -Errno.EINVAL || r === -Errno.ENOSYS;
-  // Like QEMU's file-posix: a file grown from empty gets its first block written (ignoring failures).
-  const allocateFirstBlock = (length: number): void => {
-    const n = firstBlock(length);
-    const buf = direct ? alignedBuffer(libc, n, MEM_ALIGN) : new Uint8Array(n);
-    buf.fill(0);
-    if (libc.pwrite(fd, buf, 0) === n && n > size) size = n;
-  };
-
-  const inst: DriverInstance = {
-    limits: { requestAlignment: align, maxTransfer: direct ? DIRECT_MAX : MAX_IO },
-    getLength: () => size,
-    pread: threads
-      ? async (offset, buf) => {
-        const bounce = !direct || isAligned(buf) ? undefined : takeBounce();
-        const target = bounce ? bounce.subarray(0, buf.length) : buf;
-        try {
-          let done = 0;
-          while (done < buf.length) {
-            const n = await libc.preadAsync(fd, done === 0 ? target : target.subarray(done), offset + done);
-            if (n < 0) throw ioError("read", offset, buf.length, n);
-            if (n === 0) break;
-            done += n;
-          }
-          if (bounce) buf.set(target.subarray(0, done));
-          if (done < buf.length) buf.fill(0, done);
-        } finally {
-          if (bounce) giveBounce(bounce);
-        }
-      }
-      : (offset, buf) => {
-        const done = readAt(offset, buf);
-        if (done < buf.length) buf.fill(0, done);
-      },
-    pwrite: threads
-      ? async (offset, data) => {
-        const bounce = !direct || isAligned(data) ? undefined : takeBounce();
-        const src = bounce ? bounce.subarray(0, data.length) : data;
-        if (bounce) src.set(data);
-        try {
-          let done = 0;
-          while (done < data.length) {
-            const n = await libc.pwriteAsync(fd, done === 0 ? src : src.subarray(done), offset + done);
-            if (n < 0) throw ioError("write", offset, data.length, n);
-            done += n;
-          }
-        } finally {
-          if (bounce) giveBounce(bounce);
-        }
-        if (offset + data.length > size) size = offset + data.length;
-      }
-      : (offset, data) => {
-        writeAt(offset, data);
-        if (offset + data.length > size) size = offset + data.length;
-      },
-    pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): void {
-      const end = offset + length;
-      const inside = Math.min(end, size) - offset;
-      if (opts.mayUnmap && canPunch) {
-        const r = inside > 0 ? libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, inside) : 0;
-        if (r === 0) {
-          if (end > size) inst.truncate!(end, {});
-          return;
-        }
-        if (!unsupported(r)) throw ioError("write zeroes to", offset, length, r);
-        canPunch = false;
-      }
-      if (canZeroRange) {
-        const r = libc.fallocate(fd, FALLOC_FL_ZERO_RANGE, offset, length);
-        if (r === 0) {
-          if (end > size) size = end;
-          return;
-        }
-        if (!unsupported(r)) throw ioError("write zeroes to", offset, length, r);
-        canZeroRange = false;
-      }
-      if (opts.noFallback) {
-        throw new BlockError(
-          "ENOTSUP",
-          `Cannot write zeroes to ${length} bytes at offset ${offset} of '${filename}': the file system supports neither punch-hole nor zero-range`,
-          { node: name, offset, length },
-        );
-      }
-      writeZeroBuffers(offset, end);
-      if (end > size) size = end;
-    },
-    pdiscard(offset: number, length: number): void {
-      // Advisory: a file system without punch-hole just keeps the data.
-      const inside = Math.min(offset + length, size) - offset;
-      if (!canPunch || inside <= 0) return;
-      const r = libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, inside);
-      if (r === 0) return;
-      if (!unsupported(r)) throw ioError("discard", offset, length, r);
-      canPunch = false;
-    },
-    blockStatus(offset: number, length: number): BlockStatus {
-      const data = (len: number): BlockStatus => ({
-        offset,
-        length: len,
-        data: true,
-        zero: false,
-        allocated: true,
-        depth: 0,
-        hostOffset: offset,
-        file: node,
-      });
-      const d = libc.lseek(fd, offset, SEEK_DATA);
-      if (d === -Errno.ENXIO || (d >= 0 && d > offset)) {
-        // A hole up to the next data (ENXIO: up to the end of the file).
-        const len = d < 0 ? length : Math.min(length, d - offset);
-        return { offset, length: len, data: false, zero: true, allocated: true, depth: 0, hostOffset: offset, file: node };
-      }
-      if (d < 0) return data(length);
-      const hole = libc.lseek(fd, offset, SEEK_HOLE);
-      return data(hole > offset ? Math.min(length, hole - offset) : length);
-    },
-    flush(): void {
-      const r = libc.fdatasync(fd);
-      if (r < 0) throw errnoError(-r, `Cannot flush '${filename}'`, { node: name });
-    },
-    // Buffered I/O is synchronous FFI already: the exit write-back can use it (O_DIRECT needs aligned bounce buffers: not offered).
-    syncIo: direct ? undefined : {
-      pwrite(offset: number, data: Uint8Array): void {
-        writeAt(offset, data);
-        if (offset + data.length > size) size = offset + data.length;
-      },
-      flush(): void {
-        const r = libc.fdatasync(fd);
-        if (r < 0) throw errnoError(-r, `Cannot flush '${filename}'`, { node: name });
-      },
-    },
-    truncate(length: number, opts: TruncateOptions): void {
-      const prealloc = checkPrealloc(opts, filename, length, name);
-      const old = size;
-      const grow = length > old;
-      if (grow && prealloc === "falloc") {
-        const r = libc.fallocate(fd, 0, old, length - old);
-        if (r === 0) {
-          size = length;
-          if (old === 0) allocateFirstBlock(length);
-          return;
-        }
-        if (!unsupported(r)) throw errnoError(-r, `Cannot preallocate '${filename}' to ${length} bytes`, { node: name });
-        // No fallocate here: write zeros instead, as posix_fallocate does.
-        writeZeroBuffers(old, length);
-        size = length;
-        return;
-      }
-      const r = libc.ftruncate(fd, length);
-      if (r < 0) throw errnoError(-r, `Cannot resize '${filename}' to ${length} bytes`, { node: name });
-      size = length;
-      if (grow && prealloc === "full") writeZeroBuffers(old, length);
-      else if (grow && old === 0) allocateFirstBlock(length);
-    },
-    close(): void {
-      h.release();
-    },
-    info: () => ({ backend: "ffi", locking: h.lockKind, direct, aio: threads ? "threads" : "sync", requestAlignment: align }),
-  };
-  return inst;
 }
 
 function flattenCache(options: Record<string, unknown>): Record<string, unknown> {

@@ -23,38 +23,7 @@ import { readSnapshotTable, writeSnapshotTable } from "./_snapshot.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markClean, rewriteHeader } from "./_writeback.ts";
 import { amendLuks } from "../_crypto/amend.ts";
-
-/** Options qemu-img amend refuses for qcow2 because only creation can set them. */
-const CREATION_ONLY = [
-  "cluster_size",
-  "preallocation",
-  "extended_l2",
-  "compression_type",
-  "encryption",
-  "encrypt.format",
-  "encrypt.key-secret",
-  "encrypt.cipher-alg",
-  "encrypt.cipher-mode",
-  "encrypt.ivgen-alg",
-  "encrypt.ivgen-hash-alg",
-  "encrypt.hash-alg",
-];
-/** qcow2's amend options in QEMU's order (qcow2_amend_opts: the LUKS ones, then QCOW_COMMON_OPTIONS). */
-const AMENDABLE = [
-  "encrypt.state",
-  "encrypt.keyslot",
-  "encrypt.old-secret",
-  "encrypt.new-secret",
-  "encrypt.iter-time",
-  "size",
-  "compat",
-  "backing_file",
-  "backing_fmt",
-  "data_file",
-  "data_file_raw",
-  "lazy_refcounts",
-  "refcount_bits",
-];
+import { QCOW2_AMEND_NAMES, QCOW2_CREATION_ONLY_NAMES } from "./_image_options.ts";
 
 function fail(st: Qcow2State, message: string, code: "EINVAL" | "ENOTSUP" = "EINVAL"): never {
   throw new BlockError(code, message, { node: st.node.name });
@@ -87,10 +56,10 @@ function plan(st: Qcow2State, options: FormatOptions): Plan {
   const p0: Record<string, unknown> = {};
   for (const [k0, v] of Object.entries(options)) {
     const k = k0.startsWith("encrypt.") ? k0 : k0.replaceAll("-", "_");
-    if (!AMENDABLE.includes(k)) {
+    if (!QCOW2_AMEND_NAMES.includes(k)) {
       fail(
         st,
-        CREATION_ONLY.includes(k)
+        QCOW2_CREATION_ONLY_NAMES.includes(k)
           ? `Invalid parameter '${k0}'\nThis option is only supported for image creation`
           : `Invalid parameter '${k0}'`,
       );
@@ -107,7 +76,7 @@ function plan(st: Qcow2State, options: FormatOptions): Plan {
     luks: p0,
   };
   // Value syntax first (qemu_opts_do_parse), then meaning (qcow2_amend_options), each in option order.
-  for (const k of AMENDABLE) {
+  for (const k of QCOW2_AMEND_NAMES) {
     const v = given.get(k);
     if (v === undefined) continue;
     if (k === "size" && parseSize(v) === undefined) {
@@ -121,7 +90,7 @@ function plan(st: Qcow2State, options: FormatOptions): Plan {
     }
     if (k === "refcount_bits" && !/^\d+$/.test(v)) fail(st, "Parameter 'refcount_bits' expects a number");
   }
-  for (const k of AMENDABLE) {
+  for (const k of QCOW2_AMEND_NAMES) {
     const v = given.get(k);
     if (v === undefined) continue;
     if (k.startsWith("encrypt.")) {

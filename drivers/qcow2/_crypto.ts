@@ -21,6 +21,7 @@ import { qemuPayloadOffset } from "../_crypto/luks_header.ts";
 import { LUKS_SECTOR_SIZE } from "../_crypto/sector_cipher.ts";
 import { passphrase } from "../_crypto/passphrase.ts";
 import { EXT_CRYPTO, type HeaderExtension, type Qcow2Header } from "./header.ts";
+import { ENCRYPT_CREATE_NAMES } from "./_image_options.ts";
 
 /** crypt_method values. */
 export const CRYPT_NONE = 0;
@@ -192,19 +193,6 @@ export class Qcow2Crypto {
   }
 }
 
-/** qemu-img's qcow2 creation options for encryption. */
-export const ENCRYPT_CREATE_OPTIONS: readonly string[] = [
-  "encryption",
-  "encrypt.format",
-  "encrypt.key-secret",
-  "encrypt.cipher-alg",
-  "encrypt.cipher-mode",
-  "encrypt.ivgen-alg",
-  "encrypt.ivgen-hash-alg",
-  "encrypt.hash-alg",
-  "encrypt.iter-time",
-];
-
 /** The validated encryption options of a new image. */
 export interface Qcow2EncryptCreate {
   /** `luks` or `aes`. */
@@ -220,7 +208,7 @@ export interface Qcow2EncryptCreate {
 /** Validates qcow2's `encryption` / `encrypt.*` creation options (QEMU's names and messages); undefined when none is given. */
 export function parseEncryptCreate(options: Record<string, unknown>): Qcow2EncryptCreate | undefined {
   const get = (k: string) => (options[k] === undefined ? undefined : String(options[k]));
-  const given = ENCRYPT_CREATE_OPTIONS.filter((k) => options[k] !== undefined);
+  const given = ENCRYPT_CREATE_NAMES.filter((k) => options[k] !== undefined);
   if (!given.length) return undefined;
   let format = get("encrypt.format");
   const legacy = get("encryption");

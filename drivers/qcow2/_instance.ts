@@ -1,8 +1,7 @@
 /**
  * The driver instance of an open qcow2 node: the request callbacks. Reads and
  * overwrites of allocated clusters whose L2 table is cached run without the
- * metadata lock and allocate nothing (the rules: top of `_state.ts`);
- * everything that changes metadata runs under the lock.
+ * lock (rules: top of `_state.ts`); every metadata change runs under it.
  *
  * @module
  */

@@ -135,33 +135,58 @@ function zeroAround(st: Qcow2State, view: DataView, first: number, k: number): b
 }
 
 /**
- * Where the host mapping of a write would continue (QEMU's host_offset in
- * qcow2_alloc_host_offset): new clusters are placed right after the
- * previous ones of the same request while those clusters are free, even
- * when the search cursor is elsewhere; -1 when a new placement starts.
+ * One write request under the lock as it walks its L2 tables, shared by the
+ * write helpers; {@linkcode writeLocked} builds one per request (in place of
+ * the `{ host }` object it built before) and updates it as it goes.
  */
-interface Cont {
-  host: number;
+class WriteCtx {
+  /** The image. */
+  readonly st: Qcow2State;
+  /** The whole request's guest data. */
+  readonly data: Uint8Array;
+  /** Guest offset of `data[0]`. */
+  readonly offset: number;
+  /** The request (for events and child requests). */
+  readonly req: RequestInfo | undefined;
+  /** The L2 table of the current chunk (pinned while the chunk is written). */
+  e!: CacheEntry;
+  /** First guest offset the current L2 table maps. */
+  base = 0;
+  /** End of the request within the current L2 table. */
+  chunkEnd = 0;
+  /** Guest offset written up to. */
+  cur: number;
+  /**
+   * Where the host mapping of the request would continue (QEMU's host_offset
+   * in qcow2_alloc_host_offset): new clusters are placed right after the
+   * previous ones of the same request while those clusters are free, even
+   * when the search cursor is elsewhere; -1 when a new placement starts.
+   */
+  contHost = -1;
+
+  constructor(st: Qcow2State, offset: number, data: Uint8Array, req: RequestInfo | undefined) {
+    this.st = st;
+    this.offset = offset;
+    this.data = data;
+    this.req = req;
+    this.cur = offset;
+  }
 }
 
 /** New clusters for a run of `k`: contiguous with the previous ones when free there, else first fit. */
-async function placeRun(st: Qcow2State, cont: Cont, k: number, req: RequestInfo | undefined): Promise<{ host: number; k: number }> {
-  if (cont.host >= 0) {
-    const got = await allocAt(st, cont.host / st.cs, k, req);
-    if (got > 0) return { host: cont.host, k: got };
+async function placeRun(w: WriteCtx, k: number): Promise<{ host: number; k: number }> {
+  const { st, req } = w;
+  if (w.contHost >= 0) {
+    const got = await allocAt(st, w.contHost / st.cs, k, req);
+    if (got > 0) return { host: w.contHost, k: got };
   }
   return { host: await allocClusters(st, k, req), k };
 }
 
-/** Whether the COW regions `[gStart, cur)` and `[segEnd, gEnd)` of a new allocation read as zeros now (QEMU's is_zero_cow). */
-async function cowReadsZero(
-  st: Qcow2State,
-  gStart: number,
-  cur: number,
-  segEnd: number,
-  gEnd: number,
-  req: RequestInfo | undefined,
-): Promise<boolean> {
+/** Whether the COW regions `[gStart, cur)` and `[segEnd, gEnd)` of a new run read as zeros now (QEMU's is_zero_cow). */
+async function cowReadsZero(w: WriteCtx, r: NewRun): Promise<boolean> {
+  const { st, req } = w;
+  const { gStart, cur, segEnd, gEnd } = r;
   if (!st.backing) return false; // without a backing file, zeroAround() already answered
   for (const [s, e] of [[gStart, Math.min(cur, st.header.size)], [segEnd, Math.min(gEnd, st.header.size)]]) {
     for (let o = s; o < e;) {
@@ -177,15 +202,15 @@ async function cowReadsZero(
 export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Array, req: RequestInfo | undefined): Promise<void> {
   await markDirty(st, req);
   const end = offset + data.length;
-  const cont: Cont = { host: -1 };
-  let cur = offset;
-  while (cur < end) {
-    const l1i = Math.floor(cur / st.l2Span);
-    const base = l1i * st.l2Span;
-    const chunkEnd = Math.min(end, base + st.l2Span);
-    const e = await getL2ForWrite(st, l1i, req);
+  const w = new WriteCtx(st, offset, data, req);
+  while (w.cur < end) {
+    const l1i = Math.floor(w.cur / st.l2Span);
+    const base = w.base = l1i * st.l2Span;
+    const chunkEnd = w.chunkEnd = Math.min(end, base + st.l2Span);
+    const e = w.e = await getL2ForWrite(st, l1i, req);
     try {
-      while (cur < chunkEnd) {
+      while (w.cur < chunkEnd) {
+        const cur = w.cur;
         const idx = Math.floor((cur - base) / st.cs);
         const cStart = base + idx * st.cs;
         const segEnd = Math.min(chunkEnd, cStart + st.cs);
@@ -195,20 +220,20 @@ export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Arr
         const kind = classify(st, e.view, idx, cur - cStart, segEnd - cStart);
         if (kind === INPLACE || kind === WIDEN) checkDataFileOffset(st, entryOffset(e.view, idx * st.entryBytes), cStart, idx);
         if (kind === INPLACE) {
-          const next = await writeInPlace(st, e, base, cur, chunkEnd, data, offset, req);
-          cont.host = entryOffset(e.view, Math.floor((next - 1 - base) / st.cs) * st.entryBytes) + st.cs;
-          cur = next;
+          const next = await writeInPlace(w);
+          w.contHost = entryOffset(e.view, Math.floor((next - 1 - base) / st.cs) * st.entryBytes) + st.cs;
+          w.cur = next;
         } else if (kind === WIDEN || kind === NEWSUB) {
           if (kind === NEWSUB) {
-            const host = st.externalData ? cStart : (await placeRun(st, cont, 1, req)).host;
+            const host = st.externalData ? cStart : (await placeRun(w, 1)).host;
             setEntry(e.view, idx * st.entryBytes, host, HI_COPIED, 0);
             e.view.setUint32(idx * st.entryBytes + 12, 0);
           }
-          await writeWiden(st, e, idx, cStart, cur, segEnd, data.subarray(cur - offset, segEnd - offset), req);
-          cont.host = entryOffset(e.view, idx * st.entryBytes) + st.cs;
-          cur = segEnd;
+          await writeWiden(w, idx, segEnd);
+          w.contHost = entryOffset(e.view, idx * st.entryBytes) + st.cs;
+          w.cur = segEnd;
         } else {
-          cur = await writeNew(st, e, base, cur, chunkEnd, data, offset, cont, req);
+          w.cur = await writeNew(w);
         }
       }
     } finally {
@@ -217,16 +242,9 @@ export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Arr
   }
 }
 
-async function writeInPlace(
-  st: Qcow2State,
-  e: CacheEntry,
-  base: number,
-  cur: number,
-  chunkEnd: number,
-  data: Uint8Array,
-  dataOffset: number,
-  req: RequestInfo | undefined,
-): Promise<number> {
+/** Overwrites in place from `w.cur`, over the following clusters that are in place and contiguous on the host; returns where it ended. */
+async function writeInPlace(w: WriteCtx): Promise<number> {
+  const { st, e, base, cur, chunkEnd, req } = w;
   // Extend over following clusters that are in place and contiguous on the host.
   let idx = Math.floor((cur - base) / st.cs);
   const host = entryOffset(e.view, idx * st.entryBytes) + (cur - base - idx * st.cs);
@@ -244,21 +262,17 @@ async function writeInPlace(
   if (p) await p;
   await preWriteOverlapCheck(st, 0, host, end - cur, true);
   st.noteDataWrite(host, end - cur);
-  const part = data.subarray(cur - dataOffset, end - dataOffset);
+  const part = w.data.subarray(cur - w.offset, end - w.offset);
   await st.data.pwrite(host, st.crypto ? await st.crypto.encrypted(part, host, cur) : part, { req });
   return end;
 }
 
-async function writeWiden(
-  st: Qcow2State,
-  e: CacheEntry,
-  idx: number,
-  cStart: number,
-  from: number,
-  to: number,
-  part: Uint8Array,
-  req: RequestInfo | undefined,
-): Promise<void> {
+/** Writes `[w.cur, to)` into cluster `idx` of the current L2 table, a COPIED cluster whose touched (sub)clusters are not allocated. */
+async function writeWiden(w: WriteCtx, idx: number, to: number): Promise<void> {
+  const { st, e, req } = w;
+  const from = w.cur;
+  const cStart = w.base + idx * st.cs;
+  const part = w.data.subarray(from - w.offset, to - w.offset);
   // A COPIED cluster whose touched (sub)clusters are not allocated: fill them
   // from their current content, write in place, then mark them allocated.
   const ss = st.subSize;
@@ -290,17 +304,9 @@ async function writeWiden(
   st.l2Cache.markDirty(e);
 }
 
-async function writeNew(
-  st: Qcow2State,
-  e: CacheEntry,
-  base: number,
-  cur: number,
-  chunkEnd: number,
-  data: Uint8Array,
-  dataOffset: number,
-  cont: Cont,
-  req: RequestInfo | undefined,
-): Promise<number> {
+/** Allocates new clusters from `w.cur` for the run of clusters that need them, writes the data with its COW; returns where it ended. */
+async function writeNew(w: WriteCtx): Promise<number> {
+  const { st, e, base, cur, chunkEnd, req } = w;
   const first = Math.floor((cur - base) / st.cs);
   let last = first;
   while (base + (last + 1) * st.cs < chunkEnd) {
@@ -316,20 +322,14 @@ async function writeNew(
   const gStart = base + first * st.cs;
   let k = last - first + 1;
   let host = gStart;
-  if (!st.externalData) ({ host, k } = await placeRun(st, cont, k, req));
+  if (!st.externalData) ({ host, k } = await placeRun(w, k));
   const gEnd = gStart + k * st.cs;
   const segEnd = Math.min(chunkEnd, gEnd);
   try {
     // QEMU checks the data write (and its COW) against the metadata first.
     await preWriteOverlapCheck(st, 0, host, k * st.cs, true);
     st.noteDataWrite(host, k * st.cs);
-    await writeNewData(
-      st,
-      e,
-      { host, gStart, gEnd, cur, segEnd, first, k, endBefore },
-      data.subarray(cur - dataOffset, segEnd - dataOffset),
-      req,
-    );
+    await writeNewData(w, { host, gStart, gEnd, cur, segEnd, first, k, endBefore }, w.data.subarray(cur - w.offset, segEnd - w.offset));
   } catch (err) {
     // The clusters are referenced by nothing yet: give them back, so a
     // failed write (ENOSPC, EIO) neither leaks them nor pushes the next
@@ -350,7 +350,7 @@ async function writeNew(
     }
   }
   st.l2Cache.markDirty(e);
-  cont.host = host + k * st.cs;
+  w.contHost = host + k * st.cs;
   return segEnd;
 }
 
@@ -367,13 +367,14 @@ interface NewRun {
 }
 
 /** Writes the guest data of a run of new clusters with its copy-on-write around it. */
-async function writeNewData(st: Qcow2State, e: CacheEntry, r: NewRun, part: Uint8Array, req: RequestInfo | undefined): Promise<void> {
+async function writeNewData(w: WriteCtx, r: NewRun, part: Uint8Array): Promise<void> {
+  const { st, e, req } = w;
   const { host, gStart, gEnd, cur, segEnd, first, k, endBefore } = r;
   let out = part;
   const cow = cur > gStart || segEnd < gEnd;
   let written = false;
   // QEMU's is_zero_cow: COW regions that read as zeros (no backing data there) are not read and copied.
-  const zeroCow = cow && (zeroAround(st, e.view, first, k) || await cowReadsZero(st, gStart, cur, segEnd, gEnd, req));
+  const zeroCow = cow && (zeroAround(st, e.view, first, k) || await cowReadsZero(w, r));
   if (zeroCow && host < endBefore) {
     // A reused cluster inside the file: zero it first (QEMU's handle_alloc_space), or copy zeros the normal way.
     try {

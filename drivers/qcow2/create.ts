@@ -21,7 +21,7 @@ import type { BlockNode } from "../../core/node.ts";
 import { open } from "../../core/open.ts";
 import { optBool, parseSize } from "../../core/options.ts";
 import type { CreateContext } from "../../core/node.ts";
-import type { CheckCreateContext, OptionHelp } from "../../core/types.ts";
+import type { CheckCreateContext } from "../../core/types.ts";
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -38,59 +38,11 @@ import {
 import { encodeL2, planLayout } from "./_create_layout.ts";
 import { serialiseHeader } from "./_header_write.ts";
 import { l2EntrySize } from "./_entries.ts";
-import {
-  CRYPT_AES,
-  CRYPT_LUKS,
-  cryptoExtension,
-  ENCRYPT_CREATE_OPTIONS,
-  parseEncryptCreate,
-  type Qcow2EncryptCreate,
-  writeEncryptionHeader,
-} from "./_crypto.ts";
+import { CRYPT_AES, CRYPT_LUKS, cryptoExtension, parseEncryptCreate, type Qcow2EncryptCreate, writeEncryptionHeader } from "./_crypto.ts";
+import { ENCRYPT_CREATE_NAMES, PLAIN_CREATE_NAMES } from "./_image_options.ts";
 
-const KNOWN = [
-  "size",
-  "cluster_size",
-  "compat",
-  "version",
-  "refcount_bits",
-  "lazy_refcounts",
-  "preallocation",
-  "backing_file",
-  "backing_fmt",
-  "extended_l2",
-  "compression_type",
-  "data_file",
-  "data_file_raw",
-];
-/** The creation options, as `qemu-img create -f qcow2 -o help` describes them. */
-export const QCOW2_CREATE_OPTIONS: readonly OptionHelp[] = [
-  { name: "encrypt.cipher-alg", type: "str", help: "Name of encryption cipher algorithm" },
-  { name: "encrypt.cipher-mode", type: "str", help: "Name of encryption cipher mode" },
-  { name: "encrypt.format", type: "str", help: "Encrypt the image, format choices: 'aes', 'luks'" },
-  { name: "encrypt.hash-alg", type: "str", help: "Name of encryption hash algorithm" },
-  { name: "encrypt.iter-time", type: "num", help: "Time to spend in PBKDF in milliseconds" },
-  { name: "encrypt.ivgen-alg", type: "str", help: "Name of IV generator algorithm" },
-  { name: "encrypt.ivgen-hash-alg", type: "str", help: "Name of IV generator hash algorithm" },
-  { name: "encrypt.key-secret", type: "str", help: "ID of secret providing qcow AES key or LUKS passphrase" },
-  {
-    name: "encryption",
-    type: "bool",
-    help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
-  },
-  { name: "backing_file", type: "str", help: "File name of a base image" },
-  { name: "backing_fmt", type: "str", help: "Image format of the base image" },
-  { name: "cluster_size", type: "size", help: "qcow2 cluster size" },
-  { name: "compat", type: "str", help: "Compatibility level (v2 [0.10] or v3 [1.1])" },
-  { name: "compression_type", type: "str", help: "Compression method used for image cluster compression" },
-  { name: "data_file", type: "str", help: "File name of an external data file" },
-  { name: "data_file_raw", type: "bool", help: "The external data file must stay valid as a raw image" },
-  { name: "extended_l2", type: "bool", help: "Extended L2 tables" },
-  { name: "lazy_refcounts", type: "bool", help: "Postpone refcount updates" },
-  { name: "preallocation", type: "str", help: "Preallocation mode (allowed values: off, metadata, falloc, full)" },
-  { name: "refcount_bits", type: "num", help: "Width of a reference count entry in bits" },
-  { name: "size", type: "size", help: "Virtual disk size" },
-];
+/** The creation options besides encryption's; `version` is blkgraph's alias of `compat`. */
+const KNOWN: readonly string[] = [...PLAIN_CREATE_NAMES, "version"];
 const PREALLOC = ["off", "metadata", "falloc", "full"] as const;
 /** A preallocation mode. */
 export type Qcow2Prealloc = typeof PREALLOC[number];
@@ -148,7 +100,7 @@ function optText(options: Record<string, unknown>, key: string): string | undefi
 export function parseCreateOptions(size: number, input: Record<string, string | number | boolean>): Qcow2CreateOptions {
   const options: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(input)) {
-    if (ENCRYPT_CREATE_OPTIONS.includes(k)) {
+    if (ENCRYPT_CREATE_NAMES.includes(k)) {
       options[k] = v;
       continue;
     }

@@ -22,7 +22,8 @@
 import { optEnum } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type { BlockDriver, DriverInstance, OpenContext } from "../../core/node.ts";
-import { checkQcow2Create, createQcow2, QCOW2_CREATE_OPTIONS } from "./create.ts";
+import { checkQcow2Create, createQcow2 } from "./create.ts";
+import { QCOW2_AMEND_HELP, QCOW2_CREATE_HELP } from "./_image_options.ts";
 import { measureQcow2 } from "./measure.ts";
 import { QCOW2_MAGIC } from "./header.ts";
 import { openQcow2State, QCOW2_OPTIONS } from "./_open.ts";
@@ -45,19 +46,6 @@ async function openQcow2(ctx: OpenContext): Promise<DriverInstance> {
   }
 }
 
-/** The creation options amend can change too (qcow2_amend_opts). */
-const AMEND_CREATE_OPTIONS = new Set([
-  "encrypt.iter-time",
-  "size",
-  "compat",
-  "backing_file",
-  "backing_fmt",
-  "data_file",
-  "data_file_raw",
-  "lazy_refcounts",
-  "refcount_bits",
-]);
-
 /** The qcow2 format driver. */
 export const qcow2Driver: BlockDriver = {
   name: "qcow2",
@@ -71,15 +59,9 @@ export const qcow2Driver: BlockDriver = {
   open: openQcow2,
   create: createQcow2,
   checkCreate: (ctx) => void checkQcow2Create(ctx),
-  createOptions: QCOW2_CREATE_OPTIONS,
+  createOptions: QCOW2_CREATE_HELP,
   // What amend changes (`_amend.ts`, every option qemu-img 7.2 amends): the common ones and the encryption key slots.
-  amendOptions: [
-    ...QCOW2_CREATE_OPTIONS.filter((o) => AMEND_CREATE_OPTIONS.has(o.name)),
-    { name: "encrypt.keyslot", type: "num", help: "Select a single keyslot to modify explicitly" },
-    { name: "encrypt.new-secret", type: "str", help: "New secret to set in the matching keyslots. Empty string to erase" },
-    { name: "encrypt.old-secret", type: "str", help: "Select all keyslots that match this password" },
-    { name: "encrypt.state", type: "str", help: "Select new state of affected keyslots (active/inactive)" },
-  ],
+  amendOptions: QCOW2_AMEND_HELP,
   measure: measureQcow2,
 };
 

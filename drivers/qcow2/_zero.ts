@@ -132,9 +132,12 @@ export async function zeroOrDiscard(
         const a = Math.max(cur, cb) - cb;
         const b = Math.min(chunkEnd, cb + st.cs) - cb;
         const whole = a === 0 && (b === st.cs || cb + b >= st.size);
-        if (whole || opts.discard || !st.extL2) zeroEntry(st, e, idx * st.entryBytes, v3, opts);
-        else zeroSubclusters(st, e.view, idx * st.entryBytes, a / st.subSize, Math.ceil(b / st.subSize), cb);
-        touched = true;
+        const at = idx * st.entryBytes;
+        const before = entryWords(e.view, at, st.extL2);
+        if (whole || opts.discard || !st.extL2) zeroEntry(st, e, at, v3, opts);
+        else zeroSubclusters(st, e.view, at, a / st.subSize, Math.ceil(b / st.subSize), cb);
+        // An entry that already said this leaves the table clean: no l2_update, as in QEMU's zero_in_l2_slice.
+        if (entryWords(e.view, at, st.extL2) !== before) touched = true;
       }
     } finally {
       if (touched) st.l2Cache.markDirty(e);
@@ -185,4 +188,10 @@ function zeroSubclusters(st: Qcow2State, view: DataView, at: number, first: numb
   const mask = ((2 ** (end - first) - 1) * 2 ** first) >>> 0;
   view.setUint32(at + 8, (view.getUint32(at + 8) | mask) >>> 0);
   view.setUint32(at + 12, (view.getUint32(at + 12) & ~mask) >>> 0);
+}
+
+/** The words of one L2 entry, as a string to compare. */
+function entryWords(view: DataView, at: number, ext: boolean): string {
+  const w = `${view.getUint32(at)},${view.getUint32(at + 4)}`;
+  return ext ? `${w},${view.getUint32(at + 8)},${view.getUint32(at + 12)}` : w;
 }

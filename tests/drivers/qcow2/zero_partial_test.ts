@@ -132,3 +132,33 @@ for (const c of CASES) {
     },
   });
 }
+
+Deno.test({
+  name: "write-zeroes over clusters that already read as zeros changes no L2 entry, so an l2_update rule does not fire (iotest 179)",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const img = `${d.path}/t.qcow2`;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", img, "64M"]);
+    await runOk("qemu-io", [
+      "-c",
+      "write -z -u 20M 2M",
+      "-c",
+      "write -z 28M 2M",
+      "-c",
+      "write -P 1 40M 64k",
+      "-c",
+      "write -z 40M 64k",
+      img,
+    ]);
+    const spec = `driver=qcow2,file.driver=blkdebug,file.image.filename=${img},file.inject-error.0.event=l2_update,` +
+      "file.inject-error.0.immediately=on,file.inject-error.0.once=off";
+    for (const cmd of ["write -z -u 20M 2M", "write -z 20M 2M", "write -z 28M 2M", "write -z 40M 64k"]) {
+      const q = await run("qemu-io", ["--image-opts", spec, "-c", cmd]);
+      let out = "";
+      const code = await qemuIo(["--image-opts", spec, "-c", cmd], { stdout: (s) => void (out += s), stderr: (s) => void (out += s) });
+      const lines = (s: string) => s.split("\n").filter((l) => !l.includes("ops/sec"));
+      assertEquals([code, lines(out)], [q.code, lines(q.stdout + q.stderr)], cmd);
+    }
+  },
+});

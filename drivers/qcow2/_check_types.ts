@@ -6,30 +6,10 @@
  */
 
 import type { BlockNode } from "../../core/node.ts";
+import type { CheckResult } from "../../core/types.ts";
 
-/** Counters of one check run (QEMU's BdrvCheckResult). */
-export interface Counters {
-  /** Refcounts too low and other metadata errors. */
-  corruptions: number;
-  /** Refcounts too high. */
-  leaks: number;
-  /** Errors that stopped part of the check. */
-  checkErrors: number;
-  /** Corruptions repaired. */
-  corruptionsFixed: number;
-  /** Leaks repaired. */
-  leaksFixed: number;
-  /** End of the last used host cluster. */
-  imageEndOffset: number;
-  /** Guest clusters of the virtual disk. */
-  totalClusters: number;
-  /** Guest clusters allocated. */
-  allocatedClusters: number;
-  /** Allocated clusters not following their predecessor. */
-  fragmentedClusters: number;
-  /** Compressed clusters. */
-  compressedClusters: number;
-}
+/** Counters of one check run (QEMU's BdrvCheckResult): the check result without its messages. */
+export type Counters = Omit<CheckResult, "messages">;
 
 /** Fresh zeroed counters. */
 export function zeroCounters(): Counters {

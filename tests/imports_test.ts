@@ -16,3 +16,19 @@ Deno.test("findImportCycles() reports a cycle it is given", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("no test changes the process's working directory: --parallel test files share one process and its cwd", async () => {
+  const root = new URL("..", import.meta.url).pathname;
+  const offenders: string[] = [];
+  const walk = async (dir: string) => {
+    for await (const e of Deno.readDir(dir)) {
+      const p = `${dir}/${e.name}`;
+      if (e.isDirectory && e.name !== "node_modules" && !e.name.startsWith(".")) await walk(p);
+      else if (e.isFile && e.name.endsWith(".ts") && /\bDeno\.chdir\(/.test(await Deno.readTextFile(p))) {
+        offenders.push(p.slice(root.length));
+      }
+    }
+  };
+  await walk(`${root}tests`);
+  assert.deepEqual(offenders, [], "use tests/cli/_in_dir.ts (a child process with its own cwd) instead");
+});

@@ -1,21 +1,16 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { qemuImg } from "../../cli/qemu-img.ts";
 import { run, runOk, skipUnless, tempDir } from "../_helpers/qemu.ts";
+import { inDir } from "./_in_dir.ts";
 
 const QEMU = skipUnless("qemu-img", "qemu-io");
 
 /** Runs the qemu-img drop-in in-process. */
-async function ours(args: string[], cwd?: string) {
+async function ours(args: string[]) {
   let stdout = "";
   let stderr = "";
-  const before = Deno.cwd();
-  if (cwd) Deno.chdir(cwd);
-  try {
-    const code = await qemuImg(args, { stdout: (s) => void (stdout += s), stderr: (s) => void (stderr += s) });
-    return { code, stdout, stderr };
-  } finally {
-    Deno.chdir(before);
-  }
+  const code = await qemuImg(args, { stdout: (s) => void (stdout += s), stderr: (s) => void (stderr += s) });
+  return { code, stdout, stderr };
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -212,7 +207,7 @@ Deno.test({
     const viaPrefix = await ours(["info", `file:${top}`]);
     assertEquals(viaPrefix.stdout, (await runOk("qemu-img", ["info", `file:${top}`])).stdout);
     // Relative, without a slash: file:image:top.qcow2 is ./image:top.qcow2.
-    const rel = await ours(["info", "file:image:top.qcow2"], d.path);
+    const [rel] = await inDir("img", [["info", "file:image:top.qcow2"]], d.path);
     assertEquals(rel.stdout, (await runOk("qemu-img", ["info", "file:image:top.qcow2"], { cwd: d.path })).stdout);
     ok(rel.stdout.startsWith("image: ./image:top.qcow2\n"), rel.stdout);
     const made = await ours(["create", "-f", "raw", `file:${d.path}/a:b.raw`, "64k"]);

@@ -1,27 +1,10 @@
 // Messages of the qemu-img / qemu-io drop-ins that scripts (and QEMU's iotests) match word for word: each case runs the real
 // tool and ours on the same input and compares exit code and stderr.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { qemuImg } from "../../cli/qemu-img.ts";
-import { qemuIo } from "../../cli/qemu-io.ts";
 import { run, runOk, skipUnless, tempDir } from "../_helpers/qemu.ts";
+import { inDir } from "./_in_dir.ts";
 
 const QEMU = skipUnless("qemu-img", "qemu-io");
-
-type Entry = typeof qemuImg;
-
-/** Runs a drop-in in-process, `cwd` = `dir`, so relative names print as the real tool prints them. */
-async function ours(entry: Entry, args: string[], dir: string) {
-  let stdout = "";
-  let stderr = "";
-  const before = Deno.cwd();
-  Deno.chdir(dir);
-  try {
-    const code = await entry(args, { stdout: (s) => void (stdout += s), stderr: (s) => void (stderr += s) });
-    return { code, stdout, stderr };
-  } finally {
-    Deno.chdir(before);
-  }
-}
 
 Deno.test({
   name:
@@ -30,19 +13,19 @@ Deno.test({
   async fn() {
     await using d = await tempDir();
     await runOk("qemu-img", ["create", "-q", "-f", "raw", `${d.path}/a.raw`, "1M"]);
-    for (
-      const args of [
-        ["create", "-f", "bochs", "-o", "help", "x.img"],
-        ["create", "-f", "bochs", "-o", "help"],
-        ["convert", "-O", "bochs", "-o", "help", "a.raw", "y.img"],
-        ["amend", "-f", "bochs", "-o", "help", "a.raw"],
-        ["amend", "-o", "help"],
-        ["amend", "-o", "lazy_refcounts=on", "a.raw", "b.raw"],
-        ["amend", "a.raw"],
-      ]
-    ) {
+    const cases = [
+      ["create", "-f", "bochs", "-o", "help", "x.img"],
+      ["create", "-f", "bochs", "-o", "help"],
+      ["convert", "-O", "bochs", "-o", "help", "a.raw", "y.img"],
+      ["amend", "-f", "bochs", "-o", "help", "a.raw"],
+      ["amend", "-o", "help"],
+      ["amend", "-o", "lazy_refcounts=on", "a.raw", "b.raw"],
+      ["amend", "a.raw"],
+    ];
+    const ourRuns = await inDir("img", cases, d.path);
+    for (const [i, args] of cases.entries()) {
       const q = await run("qemu-img", args, { cwd: d.path });
-      const r = await ours(qemuImg, args, d.path);
+      const r = ourRuns[i];
       assertEquals([r.code, r.stdout, r.stderr], [q.code, q.stdout, q.stderr], args.join(" "));
     }
   },
@@ -62,7 +45,7 @@ Deno.test({
     img.set(new TextEncoder().encode("foo"), at + 8);
     await Deno.writeFile(`${d.path}/t.qcow2`, img);
     const q = await run("qemu-io", ["-c", "read 0 4k", "t.qcow2"], { cwd: d.path });
-    const r = await ours(qemuIo, ["-c", "read 0 4k", "t.qcow2"], d.path);
+    const [r] = await inDir("io", [["-c", "read 0 4k", "t.qcow2"]], d.path);
     assertEquals([r.code, r.stdout, r.stderr], [q.code, q.stdout, q.stderr]);
   },
 });
@@ -73,28 +56,28 @@ Deno.test({
   async fn() {
     await using d = await tempDir();
     await runOk("qemu-img", ["create", "-q", "-f", "qcow2", `${d.path}/t.qcow2`, "1G"]);
-    for (
-      const args of [
-        [],
-        ["--size", "2G", "t.qcow2"],
-        ["t.qcow2", "a"],
-        ["--object", "secret,id=sec0,data=MTIzNDU2,format=base64"],
-        ["--image-opts"],
-        ["-f", "qcow2"],
-        ["-l", "snap1"],
-        ["-o", ","],
-        ["-l", "snapshot.foo=bar"],
-        ["--output", "foo"],
-        ["--size", "-1"],
-        ["-O", "foo", "t.qcow2"],
-        ["--size", "7E"],
-        ["--output=json", "-O", "raw", "--size", "7E"],
-        ["-O", "qcow2", "--size", "2P"],
-        ["-O", "qcow2", "-l", "snapshot.name=nope", "t.qcow2"],
-      ]
-    ) {
+    const cases = [
+      [],
+      ["--size", "2G", "t.qcow2"],
+      ["t.qcow2", "a"],
+      ["--object", "secret,id=sec0,data=MTIzNDU2,format=base64"],
+      ["--image-opts"],
+      ["-f", "qcow2"],
+      ["-l", "snap1"],
+      ["-o", ","],
+      ["-l", "snapshot.foo=bar"],
+      ["--output", "foo"],
+      ["--size", "-1"],
+      ["-O", "foo", "t.qcow2"],
+      ["--size", "7E"],
+      ["--output=json", "-O", "raw", "--size", "7E"],
+      ["-O", "qcow2", "--size", "2P"],
+      ["-O", "qcow2", "-l", "snapshot.name=nope", "t.qcow2"],
+    ];
+    const ourRuns = await inDir("img", cases.map((args) => ["measure", ...args]), d.path);
+    for (const [i, args] of cases.entries()) {
       const q = await run("qemu-img", ["measure", ...args], { cwd: d.path });
-      const r = await ours(qemuImg, ["measure", ...args], d.path);
+      const r = ourRuns[i];
       assertEquals([r.code, r.stdout, r.stderr], [q.code, q.stdout, q.stderr], args.join(" "));
     }
   },
@@ -107,24 +90,24 @@ Deno.test({
     await using d = await tempDir();
     await runOk("qemu-img", ["create", "-q", "-f", "qcow2", `${d.path}/t.qcow2`, "64k"]);
     await runOk("qemu-io", ["-c", "write -P 42 0 64k", `${d.path}/t.qcow2`]);
-    for (
-      const o of [
-        "cache-size=1.25M,l2-cache-size=1M,refcount-cache-size=0.25M",
-        "cache-size=1M,l2-cache-size=2M",
-        "cache-size=1M,refcount-cache-size=2M",
-        "cache-size=0,l2-cache-size=0,refcount-cache-size=0",
-        "l2-cache-entry-size=256",
-        "l2-cache-entry-size=4242",
-        "l2-cache-entry-size=128k",
-        "cache-size=2M,l2-cache-size=1M",
-        "cache-size=2M,refcount-cache-size=1M",
-        "l2-cache-entry-size=512",
-        "l2-cache-entry-size=64k",
-      ]
-    ) {
-      const args = ["-c", `open -o ${o} t.qcow2`, "-c", "read -P 42 0 64k"];
-      const q = await run("qemu-io", args, { cwd: d.path });
-      const r = await ours(qemuIo, args, d.path);
+    const cases = [
+      "cache-size=1.25M,l2-cache-size=1M,refcount-cache-size=0.25M",
+      "cache-size=1M,l2-cache-size=2M",
+      "cache-size=1M,refcount-cache-size=2M",
+      "cache-size=0,l2-cache-size=0,refcount-cache-size=0",
+      "l2-cache-entry-size=256",
+      "l2-cache-entry-size=4242",
+      "l2-cache-entry-size=128k",
+      "cache-size=2M,l2-cache-size=1M",
+      "cache-size=2M,refcount-cache-size=1M",
+      "l2-cache-entry-size=512",
+      "l2-cache-entry-size=64k",
+    ];
+    const argsOf = (o: string) => ["-c", `open -o ${o} t.qcow2`, "-c", "read -P 42 0 64k"];
+    const ourRuns = await inDir("io", cases.map(argsOf), d.path);
+    for (const [i, o] of cases.entries()) {
+      const q = await run("qemu-io", argsOf(o), { cwd: d.path });
+      const r = ourRuns[i];
       const noTimes = (s: string) => s.replace(/\n.*ops\/sec\)/g, "");
       assertEquals([r.code, noTimes(r.stdout), r.stderr], [q.code, noTimes(q.stdout), q.stderr], o);
     }

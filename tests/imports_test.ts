@@ -17,18 +17,22 @@ Deno.test("findImportCycles() reports a cycle it is given", async () => {
   }
 });
 
-Deno.test("no test changes the process's working directory: --parallel test files share one process and its cwd", async () => {
+Deno.test("no test changes the process's cwd or environment: --parallel test files share one process, its cwd and its env", async () => {
   const root = new URL("..", import.meta.url).pathname;
   const offenders: string[] = [];
   const walk = async (dir: string) => {
     for await (const e of Deno.readDir(dir)) {
       const p = `${dir}/${e.name}`;
       if (e.isDirectory && e.name !== "node_modules" && !e.name.startsWith(".")) await walk(p);
-      else if (e.isFile && e.name.endsWith(".ts") && /\bDeno\.chdir\(/.test(await Deno.readTextFile(p))) {
+      else if (e.isFile && e.name.endsWith(".ts") && /\bDeno\.(chdir|env\.set|env\.delete)\(/.test(await Deno.readTextFile(p))) {
         offenders.push(p.slice(root.length));
       }
     }
   };
   await walk(`${root}tests`);
-  assert.deepEqual(offenders, [], "use tests/cli/_in_dir.ts (a child process with its own cwd) instead");
+  assert.deepEqual(
+    offenders,
+    [],
+    "run that part in a child process (tests/cli/_in_dir.ts for the drop-ins, `env:` of Deno.Command for variables)",
+  );
 });

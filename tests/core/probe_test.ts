@@ -194,20 +194,25 @@ Deno.test({
     const img = `${d.path}/d.qcow2`;
     await createImage(img, "qcow2", 1 << 20);
     const before = await Deno.readFile(img);
-    const env = Deno.env.get("TMPDIR");
-    Deno.env.set("TMPDIR", `${d.path}/tmp`);
-    try {
-      await using node = await open(img, { snapshot: true });
+    // $TMPDIR is the process's: set it for a child process only (--parallel test files share this one).
+    const code = `
+      import { open } from ${JSON.stringify(new URL("../../mod.ts", import.meta.url).href)};
+      await using node = await open(${JSON.stringify(img)}, { snapshot: true });
       await node.pwrite(0, new Uint8Array(65536).fill(9));
       const back = new Uint8Array(4);
       await node.pread(0, back);
-      assert.deepEqual([...back], [9, 9, 9, 9]);
-      assert.equal(node.backing?.readOnly, true);
-      assert.deepEqual([...Deno.readDirSync(`${d.path}/tmp`)], []);
-    } finally {
-      if (env === undefined) Deno.env.delete("TMPDIR");
-      else Deno.env.set("TMPDIR", env);
-    }
+      const during = [...Deno.readDirSync(${JSON.stringify(`${d.path}/tmp`)})].length;
+      console.log(JSON.stringify({ back: [...back], backingReadOnly: node.backing?.readOnly, during }));
+    `;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", code],
+      env: { TMPDIR: `${d.path}/tmp` },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), { back: [9, 9, 9, 9], backingReadOnly: true, during: 0 });
+    assert.deepEqual([...Deno.readDirSync(`${d.path}/tmp`)], []);
     assert.deepEqual(await Deno.readFile(img), before);
   },
 });

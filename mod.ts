@@ -62,6 +62,7 @@ export {
   type NodeListener,
   type OpenContext,
 } from "./core/node.ts";
+export type { NodeBitmaps, NodeDebug, NodeSnapshots } from "./core/node_groups.ts";
 export { MAX_LENGTH, type NodeConfigOf, type NodeEventOf, type NodeListenerOf, type NodeStats, SECTOR_SIZE } from "./core/request.ts";
 export { driverNames, getDriver, probeFormat, registerDriver } from "./core/registry.ts";
 export { type BlockSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";

@@ -69,7 +69,7 @@ async function memoryRate(set: [string, string][], count: number): Promise<numbe
   const node = await open({ driver: "qcow2", file });
   try {
     await drive(node, "write", CLUSTER, 16, Float64Array.from({ length: size / CLUSTER }, (_, i) => i * CLUSTER));
-    for (const [name, g] of set) await node.bitmapAdd(name, { granularity: parseSize(g) });
+    for (const [name, g] of set) await node.bitmaps.add(name, { granularity: parseSize(g) });
     await drive(node, "write", 4096, 16, randomOffsets(2000, 4096, size));
     return count / await drive(node, "write", 4096, 16, randomOffsets(count, 4096, size));
   } finally {

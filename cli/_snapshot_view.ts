@@ -36,7 +36,7 @@ export async function resolveSnapshot(
   src: BlockNode,
   want: { id?: string; name?: string; idOrName?: string },
 ): Promise<Record<string, string>> {
-  const list = await formatNode(src).snapshotList();
+  const list = await formatNode(src).snapshots.list();
   const found = want.idOrName !== undefined
     ? list.find((sn) => sn.id === want.idOrName) ?? list.find((sn) => sn.name === want.idOrName)
     : list.find((sn) => (want.id === undefined || sn.id === want.id) && (want.name === undefined || sn.name === want.name));

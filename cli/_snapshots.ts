@@ -30,7 +30,7 @@ export interface SnapshotInfo {
 
 /** The image's internal snapshots with qemu-img info's JSON keys (empty when its format has none). */
 export async function readSnapshots(node: BlockNode): Promise<SnapshotInfo[]> {
-  return (await node.snapshotList()).map((sn) => {
+  return (await node.snapshots.list()).map((sn) => {
     const info: SnapshotInfo = {
       "vm-clock-nsec": sn.vmClockNsec % 1e9,
       name: sn.name,

@@ -90,12 +90,12 @@ async function run(args: string[], io: CliIO): Promise<number> {
     if (v["source-file"] !== undefined) source = await openImage(v["source-file"], { format: v["source-format"], readOnly: true });
     for (const { act, src } of actions) {
       try {
-        if (act === "add") await node.bitmapAdd(name, { granularity: g || undefined });
-        else if (act === "remove") await node.bitmapRemove(name);
-        else if (act === "clear") await node.bitmapClear(name);
-        else if (act === "enable") await node.bitmapEnable(name);
-        else if (act === "disable") await node.bitmapDisable(name);
-        else await node.bitmapMerge(name, { name: src!, node: source });
+        if (act === "add") await node.bitmaps.add(name, { granularity: g || undefined });
+        else if (act === "remove") await node.bitmaps.remove(name);
+        else if (act === "clear") await node.bitmaps.clear(name);
+        else if (act === "enable") await node.bitmaps.enable(name);
+        else if (act === "disable") await node.bitmaps.disable(name);
+        else await node.bitmaps.merge(name, { name: src!, node: source });
       } catch (e) {
         throw new CliError(`Operation ${act} on bitmap ${name} failed: ${errorMessage(e)}`);
       }

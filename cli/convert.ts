@@ -149,7 +149,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       cache: flagString(p.values, "cache") ?? "unsafe",
       extra: Object.keys(keySecrets).length && p.values["target-image-opts"] !== true ? keySecrets : undefined,
     });
-    if (bitmaps && !dst.supportsPersistentBitmaps) throw new CliError(`Format driver '${dst.formatName}' does not support bitmaps`);
+    if (bitmaps && !dst.bitmaps.persistent) throw new CliError(`Format driver '${dst.formatName}' does not support bitmaps`);
     if (target !== undefined) traces.push(startTrace([...srcs, dst], { ...target, io }));
     if (existing && dst.length < total) {
       throw new CliError(`The target '${dstName}' (${dst.length} bytes) is smaller than the sources (${total} bytes)`);
@@ -210,8 +210,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
 /** qemu-img's convert_check_bitmaps: one source that can have bitmaps, none of them inconsistent unless skipped. */
 async function checkBitmaps(srcs: BlockNode[], skipBroken: boolean): Promise<void> {
   if (srcs.length > 1) throw new CliError("Copying bitmaps only possible with single source");
-  if (!srcs[0].supportsPersistentBitmaps) throw new CliError("Source lacks bitmap support");
-  for (const b of await srcs[0].bitmapList()) {
+  if (!srcs[0].bitmaps.persistent) throw new CliError("Source lacks bitmap support");
+  for (const b of await srcs[0].bitmaps.list()) {
     if (b.persistent && b.inconsistent && !skipBroken) {
       throw new CliError(
         `Cannot copy inconsistent bitmap '${b.name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it`,
@@ -222,21 +222,21 @@ async function checkBitmaps(srcs: BlockNode[], skipBroken: boolean): Promise<voi
 
 /** qemu-img's convert_copy_bitmaps: each persistent bitmap added to the target with its granularity and state, then filled. */
 async function copyBitmaps(src: BlockNode, dst: BlockNode, skipBroken: boolean, io: CliIO): Promise<void> {
-  for (const b of await src.bitmapList()) {
+  for (const b of await src.bitmaps.list()) {
     if (!b.persistent) continue;
     if (skipBroken && b.inconsistent) {
       io.stderr(`blkgraph: warning: Skipping inconsistent bitmap '${b.name}'\n`);
       continue;
     }
     try {
-      await dst.bitmapAdd(b.name, { granularity: b.granularity, disabled: !b.recording });
+      await dst.bitmaps.add(b.name, { granularity: b.granularity, disabled: !b.recording });
     } catch (e) {
       throw new CliError(`Failed to create bitmap ${b.name}: ${(e as Error).message}`);
     }
     try {
-      await dst.bitmapMerge(b.name, { name: b.name, node: src });
+      await dst.bitmaps.merge(b.name, { name: b.name, node: src });
     } catch (e) {
-      await dst.bitmapRemove(b.name).catch(() => {});
+      await dst.bitmaps.remove(b.name).catch(() => {});
       throw new CliError(`Failed to populate bitmap ${b.name}: ${(e as Error).message}`);
     }
   }

@@ -44,7 +44,7 @@ const VERB = { create: ["snapshotCreate", "create"], apply: ["snapshotGoto", "ap
 
 async function act(node: BlockNode, action: Exclude<Action, "list">, name: string): Promise<void> {
   const fmt = formatNode(node);
-  const serving = fmt.snapshotNode();
+  const serving = fmt.snapshots.node();
   const [op, verb] = VERB[action];
   if (serving && !serving.instance[op]) {
     throw new CliError(`Could not ${verb} snapshot '${name}': driver '${serving.driver.name}' cannot ${verb} snapshots yet`);
@@ -55,7 +55,7 @@ async function act(node: BlockNode, action: Exclude<Action, "list">, name: strin
       const us = Math.floor((performance.timeOrigin + performance.now()) * 1000);
       const info = { id: "", name, vmStateSize: 0, dateSec: Math.floor(us / 1e6), dateNsec: (us % 1e6) * 1000, vmClockNsec: 0, icount: 0 };
       try {
-        await fmt.snapshotCreate(info);
+        await fmt.snapshots.create(info);
       } catch (e) {
         const errno = e instanceof BlockError ? e.errno : 5;
         throw new CliError(`Could not create snapshot '${name}': -${errno} (${why(e)})`);
@@ -64,7 +64,7 @@ async function act(node: BlockNode, action: Exclude<Action, "list">, name: strin
     }
     case "apply":
       try {
-        await fmt.snapshotGoto(name);
+        await fmt.snapshots.goto(name);
       } catch (e) {
         if (!serving) throw new CliError(`Could not apply snapshot '${name}': Block driver does not support snapshots`);
         // Refused before the driver loads anything (QEMU's bdrv_snapshot_goto: "Device has active dirty bitmaps").
@@ -77,7 +77,7 @@ async function act(node: BlockNode, action: Exclude<Action, "list">, name: strin
       const found = (await readSnapshots(fmt)).find((s) => s.name === name);
       if (!found) throw new CliError(`Could not delete snapshot '${name}': snapshot not found`);
       try {
-        await fmt.snapshotDelete(found.id);
+        await fmt.snapshots.delete(found.id);
       } catch (e) {
         // qcow2 names the stage that failed as QEMU does; rbd's message is QEMU's rbd driver's.
         const msg = serving?.driver.name === "qcow2" ? (e as Error).message : `Failed to remove the snapshot: ${why(e)}`;

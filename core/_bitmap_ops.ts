@@ -1,7 +1,7 @@
 /**
  * Dispatch of the dirty bitmap operations (QEMU's block-dirty-bitmap-*,
  * qemu-img bitmap) to the node that keeps the bitmaps: this node or the
- * first one below its filters. `BlockNode`'s bitmap methods are facades over
+ * first one below its filters. `BlockNode.bitmaps` is a facade over
  * these; each change holds that node whole, as every image operation does.
  *
  * @module
@@ -17,7 +17,7 @@ export function bitmapNotFound(node: string, name: string): BlockError {
   return new BlockError("ENOENT", `Dirty bitmap '${name}' not found`, { node });
 }
 
-/** Adds a persistent dirty bitmap (`BlockNode.bitmapAdd`); ENOTSUP when no node below has bitmaps. */
+/** Adds a persistent dirty bitmap (`BlockNode.bitmaps.add`); ENOTSUP when no node below has bitmaps. */
 export function bitmapAdd<N extends CoreNode<N>>(c: NodeCore<N>, name: string, opts: BitmapAddOptions): Promise<void> {
   if (!implementer(c, "bitmapAdd")) {
     return Promise.reject(
@@ -29,7 +29,7 @@ export function bitmapAdd<N extends CoreNode<N>>(c: NodeCore<N>, name: string, o
   return imageOp(c, "bitmapAdd", `add bitmap '${name}' to`, true, (i) => i.bitmapAdd!(name, opts));
 }
 
-/** Removes or clears bitmap `name` (`BlockNode.bitmapRemove`, `bitmapClear`). */
+/** Removes or clears bitmap `name` (`BlockNode.bitmaps.remove`, `clear`). */
 export function bitmapRemoveOrClear<N extends CoreNode<N>>(
   c: NodeCore<N>,
   key: "bitmapRemove" | "bitmapClear",
@@ -40,7 +40,7 @@ export function bitmapRemoveOrClear<N extends CoreNode<N>>(
   return imageOp(c, key, `${what} bitmap '${name}' of`, true, (i) => i[key]!(name));
 }
 
-/** Starts or stops bitmap `name` recording writes (`BlockNode.bitmapEnable`). */
+/** Starts or stops bitmap `name` recording writes (`BlockNode.bitmaps.enable`). */
 export function bitmapEnable<N extends CoreNode<N>>(c: NodeCore<N>, name: string, enabled: boolean): Promise<void> {
   if (!implementer(c, "bitmapSetEnabled")) return Promise.reject(bitmapNotFound(c.name, name));
   return imageOp(
@@ -52,7 +52,7 @@ export function bitmapEnable<N extends CoreNode<N>>(c: NodeCore<N>, name: string
   );
 }
 
-/** Marks dirty in bitmap `name` of `c` what bitmap `sourceName` of `src` has dirty (`BlockNode.bitmapMerge`). */
+/** Marks dirty in bitmap `name` of `c` what bitmap `sourceName` of `src` has dirty (`BlockNode.bitmaps.merge`). */
 export async function bitmapMerge<N extends CoreNode<N>>(
   c: NodeCore<N>,
   name: string,
@@ -72,7 +72,7 @@ export async function bitmapMerge<N extends CoreNode<N>>(
   await imageOp(c, "bitmapMerge", `merge into bitmap '${name}' of`, true, (i) => i.bitmapMerge!(name, bitmapDirtyRanges(src, sourceName)));
 }
 
-/** The run of equal state in bitmap `name` from `offset`, at most `length` bytes and never past the end (`BlockNode.bitmapExtent`). */
+/** The run of equal state in bitmap `name` from `offset`, at most `length` bytes and never past the end (`BlockNode.bitmaps.extent`). */
 export async function bitmapExtent<N extends CoreNode<N>>(
   c: NodeCore<N>,
   name: string,
@@ -88,7 +88,7 @@ export async function bitmapExtent<N extends CoreNode<N>>(
   return { offset, length: Math.max(1, Math.min(e.length, end - offset)), dirty: e.dirty };
 }
 
-/** The dirty runs of bitmap `name` in `[offset, offset + length)`, in order (`BlockNode.bitmapDirtyRanges`). */
+/** The dirty runs of bitmap `name` in `[offset, offset + length)`, in order (`BlockNode.bitmaps.dirtyRanges`). */
 export async function* bitmapDirtyRanges<N extends CoreNode<N>>(
   c: NodeCore<N>,
   name: string,

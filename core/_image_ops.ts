@@ -109,13 +109,13 @@ export function snapshotCore<N extends CoreNode<N>>(c: NodeCore<N>): NodeCore<N>
   return undefined;
 }
 
-/** The image's internal snapshots (`BlockNode.snapshotList`): empty when its format has none. */
+/** The image's internal snapshots (`BlockNode.snapshots.list`): empty when its format has none. */
 export async function snapshotList<N extends CoreNode<N>>(c: NodeCore<N>): Promise<SnapshotInfo[]> {
   const n = snapshotCore(c);
   return n && n.inst.snapshotList ? await n.inst.snapshotList() : [];
 }
 
-/** Creates an internal snapshot (`BlockNode.snapshotCreate`), flushing first what was written so the snapshot holds it. */
+/** Creates an internal snapshot (`BlockNode.snapshots.create`), flushing first what was written so the snapshot holds it. */
 export async function snapshotCreate<N extends CoreNode<N>>(c: NodeCore<N>, info: SnapshotInfo): Promise<void> {
   const n = snapshotCore(c);
   if (n && n.inst.snapshotCreate && !c.readOnly) await c.node.flush();

@@ -20,7 +20,8 @@ import { discardRequest, zeroesRequest } from "./_zero_discard.ts";
 import { flushCount, flushRequest } from "./_flush.ts";
 import { statusRequest, truncateRequest } from "./_status_resize.ts";
 import * as ops from "./_image_ops.ts";
-import * as bitmaps from "./_bitmap_ops.ts";
+import type { NodeBitmaps, NodeDebug, NodeSnapshots } from "./node_groups.ts";
+import { Bitmaps, Debug, Snapshots } from "./_node_groups.ts";
 
 /** Driver callbacks as the driver sees them (mirror of the node's operations); see `DriverInstanceOf` in `core/types.ts`. */
 export type DriverInstance = t.DriverInstanceOf<BlockNode>;
@@ -70,6 +71,12 @@ export class BlockNode {
   readonly stats: NodeStats = newStats();
   /** The format of this node was guessed from the image's first bytes (QEMU's `bs->probed`). */
   readonly probed: boolean;
+  /** Internal snapshots (qemu-img snapshot). */
+  readonly snapshots: NodeSnapshots<BlockNode>;
+  /** Dirty bitmaps (qemu-img bitmap). */
+  readonly bitmaps: NodeBitmaps<BlockNode>;
+  /** Breakpoints on BLKDBG events below this node (qemu-io break/resume). */
+  readonly debug: NodeDebug;
   #c: NodeCore<BlockNode>;
 
   /** Creates an unopened node; the core attaches the driver instance. */
@@ -79,6 +86,9 @@ export class BlockNode {
     this.options = config.options;
     this.probed = config.probed ?? false;
     this.#c = new NodeCore<BlockNode>(this, config);
+    this.snapshots = new Snapshots(this.#c);
+    this.bitmaps = new Bitmaps(this.#c);
+    this.debug = new Debug(this.#c);
   }
 
   /**
@@ -307,117 +317,6 @@ export class BlockNode {
     return ops.checkImage(this.#c, opts);
   }
 
-  // ---- internal snapshots (QEMU's bdrv_snapshot_*) ----------------------
-
-  /**
-   * The node serving snapshot operations (QEMU's bdrv_snapshot_fallback):
-   * this node when its driver has any snapshot callback, else the same
-   * search on its primary child — raw and filters pass them to their file,
-   * an rbd node serves them — as long as no other child holds data (a
-   * `data-file` child stops the search, as QEMU refuses that fallback).
-   * A node with some of the callbacks serves all four: a qcow2 node that
-   * lists its snapshots but cannot create one refuses, rather than letting
-   * the request reach the protocol node below it.
-   */
-  snapshotNode(): BlockNode | undefined {
-    return ops.snapshotCore(this.#c)?.node;
-  }
-
-  /** The image's internal snapshots (empty when its format has none). */
-  snapshotList(): Promise<t.SnapshotInfo[]> {
-    return ops.snapshotList(this.#c);
-  }
-
-  /** Creates an internal snapshot (qemu-img snapshot -c); what was written before is flushed first, so the snapshot holds it. */
-  snapshotCreate(info: t.SnapshotInfo): Promise<void> {
-    return ops.snapshotCreate(this.#c, info);
-  }
-
-  /** Deletes an internal snapshot by ID or name (qemu-img snapshot -d). */
-  snapshotDelete(idOrName: string): Promise<void> {
-    return ops.snapshotOp(this.#c, "snapshotDelete", "delete a snapshot", idOrName);
-  }
-
-  /** Reverts the image to an internal snapshot by ID or name (qemu-img snapshot -a). */
-  snapshotGoto(idOrName: string): Promise<void> {
-    return ops.snapshotOp(this.#c, "snapshotGoto", "apply a snapshot", idOrName);
-  }
-
-  // ---- dirty bitmaps (QEMU's block-dirty-bitmap-*) ---------------------
-
-  /** The image's dirty bitmaps, from this node or the first one below its filters that has them (empty otherwise). */
-  async bitmapList(): Promise<t.BitmapInfo[]> {
-    const n = ops.implementer(this.#c, "bitmapList");
-    return n ? await n.inst.bitmapList!() : [];
-  }
-
-  /** The image can store persistent dirty bitmaps (qcow2 version 3). */
-  get supportsPersistentBitmaps(): boolean {
-    const n = ops.implementer(this.#c, "persistentBitmaps");
-    return n !== undefined && n.inst.persistentBitmaps === true;
-  }
-
-  /**
-   * Adds a persistent dirty bitmap that records writes from now on (qemu-img bitmap --add).
-   *
-   * @example
-   * ```ts
-   * import { createImage, open } from "../mod.ts";
-   * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
-   * await createImage(path, "qcow2", 1 << 20);
-   * await using img = await open(path);
-   * await img.bitmapAdd("backup", { granularity: 65536 });
-   * await img.pwrite(70000, new Uint8Array(10));
-   * for await (const e of img.bitmapDirtyRanges("backup")) console.log(e); // { offset: 65536, length: 65536, dirty: true }
-   * await Deno.remove(path);
-   * ```
-   */
-  bitmapAdd(name: string, opts: t.BitmapAddOptions = {}): Promise<void> {
-    return bitmaps.bitmapAdd(this.#c, name, opts);
-  }
-
-  /** Removes a dirty bitmap from the image (--remove). */
-  bitmapRemove(name: string): Promise<void> {
-    return bitmaps.bitmapRemoveOrClear(this.#c, "bitmapRemove", name, "remove");
-  }
-
-  /** Marks a dirty bitmap all clean (--clear). */
-  bitmapClear(name: string): Promise<void> {
-    return bitmaps.bitmapRemoveOrClear(this.#c, "bitmapClear", name, "clear");
-  }
-
-  /** Makes a dirty bitmap record writes (--enable); `false` stops it (--disable). */
-  bitmapEnable(name: string, enabled = true): Promise<void> {
-    return bitmaps.bitmapEnable(this.#c, name, enabled);
-  }
-
-  /** Stops a dirty bitmap recording writes (--disable). */
-  bitmapDisable(name: string): Promise<void> {
-    return this.bitmapEnable(name, false);
-  }
-
-  /**
-   * Marks dirty in bitmap `name` everything bitmap `source.name` has dirty
-   * (--merge), from this image or from `source.node`, which must have the
-   * same size (qemu-img bitmap --merge SOURCE [-b FILE]).
-   */
-  bitmapMerge(name: string, source: { name: string; node?: BlockNode }): Promise<void> {
-    return bitmaps.bitmapMerge(this.#c, name, source.node ? source.node.#c : this.#c, source.name);
-  }
-
-  /**
-   * The run of equal state in bitmap `name` that starts at `offset` (at most
-   * `length` bytes, never past the end): whether it is dirty and how far.
-   */
-  bitmapExtent(name: string, offset: number, length: number): Promise<t.DirtyExtent> {
-    return bitmaps.bitmapExtent(this.#c, name, offset, length);
-  }
-
-  /** The dirty runs of bitmap `name` in `[offset, offset + length)`, in order (what an incremental backup copies). */
-  bitmapDirtyRanges(name: string, offset = 0, length = Infinity): AsyncGenerator<t.DirtyExtent> {
-    return bitmaps.bitmapDirtyRanges(this.#c, name, offset, length);
-  }
-
   // ---- VM state (QEMU's bdrv_load_vmstate / bdrv_save_vmstate) --------
 
   /**
@@ -432,33 +331,6 @@ export class BlockNode {
   /** Writes VM state at `pos` (qemu-io `write -b`); see {@linkcode BlockNode.loadVmstate}. */
   saveVmstate(pos: number, data: Uint8Array): Promise<void> {
     return ops.vmstateOp(this.#c, "saveVmstate", "write the VM state of", true, pos, data.length, (i) => i.saveVmstate!(pos, data));
-  }
-
-  // ---- breakpoints (QEMU's bdrv_debug_breakpoint & co.) -----------------
-
-  /** Suspends the next request that raises `event` below this node, tagging it `tag` (qemu-io `break`). */
-  debugBreak(event: string, tag: string): void {
-    ops.debugInstance(this.#c).debugBreakpoint!(event, tag);
-  }
-
-  /** Removes breakpoint `tag` and resumes requests held there (qemu-io `remove_break`). */
-  debugRemoveBreak(tag: string): void {
-    ops.debugInstance(this.#c).debugRemoveBreakpoint!(tag);
-  }
-
-  /** Resumes the request suspended at `tag` (qemu-io `resume`). */
-  debugResume(tag: string): void {
-    ops.debugInstance(this.#c).debugResume!(tag);
-  }
-
-  /** Whether a request is suspended at `tag`. */
-  debugIsSuspended(tag: string): boolean {
-    return ops.debugInstance(this.#c).debugIsSuspended!(tag);
-  }
-
-  /** Resolves when a request is suspended at `tag` (qemu-io `wait_break`). */
-  debugWaitBreak(tag: string): Promise<void> {
-    return ops.debugInstance(this.#c).debugWaitBreak!(tag);
   }
 
   /**

@@ -21,7 +21,7 @@ try {
     await using disk = await open(`${dir}/disk.qcow2`);
     await disk.pwrite(0, new Uint8Array(4 * MiB).fill(0x11));
     // Full backup, and from that point on the bitmap records what changes.
-    await disk.bitmapAdd("inc0");
+    await disk.bitmaps.add("inc0");
     const buf = new Uint8Array(MiB);
     for (let off = 0; off < disk.length; off += MiB) {
       await disk.pread(off, buf);
@@ -39,7 +39,7 @@ try {
     { readOnly: true },
   );
   let copied = 0;
-  for await (const e of remote.bitmapDirtyRanges("inc0")) {
+  for await (const e of remote.bitmaps.dirtyRanges("inc0")) {
     const buf = new Uint8Array(e.length);
     await remote.pread(e.offset, buf);
     await backup.pwrite(e.offset, buf);

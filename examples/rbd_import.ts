@@ -40,12 +40,12 @@ try {
   await dst.flush();
   console.log(`copied ${copied} of ${size} bytes into ${target.split(":conf=")[0]}`);
 
-  await dst.snapshotCreate({ id: "", name: "imported", vmStateSize: 0, dateSec: 0, dateNsec: 0, vmClockNsec: 0 });
-  console.log("snapshots:", (await dst.snapshotList()).map((s) => s.name).join(", "));
+  await dst.snapshots.create({ id: "", name: "imported", vmStateSize: 0, dateSec: 0, dateNsec: 0, vmClockNsec: 0 });
+  console.log("snapshots:", (await dst.snapshots.list()).map((s) => s.name).join(", "));
   const back = new Uint8Array(16);
   await dst.pread(6 << 20, back);
   console.log(`read back: ${new TextDecoder().decode(back)}`);
-  await dst.snapshotDelete("imported");
+  await dst.snapshots.delete("imported");
 } finally {
   await removeRbdImage({ filename: target }).catch(() => {});
   await Deno.remove(dir, { recursive: true });

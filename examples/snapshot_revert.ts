@@ -17,9 +17,9 @@ try {
   {
     await using disk = await open(spec);
     await disk.pwrite(0, new Uint8Array(4096).fill(0x11));
-    await disk.snapshotCreate({ id: "", name: "before", vmStateSize: 0, dateSec: Date.now() / 1000 | 0, dateNsec: 0, vmClockNsec: 0 });
+    await disk.snapshots.create({ id: "", name: "before", vmStateSize: 0, dateSec: Date.now() / 1000 | 0, dateNsec: 0, vmClockNsec: 0 });
     await disk.pwrite(0, new Uint8Array(4096).fill(0x22)); // copies the shared cluster
-    console.log("snapshots:", (await disk.snapshotList()).map((s) => `${s.id}:${s.name}`).join(", "));
+    console.log("snapshots:", (await disk.snapshots.list()).map((s) => `${s.id}:${s.name}`).join(", "));
   }
   {
     // A read-only view of the image as it was when the snapshot was taken.
@@ -28,11 +28,11 @@ try {
     console.log("snapshot reads 0x" + first[0].toString(16));
   }
   await using disk = await open(spec);
-  await disk.snapshotGoto("before");
+  await disk.snapshots.goto("before");
   const now = new Uint8Array(4096);
   await disk.pread(0, now);
   console.log("after revert: 0x" + now[0].toString(16));
-  await disk.snapshotDelete("before");
+  await disk.snapshots.delete("before");
   const r = await disk.check();
   console.log(`check: ${r.corruptions} corruptions, ${r.leaks} leaks`);
 } finally {

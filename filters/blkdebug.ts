@@ -403,10 +403,10 @@ export function findBlkdebug(node: BlockNode): BlkdebugInstance | undefined {
  * await using img = await open({ driver: "raw", file: { driver: "blkdebug", image: { driver: "memory", size: 4096 } } });
  * const dbg = getBlkdebug(img);
  * console.log(dbg.state); // 1
- * img.debugBreak("pwritev", "A"); // breakpoints go through the node: the first blkdebug below gets them
+ * img.debug.break("pwritev", "A"); // breakpoints go through the node: the first blkdebug below gets them
  * const write = img.pwrite(0, new Uint8Array(512));
- * await img.debugWaitBreak("A");
- * img.debugResume("A");
+ * await img.debug.waitBreak("A");
+ * img.debug.resume("A");
  * await write;
  * ```
  */

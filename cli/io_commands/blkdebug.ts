@@ -46,7 +46,7 @@ const brk: IoCommand = {
   argmax: 2,
   needsFile: true,
   run(s, _f, [event, tag]) {
-    return op(s, "break", tag, (n) => n.debugBreak(event, tag));
+    return op(s, "break", tag, (n) => n.debug.break(event, tag));
   },
 };
 
@@ -58,7 +58,7 @@ const waitBreak: IoCommand = {
   argmax: 1,
   needsFile: true,
   async run(s, _f, [tag]) {
-    if (!(await op(s, "wait_break", tag, (n) => n.debugWaitBreak(tag)))) return false;
+    if (!(await op(s, "wait_break", tag, (n) => n.debug.waitBreak(tag)))) return false;
     s.print(`blkdebug: Suspended request '${tag}'\n`);
     return true;
   },
@@ -72,7 +72,7 @@ const resume: IoCommand = {
   argmax: 1,
   needsFile: true,
   async run(s, _f, [tag]) {
-    if (!(await op(s, "resume", tag, (n) => n.debugResume(tag)))) return false;
+    if (!(await op(s, "resume", tag, (n) => n.debug.resume(tag)))) return false;
     s.print(`blkdebug: Resuming request '${tag}'\n`);
     // Let the resumed request run on, as qemu-io's main loop does.
     await new Promise((r) => setTimeout(r, 0));
@@ -88,7 +88,7 @@ const removeBreak: IoCommand = {
   argmax: 1,
   needsFile: true,
   run(s, _f, [tag]) {
-    return op(s, "remove_break", tag, (n) => n.debugRemoveBreak(tag));
+    return op(s, "remove_break", tag, (n) => n.debug.removeBreak(tag));
   },
 };
 

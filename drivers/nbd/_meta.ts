@@ -107,7 +107,7 @@ export function allocationDepth(node: BlockNode): MetaContextProvider {
  * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
  * await createImage(path, "qcow2", 1 << 20);
  * await using img = await open(path);
- * await img.bitmapAdd("b0");
+ * await img.bitmaps.add("b0");
  * await img.pwrite(65536, new Uint8Array(512));
  * console.log(await dirtyBitmap(img, "b0").extents(0, 1 << 20, 16));
  * // [ { length: 65536, flags: 0 }, { length: 65536, flags: 1 }, { length: 917504, flags: 0 } ]
@@ -119,7 +119,7 @@ export function dirtyBitmap(node: BlockNode, name: string): MetaContextProvider 
     name: `qemu:dirty-bitmap:${name}`,
     extents: (offset, length, max) =>
       collect(offset, length, max, async (o, l) => {
-        const e = await node.bitmapExtent(name, o, l);
+        const e = await node.bitmaps.extent(name, o, l);
         return { length: e.length, flags: e.dirty ? STATE_DIRTY : 0 };
       }),
   };

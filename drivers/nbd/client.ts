@@ -16,7 +16,7 @@
  *   asks for that context instead of `base:allocation`, so block status
  *   reports dirty ranges as holes that nothing allocates (what `qemu-img
  *   map` shows with it), and `bitmapExtent(NAME, ...)` /
- *   `bitmapDirtyRanges(NAME)` answer from the server's bitmap — the client
+ *   `bitmaps.dirtyRanges(NAME)` answer from the server's bitmap — the client
  *   side of an incremental backup;
  * - `reconnect-delay`, `open-timeout`, `cache.direct`, `cache.no-flush`:
  *   accepted and ignored (the node does not reconnect: when the server goes

@@ -118,7 +118,7 @@ async function exportConfig(node: BlockNode, opts: NbdServeOptions): Promise<Exp
   const extra = opts.metaContexts ?? [];
   const contexts: MetaContextProvider[] = [baseAllocation(node)];
   if (opts.allocationDepth) contexts.push(allocationDepth(node));
-  const known = opts.bitmaps?.length ? await node.bitmapList() : [];
+  const known = opts.bitmaps?.length ? await node.bitmaps.list() : [];
   for (const b of opts.bitmaps ?? []) {
     const given = extra.find((c) => c.name === `qemu:dirty-bitmap:${b}`);
     if (given) {

@@ -73,11 +73,11 @@ function inconsistent(name: string, node: string): BlockError {
  * await createImage(path, "qcow2", 1 << 20);
  * {
  *   await using img = await open(path);
- *   await img.bitmapAdd("b0", { granularity: 4096 });
+ *   await img.bitmaps.add("b0", { granularity: 4096 });
  *   await img.pwrite(8192, new Uint8Array(100));
  * } // stored at close
  * await using again = await open(path, { readOnly: true });
- * for await (const e of again.bitmapDirtyRanges("b0")) console.log(e); // { offset: 8192, length: 4096, dirty: true }
+ * for await (const e of again.bitmaps.dirtyRanges("b0")) console.log(e); // { offset: 8192, length: 4096, dirty: true }
  * await Deno.remove(path);
  * ```
  */
@@ -379,7 +379,7 @@ export class Qcow2Bitmaps {
  * const path = await Deno.makeTempFile({ suffix: ".qcow2" });
  * await createImage(path, "qcow2", 1 << 20);
  * await using img = await open(path);
- * console.log(img.supportsPersistentBitmaps, typeof img.instance.bitmapAdd); // true function
+ * console.log(img.bitmaps.persistent, typeof img.instance.bitmapAdd); // true function
  * await Deno.remove(path);
  * ```
  */

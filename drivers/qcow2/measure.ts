@@ -93,7 +93,7 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
   const full = qcow2FullSize(size, l);
   const result: MeasureResult = { required: full - roundUp(size, l.clusterSize) + data, fullyAllocated: full };
   // A version 3 target can hold the source's persistent bitmaps, when the source can have them.
-  if (o.version >= 3 && src?.supportsPersistentBitmaps) result.bitmaps = await bitmapsSize(src, l.clusterSize);
+  if (o.version >= 3 && src?.bitmaps.persistent) result.bitmaps = await bitmapsSize(src, l.clusterSize);
   return result;
 }
 
@@ -101,7 +101,7 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
 async function bitmapsSize(src: MeasureInput["source"] & object, cs: number): Promise<number> {
   let bytes = 0;
   let dir = 0;
-  for (const b of await src.bitmapList()) {
+  for (const b of await src.bitmaps.list()) {
     if (!b.persistent) continue;
     const clusters = Math.ceil(Math.ceil(Math.ceil(src.length / b.granularity) / 8) / cs);
     bytes += clusters * cs + roundUp(clusters * 8, cs);

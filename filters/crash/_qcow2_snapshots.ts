@@ -33,7 +33,7 @@ function fill(n: number, byte: number): Uint8Array {
 /** Takes snapshot `name` and remembers what it must read as. */
 async function take(g: BlockNode, name: string, into: SnapshotContents): Promise<void> {
   into[name] = await whole(g);
-  await g.snapshotCreate(info(name));
+  await g.snapshots.create(info(name));
 }
 
 /** Creating snapshots between writes: the second write of a cluster copies it (and its L2 table). */
@@ -60,10 +60,10 @@ export async function snapshotDeleteWorkload(g: BlockNode): Promise<SnapshotCont
   await g.pwrite(1024, fill(2048, 0x82));
   await take(g, "b", snaps);
   await g.flush();
-  await g.snapshotDelete("a");
+  await g.snapshots.delete("a");
   await g.pwrite(4096, fill(512, 0x83));
   await g.flush();
-  await g.snapshotDelete("b");
+  await g.snapshots.delete("b");
   await g.pwrite(0, fill(512, 0x84)); // COPIED again: in place
   await g.flush();
   return snaps;
@@ -82,13 +82,13 @@ export async function snapshotGotoWorkload(g: BlockNode): Promise<SnapshotConten
   await take(g, "s1", snaps);
   await g.pwrite(1024, fill(1024, 0x92));
   await take(g, "s2", snaps);
-  await g.snapshotGoto("s2");
+  await g.snapshots.goto("s2");
   await g.flush();
   await g.pwrite(2048, fill(1024, 0x93));
   await g.flush();
   await take(g, "s3", snaps);
-  await g.snapshotGoto("s3");
-  await g.snapshotDelete("s2");
+  await g.snapshots.goto("s3");
+  await g.snapshots.delete("s2");
   await g.flush();
   return snaps;
 }
@@ -102,7 +102,7 @@ export function snapshotOracle(format: FormatSpec, expected: SnapshotContents): 
       {
         const { node } = await openState(bytes, format, true);
         try {
-          names = (await node.snapshotList()).map((s) => s.name);
+          names = (await node.snapshots.list()).map((s) => s.name);
         } catch (e) {
           return `cannot list the snapshots: ${(e as Error).message}`;
         } finally {

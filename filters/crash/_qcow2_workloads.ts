@@ -116,10 +116,10 @@ export const QCOW2_WORKLOADS: readonly CrashWorkload[] = [
     name: "bitmap-writes",
     size: 64 * 1024,
     async prepare(img) {
-      await img.bitmapAdd("b0", { granularity: 1024 });
-      await img.bitmapAdd("b1", { granularity: 4096 });
+      await img.bitmaps.add("b0", { granularity: 1024 });
+      await img.bitmaps.add("b1", { granularity: 4096 });
       await img.pwrite(8192, fill(100, 0x71));
-      await img.bitmapDisable("b1");
+      await img.bitmaps.disable("b1");
     },
     bitmaps: { covering: ["b0"], unchanged: ["b1"] },
     closeInLog: true,
@@ -140,16 +140,16 @@ export const QCOW2_WORKLOADS: readonly CrashWorkload[] = [
     name: "bitmap-add-remove",
     size: 64 * 1024,
     async prepare(img) {
-      await img.bitmapAdd("b0", { granularity: 512 });
-      await img.bitmapAdd("gone", { granularity: 2048 });
+      await img.bitmaps.add("b0", { granularity: 512 });
+      await img.bitmaps.add("gone", { granularity: 2048 });
     },
     bitmaps: { covering: ["b0"], neverConsistent: ["gone"] },
     closeInLog: true,
     async run(g) {
       await g.pwrite(1000, fill(2000, 0x81));
       await g.flush();
-      await g.bitmapRemove("gone");
-      await g.bitmapAdd("new", { granularity: 4096 });
+      await g.bitmaps.remove("gone");
+      await g.bitmaps.add("new", { granularity: 4096 });
       await g.pwrite(30000, fill(5000, 0x82));
       await g.flush();
     },
@@ -161,7 +161,7 @@ export const QCOW2_WORKLOADS: readonly CrashWorkload[] = [
     open: { "bitmap-store": "flush" },
     async prepare(img) {
       await img.pwrite(8192, fill(4096, 0x90)); // allocated, and clean in b0
-      await img.bitmapAdd("b0", { granularity: 1024 });
+      await img.bitmaps.add("b0", { granularity: 1024 });
     },
     bitmaps: { covering: ["b0"] },
     closeInLog: true,

@@ -294,7 +294,7 @@ export function bitmapOracle(opts: BitmapOracleOptions): CrashOracle {
   let baseRanges: Map<string, string> | undefined;
   const ranges = async (node: BlockNode, name: string) => {
     const out: string[] = [];
-    for await (const e of node.bitmapDirtyRanges(name)) out.push(`${e.offset}+${e.length}`);
+    for await (const e of node.bitmaps.dirtyRanges(name)) out.push(`${e.offset}+${e.length}`);
     return out.join(",");
   };
   return {
@@ -317,7 +317,7 @@ export function bitmapOracle(opts: BitmapOracleOptions): CrashOracle {
       }
       const node = opened.node;
       try {
-        const list = await node.bitmapList();
+        const list = await node.bitmaps.list();
         const find = (n: string) => list.find((b) => b.name === n);
         for (const n of [...(opts.covering ?? []), ...(opts.unchanged ?? [])]) {
           if (!find(n) && list.length) return `bitmap '${n}' is missing while others remain`;
@@ -339,10 +339,10 @@ export function bitmapOracle(opts: BitmapOracleOptions): CrashOracle {
           for (const n of covering) {
             for (let i = 0; i < guest.length; i++) {
               if (guest[i] === (opts.guestBase[i] ?? 0)) continue;
-              const e = await node.bitmapExtent(n, i, 1);
+              const e = await node.bitmaps.extent(n, i, 1);
               if (!e.dirty) return `bitmap '${n}' is consistent but clean at byte ${i}, which changed (0x${guest[i].toString(16)})`;
               // Skip to the end of the dirty run.
-              i += (await node.bitmapExtent(n, i, guest.length - i)).length - 1;
+              i += (await node.bitmaps.extent(n, i, guest.length - i)).length - 1;
             }
           }
         }

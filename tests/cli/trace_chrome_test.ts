@@ -167,11 +167,11 @@ Deno.test("traceTo() ends spans still open at stop() and marks them unfinished",
   await using img = await open({ driver: "raw", file: { driver: "blkdebug", image: { driver: "memory", size: 65536 } } });
   let json = "";
   const t = traceTo(img, (s) => void (json += s));
-  img.debugBreak("pwritev", "A");
+  img.debug.break("pwritev", "A");
   const w = img.pwrite(0, new Uint8Array(512));
-  await img.debugWaitBreak("A");
+  await img.debug.waitBreak("A");
   t.stop();
-  img.debugResume("A");
+  img.debug.resume("A");
   await w;
   const doc: Doc = JSON.parse(json);
   assert.deepEqual(validateTrace(doc, { strict: true }), []);

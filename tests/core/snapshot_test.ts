@@ -73,45 +73,45 @@ async function graph(tag: string, spec: (proto: Record<string, unknown>) => Reco
   return await open(spec({ driver: "test-snap", tag }));
 }
 
-Deno.test("BlockNode.snapshotNode() falls through raw and filters to the node with snapshots, as QEMU's bdrv_snapshot_*", async () => {
+Deno.test("BlockNode.snapshots.node() falls through raw and filters to the node with snapshots, as QEMU's bdrv_snapshot_*", async () => {
   await using top = await graph("walk", (p) => ({ driver: "test-pass", file: { driver: "throttle", file: { driver: "raw", file: p } } }));
   const proto = top.file!.file!.file!;
-  assert.equal(top.snapshotNode(), proto);
-  assert.equal(top.file!.snapshotNode(), proto);
-  await top.snapshotCreate(info("s1"));
-  assert.deepEqual((await top.snapshotList()).map((s) => s.name), ["s1"]);
+  assert.equal(top.snapshots.node(), proto);
+  assert.equal(top.file!.snapshots.node(), proto);
+  await top.snapshots.create(info("s1"));
+  assert.deepEqual((await top.snapshots.list()).map((s) => s.name), ["s1"]);
   assert.deepEqual(seen.get("walk")!.filter((l) => !l.startsWith("flush")), ["create s1"]);
 });
 
-Deno.test("BlockNode.snapshotGoto() reverts what the nodes above read, and snapshotDelete() removes it", async () => {
+Deno.test("BlockNode.snapshots.goto() reverts what the nodes above read, and snapshots.delete() removes it", async () => {
   await using top = await graph("goto", (p) => ({ driver: "raw", file: p }));
   await top.pwrite(0, new Uint8Array(512).fill(1));
-  await top.snapshotCreate(info("a"));
+  await top.snapshots.create(info("a"));
   await top.pwrite(0, new Uint8Array(512).fill(2));
-  await top.snapshotGoto("a");
+  await top.snapshots.goto("a");
   const b = new Uint8Array(512);
   await top.pread(0, b);
   assert.equal(b[0], 1);
-  await top.snapshotDelete("a");
-  assert.deepEqual(await top.snapshotList(), []);
+  await top.snapshots.delete("a");
+  assert.deepEqual(await top.snapshots.list(), []);
 });
 
-Deno.test("BlockNode.snapshotCreate() flushes what was written before the snapshot is taken", async () => {
+Deno.test("BlockNode.snapshots.create() flushes what was written before the snapshot is taken", async () => {
   await using top = await graph("flush", (p) => ({ driver: "raw", file: p }));
   await top.pwrite(0, new Uint8Array(512).fill(7));
-  await top.snapshotCreate(info("x"));
+  await top.snapshots.create(info("x"));
   assert.deepEqual(seen.get("flush"), ["flush", "create x"]);
 });
 
 Deno.test("BlockNode snapshot changes are ENOTSUP where no node has snapshots, and the list is empty", async () => {
   await using top = await open({ driver: "raw", file: { driver: "memory", size: 4096 } });
-  assert.equal(top.snapshotNode(), undefined);
-  assert.deepEqual(await top.snapshotList(), []);
+  assert.equal(top.snapshots.node(), undefined);
+  assert.deepEqual(await top.snapshots.list(), []);
   await assert.rejects(
-    top.snapshotCreate(info("s")),
+    top.snapshots.create(info("s")),
     (e: BlockError) => e.code === "ENOTSUP" && /has no internal snapshots/.test(e.message),
   );
-  await assert.rejects(top.snapshotGoto("s"), (e: BlockError) => e.code === "ENOTSUP");
+  await assert.rejects(top.snapshots.goto("s"), (e: BlockError) => e.code === "ENOTSUP");
 });
 
 Deno.test("BlockNode: a node that only lists snapshots refuses to change them instead of passing the change below", async () => {
@@ -124,22 +124,22 @@ Deno.test("BlockNode: a node that only lists snapshots refuses to change them in
     },
   });
   await using top = await open({ driver: "test-list-only", file: { driver: "test-snap", tag: "list-only" } });
-  assert.equal(top.snapshotNode(), top);
-  assert.deepEqual((await top.snapshotList()).map((s) => s.name), ["inner"]);
-  await assert.rejects(top.snapshotCreate(info("s")), (e: BlockError) => e.code === "ENOTSUP" && /cannot create them/.test(e.message));
+  assert.equal(top.snapshots.node(), top);
+  assert.deepEqual((await top.snapshots.list()).map((s) => s.name), ["inner"]);
+  await assert.rejects(top.snapshots.create(info("s")), (e: BlockError) => e.code === "ENOTSUP" && /cannot create them/.test(e.message));
   assert.deepEqual(seen.get("list-only"), []);
 });
 
 Deno.test("BlockNode snapshot changes on a read-only node are EROFS; listing works", async () => {
   await using top = await open({ driver: "raw", file: { driver: "test-snap", tag: "ro" } }, { readOnly: true });
-  assert.deepEqual(await top.snapshotList(), []);
-  for (const p of [top.snapshotCreate(info("s")), top.snapshotDelete("s"), top.snapshotGoto("s")]) {
+  assert.deepEqual(await top.snapshots.list(), []);
+  for (const p of [top.snapshots.create(info("s")), top.snapshots.delete("s"), top.snapshots.goto("s")]) {
     await assert.rejects(p, (e: BlockError) => e.code === "EROFS");
   }
   assert.deepEqual(seen.get("ro"), []);
 });
 
-Deno.test("BlockNode.snapshotNode() stops at a node with a second data child (QEMU refuses that fallback)", async () => {
+Deno.test("BlockNode.snapshots.node() stops at a node with a second data child (QEMU refuses that fallback)", async () => {
   registerDriver({
     name: "test-two-children",
     kind: "format",
@@ -154,7 +154,7 @@ Deno.test("BlockNode.snapshotNode() stops at a node with a second data child (QE
     file: { driver: "test-snap", tag: "two-a" },
     "data-file": { driver: "test-snap", tag: "two-b" },
   });
-  assert.equal(top.snapshotNode(), undefined);
+  assert.equal(top.snapshots.node(), undefined);
 });
 
 Deno.test("createImage() creates a prefixed protocol's object with its createFile hook, then formats it", async () => {

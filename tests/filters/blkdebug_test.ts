@@ -129,22 +129,22 @@ Deno.test("blkdebug: without immediately the failing request yields first", asyn
 
 Deno.test("blkdebug: a breakpoint holds one request while another completes", async () => {
   await using img = await openDbg();
-  img.debugBreak("l2_update", "A");
+  img.debug.break("l2_update", "A");
   let done = false;
   const held = (async () => {
     await img.event("l2_update");
     await img.pwrite(0, sector().fill(1));
     done = true;
   })();
-  await img.debugWaitBreak("A");
-  assert.ok(img.debugIsSuspended("A"));
+  await img.debug.waitBreak("A");
+  assert.ok(img.debug.isSuspended("A"));
   await img.pwrite(4096, sector().fill(2));
   await img.event("l2_update"); // the breakpoint fired once and is gone
   assert.equal(done, false);
-  img.debugResume("A");
+  img.debug.resume("A");
   await held;
   assert.ok(done);
-  assert.ok(!img.debugIsSuspended("A"));
+  assert.ok(!img.debug.isSuspended("A"));
 });
 
 Deno.test("blkdebug: a breakpoint on pwritev suspends a write from the core request path", async () => {
@@ -167,7 +167,7 @@ Deno.test("blkdebug: removeBreak resumes held requests and drops breakpoints", a
   dbg.debugBreakpoint("l2_load", "X");
   const held = img.event("l2_load");
   await dbg.debugWaitBreak("X");
-  img.debugRemoveBreak("X");
+  img.debug.removeBreak("X");
   await held;
   dbg.debugBreakpoint("l2_load", "Y");
   dbg.debugRemoveBreakpoint("Y");
@@ -185,7 +185,7 @@ Deno.test("blkdebug: resume and removeBreak of unknown tags fail with ENOENT; br
   await using plain = await open({ driver: "memory", size: 512 });
   assert.throws(() => getBlkdebug(plain), { code: "ENOENT" });
   // Without a blkdebug node below: "Could not set breakpoint: Operation not supported".
-  assert.throws(() => plain.debugBreak("l2_load", "t"), { code: "ENOTSUP" });
+  assert.throws(() => plain.debug.break("l2_load", "t"), { code: "ENOTSUP" });
 });
 
 Deno.test("blkdebug: trace listeners see events with the request, flushes and injected errors", async () => {

@@ -117,7 +117,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "nbd client x-dirty-bitmap: bitmapDirtyRanges() and block status read the same bitmap from blkgraph nbd and qemu-nbd",
+  name: "nbd client x-dirty-bitmap: bitmaps.dirtyRanges() and block status read the same bitmap from blkgraph nbd and qemu-nbd",
   ignore,
   async fn() {
     await using dir = await tempDir("blkgraph-nbd-bm-");
@@ -128,13 +128,13 @@ Deno.test({
         { readOnly: true },
       );
       const ranges: string[] = [];
-      for await (const e of remote.bitmapDirtyRanges("b0")) ranges.push(`${e.offset}+${e.length}`);
+      for await (const e of remote.bitmaps.dirtyRanges("b0")) ranges.push(`${e.offset}+${e.length}`);
       const st = await remote.blockStatus(0, remote.length);
       const missing = await open(
         { driver: "nbd", server: { type: "unix", path: s.sock }, "x-dirty-bitmap": "qemu:dirty-bitmap:nope" },
         { readOnly: true },
       ).then(() => "opened", (e) => `${(e as BlockError).code}: ${normalise((e as Error).message, s.sock)}`);
-      const other = await remote.bitmapExtent("fine", 0, 512).then(() => "answered", (e) => (e as Error).message);
+      const other = await remote.bitmaps.extent("fine", 0, 512).then(() => "answered", (e) => (e as Error).message);
       const opts = `driver=nbd,server.type=unix,server.path=${s.sock},x-dirty-bitmap=qemu:dirty-bitmap:nope`;
       const q = await run("qemu-img", ["info", "--image-opts", opts]);
       const qemuSays = q.stderr.trim().replace(/^qemu-img: Could not open '[^']*': /, "");
@@ -155,8 +155,8 @@ Deno.test("serveNbd() refuses an enabled bitmap on a read-only export of a writa
   const path = `${dir.path}/a.qcow2`;
   await createImage(path, "qcow2", 1 << 20);
   await using node = await open(path);
-  await node.bitmapAdd("live");
-  await node.bitmapAdd("frozen", { disabled: true });
+  await node.bitmaps.add("live");
+  await node.bitmaps.add("frozen", { disabled: true });
   await assert.rejects(
     serveNbd(node, { socket: sockPath(dir.path, "r"), readOnly: true, bitmaps: ["live"] }),
     /Enabled bitmap 'live' incompatible with readonly export/,

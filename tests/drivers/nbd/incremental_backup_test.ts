@@ -22,7 +22,7 @@ async function incremental(sock: string, bitmap: string, backup: string): Promis
   await using dst = await open({ driver: "raw", file: { driver: "file", filename: backup } });
   const extents: string[] = [];
   let bytes = 0;
-  for await (const e of remote.bitmapDirtyRanges(bitmap)) {
+  for await (const e of remote.bitmaps.dirtyRanges(bitmap)) {
     for (let at = e.offset; at < e.offset + e.length; at += 4 * MiB) {
       const buf = new Uint8Array(Math.min(4 * MiB, e.offset + e.length - at));
       await remote.pread(at, buf);

@@ -49,7 +49,7 @@ export async function qemuDirty(path: string, name: string, image?: { spec: stri
 /** The dirty extents of bitmap `name` as blkgraph reads them. */
 export async function ourDirty(node: BlockNode, name: string): Promise<string[]> {
   const out: string[] = [];
-  for await (const e of node.bitmapDirtyRanges(name)) out.push(`${e.offset}+${e.length}`);
+  for await (const e of node.bitmaps.dirtyRanges(name)) out.push(`${e.offset}+${e.length}`);
   return out;
 }
 

@@ -134,7 +134,7 @@ Deno.test({
       const theirs = (await run("qemu-img", args)).stderr.trim();
       const ours = await (async () => {
         await using n = await openQcow2(path);
-        return await n.bitmapAdd(name, { granularity: g }).then(() => "", (e) => (e as Error).message);
+        return await n.bitmaps.add(name, { granularity: g }).then(() => "", (e) => (e as Error).message);
       })();
       assert.ok(ours, `${flag} ${name}: accepted`);
       // QEMU names the node '#blockNNN'; the rest is the same.
@@ -159,7 +159,7 @@ Deno.test({
       const theirs = (await run("qemu-img", ["bitmap", "--merge", src, "-b", b, a, "t"])).stderr.trim();
       await using s = await openQcow2(b, {}, true);
       await using n = await openQcow2(a);
-      const ours = await n.bitmapMerge("t", { name: src, node: s }).then(() => "", (e) => (e as Error).message);
+      const ours = await n.bitmaps.merge("t", { name: src, node: s }).then(() => "", (e) => (e as Error).message);
       assert.equal(theirs, `qemu-img: Operation merge on bitmap t failed: ${ours}`);
     }
   },

@@ -25,9 +25,9 @@ Deno.test({
     await qemuCreate(theirs, "10M");
     {
       await using n = await openQcow2(ours);
-      await n.bitmapAdd("b0");
-      await n.bitmapAdd("b1", { granularity: 512 * 1024, disabled: true });
-      await n.bitmapAdd("small", { granularity: 512 });
+      await n.bitmaps.add("b0");
+      await n.bitmaps.add("b1", { granularity: 512 * 1024, disabled: true });
+      await n.bitmaps.add("small", { granularity: 512 });
     }
     await runOk("qemu-img", ["bitmap", "--add", theirs, "b0"]);
     await runOk("qemu-img", ["bitmap", "--add", "-g", "512k", "--disable", theirs, "b1"]);
@@ -110,11 +110,11 @@ Deno.test({
     const theirs = (await run("qemu-img", ["bitmap", "--clear", crashed, "b0"])).stderr;
     {
       await using n = await openQcow2(crashed);
-      assert.deepEqual((await n.bitmapList()).map((b) => [b.name, b.inconsistent]), [["b0", true]]);
-      const ours = await n.bitmapClear("b0").then(() => "", (e) => (e as Error).message);
+      assert.deepEqual((await n.bitmaps.list()).map((b) => [b.name, b.inconsistent]), [["b0", true]]);
+      const ours = await n.bitmaps.clear("b0").then(() => "", (e) => (e as Error).message);
       assert.ok(ours && theirs.includes(`qemu-img: Operation clear on bitmap b0 failed: ${ours}`), `${theirs} vs ${ours}`);
       // Only removal is allowed, as in QEMU.
-      await n.bitmapRemove("b0");
+      await n.bitmaps.remove("b0");
     }
     assert.deepEqual(await qemuBitmaps(crashed), []);
     await assertClean(crashed);
@@ -133,17 +133,17 @@ Deno.test({
     await qemuIo(path, "write 0 1M");
     {
       await using n = await openQcow2(path);
-      await n.bitmapRemove("gone");
+      await n.bitmaps.remove("gone");
       await n.flush();
       // Before the close, the directory on disk already lacks it.
       assert.deepEqual(await qemuBitmaps(path), [{ flags: ["in-use", "auto"], name: "keep", granularity: 65536 }]);
-      await assert.rejects(n.bitmapRemove("gone"), /Dirty bitmap 'gone' not found/);
+      await assert.rejects(n.bitmaps.remove("gone"), /Dirty bitmap 'gone' not found/);
     }
     assert.deepEqual(await qemuBitmaps(path), [{ flags: ["auto"], name: "keep", granularity: 65536 }]);
     await assertClean(path);
     {
       await using n = await openQcow2(path);
-      await n.bitmapRemove("keep");
+      await n.bitmaps.remove("keep");
     }
     assert.deepEqual(await qemuBitmaps(path), []);
     const head = await Deno.readFile(path);
@@ -170,7 +170,7 @@ Deno.test({
     await Deno.copyFile(ours, theirs);
     {
       await using n = await openQcow2(ours);
-      assert.deepEqual(await n.bitmapList(), []);
+      assert.deepEqual(await n.bitmaps.list(), []);
     }
     await qemuIo(theirs, "read 0 512");
     assert.deepEqual(
@@ -213,14 +213,14 @@ Deno.test({
     await qemuCreate(path, "4M");
     {
       await using n = await openQcow2(path);
-      await n.bitmapAdd("b0");
+      await n.bitmaps.add("b0");
       await n.pwrite(0, new Uint8Array(1));
-      await n.bitmapDisable("b0");
+      await n.bitmaps.disable("b0");
       await n.pwrite(MiB, new Uint8Array(1));
-      await n.bitmapEnable("b0");
+      await n.bitmaps.enable("b0");
       await n.pwrite(2 * MiB, new Uint8Array(1));
       assert.deepEqual(await ourDirty(n, "b0"), ["0+65536", `${2 * MiB}+65536`]);
-      assert.deepEqual((await n.bitmapList())[0], {
+      assert.deepEqual((await n.bitmaps.list())[0], {
         name: "b0",
         granularity: 65536,
         count: 131072,
@@ -228,9 +228,9 @@ Deno.test({
         persistent: true,
         inconsistent: false,
       });
-      await n.bitmapClear("b0");
+      await n.bitmaps.clear("b0");
       await n.pwrite(3 * MiB, new Uint8Array(1));
-      await n.bitmapDisable("b0");
+      await n.bitmaps.disable("b0");
     }
     assert.deepEqual(await qemuDirty(path, "b0"), [`${3 * MiB}+65536`]);
     assert.deepEqual(await qemuBitmaps(path), [{ flags: [], name: "b0", granularity: 65536 }]);
@@ -256,7 +256,7 @@ Deno.test({
     {
       await using s = await openQcow2(src, {}, true);
       await using n = await openQcow2(ours);
-      await n.bitmapMerge("t", { name: "s", node: s });
+      await n.bitmaps.merge("t", { name: "s", node: s });
     }
     await runOk("qemu-img", ["bitmap", "--merge", "s", "-b", src, "-F", "qcow2", theirs, "t"]);
     assert.deepEqual(await qemuDirty(ours, "t"), await qemuDirty(theirs, "t"));
@@ -276,7 +276,7 @@ Deno.test({
       await qemuCreate(theirs, "8M", `cluster_size=${cs}`);
       {
         await using n = await openQcow2(ours);
-        await n.bitmapAdd("b");
+        await n.bitmaps.add("b");
       }
       await runOk("qemu-img", ["bitmap", "--add", theirs, "b"]);
       assert.deepEqual(await qemuBitmaps(ours), await qemuBitmaps(theirs), cs);
@@ -295,7 +295,7 @@ Deno.test({
     await qemuCreate(top, "4M", "", base);
     {
       await using n = await openQcow2(top);
-      await n.bitmapAdd("b0");
+      await n.bitmaps.add("b0");
       await n.pwrite(0, new Uint8Array(512));
     }
     {
@@ -319,7 +319,7 @@ Deno.test({
     await qemuCreate(path, "1G", "cluster_size=512");
     {
       await using n = await openQcow2(path);
-      for (let i = 0; i < 40; i++) await n.bitmapAdd(`bitmap-with-a-longer-name-${i}`, { granularity: 512 });
+      for (let i = 0; i < 40; i++) await n.bitmaps.add(`bitmap-with-a-longer-name-${i}`, { granularity: 512 });
       for (let i = 0; i < 16; i++) await n.pwrite(i * 64 * MiB + i * 512, new Uint8Array(512));
     }
     await assertClean(path);
@@ -330,7 +330,7 @@ Deno.test({
     {
       // Reopened read-write and closed: every bitmap stored anew, the old structures freed.
       await using n = await open(path);
-      assert.equal((await n.bitmapList()).length, 40);
+      assert.equal((await n.bitmaps.list()).length, 40);
     }
     await assertClean(path);
   },

@@ -95,7 +95,7 @@ Deno.test({
     assert.match(fixed.stderr, /^Discarding too much extra metadata in snapshot table entry 0 \(2048 > 1024\)$/m);
     assert.deepEqual(await fileLayoutDiff(b, a), []);
     await using n = await openQcow2(b, {}, true);
-    assert.deepEqual((await n.snapshotList()).map((s) => s.name), ["sn0"]);
+    assert.deepEqual((await n.snapshots.list()).map((s) => s.name), ["sn0"]);
   },
 });
 

@@ -39,7 +39,7 @@ Deno.test("snapshotCreate() refuses to write its L1 copy over an active L2 table
   {
     await using img = await open({ driver: "qcow2", file: { driver: "file", filename: path } });
     await assert.rejects(
-      () => img.snapshotCreate({ id: "", name: "s1", dateSec: 0, dateNsec: 0, vmClockNsec: 0, vmStateSize: 0 }),
+      () => img.snapshots.create({ id: "", name: "s1", dateSec: 0, dateNsec: 0, vmClockNsec: 0, vmStateSize: 0 }),
       (e) => e instanceof CorruptImageError && e.code === "EIO" && e.message === LINE,
     );
   }
@@ -49,7 +49,7 @@ Deno.test("snapshotCreate() refuses to write its L1 copy over an active L2 table
     const buf = new Uint8Array(65536);
     await img.pread(0, buf);
     assert.ok(buf.every((x) => x === 1));
-    assert.deepStrictEqual(await img.snapshotList(), []);
+    assert.deepStrictEqual(await img.snapshots.list(), []);
   }
   if (hasTool("qemu-img")) {
     const r = await run("qemu-img", ["snapshot", "-c", "s1", copy]);

@@ -60,19 +60,19 @@ for (
     async fn() {
       await using d = await tempDir();
       const { a, b } = await pair(d.path, opts, "4M", ["write -P 1 0 1M", "write -z 1M 64k", "write -c -P 5 2M 64k"]);
-      await both(a, b, ["qemu-img", "snapshot", "-c", "s1"], (n) => n.snapshotCreate(info("s1")));
+      await both(a, b, ["qemu-img", "snapshot", "-c", "s1"], (n) => n.snapshots.create(info("s1")));
       await assertSameLayout(b, a, "snapshot -c s1");
       // Copy-on-write of shared tables and clusters, then a second snapshot.
       await both(a, b, ["qemu-io", "-c", "write -P 2 64k 64k"], (n) => n.pwrite(65536, new Uint8Array(65536).fill(2)));
-      await both(a, b, ["qemu-img", "snapshot", "-c", "s2"], (n) => n.snapshotCreate(info("s2")));
+      await both(a, b, ["qemu-img", "snapshot", "-c", "s2"], (n) => n.snapshots.create(info("s2")));
       await both(a, b, ["qemu-io", "-c", "write -P 3 100k 8k"], (n) => n.pwrite(102400, new Uint8Array(8192).fill(3)));
       await assertSameLayout(b, a, "snapshot -c s2 and writes");
-      await both(a, b, ["qemu-img", "snapshot", "-a", "s1"], (n) => n.snapshotGoto("s1"));
+      await both(a, b, ["qemu-img", "snapshot", "-a", "s1"], (n) => n.snapshots.goto("s1"));
       await assertSameLayout(b, a, "snapshot -a s1");
-      await both(a, b, ["qemu-img", "snapshot", "-d", "s2"], (n) => n.snapshotDelete("2"));
+      await both(a, b, ["qemu-img", "snapshot", "-d", "s2"], (n) => n.snapshots.delete("2"));
       await assertSameLayout(b, a, "snapshot -d s2");
-      await both(a, b, ["qemu-img", "snapshot", "-a", "1"], (n) => n.snapshotGoto("1"));
-      await both(a, b, ["qemu-img", "snapshot", "-d", "s1"], (n) => n.snapshotDelete("s1"));
+      await both(a, b, ["qemu-img", "snapshot", "-a", "1"], (n) => n.snapshots.goto("1"));
+      await both(a, b, ["qemu-img", "snapshot", "-d", "s1"], (n) => n.snapshots.delete("s1"));
       await assertSameLayout(b, a, "snapshot -d s1");
       assert.equal((await run("qemu-img", ["compare", a, b])).code, 0);
     },
@@ -87,14 +87,14 @@ Deno.test({
     const { b } = await pair(d.path, "cluster_size=4k", "2M", ["write -P 0x11 0 1M"]);
     {
       await using n = await openQcow2(b);
-      await n.snapshotCreate(info("before"));
+      await n.snapshots.create(info("before"));
       await n.pwrite(4096, new Uint8Array(8192).fill(0x22));
       await n.pwriteZeroes(512 * 1024, 64 * 1024);
     }
     assert.match(await qemuIo(b, "read -P 0x22 4k 8k"), /read 8192\/8192/);
     {
       await using n = await openQcow2(b);
-      await n.snapshotGoto("before");
+      await n.snapshots.goto("before");
     }
     const out = await qemuIo(b, "read -P 0x11 0 1M");
     assert.doesNotMatch(out, /verification failed/);
@@ -108,17 +108,17 @@ Deno.test({
   async fn() {
     await using d = await tempDir();
     const { a, b } = await pair(d.path, "cluster_size=512", "64M", ["write -P 1 0 300k", "write -P 1 60M 64k"]);
-    await both(a, b, ["qemu-img", "snapshot", "-c", "small"], (n) => n.snapshotCreate(info("small")));
+    await both(a, b, ["qemu-img", "snapshot", "-c", "small"], (n) => n.snapshots.create(info("small")));
     await runOk("qemu-img", ["resize", "-q", a, "128M"]);
     {
       await using n = await openQcow2(b);
       await n.truncate(128 << 20);
     }
     await both(a, b, ["qemu-io", "-c", "write -P 2 100M 64k"], (n) => n.pwrite(100 << 20, new Uint8Array(65536).fill(2)));
-    await both(a, b, ["qemu-img", "snapshot", "-c", "big"], (n) => n.snapshotCreate(info("big")));
-    await both(a, b, ["qemu-img", "snapshot", "-a", "small"], (n) => n.snapshotGoto("small"));
+    await both(a, b, ["qemu-img", "snapshot", "-c", "big"], (n) => n.snapshots.create(info("big")));
+    await both(a, b, ["qemu-img", "snapshot", "-a", "small"], (n) => n.snapshots.goto("small"));
     await assertSameLayout(b, a, "snapshot -a small (shrinks)");
-    await both(a, b, ["qemu-img", "snapshot", "-a", "big"], (n) => n.snapshotGoto("big"));
+    await both(a, b, ["qemu-img", "snapshot", "-a", "big"], (n) => n.snapshots.goto("big"));
     await assertSameLayout(b, a, "snapshot -a big (grows)");
     {
       await using n = await openQcow2(b, {}, true);
@@ -134,14 +134,14 @@ Deno.test({
     await using d = await tempDir();
     const { b } = await pair(d.path, "", "1M", []);
     await using n = await openQcow2(b);
-    await n.snapshotCreate(info("a"));
-    await n.snapshotCreate(info("b"));
-    await n.snapshotCreate(info("c"));
-    await n.snapshotDelete("2");
-    await n.snapshotCreate(info("d"));
-    await n.snapshotDelete("1");
-    await n.snapshotCreate(info("e"));
-    assert.deepEqual((await n.snapshotList()).map((s) => `${s.id}:${s.name}`), ["3:c", "4:d", "5:e"]);
+    await n.snapshots.create(info("a"));
+    await n.snapshots.create(info("b"));
+    await n.snapshots.create(info("c"));
+    await n.snapshots.delete("2");
+    await n.snapshots.create(info("d"));
+    await n.snapshots.delete("1");
+    await n.snapshots.create(info("e"));
+    assert.deepEqual((await n.snapshots.list()).map((s) => `${s.id}:${s.name}`), ["3:c", "4:d", "5:e"]);
   },
 });
 
@@ -152,12 +152,12 @@ Deno.test({
     await using d = await tempDir();
     const { b } = await pair(d.path, "", "1M", []);
     await using n = await openQcow2(b);
-    await n.snapshotCreate(info("2")); // ID 1, named "2"
-    await n.snapshotCreate(info("x")); // ID 2
-    await n.snapshotDelete("2"); // the one with ID 2
-    assert.deepEqual((await n.snapshotList()).map((s) => `${s.id}:${s.name}`), ["1:2"]);
-    await assert.rejects(() => n.snapshotGoto("nope"), (e) => e instanceof BlockError && e.code === "ENOENT");
-    await assert.rejects(() => n.snapshotDelete("nope"), (e) => e instanceof BlockError && e.code === "ENOENT");
+    await n.snapshots.create(info("2")); // ID 1, named "2"
+    await n.snapshots.create(info("x")); // ID 2
+    await n.snapshots.delete("2"); // the one with ID 2
+    assert.deepEqual((await n.snapshots.list()).map((s) => `${s.id}:${s.name}`), ["1:2"]);
+    await assert.rejects(() => n.snapshots.goto("nope"), (e) => e instanceof BlockError && e.code === "ENOENT");
+    await assert.rejects(() => n.snapshots.delete("nope"), (e) => e instanceof BlockError && e.code === "ENOENT");
   },
 });
 
@@ -171,8 +171,8 @@ Deno.test({
     assert.match(q.stderr, /-22 \(Invalid argument\)/);
     {
       await using n = await openQcow2(b);
-      await assert.rejects(() => n.snapshotCreate(info("s")), (e) => e instanceof BlockError && e.code === "EINVAL");
-      assert.deepEqual(await n.snapshotList(), []);
+      await assert.rejects(() => n.snapshots.create(info("s")), (e) => e instanceof BlockError && e.code === "EINVAL");
+      assert.deepEqual(await n.snapshots.list(), []);
     }
     assert.equal((await qemuCheck(b)).code, 0);
     assert.equal((await qemuCheck(a)).code, 3, "qemu-img leaves a leaked cluster behind");
@@ -189,7 +189,7 @@ Deno.test({
     const q = await run("qemu-img", ["snapshot", "-c", "s", path]);
     assert.notEqual(q.code, 0);
     await using n = await openQcow2(path);
-    await assert.rejects(() => n.snapshotCreate(info("s")), (e) => e instanceof BlockError && e.code === "ENOTSUP");
+    await assert.rejects(() => n.snapshots.create(info("s")), (e) => e instanceof BlockError && e.code === "ENOTSUP");
   },
 });
 
@@ -251,14 +251,14 @@ Deno.test({
     const { b } = await pair(d.path, "", "1M", []);
     await using n = await openQcow2(b);
     await n.saveVmstate(0, new Uint8Array(4096).fill(9));
-    await n.snapshotCreate(info("vm", { vmStateSize: 4096 }));
+    await n.snapshots.create(info("vm", { vmStateSize: 4096 }));
     const buf = new Uint8Array(4096);
     await n.loadVmstate(0, buf);
     assert.ok(buf.every((x) => x === 0), "the active layer's VM state is dropped");
-    await n.snapshotGoto("vm");
+    await n.snapshots.goto("vm");
     await n.loadVmstate(0, buf);
     assert.ok(buf.every((x) => x === 9));
-    assert.equal((await n.snapshotList())[0].vmStateSize, 4096);
+    assert.equal((await n.snapshots.list())[0].vmStateSize, 4096);
   },
 });
 
@@ -270,9 +270,9 @@ Deno.test({
     const { b } = await pair(d.path, "cluster_size=4k", "4M", ["write -P 1 0 2M"]);
     {
       await using n = await openQcow2(b);
-      await n.snapshotCreate(info("s1"));
+      await n.snapshots.create(info("s1"));
       await n.pwrite(0, new Uint8Array(4096).fill(2));
-      await n.snapshotCreate(info("s2"));
+      await n.snapshots.create(info("s2"));
       await n.pwrite(8192, new Uint8Array(4096).fill(3));
     }
     const q = await qemuCheck(b);
@@ -299,7 +299,7 @@ Deno.test({
         file: { driver: "blkdebug", "inject-error": [{ event: "cluster_free", errno: 5 }], image: { driver: "file", filename: b } },
       });
       await assert.rejects(
-        () => n.snapshotDelete("foo"),
+        () => n.snapshots.delete("foo"),
         (e) => e instanceof BlockError && e.code === "EIO" && e.message === "Failed to free the cluster and L1 table: Input/output error",
       );
     }

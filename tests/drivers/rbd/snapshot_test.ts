@@ -80,18 +80,18 @@ Deno.test({ name: "snapshotGoto() restores the snapshot's size and contents on t
   await rbdCreate(conf, image, "4M");
   await using img = await open(rbdFilename(conf, image), { format: "raw" });
   await img.pwrite(MiB, pattern(4096, 0x31));
-  await img.snapshotCreate({ id: "", name: "s", vmStateSize: 0, dateSec: 0, dateNsec: 0, vmClockNsec: 0 });
+  await img.snapshots.create({ id: "", name: "s", vmStateSize: 0, dateSec: 0, dateNsec: 0, vmClockNsec: 0 });
   await img.truncate(8 * MiB);
   await img.pwrite(MiB, pattern(4096, 0x32));
-  await img.snapshotGoto("s");
+  await img.snapshots.goto("s");
   assert.equal(img.length, 4 * MiB);
   assert.equal((await rbdInfo(conf, image)).size, 4 * MiB);
   const back = new Uint8Array(4096);
   await img.pread(MiB, back);
   assert.ok(back.every((b) => b === 0x31));
-  assert.deepEqual((await img.snapshotList()).map((s) => [s.id, s.name, s.vmStateSize]), [["s", "s", 4 * MiB]]);
-  await img.snapshotDelete("s");
-  assert.deepEqual(await img.snapshotList(), []);
+  assert.deepEqual((await img.snapshots.list()).map((s) => [s.id, s.name, s.vmStateSize]), [["s", "s", 4 * MiB]]);
+  await img.snapshots.delete("s");
+  assert.deepEqual(await img.snapshots.list(), []);
 });
 
 Deno.test({ name: "a snapshot is flushed data: writes made before snapshotCreate are in it", ignore }, async () => {
@@ -101,7 +101,7 @@ Deno.test({ name: "a snapshot is flushed data: writes made before snapshotCreate
   await rbdCreate(conf, image, "4M");
   await using img = await open(`${rbdFilename(conf, image)}:rbd_cache_policy=writeback:rbd_cache_max_dirty_age=60`, { format: "raw" });
   await img.pwrite(0, pattern(8192, 0x44));
-  await img.snapshotCreate({ id: "", name: "s", vmStateSize: 0, dateSec: 0, dateNsec: 0, vmClockNsec: 0 });
+  await img.snapshots.create({ id: "", name: "s", vmStateSize: 0, dateSec: 0, dateNsec: 0, vmClockNsec: 0 });
   await img.pwrite(0, pattern(8192, 0x45));
   await runOk("rbd", ["-c", conf, "export", `rbd/${image}@s`, `${dir.path}/s.raw`]);
   assert.equal((await Deno.readFile(`${dir.path}/s.raw`))[0], 0x44);

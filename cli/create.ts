@@ -217,7 +217,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
   if (backing !== undefined && p.values.unsafe !== true) {
     // As qemu-img: the backing file is opened shared (a VM may be using it), for its size and to check it exists.
     const path = resolveBackingPath(filename.startsWith("file:") ? filename.slice(5) : filename, backing);
-    const b = await openImage(path, { format: backingFmt, readOnly: true, forceShare: true }).catch((e) => {
+    // Without I/O (QEMU opens it BDRV_O_NO_IO): an encrypted backing file needs no key for its size.
+    const b = await openImage(path, { format: backingFmt, readOnly: true, forceShare: true, noIo: true }).catch((e) => {
       throw new CliError(`${filename}: ${e instanceof OpenError ? e.reason : (e as Error).message}\nCould not open backing image.`);
     });
     const detected = b.formatName;

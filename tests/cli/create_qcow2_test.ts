@@ -42,6 +42,45 @@ Deno.test({
 });
 
 Deno.test({
+  name: "create -b over an encrypted backing file needs no key for it (qemu-img opens the backing file without I/O, iotests 189/198)",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const secrets = ["--object", "secret,id=sec0,data=base-key", "--object", "secret,id=sec1,data=top-key"];
+    await runOk("qemu-img", [
+      "create",
+      "-q",
+      ...secrets,
+      "-f",
+      "qcow2",
+      "-o",
+      "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+      `${d.path}/base.qcow2`,
+      "16M",
+    ]);
+    const args = (top: string) => [
+      "create",
+      ...secrets,
+      "-f",
+      "qcow2",
+      "-o",
+      "encrypt.format=luks,encrypt.key-secret=sec1,encrypt.iter-time=10",
+      "-b",
+      "base.qcow2",
+      "-F",
+      "qcow2",
+      `${d.path}/${top}`,
+    ];
+    const q = await run("qemu-img", args("q.qcow2"));
+    const r = await cli(args("o.qcow2"));
+    assertEquals([r.code, r.stderr], [q.code, q.stderr]);
+    assertEquals(r.stdout, q.stdout.replace("q.qcow2", "o.qcow2"));
+    const info = JSON.parse((await runOk("qemu-img", ["info", "--output=json", `${d.path}/o.qcow2`])).stdout);
+    assertEquals([info["virtual-size"], info["backing-filename"], info.encrypted], [16777216, "base.qcow2", true]);
+  },
+});
+
+Deno.test({
   name: "convert -O qcow2 makes an image qemu-img finds identical to the source and clean",
   ignore: QEMU,
   async fn() {

@@ -87,7 +87,10 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const node = await openImage(filename, { format: v.format, imageOpts: v["image-opts"] === true });
   let source: BlockNode | undefined;
   try {
-    if (v["source-file"] !== undefined) source = await openImage(v["source-file"], { format: v["source-format"], readOnly: true });
+    // Only the source image's own bitmaps are read: qemu-img opens it without its backing chain (which may be the target itself).
+    if (v["source-file"] !== undefined) {
+      source = await openImage(v["source-file"], { format: v["source-format"], readOnly: true, noBacking: true });
+    }
     for (const { act, src } of actions) {
       try {
         if (act === "add") await node.bitmaps.add(name, { granularity: g || undefined });

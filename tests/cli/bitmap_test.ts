@@ -86,6 +86,32 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "blkgraph bitmap --merge -b opens the source without its backing file, so an overlay's bitmap merges into its own backing file (as qemu-img)",
+  ignore: ignoreNbd,
+  async fn() {
+    await using dir = await tempDir();
+    const tops: string[] = [];
+    for (const who of ["ours", "theirs"]) {
+      const base = `${dir.path}/${who}.base.qcow2`;
+      const top = `${dir.path}/${who}.qcow2`;
+      await runOk("qemu-img", ["create", "-q", "-f", "qcow2", base, "4M"]);
+      await runOk("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top]);
+      await runOk("qemu-img", ["bitmap", "--add", top, "b2"]);
+      await runOk("qemu-io", ["-c", "write 64k 64k", top]);
+      tops.push(top);
+    }
+    // The target (the base, opened read-write) is the source's backing file: qemu-img does not open that again.
+    const args = (who: string) => ["--add", "--merge", "b2", "-b", `${dir.path}/${who}.qcow2`, "-F", "qcow2", "-f", "qcow2"];
+    const a = await cli(["bitmap", ...args("ours"), `${dir.path}/ours.base.qcow2`, "b3"]);
+    const b = await run("qemu-img", ["bitmap", ...args("theirs"), `${dir.path}/theirs.base.qcow2`, "b3"]);
+    assert.deepEqual([a.code, a.stderr], [b.code, b.stderr]);
+    assert.deepEqual(await qemuDirty(`${dir.path}/ours.base.qcow2`, "b3"), ["65536+65536"]);
+    assert.deepEqual(await qemuDirty(`${dir.path}/ours.base.qcow2`, "b3"), await qemuDirty(`${dir.path}/theirs.base.qcow2`, "b3"));
+  },
+});
+
+Deno.test({
   name: "blkgraph info lists bitmaps as qemu-img info does, human and JSON",
   ignore,
   async fn() {

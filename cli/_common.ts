@@ -247,7 +247,7 @@ export async function openImage(filename: string | undefined, opts: ImageArgs = 
 }
 
 /** `over` laid over `base`, nested option objects merged key by key. */
-function mergeSpecs(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+export function mergeSpecs(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
   const out = { ...base };
   for (const [k, v] of Object.entries(over)) {
     const b = out[k];

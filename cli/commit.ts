@@ -11,7 +11,7 @@
 
 import type { BlockNode } from "../core/node.ts";
 import { open } from "../core/open.ts";
-import { parseJsonFilename } from "../core/spec.ts";
+import { isPlainObject, looksDotted, normaliseSpec, parseDotted, parseJsonFilename } from "../core/spec.ts";
 import {
   CliError,
   type CliIO,
@@ -20,6 +20,7 @@ import {
   IMAGE_FLAGS,
   imageArgs,
   isZero,
+  mergeSpecs,
   needPositionals,
   openImage,
   parseVerbArgs,
@@ -118,11 +119,29 @@ async function backingChain(filename: string, args: Parameters<typeof openImage>
 /**
  * How to open a layer again: as the image above names it when that name is
  * a graph (a json: name with filters, which a commit must write through),
- * else its format over its file.
+ * else its format over its file; with the options the user gave for that
+ * layer (`backing.encrypt.key-secret=...` in an `--image-opts` name) laid
+ * over it, as QEMU keeps them when it reopens the base read-write.
  */
-function layerSpec(layer: Layer): Record<string, unknown> {
-  if (layer.recorded?.startsWith("json:")) return { driver: layer.format, ...parseJsonFilename(layer.recorded) };
-  return { driver: layer.format, file: { driver: "file", filename: layer.filename } };
+function layerSpec(layer: Layer, given: Record<string, unknown> | undefined): Record<string, unknown> {
+  const spec = layer.recorded?.startsWith("json:")
+    ? { driver: layer.format, ...parseJsonFilename(layer.recorded) }
+    : { driver: layer.format, file: { driver: "file", filename: layer.filename } };
+  return given ? mergeSpecs(spec, given) : spec;
+}
+
+/** The options the user gave for each layer below the image (index 0: its backing file), from a dotted, `json:` or `--image-opts` name. */
+function givenLayers(filename: string, imageOpts: boolean, depth: number): (Record<string, unknown> | undefined)[] {
+  const out: (Record<string, unknown> | undefined)[] = [];
+  if (!imageOpts && !looksDotted(filename) && !filename.startsWith("json:")) return out;
+  let s: unknown = normaliseSpec(filename.startsWith("json:") ? filename : parseDotted(filename));
+  for (let i = 0; i < depth; i++) {
+    s = isPlainObject(s) ? s.backing : undefined;
+    if (!isPlainObject(s)) break;
+    const { backing: _below, ...own } = s;
+    out.push(own);
+  }
+  return out;
 }
 
 /**
@@ -170,13 +189,15 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const layers: BlockNode[] = [];
   let top: BlockNode | undefined;
   try {
-    let below = await open(layerSpec(chain[at]), { cache: how.cache });
+    const given = givenLayers(filename, how.imageOpts === true, at + 1);
+    let below = await open(layerSpec(chain[at], given[at]), { cache: how.cache });
     layers.push(below);
     for (let i = at - 1; i >= 0; i--) {
-      below = await open({ ...layerSpec(chain[i]), backing: below }, { readOnly: true });
+      below = await open({ ...layerSpec(chain[i], given[i]), backing: below }, { readOnly: true });
       layers.push(below);
     }
-    top = await openImage(filename, { ...how, options: { backing: below } });
+    // The image over these layers, whatever form names it (formatOptions replace the backing of a dotted or json: spec too).
+    top = await openImage(filename, { ...how, formatOptions: { backing: below } });
     const show = progressPrinter(io, p.values.progress === true && p.values.quiet !== true, 1);
     show(0);
     try {

@@ -255,3 +255,43 @@ Deno.test({
     assertEquals(br.stderr, "qemu-img: Block job failed: No space left on device\n");
   },
 });
+
+Deno.test({
+  name: "commit --image-opts keeps the options given for the backing file (an encrypted base's key-secret), as qemu-img (iotest 198)",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const objects = ["--object", "secret,id=sec0,data=base-key", "--object", "secret,id=sec1,data=top-key"];
+    const enc = (secret: string) => `encrypt.format=luks,encrypt.key-secret=${secret},encrypt.iter-time=10`;
+    const spec = (who: string) =>
+      `driver=qcow2,file.filename=${d.path}/${who}.qcow2,encrypt.key-secret=sec1,` +
+      `backing.driver=qcow2,backing.file.filename=${d.path}/${who}.base,backing.encrypt.key-secret=sec0`;
+    const results = [];
+    for (const who of ["ours", "theirs"]) {
+      await runOk("qemu-img", ["create", "-q", ...objects, "-f", "qcow2", "-o", enc("sec0"), `${d.path}/${who}.base`, "4M"]);
+      await runOk("qemu-img", [
+        "create",
+        "-q",
+        ...objects,
+        "-f",
+        "qcow2",
+        "-o",
+        enc("sec1"),
+        "-b",
+        `${who}.base`,
+        "-F",
+        "qcow2",
+        `${d.path}/${who}.qcow2`,
+      ]);
+      await runOk("qemu-io", [...objects, "-c", "write -P 9 64k 1M", "--image-opts", spec(who)]);
+      const args = ["commit", ...objects, "--image-opts", spec(who)];
+      const r = who === "ours" ? await ours(args) : await run("qemu-img", args);
+      const base = `driver=qcow2,file.filename=${d.path}/${who}.base,encrypt.key-secret=sec0`;
+      const read = await run("qemu-io", [...objects, "-c", "read -P 9 64k 1M", "-c", "read -P 0 0 64k", "--image-opts", base]);
+      const map = await runOk("qemu-io", [...objects, "-c", "map", "--image-opts", spec(who)]);
+      results.push([r.code, r.stdout, r.stderr, read.stdout.includes("Pattern verification failed"), map.stdout]);
+    }
+    assertEquals(results[0], results[1]);
+    assertEquals(results[0].slice(0, 4), [0, "Image committed.\n", "", false]);
+  },
+});

@@ -31,7 +31,10 @@ async function blockStatus<N extends CoreNode<N>>(
   opts: RequestOptions,
 ): Promise<BlockStatusOf<N>> {
   c.check("query block status of", offset, length, false);
-  const end = c.length;
+  // A node with a request alignment answers for whole blocks: the last one covers the partial tail of its length too
+  // (QEMU's node lengths are whole sectors and its block status aligns queries to request_alignment).
+  const align = c.limits.requestAlignment;
+  const end = align > 1 ? roundUp(c.length, align) : c.length;
   if (offset >= end || length === 0) {
     return { offset, length: 0, data: false, zero: true, allocated: false, present: false, depth: 0 };
   }

@@ -207,7 +207,11 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
       }
       if (d < 0) return data(length);
       const hole = libc.lseek(fd, offset, SEEK_HOLE);
-      return data(hole > offset ? Math.min(length, hole - offset) : length);
+      if (hole <= offset) return data(length);
+      // A data extent ending in a partial block at the end of the file covers that whole block: requests are whole
+      // blocks of the alignment (QEMU's raw_co_block_status rounds it up the same way).
+      const end = hole === size && hole % align ? hole + align - (hole % align) : hole;
+      return data(Math.min(length, end - offset));
     },
     // Buffered I/O is synchronous FFI already: the exit write-back can use it (O_DIRECT needs aligned bounce buffers: not offered).
     syncIo: direct ? undefined : {

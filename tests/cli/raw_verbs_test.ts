@@ -311,3 +311,26 @@ Deno.test("convert -W -m 4 (out of order, parallel) produces an identical copy",
   assertEquals(r.code, 0, r.stderr);
   assertEquals(await Deno.readFile(`${d.path}/d.raw`), data);
 });
+
+Deno.test({
+  name: "map with cache.direct=on reports a data extent ending in a partial block at EOF as the whole block, as qemu-img (iotest 253)",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  async fn() {
+    await using d = await tempDir();
+    const path = `${d.path}/t.raw`;
+    const size = 1048575;
+    await runOk("qemu-img", ["create", "-q", "-f", "raw", path, String(size)]);
+    await Deno.truncate(path, size);
+    const spec = `driver=raw,file.driver=file,file.filename=${path},cache.direct=on`;
+    const map = async () => {
+      const q = await runOk("qemu-img", ["map", "--output=json", "--image-opts", spec]);
+      const r = await cli(["map", "--output=json", "--image-opts", spec]);
+      assertEquals([r.code, r.stdout], [0, q.stdout]);
+      return JSON.parse(q.stdout) as { start: number; length: number; data: boolean }[];
+    };
+    assertEquals((await map()).map((e) => [e.start, e.length, e.data]), [[0, 4096, true], [4096, 1044480, false]]);
+    await runOk("qemu-io", ["-f", "raw", "-c", `write ${size + 1 - 65536} ${65535}`, path]);
+    await Deno.truncate(path, size);
+    assertEquals((await map()).at(-1), { start: 983040, length: 65536, depth: 0, present: true, zero: false, data: true, offset: 983040 });
+  },
+});

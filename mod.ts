@@ -64,7 +64,7 @@ export {
 } from "./core/node.ts";
 export type { NodeBitmaps, NodeDebug, NodeSnapshots } from "./core/node_groups.ts";
 export { MAX_LENGTH, type NodeConfigOf, type NodeEventOf, type NodeListenerOf, type NodeStats, SECTOR_SIZE } from "./core/request.ts";
-export { driverNames, getDriver, probeFormat, registerDriver } from "./core/registry.ts";
+export { driverNames, getDriver, probeFormat, protocolForFilename, registerDriver } from "./core/registry.ts";
 export { type BlockSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";
 export {
   type CacheFlags,

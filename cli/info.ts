@@ -83,11 +83,14 @@ function fullBackingName(node: BlockNode, backing: string): string {
   return typeof own === "string" ? resolveBackingPath(own, backing) : backing;
 }
 
-/** Bytes the image occupies on the host (st_blocks * 512), when it is a host file. */
+/** The protocol drivers of host files and devices (QEMU's file-posix: file, host_device, host_cdrom). */
+const HOST_DRIVERS = new Set(["file", "host_device", "host_cdrom"]);
+
+/** Bytes the image occupies on the host (st_blocks * 512), when it is a host file or device. */
 export function actualSize(node: BlockNode): number | undefined {
   const p = protocolNode(node);
   const name = p.options.filename;
-  if (p.driver.name !== "file" || typeof name !== "string") return undefined;
+  if (!HOST_DRIVERS.has(p.driver.name) || typeof name !== "string") return undefined;
   try {
     const st = Deno.statSync(name);
     return st.blocks !== null ? st.blocks * 512 : st.size;
@@ -155,8 +158,9 @@ export function qemuJson(v: unknown): string {
 export function shownFilename(node: BlockNode, given: string, imageOpts = false): string {
   const simple = given.startsWith("json:") || imageOpts || looksDotted(given) || driverForPrefix(given)?.name === "file";
   if (!simple) return given;
-  const onlyFilename = (n: BlockNode) =>
-    n.driver.name === "file" && typeof n.options.filename === "string" && Object.keys(n.options).every((k) => k === "filename");
+  // A host file's other options (locking, aio, cache.direct, ...) are not "strong" in QEMU's bdrv_refresh_filename: the
+  // name stays the file's.
+  const onlyFilename = (n: BlockNode) => HOST_DRIVERS.has(n.driver.name) && typeof n.options.filename === "string";
   if (onlyFilename(node)) return node.options.filename as string;
   const file = node.file;
   if (node.driver.kind === "format" && Object.keys(node.options).length === 0 && file && onlyFilename(file)) {

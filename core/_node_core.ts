@@ -130,6 +130,8 @@ export class NodeCore<N extends CoreNode<N>> {
   listeners: NodeListenerOf<N>[] = [];
   /** The node was closed. */
   closed = false;
+  /** The node or one below it has no medium (`DriverInstance.inserted` false): every request fails with ENOMEDIUM. */
+  noMedium = false;
   /** Callbacks run at close. */
   readonly onClose: (() => void)[] = [];
   /** Requests on the node itself may go past its end (BlockNode.allowBeyondEof). */
@@ -152,6 +154,7 @@ export class NodeCore<N extends CoreNode<N>> {
   /** Attaches the driver instance (`BlockNode.attach`) and takes its limits. */
   attach(inst: DriverInstanceOf<N>): void {
     this.inst = inst;
+    this.noMedium = inst.inserted === false || [...this.node.children.values()].some((ch) => coreOf(ch).noMedium);
     this.refreshLimits();
     graphChanged();
   }
@@ -281,7 +284,7 @@ export class NodeCore<N extends CoreNode<N>> {
   // ---- checks -----------------------------------------------------------
 
   /** Throws the request-path error for `what` of `length` bytes at `offset`. */
-  fail(code: "EIO" | "EINVAL" | "EROFS" | "ENOSPC" | "ENOTSUP", what: string, offset: number, length: number, why: string): never {
+  fail(code: "EIO" | "EINVAL" | "EROFS" | "ENOSPC" | "ENOTSUP" | "ENOMEDIUM", what: string, offset: number, length: number, why: string): never {
     throw new BlockError(code, `Cannot ${what} ${length} bytes at offset ${offset} on node '${this.name}': ${why}`, {
       node: this.name,
       offset,
@@ -297,6 +300,7 @@ export class NodeCore<N extends CoreNode<N>> {
    */
   check(what: string, offset: number, length: number, write: boolean): void {
     if (this.closed) this.fail("EIO", what, offset, length, "node is closed");
+    if (this.noMedium) this.fail("ENOMEDIUM", what, offset, length, "no medium in the drive");
     if (!Number.isSafeInteger(offset) || offset < 0) this.fail("EINVAL", what, offset, length, "offset must be a non-negative integer");
     if (!Number.isSafeInteger(length) || length < 0) this.fail("EINVAL", what, offset, length, "length must be a non-negative integer");
     if (offset > MAX_LENGTH || length > MAX_LENGTH - offset) {

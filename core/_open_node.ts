@@ -10,7 +10,7 @@
 import { BlockError, toBlockError } from "./errors.ts";
 import { BlockNode } from "./node.ts";
 import { optBool, type Options, optString } from "./options.ts";
-import { driverForPrefix, getDriver, PROBE_BYTES, probeFormat } from "./registry.ts";
+import { driverForPrefix, getDriver, PROBE_BYTES, probeFormat, protocolForFilename } from "./registry.ts";
 import { isPlainObject, normaliseSpec } from "./spec.ts";
 import type { ChildRole } from "./types.ts";
 import type { BlockDriver, OpenContext } from "./node.ts";
@@ -157,7 +157,7 @@ export async function openNode(input: Options | string | BlockNode, state: OpenS
     }
     if (hasProtocol(filename)) throw unknownProtocol(filename);
     if (state.probe) return openProbed(filename, options, state);
-    options = { ...options, driver: "file" };
+    options = { ...options, driver: protocolForFilename(filename) };
   }
   const driverName = optString(options, "driver", "(any)");
   // No driver but a file child (json:{"file": {...}}): probe the format over it, as QEMU does.

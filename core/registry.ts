@@ -105,6 +105,26 @@ export function driverForPrefix(filename: string): BlockDriver | undefined {
   return undefined;
 }
 
+/**
+ * The protocol driver for a plain filename (QEMU's find_hdev_driver): the
+ * registered driver whose `probeDevice` scores it highest, else `file`.
+ *
+ * @example
+ * ```ts
+ * import { protocolForFilename } from "@blkgraph/blkgraph";
+ * console.log(protocolForFilename("/dev/null"), protocolForFilename("disk.img")); // host_device file
+ * ```
+ */
+export function protocolForFilename(filename: string): string {
+  let best = "file";
+  let score = 0;
+  for (const d of drivers.values()) {
+    const s = d.probeDevice?.(filename) ?? 0;
+    if (s > score) [best, score] = [d.name, s];
+  }
+  return best;
+}
+
 /** Bytes a prober looks at. */
 export const PROBE_BYTES = 2048;
 

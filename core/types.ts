@@ -58,6 +58,12 @@ export interface DriverInstanceOf<N> {
    * ENOSPC as QEMU's raw format does.
    */
   checksBounds?: boolean;
+  /**
+   * `false`: a removable-media device without its medium (a CD-ROM drive
+   * without a disc); the core fails every request on this node and the nodes
+   * above it with ENOMEDIUM, as QEMU's `bdrv_is_inserted`.
+   */
+  readonly inserted?: boolean;
   /** Handles FUA itself; otherwise the core follows a FUA write with a flush. */
   supportsFua?: boolean;
   /**
@@ -239,6 +245,12 @@ export interface BlockDriverOf<N> {
   probe?(head: Uint8Array, filename?: string): number;
   /** Filename prefix this protocol or filter parses (`"blkdebug"`, `"nbd"`). */
   readonly protocolPrefix?: string;
+  /**
+   * Scores a plain filename for a protocol driver of host devices (QEMU's
+   * `bdrv_probe_device`): the highest score above 0 opens the name instead
+   * of `file` (a block or character device gets `host_device`).
+   */
+  probeDevice?(filename: string): number;
   /** Turns a prefixed filename into options. */
   parseFilename?(filename: string): Record<string, unknown>;
   /**

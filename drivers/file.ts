@@ -103,15 +103,74 @@ export const fileDriver: BlockDriver = {
   },
   async open(ctx: OpenContext): Promise<DriverInstance> {
     if (!loadLibc() && !nodeFs) nodeFs = await import("./_file_nodefs.ts");
-    return openFile(ctx);
+    return openFile(ctx, "file");
   },
 };
 
-function openFile(ctx: OpenContext): DriverInstance {
+/** A block or character device (QEMU's S_ISBLK || S_ISCHR). */
+function isDevice(filename: string): boolean {
+  try {
+    const st = Deno.statSync(filename);
+    return st.isBlockDevice === true || st.isCharDevice === true;
+  } catch {
+    return false;
+  }
+}
+
+/** A host device driver: the `file` driver's I/O on a block or character device (QEMU's host_device and host_cdrom). */
+function deviceDriver(name: "host_device" | "host_cdrom", probeDevice: (filename: string) => number): BlockDriver {
+  return {
+    name,
+    kind: "protocol",
+    options: KNOWN,
+    probeDevice,
+    async open(ctx: OpenContext): Promise<DriverInstance> {
+      if (!loadLibc() && !nodeFs) nodeFs = await import("./_file_nodefs.ts");
+      const inst = openFile(ctx, name);
+      // A drive without a disc: the core fails every request with ENOMEDIUM (checked at open; a disc put in later needs a reopen).
+      return name === "host_cdrom" && !cdromInserted(String(ctx.options.filename)) ? { ...inst, inserted: false } : inst;
+    },
+  };
+}
+
+const CDROM_DRIVE_STATUS = 0x5326;
+const CDS_DISC_OK = 4;
+const O_NONBLOCK = 0o4000;
+
+/** A disc is in the drive (QEMU's cdrom_is_inserted: CDROM_DRIVE_STATUS says CDS_DISC_OK); true where it cannot be asked. */
+function cdromInserted(filename: string): boolean {
+  const libc = loadLibc();
+  if (!libc) return true;
+  const fd = libc.open(filename, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0);
+  if (fd < 0) return true;
+  try {
+    return libc.ioctl(fd, CDROM_DRIVE_STATUS, new Uint8Array(8)) === CDS_DISC_OK;
+  } finally {
+    libc.close(fd);
+  }
+}
+
+/**
+ * The `host_device` driver: a block or character device (QEMU's; a plain
+ * filename naming a device opens with it, as QEMU's find_hdev_driver picks it).
+ *
+ * @example
+ * ```ts
+ * import { open } from "@blkgraph/blkgraph";
+ * await using dev = await open({ driver: "host_device", filename: "/dev/zero", locking: "off" }, { readOnly: true });
+ * console.log(dev.driver.name, dev.length); // host_device 0
+ * ```
+ */
+export const hostDeviceDriver: BlockDriver = deviceDriver("host_device", (f) => (isDevice(f) ? 100 : f.startsWith("/dev/cdrom") ? 50 : 0));
+
+/** The `host_cdrom` driver: as `host_device`, for CD-ROM drives (`/dev/cd*`), as QEMU's. */
+export const hostCdromDriver: BlockDriver = deviceDriver("host_cdrom", (f) => (f.startsWith("/dev/cd") && isDevice(f) ? 101 : 0));
+
+function openFile(ctx: OpenContext, kind: "file" | "host_device" | "host_cdrom"): DriverInstance {
   const opts = flattenCache(ctx.options);
-  checkKnownOptions(opts, KNOWN, "file");
-  const filename = optString(opts, "filename", "file");
-  if (!filename) throw new BlockError("EINVAL", "Driver 'file' needs the option 'filename'");
+  checkKnownOptions(opts, KNOWN, kind);
+  const filename = optString(opts, "filename", kind);
+  if (!filename) throw new BlockError("EINVAL", `Driver '${kind}' needs the option 'filename'`);
   const locking = optEnum(opts, "locking", "file", ["auto", "on", "off"] as const) ?? "auto";
   const aio = optEnum(opts, "aio", "file", ["threads", "native", "io_uring"] as const);
   const direct = optBool(opts, "cache.direct", "file") ?? false;
@@ -127,17 +186,19 @@ function openFile(ctx: OpenContext): DriverInstance {
   }
   const hints = create ? readCreateHints(opts) : undefined;
   const h = libc ? openLibc(libc, filename, ctx.readOnly, create, direct, name) : nodeFs!.openNodeFs(filename, ctx.readOnly, create, name);
-  // Like QEMU's file-posix, a directory (which opens read-only) is not an image. Devices are
-  // accepted: blkgraph has no separate host_device driver, and QEMU picks that one for them.
-  let dir = false;
+  // As QEMU's file-posix: `file` takes regular files only (a directory opens read-only, a device belongs to host_device),
+  // host_device and host_cdrom take block and character devices only.
+  let wrong = false;
   try {
-    dir = Deno.statSync(filename).isDirectory;
+    const st = Deno.statSync(filename);
+    wrong = kind === "file" ? !st.isFile : !(st.isBlockDevice || st.isCharDevice);
   } catch {
     // Gone between open and stat: the next request will say so.
   }
-  if (dir) {
+  if (wrong) {
     h.release();
-    throw new BlockError("EINVAL", `'file' driver requires '${filename}' to be a regular file`, { node: name });
+    const what = kind === "file" ? "a regular file" : "either a character or block device";
+    throw new BlockError("EINVAL", `'${kind}' driver requires '${filename}' to be ${what}`, { node: name });
   }
   if (hints && libc) applyCreateHints(libc, h.fd, hints);
   // A file opened to be created is written past its end by design (QEMU's allow_write_beyond_eof for image creation).
@@ -198,3 +259,5 @@ function flattenCache(options: Record<string, unknown>): Record<string, unknown>
 }
 
 registerDriver(fileDriver);
+registerDriver(hostDeviceDriver);
+registerDriver(hostCdromDriver);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { BlockError, BlockNode } from "../../mod.ts";
+import { type BlockError, type BlockNode, open } from "../../mod.ts";
 import { Uring } from "../../drivers/_file_uring.ts";
 import { alignedBuffer, type Libc, loadLibc, O_CLOEXEC, O_CREAT, O_RDWR } from "../../drivers/_file_libc.ts";
 import { pattern, tempDir } from "../_helpers/qemu.ts";
@@ -108,7 +108,7 @@ Deno.test({ name: "io_uring short reads at the end of a file read zeros after th
 });
 
 Deno.test({ name: "a failed io_uring write is a typed error naming the request (ENOSPC from /dev/full)", ignore }, async () => {
-  await using n = await openFile("/dev/full", { aio: "io_uring", locking: "off" });
+  await using n = await open({ driver: "host_device", filename: "/dev/full", aio: "io_uring", locking: "off" });
   n.allowBeyondEof = true; // a character device has no length
   assert.equal((await n.info()).aio, "io_uring");
   await assert.rejects(

@@ -284,7 +284,13 @@ export class NodeCore<N extends CoreNode<N>> {
   // ---- checks -----------------------------------------------------------
 
   /** Throws the request-path error for `what` of `length` bytes at `offset`. */
-  fail(code: "EIO" | "EINVAL" | "EROFS" | "ENOSPC" | "ENOTSUP" | "ENOMEDIUM", what: string, offset: number, length: number, why: string): never {
+  fail(
+    code: "EIO" | "EINVAL" | "EROFS" | "ENOSPC" | "ENOTSUP" | "ENOMEDIUM",
+    what: string,
+    offset: number,
+    length: number,
+    why: string,
+  ): never {
     throw new BlockError(code, `Cannot ${what} ${length} bytes at offset ${offset} on node '${this.name}': ${why}`, {
       node: this.name,
       offset,

@@ -179,7 +179,8 @@ export const luksDriver: BlockDriver = {
     if (secretId === undefined && !ctx.noIo) throw new BlockError("EINVAL", "Parameter 'key-secret' is required for cipher");
     const file = (await ctx.openChild("file"))!;
     const volume = await LuksVolume.open(fileCryptoIO(file));
-    if (secretId === undefined) return new LuksInstance(file, volume, { name: ctx.node.name });
+    // Only described (QEMU's BDRV_O_NO_IO): the secret is neither looked up nor tried, as qcrypto_block_open with NO_IO.
+    if (secretId === undefined || ctx.noIo) return new LuksInstance(file, volume, { name: ctx.node.name });
     const password = passphrase(secretId, "key-secret");
     let key: Uint8Array;
     try {

@@ -107,7 +107,7 @@ export class Qcow2Crypto {
     this.#node = opts.node;
   }
 
-  /** Opens the encryption of an image with `crypt_method` ≠ 0 (unlocking it unless `noIo` and no secret). */
+  /** Opens the encryption of an image with `crypt_method` ≠ 0, unlocking it unless it is opened without I/O (`noIo`). */
   static async open(
     h: Qcow2Header,
     file: BlockNode,
@@ -126,7 +126,8 @@ export class Qcow2Crypto {
       const ext = cryptoHeaderExtent(h, cs);
       volume = await LuksVolume.open(windowIO(file, ext.offset, ext.length));
     }
-    if (keySecret === undefined) return new Qcow2Crypto(wanted, { volume, node: opts.node });
+    // Only described (QEMU's BDRV_O_NO_IO): the secret is neither looked up nor tried, as qcrypto_block_open with NO_IO.
+    if (keySecret === undefined || opts.noIo) return new Qcow2Crypto(wanted, { volume, node: opts.node });
     const password = passphrase(keySecret, "encrypt.key-secret");
     let key: Uint8Array;
     try {

@@ -217,3 +217,39 @@ Deno.test({
     assert.match(raw.stderr, /Format driver 'raw' does not support option amendment/); // qemu-img's words
   },
 });
+
+Deno.test({
+  name: "info opens without I/O: a missing or wrong key secret does not stop it (luks and qcow2 encrypt), as qemu-img info",
+  ignore,
+  async fn() {
+    await using dir = await tempDir();
+    const luks = `${dir.path}/a.luks`;
+    const q2 = `${dir.path}/a.qcow2`;
+    await create(luks, "1M");
+    await runOk("qemu-img", [
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      ...S0,
+      "-o",
+      "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+      q2,
+      "1M",
+    ]);
+    const wrong = ["--object", "secret,id=sec0,data=not-the-key"];
+    for (
+      const args of [
+        ["--image-opts", `driver=luks,key-secret=nosuch,file.filename=${luks}`],
+        [...wrong, "--image-opts", spec(luks)],
+        ["--image-opts", `driver=qcow2,file.filename=${q2},encrypt.key-secret=nosuch`],
+        [...wrong, "--image-opts", `driver=qcow2,file.filename=${q2},encrypt.key-secret=sec0`],
+      ]
+    ) {
+      const q = await run("qemu-img", ["info", ...args]);
+      const r = await cli(["info", ...args]);
+      const body = (s: string) => s.split("\n").slice(1).join("\n"); // the image: line names the options differently (json:)
+      assert.deepEqual([r.code, body(r.stdout), r.stderr], [q.code, body(q.stdout), q.stderr], args.join(" "));
+    }
+  },
+});

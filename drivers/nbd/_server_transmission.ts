@@ -104,8 +104,15 @@ export class TransmissionSession {
     const hdr: RequestHeader = { flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 };
     let end: SessionEnd = "closed";
     try {
+      const writer = this.#writer;
       for (;;) {
-        if (reader.buffered < REQUEST_SIZE) await reader.fill(REQUEST_SIZE);
+        // Replies of the requests parsed from one receive go out in one write: the writer is corked while the loop
+        // runs without waiting, and uncorked whenever it is about to wait.
+        writer.cork();
+        if (reader.buffered < REQUEST_SIZE) {
+          writer.uncork();
+          await reader.fill(REQUEST_SIZE);
+        }
         decodeRequest(reader.dv, reader.pos, hdr);
         reader.consume(REQUEST_SIZE);
         const { flags, type, cookieHi, cookieLo, offset, length } = hdr;
@@ -114,6 +121,7 @@ export class TransmissionSession {
           break;
         }
         let data: Uint8Array | undefined;
+        let pooled: Uint8Array | undefined;
         if (type === CMD.WRITE) {
           if (length > this.#exp.maxPayload) {
             // The payload cannot be skipped cheaply: answer, then drop the connection.
@@ -127,20 +135,30 @@ export class TransmissionSession {
             end = "protocol-error";
             break;
           }
-          data = new Uint8Array(length);
-          await reader.readInto(data);
+          // Pooled, so a stream of writes allocates nothing; the buffer goes back once the node's pwrite resolved.
+          pooled = this.#acquire(length);
+          data = pooled.subarray(0, length);
+          if (reader.buffered >= length) {
+            data.set(reader.buf.subarray(reader.pos, reader.pos + length));
+            reader.consume(length);
+          } else {
+            writer.uncork();
+            await reader.readInto(data);
+          }
         }
         const cost = type === CMD.READ || type === CMD.WRITE ? Math.min(length, this.#exp.maxPayload) + SMALL_COST : SMALL_COST;
         while (
           this.#inflight >= MAX_REQUESTS_IN_FLIGHT ||
           (this.#inflight > 0 && this.#inflightBytes + this.#writer.queuedBytes + cost > MAX_BYTES_IN_FLIGHT)
         ) {
+          writer.uncork();
           await this.#nextCompletion();
         }
-        if (this.#writer.queuedBytes > MAX_BYTES_IN_FLIGHT) await this.#writer.drain();
+        if (writer.queuedBytes > MAX_BYTES_IN_FLIGHT) await writer.drain();
         this.#inflight++;
         this.#inflightBytes += cost;
         void this.#serve(flags, type, cookieHi, cookieLo, offset, length, data).finally(() => {
+          if (pooled) this.#release(pooled);
           this.#inflight--;
           this.#inflightBytes -= cost;
           const ws = this.#waiters;
@@ -152,6 +170,7 @@ export class TransmissionSession {
       this.lastError = e;
       end = e instanceof ConnectionClosedError || !(e instanceof NbdProtocolError) ? "closed" : "protocol-error";
     }
+    this.#writer.uncork();
     await this.quiesce();
     return this.#shutdown && end === "closed" ? "shutdown" : end;
   }

@@ -120,6 +120,8 @@ export class SocketReader {
 
 /** Batches are coalesced into buffers of this size (one socket write each). */
 const COALESCE = 1 << 20;
+/** Messages from this size on are written as they are: copying them costs more than a socket write of their own. */
+const DIRECT = 128 << 10;
 
 /**
  * Queued writer: `send()` never blocks. A message sent while the socket is
@@ -218,11 +220,11 @@ export class SocketWriter {
         let fill = 0;
         for (let i = 0; i < batch.length; i++) {
           const b = batch[i];
-          if (fill + b.length > COALESCE && fill) {
+          if ((fill + b.length > COALESCE || b.length >= DIRECT) && fill) {
             await this.#writeAll(this.#scratch.subarray(0, fill));
             fill = 0;
           }
-          if (b.length >= COALESCE) await this.#writeAll(b);
+          if (b.length >= DIRECT) await this.#writeAll(b);
           else {
             this.#scratch.set(b, fill);
             fill += b.length;

@@ -43,10 +43,14 @@ const SMALL_COST = 512;
 /** Chunk size of NBD_CMD_CACHE reads. */
 const CACHE_CHUNK = 1 << 20;
 
-/** Reply buffers kept per size class for reuse (fewer allocations, less GC). */
-const POOL_PER_CLASS = 32;
-/** Largest pooled reply buffer. */
+/** Buffers (read replies, write payloads) kept per size class for reuse: a client's whole queue (nbdcopy keeps 64). */
+const POOL_PER_CLASS = 64;
+/** Largest pooled buffer. */
 const POOL_MAX = 4 << 20;
+/** Bytes one connection's pool may hold. */
+const POOL_BYTES = 64 << 20;
+/** Size classes are multiples of this: a 256 KiB read reply takes 260 KiB, not 512. */
+const POOL_GRAIN = 4096;
 
 /** A request the client must not have sent: answered with an error and `message`. */
 class RequestError extends Error {
@@ -74,6 +78,7 @@ export class TransmissionSession {
   #waiters: (() => void)[] = [];
   #shutdown = false;
   #pool = new Map<number, Uint8Array[]>();
+  #pooledBytes = 0;
   /** Last error a request or the stream hit (for logs). */
   lastError: unknown = undefined;
 
@@ -240,16 +245,22 @@ export class TransmissionSession {
   /** A buffer of at least `n` bytes (contents undefined: the caller writes every byte it sends). */
   #acquire(n: number): Uint8Array {
     if (n > POOL_MAX) return new Uint8Array(n);
-    let cap = 4096;
-    while (cap < n) cap *= 2;
-    return this.#pool.get(cap)?.pop() ?? new Uint8Array(cap);
+    const cap = Math.ceil(n / POOL_GRAIN) * POOL_GRAIN;
+    const b = this.#pool.get(cap)?.pop();
+    if (!b) return new Uint8Array(cap);
+    this.#pooledBytes -= cap;
+    return b;
   }
 
+  /** Returns a buffer from {@linkcode TransmissionSession.#acquire}; only once nothing holds it any more. */
   #release(b: Uint8Array): void {
-    if (b.length > POOL_MAX) return;
+    if (b.length > POOL_MAX || this.#pooledBytes + b.length > POOL_BYTES) return;
     let list = this.#pool.get(b.length);
     if (!list) this.#pool.set(b.length, list = []);
-    if (list.length < POOL_PER_CLASS) list.push(b);
+    if (list.length < POOL_PER_CLASS) {
+      list.push(b);
+      this.#pooledBytes += b.length;
+    }
   }
 
   /** Sends `n` bytes of pooled buffer `b`, returning it to the pool once written. */

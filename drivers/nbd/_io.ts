@@ -120,6 +120,8 @@ export class SocketReader {
 
 /** Batches are coalesced into buffers of this size (one socket write each). */
 const COALESCE = 1 << 20;
+/** Messages from this size on are written as they are: copying them costs more than a socket write of their own. */
+const DIRECT = 128 << 10;
 
 /**
  * Queued writer: `send()` never blocks. A message sent while the socket is
@@ -136,6 +138,8 @@ export class SocketWriter {
   #error: unknown = undefined;
   #idle: (() => void)[] = [];
   #scratch = new Uint8Array(COALESCE);
+  #corked = false;
+  #corkGen = 0;
 
   /** Creates a writer. */
   constructor(conn: ByteStream) {
@@ -161,11 +165,40 @@ export class SocketWriter {
     this.#queue.push(b);
     this.#done.push(written);
     this.#queued += b.length;
-    if (!this.#running) void this.#run();
+    if (!this.#running && !this.#corked) void this.#run();
+  }
+
+  /**
+   * Holds messages sent from now on in the queue (no socket write) until
+   * {@linkcode SocketWriter.uncork}: replies produced while a server parses
+   * a buffer full of requests then go out in one write instead of one each.
+   */
+  cork(): void {
+    this.#corked = true;
+    this.#corkGen++;
+  }
+
+  /**
+   * Ends a {@linkcode SocketWriter.cork} after `hops` microtask turns, so
+   * replies whose promise chains are still settling (a synchronous node's
+   * write resolves a few microtasks later) join the same write; never later
+   * than the current microtask drain.
+   */
+  uncork(hops = 32): void {
+    if (!this.#corked) return;
+    const gen = this.#corkGen;
+    let p = Promise.resolve();
+    for (let i = 0; i < hops; i++) p = p.then();
+    void p.then(() => {
+      if (gen !== this.#corkGen || !this.#corked) return;
+      this.#corked = false;
+      if (!this.#running && this.#queue.length) void this.#run();
+    });
   }
 
   /** Resolves when everything queued has been written (or writing failed). */
   drain(): Promise<void> {
+    this.uncork(0);
     if (!this.#running && this.#queue.length === 0) return Promise.resolve();
     return new Promise((resolve) => this.#idle.push(resolve));
   }
@@ -187,11 +220,11 @@ export class SocketWriter {
         let fill = 0;
         for (let i = 0; i < batch.length; i++) {
           const b = batch[i];
-          if (fill + b.length > COALESCE && fill) {
+          if ((fill + b.length > COALESCE || b.length >= DIRECT) && fill) {
             await this.#writeAll(this.#scratch.subarray(0, fill));
             fill = 0;
           }
-          if (b.length >= COALESCE) await this.#writeAll(b);
+          if (b.length >= DIRECT) await this.#writeAll(b);
           else {
             this.#scratch.set(b, fill);
             fill += b.length;

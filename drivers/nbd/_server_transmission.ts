@@ -43,10 +43,14 @@ const SMALL_COST = 512;
 /** Chunk size of NBD_CMD_CACHE reads. */
 const CACHE_CHUNK = 1 << 20;
 
-/** Reply buffers kept per size class for reuse (fewer allocations, less GC). */
-const POOL_PER_CLASS = 32;
-/** Largest pooled reply buffer. */
+/** Buffers (read replies, write payloads) kept per size class for reuse: a client's whole queue (nbdcopy keeps 64). */
+const POOL_PER_CLASS = 64;
+/** Largest pooled buffer. */
 const POOL_MAX = 4 << 20;
+/** Bytes one connection's pool may hold. */
+const POOL_BYTES = 64 << 20;
+/** Size classes are multiples of this: a 256 KiB read reply takes 260 KiB, not 512. */
+const POOL_GRAIN = 4096;
 
 /** A request the client must not have sent: answered with an error and `message`. */
 class RequestError extends Error {
@@ -74,6 +78,7 @@ export class TransmissionSession {
   #waiters: (() => void)[] = [];
   #shutdown = false;
   #pool = new Map<number, Uint8Array[]>();
+  #pooledBytes = 0;
   /** Last error a request or the stream hit (for logs). */
   lastError: unknown = undefined;
 
@@ -104,8 +109,15 @@ export class TransmissionSession {
     const hdr: RequestHeader = { flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0 };
     let end: SessionEnd = "closed";
     try {
+      const writer = this.#writer;
       for (;;) {
-        if (reader.buffered < REQUEST_SIZE) await reader.fill(REQUEST_SIZE);
+        // Replies of the requests parsed from one receive go out in one write: the writer is corked while the loop
+        // runs without waiting, and uncorked whenever it is about to wait.
+        writer.cork();
+        if (reader.buffered < REQUEST_SIZE) {
+          writer.uncork();
+          await reader.fill(REQUEST_SIZE);
+        }
         decodeRequest(reader.dv, reader.pos, hdr);
         reader.consume(REQUEST_SIZE);
         const { flags, type, cookieHi, cookieLo, offset, length } = hdr;
@@ -114,6 +126,7 @@ export class TransmissionSession {
           break;
         }
         let data: Uint8Array | undefined;
+        let pooled: Uint8Array | undefined;
         if (type === CMD.WRITE) {
           if (length > this.#exp.maxPayload) {
             // The payload cannot be skipped cheaply: answer, then drop the connection.
@@ -127,20 +140,30 @@ export class TransmissionSession {
             end = "protocol-error";
             break;
           }
-          data = new Uint8Array(length);
-          await reader.readInto(data);
+          // Pooled, so a stream of writes allocates nothing; the buffer goes back once the node's pwrite resolved.
+          pooled = this.#acquire(length);
+          data = pooled.subarray(0, length);
+          if (reader.buffered >= length) {
+            data.set(reader.buf.subarray(reader.pos, reader.pos + length));
+            reader.consume(length);
+          } else {
+            writer.uncork();
+            await reader.readInto(data);
+          }
         }
         const cost = type === CMD.READ || type === CMD.WRITE ? Math.min(length, this.#exp.maxPayload) + SMALL_COST : SMALL_COST;
         while (
           this.#inflight >= MAX_REQUESTS_IN_FLIGHT ||
           (this.#inflight > 0 && this.#inflightBytes + this.#writer.queuedBytes + cost > MAX_BYTES_IN_FLIGHT)
         ) {
+          writer.uncork();
           await this.#nextCompletion();
         }
-        if (this.#writer.queuedBytes > MAX_BYTES_IN_FLIGHT) await this.#writer.drain();
+        if (writer.queuedBytes > MAX_BYTES_IN_FLIGHT) await writer.drain();
         this.#inflight++;
         this.#inflightBytes += cost;
         void this.#serve(flags, type, cookieHi, cookieLo, offset, length, data).finally(() => {
+          if (pooled) this.#release(pooled);
           this.#inflight--;
           this.#inflightBytes -= cost;
           const ws = this.#waiters;
@@ -152,6 +175,7 @@ export class TransmissionSession {
       this.lastError = e;
       end = e instanceof ConnectionClosedError || !(e instanceof NbdProtocolError) ? "closed" : "protocol-error";
     }
+    this.#writer.uncork();
     await this.quiesce();
     return this.#shutdown && end === "closed" ? "shutdown" : end;
   }
@@ -221,16 +245,22 @@ export class TransmissionSession {
   /** A buffer of at least `n` bytes (contents undefined: the caller writes every byte it sends). */
   #acquire(n: number): Uint8Array {
     if (n > POOL_MAX) return new Uint8Array(n);
-    let cap = 4096;
-    while (cap < n) cap *= 2;
-    return this.#pool.get(cap)?.pop() ?? new Uint8Array(cap);
+    const cap = Math.ceil(n / POOL_GRAIN) * POOL_GRAIN;
+    const b = this.#pool.get(cap)?.pop();
+    if (!b) return new Uint8Array(cap);
+    this.#pooledBytes -= cap;
+    return b;
   }
 
+  /** Returns a buffer from {@linkcode TransmissionSession.#acquire}; only once nothing holds it any more. */
   #release(b: Uint8Array): void {
-    if (b.length > POOL_MAX) return;
+    if (b.length > POOL_MAX || this.#pooledBytes + b.length > POOL_BYTES) return;
     let list = this.#pool.get(b.length);
     if (!list) this.#pool.set(b.length, list = []);
-    if (list.length < POOL_PER_CLASS) list.push(b);
+    if (list.length < POOL_PER_CLASS) {
+      list.push(b);
+      this.#pooledBytes += b.length;
+    }
   }
 
   /** Sends `n` bytes of pooled buffer `b`, returning it to the pool once written. */

@@ -52,3 +52,17 @@ Deno.test("cli/qemu-io.ts imports, of the verb modules, only cli/io.ts (and cli/
   const graph = await staticGraph("cli/qemu-io.ts");
   assert.deepEqual((await verbModules()).filter((m) => graph.has(m)), ["cli/info.ts", "cli/io.ts"]);
 });
+
+// The node-compat polyfills that cost a start-up the most (each 5-20 ms):
+// crypto for LUKS, tls and stream for NBD's STARTTLS, zlib for compressed
+// clusters, worker_threads for the cipher pool. They load when an image
+// needs them. (node:util's parseArgs, which every verb uses, and
+// node:async_hooks, which is light, stay.)
+const HEAVY_POLYFILLS = ["node:crypto", "node:tls", "node:stream", "node:zlib", "node:worker_threads", "node:fs"];
+
+for (const entry of ["mod.ts", "cli/main.ts", "cli/qemu-img.ts", "cli/qemu-io.ts"]) {
+  Deno.test(`${entry} loads none of ${HEAVY_POLYFILLS.join(", ")} at start-up`, async () => {
+    const graph = await staticGraph(entry);
+    assert.deepEqual(HEAVY_POLYFILLS.filter((m) => graph.has(m)), []);
+  });
+}

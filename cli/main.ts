@@ -10,7 +10,7 @@
  * @module
  */
 
-import "../mod.ts";
+import "../_drivers.ts";
 import { closeAllNodes } from "../core/open.ts";
 import { type CliIO, invokeVerb, progName, type Verb, verbTerminationHandler } from "./_common.ts";
 

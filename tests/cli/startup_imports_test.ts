@@ -66,3 +66,27 @@ for (const entry of ["mod.ts", "cli/main.ts", "cli/qemu-img.ts", "cli/qemu-io.ts
     assert.deepEqual(HEAVY_POLYFILLS.filter((m) => graph.has(m)), []);
   });
 }
+
+// The command lines register drivers through _drivers.ts, not mod.ts: the
+// same drivers, without the library's exports (the crash explorer's runner,
+// oracles and log reader, ~50 KB of modules).
+Deno.test("cli/main.ts registers the same drivers as mod.ts", async () => {
+  const names = async (entry: string) => {
+    const code = `import ${JSON.stringify(new URL(entry, ROOT).href)};
+      import { driverNames } from ${JSON.stringify(new URL("core/registry.ts", ROOT).href)};
+      console.log(JSON.stringify(driverNames()));`;
+    const out = await new Deno.Command(Deno.execPath(), { args: ["eval", code], stdout: "piped" }).output();
+    assert.ok(out.success, `deno eval of ${entry} failed`);
+    return JSON.parse(new TextDecoder().decode(out.stdout)) as string[];
+  };
+  const lib = await names("mod.ts");
+  assert.ok(lib.includes("qcow2") && lib.includes("x-crash-capture"), lib.join(", "));
+  assert.deepEqual(await names("cli/main.ts"), lib);
+});
+
+for (const entry of ["cli/qemu-img.ts", "cli/qemu-io.ts"]) {
+  Deno.test(`${entry} does not load the crash explorer at start-up`, async () => {
+    const graph = await staticGraph(entry);
+    assert.deepEqual(["filters/crash/explorer.ts", "filters/crash/oracles.ts", "mod.ts"].filter((m) => graph.has(m)), []);
+  });
+}

@@ -31,21 +31,8 @@
  * @module
  */
 
-// Every driver and filter registers itself on import.
-import "./drivers/file.ts";
-import "./drivers/memory.ts";
-import "./drivers/raw.ts";
-import "./drivers/null.ts";
-import "./drivers/foreign.ts";
-import "./drivers/qcow2/mod.ts";
-import "./drivers/luks/mod.ts";
-import "./drivers/nbd/mod.ts";
-import "./drivers/rbd/rbd.ts";
-import "./filters/blkdebug.ts";
-import "./filters/throttle.ts";
-import "./filters/recorder.ts";
-import "./filters/copy_on_read.ts";
-import "./filters/crash/mod.ts";
+// Every driver and filter registers itself on import (`_drivers.ts`).
+import "./_drivers.ts";
 
 export { BlockError, type BlockErrorDetails, CorruptImageError, type ErrnoCode, errnoCode, toBlockError } from "./core/errors.ts";
 export { BLKDBG_EVENTS, type BlkdebugEvent, isBlkdebugEvent } from "./core/events.ts";

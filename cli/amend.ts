@@ -24,6 +24,7 @@ import {
   type Verb,
 } from "./_common.ts";
 import { formatOptionHelp, parseCreateOptions, wantsOptionHelp } from "./create.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 /** Whether the format's driver takes amend options (it lists them); a format blkgraph only recognises does not. */
 function amendable(format: string): boolean {
@@ -94,6 +95,6 @@ async function run(args: string[], io: CliIO): Promise<number> {
 /** The `amend` verb. */
 export const amendVerb: Verb = {
   name: "amend",
-  summary: "change format options (qcow2 compat/refcount_bits/size/..., luks key slots)",
+  summary: VERB_SUMMARIES.amend,
   run,
 };

@@ -22,6 +22,7 @@ import {
   type Verb,
 } from "./_common.ts";
 import { startTrace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph bench [-c count] [-d depth] [-f fmt] [--flush-interval=n] [--no-drain] [-o offset]
                       [--pattern=byte] [-q] [-s size] [-S step] [-t cache] [-w] [-U] [--trace[=FILE]] [--trace-format=text|json|chrome] filename
@@ -169,4 +170,4 @@ export async function runBench(node: BlockNode, b: BenchParams): Promise<void> {
 }
 
 /** The `bench` verb. */
-export const benchVerb: Verb = { name: "bench", summary: "run a simple I/O benchmark", run };
+export const benchVerb: Verb = { name: "bench", summary: VERB_SUMMARIES.bench, run };

@@ -13,6 +13,7 @@ import { parseArgs } from "node:util";
 import type { BlockNode } from "../core/node.ts";
 import { defineObject } from "../core/secrets.ts";
 import { CliError, type CliIO, errorMessage, openImage, type Verb } from "./_common.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)...
                        [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef]
@@ -112,4 +113,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `bitmap` verb (qemu-img bitmap). */
-export const bitmapVerb: Verb = { name: "bitmap", summary: "add, remove, clear, enable, disable or merge persistent dirty bitmaps", run };
+export const bitmapVerb: Verb = { name: "bitmap", summary: VERB_SUMMARIES.bitmap, run };

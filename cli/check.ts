@@ -24,6 +24,7 @@ import {
   type Verb,
 } from "./_common.ts";
 import { qemuJson } from "./info.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph check [-f fmt] [-r leaks|all] [--output=human|json] [-q] [-U] [--image-opts] filename
 
@@ -168,4 +169,4 @@ export function checkResultJson(result: CheckResult, filename: string, format = 
 }
 
 /** The `check` verb. */
-export const checkVerb: Verb = { name: "check", summary: "check an image for consistency", run };
+export const checkVerb: Verb = { name: "check", summary: VERB_SUMMARIES.check, run };

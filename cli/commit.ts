@@ -30,6 +30,7 @@ import {
 } from "./_common.ts";
 import { strerror } from "./io_commands/_session.ts";
 import { progressPrinter } from "./_progress.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename
 
@@ -225,4 +226,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `commit` verb. */
-export const commitVerb: Verb = { name: "commit", summary: "commit an overlay into its backing file", run };
+export const commitVerb: Verb = { name: "commit", summary: VERB_SUMMARIES.commit, run };

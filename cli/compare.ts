@@ -21,6 +21,7 @@ import {
 } from "./_common.ts";
 import { chainStatus } from "./_map_extents.ts";
 import { strerror } from "./io_commands/_session.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
 
@@ -182,4 +183,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `compare` verb. */
-export const compareVerb: Verb = { name: "compare", summary: "compare the content of two images", run };
+export const compareVerb: Verb = { name: "compare", summary: VERB_SUMMARIES.compare, run };

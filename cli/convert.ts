@@ -26,6 +26,7 @@ import { canCreate, createOptionHelp, parseCreateOptions, wantsOptionHelp } from
 import { startTrace, type Trace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
 import { progressPrinter } from "./_progress.ts";
 import { resolveSnapshot, snapshotArg } from "./_snapshot_view.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]
                         [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param]
@@ -243,4 +244,4 @@ async function copyBitmaps(src: BlockNode, dst: BlockNode, skipBroken: boolean, 
 }
 
 /** The `convert` verb. */
-export const convertVerb: Verb = { name: "convert", summary: "convert (copy) images", run };
+export const convertVerb: Verb = { name: "convert", summary: VERB_SUMMARIES.convert, run };

@@ -26,6 +26,7 @@ import {
   sizeArg,
   type Verb,
 } from "./_common.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph crash-explore [--workload=NAME]... [--mode=MODE]... [--wrong-order] [--unsafe-host]
                              [--seed=N] [--samples=N] [--max-states=N] [--max-exhaustive=N] [--torn-cuts=N]
@@ -260,6 +261,6 @@ async function run(args: string[], io: CliIO): Promise<number> {
 /** The `crash-explore` verb. */
 export const crashExploreVerb: Verb = {
   name: "crash-explore",
-  summary: "explore crash states of qcow2 workloads or a dm-log-writes log",
+  summary: VERB_SUMMARIES["crash-explore"],
   run,
 };

@@ -25,6 +25,7 @@ import {
   type Verb,
 } from "./_common.ts";
 import { QCOW2_CREATE_NAMES, QCOW2_SHOWN_DEFAULTS } from "../drivers/qcow2/_image_options.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph create [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] [-q] filename [size]
 
@@ -246,4 +247,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `create` verb. */
-export const createVerb: Verb = { name: "create", summary: "create a new image", run };
+export const createVerb: Verb = { name: "create", summary: VERB_SUMMARIES.create, run };

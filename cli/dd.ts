@@ -13,6 +13,7 @@ import { parseSize } from "../core/options.ts";
 import { getDriver } from "../core/registry.ts";
 import { CliError, type CliIO, flagString, IMAGE_FLAGS, imageArgs, openImage, parseVerbArgs, progName, type Verb } from "./_common.ts";
 import { strerror } from "./io_commands/_session.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE =
   `Usage: blkgraph dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output
@@ -103,4 +104,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `dd` verb. */
-export const ddVerb: Verb = { name: "dd", summary: "copy an image block by block, as dd(1)", run };
+export const ddVerb: Verb = { name: "dd", summary: VERB_SUMMARIES.dd, run };

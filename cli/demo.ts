@@ -13,6 +13,7 @@ import { createImage, open } from "../core/open.ts";
 import { type CliIO, graphNodes, invokeVerb, type Verb } from "./_common.ts";
 import { checkVerb } from "./check.ts";
 import { infoVerb } from "./info.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph demo [--keep]
 
@@ -179,4 +180,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `demo` verb. */
-export const demoVerb: Verb = { name: "demo", summary: "a short tour of blkgraph (qcow2, blkdebug, events, check)", run };
+export const demoVerb: Verb = { name: "demo", summary: VERB_SUMMARIES.demo, run };

@@ -26,6 +26,7 @@ import {
   sizeToStr,
   type Verb,
 } from "./_common.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph info [-f fmt] [--output=human|json] [--backing-chain] [--image-opts] [-U] filename
 
@@ -213,4 +214,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `info` verb. */
-export const infoVerb: Verb = { name: "info", summary: "show information about an image", run };
+export const infoVerb: Verb = { name: "info", summary: VERB_SUMMARIES.info, run };

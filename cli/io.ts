@@ -15,6 +15,7 @@ import { RW_COMMANDS } from "./io_commands/rw.ts";
 import { getopt, type IoCommand, IoSession, splitWords } from "./io_commands/_session.ts";
 import { errorMessage } from "./_common.ts";
 import { parseCacheMode } from "../core/open.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 /** Every io command. */
 export const IO_COMMANDS: readonly IoCommand[] = [...RW_COMMANDS, ...MISC_COMMANDS, ...BLKDEBUG_COMMANDS, ...PROCESS_COMMANDS];
@@ -178,4 +179,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `io` verb. */
-export const ioVerb: Verb = { name: "io", summary: "qemu-io's command language (-c cmd, or a prompt)", run };
+export const ioVerb: Verb = { name: "io", summary: VERB_SUMMARIES.io, run };

@@ -22,6 +22,7 @@ import {
   sizeArg,
   type Verb,
 } from "./_common.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph map [-f fmt] [--output=human|json|svg] [--start-offset=N] [--max-length=N] [--image-opts] [-U] filename
 
@@ -94,4 +95,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `map` verb. */
-export const mapVerb: Verb = { name: "map", summary: "show the image's allocation map", run };
+export const mapVerb: Verb = { name: "map", summary: VERB_SUMMARIES.map, run };

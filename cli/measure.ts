@@ -24,6 +24,7 @@ import { parseSize } from "../core/options.ts";
 import { resolveSnapshot, snapshotArg } from "./_snapshot_view.ts";
 import { parseCreateOptions } from "./create.ts";
 import { qemuJson } from "./info.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph measure [--output=human|json] [-O fmt] [-o options] [--size N | [-f fmt] [--image-opts] filename]
 
@@ -119,4 +120,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `measure` verb. */
-export const measureVerb: Verb = { name: "measure", summary: "compute the size an image needs", run };
+export const measureVerb: Verb = { name: "measure", summary: VERB_SUMMARIES.measure, run };

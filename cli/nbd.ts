@@ -26,6 +26,7 @@ import {
   verbObjectType,
 } from "./_common.ts";
 import { startTrace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph nbd [OPTIONS] FILE
 
@@ -258,7 +259,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `nbd` verb (qemu-nbd). */
-export const nbdVerb: Verb = { name: "nbd", summary: "serve an image over NBD (qemu-nbd)", run };
+export const nbdVerb: Verb = { name: "nbd", summary: VERB_SUMMARIES.nbd, run };
 
 /**
  * Opens the export; `--aio=threads` on a plain filename opens its file node

@@ -29,6 +29,7 @@ import {
 } from "./_common.ts";
 import { strerror } from "./io_commands/_session.ts";
 import { progressPrinter } from "./_progress.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph rebase [-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-u] [-U] -b backing_file [-F backing_fmt] filename
 
@@ -221,4 +222,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `rebase` verb. */
-export const rebaseVerb: Verb = { name: "rebase", summary: "change the backing file of an image (safe, or -u)", run };
+export const rebaseVerb: Verb = { name: "rebase", summary: VERB_SUMMARIES.rebase, run };

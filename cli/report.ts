@@ -23,6 +23,7 @@ import {
 import { renderMapSvg } from "./_map_svg.ts";
 import { renderTraceReport } from "./_report_html.ts";
 import { parseTraceReport } from "./_report_model.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph report [-o report.html] [--title=TEXT] [--image=FILE [-f fmt]] trace.json
 
@@ -81,4 +82,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `report` verb. */
-export const reportVerb: Verb = { name: "report", summary: "HTML report of a --trace-format=chrome trace", run };
+export const reportVerb: Verb = { name: "report", summary: VERB_SUMMARIES.report, run };

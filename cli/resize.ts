@@ -20,6 +20,7 @@ import {
   sizeArg,
   type Verb,
 } from "./_common.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph resize [-f fmt] [--shrink] [--preallocation=mode] [-q] [--image-opts] filename [+|-]size
 
@@ -68,4 +69,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `resize` verb. */
-export const resizeVerb: Verb = { name: "resize", summary: "change the virtual size of an image", run };
+export const resizeVerb: Verb = { name: "resize", summary: VERB_SUMMARIES.resize, run };

@@ -26,6 +26,7 @@ import {
   type Verb,
 } from "./_common.ts";
 import { formatSnapshotTable, readSnapshots } from "./_snapshots.ts";
+import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 const USAGE = `Usage: blkgraph snapshot [-l | -a snapshot | -c snapshot | -d snapshot] [-f fmt] [-q] [-U] [--image-opts] filename
 
@@ -126,4 +127,4 @@ async function run(args: string[], io: CliIO): Promise<number> {
 }
 
 /** The `snapshot` verb. */
-export const snapshotVerb: Verb = { name: "snapshot", summary: "list, create, apply or delete internal snapshots", run };
+export const snapshotVerb: Verb = { name: "snapshot", summary: VERB_SUMMARIES.snapshot, run };

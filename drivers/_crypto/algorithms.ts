@@ -24,6 +24,12 @@ export type IvgenAlg = "plain" | "plain64" | "essiv";
 export type HashAlg = "md5" | "sha1" | "sha224" | "sha256" | "sha384" | "sha512" | "ripemd160";
 
 /** The ciphers this implementation runs. */
+/** The LUKS sector size (QEMU 7.2 always writes 512). */
+export const LUKS_SECTOR_SIZE = 512;
+
+/** Most PBKDF2 iterations a header may ask for (about a minute of work); more is refused as corrupt. */
+export const MAX_PBKDF2_ITERATIONS = 1 << 28;
+
 export const CIPHER_ALGS: readonly CipherAlg[] = ["aes-128", "aes-192", "aes-256"];
 /** QEMU 7.2's cipher algorithm names that LUKS maps but `node:crypto` cannot run. */
 export const UNAVAILABLE_CIPHER_ALGS: readonly string[] = [

@@ -22,11 +22,11 @@ import {
   HASH_ALGS,
   type HashAlg,
   type IvgenAlg,
+  LUKS_SECTOR_SIZE,
+  MAX_PBKDF2_ITERATIONS,
   parseModeSpec,
   runnableCipher,
 } from "./algorithms.ts";
-import { MAX_PBKDF2_ITERATIONS } from "./pbkdf.ts";
-import { LUKS_SECTOR_SIZE } from "./sector_cipher.ts";
 
 /** `LUKS\xba\xbe`. */
 export const LUKS_MAGIC: Uint8Array = new Uint8Array([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]);

@@ -18,8 +18,7 @@ import { DIGEST_LENGTH, type HashAlg } from "./algorithms.ts";
 
 const WEB_HASH: Partial<Record<HashAlg, string>> = { sha1: "SHA-1", sha256: "SHA-256", sha384: "SHA-384", sha512: "SHA-512" };
 
-/** Most PBKDF2 iterations a header may ask for (about a minute of work); more is refused as corrupt. */
-export const MAX_PBKDF2_ITERATIONS = 1 << 28;
+export { MAX_PBKDF2_ITERATIONS } from "./algorithms.ts";
 
 /**
  * Derives `length` bytes from `password` and `salt` with `iterations`

@@ -39,11 +39,10 @@
 
 import nodeCrypto from "node:crypto";
 import { BlockError } from "../../core/errors.ts";
-import { type CipherAlg, type CipherSpec, essivCipher, ivLength, keyLength } from "./algorithms.ts";
+import { type CipherAlg, type CipherSpec, essivCipher, ivLength, keyLength, LUKS_SECTOR_SIZE } from "./algorithms.ts";
 import { openSslCipher, type OpenSslSectorCipher } from "./_openssl.ts";
 
-/** The LUKS sector size (QEMU 7.2 always writes 512). */
-export const LUKS_SECTOR_SIZE = 512;
+export { LUKS_SECTOR_SIZE } from "./algorithms.ts";
 const BLOCK = 16;
 /** Sectors are processed in chunks of this many bytes (one ECB call each). */
 const CHUNK = 64 * 1024;

@@ -18,13 +18,13 @@ import type { BlockDriver, BlockNode, BlockStatus, DriverInstance } from "../../
 import { checkKnownOptions, optInt, optString } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type { AmendOptions, FormatOptions, RequestOptions, TruncateOptions, WriteOptions } from "../../core/types.ts";
-import { keyLength, parseCipherAlg, parseCipherMode, parseHashAlg, parseIvgenAlg } from "../_crypto/algorithms.ts";
-import { CipherPool } from "../_crypto/cipher_pool.ts";
+import { keyLength, LUKS_SECTOR_SIZE, parseCipherAlg, parseCipherMode, parseHashAlg, parseIvgenAlg } from "../_crypto/algorithms.ts";
+import type { CipherPool } from "../_crypto/cipher_pool.ts";
 import { passphrase } from "../_crypto/passphrase.ts";
 import { amendLuks } from "../_crypto/amend.ts";
-import { type CryptoIO, LuksVolume } from "../_crypto/luks.ts";
+import type { CryptoIO, LuksVolume } from "../_crypto/luks.ts";
+import { loadLuks } from "../_crypto/_lazy.ts";
 import { isLuks, qemuPayloadOffset } from "../_crypto/luks_header.ts";
-import { LUKS_SECTOR_SIZE } from "../_crypto/sector_cipher.ts";
 
 /** Largest piece a write is encrypted and written in (bounds the bounce buffer, as QEMU's 1 MiB). */
 const WRITE_CHUNK = 1 << 20;
@@ -178,6 +178,7 @@ export const luksDriver: BlockDriver = {
     const secretId = optString(ctx.options, "key-secret", "luks");
     if (secretId === undefined && !ctx.noIo) throw new BlockError("EINVAL", "Parameter 'key-secret' is required for cipher");
     const file = (await ctx.openChild("file"))!;
+    const { LuksVolume, CipherPool } = await loadLuks();
     const volume = await LuksVolume.open(fileCryptoIO(file));
     // Only described (QEMU's BDRV_O_NO_IO): the secret is neither looked up nor tried, as qcrypto_block_open with NO_IO.
     if (secretId === undefined || ctx.noIo) return new LuksInstance(file, volume, { name: ctx.node.name });
@@ -229,6 +230,7 @@ export const luksDriver: BlockDriver = {
       // Reserve the header and payload first (QEMU's initfunc), then write key slot 0 and the header.
       const payload = qemuPayloadOffset(keyLength({ alg: spec.alg ?? "aes-256", mode: spec.mode ?? "xts" })) * LUKS_SECTOR_SIZE;
       await file.truncate(payload + ctx.size, { prealloc: prealloc as "off" | "falloc" | "full" });
+      const { LuksVolume } = await loadLuks();
       const { masterKey } = await LuksVolume.create(fileCryptoIO(file), password, {
         spec: Object.fromEntries(Object.entries(spec).filter(([, v]) => v !== undefined)),
         hash: hash === undefined ? undefined : parseHashAlg(hash),

@@ -14,11 +14,11 @@
 
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
-import { CipherPool } from "../_crypto/cipher_pool.ts";
-import { keyLength, parseCipherAlg, parseCipherMode, parseHashAlg, parseIvgenAlg } from "../_crypto/algorithms.ts";
-import { type CryptoIO, type LuksCreateOptions, LuksVolume } from "../_crypto/luks.ts";
+import type { CipherPool } from "../_crypto/cipher_pool.ts";
+import { keyLength, LUKS_SECTOR_SIZE, parseCipherAlg, parseCipherMode, parseHashAlg, parseIvgenAlg } from "../_crypto/algorithms.ts";
+import type { CryptoIO, LuksCreateOptions, LuksVolume } from "../_crypto/luks.ts";
+import { loadLuks } from "../_crypto/_lazy.ts";
 import { qemuPayloadOffset } from "../_crypto/luks_header.ts";
-import { LUKS_SECTOR_SIZE } from "../_crypto/sector_cipher.ts";
 import { passphrase } from "../_crypto/passphrase.ts";
 import { EXT_CRYPTO, type HeaderExtension, type Qcow2Header } from "./header.ts";
 import { ENCRYPT_CREATE_NAMES } from "./_image_options.ts";
@@ -120,6 +120,7 @@ export class Qcow2Crypto {
       throw new BlockError("EINVAL", `Header reported 'encrypt.format=${wanted}' encryption format but options specify '${format}'`);
     }
     if (keySecret === undefined && !opts.noIo) throw new BlockError("EINVAL", "Parameter 'encrypt.key-secret' is required for cipher");
+    const { LuksVolume, CipherPool } = await loadLuks();
     let volume: LuksVolume | undefined;
     if (wanted === "luks") {
       const cs = 2 ** h.clusterBits;
@@ -275,6 +276,7 @@ export function cryptoExtension(offset: number, length: number): HeaderExtension
 export async function writeEncryptionHeader(file: BlockNode, offset: number, enc: Qcow2EncryptCreate): Promise<void> {
   const password = passphrase(enc.keySecret, "encrypt.key-secret");
   try {
+    const { LuksVolume } = await loadLuks();
     const { masterKey } = await LuksVolume.create(windowIO(file, offset, enc.headerBytes), password, enc.luks);
     masterKey.fill(0);
   } finally {

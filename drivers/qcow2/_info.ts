@@ -6,7 +6,7 @@
  * @module
  */
 
-import { COMPRESSION_NAMES } from "./compress.ts";
+import { COMPRESSION_NAMES } from "./_compression_types.ts";
 import { AUTOCLEAR_DATA_FILE_RAW, clusterSize, COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from "./header.ts";
 import type { Qcow2State } from "./_state.ts";
 

@@ -11,7 +11,7 @@ import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { DONE } from "../../core/_node_core.ts";
 import type { BlockStatus } from "../../core/node.ts";
-import { decompressCluster } from "./compress.ts";
+import { loadCodecs } from "./_codecs.ts";
 import { K_COMPRESSED, K_NORMAL, K_UNALLOC, K_ZERO, map, type Mapping, mapSync, newMapping } from "./_l2.ts";
 import type { Qcow2State } from "./_state.ts";
 
@@ -43,6 +43,7 @@ export async function readCompressed(st: Qcow2State, m: Mapping, req: RequestInf
   } finally {
     st.ioInFlight--;
   }
+  const { decompressCluster } = await loadCodecs();
   let data: Uint8Array;
   try {
     data = decompressCluster(raw, st.cs, st.header.compressionType);

@@ -9,7 +9,7 @@
 
 import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
-import { compressCluster } from "./compress.ts";
+import { loadCodecs } from "./_codecs.ts";
 import { allocClusters, getRefcount, updateRefcount } from "./_refcount.ts";
 import { HI_COMPRESSED, maxRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
@@ -72,6 +72,7 @@ export async function writeCompressedLocked(st: Qcow2State, offset: number, data
     full = new Uint8Array(cs);
     full.set(data);
   }
+  const { compressCluster } = await loadCodecs();
   const packed = compressCluster(full, st.header.compressionType);
   if (!packed) return writeLocked(st, offset, data, req);
   await markDirty(st, req);

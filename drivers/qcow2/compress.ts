@@ -18,14 +18,9 @@ import { constants, deflateRawSync, inflateRawSync, zstdCompressSync, zstdDecomp
 import { BlockError } from "../../core/errors.ts";
 import { loadZlib, loadZstd } from "./_decompress_ffi.ts";
 import { systemDeflate } from "./_zlib_ffi.ts";
+import { COMPRESSION_NAMES, COMPRESSION_ZSTD } from "./_compression_types.ts";
 
-/** Compression type 0: raw deflate. */
-export const COMPRESSION_ZLIB = 0;
-/** Compression type 1: zstd. */
-export const COMPRESSION_ZSTD = 1;
-
-/** Names of the compression types, as `qemu-img info` prints them. */
-export const COMPRESSION_NAMES: readonly string[] = ["zlib", "zstd"];
+export { COMPRESSION_NAMES, COMPRESSION_ZLIB, COMPRESSION_ZSTD } from "./_compression_types.ts";
 
 /**
  * Decompresses one cluster (`clusterSize` bytes) from `input`, which may

@@ -72,7 +72,20 @@ function fallbackReason(): string | undefined {
   return undefined;
 }
 
-/** A pool of compression workers (see the module documentation). */
+/**
+ * A pool of compression workers (see the module documentation). Each qcow2
+ * image has one for its compressed writes (`Qcow2Instance.compressPool`,
+ * size from the open option `compress-threads`).
+ *
+ * @example
+ * ```ts
+ * import { CompressPool } from "@blkgraph/blkgraph/drivers/qcow2";
+ * const pool = new CompressPool({ size: 2 });
+ * const out = await pool.compress(new Uint8Array(65536).fill(1), 0);
+ * console.log(out!.length < 100, pool.stats.workers); // true 1
+ * pool.close();
+ * ```
+ */
 export class CompressPool {
   /** Workers at most. */
   readonly size: number;

@@ -9,7 +9,8 @@
  * The workers compress through FFI (the system's zlib and libzstd, QEMU's
  * exact bytes). Without the FFI permission, or where workers cannot start,
  * the pool compresses on the main thread (`compressCluster`, which then
- * uses `node:zlib`) and says so once on stderr. A job that fails in a
+ * uses `node:zlib`) and says so once on stderr. The default size comes
+ * from `BLKGRAPH_COMPRESS_THREADS` (where it may be read), else 4. A job that fails in a
  * worker, or a worker that dies, rejects with an EIO {@linkcode BlockError}.
  *
  * @module
@@ -20,7 +21,7 @@ import { compressCluster } from "./compress.ts";
 
 /** Options of {@linkcode CompressPool}. */
 export interface CompressPoolOptions {
-  /** Workers at most (default 4, QEMU's QCOW2_MAX_THREADS). */
+  /** Workers at most (default: the environment variable `BLKGRAPH_COMPRESS_THREADS`, else 4, QEMU's QCOW2_MAX_THREADS). */
   size?: number;
   /** Stop the workers after this many milliseconds without a job (default 1000). */
   idleMs?: number;
@@ -62,6 +63,21 @@ export function setCompressWorkerUrl(url: URL | undefined): void {
   workerUrl = url ?? DEFAULT_WORKER;
 }
 
+/** `BLKGRAPH_COMPRESS_THREADS`, where it is set and may be read. */
+function envSize(): number | undefined {
+  const name = "BLKGRAPH_COMPRESS_THREADS";
+  try {
+    if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") return undefined;
+    const v = Deno.env.get(name);
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v)) throw new BlockError("EINVAL", `Invalid ${name} '${v}': an integer from 0 to 64`);
+    return Number(v);
+  } catch (e) {
+    if (e instanceof BlockError) throw e;
+    return undefined;
+  }
+}
+
 function fallbackReason(): string | undefined {
   try {
     if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return "no FFI permission for the compression workers";
@@ -99,7 +115,7 @@ export class CompressPool {
 
   /** A pool of up to `opts.size` workers; none start before the first job. */
   constructor(opts: CompressPoolOptions = {}) {
-    const size = opts.size ?? 4;
+    const size = opts.size ?? envSize() ?? 4;
     if (!Number.isInteger(size) || size < 0 || size > 64) {
       throw new BlockError("EINVAL", `Invalid compression pool size ${size}: an integer from 0 to 64 (0 = the main thread)`);
     }

@@ -143,3 +143,18 @@ Deno.test({
     );
   },
 });
+
+Deno.test("CompressPool takes its default size from BLKGRAPH_COMPRESS_THREADS, and refuses a bad value naming it", () => {
+  // Set and removed with no await in between: no other test sees it.
+  const sized = (v: string) => {
+    Deno.env.set("BLKGRAPH_COMPRESS_THREADS", v);
+    try {
+      return new CompressPool().size;
+    } finally {
+      Deno.env.delete("BLKGRAPH_COMPRESS_THREADS");
+    }
+  };
+  assert.equal(sized("2"), 2);
+  assert.throws(() => sized("two"), /Invalid BLKGRAPH_COMPRESS_THREADS 'two'/);
+  assert.equal(new CompressPool().size, 4);
+});

@@ -7,7 +7,8 @@
  * sizes from the files. The ratio is qemu-img's time over ours (above 1:
  * we are faster).
  *
- * Run: `deno task bench -- --only convert` or `deno run -A bench/run.ts --only convert [--quick]`.
+ * Run: `deno task bench -- --only convert` or `deno run -A bench/run.ts --only convert [--quick]`;
+ * `CONVERT_BENCH_ROWS=<regexp>` keeps only the rows whose name matches (e.g. `-c` for the compressed ones).
  *
  * @module
  */
@@ -95,6 +96,8 @@ export async function run(opts: BenchOptions): Promise<BenchTable[]> {
       args: ["-c", "-f", "raw", "-O", "qcow2", "-o", "compression_type=zstd"],
     },
   ];
+  const only = Deno.env.get("CONVERT_BENCH_ROWS");
+  const picked = only ? rows.filter((r) => new RegExp(only).test(r.name)) : rows;
   const out = `${d}/out.img`;
   // Warm Deno's module cache, so the first measured run does not type-check or compile.
   await timed("deno", ["run", "-A", CLI, "info", `${d}/filled.qcow2`]);
@@ -104,7 +107,7 @@ export async function run(opts: BenchOptions): Promise<BenchTable[]> {
     rows: [],
     notes: [`Median of ${opts.runs} runs each, alternating; output removed between runs. Commands:`],
   };
-  for (const r of rows) {
+  for (const r of picked) {
     const ours: number[] = [], theirs: number[] = [], oRss: number[] = [], qRss: number[] = [];
     let oSize = 0, qSize = 0;
     for (let i = 0; i < opts.runs; i++) {

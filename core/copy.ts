@@ -15,7 +15,12 @@ import { isZero, nonZeroRuns } from "./_bytes.ts";
 export interface CopyOptions {
   /** Byte offset in `dst` where `src` starts (to concatenate sources). */
   dstOffset?: number;
-  /** Write whole clusters compressed (the target must support compressed writes, e.g. qcow2). */
+  /**
+   * Write whole clusters compressed (the target must support compressed
+   * writes, e.g. qcow2). The source is read in order and up to
+   * `compressWindow` compressed writes stay in flight (qcow2 compresses them
+   * on workers and commits them in the order issued); `parallel` is ignored.
+   */
   compress?: boolean;
   /**
    * The target already holds data (it was not just created) or reads
@@ -26,6 +31,8 @@ export interface CopyOptions {
   zeroTarget?: boolean;
   /** Copy only what the source's top layer defines (the target shares the source's backing chain, `-B`). */
   topOnly?: boolean;
+  /** Compressed writes in flight with `compress` (default: 16 MiB of clusters, 2 to 32). */
+  compressWindow?: number;
   /** Requests in flight (out-of-order writes, qemu-img's `-W -m N`). */
   parallel?: number;
   /** Zero runs of at least this many bytes are not written as data (`-S`; 0 = write everything as data). Default 4096. */
@@ -83,12 +90,27 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
   const sparse = opts.sparse ?? 4096;
   const zeroBuf = sparse === 0 ? new Uint8Array(chunk) : undefined;
   const zeroOut = async (off: number, n: number) => {
+    if (opts.compress && (zeroBuf || zeroTarget)) await drain();
     if (zeroBuf) {
       // -S 0: a fully allocated target, zeros written as data.
       for (let at = 0; at < n; at += zeroBuf.length) {
         await dst.pwrite(dstOffset + off + at, zeroBuf.subarray(0, Math.min(zeroBuf.length, n - at)));
       }
     } else if (zeroTarget) await dst.pwriteZeroes(dstOffset + off, n, { mayUnmap: true });
+  };
+  // Compressed writes are left in flight, oldest awaited first; the first failure stops the copy.
+  const window = opts.compressWindow ?? Math.max(2, Math.min(32, Math.floor((16 << 20) / chunk)));
+  const inflight: Promise<void>[] = [];
+  let failed: { error: unknown } | undefined;
+  const writeCompressed = async (at: number, data: Uint8Array) => {
+    inflight.push(dst.pwrite(at, data, { compressed: true }).catch((error) => void (failed ??= { error })));
+    if (inflight.length >= window) await inflight.shift();
+    if (failed) throw failed.error;
+  };
+  // Before a write that is not compressed: the compressed ones before it commit first (the image's layout stays in guest order).
+  const drain = async () => {
+    while (inflight.length) await inflight.shift();
+    if (failed) throw failed.error;
   };
   const one = async (buf: Uint8Array) => {
     while (next < length) {
@@ -102,32 +124,46 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
         let n = st.length;
         let copied = 0;
         const present = st.present ?? st.allocated;
-        const skip = (opts.topOnly && (st.depth ?? 0) > 0) || st.zero || !present;
-        if (off + n > end) {
-          if (skip && next === end) next = end = off + n;
-          else n = end - off;
+        const below = opts.topOnly && (st.depth ?? 0) > 0;
+        let skip = below || st.zero || !present;
+        if (opts.compress && n < end - off) {
+          // As qemu-img: a cluster only partly a hole (or zeros, or below) counts as data, written whole.
+          skip = false;
+          n = end - off;
         }
-        if (opts.topOnly && (st.depth ?? 0) > 0) {
+        if (off + n > end) {
+          if (skip && next === end) {
+            // Compressing: the hole ends at a cluster boundary (or the end), so that clusters stay whole.
+            const e = opts.compress && off + n < length ? off + n - ((off + n) % chunk) : off + n;
+            next = end = e;
+            n = e - off;
+          } else n = end - off;
+        }
+        if (skip && below) {
           // Defined further down the source's backing chain: the target's backing file provides it.
-        } else if (st.zero || !present) {
+        } else if (skip) {
           await zeroOut(off, n);
         } else {
-          const data = buf.subarray(0, n);
+          // A compressed write keeps its buffer while in flight.
+          const data = opts.compress ? new Uint8Array(n) : buf.subarray(0, n);
           await src.pread(off, data);
           copied = n;
           const wholeCluster = off % chunk === 0 && (n === chunk || off + n === length);
-          if (opts.compress && wholeCluster && !isZero(data)) await dst.pwrite(dstOffset + off, data, { compressed: true });
-          else if (sparse === 0) await dst.pwrite(dstOffset + off, data);
-          else if (isZero(data)) await zeroOut(off, n);
+          if (opts.compress && wholeCluster && !isZero(data)) await writeCompressed(dstOffset + off, data);
           else {
-            // Like qemu-img's -S 4k: zero runs inside the data stay holes.
-            let at = 0;
-            for (const [s, e] of nonZeroRuns(data, sparse)) {
-              if (s > at) await zeroOut(off + at, s - at);
-              await dst.pwrite(dstOffset + off + s, data.subarray(s, e));
-              at = e;
+            if (opts.compress) await drain();
+            if (sparse === 0) await dst.pwrite(dstOffset + off, data);
+            else if (isZero(data)) await zeroOut(off, n);
+            else {
+              // Like qemu-img's -S 4k: zero runs inside the data stay holes.
+              let at = 0;
+              for (const [s, e] of nonZeroRuns(data, sparse)) {
+                if (s > at) await zeroOut(off + at, s - at);
+                await dst.pwrite(dstOffset + off + s, data.subarray(s, e));
+                at = e;
+              }
+              if (at < n) await zeroOut(off + at, n - at);
             }
-            if (at < n) await zeroOut(off + at, n - at);
           }
         }
         if (copied) opts.onData?.(copied);
@@ -138,6 +174,12 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
     }
   };
   const workers = [];
-  for (let i = 0; i < Math.max(1, opts.parallel ?? 1); i++) workers.push(one(new Uint8Array(chunk)));
-  await Promise.all(workers);
+  const loops = opts.compress ? 1 : Math.max(1, opts.parallel ?? 1);
+  for (let i = 0; i < loops; i++) workers.push(one(new Uint8Array(chunk)));
+  try {
+    await Promise.all(workers);
+  } finally {
+    await Promise.all(inflight);
+  }
+  if (failed) throw failed.error;
 }

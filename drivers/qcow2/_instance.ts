@@ -21,7 +21,8 @@ import type {
   WriteZeroesOptions,
 } from "../../core/types.ts";
 import type { BlockStatus, DriverInstance } from "../../core/node.ts";
-import { writeCompressedLocked } from "./_write_compressed.ts";
+import { CompressedWriter } from "./_write_compressed.ts";
+import type { CompressPool } from "./_compress_pool.ts";
 import { type Qcow2Header, readHeaderFrom } from "./header.ts";
 import { K_NORMAL, mapSync, newMapping } from "./_l2.ts";
 import { blockStatus, dataIo, readFast, readGuest } from "./_read.ts";
@@ -65,12 +66,14 @@ export class Qcow2Instance implements DriverInstance {
   #bm: Qcow2Bitmaps;
   #m = newMapping();
   #closed = false;
+  #compressed: CompressedWriter;
 
   /** Wraps an opened image state and its persistent dirty bitmaps (whose `bitmap*` callbacks it serves). */
   constructor(st: Qcow2State, bitmaps: Qcow2Bitmaps) {
     this.#st = st;
     this.limits = { optWriteZero: st.subSize, optDiscard: st.cs, ...(st.crypto ? { requestAlignment: 512 } : {}) };
     this.#bm = bitmaps;
+    this.#compressed = new CompressedWriter(st, st.compressThreads);
     Object.defineProperties(this, Object.getOwnPropertyDescriptors(bitmapCallbacks(bitmaps)));
   }
 
@@ -193,20 +196,27 @@ export class Qcow2Instance implements DriverInstance {
   /**
    * Writes one whole cluster compressed (the last cluster may be short when
    * the image ends there); falls back to a normal write when compression
-   * does not save space. Used by `convert -c`.
+   * does not save space. Used by `convert -c`: compression runs on workers,
+   * so many of these may be in flight; they commit in the order issued.
    */
   pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
     if (st.crypto) return Promise.reject(new BlockError("ENOTSUP", "Compression can't be used with encryption"));
     this.#bm.mark(offset, data.length);
-    const gate = this.#bm.beforeChange() ?? Promise.resolve();
-    return gate.then(() =>
-      st.change(async () => {
-        await writeCompressedLocked(st, offset, data, opts.req);
+    const gate = this.#bm.beforeChange();
+    return this.#compressed.write(offset, data, async (commit) => {
+      await gate;
+      await st.change(async () => {
+        await commit();
         await relieveCaches(st, opts.req);
-      })
-    );
+      });
+    }, opts.req);
+  }
+
+  /** The compression pool of this image's compressed writes, once one ran (`stats` counts what it did). */
+  get compressPool(): CompressPool | undefined {
+    return this.#compressed.pool;
   }
 
   /** Write-zeroes through the L2 entries (see `_zero.ts`: whole subclusters, or a piece of one that zeroes it whole). */
@@ -375,6 +385,7 @@ export class Qcow2Instance implements DriverInstance {
     if (this.#closed) return;
     this.#closed = true;
     const st = this.#st;
+    await this.#compressed.close();
     try {
       // A corrupt image keeps what is on disk: writing cached metadata back could spread the damage.
       if (st.node.readOnly || st.corrupt) return;
@@ -382,6 +393,7 @@ export class Qcow2Instance implements DriverInstance {
         let lost: unknown;
         await this.#bm.store(undefined).catch((e) => (lost = e));
         await writeback(st, undefined);
+        await this.#compressed.alignFileEnd();
         if (st.markedDirty) await markClean(st, undefined);
         if (lost) {
           throw new BlockError("EIO", `Lost persistent bitmaps during inactivation of node '${st.node.name}': ${(lost as Error).message}`, {

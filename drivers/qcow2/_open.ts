@@ -9,7 +9,7 @@
 
 import { BlockError, reportOpenRepair } from "../../core/errors.ts";
 import type { BlockNode, OpenContext } from "../../core/node.ts";
-import { checkKnownOptions, optBool, optEnum, optSize, optString } from "../../core/options.ts";
+import { checkKnownOptions, optBool, optEnum, optInt, optSize, optString } from "../../core/options.ts";
 import { entryOffset } from "./_entries.ts";
 import {
   clusterSize,
@@ -106,6 +106,7 @@ export const QCOW2_OPTIONS: readonly string[] = [
   "snapshot.id",
   "snapshot.name",
   "bitmap-store",
+  "compress-threads",
   ...OVERLAP_OPTIONS,
   ...ENCRYPT_OPTIONS,
 ];
@@ -166,6 +167,12 @@ export async function openQcow2State(ctx: OpenContext): Promise<Qcow2State> {
     rbCacheTables: tables.rb,
     overlapChecks: parseOverlapOptions(ctx.options),
   });
+  st.compressThreads = optInt(ctx.options, "compress-threads", "qcow2");
+  if ((st.compressThreads ?? 0) > 64) {
+    throw new BlockError("EINVAL", `Invalid value ${st.compressThreads} for qcow2 option 'compress-threads': at most 64`, {
+      node: ctx.node.name,
+    });
+  }
   if (!checking && h.nbSnapshots) {
     // QEMU reads the snapshot table at open (qcow2_read_snapshots) and refuses one it cannot use.
     const t = await readSnapshotTableChecked(file, h, false);

@@ -1,15 +1,20 @@
 /**
  * Compressed cluster writes (`pwriteCompressed`, used by `convert -c`):
- * the cluster is compressed with the image's compression type and packed
- * back to back, across host cluster boundaries (QEMU's qcow2_alloc_bytes); every
- * compressed cluster holds one reference to each host cluster it touches.
+ * the cluster is compressed with the image's compression type on a pool of
+ * workers (`_compress_pool.ts`), outside the metadata lock, so that many
+ * compressed writes can be in flight; the results are committed one at a
+ * time, in the order the writes were issued, under the lock: bytes
+ * allocated and packed back to back, across host cluster boundaries
+ * (QEMU's qcow2_alloc_bytes), written, and only then the L2 entry set.
+ * Every compressed cluster holds one reference to each host cluster it
+ * touches.
  *
  * @module
  */
 
 import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
-import { loadCodecs } from "./_codecs.ts";
+import { CompressPool } from "./_compress_pool.ts";
 import { allocClusters, getRefcount, updateRefcount } from "./_refcount.ts";
 import { HI_COMPRESSED, maxRefcount } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
@@ -47,11 +52,73 @@ async function allocBytes(st: Qcow2State, len: number, req: RequestInfo | undefi
 }
 
 /**
- * Writes one whole cluster compressed at guest `offset` (cluster aligned;
- * `data` is one cluster, or the shorter tail of the image). Writes it
- * uncompressed when compression does not make it smaller. Metadata lock held.
+ * Compressed writes of one image: compression on its pool, commits in
+ * issue order (a write issued later never commits before an earlier one,
+ * whichever worker finishes first), each under the metadata lock.
  */
-export async function writeCompressedLocked(st: Qcow2State, offset: number, data: Uint8Array, req: RequestInfo | undefined): Promise<void> {
+export class CompressedWriter {
+  #st: Qcow2State;
+  #threads: number | undefined;
+  #pool: CompressPool | undefined;
+  /** Settles when the last write issued has committed (or failed). */
+  #tail: Promise<unknown> = Promise.resolve();
+
+  /** Writes of `st`, compressed on up to `threads` workers (default: the pool's). */
+  constructor(st: Qcow2State, threads?: number) {
+    this.#st = st;
+    this.#threads = threads;
+  }
+
+  /** The pool, once a compressed write started it. */
+  get pool(): CompressPool | undefined {
+    return this.#pool;
+  }
+
+  /**
+   * Writes one whole cluster compressed at guest `offset` (cluster aligned;
+   * `data` is one cluster, or the shorter tail of the image), or
+   * uncompressed when compression does not make it smaller. `commit` runs
+   * the locked part (the caller's `change()`); it is called in issue order.
+   */
+  write(offset: number, data: Uint8Array, commit: (fn: () => Promise<void>) => Promise<void>, req: RequestInfo | undefined): Promise<void> {
+    const st = this.#st;
+    try {
+      checkCompressedWrite(st, offset, data);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const full = new Uint8Array(st.cs);
+    full.set(data);
+    this.#pool ??= new CompressPool({ size: this.#threads });
+    const packed = this.#pool.compress(full, st.header.compressionType);
+    const prev = this.#tail;
+    const done = (async () => {
+      // Also when compression failed: the earlier writes settle first.
+      const bytes = await packed.finally(() => prev);
+      await commit(() => writeCompressedLocked(st, offset, data, bytes, req));
+    })();
+    this.#tail = done.catch(() => {});
+    return done;
+  }
+
+  /** Waits for the writes in flight (their errors went to their callers), then stops the pool's workers. */
+  async close(): Promise<void> {
+    await this.#tail;
+    this.#pool?.close();
+  }
+
+  /**
+   * After compressed writes, rounds the image file up to a whole 512-byte
+   * sector, as qemu-img convert -c's end-of-file write does (QEMU's
+   * qcow2_co_pwritev_compressed_part with no bytes). Metadata lock held.
+   */
+  async alignFileEnd(): Promise<void> {
+    const len = this.#st.file.length;
+    if (this.#pool && len % 512) await this.#st.file.truncate(len + 512 - (len % 512));
+  }
+}
+
+function checkCompressedWrite(st: Qcow2State, offset: number, data: Uint8Array): void {
   const cs = st.cs;
   if (offset % cs !== 0 || data.length > cs || (data.length < cs && offset + data.length !== st.size)) {
     throw new BlockError(
@@ -67,13 +134,22 @@ export async function writeCompressedLocked(st: Qcow2State, offset: number, data
   if (st.externalData) {
     throw new BlockError("ENOTSUP", "Cannot write compressed clusters to an image with an external data file", { node: st.node.name });
   }
-  let full = data;
-  if (data.length < cs) {
-    full = new Uint8Array(cs);
-    full.set(data);
-  }
-  const { compressCluster } = await loadCodecs();
-  const packed = compressCluster(full, st.header.compressionType);
+}
+
+/**
+ * Commits one compressed cluster at guest `offset`: `packed` (the
+ * compressed bytes, or undefined to write `data` uncompressed) is
+ * allocated, written, and then the L2 entry points at it. Metadata lock held.
+ */
+export async function writeCompressedLocked(
+  st: Qcow2State,
+  offset: number,
+  data: Uint8Array,
+  packed: Uint8Array | undefined,
+  req: RequestInfo | undefined,
+): Promise<void> {
+  const cs = st.cs;
+  checkCompressedWrite(st, offset, data);
   if (!packed) return writeLocked(st, offset, data, req);
   await markDirty(st, req);
   const l1i = Math.floor(offset / st.l2Span);

@@ -1,8 +1,9 @@
 /**
  * Compressed cluster codecs: raw deflate (compression type 0, QEMU's zlib
  * with a 4 KiB window) and zstd (type 1). Deflate compression goes through
- * the system zlib when it can (`_zlib_ffi.ts`: QEMU's bytes exactly), else
- * `node:zlib`; zstd compression through `node:zlib`; decompression through
+ * the system zlib when it can (`_zlib_ffi.ts`: QEMU's bytes exactly), zstd
+ * through the system libzstd (`_zstd_ffi.ts`), else `node:zlib`; qcow2's
+ * compressed writes run them on workers (`_compress_pool.ts`); decompression through
  * the system's zlib and libzstd, as QEMU links them (`_decompress_ffi.ts`),
  * with `node:zlib` as the fallback.
  *
@@ -19,6 +20,7 @@ import { BlockError } from "../../core/errors.ts";
 import { loadZlib, loadZstd } from "./_decompress_ffi.ts";
 import { systemDeflate } from "./_zlib_ffi.ts";
 import { COMPRESSION_NAMES, COMPRESSION_ZSTD } from "./_compression_types.ts";
+import { systemZstd } from "./_zstd_ffi.ts";
 
 export { COMPRESSION_NAMES, COMPRESSION_ZLIB, COMPRESSION_ZSTD } from "./_compression_types.ts";
 
@@ -64,10 +66,8 @@ export function decompressCluster(input: Uint8Array, clusterSize: number, type: 
  * bytes may be a view into a larger buffer.
  */
 export function compressCluster(data: Uint8Array, type: number): Uint8Array | undefined {
-  if (type !== COMPRESSION_ZSTD) {
-    const sys = systemDeflate(data);
-    if (sys !== undefined) return sys ?? undefined;
-  }
+  const sys = type === COMPRESSION_ZSTD ? systemZstd(data) : systemDeflate(data);
+  if (sys !== undefined) return sys ?? undefined;
   const out = type === COMPRESSION_ZSTD ? zstdCompressSync(data) : deflateRawSync(data, { windowBits: 12, memLevel: 9 });
   const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   return bytes.length < data.length ? bytes : undefined;

@@ -23,4 +23,5 @@ export { qcow2Driver, Qcow2Instance } from "./qcow2.ts";
 export * from "./header.ts";
 export { encodeFields, serialiseFeatureTable, serialiseHeader, writeHeaderFields } from "./_header_write.ts";
 export { compressCluster, COMPRESSION_NAMES, decompressCluster } from "./compress.ts";
+export { CompressPool, type CompressPoolOptions, type CompressPoolStats } from "./_compress_pool.ts";
 export type { MetadataMode, WrongOrder } from "./_state.ts";

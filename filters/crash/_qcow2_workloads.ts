@@ -1,7 +1,7 @@
 /**
  * The guest workloads the qcow2 crash exploration (`qcow2.ts`, which
  * re-exports them) records: plain writes, zero-writes and discards, table
- * growth, internal snapshots, persistent bitmaps, a backing file, and
+ * growth, compressed writes in flight, internal snapshots, persistent bitmaps, a backing file, and
  * encrypted images. 512-byte clusters unless a workload says otherwise.
  *
  * @module
@@ -104,6 +104,25 @@ export const QCOW2_WORKLOADS: readonly CrashWorkload[] = [
       await g.pwrite(3 << 20, fill(2048, 0x53)); // L2 under the new L1
       await g.flush();
       await g.pwrite(1 << 20, fill(2 << 20, 0x54)); // past 2 MiB of file: the refcount table grows
+      await g.flush();
+    },
+  },
+  {
+    // convert -c's pattern: many compressed writes in flight (compressed on workers), packed across host clusters.
+    name: "compressed-inflight",
+    size: 64 * 1024,
+    async run(g) {
+      const cluster = (c: number) => {
+        const d = new Uint8Array(512);
+        for (let i = 0; i < d.length; i++) d[i] = i % (3 + 5 * c) === 0 ? (i * 131 + c) & 0xff : 0x61 + c;
+        return d;
+      };
+      const batch = (first: number) =>
+        Promise.all(Array.from({ length: 8 }, (_, i) => g.pwrite((first + i) * 512, cluster(first + i), { compressed: true })));
+      await batch(0);
+      await g.flush();
+      await batch(8);
+      await g.pwrite(3 * 512, fill(512, 0x71)); // overwrite of a compressed cluster: a normal cluster replaces it
       await g.flush();
     },
   },

@@ -1,0 +1,160 @@
+/**
+ * Compressed writes on a pool of workers (`_compress_pool.ts`,
+ * `_write_compressed.ts`): the pool is used, commits keep issue order when
+ * workers answer out of order, and a failing worker is an EIO BlockError
+ * on the copy, not a hang.
+ */
+
+import assert from "node:assert/strict";
+import { BlockError, copyImage, open } from "../../../mod.ts";
+import type { Qcow2Instance } from "../../../drivers/qcow2/mod.ts";
+import { CompressPool, setCompressWorkerUrl } from "../../../drivers/qcow2/_compress_pool.ts";
+import { compressCluster } from "../../../drivers/qcow2/compress.ts";
+import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
+import { firstDiff, openQcow2, qemuCreate } from "./_util.ts";
+
+const ignore = skipUnless("qemu-img");
+const CS = 65536;
+
+/** `n` clusters of mixed entropy (0 to 90 % random bytes), cluster 2 all zeros. */
+function mixedData(n: number): Uint8Array {
+  const buf = new Uint8Array(n * CS);
+  let x = 99;
+  const rnd = () => (x = (x * 1103515245 + 12345) >>> 0) >>> 8;
+  for (let i = 0; i < buf.length; i++) {
+    const p = Math.floor(i / CS) % 10;
+    buf[i] = rnd() % 10 < p ? rnd() & 0xff : 0x61 + ((i >> 4) & 7);
+  }
+  buf.fill(0, 2 * CS, 3 * CS);
+  return buf;
+}
+
+/** Copies `raw` (a file) compressed into a new qcow2 image `out` of `type` opened with `opts`; returns the pool's stats. */
+async function convert(raw: string, out: string, type: string, opts: Record<string, unknown> = {}) {
+  const size = (await Deno.stat(raw)).size;
+  await qemuCreate(out, size, `compression_type=${type}`);
+  await using src = await open({ driver: "file", filename: raw }, { readOnly: true });
+  await using dst = await openQcow2(out, opts);
+  await copyImage(src, dst, { compress: true });
+  return (dst.instance as Qcow2Instance).compressPool?.stats;
+}
+
+Deno.test("CompressPool compresses clusters on its workers, as many as asked, the bytes compressCluster makes", async () => {
+  const pool = new CompressPool({ size: 2 });
+  try {
+    const data = mixedData(8);
+    const jobs = [];
+    for (let c = 0; c < 8; c++) jobs.push(pool.compress(data.slice(c * CS, (c + 1) * CS), c % 2));
+    const outs = await Promise.all(jobs);
+    for (let c = 0; c < 8; c++) assert.deepEqual(outs[c], compressCluster(data.subarray(c * CS, (c + 1) * CS), c % 2), `cluster ${c}`);
+    assert.deepEqual(pool.stats, { workers: 8, mainThread: 0, started: 2 });
+  } finally {
+    pool.close();
+  }
+});
+
+Deno.test("CompressPool of size 0 compresses on the main thread and says why", async () => {
+  const pool = new CompressPool({ size: 0 });
+  const out = await pool.compress(new Uint8Array(CS).fill(7), 0);
+  assert.ok(out && out.length < 100);
+  assert.deepEqual(pool.stats, { workers: 0, mainThread: 1, started: 0, fallback: "a pool of 0 workers" });
+  pool.close();
+});
+
+Deno.test("CompressPool refuses a size out of range, naming it", () => {
+  assert.throws(() => new CompressPool({ size: 65 }), /Invalid compression pool size 65/);
+});
+
+Deno.test({
+  name: "qcow2 compressed writes of copyImage() run on the image's worker pool, one job per cluster written",
+  ignore,
+  async fn() {
+    await using d = await tempDir();
+    await Deno.writeFile(`${d.path}/in.raw`, mixedData(12));
+    const stats = await convert(`${d.path}/in.raw`, `${d.path}/o.qcow2`, "zlib", { "compress-threads": 2 });
+    // Cluster 2 is zeros: not written.
+    assert.deepEqual(stats, { workers: 11, mainThread: 0, started: 2 });
+    assert.equal((await run("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", `${d.path}/in.raw`, `${d.path}/o.qcow2`])).code, 0);
+  },
+});
+
+for (const type of ["zlib", "zstd"]) {
+  Deno.test({
+    name: `qcow2 compressed writes (${type}) commit in issue order when workers answer out of order: qemu-img's file, byte for byte`,
+    ignore,
+    async fn() {
+      await using d = await tempDir();
+      await Deno.writeFile(`${d.path}/in.raw`, mixedData(24));
+      await runOk("qemu-img", [
+        "convert",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        `compression_type=${type}`,
+        `${d.path}/in.raw`,
+        `${d.path}/q.qcow2`,
+      ]);
+      setCompressWorkerUrl(new URL("./testdata/_reverse_compress_worker.ts", import.meta.url));
+      try {
+        await convert(`${d.path}/in.raw`, `${d.path}/o.qcow2`, type, { "compress-threads": 1 });
+      } finally {
+        setCompressWorkerUrl(undefined);
+      }
+      const [ours, theirs] = [await Deno.readFile(`${d.path}/o.qcow2`), await Deno.readFile(`${d.path}/q.qcow2`)];
+      assert.equal(firstDiff(ours, theirs), -1, `${ours.length} bytes against qemu-img's ${theirs.length}`);
+    },
+  });
+}
+
+for (const [type, why] of [["zlib", "out of memory in deflate"], ["zstd", "the worker crashed"]]) {
+  Deno.test({
+    name: `a compression worker that fails (${why}) makes copyImage() reject with EIO, and the image checks clean`,
+    ignore,
+    async fn() {
+      await using d = await tempDir();
+      await Deno.writeFile(`${d.path}/in.raw`, mixedData(12));
+      setCompressWorkerUrl(new URL("./testdata/_failing_compress_worker.ts", import.meta.url));
+      try {
+        await assert.rejects(
+          () => convert(`${d.path}/in.raw`, `${d.path}/o.qcow2`, type, { "compress-threads": 1 }),
+          (e) => e instanceof BlockError && e.code === "EIO" && e.message.includes(why),
+        );
+      } finally {
+        setCompressWorkerUrl(undefined);
+      }
+      const check = JSON.parse((await run("qemu-img", ["check", "--output=json", `${d.path}/o.qcow2`])).stdout);
+      assert.deepEqual([check["check-errors"] ?? 0, check.leaks ?? 0, check.corruptions ?? 0], [0, 0, 0]);
+    },
+  });
+}
+
+Deno.test({
+  name: "qcow2 refuses compress-threads above 64, naming the option and value",
+  ignore,
+  async fn() {
+    await using d = await tempDir();
+    await qemuCreate(`${d.path}/o.qcow2`, "1M");
+    await assert.rejects(
+      () => openQcow2(`${d.path}/o.qcow2`, { "compress-threads": 65 }),
+      (e) => e instanceof BlockError && e.code === "EINVAL" && e.message.includes("'compress-threads'") && e.message.includes("65"),
+    );
+  },
+});
+
+Deno.test("CompressPool takes its default size from BLKGRAPH_COMPRESS_THREADS, and refuses a bad value naming it", () => {
+  // Set and removed with no await in between: no other test sees it.
+  const sized = (v: string) => {
+    Deno.env.set("BLKGRAPH_COMPRESS_THREADS", v);
+    try {
+      return new CompressPool().size;
+    } finally {
+      Deno.env.delete("BLKGRAPH_COMPRESS_THREADS");
+    }
+  };
+  assert.equal(sized("2"), 2);
+  assert.throws(() => sized("two"), /Invalid BLKGRAPH_COMPRESS_THREADS 'two'/);
+  assert.equal(new CompressPool().size, 4);
+});

@@ -61,6 +61,7 @@ Deno.test("the options a driver declares are the ones it accepts", async () => {
     const specs: Record<string, unknown>[] = [
       mem,
       { driver: "file", filename: qcow2 },
+      { driver: "host_device", filename: "/dev/zero", locking: "off" },
       { driver: "raw", file: mem },
       { driver: "qcow2", file: { driver: "file", filename: qcow2 } },
       { driver: "luks", file: mem },

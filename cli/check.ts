@@ -19,6 +19,7 @@ import {
   IMAGE_FLAGS,
   imageArgs,
   needPositionals,
+  progName,
   openImage,
   parseVerbArgs,
   type Verb,
@@ -74,6 +75,11 @@ async function run(args: string[], io: CliIO): Promise<number> {
       result = await top.check({ repair, onMessage: (m) => io.stderr(m.endsWith("\n") ? m : m + "\n") });
     } catch (e) {
       if (e instanceof BlockError && e.code === "ENOTSUP") throw new CliError("This image format does not support checks", 63);
+      // A check that fails says why, then "Check failed: <strerror>" (qemu-img's img_check), exit code 1.
+      if (e instanceof BlockError) {
+        io.stderr(`${progName(io)}: ${e.message}\n`);
+        throw new CliError(`Check failed: ${e.strerror}`);
+      }
       throw e;
     }
     const code = checkExitCode(result);

@@ -108,16 +108,14 @@ export class Checker {
    * `fix.errors`, entries past 64 MiB of table are dropped at once (the
    * header's count goes down; their clusters become leaks), and extra data
    * past 1024 bytes or missing v3 extra data are corruptions the table
-   * rewrite after the refcount check fixes. Returns false when the table
-   * cannot be read (the check stops there, as QEMU's does).
+   * rewrite after the refcount check fixes. A table that cannot be read
+   * fails the check with EFBIG (QEMU's qcow2_check_read_snapshot_table
+   * returns the error, and qemu-img says "Check failed").
    */
-  async readSnapshots(fix: Fix): Promise<boolean> {
+  async readSnapshots(fix: Fix): Promise<void> {
     const t = await readSnapshotTableChecked(this.#file, this.#h, fix.errors);
     if ("error" in t) {
-      this.#say(`ERROR failed to read the snapshot table: ${t.error}`);
-      if (t.hint) this.#say(t.hint);
-      this.res.checkErrors++;
-      return false;
+      throw new BlockError("EFBIG", `ERROR failed to read the snapshot table: ${t.error}${t.hint ? `\n${t.hint}` : ""}`);
     }
     for (const [i, size] of t.extraDropped) {
       this.#say(`Discarding too much extra metadata in snapshot table entry ${i} (${size} > ${MAX_SNAPSHOT_EXTRA})`);
@@ -139,7 +137,6 @@ export class Checker {
     this.res.corruptions += this.snapshotFixes;
     this.#snapshots = t.entries;
     this.#snapshotsSize = t.size;
-    return true;
   }
 
   /** Snapshot table corruptions a rewrite of the table fixes (counted in `res.corruptions`). */

@@ -116,3 +116,21 @@ Deno.test({
     assert.match(ours.stderr, /refcount=18446744073709551615/);
   },
 });
+
+Deno.test({
+  name:
+    "check of a snapshot table it cannot read fails as qemu-img check: the reason, then 'Check failed: File too large', exit 1, no summary",
+  ignore,
+  async fn() {
+    await using d = await tempDir();
+    const a = await snapshotImage(d.path, "a.qcow2");
+    await craftEntry(a, 2048);
+    for (const output of [[], ["--output=json"]]) {
+      const q = await run("qemu-img", ["check", ...output, a]);
+      const ours = await cli(["check", ...output, a]);
+      assert.deepEqual([ours.code, ours.stdout, ours.stderr], [q.code, q.stdout, q.stderr.replaceAll("qemu-img: ", "blkgraph: ")]);
+      assert.equal(q.code, 1);
+      assert.match(q.stderr, /Check failed: File too large\n$/);
+    }
+  },
+});

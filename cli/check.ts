@@ -19,9 +19,9 @@ import {
   IMAGE_FLAGS,
   imageArgs,
   needPositionals,
-  progName,
   openImage,
   parseVerbArgs,
+  progName,
   type Verb,
 } from "./_common.ts";
 import { qemuJson } from "./info.ts";

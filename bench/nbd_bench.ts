@@ -41,8 +41,10 @@ const CASES: Case[] = [
 
 const caseName = (c: Case) => `${c.write ? "write" : "read"} ${c.size >> 10} KiB QD${c.depth}`;
 
-type ServerName = "blkgraph nbd" | "qemu-nbd" | "nbdkit file";
+type ServerName = "blkgraph nbd" | "blkgraph nbd --aio=threads" | "qemu-nbd" | "nbdkit file";
 const SERVERS: ServerName[] = ["blkgraph nbd", "qemu-nbd", "nbdkit file"];
+/** Over the Unix socket also blkgraph with `--aio=threads` (qemu-nbd's option: reads and writes on worker threads). */
+const UNIX_SERVERS: ServerName[] = ["blkgraph nbd", "blkgraph nbd --aio=threads", "qemu-nbd", "nbdkit file"];
 
 interface Listen {
   unix?: string;
@@ -53,6 +55,7 @@ function serverCommand(name: ServerName, file: string, at: Listen): [string, str
   const where = at.unix !== undefined;
   switch (name) {
     case "blkgraph nbd":
+    case "blkgraph nbd --aio=threads":
       return [Deno.execPath(), [
         "run",
         "-A",
@@ -63,6 +66,7 @@ function serverCommand(name: ServerName, file: string, at: Listen): [string, str
         "-t",
         "-e",
         "8",
+        ...(name === "blkgraph nbd" ? [] : ["--aio=threads"]),
         ...(where ? ["-k", at.unix!] : ["-b", "127.0.0.1", "-p", String(at.port)]),
         file,
       ]];
@@ -200,7 +204,7 @@ export async function run(opts: BenchOptions): Promise<BenchTable[]> {
   const results = new Map<string, number[]>();
   const push = (k: string, v: number) => (results.get(k) ?? results.set(k, []).get(k)!).push(v);
   for (let r = 0; r < opts.runs; r++) {
-    for (const s of SERVERS) {
+    for (const s of UNIX_SERVERS) {
       await withServer(s, file, { unix: `${opts.dir}/s.sock` }, async (uri) => {
         for (const c of CASES) push(`${s}|${caseName(c)}`, await benchOnce("qemu-img", c, count(c), uri, limit));
         push(`${s}|nbdcopy out`, await copyOnce(uri, "null:", size, limit));
@@ -211,16 +215,25 @@ export async function run(opts: BenchOptions): Promise<BenchTable[]> {
   const med = (s: string, k: string) => median(results.get(`${s}|${k}`) ?? [NaN]);
   const rows: (string | number)[][] = [];
   for (const k of [...CASES.map(caseName), "nbdcopy out", "nbdcopy in"]) {
-    const [b, q, n] = SERVERS.map((s) => med(s, k));
-    rows.push([k, fmt(b), fmt(q), fmt(n), ratio(b, Math.max(q || 0, n || 0))]);
+    const [b, t, q, n] = UNIX_SERVERS.map((s) => med(s, k));
+    const best = Math.max(q || 0, n || 0);
+    rows.push([k, fmt(b), fmt(t), fmt(q), fmt(n), ratio(b, best), ratio(t, best)]);
   }
   const tables: BenchTable[] = [{
     title: `NBD server over a Unix socket (${size >> 20} MiB raw file, page cache; median of ${opts.runs})`,
-    columns: ["case", "blkgraph nbd", "qemu-nbd", "nbdkit file", "blkgraph / faster of the two"],
+    columns: [
+      "case",
+      "blkgraph nbd",
+      "blkgraph nbd --aio=threads",
+      "qemu-nbd",
+      "nbdkit file",
+      "blkgraph / faster of the two",
+      "--aio=threads / faster of the two",
+    ],
     rows,
     notes: [
       "requests/s for qemu-img bench -f raw -t none -n -c N -s SIZE -d DEPTH [-w] nbd+unix:///?socket=SOCK; MiB/s for nbdcopy URI null: (out) and nbdcopy src.raw URI (in)",
-      "servers: blkgraph nbd -f raw -t -e 8 -k SOCK; qemu-nbd -f raw -t -e 8 --cache=writeback --aio=threads -k SOCK; nbdkit -f -U SOCK file FILE",
+      "servers: blkgraph nbd -f raw -t -e 8 [--aio=threads] -k SOCK; qemu-nbd -f raw -t -e 8 --cache=writeback --aio=threads -k SOCK; nbdkit -f -U SOCK file FILE",
       "the servers take turns within each run; the machine is shared (2 cores), so read ratios, not absolute figures",
     ],
   }];

@@ -31,6 +31,13 @@ export interface MapEntry {
 
 const CHUNK = 1 << 30;
 
+/** The last image of `top`'s backing chain is a format node (not a protocol node such as nbd). */
+function bottomIsFormat(top: BlockNode): boolean {
+  let n = top.formatNode;
+  while (n.backing) n = n.backing.formatNode;
+  return n.driver.kind === "format";
+}
+
 /**
  * Block status of `[offset, offset+bytes)` through the backing chain as
  * qemu-img map's get_block_status sees it: the node's block status already
@@ -39,12 +46,15 @@ const CHUNK = 1 << 30;
 export async function chainStatus(top: BlockNode, offset: number, bytes: number): Promise<MapEntry> {
   const st = await top.blockStatus(offset, bytes);
   const present = st.present ?? st.allocated;
+  // What no layer allocates reads as zeros when the bottom layer is a format (QEMU's bdrv_co_do_block_status adds
+  // BDRV_BLOCK_ZERO only for drivers with backing support); a protocol node (nbd with x-dirty-bitmap) says only what it said.
+  const zeroBelow = !present && bottomIsFormat(top);
   const e: MapEntry = {
     start: offset,
     length: st.length,
     depth: st.depth ?? 0,
     present,
-    zero: st.zero || !present,
+    zero: st.zero || zeroBelow,
     data: present && st.data,
     compressed: st.compressed ?? false,
   };

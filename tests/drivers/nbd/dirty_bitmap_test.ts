@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { type BlockError, createImage, open } from "../../../mod.ts";
 import { serveNbd } from "../../../drivers/nbd/mod.ts";
 import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
+import { cli } from "../../cli/_run.ts";
 import { blkgraphNbd, normalise, qemuNbd, type ServerProcess, sockPath } from "./_helpers.ts";
 
 const ignore = skipUnless("qemu-img", "qemu-io", "qemu-nbd", "nbdinfo");
@@ -164,4 +165,23 @@ Deno.test("serveNbd() refuses an enabled bitmap on a read-only export of a writa
   await assert.rejects(serveNbd(node, { socket: sockPath(dir.path, "r"), bitmaps: ["nope"] }), /Bitmap 'nope' is not found/);
   const s = await serveNbd(node, { socket: sockPath(dir.path, "r"), readOnly: true, bitmaps: ["frozen"] });
   await s.close();
+});
+
+Deno.test({
+  name: "map over an nbd node with x-dirty-bitmap prints what qemu-img map prints: dirty ranges are holes, not zeros",
+  ignore,
+  async fn() {
+    await using dir = await tempDir("blkgraph-nbd-bm-");
+    const src = await imageWithBitmaps(dir.path);
+    const s = await qemuNbd(sockPath(dir.path, "m"), ["-r", "-t", "-B", "b0"], src);
+    try {
+      const opts = `driver=nbd,server.type=unix,server.path=${s.sock},x-dirty-bitmap=qemu:dirty-bitmap:b0`;
+      const q = await runOk("qemu-img", ["map", "--output=json", "--image-opts", opts]);
+      const r = await cli(["map", "--output=json", "--image-opts", opts]);
+      assert.deepEqual([r.code, r.stdout], [0, q.stdout]);
+      assert.match(q.stdout, /"present": false, "zero": false, "data": false/);
+    } finally {
+      await s.stop();
+    }
+  },
 });

@@ -19,6 +19,7 @@ import {
   needPositionals,
   openImage,
   parseVerbArgs,
+  progName,
   sizeArg,
   type Verb,
 } from "./_common.ts";
@@ -212,7 +213,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
 async function checkBitmaps(srcs: BlockNode[], skipBroken: boolean): Promise<void> {
   if (srcs.length > 1) throw new CliError("Copying bitmaps only possible with single source");
   if (!srcs[0].bitmaps.persistent) throw new CliError("Source lacks bitmap support");
-  for (const b of await srcs[0].bitmaps.list()) {
+  for (const b of inQemuOrder(await srcs[0].bitmaps.list())) {
     if (b.persistent && b.inconsistent && !skipBroken) {
       throw new CliError(
         `Cannot copy inconsistent bitmap '${b.name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it`,
@@ -221,14 +222,23 @@ async function checkBitmaps(srcs: BlockNode[], skipBroken: boolean): Promise<voi
   }
 }
 
+/**
+ * The order qemu-img convert names inconsistent bitmaps in: its node's list, where each loaded bitmap was inserted at
+ * the head (bdrv_create_dirty_bitmap), so the reverse of the image's bitmap directory, which `list()` follows.
+ */
+function inQemuOrder<T>(bitmaps: T[]): T[] {
+  return [...bitmaps].reverse();
+}
+
 /** qemu-img's convert_copy_bitmaps: each persistent bitmap added to the target with its granularity and state, then filled. */
 async function copyBitmaps(src: BlockNode, dst: BlockNode, skipBroken: boolean, io: CliIO): Promise<void> {
-  for (const b of await src.bitmaps.list()) {
-    if (!b.persistent) continue;
-    if (skipBroken && b.inconsistent) {
-      io.stderr(`blkgraph: warning: Skipping inconsistent bitmap '${b.name}'\n`);
-      continue;
-    }
+  const list = await src.bitmaps.list();
+  for (const b of inQemuOrder(list)) {
+    if (b.persistent && skipBroken && b.inconsistent) io.stderr(`${progName(io)}: warning: Skipping inconsistent bitmap '${b.name}'\n`);
+  }
+  // Added in directory order: the target's directory then lists them as qemu-img's does.
+  for (const b of list) {
+    if (!b.persistent || (skipBroken && b.inconsistent)) continue;
     try {
       await dst.bitmaps.add(b.name, { granularity: b.granularity, disabled: !b.recording });
     } catch (e) {

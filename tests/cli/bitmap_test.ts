@@ -268,3 +268,22 @@ Deno.test({
     assert.equal((await run("qemu-img", ["check", ours])).stderr, "");
   },
 });
+
+Deno.test({
+  name: "convert --bitmaps names and skips several inconsistent bitmaps in qemu-img's order, as qemu-img (tests/qemu-img-bitmaps)",
+  ignore,
+  async fn() {
+    await using dir = await tempDir();
+    const src = `${dir.path}/src.qcow2`;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", src, "4M"]);
+    for (const b of ["b0", "b1", "b2"]) await runOk("qemu-img", ["bitmap", "--add", src, b]);
+    await runOk("qemu-img", ["bitmap", "--remove", src, "b1"]);
+    await run("qemu-io", ["-c", "write 0 512", "-c", "sigraise 9", src]); // b0 and b2 left in use: inconsistent
+    for (const skip of [[], ["--skip-broken-bitmaps"]]) {
+      const args = (out: string) => ["convert", "--bitmaps", ...skip, "-O", "qcow2", src, `${dir.path}/${out}`];
+      const q = await run("qemu-img", args(`q${skip.length}.qcow2`));
+      const r = await cli(args(`o${skip.length}.qcow2`));
+      assert.deepEqual([r.code, r.stderr], [q.code, q.stderr.replaceAll("qemu-img:", "blkgraph:")], skip.join(" "));
+    }
+  },
+});

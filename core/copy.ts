@@ -19,7 +19,7 @@ export interface CopyOptions {
    * Write whole clusters compressed (the target must support compressed
    * writes, e.g. qcow2). The source is read in order and up to
    * `compressWindow` compressed writes stay in flight (qcow2 compresses them
-   * on workers and commits them in the order issued); `parallel` is ignored.
+   * on threads and commits them in the order issued); `parallel` is ignored.
    */
   compress?: boolean;
   /**
@@ -102,8 +102,11 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
   const window = opts.compressWindow ?? Math.max(2, Math.min(32, Math.floor((16 << 20) / chunk)));
   const inflight: Promise<void>[] = [];
   let failed: { error: unknown } | undefined;
+  // The buffers of compressed writes that completed, for the next reads: a copy allocates at most a window of clusters.
+  const spare: Uint8Array[] = [];
   const writeCompressed = async (at: number, data: Uint8Array) => {
-    inflight.push(dst.pwrite(at, data, { compressed: true }).catch((error) => void (failed ??= { error })));
+    const whole = new Uint8Array(data.buffer, 0, data.buffer.byteLength);
+    inflight.push(dst.pwrite(at, data, { compressed: true }).then(() => void spare.push(whole), (error) => void (failed ??= { error })));
     if (inflight.length >= window) await inflight.shift();
     if (failed) throw failed.error;
   };
@@ -145,7 +148,11 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
           await zeroOut(off, n);
         } else {
           // A compressed write keeps its buffer while in flight.
-          const data = opts.compress ? new Uint8Array(n) : buf.subarray(0, n);
+          const data = !opts.compress
+            ? buf.subarray(0, n)
+            : n <= chunk
+            ? (spare.pop() ?? new Uint8Array(chunk)).subarray(0, n)
+            : new Uint8Array(n);
           await src.pread(off, data);
           copied = n;
           const wholeCluster = off % chunk === 0 && (n === chunk || off + n === length);

@@ -196,7 +196,7 @@ export class Qcow2Instance implements DriverInstance {
   /**
    * Writes one whole cluster compressed (the last cluster may be short when
    * the image ends there); falls back to a normal write when compression
-   * does not save space. Used by `convert -c`: compression runs on workers,
+   * does not save space. Used by `convert -c`: compression runs on threads,
    * so many of these may be in flight; they commit in the order issued.
    */
   pwriteCompressed(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {

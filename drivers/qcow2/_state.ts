@@ -150,7 +150,7 @@ export class Qcow2State {
   unwrittenChanges = false;
   /** Next free byte for compressed data in a partly used cluster (0 = none). */
   freeByteOffset = 0;
-  /** Workers of the compression pool (open option `compress-threads`; undefined: the pool's default). */
+  /** Clusters the compression pool compresses at once (open option `compress-threads`; undefined: the pool's default). */
   compressThreads: number | undefined;
   /** Last decompressed cluster (host descriptor key and content). */
   lastCompressed: { key: number; data: Uint8Array } | undefined;

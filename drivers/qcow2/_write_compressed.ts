@@ -1,7 +1,7 @@
 /**
  * Compressed cluster writes (`pwriteCompressed`, used by `convert -c`):
  * the cluster is compressed with the image's compression type on a pool of
- * workers (`_compress_pool.ts`), outside the metadata lock, so that many
+ * threads (`_compress_pool.ts`), outside the metadata lock, so that many
  * compressed writes can be in flight; the results are committed one at a
  * time, in the order the writes were issued, under the lock: bytes
  * allocated and packed back to back, across host cluster boundaries
@@ -54,7 +54,7 @@ async function allocBytes(st: Qcow2State, len: number, req: RequestInfo | undefi
 /**
  * Compressed writes of one image: compression on its pool, commits in
  * issue order (a write issued later never commits before an earlier one,
- * whichever worker finishes first), each under the metadata lock.
+ * whichever thread finishes first), each under the metadata lock.
  */
 export class CompressedWriter {
   #st: Qcow2State;
@@ -63,7 +63,7 @@ export class CompressedWriter {
   /** Settles when the last write issued has committed (or failed). */
   #tail: Promise<unknown> = Promise.resolve();
 
-  /** Writes of `st`, compressed on up to `threads` workers (default: the pool's). */
+  /** Writes of `st`, compressed up to `threads` at once (default: the pool's size). */
   constructor(st: Qcow2State, threads?: number) {
     this.#st = st;
     this.#threads = threads;
@@ -87,8 +87,12 @@ export class CompressedWriter {
     } catch (e) {
       return Promise.reject(e);
     }
-    const full = new Uint8Array(st.cs);
-    full.set(data);
+    // The short tail of the image is compressed as a whole cluster, zero-padded; a whole cluster as it is (it must not change until written).
+    let full = data;
+    if (data.length < st.cs) {
+      full = new Uint8Array(st.cs);
+      full.set(data);
+    }
     this.#pool ??= new CompressPool({ size: this.#threads });
     const packed = this.#pool.compress(full, st.header.compressionType);
     const prev = this.#tail;
@@ -101,7 +105,7 @@ export class CompressedWriter {
     return done;
   }
 
-  /** Waits for the writes in flight (their errors went to their callers), then stops the pool's workers. */
+  /** Waits for the writes in flight (their errors went to their callers), then frees the pool's compression state. */
   async close(): Promise<void> {
     await this.#tail;
     this.#pool?.close();

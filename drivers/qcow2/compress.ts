@@ -3,7 +3,7 @@
  * with a 4 KiB window) and zstd (type 1). Deflate compression goes through
  * the system zlib when it can (`_zlib_ffi.ts`: QEMU's bytes exactly), zstd
  * through the system libzstd (`_zstd_ffi.ts`), else `node:zlib`; qcow2's
- * compressed writes run them on workers (`_compress_pool.ts`); decompression through
+ * compressed writes run them on threads (`_compress_pool.ts`); decompression through
  * the system's zlib and libzstd, as QEMU links them (`_decompress_ffi.ts`),
  * with `node:zlib` as the fallback.
  *

@@ -27,3 +27,25 @@ Deno.test("copyImage() skips a hole of many chunks with one block-status request
   await dst.pread(size / 2, a);
   assert.ok(a.every((b) => b === 0));
 });
+
+Deno.test("copyImage() compressing reads into the buffers of completed compressed writes: a copy allocates about a window of clusters", async () => {
+  await using d = await tempDir();
+  const cs = 65536;
+  const clusters = 64;
+  await createImage(`${d.path}/o.qcow2`, "qcow2", clusters * cs);
+  await using src = await open({ driver: "memory", size: clusters * cs });
+  for (let c = 0; c < clusters; c++) await src.pwrite(c * cs, new Uint8Array(cs).fill(c + 1));
+  await using dst = await open(`${d.path}/o.qcow2`);
+  const buffers = new Set<ArrayBufferLike>();
+  const pwrite = dst.pwrite.bind(dst);
+  dst.pwrite = (offset, data, opts) => {
+    if (opts?.compressed) buffers.add(data.buffer);
+    return pwrite(offset, data, opts);
+  };
+  await copyImage(src, dst, { compress: true, compressWindow: 4 });
+  // The window, the one being read, and those whose completion has not been seen yet.
+  assert.ok(buffers.size <= 4 + 2, `${buffers.size} buffers for ${clusters} compressed writes`);
+  const back = new Uint8Array(cs);
+  await dst.pread(63 * cs, back);
+  assert.ok(back.every((b) => b === 64));
+});

@@ -55,6 +55,7 @@ export { driverNames, getDriver, probeFormat, protocolForFilename, registerDrive
 export { type BlockSpec, parseDotted, parseJsonFilename } from "./core/spec.ts";
 export {
   type CacheFlags,
+  checkCreateOptions,
   checkImageCreate,
   createImage,
   type CreateOptions,

@@ -39,6 +39,12 @@ export function progName(io: CliIO): string {
   return io.prog ?? "blkgraph";
 }
 
+/** An error's text for `io`: QEMU's words in the drop-in qemu-img and qemu-io ({@linkcode BlockError.qemuMessage}), blkgraph's own otherwise. */
+export function errorText(e: unknown, io: CliIO): string {
+  if (io.prog !== undefined && e instanceof BlockError) return e.qemuMessage;
+  return e instanceof Error ? e.message : String(e);
+}
+
 /** One verb of the command line. */
 export interface Verb {
   /** Name on the command line (`info`, `check`). */

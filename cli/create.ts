@@ -5,7 +5,7 @@
  * @module
  */
 
-import { checkImageCreate, createImage } from "../core/open.ts";
+import { checkCreateOptions, checkImageCreate, createImage } from "../core/open.ts";
 import { BlockError } from "../core/errors.ts";
 import { parseSize } from "../core/options.ts";
 import { driverForPrefix, getDriver } from "../core/registry.ts";
@@ -13,6 +13,7 @@ import type { OptionHelp } from "../core/types.ts";
 import {
   CliError,
   type CliIO,
+  errorText,
   flagList,
   flagString,
   needPositionals,
@@ -188,6 +189,20 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const [filename, sizeText] = p.positionals;
   if (!canCreate(format)) throw new CliError(`${filename}: Format driver '${format}' does not support image creation`);
   const options = parseCreateOptions(lists);
+  const fail = (e: unknown) => new CliError(`${filename}: ${errorText(e, io)}`);
+  // As qemu-img: the -o options parse first, then -b and -F are set as the options they stand for.
+  try {
+    checkCreateOptions(format, filename, options);
+  } catch (e) {
+    throw fail(e);
+  }
+  const optionNames = new Set((getDriver(format).createOptions ?? []).map((o) => o.name));
+  if (p.values.backing !== undefined && optionNames.size && !optionNames.has("backing_file")) {
+    throw new CliError(`${filename}: Backing file not supported for file format '${format}'`);
+  }
+  if (p.values["backing-format"] !== undefined && optionNames.size && !optionNames.has("backing_fmt")) {
+    throw new CliError(`${filename}: Backing file format not supported for file format '${format}'`);
+  }
   const backing = flagString(p.values, "backing") ?? options.backing_file;
   const backingFmt = flagString(p.values, "backing-format") ?? options.backing_fmt;
   if (backing !== undefined) options.backing_file = backing;
@@ -231,17 +246,26 @@ async function run(args: string[], io: CliIO): Promise<number> {
     size ??= backingSize;
   }
   if (size === undefined) throw new CliError("Image creation needs a size parameter");
-  // Validate everything before saying "Formatting" or touching a file.
+  // Everything is validated before a file is touched. qemu-img parses the
+  // options, says "Formatting", then its driver checks the values: the
+  // drop-in prints the line there too; blkgraph prints it once all is valid.
+  const say = () => {
+    if (p.values.quiet === true) return;
+    io.stdout(formattingLine(filename, format, size, options));
+    // qemu-img flushes the line (bdrv_img_create's fflush), so it comes before an error on stderr.
+    io.flush?.();
+  };
+  if (io.prog !== undefined) say();
   try {
     await checkImageCreate(filename, format, size, { options });
   } catch (e) {
-    throw new CliError(`${filename}: ${(e as Error).message}`);
+    throw fail(e);
   }
-  if (p.values.quiet !== true) io.stdout(formattingLine(filename, format, size, options));
+  if (io.prog === undefined) say();
   try {
     await createImage(filename, format, size, { options });
   } catch (e) {
-    throw new CliError(`${filename}: ${(e as Error).message}`);
+    throw fail(e);
   }
   return 0;
 }

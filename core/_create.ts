@@ -97,6 +97,59 @@ export async function checkImageCreate(filename: string, format: string, size: n
   await planCreate(filename, format, size, opts);
 }
 
+const SIZE_HELP = "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.";
+const BOOLS = ["on", "off", "yes", "no", "true", "false", "y", "n"];
+
+/**
+ * Checks creation options against the option tables of the format and of
+ * the protocol `filename` names (`createOptions`), as qemu-img parses `-o`
+ * before it creates anything: an option neither knows is refused, and a
+ * string value must parse as the option's type (size, number, on/off).
+ * What the values mean is the driver's to check (`checkImageCreate`). A
+ * format without an option table checks its options itself.
+ *
+ * @example
+ * ```ts
+ * import { BlockError, checkCreateOptions } from "@blkgraph/blkgraph";
+ * try {
+ *   checkCreateOptions("qcow2", "x.qcow2", { lazy_refcounts: "maybe" });
+ * } catch (e) {
+ *   console.log((e as BlockError).qemuMessage); // Parameter 'lazy_refcounts' expects 'on' or 'off'
+ * }
+ * ```
+ */
+export function checkCreateOptions(format: string, filename: string, options: Record<string, string | number | boolean>): void {
+  const driver = getDriver(format);
+  if (!driver.createOptions) return;
+  const proto = driverForPrefix(filename) ?? getDriver("file");
+  const types = new Map<string, string>();
+  for (const o of [...driver.createOptions, ...(proto.createOptions ?? [])]) if (!types.has(o.name)) types.set(o.name, o.type);
+  for (const [k, v] of Object.entries(options)) {
+    const type = types.get(k) ?? types.get(k.replaceAll("-", "_"));
+    if (type === undefined) {
+      throw new BlockError("EINVAL", `Unknown option '${k}' for format '${format}' (known options: ${[...types.keys()].join(", ")})`, {
+        qemuMessage: `Invalid parameter '${k}'`,
+      });
+    }
+    if (typeof v !== "string") continue;
+    if (type === "size" && parseSize(v) === undefined) {
+      throw new BlockError("EINVAL", `Invalid value '${v}' for option '${k}': expected a size (bytes, or a k, M, G, T, P or E suffix)`, {
+        qemuMessage: `Parameter '${k}' expects a non-negative number below 2^64\n${SIZE_HELP}`,
+      });
+    }
+    if (type === "num" && !/^[-+]?(0[xX][0-9a-fA-F]+|\d+)$/.test(v)) {
+      throw new BlockError("EINVAL", `Invalid value '${v}' for option '${k}': expected a number`, {
+        qemuMessage: `Parameter '${k}' expects a number`,
+      });
+    }
+    if (type === "bool" && !BOOLS.includes(v)) {
+      throw new BlockError("EINVAL", `Invalid value '${v}' for option '${k}': expected on or off`, {
+        qemuMessage: `Parameter '${k}' expects 'on' or 'off'`,
+      });
+    }
+  }
+}
+
 interface CreatePlan {
   driver: BlockDriver;
   size: number;
@@ -114,6 +167,7 @@ async function planCreate(filename: string, format: string, size: number, opts: 
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError("EINVAL", `Cannot create '${filename}': invalid size ${size}`);
   size = Math.ceil(size / 512) * 512;
   let options = opts.options ?? {};
+  if (!opts.file) checkCreateOptions(format, filename, options);
   let fileSpec: Options | BlockNode;
   let created: string | undefined;
   let createFile: (() => Promise<void>) | undefined;

@@ -106,6 +106,12 @@ export interface BlockErrorDetails {
   length?: number;
   /** The underlying error. */
   cause?: unknown;
+  /**
+   * QEMU's words for the same error, where the message says more (names the
+   * value given, the values allowed): the drop-in `qemu-img` and `qemu-io`
+   * print these, as QEMU's tools do.
+   */
+  qemuMessage?: string;
 }
 
 /**
@@ -127,6 +133,7 @@ export class BlockError extends Error {
   readonly offset?: number;
   /** Byte length, when the error is about a request. */
   readonly length?: number;
+  #qemuMessage: string | undefined;
 
   /** Creates an error with a code, a message and optional details. */
   constructor(code: ErrnoCode, message: string, details: BlockErrorDetails = {}) {
@@ -136,6 +143,22 @@ export class BlockError extends Error {
     this.node = details.node;
     this.offset = details.offset;
     this.length = details.length;
+    this.#qemuMessage = details.qemuMessage;
+  }
+
+  /**
+   * The error in QEMU's words (what the drop-in `qemu-img` prints): the
+   * message, unless it was given QEMU's shorter one as `qemuMessage`.
+   *
+   * @example
+   * ```ts
+   * import { BlockError } from "@blkgraph/blkgraph";
+   * const e = new BlockError("EINVAL", "Invalid parameter 'foo' (known: size)", { qemuMessage: "Invalid parameter 'foo'" });
+   * console.log(e.qemuMessage); // Invalid parameter 'foo'
+   * ```
+   */
+  get qemuMessage(): string {
+    return this.#qemuMessage ?? this.message;
   }
 
   /** The Linux errno number for {@linkcode BlockError.code}. */

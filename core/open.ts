@@ -17,7 +17,7 @@ import { createImage } from "./_create.ts";
 
 export { closeAllNodes, findNode, nodeNames } from "./_node_names.ts";
 export { type CacheFlags, hasProtocol, parseCacheMode } from "./_open_node.ts";
-export { checkImageCreate, createImage, type CreateOptions } from "./_create.ts";
+export { checkCreateOptions, checkImageCreate, createImage, type CreateOptions } from "./_create.ts";
 
 /** Options for {@linkcode open}. */
 export interface OpenOptions {

@@ -77,8 +77,9 @@ export interface Qcow2CreateOptions {
   encrypt?: Qcow2EncryptCreate;
 }
 
-function fail(message: string): never {
-  throw new BlockError("EINVAL", message);
+/** Refuses the options: `message` names the values, `qemu` is QEMU's shorter text for the drop-in qemu-img (default: the message). */
+function fail(message: string, qemu?: string): never {
+  throw new BlockError("EINVAL", message, { qemuMessage: qemu });
 }
 
 function optText(options: Record<string, unknown>, key: string): string | undefined {
@@ -122,7 +123,10 @@ export function parseCreateOptions(size: number, input: Record<string, string | 
   let version: 2 | 3;
   if (compat === "0.10" || compat === "v2") version = 2;
   else if (compat === "1.1" || compat === "v3") version = 3;
-  else fail(`Invalid compatibility level: '${compat}' (option 'compat' must be 0.10, v2, 1.1 or v3)`);
+  else {fail(
+      `Invalid compatibility level: '${compat}' (option 'compat' must be 0.10, v2, 1.1 or v3)`,
+      `Parameter 'version' does not accept value '${compat}'`,
+    );}
 
   const extendedL2 = optBool(options, "extended_l2", "qcow2") ?? false;
   if (extendedL2 && version < 3) {
@@ -134,15 +138,24 @@ export function parseCreateOptions(size: number, input: Record<string, string | 
     clusterSize === undefined || clusterSize < 2 ** MIN_CLUSTER_BITS || clusterSize > 2 ** MAX_CLUSTER_BITS ||
     (clusterSize & (clusterSize - 1)) !== 0
   ) {
-    fail(`Cluster size must be a power of two between 512 and 2048k (cluster_size ${String(csRaw)})`);
+    fail(
+      `Cluster size must be a power of two between 512 and 2048k (cluster_size ${String(csRaw)})`,
+      "Cluster size must be a power of two between 512 and 2048k",
+    );
   }
   if (extendedL2 && clusterSize < 16384) {
-    fail(`Extended L2 entries are only supported with cluster sizes of at least 16384 bytes (cluster_size ${clusterSize})`);
+    fail(
+      `Extended L2 entries are only supported with cluster sizes of at least 16384 bytes (cluster_size ${clusterSize})`,
+      "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+    );
   }
 
   const preRaw = optText(options, "preallocation") ?? "off";
   if (!(PREALLOC as readonly string[]).includes(preRaw)) {
-    fail(`Invalid parameter '${preRaw}' for option 'preallocation' (expected off, metadata, falloc or full)`);
+    fail(
+      `Invalid parameter '${preRaw}' for option 'preallocation' (expected off, metadata, falloc or full)`,
+      `Parameter 'preallocation' does not accept value '${preRaw}'`,
+    );
   }
   let preallocation = preRaw as Qcow2Prealloc;
   const backingFile = optText(options, "backing_file");
@@ -153,7 +166,10 @@ export function parseCreateOptions(size: number, input: Record<string, string | 
     );
   }
   if (backingFormat !== undefined && backingFile === undefined) {
-    fail(`Backing format cannot be used without backing file (backing_fmt '${backingFormat}')`);
+    fail(
+      `Backing format cannot be used without backing file (backing_fmt '${backingFormat}')`,
+      "Backing format cannot be used without backing file",
+    );
   }
   const lazyRefcounts = optBool(options, "lazy_refcounts", "qcow2") ?? false;
   if (lazyRefcounts && version < 3) {
@@ -162,11 +178,15 @@ export function parseCreateOptions(size: number, input: Record<string, string | 
   const rbRaw = options.refcount_bits;
   const refcountBits = rbRaw === undefined ? 16 : Number(rbRaw);
   if (!Number.isInteger(refcountBits) || refcountBits < 1 || refcountBits > 64 || (refcountBits & (refcountBits - 1)) !== 0) {
-    fail(`Refcount width must be a power of two and may not exceed 64 bits (refcount_bits ${String(rbRaw)})`);
+    fail(
+      `Refcount width must be a power of two and may not exceed 64 bits (refcount_bits ${String(rbRaw)})`,
+      "Refcount width must be a power of two and may not exceed 64 bits",
+    );
   }
   if (version < 3 && refcountBits !== 16) {
     fail(
       `Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater) (refcount_bits ${refcountBits})`,
+      "Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)",
     );
   }
   const dataFile = optText(options, "data_file");
@@ -180,7 +200,12 @@ export function parseCreateOptions(size: number, input: Record<string, string | 
     fail("External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)");
   }
   const ct = optText(options, "compression_type") ?? "zlib";
-  if (ct !== "zlib" && ct !== "zstd") fail(`Invalid parameter '${ct}' for option 'compression_type' (expected zlib or zstd)`);
+  if (ct !== "zlib" && ct !== "zstd") {
+    fail(
+      `Invalid parameter '${ct}' for option 'compression_type' (expected zlib or zstd)`,
+      `Parameter 'compression-type' does not accept value '${ct}'`,
+    );
+  }
   if (ct !== "zlib" && version < 3) {
     fail("Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)");
   }

@@ -30,7 +30,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "a failed create (bad option, -b without -F, cluster_size=3000) leaves no file and prints no Formatting line (issue 9.14)",
+  name:
+    "a failed create (bad option, -b without -F, cluster_size=3000) leaves no file, and prints qemu-img's Formatting line where qemu-img does",
   ignore: QEMU,
   async fn() {
     await using d = await tempDir();
@@ -46,7 +47,9 @@ Deno.test({
       const q = await run("qemu-img", ["create", "-f", "qcow2", ...extra, `${d.path}/q.qcow2`, "1M"]);
       const r = await ours(["create", "-f", "qcow2", ...extra, `${d.path}/b.qcow2`, "1M"]);
       assertEquals([r.code, q.code], [1, 1], extra.join(" "));
-      assertEquals(r.stdout, "", extra.join(" "));
+      // The drop-in says "Formatting" where qemu-img does (after parsing -o, before the format checks the values);
+      // blkgraph's own create never does for a create that fails (tests/cli/create_messages_test.ts).
+      assertEquals(r.stdout, q.stdout.replaceAll("q.qcow2", "b.qcow2"), extra.join(" "));
       ok(r.stderr.startsWith(`qemu-img: ${d.path}/b.qcow2: `), r.stderr);
       // qemu-img leaves no file either.
       assertEquals([await exists(`${d.path}/b.qcow2`), await exists(`${d.path}/q.qcow2`)], [false, false], extra.join(" "));

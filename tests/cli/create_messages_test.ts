@@ -1,0 +1,95 @@
+// create's option errors, as qemu-img orders and words them: `-o` values that do not parse as their type (size, number, on/off)
+// and unknown options are refused before "Formatting ...", the format's own checks after it (the drop-in flushes the line, so
+// it comes first on a merged stream), and no file is left behind either way. blkgraph's own create validates everything
+// before it prints the line, and its messages name the value given.
+import assert from "node:assert/strict";
+import { BlockError, checkCreateOptions } from "../../mod.ts";
+import { run, skipUnless, tempDir } from "../_helpers/qemu.ts";
+
+const QEMU_IMG = new URL("../../cli/qemu-img.ts", import.meta.url).pathname;
+const BLKGRAPH = new URL("../../cli/main.ts", import.meta.url).pathname;
+
+const CASES = [
+  "-f raw -b base.raw -F raw",
+  "-f raw -o backing_file=base.raw",
+  "-f raw -F raw",
+  "-f raw -o foo=1 -b base.raw",
+  "foo=bar",
+  "cluster_size=abc",
+  "refcount_bits=abc",
+  "lazy_refcounts=maybe",
+  "cluster_size=1234",
+  "compat=0.42",
+  "preallocation=x",
+  "compression_type=lz4",
+  "refcount_bits=3",
+  "refcount_bits=1,compat=0.10",
+  "extended_l2=on,cluster_size=4k",
+  "backing_fmt=raw",
+];
+
+/** Runs `cmd` in `cwd` with standard error merged into standard output, as the iotests capture them. */
+async function merged(cmd: string, cwd: string): Promise<{ code: number; out: string }> {
+  const r = await run("sh", ["-c", `${cmd} 2>&1`], { cwd });
+  return { code: r.code, out: r.stdout };
+}
+
+async function exists(path: string): Promise<boolean> {
+  return await Deno.stat(path).then(() => true, () => false);
+}
+
+Deno.test({
+  name:
+    "the drop-in qemu-img create refuses bad -o values in qemu-img's words and order ('Formatting' first for the format's checks), leaving no file",
+  ignore: skipUnless("qemu-img"),
+  async fn() {
+    await using d = await tempDir();
+    await Deno.writeFile(`${d.path}/base.raw`, new Uint8Array(65536));
+    for (const c of CASES) {
+      const o = c.startsWith("-") ? c : `-f qcow2 -o ${c}`;
+      const q = await merged(`qemu-img create ${o} t.qcow2 1M`, d.path);
+      assert.equal(await exists(`${d.path}/t.qcow2`), false, `qemu-img left a file for ${o}`);
+      const r = await merged(`'${Deno.execPath()}' run -A '${QEMU_IMG}' create ${o} t.qcow2 1M`, d.path);
+      assert.deepEqual(r, q, o);
+      assert.equal(await exists(`${d.path}/t.qcow2`), false, `the drop-in left a file for ${o}`);
+    }
+  },
+});
+
+Deno.test("blkgraph create prints no 'Formatting' line for options it refuses, and names the value given", async () => {
+  await using d = await tempDir();
+  for (const [o, named] of [["cluster_size=1234", "(cluster_size 1234)"], ["lazy_refcounts=maybe", "'maybe'"], ["compat=0.42", "'0.42'"]]) {
+    const r = await run(Deno.execPath(), ["run", "-A", BLKGRAPH, "create", "-f", "qcow2", "-o", o, "t.qcow2", "1M"], { cwd: d.path });
+    assert.equal(r.code, 1, o);
+    assert.equal(r.stdout, "", o);
+    assert.ok(r.stderr.startsWith("blkgraph: t.qcow2: ") && r.stderr.includes(named), r.stderr);
+    assert.equal(await exists(`${d.path}/t.qcow2`), false, o);
+  }
+});
+
+Deno.test("checkCreateOptions() refuses an unknown option and a value of the wrong type, in blkgraph's words and QEMU's", () => {
+  const refused = (options: Record<string, string>) => {
+    try {
+      checkCreateOptions("qcow2", "x.qcow2", options);
+    } catch (e) {
+      assert.ok(e instanceof BlockError && e.code === "EINVAL");
+      return [e.message.split(" (")[0], e.qemuMessage.split("\n")[0]];
+    }
+    return undefined;
+  };
+  assert.deepEqual(refused({ colour: "red" }), ["Unknown option 'colour' for format 'qcow2'", "Invalid parameter 'colour'"]);
+  assert.deepEqual(refused({ cluster_size: "64q" }), [
+    "Invalid value '64q' for option 'cluster_size': expected a size",
+    "Parameter 'cluster_size' expects a non-negative number below 2^64",
+  ]);
+  assert.deepEqual(refused({ refcount_bits: "x" }), [
+    "Invalid value 'x' for option 'refcount_bits': expected a number",
+    "Parameter 'refcount_bits' expects a number",
+  ]);
+  assert.deepEqual(refused({ lazy_refcounts: "maybe" }), [
+    "Invalid value 'maybe' for option 'lazy_refcounts': expected on or off",
+    "Parameter 'lazy_refcounts' expects 'on' or 'off'",
+  ]);
+  // The protocol's options count too (file: extent_size_hint), and a value that parses is the driver's to judge.
+  assert.equal(refused({ extent_size_hint: "1M", cluster_size: "1234", "cluster-size": "4k" }), undefined);
+});

@@ -41,7 +41,7 @@ export function progName(io: CliIO): string {
 
 /** An error's text for `io`: QEMU's words in the drop-in qemu-img and qemu-io ({@linkcode BlockError.qemuMessage}), blkgraph's own otherwise. */
 export function errorText(e: unknown, io: CliIO): string {
-  if (io.prog !== undefined && e instanceof BlockError) return e.qemuMessage;
+  if (io.prog !== undefined && (e instanceof BlockError || e instanceof CliError)) return e.qemuMessage;
   return e instanceof Error ? e.message : String(e);
 }
 
@@ -59,11 +59,14 @@ export interface Verb {
 export class CliError extends Error {
   /** Exit code to return. */
   readonly exitCode: number;
-  /** Creates an error with a message and an exit code (default 1). */
-  constructor(message: string, exitCode = 1) {
+  /** The message in QEMU's words, where it differs (the drop-ins print it; see BlockError.qemuMessage). */
+  readonly qemuMessage: string;
+  /** Creates an error with a message, an exit code (default 1) and QEMU's words for it (default: the message). */
+  constructor(message: string, exitCode = 1, qemuMessage?: string) {
     super(message);
     this.name = "CliError";
     this.exitCode = exitCode;
+    this.qemuMessage = qemuMessage ?? message;
   }
 }
 
@@ -205,7 +208,8 @@ export class OpenError extends CliError {
   /** Creates the error for `filename` failing with `cause`. */
   constructor(filename: string | undefined, cause: unknown) {
     const reason = cause instanceof Error ? cause.message : String(cause);
-    super(filename === undefined ? `Could not open image: ${reason}` : `Could not open '${filename}': ${reason}`);
+    const say = (why: string) => filename === undefined ? `Could not open image: ${why}` : `Could not open '${filename}': ${why}`;
+    super(say(reason), 1, cause instanceof BlockError ? say(cause.qemuMessage) : undefined);
     this.filename = filename;
     this.reason = reason;
     this.cause = cause;
@@ -433,7 +437,7 @@ export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise
   try {
     return await verb.run(args, io);
   } catch (e) {
-    io.stderr(`${progName(io)}: ${errorMessage(e)}\n`);
+    io.stderr(`${progName(io)}: ${errorText(e, io)}\n`);
     return e instanceof CliError ? e.exitCode : 1;
   } finally {
     stop();

@@ -142,8 +142,18 @@ export function canCreate(format: string): boolean {
   }
 }
 
+const SHIFT: Record<string, bigint> = { "": 0n, b: 0n, k: 10n, m: 20n, g: 30n, t: 40n, p: 50n, e: 60n };
+
+/** A whole size at or past 2^53, exactly (qemu-img takes it below 2^63 and says so past it); undefined for anything else. */
+function hugeSize(text: string): bigint | undefined {
+  const m = /^\s*(\d+)\s*([bkmgtpe]?)\s*$/i.exec(text);
+  if (!m) return undefined;
+  const n = BigInt(m[1]) << SHIFT[m[2].toLowerCase()];
+  return n >= 2n ** 53n ? n : undefined;
+}
+
 /** The line qemu-img prints before creating: "Formatting 'f', fmt=qcow2 cluster_size=65536 ...". */
-export function formattingLine(filename: string, format: string, size: number, options: Record<string, string>): string {
+export function formattingLine(filename: string, format: string, size: number | bigint, options: Record<string, string>): string {
   const shown: Record<string, string> = { ...options, size: String(size) };
   let order: string[];
   if (format === "qcow2") {
@@ -189,7 +199,16 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const [filename, sizeText] = p.positionals;
   if (!canCreate(format)) throw new CliError(`${filename}: Format driver '${format}' does not support image creation`);
   const options = parseCreateOptions(lists);
-  const fail = (e: unknown) => new CliError(`${filename}: ${errorText(e, io)}`);
+  const fail = (e: unknown) => {
+    // As bdrv_img_create: a format's EFBIG is reported in one sentence, with a hint where the format has clusters.
+    if (io.prog !== undefined && e instanceof BlockError && e.code === "EFBIG") {
+      const hint = (getDriver(format).createOptions ?? []).some((o) => o.name === "cluster_size")
+        ? " (try using a larger cluster size)"
+        : "";
+      return new CliError(`${filename}: The image size is too large for file format '${format}'${hint}`);
+    }
+    return new CliError(`${filename}: ${errorText(e, io)}`);
+  };
   // As qemu-img: the -o options parse first, then -b and -F are set as the options they stand for.
   try {
     checkCreateOptions(format, filename, options);
@@ -209,8 +228,15 @@ async function run(args: string[], io: CliIO): Promise<number> {
   if (backingFmt !== undefined) options.backing_fmt = backingFmt;
   let size: number | undefined;
   if (sizeText !== undefined && options.size !== undefined) throw new CliError(`${filename}: The image size must be specified only once`);
+  // A size past 2^53 (up to qemu-img's 2^63) parses too, exactly: the format judges it (too large: EFBIG).
+  let exact: bigint | undefined;
   if (sizeText !== undefined) {
     size = parseSize(sizeText);
+    exact = size === undefined ? hugeSize(sizeText) : undefined;
+    if (exact !== undefined && exact >= 2n ** 63n) {
+      throw new CliError("Invalid image size specified. Must be between 0 and 9223372036854775807.");
+    }
+    if (exact !== undefined) size = Number(exact);
     if (size === undefined) {
       io.stderr(`${progName(io)}: Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n`);
       throw new CliError("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
@@ -251,7 +277,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   // drop-in prints the line there too; blkgraph prints it once all is valid.
   const say = () => {
     if (p.values.quiet === true) return;
-    io.stdout(formattingLine(filename, format, size, options));
+    io.stdout(formattingLine(filename, format, exact ?? size, options));
     // qemu-img flushes the line (bdrv_img_create's fflush), so it comes before an error on stderr.
     io.flush?.();
   };

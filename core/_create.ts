@@ -164,6 +164,9 @@ interface CreatePlan {
 async function planCreate(filename: string, format: string, size: number, opts: CreateOptions): Promise<CreatePlan> {
   const driver = getDriver(format);
   if (!driver.create) throw new BlockError("ENOTSUP", `Cannot create '${filename}': format '${format}' does not support image creation`);
+  if (Number.isFinite(size) && size >= 2 ** 53) {
+    throw new BlockError("EFBIG", `Cannot create '${filename}': a size of ${size} bytes is past 2^53, the largest blkgraph handles`);
+  }
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError("EINVAL", `Cannot create '${filename}': invalid size ${size}`);
   size = Math.ceil(size / 512) * 512;
   let options = opts.options ?? {};

@@ -71,6 +71,27 @@ const OFFSET_NAMES: Partial<Record<HeaderFieldKey, string>> = {
 };
 
 /** A 64-bit field is at least 2^53 (not exactly representable). */
+/**
+ * A virtual size past 2^53: QEMU's own limit in its words where its
+ * qcow2_do_open refuses it (the L1 index of the VM state past INT_MAX:
+ * "Image is too big"), else blkgraph's (QEMU opens such an image; blkgraph
+ * cannot address it).
+ */
+function tooBig(view: DataView, f: HeaderField, cs: number, version: number): BlockError {
+  const size = view.getBigUint64(f.offset);
+  const clusterBits = BigInt(Math.log2(cs));
+  // Extended L2 entries (incompatible bit 4, version 3) take 16 bytes: one L2 bit fewer.
+  const extL2 = version >= 3 && (view.getUint32(76) & 16) !== 0;
+  const l2Bits = clusterBits - 3n - (extL2 ? 1n : 0n);
+  const span = 1n << (clusterBits + l2Bits);
+  if ((size + span - 1n) / span > 0x7fffffffn) {
+    return new BlockError("EFBIG", `Image is too big: size ${size} needs more than 2^31 - 1 L1 entries with cluster_size ${cs}`, {
+      qemuMessage: "Image is too big",
+    });
+  }
+  return new BlockError("EFBIG", `Image size too large: size is at least 2^53 (size ${size})`);
+}
+
 function isFar(view: DataView, f: HeaderField): boolean {
   return f.size === 8 && view.getUint32(f.offset) >= 2 ** 21;
 }
@@ -201,7 +222,7 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
       high[f.key === "incompatibleFeatures" ? "incompatible" : f.key === "compatibleFeatures" ? "compatible" : "autoclear"] = hi;
       continue;
     }
-    if (f.key === "size" && isFar(view, f)) throw new BlockError("EFBIG", "Image size too large: size is at least 2^53");
+    if (f.key === "size" && isFar(view, f)) throw tooBig(view, f, cs, version);
     if (f.size === 8 && hi >= 2 ** 31 && OFFSET_NAMES[f.key]) {
       // QEMU's validate_table_offset: past INT64_MAX is invalid, used or not.
       throw invalid(

@@ -93,3 +93,47 @@ Deno.test("checkCreateOptions() refuses an unknown option and a value of the wro
   // The protocol's options count too (file: extent_size_hint), and a value that parses is the driver's to judge.
   assert.equal(refused({ extent_size_hint: "1M", cluster_size: "1234", "cluster-size": "4k" }), undefined);
 });
+
+Deno.test({
+  name: "the drop-in create takes sizes past 2^53 as qemu-img does: the format refuses them as too large, past 2^63 the range is named",
+  ignore: skipUnless("qemu-img"),
+  async fn() {
+    await using d = await tempDir();
+    for (const fmt of ["qcow2", "raw"]) {
+      for (const size of ["4P", "1E", "8191P", "8E", "16E", "99999999999999999999999"]) {
+        const q = await merged(`qemu-img create -f ${fmt} t.img ${size}`, d.path);
+        await Deno.remove(`${d.path}/t.img`).catch(() => {});
+        const r = await merged(`'${Deno.execPath()}' run -A '${QEMU_IMG}' create -f ${fmt} t.img ${size}`, d.path);
+        assert.deepEqual(r, q, `${fmt} ${size}`);
+        // qemu-img leaves an empty raw file behind; blkgraph leaves nothing.
+        assert.equal(await exists(`${d.path}/t.img`), false, `${fmt} ${size}`);
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "a qcow2 header whose size QEMU cannot address is refused in qemu-img's words ('Image is too big'); one QEMU opens, in ours",
+  ignore: skipUnless("qemu-img"),
+  async fn() {
+    await using d = await tempDir();
+    for (const [cluster, size, qemuOpens] of [["64k", 2n ** 60n, false], ["2M", 2n ** 54n, true]] as const) {
+      const path = `${d.path}/t.qcow2`;
+      const c = await run("qemu-img", ["create", "-q", "-f", "qcow2", "-o", `cluster_size=${cluster}`, path, "4G"]);
+      assert.equal(c.code, 0, c.stderr);
+      const img = await Deno.readFile(path);
+      new DataView(img.buffer).setBigUint64(24, size);
+      // The L1 table (zeros to the end of its cluster) is said to be as long as the size needs.
+      const l1 = Number((size + (1n << (cluster === "2M" ? 39n : 29n)) - 1n) >> (cluster === "2M" ? 39n : 29n));
+      if (qemuOpens) new DataView(img.buffer).setUint32(36, l1);
+      await Deno.writeFile(path, img);
+      const q = await run("qemu-img", ["info", path]);
+      const r = await run(Deno.execPath(), ["run", "-A", QEMU_IMG, "info", path]);
+      assert.equal(r.code, 1, r.stderr);
+      if (qemuOpens) {
+        assert.equal(q.code, 0, q.stderr);
+        assert.match(r.stderr, /Image size too large: size is at least 2\^53 \(size 18014398509481984\)/);
+      } else assert.deepEqual([r.code, r.stderr], [q.code, q.stderr]);
+    }
+  },
+});

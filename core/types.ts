@@ -93,6 +93,19 @@ export interface DriverInstanceOf<N> {
   pwrite?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
   /** Writes one cluster compressed (a write with `compressed`; the node checks bounds and permissions). */
   pwriteCompressed?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
+  /**
+   * Copies `length` bytes at `offset` to `dstOffset` of `dst`, the instance
+   * of another protocol node, without passing them through memory (copy
+   * offloading, QEMU's bdrv_co_copy_range; `file`: copy_file_range(2)).
+   * ENOTSUP when it cannot reach `dst`. Called by `BlockNode.copyRange`.
+   */
+  copyRange?(offset: number, length: number, dst: DriverInstanceOf<N>, dstOffset: number, opts: RequestOptions): Promise<void> | void;
+  /**
+   * For a format whose mapping is fixed (raw): the child and offset a write
+   * of `[offset, offset+length)` lands on, so copy offloading can write
+   * there; undefined when this range cannot take one.
+   */
+  copyRangeTarget?(offset: number, length: number): { node: N; offset: number } | undefined;
   /** Makes `[offset, offset+length)` read as zeros. */
   pwriteZeroes?(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> | void;
   /** Discards a range (advisory: content afterwards is unspecified). */

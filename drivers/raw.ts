@@ -80,6 +80,11 @@ export const rawDriver: BlockDriver = {
         const p = node.event("write_aio", o?.req);
         return p ? p.then(() => file.pwrite(off + offset, data, o)) : file.pwrite(off + offset, data, o);
       },
+      // Copy offloading writes to the file at the window's offset (not over a probed image's first sector, which writes check).
+      copyRangeTarget(off, len) {
+        checkWindow("write", off, len);
+        return ctx.probed && off < SECTOR ? undefined : { node: file, offset: off + offset };
+      },
       pwriteZeroes(off, len, o) {
         checkWindow("write zeroes to", off, len);
         return file.pwriteZeroes(off + offset, len, o);

@@ -9,9 +9,10 @@
  * - `allocation-depth` = `on`: with a server offering
  *   `qemu:allocation-depth` (qemu-nbd `-A`), ranges no layer of the
  *   server's backing chain allocates report `allocated: false` (QEMU's
- *   `x-dirty-bitmap=qemu:allocation-depth` trick); by default the node is
- *   allocated everywhere like any protocol node, with `depth` taken from the
- *   server when offered;
+ *   `x-dirty-bitmap=qemu:allocation-depth` trick) and `depth` is the
+ *   server's (the layer that allocates it); by default the node is
+ *   allocated everywhere at depth 0 like any protocol node, as QEMU's
+ *   client reports it;
  * - `x-dirty-bitmap` = `qemu:dirty-bitmap:NAME` (QEMU's option): the node
  *   asks for that context instead of `base:allocation`, so block status
  *   reports dirty ranges as holes that nothing allocates (what `qemu-img
@@ -212,7 +213,8 @@ export const nbdDriver: BlockDriver = {
     try {
       const info = await clientNegotiate(conn, {
         export: exportName,
-        contexts: [dirtyContext ?? "base:allocation", "qemu:allocation-depth"],
+        // qemu:allocation-depth only when asked for (QEMU's client never reads it beside base:allocation).
+        contexts: depthMode ? [dirtyContext ?? "base:allocation", "qemu:allocation-depth"] : [dirtyContext ?? "base:allocation"],
         server: uri,
         startTls: creds ? (s) => clientTls(s, creds, tlsHost) : undefined,
       });
@@ -237,7 +239,7 @@ export const nbdDriver: BlockDriver = {
     // With x-dirty-bitmap, that context's flags stand in for base:allocation's (dirty = NBD_STATE_HOLE), as in QEMU.
     const baseId = info.contexts.get(dirtyContext ?? "base:allocation");
     const bitmapName = dirtyContext?.startsWith("qemu:dirty-bitmap:") ? dirtyContext.slice(18) : undefined;
-    const depthId = info.contexts.get("qemu:allocation-depth");
+    const depthId = depthMode ? info.contexts.get("qemu:allocation-depth") : undefined;
     const align = info.minBlock;
     const maxTransfer = Math.max(align, Math.floor(Math.min(info.maxPayload, 32 << 20) / align) * align);
     const maxEffect = Math.floor(2 ** 31 / align) * align;
@@ -278,7 +280,7 @@ export const nbdDriver: BlockDriver = {
         }
         if (depth) {
           st.depth = Math.max(0, depth.flags - 1);
-          if (depthMode) st.allocated = depth.flags > 0;
+          st.allocated = depth.flags > 0;
         }
         return st;
       },

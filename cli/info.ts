@@ -7,8 +7,7 @@
 
 import { BlockError } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
-import { driverForPrefix } from "../core/registry.ts";
-import { looksDotted } from "../core/spec.ts";
+import { refreshFilename } from "../core/_filename.ts";
 import { formatSnapshotTable, readSnapshots, type SnapshotInfo } from "./_snapshots.ts";
 import {
   checkOutputFormat,
@@ -151,23 +150,13 @@ export function qemuJson(v: unknown): string {
 }
 
 /**
- * The name qemu-img shows for an image opened from `given` (its refreshed
- * bs->filename): a plain filename as given; for a `file:` name, a `json:`
- * name or option string that only says "this format over this file", the
- * file's name; anything else as given.
+ * The name qemu-img shows for an image opened from `given`: its refreshed
+ * filename (QEMU's bdrv_refresh_filename, `refreshFilename`): the file's
+ * name for a format over a file with no strong options, a protocol's own
+ * name (`nbd://host:port`), else `json:{...}` of the strong options.
  */
-export function shownFilename(node: BlockNode, given: string, imageOpts = false): string {
-  const simple = given.startsWith("json:") || imageOpts || looksDotted(given) || driverForPrefix(given)?.name === "file";
-  if (!simple) return given;
-  // A host file's other options (locking, aio, cache.direct, ...) are not "strong" in QEMU's bdrv_refresh_filename: the
-  // name stays the file's.
-  const onlyFilename = (n: BlockNode) => HOST_DRIVERS.has(n.driver.name) && typeof n.options.filename === "string";
-  if (onlyFilename(node)) return node.options.filename as string;
-  const file = node.file;
-  if (node.driver.kind === "format" && Object.keys(node.options).length === 0 && file && onlyFilename(file)) {
-    return file.options.filename as string;
-  }
-  return given;
+export function shownFilename(node: BlockNode): string {
+  return refreshFilename(node).filename;
 }
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -193,7 +182,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   try {
     const chain: ImageInfo[] = [];
     let n: BlockNode | undefined = formatNode(node);
-    let name = shownFilename(n, filename, p.values["image-opts"] === true);
+    let name = shownFilename(node);
     while (n) {
       const info = await imageInfo(n, name);
       chain.push(info);

@@ -248,6 +248,16 @@ export interface OptionHelp {
 /** What {@linkcode BlockDriver.checkCreate} validates: a creation without its file. */
 export type CheckCreateContext = Omit<CreateContextOf<unknown>, "file">;
 
+/** What a driver's `exactFilename` sees. */
+export interface ExactFilenameContext {
+  /** The node's own options, as given. */
+  readonly options: Readonly<Record<string, unknown>>;
+  /** Its strong options and its children's (QEMU's full_open_options). */
+  readonly full: Readonly<Record<string, unknown>>;
+  /** A child's exact filename, if it has one. */
+  child(role: ChildRole): string | undefined;
+}
+
 /** A block driver: a name, a kind, and how to open (and create) nodes. */
 export interface BlockDriverOf<N> {
   /** Driver name as in QEMU (`"qcow2"`, `"file"`, `"blkdebug"`). */
@@ -266,6 +276,18 @@ export interface BlockDriverOf<N> {
   probeDevice?(filename: string): number;
   /** Turns a prefixed filename into options. */
   parseFilename?(filename: string): Record<string, unknown>;
+  /**
+   * Options that change what the guest sees (QEMU's strong_runtime_opts):
+   * given, they keep a node from being named by its file's name, and they
+   * go into its `json:{...}` name. An entry ending in `.` is a prefix.
+   */
+  readonly strongOptions?: readonly string[];
+  /**
+   * Builds the plain name that reopens this node (QEMU's
+   * bdrv_refresh_filename hook: `nbd://host:port/export`, `null-co://`),
+   * or undefined when none says everything; see `refreshFilename`.
+   */
+  exactFilename?(ctx: ExactFilenameContext): string | undefined;
   /**
    * Every runtime option the driver takes, besides the keys naming its
    * children and the options every node takes (`driver`, `node-name`,

@@ -21,6 +21,7 @@ export const rawDriver: BlockDriver = {
   name: "raw",
   kind: "format",
   options: ["offset", "size"],
+  strongOptions: ["offset", "size"],
   createOptions: [{ name: "size", type: "size", help: "Virtual disk size" }],
   probe: () => 1,
   async open(ctx): Promise<DriverInstance> {

@@ -93,8 +93,9 @@ const KNOWN = [
  * ```
  */
 export function parseNbdFilename(filename: string): Record<string, unknown> {
-  const o = parseNbdUri(filename);
-  return { ...o, filename: canonicalName(o) };
+  const { export: exp, ...o } = parseNbdUri(filename);
+  // As QEMU's nbd_parse_uri and nbd_parse_filename: an empty export name is no export option.
+  return { ...o, ...(exp ? { export: exp } : {}), filename: canonicalName({ ...o, export: exp }) };
 }
 
 /** QEMU's canonical name of an NBD node (what `qemu-img info` and `map` print). */
@@ -104,6 +105,25 @@ function canonicalName(o: Record<string, unknown>): string {
   if (o["server.type"] === "unix") return `nbd+unix://${e}?socket=${o["server.path"]}`;
   const host = String(o["server.host"]);
   return `nbd://${host.includes(":") ? `[${host}]` : host}:${o["server.port"] ?? 10809}${e}`;
+}
+
+/**
+ * QEMU's nbd_refresh_filename: `nbd+unix:///EXPORT?socket=PATH` or
+ * `nbd://HOST:PORT/EXPORT` (without `/EXPORT` when no export is named),
+ * from the options however they were given (`server.*`, a nested `server`,
+ * the legacy `host`/`port`/`path`).
+ */
+function nbdRefreshFilename(o: Readonly<Record<string, unknown>>): string | undefined {
+  const server = o.server !== null && typeof o.server === "object" ? o.server as Record<string, unknown> : {};
+  const get = (k: string) => o[`server.${k}`] ?? server[k] ?? o[k];
+  const path = get("path");
+  const host = get("host");
+  const type = get("type") ?? (path !== undefined ? "unix" : "inet");
+  // An export given, even "", is named ("nbd://h:p/"); none given, no slash.
+  const exp = o.export !== undefined ? `/${o.export}` : "";
+  if (type === "unix" && path !== undefined) return exp ? `nbd+unix://${exp}?socket=${path}` : `nbd+unix://?socket=${path}`;
+  if (type === "inet" && host !== undefined) return `nbd://${host}:${get("port") ?? 10809}${exp}`;
+  return undefined;
 }
 
 function parseNbdUri(filename: string): Record<string, unknown> {
@@ -168,6 +188,8 @@ export const nbdDriver: BlockDriver = {
   protocolPrefix: "nbd",
   parseFilename: parseNbdFilename,
   options: KNOWN,
+  strongOptions: ["path", "host", "port", "export", "tls-creds", "tls-hostname", "server."],
+  exactFilename: ({ options }) => nbdRefreshFilename(options),
   async open(ctx): Promise<DriverInstance> {
     let o = ctx.options;
     // Dotted keys arrive nested ({server: {type, path}}): flatten them back.
@@ -207,6 +229,11 @@ export const nbdDriver: BlockDriver = {
       conn = type === "unix" ? await Deno.connect({ transport: "unix", path: path! }) : await Deno.connect({ hostname: host!, port });
       if (type === "inet") (conn as Deno.TcpConn).setNoDelay(true);
     } catch (e) {
+      // A host that does not resolve: QEMU's inet_parse_connect_saddr words it so.
+      const dns = /^failed to lookup address information: (.*)$/.exec(e instanceof Error ? e.message : "");
+      if (dns && type === "inet") {
+        throw new BlockError("EIO", `address resolution failed for ${host}:${port}: ${dns[1]}`, { node: ctx.node.name });
+      }
       throw toBlockError(e, `Cannot connect to NBD server ${uri}`);
     }
     let c: ClientConnection;

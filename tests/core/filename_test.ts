@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { open } from "../../mod.ts";
 import { refreshFilename } from "../../core/_filename.ts";
 import { cli } from "../cli/_run.ts";
-import { runOk, skipUnless, tempDir } from "../_helpers/qemu.ts";
+import { run, runOk, skipUnless, tempDir } from "../_helpers/qemu.ts";
 
 const ignore = skipUnless("qemu-img");
 const imageLine = (out: string) => out.split("\n").find((l) => l.startsWith("image: "));
@@ -55,5 +55,44 @@ Deno.test({
     }
     const json = `json:{"driver": "blkdebug", "config": "${d.path}/42", "image.driver": "null-co"}`;
     assert.equal(imageLine((await cli(["info", json])).stdout), imageLine((await runOk("qemu-img", ["info", json])).stdout));
+  },
+});
+
+Deno.test({
+  name: "an nbd node is named nbd://host:port or nbd+unix://?socket=PATH as qemu-img names it (iotest 162)",
+  ignore: skipUnless("qemu-img", "qemu-nbd"),
+  async fn() {
+    await using d = await tempDir();
+    const sock = `${d.path}/s`;
+    const server = new Deno.Command("qemu-nbd", { args: ["-t", "-k", sock, "-f", "raw", "null-co://"], stderr: "null" }).spawn();
+    try {
+      for (let i = 0; i < 100; i++) {
+        if (await Deno.stat(sock).then(() => true, () => false)) break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      for (const spec of [`json:{"driver": "nbd", "path": "${sock}"}`, `json:{"driver": "nbd", "path": "${sock}", "export": ""}`]) {
+        const theirs = await runOk("qemu-img", ["info", spec]);
+        const ours = await cli(["info", spec]);
+        assert.equal(imageLine(ours.stdout), imageLine(theirs.stdout), spec);
+      }
+      const spec = `driver=nbd,server.type=unix,server.path=${sock}`;
+      assert.equal(imageLine((await cli(["info", "--image-opts", spec])).stdout), `image: nbd+unix://?socket=${sock}`);
+    } finally {
+      server.kill();
+      await server.status;
+    }
+  },
+});
+
+Deno.test({
+  name: "an nbd host that does not resolve fails with qemu-img's address resolution message",
+  ignore,
+  async fn() {
+    const spec = 'json:{"driver": "nbd", "host": "nonexistent.invalid"}';
+    const theirs = await run("qemu-img", ["info", spec]);
+    const ours = await cli(["info", spec]);
+    assert.equal(ours.code, 1);
+    assert.match(theirs.stderr, /address resolution failed for nonexistent.invalid:10809: /);
+    assert.equal(ours.stderr.replace(/^[^:]*: /, ""), theirs.stderr.replace(/^[^:]*: /, ""));
   },
 });

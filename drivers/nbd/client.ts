@@ -19,9 +19,11 @@
  *   map` shows with it), and `bitmapExtent(NAME, ...)` /
  *   `bitmaps.dirtyRanges(NAME)` answer from the server's bitmap — the client
  *   side of an incremental backup;
- * - `reconnect-delay`, `open-timeout`, `cache.direct`, `cache.no-flush`:
- *   accepted and ignored (the node does not reconnect: when the server goes
- *   away, requests fail with EIO naming it).
+ * - `reconnect-delay` (seconds, default 0): when the server goes away, a
+ *   request waits that long for the node to connect again and is then sent
+ *   again (QEMU's option); without it, requests fail with EIO naming the
+ *   server;
+ * - `open-timeout`, `cache.direct`, `cache.no-flush`: accepted and ignored.
  *
  * Filenames: `nbd://host[:port]/export`, `nbd+tcp://…`,
  * `nbd+unix:///export?socket=PATH`, and QEMU's legacy
@@ -54,6 +56,7 @@ import { BlockError, toBlockError } from "../../core/errors.ts";
 import { checkKnownOptions, optBool, optEnum, optInt, optString } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type { BlockDriver, BlockStatus, DriverInstance } from "../../core/node.ts";
+import { ReconnectingConnection } from "./_reconnect.ts";
 import { ClientConnection } from "./_client_conn.ts";
 import { clientNegotiate } from "./_client_handshake.ts";
 import { CMD, CMD_FLAG, STATE_DIRTY, STATE_HOLE, STATE_ZERO, TF } from "./_protocol.ts";
@@ -224,35 +227,39 @@ export const nbdDriver: BlockDriver = {
     const creds = tlsId !== undefined ? getTlsCreds(tlsId, "client") : undefined;
     const tlsHost = optString(o, "tls-hostname", "nbd") ?? host ?? "localhost";
 
-    let conn: Deno.Conn;
-    try {
-      conn = type === "unix" ? await Deno.connect({ transport: "unix", path: path! }) : await Deno.connect({ hostname: host!, port });
-      if (type === "inet") (conn as Deno.TcpConn).setNoDelay(true);
-    } catch (e) {
-      // A host that does not resolve: QEMU's inet_parse_connect_saddr words it so.
-      const dns = /^failed to lookup address information: (.*)$/.exec(e instanceof Error ? e.message : "");
-      if (dns && type === "inet") {
-        throw new BlockError("EIO", `address resolution failed for ${host}:${port}: ${dns[1]}`, { node: ctx.node.name });
-      }
-      throw toBlockError(e, `Cannot connect to NBD server ${uri}`);
-    }
-    let c: ClientConnection;
-    try {
-      const info = await clientNegotiate(conn, {
-        export: exportName,
-        // qemu:allocation-depth only when asked for (QEMU's client never reads it beside base:allocation).
-        contexts: depthMode ? [dirtyContext ?? "base:allocation", "qemu:allocation-depth"] : [dirtyContext ?? "base:allocation"],
-        server: uri,
-        startTls: creds ? (s) => clientTls(s, creds, tlsHost) : undefined,
-      });
-      c = new ClientConnection(info, uri);
-    } catch (e) {
+    // One connection and its handshake; run again to reconnect.
+    const connect = async (): Promise<ClientConnection> => {
+      let conn: Deno.Conn;
       try {
-        conn.close();
-      } catch { /* closed */ }
-      if (e instanceof BlockError && e.name !== "ConnectionClosedError") throw e;
-      throw toBlockError(e, `NBD handshake with ${uri} failed`);
-    }
+        conn = type === "unix" ? await Deno.connect({ transport: "unix", path: path! }) : await Deno.connect({ hostname: host!, port });
+        if (type === "inet") (conn as Deno.TcpConn).setNoDelay(true);
+      } catch (e) {
+        // A host that does not resolve: QEMU's inet_parse_connect_saddr words it so.
+        const dns = /^failed to lookup address information: (.*)$/.exec(e instanceof Error ? e.message : "");
+        if (dns && type === "inet") {
+          throw new BlockError("EIO", `address resolution failed for ${host}:${port}: ${dns[1]}`, { node: ctx.node.name });
+        }
+        throw toBlockError(e, `Cannot connect to NBD server ${uri}`);
+      }
+      try {
+        const info = await clientNegotiate(conn, {
+          export: exportName,
+          // qemu:allocation-depth only when asked for (QEMU's client never reads it beside base:allocation).
+          contexts: depthMode ? [dirtyContext ?? "base:allocation", "qemu:allocation-depth"] : [dirtyContext ?? "base:allocation"],
+          server: uri,
+          startTls: creds ? (s) => clientTls(s, creds, tlsHost) : undefined,
+        });
+        return new ClientConnection(info, uri);
+      } catch (e) {
+        try {
+          conn.close();
+        } catch { /* closed */ }
+        if (e instanceof BlockError && e.name !== "ConnectionClosedError") throw e;
+        throw toBlockError(e, `NBD handshake with ${uri} failed`);
+      }
+    };
+    const reconnectDelay = optInt(o, "reconnect-delay", "nbd") ?? 0;
+    const c = new ReconnectingConnection(await connect(), connect, reconnectDelay);
     const info = c.info;
     if (info.flags & TF.READ_ONLY && !ctx.readOnly) {
       await c.close();

@@ -24,15 +24,17 @@ async function readFull(conn: Deno.Conn, n: number): Promise<Uint8Array | undefi
 }
 
 /** Serves `disk` with the oldstyle handshake on a Unix socket, one client at a time, until closed. */
-function oldstyleServer(path: string, disk: Uint8Array, flags = 1 /* HAS_FLAGS */): { close(): Promise<void> } {
+function oldstyleServer(path: string, disk: Uint8Array, opts: { dropWrites?: number } = {}): { close(): Promise<void> } {
   const listener = Deno.listen({ transport: "unix", path });
+  // The first `dropWrites` writes are taken and the connection closed without a reply (nbd-fault-injector's "data" rule).
+  let drop = opts.dropWrites ?? 0;
   const serve = async (conn: Deno.Conn) => {
     const hello = new Uint8Array(152);
     const dv = new DataView(hello.buffer);
     dv.setBigUint64(0, NBDMAGIC);
     dv.setBigUint64(8, CLIENT_MAGIC);
     dv.setBigUint64(16, BigInt(disk.length));
-    dv.setUint32(24, flags);
+    dv.setUint32(24, 1); // NBD_FLAG_HAS_FLAGS
     await conn.write(hello);
     for (;;) {
       const h = await readFull(conn, 28);
@@ -44,7 +46,14 @@ function oldstyleServer(path: string, disk: Uint8Array, flags = 1 /* HAS_FLAGS *
       w.setUint32(0, 0x67446698);
       reply.set(h.subarray(8, 16), 8);
       if (type === 2) break; // NBD_CMD_DISC
-      if (type === 1) disk.set((await readFull(conn, len))!, offset);
+      if (type === 1) {
+        const data = (await readFull(conn, len))!;
+        if (drop > 0) {
+          drop--;
+          break;
+        }
+        disk.set(data, offset);
+      }
       await conn.write(reply);
       if (type === 0) await conn.write(disk.subarray(offset, offset + len));
     }
@@ -111,5 +120,52 @@ Deno.test({
     } finally {
       await server.close();
     }
+  },
+});
+
+Deno.test("nbd client: with reconnect-delay, a write whose connection drops is sent again on a new connection", async () => {
+  await using d = await tempDir();
+  const disk = new Uint8Array(65536);
+  const server = oldstyleServer(`${d.path}/s`, disk, { dropWrites: 1 });
+  try {
+    await using n = await open({ driver: "nbd", "server.type": "unix", "server.path": `${d.path}/s`, "reconnect-delay": 2 });
+    await n.pwrite(0, new Uint8Array(4096).fill(7));
+    assertEquals(disk[4095], 7);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("nbd client: without reconnect-delay, a dropped connection fails the write with EIO", async () => {
+  await using d = await tempDir();
+  const server = oldstyleServer(`${d.path}/s`, new Uint8Array(65536), { dropWrites: 1 });
+  try {
+    await using n = await open({ driver: "nbd", "server.type": "unix", "server.path": `${d.path}/s` });
+    await rejects(n.pwrite(0, new Uint8Array(4096).fill(7)), (e: BlockError) => e.code === "EIO");
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test({
+  name: "nbd client: qemu-io with reconnect-delay also writes through a dropped connection, and prints what blkgraph io prints",
+  ignore: skipUnless("qemu-io"),
+  async fn() {
+    await using d = await tempDir();
+    const outs: string[] = [];
+    for (const tool of ["qemu-io", "blkgraph"]) {
+      const disk = new Uint8Array(65536);
+      const sock = `${d.path}/${tool}`;
+      const server = oldstyleServer(sock, disk, { dropWrites: 1 });
+      try {
+        const args = ["-c", "write -P 7 0 4k", "--image-opts", `driver=nbd,server.type=unix,server.path=${sock},reconnect-delay=2`];
+        const r = tool === "qemu-io" ? await run("qemu-io", args) : await cli(["io", ...args]);
+        outs.push(normaliseTimes(r.stdout));
+        assertEquals(disk[4095], 7, tool);
+      } finally {
+        await server.close();
+      }
+    }
+    assertEquals(outs[1], outs[0]);
   },
 });

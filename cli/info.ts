@@ -8,6 +8,7 @@
 import { BlockError } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { refreshFilename } from "../core/_filename.ts";
+import { looksDotted } from "../core/spec.ts";
 import { formatSnapshotTable, readSnapshots, type SnapshotInfo } from "./_snapshots.ts";
 import {
   checkOutputFormat,
@@ -155,8 +156,12 @@ export function qemuJson(v: unknown): string {
  * name for a format over a file with no strong options, a protocol's own
  * name (`nbd://host:port`), else `json:{...}` of the strong options.
  */
-export function shownFilename(node: BlockNode): string {
-  return refreshFilename(node).filename;
+export function shownFilename(node: BlockNode, given: string, imageOpts: boolean): string {
+  const r = refreshFilename(node);
+  // A node opened from a filename starts with that name as its exact one (QEMU's bdrv_open_common): a protocol
+  // without a naming rule of its own (rbd:...) keeps it.
+  if (r.exact === undefined && !imageOpts && !given.startsWith("json:") && !looksDotted(given)) return given;
+  return r.filename;
 }
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -182,7 +187,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   try {
     const chain: ImageInfo[] = [];
     let n: BlockNode | undefined = formatNode(node);
-    let name = shownFilename(node);
+    let name = shownFilename(node, filename, p.values["image-opts"] === true);
     while (n) {
       const info = await imageInfo(n, name);
       chain.push(info);

@@ -20,4 +20,5 @@ import "./filters/blkdebug.ts";
 import "./filters/throttle.ts";
 import "./filters/recorder.ts";
 import "./filters/copy_on_read.ts";
+import "./filters/compress.ts";
 import "./filters/crash/_capture.ts";

@@ -29,15 +29,18 @@ import { progressPrinter } from "./_progress.ts";
 import { resolveSnapshot, snapshotArg } from "./_snapshot_view.ts";
 import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
-const USAGE = `Usage: blkgraph convert [-c] [-p] [-q] [-n] [-W] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]
+const USAGE = `Usage: blkgraph convert [-C] [-c] [-p] [-q] [-n] [-W] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]
                         [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param]
-                        [-S sparse_size] [-m num]
+                        [-S sparse_size] [-m num] [--salvage]
                         [--image-opts] [--target-image-opts] [-U] [--bitmaps [--skip-broken-bitmaps]] [--trace[=FILE]] [--trace-format=F] filename [filename2 [...]] output_filename
 
-Converts (copies) images. Zero and unallocated ranges are skipped; -c
-writes compressed clusters (qcow2), -p shows progress, -n writes into an
-existing target, -B makes the target an overlay of backing_file and copies
-only what the sources allocate themselves. --bitmaps copies the persistent
+Converts (copies) images. Zero and unallocated ranges are skipped; -C
+copies data by copy offloading (copy_file_range between the files, no zero
+detection), -c writes compressed clusters (qcow2), -p shows progress, -n
+writes into an existing target, -B makes the target an overlay of
+backing_file and copies only what the sources allocate themselves.
+--salvage copies what it can of a damaged source (sectors that cannot be
+read become zeros, with a warning each). --bitmaps copies the persistent
 dirty bitmaps of the source (--skip-broken-bitmaps leaves inconsistent ones
 out). -l snapshot.id=ID[,snapshot.name=NAME] (or -l ID_OR_NAME) copies an
 internal snapshot instead of the current state.
@@ -54,6 +57,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
       "output-format": { type: "string", short: "O" },
       options: { type: "string", short: "o", multiple: true },
       compress: { type: "boolean", short: "c" },
+      "copy-range-offloading": { type: "boolean", short: "C" },
+      salvage: { type: "boolean" },
       progress: { type: "boolean", short: "p" },
       "no-create": { type: "boolean", short: "n" },
       "backing": { type: "string", short: "B" },
@@ -105,6 +110,12 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const bitmaps = p.values.bitmaps === true;
   const skipBroken = p.values["skip-broken-bitmaps"] === true;
   if (skipBroken && !bitmaps) throw new CliError("Use of --skip-broken-bitmaps requires --bitmaps");
+  // qemu-img's checks of -C, in its order: offloading copies data as it is, so it cannot compress or look for zeros.
+  const copyRange = p.values["copy-range-offloading"] === true;
+  if (copyRange && p.values.compress === true) throw new CliError("Cannot enable copy offloading when -c is used");
+  if (copyRange && flagString(p.values, "sparse") !== undefined) throw new CliError("Cannot enable copy offloading when -S is used");
+  const salvage = p.values.salvage === true;
+  if (copyRange && salvage) throw new CliError("Cannot use copy offloading in salvaging mode");
   const snapshot = snapshotArg(flagString(p.values, "snapshot-param"), io);
   if (snapshot?.idOrName !== undefined && srcNames.length > 1) throw new CliError("No support for concatenating multiple snapshot");
   const srcs: BlockNode[] = [];
@@ -188,6 +199,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
       await copyImage(s, dst, {
         dstOffset: offset,
         compress: p.values.compress === true,
+        copyRange,
+        salvage,
+        onWarning: p.values.quiet === true ? undefined : (m) => io.stderr(`${progName(io)}: warning: ${m}\n`),
         // A target with a backing file must get zeros where the source reads zeros (issue 9.6).
         zeroTarget: existing || backing !== undefined,
         topOnly: backing !== undefined,

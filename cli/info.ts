@@ -7,7 +7,7 @@
 
 import { BlockError } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
-import { driverForPrefix } from "../core/registry.ts";
+import { refreshFilename } from "../core/_filename.ts";
 import { looksDotted } from "../core/spec.ts";
 import { formatSnapshotTable, readSnapshots, type SnapshotInfo } from "./_snapshots.ts";
 import {
@@ -151,23 +151,17 @@ export function qemuJson(v: unknown): string {
 }
 
 /**
- * The name qemu-img shows for an image opened from `given` (its refreshed
- * bs->filename): a plain filename as given; for a `file:` name, a `json:`
- * name or option string that only says "this format over this file", the
- * file's name; anything else as given.
+ * The name qemu-img shows for an image opened from `given`: its refreshed
+ * filename (QEMU's bdrv_refresh_filename, `refreshFilename`): the file's
+ * name for a format over a file with no strong options, a protocol's own
+ * name (`nbd://host:port`), else `json:{...}` of the strong options.
  */
-export function shownFilename(node: BlockNode, given: string, imageOpts = false): string {
-  const simple = given.startsWith("json:") || imageOpts || looksDotted(given) || driverForPrefix(given)?.name === "file";
-  if (!simple) return given;
-  // A host file's other options (locking, aio, cache.direct, ...) are not "strong" in QEMU's bdrv_refresh_filename: the
-  // name stays the file's.
-  const onlyFilename = (n: BlockNode) => HOST_DRIVERS.has(n.driver.name) && typeof n.options.filename === "string";
-  if (onlyFilename(node)) return node.options.filename as string;
-  const file = node.file;
-  if (node.driver.kind === "format" && Object.keys(node.options).length === 0 && file && onlyFilename(file)) {
-    return file.options.filename as string;
-  }
-  return given;
+export function shownFilename(node: BlockNode, given: string, imageOpts: boolean): string {
+  const r = refreshFilename(node);
+  // A node opened from a filename starts with that name as its exact one (QEMU's bdrv_open_common): a protocol
+  // without a naming rule of its own (rbd:...) keeps it.
+  if (r.exact === undefined && !imageOpts && !given.startsWith("json:") && !looksDotted(given)) return given;
+  return r.filename;
 }
 
 async function run(args: string[], io: CliIO): Promise<number> {
@@ -193,7 +187,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   try {
     const chain: ImageInfo[] = [];
     let n: BlockNode | undefined = formatNode(node);
-    let name = shownFilename(n, filename, p.values["image-opts"] === true);
+    let name = shownFilename(node, filename, p.values["image-opts"] === true);
     while (n) {
       const info = await imageInfo(n, name);
       chain.push(info);

@@ -8,7 +8,7 @@
  */
 
 import { BlockError } from "./errors.ts";
-import type { BlockNode } from "./node.ts";
+import type { BlockNode, BlockStatus } from "./node.ts";
 import { isZero, nonZeroRuns } from "./_bytes.ts";
 
 /** Options of {@linkcode copyImage}. */
@@ -37,6 +37,21 @@ export interface CopyOptions {
   parallel?: number;
   /** Zero runs of at least this many bytes are not written as data (`-S`; 0 = write everything as data). Default 4096. */
   sparse?: number;
+  /**
+   * Copy data ranges by copy offloading (`BlockNode.copyRange`, qemu-img
+   * convert -C): as data, without zero detection. When the graph cannot
+   * offload, the rest is copied the ordinary way, as qemu-img falls back.
+   */
+  copyRange?: boolean;
+  /**
+   * qemu-img convert --salvage: a read that fails is retried sector by
+   * sector and the sectors that still fail are copied as zeros; a block
+   * status that fails is retried on shorter ranges down to one sector, which
+   * is then read as data. Each is reported to `onWarning` in qemu-img's words.
+   */
+  salvage?: boolean;
+  /** Receives salvage warnings ("error while reading offset 512: Input/output error"). */
+  onWarning?: (message: string) => void;
   /** Bytes per request (default 2 MiB; whole clusters when compressing). */
   chunkSize?: number;
   /** Called with the bytes of `src` processed so far. */
@@ -115,6 +130,24 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
     while (inflight.length) await inflight.shift();
     if (failed) throw failed.error;
   };
+  // Copy offloading, until the graph first refuses it (then the rest is copied here, as qemu-img's convert does).
+  let offload = (opts.copyRange ?? false) && !opts.compress;
+  const offloaded = async (off: number, n: number): Promise<boolean> => {
+    try {
+      await src.copyRange(off, n, dst, dstOffset + off);
+      return true;
+    } catch {
+      offload = false;
+      return false;
+    }
+  };
+  const warn = (m: string) => opts.onWarning?.(m);
+  const status = opts.salvage
+    ? (off: number, n: number) => salvageStatus(src, off, n, warn)
+    : (off: number, n: number) => src.blockStatus(off, n);
+  const read = opts.salvage
+    ? (off: number, data: Uint8Array) => salvageRead(src, off, data, warn)
+    : (off: number, data: Uint8Array) => src.pread(off, data);
   const one = async (buf: Uint8Array) => {
     while (next < length) {
       // Claim one chunk before awaiting, so parallel workers never overlap.
@@ -123,7 +156,7 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
       next = end;
       for (let off = start; off < end;) {
         // While nobody has claimed past this chunk, ask about everything up to the end: a hole is skipped in one step.
-        const st = await src.blockStatus(off, (next === end ? length : end) - off);
+        const st = await status(off, (next === end ? length : end) - off);
         let n = st.length;
         let copied = 0;
         const present = st.present ?? st.allocated;
@@ -146,6 +179,8 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
           // Defined further down the source's backing chain: the target's backing file provides it.
         } else if (skip) {
           await zeroOut(off, n);
+        } else if (offload && (await offloaded(off, n))) {
+          copied = n;
         } else {
           // A compressed write keeps its buffer while in flight.
           const data = !opts.compress
@@ -153,7 +188,7 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
             : n <= chunk
             ? (spare.pop() ?? new Uint8Array(chunk)).subarray(0, n)
             : new Uint8Array(n);
-          await src.pread(off, data);
+          await read(off, data);
           copied = n;
           const wholeCluster = off % chunk === 0 && (n === chunk || off + n === length);
           if (opts.compress && wholeCluster && !isZero(data)) await writeCompressed(dstOffset + off, data);
@@ -189,4 +224,41 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
     await Promise.all(inflight);
   }
   if (failed) throw failed.error;
+}
+
+const SECTOR = 512;
+
+const strerror = (e: unknown) => (e instanceof BlockError ? e.strerror : String(e));
+
+/** Block status for --salvage: on failure, retried on a quarter of the range, down to one sector, which then counts as data. */
+async function salvageStatus(src: BlockNode, off: number, n: number, warn: (m: string) => void): Promise<BlockStatus> {
+  for (;;) {
+    try {
+      return await src.blockStatus(off, n);
+    } catch (e) {
+      if (n <= SECTOR) {
+        warn(`error while reading block status at offset ${off}: ${strerror(e)}`);
+        return { offset: off, length: Math.min(n, SECTOR), data: true, zero: false, allocated: true, present: true, depth: 0 };
+      }
+      n = Math.ceil(Math.ceil(n / SECTOR) / 4) * SECTOR;
+    }
+  }
+}
+
+/** A read for --salvage: on failure, read again sector by sector; a sector that still fails reads as zeros. */
+async function salvageRead(src: BlockNode, off: number, data: Uint8Array, warn: (m: string) => void): Promise<void> {
+  try {
+    return await src.pread(off, data);
+  } catch {
+    // Sector by sector below.
+  }
+  for (let at = 0; at < data.length; at += SECTOR) {
+    const part = data.subarray(at, Math.min(at + SECTOR, data.length));
+    try {
+      await src.pread(off + at, part);
+    } catch (e) {
+      warn(`error while reading offset ${off + at}: ${strerror(e)}`);
+      part.fill(0);
+    }
+  }
 }

@@ -20,6 +20,7 @@ import { discardRequest, zeroesRequest } from "./_zero_discard.ts";
 import { flushCount, flushRequest } from "./_flush.ts";
 import { statusRequest, truncateRequest } from "./_status_resize.ts";
 import * as ops from "./_image_ops.ts";
+import { copyRange } from "./_copy_range.ts";
 import type { NodeBitmaps, NodeDebug, NodeSnapshots } from "./node_groups.ts";
 import { Bitmaps, Debug, Snapshots } from "./_node_groups.ts";
 
@@ -247,6 +248,19 @@ export class BlockNode {
   async pwriteSync(offset: number, data: Uint8Array, opts: t.RequestOptions = {}): Promise<void> {
     await this.pwrite(offset, data, opts);
     await this.flush(opts);
+  }
+
+  /**
+   * Copies `length` bytes at `offset` to `dstOffset` of `dst` by copy
+   * offloading (QEMU's bdrv_co_copy_range, qemu-img convert -C): the data
+   * goes from file to file (copy_file_range(2)) without being read into
+   * memory; ranges that read as zeros become write-zeroes. ENOTSUP when the
+   * graph cannot offload (no `file` node with FFI under both sides, a
+   * compressed or encrypted source range, a target format that allocates on
+   * write such as qcow2): copy the ordinary way then.
+   */
+  copyRange(offset: number, length: number, dst: BlockNode, dstOffset: number, opts: t.RequestOptions = NO_OPTS): Promise<void> {
+    return copyRange<BlockNode>(this, offset, length, dst, dstOffset, opts);
   }
 
   /** Makes `[offset, offset+length)` read as zeros. */

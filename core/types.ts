@@ -93,6 +93,19 @@ export interface DriverInstanceOf<N> {
   pwrite?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
   /** Writes one cluster compressed (a write with `compressed`; the node checks bounds and permissions). */
   pwriteCompressed?(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> | void;
+  /**
+   * Copies `length` bytes at `offset` to `dstOffset` of `dst`, the instance
+   * of another protocol node, without passing them through memory (copy
+   * offloading, QEMU's bdrv_co_copy_range; `file`: copy_file_range(2)).
+   * ENOTSUP when it cannot reach `dst`. Called by `BlockNode.copyRange`.
+   */
+  copyRange?(offset: number, length: number, dst: DriverInstanceOf<N>, dstOffset: number, opts: RequestOptions): Promise<void> | void;
+  /**
+   * For a format whose mapping is fixed (raw): the child and offset a write
+   * of `[offset, offset+length)` lands on, so copy offloading can write
+   * there; undefined when this range cannot take one.
+   */
+  copyRangeTarget?(offset: number, length: number): { node: N; offset: number } | undefined;
   /** Makes `[offset, offset+length)` read as zeros. */
   pwriteZeroes?(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> | void;
   /** Discards a range (advisory: content afterwards is unspecified). */
@@ -235,6 +248,16 @@ export interface OptionHelp {
 /** What {@linkcode BlockDriver.checkCreate} validates: a creation without its file. */
 export type CheckCreateContext = Omit<CreateContextOf<unknown>, "file">;
 
+/** What a driver's `exactFilename` sees. */
+export interface ExactFilenameContext {
+  /** The node's own options, as given. */
+  readonly options: Readonly<Record<string, unknown>>;
+  /** Its strong options and its children's (QEMU's full_open_options). */
+  readonly full: Readonly<Record<string, unknown>>;
+  /** A child's exact filename, if it has one. */
+  child(role: ChildRole): string | undefined;
+}
+
 /** A block driver: a name, a kind, and how to open (and create) nodes. */
 export interface BlockDriverOf<N> {
   /** Driver name as in QEMU (`"qcow2"`, `"file"`, `"blkdebug"`). */
@@ -253,6 +276,18 @@ export interface BlockDriverOf<N> {
   probeDevice?(filename: string): number;
   /** Turns a prefixed filename into options. */
   parseFilename?(filename: string): Record<string, unknown>;
+  /**
+   * Options that change what the guest sees (QEMU's strong_runtime_opts):
+   * given, they keep a node from being named by its file's name, and they
+   * go into its `json:{...}` name. An entry ending in `.` is a prefix.
+   */
+  readonly strongOptions?: readonly string[];
+  /**
+   * Builds the plain name that reopens this node (QEMU's
+   * bdrv_refresh_filename hook: `nbd://host:port/export`, `null-co://`),
+   * or undefined when none says everything; see `refreshFilename`.
+   */
+  exactFilename?(ctx: ExactFilenameContext): string | undefined;
   /**
    * Every runtime option the driver takes, besides the keys naming its
    * children and the options every node takes (`driver`, `node-name`,

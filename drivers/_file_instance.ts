@@ -41,6 +41,7 @@ import {
   writeAt as rwWriteAt,
 } from "./_file_rw.ts";
 import { Uring } from "./_file_uring.ts";
+import { copyFileRange, registerCopyEnd } from "./_file_copy_range.ts";
 
 const ZERO_CHUNK = 1 << 20;
 
@@ -252,6 +253,9 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
         h.release();
       }
     },
+    copyRange(offset, length, dst, dstOffset): void {
+      copyFileRange(inst, offset, length, dst, dstOffset);
+    },
     info: () => ({
       backend: "ffi",
       locking: h.lockKind,
@@ -261,5 +265,6 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
       requestAlignment: align,
     }),
   };
+  registerCopyEnd(inst, { libc, fd, filename, wrote: rw.wrote });
   return inst;
 }

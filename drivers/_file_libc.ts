@@ -68,6 +68,7 @@ export const Errno = {
   EACCES: 13,
   EBUSY: 16,
   EEXIST: 17,
+  EXDEV: 18,
   EISDIR: 21,
   EINVAL: 22,
   EFBIG: 27,
@@ -94,6 +95,7 @@ const SYMBOLS = {
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   fcntl: { parameters: ["i32", "i32", "buffer"], result: "i32" },
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  copy_file_range: { parameters: ["i32", "buffer", "i32", "buffer", "usize", "u32"], result: "i64" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -111,6 +113,7 @@ interface NumberSymbols {
   lseek(fd: number, offset: number, whence: number): number | bigint;
   fcntl(fd: number, cmd: number, arg: Uint8Array): number;
   ioctl(fd: number, request: number, arg: Uint8Array): number;
+  copy_file_range(fdIn: number, offIn: Uint8Array, fdOut: number, offOut: Uint8Array, len: number, flags: number): number | bigint;
   __errno_location(): Deno.PointerValue;
 }
 
@@ -148,6 +151,8 @@ export interface Libc {
   fcntlLock(fd: number, cmd: number, flock: Uint8Array): number;
   /** `ioctl(fd, request, arg)` with a struct argument; returns the result or `-errno`. */
   ioctl(fd: number, request: number, arg: Uint8Array): number;
+  /** `copy_file_range(2)` of up to `length` bytes from `fdIn` at `offIn` to `fdOut` at `offOut`; returns bytes copied or `-errno`. */
+  copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): number;
   /** The numeric address of a buffer's first byte (for O_DIRECT alignment). */
   address(buf: Uint8Array): number;
 }
@@ -236,6 +241,11 @@ export function loadLibc(): Libc | undefined {
     lseek: (fd, offset, whence) => call(() => Number(s.lseek(fd, offset, whence))),
     fcntlLock: (fd, cmd, flock) => call(() => s.fcntl(fd, cmd, flock)),
     ioctl: (fd, request, arg) => call(() => s.ioctl(fd, request, arg)),
+    copyFileRange(fdIn, offIn, fdOut, offOut, length) {
+      const offs = new BigInt64Array([BigInt(offIn), BigInt(offOut)]);
+      const u8 = new Uint8Array(offs.buffer);
+      return call(() => Number(s.copy_file_range(fdIn, u8.subarray(0, 8), fdOut, u8.subarray(8), length, 0)));
+    },
     address: (buf) => Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf))),
   };
   return cached;

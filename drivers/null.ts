@@ -30,6 +30,10 @@ function nullDriver(name: "null-co" | "null-aio"): BlockDriver {
     kind: "protocol",
     protocolPrefix: name,
     options: NULL_OPTIONS,
+    strongOptions: ["size", "read-zeroes"],
+    // QEMU's null_refresh_filename: "null-co://" unless an option beyond these says more.
+    exactFilename: ({ full }) =>
+      Object.keys(full).every((k) => k === "driver" || k === "filename" || k === "latency-ns") ? `${name}://` : undefined,
     parseFilename(filename: string): Record<string, unknown> {
       // QEMU accepts exactly "null-co://" (no path).
       if (filename !== `${name}://`) {

@@ -21,6 +21,7 @@ export const rawDriver: BlockDriver = {
   name: "raw",
   kind: "format",
   options: ["offset", "size"],
+  strongOptions: ["offset", "size"],
   createOptions: [{ name: "size", type: "size", help: "Virtual disk size" }],
   probe: () => 1,
   async open(ctx): Promise<DriverInstance> {
@@ -79,6 +80,11 @@ export const rawDriver: BlockDriver = {
         if (ctx.probed && off < SECTOR) refuseFormatChange(name, off, data);
         const p = node.event("write_aio", o?.req);
         return p ? p.then(() => file.pwrite(off + offset, data, o)) : file.pwrite(off + offset, data, o);
+      },
+      // Copy offloading writes to the file at the window's offset (not over a probed image's first sector, which writes check).
+      copyRangeTarget(off, len) {
+        checkWindow("write", off, len);
+        return ctx.probed && off < SECTOR ? undefined : { node: file, offset: off + offset };
       },
       pwriteZeroes(off, len, o) {
         checkWindow("write zeroes to", off, len);

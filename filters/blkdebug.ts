@@ -358,6 +358,23 @@ export const blkdebugDriver: BlockDriver = {
   childKeys: ["image"],
   options: BLKDEBUG_OPTIONS,
   primaryChildRole: "image",
+  strongOptions: [
+    "config",
+    "inject-error.",
+    "set-state.",
+    "align",
+    "max-transfer",
+    "opt-write-zero",
+    "max-write-zero",
+    "opt-discard",
+    "max-discard",
+  ],
+  // QEMU's blkdebug_refresh_filename: blkdebug:CONFIG:IMAGE when nothing but the config file and the image was given.
+  exactFilename({ options, full, child }) {
+    const image = child("image");
+    if (image === undefined || !Object.keys(full).every((k) => ["config", "image", "x-image", "driver"].includes(k))) return undefined;
+    return `blkdebug:${options.config ?? ""}:${image}`;
+  },
   parseFilename(filename: string): Record<string, unknown> {
     const rest = filename.slice("blkdebug:".length);
     const colon = rest.indexOf(":");

@@ -157,6 +157,8 @@ export const throttleDriver: BlockDriver = {
   name: "throttle",
   kind: "filter",
   options: THROTTLE_OPTIONS,
+  // QEMU's: the group; a private group's limits change what the guest sees as much.
+  strongOptions: ["throttle-group", "limits"],
   open: openThrottle,
 };
 

@@ -164,6 +164,7 @@ export const luksDriver: BlockDriver = {
   name: "luks",
   kind: "format",
   options: OPEN_OPTIONS,
+  strongOptions: ["key-secret"],
   probe: (head) => (isLuks(head) ? 100 : 0),
   // qemu-img amend -o help's list for luks (the CLI takes amend support from it).
   amendOptions: [

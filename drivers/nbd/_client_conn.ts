@@ -74,6 +74,11 @@ export class ClientConnection {
     this.#loop = this.#readLoop();
   }
 
+  /** The connection is lost or closed: every request on it fails. */
+  get dead(): boolean {
+    return this.#dead !== undefined;
+  }
+
   /** Sends a request and resolves when its reply is complete. */
   async request(
     type: number,

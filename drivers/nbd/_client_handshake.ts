@@ -1,7 +1,10 @@
 /**
  * The client side of the fixed newstyle handshake: STARTTLS when asked,
  * structured replies, metadata contexts, then `NBD_OPT_GO` with block sizes
- * (falling back to `NBD_OPT_EXPORT_NAME` for servers without GO).
+ * (falling back to `NBD_OPT_EXPORT_NAME` for servers without GO). A server
+ * that opens with the oldstyle magic is spoken to as QEMU's client does
+ * (nbd/client.c): one unnamed export, its size and flags sent at once,
+ * simple replies only, no TLS.
  *
  * @module
  */
@@ -19,6 +22,7 @@ import {
   INFO,
   NBD_MAGIC,
   NbdProtocolError,
+  OLDSTYLE_MAGIC,
   OPT,
   OPT_REPLY_MAGIC,
   optName,
@@ -83,7 +87,11 @@ export async function clientNegotiate(conn: ByteStream, opts: ClientHandshakeOpt
   const magic = dv.getBigUint64(reader.pos);
   if (magic !== NBD_MAGIC) throw new NbdProtocolError(`${where} sent magic 0x${magic.toString(16)}, not NBDMAGIC: is it an NBD server?`);
   const magic2 = dv.getBigUint64(reader.pos + 8);
-  if (magic2 !== IHAVEOPT) throw new NbdProtocolError(`${where} speaks the oldstyle handshake, which is not supported`);
+  if (magic2 === OLDSTYLE_MAGIC) {
+    reader.consume(16);
+    return await oldstyle(opts, reader, writer, conn);
+  }
+  if (magic2 !== IHAVEOPT) throw new NbdProtocolError(`${where} sent magic 0x${magic2.toString(16)} after NBDMAGIC: not an NBD handshake`);
   const hflags = dv.getUint16(reader.pos + 16);
   reader.consume(18);
   const fixed = (hflags & FLAG_FIXED_NEWSTYLE) !== 0;
@@ -181,6 +189,31 @@ export async function clientNegotiate(conn: ByteStream, opts: ClientHandshakeOpt
   }
   if (info.size === undefined) throw new NbdProtocolError(`${where} accepted NBD_OPT_GO without NBD_INFO_EXPORT`);
   return { ...(info as ExportInfo), structured, contexts, reader, writer, conn };
+}
+
+/** The rest of an oldstyle handshake (QEMU's NBD_CLIENT_MAGIC case): size, flags, 124 reserved bytes. */
+async function oldstyle(opts: ClientHandshakeOptions, reader: SocketReader, writer: SocketWriter, conn: ByteStream): Promise<ExportInfo> {
+  // QEMU's messages: an oldstyle server has one export, without a name, and no STARTTLS.
+  if (opts.export !== "") throw new BlockError("EINVAL", "Server does not support non-empty export names");
+  if (opts.startTls) throw new BlockError("EINVAL", "Server does not support STARTTLS");
+  await reader.fill(12);
+  const size = getU64(reader.dv, reader.pos, "export size");
+  const flags = reader.dv.getUint32(reader.pos + 8);
+  reader.consume(12);
+  if (flags & ~0xffff) throw new NbdProtocolError(`Unexpected export flags 0x${flags.toString(16)}`);
+  await reader.skip(124);
+  return {
+    size,
+    flags,
+    minBlock: 1,
+    preferredBlock: 4096,
+    maxPayload: 32 << 20,
+    structured: false,
+    contexts: new Map(),
+    reader,
+    writer,
+    conn,
+  };
 }
 
 async function exportName(

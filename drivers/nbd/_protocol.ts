@@ -16,6 +16,8 @@ import { BlockError, type ErrnoCode } from "../../core/errors.ts";
 export const NBD_MAGIC = 0x4e42444d41474943n;
 /** `IHAVEOPT`: newstyle handshake magic, and the magic of every option. */
 export const IHAVEOPT = 0x49484156454f5054n;
+/** The oldstyle handshake's magic after `NBDMAGIC` (NBD_CLIENT_MAGIC): size and flags follow, no options. */
+export const OLDSTYLE_MAGIC = 0x00420281861253n;
 /** Magic of option replies. */
 export const OPT_REPLY_MAGIC = 0x3e889045565a9n;
 /** Magic of a transmission request. */

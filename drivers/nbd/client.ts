@@ -9,18 +9,21 @@
  * - `allocation-depth` = `on`: with a server offering
  *   `qemu:allocation-depth` (qemu-nbd `-A`), ranges no layer of the
  *   server's backing chain allocates report `allocated: false` (QEMU's
- *   `x-dirty-bitmap=qemu:allocation-depth` trick); by default the node is
- *   allocated everywhere like any protocol node, with `depth` taken from the
- *   server when offered;
+ *   `x-dirty-bitmap=qemu:allocation-depth` trick) and `depth` is the
+ *   server's (the layer that allocates it); by default the node is
+ *   allocated everywhere at depth 0 like any protocol node, as QEMU's
+ *   client reports it;
  * - `x-dirty-bitmap` = `qemu:dirty-bitmap:NAME` (QEMU's option): the node
  *   asks for that context instead of `base:allocation`, so block status
  *   reports dirty ranges as holes that nothing allocates (what `qemu-img
  *   map` shows with it), and `bitmapExtent(NAME, ...)` /
  *   `bitmaps.dirtyRanges(NAME)` answer from the server's bitmap — the client
  *   side of an incremental backup;
- * - `reconnect-delay`, `open-timeout`, `cache.direct`, `cache.no-flush`:
- *   accepted and ignored (the node does not reconnect: when the server goes
- *   away, requests fail with EIO naming it).
+ * - `reconnect-delay` (seconds, default 0): when the server goes away, a
+ *   request waits that long for the node to connect again and is then sent
+ *   again (QEMU's option); without it, requests fail with EIO naming the
+ *   server;
+ * - `open-timeout`, `cache.direct`, `cache.no-flush`: accepted and ignored.
  *
  * Filenames: `nbd://host[:port]/export`, `nbd+tcp://…`,
  * `nbd+unix:///export?socket=PATH`, and QEMU's legacy
@@ -53,6 +56,7 @@ import { BlockError, toBlockError } from "../../core/errors.ts";
 import { checkKnownOptions, optBool, optEnum, optInt, optString } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type { BlockDriver, BlockStatus, DriverInstance } from "../../core/node.ts";
+import { ReconnectingConnection } from "./_reconnect.ts";
 import { ClientConnection } from "./_client_conn.ts";
 import { clientNegotiate } from "./_client_handshake.ts";
 import { CMD, CMD_FLAG, STATE_DIRTY, STATE_HOLE, STATE_ZERO, TF } from "./_protocol.ts";
@@ -92,8 +96,9 @@ const KNOWN = [
  * ```
  */
 export function parseNbdFilename(filename: string): Record<string, unknown> {
-  const o = parseNbdUri(filename);
-  return { ...o, filename: canonicalName(o) };
+  const { export: exp, ...o } = parseNbdUri(filename);
+  // As QEMU's nbd_parse_uri and nbd_parse_filename: an empty export name is no export option.
+  return { ...o, ...(exp ? { export: exp } : {}), filename: canonicalName({ ...o, export: exp }) };
 }
 
 /** QEMU's canonical name of an NBD node (what `qemu-img info` and `map` print). */
@@ -103,6 +108,25 @@ function canonicalName(o: Record<string, unknown>): string {
   if (o["server.type"] === "unix") return `nbd+unix://${e}?socket=${o["server.path"]}`;
   const host = String(o["server.host"]);
   return `nbd://${host.includes(":") ? `[${host}]` : host}:${o["server.port"] ?? 10809}${e}`;
+}
+
+/**
+ * QEMU's nbd_refresh_filename: `nbd+unix:///EXPORT?socket=PATH` or
+ * `nbd://HOST:PORT/EXPORT` (without `/EXPORT` when no export is named),
+ * from the options however they were given (`server.*`, a nested `server`,
+ * the legacy `host`/`port`/`path`).
+ */
+function nbdRefreshFilename(o: Readonly<Record<string, unknown>>): string | undefined {
+  const server = o.server !== null && typeof o.server === "object" ? o.server as Record<string, unknown> : {};
+  const get = (k: string) => o[`server.${k}`] ?? server[k] ?? o[k];
+  const path = get("path");
+  const host = get("host");
+  const type = get("type") ?? (path !== undefined ? "unix" : "inet");
+  // An export given, even "", is named ("nbd://h:p/"); none given, no slash.
+  const exp = o.export !== undefined ? `/${o.export}` : "";
+  if (type === "unix" && path !== undefined) return exp ? `nbd+unix://${exp}?socket=${path}` : `nbd+unix://?socket=${path}`;
+  if (type === "inet" && host !== undefined) return `nbd://${host}:${get("port") ?? 10809}${exp}`;
+  return undefined;
 }
 
 function parseNbdUri(filename: string): Record<string, unknown> {
@@ -167,6 +191,8 @@ export const nbdDriver: BlockDriver = {
   protocolPrefix: "nbd",
   parseFilename: parseNbdFilename,
   options: KNOWN,
+  strongOptions: ["path", "host", "port", "export", "tls-creds", "tls-hostname", "server."],
+  exactFilename: ({ options }) => nbdRefreshFilename(options),
   async open(ctx): Promise<DriverInstance> {
     let o = ctx.options;
     // Dotted keys arrive nested ({server: {type, path}}): flatten them back.
@@ -201,29 +227,39 @@ export const nbdDriver: BlockDriver = {
     const creds = tlsId !== undefined ? getTlsCreds(tlsId, "client") : undefined;
     const tlsHost = optString(o, "tls-hostname", "nbd") ?? host ?? "localhost";
 
-    let conn: Deno.Conn;
-    try {
-      conn = type === "unix" ? await Deno.connect({ transport: "unix", path: path! }) : await Deno.connect({ hostname: host!, port });
-      if (type === "inet") (conn as Deno.TcpConn).setNoDelay(true);
-    } catch (e) {
-      throw toBlockError(e, `Cannot connect to NBD server ${uri}`);
-    }
-    let c: ClientConnection;
-    try {
-      const info = await clientNegotiate(conn, {
-        export: exportName,
-        contexts: [dirtyContext ?? "base:allocation", "qemu:allocation-depth"],
-        server: uri,
-        startTls: creds ? (s) => clientTls(s, creds, tlsHost) : undefined,
-      });
-      c = new ClientConnection(info, uri);
-    } catch (e) {
+    // One connection and its handshake; run again to reconnect.
+    const connect = async (): Promise<ClientConnection> => {
+      let conn: Deno.Conn;
       try {
-        conn.close();
-      } catch { /* closed */ }
-      if (e instanceof BlockError && e.name !== "ConnectionClosedError") throw e;
-      throw toBlockError(e, `NBD handshake with ${uri} failed`);
-    }
+        conn = type === "unix" ? await Deno.connect({ transport: "unix", path: path! }) : await Deno.connect({ hostname: host!, port });
+        if (type === "inet") (conn as Deno.TcpConn).setNoDelay(true);
+      } catch (e) {
+        // A host that does not resolve: QEMU's inet_parse_connect_saddr words it so.
+        const dns = /^failed to lookup address information: (.*)$/.exec(e instanceof Error ? e.message : "");
+        if (dns && type === "inet") {
+          throw new BlockError("EIO", `address resolution failed for ${host}:${port}: ${dns[1]}`, { node: ctx.node.name });
+        }
+        throw toBlockError(e, `Cannot connect to NBD server ${uri}`);
+      }
+      try {
+        const info = await clientNegotiate(conn, {
+          export: exportName,
+          // qemu:allocation-depth only when asked for (QEMU's client never reads it beside base:allocation).
+          contexts: depthMode ? [dirtyContext ?? "base:allocation", "qemu:allocation-depth"] : [dirtyContext ?? "base:allocation"],
+          server: uri,
+          startTls: creds ? (s) => clientTls(s, creds, tlsHost) : undefined,
+        });
+        return new ClientConnection(info, uri);
+      } catch (e) {
+        try {
+          conn.close();
+        } catch { /* closed */ }
+        if (e instanceof BlockError && e.name !== "ConnectionClosedError") throw e;
+        throw toBlockError(e, `NBD handshake with ${uri} failed`);
+      }
+    };
+    const reconnectDelay = optInt(o, "reconnect-delay", "nbd") ?? 0;
+    const c = new ReconnectingConnection(await connect(), connect, reconnectDelay);
     const info = c.info;
     if (info.flags & TF.READ_ONLY && !ctx.readOnly) {
       await c.close();
@@ -237,7 +273,7 @@ export const nbdDriver: BlockDriver = {
     // With x-dirty-bitmap, that context's flags stand in for base:allocation's (dirty = NBD_STATE_HOLE), as in QEMU.
     const baseId = info.contexts.get(dirtyContext ?? "base:allocation");
     const bitmapName = dirtyContext?.startsWith("qemu:dirty-bitmap:") ? dirtyContext.slice(18) : undefined;
-    const depthId = info.contexts.get("qemu:allocation-depth");
+    const depthId = depthMode ? info.contexts.get("qemu:allocation-depth") : undefined;
     const align = info.minBlock;
     const maxTransfer = Math.max(align, Math.floor(Math.min(info.maxPayload, 32 << 20) / align) * align);
     const maxEffect = Math.floor(2 ** 31 / align) * align;
@@ -278,7 +314,7 @@ export const nbdDriver: BlockDriver = {
         }
         if (depth) {
           st.depth = Math.max(0, depth.flags - 1);
-          if (depthMode) st.allocated = depth.flags > 0;
+          st.allocated = depth.flags > 0;
         }
         return st;
       },

@@ -51,6 +51,7 @@ export const qcow2Driver: BlockDriver = {
   name: "qcow2",
   kind: "format",
   options: QCOW2_OPTIONS,
+  strongOptions: ["encrypt.key-secret"],
   probe(head: Uint8Array): number {
     if (head.length < 8) return 0;
     const v = new DataView(head.buffer, head.byteOffset, head.byteLength);

@@ -21,7 +21,7 @@ Deno.test("parseNbdFilename() reads nbd://, nbd+unix:// and QEMU's legacy nbd: f
     "server.type": "inet",
     "server.host": "::1",
     "server.port": "10809",
-    export: "",
+    // No export option for an empty name, as QEMU's nbd_parse_uri (the refreshed name has no slash then).
     filename: "nbd://[::1]:10809",
   });
   assertEquals(parseNbdFilename("nbd+unix:///x?socket=/run/s.sock"), {
@@ -143,17 +143,44 @@ Deno.test({
       const got = new Uint8Array(want.length);
       await node.pread(0, got);
       ok(got.every((v, i) => v === want[i]));
-      // Allocation depth: 1 in the overlay, 2 in the base, 0 where no layer allocates.
-      const depths = [];
-      for (const off of [512 << 10, 0, 6 << 20]) depths.push((await node.file!.blockStatus(off, 4096)).depth);
-      assertEquals(depths, [0, 1, 0]);
+      // Like any protocol node (and QEMU's client), depth 0 everywhere by default.
+      for (const off of [512 << 10, 0, 6 << 20]) assertEquals((await node.file!.blockStatus(off, 4096)).depth, 0);
       await node.close();
       const strict = await open({ driver: "nbd", "server.type": "unix", "server.path": s.sock, "allocation-depth": "on" }, {
         readOnly: true,
       });
+      // With allocation-depth=on: 1 in the overlay, 2 in the base, 0 where no layer allocates.
+      const depths = [];
+      for (const off of [512 << 10, 0, 6 << 20]) depths.push((await strict.blockStatus(off, 4096)).depth);
+      assertEquals(depths, [0, 1, 0]);
       assertEquals((await strict.blockStatus(6 << 20, 4096)).allocated, false);
       assertEquals((await strict.blockStatus(0, 4096)).allocated, true);
       await strict.close();
+    } finally {
+      await s.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "nbd driver: map of the bare node, plain and with x-dirty-bitmap=qemu:allocation-depth, equals qemu-img map (depth 0)",
+  ignore: QEMU,
+  async fn() {
+    await using dir = await tempDir("blkgraph-nbd-c-");
+    const d = dir.path;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", `${d}/base.qcow2`, "4M"]);
+    await runOk("qemu-io", ["-c", "write 0 2M", `${d}/base.qcow2`]);
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", `${d}/top.qcow2`, "4M"]);
+    await runOk("qemu-io", ["-c", "write 1M 2M", `${d}/top.qcow2`]);
+    const s = await qemuNbd(sockPath(d, "a"), ["-r", "-A", "-t", "-f", "qcow2"], `${d}/top.qcow2`);
+    try {
+      const img = `driver=nbd,server.type=unix,server.path=${s.sock}`;
+      for (const spec of [img, `${img},x-dirty-bitmap=qemu:allocation-depth`]) {
+        const ours = await cli(["map", "--output=json", "--image-opts", spec]);
+        ours.stdout = ours.stdout.replaceAll(/, "compressed": (true|false)/g, "");
+        const theirs = await runOk("qemu-img", ["map", "--output=json", "--image-opts", spec]);
+        assertEquals(ours.stdout, theirs.stdout, spec);
+      }
     } finally {
       await s.stop();
     }

@@ -88,7 +88,10 @@ export async function run(opts: BenchOptions): Promise<BenchTable[]> {
   await Deno.remove(`${d}/sparse.raw`);
   const cmib = opts.quick ? 16 : Math.min(mib, 128);
   await writeMixedFile(`${d}/mixed.raw`, cmib << 20);
+  await writeFilledFile(`${d}/tiny.raw`, 1 << 20);
   const rows: Row[] = [
+    // The fixed cost: process start-up, opening, creating the target, closing.
+    { name: "raw → qcow2 (1 MiB: the fixed cost)", src: `${d}/tiny.raw`, args: ["-f", "raw", "-O", "qcow2"] },
     { name: `qcow2 → raw (${mib} MiB)`, src: `${d}/filled.qcow2`, args: ["-f", "qcow2", "-O", "raw"] },
     { name: `raw → qcow2 (${mib} MiB)`, src: `${d}/filled.raw`, args: ["-f", "raw", "-O", "qcow2"] },
     { name: `qcow2 → qcow2 (${mib} MiB)`, src: `${d}/filled.qcow2`, args: ["-f", "qcow2", "-O", "qcow2"] },

@@ -8,7 +8,10 @@
  * we are faster).
  *
  * Run: `deno task bench -- --only convert` or `deno run -A bench/run.ts --only convert [--quick]`;
- * `CONVERT_BENCH_ROWS=<regexp>` keeps only the rows whose name matches (e.g. `-c` for the compressed ones).
+ * `CONVERT_BENCH_ROWS=<regexp>` keeps only the rows whose name matches (e.g. `-c` for the compressed ones);
+ * `CONVERT_BENCH_BASELINE=DIR` adds a "before" column for another checkout of the repository (an older commit), run
+ * in the same alternation. CPU time (user + system, all threads) is printed beside the wall time: on a loaded machine
+ * it moves much less than the wall time.
  *
  * @module
  */
@@ -25,13 +28,14 @@ interface Row {
   args: string[];
 }
 
-/** Runs `cmd` under /usr/bin/time; returns wall seconds and peak RSS in MiB. */
-async function timed(cmd: string, args: string[]): Promise<{ s: number; rssMiB: number }> {
-  const out = await new Deno.Command("/usr/bin/time", { args: ["-f", "%e %M", cmd, ...args], stdout: "piped", stderr: "piped" }).output();
+/** Runs `cmd` under /usr/bin/time; returns wall seconds, CPU seconds (user + system) and peak RSS in MiB. */
+async function timed(cmd: string, args: string[]): Promise<{ s: number; cpu: number; rssMiB: number }> {
+  const out = await new Deno.Command("/usr/bin/time", { args: ["-f", "%e %M %U %S", cmd, ...args], stdout: "piped", stderr: "piped" })
+    .output();
   const err = new TextDecoder().decode(out.stderr).trim().split("\n");
   if (!out.success) throw new Error(`${cmd} ${args.join(" ")} failed:\n${err.join("\n")}`);
-  const [s, kb] = err[err.length - 1].split(" ").map(Number);
-  return { s, rssMiB: kb / 1024 };
+  const [s, kb, user, sys] = err[err.length - 1].split(" ").map(Number);
+  return { s, cpu: user + sys, rssMiB: kb / 1024 };
 }
 
 /** Mixed-entropy data (0-90 % random bytes per 64 KiB), written in 4 MiB pieces. */
@@ -84,7 +88,10 @@ export async function run(opts: BenchOptions): Promise<BenchTable[]> {
   await Deno.remove(`${d}/sparse.raw`);
   const cmib = opts.quick ? 16 : Math.min(mib, 128);
   await writeMixedFile(`${d}/mixed.raw`, cmib << 20);
+  await writeFilledFile(`${d}/tiny.raw`, 1 << 20);
   const rows: Row[] = [
+    // The fixed cost: process start-up, opening, creating the target, closing.
+    { name: "raw → qcow2 (1 MiB: the fixed cost)", src: `${d}/tiny.raw`, args: ["-f", "raw", "-O", "qcow2"] },
     { name: `qcow2 → raw (${mib} MiB)`, src: `${d}/filled.qcow2`, args: ["-f", "qcow2", "-O", "raw"] },
     { name: `raw → qcow2 (${mib} MiB)`, src: `${d}/filled.raw`, args: ["-f", "raw", "-O", "qcow2"] },
     { name: `qcow2 → qcow2 (${mib} MiB)`, src: `${d}/filled.qcow2`, args: ["-f", "qcow2", "-O", "qcow2"] },
@@ -101,30 +108,55 @@ export async function run(opts: BenchOptions): Promise<BenchTable[]> {
   const out = `${d}/out.img`;
   // Warm Deno's module cache, so the first measured run does not type-check or compile.
   await timed("deno", ["run", "-A", CLI, "info", `${d}/filled.qcow2`]);
+  const baseline = Deno.env.get("CONVERT_BENCH_BASELINE")?.replace(/\/?$/, "/");
+  if (baseline) await timed("deno", ["run", "-A", `${baseline}cli/main.ts`, "info", `${d}/filled.qcow2`]);
   const table: BenchTable = {
     title: "convert: whole process, blkgraph vs qemu-img convert (same arguments, same files)",
-    columns: ["conversion", "blkgraph s", "qemu-img s", "ratio (qemu/ours)", "blkgraph RSS MiB", "qemu-img RSS MiB", "size ours/qemu"],
+    columns: [
+      "conversion",
+      ...(baseline ? ["before s"] : []),
+      "blkgraph s",
+      "qemu-img s",
+      "ratio (qemu/ours)",
+      ...(baseline ? ["before CPU s"] : []),
+      "blkgraph CPU s",
+      "qemu-img CPU s",
+      "blkgraph RSS MiB",
+      "qemu-img RSS MiB",
+      "size ours/qemu",
+    ],
     rows: [],
     notes: [`Median of ${opts.runs} runs each, alternating; output removed between runs. Commands:`],
   };
+  if (baseline) table.notes!.push(`"before" is the checkout in ${baseline}, run the same way in the same alternation.`);
   for (const r of picked) {
     const ours: number[] = [], theirs: number[] = [], oRss: number[] = [], qRss: number[] = [];
+    const oCpu: number[] = [], qCpu: number[] = [], before: number[] = [], bCpu: number[] = [];
     let oSize = 0, qSize = 0;
     for (let i = 0; i < opts.runs; i++) {
       const q = await timed("qemu-img", ["convert", ...r.args, r.src, out]);
       qSize = (await Deno.stat(out)).blocks! * 512;
       await Deno.remove(out);
+      if (baseline) {
+        const b = await timed("deno", ["run", "-A", `${baseline}cli/main.ts`, "convert", ...r.args, r.src, out]);
+        await Deno.remove(out);
+        before.push(b.s), bCpu.push(b.cpu);
+      }
       const o = await timed("deno", ["run", "-A", CLI, "convert", ...r.args, r.src, out]);
       oSize = (await Deno.stat(out)).blocks! * 512;
       await Deno.remove(out);
-      theirs.push(q.s), ours.push(o.s), qRss.push(q.rssMiB), oRss.push(o.rssMiB);
+      theirs.push(q.s), ours.push(o.s), qRss.push(q.rssMiB), oRss.push(o.rssMiB), oCpu.push(o.cpu), qCpu.push(q.cpu);
     }
     const mo = median(ours), mq = median(theirs);
     table.rows.push([
       r.name,
+      ...(baseline ? [median(before).toFixed(2)] : []),
       mo.toFixed(2),
       mq.toFixed(2),
       (mq / mo).toFixed(2),
+      ...(baseline ? [median(bCpu).toFixed(2)] : []),
+      median(oCpu).toFixed(2),
+      median(qCpu).toFixed(2),
       median(oRss).toFixed(0),
       median(qRss).toFixed(0),
       (oSize / qSize).toFixed(3),

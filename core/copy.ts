@@ -100,6 +100,7 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
   }
   let next = 0;
   let done = 0;
+  const loops = opts.compress ? 1 : Math.max(1, opts.parallel ?? 1);
   // A target whose new image does not read as zeros (luks) gets its zero ranges written, as qemu-img does.
   const zeroTarget = (opts.zeroTarget ?? false) || !dst.hasZeroInit;
   const sparse = opts.sparse ?? 4096;
@@ -142,12 +143,32 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
     }
   };
   const warn = (m: string) => opts.onWarning?.(m);
-  const status = opts.salvage
+  const ask = opts.salvage
     ? (off: number, n: number) => salvageStatus(src, off, n, warn)
     : (off: number, n: number) => src.blockStatus(off, n);
   const read = opts.salvage
     ? (off: number, data: Uint8Array) => salvageRead(src, off, data, warn)
     : (off: number, data: Uint8Array) => src.pread(off, data);
+  // Recent block-status answers, reused for every chunk inside them (qemu-img's sector_next_status): one request per
+  // extent, not one per chunk, each scanning the rest of a long data extent again. Parallel workers ask one at a time,
+  // so a chunk claimed while the answer covering it is on its way waits for that answer instead of asking again.
+  const known: { offset: number; end: number; zero: boolean; present: boolean; depth: number }[] = [];
+  const lookup = async (off: number, max: number) => {
+    let k = known.find((e) => off >= e.offset && off < e.end);
+    if (!k) {
+      const st = await ask(off, max);
+      k = { offset: off, end: off + st.length, zero: st.zero, present: st.present ?? st.allocated, depth: st.depth ?? 0 };
+      known.push(k);
+      if (known.length > loops) known.shift();
+    }
+    return { length: k.end - off, zero: k.zero, present: k.present, depth: k.depth };
+  };
+  let asking: Promise<unknown> = Promise.resolve();
+  const status = (off: number, max: number) => {
+    const p = loops === 1 ? lookup(off, max) : asking.then(() => lookup(off, max));
+    asking = p.catch(() => {});
+    return p;
+  };
   const one = async (buf: Uint8Array) => {
     while (next < length) {
       // Claim one chunk before awaiting, so parallel workers never overlap.
@@ -155,13 +176,12 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
       let end = Math.min(start + chunk - (start % chunk), length);
       next = end;
       for (let off = start; off < end;) {
-        // While nobody has claimed past this chunk, ask about everything up to the end: a hole is skipped in one step.
-        const st = await status(off, (next === end ? length : end) - off);
+        // Ask about everything up to the end: a hole is skipped in one step, and the answer serves the chunks after this one.
+        const st = await status(off, length - off);
         let n = st.length;
         let copied = 0;
-        const present = st.present ?? st.allocated;
-        const below = opts.topOnly && (st.depth ?? 0) > 0;
-        let skip = below || st.zero || !present;
+        const below = opts.topOnly && st.depth > 0;
+        let skip = below || st.zero || !st.present;
         if (opts.compress && n < end - off) {
           // As qemu-img: a cluster only partly a hole (or zeros, or below) counts as data, written whole.
           skip = false;
@@ -216,7 +236,6 @@ export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOption
     }
   };
   const workers = [];
-  const loops = opts.compress ? 1 : Math.max(1, opts.parallel ?? 1);
   for (let i = 0; i < loops; i++) workers.push(one(new Uint8Array(chunk)));
   try {
     await Promise.all(workers);

@@ -139,6 +139,14 @@ function mapStandard(st: Qcow2State, view: DataView, base: number, inTable: numb
   if (kind === K_NORMAL && host % cs !== 0) corrupt(st, `cluster allocation offset 0x${host.toString(16)} unaligned (L2 index ${idx})`);
   if (kind === K_NORMAL || (kind === K_ZERO && host !== 0)) checkDataFileOffset(st, host, base + idx * cs, idx);
   const copied = (hi & HI_COPIED) !== 0;
+  if (kind === K_UNALLOC && hi === 0 && lo === 0) {
+    // A hole: all-zero entries (always unallocated) are skipped in one tight scan, not decoded one by one.
+    const end = Math.min(st.l2Entries, idx + 1 + Math.ceil((limit - bytes) / cs));
+    const next = nextNonZeroEntry(view, idx + 1, end);
+    bytes += (next - idx - 1) * cs;
+    idx = next - 1;
+    at = idx * 8;
+  }
   let nextHost = host + cs;
   while (bytes < limit && ++idx < st.l2Entries) {
     at += 8;
@@ -161,6 +169,18 @@ function mapStandard(st: Qcow2State, view: DataView, base: number, inTable: numb
   m.copied = copied;
   m.bytes = Math.min(bytes, limit);
   return true;
+}
+
+/** The first index in `[from, end)` whose 8-byte L2 entry is not all zero bits, or `end` (`from` when `end <= from`). */
+export function nextNonZeroEntry(view: DataView, from: number, end: number): number {
+  let i = from;
+  if (view.byteOffset % 4 === 0 && end > from) {
+    const w = new Uint32Array(view.buffer, view.byteOffset, end * 2);
+    while (i < end && (w[2 * i] | w[2 * i + 1]) === 0) i++;
+    return i;
+  }
+  while (i < end && (view.getUint32(i * 8) | view.getUint32(i * 8 + 4)) === 0) i++;
+  return i;
 }
 
 function subKind(st: Qcow2State, view: DataView, at: number, sub: number, idx: number): number {

@@ -48,4 +48,47 @@ Deno.test("copyImage() compressing reads into the buffers of completed compresse
   const back = new Uint8Array(cs);
   await dst.pread(63 * cs, back);
   assert.ok(back.every((b) => b === 64));
+
+Deno.test("copyImage() asks block status once for a long data extent, not once per 2 MiB chunk", async () => {
+  await using d = await tempDir();
+  const size = 64 << 20;
+  await createImage(`${d.path}/full.qcow2`, "qcow2", size);
+  await using src = await open(`${d.path}/full.qcow2`);
+  const data = new Uint8Array(size);
+  for (let i = 0; i < size; i += 4096) data[i] = (i >> 12) % 251 + 1;
+  await src.pwrite(0, data);
+  await using dst = await open({ driver: "memory", size });
+  const statusCalls: number[] = [];
+  src.addListener((e: NodeEvent) => {
+    if (e.kind === "request" && e.phase === "begin" && e.op === "block-status") statusCalls.push(e.offset);
+  });
+  await copyImage(src, dst);
+  // One data extent (contiguous on the host, one L2 table): the first answer covers all 32 chunks.
+  assert.deepEqual(statusCalls, [0]);
+  const back = new Uint8Array(size);
+  await dst.pread(0, back);
+  assert.deepEqual(back, data);
+});
+
+Deno.test("copyImage() with parallel requests asks block status once per extent and copies every chunk", async () => {
+  await using d = await tempDir();
+  const size = 32 << 20;
+  await createImage(`${d.path}/p.qcow2`, "qcow2", size);
+  await using src = await open(`${d.path}/p.qcow2`);
+  const data = new Uint8Array(size);
+  for (let i = 0; i < size; i += 512) data[i] = (i >> 9) % 253 + 1;
+  await src.pwrite(0, data.subarray(0, 8 << 20));
+  await src.pwrite(16 << 20, data.subarray(16 << 20));
+  data.fill(0, 8 << 20, 16 << 20);
+  await using dst = await open({ driver: "memory", size });
+  const statusCalls: number[] = [];
+  src.addListener((e: NodeEvent) => {
+    if (e.kind === "request" && e.phase === "begin" && e.op === "block-status") statusCalls.push(e.offset);
+  });
+  await copyImage(src, dst, { parallel: 4 });
+  // Data, hole, data: three answers, though four workers claimed chunks before the first came back.
+  assert.deepEqual(statusCalls, [0, 8 << 20, 16 << 20]);
+  const back = new Uint8Array(size);
+  await dst.pread(0, back);
+  assert.deepEqual(back, data);
 });

@@ -48,6 +48,7 @@ Deno.test("copyImage() compressing reads into the buffers of completed compresse
   const back = new Uint8Array(cs);
   await dst.pread(63 * cs, back);
   assert.ok(back.every((b) => b === 64));
+});
 
 Deno.test("copyImage() asks block status once for a long data extent, not once per 2 MiB chunk", async () => {
   await using d = await tempDir();

@@ -57,6 +57,8 @@ export async function createImage(filename: string, format: string, size: number
   const plan = await planCreate(filename, format, size, opts);
   // Not a host file: the protocol creates its object (an RBD image) first.
   await plan.createFile?.();
+  // The protocol made the object at its size and the format writes nothing more (raw): done, as qemu-img.
+  if (plan.createFileSizes && plan.driver.createOnlySizes?.(plan.options)) return;
   let file: BlockNode | undefined;
   try {
     file = await openNode(plan.fileSpec, { readOnly: false, probe: false, top: false });
@@ -159,6 +161,8 @@ interface CreatePlan {
   created?: string;
   /** Creates the protocol's object first (protocols that are not host files). */
   createFile?: () => Promise<void>;
+  /** `createFile` makes the object at the image's size (a prefixed name such as `rbd:`). */
+  createFileSizes?: boolean;
 }
 
 async function planCreate(filename: string, format: string, size: number, opts: CreateOptions): Promise<CreatePlan> {
@@ -210,8 +214,9 @@ async function planCreate(filename: string, format: string, size: number, opts: 
   // Everything is validated before a file exists (a failed create leaves nothing behind).
   await driver.checkCreate?.({ size, options, filename });
   const protocol = opts.file ? undefined : driverForPrefix(filename);
-  if (protocol?.createFile && protocol.parseFilename) createFile = () => protocol.createFile!(protocol.parseFilename!(filename), size);
-  const plan: CreatePlan = { driver, size, options, fileSpec, created, createFile };
+  const sizes = !!(protocol?.createFile && protocol.parseFilename);
+  if (sizes) createFile = () => protocol!.createFile!(protocol!.parseFilename!(filename), size);
+  const plan: CreatePlan = { driver, size, options, fileSpec, created, createFile, createFileSizes: sizes };
   return plan;
 }
 

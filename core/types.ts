@@ -316,6 +316,13 @@ export interface BlockDriverOf<N> {
   /** Writes a new, empty image of this format onto `ctx.file`. */
   create?(ctx: CreateContextOf<N>): Promise<void>;
   /**
+   * True when `create` with these options only sizes the file (raw without
+   * preallocation): on a protocol whose `createFile` makes the object at
+   * that size (an RBD image) the image is then complete and is not opened,
+   * as QEMU's raw_co_create only creates the protocol's file.
+   */
+  createOnlySizes?(options: FormatOptions): boolean;
+  /**
    * Validates creation options and size without touching any file, with
    * the errors `create` would raise (so a failed `qemu-img create` leaves
    * nothing behind and prints nothing first).

@@ -141,6 +141,7 @@ export const rawDriver: BlockDriver = {
   checkCreate(ctx) {
     checkRawOptions(ctx.options);
   },
+  createOnlySizes: (options) => String(options.preallocation ?? "off") === "off",
   measure(input) {
     checkRawOptions(input.options);
     // qemu's raw_measure: the virtual size, whatever the source allocates.

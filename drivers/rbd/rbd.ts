@@ -14,8 +14,9 @@
  * `rbd_cache_policy=writeback`, …).
  *
  * I/O is asynchronous (`rbd_aio_*`; a request on its own completes
- * through librbd's callback, requests in flight together through an
- * eventfd drained in batches; `x-completion=callback|eventfd|socket`
+ * through librbd's callback, requests in flight together through a
+ * socket the event loop polls (an eventfd a worker reads without the net
+ * permission) drained in batches; `x-completion=callback|eventfd|socket`
  * forces one way, see `_aio.ts`); every call that can wait for the cluster runs on a worker
  * thread, so an unreachable monitor, a slow OSD or a dead client's
  * exclusive lock never stops the event loop. As in QEMU: writes past the end

@@ -120,12 +120,15 @@ Deno.test({ name: "rbd node asked for socket completions falls back to the event
   await rbdCreate(conf, image, "1M");
   const mod = new URL("../../../mod.ts", import.meta.url).href;
   const code = `import { open } from "${mod}";
-const n = await open({ driver: "rbd", filename: ${JSON.stringify(rbdFilename(conf, image))}, "x-completion": "socket" });
-await n.pwrite(0, new Uint8Array(512).fill(3));
 const b = new Uint8Array(512);
-await n.pread(0, b);
-console.log((n.instance as { aioStats: { notifier: string } }).aioStats.notifier, b[511]);
-await n.close();`;
+for (const mode of ["socket", "auto"]) {
+  const n = await open({ driver: "rbd", filename: ${JSON.stringify(rbdFilename(conf, image))}, "x-completion": mode });
+  await n.pwrite(0, new Uint8Array(512).fill(3));
+  await Promise.all([n.pread(0, b), n.pread(512, new Uint8Array(512))]);
+  const st = (n.instance as { aioStats: { notifier: string; descriptor: string } }).aioStats;
+  console.log(st.notifier, st.descriptor, b[511]);
+  await n.close();
+}`;
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-ffi", "--allow-read", "--allow-env", "--no-check", "-"],
     stdin: "piped",
@@ -136,7 +139,7 @@ await n.close();`;
   await w.write(new TextEncoder().encode(code));
   await w.close();
   const r = await child.output();
-  assert.equal(new TextDecoder().decode(r.stdout).trim(), "eventfd 3", new TextDecoder().decode(r.stderr));
+  assert.equal(new TextDecoder().decode(r.stdout).trim(), "eventfd eventfd 3\nauto eventfd 3", new TextDecoder().decode(r.stderr));
 });
 
 Deno.test({ name: "rbd node reads zeros past a short read and past its end (for a parent's requests)", ignore }, async () => {

@@ -108,7 +108,8 @@ const BOOLS = ["on", "off", "yes", "no", "true", "false", "y", "n"];
  * before it creates anything: an option neither knows is refused, and a
  * string value must parse as the option's type (size, number, on/off).
  * What the values mean is the driver's to check (`checkImageCreate`). A
- * format without an option table checks its options itself.
+ * format without an option table checks its options itself, and so do the
+ * drivers for names outside the tables when the protocol has none.
  *
  * @example
  * ```ts
@@ -128,6 +129,8 @@ export function checkCreateOptions(format: string, filename: string, options: Re
   for (const o of [...driver.createOptions, ...(proto.createOptions ?? [])]) if (!types.has(o.name)) types.set(o.name, o.type);
   for (const [k, v] of Object.entries(options)) {
     const type = types.get(k) ?? types.get(k.replaceAll("-", "_"));
+    // A protocol without an option table may take options of its own: the drivers check those.
+    if (type === undefined && !proto.createOptions) continue;
     if (type === undefined) {
       throw new BlockError("EINVAL", `Unknown option '${k}' for format '${format}' (known options: ${[...types.keys()].join(", ")})`, {
         qemuMessage: `Invalid parameter '${k}'`,

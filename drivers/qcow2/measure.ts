@@ -68,7 +68,8 @@ export function qcow2FullSize(size: number, l: Qcow2Layout): number {
  * does: only the layout options and the preallocation are parsed (a backing
  * file with preallocation is no error here), and all data counts when the
  * target has a backing file (what it shares with the source is unknown) or
- * is preallocated in full (`full`, `falloc`).
+ * is preallocated in full (`full`, `falloc`). A LUKS-encrypted target adds
+ * its header and key material to both sizes.
  *
  * @example
  * ```ts
@@ -109,7 +110,9 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
     }
   }
   if (o.preallocation === "full" || o.preallocation === "falloc") data = roundUp(size, cs);
-  const full = qcow2FullSize(size, l);
+  // A LUKS header and its key material come first, in whole clusters (QEMU's luks_payload_size).
+  const luks = o.encrypt?.format === "luks" ? roundUp(o.encrypt.headerBytes, cs) : 0;
+  const full = luks + qcow2FullSize(size, l);
   const result: MeasureResult = { required: full - roundUp(size, l.clusterSize) + data, fullyAllocated: full };
   // A version 3 target can hold the source's persistent bitmaps, when the source can have them.
   if (o.version >= 3 && src?.bitmaps.persistent) result.bitmaps = await bitmapsSize(src, l.clusterSize);

@@ -62,3 +62,26 @@ Deno.test({
     await same(["-O", "qcow2", "-o", "cluster_size=2M", "--size", "7E"]);
   },
 });
+
+Deno.test({
+  name: "measure -O qcow2 with LUKS encryption adds its header and key material, as qemu-img (iotest 178)",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    const src = `${d.path}/in.qcow2`;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", src, "4M"]);
+    await runOk("qemu-io", ["-c", "write 0 1M", src]);
+    const secret = ["--object", "secret,id=sec0,data=MTIzNDU2,format=base64"];
+    for (
+      const o of [
+        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-alg=aes-128",
+        "encrypt.format=luks,encrypt.key-secret=sec0,cluster_size=4k",
+        "encrypt.format=aes,encrypt.key-secret=sec0",
+      ]
+    ) {
+      await same([...secret, "-O", "qcow2", "-o", o, "--output=json", src]);
+      await same([...secret, "-O", "qcow2", "-o", o, "--size", "1G"]);
+    }
+  },
+});

@@ -75,8 +75,8 @@ Deno.test({
     for (
       const o of [
         "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
-        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-alg=aes-128",
-        "encrypt.format=luks,encrypt.key-secret=sec0,cluster_size=4k",
+        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10,encrypt.cipher-alg=aes-128",
+        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10,cluster_size=4k",
         "encrypt.format=aes,encrypt.key-secret=sec0",
       ]
     ) {

@@ -23,7 +23,11 @@ const OPTIONS = [
 ];
 
 async function same(args: string[]): Promise<void> {
-  const real = await run("qemu-img", ["measure", ...args]);
+  // qemu-img's LUKS measure times a PBKDF run; on a loaded machine it can fail to ("Unable to get accurate CPU usage"): retry.
+  let real = await run("qemu-img", ["measure", ...args]);
+  for (let i = 0; i < 5 && real.stderr.includes("Unable to get accurate CPU usage"); i++) {
+    real = await run("qemu-img", ["measure", ...args]);
+  }
   let out = "";
   let err = "";
   const code = await qemuImg(["measure", ...args], { stdout: (s) => void (out += s), stderr: (s) => void (err += s) });

@@ -7,7 +7,7 @@
  */
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { BlockError, onCorruption, onOpenRepair } from "../core/errors.ts";
+import { BlockError, onCorruption, onDriverMessage, onOpenRepair } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
@@ -429,9 +429,12 @@ export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise
   );
   // So is the repair of a dirty image at open (its check's lines).
   const stopRepair = onOpenRepair((r) => io.stderr(`${r.message}\n`));
+  // And the errors a driver goes past (a cluster it could not free).
+  const stopMessages = onDriverMessage((m) => io.stderr(`${m.message}\n`));
   const stop = () => {
     stopCorruption();
     stopRepair();
+    stopMessages();
   };
   const objectsBefore = verbObjects.length;
   try {

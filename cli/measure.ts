@@ -33,13 +33,18 @@ needed for the data of 'filename' (or an empty image of --size), and when
 fully allocated.
 `;
 
-/** `--size N` as qemu-img's cvtnum takes it: up to 2^63 - 1 (sizes past 2^53 are whole multiples of their suffix). */
-function measureSize(text: string): number | undefined {
+/**
+ * `--size N` as qemu-img's cvtnum takes it: up to 2^63 - 1 (sizes past 2^53
+ * are whole multiples of their suffix); "range" for a well-formed size past
+ * that, undefined for one that is not a size.
+ */
+function measureSize(text: string): number | "range" | undefined {
   const n = parseSize(text);
   if (n !== undefined) return n;
   const m = /^\s*(\d+)\s*([kmgtpe]?)\s*$/i.exec(text);
-  const big = m ? BigInt(m[1]) << BigInt(10 * " kmgtpe".indexOf((m[2] || " ").toLowerCase())) : -1n;
-  return big < 0n || big >= 1n << 63n ? undefined : Number(big);
+  if (!m) return undefined;
+  const big = BigInt(m[1]) << BigInt(10 * " kmgtpe".indexOf((m[2] || " ").toLowerCase()));
+  return big >= 1n << 63n ? "range" : Number(big);
 }
 
 /** A size as qemu-img prints it: every digit, also past 2^53. */
@@ -68,7 +73,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const snapshot = snapshotArg(flagString(p.values, "snapshot"), io);
   checkOutputFormat(p.values);
   const sizeText = flagString(p.values, "size");
-  const size = sizeText === undefined ? undefined : measureSize(sizeText);
+  const parsed = sizeText === undefined ? undefined : measureSize(sizeText);
+  if (parsed === "range") throw new CliError("Invalid image size specified. Must be between 0 and 9223372036854775807.");
+  const size = parsed;
   if (sizeText !== undefined && size === undefined) {
     io.stderr(`${progName(io)}: Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n`);
     throw new CliError("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");

@@ -293,3 +293,39 @@ export function onOpenRepair(fn: (r: RepairMessage) => void): () => void {
 export function reportOpenRepair(r: RepairMessage): void {
   for (const fn of repairListeners) fn(r);
 }
+
+/** A line a driver prints as QEMU's does about an error it then goes past ("qcow2_free_clusters failed: Input/output error"). */
+export interface DriverMessage {
+  /** The node the driver runs. */
+  readonly node: string;
+  /** Its format (`qcow2`). */
+  readonly format: string;
+  /** The line, as QEMU prints it on stderr. */
+  readonly message: string;
+}
+
+const driverMessageListeners = new Set<(m: DriverMessage) => void>();
+
+/**
+ * Calls `fn` for each line a driver reports about an error it does not
+ * fail the request for (QEMU prints these on stderr: a cluster it could not
+ * free stays leaked); returns a function that stops it. The CLI prints the
+ * lines on stderr, without a program prefix, as qemu-img and qemu-io do.
+ *
+ * @example
+ * ```ts
+ * import { onDriverMessage, reportDriverMessage } from "./errors.ts";
+ * const stop = onDriverMessage((m) => console.log(m.message));
+ * reportDriverMessage({ node: "disk", format: "qcow2", message: "qcow2_free_clusters failed: Input/output error" });
+ * stop();
+ * ```
+ */
+export function onDriverMessage(fn: (m: DriverMessage) => void): () => void {
+  driverMessageListeners.add(fn);
+  return () => driverMessageListeners.delete(fn);
+}
+
+/** Tells the {@linkcode onDriverMessage} listeners one line. */
+export function reportDriverMessage(m: DriverMessage): void {
+  for (const fn of driverMessageListeners) fn(m);
+}

@@ -33,7 +33,7 @@ import { type BlkdebugEvent, isBlkdebugEvent } from "../core/events.ts";
 import type { BlockNode } from "../core/node.ts";
 import { checkKnownOptions } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
-import type { BlockLimits, FilterCall, RequestInfo } from "../core/types.ts";
+import type { BlockLimits, FilterCall, RequestInfo, WriteZeroesOptions } from "../core/types.ts";
 import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
 import {
   BLKDEBUG_OPTIONS,
@@ -313,6 +313,20 @@ export class BlkdebugInstance implements DriverInstance {
       if (f) return f as Promise<never>;
     }
     return next();
+  }
+
+  /**
+   * Write-zeroes, as QEMU's blkdebug_co_pwrite_zeroes: a piece below max(`align`, `opt-write-zero`) is refused (ENOTSUP),
+   * so the layer above writes zero buffers there; the rest passes on after the rule check.
+   */
+  pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
+    const align = Math.max(this.limits.requestAlignment ?? 1, this.limits.optWriteZero ?? 0);
+    if (length >= align) {
+      const call: FilterCall = { op: "write-zeroes", offset, length, fua: opts.fua, req: opts.req };
+      return this.intercept(call, () => this.#child.pwriteZeroes(offset, length, opts));
+    }
+    const why = `Cannot write zeroes to ${length} bytes at offset ${offset} on node '${this.#name}': below blkdebug's alignment ${align}`;
+    return Promise.reject(new BlockError("ENOTSUP", why, { node: this.#name, offset, length }));
   }
 
   #assertArrival(call: FilterCall): void {

@@ -21,7 +21,7 @@ export type ExitWriteback = "clean" | "written" | "not-safe";
 
 /** Writes the dirty metadata of `st` synchronously (see the module doc). */
 export function exitWriteback(st: Qcow2State): ExitWriteback {
-  if (!st.hasDirtyMetadata || st.node.readOnly || st.corrupt) return "clean";
+  if (!st.hasDirtyMetadata || st.node.readOnly || st.corrupt || st.broken) return "clean";
   const io = st.file.syncIo;
   const dataIo = st.externalData ? st.data.syncIo : io;
   if (st.lock.held || !io || !dataIo || st.wrongOrder !== "none") return "not-safe";

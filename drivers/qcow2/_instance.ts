@@ -28,6 +28,7 @@ import { K_NORMAL, mapSync, newMapping } from "./_l2.ts";
 import { blockStatus, dataIo, readFast, readGuest } from "./_read.ts";
 import { resize } from "./_resize.ts";
 import type { MetadataMode, Qcow2State } from "./_state.ts";
+import { canEmptyCompletely, makeCompletelyEmpty } from "./_make_empty.ts";
 import { writeLocked } from "./_write.ts";
 import { writeZeroes, zeroOrDiscard } from "./_zero.ts";
 import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops.ts";
@@ -105,6 +106,13 @@ export class Qcow2Instance implements DriverInstance {
    * again when opened read-only.
    */
   pread(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
+    if (this.#st.broken) {
+      try {
+        this.#st.refuseIfCorrupt();
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
     if (this.#st.corrupt) {
       return Promise.reject(
         new BlockError(
@@ -252,13 +260,15 @@ export class Qcow2Instance implements DriverInstance {
   /**
    * Drops every cluster of the active layer, so the image reads from its
    * backing file (or as zeros) everywhere — QEMU's `qcow2_make_empty`, used
-   * by `commit` to empty the overlay.
+   * by `commit` to empty the overlay: the whole image is reset at once where
+   * it can be (`_make_empty.ts`), else every cluster is discarded.
    */
   async makeEmpty(opts: RequestOptions): Promise<void> {
     const st = this.#st;
     st.refuseIfCorrupt();
     const size = Math.ceil(st.size / st.cs) * st.cs;
     await st.change(async () => {
+      if (canEmptyCompletely(st)) return await makeCompletelyEmpty(st, opts.req);
       await zeroOrDiscard(st, 0, size, { discard: true, unmap: true, full: true }, opts.req);
       await relieveCaches(st, opts.req);
     });
@@ -358,7 +368,7 @@ export class Qcow2Instance implements DriverInstance {
         ),
       );
     }
-    if (st.corrupt) return Promise.resolve();
+    if (st.corrupt || st.broken) return Promise.resolve();
     if (this.#bm.wantsStoreAtFlush) return st.change(() => this.#bm.storeAtFlush(opts.req).then(() => writeback(st, opts.req)));
     if (!st.hasDirtyMetadata) return Promise.resolve();
     return st.change(() => flushWriteback(st, opts.req));
@@ -388,7 +398,7 @@ export class Qcow2Instance implements DriverInstance {
     await this.#compressed.close();
     try {
       // A corrupt image keeps what is on disk: writing cached metadata back could spread the damage.
-      if (st.node.readOnly || st.corrupt) return;
+      if (st.node.readOnly || st.corrupt || st.broken) return;
       await st.lock.run(async () => {
         let lost: unknown;
         await this.#bm.store(undefined).catch((e) => (lost = e));

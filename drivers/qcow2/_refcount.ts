@@ -13,7 +13,7 @@
  * @module
  */
 
-import { BlockError, CorruptImageError } from "../../core/errors.ts";
+import { BlockError, CorruptImageError, reportDriverMessage } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
 import { maxRefcount, readRefcount, writeRefcount } from "./_entries.ts";
@@ -279,12 +279,25 @@ export async function freeTable(st: Qcow2State, t: { cluster: number; clusters: 
   for (let c = t.cluster; c < t.cluster + t.clusters; c++) await updateRefcount(st, c, -1, req);
 }
 
-/** Drops one reference to the host cluster at `offset` (QEMU's qcow2_free_clusters). */
+/**
+ * Drops one reference to the host cluster at `offset` and returns its new
+ * refcount (QEMU's qcow2_free_clusters). An I/O error leaves the cluster
+ * leaked, nothing worse: like QEMU, it is reported ("qcow2_free_clusters
+ * failed: Input/output error", {@linkcode reportDriverMessage}) and not
+ * thrown, and -1 comes back. A corrupt image still throws.
+ */
 export async function freeCluster(st: Qcow2State, offset: number, req: RequestInfo | undefined): Promise<number> {
   const p = st.event("cluster_free", req);
   if (p) await p;
   const c = Math.floor(offset / st.cs);
-  const v = await updateRefcount(st, c, -1, req);
+  let v: number;
+  try {
+    v = await updateRefcount(st, c, -1, req);
+  } catch (e) {
+    if (!(e instanceof BlockError) || e instanceof CorruptImageError) throw e;
+    reportDriverMessage({ node: st.node.name, format: "qcow2", message: `qcow2_free_clusters failed: ${e.strerror}` });
+    return -1;
+  }
   if (v === 0) {
     st.l2Cache.drop(c * st.cs);
     if (Math.floor(st.freeByteOffset / st.cs) === c) st.freeByteOffset = 0;

@@ -136,16 +136,10 @@ export async function writeSnapshotTable(
   st.header.nbSnapshots = entries.length;
   st.header.snapshotsOffset = offset;
   // The header no longer points at the old table. Failing to free it leaks
-  // it, nothing worse: like QEMU's qcow2_free_clusters, that is no error.
+  // it, nothing worse: like QEMU's qcow2_free_clusters, freeCluster reports it.
   const first = Math.floor(oldOffset / st.cs);
   const last = oldSize ? Math.floor((oldOffset + oldSize - 1) / st.cs) : first - 1;
-  for (let c = first; c <= last; c++) {
-    try {
-      await freeCluster(st, c * st.cs, req);
-    } catch (e) {
-      if (!(e instanceof BlockError) || e instanceof CorruptImageError) throw e;
-    }
-  }
+  for (let c = first; c <= last; c++) await freeCluster(st, c * st.cs, req);
 }
 
 async function oldTableSize(st: Qcow2State): Promise<number> {

@@ -143,6 +143,13 @@ export class Qcow2State {
   /** Corruption was found while the image was open read-write: it refuses changes. */
   corrupt = false;
   /**
+   * Emptying the image failed half-way and its refcounts are broken
+   * (`_make_empty.ts`): like a corrupt image, nothing more is read or
+   * written through this open (QEMU ejects the driver); opening the image
+   * again repairs it (the dirty bit is set).
+   */
+  broken = false;
+  /**
    * A change that completed left metadata in the caches (cleared when a
    * change, such as the write-back itself, leaves none): if corruption
    * stops the write-back, a flush must say those writes are lost.
@@ -369,6 +376,13 @@ export class Qcow2State {
    * fails with "No medium found".
    */
   refuseIfCorrupt(): void {
+    if (this.broken) {
+      throw new BlockError(
+        "ENOMEDIUM",
+        `Cannot use node '${this.node.name}': emptying the image failed half-way; open it again to repair its refcounts`,
+        { node: this.node.name },
+      );
+    }
     if (this.corrupt) {
       throw new BlockError(
         "ENOMEDIUM",

@@ -313,11 +313,13 @@ export async function readSnapshotTableFrom(
   h: Qcow2Header,
 ): Promise<{ entries: SnapshotEntry[]; size: number } | string> {
   if (h.nbSnapshots === 0) return { entries: [], size: 0 };
-  const limit = Math.max(0, Math.min(MAX_SNAPSHOT_TABLE, file.length - h.snapshotsOffset));
+  // What lies past the end of the file reads as zeros, as QEMU's reads of the table do.
+  const limit = MAX_SNAPSHOT_TABLE;
   let want = Math.min(h.nbSnapshots * 1024, limit);
   for (;;) {
     const buf = new Uint8Array(want);
-    await file.pread(h.snapshotsOffset, buf);
+    const inFile = Math.max(0, Math.min(want, file.length - h.snapshotsOffset));
+    if (inFile > 0) await file.pread(h.snapshotsOffset, buf.subarray(0, inFile));
     const parsed = parseSnapshotTable(buf, h.nbSnapshots);
     if (typeof parsed !== "string" || want >= limit) return parsed;
     want = Math.min(limit, want * 4);

@@ -96,18 +96,27 @@ function isFar(view: DataView, f: HeaderField): boolean {
   return f.size === 8 && view.getUint32(f.offset) >= 2 ** 21;
 }
 
+/**
+ * QEMU's qcow2_validate_table for a table of `bytes` at `offset` (`raw`, the
+ * field's exact value): misaligned, or ending past INT64_MAX, is "<what>
+ * offset invalid", in QEMU's words. A table past the end of the file is
+ * refused too where `fileLength` is given (QEMU reads zeros there).
+ */
 function checkTable(
   what: string,
   offset: number,
+  raw: bigint,
   bytes: number,
   clusterSize: number,
-  fileLength: number,
+  fileLength?: number,
 ): void {
-  if (offset % clusterSize !== 0) {
-    throw invalid(`Invalid ${what} offset ${offset}: not aligned to the cluster size (${clusterSize})`);
-  }
-  if (bytes > 0 && offset + bytes > fileLength) {
-    throw invalid(`Invalid ${what} offset ${offset}: the table (${bytes} bytes) extends past the end of the file (${fileLength} bytes)`);
+  if (offset % clusterSize !== 0 || raw + BigInt(bytes) > 2n ** 63n - 1n) throw invalid(`${what} offset invalid`);
+  if (fileLength !== undefined && bytes > 0 && offset + bytes > fileLength) {
+    throw invalid(
+      `Invalid ${
+        what === "Active L1 table" ? "L1 table" : what.toLowerCase()
+      } offset ${offset}: the table (${bytes} bytes) extends past the end of the file (${fileLength} bytes)`,
+    );
   }
 }
 
@@ -208,14 +217,16 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
     if (buf.length < 104) throw invalid(`qcow2 header too short: need 104 bytes, got ${buf.length}`);
     const len = view.getUint32(100);
     if (len < 104) throw invalid(`qcow2 header too short: header_length ${len} (minimum 104)`);
-    if (len > cs) throw invalid(`qcow2 header exceeds cluster size: header_length ${len} > ${cs}`);
+    if (len > cs) throw invalid("qcow2 header exceeds cluster size");
     if (len > buf.length) throw invalid(`qcow2 header_length ${len} exceeds the ${buf.length} bytes read`);
   }
   const high: FeatureHigh = { incompatible: 0, compatible: 0, autoclear: 0 };
+  const raw = new Map<HeaderFieldKey, bigint>();
   for (const f of HEADER_FIELDS) {
     if (f.since > version || f.key === "version" || f.key === "clusterBits") continue;
     if (f.key === "compressionType" && view.getUint32(100) <= 104) continue; // absent: zlib
     const { value, hi } = readField(view, f);
+    if (f.size === 8) raw.set(f.key, view.getBigUint64(f.offset));
     if (f.key === "incompatibleFeatures" || f.key === "compatibleFeatures" || f.key === "autoclearFeatures") {
       // Every known feature bit is below 32; the high half is kept aside exactly.
       h[f.key] = view.getUint32(f.offset + 4);
@@ -225,11 +236,7 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
     if (f.key === "size" && isFar(view, f)) throw tooBig(view, f, cs, version);
     if (f.size === 8 && hi >= 2 ** 31 && OFFSET_NAMES[f.key]) {
       // QEMU's validate_table_offset: past INT64_MAX is invalid, used or not.
-      throw invalid(
-        `${OFFSET_NAMES[f.key]} offset invalid: ${f.name} 0x${hi.toString(16)}${
-          view.getUint32(f.offset + 4).toString(16).padStart(8, "0")
-        }`,
-      );
+      throw invalid(`${OFFSET_NAMES[f.key]} offset invalid`);
     }
     if (f.key === "compressionType") {
       if (value > 1) throw new BlockError("ENOTSUP", `Unknown compression type ${value} (compression_type must be 0 (zlib) or 1 (zstd))`);
@@ -242,18 +249,20 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
   if (fileLength < Math.min(cs, h.headerLength)) {
     throw invalid(`Image file is too short (${fileLength} bytes) for its qcow2 header`);
   }
+  // QEMU checks the backing file offset before it reads the extensions.
+  if (h.backingFileOffset > cs) throw invalid("Invalid backing file offset");
   // Extensions: from the end of the fixed header to the backing file name
   // (or the end of the first cluster).
   const extEnd = Math.min(h.backingFileOffset > 0 ? h.backingFileOffset : cs, cs);
   let at = h.headerLength;
   while (at < extEnd) {
-    if (at + 8 > extEnd) throw invalid(`Invalid header extension at offset ${at}: extension header past offset ${extEnd}`);
+    if (at + 8 > extEnd) throw invalid("Header extension too large");
     if (at + 8 > buf.length) throw invalid(`Header extension at offset ${at} lies past the ${buf.length} bytes read`);
     const type = view.getUint32(at);
     const len = view.getUint32(at + 4);
     at += 8;
     if (type === EXT_END) break;
-    if (len > extEnd - at) throw invalid(`Header extension 0x${type.toString(16)} too large: length ${len} at offset ${at - 8}`);
+    if (len > extEnd - at) throw invalid("Header extension too large");
     if (at + len > buf.length) throw invalid(`Header extension at offset ${at - 8} lies past the ${buf.length} bytes read`);
     const data = buf.slice(at, at + len);
     h.extensions.push({ type, data });
@@ -266,12 +275,9 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
     }
     at += Math.ceil(len / 8) * 8;
   }
-  validateFields(h, cs, fileLength);
+  validateFields(h, cs, fileLength, raw);
   if (h.backingFileOffset > 0) {
-    if (h.backingFileOffset > cs) throw invalid(`Invalid backing file offset ${h.backingFileOffset} (cluster size ${cs})`);
-    if (h.backingFileSize > Math.min(MAX_BACKING_NAME, cs - h.backingFileOffset)) {
-      throw invalid(`Backing file name too long: backing_file_size ${h.backingFileSize}`);
-    }
+    if (h.backingFileSize > Math.min(MAX_BACKING_NAME, cs - h.backingFileOffset)) throw invalid("Backing file name too long");
     if (h.backingFileOffset + h.backingFileSize > buf.length) {
       throw invalid(`Backing file name at offset ${h.backingFileOffset} lies past the ${buf.length} bytes read`);
     }
@@ -286,7 +292,7 @@ function cString(bytes: Uint8Array): string {
   return decoder.decode(nul < 0 ? bytes : bytes.subarray(0, nul));
 }
 
-function validateFields(h: Qcow2Header, cs: number, fileLength: number): void {
+function validateFields(h: Qcow2Header, cs: number, fileLength: number, raw: Map<HeaderFieldKey, bigint>): void {
   const unknown = (h.incompatibleFeatures & ~INCOMPAT_KNOWN) >>> 0;
   const unknownHigh = h.featureHigh?.incompatible ?? 0;
   if (unknown !== 0 || unknownHigh !== 0) {
@@ -312,19 +318,19 @@ function validateFields(h: Qcow2Header, cs: number, fileLength: number): void {
   if (h.size > 2 ** 53 - cs) throw new BlockError("EFBIG", `Image size too large: size ${h.size}`);
   // Refcount table.
   if (h.refcountTableClusters === 0) throw invalid("Image does not contain a reference count table (refcount_table_clusters 0)");
-  if (h.refcountTableClusters * cs > MAX_REFTABLE_BYTES) {
-    throw new BlockError("EFBIG", `Reference count table too large: refcount_table_clusters ${h.refcountTableClusters}`);
-  }
-  checkTable("reference count table", h.refcountTableOffset, h.refcountTableClusters * cs, cs, fileLength);
+  // QEMU's own words from here on (qcow2_validate_table): no field values.
+  if (h.refcountTableClusters * cs > MAX_REFTABLE_BYTES) throw new BlockError("EFBIG", "Reference count table too large");
+  const reftableBytes = h.refcountTableClusters * cs;
+  checkTable("Reference count table", h.refcountTableOffset, raw.get("refcountTableOffset")!, reftableBytes, cs, fileLength);
   // Snapshot table.
-  if (h.nbSnapshots > MAX_SNAPSHOTS) throw new BlockError("EFBIG", `Too many snapshots: nb_snapshots ${h.nbSnapshots}`);
-  // Alignment is checked even for an empty table, as QEMU's validate_table_offset does.
-  checkTable("snapshot table", h.snapshotsOffset, h.nbSnapshots > 0 ? 1 : 0, cs, fileLength);
+  if (h.nbSnapshots > MAX_SNAPSHOTS) throw new BlockError("EFBIG", "Snapshot table too large");
+  // Alignment is checked even for an empty table, as QEMU's validate_table_offset does. A table
+  // past the end of the file is no error here: QEMU opens the image (the table reads as zeros).
+  checkTable("Snapshot table", h.snapshotsOffset, raw.get("snapshotsOffset")!, h.nbSnapshots * 40, cs);
   // Active L1 table.
-  if (h.l1Size * 8 > MAX_L1_BYTES) throw new BlockError("EFBIG", `Active L1 table too large: l1_size ${h.l1Size}`);
-  const needed = l1EntriesFor(h, h.size);
-  if (h.l1Size < needed) throw invalid(`L1 table is too small: l1_size ${h.l1Size}, size ${h.size} needs ${needed}`);
-  checkTable("L1 table", h.l1TableOffset, h.l1Size * 8, cs, fileLength);
+  if (h.l1Size * 8 > MAX_L1_BYTES) throw new BlockError("EFBIG", "Active L1 table too large");
+  if (h.l1Size < l1EntriesFor(h, h.size)) throw invalid("L1 table is too small");
+  checkTable("Active L1 table", h.l1TableOffset, raw.get("l1TableOffset")!, h.l1Size * 8, cs, fileLength);
 }
 
 /**

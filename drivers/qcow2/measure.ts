@@ -6,11 +6,13 @@
  * @module
  */
 
+import { BlockError } from "../../core/errors.ts";
 import type { MeasureResult } from "../../core/types.ts";
 import type { MeasureInput } from "../../core/node.ts";
 import { refblockCount } from "./_create_alloc.ts";
 import { parseCreateOptions } from "./create.ts";
 import { l2EntrySize } from "./_entries.ts";
+import { MAX_L1_BYTES } from "./_header_layout.ts";
 
 /** Layout parameters of a qcow2 image being measured. */
 export interface Qcow2Layout {
@@ -62,7 +64,12 @@ export function qcow2FullSize(size: number, l: Qcow2Layout): number {
 
 /**
  * Measures a qcow2 image of `input.size` holding the data `input.source`
- * allocates (each cluster with data counts whole), as qemu-img measure does.
+ * allocates (each cluster with data counts whole), as QEMU's qcow2_measure
+ * does: only the layout options and the preallocation are parsed (a backing
+ * file with preallocation is no error here), and all data counts when the
+ * target has a backing file (what it shares with the source is unknown) or
+ * is preallocated in full (`full`, `falloc`). A LUKS-encrypted target adds
+ * its header and key material to both sizes.
  *
  * @example
  * ```ts
@@ -73,11 +80,23 @@ export function qcow2FullSize(size: number, l: Qcow2Layout): number {
  */
 export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> {
   const size = roundUp(input.size, 512);
-  const o = parseCreateOptions(size, input.options);
+  const layout: Record<string, string | number | boolean> = {};
+  let backing = false;
+  for (const [k, v] of Object.entries(input.options)) {
+    const key = k.replaceAll("-", "_");
+    if (key === "backing_file") backing = v !== "";
+    else if (key !== "backing_fmt") layout[k] = v;
+  }
+  const o = parseCreateOptions(0, layout);
   const l: Qcow2Layout = { clusterSize: o.clusterSize, refcountBits: o.refcountBits, extendedL2: o.extendedL2 };
+  const cs = l.clusterSize;
+  const l2Tables = Math.ceil(roundUp(size, cs) / cs / (cs / l2EntrySize(l.extendedL2)));
+  if (l2Tables * 8 > MAX_L1_BYTES) throw new BlockError("EFBIG", "The image size is too large (try using a larger cluster size)");
   let data = 0;
   const src = input.source;
-  if (src) {
+  if (src && backing) {
+    data = roundUp(src.length, cs);
+  } else if (src) {
     const end = src.length;
     for (let off = 0; off < end;) {
       const st = await src.blockStatus(off, end - off);
@@ -90,7 +109,10 @@ export async function measureQcow2(input: MeasureInput): Promise<MeasureResult> 
       off += n;
     }
   }
-  const full = qcow2FullSize(size, l);
+  if (o.preallocation === "full" || o.preallocation === "falloc") data = roundUp(size, cs);
+  // A LUKS header and its key material come first, in whole clusters (QEMU's luks_payload_size).
+  const luks = o.encrypt?.format === "luks" ? roundUp(o.encrypt.headerBytes, cs) : 0;
+  const full = luks + qcow2FullSize(size, l);
   const result: MeasureResult = { required: full - roundUp(size, l.clusterSize) + data, fullyAllocated: full };
   // A version 3 target can hold the source's persistent bitmaps, when the source can have them.
   if (o.version >= 3 && src?.bitmaps.persistent) result.bitmaps = await bitmapsSize(src, l.clusterSize);

@@ -1,7 +1,7 @@
 // Header validation, case by case as QEMU's iotest 080 ("qcow2 format input
 // validation tests"): each test patches one field of a valid header in
 // memory and checks parseHeader() fails with the right code and a message
-// that names the field.
+// that names the field, or QEMU's exact words where iotest 080 shows them.
 import assert from "node:assert/strict";
 import { BlockError, createImage, open } from "../../../mod.ts";
 import { parseHeader, type Qcow2Header } from "../../../drivers/qcow2/header.ts";
@@ -59,8 +59,18 @@ const CASES: Case[] = [
   { name: "a bad magic", patch: (v) => v.setUint32(0, 0x12345678), code: "EINVAL", field: /magic/ },
   { name: "version 1", patch: (v) => v.setUint32(4, 1), code: "ENOTSUP", field: /version 1/ },
   { name: "version 4", patch: (v) => v.setUint32(4, 4), code: "ENOTSUP", field: /version 4/ },
-  { name: "a huge header length (0xffffffff)", patch: (v) => v.setUint32(100, 0xffffffff), code: "EINVAL", field: /header_length/ },
-  { name: "a huge header length (0x7fffffff)", patch: (v) => v.setUint32(100, 0x7fffffff), code: "EINVAL", field: /header_length/ },
+  {
+    name: "a huge header length (0xffffffff)",
+    patch: (v) => v.setUint32(100, 0xffffffff),
+    code: "EINVAL",
+    field: /^qcow2 header exceeds cluster size$/,
+  },
+  {
+    name: "a huge header length (0x7fffffff)",
+    patch: (v) => v.setUint32(100, 0x7fffffff),
+    code: "EINVAL",
+    field: /^qcow2 header exceeds cluster size$/,
+  },
   { name: "a header length below 104", patch: (v) => v.setUint32(100, 100), code: "EINVAL", field: /header_length/ },
   { name: "cluster_bits 8", patch: (v) => v.setUint32(20, 8), code: "EINVAL", field: /cluster_bits/ },
   { name: "cluster_bits 22", patch: (v) => v.setUint32(20, 22), code: "EINVAL", field: /cluster_bits/ },
@@ -93,20 +103,20 @@ const CASES: Case[] = [
     name: "a huge refcount table size (0xffffffff clusters)",
     patch: (v) => v.setUint32(56, 0xffffffff),
     code: "EFBIG",
-    field: /refcount_table_clusters/,
+    field: /^Reference count table too large$/,
   },
   {
     name: "a refcount table just over the limit (0x20001 clusters)",
     patch: (v) => v.setUint32(56, 0x20001),
     code: "EFBIG",
-    field: /refcount_table_clusters/,
+    field: /^Reference count table too large$/,
   },
   { name: "an empty refcount table", patch: (v) => v.setUint32(56, 0), code: "EINVAL", field: /refcount_table_clusters/ },
   {
     name: "a misaligned refcount table offset",
     patch: (v) => v.setBigUint64(48, 0x10200n),
     code: "EINVAL",
-    field: /reference count table offset/,
+    field: /^Reference count table offset invalid$/,
   },
   {
     name: "a huge refcount table offset",
@@ -115,7 +125,7 @@ const CASES: Case[] = [
       v.setUint32(56, 0x7f);
     },
     code: "EINVAL", // QEMU: "Reference count table offset invalid" (validate_table_offset's -EINVAL)
-    field: /Reference count table offset invalid: refcount_table_offset 0xffffffffffff0000/,
+    field: /^Reference count table offset invalid$/,
   },
   {
     name: "a refcount table past the end of the file",
@@ -123,8 +133,8 @@ const CASES: Case[] = [
     code: "EINVAL",
     field: /reference count table offset.*past the end of the file/,
   },
-  { name: "nb_snapshots 0xffffffff", patch: (v) => v.setUint32(60, 0xffffffff), code: "EFBIG", field: /nb_snapshots/ },
-  { name: "nb_snapshots 0x7fffffff", patch: (v) => v.setUint32(60, 0x7fffffff), code: "EFBIG", field: /nb_snapshots/ },
+  { name: "nb_snapshots 0xffffffff", patch: (v) => v.setUint32(60, 0xffffffff), code: "EFBIG", field: /^Snapshot table too large$/ },
+  { name: "nb_snapshots 0x7fffffff", patch: (v) => v.setUint32(60, 0x7fffffff), code: "EFBIG", field: /^Snapshot table too large$/ },
   {
     name: "a huge snapshot table offset",
     patch: (v) => {
@@ -132,7 +142,7 @@ const CASES: Case[] = [
       v.setUint32(60, 0xffff);
     },
     code: "EINVAL", // QEMU: "Snapshot table offset invalid"
-    field: /Snapshot table offset invalid: snapshots_offset 0xffffffffffff0000/,
+    field: /^Snapshot table offset invalid$/,
   },
   {
     name: "a misaligned snapshot table offset",
@@ -141,19 +151,10 @@ const CASES: Case[] = [
       v.setUint32(60, 1);
     },
     code: "EINVAL",
-    field: /snapshot table offset/,
+    field: /^Snapshot table offset invalid$/,
   },
-  {
-    name: "a snapshot table past the end of the file",
-    patch: (v) => {
-      v.setBigUint64(64, 0x100000n);
-      v.setUint32(60, 1);
-    },
-    code: "EINVAL",
-    field: /snapshot table offset.*past the end of the file/,
-  },
-  { name: "l1_size 0xffffffff", patch: (v) => v.setUint32(36, 0xffffffff), code: "EFBIG", field: /l1_size/ },
-  { name: "l1_size 0x7fffffff", patch: (v) => v.setUint32(36, 0x7fffffff), code: "EFBIG", field: /l1_size/ },
+  { name: "l1_size 0xffffffff", patch: (v) => v.setUint32(36, 0xffffffff), code: "EFBIG", field: /^Active L1 table too large$/ },
+  { name: "l1_size 0x7fffffff", patch: (v) => v.setUint32(36, 0x7fffffff), code: "EFBIG", field: /^Active L1 table too large$/ },
   {
     name: "a huge L1 table offset",
     patch: (v) => {
@@ -161,13 +162,13 @@ const CASES: Case[] = [
       v.setUint32(36, 0xffff);
     },
     code: "EINVAL", // QEMU: "Active L1 table offset invalid"
-    field: /L1 table offset.*past the end of the file/,
+    field: /^Active L1 table offset invalid$/,
   },
   {
     name: "a misaligned L1 table offset",
     patch: (v) => v.setBigUint64(40, 0x30200n),
     code: "EINVAL",
-    field: /L1 table offset/,
+    field: /^Active L1 table offset invalid$/,
   },
   {
     name: "an L1 table past the end of the file",
@@ -175,7 +176,12 @@ const CASES: Case[] = [
     code: "EINVAL",
     field: /L1 table offset.*past the end of the file/,
   },
-  { name: "an L1 table too small for the virtual size", patch: (v) => v.setUint32(36, 0), code: "EINVAL", field: /l1_size 0/ },
+  {
+    name: "an L1 table too small for the virtual size",
+    patch: (v) => v.setUint32(36, 0),
+    code: "EINVAL",
+    field: /^L1 table is too small$/,
+  },
   { name: "refcount_order 7", patch: (v) => v.setUint32(96, 7), code: "EINVAL", field: /refcount_order/ },
   {
     name: "a backing file name size past the cluster",
@@ -184,7 +190,7 @@ const CASES: Case[] = [
       v.setUint32(16, 0xffffffff);
     },
     code: "EINVAL",
-    field: /backing_file_size/,
+    field: /^Backing file name too long$/,
   },
   {
     name: "a backing file offset past the first cluster",
@@ -382,11 +388,11 @@ Deno.test("parseHeader() accepts AES and LUKS encryption (crypt_method 1, 2); op
  * Headers qemu-img 7.2 opens but parseHeader() refuses, on purpose: QEMU's
  * validate_table_offset checks only alignment and overflow, so a table that
  * lies past the end of the file reads as zeros there, and a truncated image
- * opens as an empty or inconsistent one. blkgraph refuses it instead.
+ * opens as an empty or inconsistent one. blkgraph refuses it instead (not a snapshot
+ * table: it reads as zeros, as in QEMU; tested below).
  */
 const STRICTER_THAN_QEMU = new Set([
   "a refcount table past the end of the file",
-  "a snapshot table past the end of the file",
   "an L1 table past the end of the file",
 ]);
 
@@ -408,5 +414,38 @@ Deno.test({
       else assert.match(q.stderr, /^qemu-img: Could not open /, c.name);
     }
     assert.deepEqual(accepted, [...STRICTER_THAN_QEMU], "the headers qemu-img 7.2 opens");
+  },
+});
+
+Deno.test("parseHeader() accepts a snapshot table past the end of the file, as QEMU opens it (iotest 080)", () => {
+  const buf = serialiseHeader({ ...validHeader(), nbSnapshots: 1, snapshotsOffset: 0x100000 }, CS);
+  assert.equal(parseHeader(buf, FILE_LENGTH).snapshotsOffset, 0x100000);
+});
+
+Deno.test({
+  name: "a snapshot table past the end of the file reads as zeros: snapshot -c fails as qemu-img's, the image still reads (iotest 080)",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  async fn() {
+    const { qemuImg } = await import("../../../cli/qemu-img.ts");
+    await using d = await tempDir();
+    const make = async (p: string) => {
+      await runOk("qemu-img", ["create", "-q", "-f", "qcow2", p, "64M"]);
+      const f = await Deno.open(p, { write: true });
+      const v = new DataView(new ArrayBuffer(12));
+      v.setUint32(0, 0x10000); // nb_snapshots 65536
+      v.setBigUint64(4, 0x1000000n); // snapshots_offset 16 MiB, past the end
+      await f.seek(60, Deno.SeekMode.Start);
+      await f.write(new Uint8Array(v.buffer));
+      f.close();
+    };
+    const q = `${d.path}/q.qcow2`;
+    const b = `${d.path}/b.qcow2`;
+    await make(q);
+    await make(b);
+    const real = await run("qemu-img", ["snapshot", "-c", "test", q]);
+    let err = "";
+    const code = await qemuImg(["snapshot", "-c", "test", b], { stdout: () => {}, stderr: (s) => void (err += s) });
+    assert.deepEqual([code, err.replaceAll(b, "IMG")], [real.code, real.stderr.replaceAll(q, "IMG")]);
+    assert.equal((await run("qemu-io", ["-c", "read 0 512", b])).code, 0);
   },
 });

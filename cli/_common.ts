@@ -39,6 +39,12 @@ export function progName(io: CliIO): string {
   return io.prog ?? "blkgraph";
 }
 
+/** Why an open failed, for `io`: QEMU's words in the drop-ins, blkgraph's otherwise. */
+export function openReason(e: unknown, io: CliIO): string {
+  if (e instanceof OpenError) return io.prog !== undefined ? e.qemuReason : e.reason;
+  return errorText(e, io);
+}
+
 /** An error's text for `io`: QEMU's words in the drop-in qemu-img and qemu-io ({@linkcode BlockError.qemuMessage}), blkgraph's own otherwise. */
 export function errorText(e: unknown, io: CliIO): string {
   if (io.prog !== undefined && (e instanceof BlockError || e instanceof CliError)) return e.qemuMessage;
@@ -203,6 +209,8 @@ export class OpenError extends CliError {
   readonly filename: string | undefined;
   /** Why the open failed (the block layer's message). */
   readonly reason: string;
+  /** Why, in QEMU's words (the block layer's `qemuMessage`): what the drop-ins print. */
+  readonly qemuReason: string;
   /** The block layer's error. */
   override readonly cause: unknown;
   /** Creates the error for `filename` failing with `cause`. */
@@ -212,6 +220,7 @@ export class OpenError extends CliError {
     super(say(reason), 1, cause instanceof BlockError ? say(cause.qemuMessage) : undefined);
     this.filename = filename;
     this.reason = reason;
+    this.qemuReason = cause instanceof BlockError ? cause.qemuMessage : reason;
     this.cause = cause;
   }
 }

@@ -17,8 +17,8 @@ import {
   flagList,
   flagString,
   needPositionals,
-  OpenError,
   openImage,
+  openReason,
   parseVerbArgs,
   progName,
   resolveBackingPath,
@@ -261,7 +261,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
     const path = resolveBackingPath(filename.startsWith("file:") ? filename.slice(5) : filename, backing);
     // Without I/O (QEMU opens it BDRV_O_NO_IO): an encrypted backing file needs no key for its size.
     const b = await openImage(path, { format: backingFmt, readOnly: true, forceShare: true, noIo: true }).catch((e) => {
-      throw new CliError(`${filename}: ${e instanceof OpenError ? e.reason : (e as Error).message}\nCould not open backing image.`);
+      throw new CliError(`${filename}: ${openReason(e, io)}\nCould not open backing image.`);
     });
     const detected = b.formatName;
     const backingSize = b.length;

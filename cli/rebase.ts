@@ -22,6 +22,7 @@ import {
   imageArgs,
   needPositionals,
   openImage,
+  openReason,
   parseVerbArgs,
   protocolNode,
   resolveBackingPath,
@@ -198,7 +199,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
             });
           } catch (e) {
             throw new CliError(
-              `Could not open new backing file '${backing}': ${(e as { reason?: string }).reason ?? (e as Error).message}`,
+              `Could not open new backing file '${backing}': ${openReason(e, io)}`,
             );
           }
           ownsNew = true;

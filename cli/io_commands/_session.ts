@@ -8,7 +8,7 @@
 
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
-import { type CliIO, cvtstr, errorMessage, OpenError, openImage } from "../_common.ts";
+import { type CliIO, cvtstr, openImage, openReason } from "../_common.ts";
 import { optBool, parseSize } from "../../core/options.ts";
 import { startTrace, type Trace, type TraceTarget } from "../_trace.ts";
 
@@ -148,7 +148,7 @@ export class IoSession {
         options,
       });
     } catch (e) {
-      const reason = e instanceof OpenError ? e.reason : errorMessage(e);
+      const reason = openReason(e, this.io);
       const shown = opts.imageOpts ? undefined : name;
       this.report(`can't open${shown === undefined ? "" : ` device ${shown}`}: ${reason}`);
       return false;

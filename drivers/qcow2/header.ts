@@ -50,9 +50,20 @@ export * from "./_header_layout.ts";
 const FEATURE_ENTRY = 48;
 const decoder = new TextDecoder();
 
-/** An EINVAL naming what is wrong with a header. */
-export function invalid(message: string): BlockError {
-  return new BlockError("EINVAL", message);
+/**
+ * An EINVAL naming what is wrong with a header: `message`, in QEMU's words
+ * where it has some, then `detail` (the field and value) after a colon;
+ * the drop-ins print QEMU's words alone (`qemuMessage`).
+ */
+export function invalid(message: string, detail?: string): BlockError {
+  return detail === undefined
+    ? new BlockError("EINVAL", message)
+    : new BlockError("EINVAL", `${message}: ${detail}`, { qemuMessage: message });
+}
+
+/** An EFBIG as {@linkcode invalid} words it. */
+function tooLarge(message: string, detail: string): BlockError {
+  return new BlockError("EFBIG", `${message}: ${detail}`, { qemuMessage: message });
 }
 
 function readField(view: DataView, f: HeaderField): { value: number; hi: number } {
@@ -110,7 +121,9 @@ function checkTable(
   clusterSize: number,
   fileLength?: number,
 ): void {
-  if (offset % clusterSize !== 0 || raw + BigInt(bytes) > 2n ** 63n - 1n) throw invalid(`${what} offset invalid`);
+  if (offset % clusterSize !== 0 || raw + BigInt(bytes) > 2n ** 63n - 1n) {
+    throw invalid(`${what} offset invalid`, `offset 0x${raw.toString(16)} (${bytes} bytes; cluster size ${clusterSize})`);
+  }
   if (fileLength !== undefined && bytes > 0 && offset + bytes > fileLength) {
     throw invalid(
       `Invalid ${
@@ -217,7 +230,7 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
     if (buf.length < 104) throw invalid(`qcow2 header too short: need 104 bytes, got ${buf.length}`);
     const len = view.getUint32(100);
     if (len < 104) throw invalid(`qcow2 header too short: header_length ${len} (minimum 104)`);
-    if (len > cs) throw invalid("qcow2 header exceeds cluster size");
+    if (len > cs) throw invalid("qcow2 header exceeds cluster size", `header_length ${len} > ${cs}`);
     if (len > buf.length) throw invalid(`qcow2 header_length ${len} exceeds the ${buf.length} bytes read`);
   }
   const high: FeatureHigh = { incompatible: 0, compatible: 0, autoclear: 0 };
@@ -236,7 +249,10 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
     if (f.key === "size" && isFar(view, f)) throw tooBig(view, f, cs, version);
     if (f.size === 8 && hi >= 2 ** 31 && OFFSET_NAMES[f.key]) {
       // QEMU's validate_table_offset: past INT64_MAX is invalid, used or not.
-      throw invalid(`${OFFSET_NAMES[f.key]} offset invalid`);
+      throw invalid(
+        `${OFFSET_NAMES[f.key]} offset invalid`,
+        `${f.name} 0x${hi.toString(16)}${view.getUint32(f.offset + 4).toString(16).padStart(8, "0")}`,
+      );
     }
     if (f.key === "compressionType") {
       if (value > 1) throw new BlockError("ENOTSUP", `Unknown compression type ${value} (compression_type must be 0 (zlib) or 1 (zstd))`);
@@ -250,19 +266,23 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
     throw invalid(`Image file is too short (${fileLength} bytes) for its qcow2 header`);
   }
   // QEMU checks the backing file offset before it reads the extensions.
-  if (h.backingFileOffset > cs) throw invalid("Invalid backing file offset");
+  if (h.backingFileOffset > cs) {
+    throw invalid("Invalid backing file offset", `backing_file_offset ${h.backingFileOffset} (cluster size ${cs})`);
+  }
   // Extensions: from the end of the fixed header to the backing file name
   // (or the end of the first cluster).
   const extEnd = Math.min(h.backingFileOffset > 0 ? h.backingFileOffset : cs, cs);
   let at = h.headerLength;
   while (at < extEnd) {
-    if (at + 8 > extEnd) throw invalid("Header extension too large");
+    if (at + 8 > extEnd) throw invalid("Header extension too large", `extension header at offset ${at} past offset ${extEnd}`);
     if (at + 8 > buf.length) throw invalid(`Header extension at offset ${at} lies past the ${buf.length} bytes read`);
     const type = view.getUint32(at);
     const len = view.getUint32(at + 4);
     at += 8;
     if (type === EXT_END) break;
-    if (len > extEnd - at) throw invalid("Header extension too large");
+    if (len > extEnd - at) {
+      throw invalid("Header extension too large", `extension 0x${type.toString(16)}: length ${len} at offset ${at - 8}`);
+    }
     if (at + len > buf.length) throw invalid(`Header extension at offset ${at - 8} lies past the ${buf.length} bytes read`);
     const data = buf.slice(at, at + len);
     h.extensions.push({ type, data });
@@ -277,7 +297,9 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
   }
   validateFields(h, cs, fileLength, raw);
   if (h.backingFileOffset > 0) {
-    if (h.backingFileSize > Math.min(MAX_BACKING_NAME, cs - h.backingFileOffset)) throw invalid("Backing file name too long");
+    if (h.backingFileSize > Math.min(MAX_BACKING_NAME, cs - h.backingFileOffset)) {
+      throw invalid("Backing file name too long", `backing_file_size ${h.backingFileSize}`);
+    }
     if (h.backingFileOffset + h.backingFileSize > buf.length) {
       throw invalid(`Backing file name at offset ${h.backingFileOffset} lies past the ${buf.length} bytes read`);
     }
@@ -318,18 +340,21 @@ function validateFields(h: Qcow2Header, cs: number, fileLength: number, raw: Map
   if (h.size > 2 ** 53 - cs) throw new BlockError("EFBIG", `Image size too large: size ${h.size}`);
   // Refcount table.
   if (h.refcountTableClusters === 0) throw invalid("Image does not contain a reference count table (refcount_table_clusters 0)");
-  // QEMU's own words from here on (qcow2_validate_table): no field values.
-  if (h.refcountTableClusters * cs > MAX_REFTABLE_BYTES) throw new BlockError("EFBIG", "Reference count table too large");
+  // QEMU's words (qcow2_validate_table) first, then the field and value.
+  if (h.refcountTableClusters * cs > MAX_REFTABLE_BYTES) {
+    throw tooLarge("Reference count table too large", `refcount_table_clusters ${h.refcountTableClusters}`);
+  }
   const reftableBytes = h.refcountTableClusters * cs;
   checkTable("Reference count table", h.refcountTableOffset, raw.get("refcountTableOffset")!, reftableBytes, cs, fileLength);
   // Snapshot table.
-  if (h.nbSnapshots > MAX_SNAPSHOTS) throw new BlockError("EFBIG", "Snapshot table too large");
+  if (h.nbSnapshots > MAX_SNAPSHOTS) throw tooLarge("Snapshot table too large", `nb_snapshots ${h.nbSnapshots}`);
   // Alignment is checked even for an empty table, as QEMU's validate_table_offset does. A table
   // past the end of the file is no error here: QEMU opens the image (the table reads as zeros).
   checkTable("Snapshot table", h.snapshotsOffset, raw.get("snapshotsOffset")!, h.nbSnapshots * 40, cs);
   // Active L1 table.
-  if (h.l1Size * 8 > MAX_L1_BYTES) throw new BlockError("EFBIG", "Active L1 table too large");
-  if (h.l1Size < l1EntriesFor(h, h.size)) throw invalid("L1 table is too small");
+  if (h.l1Size * 8 > MAX_L1_BYTES) throw tooLarge("Active L1 table too large", `l1_size ${h.l1Size}`);
+  const needed = l1EntriesFor(h, h.size);
+  if (h.l1Size < needed) throw invalid("L1 table is too small", `l1_size ${h.l1Size}, size ${h.size} needs ${needed}`);
   checkTable("Active L1 table", h.l1TableOffset, raw.get("l1TableOffset")!, h.l1Size * 8, cs, fileLength);
 }
 

@@ -193,11 +193,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
     if (p.values.compress === true && !dst.supportsCompressedWrites) {
       throw new CliError("Compression not supported for this file format");
     }
-    let base = 0;
-    for (const s of srcs) {
-      const offset = base;
-      await copyImage(s, dst, {
-        dstOffset: offset,
+    // The sources end to end, as one stream (qemu-img's): a target cluster may hold the end of one and the start of the next.
+    {
+      await copyImage(srcs, dst, {
         compress: p.values.compress === true,
         copyRange,
         salvage,
@@ -209,7 +207,6 @@ async function run(args: string[], io: CliIO): Promise<number> {
         sparse,
         onData: showProgress ? (n) => show(dataTotal ? (100 * (dataDone += n)) / dataTotal : 100) : undefined,
       });
-      base += s.length;
     }
     if (bitmaps) await copyBitmaps(srcs[0], dst, skipBroken, io);
     await dst.flush();

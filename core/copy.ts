@@ -7,6 +7,7 @@
  * @module
  */
 
+import { concatSources, type CopySource } from "./_concat.ts";
 import { BlockError } from "./errors.ts";
 import type { BlockNode, BlockStatus } from "./node.ts";
 import { isZero, nonZeroRuns } from "./_bytes.ts";
@@ -63,7 +64,8 @@ export interface CopyOptions {
 const CHUNK = 2 << 20;
 
 /**
- * Copies all of `src` into `dst` (starting at `opts.dstOffset`).
+ * Copies all of `source` into `dst` (starting at `opts.dstOffset`); a list
+ * of sources is copied end to end, as one image.
  *
  * @example
  * ```ts
@@ -77,7 +79,9 @@ const CHUNK = 2 << 20;
  * console.log(back[0]); // 7
  * ```
  */
-export async function copyImage(src: BlockNode, dst: BlockNode, opts: CopyOptions = {}): Promise<void> {
+export async function copyImage(source: BlockNode | readonly BlockNode[], dst: BlockNode, opts: CopyOptions = {}): Promise<void> {
+  // Several sources are read end to end as one (qemu-img convert's stream), so no target cluster is split between two copies.
+  const src = concatSources(Array.isArray(source) ? source : [source as BlockNode]);
   const length = src.length;
   const dstOffset = opts.dstOffset ?? 0;
   let chunk = opts.chunkSize ?? CHUNK;
@@ -250,7 +254,7 @@ const SECTOR = 512;
 const strerror = (e: unknown) => (e instanceof BlockError ? e.strerror : String(e));
 
 /** Block status for --salvage: on failure, retried on a quarter of the range, down to one sector, which then counts as data. */
-async function salvageStatus(src: BlockNode, off: number, n: number, warn: (m: string) => void): Promise<BlockStatus> {
+async function salvageStatus(src: CopySource, off: number, n: number, warn: (m: string) => void): Promise<BlockStatus> {
   for (;;) {
     try {
       return await src.blockStatus(off, n);
@@ -265,7 +269,7 @@ async function salvageStatus(src: BlockNode, off: number, n: number, warn: (m: s
 }
 
 /** A read for --salvage: on failure, read again sector by sector; a sector that still fails reads as zeros. */
-async function salvageRead(src: BlockNode, off: number, data: Uint8Array, warn: (m: string) => void): Promise<void> {
+async function salvageRead(src: CopySource, off: number, data: Uint8Array, warn: (m: string) => void): Promise<void> {
   try {
     return await src.pread(off, data);
   } catch {

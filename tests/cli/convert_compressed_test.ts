@@ -124,3 +124,33 @@ for (const type of ["zlib", "zstd"]) {
     },
   });
 }
+
+Deno.test({
+  name: "convert -c of sources whose sizes are not cluster multiples reads them as one stream: a cluster across two is written whole",
+  ignore,
+  async fn() {
+    await using d = await tempDir();
+    for (const i of [1, 2]) {
+      await runOk("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=1024", `${d.path}/t${i}.qcow2`, "1023k"]);
+    }
+    await runOk("qemu-io", [
+      "-c",
+      "write -P 0x11 16k 16k",
+      "-c",
+      "write -P 0x22 130k 130k",
+      "-c",
+      "write -P 0x33 1022k 1k",
+      `${d.path}/t1.qcow2`,
+    ]);
+    await runOk("qemu-io", ["-c", "write -P 0x44 0 1k", `${d.path}/t2.qcow2`]);
+    const srcs = [`${d.path}/t1.qcow2`, `${d.path}/t2.qcow2`];
+    await runOk("qemu-img", ["convert", "-c", "-O", "qcow2", ...srcs, `${d.path}/q.qcow2`]);
+    // The 64 KiB cluster at 960 KiB holds t1's last 63 KiB and t2's first KiB.
+    const r = await cli(["convert", "-c", "-O", "qcow2", ...srcs, `${d.path}/o.qcow2`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await run("qemu-img", ["compare", `${d.path}/q.qcow2`, `${d.path}/o.qcow2`])).code, 0);
+    const map = async (f: string) =>
+      JSON.parse((await runOk("qemu-img", ["map", "--output=json", f])).stdout).map((e: Record<string, unknown>) => ({ ...e, offset: 0 }));
+    assert.deepEqual(await map(`${d.path}/o.qcow2`), await map(`${d.path}/q.qcow2`));
+  },
+});

@@ -95,7 +95,11 @@ export function defineSecret(id: string, opts: SecretOptions): void {
  */
 export function getSecret(id: string, option = "key-secret"): Uint8Array {
   const s = secrets.get(id);
-  if (!s) throw new BlockError("EINVAL", `No secret with id '${id}' found (named by option '${option}')`);
+  if (!s) {
+    throw new BlockError("EINVAL", `No secret with id '${id}' found (named by option '${option}')`, {
+      qemuMessage: `No secret with id '${id}'`,
+    });
+  }
   return s.slice();
 }
 

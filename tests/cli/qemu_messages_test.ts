@@ -113,3 +113,31 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a missing secret is named in qemu-io's words by the drop-in, with the option that names it by blkgraph",
+  ignore: QEMU,
+  async fn() {
+    await using d = await tempDir();
+    await runOk("qemu-img", [
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "--object",
+      "secret,id=s0,data=abc",
+      "-o",
+      "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+      `${d.path}/e.qcow2`,
+      "1M",
+    ]);
+    const args = ["--image-opts", "driver=qcow2,file.filename=e.qcow2,encrypt.key-secret=nosuch", "-c", "read 0 512"];
+    const q = await run("qemu-io", args, { cwd: d.path });
+    const [r] = await inDir("io", [args], d.path);
+    assertEquals([r.code, r.stdout, r.stderr], [q.code, q.stdout, q.stderr]);
+    const b = await run(Deno.execPath(), ["run", "-A", new URL("../../cli/main.ts", import.meta.url).pathname, "io", ...args], {
+      cwd: d.path,
+    });
+    assertEquals(b.stderr, "blkgraph: can't open: No secret with id 'nosuch' found (named by option 'encrypt.key-secret')\n");
+  },
+});

@@ -38,8 +38,20 @@ export interface RunResult {
   stderr: string;
 }
 
-/** Runs a command and returns its exit code and output (never throws on a non-zero exit). */
+/**
+ * Runs a command and returns its exit code and output (never throws on a non-zero exit). QEMU's tools time a
+ * PBKDF run to pick LUKS iteration counts, and on a loaded machine that can fail ("Unable to get accurate CPU
+ * usage"): such a run of qemu-img or qemu-io is tried again, up to five times.
+ */
 export async function run(cmd: string, args: string[], opts: { stdin?: string; cwd?: string } = {}): Promise<RunResult> {
+  let r = await runOnce(cmd, args, opts);
+  for (let i = 0; i < 5 && /^qemu-/.test(cmd) && r.code !== 0 && r.stderr.includes("Unable to get accurate CPU usage"); i++) {
+    r = await runOnce(cmd, args, opts);
+  }
+  return r;
+}
+
+async function runOnce(cmd: string, args: string[], opts: { stdin?: string; cwd?: string }): Promise<RunResult> {
   const child = new Deno.Command(cmd, {
     args,
     cwd: opts.cwd,

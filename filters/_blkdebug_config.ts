@@ -296,3 +296,32 @@ export function readBlkdebugLimits(o: Record<string, unknown>, reqAlign: number)
   }
   return limits;
 }
+
+/** QEMU's blkdebug_refresh_filename: `blkdebug:CONFIG:IMAGE` when nothing but the config file and the image was given. */
+export function blkdebugExactFilename(
+  { options, full, child }: {
+    options: Record<string, unknown>;
+    full: Record<string, unknown>;
+    child: (role: string) => string | undefined;
+  },
+): string | undefined {
+  const image = child("image");
+  if (image === undefined || !Object.keys(full).every((k) => ["config", "image", "x-image", "driver"].includes(k))) return undefined;
+  return `blkdebug:${options.config ?? ""}:${image}`;
+}
+
+/** Parses `blkdebug:CONFIG:IMAGE` (CONFIG may be empty) into the driver's options. */
+export function parseBlkdebugFilename(filename: string): Record<string, unknown> {
+  const rest = filename.slice("blkdebug:".length);
+  const colon = rest.indexOf(":");
+  if (!filename.startsWith("blkdebug:") || colon < 0) {
+    throw new BlockError(
+      "EINVAL",
+      `Invalid blkdebug filename '${filename}': blkdebug requires both config file and image path (blkdebug:CONFIG:IMAGE)`,
+    );
+  }
+  const config = rest.slice(0, colon);
+  const out: Record<string, unknown> = { image: { filename: rest.slice(colon + 1) } };
+  if (config) out.config = config;
+  return out;
+}

@@ -37,11 +37,13 @@ import type { BlockLimits, FilterCall, RequestInfo, WriteZeroesOptions } from ".
 import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
 import {
   BLKDEBUG_OPTIONS,
+  blkdebugExactFilename,
   type BlkdebugIoType,
   type BlkdebugRule,
   type InjectErrorRule,
   IOTYPE_BIT,
   normaliseEventName,
+  parseBlkdebugFilename,
   readBlkdebugAlign,
   readBlkdebugLimits,
   readBlkdebugRules,
@@ -383,26 +385,8 @@ export const blkdebugDriver: BlockDriver = {
     "opt-discard",
     "max-discard",
   ],
-  // QEMU's blkdebug_refresh_filename: blkdebug:CONFIG:IMAGE when nothing but the config file and the image was given.
-  exactFilename({ options, full, child }) {
-    const image = child("image");
-    if (image === undefined || !Object.keys(full).every((k) => ["config", "image", "x-image", "driver"].includes(k))) return undefined;
-    return `blkdebug:${options.config ?? ""}:${image}`;
-  },
-  parseFilename(filename: string): Record<string, unknown> {
-    const rest = filename.slice("blkdebug:".length);
-    const colon = rest.indexOf(":");
-    if (!filename.startsWith("blkdebug:") || colon < 0) {
-      throw new BlockError(
-        "EINVAL",
-        `Invalid blkdebug filename '${filename}': blkdebug requires both config file and image path (blkdebug:CONFIG:IMAGE)`,
-      );
-    }
-    const config = rest.slice(0, colon);
-    const out: Record<string, unknown> = { image: { filename: rest.slice(colon + 1) } };
-    if (config) out.config = config;
-    return out;
-  },
+  exactFilename: blkdebugExactFilename,
+  parseFilename: parseBlkdebugFilename,
   open: openBlkdebug,
 };
 

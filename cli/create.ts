@@ -199,16 +199,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const [filename, sizeText] = p.positionals;
   if (!canCreate(format)) throw new CliError(`${filename}: Format driver '${format}' does not support image creation`);
   const options = parseCreateOptions(lists);
-  const fail = (e: unknown) => {
-    // As bdrv_img_create: a format's EFBIG is reported in one sentence, with a hint where the format has clusters.
-    if (io.prog !== undefined && e instanceof BlockError && e.code === "EFBIG") {
-      const hint = (getDriver(format).createOptions ?? []).some((o) => o.name === "cluster_size")
-        ? " (try using a larger cluster size)"
-        : "";
-      return new CliError(`${filename}: The image size is too large for file format '${format}'${hint}`);
-    }
-    return new CliError(`${filename}: ${errorText(e, io)}`);
-  };
+  const fail = (e: unknown) => new CliError(`${filename}: ${errorText(e, io)}`);
   // As qemu-img: the -o options parse first, then -b and -F are set as the options they stand for.
   try {
     checkCreateOptions(format, filename, options);

@@ -53,7 +53,30 @@ export interface CreateOptions {
  * await Deno.remove(path);
  * ```
  */
-export async function createImage(filename: string, format: string, size: number, opts: CreateOptions = {}): Promise<void> {
+export function createImage(filename: string, format: string, size: number, opts: CreateOptions = {}): Promise<void> {
+  return createAndWrite(filename, format, size, opts).catch((e) => {
+    throw tooLarge(e, format);
+  });
+}
+
+/**
+ * As QEMU's bdrv_img_create: a format's EFBIG keeps its message, and its
+ * QEMU words become "The image size is too large for file format 'F'", with
+ * a hint where the format has clusters.
+ */
+function tooLarge(e: unknown, format: string): unknown {
+  if (!(e instanceof BlockError) || e.code !== "EFBIG") return e;
+  const hint = (getDriver(format).createOptions ?? []).some((o) => o.name === "cluster_size") ? " (try using a larger cluster size)" : "";
+  return new BlockError("EFBIG", e.message, {
+    node: e.node,
+    offset: e.offset,
+    length: e.length,
+    cause: e,
+    qemuMessage: `The image size is too large for file format '${format}'${hint}`,
+  });
+}
+
+async function createAndWrite(filename: string, format: string, size: number, opts: CreateOptions): Promise<void> {
   const plan = await planCreate(filename, format, size, opts);
   // Not a host file: the protocol creates its object (an RBD image) first.
   await plan.createFile?.();
@@ -96,7 +119,9 @@ export async function createImage(filename: string, format: string, size: number
  * ```
  */
 export async function checkImageCreate(filename: string, format: string, size: number, opts: CreateOptions = {}): Promise<void> {
-  await planCreate(filename, format, size, opts);
+  await planCreate(filename, format, size, opts).catch((e) => {
+    throw tooLarge(e, format);
+  });
 }
 
 const SIZE_HELP = "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.";

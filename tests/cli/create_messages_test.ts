@@ -3,7 +3,7 @@
 // it comes first on a merged stream), and no file is left behind either way. blkgraph's own create validates everything
 // before it prints the line, and its messages name the value given.
 import assert from "node:assert/strict";
-import { BlockError, checkCreateOptions } from "../../mod.ts";
+import { BlockError, checkCreateOptions, createImage } from "../../mod.ts";
 import { run, skipUnless, tempDir } from "../_helpers/qemu.ts";
 
 const QEMU_IMG = new URL("../../cli/qemu-img.ts", import.meta.url).pathname;
@@ -136,4 +136,13 @@ Deno.test({
       } else assert.deepEqual([r.code, r.stderr], [q.code, q.stderr]);
     }
   },
+});
+
+Deno.test("createImage() of a size the format cannot hold keeps its message and gives bdrv_img_create's words as qemuMessage", async () => {
+  await using d = await tempDir();
+  const err = await createImage(`${d.path}/t.qcow2`, "qcow2", 2 ** 52).then(() => undefined, (e) => e);
+  assert.ok(err instanceof BlockError && err.code === "EFBIG", String(err));
+  assert.match(err.message, /L1 entries/);
+  assert.equal(err.qemuMessage, "The image size is too large for file format 'qcow2' (try using a larger cluster size)");
+  assert.equal(await exists(`${d.path}/t.qcow2`), false);
 });

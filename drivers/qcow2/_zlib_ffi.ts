@@ -14,6 +14,7 @@
  */
 
 import { BlockError } from "../../core/errors.ts";
+import { addressOf, openLibrary } from "./_ffi_lib.ts";
 
 const Z_OK = 0;
 const Z_STREAM_END = 1;
@@ -38,18 +39,8 @@ type Fns = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 let lib: Fns | null | undefined;
 
 function symbols(): Fns | null {
-  if (lib !== undefined) return lib;
-  lib = null;
-  try {
-    if (Deno.permissions.querySync({ name: "ffi" }).state === "granted") lib = Deno.dlopen("libz.so.1", SYMBOLS).symbols;
-  } catch {
-    lib = null;
-  }
+  if (lib === undefined) lib = openLibrary("libz.so.1", SYMBOLS);
   return lib;
-}
-
-function addr(b: Uint8Array): bigint {
-  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b as Uint8Array<ArrayBuffer>)));
 }
 
 /**
@@ -106,9 +97,9 @@ export class Deflater {
     const out = this.#out;
     if (this.#fns.deflateReset(this.#strm) !== Z_OK) throw new BlockError("EIO", "Cannot deflate a cluster: deflateReset failed");
     const v = this.#view;
-    v.setBigUint64(0, addr(data), true); // next_in
+    v.setBigUint64(0, addressOf(data), true); // next_in
     v.setUint32(8, data.length, true); // avail_in
-    v.setBigUint64(24, addr(out), true); // next_out
+    v.setBigUint64(24, addressOf(out), true); // next_out
     v.setUint32(32, out.length, true); // avail_out
     return out;
   }

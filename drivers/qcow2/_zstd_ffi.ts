@@ -15,6 +15,7 @@
  */
 
 import { BlockError } from "../../core/errors.ts";
+import { addressOf, openLibrary } from "./_ffi_lib.ts";
 
 const SYMBOLS = {
   ZSTD_createCCtx: { parameters: [], result: "pointer" },
@@ -39,18 +40,8 @@ const RESET_SESSION = 1;
 let lib: Fns | null | undefined;
 
 function symbols(): Fns | null {
-  if (lib !== undefined) return lib;
-  lib = null;
-  try {
-    if (Deno.permissions.querySync({ name: "ffi" }).state === "granted") lib = Deno.dlopen("libzstd.so.1", SYMBOLS).symbols;
-  } catch {
-    lib = null;
-  }
+  if (lib === undefined) lib = openLibrary("libzstd.so.1", SYMBOLS);
   return lib;
-}
-
-function addr(b: Uint8Array): bigint {
-  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b as Uint8Array<ArrayBuffer>)));
 }
 
 /**
@@ -106,10 +97,10 @@ export class ZstdCompressor {
     const out = this.#out;
     const ov = new DataView(this.#outBuf.buffer);
     const iv = new DataView(this.#inBuf.buffer);
-    ov.setBigUint64(0, addr(out), true);
+    ov.setBigUint64(0, addressOf(out), true);
     ov.setBigUint64(8, BigInt(out.length), true);
     ov.setBigUint64(16, 0n, true);
-    iv.setBigUint64(0, addr(data), true);
+    iv.setBigUint64(0, addressOf(data), true);
     iv.setBigUint64(8, BigInt(data.length), true);
     iv.setBigUint64(16, 0n, true);
     if (this.#fns.ZSTD_isError(BigInt(this.#fns.ZSTD_CCtx_reset(this.#cctx, RESET_SESSION)))) {

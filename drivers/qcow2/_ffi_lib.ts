@@ -12,7 +12,7 @@
  * ```ts
  * import { openLibrary } from "./_ffi_lib.ts";
  * const z = openLibrary("libz.so.1", { zlibVersion: { parameters: [], result: "pointer" } });
- * console.log(z === null || typeof z.zlibVersion); // true or "function"
+ * console.log(z === null || typeof z.zlibVersion === "function"); // true
  * ```
  */
 export function openLibrary<S extends Deno.ForeignLibraryInterface>(name: string, symbols: S): Deno.DynamicLibrary<S>["symbols"] | null {

@@ -108,6 +108,15 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
   // Whether a fallocate mode works here; cleared the first time the file system says it does not.
   let canPunch = true;
   let canZeroRange = true;
+  // The last data extent lseek found (QEMU's block-status cache, file-posix's `bsc`): a block-status query inside it answers
+  // without two lseek calls (an NBD server asks before every read). Only data is remembered: a write keeps data data, and a hole
+  // punched by another process behind our back is still read correctly (as zeros). Anything here that can make a hole (write
+  // zeroes, discard, truncate) forgets it.
+  let dataFrom = 0;
+  let dataTo = 0;
+  const forgetData = (): void => {
+    dataFrom = dataTo = 0;
+  };
 
   // Writes zero buffers over [from, to): for preallocation=full and when no fallocate mode works.
   const writeZeroBuffers = (from: number, to: number): void => {
@@ -150,6 +159,7 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
     getLength: () => size,
     ...ops,
     pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): void {
+      forgetData();
       const end = offset + length;
       const inside = Math.min(end, size) - offset;
       if (opts.mayUnmap && canPunch) {
@@ -181,6 +191,7 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
       if (end > size) size = end;
     },
     pdiscard(offset: number, length: number): void {
+      forgetData();
       // Advisory: a file system without punch-hole just keeps the data.
       const inside = Math.min(offset + length, size) - offset;
       if (!canPunch || inside <= 0) return;
@@ -200,6 +211,7 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
         hostOffset: offset,
         file: node,
       });
+      if (offset >= dataFrom && offset < dataTo) return data(Math.min(length, dataTo - offset));
       const d = libc.lseek(fd, offset, SEEK_DATA);
       if (d === -Errno.ENXIO || (d >= 0 && d > offset)) {
         // A hole up to the next data (ENXIO: up to the end of the file).
@@ -212,6 +224,8 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
       // A data extent ending in a partial block at the end of the file covers that whole block: requests are whole
       // blocks of the alignment (QEMU's raw_co_block_status rounds it up the same way).
       const end = hole === size && hole % align ? hole + align - (hole % align) : hole;
+      dataFrom = offset;
+      dataTo = end;
       return data(Math.min(length, end - offset));
     },
     // Buffered I/O is synchronous FFI already: the exit write-back can use it (O_DIRECT needs aligned bounce buffers: not offered).
@@ -224,6 +238,7 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
     },
     truncate(length: number, opts: TruncateOptions): void {
       const prealloc = checkPrealloc(opts, filename, length, name);
+      forgetData();
       const old = size;
       const grow = length > old;
       if (grow && prealloc === "falloc") {
@@ -265,6 +280,15 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
       requestAlignment: align,
     }),
   };
-  registerCopyEnd(inst, { libc, fd, filename, wrote: rw.wrote });
+  // A copy into this file may share the source's extents, holes included (reflink): it forgets the cached data extent too.
+  registerCopyEnd(inst, {
+    libc,
+    fd,
+    filename,
+    wrote: (end) => {
+      forgetData();
+      rw.wrote(end);
+    },
+  });
   return inst;
 }

@@ -123,6 +123,16 @@ const COALESCE = 1 << 20;
 /** Messages from this size on are written as they are: copying them costs more than a socket write of their own. */
 const DIRECT = 128 << 10;
 
+/** Microtask turns within which a synchronous node's request settles (its promise chain through the core's layers). */
+export const REPLY_SETTLE_TURNS = 32;
+
+/** A promise that resolves after `n` microtask turns (0: the next turn). */
+export function microtaskTurns(n: number): Promise<void> {
+  let p = Promise.resolve();
+  for (let i = 0; i < n; i++) p = p.then();
+  return p;
+}
+
 /**
  * Queued writer: `send()` never blocks. A message sent while the socket is
  * idle is written as it is (no copy); messages queued while a write is in
@@ -184,16 +194,19 @@ export class SocketWriter {
    * write resolves a few microtasks later) join the same write; never later
    * than the current microtask drain.
    */
-  uncork(hops = 32): void {
+  uncork(hops = REPLY_SETTLE_TURNS): void {
     if (!this.#corked) return;
     const gen = this.#corkGen;
-    let p = Promise.resolve();
-    for (let i = 0; i < hops; i++) p = p.then();
-    void p.then(() => {
+    void microtaskTurns(hops).then(() => {
       if (gen !== this.#corkGen || !this.#corked) return;
       this.#corked = false;
       if (!this.#running && this.#queue.length) void this.#run();
     });
+  }
+
+  /** Starts writing what is queued now, corked or not (the cork stays for later messages). */
+  flushNow(): void {
+    if (!this.#running && this.#queue.length && this.#error === undefined) void this.#run();
   }
 
   /** Resolves when everything queued has been written (or writing failed). */

@@ -11,7 +11,8 @@
 
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
-import { ConnectionClosedError, type SocketReader, type SocketWriter } from "./_io.ts";
+import { BufferPool } from "./_buffer_pool.ts";
+import { ConnectionClosedError, microtaskTurns, REPLY_SETTLE_TURNS, type SocketReader, type SocketWriter } from "./_io.ts";
 import type { ExportConfig, Negotiated } from "./_server_handshake.ts";
 import {
   CHUNK_HEADER_SIZE,
@@ -43,15 +44,6 @@ const SMALL_COST = 512;
 /** Chunk size of NBD_CMD_CACHE reads. */
 const CACHE_CHUNK = 1 << 20;
 
-/** Buffers (read replies, write payloads) kept per size class for reuse: a client's whole queue (nbdcopy keeps 64). */
-const POOL_PER_CLASS = 64;
-/** Largest pooled buffer. */
-const POOL_MAX = 4 << 20;
-/** Bytes one connection's pool may hold. */
-const POOL_BYTES = 64 << 20;
-/** Size classes are multiples of this: a 256 KiB read reply takes 260 KiB, not 512. */
-const POOL_GRAIN = 4096;
-
 /** A request the client must not have sent: answered with an error and `message`. */
 class RequestError extends Error {
   readonly nbdErr: number;
@@ -77,8 +69,7 @@ export class TransmissionSession {
   #inflightBytes = 0;
   #waiters: (() => void)[] = [];
   #shutdown = false;
-  #pool = new Map<number, Uint8Array[]>();
-  #pooledBytes = 0;
+  #pool = new BufferPool();
   /** Last error a request or the stream hit (for logs). */
   lastError: unknown = undefined;
 
@@ -114,9 +105,11 @@ export class TransmissionSession {
         // Replies of the requests parsed from one receive go out in one write: the writer is corked while the loop
         // runs without waiting, and uncorked whenever it is about to wait.
         writer.cork();
+        let fresh = false;
         if (reader.buffered < REQUEST_SIZE) {
           writer.uncork();
           await reader.fill(REQUEST_SIZE);
+          fresh = true;
         }
         decodeRequest(reader.dv, reader.pos, hdr);
         reader.consume(REQUEST_SIZE);
@@ -141,7 +134,7 @@ export class TransmissionSession {
             break;
           }
           // Pooled, so a stream of writes allocates nothing; the buffer goes back once the node's pwrite resolved.
-          pooled = this.#acquire(length);
+          pooled = this.#pool.acquire(length);
           data = pooled.subarray(0, length);
           if (reader.buffered >= length) {
             data.set(reader.buf.subarray(reader.pos, reader.pos + length));
@@ -149,6 +142,7 @@ export class TransmissionSession {
           } else {
             writer.uncork();
             await reader.readInto(data);
+            fresh = true;
           }
         }
         const cost = type === CMD.READ || type === CMD.WRITE ? Math.min(length, this.#exp.maxPayload) + SMALL_COST : SMALL_COST;
@@ -162,14 +156,22 @@ export class TransmissionSession {
         if (writer.queuedBytes > MAX_BYTES_IN_FLIGHT) await writer.drain();
         this.#inflight++;
         this.#inflightBytes += cost;
-        void this.#serve(flags, type, cookieHi, cookieLo, offset, length, data).finally(() => {
-          if (pooled) this.#release(pooled);
+        const served = this.#serve(flags, type, cookieHi, cookieLo, offset, length, data).finally(() => {
+          if (pooled) this.#pool.release(pooled);
           this.#inflight--;
           this.#inflightBytes -= cost;
           const ws = this.#waiters;
           this.#waiters = [];
           for (const w of ws) w();
         });
+        if (fresh && reader.buffered >= REQUEST_SIZE) {
+          // The first request of a receive that holds more: its reply goes out before the others are served, so the client
+          // works on it (and sends the next request) while this loop serves the rest, instead of waiting for all of them
+          // (on 2 cores, the client and the server then run side by side).
+          // Bounded: a node that answers later (rbd, nbd) must not hold back the parsing of the rest.
+          await Promise.race([served, microtaskTurns(REPLY_SETTLE_TURNS)]);
+          writer.flushNow();
+        }
       }
     } catch (e) {
       this.lastError = e;
@@ -242,30 +244,9 @@ export class TransmissionSession {
     }
   }
 
-  /** A buffer of at least `n` bytes (contents undefined: the caller writes every byte it sends). */
-  #acquire(n: number): Uint8Array {
-    if (n > POOL_MAX) return new Uint8Array(n);
-    const cap = Math.ceil(n / POOL_GRAIN) * POOL_GRAIN;
-    const b = this.#pool.get(cap)?.pop();
-    if (!b) return new Uint8Array(cap);
-    this.#pooledBytes -= cap;
-    return b;
-  }
-
-  /** Returns a buffer from {@linkcode TransmissionSession.#acquire}; only once nothing holds it any more. */
-  #release(b: Uint8Array): void {
-    if (b.length > POOL_MAX || this.#pooledBytes + b.length > POOL_BYTES) return;
-    let list = this.#pool.get(b.length);
-    if (!list) this.#pool.set(b.length, list = []);
-    if (list.length < POOL_PER_CLASS) {
-      list.push(b);
-      this.#pooledBytes += b.length;
-    }
-  }
-
   /** Sends `n` bytes of pooled buffer `b`, returning it to the pool once written. */
   #sendPooled(b: Uint8Array, n: number): void {
-    this.#writer.send(b.subarray(0, n), () => this.#release(b));
+    this.#writer.send(b.subarray(0, n), () => this.#pool.release(b));
   }
 
   #validate(flags: number, type: number, offset: number, length: number): void {
@@ -328,11 +309,11 @@ export class TransmissionSession {
     const node = this.#node;
     if (!this.#structured) {
       const n = SIMPLE_REPLY_SIZE + length;
-      const b = this.#acquire(n);
+      const b = this.#pool.acquire(n);
       try {
         if (length) await node.pread(offset, b.subarray(SIMPLE_REPLY_SIZE, n));
       } catch (e) {
-        this.#release(b);
+        this.#pool.release(b);
         throw e;
       }
       encodeSimpleReply(view(b), 0, 0, hi, lo);
@@ -360,7 +341,7 @@ export class TransmissionSession {
     }
     let total = 0;
     for (const e of extents) total += CHUNK_HEADER_SIZE + (e.hole ? 12 : 8 + e.length);
-    const b = this.#acquire(total);
+    const b = this.#pool.acquire(total);
     const dv = view(b);
     let at = 0;
     try {
@@ -381,7 +362,7 @@ export class TransmissionSession {
         }
       }
     } catch (e) {
-      this.#release(b);
+      this.#pool.release(b);
       throw e;
     }
     this.#sendPooled(b, total);

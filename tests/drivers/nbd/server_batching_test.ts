@@ -81,3 +81,51 @@ Deno.test("serveNbd() answers a request sent with others at once while one of th
     c.close();
   }, { driver: "test-gate", size: 1 << 20 });
 });
+
+// A memory driver that logs each read, so a test sees what the server did between the socket writes.
+const order: string[] = [];
+registerDriver({
+  name: "test-order",
+  kind: "protocol",
+  open(ctx) {
+    const data = new Uint8Array(Number(ctx.options.size ?? 65536));
+    return Promise.resolve({
+      getLength: () => data.length,
+      pread: (o, b) => {
+        order.push(`read ${o}`);
+        b.set(data.subarray(o, o + b.length));
+      },
+    });
+  },
+});
+
+Deno.test("serveNbd() writes the first reply of a batch of requests before it serves the rest, so the client can go on", async () => {
+  await withServer({}, async (_s, _n, sock) => {
+    const c = await RawClient.unix(sock);
+    await go(c, false);
+    // Every socket write of the server (replies are 16 + 512 bytes; the client's requests are smaller) is logged in order.
+    const proto = Object.getPrototypeOf(c.conn) as { write(p: Uint8Array): Promise<number> };
+    const write = proto.write;
+    proto.write = function (this: unknown, p: Uint8Array) {
+      if (p.length >= 16 + 512) order.push(`write ${p.length}`);
+      return write.call(this, p);
+    };
+    try {
+      const reqs = Array.from({ length: 8 }, (_, i) => request(CMD.READ, i * 4096, 512, i + 1));
+      const all = new Uint8Array(reqs.length * reqs[0].length);
+      reqs.forEach((r, i) => all.set(r, i * r.length));
+      order.length = 0;
+      await c.write(all);
+      for (let i = 0; i < reqs.length; i++) {
+        assertEquals(await simple(c), [0, i + 1]);
+        await c.read(512);
+      }
+    } finally {
+      proto.write = write;
+    }
+    // The first reply went out alone, before the second read was served; the other seven went out together.
+    assertEquals(order.slice(0, 3), ["read 0", "write 528", "read 4096"]);
+    assertEquals(order.filter((e) => e.startsWith("write")).length, 2, order.join(", "));
+    c.close();
+  }, { driver: "test-order", size: 1 << 20 });
+});

@@ -127,9 +127,14 @@ export class ClientConnection {
 
   async #readLoop(): Promise<void> {
     const r = this.#reader;
+    // Requests sent while replies are being handled (a caller refilling its queue as each completes) go out in one socket
+    // write: the writer is corked from each reply on and uncorked whenever the reader is about to wait on the socket.
+    const w = this.#writer;
+    r.onWait = () => w.uncork();
     try {
       for (;;) {
         await r.fill(4);
+        w.cork();
         const magic = r.dv.getUint32(r.pos);
         if (magic === SIMPLE_REPLY_MAGIC) await this.#simple();
         else if (magic === STRUCTURED_REPLY_MAGIC) await this.#chunk();

@@ -40,6 +40,8 @@ export class SocketReader {
   /** Next unread byte. */
   pos = 0;
   #end = 0;
+  /** Called before every read that waits on the socket (a client uncorks its writer there). */
+  onWait: (() => void) | undefined;
 
   /** Creates a reader with a receive buffer of `size` bytes. */
   constructor(conn: ByteStream, size = 256 << 10) {
@@ -63,6 +65,7 @@ export class SocketReader {
       this.pos = 0;
     }
     while (this.#end - this.pos < n) {
+      this.onWait?.();
       const got = await this.#conn.read(this.buf.subarray(this.#end));
       if (got === null) {
         const partial = this.#end > this.pos;
@@ -94,6 +97,7 @@ export class SocketReader {
         this.consume(want);
         return;
       }
+      this.onWait?.();
       const got = await this.#conn.read(dst.subarray(done));
       if (got === null) throw new ConnectionClosedError("Connection closed in the middle of a message", true);
       done += got;

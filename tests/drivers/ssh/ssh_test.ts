@@ -237,3 +237,28 @@ Deno.test(
     }
   },
 );
+
+Deno.test({
+  name: "ssh socket sets TCP_NODELAY as QEMU's does (else each SFTP request waits for Nagle's algorithm)",
+  ignore: ignore || skipUnless("strace"),
+}, async () => {
+  await using server = await startSshd();
+  const path = `${server.dir}/n.raw`;
+  await Deno.writeFile(path, new Uint8Array(65536));
+  const trace = `${server.dir}/strace.out`;
+  const r = await server.run("strace", [
+    "-f",
+    "-e",
+    "trace=setsockopt",
+    "-o",
+    trace,
+    Deno.execPath(),
+    "run",
+    "-A",
+    IN_DIR,
+    "io",
+    JSON.stringify([["-f", "raw", "-c", "read 0 4k", server.url(path, "host_key_check=no")]]),
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(await Deno.readTextFile(trace), /setsockopt\(\d+, SOL_TCP, TCP_NODELAY, \[1\], 4\) = 0/);
+});

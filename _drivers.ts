@@ -16,6 +16,7 @@ import "./drivers/qcow2/qcow2.ts";
 import "./drivers/luks/luks.ts";
 import "./drivers/nbd/client.ts";
 import "./drivers/rbd/rbd.ts";
+import "./drivers/ssh/ssh.ts";
 import "./filters/blkdebug.ts";
 import "./filters/throttle.ts";
 import "./filters/recorder.ts";

@@ -243,7 +243,10 @@ async function planCreate(filename: string, format: string, size: number, opts: 
   await driver.checkCreate?.({ size, options, filename });
   const protocol = opts.file ? undefined : driverForPrefix(filename);
   const sizes = !!(protocol?.createFile && protocol.parseFilename);
-  if (sizes) createFile = () => protocol!.createFile!(protocol!.parseFilename!(filename), size);
+  // The object is made at the image's size only when that is the whole image (raw); a format that writes its own
+  // layout (qcow2) gets an empty one, as QEMU's qcow2 creates its protocol file: on ssh, which cannot shrink a file,
+  // `qemu-img create -f qcow2 ssh://… 4M` leaves a 192 KiB file.
+  if (sizes) createFile = () => protocol!.createFile!(protocol!.parseFilename!(filename), driver.createOnlySizes?.(options) ? size : 0);
   const plan: CreatePlan = { driver, size, options, fileSpec, created, createFile, createFileSizes: sizes };
   return plan;
 }

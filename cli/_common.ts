@@ -11,6 +11,7 @@ import { BlockError, onCorruption, onDriverMessage, onOpenRepair } from "../core
 import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
+import { driverNames, getDriver } from "../core/registry.ts";
 import { defineObject, removeSecret } from "../core/secrets.ts";
 import { isPlainObject, looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
 import { takeDashValues } from "./_getopt.ts";
@@ -248,14 +249,16 @@ export async function openImage(filename: string | undefined, opts: ImageArgs = 
   const top = opts.formatOptions;
   try {
     if (filename === undefined) return await open(opts.options ?? {}, how);
+    // BDRV_O_NO_BACKING holds for options too: the format node gets `backing: null` unless they name one.
+    const noBacking = (spec: Record<string, unknown>) => opts.noBacking ? withoutBacking(spec) : spec;
     if (opts.imageOpts || looksDotted(filename)) {
-      const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
-      return await open(top ? { ...normaliseSpec(spec), ...top } : spec, how);
+      const spec = normaliseSpec(filename.startsWith("json:") ? filename : parseDotted(filename));
+      return await open(noBacking(top ? { ...spec, ...top } : spec), how);
     }
     if (filename.startsWith("json:")) {
       // json: options merged with the ones given beside it; those win (QEMU's qdict_join without overwrite).
-      const spec = opts.options ? mergeSpecs(normaliseSpec(filename), opts.options) : filename;
-      return await open(top ? { ...normaliseSpec(spec), ...top } : spec, how);
+      const spec = opts.options ? mergeSpecs(normaliseSpec(filename), opts.options) : normaliseSpec(filename);
+      return await open(noBacking(top ? { ...spec, ...top } : spec), how);
     }
     const given = { ...opts.options, ...(opts.noBacking ? { backing: null } : {}), ...opts.extra, ...top };
     const spec = Object.keys(given).length ? { ...given, filename } : filename;
@@ -263,6 +266,14 @@ export async function openImage(filename: string | undefined, opts: ImageArgs = 
   } catch (e) {
     throw new OpenError(filename, e);
   }
+}
+
+/** `spec` with `backing: null` when its top node is (or is probed as) a format and no backing is given. */
+function withoutBacking(spec: Record<string, unknown>): Record<string, unknown> {
+  if (spec.backing !== undefined) return spec;
+  const name = spec.driver;
+  if (name !== undefined && (typeof name !== "string" || !driverNames().includes(name) || getDriver(name).kind !== "format")) return spec;
+  return { ...spec, backing: null };
 }
 
 /** `over` laid over `base`, nested option objects merged key by key. */

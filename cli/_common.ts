@@ -11,10 +11,12 @@ import { BlockError, onCorruption, onDriverMessage, onOpenRepair } from "../core
 import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
-import { driverNames, getDriver } from "../core/registry.ts";
 import { defineObject, removeSecret } from "../core/secrets.ts";
 import { isPlainObject, looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
 import { takeDashValues } from "./_getopt.ts";
+import { mergeSpecs, withoutBacking } from "./_open_specs.ts";
+
+export { mergeSpecs };
 
 /** Where a verb writes its output; tests pass collecting functions. */
 export interface CliIO {
@@ -266,24 +268,6 @@ export async function openImage(filename: string | undefined, opts: ImageArgs = 
   } catch (e) {
     throw new OpenError(filename, e);
   }
-}
-
-/** `spec` with `backing: null` when its top node is (or is probed as) a format and no backing is given. */
-function withoutBacking(spec: Record<string, unknown>): Record<string, unknown> {
-  if (spec.backing !== undefined) return spec;
-  const name = spec.driver;
-  if (name !== undefined && (typeof name !== "string" || !driverNames().includes(name) || getDriver(name).kind !== "format")) return spec;
-  return { ...spec, backing: null };
-}
-
-/** `over` laid over `base`, nested option objects merged key by key. */
-export function mergeSpecs(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
-  const out = { ...base };
-  for (const [k, v] of Object.entries(over)) {
-    const b = out[k];
-    out[k] = isPlainObject(b) && isPlainObject(v) ? mergeSpecs(b, v) : v;
-  }
-  return out;
 }
 
 /** Standard image flags every verb accepts (`-f`, `--image-opts`, `-U`, `-t`, `-T`). */

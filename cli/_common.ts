@@ -12,7 +12,7 @@ import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
 import { defineObject, removeSecret } from "../core/secrets.ts";
-import { isPlainObject, looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
+import { looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
 import { takeDashValues } from "./_getopt.ts";
 import { mergeSpecs, withoutBacking } from "./_open_specs.ts";
 

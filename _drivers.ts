@@ -21,5 +21,6 @@ import "./filters/blkdebug.ts";
 import "./filters/throttle.ts";
 import "./filters/recorder.ts";
 import "./filters/copy_on_read.ts";
+import "./filters/quorum.ts";
 import "./filters/compress.ts";
 import "./filters/crash/_capture.ts";

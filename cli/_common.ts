@@ -12,8 +12,11 @@ import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
 import { defineObject, removeSecret } from "../core/secrets.ts";
-import { isPlainObject, looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
+import { looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
 import { takeDashValues } from "./_getopt.ts";
+import { mergeSpecs, withoutBacking } from "./_open_specs.ts";
+
+export { mergeSpecs };
 
 /** Where a verb writes its output; tests pass collecting functions. */
 export interface CliIO {
@@ -248,14 +251,16 @@ export async function openImage(filename: string | undefined, opts: ImageArgs = 
   const top = opts.formatOptions;
   try {
     if (filename === undefined) return await open(opts.options ?? {}, how);
+    // BDRV_O_NO_BACKING holds for options too: the format node gets `backing: null` unless they name one.
+    const noBacking = (spec: Record<string, unknown>) => opts.noBacking ? withoutBacking(spec) : spec;
     if (opts.imageOpts || looksDotted(filename)) {
-      const spec = filename.startsWith("json:") ? filename : parseDotted(filename);
-      return await open(top ? { ...normaliseSpec(spec), ...top } : spec, how);
+      const spec = normaliseSpec(filename.startsWith("json:") ? filename : parseDotted(filename));
+      return await open(noBacking(top ? { ...spec, ...top } : spec), how);
     }
     if (filename.startsWith("json:")) {
       // json: options merged with the ones given beside it; those win (QEMU's qdict_join without overwrite).
-      const spec = opts.options ? mergeSpecs(normaliseSpec(filename), opts.options) : filename;
-      return await open(top ? { ...normaliseSpec(spec), ...top } : spec, how);
+      const spec = opts.options ? mergeSpecs(normaliseSpec(filename), opts.options) : normaliseSpec(filename);
+      return await open(noBacking(top ? { ...spec, ...top } : spec), how);
     }
     const given = { ...opts.options, ...(opts.noBacking ? { backing: null } : {}), ...opts.extra, ...top };
     const spec = Object.keys(given).length ? { ...given, filename } : filename;
@@ -263,16 +268,6 @@ export async function openImage(filename: string | undefined, opts: ImageArgs = 
   } catch (e) {
     throw new OpenError(filename, e);
   }
-}
-
-/** `over` laid over `base`, nested option objects merged key by key. */
-export function mergeSpecs(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
-  const out = { ...base };
-  for (const [k, v] of Object.entries(over)) {
-    const b = out[k];
-    out[k] = isPlainObject(b) && isPlainObject(v) ? mergeSpecs(b, v) : v;
-  }
-  return out;
 }
 
 /** Standard image flags every verb accepts (`-f`, `--image-opts`, `-U`, `-t`, `-T`). */

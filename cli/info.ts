@@ -7,7 +7,7 @@
 
 import { BlockError } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
-import { refreshFilename } from "../core/_filename.ts";
+import { absoluteFilename, refreshFilename } from "../core/_filename.ts";
 import { looksDotted } from "../core/spec.ts";
 import { formatSnapshotTable, readSnapshots, type SnapshotInfo } from "./_snapshots.ts";
 import {
@@ -22,7 +22,6 @@ import {
   openImage,
   parseVerbArgs,
   protocolNode,
-  resolveBackingPath,
   sizeToStr,
   type Verb,
 } from "./_common.ts";
@@ -56,7 +55,8 @@ export async function imageInfo(top: BlockNode, filename: string): Promise<Image
   if (actual !== undefined) out["actual-size"] = actual;
   const fs = formatSpecific(node.driver.name, extra);
   if (fs) out["format-specific"] = fs;
-  if (backingName !== undefined) out["full-backing-filename"] = str(extra["full-backing-filename"]) ?? fullBackingName(node, backingName);
+  const fullBacking = backingName === undefined ? undefined : str(extra["full-backing-filename"]) ?? fullBackingName(node, backingName);
+  if (fullBacking !== undefined) out["full-backing-filename"] = fullBacking;
   // qemu-img's key order (a QDict's): encrypted sits between the two backing names.
   if (extra.encrypted === true) out.encrypted = true;
   if (backingName !== undefined) out["backing-filename"] = backingName;
@@ -79,9 +79,14 @@ function formatSpecific(format: string, extra: Record<string, unknown>): Record<
   return format === "qcow2" && "compat" in extra ? { type: format, data: extra } : undefined;
 }
 
-function fullBackingName(node: BlockNode, backing: string): string {
-  const own = protocolNode(node).options.filename;
-  return typeof own === "string" ? resolveBackingPath(own, backing) : backing;
+/** The backing file's path as QEMU's bdrv_get_full_backing_filename makes it; undefined when the image has no directory (over quorum). */
+function fullBackingName(node: BlockNode, backing: string): string | undefined {
+  try {
+    return absoluteFilename(node, backing);
+  } catch (e) {
+    if (e instanceof BlockError) return undefined;
+    throw e;
+  }
 }
 
 /** The protocol drivers of host files and devices (QEMU's file-posix: file, host_device, host_cdrom). */
@@ -114,7 +119,8 @@ export function formatInfoHuman(info: ImageInfo): string {
   if (info["backing-filename"] !== undefined) {
     const b = info["backing-filename"];
     const full = info["full-backing-filename"];
-    lines.push(`backing file: ${b}${full !== undefined && full !== b ? ` (actual path: ${full})` : ""}`);
+    const actual = full === undefined ? " (cannot determine actual path)" : full !== b ? ` (actual path: ${full})` : "";
+    lines.push(`backing file: ${b}${actual}`);
     if (info["backing-filename-format"] !== undefined) lines.push(`backing file format: ${info["backing-filename-format"]}`);
   }
   const snaps = info.snapshots as SnapshotInfo[] | undefined;

@@ -88,7 +88,10 @@ async function createAndWrite(filename: string, format: string, size: number, op
     const allowed = file.allowBeyondEof;
     file.allowBeyondEof = true; // the new image is written past the end of the empty file
     try {
-      if (file.length > 0) await file.truncate(0);
+      // Emptied; a protocol that cannot shrink (an NBD export) keeps its size and gets its first sector
+      // zeroed, so no old header shows through (QEMU's bdrv_co_create_opts_simple).
+      if (file.length > 0) await file.truncate(0, { exact: false });
+      if (file.length > 0) await file.pwriteZeroes(0, Math.min(file.length, 512));
       await plan.driver.create!({ file, size: plan.size, options: plan.options, filename });
       await file.flush();
     } finally {

@@ -13,6 +13,7 @@
  * @module
  */
 
+import { BlockError } from "./errors.ts";
 import type { BlockNode } from "./node.ts";
 
 /** A node's refreshed names. */
@@ -72,10 +73,17 @@ function strongOptions(node: BlockNode): { opts: Record<string, unknown>; found:
   return { opts, found };
 }
 
-/** Nested options as QEMU keeps them: flat, with dotted keys (`encrypt.key-secret`). */
-function flatten(o: Readonly<Record<string, unknown>>, prefix = "", out: Record<string, unknown> = {}): Record<string, unknown> {
+/**
+ * Nested options as QEMU keeps them (qdict_flatten): flat, with dotted keys
+ * (`encrypt.key-secret`); a list's items are numbered (`set-state.0.event`).
+ */
+function flatten(
+  o: Readonly<Record<string, unknown>> | readonly unknown[],
+  prefix = "",
+  out: Record<string, unknown> = {},
+): Record<string, unknown> {
   for (const [k, v] of Object.entries(o)) {
-    if (v !== null && typeof v === "object" && !Array.isArray(v) && Object.getPrototypeOf(v) === Object.prototype) {
+    if (Array.isArray(v) || (v !== null && typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype)) {
       flatten(v as Record<string, unknown>, `${prefix}${k}.`, out);
     } else out[`${prefix}${k}`] = v;
   }
@@ -104,7 +112,12 @@ export function refreshFilename(node: BlockNode): RefreshedFilename {
     children.set(role, refreshFilename(child));
   }
   const { opts, found } = strongOptions(node);
-  for (const [role, r] of children) opts[role] = r.full;
+  for (const [role, r] of children) {
+    // Children of a list key (quorum's `children.0`, `children.1`) go back into that list, in order (quorum_gather_child_options).
+    const item = /^(.+)\.(\d+)$/.exec(role);
+    if (item && node.driver.childKeys?.includes(item[1])) ((opts[item[1]] ??= []) as unknown[])[Number(item[2])] = r.full;
+    else opts[role] = r.full;
+  }
   const drv = node.driver;
   let exact: string | undefined;
   if (drv.exactFilename) {
@@ -119,6 +132,54 @@ export function refreshFilename(node: BlockNode): RefreshedFilename {
     if (primary && r?.exact && opensAsProtocol(primary) && drv.kind !== "filter" && !found) exact = r.exact;
   }
   return { exact, full: opts, filename: exact ?? `json:${qobjectJson(opts)}` };
+}
+
+/**
+ * The directory relative names in `node` are resolved against (QEMU's
+ * bdrv_dirname): the driver's own rule (quorum has none: its children may
+ * lie in different directories), else its primary child's, else the
+ * directory part of its exact filename, with a trailing `/` (`""` for a
+ * bare name, which resolves against the working directory). A node with
+ * neither fails with EINVAL, "Cannot generate a base directory for
+ * DRIVER nodes".
+ *
+ * @example
+ * ```ts
+ * import { open } from "../mod.ts";
+ * import { nodeDirname } from "./_filename.ts";
+ * await using img = await open({ driver: "raw", file: { driver: "null-co" } });
+ * console.log(nodeDirname(img)); // null-co://
+ * await using q = await open({ driver: "quorum", "vote-threshold": 1, children: [{ driver: "null-co" }] });
+ * try {
+ *   nodeDirname(q);
+ * } catch (e) {
+ *   console.log((e as Error).message); // Cannot generate a base directory for quorum nodes
+ * }
+ * ```
+ */
+export function nodeDirname(node: BlockNode): string {
+  const drv = node.driver;
+  if (drv.dirname) return drv.dirname(node);
+  const child = node.primaryChild;
+  if (child) return nodeDirname(child);
+  const exact = refreshFilename(node).exact;
+  if (exact !== undefined) return dirPart(exact);
+  throw new BlockError("EINVAL", `Cannot generate a base directory for ${drv.name} nodes`, { node: node.name });
+}
+
+/**
+ * `name` made absolute against `node`'s directory (QEMU's
+ * bdrv_make_absolute_filename): a protocol name or an absolute path as is.
+ */
+export function absoluteFilename(node: BlockNode, name: string): string {
+  // QEMU's path_has_protocol: a `:` before any `/`.
+  if (name.startsWith("/") || /^[^/]*:/.test(name)) return name;
+  return nodeDirname(node) + name;
+}
+
+/** The directory part of a filename with its trailing `/`, and never less than up to its first `:` (QEMU's path_combine(name, "")). */
+function dirPart(name: string): string {
+  return name.slice(0, Math.max(name.indexOf(":") + 1, name.lastIndexOf("/") + 1));
 }
 
 /** The node was opened as a protocol (QEMU's bdrv_file_open): a protocol driver, or a filter that parses a filename prefix (blkdebug). */

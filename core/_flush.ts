@@ -73,6 +73,7 @@ async function flushSteps<N extends CoreNode<N>>(c: NodeCore<N>, req: RequestInf
     }
   }
   const flushChildren = async () => {
+    if (inst.flushChildren) return await inst.flushChildren({ req });
     for (const [role, child] of c.node.children) {
       if (role === "backing" || child.readOnly) continue;
       await child.flush({ req });

@@ -69,6 +69,13 @@ export interface TruncateOptions extends RequestOptions {
   /** Preallocation for the grown part: off (default), metadata, falloc, full. */
   prealloc?: "off" | "metadata" | "falloc" | "full";
   /**
+   * `false`: the node may stay longer than asked when it cannot be resized
+   * (QEMU's exact=false: image creation, qemu-io's truncate); an NBD export
+   * then accepts any size up to its own. Default `true`, the size exactly or
+   * an error (qemu-img resize).
+   */
+  exact?: boolean;
+  /**
    * Set by the core when the first `zeroFill` bytes of the grown part must
    * read as zeros (a longer backing file would show through): the core
    * zeroes them after the resize without falling back to writing zero

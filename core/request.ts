@@ -156,6 +156,43 @@ export type NodeEventOf<N> =
     code: string;
     /** The event whose rule was armed. */
     event: BlkdebugEvent;
+  }
+  | {
+    /**
+     * A quorum child failed a request or read data the vote rejected
+     * (QEMU's QUORUM_REPORT_BAD event).
+     */
+    kind: "quorum-report-bad";
+    /** The quorum node. */
+    node: N;
+    /** `performance.now()` when it was seen. */
+    time: number;
+    /** The request the child failed or disagreed on. */
+    req?: RequestInfo;
+    /** The operation: `read`, `write` or `flush`. */
+    type: "read" | "write" | "flush";
+    /** The child node's name (QEMU's `node-name`). */
+    child: string;
+    /** First 512-byte sector of the request (0 for a flush). */
+    sectorNum: number;
+    /** Sectors the request covers (0 for a flush). */
+    sectorsCount: number;
+    /** strerror(3) text of the child's failure; absent when its data lost the vote. */
+    error?: string;
+  }
+  | {
+    /** A quorum node could not reach its vote threshold (QEMU's QUORUM_FAILURE event); the request fails. */
+    kind: "quorum-failure";
+    /** The quorum node. */
+    node: N;
+    /** `performance.now()` when it failed. */
+    time: number;
+    /** The failed request. */
+    req?: RequestInfo;
+    /** First 512-byte sector of the request. */
+    sectorNum: number;
+    /** Sectors the request covers. */
+    sectorsCount: number;
   };
 
 /** Receives node events (`BlockNode.addListener`). */

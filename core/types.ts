@@ -112,6 +112,12 @@ export interface DriverInstanceOf<N> {
   pdiscard?(offset: number, length: number, opts: RequestOptions): Promise<void> | void;
   /** Writes back driver caches to the children (QEMU's flush_to_os). */
   flushToOs?(opts: RequestOptions): Promise<void> | void;
+  /**
+   * Flushes the node's children itself, instead of the core flushing each
+   * writable one and failing at the first error (quorum: succeeds when
+   * enough of them do).
+   */
+  flushChildren?(opts: RequestOptions): Promise<void>;
   /** Makes everything written durable (QEMU's flush_to_disk); protocol nodes. */
   flush?(opts: RequestOptions): Promise<void> | void;
   /** Reports the allocation state of the extent starting at `offset`. */
@@ -288,6 +294,12 @@ export interface BlockDriverOf<N> {
    * or undefined when none says everything; see `refreshFilename`.
    */
   exactFilename?(ctx: ExactFilenameContext): string | undefined;
+  /**
+   * The directory relative names in the node resolve against (QEMU's
+   * bdrv_dirname hook), or a thrown BlockError when there is none (quorum);
+   * default: the primary child's, else the exact filename's directory.
+   */
+  dirname?(node: N): string;
   /**
    * Every runtime option the driver takes, besides the keys naming its
    * children and the options every node takes (`driver`, `node-name`,

@@ -133,9 +133,10 @@ export const rawDriver: BlockDriver = {
     const prealloc = checkRawOptions(ctx.options);
     if (prealloc === "full") {
       await ctx.file.pwriteZeroes(0, ctx.size);
-      if (ctx.file.length < ctx.size) await ctx.file.truncate(ctx.size);
+      if (ctx.file.length < ctx.size) await ctx.file.truncate(ctx.size, { exact: false });
     } else {
-      await ctx.file.truncate(ctx.size, { prealloc: prealloc as "off" | "falloc" });
+      // Not exact: an existing NBD export at least this large will do (QEMU's create fallback).
+      await ctx.file.truncate(ctx.size, { prealloc: prealloc as "off" | "falloc", exact: false });
     }
   },
   checkCreate(ctx) {

@@ -7,7 +7,7 @@
 
 import type { BlockNode } from "../../core/node.ts";
 import { isPlainObject, parseDotted } from "../../core/spec.ts";
-import { errorMessage, formatNode } from "../_common.ts";
+import { errorMessage, errorText, formatNode } from "../_common.ts";
 import { dumpHuman } from "../info.ts";
 import { cvtstr } from "../_common.ts";
 import { cvtnum, failed, type IoCommand, REQUEST_MAX_BYTES, strerror, usage, usageLine } from "./_session.ts";
@@ -186,9 +186,10 @@ const truncate: IoCommand = {
     const size = cvtnum(s, operands[0] ?? "");
     if (size === undefined) return false;
     try {
-      await s.node!.truncate(size, { prealloc: prealloc as "off" | "metadata" | "falloc" | "full" });
+      // qemu-io's truncate is not exact (an NBD export may stay longer).
+      await s.node!.truncate(size, { prealloc: prealloc as "off" | "metadata" | "falloc" | "full", exact: false });
     } catch (e) {
-      s.report(errorMessage(e));
+      s.report(errorText(e, s.io));
       return false;
     }
     return true;

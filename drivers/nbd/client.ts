@@ -297,6 +297,19 @@ export const nbdDriver: BlockDriver = {
       async flush() {
         if (can(TF.SEND_FLUSH)) await c.request(CMD.FLUSH, 0, 0, 0);
       },
+      // NBD has no resize: any size up to the export's is fine when it need not be exact (QEMU's nbd_co_truncate).
+      truncate(length, opts) {
+        if (length !== info.size && opts.exact !== false) {
+          throw new BlockError("ENOTSUP", `Cannot resize NBD nodes: the export ${uri} is ${info.size} bytes, ${length} asked`, {
+            qemuMessage: "Cannot resize NBD nodes",
+          });
+        }
+        if (length > info.size) {
+          throw new BlockError("EINVAL", `Cannot grow NBD nodes: the export ${uri} is ${info.size} bytes, ${length} asked`, {
+            qemuMessage: "Cannot grow NBD nodes",
+          });
+        }
+      },
       async blockStatus(offset, length): Promise<BlockStatus> {
         const all: BlockStatus = { offset, length, data: true, zero: false, allocated: true, depth: 0 };
         if (baseId === undefined && depthId === undefined) return all;

@@ -11,6 +11,7 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { BlockError } from "../../core/errors.ts";
 import { isPlainObject, parseJsonFilename } from "../../core/spec.ts";
+import { absoluteFilename } from "../../core/_filename.ts";
 import type { BlockNode, OpenContext } from "../../core/node.ts";
 import { INCOMPAT_DATA_FILE, type Qcow2Header } from "./header.ts";
 
@@ -55,7 +56,8 @@ export async function openBacking(ctx: OpenContext, h: Qcow2Header, file: BlockN
   if (given !== undefined && !tweaks) return await ctx.openChild("backing", undefined, { readOnly: true });
   // An empty name is no backing file (QEMU's bdrv_open_backing_file).
   if (h.backingFile === undefined || h.backingFile === "") return undefined;
-  const filename = resolvePath(filenameOf(file), h.backingFile);
+  // Relative to the image's directory (QEMU's bdrv_get_full_backing_filename; none over quorum: EINVAL).
+  const filename = absoluteFilename(file, h.backingFile);
   // A chain that comes back to an image already being opened would open
   // forever: refuse it, with qemu-img's words (iotest 043).
   const self = await fileIdentity(filenameOf(file));

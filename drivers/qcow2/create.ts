@@ -321,7 +321,7 @@ export async function createQcow2(ctx: CreateContext): Promise<void> {
   // them (falloc, full); metadata preallocation only needs them inside the file.
   const data = layout.data;
   if (data && data.offset + data.length > file.length) {
-    await file.truncate(data.offset + data.length, { prealloc: o.preallocation === "metadata" ? "off" : o.preallocation });
+    await file.truncate(data.offset + data.length, { prealloc: o.preallocation === "metadata" ? "off" : o.preallocation, exact: false });
   }
   for (const [offset, table] of layout.tables) await file.pwrite(offset, table);
   const buf = new Uint8Array(cs);
@@ -338,7 +338,7 @@ export async function createQcow2(ctx: CreateContext): Promise<void> {
   if (layout.crypto) {
     // QEMU zero-fills the header clusters, then writes the LUKS header and key slot 0 into them.
     const end = layout.crypto.offset + layout.crypto.clusters * cs;
-    if (end > file.length) await file.truncate(end);
+    if (end > file.length) await file.truncate(end, { exact: false });
     await writeEncryptionHeader(file, layout.crypto.offset, o.encrypt!);
   }
   if (o.dataFile !== undefined) await createDataFile(o);

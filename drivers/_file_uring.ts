@@ -52,6 +52,7 @@ import {
   IORING_SQ_TASKRUN,
   IOSQE_IO_DRAIN,
   IOSQE_IO_HARDLINK,
+  MSG_DONTWAIT,
   Op,
   P,
   type Sys,
@@ -165,6 +166,7 @@ export class Uring {
       wakeups: 0,
       eventfdReads: 0,
       signals: 0,
+      sends: 0,
       sendErrors: 0,
       completed: 0,
       maxInFlight: 0,
@@ -226,7 +228,7 @@ export class Uring {
     // With the socket, the request is hard-linked to its send: the send runs once the request completed, however it ended.
     this.#sqe(op, send ? sqeFlags | IOSQE_IO_HARDLINK : sqeFlags, fd, offset, addr, len, rwFlags, id, 0);
     // The send's user_data has its high word set: reaping skips its CQE.
-    if (send) this.#sqe(Op.SEND, 0, this.#sendFd, 0, this.#byteAddr, 1, 0, id, 1);
+    if (send) this.#sqe(Op.SEND, 0, this.#sendFd, 0, this.#byteAddr, 1, MSG_DONTWAIT, id, 1);
     this.#inFlight++;
     if (this.#inFlight > this.stats.maxInFlight) this.stats.maxInFlight = this.#inFlight;
     this.#added = true;
@@ -360,6 +362,7 @@ export class Uring {
       head = (head + 1) >>> 0;
       // A linked send's CQE.
       if (cqes[i + 1] !== 0) {
+        this.stats.sends++;
         if (cqes[i + 2] < 0) this.stats.sendErrors++;
         continue;
       }

@@ -27,7 +27,9 @@ export interface UringStats {
   eventfdReads: number;
   /** Bytes read from the socket: one per request whose linked send ran (the wake-ups carry them in batches). */
   signals: number;
-  /** Linked sends that failed (`-EAGAIN` on a full socket, harmless: its unread bytes promise a wake-up). */
+  /** Linked sends completed (their CQEs reaped): every one ends, none waits in the kernel for a reader. */
+  sends: number;
+  /** Of them, sends that failed (`-EAGAIN` on a full socket, harmless: its unread bytes promise a wake-up). */
   sendErrors: number;
   /** CQEs reaped. */
   completed: number;

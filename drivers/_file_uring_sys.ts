@@ -29,6 +29,13 @@ export const IOSQE_IO_DRAIN = 1 << 1;
  */
 export const IOSQE_IO_HARDLINK = 1 << 3;
 
+/**
+ * `send(2)` flag: never wait. On a full socket the linked send fails at once
+ * with -EAGAIN (its unread bytes already promise a wake-up) instead of
+ * waiting in the kernel for the reader, which would pile up one pending send
+ * per request while nothing reads (requests completed inline, page-cached).
+ */
+export const MSG_DONTWAIT = 0x40;
 /** Setup flag: clamp `entries` to the kernel maximum instead of failing. */
 export const IORING_SETUP_CLAMP = 1 << 4;
 /**

@@ -8,8 +8,8 @@
  *   one thread hop per request (`aio=threads`, and O_DIRECT where io_uring
  *   is unavailable);
  * - `io_uring`: SQEs on the node's ring (`_file_uring.ts`), submitted in
- *   batches and reaped through its eventfd (`aio=io_uring`, and O_DIRECT by
- *   default).
+ *   batches and reaped at each wake-up of its socket or eventfd
+ *   (`aio=io_uring`, and O_DIRECT by default).
  *
  * O_DIRECT requests whose memory is not 4096-aligned go through aligned
  * bounce buffers, one per request in flight. A short read loops until end of

@@ -10,14 +10,22 @@
  * - Requests are written as SQEs at once; everything submitted in one tick
  *   (until a microtask turn adds nothing more) goes to the kernel in one
  *   `io_uring_enter`.
- * - Completions are learned through an eventfd registered with the ring
+ * - Completions wake the event loop through a notification socket where
+ *   the net permission allows (`_notify_socket.ts`): each request's SQE is
+ *   hard-linked (`IOSQE_IO_HARDLINK`: also when it fails or is short) to a
+ *   1-byte `IORING_OP_SEND` to the socket's C end, so the kernel itself makes
+ *   the socket readable once the request has completed, and Deno's own
+ *   reactor (epoll on the JS thread) wakes — no worker thread. Each wake-up
+ *   reads every byte there and reaps every CQE that has arrived (many per
+ *   wake-up under load); the sends' own CQEs are skipped.
+ * - Otherwise through an eventfd registered with the ring
  *   (`IORING_REGISTER_EVENTFD`), read as the rbd driver reads its eventfd:
- *   one `nonblocking` FFI `read` waits while anything is in flight, and each
- *   wake-up reaps every CQE that has arrived. With `DEFER_TASKRUN` (Linux
- *   6.1) the kernel signals the eventfd without interrupting the JS thread,
- *   which then posts the completions in one `io_uring_enter`. A request the
- *   kernel completes during the submitting `io_uring_enter` (a page-cached
- *   buffered read) is reaped at once, without a wake-up.
+ *   one `nonblocking` FFI `read` waits while anything is in flight (a
+ *   thread hop per wake-up). With `DEFER_TASKRUN` (Linux 6.1) the kernel
+ *   signals the eventfd without interrupting the JS thread, which then posts
+ *   the completions in one `io_uring_enter`.
+ * - A request the kernel completes during the submitting `io_uring_enter`
+ *   (a page-cached buffered read) is reaped at once, without a wake-up.
  * - Each request's buffer is referenced by its slot until its CQE arrives,
  *   so it stays alive (and, being an ArrayBuffer's backing store, unmoved).
  * - At most `entries` requests are in the kernel (the CQ ring holds twice
@@ -28,7 +36,10 @@
  * @module
  */
 
-import { type RingSetup, setupRing, type UringUnavailable } from "./_file_uring_setup.ts";
+import { type RingOptions, type RingSetup, setupRing, type UringUnavailable } from "./_file_uring_setup.ts";
+import { type RingNotifier, ringNotifier, type UringStats, writeSqe } from "./_file_uring_notify.ts";
+
+export type { UringStats } from "./_file_uring_notify.ts";
 import {
   EAGAIN,
   EBUSY,
@@ -40,29 +51,13 @@ import {
   IORING_SETUP_DEFER_TASKRUN,
   IORING_SQ_TASKRUN,
   IOSQE_IO_DRAIN,
+  IOSQE_IO_HARDLINK,
+  MSG_DONTWAIT,
   Op,
   P,
   type Sys,
   SYS_io_uring_enter,
 } from "./_file_uring_sys.ts";
-
-/** Counters for tests and benchmarks. */
-export interface UringStats {
-  /** Ring size (SQ entries). */
-  entries: number;
-  /** Completion work waits until the event loop asks for it (`IORING_SETUP_DEFER_TASKRUN`). */
-  deferTaskrun: boolean;
-  /** Requests handed to the kernel. */
-  submitted: number;
-  /** `io_uring_enter` calls that submitted them. */
-  enters: number;
-  /** Times the eventfd woke the event loop. */
-  wakeups: number;
-  /** CQEs reaped. */
-  completed: number;
-  /** Most requests in flight at once. */
-  maxInFlight: number;
-}
 
 interface Slot {
   resolve: (res: number) => void;
@@ -83,14 +78,20 @@ interface Queued {
   slot: Slot;
 }
 
+/** The byte every linked send writes: module-wide, so it outlives any ring whose kernel side still holds a send. */
+const SEND_BYTE = new Uint8Array(8);
+
 const addressOf = (buf: Uint8Array): number => Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf)));
 
 /** One io_uring instance with its eventfd. */
 export class Uring {
   readonly #s: Sys;
   readonly #fd: number;
-  readonly #efd: number;
-  readonly #efdBuf = new Uint8Array(8);
+  /** How completions wake the pump (the socket or the eventfd). */
+  readonly #notify: RingNotifier;
+  /** The socket's C end, which every request's linked send writes to (-1: the eventfd, no sends). */
+  readonly #sendFd: number;
+  readonly #byteAddr: number;
   readonly #deferred: boolean;
   readonly #maps: [Deno.PointerValue, number][];
   readonly #sq: Uint32Array;
@@ -126,10 +127,11 @@ export class Uring {
   readonly stats: UringStats;
 
   private constructor(ring: RingSetup) {
-    const { s, fd, efd, params, maps, rings } = ring;
+    const { s, fd, efd, socket, params, maps, rings } = ring;
     this.#s = s;
     this.#fd = fd;
-    this.#efd = efd;
+    this.#sendFd = socket ? socket.fd : -1;
+    this.#byteAddr = addressOf(SEND_BYTE);
     this.#maps = maps;
     const [sqBuf, cqBuf, sqeBuf] = rings;
     const u32 = (o: number) => params.getUint32(o, true);
@@ -138,10 +140,12 @@ export class Uring {
     this.#sqHead = u32(P.sqOff) / 4;
     this.#sqTail = u32(P.sqOff + 4) / 4;
     this.#sqMask = this.#sq[u32(P.sqOff + 8) / 4];
-    const entries = this.#sq[u32(P.sqOff + 12) / 4];
+    const sqEntries = this.#sq[u32(P.sqOff + 12) / 4];
     // The SQ index array maps ring slot i to SQE i, once for the ring's lifetime.
     const array = u32(P.sqOff + 24) / 4;
-    for (let i = 0; i < entries; i++) this.#sq[array + i] = i;
+    for (let i = 0; i < sqEntries; i++) this.#sq[array + i] = i;
+    // With the socket each request is two SQEs (the request and its send).
+    const entries = socket ? sqEntries >>> 1 : sqEntries;
     this.#sqes = new Uint32Array(sqeBuf);
     this.#cq = new Uint32Array(cqBuf);
     this.#cqHead = u32(P.cqOff) / 4;
@@ -153,16 +157,31 @@ export class Uring {
     this.#tail = this.#entered = this.#sq[this.#sqTail];
     this.#slots = new Array(entries);
     this.#free = Array.from({ length: entries }, (_, i) => entries - 1 - i);
-    this.stats = { entries, deferTaskrun: this.#deferred, submitted: 0, enters: 0, wakeups: 0, completed: 0, maxInFlight: 0 };
+    this.stats = {
+      entries,
+      notifier: socket ? "socket" : "eventfd",
+      deferTaskrun: this.#deferred,
+      submitted: 0,
+      enters: 0,
+      wakeups: 0,
+      eventfdReads: 0,
+      signals: 0,
+      sends: 0,
+      sendErrors: 0,
+      completed: 0,
+      maxInFlight: 0,
+    };
+    this.#notify = ringNotifier(s, efd, socket, this.stats);
   }
 
   /**
-   * Sets up a ring of `entries` SQEs with an eventfd registered for its
-   * completions; returns why not where io_uring is unavailable (no FFI,
-   * ENOSYS on old kernels, EPERM under seccomp or `io_uring_disabled`).
+   * Sets up a ring for `entries` requests with the notification socket (or
+   * the eventfd without the net permission, or with `notify: "eventfd"`);
+   * returns why not where io_uring is unavailable (no FFI, ENOSYS on old
+   * kernels, EPERM under seccomp or `io_uring_disabled`).
    */
-  static open(entries: number): Uring | UringUnavailable {
-    const r = setupRing(entries);
+  static open(entries: number, o: RingOptions = {}): Uring | UringUnavailable {
+    const r = setupRing(entries, o);
     return "step" in r ? r : new Uring(r);
   }
 
@@ -204,21 +223,12 @@ export class Uring {
   #prep(op: number, fd: number, buf: Uint8Array | null, offset: number, len: number, rwFlags: number, sqeFlags: number, slot: Slot): void {
     const id = this.#free.pop()!;
     this.#slots[id] = slot;
-    const w = ((this.#tail & this.#sqMask) * 16) | 0;
-    const q = this.#sqes;
     const addr = buf && len > 0 ? addressOf(buf) : 0;
-    q[w] = op | (sqeFlags << 8);
-    q[w + 1] = fd;
-    q[w + 2] = offset >>> 0;
-    q[w + 3] = Math.floor(offset / 0x100000000);
-    q[w + 4] = addr >>> 0;
-    q[w + 5] = Math.floor(addr / 0x100000000);
-    q[w + 6] = len;
-    q[w + 7] = rwFlags;
-    q[w + 8] = id;
-    q[w + 9] = 0;
-    q.fill(0, w + 10, w + 16);
-    this.#tail = (this.#tail + 1) >>> 0;
+    const send = this.#sendFd >= 0;
+    // With the socket, the request is hard-linked to its send: the send runs once the request completed, however it ended.
+    this.#sqe(op, send ? sqeFlags | IOSQE_IO_HARDLINK : sqeFlags, fd, offset, addr, len, rwFlags, id, 0);
+    // The send's user_data has its high word set: reaping skips its CQE.
+    if (send) this.#sqe(Op.SEND, 0, this.#sendFd, 0, this.#byteAddr, 1, MSG_DONTWAIT, id, 1);
     this.#inFlight++;
     if (this.#inFlight > this.stats.maxInFlight) this.stats.maxInFlight = this.#inFlight;
     this.#added = true;
@@ -226,6 +236,12 @@ export class Uring {
       this.#scheduled = true;
       queueMicrotask(this.#flushSoon);
     }
+  }
+
+  /** Writes one SQE at the tail. */
+  #sqe(op: number, flags: number, fd: number, offset: number, addr: number, len: number, opFlags: number, lo: number, hi: number): void {
+    writeSqe(this.#sqes, ((this.#tail & this.#sqMask) * 16) | 0, op, flags, fd, offset, addr, len, opFlags, lo, hi);
+    this.#tail = (this.#tail + 1) >>> 0;
   }
 
   /** Submits once a microtask turn passes without new SQEs: requests issued together share one `io_uring_enter`. */
@@ -256,7 +272,8 @@ export class Uring {
         if (e !== EAGAIN && e !== EBUSY) this.#failUnsubmitted(e);
       } else {
         this.stats.enters++;
-        this.stats.submitted += r;
+        // Requests, not SQEs: with the socket each is two.
+        this.stats.submitted += this.#sendFd >= 0 ? Math.ceil(r / 2) : r;
       }
       // What the kernel consumed (it may take fewer than offered).
       this.#entered = Atomics.load(this.#sq, this.#sqHead);
@@ -265,14 +282,7 @@ export class Uring {
     if (!this.#pumping && this.#inFlight > 0) this.#pump = this.#run();
     // Everything completed during submissions (page-cached requests complete in io_uring_enter, with the eventfd switched
     // off): a pump still blocked on the eventfd would wait for nothing (and keep the process alive); release it.
-    else if (this.#waiting && this.#inFlight === 0) this.#wake();
-  }
-
-  /** Ends a pending eventfd wait. */
-  #wake(): void {
-    const one = new Uint8Array(8);
-    one[0] = 1;
-    this.#s.write(this.#efd, one, 8);
+    else if (this.#waiting && this.#inFlight === 0) this.#notify.wake();
   }
 
   /**
@@ -302,7 +312,10 @@ export class Uring {
   #failUnsubmitted(errno: number): void {
     const slots: Slot[] = [];
     for (let t = this.#entered; t !== this.#tail; t = (t + 1) >>> 0) {
-      const id = this.#sqes[(t & this.#sqMask) * 16 + 8];
+      const w = (t & this.#sqMask) * 16;
+      // A send: its request is the SQE before it (refused too, or taken with the send left out: failed below, or reaped).
+      if (this.#sqes[w + 9] !== 0) continue;
+      const id = this.#sqes[w + 8];
       slots.push(this.#slots[id]!);
       this.#release(id);
     }
@@ -310,16 +323,16 @@ export class Uring {
     for (const s of slots) s.resolve(-errno);
   }
 
-  /** Waits on the eventfd while requests are in flight, reaping the CQEs at each wake-up. */
+  /** Waits on the socket or eventfd while requests are in flight, reaping the CQEs at each wake-up. */
   async #run(): Promise<void> {
     this.#pumping = true;
     try {
       while (this.#inFlight > 0) {
         this.#waiting = true;
-        const n = await this.#s.readAsync(this.#efd, this.#efdBuf, 8);
+        const ok = await this.#notify.wait();
         this.#waiting = false;
-        if (n !== 8) {
-          this.#failAll();
+        if (!ok) {
+          if (!this.#closed) this.#failAll();
           return;
         }
         if (this.#closed) return;
@@ -347,6 +360,12 @@ export class Uring {
       const i = (head & this.#cqMask) * 4;
       const id = cqes[i];
       head = (head + 1) >>> 0;
+      // A linked send's CQE.
+      if (cqes[i + 1] !== 0) {
+        this.stats.sends++;
+        if (cqes[i + 2] < 0) this.stats.sendErrors++;
+        continue;
+      }
       const slot = this.#slots[id];
       if (!slot) continue;
       slot.buf = null;
@@ -371,7 +390,7 @@ export class Uring {
 
   #failAll(): void {
     // Cannot happen with a healthy eventfd; fail loudly rather than hang.
-    console.error("file: waiting on the io_uring eventfd failed; failing the requests in flight");
+    console.error(`file: waiting on the io_uring ${this.stats.notifier} failed; failing the requests in flight`);
     const slots = this.#slots.filter((s): s is Slot => s !== undefined);
     this.#slots.fill(undefined);
     this.#inFlight = 0;
@@ -388,17 +407,22 @@ export class Uring {
     if (this.#closed) return;
     while (this.inFlight > 0) {
       if (this.#entered !== this.#tail) this.#enter();
-      await this.#pump;
-      if (this.inFlight > 0) await new Promise((r) => setTimeout(r, 0));
+      // The pump, or 10 ms, whichever ends first, then the CQ ring itself: a completion whose wake-up never came cannot
+      // hold close forever (each timer wake-up enters the kernel, which runs the completion work).
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([this.#pump, new Promise((r) => timer = setTimeout(r, 10))]);
+      clearTimeout(timer);
+      if (this.#deferred) this.#getEvents(0);
+      this.#reap();
     }
     this.#closed = true;
     // A wait can outlive the last completion (reaped at a submission meanwhile): end it before the ring goes.
     if (this.#pumping) {
-      this.#wake();
+      this.#notify.wake();
       await this.#pump;
     }
     for (const [p, len] of this.#maps) this.#s.munmap(p, len);
     this.#s.close(this.#fd);
-    this.#s.close(this.#efd);
+    this.#notify.close();
   }
 }

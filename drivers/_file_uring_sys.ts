@@ -1,8 +1,9 @@
 /**
  * The kernel interface under `_file_uring.ts`: io_uring's syscall numbers,
  * flags and `struct io_uring_params` layout, and the libc functions it is
- * driven through by FFI (`syscall()`, `mmap`, `eventfd`, and `read` as a
- * `nonblocking` call that waits for the eventfd on Deno's blocking pool).
+ * driven through by FFI (`syscall()`, `mmap`, `eventfd`, `read` as a
+ * `nonblocking` call that waits for the eventfd on Deno's blocking pool, and
+ * `socket`/`connect`/`fcntl` for the notification socket).
  *
  * @module
  */
@@ -14,16 +15,34 @@ export const SYS_io_uring_enter = 426;
 export const SYS_io_uring_register = 427;
 
 /** Opcodes used (include/uapi/linux/io_uring.h). */
-export const Op = { FSYNC: 3, FALLOCATE: 17, READ: 22, WRITE: 23 } as const;
+export const Op = { FSYNC: 3, FALLOCATE: 17, READ: 22, WRITE: 23, SEND: 26 } as const;
 /** `fsync_flags`: fdatasync instead of fsync. */
 export const IORING_FSYNC_DATASYNC = 1;
 /** `IORING_ENTER_GETEVENTS`: wait for `min_complete` completions. */
 export const IORING_ENTER_GETEVENTS = 1;
 /** SQE flag: start only once every SQE submitted before it has completed. */
 export const IOSQE_IO_DRAIN = 1 << 1;
+/**
+ * SQE flag: the next SQE starts once this one has completed, whatever its
+ * result (`IOSQE_IO_LINK` would cancel the next one when this one fails or
+ * is short).
+ */
+export const IOSQE_IO_HARDLINK = 1 << 3;
 
+/**
+ * `send(2)` flag: never wait. On a full socket the linked send fails at once
+ * with -EAGAIN (its unread bytes already promise a wake-up) instead of
+ * waiting in the kernel for the reader, which would pile up one pending send
+ * per request while nothing reads (requests completed inline, page-cached).
+ */
+export const MSG_DONTWAIT = 0x40;
 /** Setup flag: clamp `entries` to the kernel maximum instead of failing. */
 export const IORING_SETUP_CLAMP = 1 << 4;
+/**
+ * Setup flag (5.19): completion work does not interrupt the submitting
+ * thread while it runs (no IPI); a sleeping thread is still woken for it.
+ */
+export const IORING_SETUP_COOP_TASKRUN = 1 << 8;
 /** Setup flag (5.19): the kernel sets IORING_SQ_TASKRUN in the SQ ring's flags when completion work is waiting. */
 export const IORING_SETUP_TASKRUN_FLAG = 1 << 9;
 /** SQ ring flag: completion work is waiting (with IORING_SETUP_TASKRUN_FLAG). */
@@ -87,6 +106,10 @@ const SYMBOLS = {
   readAsync: { name: "read", parameters: ["i32", "buffer", "usize"], result: "i32", nonblocking: true },
   write: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  // The C end of the notification socket (`_notify_socket.ts`).
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -101,6 +124,9 @@ export interface Sys {
   readAsync(fd: number, buf: Uint8Array, count: number): Promise<number>;
   write(fd: number, buf: Uint8Array, count: number): number;
   close(fd: number): number;
+  socket(domain: number, type: number, protocol: number): number;
+  connect(fd: number, addr: Uint8Array, len: number): number;
+  fcntl(fd: number, cmd: number, arg: number): number;
   errno(): number;
 }
 

@@ -19,8 +19,11 @@
  *   These requests wait for the disk, so by default they go through the
  *   node's io_uring (`_file_uring.ts`): SQEs written straight into the
  *   mmapped ring, everything issued in one tick submitted by one
- *   `io_uring_enter`, completions reaped in batches at each wake-up of an
- *   eventfd registered with the ring. Where a ring cannot be set up (an old
+ *   `io_uring_enter`, completions reaped in batches at each wake-up of a
+ *   socket the kernel itself signals (each request linked to a 1-byte send,
+ *   read by the event loop's own poller; with the net permission), else of
+ *   an eventfd registered with the ring (`info().uring.notifier` says
+ *   which). Where a ring cannot be set up (an old
  *   kernel, seccomp, `io_uring_disabled`) they run on Deno's worker threads
  *   (FFI `nonblocking`) instead; `info().aio` says which;
  * - `aio` = `io_uring` (QEMU's name): reads, writes and flushes through the

@@ -40,17 +40,8 @@
  */
 
 import { BlockError } from "../../core/errors.ts";
-import {
-  AF_UNIX,
-  EFD_CLOEXEC,
-  EVENT_TYPE_EVENTFD,
-  EVENT_TYPE_PIPE,
-  F_SETFL,
-  type Librbd,
-  O_NONBLOCK,
-  SOCK_CLOEXEC,
-  SOCK_STREAM,
-} from "./_librbd.ts";
+import { openNotifySocket } from "../_notify_socket.ts";
+import { EFD_CLOEXEC, EVENT_TYPE_EVENTFD, EVENT_TYPE_PIPE, type Librbd } from "./_librbd.ts";
 
 /** Completions drained per `rbd_poll_io_events` call. */
 const BATCH = 64;
@@ -128,51 +119,11 @@ function eventfdNotifier(lib: Librbd): Notifier {
   };
 }
 
-/** A connected Unix socket pair: librbd writes to the C end, Deno's poller reads the other. */
-async function socketNotifier(lib: Librbd): Promise<Notifier | undefined> {
-  try {
-    if (Deno.permissions.querySync({ name: "net" }).state !== "granted") return undefined;
-  } catch {
-    return undefined;
-  }
-  // An abstract socket: no file, gone with its last descriptor.
-  const name = `blkgraph-rbd-${Deno.pid}-${crypto.randomUUID()}`;
-  const listener = Deno.listen({ transport: "unix", path: `\0${name}` });
-  let fd = -1;
-  try {
-    fd = lib.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return undefined;
-    // struct sockaddr_un: sun_family, then "\0name" (abstract); the length counts the used bytes.
-    const addr = new Uint8Array(2 + 1 + name.length);
-    new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
-    addr.set(new TextEncoder().encode(name), 3);
-    const accepted = listener.accept();
-    if (lib.connect(fd, addr, addr.length) < 0) {
-      lib.close(fd);
-      return undefined;
-    }
-    // A full socket buffer must never block librbd's thread (unread bytes already promise a wake-up).
-    lib.fcntl(fd, F_SETFL, O_NONBLOCK);
-    const conn = await accepted;
-    const buf = new Uint8Array(4096);
-    const cfd = fd;
-    return {
-      kind: "socket",
-      fd: cfd,
-      type: EVENT_TYPE_PIPE,
-      wait: async () => ((await conn.read(buf)) ?? 0) > 0,
-      wake: () => void lib.write(cfd, new Uint8Array(1), 1),
-      close() {
-        conn.close();
-        lib.close(cfd);
-      },
-    };
-  } catch {
-    if (fd >= 0) lib.close(fd);
-    return undefined;
-  } finally {
-    listener.close();
-  }
+/** A connected Unix socket pair (`_notify_socket.ts`): librbd writes to the C end, Deno's poller reads the other. */
+function socketNotifier(lib: Librbd): Notifier | undefined {
+  const s = openNotifySocket(lib, "rbd");
+  if (!s) return undefined;
+  return { kind: "socket", fd: s.fd, type: EVENT_TYPE_PIPE, wait: async () => (await s.wait()) > 0, wake: s.wake, close: s.close };
 }
 
 /** Submits aio requests on one image and resolves them from its callbacks and notifications. */
@@ -227,11 +178,11 @@ export class AioEngine {
    * behind, plus, in modes `auto` (the default) and `callback`, the
    * completion callback.
    */
-  static async create(lib: Librbd, image: Deno.PointerValue, prefer: Completion = "auto"): Promise<AioEngine> {
+  static create(lib: Librbd, image: Deno.PointerValue, prefer: Completion = "auto"): AioEngine {
     // The socket, where permitted, for every mode that drains batches (auto, socket): the event loop's own
     // poller reads it, where the eventfd needs a worker thread's read per wake-up (a thread hop and a
     // blocking-pool task each time).
-    const n = (prefer === "socket" || prefer === "auto" ? await socketNotifier(lib) : undefined) ?? eventfdNotifier(lib);
+    const n = (prefer === "socket" || prefer === "auto" ? socketNotifier(lib) : undefined) ?? eventfdNotifier(lib);
     const r = lib.rbd_set_image_notification(image, n.fd, n.type);
     if (r < 0) {
       n.close();

@@ -112,7 +112,7 @@ export class RbdInstance implements DriverInstance {
       const info = new Uint8Array(RBD_IMAGE_INFO_SIZE);
       const rs = await lib.rbd_stat(image, info, info.length);
       if (rs < 0) throw rbdError(rs, `Cannot read the size of RBD image '${where}'`);
-      engine = await AioEngine.create(lib, image, o.completion);
+      engine = AioEngine.create(lib, image, o.completion);
       return new RbdInstance(lib, conn, image, engine, node, o, outU64(info, 0), outU64(info, 8));
     } catch (e) {
       await engine?.close();

@@ -143,16 +143,6 @@ export interface Librbd {
 export const EVENT_TYPE_PIPE = 1;
 /** `rbd_set_image_notification` type for an eventfd. */
 export const EVENT_TYPE_EVENTFD = 2;
-/** `socket(2)`: a Unix socket, a byte stream, closed on exec. */
-export const AF_UNIX = 1;
-/** Stream socket type. */
-export const SOCK_STREAM = 1;
-/** `socket(2)` type flag: close on exec. */
-export const SOCK_CLOEXEC = 0o2000000;
-/** `fcntl(2)` F_SETFL, and the O_NONBLOCK flag it sets. */
-export const F_SETFL = 4;
-/** Non-blocking I/O. */
-export const O_NONBLOCK = 0o4000;
 /** `eventfd(2)` flag: close on exec, so child processes never inherit it. */
 export const EFD_CLOEXEC = 0o2000000;
 /** Image feature bits (`rbd/features.h`). */

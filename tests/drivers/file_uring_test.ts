@@ -158,7 +158,7 @@ Deno.test({ name: "requests issued in one tick share one io_uring_enter", ignore
       const many = Array.from({ length: 100 }, (_, i) => ring.read(fd, new Uint8Array(512), (i % 16) * 4096));
       assert.ok((await Promise.all(many)).every((r) => r === 512));
       assert.ok(ring.stats.maxInFlight <= 32);
-      console.log(`NOTE: ${ring.stats.completed} completions in ${ring.stats.wakeups} eventfd wake-ups`);
+      console.log(`NOTE: ${ring.stats.completed} completions in ${ring.stats.wakeups} ${ring.stats.notifier} wake-ups`);
     } finally {
       libc.close(fd);
       await ring.close();
@@ -254,10 +254,17 @@ Deno.test({ name: "many nodes, each with its own ring, work side by side and lea
   await using dir = await tempDir();
   const code = `
     import { open } from ${JSON.stringify(new URL("../../mod.ts", import.meta.url).href)};
-    // Ours: the image files, the rings and their eventfds (Deno's own caches and sockets come and go).
+    // Ours: the image files, the rings, their eventfds, and the accepted ends of their notification sockets (named
+    // after the listener, "@blkgraph-uring-…", in /proc/net/unix; Deno's own descriptors come and go).
     const link = (n) => { try { return Deno.readLinkSync("/proc/self/fd/" + n); } catch { return ""; } };
-    const ours = (l) => l.startsWith(${JSON.stringify(dir.path)}) || l === "anon_inode:[io_uring]" || l === "anon_inode:[eventfd]";
-    const fds = () => [...Deno.readDirSync("/proc/self/fd")].filter((e) => ours(link(e.name))).length;
+    const named = () => new Set(Deno.readTextFileSync("/proc/net/unix").split("\\n").filter((l) => l.includes("@blkgraph-uring-"))
+      .map((l) => \`socket:[\${l.trim().split(/\\s+/)[6]}]\`));
+    const ours = (l, socks) => l.startsWith(${JSON.stringify(dir.path)}) || l === "anon_inode:[io_uring]" || l === "anon_inode:[eventfd]" ||
+      socks.has(l);
+    const fds = () => {
+      const socks = named();
+      return [...Deno.readDirSync("/proc/self/fd")].filter((e) => ours(link(e.name), socks)).length;
+    };
     const pattern = (n, b) => new Uint8Array(n).fill(b & 255);
     const before = fds();
     const nodes = [];

@@ -177,9 +177,13 @@ export function absoluteFilename(node: BlockNode, name: string): string {
   return nodeDirname(node) + name;
 }
 
-/** The directory part of a filename with its trailing `/`, and never less than up to its first `:` (QEMU's path_combine(name, "")). */
+/**
+ * The directory part of a filename with its trailing `/`, and never less
+ * than its protocol prefix, when it has one (QEMU's path_combine(name, "")).
+ */
 function dirPart(name: string): string {
-  return name.slice(0, Math.max(name.indexOf(":") + 1, name.lastIndexOf("/") + 1));
+  const proto = /^[^/]*:/.exec(name);
+  return name.slice(0, Math.max(proto ? proto[0].length : 0, name.lastIndexOf("/") + 1));
 }
 
 /** The node was opened as a protocol (QEMU's bdrv_file_open): a protocol driver, or a filter that parses a filename prefix (blkdebug). */

@@ -56,9 +56,9 @@ export async function writeback(st: Qcow2State, req: RequestInfo | undefined): P
 }
 
 /**
- * The write-back at close (QEMU's qcow2_inactivate): the L2 table cache is
- * written back with everything it depends on (refcount blocks first, in the
- * order of {@linkcode writeback}) and the file flushed; then, whatever
+ * The write-back at close (QEMU's qcow2_inactivate): dirty L2 tables are
+ * written back with everything they depend on (refcount blocks first, in
+ * the order of {@linkcode writeback}) and the file flushed; then, whatever
  * happened, the refcount block cache is written back and the file flushed.
  * Each failure is kept, not thrown: the refcount blocks may still reach the
  * disk after the L2 tables failed (the clusters leak, nothing worse), and
@@ -75,8 +75,11 @@ export async function writebackAtClose(st: Qcow2State): Promise<CacheFlushFailur
       failures.push({ cache, error: toBlockError(e, `Cannot write back the ${cache} cache of node '${st.node.name}'`) });
     }
   };
-  await step("L2 table", () => writeback(st, undefined));
-  await step("refcount block", () => writeRefblocks(st, undefined));
+  const l2Dirty = () => st.l2Cache.dirtyCount > 0 || st.l1Dirty.size > 0;
+  // Only dirty L2 tables (or L1 entries) depend on the refcount blocks: without them the L2 step writes nothing.
+  await step("L2 table", async () => void (l2Dirty() && await writeback(st, undefined)));
+  // The refcount blocks alone when L2 tables are still dirty (their write failed), else the rest of the write-back.
+  await step("refcount block", async () => void (l2Dirty() ? await writeRefblocks(st, undefined) : await writeback(st, undefined)));
   return failures;
 }
 

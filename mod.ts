@@ -34,7 +34,16 @@
 // Every driver and filter registers itself on import (`_drivers.ts`).
 import "./_drivers.ts";
 
-export { BlockError, type BlockErrorDetails, CorruptImageError, type ErrnoCode, errnoCode, toBlockError } from "./core/errors.ts";
+export {
+  BlockError,
+  type BlockErrorDetails,
+  CacheFlushError,
+  type CacheFlushFailure,
+  CorruptImageError,
+  type ErrnoCode,
+  errnoCode,
+  toBlockError,
+} from "./core/errors.ts";
 export { BLKDBG_EVENTS, type BlkdebugEvent, isBlkdebugEvent } from "./core/events.ts";
 export type * from "./core/types.ts";
 export {

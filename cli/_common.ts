@@ -7,7 +7,7 @@
  */
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { BlockError, onCorruption, onDriverMessage, onOpenRepair } from "../core/errors.ts";
+import { BlockError, CacheFlushError, onCorruption, onDriverMessage, onOpenRepair } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
@@ -444,7 +444,9 @@ export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise
   try {
     return await verb.run(args, io);
   } catch (e) {
-    io.stderr(`${progName(io)}: ${errorText(e, io)}\n`);
+    // Caches that failed at close: one error_report line each in the drop-ins, as QEMU's qcow2_inactivate prints them.
+    const lines = e instanceof CacheFlushError && io.prog !== undefined ? e.qemuLines : [errorText(e, io)];
+    for (const line of lines) io.stderr(`${progName(io)}: ${line}\n`);
     return e instanceof CliError ? e.exitCode : 1;
   } finally {
     stop();

@@ -24,6 +24,7 @@ import {
   type Verb,
 } from "./_common.ts";
 import { formatOptionHelp, parseCreateOptions, wantsOptionHelp } from "./create.ts";
+import { progressPrinter } from "./_progress.ts";
 import { VERB_SUMMARIES } from "./_verb_summaries.ts";
 
 /** Whether the format's driver takes amend options (it lists them); a format blkgraph only recognises does not. */
@@ -85,7 +86,15 @@ async function run(args: string[], io: CliIO): Promise<number> {
       return 0;
     }
     if (!amendable(node.formatName)) throw new CliError(`Format driver '${node.formatName}' does not support option amendment`);
-    await node.amend(opts, { force: p.values.force === true });
+    // qemu-img amend's progress: 0 first, every 1% the format reports, 100 once done.
+    const show = progressPrinter(io, p.values.progress === true, 1.0);
+    show(0);
+    try {
+      await node.amend(opts, { force: p.values.force === true, progress: (done, total) => show(Math.fround(100 * done) / total) });
+    } finally {
+      show(100); // also after a failure, as qemu-img prints it
+      show.end();
+    }
   } finally {
     await node.close();
   }

@@ -8,6 +8,7 @@
  */
 
 import { BlockError } from "./errors.ts";
+import { flushRequest } from "./_flush.ts";
 import { MAX_LENGTH } from "./request.ts";
 import type { CheckOptions, CheckResult, DriverInstanceOf, SnapshotInfo } from "./types.ts";
 import { type CoreNode, coreOf, type NodeCore } from "./_node_core.ts";
@@ -164,6 +165,8 @@ export async function vmstateOp<N extends CoreNode<N>>(
     throw new BlockError("ENOTSUP", `Cannot ${what} node '${c.name}': format '${formatName(c)}' has no VM state area`, { node: c.name });
   }
   await holdWhole(n, what, write, fn);
+  // As QEMU's blk_save_vmstate: with the write cache off (cache=writethrough), the saved state is flushed before the save completes.
+  if (write && c.writeThrough) await flushRequest(c, {});
 }
 
 /** The first driver down the primary-child chain that offers breakpoints (QEMU's bdrv_find_debug_node). */

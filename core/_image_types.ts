@@ -72,6 +72,8 @@ export type FormatOptions = Record<string, string | number | boolean>;
 export interface AmendOptions {
   /** Allow changes that lose information (qemu-img amend `--force`). */
   force?: boolean;
+  /** Called as the work goes on with the work done and the (projected) total, in a unit of the format's (qemu-img amend `-p`). */
+  progress?: (done: number, total: number) => void;
 }
 
 /**

@@ -160,12 +160,18 @@ function write<N extends CoreNode<N>>(c: NodeCore<N>, offset: number, data: Uint
     c.tracker.untrack(t);
     throw e;
   };
+  // A failed write counts as a write, as in QEMU's bdrv_co_write_req_finish: it may have changed part of the range, so the next flush reaches the disk.
+  const failed = (e: unknown): never => {
+    c.writeGen++;
+    return fail(e);
+  };
   let p: Promise<void> | void;
   try {
     const ev = c.ownEvent("pwritev", req);
     if (ev) return writeAligned(c, offset, data, fua, req, ev).then(finish, fail);
     p = writeOne(c, offset, data, nativeFua, req);
   } catch (e) {
+    c.writeGen++;
     c.tracker.untrack(t);
     return Promise.reject(e);
   }
@@ -187,7 +193,7 @@ function write<N extends CoreNode<N>>(c: NodeCore<N>, offset: number, data: Uint
       return Promise.reject(e);
     }
   }
-  return (p as Promise<void>).then(done, fail);
+  return (p as Promise<void>).then(done, failed);
 }
 
 async function writeAsync<N extends CoreNode<N>>(
@@ -263,14 +269,17 @@ export async function writeAligned<N extends CoreNode<N>>(
   if (ev) await ev;
   const max = c.limits.maxTransfer;
   const nativeFua = fua && (c.inst.supportsFua ?? false);
-  if (!max || data.length <= max) {
-    await writeOne(c, offset, data, nativeFua, req);
-  } else {
-    for (let done = 0; done < data.length; done += max) {
-      await writeOne(c, offset + done, data.subarray(done, Math.min(data.length, done + max)), nativeFua, req);
+  try {
+    if (!max || data.length <= max) {
+      await writeOne(c, offset, data, nativeFua, req);
+    } else {
+      for (let done = 0; done < data.length; done += max) {
+        await writeOne(c, offset + done, data.subarray(done, Math.min(data.length, done + max)), nativeFua, req);
+      }
     }
+  } finally {
+    c.writeGen++; // failed or not (see write)
   }
-  c.writeGen++;
   const e5 = c.ownEvent("pwritev_done", req);
   if (e5) await e5;
   if (fua && !nativeFua) await flushRequest(c, { req });

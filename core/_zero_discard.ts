@@ -62,7 +62,9 @@ export async function zeroes<N extends CoreNode<N>>(
     const zalign = Math.max(c.limits.requestAlignment, c.limits.optWriteZero || 1);
     const end = offset + length;
     const s = Math.min(roundUp(offset, zalign), end);
-    const e = Math.max(s, end >= c.length ? end : end - (end % zalign));
+    // As QEMU's bdrv_co_do_pwrite_zeroes: an unaligned tail goes on its own, at the end of the node too (the
+    // driver then sees where the node ends inside its granule: qcow2 zeroes only the subclusters up to there).
+    const e = Math.max(s, end - (end % zalign));
     const maxZ = c.limits.maxWriteZero;
     const max = maxZ ? Math.max(zalign, maxZ - (maxZ % zalign)) : Number.MAX_SAFE_INTEGER;
     if (s > offset) await zeroPart(c, offset, s - offset, opts);

@@ -191,6 +191,51 @@ export class CorruptImageError extends BlockError {
   }
 }
 
+/** One metadata cache a format could not write back ({@linkcode CacheFlushError}). */
+export interface CacheFlushFailure {
+  /** Which cache, in QEMU's words: `"L2 table"`, `"refcount block"`. */
+  readonly cache: string;
+  /** Why its write-back or the flush after it failed. */
+  readonly error: BlockError;
+}
+
+/**
+ * Thrown by `close()` when a format's metadata caches could not be written
+ * back (QEMU's qcow2_inactivate): each cache was tried, and
+ * {@linkcode CacheFlushError.failures} names those that failed. The code is
+ * the first failure's. What the caches held is lost as in a crash (the
+ * image stays consistent; leaked clusters at most).
+ *
+ * @example
+ * ```ts
+ * import { BlockError, CacheFlushError } from "@blkgraph/blkgraph";
+ * const e = new CacheFlushError("disk", [{ cache: "L2 table", error: new BlockError("EIO", "Cannot write 512 bytes at offset 0") }]);
+ * console.log(e.code, e.qemuLines); // EIO [ "Failed to flush the L2 table cache: Input/output error" ]
+ * ```
+ */
+export class CacheFlushError extends BlockError {
+  /** The caches that failed, in the order they were written back. */
+  readonly failures: readonly CacheFlushFailure[];
+
+  /** Creates the error of node `node` from its (at least one) failures. */
+  constructor(node: string, failures: readonly CacheFlushFailure[]) {
+    const lines = failures.map((f) => `Failed to flush the ${f.cache} cache: ${f.error.message}`);
+    super(failures[0]?.error.code ?? "EIO", `Cannot close node '${node}': ${lines.join("; ")}`, { node, cause: failures[0]?.error });
+    this.name = "CacheFlushError";
+    this.failures = failures;
+  }
+
+  /** One line per failure in QEMU's words, as its error_report prints them. */
+  get qemuLines(): string[] {
+    return this.failures.map((f) => `Failed to flush the ${f.cache} cache: ${f.error.strerror}`);
+  }
+
+  /** The failures in QEMU's words, one a line. */
+  override get qemuMessage(): string {
+    return this.qemuLines.join("\n");
+  }
+}
+
 /**
  * Converts any thrown value into a {@linkcode BlockError}, mapping Deno and
  * Node file-system errors to their errno codes.

@@ -130,6 +130,10 @@ export async function amendLocked(st: Qcow2State, options: FormatOptions, opts: 
   const p = plan(st, options);
   const h = st.header;
   const oldVersion = h.version;
+  // QEMU counts the version change, the refcount width change and an encryption update as the operations of an amend.
+  const operations = Number(p.version !== oldVersion) + Number(p.refcountBits !== st.refBits) +
+    Number(Object.keys(p.luks).length > 0 && st.crypto?.volume !== undefined);
+  const progress = amendProgress(operations, opts.progress);
   // Upgrade first: some features need compat=1.1.
   if (p.version > oldVersion) {
     // v3 needs the 64-bit VM state size and the disk size in every snapshot's extra data.
@@ -144,7 +148,7 @@ export async function amendLocked(st: Qcow2State, options: FormatOptions, opts: 
     if (p.version < 3 && p.refcountBits !== 16) {
       fail(st, "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)");
     }
-    await changeRefcountOrder(st, Math.log2(p.refcountBits));
+    await changeRefcountOrder(st, Math.log2(p.refcountBits), undefined, progress("refcount"));
   }
   // data-file-raw blocks backing files, so it is cleared first; then the header is written as it is now.
   await rewriteHeader(st, (n) => {
@@ -175,4 +179,34 @@ export async function amendLocked(st: Qcow2State, options: FormatOptions, opts: 
   if (p.size !== undefined && p.size !== st.header.size) await resize(st, p.size, {});
   // Downgrade last, so unsupported features are gone first.
   if (p.version < oldVersion) await downgrade(st);
+}
+
+/**
+ * QEMU's qcow2_amend_helper_cb: each operation of an amend reports its own
+ * (offset, work size); the caller sees one progress over all of them, the
+ * operations not started yet projected at the average size of those begun.
+ * Returns a reporter maker: `progress(name)(offset, size)`.
+ */
+function amendProgress(
+  total: number,
+  report: ((done: number, total: number) => void) | undefined,
+): (op: string) => (offset: number, size: number) => void {
+  let last: string | undefined;
+  let lastSize = 0;
+  let completedOffset = 0;
+  let completed = 0;
+  return (op) => (offset, size) => {
+    if (!report) return;
+    if (op !== last) {
+      if (last !== undefined) {
+        completedOffset += lastSize;
+        completed++;
+      }
+      last = op;
+    }
+    lastSize = size;
+    const current = completedOffset + size;
+    const projected = Math.trunc((current * Math.max(0, total - completed - 1)) / (completed + 1));
+    report(completedOffset + offset, current + projected);
+  };
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { BlockError } from "../../core/errors.ts";
+import { BlockError, CacheFlushError } from "../../core/errors.ts";
 import type {
   AmendOptions,
   BlockLimits,
@@ -35,7 +35,7 @@ import { amendQcow2, changeBackingFileQcow2, checkQcow2Node } from "./_image_ops
 import { listSnapshots } from "./_snapshot.ts";
 import { createSnapshot, deleteSnapshot, gotoSnapshot, vmStateOffset } from "./_snapshot_ops.ts";
 import { exitWriteback } from "./_exit.ts";
-import { flushWriteback, markClean, releaseFreed, relieveCaches, writeback } from "./_writeback.ts";
+import { flushWriteback, markClean, releaseFreed, relieveCaches, writeback, writebackAtClose } from "./_writeback.ts";
 import { metadataExtents } from "./_metadata_map.ts";
 import { readTables } from "./_open.ts";
 import { findOverlapSync, preWriteOverlapCheck } from "./_overlap.ts";
@@ -402,7 +402,9 @@ export class Qcow2Instance implements DriverInstance {
       await st.lock.run(async () => {
         let lost: unknown;
         await this.#bm.store(undefined).catch((e) => (lost = e));
-        await writeback(st, undefined);
+        const failed = await writebackAtClose(st);
+        // As QEMU's qcow2_inactivate: a failed cache keeps the image dirty (its refcounts may be stale).
+        if (failed.length) throw new CacheFlushError(st.node.name, failed);
         await this.#compressed.alignFileEnd();
         if (st.markedDirty) await markClean(st, undefined);
         if (lost) {

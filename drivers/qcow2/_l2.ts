@@ -194,6 +194,25 @@ function subKind(st: Qcow2State, view: DataView, at: number, sub: number, idx: n
   return allocBits & bit ? K_NORMAL : K_UNALLOC;
 }
 
+/**
+ * An extended L2 entry QEMU's qcow2_get_subcluster_type calls invalid,
+ * whichever subcluster is asked for: an allocated cluster with a
+ * subcluster both allocated and zero, or an unallocated one with any
+ * allocation bit.
+ */
+export function invalidExtended(st: Qcow2State, view: DataView, at: number): boolean {
+  const zeroBits = view.getUint32(at + 8);
+  const allocBits = view.getUint32(at + 12);
+  const unallocated = entryOffset(view, at) === 0 && !(st.externalData && view.getUint32(at) & HI_COPIED);
+  return unallocated ? allocBits !== 0 : (zeroBits & allocBits) !== 0;
+}
+
+/** QEMU's corruption message for an {@linkcode invalidExtended} entry (`%#x` prints 0 bare); reads say it with two spaces, writes with one. */
+export function invalidEntryError(st: Qcow2State, l2Offset: number, idx: number, space: string): CorruptImageError {
+  const where = `L2 offset: 0x${l2Offset.toString(16)}, L2 index: ${idx ? `0x${idx.toString(16)}` : "0"}`;
+  return new CorruptImageError(`Invalid cluster entry found${space}(${where})`, { node: st.node.name });
+}
+
 function mapExtended(st: Qcow2State, view: DataView, base: number, inTable: number, limit: number, m: Mapping): boolean {
   const cs = st.cs;
   const ss = st.subSize;
@@ -209,6 +228,9 @@ function mapExtended(st: Qcow2State, view: DataView, base: number, inTable: numb
   }
   let host = entryOffset(view, at);
   let sub = Math.floor(inCluster / ss);
+  if (invalidExtended(st, view, at)) {
+    throw invalidEntryError(st, m.l2Offset, idx, "  "); // QEMU's qcow2_get_host_offset words, two spaces and all
+  }
   const kind = subKind(st, view, at, sub, idx);
   if (kind === K_NORMAL && ((host === 0 && !(st.externalData && hi & HI_COPIED)) || host % cs !== 0)) {
     corrupt(st, `cluster offset 0x${host.toString(16)} invalid (L2 index ${idx})`);
@@ -227,6 +249,8 @@ function mapExtended(st: Qcow2State, view: DataView, base: number, inTable: numb
       if (h2 & HI_COMPRESSED) break;
       const nh = entryOffset(view, at);
       if (kind === K_NORMAL && (nh !== host + cs || ((h2 & HI_COPIED) !== 0) !== copied)) break;
+      if (invalidExtended(st, view, at)) break; // reported when it is mapped first
+
       host = nh;
       sub = 0;
     }

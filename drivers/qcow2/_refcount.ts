@@ -22,9 +22,26 @@ import { writeRefblocks } from "./_metadata_write.ts";
 import { refcountArea } from "./_refcount_area.ts";
 import { checkTableAllocation, OL_REFCOUNT_BLOCK, preWriteOverlapCheck } from "./_overlap.ts";
 
-/** Loads the refcount block at `offset` (refcount table entry `rt`), pinned: release it. */
+/**
+ * Loads the refcount block at `offset` (refcount table entry `rt`), pinned: release it. A read of a refcount
+ * raises no event (QEMU's qcow2_get_refcount goes to the cache directly); an update raised `refblock_load`
+ * already ({@linkcode refblockEvents}).
+ */
 function loadBlock(st: Qcow2State, offset: number, rt: number, req: RequestInfo | undefined): Promise<CacheEntry> {
-  return st.loadTable(st.rbCache, offset, { kind: "Refblock", where: `reftable index: ${hex(rt)}` }, "refblock_load", req);
+  return st.loadTable(st.rbCache, offset, { kind: "Refblock", where: `reftable index: ${hex(rt)}` }, undefined, req);
+}
+
+/**
+ * The events of QEMU's alloc_refcount_block, which update_refcount enters
+ * once for each refcount block an update touches, cached or not:
+ * `refblock_alloc`, then `refblock_load` when the block exists (a missing
+ * one is allocated by {@linkcode ensureRefblock}). An error rule armed by
+ * either fails the next requests of the image file, as in QEMU.
+ */
+function refblockEvents(st: Qcow2State, rt: number, req: RequestInfo | undefined): Promise<void> | void {
+  const loadEvent = () => (rt < st.reftable.length && st.reftable[rt] !== 0 ? st.event("refblock_load", req) : undefined);
+  const p = st.event("refblock_alloc", req);
+  return p ? p.then(loadEvent) : loadEvent();
 }
 
 /** C's `%#x`: 0, or 0x followed by hex digits. */
@@ -58,6 +75,13 @@ export async function getRefcount(st: Qcow2State, c: number, req: RequestInfo | 
 
 /** Adds `delta` to the refcount of cluster index `c` (allocating its refcount block if needed). */
 export async function updateRefcount(st: Qcow2State, c: number, delta: number, req: RequestInfo | undefined): Promise<number> {
+  const p = refblockEvents(st, Math.floor(c / st.perBlock), req);
+  if (p) await p;
+  return await updateRefcountIn(st, c, delta, req);
+}
+
+/** {@linkcode updateRefcount} after its events were raised (once per refcount block of a range). */
+async function updateRefcountIn(st: Qcow2State, c: number, delta: number, req: RequestInfo | undefined): Promise<number> {
   const rt = Math.floor(c / st.perBlock);
   if (rt >= st.reftable.length || st.reftable[rt] === 0) {
     if (delta < 0) {
@@ -89,6 +113,7 @@ export function updateCachedRefcount(st: Qcow2State, c: number, delta: number): 
 
 /** Adds `delta` to entry `i` (cluster `c`) of the refcount block `e`, checked against zero and the entry width. */
 function applyDelta(st: Qcow2State, e: CacheEntry, c: number, i: number, delta: number): number {
+  if (st.refBits === 64) return applyDelta64(st, e, c, i, delta);
   const old = readRefcount(e.view, st.refBits, i);
   const v = old + delta;
   if (v < 0) {
@@ -103,6 +128,26 @@ function applyDelta(st: Qcow2State, e: CacheEntry, c: number, i: number, delta: 
   st.rbCache.markDirty(e);
   if (v === 0 && c < st.freeHint) st.freeHint = c;
   return v;
+}
+
+/**
+ * {@linkcode applyDelta} for 64-bit entries, in exact arithmetic: QEMU's
+ * refcounts are uint64_t, so a count past 2^53 (a damaged or crafted image)
+ * still goes down by exactly one and may reach 2^64 - 1. The count returned
+ * is rounded past 2^53; it only matters whether it is 0.
+ */
+function applyDelta64(st: Qcow2State, e: CacheEntry, c: number, i: number, delta: number): number {
+  const v = e.view.getBigUint64(i * 8) + BigInt(delta);
+  if (v < 0n) throw new CorruptImageError(`Corrupt qcow2 image: refcount of cluster ${c} would drop below zero`, { node: st.node.name });
+  if (v > 0xffffffffffffffffn) {
+    throw new BlockError("ERANGE", `Refcount of cluster ${c} would exceed ${0xffffffffffffffffn} (refcount_bits 64)`, {
+      node: st.node.name,
+    });
+  }
+  e.view.setBigUint64(i * 8, v);
+  st.rbCache.markDirty(e);
+  if (v === 0n && c < st.freeHint) st.freeHint = c;
+  return Number(v);
 }
 
 /**
@@ -142,7 +187,11 @@ export async function allocClusters(st: Qcow2State, n: number, req: RequestInfo 
     for (let c = start; c < start + n; c++) st.reserved.add(c);
     try {
       for (let c = start; c < start + n && st.reftableSwitches === switches; c++) {
-        if (updateCachedRefcount(st, c, 1) === undefined) await updateRefcount(st, c, 1, req);
+        if (c === start || c % st.perBlock === 0) {
+          const ev = refblockEvents(st, Math.floor(c / st.perBlock), req);
+          if (ev) await ev;
+        }
+        if (updateCachedRefcount(st, c, 1) === undefined) await updateRefcountIn(st, c, 1, req);
         counted++;
       }
     } catch (e) {
@@ -177,7 +226,11 @@ export async function allocAt(st: Qcow2State, first: number, n: number, req: Req
     for (let c = first; c < first + free; c++) st.reserved.add(c);
     try {
       for (let c = first; c < first + free && st.reftableSwitches === switches; c++) {
-        await updateRefcount(st, c, 1, req);
+        if (c === first || c % st.perBlock === 0) {
+          const ev = refblockEvents(st, Math.floor(c / st.perBlock), req);
+          if (ev) await ev;
+        }
+        await updateRefcountIn(st, c, 1, req);
         counted++;
       }
     } catch (e) {
@@ -226,8 +279,7 @@ function dropQueuedFree(st: Qcow2State, offset: number): void {
  */
 async function ensureRefblock(st: Qcow2State, rt: number, cluster: number, req: RequestInfo | undefined): Promise<void> {
   if (rt < st.reftable.length && st.reftable[rt] !== 0) return;
-  let p = st.event("refblock_alloc", req);
-  if (p) await p;
+  // `refblock_alloc` was raised by the update that needs the block (refblockEvents).
   const b = await findFree(st, 1, req);
   await checkTableAllocation(st, "refcount block", b * st.cs);
   st.reserved.add(b);
@@ -248,7 +300,7 @@ async function ensureRefblock(st: Qcow2State, rt: number, cluster: number, req: 
     return;
   }
   const off = b * st.cs;
-  p = st.event("refblock_alloc_write", req);
+  let p = st.event("refblock_alloc_write", req);
   if (p) await p;
   // A new block is durable before it is hooked in.
   await preWriteOverlapCheck(st, OL_REFCOUNT_BLOCK, off, st.cs, false);

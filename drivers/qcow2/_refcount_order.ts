@@ -30,7 +30,17 @@ type BlockOp = (index: number, empty: boolean, block: Uint8Array | undefined) =>
  * Refcounts are read as the walk reaches them, so clusters `op` allocates
  * are seen by the rest of the walk. Refuses refcounts that do not fit.
  */
-async function walk(st: Qcow2State, newBits: number, fill: boolean, op: BlockOp, req: RequestInfo | undefined): Promise<void> {
+async function walk(
+  st: Qcow2State,
+  newBits: number,
+  fill: boolean,
+  op: BlockOp,
+  req: RequestInfo | undefined,
+  status: WalkStatus,
+): Promise<void> {
+  // QEMU's progress: one step per refcount table entry of walk `index` out of `total`.
+  const size = st.reftable.length;
+  const report = (done: number) => status.progress?.(status.index * size + done, status.total * size);
   const cs = st.cs;
   const newPer = (cs * 8) / newBits;
   const block = fill ? new Uint8Array(cs) : undefined;
@@ -46,6 +56,7 @@ async function walk(st: Qcow2State, newBits: number, fill: boolean, op: BlockOp,
     empty = true;
   };
   for (let rt = 0; rt < st.reftable.length; rt++) {
+    report(rt);
     const off = st.reftable[rt];
     if (!off) {
       // No refcount block: all zeros, skipped a new block at a time.
@@ -93,10 +104,23 @@ async function walk(st: Qcow2State, newBits: number, fill: boolean, op: BlockOp,
     }
   }
   if (pos > 0) await op(index, empty, block);
+  report(size);
+}
+
+/** Which walk this is and how many there are expected to be, for the progress callback. */
+interface WalkStatus {
+  index: number;
+  total: number;
+  progress?: (offset: number, size: number) => void;
 }
 
 /** Repacks the refcounts of the open image into `2^order`-bit entries (metadata lock held). */
-export async function changeRefcountOrder(st: Qcow2State, order: number, req?: RequestInfo): Promise<void> {
+export async function changeRefcountOrder(
+  st: Qcow2State,
+  order: number,
+  req?: RequestInfo,
+  progress?: (offset: number, size: number) => void,
+): Promise<void> {
   const cs = st.cs;
   const newBits = 2 ** order;
   const perTableCluster = cs / 8;
@@ -119,26 +143,37 @@ export async function changeRefcountOrder(st: Qcow2State, order: number, req?: R
   }
   async function build(): Promise<void> {
     // Allocate until a whole walk needs nothing new (the new structure counts itself).
+    let walks = 0;
     do {
       allocated = false;
-      await walk(st, newBits, false, async (index, empty) => {
-        if (empty) return;
-        if (index >= table.length) {
-          const size = Math.ceil((index + 1) / perTableCluster) * perTableCluster;
-          if (size * 8 > MAX_REFTABLE_BYTES) {
-            throw new BlockError(
-              "ENOTSUP",
-              "This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting",
-              { node: st.node.name },
-            );
+      // As QEMU: at least this walk, one to find nothing new and the writing one.
+      const status = { index: walks, total: Math.max(walks + 2, 3), progress };
+      walks++;
+      await walk(
+        st,
+        newBits,
+        false,
+        async (index, empty) => {
+          if (empty) return;
+          if (index >= table.length) {
+            const size = Math.ceil((index + 1) / perTableCluster) * perTableCluster;
+            if (size * 8 > MAX_REFTABLE_BYTES) {
+              throw new BlockError(
+                "ENOTSUP",
+                "This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting",
+                { node: st.node.name },
+              );
+            }
+            while (table.length < size) table.push(0);
           }
-          while (table.length < size) table.push(0);
-        }
-        if (!table[index]) {
-          table[index] = await allocClusters(st, 1, req);
-          allocated = true;
-        }
-      }, req);
+          if (!table[index]) {
+            table[index] = await allocClusters(st, 1, req);
+            allocated = true;
+          }
+        },
+        req,
+        status,
+      );
       if (allocated) {
         if (tableOffset) {
           for (let c = 0; c < Math.ceil((tableAllocated * 8) / cs); c++) await updateRefcount(st, tableOffset / cs + c, -1, req);
@@ -148,12 +183,19 @@ export async function changeRefcountOrder(st: Qcow2State, order: number, req?: R
       }
     } while (allocated);
     // Write the new blocks.
-    await walk(st, newBits, true, async (index, empty, block) => {
-      if (index < table.length && table[index]) {
-        await preWriteOverlapCheck(st, 0, table[index], block!.length, false);
-        await st.file.pwrite(table[index], block!, { req });
-      } else if (!empty) throw new BlockError("EIO", `Internal error: refcount block ${index} was not allocated`, { node: st.node.name });
-    }, req);
+    await walk(
+      st,
+      newBits,
+      true,
+      async (index, empty, block) => {
+        if (index < table.length && table[index]) {
+          await preWriteOverlapCheck(st, 0, table[index], block!.length, false);
+          await st.file.pwrite(table[index], block!, { req });
+        } else if (!empty) throw new BlockError("EIO", `Internal error: refcount block ${index} was not allocated`, { node: st.node.name });
+      },
+      req,
+      { index: walks, total: walks + 1, progress },
+    );
   }
   const bytes = new Uint8Array(table.length * 8);
   const view = new DataView(bytes.buffer);

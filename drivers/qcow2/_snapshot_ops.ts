@@ -167,7 +167,6 @@ export async function createSnapshot(st: Qcow2State, info: SnapshotInfo, req: Re
   if (info.id && entries.some((e) => e.id === info.id)) {
     throw new BlockError("EEXIST", `Cannot create snapshot with ID '${info.id}': the ID is in use`, { node: st.node.name });
   }
-  await checkRoom(st, st.l1, req);
   await withDirtyBit(st, req, async () => {
     const bytes = st.l1Size * 8;
     // The copy keeps the COPIED flags as they are now (QEMU's bytes; nobody reads a snapshot's flags).
@@ -179,6 +178,9 @@ export async function createSnapshot(st: Qcow2State, info: SnapshotInfo, req: Re
       await preWriteOverlapCheck(st, 0, l1Offset, bytes, false);
       await st.file.pwrite(l1Offset, copy, { req });
     }
+    // QEMU's order: the copy is allocated and written before the refcounts are raised, so a refcount that
+    // cannot go up leaves the copy's clusters leaked (qemu-img check reports them as QEMU's do).
+    await checkRoom(st, st.l1, req);
     const released: Released = [];
     const before = st.l1.slice();
     await updateSnapshotRefcount(st, st.l1, 1, released, req);

@@ -310,14 +310,14 @@ export class Qcow2State {
 
   /**
    * Loads a metadata table through `cache` (QEMU's qcow2_cache_get): a hit
-   * is pinned at once; a miss validates the offset, raises `event`, reads
+   * is pinned at once; a miss validates the offset, raises `event` (if any), reads
    * the cluster and inserts it pinned. The caller releases the entry.
    */
   loadTable(
     cache: MetaCache,
     offset: number,
     what: { kind: string; where: string },
-    event: BlkdebugEvent,
+    event: BlkdebugEvent | undefined,
     req: RequestInfo | undefined,
   ): Promise<CacheEntry> {
     return cache.load(offset, async () => {
@@ -329,7 +329,7 @@ export class Qcow2State {
           node: this.node.name,
         });
       }
-      const p = this.event(event, req);
+      const p = event && this.event(event, req);
       if (p) await p;
       const buf = new Uint8Array(this.cs);
       await this.file.pread(offset, buf, { req });

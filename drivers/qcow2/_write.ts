@@ -13,7 +13,7 @@
 
 import type { RequestInfo } from "../../core/types.ts";
 import type { CacheEntry } from "./_cache.ts";
-import { checkDataFileOffset, checkV2ZeroFlag } from "./_l2.ts";
+import { checkDataFileOffset, checkV2ZeroFlag, invalidEntryError, invalidExtended } from "./_l2.ts";
 import { readGuest } from "./_read.ts";
 import { allocClusters } from "./_refcount.ts";
 import { growL1 } from "./_l1_grow.ts";
@@ -85,6 +85,8 @@ export async function writeLocked(st: Qcow2State, offset: number, data: Uint8Arr
         const segEnd = Math.min(chunkEnd, cStart + st.cs);
         if (!(e.view.getUint32(idx * st.entryBytes) & HI_COMPRESSED)) {
           checkV2ZeroFlag(st, e.view.getUint32(idx * st.entryBytes + 4), idx, e.offset);
+          // QEMU's cluster allocation refuses an invalid subcluster bitmap before it writes (one space in its message).
+          if (st.extL2 && invalidExtended(st, e.view, idx * st.entryBytes)) throw invalidEntryError(st, e.offset, idx, " ");
         }
         const kind = classify(st, e.view, idx, cur - cStart, segEnd - cStart);
         if (kind === INPLACE || kind === WIDEN) checkDataFileOffset(st, entryOffset(e.view, idx * st.entryBytes), cStart, idx);
@@ -138,6 +140,7 @@ async function writeCopied(w: WriteCtx): Promise<number> {
   while (end < chunkEnd) {
     const segEnd = Math.min(chunkEnd, end + st.cs);
     const kind = classify(st, e.view, last + 1, 0, segEnd - end);
+    if (st.extL2 && invalidExtended(st, e.view, (last + 1) * st.entryBytes)) break; // refused on its own (writeLocked)
     if ((kind !== INPLACE && kind !== WIDEN) || entryOffset(e.view, (last + 1) * st.entryBytes) !== host0 + (last + 1 - first) * st.cs) {
       break;
     }

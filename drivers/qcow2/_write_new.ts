@@ -13,6 +13,7 @@ import { updateRefcount } from "./_refcount.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, setEntry } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { preWriteOverlapCheck } from "./_overlap.ts";
+import { invalidExtended } from "./_l2.ts";
 import { ALL, classify, NEWALLOC, type Piece, placeRun, queuePiece, releaseEntry, type WriteCtx } from "./_write_run.ts";
 
 /**
@@ -64,6 +65,7 @@ export async function writeNew(w: WriteCtx): Promise<number> {
   while (base + (last + 1) * st.cs < chunkEnd) {
     const s = base + (last + 1) * st.cs;
     if (classify(st, e.view, last + 1, 0, Math.min(chunkEnd, s + st.cs) - s) !== NEWALLOC) break;
+    if (st.extL2 && invalidExtended(st, e.view, (last + 1) * st.entryBytes)) break; // refused on its own (writeLocked)
     last++;
   }
   // Clusters that were unallocated in an image without a backing file read

@@ -16,6 +16,7 @@
  * @module
  */
 
+import { type CacheFlushFailure, CorruptImageError, toBlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { INCOMPAT_DIRTY, type Qcow2Header } from "./header.ts";
 import { freeCluster, getRefcount } from "./_refcount.ts";
@@ -52,6 +53,34 @@ export async function writeback(st: Qcow2State, req: RequestInfo | undefined): P
     }
   }
   await applyPendingFrees(st, req);
+}
+
+/**
+ * The write-back at close (QEMU's qcow2_inactivate): dirty L2 tables are
+ * written back with everything they depend on (refcount blocks first, in
+ * the order of {@linkcode writeback}) and the file flushed; then, whatever
+ * happened, the refcount block cache is written back and the file flushed.
+ * Each failure is kept, not thrown: the refcount blocks may still reach the
+ * disk after the L2 tables failed (the clusters leak, nothing worse), and
+ * the caller reports every failed cache, as QEMU does.
+ */
+export async function writebackAtClose(st: Qcow2State): Promise<CacheFlushFailure[]> {
+  const failures: CacheFlushFailure[] = [];
+  const step = async (cache: string, fn: () => Promise<unknown>) => {
+    try {
+      await fn();
+      await st.flushFiles(undefined);
+    } catch (e) {
+      if (e instanceof CorruptImageError) throw e;
+      failures.push({ cache, error: toBlockError(e, `Cannot write back the ${cache} cache of node '${st.node.name}'`) });
+    }
+  };
+  const l2Dirty = () => st.l2Cache.dirtyCount > 0 || st.l1Dirty.size > 0;
+  // Only dirty L2 tables (or L1 entries) depend on the refcount blocks: without them the L2 step writes nothing.
+  await step("L2 table", async () => void (l2Dirty() && await writeback(st, undefined)));
+  // The refcount blocks alone when L2 tables are still dirty (their write failed), else the rest of the write-back.
+  await step("refcount block", async () => void (l2Dirty() ? await writeRefblocks(st, undefined) : await writeback(st, undefined)));
+  return failures;
 }
 
 /**

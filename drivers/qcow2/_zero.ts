@@ -79,7 +79,8 @@ export async function writeZeroes(
       await map(st, from, ss, m, req);
       if (m.kind !== K_UNALLOC && m.kind !== K_ZERO) throw notSupported(st, offset, length, "the subcluster holds data");
     }
-    if (to >= st.size) to = Math.ceil(to / st.cs) * st.cs; // a partial last cluster of the image counts whole
+    // The image ends inside this subcluster: it counts whole (QEMU: size_to_subclusters); the subclusters past the end stay as they were.
+    if (to >= st.size) to = Math.ceil(to / ss) * ss;
     await zeroOrDiscard(st, from, to - from, { discard: st.header.version < 3, unmap }, req);
     await releaseFreed(st, req);
     await relieveCaches(st, req);

@@ -102,7 +102,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
   }
   const backingFmt = flagString(p.values, "backing-format");
   if (backingFmt !== undefined) options.backing_fmt = backingFmt;
-  if (backing !== undefined && options.backing_fmt === undefined) {
+  // Only a target that is created needs its backing format (qemu-img checks its creation options; -n has none).
+  if (p.values["no-create"] !== true && backing !== undefined && options.backing_fmt === undefined) {
     throw new CliError("Use of backing file requires explicit backing format");
   }
   // The target format is checked before any source is opened, as qemu-img does.
@@ -116,6 +117,11 @@ async function run(args: string[], io: CliIO): Promise<number> {
   if (copyRange && flagString(p.values, "sparse") !== undefined) throw new CliError("Cannot enable copy offloading when -S is used");
   const salvage = p.values.salvage === true;
   if (copyRange && salvage) throw new CliError("Cannot use copy offloading in salvaging mode");
+  // qemu-img's next checks, in its order: -o options are creation options, which -n skips.
+  if (p.values["target-image-opts"] === true && p.values["no-create"] !== true) {
+    throw new CliError("--target-image-opts requires use of -n flag");
+  }
+  if (p.values["no-create"] === true && lists.length) throw new CliError("-o has no effect when skipping image creation");
   const snapshot = snapshotArg(flagString(p.values, "snapshot-param"), io);
   if (snapshot?.idOrName !== undefined && srcNames.length > 1) throw new CliError("No support for concatenating multiple snapshot");
   const srcs: BlockNode[] = [];

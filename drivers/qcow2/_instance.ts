@@ -294,7 +294,7 @@ export class Qcow2Instance implements DriverInstance {
   check(opts: CheckOptions): Promise<CheckResult> {
     const st = this.#st;
     return checkQcow2Node(st, opts, async () => {
-      const h = await readHeaderFrom(st.file);
+      const h = await readHeaderFrom(st.file, undefined, { check: true });
       const { l1, reftable } = await readTables(st.node, st.file, h);
       st.reset(h, l1, reftable);
     });

@@ -31,7 +31,7 @@ import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import { entryOffset, HI } from "./_entries.ts";
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_L1_BYTES, type Qcow2Header } from "./header.ts";
-import { readSnapshotTableFrom } from "./_tables.ts";
+import { readSnapshotTableChecked } from "./_snapshot_read.ts";
 import {
   OL_ACTIVE_L1,
   OL_ACTIVE_L2,
@@ -149,9 +149,11 @@ async function loadSnapshots(st: OverlapTarget, p: PerImage): Promise<Snapshots>
   const h = st.header;
   const key = snapshotKey(h);
   if (p.snapshots?.key === key) return p.snapshots;
-  const parsed = await readSnapshotTableFrom(st.file, h);
-  if (typeof parsed === "string") {
-    throw new BlockError("EINVAL", `Could not read the snapshot table (snapshots_offset ${h.snapshotsOffset}): ${parsed}`, {
+  // As the table lies on disk, however damaged (QEMU checks against the table it read, which a repair may have cut):
+  // its whole size, and each entry's L1 table.
+  const parsed = await readSnapshotTableChecked(st.file, h, true);
+  if ("error" in parsed) {
+    throw new BlockError("EINVAL", `Could not read the snapshot table (snapshots_offset ${h.snapshotsOffset}): ${parsed.error}`, {
       node: st.node.name,
     });
   }

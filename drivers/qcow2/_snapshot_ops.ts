@@ -21,7 +21,7 @@
 import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo, SnapshotInfo } from "../../core/types.ts";
 import { entryOffset, HI_COMPRESSED, maxRefcount } from "./_entries.ts";
-import { INCOMPAT_DIRTY, MAX_L1_BYTES } from "./header.ts";
+import { INCOMPAT_DIRTY, MAX_L1_BYTES, MAX_REFTABLE_BYTES } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
 import { allocClusters, getRefcount } from "./_refcount.ts";
@@ -116,11 +116,11 @@ async function withDirtyBit(st: Qcow2State, req: RequestInfo | undefined, fn: ()
 
 /**
  * Refuses (EINVAL, as QEMU's update_refcount) before anything changes when
- * one more reference through `l1` would overflow a refcount.
+ * one more reference through `l1` would overflow a refcount, or would go to
+ * a cluster without a refcount block (`missingRefblock`).
  */
 async function checkRoom(st: Qcow2State, l1: Uint8Array, req: RequestInfo | undefined): Promise<void> {
   const max = maxRefcount(st.refBits);
-  if (st.refBits >= 53) return;
   const adds = new Map<number, number>();
   const l1v = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
   const m = newMapping();
@@ -145,6 +145,8 @@ async function checkRoom(st: Qcow2State, l1: Uint8Array, req: RequestInfo | unde
     }
   }
   for (const [c, n] of adds) {
+    missingRefblock(st, c);
+    if (st.refBits >= 53) continue;
     const rc = await getRefcount(st, c, req);
     if (rc + n > max) {
       throw new BlockError(
@@ -154,6 +156,26 @@ async function checkRoom(st: Qcow2State, l1: Uint8Array, req: RequestInfo | unde
       );
     }
   }
+}
+
+/**
+ * A cluster in use must have a refcount block: one without is corruption,
+ * and sharing it is refused before anything changes. QEMU's update_refcount
+ * fails there too, with its errnos: EFBIG when no refcount table could
+ * reach the cluster, else EAGAIN (after hooking up a new block).
+ */
+function missingRefblock(st: Qcow2State, c: number): void {
+  const rt = Math.floor(c / st.perBlock);
+  if (rt < st.reftable.length && st.reftable[rt]) return;
+  const where = `cluster ${c} (offset 0x${(c * st.cs).toString(16)})`;
+  if ((rt + 1) * 8 > MAX_REFTABLE_BYTES) {
+    throw new BlockError("EFBIG", `Cannot share ${where}: no refcount table can describe it (the image is corrupt; run check -r all)`, {
+      node: st.node.name,
+    });
+  }
+  throw new BlockError("EAGAIN", `Cannot share ${where}: it is in use but has no refcount block (the image is corrupt; run check -r all)`, {
+    node: st.node.name,
+  });
 }
 
 /** qemu-img snapshot -c: copies the active L1 table and shares every cluster with the new snapshot (lock held). */

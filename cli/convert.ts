@@ -17,6 +17,7 @@ import {
   flagString,
   intArg,
   needPositionals,
+  OpenError,
   openImage,
   parseVerbArgs,
   progName,
@@ -147,7 +148,13 @@ async function run(args: string[], io: CliIO): Promise<number> {
       } finally {
         await src.close();
       }
-      srcs.push(await openImage(s, { ...args, formatOptions: view }));
+      // The view opens only if the snapshot's tables can be used: otherwise qemu-img's bdrv_snapshot_load_tmp failed.
+      srcs.push(
+        await openImage(s, { ...args, formatOptions: view }).catch((e) => {
+          if (!(e instanceof OpenError)) throw e;
+          throw new CliError(`Failed to load snapshot: ${e.reason}`, 1, `Failed to load snapshot: ${e.qemuReason}`);
+        }),
+      );
     }
     if (bitmaps) await checkBitmaps(srcs, skipBroken);
     const total = srcs.reduce((a, s) => a + s.length, 0);

@@ -10,6 +10,7 @@
 
 import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo, SnapshotInfo } from "../../core/types.ts";
+import { MAX_L1_BYTES } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { allocClusters, freeCluster } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
@@ -138,4 +139,25 @@ async function oldTableSize(st: Qcow2State): Promise<number> {
   const parsed = await readSnapshotTableFrom(st.file, st.header);
   if (typeof parsed === "string") throw new CorruptImageError(`Corrupt qcow2 image: ${parsed}`, { node: st.node.name });
   return parsed.size;
+}
+
+/**
+ * QEMU's qcow2_validate_table for a snapshot's L1 table: too large (EFBIG),
+ * or misaligned or past the end of the file (EINVAL); undefined when valid.
+ * The message names the snapshot and the field; `qemuMessage` is QEMU's.
+ */
+export function snapshotL1Error(st: Qcow2State, sn: SnapshotEntry): BlockError | undefined {
+  const node = st.node.name;
+  if (sn.l1Size * 8 > MAX_L1_BYTES) {
+    const qemuMessage = "Snapshot L1 table too large";
+    return new BlockError("EFBIG", `${qemuMessage}: snapshot '${sn.id}' has l1_size ${sn.l1Size}`, { node, qemuMessage });
+  }
+  if (sn.l1Offset % st.cs !== 0 || (sn.l1Size > 0 && sn.l1Offset + sn.l1Size * 8 > st.file.length)) {
+    const qemuMessage = "Snapshot L1 table offset invalid";
+    return new BlockError("EINVAL", `${qemuMessage}: snapshot '${sn.id}' has l1_table_offset 0x${sn.l1Offset.toString(16)}`, {
+      node,
+      qemuMessage,
+    });
+  }
+  return undefined;
 }

@@ -21,13 +21,20 @@
 import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo, SnapshotInfo } from "../../core/types.ts";
 import { entryOffset, HI_COMPRESSED, maxRefcount } from "./_entries.ts";
-import { INCOMPAT_DIRTY, MAX_L1_BYTES, MAX_REFTABLE_BYTES } from "./header.ts";
+import { INCOMPAT_DIRTY, MAX_REFTABLE_BYTES } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
 import { allocClusters, getRefcount } from "./_refcount.ts";
 import { growL1 } from "./_l1_grow.ts";
 import { resize } from "./_resize.ts";
-import { findSnapshot, findSnapshotByIdOrName, newSnapshotId, readSnapshotTable, writeSnapshotTable } from "./_snapshot.ts";
+import {
+  findSnapshot,
+  findSnapshotByIdOrName,
+  newSnapshotId,
+  readSnapshotTable,
+  snapshotL1Error,
+  writeSnapshotTable,
+} from "./_snapshot.ts";
 import { addRef, discardReleased, type Released, updateSnapshotRefcount } from "./_snapshot_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import type { SnapshotEntry } from "./_tables.ts";
@@ -54,18 +61,8 @@ function notFound(st: Qcow2State, what: string): never {
 
 /** QEMU's qcow2_validate_table for a snapshot's L1 table. */
 function validateL1(st: Qcow2State, sn: SnapshotEntry): void {
-  if (sn.l1Size * 8 > MAX_L1_BYTES) {
-    throw new BlockError("EFBIG", `Snapshot L1 table too large: snapshot '${sn.id}' has l1_size ${sn.l1Size}`, { node: st.node.name });
-  }
-  if (sn.l1Offset % st.cs !== 0 || (sn.l1Size > 0 && sn.l1Offset + sn.l1Size * 8 > st.file.length)) {
-    throw new BlockError(
-      "EINVAL",
-      `Snapshot L1 table offset invalid: snapshot '${sn.id}' has l1_table_offset 0x${sn.l1Offset.toString(16)}`,
-      {
-        node: st.node.name,
-      },
-    );
-  }
+  const e = snapshotL1Error(st, sn);
+  if (e) throw e;
 }
 
 async function readL1(st: Qcow2State, sn: SnapshotEntry, bytes: number, req: RequestInfo | undefined): Promise<Uint8Array> {

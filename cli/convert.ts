@@ -17,6 +17,7 @@ import {
   flagString,
   intArg,
   needPositionals,
+  OpenError,
   openImage,
   parseVerbArgs,
   progName,
@@ -102,7 +103,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
   }
   const backingFmt = flagString(p.values, "backing-format");
   if (backingFmt !== undefined) options.backing_fmt = backingFmt;
-  if (backing !== undefined && options.backing_fmt === undefined) {
+  // Only a target that is created needs its backing format (qemu-img checks its creation options; -n has none).
+  if (p.values["no-create"] !== true && backing !== undefined && options.backing_fmt === undefined) {
     throw new CliError("Use of backing file requires explicit backing format");
   }
   // The target format is checked before any source is opened, as qemu-img does.
@@ -116,6 +118,11 @@ async function run(args: string[], io: CliIO): Promise<number> {
   if (copyRange && flagString(p.values, "sparse") !== undefined) throw new CliError("Cannot enable copy offloading when -S is used");
   const salvage = p.values.salvage === true;
   if (copyRange && salvage) throw new CliError("Cannot use copy offloading in salvaging mode");
+  // qemu-img's next checks, in its order: -o options are creation options, which -n skips.
+  if (p.values["target-image-opts"] === true && p.values["no-create"] !== true) {
+    throw new CliError("--target-image-opts requires use of -n flag");
+  }
+  if (p.values["no-create"] === true && lists.length) throw new CliError("-o has no effect when skipping image creation");
   const snapshot = snapshotArg(flagString(p.values, "snapshot-param"), io);
   if (snapshot?.idOrName !== undefined && srcNames.length > 1) throw new CliError("No support for concatenating multiple snapshot");
   const srcs: BlockNode[] = [];
@@ -141,7 +148,13 @@ async function run(args: string[], io: CliIO): Promise<number> {
       } finally {
         await src.close();
       }
-      srcs.push(await openImage(s, { ...args, formatOptions: view }));
+      // The view opens only if the snapshot's tables can be used: otherwise qemu-img's bdrv_snapshot_load_tmp failed.
+      srcs.push(
+        await openImage(s, { ...args, formatOptions: view }).catch((e) => {
+          if (!(e instanceof OpenError)) throw e;
+          throw new CliError(`Failed to load snapshot: ${e.reason}`, 1, `Failed to load snapshot: ${e.qemuReason}`);
+        }),
+      );
     }
     if (bitmaps) await checkBitmaps(srcs, skipBroken);
     const total = srcs.reduce((a, s) => a + s.length, 0);

@@ -51,7 +51,8 @@ export async function imageInfo(top: BlockNode, filename: string): Promise<Image
   const clusterSize = num(extra["cluster-size"]) ?? num(extra.clusterSize);
   if (clusterSize !== undefined) out["cluster-size"] = clusterSize;
   out.format = node.driver.name;
-  const actual = actualSize(node);
+  // QEMU's bdrv_get_allocated_file_size: the image file's allocated blocks (with an external data file's).
+  const actual = await node.allocatedSize();
   if (actual !== undefined) out["actual-size"] = actual;
   const fs = formatSpecific(node.driver.name, extra);
   if (fs) out["format-specific"] = fs;
@@ -86,22 +87,6 @@ function fullBackingName(node: BlockNode, backing: string): string | undefined {
   } catch (e) {
     if (e instanceof BlockError) return undefined;
     throw e;
-  }
-}
-
-/** The protocol drivers of host files and devices (QEMU's file-posix: file, host_device, host_cdrom). */
-const HOST_DRIVERS = new Set(["file", "host_device", "host_cdrom"]);
-
-/** Bytes the image occupies on the host (st_blocks * 512), when it is a host file or device. */
-export function actualSize(node: BlockNode): number | undefined {
-  const p = protocolNode(node);
-  const name = p.options.filename;
-  if (!HOST_DRIVERS.has(p.driver.name) || typeof name !== "string") return undefined;
-  try {
-    const st = Deno.statSync(name);
-    return st.blocks !== null ? st.blocks * 512 : st.size;
-  } catch {
-    return undefined;
   }
 }
 

@@ -81,8 +81,10 @@ async function act(node: BlockNode, action: Exclude<Action, "list">, name: strin
         await fmt.snapshots.delete(found.id);
       } catch (e) {
         // qcow2 names the stage that failed as QEMU does; rbd's message is QEMU's rbd driver's.
-        const msg = serving?.driver.name === "qcow2" ? (e as Error).message : `Failed to remove the snapshot: ${why(e)}`;
-        throw new CliError(`Could not delete snapshot '${name}': ${msg}`);
+        const own = serving?.driver.name === "qcow2";
+        const msg = own ? (e as Error).message : `Failed to remove the snapshot: ${why(e)}`;
+        const qemu = own && e instanceof BlockError ? e.qemuMessage : msg;
+        throw new CliError(`Could not delete snapshot '${name}': ${msg}`, 1, `Could not delete snapshot '${name}': ${qemu}`);
       }
       return;
     }

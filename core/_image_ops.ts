@@ -227,3 +227,27 @@ export async function closeNode<N extends CoreNode<N>>(c: NodeCore<N>): Promise<
   }
   if (error) throw error;
 }
+
+/**
+ * Bytes the node occupies on its storage (QEMU's bdrv_get_allocated_file_size):
+ * the driver's answer; else, a protocol node: unknown; a filter: its child's;
+ * a format: the sum over its children holding its data and metadata (every
+ * child but the backing file), unknown when any of them is.
+ */
+export async function allocatedSize<N extends CoreNode<N>>(c: NodeCore<N>): Promise<number | undefined> {
+  if (c.inst.allocatedSize) return await c.inst.allocatedSize();
+  const kind = c.node.driver.kind;
+  if (kind === "protocol") return undefined;
+  if (kind === "filter") {
+    const child = c.primaryChild;
+    return child ? await allocatedSize(coreOf(child)) : undefined;
+  }
+  let sum = 0;
+  for (const [role, child] of c.node.children) {
+    if (role === "backing") continue;
+    const n = await allocatedSize(coreOf(child));
+    if (n === undefined) return undefined;
+    sum += n;
+  }
+  return sum;
+}

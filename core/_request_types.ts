@@ -127,6 +127,13 @@ export interface BlockStatusOf<N> {
   file?: N;
   /** The range is compressed (qcow2). */
   compressed?: boolean;
+  /**
+   * A driver's hint (QEMU's BDRV_BLOCK_RECURSE) that data at `hostOffset`
+   * may still be a hole in `file` (qcow2 with preallocated metadata): the
+   * core then asks `file` and reports the range as zero where it reads as
+   * zeros. The core removes it from the answer.
+   */
+  recurse?: boolean;
 }
 
 /**

@@ -43,11 +43,39 @@ async function blockStatus<N extends CoreNode<N>>(
   const inst = c.inst;
   if (inst.blockStatus) {
     const st = await inst.blockStatus(offset, length, { req });
-    return { ...st, offset, length: Math.max(1, Math.min(st.length, length)) };
+    const out = { ...st, offset, length: Math.max(1, Math.min(st.length, length)) };
+    if (st.recurse) {
+      delete out.recurse;
+      if (out.data && !out.zero && out.hostOffset !== undefined && out.file && out.file !== c.node) await recurse(out, req);
+    }
+    return out;
   }
   const child = c.node.driver.kind === "filter" ? c.primaryChild : undefined;
   if (child) return await c.forward({ op: "block-status", offset, length, req }, () => child.blockStatus(offset, length, { req }));
   return { offset, length, data: true, zero: false, allocated: true, present: true, depth: 0, hostOffset: offset, file: c.node };
+}
+
+/**
+ * QEMU's BDRV_BLOCK_RECURSE in bdrv_co_block_status: data the driver maps to
+ * `st.file` at `st.hostOffset` is zero where that file reads as zeros (a
+ * hole, or past its end); the extent is cut where the file's answer ends.
+ * The file's answer only adds information: an error asking it is ignored.
+ */
+async function recurse<N extends CoreNode<N>>(st: BlockStatusOf<N>, req: RequestInfo): Promise<void> {
+  const file = st.file!;
+  let f: BlockStatusOf<N>;
+  try {
+    f = await file.blockStatus(st.hostOffset!, st.length, { req });
+  } catch {
+    return;
+  }
+  if (f.length === 0 || (f.zero && st.hostOffset! + f.length >= file.length)) {
+    // Past the end of the file, or a hole up to it: reads as zeros, however far the extent goes.
+    st.zero = true;
+    return;
+  }
+  st.length = Math.min(st.length, f.length);
+  if (f.zero) st.zero = true;
 }
 
 /** `BlockNode.truncate`. */

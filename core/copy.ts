@@ -110,7 +110,13 @@ export async function copyImage(source: BlockNode | readonly BlockNode[], dst: B
   const sparse = opts.sparse ?? 4096;
   const zeroBuf = sparse === 0 ? new Uint8Array(chunk) : undefined;
   const zeroOut = async (off: number, n: number) => {
-    if (opts.compress && (zeroBuf || zeroTarget)) await drain();
+    if (zeroBuf && opts.compress) {
+      // -S 0 with -c: as qemu-img, the zeros are data, written compressed like any other cluster (a cluster of its own
+      // for each, never recycled as a read buffer).
+      for (let at = 0; at < n; at += chunk) await writeCompressed(dstOffset + off + at, new Uint8Array(Math.min(chunk, n - at)), false);
+      return;
+    }
+    if (opts.compress && zeroTarget) await drain();
     if (zeroBuf) {
       // -S 0: a fully allocated target, zeros written as data.
       for (let at = 0; at < n; at += zeroBuf.length) {
@@ -124,9 +130,10 @@ export async function copyImage(source: BlockNode | readonly BlockNode[], dst: B
   let failed: { error: unknown } | undefined;
   // The buffers of compressed writes that completed, for the next reads: a copy allocates at most a window of clusters.
   const spare: Uint8Array[] = [];
-  const writeCompressed = async (at: number, data: Uint8Array) => {
+  const writeCompressed = async (at: number, data: Uint8Array, recycle = true) => {
     const whole = new Uint8Array(data.buffer, 0, data.buffer.byteLength);
-    inflight.push(dst.pwrite(at, data, { compressed: true }).then(() => void spare.push(whole), (error) => void (failed ??= { error })));
+    const done = () => void (recycle && spare.push(whole));
+    inflight.push(dst.pwrite(at, data, { compressed: true }).then(done, (error) => void (failed ??= { error })));
     if (inflight.length >= window) await inflight.shift();
     if (failed) throw failed.error;
   };
@@ -215,7 +222,8 @@ export async function copyImage(source: BlockNode | readonly BlockNode[], dst: B
           await read(off, data);
           copied = n;
           const wholeCluster = off % chunk === 0 && (n === chunk || off + n === length);
-          if (opts.compress && wholeCluster && !isZero(data)) await writeCompressed(dstOffset + off, data);
+          // -S 0 keeps the target fully allocated: a zero cluster is written (compressed) too, as qemu-img writes it.
+          if (opts.compress && wholeCluster && (sparse === 0 || !isZero(data))) await writeCompressed(dstOffset + off, data);
           else {
             if (opts.compress) await drain();
             if (sparse === 0) await dst.pwrite(dstOffset + off, data);

@@ -295,6 +295,22 @@ export class BlockNode {
     return statusRequest(this.#c, offset, length, opts);
   }
 
+  /**
+   * Bytes the node occupies on its storage (QEMU's bdrv_get_allocated_file_size,
+   * qemu-img info's disk size): a host file's allocated blocks, a format
+   * node's sum over its file and data file; undefined when unknown.
+   *
+   * @example
+   * ```ts
+   * import { open } from "@blkgraph/blkgraph";
+   * await using n = await open({ driver: "memory", size: 1 << 20 });
+   * console.log(await n.allocatedSize()); // undefined
+   * ```
+   */
+  allocatedSize(): Promise<number | undefined> {
+    return ops.allocatedSize(this.#c);
+  }
+
   /** Length in bytes. */
   getLength(): Promise<number> {
     return Promise.resolve(this.length);

@@ -124,6 +124,12 @@ export interface DriverInstanceOf<N> {
   blockStatus?(offset: number, length: number, opts: RequestOptions): Promise<BlockStatusOf<N>> | BlockStatusOf<N>;
   /** Current length in bytes. */
   getLength?(): number;
+  /**
+   * Bytes the node occupies on its storage (a host file: its allocated
+   * blocks, `st_blocks * 512`), QEMU's bdrv_get_allocated_file_size;
+   * undefined when unknown. Without it the core asks the children.
+   */
+  allocatedSize?(): Promise<number | undefined> | number | undefined;
   /** Changes the length. */
   truncate?(length: number, opts: TruncateOptions): Promise<void> | void;
   /** Releases resources (children are closed by the core afterwards). */

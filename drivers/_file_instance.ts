@@ -14,6 +14,7 @@ import type { TruncateOptions, WriteZeroesOptions } from "../core/types.ts";
 import type { BlockStatus, DriverInstance } from "../core/node.ts";
 import {
   alignedBuffer,
+  allocatedBytes,
   checkPrealloc,
   Errno,
   errnoError,
@@ -157,6 +158,8 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
   const inst: DriverInstance = {
     limits: { requestAlignment: align, maxTransfer: direct ? DIRECT_MAX : MAX_IO },
     getLength: () => size,
+    // QEMU's raw_get_allocated_file_size: the blocks the file holds (st_blocks * 512).
+    allocatedSize: () => allocatedBytes(filename),
     ...ops,
     pwriteZeroes(offset: number, length: number, opts: WriteZeroesOptions): void {
       forgetData();

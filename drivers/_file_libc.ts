@@ -324,3 +324,13 @@ export function checkPrealloc(opts: TruncateOptions, filename: string, length: n
 export function firstBlock(newLength: number): number {
   return newLength < 4096 ? 512 : 4096;
 }
+
+/** The bytes a host file holds on its file system (`st_blocks * 512`); undefined when it cannot be stat'ed. */
+export function allocatedBytes(filename: string): number | undefined {
+  try {
+    const st = Deno.statSync(filename);
+    return st.blocks !== null ? st.blocks * 512 : st.size;
+  } catch {
+    return undefined;
+  }
+}

@@ -9,7 +9,7 @@
 import * as fs from "node:fs";
 import { toBlockError } from "../core/errors.ts";
 import type { DriverInstance } from "../core/node.ts";
-import { checkPrealloc, Errno, errnoError, firstBlock, type Handle } from "./_file_libc.ts";
+import { allocatedBytes, checkPrealloc, Errno, errnoError, firstBlock, type Handle } from "./_file_libc.ts";
 
 const ZERO_CHUNK = 1 << 20;
 
@@ -54,6 +54,7 @@ export function nodeFsInstance(h: Handle, filename: string, name: string): Drive
   };
   return {
     getLength: () => size,
+    allocatedSize: () => allocatedBytes(filename),
     // Synchronous already: the exit write-back at Deno.exit() can use it.
     syncIo: { pwrite, flush },
     pread(offset, buf) {

@@ -13,7 +13,7 @@
 
 import { BlockError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
-import { EXT_CRYPTO, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, type Qcow2Header } from "./header.ts";
+import { EXT_CRYPTO, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, MAX_SNAPSHOTS, type Qcow2Header } from "./header.ts";
 import { RefArray } from "./_check_refarray.ts";
 import { type Counters, type Fix, readPadded, zeroCounters } from "./_check_types.ts";
 import { hex, HI, OFFSET_LO_MASK } from "./_entries.ts";
@@ -113,7 +113,28 @@ export class Checker {
    * returns the error, and qemu-img says "Check failed").
    */
   async readSnapshots(fix: Fix): Promise<void> {
-    const t = await readSnapshotTableChecked(this.#file, this.#h, fix.errors);
+    // More entries than an image may have: with -r all the rest is dropped (the header's count goes down with the
+    // other overhanging ones below); otherwise the table is not read at all (qcow2_validate_table's words).
+    const h = this.#h;
+    let dropped = 0;
+    if (h.nbSnapshots > MAX_SNAPSHOTS && fix.errors) {
+      dropped = h.nbSnapshots - MAX_SNAPSHOTS;
+      this.#say(`Discarding ${dropped} overhanging snapshots`);
+      h.nbSnapshots = MAX_SNAPSHOTS;
+    }
+    if (h.nbSnapshots > MAX_SNAPSHOTS) {
+      this.res.checkErrors++;
+      const n = h.nbSnapshots - MAX_SNAPSHOTS;
+      throw new BlockError(
+        "EFBIG",
+        `ERROR snapshot table too large\nYou can force-remove all ${n} overhanging snapshots with qemu-img check -r all`,
+      );
+    }
+    if (h.snapshotsOffset % (2 ** h.clusterBits) !== 0 || h.snapshotsOffset + h.nbSnapshots * 40 > Number.MAX_SAFE_INTEGER) {
+      this.res.checkErrors++;
+      throw new BlockError("EINVAL", `ERROR snapshot table offset invalid (snapshots_offset ${h.snapshotsOffset})`);
+    }
+    const t = await readSnapshotTableChecked(this.#file, h, fix.errors);
     if ("error" in t) {
       throw new BlockError("EFBIG", `ERROR failed to read the snapshot table: ${t.error}${t.hint ? `\n${t.hint}` : ""}`);
     }
@@ -121,11 +142,11 @@ export class Checker {
       this.#say(`Discarding too much extra metadata in snapshot table entry ${i} (${size} > ${MAX_SNAPSHOT_EXTRA})`);
     }
     this.snapshotFixes = t.extraDropped.length;
-    if (t.overhang) {
-      this.#say(`Discarding ${t.overhang} overhanging snapshots (snapshot table is too big)`);
-      this.#h.nbSnapshots = t.entries.length;
-      await writeHeaderFields(this.#file, this.#h, ["nbSnapshots"]);
-      this.res.corruptionsFixed += t.overhang;
+    if (t.overhang) this.#say(`Discarding ${t.overhang} overhanging snapshots (snapshot table is too big)`);
+    if (t.overhang || dropped) {
+      h.nbSnapshots = t.entries.length;
+      await writeHeaderFields(this.#file, h, ["nbSnapshots"]);
+      this.res.corruptionsFixed += t.overhang + dropped;
     }
     if (this.#h.version >= 3) {
       t.entries.forEach((e, i) => {

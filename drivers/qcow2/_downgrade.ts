@@ -20,9 +20,9 @@
 import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
-import { INCOMPAT_COMPRESSION, INCOMPAT_DIRTY, MAX_L1_BYTES } from "./header.ts";
+import { INCOMPAT_COMPRESSION, INCOMPAT_DIRTY } from "./header.ts";
 import { allocClusters, getRefcount, updateRefcount } from "./_refcount.ts";
-import { readSnapshotTable } from "./_snapshot.ts";
+import { readSnapshotTable, snapshotL1Error } from "./_snapshot.ts";
 import type { Qcow2State } from "./_state.ts";
 import { markClean, rewriteHeader, writeback } from "./_writeback.ts";
 import { preWriteOverlapCheck } from "./_overlap.ts";
@@ -126,9 +126,8 @@ export async function downgrade(st: Qcow2State, req?: RequestInfo): Promise<void
   await expandIn(st, st.l1, backed, req);
   await writeback(st, req);
   for (const sn of snapshots) {
-    if (sn.l1Size * 8 > MAX_L1_BYTES || sn.l1Offset % st.cs || sn.l1Offset + sn.l1Size * 8 > st.file.length) {
-      throw new BlockError("EINVAL", `Snapshot L1 table offset invalid: snapshot '${sn.id}'`, { node: st.node.name });
-    }
+    const bad = snapshotL1Error(st, sn);
+    if (bad) throw bad;
     const l1 = new Uint8Array(sn.l1Size * 8);
     if (l1.length) await st.file.pread(sn.l1Offset, l1, { req });
     await expandIn(st, l1, backed, req);

@@ -26,6 +26,7 @@ import type { CompressPool } from "./_compress_pool.ts";
 import { type Qcow2Header, readHeaderFrom } from "./header.ts";
 import { K_NORMAL, mapSync, newMapping } from "./_l2.ts";
 import { blockStatus, dataIo, readFast, readGuest } from "./_read.ts";
+import { metadataPreallocated } from "./_prealloc_detect.ts";
 import { resize } from "./_resize.ts";
 import type { MetadataMode, Qcow2State } from "./_state.ts";
 import { canEmptyCompletely, makeCompletelyEmpty } from "./_make_empty.ts";
@@ -293,7 +294,7 @@ export class Qcow2Instance implements DriverInstance {
   check(opts: CheckOptions): Promise<CheckResult> {
     const st = this.#st;
     return checkQcow2Node(st, opts, async () => {
-      const h = await readHeaderFrom(st.file);
+      const h = await readHeaderFrom(st.file, undefined, { check: true });
       const { l1, reftable } = await readTables(st.node, st.file, h);
       st.reset(h, l1, reftable);
     });
@@ -347,8 +348,11 @@ export class Qcow2Instance implements DriverInstance {
   }
 
   /** Allocation state of the extent at `offset`. */
-  blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
-    return blockStatus(this.#st, offset, length, opts.req);
+  async blockStatus(offset: number, length: number, opts: RequestOptions): Promise<BlockStatus> {
+    const s = await blockStatus(this.#st, offset, length, opts.req);
+    // Data of this layer at a host offset, in an image with preallocated metadata: the file may still hold a hole there.
+    if (s.allocated && s.data && s.hostOffset !== undefined && (await metadataPreallocated(this.#st, opts.req))) s.recurse = true;
+    return s;
   }
 
   /**

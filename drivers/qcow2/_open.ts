@@ -120,9 +120,9 @@ export const QCOW2_OPTIONS: readonly string[] = [
 export async function openQcow2State(ctx: OpenContext): Promise<Qcow2State> {
   checkKnownOptions(ctx.options, QCOW2_OPTIONS, "qcow2");
   const file = (await ctx.openChild("file"))!;
-  let h = await readHeaderFrom(file);
-  const rw = !ctx.readOnly;
   const checking = ctx.check ?? false;
+  let h = await readHeaderFrom(file, undefined, { check: checking });
+  const rw = !ctx.readOnly;
   if (h.incompatibleFeatures & INCOMPAT_CORRUPT && rw && !checking) {
     throw new BlockError(
       "EACCES",

@@ -31,7 +31,7 @@ import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { BlockNode } from "../../core/node.ts";
 import { entryOffset, HI } from "./_entries.ts";
 import { AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_L1_BYTES, type Qcow2Header } from "./header.ts";
-import { readSnapshotTableFrom } from "./_tables.ts";
+import { readSnapshotTableChecked } from "./_snapshot_read.ts";
 import {
   OL_ACTIVE_L1,
   OL_ACTIVE_L2,
@@ -149,9 +149,11 @@ async function loadSnapshots(st: OverlapTarget, p: PerImage): Promise<Snapshots>
   const h = st.header;
   const key = snapshotKey(h);
   if (p.snapshots?.key === key) return p.snapshots;
-  const parsed = await readSnapshotTableFrom(st.file, h);
-  if (typeof parsed === "string") {
-    throw new BlockError("EINVAL", `Could not read the snapshot table (snapshots_offset ${h.snapshotsOffset}): ${parsed}`, {
+  // As the table lies on disk, however damaged (QEMU checks against the table it read, which a repair may have cut):
+  // its whole size, and each entry's L1 table.
+  const parsed = await readSnapshotTableChecked(st.file, h, true);
+  if ("error" in parsed) {
+    throw new BlockError("EINVAL", `Could not read the snapshot table (snapshots_offset ${h.snapshotsOffset}): ${parsed.error}`, {
       node: st.node.name,
     });
   }
@@ -201,7 +203,8 @@ async function inactiveL2(st: OverlapTarget, sn: Snapshots): Promise<Set<number>
   for (const { offset, size } of sn.l1) {
     // QEMU's qcow2_validate_table for each snapshot L1 table.
     if (size * 8 > MAX_L1_BYTES || offset % cs !== 0 || offset + size * 8 > st.file.length) {
-      throw new BlockError("EINVAL", `Cannot check for overlaps: a snapshot's L1 table (offset ${offset}, ${size} entries) is invalid`, {
+      const code = size * 8 > MAX_L1_BYTES ? "EFBIG" : "EINVAL";
+      throw new BlockError(code, `Cannot check for overlaps: a snapshot's L1 table (offset ${offset}, ${size} entries) is invalid`, {
         node: st.node.name,
       });
     }
@@ -229,11 +232,15 @@ export async function findOverlap(st: OverlapTarget, ign: number, offset: number
   const p = per(st);
   let sn: Snapshots | undefined;
   if (chk & (OL_SNAPSHOT_TABLE | OL_INACTIVE_L1 | OL_INACTIVE_L2) && h.nbSnapshots) sn = await loadSnapshots(st, p);
+  // The inactive L2 tables first: a snapshot L1 table that cannot be read fails every checked write (EFBIG or EINVAL,
+  // as qcow2_validate_table), before its claimed range could count as an overlap. (QEMU gets there first too: the
+  // refcount block it writes before the data of an allocating write fails this check.)
+  const inactive = sn && chk & OL_INACTIVE_L2 ? await inactiveL2(st, sn) : undefined;
   const bit = activeOverlap(st, chk, offset, size, sn);
   if (bit) return bit;
   const first = Math.floor(offset / st.cs);
   const last = Math.floor((offset + size - 1) / st.cs);
-  if (sn && chk & OL_INACTIVE_L2 && hits(await inactiveL2(st, sn), first, last)) return OL_INACTIVE_L2;
+  if (inactive && hits(inactive, first, last)) return OL_INACTIVE_L2;
   return bitmapOverlap(st, chk, p, first, last);
 }
 

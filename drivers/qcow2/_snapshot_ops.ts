@@ -21,13 +21,20 @@
 import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo, SnapshotInfo } from "../../core/types.ts";
 import { entryOffset, HI_COMPRESSED, maxRefcount } from "./_entries.ts";
-import { INCOMPAT_DIRTY, MAX_L1_BYTES } from "./header.ts";
+import { INCOMPAT_DIRTY, MAX_REFTABLE_BYTES } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
 import { allocClusters, getRefcount } from "./_refcount.ts";
 import { growL1 } from "./_l1_grow.ts";
 import { resize } from "./_resize.ts";
-import { findSnapshot, findSnapshotByIdOrName, newSnapshotId, readSnapshotTable, writeSnapshotTable } from "./_snapshot.ts";
+import {
+  findSnapshot,
+  findSnapshotByIdOrName,
+  newSnapshotId,
+  readSnapshotTable,
+  snapshotL1Error,
+  writeSnapshotTable,
+} from "./_snapshot.ts";
 import { addRef, discardReleased, type Released, updateSnapshotRefcount } from "./_snapshot_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import type { SnapshotEntry } from "./_tables.ts";
@@ -54,18 +61,8 @@ function notFound(st: Qcow2State, what: string): never {
 
 /** QEMU's qcow2_validate_table for a snapshot's L1 table. */
 function validateL1(st: Qcow2State, sn: SnapshotEntry): void {
-  if (sn.l1Size * 8 > MAX_L1_BYTES) {
-    throw new BlockError("EFBIG", `Snapshot L1 table too large: snapshot '${sn.id}' has l1_size ${sn.l1Size}`, { node: st.node.name });
-  }
-  if (sn.l1Offset % st.cs !== 0 || (sn.l1Size > 0 && sn.l1Offset + sn.l1Size * 8 > st.file.length)) {
-    throw new BlockError(
-      "EINVAL",
-      `Snapshot L1 table offset invalid: snapshot '${sn.id}' has l1_table_offset 0x${sn.l1Offset.toString(16)}`,
-      {
-        node: st.node.name,
-      },
-    );
-  }
+  const e = snapshotL1Error(st, sn);
+  if (e) throw e;
 }
 
 async function readL1(st: Qcow2State, sn: SnapshotEntry, bytes: number, req: RequestInfo | undefined): Promise<Uint8Array> {
@@ -116,11 +113,11 @@ async function withDirtyBit(st: Qcow2State, req: RequestInfo | undefined, fn: ()
 
 /**
  * Refuses (EINVAL, as QEMU's update_refcount) before anything changes when
- * one more reference through `l1` would overflow a refcount.
+ * one more reference through `l1` would overflow a refcount, or would go to
+ * a cluster without a refcount block (`missingRefblock`).
  */
 async function checkRoom(st: Qcow2State, l1: Uint8Array, req: RequestInfo | undefined): Promise<void> {
   const max = maxRefcount(st.refBits);
-  if (st.refBits >= 53) return;
   const adds = new Map<number, number>();
   const l1v = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
   const m = newMapping();
@@ -145,6 +142,8 @@ async function checkRoom(st: Qcow2State, l1: Uint8Array, req: RequestInfo | unde
     }
   }
   for (const [c, n] of adds) {
+    missingRefblock(st, c);
+    if (st.refBits >= 53) continue;
     const rc = await getRefcount(st, c, req);
     if (rc + n > max) {
       throw new BlockError(
@@ -154,6 +153,26 @@ async function checkRoom(st: Qcow2State, l1: Uint8Array, req: RequestInfo | unde
       );
     }
   }
+}
+
+/**
+ * A cluster in use must have a refcount block: one without is corruption,
+ * and sharing it is refused before anything changes. QEMU's update_refcount
+ * fails there too, with its errnos: EFBIG when no refcount table could
+ * reach the cluster, else EAGAIN (after hooking up a new block).
+ */
+function missingRefblock(st: Qcow2State, c: number): void {
+  const rt = Math.floor(c / st.perBlock);
+  if (rt < st.reftable.length && st.reftable[rt]) return;
+  const where = `cluster ${c} (offset 0x${(c * st.cs).toString(16)})`;
+  if ((rt + 1) * 8 > MAX_REFTABLE_BYTES) {
+    throw new BlockError("EFBIG", `Cannot share ${where}: no refcount table can describe it (the image is corrupt; run check -r all)`, {
+      node: st.node.name,
+    });
+  }
+  throw new BlockError("EAGAIN", `Cannot share ${where}: it is in use but has no refcount block (the image is corrupt; run check -r all)`, {
+    node: st.node.name,
+  });
 }
 
 /** qemu-img snapshot -c: copies the active L1 table and shares every cluster with the new snapshot (lock held). */

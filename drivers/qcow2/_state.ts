@@ -136,6 +136,8 @@ export class Qcow2State {
   ioInFlight = 0;
   /** The metadata lock. */
   readonly lock: Mutex = new Mutex();
+  /** The image looks made with preallocation=metadata (`_prealloc_detect.ts`); undefined until a block status asks. */
+  metadataPreallocation?: boolean;
   /** How often the refcount table was replaced by a larger one (allocations restart when it changes). */
   reftableSwitches = 0;
   /** The dirty bit has been set on disk by this open (lazy refcounts). */

@@ -50,7 +50,7 @@ async function checkOnce(
   repairing: boolean,
   opts: Qcow2CheckOptions,
 ): Promise<Counters> {
-  const h = await readHeaderFrom(file);
+  const h = await readHeaderFrom(file, undefined, { check: true });
   const original = h.incompatibleFeatures;
   const checker = new Checker(file, h, say);
   await checker.readSnapshots(fix); // a table that cannot be read fails the check, as QEMU's

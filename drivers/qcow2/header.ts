@@ -179,7 +179,8 @@ function describeUnknownIncompat(lo: number, hi: number, extensions: HeaderExten
  * Parses and validates the header in `buf` (at least the first cluster, or
  * the first 64 KiB). `fileLength` is the length of the image file; tables
  * must lie inside it. Throws a {@linkcode BlockError} (EINVAL, EFBIG or
- * ENOTSUP) naming the field and its value.
+ * ENOTSUP) naming the field and its value. With `check`, the snapshot
+ * table's count and offset are left to the check (QEMU's check-mode open).
  *
  * @example
  * ```ts
@@ -191,7 +192,7 @@ function describeUnknownIncompat(lo: number, hi: number, extensions: HeaderExten
  * }
  * ```
  */
-export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
+export function parseHeader(buf: Uint8Array, fileLength: number, opts: HeaderReadOptions = {}): Qcow2Header {
   if (buf.length < V2_HEADER_LENGTH) {
     throw invalid(`Image is not in qcow2 format: header needs ${V2_HEADER_LENGTH} bytes, got ${buf.length}`);
   }
@@ -295,7 +296,7 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
     }
     at += Math.ceil(len / 8) * 8;
   }
-  validateFields(h, cs, fileLength, raw);
+  validateFields(h, cs, fileLength, raw, opts.check ?? false);
   if (h.backingFileOffset > 0) {
     if (h.backingFileSize > Math.min(MAX_BACKING_NAME, cs - h.backingFileOffset)) {
       throw invalid("Backing file name too long", `backing_file_size ${h.backingFileSize}`);
@@ -308,13 +309,19 @@ export function parseHeader(buf: Uint8Array, fileLength: number): Qcow2Header {
   return h;
 }
 
+/** How a header is read. */
+export interface HeaderReadOptions {
+  /** For a check: the snapshot table's count and offset are not validated here (the check does, and may repair them). */
+  check?: boolean;
+}
+
 /** A name as QEMU reads it: C string semantics, so it ends at the first NUL byte. */
 function cString(bytes: Uint8Array): string {
   const nul = bytes.indexOf(0);
   return decoder.decode(nul < 0 ? bytes : bytes.subarray(0, nul));
 }
 
-function validateFields(h: Qcow2Header, cs: number, fileLength: number, raw: Map<HeaderFieldKey, bigint>): void {
+function validateFields(h: Qcow2Header, cs: number, fileLength: number, raw: Map<HeaderFieldKey, bigint>, check: boolean): void {
   const unknown = (h.incompatibleFeatures & ~INCOMPAT_KNOWN) >>> 0;
   const unknownHigh = h.featureHigh?.incompatible ?? 0;
   if (unknown !== 0 || unknownHigh !== 0) {
@@ -346,11 +353,13 @@ function validateFields(h: Qcow2Header, cs: number, fileLength: number, raw: Map
   }
   const reftableBytes = h.refcountTableClusters * cs;
   checkTable("Reference count table", h.refcountTableOffset, raw.get("refcountTableOffset")!, reftableBytes, cs, fileLength);
-  // Snapshot table.
-  if (h.nbSnapshots > MAX_SNAPSHOTS) throw tooLarge("Snapshot table too large", `nb_snapshots ${h.nbSnapshots}`);
-  // Alignment is checked even for an empty table, as QEMU's validate_table_offset does. A table
-  // past the end of the file is no error here: QEMU opens the image (the table reads as zeros).
-  checkTable("Snapshot table", h.snapshotsOffset, raw.get("snapshotsOffset")!, h.nbSnapshots * 40, cs);
+  // Snapshot table (a check validates it itself, and may repair it: qcow2_check_read_snapshot_table).
+  if (!check) {
+    if (h.nbSnapshots > MAX_SNAPSHOTS) throw tooLarge("Snapshot table too large", `nb_snapshots ${h.nbSnapshots}`);
+    // Alignment is checked even for an empty table, as QEMU's validate_table_offset does. A table
+    // past the end of the file is no error here: QEMU opens the image (the table reads as zeros).
+    checkTable("Snapshot table", h.snapshotsOffset, raw.get("snapshotsOffset")!, h.nbSnapshots * 40, cs);
+  }
   // Active L1 table.
   if (h.l1Size * 8 > MAX_L1_BYTES) throw tooLarge("Active L1 table too large", `l1_size ${h.l1Size}`);
   const needed = l1EntriesFor(h, h.size);
@@ -373,7 +382,7 @@ function validateFields(h: Qcow2Header, cs: number, fileLength: number, raw: Map
  * await Deno.remove(path);
  * ```
  */
-export async function readHeaderFrom(file: BlockNode, req?: RequestInfo): Promise<Qcow2Header> {
+export async function readHeaderFrom(file: BlockNode, req?: RequestInfo, opts: HeaderReadOptions = {}): Promise<Qcow2Header> {
   const first = new Uint8Array(Math.min(file.length, 4096));
   await file.pread(0, first, { req });
   let buf = first;
@@ -384,5 +393,5 @@ export async function readHeaderFrom(file: BlockNode, req?: RequestInfo): Promis
       await file.pread(0, buf, { req });
     }
   }
-  return parseHeader(buf, file.length);
+  return parseHeader(buf, file.length, opts);
 }

@@ -154,3 +154,24 @@ Deno.test({
     assert.deepEqual(await map(`${d.path}/o.qcow2`), await map(`${d.path}/q.qcow2`));
   },
 });
+
+Deno.test({
+  name: "convert -c -S 0 writes every cluster compressed, zero ones too, as qemu-img does (no uncompressed zero data)",
+  ignore,
+  async fn() {
+    await using d = await tempDir();
+    const src = `${d.path}/t.qcow2`;
+    await runOk("qemu-img", ["create", "-q", "-f", "qcow2", src, "4M"]);
+    await runOk("qemu-io", ["-c", "write -P 0x22 0 1M", "-c", "write -P 0 1M 1M", src]);
+    await runOk("qemu-img", ["convert", "-c", "-S", "0", "-O", "qcow2", src, `${d.path}/q.qcow2`]);
+    const r = await cli(["convert", "-c", "-S", "0", "-O", "qcow2", src, `${d.path}/o.qcow2`]);
+    assert.equal(r.code, 0, r.stderr);
+    const map = async (f: string) => JSON.parse((await runOk("qemu-img", ["map", "--output=json", f])).stdout);
+    const ours = await map(`${d.path}/o.qcow2`);
+    assert.deepEqual(ours, await map(`${d.path}/q.qcow2`));
+    assert.deepEqual(ours.map((e: Record<string, unknown>) => [e.length, e.data, e.offset]), [[4 << 20, true, undefined]]);
+    const check = JSON.parse((await run("qemu-img", ["check", "--output=json", `${d.path}/o.qcow2`])).stdout);
+    assert.equal(check["compressed-clusters"], 64);
+    assert.equal((await run("qemu-img", ["compare", src, `${d.path}/o.qcow2`])).code, 0);
+  },
+});

@@ -21,7 +21,6 @@ import {
   needPositionals,
   openImage,
   parseVerbArgs,
-  protocolNode,
   sizeToStr,
   type Verb,
 } from "./_common.ts";

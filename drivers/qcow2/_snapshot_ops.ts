@@ -186,6 +186,9 @@ export async function createSnapshot(st: Qcow2State, info: SnapshotInfo, req: Re
   if (info.id && entries.some((e) => e.id === info.id)) {
     throw new BlockError("EEXIST", `Cannot create snapshot with ID '${info.id}': the ID is in use`, { node: st.node.name });
   }
+  // A refusal of checkRoom() leaves a consistent image (the copy leaked, refcounts untouched): it is reported after the
+  // write-back and the dirty bit's clearing, so the next open has nothing to repair (qemu-img leaves such an image clean).
+  let refused: unknown;
   await withDirtyBit(st, req, async () => {
     const bytes = st.l1Size * 8;
     // The copy keeps the COPIED flags as they are now (QEMU's bytes; nobody reads a snapshot's flags).
@@ -199,7 +202,12 @@ export async function createSnapshot(st: Qcow2State, info: SnapshotInfo, req: Re
     }
     // QEMU's order: the copy is allocated and written before the refcounts are raised, so a refcount that
     // cannot go up leaves the copy's clusters leaked (qemu-img check reports them as QEMU's do).
-    await checkRoom(st, st.l1, req);
+    try {
+      await checkRoom(st, st.l1, req);
+    } catch (e) {
+      refused = e;
+      return;
+    }
     const released: Released = [];
     const before = st.l1.slice();
     await updateSnapshotRefcount(st, st.l1, 1, released, req);
@@ -230,6 +238,7 @@ export async function createSnapshot(st: Qcow2State, info: SnapshotInfo, req: Re
       await zeroOrDiscard(st, vmStateOffset(st), len, { discard: true, unmap: true }, req);
     }
   });
+  if (refused !== undefined) throw refused;
 }
 
 /** Runs one stage of a snapshot deletion; a failure is reported as QEMU words it ("<stage>: <strerror>"). */

@@ -19,6 +19,9 @@
  */
 
 import { BlockError, type ErrnoCode, errnoCode } from "../../core/errors.ts";
+import { libraryLoader } from "../_ffi_libraries.ts";
+
+export { cstr, outPointer } from "../_ffi_libraries.ts";
 
 const RADOS = {
   rados_create: { parameters: ["buffer", "buffer"], result: "i32" },
@@ -158,8 +161,16 @@ export const RBD_IMAGE_INFO_SIZE = 160;
 /** Size of one `rbd_snap_info_t` (id, size, name pointer). */
 export const RBD_SNAP_INFO_SIZE = 24;
 
-let cached: Librbd | null | undefined;
-let whyNot = "";
+const loader = libraryLoader<Librbd>({
+  driver: "rbd",
+  libraries: [
+    { file: "librados.so.2", symbols: RADOS },
+    { file: "librbd.so.1", symbols: RBD },
+    { file: "libc.so.6", symbols: LIBC },
+  ],
+  missing: "librados.so.2 and librbd.so.1",
+  debianPackage: "librbd1",
+});
 
 /**
  * Loads librados, librbd and libc, once. Returns undefined when FFI is not
@@ -173,53 +184,12 @@ let whyNot = "";
  * ```
  */
 export function loadLibrbd(): Librbd | undefined {
-  if (cached !== undefined) return cached ?? undefined;
-  cached = null;
-  if (Deno.build.os !== "linux") {
-    whyNot = "librbd is only bound on Linux";
-    return undefined;
-  }
-  try {
-    if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
-      whyNot = "it needs the FFI permission (--allow-ffi)";
-      return undefined;
-    }
-  } catch {
-    whyNot = "it needs the FFI permission (--allow-ffi)";
-    return undefined;
-  }
-  const libs: Deno.DynamicLibrary<Deno.ForeignLibraryInterface>[] = [];
-  try {
-    const rados = Deno.dlopen("librados.so.2", RADOS);
-    libs.push(rados);
-    const rbd = Deno.dlopen("librbd.so.1", RBD);
-    libs.push(rbd);
-    const libc = Deno.dlopen("libc.so.6", LIBC);
-    cached = { ...rados.symbols, ...rbd.symbols, ...libc.symbols } as unknown as Librbd;
-  } catch (e) {
-    for (const l of libs) l.close();
-    whyNot = `librados.so.2 and librbd.so.1 could not be loaded (${(e as Error).message}; Debian: apt-get install librbd1)`;
-    return undefined;
-  }
-  return cached;
+  return loader.load();
 }
 
 /** Why {@linkcode loadLibrbd} returned undefined, as a BlockError. */
 export function librbdError(): BlockError {
-  return new BlockError("ENOTSUP", `Driver 'rbd' is not available: ${whyNot}`);
-}
-
-const enc = new TextEncoder();
-
-/** A NUL-terminated copy of `s` for a `const char *` parameter. */
-export function cstr(s: string): Uint8Array {
-  return enc.encode(s + "\0");
-}
-
-/** Reads a pointer stored in an 8-byte out parameter. */
-export function outPointer(out: Uint8Array): Deno.PointerValue {
-  const v = new DataView(out.buffer, out.byteOffset, 8).getBigUint64(0, true);
-  return Deno.UnsafePointer.create(v);
+  return loader.error();
 }
 
 /** Reads a u64 out parameter as a number (sizes and flags, all below 2^53). */

@@ -15,7 +15,10 @@
  * @module
  */
 
-import { BlockError } from "../../core/errors.ts";
+import type { BlockError } from "../../core/errors.ts";
+import { libraryLoader, readCString } from "../_ffi_libraries.ts";
+
+export { cstr, outPointer, readCString } from "../_ffi_libraries.ts";
 
 const SSH = {
   ssh_new: { parameters: [], result: "pointer" },
@@ -104,8 +107,12 @@ export const ATTR_TYPE = 20;
 /** Offset of `size`. */
 export const ATTR_SIZE = 24;
 
-let cached: Libssh | null | undefined;
-let whyNot = "";
+const loader = libraryLoader<Libssh>({
+  driver: "ssh",
+  libraries: [{ file: "libssh.so.4", symbols: SSH }, { file: "libc.so.6", symbols: LIBC }],
+  missing: "libssh.so.4",
+  debianPackage: "libssh-4",
+});
 
 /**
  * Loads libssh and libc, once. Returns undefined when FFI is not permitted
@@ -118,54 +125,12 @@ let whyNot = "";
  * ```
  */
 export function loadLibssh(): Libssh | undefined {
-  if (cached !== undefined) return cached ?? undefined;
-  cached = null;
-  if (Deno.build.os !== "linux") {
-    whyNot = "libssh is only bound on Linux";
-    return undefined;
-  }
-  try {
-    if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
-      whyNot = "it needs the FFI permission (--allow-ffi)";
-      return undefined;
-    }
-  } catch {
-    whyNot = "it needs the FFI permission (--allow-ffi)";
-    return undefined;
-  }
-  let ssh: Deno.DynamicLibrary<typeof SSH> | undefined;
-  try {
-    ssh = Deno.dlopen("libssh.so.4", SSH);
-    const libc = Deno.dlopen("libc.so.6", LIBC);
-    cached = { ...ssh.symbols, ...libc.symbols };
-  } catch (e) {
-    ssh?.close();
-    whyNot = `libssh.so.4 could not be loaded (${(e as Error).message}; Debian: apt-get install libssh-4)`;
-    return undefined;
-  }
-  return cached;
+  return loader.load();
 }
 
 /** Why {@linkcode loadLibssh} returned undefined, as a BlockError. */
 export function libsshError(): BlockError {
-  return new BlockError("ENOTSUP", `Driver 'ssh' is not available: ${whyNot}`);
-}
-
-const enc = new TextEncoder();
-
-/** A NUL-terminated copy of `s` for a `const char *` parameter. */
-export function cstr(s: string): Uint8Array {
-  return enc.encode(s + "\0");
-}
-
-/** The C string at `p` ("" for NULL). */
-export function readCString(p: Deno.PointerValue): string {
-  return p ? Deno.UnsafePointerView.getCString(p) : "";
-}
-
-/** Reads a pointer stored in an 8-byte out parameter. */
-export function outPointer(out: Uint8Array): Deno.PointerValue {
-  return Deno.UnsafePointer.create(new DataView(out.buffer, out.byteOffset, 8).getBigUint64(0, true));
+  return loader.error();
 }
 
 /** The calling thread's errno, right after a synchronous libc call. */

@@ -16,7 +16,7 @@ import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { CompressPool } from "./_compress_pool.ts";
 import { allocClusters, getRefcount, updateRefcount } from "./_refcount.ts";
-import { HI_COMPRESSED, maxRefcount } from "./_entries.ts";
+import { HI_COMPRESSED, maxRefcount, OFFSET_HI_MASK, OFFSET_LO_MASK } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
 import { getL2ForWrite, releaseEntry, writeLocked } from "./_write.ts";
 import { markDirty } from "./_writeback.ts";
@@ -75,10 +75,12 @@ export class CompressedWriter {
   }
 
   /**
-   * Writes one whole cluster compressed at guest `offset` (cluster aligned;
-   * `data` is one cluster, or the shorter tail of the image), or
-   * uncompressed when compression does not make it smaller. `commit` runs
-   * the locked part (the caller's `change()`); it is called in issue order.
+   * Writes whole clusters compressed at guest `offset` (cluster aligned;
+   * `data` a multiple of the cluster size, or running to the end of the
+   * image), each cluster compressed on its own as QEMU's
+   * qcow2_co_pwritev_compressed_part splits it, or written uncompressed
+   * when compression does not make it smaller. `commit` runs the locked
+   * part (the caller's `change()`); it is called in issue order.
    */
   write(offset: number, data: Uint8Array, commit: (fn: () => Promise<void>) => Promise<void>, req: RequestInfo | undefined): Promise<void> {
     const st = this.#st;
@@ -87,6 +89,21 @@ export class CompressedWriter {
     } catch (e) {
       return Promise.reject(e);
     }
+    if (data.length <= st.cs) return this.#writeCluster(offset, data, commit, req);
+    const parts: Promise<void>[] = [];
+    for (let at = 0; at < data.length; at += st.cs) {
+      parts.push(this.#writeCluster(offset + at, data.subarray(at, Math.min(at + st.cs, data.length)), commit, req));
+    }
+    return Promise.all(parts).then(() => {});
+  }
+
+  #writeCluster(
+    offset: number,
+    data: Uint8Array,
+    commit: (fn: () => Promise<void>) => Promise<void>,
+    req: RequestInfo | undefined,
+  ): Promise<void> {
+    const st = this.#st;
     // The short tail of the image is compressed as a whole cluster, zero-padded; a whole cluster as it is (it must not change until written).
     let full = data;
     if (data.length < st.cs) {
@@ -124,10 +141,10 @@ export class CompressedWriter {
 
 function checkCompressedWrite(st: Qcow2State, offset: number, data: Uint8Array): void {
   const cs = st.cs;
-  if (offset % cs !== 0 || data.length > cs || (data.length < cs && offset + data.length !== st.size)) {
+  if (offset % cs !== 0 || (data.length % cs !== 0 && offset + data.length !== st.size)) {
     throw new BlockError(
       "EINVAL",
-      `Cannot write ${data.length} compressed bytes at offset ${offset}: compressed writes take one whole cluster (${cs} bytes)`,
+      `Cannot write ${data.length} compressed bytes at offset ${offset}: compressed writes take whole clusters (${cs} bytes each) or run to the end of the image`,
       {
         node: st.node.name,
         offset,
@@ -159,6 +176,17 @@ export async function writeCompressedLocked(
   const l1i = Math.floor(offset / st.l2Span);
   const e = await getL2ForWrite(st, l1i, req);
   try {
+    const at = Math.floor((offset - l1i * st.l2Span) / cs) * st.entryBytes;
+    // Compression never overwrites: a cluster with a host offset (data, compressed, preallocated zeroes) is refused, as QEMU's
+    // qcow2_alloc_compressed_cluster_offset refuses it (EIO), before anything is allocated.
+    const hi = e.view.getUint32(at);
+    if ((hi & (HI_COMPRESSED | OFFSET_HI_MASK)) !== 0 || (e.view.getUint32(at + 4) & OFFSET_LO_MASK) !== 0) {
+      throw new BlockError("EIO", `Cannot write a compressed cluster at guest offset ${offset}: the cluster is already allocated`, {
+        node: st.node.name,
+        offset,
+        length: data.length,
+      });
+    }
     const host = await allocBytes(st, packed.length, req);
     let p = st.event("write_compressed", req);
     if (p) await p;
@@ -167,7 +195,6 @@ export async function writeCompressedLocked(
     await st.file.pwrite(host, packed, { req });
     p = st.event("l2_update_compressed", req);
     if (p) await p;
-    const at = Math.floor((offset - l1i * st.l2Span) / cs) * st.entryBytes;
     releaseEntry(st, e.view, at, { first: Math.floor(host / cs), end: Math.floor((host + packed.length - 1) / cs) + 1 });
     const x = 62 - (st.clusterBits - 8);
     const extra = Math.floor((host + packed.length - 1) / 512) - Math.floor(host / 512);

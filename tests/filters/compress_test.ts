@@ -8,16 +8,18 @@ const imageOpts = (fmt: string, path: string) => `driver=compress,file.driver=${
 
 Deno.test("compress turns every write into compressed cluster writes, padding partial clusters with the data there", async () => {
   await using d = await tempDir();
+  const base = `${d.path}/base.qcow2`;
   const img = `${d.path}/a.qcow2`;
-  await createImage(img, "qcow2", 1 << 20, { options: { cluster_size: 65536 } });
+  await createImage(base, "qcow2", 1 << 20, { options: { cluster_size: 65536 } });
   {
-    await using n = await open(img);
+    await using n = await open(base);
     await n.pwrite(0, new Uint8Array(65536 * 2).fill(0x11));
   }
+  await createImage(img, "qcow2", 1 << 20, { options: { cluster_size: 65536, backing_file: base, backing_fmt: "qcow2" } });
   {
     await using n = await open(spec("qcow2", img));
     assert.equal(n.limits.requestAlignment, 65536);
-    await n.pwrite(65536 + 100, new Uint8Array(65536).fill(0x22)); // clusters 1 and 2
+    await n.pwrite(65536 + 100, new Uint8Array(65536).fill(0x22)); // clusters 1 and 2, padded from the backing file
   }
   await using n = await open(img, { readOnly: true });
   assert.equal((await n.check()).compressedClusters, 2);
@@ -26,6 +28,25 @@ Deno.test("compress turns every write into compressed cluster writes, padding pa
   const want = new Uint8Array(65536 * 3).fill(0x11, 0, 65536 * 2);
   want.fill(0x22, 65536 + 100, 2 * 65536 + 100);
   assert.deepEqual(got, want);
+});
+
+Deno.test("compress refuses with EIO a write onto a cluster the image already holds, as qemu-io's compress driver does", async () => {
+  await using d = await tempDir();
+  const img = `${d.path}/a.qcow2`;
+  await createImage(img, "qcow2", 1 << 20, { options: { cluster_size: 65536 } });
+  {
+    await using n = await open(img);
+    await n.pwrite(0, new Uint8Array(65536 * 2).fill(0x11));
+  }
+  {
+    await using n = await open(spec("qcow2", img));
+    await assert.rejects(n.pwrite(65536 + 100, new Uint8Array(65536).fill(0x22)), (e: BlockError) => e.code === "EIO");
+  }
+  await using n = await open(img, { readOnly: true });
+  const got = new Uint8Array(65536 * 2);
+  await n.pread(0, got);
+  assert.deepEqual(got, new Uint8Array(65536 * 2).fill(0x11));
+  assert.equal((await n.check()).corruptions, 0);
 });
 
 Deno.test("compress refuses a child that cannot compress, naming its driver as QEMU does", async () => {

@@ -84,3 +84,46 @@ Deno.test({
     await assertReads(b, 503 * K, 510 * K, 0);
   },
 });
+
+for (const backing of [false, true]) {
+  Deno.test({
+    name: `pdiscard() of an unallocated extended-L2 cluster ${
+      backing ? "over a backing file sets all its zero bits" : "without a backing file leaves its zero bits as they are"
+    }, as qemu-io discard does`,
+    ignore,
+    async fn() {
+      await using d = await tempDir();
+      const a = `${d.path}/a.qcow2`;
+      const b = `${d.path}/b.qcow2`;
+      if (backing) {
+        await runOk("qemu-img", ["create", "-q", "-f", "raw", `${d.path}/base.raw`, "1M"]);
+        await runOk("qemu-io", ["-f", "raw", "-c", "write -q -P 0xff 0 1M", `${d.path}/base.raw`]);
+      }
+      await runOk("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "extended_l2=on",
+        ...(backing ? ["-F", "raw", "-b", `${d.path}/base.raw`] : []),
+        a,
+        "1M",
+      ]);
+      // Cluster 0 unallocated with the zero bits of subclusters 0-15 (iotest 271's poke of the bitmap).
+      await qemuIo(a, "write -q 0 128k", "discard -q 0 128k");
+      {
+        using f = await Deno.open(a, { write: true });
+        await f.seek(0x40008, Deno.SeekMode.Start);
+        await f.write(new Uint8Array(2));
+      }
+      await Deno.copyFile(a, b);
+      await qemuIo(a, "discard -q 0 64k");
+      {
+        await using n = await openQcow2(b);
+        await n.pdiscard(0, 64 * K);
+      }
+      assert.deepEqual(await fileLayoutDiff(b, a), []);
+    },
+  });
+}

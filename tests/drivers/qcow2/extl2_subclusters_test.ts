@@ -5,6 +5,7 @@
  * bitmaps included) and the data must read back with both.
  */
 import assert from "node:assert/strict";
+import { qemuIo as cliQemuIo } from "../../../cli/qemu-io.ts";
 import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 import { fileLayoutDiff } from "./_layout.ts";
 import { openQcow2, qemuCreate, qemuIo } from "./_util.ts";
@@ -203,3 +204,31 @@ Deno.test({
     assert.equal((await run("qemu-img", ["compare", a, b])).code, 0);
   },
 });
+
+for (
+  const [what, opts, writes, cmd] of [
+    ["an unallocated subcluster of an extended-L2 cluster", "extended_l2=on", ["write -q -P 1 4k 2k"], "read -q 0 2k"],
+    ["an allocated subcluster of an extended-L2 cluster", "extended_l2=on", ["write -q -P 1 4k 2k"], "read -q 4k 2k"],
+    ["a preallocated zero cluster", "", ["write -q 0 64k", "write -q -z 0 64k"], "read -q 0 2k"],
+  ] as const
+) {
+  Deno.test({
+    name: `reading ${what} at an unaligned host offset marks the image corrupt in qemu-io's words`,
+    ignore,
+    async fn() {
+      await using d = await tempDir();
+      const { a, b } = await pair(d.path, "1M", opts, [...writes]);
+      // iotest 271's poke: the entry of cluster 0 points at 0x50200.
+      for (const p of [a, b]) {
+        using f = await Deno.open(p, { write: true });
+        await f.seek(0x40006, Deno.SeekMode.Start);
+        await f.write(new Uint8Array([2]));
+      }
+      const real = await run("qemu-io", ["-c", cmd, a]);
+      let out = "";
+      let err = "";
+      const code = await cliQemuIo(["-c", cmd, b], { stdout: (s) => void (out += s), stderr: (s) => void (err += s) });
+      assert.deepEqual([code, out, err], [real.code, real.stdout, real.stderr]);
+    },
+  });
+}

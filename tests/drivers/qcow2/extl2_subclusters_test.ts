@@ -232,3 +232,25 @@ for (
     },
   });
 }
+
+for (const opts of ["extended_l2=on", ""]) {
+  Deno.test({
+    name: `a write that replaces a compressed cluster frees its host cluster for the next allocation at once, as qemu-io does (${
+      opts || "standard L2"
+    })`,
+    ignore,
+    async fn() {
+      await using d = await tempDir();
+      const { a, b } = await pair(d.path, "1M", opts, []);
+      // The compressed cluster's host cluster is freed by the second write; QEMU gives it to the third.
+      await qemuIo(a, "write -q -c -P 1 0 64k", "write -q -P 2 0 1k", "write -q -P 3 128k 64k");
+      {
+        await using n = await openQcow2(b);
+        await n.pwrite(0, new Uint8Array(64 * K).fill(1), { compressed: true });
+        await n.pwrite(0, new Uint8Array(K).fill(2));
+        await n.pwrite(128 * K, new Uint8Array(64 * K).fill(3));
+      }
+      assert.deepEqual(await fileLayoutDiff(b, a), []);
+    },
+  });
+}

@@ -9,6 +9,8 @@ import { qemuIo as cliQemuIo } from "../../../cli/qemu-io.ts";
 import { run, runOk, skipUnless, tempDir } from "../../_helpers/qemu.ts";
 import { fileLayoutDiff } from "./_layout.ts";
 import { openQcow2, qemuCreate, qemuIo } from "./_util.ts";
+import { open } from "../../../core/open.ts";
+import { QEMU_SECRETS, qemuImgKeyslots, testSecrets } from "../luks/_util.ts";
 
 const ignore = skipUnless("qemu-img", "qemu-io");
 const K = 1024;
@@ -254,3 +256,50 @@ for (const opts of ["extended_l2=on", ""]) {
     },
   });
 }
+
+/** qemu-io on an encrypted qcow2 image (secret `sec0`): its output, which must be empty with -q. */
+async function qemuIoEnc(path: string, ...cmds: string[]): Promise<string> {
+  const r = await run("qemu-io", [
+    ...QEMU_SECRETS,
+    "--image-opts",
+    `driver=qcow2,encrypt.key-secret=sec0,file.filename=${path}`,
+    ...cmds.flatMap((c) => ["-c", c]),
+  ]);
+  return r.stdout + r.stderr;
+}
+
+Deno.test({
+  name:
+    "on an encrypted extended-L2 image the copied part of a COW'd shared cluster and of a preallocated cluster is encrypted, as QEMU reads it",
+  ignore,
+  async fn() {
+    await using d = await tempDir();
+    const p = `${d.path}/e.qcow2`;
+    const spec = `driver=qcow2,encrypt.key-secret=sec0,file.filename=${p}`;
+    const o = "encrypt.format=luks,encrypt.iter-time=10,encrypt.key-secret=sec0,extended_l2=on";
+    const r = await qemuImgKeyslots(["create", "-q", "-f", "qcow2", ...QEMU_SECRETS, "-o", o, p, "503k"]);
+    assert.equal(r.code, 0, r.stderr);
+    // Cluster 3 holds data from subcluster 17 (226k) on; cluster 7 up to the old end (503k).
+    assert.equal(await qemuIoEnc(p, "write -q -P 0xff 0 100k", "write -q -P 0xff 226k 277k"), "");
+    await runOk("qemu-img", ["snapshot", ...QEMU_SECRETS, "--image-opts", "-c", "s1", spec]);
+    testSecrets();
+    {
+      await using n = await open({ driver: "qcow2", "encrypt.key-secret": "sec0", file: { driver: "file", filename: p } });
+      // Cluster 3 is copied from subcluster 17 on (not from its start); cluster 7 with its head.
+      await n.pwrite(240 * K, new Uint8Array(K).fill(0x11));
+      await n.truncate(1013 * K, { prealloc: "falloc" });
+    }
+    assert.equal(
+      await qemuIoEnc(
+        p,
+        "read -q -P 0xff 0 100k",
+        "read -q -P 0 100k 126k",
+        "read -q -P 0xff 226k 14k",
+        "read -q -P 0x11 240k 1k",
+        "read -q -P 0xff 241k 262k",
+        "read -q -P 0 503k 510k",
+      ),
+      "",
+    );
+  },
+});

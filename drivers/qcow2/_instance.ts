@@ -198,6 +198,10 @@ export class Qcow2Instance implements DriverInstance {
     }
     await st.change(async () => {
       await writeLocked(st, offset, data, opts.req);
+      if (st.freeCompressedNow) {
+        st.freeCompressedNow = false;
+        await releaseFreed(st, opts.req);
+      }
       await relieveCaches(st, opts.req);
     });
   }

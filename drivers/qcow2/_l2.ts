@@ -118,6 +118,20 @@ function sharp(n: number): string {
   return n === 0 ? "0" : `0x${n.toString(16)}`;
 }
 
+/**
+ * An allocated cluster (data, preallocated zero, or on extended L2 one whose
+ * subcluster asked for is unallocated) must sit on a cluster boundary: QEMU's
+ * qcow2_get_host_offset marks the image corrupt in these words otherwise,
+ * whichever subcluster is read.
+ */
+function checkAligned(st: Qcow2State, host: number, l2Offset: number, idx: number): void {
+  if (host % st.cs === 0) return;
+  throw new CorruptImageError(
+    `Cluster allocation offset 0x${host.toString(16)} unaligned (L2 offset: ${sharp(l2Offset)}, L2 index: ${sharp(idx)})`,
+    { node: st.node.name },
+  );
+}
+
 function mapStandard(st: Qcow2State, view: DataView, base: number, inTable: number, limit: number, m: Mapping): boolean {
   const cs = st.cs;
   let idx = Math.floor(inTable / cs);
@@ -136,7 +150,7 @@ function mapStandard(st: Qcow2State, view: DataView, base: number, inTable: numb
   checkV2ZeroFlag(st, lo, idx, m.l2Offset);
   const zero = st.header.version >= 3 && (lo & LO_ZERO) !== 0;
   const kind = zero ? K_ZERO : host === 0 && !(st.externalData && hi & HI_COPIED) ? K_UNALLOC : K_NORMAL;
-  if (kind === K_NORMAL && host % cs !== 0) corrupt(st, `cluster allocation offset 0x${host.toString(16)} unaligned (L2 index ${idx})`);
+  if (kind === K_NORMAL || (kind === K_ZERO && host !== 0)) checkAligned(st, host, m.l2Offset, idx);
   if (kind === K_NORMAL || (kind === K_ZERO && host !== 0)) checkDataFileOffset(st, host, base + idx * cs, idx);
   const copied = (hi & HI_COPIED) !== 0;
   if (kind === K_UNALLOC && hi === 0 && lo === 0) {
@@ -232,9 +246,10 @@ function mapExtended(st: Qcow2State, view: DataView, base: number, inTable: numb
     throw invalidEntryError(st, m.l2Offset, idx, "  "); // QEMU's qcow2_get_host_offset words, two spaces and all
   }
   const kind = subKind(st, view, at, sub, idx);
-  if (kind === K_NORMAL && ((host === 0 && !(st.externalData && hi & HI_COPIED)) || host % cs !== 0)) {
+  if (kind === K_NORMAL && host === 0 && !(st.externalData && hi & HI_COPIED)) {
     corrupt(st, `cluster offset 0x${host.toString(16)} invalid (L2 index ${idx})`);
   }
+  if (host !== 0) checkAligned(st, host, m.l2Offset, idx);
   if (kind === K_NORMAL) checkDataFileOffset(st, host, base + idx * cs, idx);
   const copied = (hi & HI_COPIED) !== 0;
   const startHost = host + inCluster;

@@ -54,23 +54,30 @@ async function freeReplaced(st: Qcow2State, req: RequestInfo | undefined): Promi
   if (st.pendingFree.length) await writeback(st, req);
 }
 
-/** Points guest cluster `g` (entry at byte `at`) at `host`, keeping the bytes of it before `keepEnd`. */
+/**
+ * Points guest cluster `g` (entry at byte `at`) at `host`, keeping the bytes
+ * of it before `keepEnd`. With extended L2 entries the subcluster bitmap is
+ * left as it was (QEMU links a preallocation with `prealloc` set, which
+ * leaves the bitmap alone): the subclusters before the old end that held data
+ * stay allocated, now in the new cluster, and the new ones stay unallocated
+ * until written. Clearing it would lose the data of the last partial cluster.
+ */
 async function link(st: Qcow2State, view: DataView, at: number, g: number, host: number, keepEnd: number, req: RequestInfo | undefined) {
   if (keepEnd > g) {
-    // The guest bytes before the old end stay what they were (QEMU's cow_start).
-    const head = new Uint8Array(keepEnd - g);
-    await readGuest(st, g, head, req);
+    // The guest bytes before the old end stay what they were (QEMU's
+    // cow_start), padded with zeros to the end of their subcluster: that
+    // subcluster may be allocated, and a reused host cluster must not show
+    // its old bytes after the old end.
+    const len = st.extL2 ? Math.min(st.cs, Math.ceil((keepEnd - g) / st.subSize) * st.subSize) : keepEnd - g;
+    const head = new Uint8Array(len);
+    await readGuest(st, g, head.subarray(0, keepEnd - g), req);
+    if (st.crypto) await st.crypto.encrypt(head, host, g);
     await preWriteOverlapCheck(st, 0, host, head.length, true);
     st.noteDataWrite(host, head.length);
     await st.data.pwrite(host, head, { req });
   }
   releaseEntry(st, view, at);
   setEntry(view, at, host, HI_COPIED, 0);
-  if (st.extL2) {
-    // Preallocated: the subclusters stay unallocated until written.
-    view.setUint32(at + 8, 0);
-    view.setUint32(at + 12, 0);
-  }
 }
 
 /** Bytes one QEMU request may cover (BDRV_REQUEST_MAX_BYTES). */

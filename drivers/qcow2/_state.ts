@@ -132,6 +132,12 @@ export class Qcow2State {
   readonly reserved: Set<number> = new Set();
   /** Host clusters (offsets) whose last reference was removed, freed after write-back. */
   pendingFree: number[] = [];
+  /**
+   * `pendingFree` holds a compressed cluster's host clusters: a write that
+   * replaced one frees them before it returns, so the next allocation reuses
+   * them at once, as QEMU's qcow2_alloc_cluster_link_l2 does.
+   */
+  freeCompressedNow = false;
   /** Data reads and writes running outside the lock. */
   ioInFlight = 0;
   /** The metadata lock. */
@@ -251,6 +257,7 @@ export class Qcow2State {
     this.l2Cache.clear();
     this.rbCache.clear();
     this.pendingFree = [];
+    this.freeCompressedNow = false;
     this.freeHint = 0;
     this.freeByteOffset = 0;
     this.lastCompressed = undefined;

@@ -75,6 +75,7 @@ export function releaseEntry(st: Qcow2State, view: DataView, at: number, fresh?:
     const first = Math.floor(m.host / st.cs);
     const last = Math.floor((m.host + m.compressedBytes - 1) / st.cs);
     for (let c = first; c <= last; c++) queue(c);
+    st.freeCompressedNow = true;
     return;
   }
   const host = entryOffset(view, at);

@@ -163,6 +163,10 @@ function zeroEntry(
   const allocated = compressed || host !== 0 || (st.externalData && copied);
   let keep = false;
   let zero: boolean;
+  // A discard of an unallocated cluster with no backing file to hide leaves
+  // its entry as it is, zero flag or subclusters' zero bits included (QEMU's
+  // discard_in_l2_slice).
+  if (opts.discard && !opts.full && !allocated && !st.backing) return;
   if (opts.discard) {
     // A full discard makes the cluster unallocated (reads from the backing
     // file again), as QEMU's full_discard does for make_empty.

@@ -306,7 +306,7 @@ Deno.test("qcow2 reads a cluster an L2 entry puts past 2^53 bytes as zeros and r
   await Deno.writeFile(`${path}.q`, img);
   const bad = await cli(["io", "-c", "read -P 0 64k 64k", path]);
   assert.equal(bad.stdout, "read failed: Input/output error\n");
-  assert.match(bad.stderr, /cluster allocation offset 0x22000000000200 unaligned/);
+  assert.match(bad.stderr, /Cluster allocation offset 0x22000000000200 unaligned/);
   if (hasTool("qemu-io")) assert.equal((await run("qemu-io", ["-c", "read -P 0 64k 64k", `${path}.q`])).stdout, bad.stdout);
 });
 

@@ -209,6 +209,9 @@ async function planCreate(filename: string, format: string, size: number, opts: 
   let fileSpec: Options | BlockNode;
   let created: string | undefined;
   let createFile: (() => Promise<void>) | undefined;
+  let proto: BlockDriver | undefined;
+  let protocolOptions: Record<string, string | number | boolean> = {};
+  const createSpec: Options = {};
   if (opts.file instanceof BlockNode) fileSpec = opts.file;
   else if (opts.file) {
     // The protocol below filters (an RBD image under blkdebug) is created as QEMU's bdrv_create_file does.
@@ -219,14 +222,21 @@ async function planCreate(filename: string, format: string, size: number, opts: 
     };
   } else {
     const spec = createFileSpec(filename);
-    // Options only the protocol takes (the file driver's extent_size_hint, nocow) go to the new file.
-    // size and preallocation stay with the format, whose create applies them through the file's truncate.
-    const proto = getDriver(String(spec.driver));
-    const own = new Set(["size", "preallocation", ...(driver.createOptions ?? []).map((o) => o.name)]);
+    // Options only the protocol takes (the file driver's extent_size_hint, nocow, rbd's cluster_size) go to the new
+    // file. size and preallocation stay with the format, whose create applies them through the file's truncate.
+    proto = getDriver(String(spec.driver));
+    const formatOwn = new Set((driver.createOptions ?? []).map((o) => o.name));
+    // What QEMU's format passes down to its protocol's create: what the format does not take itself (raw: all but
+    // the size). A format without an option table (luks) checks and applies all of its options itself.
+    if (driver.createOptions) protocolOptions = Object.fromEntries(Object.entries(options).filter(([k]) => !formatOwn.has(k)));
+    const own = new Set(["size", "preallocation", ...formatOwn]);
     for (const o of proto.createOptions ?? []) {
       if (own.has(o.name) || !(o.name in options)) continue;
       const { [o.name]: v, ...rest } = options;
-      spec[o.name.replaceAll("_", "-")] = v;
+      const key = o.name.replaceAll("_", "-");
+      createSpec[key] = v;
+      // Only the protocol's runtime options stay for opening the new file (rbd's cluster_size is for creating it).
+      if (proto.options?.includes(key)) spec[key] = v;
       options = rest;
     }
     if (spec["extent-size-hint"] !== undefined) {
@@ -242,14 +252,20 @@ async function planCreate(filename: string, format: string, size: number, opts: 
     fileSpec = spec;
     if (spec.driver === "file" && typeof spec.filename === "string" && !(await exists(spec.filename))) created = spec.filename;
   }
-  // Everything is validated before a file exists (a failed create leaves nothing behind).
+  // Everything is validated before a file exists (a failed create leaves nothing behind). The protocol judges what
+  // the format hands down first: raw hands down everything (QEMU's raw_co_create_opts has no checks of its own), so
+  // `-f raw -o preallocation=full nbd://…` is the NBD driver's to refuse.
+  await proto?.checkCreate?.({ size, options: protocolOptions, filename });
   await driver.checkCreate?.({ size, options, filename });
   const protocol = opts.file ? undefined : driverForPrefix(filename);
   const sizes = !!(protocol?.createFile && protocol.parseFilename);
   // The object is made at the image's size only when that is the whole image (raw); a format that writes its own
   // layout (qcow2) gets an empty one, as QEMU's qcow2 creates its protocol file: on ssh, which cannot shrink a file,
   // `qemu-img create -f qcow2 ssh://… 4M` leaves a 192 KiB file.
-  if (sizes) createFile = () => protocol!.createFile!(protocol!.parseFilename!(filename), driver.createOnlySizes?.(options) ? size : 0);
+  if (sizes) {
+    const target = { ...protocol!.parseFilename!(filename), ...createSpec };
+    createFile = () => protocol!.createFile!(target, driver.createOnlySizes?.(options) ? size : 0);
+  }
   const plan: CreatePlan = { driver, size, options, fileSpec, created, createFile, createFileSizes: sizes };
   return plan;
 }

@@ -53,7 +53,7 @@
  */
 
 import { BlockError, toBlockError } from "../../core/errors.ts";
-import { checkKnownOptions, optBool, optEnum, optInt, optString } from "../../core/options.ts";
+import { checkKnownOptions, checkPreallocation, optBool, optEnum, optInt, optString } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type { BlockDriver, BlockStatus, DriverInstance } from "../../core/node.ts";
 import { ReconnectingConnection } from "./_reconnect.ts";
@@ -191,6 +191,15 @@ export const nbdDriver: BlockDriver = {
   protocolPrefix: "nbd",
   parseFilename: parseNbdFilename,
   options: KNOWN,
+  // QEMU's nbd has no create of its own: bdrv_create_opts_simple's options, and its check (an export is only
+  // opened and emptied: nothing to preallocate).
+  createOptions: [
+    { name: "preallocation", type: "str", help: "Preallocation mode (allowed values: off)" },
+    { name: "size", type: "size", help: "Virtual disk size" },
+  ],
+  checkCreate(ctx): void {
+    checkPreallocation(ctx.options, { driver: "nbd", allowed: ["off"], unsupported: (m) => `Unsupported preallocation mode '${m}'` });
+  },
   strongOptions: ["path", "host", "port", "export", "tls-creds", "tls-hostname", "server."],
   exactFilename: ({ options }) => nbdRefreshFilename(options),
   async open(ctx): Promise<DriverInstance> {

@@ -42,6 +42,7 @@ export {
   CorruptImageError,
   type ErrnoCode,
   errnoCode,
+  qemuReportedLines,
   toBlockError,
 } from "./core/errors.ts";
 export { BLKDBG_EVENTS, type BlkdebugEvent, isBlkdebugEvent } from "./core/events.ts";

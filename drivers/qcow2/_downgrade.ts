@@ -32,6 +32,11 @@ function refuse(st: Qcow2State, message: string): never {
   throw new BlockError("ENOTSUP", message, { node: st.node.name });
 }
 
+/** C's `%#x`: 0 as "0", anything else with "0x". */
+function hex(n: number): string {
+  return n ? `0x${n.toString(16)}` : "0";
+}
+
 /** Turns the zero clusters reachable from `l1` into data or unallocated clusters (QEMU's expand_zero_clusters_in_l1). */
 async function expandIn(st: Qcow2State, l1: Uint8Array, backed: boolean, req: RequestInfo | undefined): Promise<void> {
   const cs = st.cs;
@@ -42,6 +47,7 @@ async function expandIn(st: Qcow2State, l1: Uint8Array, backed: boolean, req: Re
     if (l2 % cs) {
       throw new CorruptImageError(`Corrupt qcow2 image: L2 table offset 0x${l2.toString(16)} unaligned (L1 index ${i})`, {
         node: st.node.name,
+        qemuMessage: `L2 table offset 0x${l2.toString(16)} unaligned (L1 index: ${hex(i)})`,
       });
     }
     const l2Refcount = await getRefcount(st, l2 / cs, req);
@@ -52,11 +58,13 @@ async function expandIn(st: Qcow2State, l1: Uint8Array, backed: boolean, req: Re
         if (hi & HI_COMPRESSED || !(e.view.getUint32(at + 4) & LO_ZERO)) continue;
         let host = entryOffset(e.view, at);
         if (host % cs) {
+          const where = (sep: string, index: string) => `L2 offset${sep} 0x${l2.toString(16)}, L2 index${sep} ${index}`;
           throw new CorruptImageError(
-            `Corrupt qcow2 image: cluster allocation offset 0x${host.toString(16)} unaligned (L2 offset 0x${l2.toString(16)}, L2 index ${
-              at / 8
-            })`,
-            { node: st.node.name },
+            `Corrupt qcow2 image: cluster allocation offset 0x${host.toString(16)} unaligned (${where("", `${at / 8}`)})`,
+            {
+              node: st.node.name,
+              qemuMessage: `Cluster allocation offset 0x${host.toString(16)} unaligned (${where(":", hex(at / 8))})`,
+            },
           );
         }
         let rc = host ? await getRefcount(st, host / cs, req) : 0;

@@ -60,6 +60,29 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "qemu-img amend -o compat=0.10 over an unaligned L2 table or cluster offset marks the image corrupt and fails in qemu-img's words",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  async fn() {
+    await using d = await tempDir();
+    // iotest 060's cases: the L1 entry (at 0x30000) or the L2 entry (at 0x40000, a zero cluster) of guest cluster 0.
+    for (const [at, entry] of [[0x30000, [0x80, 0, 0, 0, 0, 0x04, 0x2a, 0]], [0x40000, [0x80, 0, 0, 0, 0, 0x05, 0x2a, 0x01]]] as const) {
+      const [ours, theirs] = [`${d.path}/ours.qcow2`, `${d.path}/theirs.qcow2`];
+      await runOk("qemu-img", ["create", "-q", "-f", "qcow2", theirs, "64M"]);
+      await runOk("qemu-io", ["-c", "write 0 64k", theirs]);
+      const f = await Deno.open(theirs, { write: true });
+      await f.seek(at, Deno.SeekMode.Start);
+      await f.write(new Uint8Array(entry));
+      f.close();
+      await Deno.copyFile(theirs, ours);
+      const q = await qemu(["amend", "-o", "compat=0.10", theirs]);
+      const r = await dropIn(["amend", "-o", "compat=0.10", ours]);
+      assert.deepEqual(r, q, `entry at 0x${at.toString(16)}`);
+      assert.match(r.out, /^qcow2: Marking image as corrupt: .*\nqemu-img: Failed to turn zero into data clusters: Input\/output error\n$/);
+    }
+  },
+});
+
 Deno.test("qemuReportedLines() collects the reported lines along the cause chain, innermost first", () => {
   const inner = new BlockError("EINVAL", "inner", { qemuReported: ["first"] });
   const middle = new BlockError("EINVAL", "middle", { cause: inner, qemuReported: ["second", "third"] });

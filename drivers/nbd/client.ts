@@ -248,7 +248,15 @@ export const nbdDriver: BlockDriver = {
         if (dns && type === "inet") {
           throw new BlockError("EIO", `address resolution failed for ${host}:${port}: ${dns[1]}`, { node: ctx.node.name });
         }
-        throw toBlockError(e, `Cannot connect to NBD server ${uri}`);
+        // QEMU's words: "Failed to connect to 'host:port': Connection refused" (socket_connect's error).
+        const err = toBlockError(e, `Cannot connect to NBD server ${uri}`);
+        const why = e instanceof Error && e.name === "ConnectionRefused" ? "Connection refused" : err.strerror;
+        const target = type === "unix" ? path : `${host}:${port}`;
+        throw new BlockError(err.code, `Cannot connect to NBD server ${uri}: ${why}`, {
+          node: ctx.node.name,
+          cause: e,
+          qemuMessage: `Failed to connect to '${target}': ${why}`,
+        });
       }
       try {
         const info = await clientNegotiate(conn, {

@@ -84,7 +84,9 @@ async function createAndWrite(filename: string, format: string, size: number, op
   if (plan.createFileSizes && plan.driver.createOnlySizes?.(plan.options)) return;
   let file: BlockNode | undefined;
   try {
-    file = await openNode(plan.fileSpec, { readOnly: false, probe: false, top: false });
+    file = await openNode(plan.fileSpec, { readOnly: false, probe: false, top: false }).catch((e) => {
+      throw plan.opensExisting ? cannotOpenExisting(e, plan.opensExisting) : e;
+    });
     const allowed = file.allowBeyondEof;
     file.allowBeyondEof = true; // the new image is written past the end of the empty file
     try {
@@ -134,7 +136,9 @@ const BOOLS = ["on", "off", "yes", "no", "true", "false", "y", "n"];
  * Checks creation options against the option tables of the format and of
  * the protocol `filename` names (`createOptions`), as qemu-img parses `-o`
  * before it creates anything: an option neither knows is refused, and a
- * string value must parse as the option's type (size, number, on/off).
+ * string value must parse as the option's type (size, number, on/off);
+ * a prefixed name whose protocol cannot create anything (`null-co://`) is
+ * refused first.
  * What the values mean is the driver's to check (`checkImageCreate`). A
  * format without an option table checks its options itself, and so do the
  * drivers for names outside the tables when the protocol has none.
@@ -151,8 +155,15 @@ const BOOLS = ["on", "off", "yes", "no", "true", "false", "y", "n"];
  */
 export function checkCreateOptions(format: string, filename: string, options: Record<string, string | number | boolean>): void {
   const driver = getDriver(format);
+  // First, as qemu-img's bdrv_img_create: a prefixed name whose protocol can neither create nor open-and-reuse an object.
+  const named = driverForPrefix(filename);
+  if (named && named.name !== "file" && !named.createFile && !named.createOpensExisting) {
+    throw new BlockError("ENOTSUP", `Cannot create '${filename}': protocol driver '${named.name}' does not support image creation`, {
+      qemuMessage: `Protocol driver '${named.name}' does not support image creation`,
+    });
+  }
   if (!driver.createOptions) return;
-  const proto = driverForPrefix(filename) ?? getDriver("file");
+  const proto = named ?? getDriver("file");
   const types = new Map<string, string>();
   for (const o of [...driver.createOptions, ...(proto.createOptions ?? [])]) if (!types.has(o.name)) types.set(o.name, o.type);
   for (const [k, v] of Object.entries(options)) {
@@ -183,6 +194,16 @@ export function checkCreateOptions(format: string, filename: string, options: Re
   }
 }
 
+/** QEMU's bdrv_co_create_opts_simple: the object to write the image to could not be opened. */
+function cannotOpenExisting(e: unknown, driver: string): unknown {
+  if (!(e instanceof BlockError)) return e;
+  return new BlockError(e.code, `Cannot create an image on protocol '${driver}', which only opens existing objects: ${e.message}`, {
+    node: e.node,
+    cause: e,
+    qemuMessage: `Protocol driver '${driver}' does not support image creation, and opening the image failed: ${e.qemuMessage}`,
+  });
+}
+
 interface CreatePlan {
   driver: BlockDriver;
   size: number;
@@ -194,6 +215,8 @@ interface CreatePlan {
   createFile?: () => Promise<void>;
   /** `createFile` makes the object at the image's size (a prefixed name such as `rbd:`). */
   createFileSizes?: boolean;
+  /** The protocol (nbd) only opens an existing object: its name, for the message when that fails. */
+  opensExisting?: string;
 }
 
 async function planCreate(filename: string, format: string, size: number, opts: CreateOptions): Promise<CreatePlan> {
@@ -206,6 +229,7 @@ async function planCreate(filename: string, format: string, size: number, opts: 
   size = Math.ceil(size / 512) * 512;
   let options = opts.options ?? {};
   if (!opts.file) checkCreateOptions(format, filename, options);
+  const named = opts.file ? undefined : driverForPrefix(filename);
   let fileSpec: Options | BlockNode;
   let created: string | undefined;
   let createFile: (() => Promise<void>) | undefined;
@@ -266,7 +290,8 @@ async function planCreate(filename: string, format: string, size: number, opts: 
     const target = { ...protocol!.parseFilename!(filename), ...createSpec };
     createFile = () => protocol!.createFile!(target, driver.createOnlySizes?.(options) ? size : 0);
   }
-  const plan: CreatePlan = { driver, size, options, fileSpec, created, createFile, createFileSizes: sizes };
+  const opensExisting = named?.createOpensExisting ? named.name : undefined;
+  const plan: CreatePlan = { driver, size, options, fileSpec, created, createFile, createFileSizes: sizes, opensExisting };
   return plan;
 }
 

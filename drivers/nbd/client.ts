@@ -197,6 +197,7 @@ export const nbdDriver: BlockDriver = {
     { name: "preallocation", type: "str", help: "Preallocation mode (allowed values: off)" },
     { name: "size", type: "size", help: "Virtual disk size" },
   ],
+  createOpensExisting: true,
   checkCreate(ctx): void {
     checkPreallocation(ctx.options, { driver: "nbd", allowed: ["off"], unsupported: (m) => `Unsupported preallocation mode '${m}'` });
   },

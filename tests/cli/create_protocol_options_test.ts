@@ -2,7 +2,7 @@
 // size, nbd the size and preallocation=off, rbd its object size, secrets and encryption. qemu-img parses `-o` against
 // the format's table plus the protocol's, so an option neither lists is refused ("Invalid parameter 'preallocation'")
 // before "Formatting ...", before anything connects; a value the protocol cannot do is refused by the protocol after
-// the line. None of these cases needs a server: each fails before qemu-img connects.
+// the line. None of these cases needs a server: each fails before qemu-img connects, or when it cannot.
 import assert from "node:assert/strict";
 import { BlockError, checkCreateOptions } from "../../mod.ts";
 import { qemuImg } from "../../cli/qemu-img.ts";
@@ -34,6 +34,11 @@ const CASES: [string, string, string][] = [
   ["qcow2", "nocow=on", NBD],
   ["raw", "preallocation=metadata", "FILE"],
   ["raw", "preallocation=foo", "FILE"],
+  // nbd only opens an existing export; null-co and blkdebug cannot create at all (refused before "Formatting").
+  ["raw", "preallocation=off", NBD],
+  ["qcow2", "cluster_size=64k", "nbd+unix:///?socket=/nonexistent/blkgraph.sock"],
+  ["raw", "preallocation=off", "null-co://"],
+  ["qcow2", "cluster_size=64k", "blkdebug::/nonexistent/blkgraph.qcow2"],
 ];
 
 /** The drop-in's output with standard error merged into standard output, as the iotests capture it. */

@@ -451,8 +451,8 @@ export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise
   } catch (e) {
     // What QEMU's drivers print with error_report on the way to the error comes first in the drop-ins, innermost first.
     // Caches that failed at close are only such lines (one each, as QEMU's qcow2_inactivate prints them).
-    const reported = io.prog !== undefined ? qemuReportedLines(e) : [];
-    const lines = [...reported, ...(e instanceof CacheFlushError && io.prog !== undefined ? e.qemuLines : [errorText(e, io)])];
+    const drop = io.prog !== undefined;
+    const lines = [...(drop ? qemuReportedLines(e) : []), ...(drop && e instanceof CacheFlushError ? [] : [errorText(e, io)])];
     for (const line of lines) io.stderr(`${progName(io)}: ${line}\n`);
     return e instanceof CliError ? e.exitCode : 1;
   } finally {

@@ -248,14 +248,20 @@ export class CacheFlushError extends BlockError {
   /** Creates the error of node `node` from its (at least one) failures. */
   constructor(node: string, failures: readonly CacheFlushFailure[]) {
     const lines = failures.map((f) => `Failed to flush the ${f.cache} cache: ${f.error.message}`);
-    super(failures[0]?.error.code ?? "EIO", `Cannot close node '${node}': ${lines.join("; ")}`, { node, cause: failures[0]?.error });
+    // QEMU's qcow2_inactivate reports each failure (error_report) and its close returns nothing more.
+    const qemuReported = failures.map((f) => `Failed to flush the ${f.cache} cache: ${f.error.strerror}`);
+    super(failures[0]?.error.code ?? "EIO", `Cannot close node '${node}': ${lines.join("; ")}`, {
+      node,
+      cause: failures[0]?.error,
+      qemuReported,
+    });
     this.name = "CacheFlushError";
     this.failures = failures;
   }
 
-  /** One line per failure in QEMU's words, as its error_report prints them. */
+  /** One line per failure in QEMU's words, as its error_report prints them (its {@linkcode BlockError.qemuReported}). */
   get qemuLines(): string[] {
-    return this.failures.map((f) => `Failed to flush the ${f.cache} cache: ${f.error.strerror}`);
+    return [...this.qemuReported];
   }
 
   /** The failures in QEMU's words, one a line. */

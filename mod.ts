@@ -42,6 +42,7 @@ export {
   CorruptImageError,
   type ErrnoCode,
   errnoCode,
+  qemuReportedLines,
   toBlockError,
 } from "./core/errors.ts";
 export { BLKDBG_EVENTS, type BlkdebugEvent, isBlkdebugEvent } from "./core/events.ts";
@@ -75,7 +76,19 @@ export {
   type OpenOptions,
   parseCacheMode,
 } from "./core/open.ts";
-export { checkKnownOptions, optBool, optEnum, optInt, type Options, optNumber, optSize, optString, parseSize } from "./core/options.ts";
+export {
+  checkKnownOptions,
+  checkPreallocation,
+  optBool,
+  optEnum,
+  optInt,
+  type Options,
+  optNumber,
+  optSize,
+  optString,
+  parseSize,
+  type PreallocationSupport,
+} from "./core/options.ts";
 export { copyImage, type CopyOptions } from "./core/copy.ts";
 export { defineObject, defineSecret, getSecret, hasSecret, removeSecret, type SecretFormat, type SecretOptions } from "./core/secrets.ts";
 export { type TraceEvent, type TraceGraphNode, type Tracer, type TraceSink, traceTo } from "./cli/_trace_events.ts";

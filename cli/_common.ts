@@ -7,7 +7,7 @@
  */
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { BlockError, CacheFlushError, onCorruption, onDriverMessage, onOpenRepair } from "../core/errors.ts";
+import { BlockError, CacheFlushError, onCorruption, onDriverMessage, onOpenRepair, qemuReportedLines } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
 import { parseSize } from "../core/options.ts";
@@ -64,15 +64,20 @@ export interface Verb {
   run(args: string[], io: CliIO): Promise<number>;
 }
 
-/** An error the CLI reports as `PROG: <message>` with an exit code. */
+/**
+ * An error the CLI reports as `PROG: <message>` with an exit code. Its
+ * `cause` (the block layer's error it reports) carries what QEMU's driver
+ * would have printed first: the drop-ins print the chain's
+ * {@linkcode qemuReportedLines} before the message.
+ */
 export class CliError extends Error {
   /** Exit code to return. */
   readonly exitCode: number;
   /** The message in QEMU's words, where it differs (the drop-ins print it; see BlockError.qemuMessage). */
   readonly qemuMessage: string;
-  /** Creates an error with a message, an exit code (default 1) and QEMU's words for it (default: the message). */
-  constructor(message: string, exitCode = 1, qemuMessage?: string) {
-    super(message);
+  /** Creates an error with a message, an exit code (default 1), QEMU's words for it (default: the message) and a cause. */
+  constructor(message: string, exitCode = 1, qemuMessage?: string, options: { cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = "CliError";
     this.exitCode = exitCode;
     this.qemuMessage = qemuMessage ?? message;
@@ -444,8 +449,10 @@ export async function invokeVerb(verb: Verb, args: string[], io: CliIO): Promise
   try {
     return await verb.run(args, io);
   } catch (e) {
-    // Caches that failed at close: one error_report line each in the drop-ins, as QEMU's qcow2_inactivate prints them.
-    const lines = e instanceof CacheFlushError && io.prog !== undefined ? e.qemuLines : [errorText(e, io)];
+    // What QEMU's drivers print with error_report on the way to the error comes first in the drop-ins, innermost first.
+    // Caches that failed at close are only such lines (one each, as QEMU's qcow2_inactivate prints them).
+    const drop = io.prog !== undefined;
+    const lines = [...(drop ? qemuReportedLines(e) : []), ...(drop && e instanceof CacheFlushError ? [] : [errorText(e, io)])];
     for (const line of lines) io.stderr(`${progName(io)}: ${line}\n`);
     return e instanceof CliError ? e.exitCode : 1;
   } finally {

@@ -167,7 +167,11 @@ export function formattingLine(filename: string, format: string, size: number | 
   }
   // The file protocol's options follow the format's, in file-posix's order.
   order = [...order, ...["nocow", "preallocation", "extent_size_hint"].filter((k) => !order.includes(k))];
-  if (shown.extent_size_hint !== undefined) shown.extent_size_hint = String(sizeArg(shown.extent_size_hint, "extent_size_hint"));
+  // Sizes show in bytes (qemu_opts_print), the protocol's too (file's extent_size_hint, rbd's cluster_size).
+  const proto = driverForPrefix(filename) ?? getDriver("file");
+  for (const o of [...(getDriver(format).createOptions ?? []), ...(proto.createOptions ?? [])]) {
+    if (o.type === "size" && o.name !== "size" && shown[o.name] !== undefined) shown[o.name] = String(sizeArg(shown[o.name], o.name));
+  }
   const keys = [...order.filter((k) => k in shown), ...Object.keys(shown).filter((k) => !order.includes(k))];
   // Commas in values are doubled, as qemu_opts_print escapes them.
   return `Formatting '${filename}', fmt=${format} ${keys.map((k) => `${k}=${shown[k].replaceAll(",", ",,")}`).join(" ")}\n`;

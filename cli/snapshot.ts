@@ -70,7 +70,7 @@ async function act(node: BlockNode, action: Exclude<Action, "list">, name: strin
         if (!serving) throw new CliError(`Could not apply snapshot '${name}': Block driver does not support snapshots`);
         // Refused before the driver loads anything (QEMU's bdrv_snapshot_goto: "Device has active dirty bitmaps").
         if (e instanceof BlockError && e.code === "EBUSY") throw new CliError(`Could not apply snapshot '${name}': ${e.message}`);
-        throw new CliError(`Could not apply snapshot '${name}': Failed to load snapshot: ${why(e)}`);
+        throw new CliError(`Could not apply snapshot '${name}': Failed to load snapshot: ${why(e)}`, 1, undefined, { cause: e });
       }
       return;
     case "delete": {

@@ -84,7 +84,9 @@ async function createAndWrite(filename: string, format: string, size: number, op
   if (plan.createFileSizes && plan.driver.createOnlySizes?.(plan.options)) return;
   let file: BlockNode | undefined;
   try {
-    file = await openNode(plan.fileSpec, { readOnly: false, probe: false, top: false });
+    file = await openNode(plan.fileSpec, { readOnly: false, probe: false, top: false }).catch((e) => {
+      throw plan.opensExisting ? cannotOpenExisting(e, plan.opensExisting) : e;
+    });
     const allowed = file.allowBeyondEof;
     file.allowBeyondEof = true; // the new image is written past the end of the empty file
     try {
@@ -134,7 +136,9 @@ const BOOLS = ["on", "off", "yes", "no", "true", "false", "y", "n"];
  * Checks creation options against the option tables of the format and of
  * the protocol `filename` names (`createOptions`), as qemu-img parses `-o`
  * before it creates anything: an option neither knows is refused, and a
- * string value must parse as the option's type (size, number, on/off).
+ * string value must parse as the option's type (size, number, on/off);
+ * a prefixed name whose protocol cannot create anything (`null-co://`) is
+ * refused first.
  * What the values mean is the driver's to check (`checkImageCreate`). A
  * format without an option table checks its options itself, and so do the
  * drivers for names outside the tables when the protocol has none.
@@ -151,8 +155,15 @@ const BOOLS = ["on", "off", "yes", "no", "true", "false", "y", "n"];
  */
 export function checkCreateOptions(format: string, filename: string, options: Record<string, string | number | boolean>): void {
   const driver = getDriver(format);
+  // First, as qemu-img's bdrv_img_create: a prefixed name whose protocol can neither create nor open-and-reuse an object.
+  const named = driverForPrefix(filename);
+  if (named && named.name !== "file" && !named.createFile && !named.createOpensExisting) {
+    throw new BlockError("ENOTSUP", `Cannot create '${filename}': protocol driver '${named.name}' does not support image creation`, {
+      qemuMessage: `Protocol driver '${named.name}' does not support image creation`,
+    });
+  }
   if (!driver.createOptions) return;
-  const proto = driverForPrefix(filename) ?? getDriver("file");
+  const proto = named ?? getDriver("file");
   const types = new Map<string, string>();
   for (const o of [...driver.createOptions, ...(proto.createOptions ?? [])]) if (!types.has(o.name)) types.set(o.name, o.type);
   for (const [k, v] of Object.entries(options)) {
@@ -183,6 +194,16 @@ export function checkCreateOptions(format: string, filename: string, options: Re
   }
 }
 
+/** QEMU's bdrv_co_create_opts_simple: the object to write the image to could not be opened. */
+function cannotOpenExisting(e: unknown, driver: string): unknown {
+  if (!(e instanceof BlockError)) return e;
+  return new BlockError(e.code, `Cannot create an image on protocol '${driver}', which only opens existing objects: ${e.message}`, {
+    node: e.node,
+    cause: e,
+    qemuMessage: `Protocol driver '${driver}' does not support image creation, and opening the image failed: ${e.qemuMessage}`,
+  });
+}
+
 interface CreatePlan {
   driver: BlockDriver;
   size: number;
@@ -194,6 +215,8 @@ interface CreatePlan {
   createFile?: () => Promise<void>;
   /** `createFile` makes the object at the image's size (a prefixed name such as `rbd:`). */
   createFileSizes?: boolean;
+  /** The protocol (nbd) only opens an existing object: its name, for the message when that fails. */
+  opensExisting?: string;
 }
 
 async function planCreate(filename: string, format: string, size: number, opts: CreateOptions): Promise<CreatePlan> {
@@ -206,9 +229,13 @@ async function planCreate(filename: string, format: string, size: number, opts: 
   size = Math.ceil(size / 512) * 512;
   let options = opts.options ?? {};
   if (!opts.file) checkCreateOptions(format, filename, options);
+  const named = opts.file ? undefined : driverForPrefix(filename);
   let fileSpec: Options | BlockNode;
   let created: string | undefined;
   let createFile: (() => Promise<void>) | undefined;
+  let proto: BlockDriver | undefined;
+  let protocolOptions: Record<string, string | number | boolean> = {};
+  const createSpec: Options = {};
   if (opts.file instanceof BlockNode) fileSpec = opts.file;
   else if (opts.file) {
     // The protocol below filters (an RBD image under blkdebug) is created as QEMU's bdrv_create_file does.
@@ -219,14 +246,21 @@ async function planCreate(filename: string, format: string, size: number, opts: 
     };
   } else {
     const spec = createFileSpec(filename);
-    // Options only the protocol takes (the file driver's extent_size_hint, nocow) go to the new file.
-    // size and preallocation stay with the format, whose create applies them through the file's truncate.
-    const proto = getDriver(String(spec.driver));
-    const own = new Set(["size", "preallocation", ...(driver.createOptions ?? []).map((o) => o.name)]);
+    // Options only the protocol takes (the file driver's extent_size_hint, nocow, rbd's cluster_size) go to the new
+    // file. size and preallocation stay with the format, whose create applies them through the file's truncate.
+    proto = getDriver(String(spec.driver));
+    const formatOwn = new Set((driver.createOptions ?? []).map((o) => o.name));
+    // What QEMU's format passes down to its protocol's create: what the format does not take itself (raw: all but
+    // the size). A format without an option table (luks) checks and applies all of its options itself.
+    if (driver.createOptions) protocolOptions = Object.fromEntries(Object.entries(options).filter(([k]) => !formatOwn.has(k)));
+    const own = new Set(["size", "preallocation", ...formatOwn]);
     for (const o of proto.createOptions ?? []) {
       if (own.has(o.name) || !(o.name in options)) continue;
       const { [o.name]: v, ...rest } = options;
-      spec[o.name.replaceAll("_", "-")] = v;
+      const key = o.name.replaceAll("_", "-");
+      createSpec[key] = v;
+      // Only the protocol's runtime options stay for opening the new file (rbd's cluster_size is for creating it).
+      if (proto.options?.includes(key)) spec[key] = v;
       options = rest;
     }
     if (spec["extent-size-hint"] !== undefined) {
@@ -242,15 +276,22 @@ async function planCreate(filename: string, format: string, size: number, opts: 
     fileSpec = spec;
     if (spec.driver === "file" && typeof spec.filename === "string" && !(await exists(spec.filename))) created = spec.filename;
   }
-  // Everything is validated before a file exists (a failed create leaves nothing behind).
+  // Everything is validated before a file exists (a failed create leaves nothing behind). The protocol judges what
+  // the format hands down first: raw hands down everything (QEMU's raw_co_create_opts has no checks of its own), so
+  // `-f raw -o preallocation=full nbd://…` is the NBD driver's to refuse.
+  await proto?.checkCreate?.({ size, options: protocolOptions, filename });
   await driver.checkCreate?.({ size, options, filename });
   const protocol = opts.file ? undefined : driverForPrefix(filename);
   const sizes = !!(protocol?.createFile && protocol.parseFilename);
   // The object is made at the image's size only when that is the whole image (raw); a format that writes its own
   // layout (qcow2) gets an empty one, as QEMU's qcow2 creates its protocol file: on ssh, which cannot shrink a file,
   // `qemu-img create -f qcow2 ssh://… 4M` leaves a 192 KiB file.
-  if (sizes) createFile = () => protocol!.createFile!(protocol!.parseFilename!(filename), driver.createOnlySizes?.(options) ? size : 0);
-  const plan: CreatePlan = { driver, size, options, fileSpec, created, createFile, createFileSizes: sizes };
+  if (sizes) {
+    const target = { ...protocol!.parseFilename!(filename), ...createSpec };
+    createFile = () => protocol!.createFile!(target, driver.createOnlySizes?.(options) ? size : 0);
+  }
+  const opensExisting = named?.createOpensExisting ? named.name : undefined;
+  const plan: CreatePlan = { driver, size, options, fileSpec, created, createFile, createFileSizes: sizes, opensExisting };
   return plan;
 }
 

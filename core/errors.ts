@@ -112,6 +112,14 @@ export interface BlockErrorDetails {
    * print these, as QEMU's tools do.
    */
   qemuMessage?: string;
+  /**
+   * Lines QEMU's driver prints on stderr (error_report) beside the error it
+   * returns, where it reports the details and returns only an errno (qcow2's
+   * snapshot goto: "Snapshot L1 table offset invalid", then "Failed to load
+   * snapshot: Invalid argument"). The drop-in `qemu-img` and `qemu-io`
+   * print them before the final error; see {@linkcode qemuReportedLines}.
+   */
+  qemuReported?: readonly string[];
 }
 
 /**
@@ -134,6 +142,7 @@ export class BlockError extends Error {
   /** Byte length, when the error is about a request. */
   readonly length?: number;
   #qemuMessage: string | undefined;
+  #qemuReported: readonly string[];
 
   /** Creates an error with a code, a message and optional details. */
   constructor(code: ErrnoCode, message: string, details: BlockErrorDetails = {}) {
@@ -144,6 +153,25 @@ export class BlockError extends Error {
     this.offset = details.offset;
     this.length = details.length;
     this.#qemuMessage = details.qemuMessage;
+    this.#qemuReported = details.qemuReported ?? [];
+  }
+
+  /**
+   * What QEMU's driver prints on stderr beside this error (its error_report
+   * lines, without the program name); empty for most errors.
+   *
+   * @example
+   * ```ts
+   * import { BlockError } from "@blkgraph/blkgraph";
+   * const e = new BlockError("EINVAL", "Cannot apply snapshot 'a': Snapshot L1 table offset invalid", {
+   *   qemuMessage: "Invalid argument",
+   *   qemuReported: ["Snapshot L1 table offset invalid"],
+   * });
+   * console.log(e.qemuReported); // [ "Snapshot L1 table offset invalid" ]
+   * ```
+   */
+  get qemuReported(): readonly string[] {
+    return this.#qemuReported;
   }
 
   /**
@@ -220,20 +248,47 @@ export class CacheFlushError extends BlockError {
   /** Creates the error of node `node` from its (at least one) failures. */
   constructor(node: string, failures: readonly CacheFlushFailure[]) {
     const lines = failures.map((f) => `Failed to flush the ${f.cache} cache: ${f.error.message}`);
-    super(failures[0]?.error.code ?? "EIO", `Cannot close node '${node}': ${lines.join("; ")}`, { node, cause: failures[0]?.error });
+    // QEMU's qcow2_inactivate reports each failure (error_report) and its close returns nothing more.
+    const qemuReported = failures.map((f) => `Failed to flush the ${f.cache} cache: ${f.error.strerror}`);
+    super(failures[0]?.error.code ?? "EIO", `Cannot close node '${node}': ${lines.join("; ")}`, {
+      node,
+      cause: failures[0]?.error,
+      qemuReported,
+    });
     this.name = "CacheFlushError";
     this.failures = failures;
   }
 
-  /** One line per failure in QEMU's words, as its error_report prints them. */
+  /** One line per failure in QEMU's words, as its error_report prints them (its {@linkcode BlockError.qemuReported}). */
   get qemuLines(): string[] {
-    return this.failures.map((f) => `Failed to flush the ${f.cache} cache: ${f.error.strerror}`);
+    return [...this.qemuReported];
   }
 
   /** The failures in QEMU's words, one a line. */
   override get qemuMessage(): string {
     return this.qemuLines.join("\n");
   }
+}
+
+/**
+ * The lines QEMU would have printed with error_report on the way to error
+ * `e`: each error's {@linkcode BlockError.qemuReported} along its `cause`
+ * chain, the innermost first (the driver reports before its caller returns
+ * the error up). The drop-in `qemu-img` and `qemu-io` print them, each
+ * prefixed with the program name, before the final error.
+ *
+ * @example
+ * ```ts
+ * import { BlockError, qemuReportedLines } from "@blkgraph/blkgraph";
+ * const inner = new BlockError("EINVAL", "Snapshot L1 table offset invalid", { qemuReported: ["Snapshot L1 table offset invalid"] });
+ * const outer = new Error("Could not apply snapshot 'test': Failed to load snapshot: Invalid argument", { cause: inner });
+ * console.log(qemuReportedLines(outer)); // [ "Snapshot L1 table offset invalid" ]
+ * ```
+ */
+export function qemuReportedLines(e: unknown): string[] {
+  const chain: unknown[] = [];
+  for (let c = e; c instanceof Error && !chain.includes(c); c = c.cause) chain.push(c);
+  return chain.reverse().flatMap((c) => (c instanceof BlockError ? [...c.qemuReported] : []));
 }
 
 /**

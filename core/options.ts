@@ -168,3 +168,51 @@ export function checkKnownOptions(opts: Options, known: readonly string[], drive
     }
   }
 }
+
+/** QEMU's PreallocMode names: every mode a `preallocation` option can name. */
+const PREALLOC_MODES = ["off", "metadata", "falloc", "full"] as const;
+
+/** What a protocol can preallocate, for {@linkcode checkPreallocation}. */
+export interface PreallocationSupport {
+  /** The protocol driver's name. */
+  readonly driver: string;
+  /** The modes it can do (`off` first). */
+  readonly allowed: readonly string[];
+  /** QEMU's line refusing a mode it cannot do. */
+  readonly unsupported: (mode: string) => string;
+}
+
+/**
+ * A protocol's check of the `preallocation` a format hands down at create
+ * (QEMU's protocol drivers parse it themselves): a name that is not a mode
+ * at all is EINVAL ("invalid parameter value: foo"), a mode the protocol
+ * cannot do ENOTSUP in its words (`unsupported` gives QEMU's line for it).
+ * Returns the mode (default `off`).
+ *
+ * @example
+ * ```ts
+ * import { BlockError, checkPreallocation } from "@blkgraph/blkgraph";
+ * try {
+ *   const nbd = { driver: "nbd", allowed: ["off"], unsupported: (m: string) => `Unsupported preallocation mode '${m}'` };
+ *   checkPreallocation({ preallocation: "full" }, nbd);
+ * } catch (e) {
+ *   console.log((e as BlockError).code, (e as BlockError).qemuMessage); // ENOTSUP Unsupported preallocation mode 'full'
+ * }
+ * ```
+ */
+export function checkPreallocation(opts: Options, protocol: PreallocationSupport): string {
+  const { driver, allowed, unsupported } = protocol;
+  const v = opts.preallocation === undefined ? "off" : String(opts.preallocation);
+  const expected = `expected ${allowed.length > 1 ? `${allowed.slice(0, -1).join(", ")} or ${allowed.at(-1)}` : allowed[0]}`;
+  if (!(PREALLOC_MODES as readonly string[]).includes(v)) {
+    throw new BlockError("EINVAL", `Invalid value '${v}' for option 'preallocation' of protocol '${driver}': ${expected}`, {
+      qemuMessage: `invalid parameter value: ${v}`,
+    });
+  }
+  if (!allowed.includes(v)) {
+    throw new BlockError("ENOTSUP", `Cannot create with preallocation '${v}' on protocol '${driver}': ${expected}`, {
+      qemuMessage: unsupported(v),
+    });
+  }
+  return v;
+}

@@ -329,6 +329,14 @@ export interface BlockDriverOf<N> {
    * when the object exists.
    */
   createFile?(options: Record<string, unknown>, size: number): Promise<void>;
+  /**
+   * A protocol whose objects are not created, only opened (QEMU's
+   * bdrv_co_create_opts_simple: an NBD export): creating an image on one of
+   * its names opens the object, which must exist, and writes the image
+   * there. A prefixed protocol with neither this nor `createFile` (`null-co`,
+   * `blkdebug`) refuses creation, as QEMU does.
+   */
+  readonly createOpensExisting?: boolean;
   /** Opens a node: returns the instance whose callbacks serve requests. */
   open(ctx: OpenContextOf<N>): Promise<DriverInstanceOf<N>>;
   /** Writes a new, empty image of this format onto `ctx.file`. */

@@ -59,7 +59,7 @@
  */
 
 import { BlockError } from "../core/errors.ts";
-import { checkKnownOptions, optBool, optEnum, optString } from "../core/options.ts";
+import { checkKnownOptions, checkPreallocation, optBool, optEnum, optString } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
 import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
 import { Errno, errnoError, type Handle, type Libc, loadLibc, O_CLOEXEC, O_CREAT, O_RDONLY, O_RDWR } from "./_file_libc.ts";
@@ -98,6 +98,14 @@ export const fileDriver: BlockDriver = {
     { name: "preallocation", type: "str", help: "Preallocation mode (allowed values: off, falloc, full)" },
     { name: "size", type: "size", help: "Virtual disk size" },
   ],
+  // The preallocation a format hands down (raw's): file-posix's modes and words.
+  checkCreate(ctx): void {
+    checkPreallocation(ctx.options, {
+      driver: "file",
+      allowed: ["off", "falloc", "full"],
+      unsupported: (m) => `Unsupported preallocation mode: ${m}`,
+    });
+  },
   parseFilename(filename: string): Record<string, unknown> {
     const name = filename.replace(/^file:/, "");
     // A colon before any slash would read as a protocol prefix again: "./" keeps it a path (QEMU does the same).

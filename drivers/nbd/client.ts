@@ -53,7 +53,7 @@
  */
 
 import { BlockError, toBlockError } from "../../core/errors.ts";
-import { checkKnownOptions, optBool, optEnum, optInt, optString } from "../../core/options.ts";
+import { checkKnownOptions, checkPreallocation, optBool, optEnum, optInt, optString } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type { BlockDriver, BlockStatus, DriverInstance } from "../../core/node.ts";
 import { ReconnectingConnection } from "./_reconnect.ts";
@@ -191,6 +191,16 @@ export const nbdDriver: BlockDriver = {
   protocolPrefix: "nbd",
   parseFilename: parseNbdFilename,
   options: KNOWN,
+  // QEMU's nbd has no create of its own: bdrv_create_opts_simple's options, and its check (an export is only
+  // opened and emptied: nothing to preallocate).
+  createOptions: [
+    { name: "preallocation", type: "str", help: "Preallocation mode (allowed values: off)" },
+    { name: "size", type: "size", help: "Virtual disk size" },
+  ],
+  createOpensExisting: true,
+  checkCreate(ctx): void {
+    checkPreallocation(ctx.options, { driver: "nbd", allowed: ["off"], unsupported: (m) => `Unsupported preallocation mode '${m}'` });
+  },
   strongOptions: ["path", "host", "port", "export", "tls-creds", "tls-hostname", "server."],
   exactFilename: ({ options }) => nbdRefreshFilename(options),
   async open(ctx): Promise<DriverInstance> {
@@ -239,7 +249,15 @@ export const nbdDriver: BlockDriver = {
         if (dns && type === "inet") {
           throw new BlockError("EIO", `address resolution failed for ${host}:${port}: ${dns[1]}`, { node: ctx.node.name });
         }
-        throw toBlockError(e, `Cannot connect to NBD server ${uri}`);
+        // QEMU's words: "Failed to connect to 'host:port': Connection refused" (socket_connect's error).
+        const err = toBlockError(e, `Cannot connect to NBD server ${uri}`);
+        const why = e instanceof Error && e.name === "ConnectionRefused" ? "Connection refused" : err.strerror;
+        const target = type === "unix" ? path : `${host}:${port}`;
+        throw new BlockError(err.code, `Cannot connect to NBD server ${uri}: ${why}`, {
+          node: ctx.node.name,
+          cause: e,
+          qemuMessage: `Failed to connect to '${target}': ${why}`,
+        });
       }
       try {
         const info = await clientNegotiate(conn, {

@@ -17,18 +17,24 @@
  * @module
  */
 
-import { BlockError, CorruptImageError } from "../../core/errors.ts";
+import { BlockError, CorruptImageError, toBlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, LO_ZERO, setEntry } from "./_entries.ts";
 import { INCOMPAT_COMPRESSION, INCOMPAT_DIRTY } from "./header.ts";
 import { allocClusters, getRefcount, updateRefcount } from "./_refcount.ts";
 import { readSnapshotTable, snapshotL1Error } from "./_snapshot.ts";
 import type { Qcow2State } from "./_state.ts";
+import type { SnapshotEntry } from "./_tables.ts";
 import { markClean, rewriteHeader, writeback } from "./_writeback.ts";
 import { preWriteOverlapCheck } from "./_overlap.ts";
 
 function refuse(st: Qcow2State, message: string): never {
   throw new BlockError("ENOTSUP", message, { node: st.node.name });
+}
+
+/** C's `%#x`: 0 as "0", anything else with "0x". */
+function hex(n: number): string {
+  return n ? `0x${n.toString(16)}` : "0";
 }
 
 /** Turns the zero clusters reachable from `l1` into data or unallocated clusters (QEMU's expand_zero_clusters_in_l1). */
@@ -41,6 +47,7 @@ async function expandIn(st: Qcow2State, l1: Uint8Array, backed: boolean, req: Re
     if (l2 % cs) {
       throw new CorruptImageError(`Corrupt qcow2 image: L2 table offset 0x${l2.toString(16)} unaligned (L1 index ${i})`, {
         node: st.node.name,
+        qemuMessage: `L2 table offset 0x${l2.toString(16)} unaligned (L1 index: ${hex(i)})`,
       });
     }
     const l2Refcount = await getRefcount(st, l2 / cs, req);
@@ -51,11 +58,13 @@ async function expandIn(st: Qcow2State, l1: Uint8Array, backed: boolean, req: Re
         if (hi & HI_COMPRESSED || !(e.view.getUint32(at + 4) & LO_ZERO)) continue;
         let host = entryOffset(e.view, at);
         if (host % cs) {
+          const where = (sep: string, index: string) => `L2 offset${sep} 0x${l2.toString(16)}, L2 index${sep} ${index}`;
           throw new CorruptImageError(
-            `Corrupt qcow2 image: cluster allocation offset 0x${host.toString(16)} unaligned (L2 offset 0x${l2.toString(16)}, L2 index ${
-              at / 8
-            })`,
-            { node: st.node.name },
+            `Corrupt qcow2 image: cluster allocation offset 0x${host.toString(16)} unaligned (${where("", `${at / 8}`)})`,
+            {
+              node: st.node.name,
+              qemuMessage: `Cluster allocation offset 0x${host.toString(16)} unaligned (${where(":", hex(at / 8))})`,
+            },
           );
         }
         let rc = host ? await getRefcount(st, host / cs, req) : 0;
@@ -87,6 +96,25 @@ async function expandIn(st: Qcow2State, l1: Uint8Array, backed: boolean, req: Re
     } finally {
       st.l2Cache.release(e);
     }
+  }
+}
+
+/** QEMU's qcow2_expand_zero_clusters: the active layer's, then each snapshot's. */
+async function expandZeroClusters(
+  st: Qcow2State,
+  snapshots: readonly SnapshotEntry[],
+  backed: boolean,
+  req: RequestInfo | undefined,
+): Promise<void> {
+  await expandIn(st, st.l1, backed, req);
+  await writeback(st, req);
+  for (const sn of snapshots) {
+    // QEMU reports what is wrong with the table (error_report_err) and returns only the errno.
+    const bad = snapshotL1Error(st, sn);
+    if (bad) throw new BlockError(bad.code, bad.message, { node: st.node.name, qemuReported: [bad.qemuMessage] });
+    const l1 = new Uint8Array(sn.l1Size * 8);
+    if (l1.length) await st.file.pread(sn.l1Offset, l1, { req });
+    await expandIn(st, l1, backed, req);
   }
 }
 
@@ -123,15 +151,14 @@ export async function downgrade(st: Qcow2State, req?: RequestInfo): Promise<void
   }
   // Zero clusters first: version 2 has no zero flag.
   const backed = st.backing !== undefined || h.backingFile !== undefined;
-  await expandIn(st, st.l1, backed, req);
-  await writeback(st, req);
-  for (const sn of snapshots) {
-    const bad = snapshotL1Error(st, sn);
-    if (bad) throw bad;
-    const l1 = new Uint8Array(sn.l1Size * 8);
-    if (l1.length) await st.file.pread(sn.l1Offset, l1, { req });
-    await expandIn(st, l1, backed, req);
-  }
+  await expandZeroClusters(st, snapshots, backed, req).catch((e) => {
+    // As QEMU's qcow2_downgrade: whatever failed, "Failed to turn zero into data clusters" and the errno.
+    const err = toBlockError(e, "Cannot expand zero clusters");
+    const details = { node: st.node.name, cause: err, qemuMessage: `Failed to turn zero into data clusters: ${err.strerror}` };
+    const message = `Failed to turn zero into data clusters: ${err.message}`;
+    // Corruption stays corruption for callers that tell it apart.
+    throw err instanceof CorruptImageError ? new CorruptImageError(message, details) : new BlockError(err.code, message, details);
+  });
   if (st.header.incompatibleFeatures & INCOMPAT_COMPRESSION) {
     if (await hasCompressed(st, req)) refuse(st, "Cannot downgrade an image with zstd compression type and existing compressed clusters");
   }

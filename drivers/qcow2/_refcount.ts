@@ -356,3 +356,23 @@ export async function freeCluster(st: Qcow2State, offset: number, req: RequestIn
   }
   return v;
 }
+
+/**
+ * Gives freed host clusters back to the host, adjacent clusters as one
+ * range, as QEMU's discard queue merges them (qcow2_process_discards): a
+ * shrink that frees 2000 clusters is a few punches, not 2000, and each range
+ * is punched whole, so the file system never splits an extent that the next
+ * punches then trim (ext4 keeps the extent-tree block such a split needed).
+ * Advisory: a failed discard is ignored. Clusters past the end of the file
+ * are skipped.
+ */
+export async function discardClusters(st: Qcow2State, offsets: readonly number[], req: RequestInfo | undefined): Promise<void> {
+  const cs = st.cs;
+  const sorted = [...new Set(offsets)].filter((off) => off + cs <= st.file.length).sort((a, b) => a - b);
+  for (let i = 0; i < sorted.length;) {
+    let j = i + 1;
+    while (j < sorted.length && sorted[j] === sorted[j - 1] + cs) j++;
+    await st.file.pdiscard(sorted[i], (j - i) * cs, { req }).catch(() => {});
+    i = j;
+  }
+}

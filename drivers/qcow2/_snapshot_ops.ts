@@ -65,6 +65,16 @@ function validateL1(st: Qcow2State, sn: SnapshotEntry): void {
   if (e) throw e;
 }
 
+/**
+ * The same check where QEMU reports what it found (error_report_err) and
+ * returns only the errno (qcow2_snapshot_goto): the drop-ins print the
+ * line, then the caller's "Failed to load snapshot: Invalid argument".
+ */
+function validateL1Reported(st: Qcow2State, sn: SnapshotEntry): void {
+  const e = snapshotL1Error(st, sn);
+  if (e) throw new BlockError(e.code, e.message, { node: st.node.name, qemuMessage: e.qemuMessage, qemuReported: [e.qemuMessage] });
+}
+
 async function readL1(st: Qcow2State, sn: SnapshotEntry, bytes: number, req: RequestInfo | undefined): Promise<Uint8Array> {
   const buf = new Uint8Array(Math.max(bytes, sn.l1Size * 8));
   if (sn.l1Size) await st.file.pread(sn.l1Offset, buf.subarray(0, sn.l1Size * 8), { req });
@@ -291,7 +301,7 @@ export async function gotoSnapshot(st: Qcow2State, idOrName: string, req: Reques
   const idx = findSnapshotByIdOrName(entries, idOrName);
   if (idx < 0) notFound(st, idOrName);
   const sn = entries[idx];
-  validateL1(st, sn);
+  validateL1Reported(st, sn);
   if (sn.diskSize !== undefined && sn.diskSize !== st.header.size) await resize(st, sn.diskSize, { req });
   const snL1 = await readL1(st, sn, 0, req);
   await checkRoom(st, snL1, req);

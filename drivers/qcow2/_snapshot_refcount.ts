@@ -17,7 +17,7 @@ import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { decodeCompressed, newMapping } from "./_l2.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED } from "./_entries.ts";
-import { getRefcount, updateRefcount } from "./_refcount.ts";
+import { discardClusters, getRefcount, updateRefcount } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 
 /** Host cluster offsets freed by a walk, to discard once the change is durable. */
@@ -126,9 +126,7 @@ export async function updateSnapshotRefcount(
   return l1Modified;
 }
 
-/** Gives freed clusters back to the host (after the change that freed them is durable). */
+/** Gives freed clusters back to the host (after the change that freed them is durable), adjacent ones as one range. */
 export async function discardReleased(st: Qcow2State, released: Released, req: RequestInfo | undefined): Promise<void> {
-  for (const off of released.splice(0)) {
-    if (off + st.cs <= st.file.length) await st.file.pdiscard(off, st.cs, { req }).catch(() => {});
-  }
+  await discardClusters(st, released.splice(0), req);
 }

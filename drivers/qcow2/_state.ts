@@ -408,9 +408,13 @@ export class Qcow2State {
   async signalCorruption(err: unknown): Promise<void> {
     if (!(err instanceof CorruptImageError) || this.node.readOnly || this.corrupt) return;
     this.corrupt = true;
+    // What was found, in QEMU's words where they were given: the innermost corruption of the chain (the downgrade's
+    // "Failed to turn zero into data clusters" wraps one).
+    let found: CorruptImageError = err;
+    while (found.cause instanceof CorruptImageError) found = found.cause;
     // Some messages are already QEMU's whole line (the overlap checks): report the reason only.
-    const whole = /^qcow2: Marking image as corrupt: (.*); further corruption events will be suppressed$/s.exec(err.message);
-    reportCorruption({ node: this.node.name, format: "qcow2", message: whole ? whole[1] : err.message });
+    const whole = /^qcow2: Marking image as corrupt: (.*); further corruption events will be suppressed$/s.exec(found.qemuMessage);
+    reportCorruption({ node: this.node.name, format: "qcow2", message: whole ? whole[1] : found.qemuMessage });
     this.header.incompatibleFeatures |= INCOMPAT_CORRUPT;
     try {
       await writeHeaderFields(this.file, this.header, ["incompatibleFeatures"]);

@@ -19,7 +19,7 @@
 import { type CacheFlushFailure, CorruptImageError, toBlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { INCOMPAT_DIRTY, type Qcow2Header } from "./header.ts";
-import { freeCluster, getRefcount } from "./_refcount.ts";
+import { discardClusters, freeCluster, getRefcount } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import { writeL1, writeL2Tables, writeRefblocks } from "./_metadata_write.ts";
 import { serialiseHeader, writeHeaderFields } from "./_header_write.ts";
@@ -125,11 +125,13 @@ async function applyPendingFrees(st: Qcow2State, req: RequestInfo | undefined): 
   // entry written since may still point at it (see Qcow2State.recentData).
   const recent = st.recentData;
   st.recentData = new Set();
+  const discard: number[] = [];
   for (const off of released) {
     if (!recent || recent.has(Math.floor(off / st.cs))) continue;
     if (off + st.cs > st.file.length || await overlapsMetadata(st, off, st.cs)) continue;
-    await st.file.pdiscard(off, st.cs, { req }).catch(() => {});
+    discard.push(off);
   }
+  await discardClusters(st, discard, req);
 }
 
 /**

@@ -39,6 +39,7 @@
  */
 
 import { BlockError } from "../../core/errors.ts";
+import { parseSize } from "../../core/options.ts";
 import { registerDriver } from "../../core/registry.ts";
 import type { BlockDriver, DriverInstance } from "../../core/node.ts";
 import { connect, RBD_OPTIONS, readRbdOptions } from "./_connect.ts";
@@ -76,16 +77,7 @@ export async function createRbdImage(options: Record<string, unknown>, size: num
       `Cannot create RBD image '${o.pool}/${o.image}@${o.snapshot}': can't use a snapshot name for image creation`,
     );
   }
-  let order = 0;
-  if (objectSize !== undefined) {
-    if (objectSize & (objectSize - 1) || objectSize < 4096) {
-      throw new BlockError(
-        "EINVAL",
-        `Invalid cluster_size ${objectSize} for an RBD image: the object size must be a power of two of at least 4096`,
-      );
-    }
-    order = Math.log2(objectSize);
-  }
+  const order = objectSize === undefined ? 0 : checkObjectSize(objectSize);
   const conn = await connect(lib, o, false);
   try {
     const orderBuf = new Int32Array([order]);
@@ -95,6 +87,22 @@ export async function createRbdImage(options: Record<string, unknown>, size: num
   } finally {
     await conn.close();
   }
+}
+
+/** The object order of an object size: a power of two of at least 4 KiB, checked in QEMU's order and words. */
+function checkObjectSize(objectSize: number | undefined): number {
+  const order = objectSize === undefined ? NaN : Math.log2(objectSize);
+  const bad = (qemuMessage: string) =>
+    new BlockError(
+      "EINVAL",
+      `Invalid cluster_size ${objectSize} for an RBD image: the object size must be a power of two of at least 4096`,
+      {
+        qemuMessage,
+      },
+    );
+  if (objectSize !== 0 && !Number.isInteger(order)) throw bad("obj size needs to be power of 2");
+  if (!(order >= 12)) throw bad("obj size too small");
+  return order;
 }
 
 /**
@@ -129,7 +137,25 @@ export const rbdDriver: BlockDriver = {
   protocolPrefix: "rbd",
   options: RBD_OPTIONS,
   parseFilename: (filename) => ({ ...parseRbdFilename(filename) }),
-  createFile: (options, size) => createRbdImage(options, size),
+  // QEMU's qemu_rbd_create_opts. cluster_size (a format's own, qcow2's, stays the format's) is the object size.
+  createOptions: [
+    { name: "cluster_size", type: "size", help: "RBD object size" },
+    { name: "encrypt.cipher-alg", type: "str", help: "Name of encryption cipher algorithm (allowed values: aes-128, aes-256)" },
+    { name: "encrypt.format", type: "str", help: "Encrypt the image, format choices: 'luks', 'luks2'" },
+    { name: "encrypt.key-secret", type: "str", help: "ID of secret providing LUKS passphrase" },
+    { name: "password-secret", type: "str", help: "ID of secret providing the password" },
+    { name: "size", type: "size", help: "Virtual disk size" },
+  ],
+  checkCreate(ctx): void {
+    const enc = Object.keys(ctx.options).find((k) => k.startsWith("encrypt."));
+    if (enc !== undefined) throw new BlockError("ENOTSUP", `Invalid option '${enc}' of driver 'rbd': RBD encryption is not supported`);
+    const objectSize = ctx.options.cluster_size;
+    if (objectSize !== undefined) checkObjectSize(parseSize(objectSize));
+  },
+  createFile: (options, size) => {
+    const { "cluster-size": objectSize, ...rest } = options;
+    return createRbdImage(rest, size, objectSize === undefined ? undefined : parseSize(objectSize));
+  },
   async open(ctx): Promise<DriverInstance> {
     const lib = loadLibrbd();
     if (!lib) throw librbdError();

@@ -206,6 +206,8 @@ export const sshDriver: BlockDriver = {
   options: SSH_OPTIONS,
   strongOptions: ["host", "port", "path", "user", "host_key_check", "server."],
   parseFilename: (filename) => ({ filename }),
+  // QEMU's ssh_create_opts: the size only (no preallocation over SFTP).
+  createOptions: [{ name: "size", type: "size", help: "Virtual disk size" }],
   exactFilename: ({ options }) => {
     try {
       const o = readSshOptions(options);

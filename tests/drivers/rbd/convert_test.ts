@@ -93,6 +93,24 @@ Deno.test({ name: "create -f raw and -f qcow2 on rbd: make RBD images of the siz
 });
 
 Deno.test(
+  { name: "create -f raw -o cluster_size=N on rbd picks the RBD object size, as qemu-img's; qcow2 keeps its own", ignore },
+  async () => {
+    const conf = await cephConf();
+    const [ours, theirs, qc] = [imageName(), imageName(), imageName()];
+    await ok(["create", "-q", "-f", "raw", "-o", "cluster_size=1M", rbdFilename(conf, ours), "4M"]);
+    await runOk("qemu-img", ["create", "-q", "-f", "raw", "-o", "cluster_size=1M", rbdFilename(conf, theirs), "4M"]);
+    const [a, b] = [await rbdInfo(conf, ours), await rbdInfo(conf, theirs)];
+    assert.deepEqual([a.object_size, a.order], [b.object_size, b.order]);
+    assert.equal(a.object_size, MiB);
+    // qcow2's cluster_size is the format's: the RBD image keeps Ceph's default object size.
+    await ok(["create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", rbdFilename(conf, qc), "4M"]);
+    assert.equal((await rbdInfo(conf, qc)).object_size, 4 * MiB);
+    const info = JSON.parse((await runOk("qemu-img", ["info", "--output=json", rbdFilename(conf, qc)])).stdout);
+    assert.equal(info["cluster-size"], 4096);
+  },
+);
+
+Deno.test(
   { name: "qcow2 on rbd: what blkgraph writes qemu-io reads, what qemu-io writes blkgraph reads, qemu-img check clean", ignore },
   async () => {
     const conf = await cephConf();

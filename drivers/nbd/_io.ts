@@ -154,6 +154,8 @@ export class SocketWriter {
   #scratch = new Uint8Array(COALESCE);
   #corked = false;
   #corkGen = 0;
+  /** An {@linkcode SocketWriter.uncork} is pending: {@linkcode SocketWriter.settled} may end the cork early. */
+  #uncorking = false;
 
   /** Creates a writer. */
   constructor(conn: ByteStream) {
@@ -189,6 +191,7 @@ export class SocketWriter {
    */
   cork(): void {
     this.#corked = true;
+    this.#uncorking = false;
     this.#corkGen++;
   }
 
@@ -201,11 +204,26 @@ export class SocketWriter {
   uncork(hops = REPLY_SETTLE_TURNS): void {
     if (!this.#corked) return;
     const gen = this.#corkGen;
+    this.#uncorking = true;
     void microtaskTurns(hops).then(() => {
-      if (gen !== this.#corkGen || !this.#corked) return;
-      this.#corked = false;
-      if (!this.#running && this.#queue.length) void this.#run();
+      if (gen === this.#corkGen && this.#corked) this.#open();
     });
+  }
+
+  /**
+   * Ends a cork that {@linkcode SocketWriter.uncork} is winding down, now:
+   * the caller knows no reply it waited for is still settling (a server's
+   * last request in flight has answered), so the batch goes out without
+   * waiting for the remaining turns. Does nothing while the cork holds.
+   */
+  settled(): void {
+    if (this.#uncorking && this.#corked) this.#open();
+  }
+
+  #open(): void {
+    this.#corked = false;
+    this.#uncorking = false;
+    if (!this.#running && this.#queue.length && this.#error === undefined) void this.#run();
   }
 
   /** Starts writing what is queued now, corked or not (the cork stays for later messages). */

@@ -158,8 +158,9 @@ export class TransmissionSession {
         this.#inflightBytes += cost;
         const served = this.#serve(flags, type, cookieHi, cookieLo, offset, length, data).finally(() => {
           if (pooled) this.#pool.release(pooled);
-          this.#inflight--;
           this.#inflightBytes -= cost;
+          // The last request in flight answered: the corked replies go out now, not after the cork's turn bound.
+          if (--this.#inflight === 0) writer.settled();
           const ws = this.#waiters;
           this.#waiters = [];
           for (const w of ws) w();

@@ -1,6 +1,7 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { registerDriver } from "../../../mod.ts";
 import { CMD } from "../../../drivers/nbd/_protocol.ts";
+import { REPLY_SETTLE_TURNS } from "../../../drivers/nbd/_io.ts";
 import { RawClient } from "./_helpers.ts";
 import { gates, go, request, simple, withServer } from "./_server_helpers.ts";
 
@@ -128,4 +129,68 @@ Deno.test("serveNbd() writes the first reply of a batch of requests before it se
     assertEquals(order.filter((e) => e.startsWith("write")).length, 2, order.join(", "));
     c.close();
   }, { driver: "test-order", size: 1 << 20 });
+});
+
+// A memory driver whose every write starts a count of microtask turns, so a test sees how many turns after the node
+// finished a write the server's reply reached the socket.
+const turns = { n: -1, atReply: [] as number[] };
+registerDriver({
+  name: "test-turns",
+  kind: "protocol",
+  open(ctx) {
+    const data = new Uint8Array(Number(ctx.options.size ?? 65536));
+    return Promise.resolve({
+      getLength: () => data.length,
+      pread: (o, b) => void b.set(data.subarray(o, o + b.length)),
+      pwrite: (o, d) => {
+        data.set(d, o);
+        turns.n = 0;
+        void (async () => {
+          while (turns.n >= 0 && turns.n < 1000) {
+            await null;
+            turns.n++;
+          }
+        })();
+      },
+    });
+  },
+});
+
+Deno.test("serveNbd() writes the reply of the last request in flight without waiting for unrelated microtask turns", async () => {
+  await withServer({}, async (_s, _n, sock) => {
+    const c = await RawClient.unix(sock);
+    await go(c, false);
+    const proto = Object.getPrototypeOf(c.conn) as { write(p: Uint8Array): Promise<number> };
+    const write = proto.write;
+    proto.write = function (this: unknown, p: Uint8Array) {
+      // Simple replies are 16 bytes; the client's requests are longer.
+      if (p.length % 16 === 0 && p.length < 28 * 4) {
+        turns.atReply.push(turns.n);
+        turns.n = -1;
+      }
+      return write.call(this, p);
+    };
+    try {
+      // One at a time (depth 1), then a batch of four sent at once.
+      for (let i = 0; i < 3; i++) {
+        await c.write(request(CMD.WRITE, i * 4096, 4096, i + 1, 0, new Uint8Array(4096).fill(i)));
+        assertEquals(await simple(c), [0, i + 1]);
+      }
+      const reqs = Array.from({ length: 4 }, (_, i) => request(CMD.WRITE, i * 4096, 4096, 10 + i, 0, new Uint8Array(4096)));
+      const all = new Uint8Array(reqs.length * reqs[0].length);
+      reqs.forEach((r, i) => all.set(r, i * r.length));
+      await c.write(all);
+      for (let i = 0; i < 4; i++) assertEquals((await simple(c))[0], 0);
+    } finally {
+      proto.write = write;
+      turns.n = -1;
+    }
+    // The node's write settles in a few turns through the core; the reply must follow at once, not after the cork's
+    // fallback bound (REPLY_SETTLE_TURNS).
+    ok(turns.atReply.length >= 4, turns.atReply.join(", "));
+    for (const t of turns.atReply) {
+      ok(t < REPLY_SETTLE_TURNS / 2, `reply written ${t} turns after the node's write: ${turns.atReply.join(", ")}`);
+    }
+    c.close();
+  }, { driver: "test-turns", size: 1 << 20 });
 });

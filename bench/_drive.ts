@@ -45,6 +45,57 @@ export function steppedOffsets(n: number, step: number): Float64Array {
   return out;
 }
 
+/** Where `qemuBenchOffsets` starts, how far it steps and how it wraps. */
+export interface QemuWalk {
+  /** Request size in bytes (`-s`). */
+  size: number;
+  /** Bytes between one request's offset and the next (`-S`); default `size`, as in qemu-img. */
+  step?: number;
+  /** The image's length in bytes: the walk wraps there. */
+  length: number;
+  /** The first offset (`-o`), default 0. */
+  start?: number;
+  /**
+   * How the offset wraps: `"image"` (modulo the image length, qemu-img up to
+   * 10.0, so 7.2 here) or `"usable"` (modulo `length - size`, qemu-img from
+   * commit ff2ab634 on, which keeps a wrapped request inside the image).
+   */
+  wrap?: "image" | "usable";
+}
+
+/**
+ * The offsets `qemu-img bench` requests, in the order it submits them: the
+ * first at `-o` (0), each next one `step` (`-S`, default the request size)
+ * further, wrapped into the image (qemu-img.c's `bench_cb`: `offset += step;
+ * offset %= image_size`). Submission order does not depend on the queue
+ * depth, so a promise pool taking the next offset whenever a request
+ * completes submits the same sequence. Throws where qemu-img would request
+ * bytes past the end of the image (it fails that run with EIO).
+ *
+ * @example
+ * ```ts
+ * import { qemuBenchOffsets } from "./_drive.ts";
+ * // -s 4096 -S 266240 on a 1 MiB image: the fifth request wraps to 16 KiB.
+ * console.log([...qemuBenchOffsets(5, { size: 4096, step: 266240, length: 1 << 20 })]);
+ * // [0, 266240, 532480, 798720, 16384]
+ * ```
+ */
+export function qemuBenchOffsets(count: number, walk: QemuWalk): Float64Array {
+  const { size, length } = walk;
+  const step = walk.step || size;
+  const modulo = walk.wrap === "usable" ? length - size : length;
+  const out = new Float64Array(count);
+  let offset = walk.start ?? 0;
+  for (let i = 0; i < count; i++) {
+    if (offset + size > length) {
+      throw new RangeError(`qemu-img bench's request ${i} at offset ${offset} (${size} bytes) runs past the image's end at ${length}`);
+    }
+    out[i] = offset;
+    offset = modulo > 0 ? (offset + step) % modulo : 0;
+  }
+  return out;
+}
+
 /** Syscall counts from `strace -c`, by syscall name. */
 export type SyscallCounts = Map<string, number>;
 

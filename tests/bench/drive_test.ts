@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
-import { drive, parseStraceSummary, randomOffsets, steppedOffsets, sumCalls, totalCalls } from "../../bench/_drive.ts";
+import { drive, parseStraceSummary, qemuBenchOffsets, randomOffsets, steppedOffsets, sumCalls, totalCalls } from "../../bench/_drive.ts";
 import { open } from "../../mod.ts";
+import { run, skipUnless } from "../_helpers/qemu.ts";
 
 const STRACE = `% time     seconds  usecs/call     calls    errors syscall
 ------ ----------- ----------- --------- --------- ----------------
@@ -50,4 +51,49 @@ Deno.test("drive() issues one request per offset", async () => {
   } finally {
     await node.close();
   }
+});
+
+Deno.test("qemuBenchOffsets() walks by the request size when no step is given", () => {
+  assert.deepEqual([...qemuBenchOffsets(5, { size: 4096, length: 16384 })], [0, 4096, 8192, 12288, 0]);
+});
+
+Deno.test("qemuBenchOffsets() wraps modulo the image length, as qemu-img 7.2 does", () => {
+  assert.deepEqual([...qemuBenchOffsets(6, { size: 4096, step: 266240, length: 1 << 20 })], [0, 266240, 532480, 798720, 16384, 282624]);
+});
+
+Deno.test("qemuBenchOffsets() wraps modulo length - size with wrap: usable (qemu-img after ff2ab634)", () => {
+  assert.deepEqual([...qemuBenchOffsets(4, { size: 4096, length: 16384, wrap: "usable" })], [0, 4096, 8192, 0]);
+});
+
+Deno.test("qemuBenchOffsets() starts at the given offset", () => {
+  assert.deepEqual([...qemuBenchOffsets(3, { size: 512, step: 1024, length: 4096, start: 2048 })], [2048, 3072, 0]);
+});
+
+Deno.test("qemuBenchOffsets() refuses a walk whose request would run past the image's end", () => {
+  assert.throws(() => qemuBenchOffsets(2, { size: 4096, step: 14336, length: 16384 }), RangeError);
+});
+
+Deno.test({
+  name: "qemuBenchOffsets() gives the offsets qemu-img bench requests, in its order (its trace of blk_co_preadv)",
+  ignore: skipUnless("qemu-img"),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "blkgraph-walk-" });
+    try {
+      const img = `${dir}/walk.raw`;
+      const length = (1 << 20) + 65536;
+      await Deno.writeFile(img, new Uint8Array(length));
+      for (const [size, step, depth] of [[4096, 4096 * 7919, 16], [4096, 0, 1], [65536, 0, 4], [4096, 65536, 16]]) {
+        const count = 300;
+        const args = ["-T", "blk_co_preadv", "bench", "-f", "raw", "-t", "writeback", "-d", String(depth), "-c", String(count)];
+        args.push("-s", String(size), ...(step ? ["-S", String(step)] : []), img);
+        const r = await run("qemu-img", args);
+        assert.equal(r.code, 0, r.stderr);
+        const theirs = [...(r.stdout + r.stderr).matchAll(/blk_co_preadv .* offset (\d+) bytes (\d+)/g)].map((m) => Number(m[1]));
+        assert.equal(theirs.length, count, `qemu-img ${args.join(" ")}: the trace did not list every request`);
+        assert.deepEqual([...qemuBenchOffsets(count, { size, step, length })], theirs, `qemu-img ${args.join(" ")}`);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

@@ -1,0 +1,66 @@
+/**
+ * The operation fuzzer's campaign runner: random qcow2 images and operation sequences, run by QEMU's tools and by blkgraph's
+ * drop-ins side by side (`_exec.ts`). `deno task opfuzz --cases 500 --seed 1 --out /tmp/opfuzz`; `--replay FILE` runs one saved case
+ * again and prints what it finds. Exit code 1 when a case found something.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { makeCase, type OpCase } from "./_gen.ts";
+import { type Outcome, runCase } from "./_exec.ts";
+
+/** Runs a case in a fresh directory with a time limit; the directory is removed unless `keep`. */
+export async function runInTemp(c: OpCase, limitMs = 120_000, keep = false): Promise<Outcome & { dir: string }> {
+  const dir = await Deno.makeTempDir({ prefix: `blkgraph-opfuzz-${c.seed}-` });
+  let timer = 0;
+  const hang = new Promise<Outcome>((resolve) => {
+    timer = setTimeout(() => resolve({ classes: ["hang"], notes: [`hang: no end within ${limitMs} ms`] }), limitMs);
+  });
+  try {
+    const out = await Promise.race([runCase(c, dir), hang]);
+    return { ...out, dir };
+  } finally {
+    clearTimeout(timer);
+    if (!keep) await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      cases: { type: "string", default: "100" },
+      seed: { type: "string", default: "1" },
+      out: { type: "string", default: "/tmp/blkgraph-opfuzz" },
+      replay: { type: "string" },
+      keep: { type: "boolean", default: false },
+      verbose: { type: "boolean", short: "v", default: false },
+    },
+  });
+  if (values.replay) {
+    const c = JSON.parse(await Deno.readTextFile(values.replay)).case as OpCase;
+    const out = await runInTemp(c, 600_000, values.keep);
+    console.log(JSON.stringify(c, null, 1));
+    console.log(out.classes.length ? `findings: ${out.classes.join(", ")}` : "clean");
+    for (const n of out.notes) console.log(n);
+    if (values.keep) console.log(`files kept in ${out.dir}`);
+    Deno.exit(out.classes.length ? 1 : 0);
+  }
+  const cases = Number(values.cases);
+  const first = Number(values.seed);
+  await Deno.mkdir(`${values.out}/findings`, { recursive: true });
+  const counts = new Map<string, number>();
+  for (let seed = first; seed < first + cases; seed++) {
+    const c = makeCase(seed);
+    const out = await runInTemp(c);
+    const key = out.classes.length ? out.classes.join("+") : "clean";
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+    if (out.classes.length) {
+      await Deno.writeTextFile(`${values.out}/findings/case-${seed}.json`, JSON.stringify({ case: c, outcome: out }, null, 1));
+      console.log(`case ${seed}: ${key}\n  ${out.notes.filter((n) => !n.startsWith("output")).join("\n  ").slice(0, 2000)}`);
+    } else if (values.verbose) console.log(`case ${seed}: clean`);
+  }
+  console.log([...counts].map(([k, v]) => `${k}: ${v}`).join(", "));
+  Deno.exit([...counts.keys()].some((k) => k !== "clean") ? 1 : 0);
+}

@@ -76,10 +76,12 @@ export interface TruncateOptions extends RequestOptions {
    */
   exact?: boolean;
   /**
-   * Set by the core when the first `zeroFill` bytes of the grown part must
-   * read as zeros (a longer backing file would show through): the core
-   * zeroes them after the resize without falling back to writing zero
-   * buffers, so a driver that cannot must refuse before changing anything.
+   * Set by the core when the grown part (`zeroFill` bytes) must read as
+   * zeros because a longer backing file would show through (QEMU's
+   * BDRV_REQ_ZERO_WRITE truncate): after the resize the core writes zero
+   * buffers up to the first `optWriteZero` boundary and zeroes the rest
+   * without the fallback to buffers, so a driver that cannot must refuse
+   * before changing anything.
    */
   zeroFill?: number;
 }

@@ -102,9 +102,10 @@ async function truncate<N extends CoreNode<N>>(c: NodeCore<N>, length: number, o
     if (inst.truncate) {
       // A backing file longer than the old size would show through in the new area, so that part must read as zeros.
       const backing = c.node.children.get("backing");
-      const zeroFill = length > old && backing && backing.length > old ? Math.min(length, backing.length) - old : 0;
+      // As QEMU's bdrv_co_truncate and qcow2_co_truncate, the whole grown part is then zeroed (zero clusters past the backing file too).
+      const zeroFill = length > old && backing && backing.length > old ? length - old : 0;
       await inst.truncate(length, { ...opts, req, ...(zeroFill ? { zeroFill } : {}) });
-      if (zeroFill) await zeroGrown(c, old, Math.min(length, roundUp(old + zeroFill, zeroAlign(c))), req);
+      if (zeroFill) await zeroGrown(c, old, length, req);
     } else if (c.node.driver.kind === "filter" && c.primaryChild) {
       const child = c.primaryChild;
       await c.forward({ op: "truncate", offset: length, length: 0, req }, () => child.truncate(length, { ...opts, req }));
@@ -126,8 +127,7 @@ function zeroAlign<N extends CoreNode<N>>(c: NodeCore<N>): number {
 /**
  * Zeroes the grown part `[old, end)` a longer backing file would show
  * through in: an unaligned head as zero buffers (QEMU's qcow2_co_truncate
- * writes explicit zeros there), the rest (up to an alignment boundary or
- * the new end; past the backing file it reads zeros anyway) only through
+ * writes explicit zeros there), the rest up to the new end only through
  * the driver's zero writes, without the fallback to buffers.
  */
 async function zeroGrown<N extends CoreNode<N>>(c: NodeCore<N>, old: number, end: number, req: RequestInfo): Promise<void> {

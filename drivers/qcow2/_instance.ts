@@ -385,8 +385,8 @@ export class Qcow2Instance implements DriverInstance {
   /** Grows (with optional preallocation) or shrinks the image (`_resize.ts`). */
   async truncate(length: number, opts: TruncateOptions): Promise<void> {
     const st = this.#st;
-    if (opts.zeroFill && st.header.version < 3) {
-      // QEMU: v2 images have no zero clusters, so the area over the longer backing file cannot be hidden.
+    if (opts.zeroFill && st.header.version < 3 && length > Math.ceil(st.header.size / st.cs) * st.cs) {
+      // QEMU's qcow2_co_truncate: v2 images have no zero clusters, so only the grown head inside the last cluster can be zeroed.
       throw new BlockError("ENOTSUP", "Failed to zero out new clusters: Operation not supported", { node: st.node.name });
     }
     this.#bm.checkResize();

@@ -13,7 +13,7 @@ import { type Outcome, runCase } from "./_exec.ts";
 /** Runs a case in a fresh directory with a time limit; the directory is removed unless `keep`. */
 export async function runInTemp(c: OpCase, limitMs = 120_000, keep = false): Promise<Outcome & { dir: string }> {
   const dir = await Deno.makeTempDir({ prefix: `blkgraph-opfuzz-${c.seed}-` });
-  let timer = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const hang = new Promise<Outcome>((resolve) => {
     timer = setTimeout(() => resolve({ classes: ["hang"], notes: [`hang: no end within ${limitMs} ms`] }), limitMs);
   });
@@ -42,7 +42,7 @@ if (import.meta.main) {
     const c = JSON.parse(await Deno.readTextFile(values.replay)).case as OpCase;
     const out = await runInTemp(c, 600_000, values.keep);
     console.log(JSON.stringify(c, null, 1));
-    console.log(out.classes.length ? `findings: ${out.classes.join(", ")}` : "clean");
+    console.log(out.classes.length ? `findings: ${out.classes.join(", ")}` : out.skipped ? `skipped: ${out.skipped}` : "clean");
     for (const n of out.notes) console.log(n);
     if (values.keep) console.log(`files kept in ${out.dir}`);
     Deno.exit(out.classes.length ? 1 : 0);
@@ -54,13 +54,14 @@ if (import.meta.main) {
   for (let seed = first; seed < first + cases; seed++) {
     const c = makeCase(seed);
     const out = await runInTemp(c);
-    const key = out.classes.length ? out.classes.join("+") : "clean";
+    const key = out.classes.length ? out.classes.join("+") : out.skipped ? "skipped" : "clean";
     counts.set(key, (counts.get(key) ?? 0) + 1);
     if (out.classes.length) {
       await Deno.writeTextFile(`${values.out}/findings/case-${seed}.json`, JSON.stringify({ case: c, outcome: out }, null, 1));
       console.log(`case ${seed}: ${key}\n  ${out.notes.filter((n) => !n.startsWith("output")).join("\n  ").slice(0, 2000)}`);
-    } else if (values.verbose) console.log(`case ${seed}: clean`);
+    } else if (out.skipped) console.log(`case ${seed}: skipped, ${out.skipped}`);
+    else if (values.verbose) console.log(`case ${seed}: clean`);
   }
   console.log([...counts].map(([k, v]) => `${k}: ${v}`).join(", "));
-  Deno.exit([...counts.keys()].some((k) => k !== "clean") ? 1 : 0);
+  Deno.exit([...counts.keys()].some((k) => k !== "clean" && k !== "skipped") ? 1 : 0);
 }

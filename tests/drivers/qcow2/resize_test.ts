@@ -198,3 +198,34 @@ Deno.test({
     for (const size of [160 * 1024, 512 * 1024, 600 * 1024]) await resizeBoth(a, b, size);
   },
 });
+
+Deno.test({
+  name:
+    "growing a compat=0.10 overlay over a longer backing file inside its last cluster zeroes the grown bytes, and past it fails as qemu-img resize",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  async fn() {
+    await using dir = await tempDir();
+    const base = `${dir.path}/base.qcow2`;
+    await qemuCreate(base, "256k", "compat=0.10");
+    await qemuIo(base, "write -P 0x77 0 256k");
+    // [old size, new size, qemu-img's exit code]: v2 has no zero clusters, so only the head up to the cluster end can be zeroed.
+    for (const [from, to, code] of [[63488, 64000, 0], [63488, 65536, 0], [63488, 66048, 1], [65536, 131072, 1]]) {
+      const ours = `${dir.path}/ours-${from}-${to}.qcow2`;
+      const theirs = `${dir.path}/theirs-${from}-${to}.qcow2`;
+      await qemuCreate(ours, from, "compat=0.10", base);
+      await Deno.copyFile(ours, theirs);
+      const q = await run("qemu-img", ["resize", "-f", "qcow2", theirs, String(to)]);
+      assert.equal(q.code, code, `${from}->${to}: ${q.stderr}`);
+      {
+        await using node = await openQcow2(ours);
+        if (code) {
+          await assert.rejects(node.truncate(to), (e: BlockError) => e.code === "ENOTSUP" && /zero out new clusters/.test(e.message));
+        } else await node.truncate(to);
+        assert.equal(node.length, code ? from : to);
+      }
+      await qemuCheck(ours);
+      const r = await run("qemu-img", ["compare", "-f", "qcow2", "-F", "qcow2", ours, theirs]);
+      assert.equal(r.code, 0, `${from}->${to}: ${r.stdout}`);
+    }
+  },
+});

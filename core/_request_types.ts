@@ -86,6 +86,16 @@ export interface TruncateOptions extends RequestOptions {
   zeroFill?: number;
 }
 
+/** What a driver's `truncate` tells the core. */
+export interface TruncateResult {
+  /**
+   * The driver made the whole grown part read as zeros itself when asked
+   * by `zeroFill` (QEMU's BDRV_REQ_ZERO_WRITE truncate that the file's own
+   * growth satisfied): the core zeroes nothing afterwards.
+   */
+  zeroFilled?: boolean;
+}
+
 /** Size limits a driver declares; the core splits and pads requests to fit. */
 export interface BlockLimits {
   /** Reads and writes are padded to multiples of this (power of two). */

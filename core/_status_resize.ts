@@ -104,8 +104,8 @@ async function truncate<N extends CoreNode<N>>(c: NodeCore<N>, length: number, o
       const backing = c.node.children.get("backing");
       // As QEMU's bdrv_co_truncate and qcow2_co_truncate, the whole grown part is then zeroed (zero clusters past the backing file too).
       const zeroFill = length > old && backing && backing.length > old ? length - old : 0;
-      await inst.truncate(length, { ...opts, req, ...(zeroFill ? { zeroFill } : {}) });
-      if (zeroFill) await zeroGrown(c, old, length, req);
+      const done = await inst.truncate(length, { ...opts, req, ...(zeroFill ? { zeroFill } : {}) });
+      if (zeroFill && !done?.zeroFilled) await zeroGrown(c, old, length, req);
     } else if (c.node.driver.kind === "filter" && c.primaryChild) {
       const child = c.primaryChild;
       await c.forward({ op: "truncate", offset: length, length: 0, req }, () => child.truncate(length, { ...opts, req }));

@@ -22,6 +22,7 @@ import type {
   RequestOptions,
   SyncIo,
   TruncateOptions,
+  TruncateResult,
   WriteOptions,
   WriteZeroesOptions,
 } from "./_request_types.ts";
@@ -130,8 +131,8 @@ export interface DriverInstanceOf<N> {
    * undefined when unknown. Without it the core asks the children.
    */
   allocatedSize?(): Promise<number | undefined> | number | undefined;
-  /** Changes the length. */
-  truncate?(length: number, opts: TruncateOptions): Promise<void> | void;
+  /** Changes the length; says when it made a `zeroFill` part read as zeros itself. */
+  truncate?(length: number, opts: TruncateOptions): Promise<TruncateResult | void> | TruncateResult | void;
   /** Releases resources (children are closed by the core afterwards). */
   close?(): Promise<void> | void;
   /** Receives a BLKDBG event raised by a parent on this node (blkdebug). */

@@ -240,7 +240,7 @@ export function libcInstance(libc: Libc, h: Handle, filename: string, mode: File
       flush: () => syncFlush(rw),
     },
     truncate(length: number, opts: TruncateOptions): void {
-      const prealloc = checkPrealloc(opts, filename, length, name);
+      const prealloc = checkPrealloc(opts, filename, length, size, name);
       forgetData();
       const old = size;
       const grow = length > old;

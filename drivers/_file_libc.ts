@@ -304,10 +304,20 @@ export interface Handle {
   lockKind: "ofd" | "flock" | "none";
 }
 
-/** Checks the truncate preallocation mode: off, falloc and full are supported. */
-export function checkPrealloc(opts: TruncateOptions, filename: string, length: number, node: string): "off" | "falloc" | "full" {
+/** Checks the truncate preallocation mode: off, falloc and full are supported, the last two only to grow from `current` bytes. */
+export function checkPrealloc(
+  opts: TruncateOptions,
+  filename: string,
+  length: number,
+  current: number,
+  node: string,
+): "off" | "falloc" | "full" {
   const p = opts.prealloc ?? "off";
-  if (p === "off" || p === "falloc" || p === "full") return p;
+  if (p === "off" || p === "falloc" || p === "full") {
+    // As file-posix's handle_aiocb_truncate: preallocation only grows.
+    if (p !== "off" && length < current) throw new BlockError("ENOTSUP", "Cannot use preallocation for shrinking files", { node });
+    return p;
+  }
   throw new BlockError(
     "ENOTSUP",
     `Cannot resize '${filename}' to ${length} bytes with preallocation '${p}': the file driver supports off, falloc and full`,

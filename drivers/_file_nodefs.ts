@@ -73,7 +73,7 @@ export function nodeFsInstance(h: Handle, filename: string, name: string): Drive
     pwrite,
     flush,
     truncate(length, opts) {
-      const prealloc = checkPrealloc(opts, filename, length, name);
+      const prealloc = checkPrealloc(opts, filename, length, size, name);
       const old = size;
       try {
         fs.ftruncateSync(fd, length);

@@ -17,6 +17,7 @@ import type {
   RequestOptions,
   SnapshotInfo,
   TruncateOptions,
+  TruncateResult,
   WriteOptions,
   WriteZeroesOptions,
 } from "../../core/types.ts";
@@ -382,20 +383,26 @@ export class Qcow2Instance implements DriverInstance {
     return st.change(() => flushWriteback(st, opts.req));
   }
 
-  /** Grows (with optional preallocation) or shrinks the image (`_resize.ts`). */
-  async truncate(length: number, opts: TruncateOptions): Promise<void> {
+  /**
+   * Grows (with optional preallocation) or shrinks the image (`_resize.ts`).
+   * A `zeroFill` under falloc/full preallocation is done here: the file
+   * grows with zeros, so the new clusters are data that reads as zeros.
+   */
+  async truncate(length: number, opts: TruncateOptions): Promise<TruncateResult> {
     const st = this.#st;
-    if (opts.zeroFill && st.header.version < 3 && length > Math.ceil(st.header.size / st.cs) * st.cs) {
+    const zeroFilled = !!opts.zeroFill && (opts.prealloc === "falloc" || opts.prealloc === "full") && !st.externalData;
+    if (opts.zeroFill && !zeroFilled && st.header.version < 3 && length > Math.ceil(st.header.size / st.cs) * st.cs) {
       // QEMU's qcow2_co_truncate: v2 images have no zero clusters, so only the grown head inside the last cluster can be zeroed.
       throw new BlockError("ENOTSUP", "Failed to zero out new clusters: Operation not supported", { node: st.node.name });
     }
     this.#bm.checkResize();
     await this.#bm.beforeChange();
-    return st.change(async () => {
-      await resize(st, length, { req: opts.req, prealloc: opts.prealloc });
+    await st.change(async () => {
+      await resize(st, length, { req: opts.req, prealloc: opts.prealloc, zeroFill: zeroFilled });
       this.#bm.resize(st.header.size);
       await relieveCaches(st, opts.req);
     });
+    return { zeroFilled };
   }
 
   /** Writes everything back and clears the dirty bit of a lazy-refcounts image. */

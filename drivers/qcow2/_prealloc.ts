@@ -18,6 +18,7 @@
  * @module
  */
 
+import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { entryOffset, HI_COMPRESSED, HI_COPIED, setEntry } from "./_entries.ts";
 import { readGuest } from "./_read.ts";
@@ -61,8 +62,23 @@ async function freeReplaced(st: Qcow2State, req: RequestInfo | undefined): Promi
  * leaves the bitmap alone): the subclusters before the old end that held data
  * stay allocated, now in the new cluster, and the new ones stay unallocated
  * until written. Clearing it would lose the data of the last partial cluster.
+ * Two exceptions: `allocateAll` (the grown part must hide a longer backing
+ * file: QEMU's subclusters_need_allocation) marks every subcluster
+ * allocated, and a compressed cluster, whose bitmap is empty, gets its
+ * copied head's subclusters allocated (qemu-img 7.2 leaves them unallocated
+ * and so loses those bytes).
  */
-async function link(st: Qcow2State, view: DataView, at: number, g: number, host: number, keepEnd: number, req: RequestInfo | undefined) {
+async function link(
+  st: Qcow2State,
+  view: DataView,
+  at: number,
+  g: number,
+  host: number,
+  keepEnd: number,
+  req: RequestInfo | undefined,
+  allocateAll = false,
+) {
+  const compressed = (view.getUint32(at) & HI_COMPRESSED) !== 0;
   if (keepEnd > g) {
     // The guest bytes before the old end stay what they were (QEMU's
     // cow_start), padded with zeros to the end of their subcluster: that
@@ -78,6 +94,11 @@ async function link(st: Qcow2State, view: DataView, at: number, g: number, host:
   }
   releaseEntry(st, view, at);
   setEntry(view, at, host, HI_COPIED, 0);
+  if (st.extL2 && (allocateAll || compressed)) {
+    const n = allocateAll ? 32 : Math.max(0, Math.ceil((keepEnd - g) / st.subSize));
+    view.setUint32(at + 8, 0);
+    view.setUint32(at + 12, n >= 32 ? 0xffffffff : ((1 << n) - 1) >>> 0);
+  }
 }
 
 /** Bytes one QEMU request may cover (BDRV_REQUEST_MAX_BYTES). */
@@ -158,13 +179,20 @@ export async function preallocateMetadata(st: Qcow2State, from: number, to: numb
   if (!st.externalData && endHost > st.file.length) await st.file.truncate(endHost, { req });
 }
 
-/** `preallocation=falloc|full` over guest `[from, to)` (metadata lock held). */
+/**
+ * `preallocation=falloc|full` over guest `[from, to)` (metadata lock held).
+ * With `zeroFill` the grown part must read as zeros over a longer backing
+ * file: every new subcluster is allocated (the data clusters read zeros).
+ * Where the new data clusters reuse a freed tail of the file, bytes there
+ * that do not read as zeros are zeroed first (QEMU would show them).
+ */
 export async function preallocateFull(
   st: Qcow2State,
   from: number,
   to: number,
   mode: "falloc" | "full",
   req: RequestInfo | undefined,
+  zeroFill = false,
 ): Promise<void> {
   const cs = st.cs;
   if (st.externalData) {
@@ -185,7 +213,17 @@ export async function preallocateFull(
   for (let c = end; c < end + nData; c++) await updateRefcount(st, c, 1, req);
   // Counted before the file grows over them.
   await writeback(st, req);
-  await st.file.truncate((end + nData) * cs, { prealloc: mode, req });
+  const oldLength = st.file.length;
+  try {
+    await st.file.truncate((end + nData) * cs, { prealloc: mode, req });
+  } catch (e) {
+    // As QEMU: the data clusters are freed again and the size stays.
+    for (let c = end; c < end + nData; c++) await updateRefcount(st, c, -1, req);
+    await writeback(st, req);
+    if (!(e instanceof BlockError)) throw e;
+    throw new BlockError(e.code, `Failed to resize underlying file: ${e.message}`, { node: st.node.name, cause: e });
+  }
+  await zeroStaleTail(st, end * cs, Math.min(oldLength, (end + nData) * cs), req);
   let g = first * cs;
   let host = end * cs;
   while (g < to) {
@@ -195,12 +233,25 @@ export async function preallocateFull(
     try {
       for (; g < tableEnd; g += cs, host += cs) {
         const at = ((g - l1i * st.l2Span) / cs) * st.entryBytes;
-        await link(st, e.view, at, g, host, g === first * cs ? from : 0, req);
+        await link(st, e.view, at, g, host, g === first * cs ? from : 0, req, zeroFill);
       }
       st.l2Cache.markDirty(e);
     } finally {
       st.l2Cache.release(e);
     }
     await freeReplaced(st, req);
+  }
+}
+
+/** Zeroes what does not read as zeros in host `[from, end)` of the file (a freed tail the new data clusters reuse). */
+async function zeroStaleTail(st: Qcow2State, from: number, end: number, req: RequestInfo | undefined): Promise<void> {
+  for (let o = from; o < end;) {
+    const s = await st.file.blockStatus(o, end - o, { req });
+    const n = Math.max(1, Math.min(s.length, end - o));
+    if (!s.zero) {
+      await preWriteOverlapCheck(st, 0, o, n, true);
+      await st.file.pwriteZeroes(o, n, { req });
+    }
+    o += n;
   }
 }

@@ -24,10 +24,15 @@ export type Prealloc = NonNullable<TruncateOptions["prealloc"]>;
  * Changes the virtual size (QEMU's qcow2_co_truncate; metadata lock held):
  * grows the L1 table to exactly what the size needs and preallocates the
  * new area when asked (the core zeroes it afterwards where a longer backing
- * file would show through), or shrinks (`_shrink.ts`); the new size is
- * written last.
+ * file would show through, except that falloc/full does it with `zeroFill`:
+ * the new clusters are data, all their subclusters allocated), or shrinks
+ * (`_shrink.ts`); the new size is written last.
  */
-export async function resize(st: Qcow2State, size: number, opts: { req?: RequestInfo; prealloc?: Prealloc } = {}): Promise<void> {
+export async function resize(
+  st: Qcow2State,
+  size: number,
+  opts: { req?: RequestInfo; prealloc?: Prealloc; zeroFill?: boolean } = {},
+): Promise<void> {
   const req = opts.req;
   let prealloc = opts.prealloc ?? "off";
   // QEMU's qcow2_co_truncate: the virtual size is whole sectors.
@@ -59,7 +64,7 @@ export async function resize(st: Qcow2State, size: number, opts: { req?: Request
     await preallocateMetadata(st, old, size, req);
     if (st.externalData) await st.data.truncate(size, { req });
   } else {
-    await preallocateFull(st, old, size, prealloc, req);
+    await preallocateFull(st, old, size, prealloc, req, opts.zeroFill ?? false);
     if (st.externalData) await st.data.truncate(size, { prealloc, req });
   }
   await writeback(st, req);

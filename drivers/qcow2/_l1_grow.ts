@@ -60,6 +60,12 @@ export async function growL1(st: Qcow2State, minEntries: number, exact: boolean,
   st.header.l1Size = entries;
   st.header.l1TableOffset = newOffset;
   st.metadataMoved();
-  if (oldOffset !== 0) { for (let i = 0; i < oldClusters; i++) st.pendingFree.push(oldOffset + i * st.cs); }
+  // QCOW2_DISCARD_OTHER: the old table's space stays in the file.
+  if (oldOffset !== 0) {
+    for (let i = 0; i < oldClusters; i++) {
+      st.pendingFree.push(oldOffset + i * st.cs);
+      st.noDiscard.add(oldOffset + i * st.cs);
+    }
+  }
   await writeback(st, req);
 }

@@ -92,7 +92,7 @@ async function link(
     st.noteDataWrite(host, head.length);
     await st.data.pwrite(host, head, { req });
   }
-  releaseEntry(st, view, at);
+  releaseEntry(st, view, at, undefined, true);
   setEntry(view, at, host, HI_COPIED, 0);
   if (st.extL2 && (allocateAll || compressed)) {
     const n = allocateAll ? 32 : Math.max(0, Math.ceil((keepEnd - g) / st.subSize));

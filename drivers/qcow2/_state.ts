@@ -133,6 +133,13 @@ export class Qcow2State {
   /** Host clusters (offsets) whose last reference was removed, freed after write-back. */
   pendingFree: number[] = [];
   /**
+   * Those of `pendingFree` whose space stays in the file when freed (QEMU's
+   * QCOW2_DISCARD_NEVER and _OTHER: a cluster a copy-on-write or a
+   * preallocation replaced, an old L1 or L2 table): the next allocation
+   * reuses them anyway.
+   */
+  noDiscard: Set<number> = new Set();
+  /**
    * `pendingFree` holds a compressed cluster's host clusters: a write that
    * replaced one frees them before it returns, so the next allocation reuses
    * them at once, as QEMU's qcow2_alloc_cluster_link_l2 does.
@@ -257,6 +264,7 @@ export class Qcow2State {
     this.l2Cache.clear();
     this.rbCache.clear();
     this.pendingFree = [];
+    this.noDiscard.clear();
     this.freeCompressedNow = false;
     this.freeHint = 0;
     this.freeByteOffset = 0;

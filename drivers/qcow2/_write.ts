@@ -59,7 +59,11 @@ export async function getL2ForWrite(st: Qcow2State, l1i: number, req: RequestInf
   setEntry(st.l1View, l1i * 8, newOff, HI_COPIED, 0);
   st.l1Dirty.add(l1i);
   st.metadataMoved();
-  if (off !== 0) st.pendingFree.push(off);
+  if (off !== 0) {
+    // QCOW2_DISCARD_OTHER: the old table's space stays in the file.
+    st.pendingFree.push(off);
+    st.noDiscard.add(off);
+  }
   return e;
 }
 

@@ -62,11 +62,21 @@ export function classify(st: Qcow2State, view: DataView, idx: number, from: numb
  * allocated to replace it: an old entry pointing into it had a reference
  * its refcount never counted (a damaged image), and freeing it would take
  * the new data's count (and discard its cluster), so it is not queued.
+ * `keepSpace`: a replacement by a preallocating resize, whose freed
+ * clusters keep their space in the file (QCOW2_DISCARD_NEVER).
  */
-export function releaseEntry(st: Qcow2State, view: DataView, at: number, fresh?: { first: number; end: number }): void {
+export function releaseEntry(
+  st: Qcow2State,
+  view: DataView,
+  at: number,
+  fresh?: { first: number; end: number },
+  keepSpace = false,
+): void {
   if (st.externalData) return;
   const queue = (c: number) => {
-    if (!fresh || c < fresh.first || c >= fresh.end) st.pendingFree.push(c * st.cs);
+    if (fresh && c >= fresh.first && c < fresh.end) return;
+    st.pendingFree.push(c * st.cs);
+    if (keepSpace) st.noDiscard.add(c * st.cs);
   };
   const hi = view.getUint32(at);
   if (hi & HI_COMPRESSED) {

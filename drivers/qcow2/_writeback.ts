@@ -118,16 +118,18 @@ async function applyPendingFrees(st: Qcow2State, req: RequestInfo | undefined): 
   }
   await writeRefblocks(st, req);
   if (st.mode === "metadata-sync") await st.file.flush({ req });
-  // Give the space back to the host (QEMU passes discards of freed clusters down).
+  // Give the space back to the host (QEMU passes discards of freed clusters down, but not of `noDiscard` ones).
   // A freed cluster that is still metadata (its refcount was wrong) keeps
   // its bytes: the discard is advisory, punching a hole there is not.
   // So does a cluster guest data was written to since the last time: an
   // entry written since may still point at it (see Qcow2State.recentData).
   const recent = st.recentData;
   st.recentData = new Set();
+  const keep = st.noDiscard;
+  st.noDiscard = new Set();
   const discard: number[] = [];
   for (const off of released) {
-    if (!recent || recent.has(Math.floor(off / st.cs))) continue;
+    if (!recent || recent.has(Math.floor(off / st.cs)) || keep.has(off)) continue;
     if (off + st.cs > st.file.length || await overlapsMetadata(st, off, st.cs)) continue;
     discard.push(off);
   }

@@ -12,7 +12,7 @@ import { BlockError, CorruptImageError } from "../../core/errors.ts";
 import type { RequestInfo, SnapshotInfo } from "../../core/types.ts";
 import { MAX_L1_BYTES } from "./header.ts";
 import { writeHeaderFields } from "./_header_write.ts";
-import { allocClusters, freeCluster } from "./_refcount.ts";
+import { allocClusters, discardClusters, freeCluster } from "./_refcount.ts";
 import type { Qcow2State } from "./_state.ts";
 import { encodeSnapshotTable, MAX_SNAPSHOT_TABLE, readSnapshotTableFrom, type SnapshotEntry } from "./_tables.ts";
 
@@ -132,7 +132,13 @@ export async function writeSnapshotTable(
   // it, nothing worse: like QEMU's qcow2_free_clusters, freeCluster reports it.
   const first = Math.floor(oldOffset / st.cs);
   const last = oldSize ? Math.floor((oldOffset + oldSize - 1) / st.cs) : first - 1;
-  for (let c = first; c <= last; c++) await freeCluster(st, c * st.cs, req);
+  const released: number[] = [];
+  for (let c = first; c <= last; c++) if ((await freeCluster(st, c * st.cs, req)) === 0) released.push(c * st.cs);
+  if (released.length) {
+    // QCOW2_DISCARD_SNAPSHOT: the space goes back to the host once the header no longer pointing there is durable.
+    await st.file.flush({ req });
+    await discardClusters(st, released, req);
+  }
 }
 
 async function oldTableSize(st: Qcow2State): Promise<number> {

@@ -4,7 +4,8 @@
  * resize (QCOW2_DISCARD_NEVER) and an old L1 table (QCOW2_DISCARD_OTHER,
  * off by default) keep their blocks in the file, so the next allocation
  * reuses them without the file system allocating again; a guest discard
- * (QCOW2_DISCARD_REQUEST) punches a hole. Compared with qemu-io/qemu-img
+ * (QCOW2_DISCARD_REQUEST) and a deleted snapshot's clusters
+ * (QCOW2_DISCARD_SNAPSHOT) punch holes. Compared with qemu-io/qemu-img
  * through the host file's own allocation map.
  */
 import assert from "node:assert/strict";
@@ -42,6 +43,12 @@ const cases: [string, string, string[], ["io" | "img", string[]][]][] = [
     ["resize", "-f", "qcow2", "--preallocation=falloc", "IMG", "131072"],
   ]]],
   ["an L1 table outgrown", "cluster_size=4096", ["write -P 1 0 64k"], [["img", ["resize", "-f", "qcow2", "IMG", "8G"]]]],
+  ["a snapshot deleted (its snapshot table freed)", "cluster_size=65536", ["write -c -P 1 0 128k"], [
+    ["img", ["snapshot", "-c", "s", "IMG"]],
+    ["io", ["write -P 2 0 4k", "write -P 3 65536 4k"]],
+    ["img", ["snapshot", "-d", "s", "IMG"]],
+    ["io", ["write -P 4 4096 4k"]],
+  ]],
   ["a guest discard", "cluster_size=65536", ["write -P 1 0 1M"], [["io", ["discard 128k 256k"]]]],
 ];
 

@@ -8,20 +8,14 @@
 
 import { parseArgs } from "node:util";
 import { makeCase, type OpCase } from "./_gen.ts";
-import { type Outcome, runCase } from "./_exec.ts";
+import { type Outcome, runCase, type RunOptions } from "./_exec.ts";
 
-/** Runs a case in a fresh directory with a time limit; the directory is removed unless `keep`. */
-export async function runInTemp(c: OpCase, limitMs = 120_000, keep = false): Promise<Outcome & { dir: string }> {
+/** Runs a case in a fresh directory, which is removed unless `keep`. */
+export async function runInTemp(c: OpCase, opts: RunOptions = {}, keep = false): Promise<Outcome & { dir: string }> {
   const dir = await Deno.makeTempDir({ prefix: `blkgraph-opfuzz-${c.seed}-` });
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hang = new Promise<Outcome>((resolve) => {
-    timer = setTimeout(() => resolve({ classes: ["hang"], notes: [`hang: no end within ${limitMs} ms`] }), limitMs);
-  });
   try {
-    const out = await Promise.race([runCase(c, dir), hang]);
-    return { ...out, dir };
+    return { ...(await runCase(c, dir, opts)), dir };
   } finally {
-    clearTimeout(timer);
     if (!keep) await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }
@@ -40,7 +34,7 @@ if (import.meta.main) {
   });
   if (values.replay) {
     const c = JSON.parse(await Deno.readTextFile(values.replay)).case as OpCase;
-    const out = await runInTemp(c, 600_000, values.keep);
+    const out = await runInTemp(c, { oursLimitMs: 600_000 }, values.keep);
     console.log(JSON.stringify(c, null, 1));
     console.log(out.classes.length ? `findings: ${out.classes.join(", ")}` : out.skipped ? `skipped: ${out.skipped}` : "clean");
     for (const n of out.notes) console.log(n);

@@ -7,8 +7,9 @@
 import assert from "node:assert/strict";
 import { skipUnless } from "../_helpers/qemu.ts";
 import { closeShared, runCase } from "./_exec.ts";
-import { makeCase } from "./_gen.ts";
+import { makeCase, type OpCase } from "./_gen.ts";
 import { OursRunner } from "./_ours.ts";
+import { reduceCase } from "./_reduce.ts";
 import { runInTemp } from "./opfuzz.ts";
 
 /**
@@ -92,4 +93,31 @@ Deno.test("runCase() skips a case once QEMU's own image fails qemu-img check", a
     await Deno.remove(dir, { recursive: true });
     await Deno.remove(corrupt.replace(/\/[^/]+$/, ""), { recursive: true });
   }
+});
+
+Deno.test("reduceCase() keeps only the steps, commands and backing writes the failure needs", async () => {
+  const c: OpCase = {
+    seed: 0,
+    image: {
+      size: 1 << 20,
+      options: ["cluster_size=65536"],
+      clusterSize: 65536,
+      backing: { format: "raw", size: 1 << 20, writes: ["write -P 1 0 512", "write -P 2 512 512"] },
+    },
+    steps: [
+      { kind: "io", commands: ["write -P 3 0 512", "write -c -P 4 65536 65536", "discard 0 512"] },
+      { kind: "img", args: ["snapshot", "-c", "s0", "IMG"] },
+      { kind: "io", commands: ["write -z 0 4096"] },
+    ],
+  };
+  // The "failure": a compressed write after the backing file's second write.
+  const fails = (x: OpCase) =>
+    Promise.resolve(
+      (x.image.backing?.writes.includes("write -P 2 512 512") ?? false) &&
+        x.steps.some((s) => s.kind === "io" && s.commands.some((k) => k.startsWith("write -c"))),
+    );
+  const small = await reduceCase(c, fails);
+  assert.deepEqual(small.steps, [{ kind: "io", commands: ["write -c -P 4 65536 65536"] }]);
+  assert.deepEqual(small.image.backing?.writes, ["write -P 2 512 512"]);
+  assert.equal(c.steps.length, 3, "the case given is left as it was");
 });

@@ -31,14 +31,12 @@
  */
 
 import { BlockError } from "../core/errors.ts";
+import { QCOW2_MAX_WORKERS, runTaskPool } from "../core/_task_pool.ts";
 import type { BlockNode } from "../core/node.ts";
 import { checkKnownOptions } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
 import type { BlockLimits, WriteOptions } from "../core/types.ts";
 import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
-
-/** Compressed cluster writes a single write keeps in flight (QEMU's QCOW2_MAX_WORKERS). */
-const MAX_IN_FLIGHT = 8;
 
 /** A compress node's driver instance. */
 export class CompressFilter implements DriverInstance {
@@ -59,17 +57,11 @@ export class CompressFilter implements DriverInstance {
     const child = this.#child;
     const step = this.#cluster || data.length;
     const o = { req: opts.req, compressed: true };
-    const running = new Set<Promise<void>>();
-    let failed: { error: unknown } | undefined;
-    for (let at = 0; at < data.length && !failed; at += step) {
-      const p: Promise<void> = child.pwrite(offset + at, data.subarray(at, Math.min(at + step, data.length)), o)
-        .catch((error) => void (failed ??= { error }))
-        .finally(() => running.delete(p));
-      running.add(p);
-      if (running.size >= MAX_IN_FLIGHT) await Promise.race(running);
-    }
-    await Promise.all(running);
-    if (failed) throw failed.error;
+    // QEMU hands the whole request to qcow2, whose task pool runs a cluster per task: the same pool here.
+    await runTaskPool(Math.ceil(data.length / step), QCOW2_MAX_WORKERS, (i) => {
+      const at = i * step;
+      return child.pwrite(offset + at, data.subarray(at, Math.min(at + step, data.length)), o);
+    });
   }
 }
 

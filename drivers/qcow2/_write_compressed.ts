@@ -15,6 +15,7 @@
 import { BlockError } from "../../core/errors.ts";
 import type { RequestInfo } from "../../core/types.ts";
 import { CompressPool } from "./_compress_pool.ts";
+import { QCOW2_MAX_WORKERS, runTaskPool } from "../../core/_task_pool.ts";
 import { allocClusters, getRefcount, updateRefcount } from "./_refcount.ts";
 import { HI_COMPRESSED, maxRefcount, OFFSET_HI_MASK, OFFSET_LO_MASK } from "./_entries.ts";
 import type { Qcow2State } from "./_state.ts";
@@ -90,11 +91,11 @@ export class CompressedWriter {
       return Promise.reject(e);
     }
     if (data.length <= st.cs) return this.#writeCluster(offset, data, commit, req);
-    const parts: Promise<void>[] = [];
-    for (let at = 0; at < data.length; at += st.cs) {
-      parts.push(this.#writeCluster(offset + at, data.subarray(at, Math.min(at + st.cs, data.length)), commit, req));
-    }
-    return Promise.all(parts).then(() => {});
+    // One task per cluster in QEMU's task pool: a failed cluster stops further ones, and the error comes once those started have ended.
+    return runTaskPool(Math.ceil(data.length / st.cs), QCOW2_MAX_WORKERS, (i) => {
+      const at = i * st.cs;
+      return this.#writeCluster(offset + at, data.subarray(at, Math.min(at + st.cs, data.length)), commit, req);
+    });
   }
 
   #writeCluster(

@@ -172,16 +172,19 @@ function zeroEntry(
     // file again), as QEMU's full_discard does for make_empty.
     zero = !opts.full && v3 && (st.backing !== undefined || allocated);
   } else {
+    // QEMU's zero_in_l2_slice keeps the whole entry unless it unmaps (a compressed cluster always): the host offset and its
+    // OFLAG_COPIED as they were, also for a cluster a snapshot shares (no COPIED), whose refcount then stays as it is.
     zero = true;
-    keep = !opts.unmap && !compressed && allocated && copied;
+    keep = !opts.unmap && !compressed && allocated;
   }
   if (!keep && allocated) releaseEntry(st, view, at);
+  const flags = keep && copied ? HI_COPIED : 0;
   if (st.extL2) {
-    setEntry(view, at, keep ? host : 0, keep ? HI_COPIED : 0, 0);
+    setEntry(view, at, keep ? host : 0, flags, 0);
     view.setUint32(at + 8, zero ? ALL : 0);
     view.setUint32(at + 12, 0);
   } else {
-    setEntry(view, at, keep ? host : 0, keep ? HI_COPIED : 0, zero ? LO_ZERO : 0);
+    setEntry(view, at, keep ? host : 0, flags, zero ? LO_ZERO : 0);
   }
 }
 

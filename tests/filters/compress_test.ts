@@ -110,3 +110,26 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "compress write of 16 clusters that fails on the first writes clusters 1 to 8 only, as qemu-io's compress driver (qcow2's 8-task pool)",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  async fn() {
+    await using d = await tempDir();
+    const cs = 0x10000;
+    const ours = `${d.path}/ours.qcow2`;
+    const theirs = `${d.path}/theirs.qcow2`;
+    for (const p of [ours, theirs]) {
+      await runOk("qemu-img", ["create", "-q", "-f", "qcow2", "-o", `cluster_size=${cs}`, p, "2M"]);
+      await runOk("qemu-io", ["-c", "write -P 6 0 512", p]);
+    }
+    const w = `write -P 8 0 ${16 * cs}`;
+    const q = await run("qemu-io", ["-c", w, "--image-opts", imageOpts("qcow2", theirs)]);
+    const r = await cli(["io", "-c", w, "--image-opts", imageOpts("qcow2", ours)]);
+    assert.match(q.stdout + q.stderr, /Input\/output error/);
+    assert.match(r.stdout + r.stderr, /Input\/output error/);
+    await runOk("qemu-img", ["compare", "-q", ours, theirs]);
+    assert.equal((await qemuCheck(ours)).json["compressed-clusters"], 8);
+  },
+});

@@ -66,7 +66,8 @@ async function freeReplaced(st: Qcow2State, req: RequestInfo | undefined): Promi
  * file: QEMU's subclusters_need_allocation) marks every subcluster
  * allocated, and a compressed cluster, whose bitmap is empty, gets its
  * copied head's subclusters allocated (qemu-img 7.2 leaves them unallocated
- * and so loses those bytes).
+ * and so loses those bytes). The rest of a cluster the file already held
+ * is zeroed where it does not read as zeros.
  */
 async function link(
   st: Qcow2State,
@@ -79,6 +80,7 @@ async function link(
   allocateAll = false,
 ) {
   const compressed = (view.getUint32(at) & HI_COMPRESSED) !== 0;
+  let written = 0;
   if (keepEnd > g) {
     // The guest bytes before the old end stay what they were (QEMU's
     // cow_start), padded with zeros to the end of their subcluster: that
@@ -91,7 +93,10 @@ async function link(
     await preWriteOverlapCheck(st, 0, host, head.length, true);
     st.noteDataWrite(host, head.length);
     await st.data.pwrite(host, head, { req });
+    written = head.length;
   }
+  // A reused cluster (freed earlier, not discarded) must not show its old bytes in the new mapping.
+  if (!st.externalData) await zeroStaleTail(st, host + written, Math.min(host + st.cs, st.file.length), req);
   releaseEntry(st, view, at, undefined, true);
   setEntry(view, at, host, HI_COPIED, 0);
   if (st.extL2 && (allocateAll || compressed)) {

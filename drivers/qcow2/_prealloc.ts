@@ -66,8 +66,8 @@ async function freeReplaced(st: Qcow2State, req: RequestInfo | undefined): Promi
  * file: QEMU's subclusters_need_allocation) marks every subcluster
  * allocated, and a compressed cluster, whose bitmap is empty, gets its
  * copied head's subclusters allocated (qemu-img 7.2 leaves them unallocated
- * and so loses those bytes). The rest of a cluster the file already held
- * is zeroed where it does not read as zeros.
+ * and so loses those bytes). With `zeroStale`, the rest of a cluster the
+ * file already held is zeroed where it does not read as zeros.
  */
 async function link(
   st: Qcow2State,
@@ -78,6 +78,7 @@ async function link(
   keepEnd: number,
   req: RequestInfo | undefined,
   allocateAll = false,
+  zeroStale = true,
 ) {
   const compressed = (view.getUint32(at) & HI_COMPRESSED) !== 0;
   let written = 0;
@@ -96,7 +97,7 @@ async function link(
     written = head.length;
   }
   // A reused cluster (freed earlier, not discarded) must not show its old bytes in the new mapping.
-  if (!st.externalData) await zeroStaleTail(st, host + written, Math.min(host + st.cs, st.file.length), req);
+  if (zeroStale && !st.externalData) await zeroStaleTail(st, host + written, Math.min(host + st.cs, st.file.length), req);
   releaseEntry(st, view, at, undefined, true);
   setEntry(view, at, host, HI_COPIED, 0);
   if (st.extL2 && (allocateAll || compressed)) {
@@ -238,7 +239,8 @@ export async function preallocateFull(
     try {
       for (; g < tableEnd; g += cs, host += cs) {
         const at = ((g - l1i * st.l2Span) / cs) * st.entryBytes;
-        await link(st, e.view, at, g, host, g === first * cs ? from : 0, req, zeroFill);
+        // The old file's part of these clusters was zeroed above, the rest is the file's new (zero) growth.
+        await link(st, e.view, at, g, host, g === first * cs ? from : 0, req, zeroFill, false);
       }
       st.l2Cache.markDirty(e);
     } finally {

@@ -90,6 +90,7 @@ export {
   type PreallocationSupport,
 } from "./core/options.ts";
 export { copyImage, type CopyOptions } from "./core/copy.ts";
+export { ioBuffer } from "./core/_io_buffer.ts";
 export { defineObject, defineSecret, getSecret, hasSecret, removeSecret, type SecretFormat, type SecretOptions } from "./core/secrets.ts";
 export { type TraceEvent, type TraceGraphNode, type Tracer, type TraceSink, traceTo } from "./cli/_trace_events.ts";
 export {

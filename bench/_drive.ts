@@ -7,6 +7,7 @@
  */
 
 import type { BlockNode } from "../mod.ts";
+import { ioBuffer } from "../core/_io_buffer.ts";
 
 /** The request kind a benchmark drives. */
 export type BenchOp = "read" | "write";
@@ -24,7 +25,7 @@ export async function drive(node: BlockNode, op: BenchOp, size: number, depth: n
       else await node.pwrite(o, buf);
     }
   };
-  const bufs = Array.from({ length: depth }, (_, i) => new Uint8Array(size).fill(0xa5 ^ i));
+  const bufs = Array.from({ length: depth }, (_, i) => ioBuffer(size).fill(0xa5 ^ i));
   const t0 = performance.now();
   await Promise.all(bufs.map(worker));
   return (performance.now() - t0) / 1000;

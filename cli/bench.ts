@@ -23,6 +23,7 @@ import {
 } from "./_common.ts";
 import { startTrace, TRACE_FLAGS, traceFlags } from "./_trace.ts";
 import { VERB_SUMMARIES } from "./_verb_summaries.ts";
+import { ioBuffer } from "../core/_io_buffer.ts";
 
 const USAGE = `Usage: blkgraph bench [-c count] [-d depth] [-f fmt] [--flush-interval=n] [--no-drain] [-o offset]
                       [--pattern=byte] [-q] [-s size] [-S step] [-t cache] [-w] [-U] [--trace[=FILE]] [--trace-format=text|json|chrome] filename
@@ -164,7 +165,7 @@ export async function runBench(node: BlockNode, b: BenchParams): Promise<void> {
     }
   };
   const workers: Promise<void>[] = [];
-  for (let i = 0; i < Math.min(b.depth, b.count); i++) workers.push(worker(new Uint8Array(b.size).fill(b.pattern)));
+  for (let i = 0; i < Math.min(b.depth, b.count); i++) workers.push(worker(ioBuffer(b.size).fill(b.pattern)));
   await Promise.all(workers);
   if (failure !== undefined) throw failure;
 }

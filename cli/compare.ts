@@ -22,6 +22,7 @@ import {
 import { chainStatus } from "./_map_extents.ts";
 import { strerror } from "./io_commands/_session.ts";
 import { VERB_SUMMARIES } from "./_verb_summaries.ts";
+import { ioBuffer } from "../core/_io_buffer.ts";
 
 const USAGE = `Usage: blkgraph compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
 
@@ -80,8 +81,8 @@ export async function compareImages(a: BlockNode, b: BlockNode, opts: CompareOpt
   const lenB = b.length;
   if (lenA !== lenB && strict) return { message: "Strict mode: Image size mismatch!\n", code: 1 };
   const common = Math.min(lenA, lenB);
-  const bufA = new Uint8Array(CHUNK);
-  const bufB = new Uint8Array(CHUNK);
+  const bufA = ioBuffer(CHUNK);
+  const bufB = ioBuffer(CHUNK);
   const mismatch = (off: number) => ({ message: `Content mismatch at offset ${off - (off % SECTOR)}!\n`, code: 1 });
   for (let off = 0; off < common;) {
     const n = Math.min(CHUNK, common - off);

@@ -14,6 +14,7 @@ import { getDriver } from "../core/registry.ts";
 import { CliError, type CliIO, flagString, IMAGE_FLAGS, imageArgs, openImage, parseVerbArgs, progName, type Verb } from "./_common.ts";
 import { strerror } from "./io_commands/_session.ts";
 import { VERB_SUMMARIES } from "./_verb_summaries.ts";
+import { ioBuffer } from "../core/_io_buffer.ts";
 
 const USAGE =
   `Usage: blkgraph dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output
@@ -78,7 +79,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       io.stderr(`${progName(io)}: ${input}: cannot skip to specified offset\n`);
       inPos = size;
     }
-    const buf = new Uint8Array(bs);
+    const buf = ioBuffer(bs);
     for (let outPos = 0; inPos < size;) {
       const n = Math.min(bs, size - inPos);
       const chunk = buf.subarray(0, n);

@@ -11,6 +11,7 @@ import { concatSources, type CopySource } from "./_concat.ts";
 import { BlockError } from "./errors.ts";
 import type { BlockNode, BlockStatus } from "./node.ts";
 import { isZero, nonZeroRuns } from "./_bytes.ts";
+import { ioBuffer } from "./_io_buffer.ts";
 
 /** Options of {@linkcode copyImage}. */
 export interface CopyOptions {
@@ -131,7 +132,7 @@ export async function copyImage(source: BlockNode | readonly BlockNode[], dst: B
   // The buffers of compressed writes that completed, for the next reads: a copy allocates at most a window of clusters.
   const spare: Uint8Array[] = [];
   const writeCompressed = async (at: number, data: Uint8Array, recycle = true) => {
-    const whole = new Uint8Array(data.buffer, 0, data.buffer.byteLength);
+    const whole = new Uint8Array(data.buffer, data.byteOffset, data.buffer.byteLength - data.byteOffset);
     const done = () => void (recycle && spare.push(whole));
     inflight.push(dst.pwrite(at, data, { compressed: true }).then(done, (error) => void (failed ??= { error })));
     if (inflight.length >= window) await inflight.shift();
@@ -214,11 +215,7 @@ export async function copyImage(source: BlockNode | readonly BlockNode[], dst: B
           copied = n;
         } else {
           // A compressed write keeps its buffer while in flight.
-          const data = !opts.compress
-            ? buf.subarray(0, n)
-            : n <= chunk
-            ? (spare.pop() ?? new Uint8Array(chunk)).subarray(0, n)
-            : new Uint8Array(n);
+          const data = !opts.compress ? buf.subarray(0, n) : n <= chunk ? (spare.pop() ?? ioBuffer(chunk)).subarray(0, n) : ioBuffer(n);
           await read(off, data);
           copied = n;
           const wholeCluster = off % chunk === 0 && (n === chunk || off + n === length);
@@ -248,7 +245,7 @@ export async function copyImage(source: BlockNode | readonly BlockNode[], dst: B
     }
   };
   const workers = [];
-  for (let i = 0; i < loops; i++) workers.push(one(new Uint8Array(chunk)));
+  for (let i = 0; i < loops; i++) workers.push(one(ioBuffer(chunk)));
   try {
     await Promise.all(workers);
   } finally {

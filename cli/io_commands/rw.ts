@@ -19,6 +19,7 @@ import {
   usage,
 } from "./_session.ts";
 import { timedRequest } from "./_timed.ts";
+import { ioBuffer } from "../../core/_io_buffer.ts";
 
 /** Reads `-P` (undefined: not given; null: invalid, message printed). */
 function patternFlag(s: IoSession, flags: IoFlags): number | undefined | null {
@@ -117,7 +118,7 @@ const read: IoCommand = {
       return false;
     }
     if (flags.has("b") && !sectorAligned(s, offset, count)) return false;
-    const buf = new Uint8Array(count);
+    const buf = ioBuffer(count);
     const node = s.node!;
     return await timedRequest(s, flags, {
       what: "read",
@@ -227,7 +228,7 @@ const readv: IoCommand = {
     if (offset === undefined) return false;
     const total = vectorLengths(s, operands.slice(1));
     if (total === undefined) return false;
-    const buf = new Uint8Array(total);
+    const buf = ioBuffer(total);
     const node = s.node!;
     return await timedRequest(s, flags, {
       what: "readv",
@@ -303,7 +304,7 @@ const aioRead: IoCommand = {
     if (total === undefined) return Promise.resolve(false);
     const node = s.node!;
     startAio(s, async () => {
-      const buf = new Uint8Array(total);
+      const buf = ioBuffer(total);
       return await timedRequest(s, flags, {
         what: "readv",
         op: "read",

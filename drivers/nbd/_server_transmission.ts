@@ -245,9 +245,9 @@ export class TransmissionSession {
     }
   }
 
-  /** Sends `n` bytes of pooled buffer `b`, returning it to the pool once written. */
-  #sendPooled(b: Uint8Array, n: number): void {
-    this.#writer.send(b.subarray(0, n), () => this.#pool.release(b));
+  /** Sends `n` bytes of pooled buffer `b` (acquired with `header`), returning it to the pool once written. */
+  #sendPooled(b: Uint8Array, n: number, header: number): void {
+    this.#writer.send(b.subarray(0, n), () => this.#pool.release(b, header));
   }
 
   #validate(flags: number, type: number, offset: number, length: number): void {
@@ -310,15 +310,16 @@ export class TransmissionSession {
     const node = this.#node;
     if (!this.#structured) {
       const n = SIMPLE_REPLY_SIZE + length;
-      const b = this.#pool.acquire(n);
+      // The payload, where the node reads, starts page-aligned after the reply header.
+      const b = this.#pool.acquire(n, SIMPLE_REPLY_SIZE);
       try {
         if (length) await node.pread(offset, b.subarray(SIMPLE_REPLY_SIZE, n));
       } catch (e) {
-        this.#pool.release(b);
+        this.#pool.release(b, SIMPLE_REPLY_SIZE);
         throw e;
       }
       encodeSimpleReply(view(b), 0, 0, hi, lo);
-      this.#sendPooled(b, n);
+      this.#sendPooled(b, n, SIMPLE_REPLY_SIZE);
       return;
     }
     if (length === 0) {
@@ -342,7 +343,9 @@ export class TransmissionSession {
     }
     let total = 0;
     for (const e of extents) total += CHUNK_HEADER_SIZE + (e.hole ? 12 : 8 + e.length);
-    const b = this.#pool.acquire(total);
+    // The first data chunk's payload starts page-aligned after its header and offset.
+    const header = CHUNK_HEADER_SIZE + 8;
+    const b = this.#pool.acquire(total, header);
     const dv = view(b);
     let at = 0;
     try {
@@ -363,10 +366,10 @@ export class TransmissionSession {
         }
       }
     } catch (e) {
-      this.#pool.release(b);
+      this.#pool.release(b, header);
       throw e;
     }
-    this.#sendPooled(b, total);
+    this.#sendPooled(b, total, header);
   }
 
   async #write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {

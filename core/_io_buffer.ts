@@ -1,0 +1,65 @@
+/**
+ * I/O buffers aligned as QEMU's `qemu_blockalign` aligns them. Where the
+ * kernel copies into a buffer (a `pread` from the page cache, a socket
+ * receive), the destination's alignment sets the speed: on this project's
+ * machines (AMD EPYC, Linux 6.18) a 2 MiB page-cache read into a buffer at a
+ * 16-byte boundary, where a plain `new Uint8Array(n)` lands, runs at
+ * ~1.6 GB/s, into one at a 64-byte boundary at ~5.5 GB/s, and a 4 KiB read
+ * at half the speed. Writes do not care about the source's alignment.
+ *
+ * @module
+ */
+
+/** Alignment of buffers of at least one page: a page, as `qemu_blockalign` on a 4 KiB-sector host. */
+const PAGE = 4096;
+/** Alignment of smaller buffers: a cache line, which is what the kernel's copy needs. */
+const LINE = 64;
+
+let canAddress: boolean | undefined;
+
+/** The address of a buffer's first byte, or undefined without the FFI permission. */
+function addressOf(b: Uint8Array): number | undefined {
+  if (canAddress === undefined) {
+    try {
+      canAddress = Deno.permissions.querySync({ name: "ffi" }).state === "granted";
+    } catch {
+      canAddress = false;
+    }
+  }
+  if (!canAddress) return undefined;
+  return Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b as Uint8Array<ArrayBuffer>)));
+}
+
+/**
+ * A zero-filled buffer of `length` bytes for I/O whose first byte sits at
+ * `align` (default: a page for buffers of a page or more, 64 bytes below)
+ * plus `offset`, so that `buf.subarray(offset)` is aligned: a reply header
+ * of `offset` bytes can precede an aligned payload. The backing store of an
+ * ArrayBuffer never moves, so the alignment holds for the buffer's life.
+ * Without the FFI permission the address cannot be known and the buffer is
+ * a plain one.
+ *
+ * @example
+ * ```ts
+ * import { ioBuffer } from "./mod.ts";
+ * const buf = ioBuffer(65536);
+ * console.log(buf.length); // 65536
+ * const reply = ioBuffer(16 + 4096, { offset: 16 }); // 16-byte header, then an aligned 4 KiB payload
+ * console.log(reply.length); // 4112
+ * ```
+ */
+export function ioBuffer(length: number, opts: { offset?: number; align?: number } = {}): Uint8Array<ArrayBuffer> {
+  const align = opts.align ?? (length >= PAGE ? PAGE : LINE);
+  const offset = opts.offset ?? 0;
+  const raw = new Uint8Array(length + align);
+  const addr = addressOf(raw);
+  if (addr === undefined) return raw.subarray(0, length);
+  const skip = (align - ((addr + offset) % align)) % align;
+  return raw.subarray(skip, skip + length);
+}
+
+/** Tells whether `buf`'s first byte sits at a multiple of `align` (undefined without the FFI permission). */
+export function isAligned(buf: Uint8Array, align: number): boolean | undefined {
+  const addr = addressOf(buf);
+  return addr === undefined ? undefined : addr % align === 0;
+}

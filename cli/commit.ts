@@ -31,6 +31,7 @@ import {
 import { strerror } from "./io_commands/_session.ts";
 import { progressPrinter } from "./_progress.ts";
 import { VERB_SUMMARIES } from "./_verb_summaries.ts";
+import { ioBuffer } from "../core/_io_buffer.ts";
 
 const USAGE = `Usage: blkgraph commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename
 
@@ -61,7 +62,7 @@ async function allocatedAbove(top: BlockNode, base: BlockNode, offset: number, b
 export async function commitInto(top: BlockNode, base: BlockNode, progress?: (done: number) => void): Promise<number> {
   const length = top.length;
   if (base.length < length) await base.truncate(length);
-  const buf = new Uint8Array(CHUNK);
+  const buf = ioBuffer(CHUNK);
   let copied = 0;
   for (let off = 0; off < length;) {
     const st = await allocatedAbove(top, base, off, Math.min(CHUNK, length - off));

@@ -31,6 +31,7 @@ import {
 import { strerror } from "./io_commands/_session.ts";
 import { progressPrinter } from "./_progress.ts";
 import { VERB_SUMMARIES } from "./_verb_summaries.ts";
+import { ioBuffer } from "../core/_io_buffer.ts";
 
 const USAGE = `Usage: blkgraph rebase [-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-u] [-U] -b backing_file [-F backing_fmt] filename
 
@@ -81,8 +82,8 @@ async function copyDifferences(
   const size = image.length;
   const oldSize = oldBacking?.length ?? 0;
   const newSize = newBacking?.length ?? 0;
-  const bufOld = new Uint8Array(IO_BUF);
-  const bufNew = new Uint8Array(IO_BUF);
+  const bufOld = ioBuffer(IO_BUF);
+  const bufNew = ioBuffer(IO_BUF);
   for (let offset = 0; offset < size;) {
     let n = Math.min(IO_BUF, size - offset);
     const own = await image.blockStatus(offset, n);

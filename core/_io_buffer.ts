@@ -41,7 +41,7 @@ function addressOf(b: Uint8Array): number | undefined {
  *
  * @example
  * ```ts
- * import { ioBuffer } from "./mod.ts";
+ * import { ioBuffer } from "@blkgraph/blkgraph";
  * const buf = ioBuffer(65536);
  * console.log(buf.length); // 65536
  * const reply = ioBuffer(16 + 4096, { offset: 16 }); // 16-byte header, then an aligned 4 KiB payload

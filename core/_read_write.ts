@@ -21,6 +21,7 @@ import { newRequest, roundUp, SECTOR_SIZE } from "./request.ts";
 import type { RequestInfo, RequestOptions, WriteOptions } from "./types.ts";
 import { type CoreNode, DONE, isDone, type NodeCore } from "./_node_core.ts";
 import { flushRequest } from "./_flush.ts";
+import { ioBuffer } from "./_io_buffer.ts";
 
 // ---- read -----------------------------------------------------------------
 
@@ -86,7 +87,7 @@ async function readAsync<N extends CoreNode<N>>(
     if (start === offset && end === offset + length) {
       await readAligned(c, offset, buf, req);
     } else {
-      const bounce = new Uint8Array(end - start);
+      const bounce = ioBuffer(end - start);
       await readAligned(c, start, bounce, req);
       buf.set(bounce.subarray(offset - start, offset - start + length));
     }
@@ -231,7 +232,7 @@ export async function writePadded<N extends CoreNode<N>>(
   req: RequestInfo,
 ): Promise<void> {
   const align = c.limits.requestAlignment;
-  const bounce = new Uint8Array(end - start);
+  const bounce = ioBuffer(end - start);
   const headLen = offset - start;
   const tailStart = offset + data.length;
   if (headLen) {

@@ -9,6 +9,7 @@
 import { BlockError, type ErrnoCode } from "../core/errors.ts";
 import type { BlockNode, BlockStatus, DriverInstance } from "../core/node.ts";
 import type { RequestInfo, RequestOptions, WriteOptions, WriteZeroesOptions } from "../core/types.ts";
+import { ioBuffer } from "../core/_io_buffer.ts";
 
 /** How a quorum node reads: every child and vote, or the first child that answers. */
 export type QuorumReadPattern = "quorum" | "fifo";
@@ -160,7 +161,7 @@ export class QuorumInstance implements DriverInstance {
 
   async #readQuorum(offset: number, buf: Uint8Array, opts: RequestOptions): Promise<void> {
     const children = this.#s.children;
-    const bufs = children.map(() => new Uint8Array(buf.length));
+    const bufs = children.map(() => ioBuffer(buf.length));
     const outcomes = await this.#onAll("read", offset, buf.length, opts.req, (child, i) => child.pread(offset, bufs[i], { req: opts.req }));
     const good = outcomes.flatMap((o, i) => (o.ok ? [i] : []));
     if (good.every((i) => this.#agree(offset, bufs[good[0]], bufs[i]))) {

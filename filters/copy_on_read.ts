@@ -35,6 +35,7 @@ import { registerDriver } from "../core/registry.ts";
 import { isZero } from "../core/_bytes.ts";
 import type { RequestOptions } from "../core/types.ts";
 import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
+import { ioBuffer } from "../core/_io_buffer.ts";
 
 /** Largest copy done in one step (QEMU's MAX_BOUNCE_BUFFER, 16 MiB). */
 const MAX_BOUNCE = 16 << 20;
@@ -67,7 +68,7 @@ export class CopyOnReadFilter implements DriverInstance {
       if (st.allocated) {
         if (to > from) await child.pread(from, buf.subarray(from - offset, to - offset), opts);
       } else {
-        bounce ??= new Uint8Array(Math.min(MAX_BOUNCE, stop - at));
+        bounce ??= ioBuffer(Math.min(MAX_BOUNCE, stop - at));
         const chunk = bounce.subarray(0, n);
         await child.pread(at, chunk, opts);
         await child.debugEvent("cor_write", opts.req);

@@ -25,6 +25,7 @@ import { amendLuks } from "../_crypto/amend.ts";
 import type { CryptoIO, LuksVolume } from "../_crypto/luks.ts";
 import { loadLuks } from "../_crypto/_lazy.ts";
 import { isLuks, qemuPayloadOffset } from "../_crypto/luks_header.ts";
+import { ioBuffer } from "../../core/_io_buffer.ts";
 
 /** Largest piece a write is encrypted and written in (bounds the bounce buffer, as QEMU's 1 MiB). */
 const WRITE_CHUNK = 1 << 20;
@@ -49,7 +50,7 @@ export function fileCryptoIO(file: BlockNode): CryptoIO {
   return {
     size: () => file.length,
     async read(offset, length) {
-      const buf = new Uint8Array(length);
+      const buf = ioBuffer(length);
       await file.pread(offset, buf);
       return buf;
     },

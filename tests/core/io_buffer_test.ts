@@ -75,3 +75,19 @@ for (
     for (let i = 0; i < size; i += 4096) assert.equal(back[i], ((i >> 12) | 1) & 255);
   });
 }
+
+Deno.test("an unaligned read through a node with a request alignment reads the child into a page-aligned bounce buffer", async () => {
+  await using img = await open({ driver: "blkdebug", align: 4096, image: { driver: "test-align-probe", size: 1 << 20 } });
+  probed.length = 0;
+  const buf = new Uint8Array(300);
+  await img.pread(4096 * 3 + 100, buf);
+  assert.deepEqual(probed, [true]);
+  assert.equal(buf[0], 0);
+  const head = new Uint8Array(1);
+  await img.pread(4096 * 3, head);
+  assert.equal(head[0], 3);
+  probed.length = 0;
+  // The write's read-modify-write reads its head and tail into the bounce buffer too.
+  await img.pwrite(4096 * 5 + 10, new Uint8Array(100).fill(7));
+  assert.deepEqual(probed, [true]);
+});

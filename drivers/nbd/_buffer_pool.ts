@@ -8,6 +8,8 @@
  * @module
  */
 
+import { ioBuffer } from "../../core/_io_buffer.ts";
+
 /** Buffers kept per size class for reuse: a client's whole queue (nbdcopy keeps 64). */
 const POOL_PER_CLASS = 64;
 /** Largest pooled buffer. */
@@ -16,8 +18,6 @@ const POOL_MAX = 4 << 20;
 const POOL_BYTES = 64 << 20;
 /** Size classes are multiples of this: a 256 KiB read reply takes 260 KiB, not 512. */
 const POOL_GRAIN = 4096;
-
-import { ioBuffer } from "../../core/_io_buffer.ts";
 
 /** Buffers by size class (multiples of 4 KiB up to 4 MiB) and header room, at most 64 MiB in all. */
 export class BufferPool {

@@ -17,8 +17,46 @@ import { ioBuffer } from "../core/_io_buffer.ts";
 
 const OFFSETS = [0, 64, 16, 28];
 
-/** Runs the alignment table. */
-export async function run(opts: BenchOptions): Promise<BenchTable> {
+/** Bytes per second of `dst.set(src)` for a page-aligned `src` and `dst` `skew` bytes past a page. */
+function setRate(size: number, skew: number, runs: number, quick: boolean): number {
+  const src = ioBuffer(size).fill(5);
+  const dst = ioBuffer(size + 4096);
+  const reps = Math.max(100, ((quick ? 64 : 1024) << 20) / size);
+  const rates: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) dst.set(src, skew);
+    rates.push((size * reps) / ((performance.now() - t0) / 1000) / 1e9);
+  }
+  return median(rates);
+}
+
+/** The memory-copy table: `TypedArray.set` (glibc's memmove) by how far the destination sits past the source modulo a page. */
+function copyTable(opts: BenchOptions): BenchTable {
+  const skews = [0, 16, 28, 48, 64, 2048];
+  const rows: (string | number)[][] = [];
+  for (const size of [4096, 65536, 1 << 20]) {
+    const rates = skews.map((k) => setRate(size, k, opts.runs, opts.quick));
+    rows.push([size >= 1 << 20 ? `${size >> 20} MiB` : `${size >> 10} KiB`, ...rates.map((r) => r.toFixed(1))]);
+  }
+  return {
+    title: "Memory copies: TypedArray.set GB/s by destination offset past a page-aligned source",
+    columns: ["size", ...skews.map((k) => `+${k} B`)],
+    rows,
+    notes: [
+      `Median of ${opts.runs}; the same buffers copied over and over (in cache). glibc copies these sizes with \`rep movsb\`, which on`,
+      "AMD EPYC runs at ~2 GB/s instead of ~35 when the destination sits 1-31 bytes past the source modulo 4096.",
+    ],
+  };
+}
+
+/** Runs the alignment tables. */
+export async function run(opts: BenchOptions): Promise<BenchTable[]> {
+  return [await readTable(opts), copyTable(opts)];
+}
+
+/** The read table: FFI pread/pwrite into buffers at several offsets from a page. */
+async function readTable(opts: BenchOptions): Promise<BenchTable> {
   const file = `${opts.dir}/align.raw`;
   const fileSize = opts.quick ? 16 << 20 : 256 << 20;
   const fill = new Uint8Array(1 << 20);

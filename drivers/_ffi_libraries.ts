@@ -26,6 +26,8 @@ export interface LoaderOptions {
   missing: string;
   /** The Debian package that provides it. */
   debianPackage: string;
+  /** The libraries use OpenSSL's libcrypto: {@linkcode initOpenSslWithoutExitCleanup} runs before they are opened. */
+  openssl?: boolean;
 }
 
 /** Loads a driver's libraries once and explains a failure. */
@@ -73,6 +75,7 @@ export function libraryLoader<T>(options: LoaderOptions): LibraryLoader<T> {
         // no permission API: treated as not granted
       }
       if (!granted) return fail("it needs the FFI permission (--allow-ffi)");
+      if (options.openssl) initOpenSslWithoutExitCleanup();
       const opened: Deno.DynamicLibrary<Deno.ForeignLibraryInterface>[] = [];
       try {
         for (const spec of options.libraries) opened.push(Deno.dlopen(spec.file, spec.symbols));
@@ -89,6 +92,51 @@ export function libraryLoader<T>(options: LoaderOptions): LibraryLoader<T> {
       return new BlockError("ENOTSUP", `Driver '${options.driver}' is not available: ${whyNot}`);
     },
   };
+}
+
+/** `OPENSSL_INIT_NO_ATEXIT` (`openssl/crypto.h`, OpenSSL 1.1.1 and later). */
+const OPENSSL_INIT_NO_ATEXIT = 0x80000n;
+let openSslInitialised = false;
+
+/**
+ * Initialises the system's OpenSSL (`libcrypto.so.3`) without its
+ * exit-time cleanup, once per process, before a library that uses it is
+ * opened (libssh initialises OpenSSL in its constructor, when it is
+ * opened). Call it only with the FFI permission granted.
+ *
+ * Why: the calls a driver declares `nonblocking` run on Deno's blocking
+ * thread pool, and each pool thread that entered OpenSSL (libssh's key
+ * exchange and SFTP packets, librados' messenger, a LUKS cipher) holds
+ * thread-local OpenSSL state. As the process exits, those threads end and
+ * free that state while the main thread's `exit()` runs OpenSSL's `atexit`
+ * handler, `OPENSSL_cleanup`, which frees the same: "double free or
+ * corruption" or SIGSEGV after the work is done, in about one process in
+ * forty that used the ssh driver (seen in CI). `OPENSSL_INIT_NO_ATEXIT` is
+ * OpenSSL's own switch for programs whose threads outlive `exit()`; the
+ * memory goes back to the system with the process. The first
+ * initialisation decides, so it must come before any other OpenSSL call.
+ * A system without libcrypto needs nothing.
+ *
+ * @example
+ * ```ts
+ * import { initOpenSslWithoutExitCleanup } from "./_ffi_libraries.ts";
+ * console.log(typeof initOpenSslWithoutExitCleanup()); // boolean
+ * ```
+ */
+export function initOpenSslWithoutExitCleanup(): boolean {
+  if (openSslInitialised) return true;
+  for (const file of ["libcrypto.so.3", "libcrypto.so"]) {
+    let lib;
+    try {
+      lib = Deno.dlopen(file, { OPENSSL_init_crypto: { parameters: ["u64", "pointer"], result: "i32" } });
+    } catch {
+      continue; // not this name; try the next one
+    }
+    // The handle stays open for the life of the process: libcrypto stays loaded with its state.
+    openSslInitialised = lib.symbols.OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, null) === 1;
+    return openSslInitialised;
+  }
+  return false;
 }
 
 const enc = new TextEncoder();

@@ -20,6 +20,7 @@
  */
 
 import { BlockError } from "../../core/errors.ts";
+import { initOpenSslWithoutExitCleanup } from "../_ffi_libraries.ts";
 
 const SYMBOLS = {
   EVP_CIPHER_CTX_new: { parameters: [], result: "pointer" },
@@ -45,6 +46,8 @@ function load(): Lib | null {
   } catch {
     return lib;
   }
+  // Cipher pool workers call OpenSSL on their own threads: no exit-time cleanup racing them (see the function).
+  initOpenSslWithoutExitCleanup();
   for (const name of LIBRARY_NAMES) {
     try {
       lib = Deno.dlopen(name, SYMBOLS).symbols;

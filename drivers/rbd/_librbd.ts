@@ -170,6 +170,7 @@ const loader = libraryLoader<Librbd>({
   ],
   missing: "librados.so.2 and librbd.so.1",
   debianPackage: "librbd1",
+  openssl: true,
 });
 
 /**

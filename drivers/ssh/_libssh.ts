@@ -112,6 +112,7 @@ const loader = libraryLoader<Libssh>({
   libraries: [{ file: "libssh.so.4", symbols: SSH }, { file: "libc.so.6", symbols: LIBC }],
   missing: "libssh.so.4",
   debianPackage: "libssh-4",
+  openssl: true,
 });
 
 /**

@@ -423,6 +423,6 @@ export class Uring {
     }
     for (const [p, len] of this.#maps) this.#s.munmap(p, len);
     this.#s.close(this.#fd);
-    this.#notify.close();
+    await this.#notify.close();
   }
 }

@@ -43,8 +43,8 @@ export interface RingNotifier {
   wait(): Promise<boolean>;
   /** Ends a pending wait. */
   wake(): void;
-  /** Closes the socket or eventfd (after the last wait). */
-  close(): void;
+  /** Closes the socket or eventfd (after the last wait); resolves once its descriptors are released. */
+  close(): Promise<void>;
 }
 
 /** The notifier over `socket` where there is one, else over the eventfd `efd`; counts into `stats`. */
@@ -72,7 +72,10 @@ export function ringNotifier(s: Sys, efd: number, socket: NotifySocket | undefin
       one[0] = 1;
       s.write(efd, one, 8);
     },
-    close: () => void s.close(efd),
+    close: () => {
+      s.close(efd);
+      return Promise.resolve();
+    },
   };
 }
 

@@ -118,7 +118,7 @@ export function setupRing(entries: number, o: RingOptions = {}): RingSetup | Uri
     if (fd >= 0) break;
     const e = s.errno();
     if (e !== EINVAL || flags === flagList.at(-1)) {
-      socket?.close();
+      void socket?.close();
       return { step: "io_uring_setup", errno: e };
     }
   }
@@ -126,7 +126,7 @@ export function setupRing(entries: number, o: RingOptions = {}): RingSetup | Uri
   const fail = (step: string, errno: number): UringUnavailable => {
     for (const [p, len] of maps) s.munmap(p, len);
     s.close(fd);
-    socket?.close();
+    void socket?.close();
     return { step, errno };
   };
   const u32 = (o: number) => pv.getUint32(o, true);

@@ -42,8 +42,13 @@ export interface NotifySocket {
   wait(): Promise<number>;
   /** Ends a pending wait by writing one byte to the C end. */
   wake(): void;
-  /** Closes both ends (after the last wait). */
-  close(): void;
+  /**
+   * Closes both ends (after the last wait). Resolves once every descriptor
+   * is released: the accepted end (and the listener) may still be on their
+   * way when the pair is closed right after it opened, as when the first
+   * request completed during its own submission.
+   */
+  close(): Promise<void>;
 }
 
 /** Whether this process may listen on a Unix socket (the net permission). */
@@ -101,6 +106,7 @@ export function openNotifySocket(c: SocketCalls, tag: string): NotifySocket | un
     if (closed) shut();
     return a;
   }, () => undefined).finally(() => listener.close());
+  const released = conn.then(() => {});
   const buf = new Uint8Array(4096);
   return {
     fd,
@@ -115,10 +121,11 @@ export function openNotifySocket(c: SocketCalls, tag: string): NotifySocket | un
     },
     wake: () => void c.write(fd, new Uint8Array(1), 1),
     close() {
-      if (closed) return;
+      if (closed) return released;
       closed = true;
       c.close(fd);
       shut();
+      return released;
     },
   };
 }

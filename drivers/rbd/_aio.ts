@@ -98,7 +98,8 @@ interface Notifier {
   wait(): Promise<boolean>;
   /** Ends a pending wait (at close). */
   wake(): void;
-  close(): void;
+  /** Closes the descriptor(s); resolves once they are released. */
+  close(): Promise<void>;
 }
 
 function eventfdNotifier(lib: Librbd): Notifier {
@@ -115,7 +116,10 @@ function eventfdNotifier(lib: Librbd): Notifier {
       one[0] = 1;
       lib.write(fd, one, 8);
     },
-    close: () => void lib.close(fd),
+    close: () => {
+      lib.close(fd);
+      return Promise.resolve();
+    },
   };
 }
 
@@ -185,7 +189,7 @@ export class AioEngine {
     const n = (prefer === "socket" || prefer === "auto" ? socketNotifier(lib) : undefined) ?? eventfdNotifier(lib);
     const r = lib.rbd_set_image_notification(image, n.fd, n.type);
     if (r < 0) {
-      n.close();
+      void n.close();
       throw new BlockError("EIO", `Cannot attach the completion ${n.kind} to the RBD image: rbd_set_image_notification returned ${r}`);
     }
     return new AioEngine(lib, image, n, prefer === "socket" ? n.kind : prefer);
@@ -366,6 +370,6 @@ export class AioEngine {
       await new Promise((r) => setTimeout(r, 0));
       if (this.#called === 0) this.#callback.close();
     }
-    this.#notifier.close();
+    await this.#notifier.close();
   }
 }

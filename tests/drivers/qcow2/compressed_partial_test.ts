@@ -95,6 +95,11 @@ Deno.test("qcow2 compressed write of 16 clusters that fails on the first writes 
     const ref = `${d.path}/ref.qcow2`;
     await imageWithCluster0(ref);
     await run("qemu-io", ["-f", "qcow2", "-c", `write -c -P 8 0 ${16 * CS}`, ref]);
-    assert.deepEqual(await clustersWith(ref, 16, 8), [1, 2, 3, 4, 5, 6, 7, 8]);
+    // QEMU checks for a failed task before waiting for a free slot, so the task after the first 8 starts whichever task
+    // ended first. Cluster 0's (it fails once compressed) ends first on an idle machine, giving exactly 1..8; under
+    // load another task may end first and QEMU goes on (1..15 seen once in a full parallel test run). What QEMU always
+    // does: the clusters it writes are 1..k in order, k >= 8.
+    const got = await clustersWith(ref, 16, 8);
+    assert.ok(got.length >= 8 && got.every((c, i) => c === i + 1), `qemu-io wrote clusters ${got}`);
   }
 });

@@ -185,6 +185,20 @@ export class SocketWriter {
   }
 
   /**
+   * Queues `head` and `body` as one message (a request header and its
+   * payload): they go out in the same socket write, coalesced with each
+   * other and with whatever else is queued, and `body` is not first copied
+   * into a buffer of its own. `body` must stay unchanged until written.
+   */
+  sendPair(head: Uint8Array, body: Uint8Array): void {
+    if (this.#error !== undefined) return;
+    this.#queue.push(head, body);
+    this.#done.push(undefined, undefined);
+    this.#queued += head.length + body.length;
+    if (!this.#running && !this.#corked) void this.#run();
+  }
+
+  /**
    * Holds messages sent from now on in the queue (no socket write) until
    * {@linkcode SocketWriter.uncork}: replies produced while a server parses
    * a buffer full of requests then go out in one write instead of one each.

@@ -187,6 +187,8 @@ export interface ImageArgs {
   readOnly?: boolean;
   /** Cache mode (`-t`). */
   cache?: string;
+  /** AIO mode of the whole graph (`-i`: threads, native, io_uring). */
+  aio?: string;
   /** Do not open the backing chain of a plain filename (qemu-img info's BDRV_O_NO_BACKING). */
   noBacking?: boolean;
   /** `-U`: open read-only even while another process writes the image. */
@@ -247,6 +249,7 @@ export async function openImage(filename: string | undefined, opts: ImageArgs = 
   const how = {
     readOnly: opts.readOnly,
     cache,
+    aio: opts.aio,
     forceShare,
     check: opts.check,
     snapshot: opts.snapshot,
@@ -293,8 +296,16 @@ export function imageArgs(values: Flags, readOnly: boolean): ImageArgs {
     imageOpts: values["image-opts"] === true,
     readOnly,
     cache: flagString(values, "cache"),
+    aio: aioArg(values),
     forceShare: values["force-share"] === true,
   };
+}
+
+/** `-i` (a verb that has it: bench, qemu-io): the graph's AIO mode, checked as qemu-img's bdrv_parse_aio. */
+export function aioArg(values: Flags): string | undefined {
+  const aio = flagString(values, "aio");
+  if (aio !== undefined && !["threads", "native", "io_uring"].includes(aio)) throw new CliError(`Invalid aio option: ${aio}`);
+  return aio;
 }
 
 /** Requires between `min` and `max` positional arguments; `what` names them in the error. */

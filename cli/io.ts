@@ -6,7 +6,7 @@
  * @module
  */
 
-import { CliError, type CliIO, flagList, flagString, needPositionals, parseVerbArgs, progName, type Verb } from "./_common.ts";
+import { aioArg, CliError, type CliIO, flagList, flagString, needPositionals, parseVerbArgs, progName, type Verb } from "./_common.ts";
 import { TRACE_FLAGS, traceFlags } from "./_trace.ts";
 import { BLKDEBUG_COMMANDS } from "./io_commands/blkdebug.ts";
 import { MISC_COMMANDS } from "./io_commands/misc.ts";
@@ -142,8 +142,8 @@ async function run(args: string[], io: CliIO): Promise<number> {
   const format = flagString(p.values, "format");
   const imageOpts = p.values["image-opts"] === true;
   if (format !== undefined && imageOpts) throw new CliError("--image-opts and -f are mutually exclusive");
-  const aio = flagString(p.values, "aio");
-  if (aio !== undefined && !["threads", "native", "io_uring"].includes(aio)) throw new CliError(`Invalid aio option: ${aio}`);
+  // -k is Linux native AIO, -i names the mode (qemu-io's bdrv_parse_aio).
+  const aio = aioArg(p.values) ?? (p.values["native-aio"] === true ? "native" : undefined);
   const discard = flagString(p.values, "discard");
   if (discard !== undefined && !["ignore", "off", "unmap", "on"].includes(discard)) {
     throw new CliError(`Invalid discard option: ${discard}`);
@@ -167,6 +167,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       imageOpts,
       readOnly: p.values["read-only"] === true,
       cache,
+      aio,
       snapshot: p.values.snapshot === true,
       copyOnRead: p.values["copy-on-read"] === true,
       forceShare: p.values["force-share"] === true,

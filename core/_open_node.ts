@@ -117,6 +117,8 @@ export interface OpenState {
   forceShare?: boolean;
   noIo?: boolean;
   cache?: CacheFlags;
+  /** The graph's AIO mode (qemu-img's `-i`): the `aio` of nodes whose driver takes one and whose options do not set it. */
+  aio?: string;
   probe: boolean;
   top: boolean;
 }
@@ -218,6 +220,7 @@ export async function openNode(input: Options | string | BlockNode, state: OpenS
   if (driver.kind === "protocol" && cache?.direct && driverOptions["cache.direct"] === undefined) {
     driverOptions["cache.direct"] = true;
   }
+  if (state.aio !== undefined && driverOptions.aio === undefined && driver.options?.includes("aio")) driverOptions.aio = state.aio;
 
   const name = claimNodeName(optString(options, "node-name", driverName));
 
@@ -253,6 +256,7 @@ export async function openNode(input: Options | string | BlockNode, state: OpenS
         forceShare,
         noIo: state.noIo,
         cache: { direct: cache?.direct ?? false, noFlush: cache?.noFlush ?? false, writeThrough: false },
+        aio: state.aio,
         // A filter's children are probed when the filter is (QEMU passes
         // BDRV_O_PROTOCOL down through filters): blkdebug:CONF:IMG at the top
         // probes IMG; under a format node it is the raw file.

@@ -19,6 +19,8 @@ export { closeAllNodes, findNode, nodeNames } from "./_node_names.ts";
 export { type CacheFlags, hasProtocol, parseCacheMode } from "./_open_node.ts";
 export { checkCreateOptions, checkImageCreate, createImage, type CreateOptions } from "./_create.ts";
 
+const AIO_MODES: readonly string[] = ["threads", "native", "io_uring"];
+
 /** Options for {@linkcode open}. */
 export interface OpenOptions {
   /** Open every node read-only. */
@@ -27,6 +29,13 @@ export interface OpenOptions {
   format?: string;
   /** Cache mode for the whole graph: writeback (default), writethrough, none, directsync, unsafe. */
   cache?: string;
+  /**
+   * AIO mode for the whole graph (qemu-img bench and qemu-io `-i`, QEMU's
+   * BDRV_O_NATIVE_AIO / BDRV_O_IO_URING open flags): `threads`, `native`
+   * or `io_uring`, the `aio` of every node whose driver takes one (`file`,
+   * `host_device`) unless its own options set it.
+   */
+  aio?: string;
   /**
    * Open read-only while letting others write the image (QEMU's
    * `force-share`, qemu-img's `-U`). Without it a read-only open takes
@@ -84,11 +93,15 @@ export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}):
     };
   }
   const cache = opts.cache ? parseCacheMode(opts.cache) : undefined;
+  if (opts.aio !== undefined && !AIO_MODES.includes(opts.aio)) {
+    throw new BlockError("EINVAL", `Invalid aio option: ${opts.aio} (expected one of ${AIO_MODES.join(", ")})`);
+  }
   const readOnly = opts.readOnly ?? false;
   if (opts.copyOnRead && readOnly) throw new BlockError("EINVAL", "Can't use copy-on-read on read-only device");
   const state: OpenState = {
     readOnly: readOnly || (opts.snapshot ?? false),
     cache,
+    aio: opts.aio,
     probe: true,
     top: true,
     forceShare: opts.forceShare ?? false,

@@ -30,8 +30,10 @@
  *   ring, also on the page cache; where unavailable, a one-line warning and
  *   worker threads. `aio=threads`: reads and writes on worker threads (QEMU's
  *   aio=threads), also buffered ones, so a server goes on reading requests
- *   while the kernel copies a write. `aio=native` is taken as `threads`;
- *   without `aio`, buffered requests are one synchronous call each.
+ *   while the kernel copies a write. `aio=native` needs `cache.direct`
+ *   (as QEMU's Linux AIO) and is taken as `threads`; without `aio`,
+ *   buffered requests are one synchronous call each. The graph-wide
+ *   default (qemu-img bench / qemu-io `-i`) is `open()`'s `aio` option.
  *   `aio-max-batch`, `drop-cache`, `x-check-cache-dropped`, `pr-manager`:
  *   accepted and ignored.
  *
@@ -187,6 +189,10 @@ function openFile(ctx: OpenContext, kind: "file" | "host_device" | "host_cdrom")
   const direct = optBool(opts, "cache.direct", "file") ?? false;
   const create = optBool(opts, "create", "file") ?? false;
   const name = ctx.node.name;
+  // As file-posix: Linux native AIO works on O_DIRECT files only, so QEMU refuses it for a buffered file.
+  if (aio === "native" && !direct) {
+    throw new BlockError("EINVAL", "aio=native was specified, but it requires cache.direct=on, which was not specified.", { node: name });
+  }
   const libc = loadLibc();
   if (direct && !libc) {
     throw new BlockError(

@@ -52,6 +52,8 @@ export interface SessionOpenOptions {
   readOnly?: boolean;
   /** Cache mode (`-t`; qemu-io's default is writethrough). */
   cache?: string;
+  /** AIO mode of the graph (`-i`, `-k`: native). */
+  aio?: string;
   /** Snapshot mode (`-s`): writes go to a temporary overlay. */
   snapshot?: boolean;
   /** Copy-on-read (`-C`). */
@@ -142,6 +144,7 @@ export class IoSession {
         imageOpts: opts.imageOpts,
         readOnly: opts.readOnly,
         cache: opts.cache ?? "writethrough",
+        aio: opts.aio,
         snapshot: opts.snapshot,
         copyOnRead: opts.copyOnRead,
         forceShare: opts.forceShare,

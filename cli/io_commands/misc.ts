@@ -290,10 +290,17 @@ const open: IoCommand = {
     // Like qemu-io, the format given with -f applies to the image named on
     // the command line only; 'open' probes (or takes driver= from -o).
     const f = flags.get("f");
+    // -k is Linux native AIO, -i names the mode (qemu-io's bdrv_parse_aio).
+    const i = flags.get("i");
+    if (typeof i === "string" && !["threads", "native", "io_uring"].includes(i)) {
+      s.report(`Invalid aio option: ${i}`);
+      return false;
+    }
     return await s.open(name, {
       format: typeof f === "string" ? f : undefined,
       readOnly: flags.has("r"),
       cache,
+      aio: typeof i === "string" ? i : flags.has("k") ? "native" : undefined,
       snapshot: flags.has("s"),
       copyOnRead: flags.has("C"),
       forceShare: flags.has("U"),

@@ -9,7 +9,7 @@
 
 import { copyImage } from "../core/copy.ts";
 import type { BlockNode } from "../core/node.ts";
-import { createImage } from "../core/open.ts";
+import { createImage, parseCacheMode } from "../core/open.ts";
 import {
   CliError,
   type CliIO,
@@ -125,6 +125,25 @@ async function run(args: string[], io: CliIO): Promise<number> {
   if (p.values["no-create"] === true && lists.length) throw new CliError("-o has no effect when skipping image creation");
   const snapshot = snapshotArg(flagString(p.values, "snapshot-param"), io);
   if (snapshot?.idOrName !== undefined && srcNames.length > 1) throw new CliError("No support for concatenating multiple snapshot");
+  // The sources' files are read on worker threads (QEMU's default aio=threads), so the chunks read ahead (-m) while
+  // the target writes: two cores copy, as qemu-img's thread pool does. Not when compressing (one cluster at a time, in
+  // order, where a thread hop per cluster would cost more than it overlaps) nor with -T none/directsync, whose O_DIRECT
+  // reads go through io_uring.
+  const srcCache = flagString(p.values, "src-cache");
+  let srcDirect = false;
+  try {
+    srcDirect = srcCache !== undefined && parseCacheMode(srcCache).direct;
+  } catch {
+    throw new CliError(`Invalid source cache option: ${srcCache}`);
+  }
+  const srcAio = p.values.compress === true || srcDirect ? undefined : "threads";
+  // As qemu-img, a bad -t fails before the target is created.
+  const dstCache = flagString(p.values, "cache") ?? "unsafe";
+  try {
+    parseCacheMode(dstCache);
+  } catch {
+    throw new CliError(`Invalid cache option: ${dstCache}`);
+  }
   const srcs: BlockNode[] = [];
   let dst: BlockNode | undefined;
   const traces: Trace[] = [];
@@ -135,6 +154,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
         imageOpts: p.values["image-opts"] === true,
         readOnly: true,
         cache: flagString(p.values, "src-cache"),
+        aio: srcAio,
       };
       const src = await openImage(s, args);
       if (!snapshot) {
@@ -172,7 +192,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
       format: p.values["target-image-opts"] === true ? undefined : outFmt,
       imageOpts: p.values["target-image-opts"] === true,
       // qemu-img convert writes its target with cache=unsafe unless told otherwise (its -t default).
-      cache: flagString(p.values, "cache") ?? "unsafe",
+      cache: dstCache,
       extra: Object.keys(keySecrets).length && p.values["target-image-opts"] !== true ? keySecrets : undefined,
     });
     if (bitmaps && !dst.bitmaps.persistent) throw new CliError(`Format driver '${dst.formatName}' does not support bitmaps`);
@@ -216,7 +236,9 @@ async function run(args: string[], io: CliIO): Promise<number> {
         // A target with a backing file must get zeros where the source reads zeros (issue 9.6).
         zeroTarget: existing || backing !== undefined,
         topOnly: backing !== undefined,
-        parallel: p.values["out-of-order"] === true ? coroutines : 1,
+        // qemu-img's -m coroutines: chunks read ahead, written in order unless -W.
+        parallel: coroutines,
+        inOrder: p.values["out-of-order"] !== true,
         sparse,
         onData: showProgress ? (n) => show(dataTotal ? (100 * (dataDone += n)) / dataTotal : 100) : undefined,
       });

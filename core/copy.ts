@@ -35,8 +35,19 @@ export interface CopyOptions {
   topOnly?: boolean;
   /** Compressed writes in flight with `compress` (default: 16 MiB of clusters, 2 to 32). */
   compressWindow?: number;
-  /** Requests in flight (out-of-order writes, qemu-img's `-W -m N`). */
+  /**
+   * Chunks in flight (qemu-img's `-m N`): each is read as soon as it is
+   * claimed; its writes go out of order (`-W`) unless `inOrder` is set.
+   */
   parallel?: number;
+  /**
+   * With `parallel`, write the chunks in source order (qemu-img convert
+   * without `-W`): up to `parallel` chunks are read ahead while the one
+   * before them is written, so a source on threads (`aio=threads`) reads
+   * while the target writes, and the target still sees one sequential
+   * stream of writes.
+   */
+  inOrder?: boolean;
   /** Zero runs of at least this many bytes are not written as data (`-S`; 0 = write everything as data). Default 4096. */
   sparse?: number;
   /**
@@ -181,9 +192,33 @@ export async function copyImage(source: BlockNode | readonly BlockNode[], dst: B
     asking = p.catch(() => {});
     return p;
   };
+  // In-order writes: chunk k writes only after chunk k - 1 has written all of its ranges (`turn` is the chunk whose
+  // writes may run); the first failure stops every worker, including those waiting for their turn.
+  const ordered = (opts.inOrder ?? false) && loops > 1;
+  let claimed = 0;
+  let turn = 0;
+  const waiting = new Map<number, () => void>();
+  let stopped: { error: unknown } | undefined;
+  const myTurn = async (seq: number) => {
+    if (ordered && seq !== turn && !stopped) await new Promise<void>((resolve) => waiting.set(seq, resolve));
+    if (stopped) throw stopped.error;
+  };
+  const passTurn = (seq: number) => {
+    if (!ordered) return;
+    turn = seq + 1;
+    const wake = waiting.get(turn);
+    waiting.delete(turn);
+    wake?.();
+  };
+  const stop = (error: unknown) => {
+    stopped ??= { error };
+    for (const wake of waiting.values()) wake();
+    waiting.clear();
+  };
   const one = async (buf: Uint8Array) => {
-    while (next < length) {
+    while (next < length && !stopped) {
       // Claim one chunk before awaiting, so parallel workers never overlap.
+      const seq = claimed++;
       const start = next;
       let end = Math.min(start + chunk - (start % chunk), length);
       next = end;
@@ -207,9 +242,12 @@ export async function copyImage(source: BlockNode | readonly BlockNode[], dst: B
             n = e - off;
           } else n = end - off;
         }
+        // Copy offloading writes the target as it reads the source: in its turn.
+        if (!skip && offload) await myTurn(seq);
         if (skip && below) {
           // Defined further down the source's backing chain: the target's backing file provides it.
         } else if (skip) {
+          await myTurn(seq);
           await zeroOut(off, n);
         } else if (offload && (await offloaded(off, n))) {
           copied = n;
@@ -217,6 +255,8 @@ export async function copyImage(source: BlockNode | readonly BlockNode[], dst: B
           // A compressed write keeps its buffer while in flight.
           const data = !opts.compress ? buf.subarray(0, n) : n <= chunk ? (spare.pop() ?? ioBuffer(chunk)).subarray(0, n) : ioBuffer(n);
           await read(off, data);
+          // Read ahead of the chunks before it; written in its turn.
+          await myTurn(seq);
           copied = n;
           const wholeCluster = off % chunk === 0 && (n === chunk || off + n === length);
           // -S 0 keeps the target fully allocated: a zero cluster is written (compressed) too, as qemu-img writes it.
@@ -242,15 +282,21 @@ export async function copyImage(source: BlockNode | readonly BlockNode[], dst: B
         done += n;
         opts.progress?.(done);
       }
+      // A chunk that wrote nothing (left to the target's backing file) still passes the turn only in its own turn.
+      await myTurn(seq);
+      passTurn(seq);
     }
   };
   const workers = [];
-  for (let i = 0; i < loops; i++) workers.push(one(ioBuffer(chunk)));
+  for (let i = 0; i < loops; i++) workers.push(one(ioBuffer(chunk)).catch(stop));
   try {
+    // Every worker ends (a failure stops the others at their next step) before the copy returns or throws: nothing of
+    // it is still reading or writing when the caller closes the nodes.
     await Promise.all(workers);
   } finally {
     await Promise.all(inflight);
   }
+  if (stopped) throw stopped.error;
   if (failed) throw failed.error;
 }
 

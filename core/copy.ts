@@ -215,13 +215,32 @@ export async function copyImage(source: BlockNode | readonly BlockNode[], dst: B
     for (const wake of waiting.values()) wake();
     waiting.clear();
   };
+  // The next range for a worker: a chunk, or all of a range that reaches past the chunk and needs no data copied (a
+  // hole, zeros, or what the target's backing file provides), as qemu-img's convert_iteration_sectors claims it. Claims
+  // are made one at a time, each once the block status of its start is known, so parallel workers never overlap and
+  // a long hole is one claim, not one per chunk. (Compressing, holes end on cluster boundaries: decided below.)
+  let claiming: Promise<unknown> = Promise.resolve();
+  const claimOne = async (): Promise<{ seq: number; start: number; end: number } | undefined> => {
+    if (next >= length || stopped) return undefined;
+    const start = next;
+    let end = Math.min(start + chunk - (start % chunk), length);
+    if (!opts.compress) {
+      const st = await status(start, length - start);
+      const nothingToCopy = (opts.topOnly && st.depth > 0) || st.zero || !st.present;
+      if (nothingToCopy && start + st.length > end) end = Math.min(start + st.length, length);
+    }
+    next = end;
+    return { seq: claimed++, start, end };
+  };
+  const claim = () => {
+    const p = claiming.then(claimOne);
+    claiming = p.catch(() => {});
+    return p;
+  };
   const one = async (buf: Uint8Array) => {
-    while (next < length && !stopped) {
-      // Claim one chunk before awaiting, so parallel workers never overlap.
-      const seq = claimed++;
-      const start = next;
-      let end = Math.min(start + chunk - (start % chunk), length);
-      next = end;
+    for (let c = await claim(); c; c = await claim()) {
+      const { seq, start } = c;
+      let end = c.end;
       for (let off = start; off < end;) {
         // Ask about everything up to the end: a hole is skipped in one step, and the answer serves the chunks after this one.
         const st = await status(off, length - off);

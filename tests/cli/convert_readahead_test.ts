@@ -27,13 +27,14 @@ async function dataCalls(dir: string, cmd: string, args: string[], paths: string
   assert.equal(r.code, 0, r.stderr);
   const lines = (await Deno.readTextFile(log)).split("\n").filter((l) => l.trim());
   // The first line is the process's own thread (the dynamic loader reads libraries before any thread starts).
-  const main = Number(lines[0].split(" ")[0]);
+  // strace pads the thread id to five columns.
+  const main = Number(lines[0].trim().split(/\s+/)[0]);
   const calls: Call[] = [];
   for (const l of lines) {
     // "1234 pread64(5</dir/src.raw>, ""..., 2097152, 0) = 2097152", or its "<unfinished ...>" and "resumed" halves.
     // A read's arguments after the buffer are printed only when it returns.
-    const m = /^(\d+) (pread64|pwrite64)\(\d+<([^>]+)>, (?:""(?:\.\.\.)?)?, (\d+), (\d+)/.exec(l) ??
-      /^(\d+) (pread64|pwrite64)\(\d+<([^>]+)>,\s+<unfinished/.exec(l);
+    const m = /^(\d+)\s+(pread64|pwrite64)\(\d+<([^>]+)>, (?:""(?:\.\.\.)?)?, (\d+), (\d+)/.exec(l) ??
+      /^(\d+)\s+(pread64|pwrite64)\(\d+<([^>]+)>,\s+<unfinished/.exec(l);
     if (!m || !paths.includes(m[3])) continue;
     const [length, offset] = m[4] === undefined ? [-1, -1] : [Number(m[4]), Number(m[5])];
     calls.push({ tid: Number(m[1]), name: m[2] as Call["name"], path: m[3], length, offset });

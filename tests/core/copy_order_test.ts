@@ -143,3 +143,20 @@ Deno.test("copyImage() with inOrder and topOnly: a chunk left to the backing fil
   await copyImage(src, dst, { parallel: 4, inOrder: true, chunkSize: CHUNK, topOnly: true, zeroTarget: true });
   assert.deepEqual(writes, [0, 2 * CHUNK]);
 });
+
+Deno.test("copyImage() with parallel workers claims a long hole as one range, as qemu-img's convert_iteration_sectors", async () => {
+  // 64 MiB, data in the first and the last chunk: the hole between is one write-zeroes on a target that needs zeros,
+  // not one per chunk (1022 of them when every worker claimed a fixed chunk).
+  const size = 64 << 20;
+  await using d = await tempDir();
+  await createImage(`${d.path}/s.qcow2`, "qcow2", size);
+  await using src = await open(`${d.path}/s.qcow2`);
+  await src.pwrite(0, new Uint8Array(CHUNK).fill(1));
+  await src.pwrite(size - CHUNK, new Uint8Array(CHUNK).fill(2));
+  for (const inOrder of [true, false]) {
+    await using dst = await open({ driver: "memory", size });
+    const writes = recordWrites(dst);
+    await copyImage(src, dst, { parallel: 8, inOrder, chunkSize: CHUNK, zeroTarget: true });
+    assert.deepEqual(writes.sort((a, b) => a - b), [0, CHUNK, size - CHUNK], `inOrder ${inOrder}`);
+  }
+});

@@ -116,9 +116,11 @@ Deno.test({
       assert.equal(r.code, 0, r.stderr);
       const lines = (await Deno.readTextFile(log)).split("\n").filter((l) => l.trim());
       // The first line is the process's own thread (the dynamic loader reads libraries before any thread starts).
-      const main = lines[0].split(" ")[0];
+      // strace pads the thread id to five columns.
+      const tid = (l: string) => l.trim().split(/\s+/)[0];
+      const main = tid(lines[0]);
       const reads = lines.filter((l) => l.includes(`<${img}>`));
-      return { main: reads.filter((l) => l.split(" ")[0] === main).length, others: reads.filter((l) => l.split(" ")[0] !== main).length };
+      return { main: reads.filter((l) => tid(l) === main).length, others: reads.filter((l) => tid(l) !== main).length };
     };
     assert.deepEqual(await where([]), { main: 64, others: 0 });
     const threads = await where(["-i", "threads"]);

@@ -2,7 +2,10 @@
  * Copying one image into another (qemu-img convert's engine, as a library
  * call): ranges that read as zeros are found by block status first and by a
  * zero check of the data second, and are left as holes (or written as zeros
- * where the target needs them); data can be written compressed.
+ * where the target needs them); data can be written compressed. With
+ * `parallel`, several chunks are in flight: written as each is read, or
+ * (`inOrder`, qemu-img convert's default) read ahead and written in source
+ * order; a hole is claimed as one range, however many chunks it spans.
  *
  * @module
  */

@@ -77,8 +77,10 @@ export {
   parseCacheMode,
 } from "./core/open.ts";
 export {
+  AIO_MODES,
   checkKnownOptions,
   checkPreallocation,
+  isAioMode,
   optBool,
   optEnum,
   optInt,

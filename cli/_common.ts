@@ -10,7 +10,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { BlockError, CacheFlushError, onCorruption, onDriverMessage, onOpenRepair, qemuReportedLines } from "../core/errors.ts";
 import type { BlockNode } from "../core/node.ts";
 import { hasProtocol, open } from "../core/open.ts";
-import { parseSize } from "../core/options.ts";
+import { isAioMode, parseSize } from "../core/options.ts";
 import { defineObject, removeSecret } from "../core/secrets.ts";
 import { looksDotted, normaliseSpec, parseDotted } from "../core/spec.ts";
 import { takeDashValues } from "./_getopt.ts";
@@ -304,7 +304,7 @@ export function imageArgs(values: Flags, readOnly: boolean): ImageArgs {
 /** `-i` (a verb that has it: bench, qemu-io): the graph's AIO mode, checked as qemu-img's bdrv_parse_aio. */
 export function aioArg(values: Flags): string | undefined {
   const aio = flagString(values, "aio");
-  if (aio !== undefined && !["threads", "native", "io_uring"].includes(aio)) throw new CliError(`Invalid aio option: ${aio}`);
+  if (aio !== undefined && !isAioMode(aio)) throw new CliError(`Invalid aio option: ${aio}`);
   return aio;
 }
 

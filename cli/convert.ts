@@ -153,7 +153,7 @@ async function run(args: string[], io: CliIO): Promise<number> {
         format: flagString(p.values, "format"),
         imageOpts: p.values["image-opts"] === true,
         readOnly: true,
-        cache: flagString(p.values, "src-cache"),
+        cache: srcCache,
         aio: srcAio,
       };
       const src = await openImage(s, args);

@@ -10,6 +10,7 @@
  */
 
 import { BlockError, toBlockError } from "./errors.ts";
+import { AIO_MODES, isAioMode } from "./options.ts";
 import { BlockNode } from "./node.ts";
 import { type BlockSpec, normaliseSpec } from "./spec.ts";
 import { openNode, type OpenState, parseCacheMode, withoutKey } from "./_open_node.ts";
@@ -18,8 +19,6 @@ import { createImage } from "./_create.ts";
 export { closeAllNodes, findNode, nodeNames } from "./_node_names.ts";
 export { type CacheFlags, hasProtocol, parseCacheMode } from "./_open_node.ts";
 export { checkCreateOptions, checkImageCreate, createImage, type CreateOptions } from "./_create.ts";
-
-const AIO_MODES: readonly string[] = ["threads", "native", "io_uring"];
 
 /** Options for {@linkcode open}. */
 export interface OpenOptions {
@@ -93,7 +92,7 @@ export async function open(spec: BlockSpec | BlockNode, opts: OpenOptions = {}):
     };
   }
   const cache = opts.cache ? parseCacheMode(opts.cache) : undefined;
-  if (opts.aio !== undefined && !AIO_MODES.includes(opts.aio)) {
+  if (opts.aio !== undefined && !isAioMode(opts.aio)) {
     throw new BlockError("EINVAL", `Invalid aio option: ${opts.aio} (expected one of ${AIO_MODES.join(", ")})`);
   }
   const readOnly = opts.readOnly ?? false;

@@ -133,6 +133,31 @@ export function parseSize(value: unknown, defaultSuffix = ""): number | undefine
 }
 
 /**
+ * The AIO modes of QEMU's `aio` option and of qemu-img/qemu-io `-i`
+ * (`bdrv_parse_aio`): the `file` driver's option, `open()`'s graph-wide mode.
+ *
+ * @example
+ * ```ts
+ * import { AIO_MODES } from "@blkgraph/blkgraph";
+ * console.log(AIO_MODES.includes("io_uring")); // true
+ * ```
+ */
+export const AIO_MODES: readonly ["threads", "native", "io_uring"] = ["threads", "native", "io_uring"];
+
+/**
+ * Whether `mode` is one of {@linkcode AIO_MODES}.
+ *
+ * @example
+ * ```ts
+ * import { isAioMode } from "@blkgraph/blkgraph";
+ * console.log(isAioMode("threads"), isAioMode("posix")); // true false
+ * ```
+ */
+export function isAioMode(mode: string): mode is (typeof AIO_MODES)[number] {
+  return (AIO_MODES as readonly string[]).includes(mode);
+}
+
+/**
  * Reads an option that must be one of `choices`.
  *
  * @example

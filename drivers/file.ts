@@ -61,7 +61,7 @@
  */
 
 import { BlockError } from "../core/errors.ts";
-import { checkKnownOptions, checkPreallocation, optBool, optEnum, optString } from "../core/options.ts";
+import { AIO_MODES, checkKnownOptions, checkPreallocation, optBool, optEnum, optString } from "../core/options.ts";
 import { registerDriver } from "../core/registry.ts";
 import type { BlockDriver, DriverInstance, OpenContext } from "../core/node.ts";
 import { Errno, errnoError, type Handle, type Libc, loadLibc, O_CLOEXEC, O_CREAT, O_RDONLY, O_RDWR } from "./_file_libc.ts";
@@ -185,7 +185,7 @@ function openFile(ctx: OpenContext, kind: "file" | "host_device" | "host_cdrom")
   const filename = optString(opts, "filename", kind);
   if (!filename) throw new BlockError("EINVAL", `Driver '${kind}' needs the option 'filename'`);
   const locking = optEnum(opts, "locking", "file", ["auto", "on", "off"] as const) ?? "auto";
-  const aio = optEnum(opts, "aio", "file", ["threads", "native", "io_uring"] as const);
+  const aio = optEnum(opts, "aio", "file", AIO_MODES);
   const direct = optBool(opts, "cache.direct", "file") ?? false;
   const create = optBool(opts, "create", "file") ?? false;
   const name = ctx.node.name;

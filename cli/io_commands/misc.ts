@@ -5,6 +5,7 @@
  * @module
  */
 
+import { isAioMode } from "../../core/options.ts";
 import type { BlockNode } from "../../core/node.ts";
 import { isPlainObject, parseDotted } from "../../core/spec.ts";
 import { errorMessage, errorText, formatNode } from "../_common.ts";
@@ -292,7 +293,7 @@ const open: IoCommand = {
     const f = flags.get("f");
     // -k is Linux native AIO, -i names the mode (qemu-io's bdrv_parse_aio).
     const i = flags.get("i");
-    if (typeof i === "string" && !["threads", "native", "io_uring"].includes(i)) {
+    if (typeof i === "string" && !isAioMode(i)) {
       s.report(`Invalid aio option: ${i}`);
       return false;
     }

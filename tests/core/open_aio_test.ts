@@ -127,3 +127,19 @@ Deno.test({
     assert.ok(threads.others >= 64, JSON.stringify(threads));
   },
 });
+
+Deno.test({
+  name: "qemu-io's open command takes -i and -k as qemu-io's does: the same messages and exit codes",
+  ignore: skipUnless("qemu-img", "qemu-io"),
+  async fn() {
+    await using d = await tempDir();
+    const img = `${d.path}/a.qcow2`;
+    await createImage(img, "qcow2", 1 << 20);
+    for (const cmd of [`open -i posix ${img}`, `open -k ${img}`, `open -k -t none ${img}`, `open -i threads ${img}`]) {
+      const q = await run("qemu-io", ["-c", cmd]);
+      const o = await run(Deno.execPath(), ["run", "-A", CLI, "io", "-c", cmd]);
+      assert.equal(o.code, q.code, `${cmd}: ${q.stderr} / ${o.stderr}`);
+      assert.equal(o.stderr.replace(/^blkgraph:/gm, "qemu-io:"), q.stderr, cmd);
+    }
+  },
+});
